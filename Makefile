@@ -1,0 +1,39 @@
+# Two commands do everything on a fresh machine with Python 3.11+:
+#   make serve   set up .venv and serve the bundled functions on http://127.0.0.1:54321
+#   make test    set up .venv and run lint, type checks and the whole test suite
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install serve test lint typecheck pytest bench clean
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit("edgeruntime needs Python 3.11 or newer (found %s); set PYTHON=python3.11" % sys.version.split()[0]) if sys.version_info < (3, 11) else None'
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+serve: $(STAMP)
+	$(VENV)/bin/edgeruntime serve functions
+
+lint: $(STAMP)
+	$(PY) -m ruff check edgeruntime tests functions benchmarks
+	$(PY) -m ruff format --check edgeruntime tests
+
+typecheck: $(STAMP)
+	$(PY) -m mypy
+
+pytest: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test: lint typecheck pytest
+
+bench: $(STAMP)
+	$(PY) -m benchmarks
+
+clean:
+	rm -rf $(VENV) .edgeruntime .mypy_cache .ruff_cache

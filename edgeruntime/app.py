@@ -1,0 +1,279 @@
+"""The ASGI app behind ``edgeruntime serve`` and the test client: the local functions gateway.
+
+Routes ``/functions/v1/<name>[/...]`` to function ``<name>`` (which sees the path ``/<name>/...``),
+checks its JWT when verify_jwt is on, turns failures into the local Supabase responses, gives every
+request an execution id (``x-edgeruntime-execution-id``) and writes one access line per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from edgeruntime import responses
+from edgeruntime.auth import Verifier
+from edgeruntime.background import BackgroundTask
+from edgeruntime.context import ExecutionContext, default_worker
+from edgeruntime.discovery import SHARED, discover, is_valid_slug, purge_modules
+from edgeruntime.exceptions import BootError, LimitExceeded, WorkerCrashed
+from edgeruntime.settings import Settings
+from edgeruntime.supervisor import FunctionSupervisor
+from edgeruntime.types import Message, Receive, Scope, Send
+
+__all__ = ["EdgeApp", "Invocation", "create_app"]
+
+logger = logging.getLogger("edgeruntime")
+access_logger = logging.getLogger("edgeruntime.access")
+
+PREFIX = "/functions/v1/"
+METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "HEAD"})
+EXECUTION_ID_HEADER = b"x-edgeruntime-execution-id"
+#: Percent-encoded bytes that must never reach a function name: `/`, `\`, NUL.
+_FORBIDDEN_ENCODED = (b"%2f", b"%5c", b"%00")
+
+
+@dataclass(frozen=True)
+class Invocation:
+    """One finished invocation, handed to observers (run history, metrics)."""
+
+    function: str
+    trigger: str
+    execution_id: str
+    method: str
+    path: str
+    status: int
+    started_at: float
+    duration_ms: float
+    error: str | None = None
+
+
+InvocationObserver = Callable[[Invocation], None]
+Hook = Callable[[], Awaitable[None]]
+
+
+def _function_name(scope: Scope) -> str | None:
+    """The function name of a `/functions/v1/<name>/...` request, or None if it is malformed."""
+    path: str = scope["path"]
+    rest = path[len(PREFIX) :]
+    name, _, _ = rest.partition("/")
+    raw = scope.get("raw_path") or b""
+    if "\x00" in path or any(bad in raw.lower() for bad in _FORBIDDEN_ENCODED):
+        return None
+    return name if is_valid_slug(name) else None
+
+
+class EdgeApp:
+    """The gateway in front of every function of one functions directory."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.verifier = Verifier(settings.keys, settings.env.get("SUPABASE_JWKS"))
+        self.functions: dict[str, FunctionSupervisor] = {}
+        self.observers: list[InvocationObserver] = []
+        #: Called with every background task that ends, in any function.
+        self.background_observers: list[Callable[[BackgroundTask], None]] = []
+        self.startup_hooks: list[Hook] = []
+        self.shutdown_hooks: list[Hook] = []
+        self.started = False
+        self.refresh()
+
+    # -- functions -------------------------------------------------------------------------
+
+    def refresh(self) -> None:
+        """Rescan the functions directory: add new functions, forget removed ones."""
+        found = discover(self.settings.functions_dir)
+        for name in list(self.functions):
+            if name not in found:
+                self.functions.pop(name).reload()
+        for name, spec in found.items():
+            if name not in self.functions and self.settings.enabled(name):
+                self.functions[name] = FunctionSupervisor(spec, self.settings, self.background_observers)
+
+    def pending_background(self) -> list[BackgroundTask]:
+        """Every background task still running, in every worker of every function."""
+        return [t for s in self.functions.values() for w in s.workers for t in w.state.background.pending]
+
+    def reload(self, names: set[str]) -> list[str]:
+        """Reload the named functions (`_shared` reloads all); returns the names reloaded."""
+        self.refresh()
+        if SHARED in names:
+            purge_modules(SHARED)
+            names = set(self.functions)
+        reloaded = []
+        for name in sorted(names):
+            supervisor = self.functions.get(name)
+            if supervisor is not None:
+                supervisor.reload()
+                reloaded.append(name)
+        return reloaded
+
+    # -- ASGI ------------------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self.handle_http(scope, receive, send)
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+        else:  # websockets are not supported by the edge runtime emulation yet
+            await send({"type": "websocket.close", "code": 1000})
+
+    async def handle_http(self, scope: Scope, receive: Receive, send: Send, trigger: str = "http") -> None:
+        path: str = scope["path"]
+        if not path.startswith(PREFIX):
+            if path == "/_internal/health":
+                await responses.send_response(send, responses.HEALTH)
+            else:
+                await responses.send_response(send, responses.NOT_FOUND)
+            return
+
+        started = time.perf_counter()
+        name = _function_name(scope) or ""
+        ctx = ExecutionContext(function=name, worker=default_worker(), trigger=trigger)
+        exec_header = (EXECUTION_ID_HEADER, ctx.execution_id.encode())
+
+        async def tracked_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                ctx.response_started = True
+                ctx.status = message["status"]
+                message["headers"] = [*message.get("headers", ()), exec_header]
+            await send(message)
+
+        error: str | None = None
+        try:
+            error = await self._dispatch(scope, receive, tracked_send, ctx, name)
+        finally:
+            duration_ms = (time.perf_counter() - started) * 1000
+            status = ctx.status or 500
+            access_logger.info(
+                "%s %s %d %.1fms",
+                scope["method"],
+                path,
+                status,
+                duration_ms,
+                extra={
+                    "function": name or None,
+                    "execution_id": ctx.execution_id,
+                    "method": scope["method"],
+                    "path": path,
+                    "status": status,
+                    "duration_ms": round(duration_ms, 3),
+                },
+            )
+            if self.observers:
+                record = Invocation(
+                    name,
+                    trigger,
+                    ctx.execution_id,
+                    scope["method"],
+                    path,
+                    status,
+                    time.time() - duration_ms / 1000,
+                    duration_ms,
+                    error,
+                )
+                for observer in self.observers:
+                    try:
+                        observer(record)
+                    except Exception:
+                        logger.exception("invocation observer failed")
+
+    async def _dispatch(
+        self, scope: Scope, receive: Receive, send: Send, ctx: ExecutionContext, name: str
+    ) -> str | None:
+        """Route to the function; returns an error description for the run record, if any."""
+        supervisor = self.functions.get(name) if name else None
+        if supervisor is None:
+            await responses.send_response(send, responses.FUNCTION_NOT_FOUND)
+            return None
+        method = scope["method"]
+        if method not in METHODS:
+            await responses.send_response(send, responses.METHOD_NOT_ALLOWED)
+            return None
+        if method != "OPTIONS" and self.settings.verify_jwt(name):
+            headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+            failure = self.verifier.check(headers)
+            if failure is not None:
+                await responses.send_response(
+                    send,
+                    responses.RuntimeResponse(401, failure.body, responses.JSON_TYPE, failure.code),
+                )
+                return f"401 {failure.message}"
+        fn_scope = dict(scope)
+        fn_scope["path"] = scope["path"][len(PREFIX) - 1 :]
+        raw = scope.get("raw_path")
+        if raw is not None:
+            fn_scope["raw_path"] = raw[len(PREFIX) - 1 :]
+        fn_scope["root_path"] = ""
+        try:
+            await supervisor.dispatch(fn_scope, receive, send, ctx)
+        except BootError as exc:
+            if not ctx.response_started:
+                await responses.send_response(send, responses.BOOT_ERROR)
+            return str(exc)
+        except WorkerCrashed as exc:
+            if not ctx.response_started:
+                await responses.send_response(send, responses.WORKER_ERROR)
+            return str(exc)
+        except LimitExceeded as exc:
+            if not ctx.response_started:
+                await responses.send_response(send, responses.WORKER_LIMIT)
+            return str(exc)
+        return None
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.startup()
+                except Exception as exc:
+                    logger.exception("startup failed")
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.shutdown()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def startup(self) -> None:
+        """Run the startup hooks (the job scheduler and the like)."""
+        if self.started:
+            return
+        self.started = True
+        for hook in self.startup_hooks:
+            await hook()
+
+    async def shutdown(self, timeout: float | None = None) -> list[str]:
+        """Graceful shutdown: `beforeunload` (termination), wait for background work, cut the rest.
+
+        Returns descriptions of the background tasks that were cut.
+        """
+        timeout = self.settings.graceful_exit_timeout_sec if timeout is None else timeout
+        results = await asyncio.gather(*(s.shutdown(timeout) for s in self.functions.values()))
+        cut = [entry for names in results for entry in names]
+        if cut:
+            logger.warning(
+                "shutdown cut %d background task(s) still running after %.0f s: %s",
+                len(cut),
+                timeout,
+                "; ".join(cut),
+            )
+        for hook in reversed(self.shutdown_hooks):
+            try:
+                await hook()
+            except Exception:
+                logger.exception("shutdown hook failed")
+        self.started = False
+        return cut
+
+
+def create_app(settings: Settings) -> EdgeApp:
+    """The ASGI app that serves every function of `settings.functions_dir`."""
+    return EdgeApp(settings)

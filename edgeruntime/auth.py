@@ -1,0 +1,167 @@
+"""JWT verification as the local Supabase gateway and edge runtime main worker do it.
+
+HS256 tokens are checked against the JWT secret, ES256/RS256 tokens against ``SUPABASE_JWKS``;
+``exp`` is enforced, OPTIONS is never checked, and an ``apikey`` header holding the local
+publishable or secret key stands for the anon or service-role JWT (as the local gateway rewrites
+it). The 401 bodies are the local CLI's.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+import jwt
+
+__all__ = ["AuthFailure", "Keys", "Verifier", "demo_keys"]
+
+#: The local stack's fixed claims for its demo keys (Supabase CLI `pkg/config/apikeys.go`).
+DEMO_ISSUER = "supabase-demo"
+DEMO_EXPIRY = 1983812996
+#: The local stack's fixed new-style API keys.
+PUBLISHABLE_KEY = "sb_publishable_ACJWlzQHlZjBrEguHvfOxg_3BJgxAaH"
+SECRET_KEY = "sb_secret_N7UND0UgjKTVK-Uodkm0Hg_xSvEMPvz"
+ASYMMETRIC_ALGORITHMS = ("ES256", "RS256")
+
+
+@dataclass(frozen=True)
+class Keys:
+    """The keys a server hands out and accepts."""
+
+    jwt_secret: str
+    anon_key: str
+    service_role_key: str
+    publishable_key: str = PUBLISHABLE_KEY
+    secret_key: str = SECRET_KEY
+
+    @property
+    def jwks(self) -> str:
+        """`SUPABASE_JWKS` for an HS256-only setup: the secret as an `oct` key."""
+        k = base64.urlsafe_b64encode(self.jwt_secret.encode()).rstrip(b"=").decode()
+        return json.dumps({"keys": [{"kty": "oct", "k": k}]}, separators=(",", ":"))
+
+
+def sign_demo_key(role: str, secret: str) -> str:
+    """The local stack's demo JWT for `role`, signed with `secret`."""
+    payload = {"iss": DEMO_ISSUER, "role": role, "exp": DEMO_EXPIRY}
+    return jwt.encode(payload, secret, algorithm="HS256", headers={"alg": "HS256", "typ": "JWT"})
+
+
+def demo_keys(jwt_secret: str) -> Keys:
+    """The anon and service-role keys that go with `jwt_secret` (the CLI's defaults for its secret)."""
+    return Keys(jwt_secret, sign_demo_key("anon", jwt_secret), sign_demo_key("service_role", jwt_secret))
+
+
+@dataclass(frozen=True)
+class AuthFailure:
+    """Why a request was refused: the 401 body and the `sb-error-code` header."""
+
+    message: str
+    code: str
+
+    @property
+    def body(self) -> bytes:
+        return json.dumps({"msg": self.message}, separators=(",", ":")).encode()
+
+
+MISSING = AuthFailure("Error: Missing authorization header", "UNAUTHORIZED_NO_AUTH_HEADER")
+NOT_BEARER = AuthFailure("Error: Auth header is not 'Bearer {token}'", "UNAUTHORIZED_INVALID_JWT_FORMAT")
+INVALID_FORMAT = AuthFailure("Invalid JWT", "UNAUTHORIZED_INVALID_JWT_FORMAT")
+INVALID_LEGACY = AuthFailure("Invalid JWT", "UNAUTHORIZED_LEGACY_JWT")
+INVALID_ASYMMETRIC = AuthFailure("Invalid JWT", "UNAUTHORIZED_ASYMMETRIC_JWT")
+UNSUPPORTED_ALG = AuthFailure("Invalid JWT", "UNAUTHORIZED_UNSUPPORTED_TOKEN_ALGORITHM")
+
+
+class Verifier:
+    """Checks the Authorization (or apikey) header of requests to functions with verify_jwt on."""
+
+    #: Verified tokens are remembered (until they expire) so a hot path pays for a token once.
+    cache_size = 1024
+
+    def __init__(self, keys: Keys, jwks: str | None = None) -> None:
+        self.keys = keys
+        self.jwks_json = jwks
+        self._cache: OrderedDict[str, float] = OrderedDict()
+
+    @cached_property
+    def _jwks(self) -> jwt.PyJWKSet | None:
+        if not self.jwks_json:
+            return None
+        try:
+            data = json.loads(self.jwks_json)
+            keys = [k for k in data.get("keys", []) if k.get("kty") in ("EC", "RSA")]
+            return jwt.PyJWKSet(keys) if keys else None
+        except (ValueError, jwt.PyJWTError, AttributeError):
+            return None
+
+    def authorization(self, headers: Mapping[str, str]) -> str | None:
+        """The Authorization header after the local gateway's apikey rewrite."""
+        auth = headers.get("authorization")
+        if auth is not None and not auth.startswith("Bearer sb_"):
+            return auth
+        apikey = headers.get("apikey")
+        key = apikey if apikey is not None else (auth[7:] if auth else None)
+        if key == self.keys.secret_key:
+            return f"Bearer {self.keys.service_role_key}"
+        if key == self.keys.publishable_key:
+            return f"Bearer {self.keys.anon_key}"
+        return apikey if apikey is not None else auth
+
+    def check(self, headers: Mapping[str, str]) -> AuthFailure | None:
+        """None if the request may pass, else the failure to answer with."""
+        auth = self.authorization(headers)
+        if not auth:
+            return MISSING
+        scheme, _, token = auth.partition(" ")
+        if scheme != "Bearer" or not token or " " in token:
+            return NOT_BEARER
+        expires = self._cache.get(token)
+        if expires is not None and expires > time.time():
+            self._cache.move_to_end(token)
+            return None
+        failure, claims = self._verify(token)
+        if failure is None:
+            self._remember(token, claims)
+        return failure
+
+    def _verify(self, token: str) -> tuple[AuthFailure | None, dict[str, Any]]:
+        try:
+            alg = jwt.get_unverified_header(token).get("alg")
+        except jwt.PyJWTError:
+            return INVALID_FORMAT, {}
+        options: Any = {"verify_aud": False, "verify_iss": False}
+        try:
+            if alg == "HS256":
+                claims = jwt.decode(token, self.keys.jwt_secret, algorithms=["HS256"], options=options)
+                return None, claims
+            if alg in ASYMMETRIC_ALGORITHMS:
+                key = self._signing_key(token)
+                if key is None:
+                    return INVALID_ASYMMETRIC, {}
+                claims = jwt.decode(token, key, algorithms=[alg], options=options)
+                return None, claims
+        except jwt.PyJWTError:
+            return (INVALID_LEGACY if alg == "HS256" else INVALID_ASYMMETRIC), {}
+        return UNSUPPORTED_ALG, {}
+
+    def _signing_key(self, token: str) -> Any:
+        jwks = self._jwks
+        if jwks is None:
+            return None
+        kid = jwt.get_unverified_header(token).get("kid")
+        for key in jwks.keys:
+            if kid is None or key.key_id == kid:
+                return key.key
+        return None
+
+    def _remember(self, token: str, claims: Mapping[str, Any]) -> None:
+        exp = claims.get("exp")
+        self._cache[token] = float(exp) if isinstance(exp, int | float) else time.time() + 60
+        if len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)

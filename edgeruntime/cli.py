@@ -1,0 +1,232 @@
+"""The ``edgeruntime`` command."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from edgeruntime import __version__
+from edgeruntime.exceptions import EdgeRuntimeError, UsageError
+from edgeruntime.settings import DEFAULT_HOST, DEFAULT_PORT, Settings
+
+__all__ = ["main"]
+
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line and exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def _add_project_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", metavar="FILE", help="config.toml (default: next to the functions directory)")
+    p.add_argument("--env-file", metavar="FILE", help="env file (default: <functions dir>/.env)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="edgeruntime", description="Run Supabase-style edge functions written in Python.")
+    parser.add_argument("--version", action="version", version=f"edgeruntime {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    serve = sub.add_parser("serve", help="serve every function of a directory")
+    serve.add_argument("directory", nargs="?", default="functions", help="functions directory (default: functions)")
+    serve.add_argument("--host", default=DEFAULT_HOST)
+    serve.add_argument("--port", type=int, default=DEFAULT_PORT)
+    serve.add_argument("--no-watch", action="store_true", help="do not reload functions when their files change")
+    serve.add_argument("--no-verify-jwt", action="store_true", help="turn JWT verification off for every function")
+    _add_project_options(serve)
+    serve.add_argument("--database-url", metavar="URL", help="sqlite:///path or postgresql://... for jobs and runs")
+    serve.add_argument("--policy", choices=("per_worker", "per_request"))
+    serve.add_argument("--isolation", choices=("inline", "process"))
+    serve.add_argument("--tier", choices=("free", "pro"), help="hosted plan limits (free: 150 s wall clock)")
+    serve.add_argument("--log-format", choices=("text", "json"), default="text")
+    serve.add_argument(
+        "--graceful-exit-timeout",
+        type=float,
+        default=15.0,
+        metavar="SECONDS",
+        help="how long shutdown waits for background work (default 15)",
+    )
+    serve.add_argument("--server", choices=("hypercorn", "uvicorn"), default="hypercorn")
+
+    new = sub.add_parser("new", help="create a function")
+    new.add_argument("name")
+    new.add_argument("--dir", default="functions", help="functions directory (default: functions)")
+    new.add_argument("--template", default="basic")
+
+    ls = sub.add_parser("list", help="list the functions of a directory")
+    ls.add_argument("directory", nargs="?", default="functions")
+    _add_project_options(ls)
+
+    invoke = sub.add_parser("invoke", help="call a function on a running server")
+    invoke.add_argument("name")
+    invoke.add_argument("--data", default=None, help="JSON request body")
+    invoke.add_argument("--method", default="POST")
+    invoke.add_argument("--path", default="", help="path after the function name")
+    invoke.add_argument("--header", action="append", default=[], metavar="NAME:VALUE")
+    invoke.add_argument("--url", default=f"http://{DEFAULT_HOST}:{DEFAULT_PORT}", help="server base URL")
+    invoke.add_argument("--key", choices=("service_role", "anon", "none"), default="service_role")
+    invoke.add_argument("--directory", default="functions", help="functions directory (for its keys)")
+    _add_project_options(invoke)
+
+    keys = sub.add_parser("keys", help="print the keys and JWT secret in use")
+    keys.add_argument("directory", nargs="?", default="functions")
+    keys.add_argument("--anon", action="store_true", help="print only the anon key")
+    keys.add_argument("--service-role", action="store_true", help="print only the service role key")
+    keys.add_argument("--json", action="store_true")
+    _add_project_options(keys)
+    return parser
+
+
+def _settings(args: argparse.Namespace, directory: str, **options: Any) -> Settings:
+    return Settings.build(
+        directory,
+        config_path=getattr(args, "config", None),
+        env_file=getattr(args, "env_file", None),
+        **options,
+    )
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from edgeruntime.app import create_app
+    from edgeruntime.logs import configure_logging
+    from edgeruntime.reload import watch_functions
+    from edgeruntime.server import run_server
+
+    if not 0 < args.port < 65536:
+        raise UsageError(f"--port: {args.port} is not a TCP port")
+    settings = _settings(
+        args,
+        args.directory,
+        host=args.host,
+        port=args.port,
+        no_verify_jwt=args.no_verify_jwt,
+        database_url=args.database_url,
+        policy=args.policy,
+        isolation=args.isolation,
+        tier=args.tier,
+        watch=not args.no_watch,
+        log_format=args.log_format,
+        graceful_exit_timeout_sec=args.graceful_exit_timeout,
+        server=args.server,
+    )
+    app = create_app(settings)
+    if not app.functions:
+        raise UsageError(f"no functions in {settings.functions_dir}: expected {settings.functions_dir}/<name>/index.py")
+    configure_logging(settings.log_format)
+
+    async def banner() -> None:
+        print(f"Serving functions on {settings.base_url}/functions/v1/<function-name>")
+        for name in app.functions:
+            print(f" - {settings.function_url(name)}")
+        print(
+            f"Using edgeruntime {__version__} (policy {settings.policy}, isolation {settings.isolation})",
+            flush=True,
+        )
+
+    async def watch(stop: asyncio.Event) -> None:
+        await watch_functions(app, stop)
+
+    return run_server(settings, app, on_start=banner, background=[watch] if settings.watch else [])
+
+
+def cmd_new(args: argparse.Namespace) -> int:
+    from edgeruntime.scaffold import create_function
+
+    path = create_function(Path(args.dir), args.name, args.template)
+    print(f"Created {path}")
+    print(f"Serve it with: edgeruntime serve {args.dir}")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from edgeruntime.discovery import discover
+
+    settings = _settings(args, args.directory)
+    for name in discover(settings.functions_dir):
+        fn = settings.config.function(name)
+        state = "enabled" if fn.enabled else "disabled"
+        jwt_state = "verify_jwt" if fn.verify_jwt else "no verify_jwt"
+        print(f"{name}\t{settings.function_url(name)}\t{state}, {jwt_state}")
+    return 0
+
+
+def cmd_invoke(args: argparse.Namespace) -> int:
+    import httpx
+
+    headers: dict[str, str] = {}
+    if args.key != "none":
+        settings = _settings(args, args.directory)
+        key = settings.keys.service_role_key if args.key == "service_role" else settings.keys.anon_key
+        headers["Authorization"] = f"Bearer {key}"
+    for item in args.header:
+        name, sep, value = item.partition(":")
+        if not sep:
+            raise UsageError(f"--header {item!r}: expected NAME:VALUE")
+        headers[name.strip()] = value.strip()
+    content: bytes | None = None
+    if args.data is not None:
+        try:
+            json.loads(args.data)
+        except ValueError as exc:
+            raise UsageError(f"--data is not valid JSON: {exc}") from None
+        content = args.data.encode()
+        headers.setdefault("Content-Type", "application/json")
+    url = f"{args.url.rstrip('/')}/functions/v1/{args.name}{args.path}"
+    try:
+        response = httpx.request(args.method, url, content=content, headers=headers, timeout=None)
+    except httpx.HTTPError as exc:
+        raise UsageError(f"cannot reach {url}: {exc}") from None
+    if response.status_code == 404 and response.text == "Function not found":
+        raise UsageError(f"function {args.name} not found at {args.url}")
+    print(f"HTTP {response.status_code}", file=sys.stderr)
+    sys.stdout.write(response.text + ("" if response.text.endswith("\n") else "\n"))
+    return 0 if response.is_success else 1
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    settings = _settings(args, args.directory)
+    keys = settings.keys
+    if args.anon:
+        print(keys.anon_key)
+        return 0
+    if args.service_role:
+        print(keys.service_role_key)
+        return 0
+    table = {
+        "anon_key": keys.anon_key,
+        "service_role_key": keys.service_role_key,
+        "publishable_key": keys.publishable_key,
+        "secret_key": keys.secret_key,
+        "jwt_secret": keys.jwt_secret,
+    }
+    if args.json:
+        print(json.dumps(table, indent=2))
+    else:
+        width = max(len(k) for k in table)
+        for name, value in table.items():
+            print(f"{name.upper():<{width}}  {value}")
+    return 0
+
+
+COMMANDS = {"serve": cmd_serve, "new": cmd_new, "list": cmd_list, "invoke": cmd_invoke, "keys": cmd_keys}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit status (2 for bad input, with one line on stderr)."""
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except EdgeRuntimeError as exc:
+        print(f"edgeruntime: error: {exc}", file=sys.__stderr__)
+        return EXIT_USAGE
+    except KeyboardInterrupt:  # pragma: no cover - interactive
+        return 130

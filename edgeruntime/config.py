@@ -1,0 +1,261 @@
+"""config.toml: the `[edge_runtime]`, `[auth]`, `[functions.<name>]` and `[cron.<name>]` sections.
+
+The file is found by ``--config`` or as ``config.toml`` in the functions directory's parent, so a
+Supabase project's ``supabase/config.toml`` works when serving ``supabase/functions``. Sections
+that belong to other parts of the Supabase stack (``[api]``, ``[db]``, ...) are accepted and
+ignored; in the sections edgeruntime reads, an unknown key or a wrong type is a ConfigError naming
+the file, the key and what was expected.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, cast
+
+from edgeruntime.exceptions import ConfigError
+from edgeruntime.limits import DEFAULT_LIMITS, LIMIT_KEYS, Isolation, Limits, Policy
+
+__all__ = ["CronConfig", "FunctionConfig", "ProjectConfig", "find_config", "load_config"]
+
+DEFAULT_JWT_SECRET = "super-secret-jwt-token-with-at-least-32-characters-long"
+
+#: Top-level sections of a Supabase config.toml that edgeruntime ignores.
+FOREIGN_SECTIONS = frozenset(
+    {
+        "project_id",
+        "api",
+        "db",
+        "realtime",
+        "studio",
+        "inbucket",
+        "local_smtp",
+        "storage",
+        "analytics",
+        "experimental",
+        "remotes",
+    }
+)
+#: `[edge_runtime]` keys of the Supabase CLI that have no meaning here (accepted, ignored).
+FOREIGN_EDGE_RUNTIME_KEYS = frozenset({"enabled", "inspector_port", "deno_version"})
+#: `[functions.<name>]` keys of the Supabase CLI that have no meaning here (accepted, ignored).
+FOREIGN_FUNCTION_KEYS = frozenset({"import_map", "entrypoint", "static_files"})
+CRON_OVERLAP = ("skip", "allow")
+_ENV_REF = re.compile(r"^env\((?P<name>[A-Za-z_][A-Za-z0-9_]*)\)$")
+
+
+@dataclass(frozen=True)
+class FunctionConfig:
+    """`[functions.<name>]`."""
+
+    enabled: bool = True
+    verify_jwt: bool = True
+    description: str | None = None
+    #: Limit keys set for this function only (applied over the global limits).
+    limits: Mapping[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CronConfig:
+    """`[cron.<name>]`: a schedule that POSTs to a function."""
+
+    name: str
+    function: str
+    schedule: str
+    body: Mapping[str, Any] = field(default_factory=dict)
+    overlap: str = "skip"
+    timezone: str = "UTC"
+    enabled: bool = True
+    description: str | None = None
+
+
+@dataclass(frozen=True)
+class ProjectConfig:
+    """Everything read from config.toml (defaults when there is no file)."""
+
+    path: Path | None = None
+    policy: Policy = "per_worker"
+    isolation: Isolation = "inline"
+    limits: Limits = DEFAULT_LIMITS
+    secrets: Mapping[str, str] = field(default_factory=dict)
+    jwt_secret: str = DEFAULT_JWT_SECRET
+    functions: Mapping[str, FunctionConfig] = field(default_factory=dict)
+    cron: Mapping[str, CronConfig] = field(default_factory=dict)
+
+    def function(self, name: str) -> FunctionConfig:
+        return self.functions.get(name) or FunctionConfig()
+
+    def limits_for(self, name: str, base: Limits | None = None) -> Limits:
+        """The limits of function `name`: `base` (or the global ones) with its own keys applied."""
+        own = self.function(name).limits
+        limits = base or self.limits
+        return limits.replace(**own) if own else limits
+
+
+def find_config(functions_dir: Path, explicit: Path | None) -> Path | None:
+    """`explicit` if given (it must exist), else `<functions_dir>/../config.toml` if present."""
+    if explicit is not None:
+        if not explicit.is_file():
+            raise ConfigError(f"config file {explicit} does not exist")
+        return explicit
+    candidate = functions_dir.parent / "config.toml"
+    return candidate if candidate.is_file() else None
+
+
+class _Reader:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def error(self, key: str, message: str) -> ConfigError:
+        return ConfigError(f"{self.path}: {key}: {message}")
+
+    def table(self, value: Any, key: str) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            raise self.error(key, f"expected a table, got {_kind(value)}")
+        return value
+
+    def check_keys(self, table: Mapping[str, Any], section: str, allowed: frozenset[str] | set[str]) -> None:
+        for key in table:
+            if key not in allowed:
+                raise self.error(f"[{section}] {key}", f"unknown key; expected one of {', '.join(sorted(allowed))}")
+
+    def boolean(self, table: Mapping[str, Any], section: str, key: str, default: bool) -> bool:
+        value = table.get(key, default)
+        if not isinstance(value, bool):
+            raise self.error(f"[{section}] {key}", f"expected true or false, got {_kind(value)}")
+        return value
+
+    def string(self, table: Mapping[str, Any], section: str, key: str, default: str | None) -> str | None:
+        value = table.get(key, default)
+        if value is not None and not isinstance(value, str):
+            raise self.error(f"[{section}] {key}", f"expected a string, got {_kind(value)}")
+        return value
+
+    def choice(self, table: Mapping[str, Any], section: str, key: str, default: str, choices: tuple[str, ...]) -> str:
+        value = self.string(table, section, key, default)
+        if value not in choices:
+            raise self.error(f"[{section}] {key}", f"expected one of {', '.join(choices)}, got {value!r}")
+        return value
+
+    def limits(self, table: Mapping[str, Any], section: str) -> dict[str, float]:
+        found: dict[str, float] = {}
+        for key in LIMIT_KEYS:
+            if key in table:
+                value = table[key]
+                if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+                    raise self.error(f"[{section}] {key}", f"expected a number greater than 0, got {_kind(value)}")
+                found[key] = float(value)
+        return found
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, str):
+        return repr(value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list):
+        return "an array"
+    return repr(value)
+
+
+def resolve_secret(value: str, environ: Mapping[str, str]) -> str:
+    """`env(NAME)` → the value of NAME in `environ` ("" when unset); anything else as written."""
+    match = _ENV_REF.match(value.strip())
+    if match is None:
+        return value
+    return environ.get(match.group("name"), "")
+
+
+def load_config(path: Path | None, environ: Mapping[str, str] | None = None) -> ProjectConfig:
+    """Read and validate `path`; defaults when `path` is None."""
+    if path is None:
+        return ProjectConfig()
+    environ = os.environ if environ is None else environ
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot be read: {exc.strerror}") from None
+    r = _Reader(path)
+    r.check_keys(data, "top level", FOREIGN_SECTIONS | {"edge_runtime", "auth", "functions", "cron"})
+
+    er = r.table(data.get("edge_runtime", {}), "[edge_runtime]")
+    own_er = {"policy", "isolation", "secrets", *LIMIT_KEYS}
+    r.check_keys(er, "edge_runtime", own_er | FOREIGN_EDGE_RUNTIME_KEYS)
+    policy = er.get("policy", "per_worker")
+    if policy == "oneshot":  # the Supabase CLI's other policy: one request per worker
+        policy = "per_request"
+    policy = r.choice({"policy": policy}, "edge_runtime", "policy", "per_worker", ("per_worker", "per_request"))
+    isolation = r.choice(er, "edge_runtime", "isolation", "inline", ("inline", "process"))
+    try:
+        limits = DEFAULT_LIMITS.replace(**r.limits(er, "edge_runtime"))
+    except ValueError as exc:
+        raise r.error("[edge_runtime]", str(exc)) from None
+
+    secrets: dict[str, str] = {}
+    for key, value in r.table(er.get("secrets", {}), "[edge_runtime.secrets]").items():
+        if not isinstance(value, str):
+            raise r.error(f"[edge_runtime.secrets] {key}", f"expected a string, got {_kind(value)}")
+        secrets[key.upper()] = resolve_secret(value, environ)
+
+    auth = r.table(data.get("auth", {}), "[auth]")
+    jwt_secret = r.string(auth, "auth", "jwt_secret", DEFAULT_JWT_SECRET) or DEFAULT_JWT_SECRET
+    jwt_secret = resolve_secret(jwt_secret, environ)
+    if len(jwt_secret) < 16:
+        raise r.error("[auth] jwt_secret", "must be at least 16 characters long")
+
+    functions: dict[str, FunctionConfig] = {}
+    for name, raw in r.table(data.get("functions", {}), "[functions]").items():
+        section = f"functions.{name}"
+        table = r.table(raw, f"[{section}]")
+        r.check_keys(table, section, {"enabled", "verify_jwt", "description", *LIMIT_KEYS} | FOREIGN_FUNCTION_KEYS)
+        own = r.limits(table, section)
+        try:
+            limits.replace(**own)
+        except ValueError as exc:
+            raise r.error(f"[{section}]", str(exc)) from None
+        functions[name] = FunctionConfig(
+            enabled=r.boolean(table, section, "enabled", True),
+            verify_jwt=r.boolean(table, section, "verify_jwt", True),
+            description=r.string(table, section, "description", None),
+            limits=own,
+        )
+
+    cron: dict[str, CronConfig] = {}
+    cron_keys = {"function", "schedule", "body", "overlap", "timezone", "enabled", "description"}
+    for name, raw in r.table(data.get("cron", {}), "[cron]").items():
+        section = f"cron.{name}"
+        table = r.table(raw, f"[{section}]")
+        r.check_keys(table, section, cron_keys)
+        for required in ("function", "schedule"):
+            if required not in table:
+                raise r.error(f"[{section}] {required}", "is required")
+        body = r.table(table.get("body", {}), f"[{section}] body")
+        cron[name] = CronConfig(
+            name=name,
+            function=cast(str, r.string(table, section, "function", None)),
+            schedule=cast(str, r.string(table, section, "schedule", None)),
+            body=body,
+            overlap=r.choice(table, section, "overlap", "skip", CRON_OVERLAP),
+            timezone=cast(str, r.string(table, section, "timezone", "UTC")),
+            enabled=r.boolean(table, section, "enabled", True),
+            description=r.string(table, section, "description", None),
+        )
+
+    return ProjectConfig(
+        path=path,
+        policy=cast(Policy, policy),
+        isolation=cast(Isolation, isolation),
+        limits=limits,
+        secrets=secrets,
+        jwt_secret=jwt_secret,
+        functions=functions,
+        cron=cron,
+    )

@@ -1,0 +1,73 @@
+"""The env a function sees, built as `supabase functions serve` builds it.
+
+Lowest to highest: the server's own environment, ``[edge_runtime.secrets]`` from config.toml, the
+env file (``<functions dir>/.env``, or ``--env-file`` instead of it), then the injected
+``SUPABASE_*`` variables. User variables whose names start with ``SUPABASE_`` are dropped with one
+warning line each, as the Supabase CLI does.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+
+from dotenv import dotenv_values
+
+from edgeruntime.auth import Keys
+from edgeruntime.exceptions import ConfigError
+
+__all__ = ["build_env", "read_env_file"]
+
+logger = logging.getLogger("edgeruntime")
+
+RESERVED_PREFIX = "SUPABASE_"
+#: Never forwarded from the server's environment (the CLI drops these too).
+HIDDEN_PREFIX = "SUPABASE_INTERNAL_"
+ENV_FILE = ".env"
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """Parse a dotenv file; a missing file is a ConfigError naming it."""
+    if not path.is_file():
+        raise ConfigError(f"env file {path} does not exist")
+    try:
+        values = dotenv_values(path, interpolate=False)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"env file {path} cannot be read: {exc}") from None
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def _drop_reserved(values: Mapping[str, str], origin: str) -> dict[str, str]:
+    kept: dict[str, str] = {}
+    for name, value in values.items():
+        if name.upper().startswith(RESERVED_PREFIX):
+            logger.warning("Env name cannot start with SUPABASE_, skipping: %s (%s)", name, origin)
+            continue
+        kept[name] = value
+    return kept
+
+
+def build_env(
+    *,
+    environ: Mapping[str, str],
+    functions_dir: Path,
+    keys: Keys,
+    base_url: str,
+    secrets: Mapping[str, str] | None = None,
+    env_file: Path | None = None,
+) -> dict[str, str]:
+    """The complete env of every function of a server."""
+    env = {k: v for k, v in environ.items() if not k.startswith(HIDDEN_PREFIX)}
+    if secrets:
+        env.update(_drop_reserved(secrets, "config.toml [edge_runtime.secrets]"))
+    file = env_file if env_file is not None else functions_dir / ENV_FILE
+    if env_file is not None or file.is_file():
+        env.update(_drop_reserved(read_env_file(file), str(file)))
+    env.setdefault("SUPABASE_URL", base_url)
+    env.setdefault("SUPABASE_ANON_KEY", keys.anon_key)
+    env.setdefault("SUPABASE_SERVICE_ROLE_KEY", keys.service_role_key)
+    env.setdefault("SUPABASE_JWKS", keys.jwks)
+    env.setdefault("SUPABASE_PUBLISHABLE_KEYS", f'{{"default":"{keys.publishable_key}"}}')
+    env.setdefault("SUPABASE_SECRET_KEYS", f'{{"default":"{keys.secret_key}"}}')
+    return env

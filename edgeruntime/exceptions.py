@@ -1,0 +1,79 @@
+"""The exception tree of edgeruntime.
+
+EdgeRuntimeError
+├── ConfigError              bad config file, flag or env file (CLI exit status 2)
+├── UsageError               bad CLI input: missing directory, port in use, unknown function
+├── NotSupportedError        an API the edge runtime forbids (`Deno.env.set`)
+└── FunctionError            something went wrong in one function; the others keep serving
+    ├── BootError            the function's module failed to load → 503 BOOT_ERROR
+    ├── WorkerCrashed        the worker died (or its module raised at top level) → 500 WORKER_ERROR
+    ├── InvalidResponse      the handler returned something that is not a Response → 502
+    └── LimitExceeded        a resource limit ended the work → 546 WORKER_LIMIT
+        └── WallClockLimitExceeded (also a TimeoutError)
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BootError",
+    "ConfigError",
+    "EdgeRuntimeError",
+    "FunctionError",
+    "InvalidResponse",
+    "LimitExceeded",
+    "NotSupportedError",
+    "UsageError",
+    "WallClockLimitExceeded",
+    "WorkerCrashed",
+]
+
+
+class EdgeRuntimeError(Exception):
+    """Unexpected edgeruntime error."""
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or (self.__doc__ or "").strip())
+
+
+class ConfigError(EdgeRuntimeError):
+    """Raised when a config file, env file or flag holds a value edgeruntime cannot use."""
+
+
+class UsageError(EdgeRuntimeError):
+    """Raised when the command line asks for something that cannot be done."""
+
+
+class NotSupportedError(EdgeRuntimeError):
+    """Raised when function code calls an API the edge runtime does not support."""
+
+
+class FunctionError(EdgeRuntimeError):
+    """Raised when one function fails; other functions are not affected."""
+
+    def __init__(self, function: str, message: str | None = None) -> None:
+        self.function = function
+        super().__init__(message)
+
+
+class BootError(FunctionError):
+    """Raised when a function's module cannot be loaded."""
+
+
+class WorkerCrashed(FunctionError):
+    """Raised when a function's worker ended with an error."""
+
+
+class InvalidResponse(FunctionError):
+    """Raised when a handler returns something that is not a Response."""
+
+
+class LimitExceeded(FunctionError):
+    """Raised when a resource limit (wall clock, CPU, memory) ended the work."""
+
+    def __init__(self, function: str, reason: str, message: str | None = None) -> None:
+        self.reason = reason
+        super().__init__(function, message or f"{function}: {reason} limit reached")
+
+
+class WallClockLimitExceeded(LimitExceeded, TimeoutError):
+    """Raised when the wall-clock limit ended the work."""

@@ -1,0 +1,69 @@
+"""Resource limits of a function worker, in the units their names carry."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Literal
+
+__all__ = ["DEFAULT_LIMITS", "FREE_TIER", "LIMIT_KEYS", "PRO_TIER", "Limits", "Policy", "Isolation"]
+
+SECONDS = 1.0
+MILLISECONDS = 1.0
+MEGABYTES = 1.0
+
+Policy = Literal["per_worker", "per_request"]
+Isolation = Literal["inline", "process"]
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Limits of one function's worker. Defaults are those of the real local runtime (SB).
+
+    Example::
+
+        Limits(wall_clock_limit_sec=2, cpu_soft_limit_ms=100, cpu_hard_limit_ms=200)
+    """
+
+    #: The worker's lifetime: retired at half of it, ended at all of it (hosted free tier: 150 s).
+    wall_clock_limit_sec: float = 400 * SECONDS
+    #: CPU time after which the worker retires.
+    cpu_soft_limit_ms: float = 1000 * MILLISECONDS
+    #: CPU time after which the worker is ended.
+    cpu_hard_limit_ms: float = 2000 * MILLISECONDS
+    #: Memory after which the worker is ended (enforced with process isolation).
+    memory_limit_mb: float = 256 * MEGABYTES
+    #: A request whose response has not started after this long gets 504.
+    request_idle_timeout_sec: float = 150 * SECONDS
+    #: Larger request bodies get 413.
+    max_request_body_mb: float = 20 * MEGABYTES
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ValueError(f"{f.name} must be a number, got {value!r}")
+            if value <= 0:
+                raise ValueError(f"{f.name} must be greater than 0, got {value!r}")
+        if self.cpu_soft_limit_ms > self.cpu_hard_limit_ms:
+            raise ValueError(
+                f"cpu_soft_limit_ms ({self.cpu_soft_limit_ms}) must not exceed "
+                f"cpu_hard_limit_ms ({self.cpu_hard_limit_ms})"
+            )
+
+    def replace(self, **changes: Any) -> Limits:
+        """A copy with `changes` applied (validated)."""
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def max_request_body_bytes(self) -> int:
+        return int(self.max_request_body_mb * 1024 * 1024)
+
+
+#: The config keys that are limits (settable in `[edge_runtime]` and `[functions.<name>]`).
+LIMIT_KEYS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Limits))
+DEFAULT_LIMITS = Limits()
+#: `--tier free`: the hosted free plan's wall clock.
+FREE_TIER = Limits(wall_clock_limit_sec=150 * SECONDS)
+#: `--tier pro`: the hosted paid plans' wall clock.
+PRO_TIER = Limits(wall_clock_limit_sec=400 * SECONDS)

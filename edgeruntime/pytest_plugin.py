@@ -1,0 +1,62 @@
+"""The pytest plugin (registered under ``pytest11``): the ``edge_client`` fixture.
+
+``edge_client`` is an :class:`edgeruntime.testing.EdgeClient` over the ``functions`` directory
+(ini option ``edgeruntime_functions_dir``, or ``@pytest.mark.edgeruntime(functions_dir=...,
+**options)``). A test that leaves background work pending or failed fails: call
+``await edge_client.drain()`` before it ends.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+__all__ = ["edge_client"]
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addini("edgeruntime_functions_dir", "functions directory for the edge_client fixture", default="functions")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "edgeruntime(functions_dir=None, **options): options of the edge_client fixture")
+
+
+try:
+    import pytest_asyncio
+except ImportError:  # pragma: no cover - depends on the user's environment
+
+    @pytest.fixture
+    def edge_client() -> Any:  # type: ignore[misc, unused-ignore]
+        pytest.fail("the edge_client fixture needs pytest-asyncio: pip install 'edgeruntime[testing]'")
+
+else:
+
+    @pytest_asyncio.fixture
+    async def edge_client(request: pytest.FixtureRequest) -> AsyncIterator[Any]:  # type: ignore[misc]
+        from edgeruntime.testing import EdgeClient
+
+        marker = request.node.get_closest_marker("edgeruntime")
+        options: dict[str, Any] = dict(marker.kwargs) if marker else {}
+        directory = options.pop("functions_dir", None) or request.config.getini("edgeruntime_functions_dir")
+        path = Path(directory)
+        if not path.is_absolute():
+            path = Path(request.config.rootpath) / path
+        async with EdgeClient(path, **options) as client:
+            yield client
+            pending = client.pending()
+            failed = list(client.failed)
+            problems = []
+            if pending:
+                problems.append(
+                    "background work still pending: " + ", ".join(f"{t.function}:{t.name}" for t in pending)
+                )
+            if failed:
+                problems.append(
+                    "background work failed: " + ", ".join(f"{t.function}:{t.name}: {t.error!r}" for t in failed)
+                )
+            if problems:
+                pytest.fail("; ".join(problems) + " (await edge_client.drain() in the test)", pytrace=False)

@@ -1,0 +1,236 @@
+"""The API function code uses: ``serve``, ``EdgeRuntime`` and ``Deno``."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import inspect
+import logging
+import os
+import sys
+from collections.abc import Awaitable, Generator
+from dataclasses import dataclass
+from typing import Any, Generic, Literal, TypeVar
+
+from edgeruntime.background import BackgroundTask
+from edgeruntime.context import (
+    EventCallback,
+    ExecutionContext,
+    booting,
+    current_context,
+    current_worker,
+    default_worker,
+)
+from edgeruntime.exceptions import NotSupportedError
+
+__all__ = ["BeforeUnloadEvent", "Deno", "EdgeRuntime", "UnhandledRejectionEvent", "serve"]
+
+logger = logging.getLogger("edgeruntime")
+
+T = TypeVar("T")
+H = TypeVar("H")
+
+#: Why a worker is about to unload (the edge runtime's reasons, snake_case).
+UnloadReason = Literal["wall_clock", "cpu", "memory", "early_drop", "termination"]
+EventName = Literal["beforeunload", "unhandledrejection"]
+
+#: Name of the module attribute `serve()` leaves behind when called outside the runtime.
+HANDLER_ATTRIBUTE = "__edgeruntime_handler__"
+
+
+@dataclass(frozen=True)
+class BeforeUnloadEvent:
+    """Passed to ``beforeunload`` listeners; ``reason`` says why the worker is going away."""
+
+    reason: str
+
+    @property
+    def detail(self) -> dict[str, str]:
+        """The web platform shape, ``{"reason": ...}``, for code ported from ``ev.detail.reason``."""
+        return {"reason": self.reason}
+
+
+@dataclass(frozen=True)
+class UnhandledRejectionEvent:
+    """Passed to ``unhandledrejection`` listeners when background work raised."""
+
+    error: BaseException
+    execution_id: str
+    function: str
+
+
+class PendingWork(Generic[T]):
+    """What ``wait_until`` returns: an awaitable for the same background work."""
+
+    __slots__ = ("_entry", "_ctx")
+
+    def __init__(self, entry: BackgroundTask, ctx: ExecutionContext) -> None:
+        self._entry = entry
+        self._ctx = ctx
+
+    @property
+    def task(self) -> asyncio.Future[T]:
+        return self._entry.task
+
+    def done(self) -> bool:
+        return self._entry.task.done()
+
+    def __await__(self) -> Generator[Any, None, T]:
+        ctx = current_context()
+        if ctx is self._ctx and ctx.trigger != "test" and not ctx.response_started:
+            logger.warning(
+                "function %s awaits the result of wait_until(%s) before responding: "
+                "this delays the response until the background work ends; return the response "
+                "and let the runtime finish the work",
+                ctx.function,
+                self._entry.name,
+                extra={"function": ctx.function, "execution_id": ctx.execution_id},
+            )
+        return self._entry.task.__await__()
+
+
+class EdgeRuntime:
+    """The ``EdgeRuntime`` global of the Supabase edge runtime."""
+
+    def __init__(self) -> None:
+        raise TypeError("EdgeRuntime is a namespace; call EdgeRuntime.wait_until(...) directly")
+
+    @staticmethod
+    def wait_until(awaitable: Awaitable[T]) -> PendingWork[T]:
+        """Run `awaitable` in the background, after the response if need be.
+
+        Returns at once with an awaitable for the same work (the edge runtime returns the promise
+        it was given). The work is bounded by the worker's limits; when it raises, the error is
+        logged with the function name and execution id and reported to ``unhandledrejection``
+        listeners. Outside a request (in a unit test) the work attaches to a default context that
+        ``edgeruntime.testing.drain()`` waits for.
+
+        Example::
+
+            EdgeRuntime.wait_until(send_email(body["email"]))
+            return JSONResponse({"accepted": True}, status_code=202)
+        """
+        if not inspect.isawaitable(awaitable):
+            raise TypeError(
+                f"wait_until() takes an awaitable (a coroutine or task), not {type(awaitable).__name__}; "
+                "did you call a plain function instead of an async one?"
+            )
+        ctx = current_context()
+        if ctx is None:
+            ctx = _default_context()
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return _wait_until_from_thread(awaitable, ctx)
+        return PendingWork(ctx.worker.background.add(awaitable, ctx), ctx)
+
+    waitUntil = wait_until
+
+    @staticmethod
+    def on(event: EventName, callback: EventCallback) -> None:
+        """Listen for ``"beforeunload"`` or ``"unhandledrejection"`` on the current worker.
+
+        Callbacks may be sync or async; an exception inside one is logged, never propagated.
+        """
+        if event not in ("beforeunload", "unhandledrejection"):
+            raise ValueError(f"unknown event {event!r}: use 'beforeunload' or 'unhandledrejection'")
+        current_worker().add_listener(event, callback)
+
+    addEventListener = on
+
+    @staticmethod
+    def off(event: EventName, callback: EventCallback) -> None:
+        """Remove a listener added with :meth:`on`."""
+        current_worker().remove_listener(event, callback)
+
+
+_default_ctx: ExecutionContext | None = None
+
+
+def _default_context() -> ExecutionContext:
+    global _default_ctx
+    worker = booting.get() or default_worker()
+    if _default_ctx is None or _default_ctx.worker is not worker:
+        _default_ctx = ExecutionContext(function=worker.function, worker=worker, trigger="test")
+        _default_ctx.response_started = True
+    return _default_ctx
+
+
+def _wait_until_from_thread(awaitable: Awaitable[T], ctx: ExecutionContext) -> PendingWork[T]:
+    # A sync handler runs in a worker thread: hand the work to the worker's event loop.
+    loop = ctx.worker.loop
+    if loop is None or loop.is_closed():
+        raise RuntimeError("wait_until() needs a running event loop")
+    result: concurrent.futures.Future[BackgroundTask] = concurrent.futures.Future()
+
+    def schedule() -> None:
+        try:
+            result.set_result(ctx.worker.background.add(awaitable, ctx))
+        except BaseException as exc:  # pragma: no cover - re-raised in the calling thread
+            result.set_exception(exc)
+
+    loop.call_soon_threadsafe(schedule)
+    return PendingWork(result.result(), ctx)
+
+
+class _Env:
+    """``Deno.env``: the env the runtime gives the function; read-only, as in the edge runtime."""
+
+    def _mapping(self) -> Any:
+        return current_worker().env
+
+    def get(self, name: str) -> str | None:
+        value: str | None = self._mapping().get(name)
+        return value
+
+    def has(self, name: str) -> bool:
+        return name in self._mapping()
+
+    def to_object(self) -> dict[str, str]:
+        return dict(self._mapping())
+
+    toObject = to_object
+
+    def set(self, name: str, value: str) -> None:
+        raise NotSupportedError("Deno.env.set() is not supported in the edge runtime: the env is read-only")
+
+    def delete(self, name: str) -> None:
+        """A silent no-op, as in the edge runtime."""
+
+
+class Deno:
+    """The parts of the ``Deno`` global that edge functions use."""
+
+    env = _Env()
+
+    def __init__(self) -> None:
+        raise TypeError("Deno is a namespace; use Deno.env.get(...)")
+
+
+def serve(handler: H) -> H:
+    """Register the module's request handler, like ``Deno.serve(handler)``.
+
+    `handler` may be an ``async def handler(request) -> Response``, a plain ``def`` (run in a
+    worker thread) or any ASGI application (Starlette, FastAPI). Usable as a decorator: it returns
+    its argument. When the module is run as a script (``python functions/hello/index.py``) it
+    serves the handler on ``PORT`` (default 8000), like ``deno run index.ts``.
+
+    Example::
+
+        async def handler(req: Request) -> Response:
+            return JSONResponse({"message": "hello"})
+
+        serve(handler)
+    """
+    state = booting.get()
+    if state is not None:
+        state.handlers.append(handler)
+        return handler
+    caller = sys._getframe(1).f_globals
+    if caller.get("__name__") == "__main__":
+        from edgeruntime.standalone import run_standalone
+
+        run_standalone(handler, caller.get("__file__"), port=int(os.environ.get("PORT", "8000")))
+        return handler
+    caller[HANDLER_ATTRIBUTE] = handler
+    return handler

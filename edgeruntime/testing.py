@@ -1,0 +1,207 @@
+"""Test helpers: an in-process client over the same app ``edgeruntime serve`` runs.
+
+Example::
+
+    from edgeruntime.testing import EdgeClient
+
+    async def test_contact() -> None:
+        async with EdgeClient("functions") as client:
+            r = await client.invoke("contact", json={"email": "a@example.com", "message": "hi"})
+            assert r.status_code == 200
+            await client.drain()      # wait for wait_until work; raises its errors
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+import types
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import httpx
+
+from edgeruntime.app import EdgeApp, create_app
+from edgeruntime.background import BackgroundTask, TaskOutcome
+from edgeruntime.context import ExecutionContext, WorkerState, default_worker
+from edgeruntime.discovery import ENTRYPOINT, FunctionSpec, load_function_module
+from edgeruntime.exceptions import UsageError
+from edgeruntime.handlers import to_asgi
+from edgeruntime.settings import Settings
+from edgeruntime.types import ASGIApp, Handler
+
+__all__ = ["EdgeClient", "LoadedFunction", "drain", "execution_context", "load_function"]
+
+Auth = Literal["service_role", "anon"] | None
+
+
+class EdgeClient:
+    """An in-process client for every function of a directory, with `serve`'s semantics.
+
+    Settings are resolved exactly as ``edgeruntime serve`` resolves them (config.toml, env file,
+    injected env, JWT verification); keyword arguments are the same as the command's options
+    (``config_path``, ``env_file``, ``no_verify_jwt``, ``limits``, ``policy``, ``isolation`` ...).
+    """
+
+    def __init__(self, functions_dir: str | os.PathLike[str] = "functions", **options: Any) -> None:
+        self.settings = options.pop("settings", None) or Settings.build(functions_dir, watch=False, **options)
+        self.app: EdgeApp = create_app(self.settings)
+        self.failed: list[BackgroundTask] = []
+        self.finished: list[BackgroundTask] = []
+        self.app.background_observers.append(self._observe)
+        self._http: httpx.AsyncClient | None = None
+
+    def _observe(self, task: BackgroundTask) -> None:
+        self.finished.append(task)
+        if task.outcome is TaskOutcome.FAILED:
+            self.failed.append(task)
+
+    async def __aenter__(self) -> EdgeClient:
+        await self.app.startup()
+        self._http = httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=self.app), base_url=self.settings.base_url, timeout=None
+        )
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._http is not None:
+            await self._http.aclose()
+        await self.app.shutdown(timeout=0)
+
+    @property
+    def http(self) -> httpx.AsyncClient:
+        """The underlying httpx client (base URL is the server's, e.g. http://127.0.0.1:54321)."""
+        if self._http is None:
+            raise RuntimeError("use `async with EdgeClient(...) as client:` first")
+        return self._http
+
+    def headers_for(self, auth: Auth) -> dict[str, str]:
+        if auth is None:
+            return {}
+        key = self.settings.keys.service_role_key if auth == "service_role" else self.settings.keys.anon_key
+        return {"Authorization": f"Bearer {key}"}
+
+    async def invoke(
+        self,
+        name: str,
+        *,
+        method: str = "POST",
+        path: str = "",
+        json: Any = None,
+        content: bytes | str | None = None,
+        data: Mapping[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
+        params: Mapping[str, Any] | None = None,
+        auth: Auth = "service_role",
+    ) -> httpx.Response:
+        """Call function `name` as `POST /functions/v1/<name><path>`; the service role key by default."""
+        all_headers = {**self.headers_for(auth), **(headers or {})}
+        return await self.http.request(
+            method,
+            f"/functions/v1/{name}{path}",
+            json=json,
+            content=content,
+            data=data,
+            headers=all_headers,
+            params=params,
+        )
+
+    async def request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        """Any request to the app (`/functions/v1/...`, `/_internal/health` ...), no key added."""
+        return await self.http.request(method, url, **kwargs)
+
+    def pending(self) -> list[BackgroundTask]:
+        """Background tasks still running."""
+        return self.app.pending_background()
+
+    async def drain(self, timeout: float | None = 30.0) -> None:
+        """Wait for all background work; raise an ExceptionGroup of the errors it raised.
+
+        Errors are reported once: a second drain only reports errors that came after the first.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while pending := self.pending():
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                names = ", ".join(sorted(f"{t.function}:{t.name}" for t in pending))
+                raise TimeoutError(f"background work still pending after {timeout} s: {names}")
+            await asyncio.wait([t.task for t in pending], timeout=remaining)
+        failed, self.failed = self.failed, []
+        if failed:
+            raise ExceptionGroup(
+                f"{len(failed)} background task(s) failed: "
+                + ", ".join(f"{t.function}:{t.name} ({t.execution_id})" for t in failed),
+                [t.error if isinstance(t.error, Exception) else RuntimeError(repr(t.error)) for t in failed],
+            )
+
+
+@dataclass
+class LoadedFunction:
+    """A function module loaded on its own, for unit tests of its handler."""
+
+    name: str
+    module: types.ModuleType
+    handler: Handler
+    app: ASGIApp
+    worker: WorkerState
+
+    def client(self, base_url: str = "http://127.0.0.1:54321") -> httpx.AsyncClient:
+        """An httpx client calling this function's handler directly (paths as the function sees them)."""
+        return httpx.AsyncClient(transport=httpx.ASGITransport(app=self.app), base_url=base_url)
+
+
+_last_loaded: LoadedFunction | None = None
+
+
+def load_function(path: str | os.PathLike[str], **options: Any) -> LoadedFunction:
+    """Load `functions/<name>` (or its index.py) with the env `serve` would give it.
+
+    Hyphenated names work: the module is loaded from its file, not imported by name.
+    """
+    global _last_loaded
+    target = Path(path)
+    if target.name == ENTRYPOINT:
+        target = target.parent
+    if not (target / ENTRYPOINT).is_file():
+        raise UsageError(f"{target / ENTRYPOINT} does not exist")
+    settings = Settings.build(target.parent, watch=False, **options)
+    spec = FunctionSpec(target.name, target.resolve())
+    state = WorkerState(spec.name, settings.env)
+    with contextlib.suppress(RuntimeError):
+        state.loop = asyncio.get_running_loop()
+    module, handler = load_function_module(spec, state)
+    loaded = LoadedFunction(spec.name, module, handler, to_asgi(handler, spec.name), state)
+    _last_loaded = loaded
+    return loaded
+
+
+@contextlib.asynccontextmanager
+async def execution_context(
+    function: LoadedFunction | None = None, *, execution_id: str | None = None
+) -> AsyncIterator[ExecutionContext]:
+    """Run code as one invocation: `wait_until` work attaches to it and `ctx.drain()` waits for it.
+
+    Without `function`, the most recently loaded function's env and listeners are used.
+    """
+    fn = function or _last_loaded
+    worker = fn.worker if fn is not None else default_worker()
+    worker.loop = asyncio.get_running_loop()
+    ctx = ExecutionContext(function=worker.function, worker=worker, trigger="test")
+    if execution_id is not None:
+        ctx.execution_id = execution_id
+    token = ctx.activate()
+    try:
+        yield ctx
+    finally:
+        ctx.deactivate(token)
+
+
+async def drain(timeout: float | None = 30.0) -> None:
+    """Wait for `wait_until` work started outside any invocation (the default context)."""
+    worker = default_worker()
+    worker.loop = asyncio.get_running_loop()
+    await worker.background.drain(timeout=timeout)

@@ -1,0 +1,20 @@
+"""Type aliases shared across edgeruntime."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any, TypeAlias
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+Scope: TypeAlias = MutableMapping[str, Any]
+Message: TypeAlias = MutableMapping[str, Any]
+Receive: TypeAlias = Callable[[], Awaitable[Message]]
+Send: TypeAlias = Callable[[Message], Awaitable[None]]
+ASGIApp: TypeAlias = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+#: What `serve()` accepts: an async or sync request handler, or an ASGI application.
+Handler: TypeAlias = Callable[[Request], Awaitable[Response]] | Callable[[Request], Response] | ASGIApp | Any
+
+JSON: TypeAlias = dict[str, Any] | list[Any] | str | int | float | bool | None

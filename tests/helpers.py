@@ -1,0 +1,124 @@
+"""Shared test helpers: fixture functions on disk and a real `edgeruntime serve` subprocess."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import IO, Any
+
+import httpx
+
+from edgeruntime.auth import demo_keys
+from edgeruntime.config import DEFAULT_JWT_SECRET
+
+KEYS = demo_keys(DEFAULT_JWT_SECRET)
+SERVICE_ROLE = {"Authorization": f"Bearer {KEYS.service_role_key}"}
+ANON = {"Authorization": f"Bearer {KEYS.anon_key}"}
+FIXTURES = Path(__file__).parent / "fixtures"
+
+HELLO = """
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from edgeruntime import serve
+
+async def handler(req: Request) -> JSONResponse:
+    return JSONResponse({"message": "hello", "path": req.url.path})
+
+serve(handler)
+"""
+
+
+def write_function(functions_dir: Path, name: str, source: str) -> Path:
+    """Write `<functions_dir>/<name>/index.py` with `source` (dedented)."""
+    path = functions_dir / name / "index.py"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(textwrap.dedent(source).lstrip(), encoding="utf-8")
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class ServerProcess:
+    """`edgeruntime serve` in a subprocess on a free loopback port; always reaped."""
+
+    def __init__(self, functions_dir: Path, *args: str, env: Mapping[str, str] | None = None,
+                 port: int | None = None, cwd: Path | None = None) -> None:
+        self.port = port or free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.log_path = functions_dir.parent / f"serve-{self.port}.log"
+        self._log: IO[bytes] = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "edgeruntime", "serve", str(functions_dir), "--port", str(self.port), *args],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+            cwd=cwd,
+        )
+
+    @property
+    def output(self) -> str:
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+    def wait_ready(self, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.output}")
+            try:
+                if httpx.get(f"{self.base_url}/_internal/health", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        raise TimeoutError(f"server not ready after {timeout} s:\n{self.output}")
+
+    def url(self, name: str, path: str = "") -> str:
+        return f"{self.base_url}/functions/v1/{name}{path}"
+
+    def terminate(self, timeout: float = 30.0) -> int:
+        """SIGTERM, then wait; returns the exit status."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            self.stop()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self._log.close()
+
+    def __enter__(self) -> ServerProcess:
+        try:
+            self.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
+def run_cli(*args: str, cwd: Path | None = None, env: Mapping[str, str] | None = None,
+            timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run `python -m edgeruntime ARGS` and capture its output."""
+    return subprocess.run(
+        [sys.executable, "-m", "edgeruntime", *args],
+        capture_output=True, text=True, cwd=cwd, timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
