@@ -226,7 +226,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except EdgeRuntimeError as exc:
-        print(f"edgeruntime: error: {exc}", file=sys.__stderr__)
+        print(f"edgeruntime: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:  # pragma: no cover - interactive
         return 130

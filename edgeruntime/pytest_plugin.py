@@ -8,7 +8,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Generator
 from pathlib import Path
 from typing import Any
 
@@ -47,16 +47,31 @@ else:
             path = Path(request.config.rootpath) / path
         async with EdgeClient(path, **options) as client:
             yield client
-            pending = client.pending()
-            failed = list(client.failed)
-            problems = []
-            if pending:
-                problems.append(
-                    "background work still pending: " + ", ".join(f"{t.function}:{t.name}" for t in pending)
-                )
-            if failed:
-                problems.append(
-                    "background work failed: " + ", ".join(f"{t.function}:{t.name}: {t.error!r}" for t in failed)
-                )
-            if problems:
-                pytest.fail("; ".join(problems) + " (await edge_client.drain() in the test)", pytrace=False)
+
+
+def _problems(client: Any) -> list[str]:
+    problems = []
+    pending = client.pending()
+    if pending:
+        problems.append("background work still pending: " + ", ".join(f"{t.function}:{t.name}" for t in pending))
+    if client.failed:
+        problems.append(
+            "background work failed: " + ", ".join(f"{t.function}:{t.name}: {t.error!r}" for t in client.failed)
+        )
+    return problems
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, None]:
+    # Checked right after the test body, while the client is still open, so the test itself fails.
+    outcome = yield
+    report = outcome.get_result()
+    if report.when != "call" or not report.passed:
+        return
+    client = getattr(item, "funcargs", {}).get("edge_client")
+    if client is None:
+        return
+    problems = _problems(client)
+    if problems:
+        report.outcome = "failed"
+        report.longrepr = "; ".join(problems) + " (await edge_client.drain() in the test)"

@@ -32,7 +32,7 @@ from edgeruntime.discovery import ENTRYPOINT, FunctionSpec, load_function_module
 from edgeruntime.exceptions import UsageError
 from edgeruntime.handlers import to_asgi
 from edgeruntime.settings import Settings
-from edgeruntime.types import ASGIApp, Handler
+from edgeruntime.types import ASGIApp
 
 __all__ = ["EdgeClient", "LoadedFunction", "drain", "execution_context", "load_function"]
 
@@ -114,6 +114,14 @@ class EdgeClient:
         """Any request to the app (`/functions/v1/...`, `/_internal/health` ...), no key added."""
         return await self.http.request(method, url, **kwargs)
 
+    def module(self, name: str) -> types.ModuleType:
+        """The module of function `name` as its active worker loaded it (to inspect its state)."""
+        supervisor = self.app.functions.get(name)
+        worker = supervisor.worker if supervisor is not None else None
+        if worker is None or worker.module is None:
+            raise LookupError(f"function {name} has no booted worker; invoke it first")
+        return worker.module
+
     def pending(self) -> list[BackgroundTask]:
         """Background tasks still running."""
         return self.app.pending_background()
@@ -145,7 +153,8 @@ class LoadedFunction:
 
     name: str
     module: types.ModuleType
-    handler: Handler
+    #: What the module passed to `serve()`: call it with a starlette Request.
+    handler: Any
     app: ASGIApp
     worker: WorkerState
 

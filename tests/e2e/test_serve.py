@@ -1,0 +1,205 @@
+"""`edgeruntime serve` as a user runs it: a real process on a real loopback socket."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.helpers import HELLO, SERVICE_ROLE, ServerProcess, free_port, write_function
+
+pytestmark = pytest.mark.e2e
+
+BACKGROUND = """
+import asyncio
+from starlette.responses import JSONResponse
+from edgeruntime import EdgeRuntime, serve
+
+async def work(marker, seconds):
+    await asyncio.sleep(seconds)
+    with open(marker, "w") as f:
+        f.write("done")
+    print("background work finished")
+
+@serve
+async def handler(req):
+    body = await req.json()
+    EdgeRuntime.wait_until(work(body["marker"], body["seconds"]))
+    return JSONResponse({"accepted": True}, status_code=202)
+"""
+
+
+def test_runtime_responses_on_a_real_socket(hello_dir: Path) -> None:
+    write_function(hello_dir, "broken", "def handler(:\n")
+    write_function(
+        hello_dir, "raises", "from edgeruntime import serve\nasync def h(r):\n    raise ValueError()\nserve(h)\n"
+    )
+    write_function(hello_dir, "dicty", "from edgeruntime import serve\nasync def h(r):\n    return {}\nserve(h)\n")
+    with ServerProcess(hello_dir, "--no-watch") as server:
+        r = httpx.get(server.url("hello", "/x"), headers=SERVICE_ROLE)
+        assert r.status_code == 200 and r.json() == {"message": "hello", "path": "/hello/x"}
+        assert "x-edgeruntime-execution-id" in r.headers
+        r = httpx.get(server.url("nope"), headers=SERVICE_ROLE)
+        assert (r.status_code, r.text, r.headers["sb-error-code"]) == (404, "Function not found", "NOT_FOUND")
+        r = httpx.get(server.url("hello"))
+        assert (r.status_code, r.json()) == (401, {"msg": "Error: Missing authorization header"})
+        r = httpx.get(server.url("broken"), headers=SERVICE_ROLE)
+        assert (r.status_code, r.json()["code"]) == (503, "BOOT_ERROR")
+        r = httpx.get(server.url("raises"), headers=SERVICE_ROLE)
+        assert (r.status_code, r.text) == (500, "Internal Server Error")
+        r = httpx.get(server.url("dicty"), headers=SERVICE_ROLE)
+        assert (r.status_code, r.text) == (502, "Bad Gateway")
+        assert httpx.get(f"{server.base_url}/_internal/health").json() == {"message": "ok"}
+        assert httpx.get(server.url("hello"), headers=SERVICE_ROLE).status_code == 200
+    out = server.output
+    assert "Serving functions on http://127.0.0.1:" in out and f" - {server.url('hello')}" in out
+    assert "GET /functions/v1/hello 200" in out
+
+
+def test_sigterm_waits_for_background_work_then_exits_0(hello_dir: Path, tmp_path: Path) -> None:
+    write_function(hello_dir, "bg", BACKGROUND)
+    marker = tmp_path / "marker.txt"
+    with ServerProcess(hello_dir, "--no-watch") as server:
+        started = time.monotonic()
+        r = httpx.post(server.url("bg"), headers=SERVICE_ROLE, json={"marker": str(marker), "seconds": 2})
+        assert r.status_code == 202
+        assert time.monotonic() - started < 1.5
+        assert not marker.exists()
+        status = server.terminate(timeout=30)
+    assert status == 0, server.output
+    assert marker.read_text() == "done"
+    assert "background work finished" in server.output
+
+
+def test_shutdown_cuts_work_past_the_graceful_exit_timeout(hello_dir: Path, tmp_path: Path) -> None:
+    write_function(hello_dir, "bg", BACKGROUND)
+    marker = tmp_path / "marker.txt"
+    with ServerProcess(hello_dir, "--no-watch", "--graceful-exit-timeout", "0.5") as server:
+        r = httpx.post(server.url("bg"), headers=SERVICE_ROLE, json={"marker": str(marker), "seconds": 30})
+        assert r.status_code == 202
+        status = server.terminate(timeout=30)
+    assert status == 0
+    assert not marker.exists()
+    assert "cut" in server.output and "work (function bg, execution" in server.output
+
+
+def test_hot_reload_reloads_only_the_changed_function(hello_dir: Path) -> None:
+    counter = """
+import time
+from starlette.responses import JSONResponse
+from edgeruntime import serve
+
+BOOTED_AT = time.time()
+VERSION = "v1"
+
+@serve
+async def handler(req):
+    return JSONResponse({"version": VERSION, "booted_at": BOOTED_AT})
+"""
+    target = write_function(hello_dir, "changing", counter)
+    write_function(hello_dir, "stable", counter)
+    with ServerProcess(hello_dir) as server:
+        first = httpx.get(server.url("changing"), headers=SERVICE_ROLE).json()
+        stable_before = httpx.get(server.url("stable"), headers=SERVICE_ROLE).json()
+        assert first["version"] == "v1"
+        time.sleep(0.3)  # let the watcher settle before the edit
+        target.write_text(target.read_text().replace('"v1"', '"v2"'))
+        edited = time.monotonic()
+        seen = None
+        while time.monotonic() - edited < 2.0:
+            seen = httpx.get(server.url("changing"), headers=SERVICE_ROLE).json()
+            if seen["version"] == "v2":
+                break
+            time.sleep(0.05)
+        assert seen is not None and seen["version"] == "v2", server.output
+        assert httpx.get(server.url("stable"), headers=SERVICE_ROLE).json() == stable_before
+    assert "File change detected:" in server.output
+
+
+def test_json_logs_carry_the_execution_id(hello_dir: Path) -> None:
+    write_function(
+        hello_dir,
+        "talk",
+        """
+        import logging
+        from starlette.responses import PlainTextResponse
+        from edgeruntime import serve
+
+        log = logging.getLogger(__name__)
+
+        @serve
+        async def handler(req):
+            print("printed by the function")
+            log.warning("logged by the function")
+            return PlainTextResponse("ok")
+    """,
+    )
+    with ServerProcess(hello_dir, "--no-watch", "--log-format", "json") as server:
+        r = httpx.get(server.url("talk"), headers=SERVICE_ROLE)
+        exec_id = r.headers["x-edgeruntime-execution-id"]
+        time.sleep(0.2)
+    records = [json.loads(line) for line in server.output.splitlines() if line.startswith("{")]
+    mine = [rec for rec in records if rec.get("execution_id") == exec_id]
+    messages = {rec["message"] for rec in mine}
+    assert "printed by the function" in messages
+    assert "logged by the function" in messages
+    assert all(rec["function"] == "talk" for rec in mine)
+    access = [rec for rec in mine if rec.get("status") == 200]
+    assert access and access[0]["method"] == "GET" and access[0]["path"] == "/functions/v1/talk"
+
+
+def test_text_logs_prefix_function_output(hello_dir: Path) -> None:
+    write_function(
+        hello_dir,
+        "talk",
+        """
+        from starlette.responses import PlainTextResponse
+        from edgeruntime import serve
+
+        @serve
+        async def handler(req):
+            print("hello from inside")
+            return PlainTextResponse("ok")
+    """,
+    )
+    with ServerProcess(hello_dir, "--no-watch") as server:
+        exec_id = httpx.get(server.url("talk"), headers=SERVICE_ROLE).headers["x-edgeruntime-execution-id"]
+        time.sleep(0.2)
+    line = next(ln for ln in server.output.splitlines() if "hello from inside" in ln)
+    assert "[talk]" in line and exec_id in line
+
+
+def test_module_run_as_a_script_serves_itself(tmp_path: Path) -> None:
+    script = write_function(tmp_path, "hello", HELLO)
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, str(script)],
+        env={**os.environ, "PORT": str(port)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                r = httpx.get(f"http://127.0.0.1:{port}/anything")
+                break
+            except httpx.HTTPError:
+                assert time.monotonic() < deadline and proc.poll() is None, "script server did not start"
+                time.sleep(0.05)
+        assert r.status_code == 200
+        assert r.json() == {"message": "hello", "path": "/anything"}
+        proc.terminate()
+        assert proc.wait(20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        assert proc.stdout is not None
+        proc.stdout.close()

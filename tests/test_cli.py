@@ -1,0 +1,120 @@
+"""The edgeruntime command: bad input gets one line and exit status 2; new, list, keys, invoke."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+
+from edgeruntime.cli import main
+from tests.helpers import HELLO, KEYS, ServerProcess, free_port, run_cli, write_function
+
+
+def _one_line_error(capsys: pytest.CaptureFixture[str]) -> str:
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    return err
+
+
+def test_serve_missing_directory(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["serve", str(tmp_path / "nope")]) == 2
+    assert "does not exist" in _one_line_error(capsys)
+
+
+def test_serve_a_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    target = tmp_path / "file.py"
+    target.write_text("")
+    assert main(["serve", str(target)]) == 2
+    assert "is a file" in _one_line_error(capsys)
+
+
+def test_serve_directory_without_functions(functions_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["serve", str(functions_dir)]) == 2
+    assert "no functions in" in _one_line_error(capsys)
+
+
+def test_serve_port_in_use(hello_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert main(["serve", str(hello_dir), "--port", str(port), "--no-watch"]) == 2
+    assert f"port {port} on 127.0.0.1 is already in use" in _one_line_error(capsys)
+
+
+def test_serve_bad_config_key(hello_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = hello_dir.parent / "config.toml"
+    config.write_text("[edge_runtime]\nwall_clock_limit = 3\n")
+    assert main(["serve", str(hello_dir)]) == 2
+    err = _one_line_error(capsys)
+    assert str(config) in err and "wall_clock_limit" in err
+
+
+def test_bad_flag_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["serve", "--port", "not-a-number"])
+    assert info.value.code == 2
+    assert "--port" in _one_line_error(capsys)
+
+
+def test_serve_in_a_subprocess_exits_2_without_traceback(tmp_path: Path) -> None:
+    result = run_cli("serve", str(tmp_path / "missing"))
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0
+    assert "Traceback" not in result.stderr
+
+
+def test_new_creates_a_function_that_serves(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    functions = tmp_path / "functions"
+    assert main(["new", "greet-me", "--dir", str(functions)]) == 0
+    assert (functions / "greet-me" / "index.py").is_file()
+    assert main(["new", "greet-me", "--dir", str(functions)]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert main(["new", "_bad", "--dir", str(functions)]) == 2
+
+
+async def test_new_function_answers(tmp_path: Path) -> None:
+    from edgeruntime.testing import EdgeClient
+
+    functions = tmp_path / "functions"
+    assert main(["new", "greet-me", "--dir", str(functions)]) == 0
+    async with EdgeClient(functions) as client:
+        r = await client.invoke("greet-me", json={"name": "Ada"})
+        assert r.json() == {"message": "Hello Ada!"}
+
+
+def test_list(hello_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    write_function(hello_dir, "second", HELLO)
+    (hello_dir.parent / "config.toml").write_text("[functions.second]\nverify_jwt = false\n")
+    assert main(["list", str(hello_dir)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("hello\thttp://127.0.0.1:54321/functions/v1/hello")
+    assert "no verify_jwt" in lines[1]
+
+
+def test_keys(hello_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["keys", str(hello_dir), "--anon"]) == 0
+    assert capsys.readouterr().out.strip() == KEYS.anon_key
+    assert main(["keys", str(hello_dir)]) == 0
+    out = capsys.readouterr().out
+    assert KEYS.service_role_key in out and "sb_publishable_" in out and KEYS.jwt_secret in out
+
+
+@pytest.mark.e2e
+def test_invoke_against_a_running_server(hello_dir: Path) -> None:
+    with ServerProcess(hello_dir, "--no-watch") as server:
+        ok = run_cli("invoke", "hello", "--data", '{"a": 1}', "--url", server.base_url, "--directory", str(hello_dir))
+        assert ok.returncode == 0, ok.stderr
+        assert '"path":"/hello"' in ok.stdout
+        unknown = run_cli("invoke", "nope", "--url", server.base_url, "--directory", str(hello_dir))
+        assert unknown.returncode == 2
+        assert "function nope not found" in unknown.stderr
+        bad = run_cli("invoke", "hello", "--data", "{not json", "--url", server.base_url)
+        assert bad.returncode == 2 and "--data is not valid JSON" in bad.stderr
+
+
+def test_invoke_without_a_server(hello_dir: Path) -> None:
+    result = run_cli("invoke", "hello", "--url", f"http://127.0.0.1:{free_port()}", "--directory", str(hello_dir))
+    assert result.returncode == 2
+    assert "cannot reach" in result.stderr

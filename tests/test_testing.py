@@ -1,0 +1,166 @@
+"""The test helpers: EdgeClient, load_function, execution_context and the pytest plugin."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+import pytest
+from starlette.requests import Request
+
+from edgeruntime import EdgeRuntime
+from edgeruntime.testing import EdgeClient, execution_context, load_function
+from tests.helpers import write_function
+
+pytest_plugins = ["pytester"]
+
+JOB = """
+import asyncio
+from starlette.responses import JSONResponse
+from edgeruntime import Deno, EdgeRuntime, serve
+
+DONE = []
+
+async def record(value):
+    await asyncio.sleep(0.01)
+    if value == "boom":
+        raise ValueError("boom in background")
+    DONE.append(value)
+
+async def handler(req):
+    body = await req.json()
+    EdgeRuntime.wait_until(record(body["value"]))
+    return JSONResponse({"accepted": True, "url": Deno.env.get("SUPABASE_URL")}, status_code=202)
+
+serve(handler)
+"""
+
+
+async def test_load_function_with_a_hyphenated_name(functions_dir: Path) -> None:
+    write_function(functions_dir, "my-new-job", JOB)
+    fn = load_function(functions_dir / "my-new-job")
+    assert fn.name == "my-new-job"
+    async with execution_context() as ctx:
+        scope = {"type": "http", "method": "POST", "path": "/my-new-job", "headers": [], "query_string": b""}
+        body = b'{"value": "direct"}'
+
+        async def receive() -> dict[str, object]:
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        response = await fn.handler(Request(scope, receive))
+        assert response.status_code == 202
+        await ctx.drain()
+    assert fn.module.DONE == ["direct"]
+    assert b'"url":"http://127.0.0.1:54321"' in response.body
+
+
+async def test_loaded_function_client(functions_dir: Path) -> None:
+    write_function(functions_dir, "my-new-job", JOB)
+    fn = load_function(functions_dir / "my-new-job" / "index.py")
+    async with fn.client() as client, execution_context(fn) as ctx:
+        r = await client.post("/my-new-job", json={"value": "via client"})
+        assert r.status_code == 202
+        await ctx.drain()
+    assert fn.module.DONE == ["via client"]
+
+
+async def test_execution_context_drain_raises_background_errors() -> None:
+    async def boom() -> None:
+        raise ValueError("nope")
+
+    async with execution_context(execution_id="fixed-id") as ctx:
+        assert ctx.execution_id == "fixed-id"
+        EdgeRuntime.wait_until(boom())
+        with pytest.raises(ExceptionGroup) as info:
+            await ctx.drain()
+    assert isinstance(info.value.exceptions[0], ValueError)
+
+
+async def test_client_drain_raises_exception_group_once(functions_dir: Path) -> None:
+    write_function(functions_dir, "job", JOB)
+    async with EdgeClient(functions_dir) as client:
+        await client.invoke("job", json={"value": "boom"})
+        await client.invoke("job", json={"value": "fine"})
+        with pytest.raises(ExceptionGroup) as info:
+            await client.drain()
+        assert [str(e) for e in info.value.exceptions] == ["boom in background"]
+        await client.drain()  # reported once
+
+
+async def test_client_drain_times_out_naming_the_task(functions_dir: Path) -> None:
+    write_function(
+        functions_dir,
+        "sleepy",
+        """
+        import asyncio
+        from starlette.responses import Response
+        from edgeruntime import EdgeRuntime, serve
+
+        async def nap():
+            await asyncio.sleep(30)
+
+        @serve
+        async def handler(req):
+            EdgeRuntime.wait_until(nap())
+            return Response(status_code=204)
+    """,
+    )
+    async with EdgeClient(functions_dir) as client:
+        await client.invoke("sleepy")
+        with pytest.raises(TimeoutError, match="sleepy:nap"):
+            await client.drain(timeout=0.05)
+
+
+async def test_client_uses_keys_and_auth(functions_dir: Path) -> None:
+    write_function(functions_dir, "job", JOB)
+    async with EdgeClient(functions_dir) as client:
+        assert (await client.invoke("job", json={"value": 1}, auth=None)).status_code == 401
+        assert (await client.invoke("job", json={"value": 2}, auth="anon")).status_code == 202
+        await client.drain()
+
+
+async def test_client_leaves_no_pending_work_after_exit(functions_dir: Path) -> None:
+    write_function(functions_dir, "job", JOB)
+    client = EdgeClient(functions_dir)
+    async with client:
+        await client.invoke("job", json={"value": "x"})
+    assert client.pending() == []
+    await asyncio.sleep(0)
+
+
+PLUGIN_TEST = """
+import pytest
+
+async def test_drained(edge_client):
+    r = await edge_client.invoke("job", json={"value": "a"})
+    assert r.status_code == 202
+    await edge_client.drain()
+
+async def test_left_pending(edge_client):
+    r = await edge_client.invoke("job", json={"value": "b"})
+    assert r.status_code == 202
+
+async def test_left_failed(edge_client):
+    await edge_client.invoke("job", json={"value": "boom"})
+    import asyncio
+    await asyncio.sleep(0.2)
+
+@pytest.mark.edgeruntime(functions_dir="other")
+async def test_marker(edge_client):
+    assert (await edge_client.invoke("job", json={"value": "c"})).status_code == 404
+"""
+
+
+def test_pytest_plugin_fails_tests_that_leave_background_work(pytester: pytest.Pytester) -> None:
+    functions = pytester.path / "functions"
+    write_function(functions, "job", JOB)
+    (pytester.path / "other").mkdir()
+    write_function(pytester.path / "other", "hello2", "from edgeruntime import serve\nserve(lambda r: None)\n")
+    pytester.makeini("[pytest]\nasyncio_mode = auto\nasyncio_default_fixture_loop_scope = function\n")
+    pytester.makepyfile(test_user=PLUGIN_TEST)
+    env_before = dict(os.environ)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    assert dict(os.environ) == env_before
+    result.assert_outcomes(passed=2, failed=2)
+    result.stdout.fnmatch_lines(["*background work still pending: job:record*", "*background work failed: job:record*"])
