@@ -203,3 +203,25 @@ def test_module_run_as_a_script_serves_itself(tmp_path: Path) -> None:
             proc.wait(10)
         assert proc.stdout is not None
         proc.stdout.close()
+
+
+def test_sigterm_finishes_in_flight_requests(hello_dir: Path) -> None:
+    write_function(hello_dir, "slowpoke", """
+        import asyncio
+        from starlette.responses import PlainTextResponse
+        from edgeruntime import serve
+
+        @serve
+        async def handler(req):
+            await asyncio.sleep(1)
+            return PlainTextResponse("finished")
+    """)
+    import concurrent.futures
+
+    with ServerProcess(hello_dir, "--no-watch") as server, concurrent.futures.ThreadPoolExecutor(1) as pool:
+        future = pool.submit(httpx.get, server.url("slowpoke"), headers=SERVICE_ROLE, timeout=30)
+        time.sleep(0.4)  # the request is in flight
+        status = server.terminate(timeout=30)
+        response = future.result(timeout=30)
+    assert status == 0
+    assert (response.status_code, response.text) == (200, "finished")
