@@ -206,7 +206,10 @@ def test_module_run_as_a_script_serves_itself(tmp_path: Path) -> None:
 
 
 def test_sigterm_finishes_in_flight_requests(hello_dir: Path) -> None:
-    write_function(hello_dir, "slowpoke", """
+    write_function(
+        hello_dir,
+        "slowpoke",
+        """
         import asyncio
         from starlette.responses import PlainTextResponse
         from edgeruntime import serve
@@ -215,7 +218,8 @@ def test_sigterm_finishes_in_flight_requests(hello_dir: Path) -> None:
         async def handler(req):
             await asyncio.sleep(1)
             return PlainTextResponse("finished")
-    """)
+    """,
+    )
     import concurrent.futures
 
     with ServerProcess(hello_dir, "--no-watch") as server, concurrent.futures.ThreadPoolExecutor(1) as pool:
