@@ -97,7 +97,7 @@ def _settings(args: argparse.Namespace, directory: str, **options: Any) -> Setti
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from edgeruntime.app import create_app
-    from edgeruntime.logs import configure_logging
+    from edgeruntime.logs import AccessLog, configure_logging
     from edgeruntime.reload import watch_functions
     from edgeruntime.server import run_server
 
@@ -121,7 +121,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     app = create_app(settings)
     if not app.functions:
         raise UsageError(f"no functions in {settings.functions_dir}: expected {settings.functions_dir}/<name>/index.py")
-    configure_logging(settings.log_format)
+    log_buffer = configure_logging(settings.log_format)
+    app.access_log = AccessLog(log_buffer, settings.log_format)
 
     async def banner() -> None:
         print(f"Serving functions on {settings.base_url}/functions/v1/<function-name>")

@@ -7,16 +7,18 @@ background work can be found together. ``--log-format json`` writes one JSON obj
 
 from __future__ import annotations
 
+import atexit
 import io
 import json
 import logging
 import sys
+import threading
 import time
 from typing import Any, TextIO
 
 from edgeruntime.context import current_context
 
-__all__ = ["ContextFilter", "FunctionOutput", "configure_logging"]
+__all__ = ["AccessLog", "ContextFilter", "FunctionOutput", "LogBuffer", "configure_logging", "log_access"]
 
 
 class ContextFilter(logging.Filter):
@@ -31,11 +33,30 @@ class ContextFilter(logging.Filter):
         return True
 
 
+class _Clock:
+    """Formats timestamps, recomputing the part before the milliseconds once a second."""
+
+    def __init__(self, pattern: str, utc: bool) -> None:
+        self.pattern = pattern
+        self.convert = time.gmtime if utc else time.localtime
+        self._second = -1
+        self._prefix = ""
+
+    def __call__(self, when: float) -> str:
+        second = int(when)
+        if second != self._second:
+            self._second = second
+            self._prefix = time.strftime(self.pattern, self.convert(second))
+        return f"{self._prefix}.{int((when - second) * 1000):03d}"
+
+
 class TextFormatter(logging.Formatter):
-    """`12:00:01.123 INFO  [hello] 6f1c...: message`"""
+    """`12:00:01.123 INFO    [hello] 6f1c...: message`"""
+
+    clock = _Clock("%H:%M:%S", utc=False)
 
     def format(self, record: logging.LogRecord) -> str:
-        stamp = time.strftime("%H:%M:%S", time.localtime(record.created)) + f".{int(record.msecs):03d}"
+        stamp = self.clock(record.created)
         function = getattr(record, "function", None)
         where = f"[{function}] " if function else ""
         exec_id = getattr(record, "execution_id", None)
@@ -49,9 +70,11 @@ class TextFormatter(logging.Formatter):
 class JSONFormatter(logging.Formatter):
     """One JSON object per line, for machines."""
 
+    clock = _Clock("%Y-%m-%dT%H:%M:%S", utc=True)
+
     def format(self, record: logging.LogRecord) -> str:
         data: dict[str, Any] = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "time": self.clock(record.created) + "Z",
             "level": record.levelname.lower(),
             "logger": record.name,
             "function": getattr(record, "function", None),
@@ -105,9 +128,129 @@ class FunctionOutput(io.TextIOBase):
         return getattr(self.stream, "encoding", "utf-8")
 
 
-def configure_logging(log_format: str = "text", level: int = logging.INFO, capture_output: bool = True) -> None:
-    """Set up the `edgeruntime` loggers for a server process."""
-    handler = logging.StreamHandler(sys.__stderr__)
+class LogBuffer:
+    """Collects log lines and writes them from a background thread every `interval` seconds.
+
+    A server writes a line per request; doing the write (and its flush) on the event loop for
+    each line would cost more than the request itself.
+    """
+
+    def __init__(self, stream: TextIO, interval: float = 0.05) -> None:
+        self.stream = stream
+        self.interval = interval
+        self._lines: list[str] = []
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="edgeruntime-log", daemon=True)
+        self._thread.start()
+        atexit.register(self.flush)
+
+    def write(self, line: str) -> None:
+        with self._lock:
+            self._lines.append(line)
+            if len(self._lines) == 1:
+                self._wake.set()
+
+    def flush(self) -> None:
+        with self._lock:
+            lines, self._lines = self._lines, []
+            self._wake.clear()
+        if lines:
+            try:
+                self.stream.write("\n".join(lines) + "\n")
+                self.stream.flush()
+            except (OSError, ValueError):  # the stream went away at exit
+                pass
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait()
+            time.sleep(self.interval)
+            self.flush()
+
+
+class BufferedHandler(logging.Handler):
+    """A logging handler that writes formatted records into a LogBuffer."""
+
+    def __init__(self, buffer: LogBuffer) -> None:
+        super().__init__()
+        self.buffer = buffer
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.buffer.write(self.format(record))
+        except Exception:
+            self.handleError(record)
+
+    def flush(self) -> None:
+        self.buffer.flush()
+
+
+AccessLogger = Any  # Callable[[str, str, int, float, str | None, str], None]
+
+
+def log_access(
+    method: str, path: str, status: int, duration_ms: float, function: str | None, execution_id: str
+) -> None:
+    """The access line through the logging module (the default; what tests capture)."""
+    logging.getLogger("edgeruntime.access").info(
+        "%s %s %d %.1fms",
+        method,
+        path,
+        status,
+        duration_ms,
+        extra={
+            "function": function,
+            "execution_id": execution_id,
+            "method": method,
+            "path": path,
+            "status": status,
+            "duration_ms": round(duration_ms, 3),
+        },
+    )
+
+
+class AccessLog:
+    """The server's access line, formatted directly into the LogBuffer (no LogRecord per request)."""
+
+    def __init__(self, buffer: LogBuffer, log_format: str = "text") -> None:
+        self.buffer = buffer
+        self.json = log_format == "json"
+        self.text_clock = _Clock("%H:%M:%S", utc=False)
+        self.json_clock = _Clock("%Y-%m-%dT%H:%M:%S", utc=True)
+
+    def __call__(
+        self, method: str, path: str, status: int, duration_ms: float, function: str | None, execution_id: str
+    ) -> None:
+        now = time.time()
+        if self.json:
+            self.buffer.write(
+                json.dumps(
+                    {
+                        "time": self.json_clock(now) + "Z",
+                        "level": "info",
+                        "logger": "edgeruntime.access",
+                        "function": function,
+                        "execution_id": execution_id,
+                        "message": f"{method} {path} {status} {duration_ms:.1f}ms",
+                        "method": method,
+                        "path": path,
+                        "status": status,
+                        "duration_ms": round(duration_ms, 3),
+                    }
+                )
+            )
+        else:
+            where = f"[{function}] " if function else ""
+            self.buffer.write(
+                f"{self.text_clock(now)} INFO    {where}{execution_id} {method} {path} {status} {duration_ms:.1f}ms"
+            )
+
+
+def configure_logging(log_format: str = "text", level: int = logging.INFO, capture_output: bool = True) -> LogBuffer:
+    """Set up the `edgeruntime` loggers for a server process; returns the buffer they write to."""
+    buffer = LogBuffer(sys.__stderr__ or sys.stderr)
+    handler = BufferedHandler(buffer)
     handler.setFormatter(JSONFormatter() if log_format == "json" else TextFormatter())
     handler.addFilter(ContextFilter())
     # Function modules live under `_edgeruntime_functions`, so `logging.getLogger(__name__)` in a
@@ -120,3 +263,4 @@ def configure_logging(log_format: str = "text", level: int = logging.INFO, captu
     if capture_output and not isinstance(sys.stdout, FunctionOutput):
         sys.stdout = FunctionOutput(sys.stdout, logging.INFO)
         sys.stderr = FunctionOutput(sys.stderr, logging.ERROR)
+    return buffer

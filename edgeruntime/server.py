@@ -94,7 +94,9 @@ async def _serve_uvicorn(
         loop="none",
     )
     instance = uvicorn.Server(config)
-    instance.install_signal_handlers = lambda: None  # type: ignore[method-assign, unused-ignore]
+    # Our own SIGTERM/SIGINT handling triggers the shutdown; uvicorn would re-raise the signal
+    # after a graceful stop and turn exit status 0 into a death by signal.
+    instance.capture_signals = contextlib.nullcontext  # type: ignore[method-assign, assignment, unused-ignore]
 
     async def stop() -> None:
         await shutdown_trigger()
@@ -143,6 +145,19 @@ def run_server(
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
 
-    asyncio.run(main())
+    with asyncio.Runner(loop_factory=_loop_factory(settings.server)) as runner:
+        runner.run(main())
     sys.stdout.flush()
     return 0
+
+
+def _loop_factory(server: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop under uvicorn when it is installed (as uvicorn itself would pick); asyncio otherwise."""
+    if server != "uvicorn":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory

@@ -103,9 +103,14 @@ class ServerProcess:
             self.stop()
 
     def stop(self) -> None:
+        """SIGTERM (so buffered log lines are written), SIGKILL if it does not exit in 10 s."""
         if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
         self._log.close()
 
     def __enter__(self) -> ServerProcess:

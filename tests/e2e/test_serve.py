@@ -62,10 +62,11 @@ def test_runtime_responses_on_a_real_socket(hello_dir: Path) -> None:
     assert "GET /functions/v1/hello 200" in out
 
 
-def test_sigterm_waits_for_background_work_then_exits_0(hello_dir: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("server_kind", ["hypercorn", "uvicorn"])
+def test_sigterm_waits_for_background_work_then_exits_0(hello_dir: Path, tmp_path: Path, server_kind: str) -> None:
     write_function(hello_dir, "bg", BACKGROUND)
     marker = tmp_path / "marker.txt"
-    with ServerProcess(hello_dir, "--no-watch") as server:
+    with ServerProcess(hello_dir, "--no-watch", "--server", server_kind) as server:
         started = time.monotonic()
         r = httpx.post(server.url("bg"), headers=SERVICE_ROLE, json={"marker": str(marker), "seconds": 2})
         assert r.status_code == 202
@@ -205,7 +206,8 @@ def test_module_run_as_a_script_serves_itself(tmp_path: Path) -> None:
         proc.stdout.close()
 
 
-def test_sigterm_finishes_in_flight_requests(hello_dir: Path) -> None:
+@pytest.mark.parametrize("server_kind", ["hypercorn", "uvicorn"])
+def test_sigterm_finishes_in_flight_requests(hello_dir: Path, server_kind: str) -> None:
     write_function(
         hello_dir,
         "slowpoke",
@@ -222,7 +224,10 @@ def test_sigterm_finishes_in_flight_requests(hello_dir: Path) -> None:
     )
     import concurrent.futures
 
-    with ServerProcess(hello_dir, "--no-watch") as server, concurrent.futures.ThreadPoolExecutor(1) as pool:
+    with (
+        ServerProcess(hello_dir, "--no-watch", "--server", server_kind) as server,
+        concurrent.futures.ThreadPoolExecutor(1) as pool,
+    ):
         future = pool.submit(httpx.get, server.url("slowpoke"), headers=SERVICE_ROLE, timeout=30)
         time.sleep(0.4)  # the request is in flight
         status = server.terminate(timeout=30)

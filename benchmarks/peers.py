@@ -1,0 +1,381 @@
+"""edgeruntime against its peers, in one run on this machine.
+
+The same two endpoints on every app: ``GET hello`` → ``{"ok": true}``; ``POST bg`` → 202 at once
+and 2 s of background work (edgeruntime: ``EdgeRuntime.wait_until``; Starlette: ``BackgroundTask``;
+FastAPI: ``BackgroundTasks``). Each server process is pinned to core 0 and the load generator (wrk,
+or a Python generator when wrk is missing) to core 1. Prints req/s, p50/p99, RSS per pending
+background task, background completion and cold start, with ratios against the peers measured in
+the same run. Usage::
+
+    python -m benchmarks peers [--duration 8] [--servers hypercorn,uvicorn] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent
+REPO = ROOT.parent
+RESULTS = ROOT / "results"
+FUNCTIONS = ROOT / "functions"
+HAS_TASKSET = shutil.which("taskset") is not None and (os.cpu_count() or 1) >= 2
+POST_LUA = 'wrk.method = "POST"\nwrk.body = "{}"\nwrk.headers["Content-Type"] = "application/json"\n'
+
+
+@dataclass
+class Load:
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+    requests: int
+
+
+@dataclass
+class Result:
+    server: str
+    app: str
+    hello: Load | None = None
+    bg: Load | None = None
+    bg_completed_pct: float | None = None
+    kib_per_pending_task: float | None = None
+    cold_start_ms: float | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def pinned(core: int, argv: list[str]) -> list[str]:
+    return ["taskset", "-c", str(core), *argv] if HAS_TASKSET else argv
+
+
+@dataclass
+class Target:
+    """One app on one server: how to start it and where its endpoints are."""
+
+    server: str
+    app: str
+    argv: list[str]
+    hello_path: str
+    bg_path: str
+    env: dict[str, str] = field(default_factory=dict)
+
+
+def targets(server: str, isolation_process: bool) -> list[Target]:
+    found = []
+    er_serve = [
+        sys.executable,
+        "-m",
+        "edgeruntime",
+        "serve",
+        str(FUNCTIONS),
+        "--no-watch",
+        "--server",
+        server,
+        "--config",
+        str(ROOT / "config.toml"),
+    ]
+    found.append(Target(server, "edgeruntime", er_serve, "/functions/v1/hello", "/functions/v1/bg"))
+    if isolation_process:
+        found.append(
+            Target(
+                server,
+                "edgeruntime-process",
+                [*er_serve, "--isolation", "process"],
+                "/functions/v1/hello",
+                "/functions/v1/bg",
+            )
+        )
+    for app in ("starlette", "fastapi"):
+        module = f"benchmarks.apps.{app}_app:app"
+        if server == "hypercorn":
+            argv = [sys.executable, "-m", "hypercorn", module, "--log-level", "warning"]
+        else:
+            argv = [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                module,
+                "--loop",
+                "uvloop",
+                "--http",
+                "httptools",
+                "--no-access-log",
+                "--log-level",
+                "warning",
+            ]
+        found.append(Target(server, app, argv, "/hello", "/bg"))
+    return found
+
+
+def start(target: Target, port: int) -> subprocess.Popen[bytes]:
+    argv = list(target.argv)
+    if target.app.startswith("edgeruntime"):
+        argv += ["--port", str(port)]
+    elif target.server == "hypercorn":
+        argv += ["--bind", f"127.0.0.1:{port}"]
+    else:
+        argv += ["--host", "127.0.0.1", "--port", str(port)]
+    # Output goes to a file: a pipe nobody reads fills up and blocks the server's log writes.
+    with tempfile.TemporaryFile() as log:
+        return subprocess.Popen(pinned(0, argv), cwd=REPO, env={**os.environ, **target.env}, stdout=log, stderr=log)
+
+
+def wait_for(url: str, proc: subprocess.Popen[bytes], timeout: float = 30) -> float:
+    """Seconds until `url` answers 200 (polled every 2 ms)."""
+    started = time.perf_counter()
+    with httpx.Client(timeout=1) as client:
+        while time.perf_counter() - started < timeout:
+            if proc.poll() is not None:
+                raise RuntimeError(f"server exited with {proc.returncode}")
+            try:
+                if client.get(url).status_code == 200:
+                    return time.perf_counter() - started
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.002)
+    raise TimeoutError(f"{url} not ready after {timeout} s")
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
+def rss_kib(pid: int) -> int:
+    """Resident set of `pid` (the server; taskset execs it, so the pid is the server's)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+_UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+
+
+def _ms(text: str) -> float:
+    match = re.match(r"([\d.]+)(us|ms|s)", text)
+    if not match:
+        return float("nan")
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+def run_wrk(url: str, duration: float, connections: int, post: bool) -> Load:
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+        script.write(POST_LUA if post else "")
+    try:
+        argv = ["wrk", "-t1", f"-c{connections}", f"-d{int(duration)}s", "--latency", "-s", script.name, url]
+        out = subprocess.run(pinned(1, argv), capture_output=True, text=True, timeout=duration + 60).stdout
+    finally:
+        os.unlink(script.name)
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    p50 = _ms(re.search(r"\s50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    p99 = _ms(re.search(r"\s99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    errors = 0
+    if m := re.search(r"Non-2xx or 3xx responses: (\d+)", out):
+        errors += int(m.group(1))
+    if m := re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out):
+        errors += sum(int(g) for g in m.groups())
+    return Load(rps, p50, p99, errors, requests)
+
+
+async def _py_load(url: str, duration: float, connections: int, post: bool) -> Load:
+    latencies: list[float] = []
+    errors = 0
+    deadline = time.perf_counter() + duration
+
+    async def worker(client: httpx.AsyncClient) -> None:
+        nonlocal errors
+        while time.perf_counter() < deadline:
+            t0 = time.perf_counter()
+            try:
+                r = await (client.post(url, json={}) if post else client.get(url))
+                if r.status_code >= 400:
+                    errors += 1
+            except httpx.HTTPError:
+                errors += 1
+            latencies.append((time.perf_counter() - t0) * 1000)
+
+    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+    async with httpx.AsyncClient(limits=limits, timeout=30) as client:
+        await asyncio.gather(*(worker(client) for _ in range(connections)))
+    latencies.sort()
+    n = len(latencies)
+    return Load(n / duration, latencies[n // 2], latencies[min(n - 1, int(n * 0.99))], errors, n)
+
+
+def load(url: str, duration: float, connections: int, post: bool) -> Load:
+    if shutil.which("wrk"):
+        return run_wrk(url, duration, connections, post)
+    return asyncio.run(_py_load(url, duration, connections, post))
+
+
+def measure(target: Target, duration: float, connections: int) -> Result:
+    result = Result(target.server, target.app)
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    proc = start(target, port)
+    try:
+        result.cold_start_ms = wait_for(base + target.hello_path, proc) * 1000
+        load(base + target.hello_path, 1, connections, post=False)  # warm up
+        result.hello = load(base + target.hello_path, duration, connections, post=False)
+        time.sleep(0.5)
+        rss_before = rss_kib(proc.pid)
+        result.bg = load(base + target.bg_path, duration, connections, post=True)
+        rss_after = rss_kib(proc.pid)
+        counts = httpx.get(base + target.bg_path, timeout=30).json()
+        pending = counts["started"] - counts["completed"]
+        if pending > 0:
+            result.kib_per_pending_task = max(0, rss_after - rss_before) / pending
+        deadline = time.monotonic() + 30
+        while counts["completed"] < counts["started"] and time.monotonic() < deadline:
+            time.sleep(0.25)
+            counts = httpx.get(base + target.bg_path, timeout=30).json()
+        result.bg_completed_pct = 100.0 * counts["completed"] / max(1, counts["started"])
+    except (RuntimeError, TimeoutError, httpx.HTTPError) as exc:
+        result.notes.append(str(exc).splitlines()[0][:200])
+    finally:
+        stop(proc)
+    return result
+
+
+def cold_start_20(server: str) -> tuple[float, float]:
+    """(edgeruntime with 20 functions, bare Starlette) ms to the first 200, median of 3."""
+    with tempfile.TemporaryDirectory() as tmp:
+        functions = Path(tmp) / "functions"
+        config = ["[functions.f01]", "verify_jwt = false"]
+        for i in range(1, 21):
+            (functions / f"f{i:02d}").mkdir(parents=True)
+            shutil.copy(FUNCTIONS / "hello" / "index.py", functions / f"f{i:02d}" / "index.py")
+        (Path(tmp) / "config.toml").write_text("\n".join(config) + "\n")
+        er = Target(
+            server,
+            "edgeruntime",
+            [sys.executable, "-m", "edgeruntime", "serve", str(functions), "--no-watch", "--server", server],
+            "/functions/v1/f01",
+            "",
+        )
+        bare = next(t for t in targets(server, False) if t.app == "starlette")
+        times: dict[str, list[float]] = {"er": [], "bare": []}
+        for _ in range(3):
+            for key, target in (("er", er), ("bare", bare)):
+                port = free_port()
+                proc = start(target, port)
+                try:
+                    times[key].append(wait_for(f"http://127.0.0.1:{port}{target.hello_path}", proc) * 1000)
+                finally:
+                    stop(proc)
+        return sorted(times["er"])[1], sorted(times["bare"])[1]
+
+
+def _fmt(value: float | None, spec: str = ".0f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def report(results: list[Result], cold: dict[str, tuple[float, float]]) -> str:
+    lines = [
+        "| server | app | hello req/s | p50 ms | p99 ms | bg req/s | bg p50 ms | bg p99 ms | bg done % "
+        "| KiB/pending task | cold start ms | notes |",
+        "|" + "---|" * 12,
+    ]
+    for r in results:
+        lines.append(
+            f"| {r.server} | {r.app} | {_fmt(r.hello and r.hello.rps)} | {_fmt(r.hello and r.hello.p50_ms, '.1f')} "
+            f"| {_fmt(r.hello and r.hello.p99_ms, '.1f')} | {_fmt(r.bg and r.bg.rps)} "
+            f"| {_fmt(r.bg and r.bg.p50_ms, '.1f')} | {_fmt(r.bg and r.bg.p99_ms, '.1f')} "
+            f"| {_fmt(r.bg_completed_pct, '.1f')} | {_fmt(r.kib_per_pending_task, '.1f')} "
+            f"| {_fmt(r.cold_start_ms)} | {'; '.join(r.notes)} |"
+        )
+    lines.append("")
+    for server in sorted({r.server for r in results}):
+        by_app = {r.app: r for r in results if r.server == server}
+        er, st, fa = by_app.get("edgeruntime"), by_app.get("starlette"), by_app.get("fastapi")
+        if er and st and er.hello and st.hello:
+            lines.append(
+                f"- {server}: hello edgeruntime / bare Starlette = {er.hello.rps / st.hello.rps:.2f}x (goal >= 0.9x)"
+            )
+        for peer in (st, fa):
+            if er and peer and er.bg and peer.bg:
+                lines.append(
+                    f"- {server}: 202+background edgeruntime / {peer.app} BackgroundTasks = "
+                    f"{er.bg.rps / peer.bg.rps:.2f}x (goal >= 1.5x); edgeruntime p99 {er.bg.p99_ms:.1f} ms "
+                    f"(goal <= 50 ms)"
+                )
+        proc = by_app.get("edgeruntime-process")
+        if er and proc and er.hello and proc.hello:
+            lines.append(
+                f"- {server}: hello process isolation / inline = {proc.hello.rps / er.hello.rps:.2f}x (goal >= 0.5x)"
+            )
+        if server in cold:
+            e, b = cold[server]
+            lines.append(
+                f"- {server}: cold start, 20 functions: edgeruntime {e:.0f} ms vs bare Starlette {b:.0f} ms "
+                f"= {e / b:.2f}x (goal <= 1.3x)"
+            )
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks peers", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--duration", type=float, default=8.0, help="seconds per load run (default 8)")
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--servers", default="hypercorn,uvicorn")
+    parser.add_argument("--quick", action="store_true", help="2 s runs, for checking the harness")
+    parser.add_argument("--no-process", action="store_true", help="skip the process-isolation variant")
+    args = parser.parse_args(argv)
+    duration = 2.0 if args.quick else args.duration
+    servers = [s.strip() for s in args.servers.split(",") if s.strip()]
+    generator = "wrk" if shutil.which("wrk") else "a Python load generator (install wrk for better figures)"
+    print(
+        f"# edgeruntime vs peers: {os.cpu_count()} cores, load by {generator}, "
+        f"server on core 0 and load on core 1{'' if HAS_TASKSET else ' (taskset missing: unpinned)'}; "
+        f"{duration:.0f} s per run, {args.connections} connections",
+        flush=True,
+    )
+    results: list[Result] = []
+    cold: dict[str, tuple[float, float]] = {}
+    for server in servers:
+        for target in targets(server, isolation_process=not args.no_process):
+            print(f"  measuring {target.app} on {server} ...", file=sys.stderr, flush=True)
+            results.append(measure(target, duration, args.connections))
+        print(f"  measuring cold start on {server} ...", file=sys.stderr, flush=True)
+        cold[server] = cold_start_20(server)
+    text = report(results, cold)
+    print(text)
+    RESULTS.mkdir(exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    data: dict[str, Any] = {"results": [asdict(r) for r in results], "cold_start_20": cold}
+    (RESULTS / f"peers-{stamp}.json").write_text(json.dumps(data, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
