@@ -113,14 +113,31 @@ class Verifier:
             return f"Bearer {self.keys.anon_key}"
         return apikey if apikey is not None else auth
 
+    def forwarded_headers(self, raw: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+        """The request headers as the local gateway forwards them to the function.
+
+        Kong rewrites Authorization before the runtime sees it, so a function called with only
+        ``apikey: sb_publishable_...`` reads ``Authorization: Bearer <anon JWT>``, as it would locally.
+        """
+        if not any(k == b"apikey" or (k == b"authorization" and v.startswith(b"Bearer sb_")) for k, v in raw):
+            return raw  # the common case: nothing to rewrite
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in raw}
+        auth = self.authorization(headers)
+        kept = [(k, v) for k, v in raw if k != b"authorization"]
+        return kept if auth is None else [*kept, (b"authorization", auth.encode("latin-1"))]
+
     def check(self, headers: Mapping[str, str]) -> AuthFailure | None:
         """None if the request may pass, else the failure to answer with."""
         auth = self.authorization(headers)
         if not auth:
             return MISSING
-        scheme, _, token = auth.partition(" ")
-        if scheme != "Bearer" or not token or " " in token:
+        # As the CLI's main worker: `const [bearer, token] = authHeader.split(" ")`.
+        parts = auth.split(" ")
+        if parts[0] != "Bearer":
             return NOT_BEARER
+        token = parts[1] if len(parts) > 1 else ""
+        if not token:
+            return INVALID_FORMAT
         expires = self._cache.get(token)
         if expires is not None and expires > time.time():
             self._cache.move_to_end(token)
@@ -141,24 +158,28 @@ class Verifier:
                 claims = jwt.decode(token, self.keys.jwt_secret, algorithms=["HS256"], options=options)
                 return None, claims
             if alg in ASYMMETRIC_ALGORITHMS:
-                key = self._signing_key(token)
-                if key is None:
-                    return INVALID_ASYMMETRIC, {}
-                claims = jwt.decode(token, key, algorithms=[alg], options=options)
-                return None, claims
+                kid = jwt.get_unverified_header(token).get("kid")
+                for key in self._signing_keys(alg, kid if isinstance(kid, str) else None):
+                    try:
+                        return None, jwt.decode(token, key, algorithms=[alg], options=options)
+                    except jwt.InvalidSignatureError:
+                        continue  # another key of the set may have signed it
+                return INVALID_ASYMMETRIC, {}
         except jwt.PyJWTError:
             return (INVALID_LEGACY if alg == "HS256" else INVALID_ASYMMETRIC), {}
         return UNSUPPORTED_ALG, {}
 
-    def _signing_key(self, token: str) -> Any:
+    def _signing_keys(self, alg: str, kid: str | None) -> list[Any]:
+        """The JWKS keys that may have signed a token with this `alg` and `kid`."""
         jwks = self._jwks
         if jwks is None:
-            return None
-        kid = jwt.get_unverified_header(token).get("kid")
-        for key in jwks.keys:
-            if kid is None or key.key_id == kid:
-                return key.key
-        return None
+            return []
+        kty = "EC" if alg.startswith("ES") else "RSA"
+        return [
+            key.key
+            for key in jwks.keys
+            if key.key_type == kty and (kid is None or key.key_id is None or key.key_id == kid)
+        ]
 
     def _remember(self, token: str, claims: Mapping[str, Any]) -> None:
         exp = claims.get("exp")

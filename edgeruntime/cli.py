@@ -97,6 +97,7 @@ def _settings(args: argparse.Namespace, directory: str, **options: Any) -> Setti
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from edgeruntime.app import create_app
+    from edgeruntime.env import apply_env
     from edgeruntime.logs import configure_logging
     from edgeruntime.reload import watch_functions
     from edgeruntime.server import run_server
@@ -118,6 +119,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         graceful_exit_timeout_sec=args.graceful_exit_timeout,
         server=args.server,
     )
+    if settings.isolation == "inline":  # functions share this process: os.environ agrees with Deno.env
+        apply_env(settings.env)
     app = create_app(settings)
     if not app.functions:
         raise UsageError(f"no functions in {settings.functions_dir}: expected {settings.functions_dir}/<name>/index.py")
