@@ -95,7 +95,7 @@ async def test_expired_token(whoami_dir: Path) -> None:
 
 @pytest.mark.parametrize("alg", ["HS384", "HS512", "none"])
 async def test_unsupported_algorithm(whoami_dir: Path, alg: str) -> None:
-    key: str | None = None if alg == "none" else DEFAULT_JWT_SECRET + "-padding-for-longer-hmac-keys-xxxxxxxxxx"
+    key = "" if alg == "none" else DEFAULT_JWT_SECRET + "-padding-for-longer-hmac-keys-xxxxxxxxxx"
     token = jwt.encode({"role": "anon"}, key, algorithm=alg)
     async with EdgeClient(whoami_dir) as client:
         r = await client.invoke("whoami", auth=None, headers={"Authorization": f"Bearer {token}"})
@@ -224,7 +224,8 @@ from starlette.responses import JSONResponse
 from edgeruntime import Deno, serve
 
 async def handler(req: Request) -> JSONResponse:
-    return JSONResponse({"anon": Deno.env.get("SUPABASE_ANON_KEY"), "service": Deno.env.get("SUPABASE_SERVICE_ROLE_KEY")})
+    env = Deno.env
+    return JSONResponse({"anon": env.get("SUPABASE_ANON_KEY"), "service": env.get("SUPABASE_SERVICE_ROLE_KEY")})
 
 serve(handler)
 """
