@@ -12,12 +12,13 @@ import base64
 import json
 import time
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
 import jwt
+from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 __all__ = ["AuthFailure", "Keys", "Verifier", "demo_keys"]
 
@@ -28,6 +29,7 @@ DEMO_EXPIRY = 1983812996
 PUBLISHABLE_KEY = "sb_publishable_ACJWlzQHlZjBrEguHvfOxg_3BJgxAaH"
 SECRET_KEY = "sb_secret_N7UND0UgjKTVK-Uodkm0Hg_xSvEMPvz"
 ASYMMETRIC_ALGORITHMS = ("ES256", "RS256")
+TEN_YEARS_SEC = 10 * 365 * 24 * 3600
 
 
 @dataclass(frozen=True)
@@ -39,12 +41,15 @@ class Keys:
     service_role_key: str
     publishable_key: str = PUBLISHABLE_KEY
     secret_key: str = SECRET_KEY
+    #: Public JWKs (JSON) of `[auth] signing_keys_path`, when the keys are signed asymmetrically.
+    public_keys: tuple[str, ...] = ()
 
     @property
     def jwks(self) -> str:
-        """`SUPABASE_JWKS` for an HS256-only setup: the secret as an `oct` key."""
+        """`SUPABASE_JWKS`: the public signing keys, then the secret as an `oct` key (as the CLI)."""
         k = base64.urlsafe_b64encode(self.jwt_secret.encode()).rstrip(b"=").decode()
-        return json.dumps({"keys": [{"kty": "oct", "k": k}]}, separators=(",", ":"))
+        keys = [*(json.loads(key) for key in self.public_keys), {"kty": "oct", "k": k}]
+        return json.dumps({"keys": keys}, separators=(",", ":"))
 
 
 def sign_demo_key(role: str, secret: str) -> str:
@@ -53,9 +58,45 @@ def sign_demo_key(role: str, secret: str) -> str:
     return jwt.encode(payload, secret, algorithm="HS256", headers={"alg": "HS256", "typ": "JWT"})
 
 
-def demo_keys(jwt_secret: str) -> Keys:
-    """The anon and service-role keys that go with `jwt_secret` (the CLI's defaults for its secret)."""
-    return Keys(jwt_secret, sign_demo_key("anon", jwt_secret), sign_demo_key("service_role", jwt_secret))
+def signing_algorithm(jwk: Mapping[str, Any]) -> str:
+    """ES256 for an EC key, RS256 for an RSA key (or the key's own `alg`)."""
+    alg = jwk.get("alg")
+    if isinstance(alg, str) and alg in ASYMMETRIC_ALGORITHMS:
+        return alg
+    return "ES256" if jwk.get("kty") == "EC" else "RS256"
+
+
+def public_jwk(jwk: Mapping[str, Any]) -> dict[str, Any]:
+    """The public half of a private JWK, with its `kid`, `alg` and `use`."""
+    private = jwt.PyJWK(dict(jwk)).key
+    algorithm = ECAlgorithm if jwk.get("kty") == "EC" else RSAAlgorithm
+    public: dict[str, Any] = json.loads(algorithm.to_jwk(private.public_key()))
+    public.update({"alg": signing_algorithm(jwk), "use": "sig"})
+    if "kid" in jwk:
+        public["kid"] = jwk["kid"]
+    return public
+
+
+def demo_keys(jwt_secret: str, signing_keys: Sequence[Mapping[str, Any]] = ()) -> Keys:
+    """The anon and service-role keys that go with `jwt_secret` (the CLI's defaults for its secret).
+
+    With `signing_keys` (the private JWKs of ``[auth] signing_keys_path``), the keys are signed
+    with the first of them, with its ``kid`` and a ten-year expiry, as the Supabase CLI signs them.
+    """
+    if not signing_keys:
+        return Keys(jwt_secret, sign_demo_key("anon", jwt_secret), sign_demo_key("service_role", jwt_secret))
+    first = signing_keys[0]
+    alg = signing_algorithm(first)
+    private = jwt.PyJWK(dict(first), algorithm=alg).key
+    headers = {"kid": first["kid"]} if "kid" in first else None
+    expiry = int(time.time()) + TEN_YEARS_SEC
+
+    def sign(role: str) -> str:
+        payload = {"iss": DEMO_ISSUER, "role": role, "exp": expiry}
+        return jwt.encode(payload, private, algorithm=alg, headers=headers)
+
+    public = tuple(json.dumps(public_jwk(key), separators=(",", ":")) for key in signing_keys)
+    return Keys(jwt_secret, sign("anon"), sign("service_role"), public_keys=public)
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ the file, the key and what was expected.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -17,6 +18,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
+
+import jwt
 
 from edgeruntime.discovery import is_valid_slug
 from edgeruntime.exceptions import ConfigError
@@ -87,6 +90,8 @@ class ProjectConfig:
     limits: Limits = DEFAULT_LIMITS
     secrets: Mapping[str, str] = field(default_factory=dict)
     jwt_secret: str = DEFAULT_JWT_SECRET
+    #: Private JWKs read from `[auth] signing_keys_path` (the first one signs the anon/service keys).
+    signing_keys: tuple[Mapping[str, Any], ...] = ()
     functions: Mapping[str, FunctionConfig] = field(default_factory=dict)
     cron: Mapping[str, CronConfig] = field(default_factory=dict)
 
@@ -176,6 +181,33 @@ def resolve_secret(value: str, environ: Mapping[str, str]) -> str | None:
     return environ.get(match.group("name"))
 
 
+def _signing_keys(r: _Reader, path: Path) -> tuple[Mapping[str, Any], ...]:
+    """The private JWKs of `[auth] signing_keys_path` (a JSON array, as `supabase gen signing-key` writes)."""
+    key = "[auth] signing_keys_path"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise r.error(key, f"cannot read {path}: {exc.strerror}") from None
+    except ValueError as exc:
+        raise r.error(key, f"{path} is not valid JSON: {exc}") from None
+    if isinstance(data, dict):
+        data = data.get("keys")
+    if not isinstance(data, list) or not data:
+        raise r.error(key, f"{path}: expected a JSON array of private JWKs")
+    for index, jwk in enumerate(data):
+        problem = None
+        if not isinstance(jwk, dict) or jwk.get("kty") not in ("EC", "RSA") or "d" not in jwk:
+            problem = "expected a private EC (ES256) or RSA (RS256) JWK"
+        else:
+            try:
+                jwt.PyJWK(jwk, algorithm="ES256" if jwk["kty"] == "EC" else "RS256")
+            except jwt.PyJWTError as exc:
+                problem = str(exc)
+        if problem is not None:
+            raise r.error(key, f"{path}: key {index}: {problem}")
+    return tuple(data)
+
+
 def load_config(path: Path | None, environ: Mapping[str, str] | None = None) -> ProjectConfig:
     """Read and validate `path`; defaults when `path` is None."""
     if path is None:
@@ -221,6 +253,8 @@ def load_config(path: Path | None, environ: Mapping[str, str] | None = None) -> 
     jwt_secret = resolved_secret
     if len(jwt_secret) < 16:
         raise r.error("[auth] jwt_secret", "must be at least 16 characters long")
+    signing_keys_path = r.string(auth, "auth", "signing_keys_path", None)
+    signing_keys = _signing_keys(r, path.parent / signing_keys_path) if signing_keys_path else ()
 
     functions: dict[str, FunctionConfig] = {}
     for name, raw in r.table(data.get("functions", {}), "[functions]").items():
@@ -269,6 +303,7 @@ def load_config(path: Path | None, environ: Mapping[str, str] | None = None) -> 
         limits=limits,
         secrets=secrets,
         jwt_secret=jwt_secret,
+        signing_keys=signing_keys,
         functions=functions,
         cron=cron,
     )

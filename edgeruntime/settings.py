@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -108,7 +109,7 @@ class Settings:
                 effective = effective.replace(**limits)
             except (TypeError, ValueError) as exc:
                 raise ConfigError(f"limits: {exc}") from None
-        keys = demo_keys(config.jwt_secret)
+        keys = demo_keys(config.jwt_secret, config.signing_keys)
         settings = cls(
             functions_dir=directory,
             config=config,
@@ -136,10 +137,10 @@ class Settings:
         object.__setattr__(
             settings,
             "keys",
-            Keys(
-                keys.jwt_secret,
-                env.get("SUPABASE_ANON_KEY", keys.anon_key),
-                env.get("SUPABASE_SERVICE_ROLE_KEY", keys.service_role_key),
+            dataclasses.replace(
+                keys,
+                anon_key=env.get("SUPABASE_ANON_KEY", keys.anon_key),
+                service_role_key=env.get("SUPABASE_SERVICE_ROLE_KEY", keys.service_role_key),
             ),
         )
         return settings

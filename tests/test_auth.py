@@ -15,6 +15,8 @@ from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 from edgeruntime.auth import PUBLISHABLE_KEY, SECRET_KEY, Keys, Verifier, demo_keys
 from edgeruntime.config import DEFAULT_JWT_SECRET
+from edgeruntime.exceptions import ConfigError
+from edgeruntime.settings import Settings
 from edgeruntime.testing import EdgeClient
 from tests.helpers import KEYS, run_cli, write_function
 
@@ -351,3 +353,65 @@ def test_verifier_cache_is_bounded_and_honours_exp() -> None:
     verifier._cache[stale] = time.time() - 1
     failure = verifier.check({"authorization": f"Bearer {stale}"})
     assert failure is not None and failure.message == "Invalid JWT"
+
+
+# -- [auth] signing_keys_path: asymmetric demo keys ------------------------------------------------
+
+
+def write_signing_keys(project: Path) -> dict[str, Any]:
+    private = ec.generate_private_key(ec.SECP256R1())
+    jwk: dict[str, Any] = {**json.loads(ECAlgorithm.to_jwk(private)), "kid": "local-ec", "alg": "ES256"}
+    (project / "signing_keys.json").write_text(json.dumps([jwk]))
+    (project / "config.toml").write_text('[auth]\nsigning_keys_path = "./signing_keys.json"\n')
+    return jwk
+
+
+async def test_signing_keys_path_signs_keys_with_es256(functions_dir: Path) -> None:
+    write_function(functions_dir, "whoami", WHOAMI)
+    write_function(functions_dir, "keys", ENV_KEYS)
+    jwk = write_signing_keys(functions_dir.parent)
+    async with EdgeClient(functions_dir, environ={k: v for k, v in os.environ.items() if "SUPABASE_" not in k}) as c:
+        anon = c.settings.keys.anon_key
+        assert jwt.get_unverified_header(anon) == {"alg": "ES256", "kid": "local-ec", "typ": "JWT"}
+        jwks = json.loads(c.settings.env["SUPABASE_JWKS"])["keys"]
+        assert [k["kty"] for k in jwks] == ["EC", "oct"]
+        assert jwks[0]["kid"] == "local-ec" and "d" not in jwks[0]  # only the public half is handed out
+        claims = jwt.decode(anon, jwt.PyJWK(jwks[0]).key, algorithms=["ES256"])
+        assert claims["role"] == "anon" and claims["iss"] == "supabase-demo"
+        assert claims["exp"] > time.time() + 9 * 365 * 24 * 3600
+        r = await c.invoke("whoami", auth="anon")
+        assert (r.status_code, r.json()["role"]) == (200, "anon")
+        r = await c.invoke("keys", auth="service_role")
+        assert r.json()["service"] == c.settings.keys.service_role_key
+        assert jwt.get_unverified_header(r.json()["service"])["alg"] == "ES256"
+        # The legacy HS256 keys of the JWT secret keep working, as in the CLI.
+        assert (await c.invoke("whoami", auth=None, headers=ANON_HS256)).status_code == 200
+        other = ec.generate_private_key(ec.SECP256R1())
+        forged = jwt.encode({"role": "service_role"}, other, "ES256", {"kid": jwk["kid"]})
+        r = await c.invoke("whoami", auth=None, headers={"Authorization": f"Bearer {forged}"})
+        assert_401(r, INVALID)
+
+
+ANON_HS256 = {"Authorization": f"Bearer {KEYS.anon_key}"}
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (None, "cannot read"),
+        ("not json", "is not valid JSON"),
+        ("[]", "expected a JSON array of private JWKs"),
+        ('[{"kty": "oct", "k": "abc"}]', "key 0: expected a private EC (ES256) or RSA (RS256) JWK"),
+        ('[{"kty": "EC", "crv": "P-256", "x": "AA", "y": "AA", "d": "AA"}]', "key 0:"),
+    ],
+)
+def test_bad_signing_keys_file(functions_dir: Path, content: str | None, expected: str) -> None:
+    project = functions_dir.parent
+    (project / "config.toml").write_text('[auth]\nsigning_keys_path = "keys.json"\n')
+    if content is not None:
+        (project / "keys.json").write_text(content)
+    with pytest.raises(ConfigError) as info:
+        Settings.build(functions_dir)
+    message = str(info.value)
+    assert message.startswith(f"{project / 'config.toml'}: [auth] signing_keys_path: ")
+    assert expected in message
