@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -18,7 +19,7 @@ from edgeruntime.config import DEFAULT_JWT_SECRET
 from edgeruntime.exceptions import ConfigError
 from edgeruntime.settings import Settings
 from edgeruntime.testing import EdgeClient
-from tests.helpers import KEYS, run_cli, write_function
+from tests.helpers import KEYS, ServerProcess, run_cli, write_function
 
 WHOAMI = """
 import jwt
@@ -415,3 +416,21 @@ def test_bad_signing_keys_file(functions_dir: Path, content: str | None, expecte
     message = str(info.value)
     assert message.startswith(f"{project / 'config.toml'}: [auth] signing_keys_path: ")
     assert expected in message
+
+
+# -- on a real socket -------------------------------------------------------------------------------
+
+
+@pytest.mark.e2e
+def test_serve_verifies_jwt_and_no_verify_jwt_turns_it_off(whoami_dir: Path) -> None:
+    (whoami_dir.parent / "config.toml").write_text("[functions.whoami]\nverify_jwt = true\n")
+    with ServerProcess(whoami_dir, "--no-watch") as server:
+        r = httpx.post(server.url("whoami"), timeout=10)
+        assert (r.status_code, r.text) == (401, '{"msg":"Error: Missing authorization header"}')
+        r = httpx.post(server.url("whoami"), headers={"apikey": PUBLISHABLE_KEY}, timeout=10)
+        assert (r.status_code, r.json()["role"]) == (200, "anon")
+        r = httpx.options(server.url("whoami"), timeout=10)
+        assert r.status_code == 200
+    with ServerProcess(whoami_dir, "--no-watch", "--no-verify-jwt") as server:
+        r = httpx.post(server.url("whoami"), timeout=10)
+        assert r.status_code == 200

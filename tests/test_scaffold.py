@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -85,7 +86,7 @@ def postgrest() -> Iterator[FakePostgrest]:
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     state = FakePostgrest(f"http://127.0.0.1:{server.server_address[1]}")
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:
         yield state
@@ -111,6 +112,21 @@ def test_basic_template(functions_dir: Path) -> None:
 def test_templates_compile_and_are_lint_clean(functions_dir: Path, template: str) -> None:
     path = create_function(functions_dir, f"t-{template}", template)
     compile(path.read_text(), str(path), "exec")
+    ruff = [sys.executable, "-m", "ruff"]
+    lint = subprocess.run(
+        [*ruff, "check", "--isolated", "--select", "E,F,B,UP,W", "--line-length", "120", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert lint.returncode == 0, lint.stdout
+    fmt = subprocess.run(
+        [*ruff, "format", "--isolated", "--line-length", "120", "--check", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert fmt.returncode == 0, fmt.stdout
 
 
 def new_job(functions_dir: Path, name: str = "my-new-job") -> Path:
