@@ -196,8 +196,14 @@ def cmd_invoke(args: argparse.Namespace) -> int:
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
-    settings = _settings(args, args.directory)
-    keys = settings.keys
+    if Path(args.directory).is_dir():
+        keys = _settings(args, args.directory).keys
+    else:  # keys need no functions: --config, or the config.toml where the functions would be, decides
+        from edgeruntime.auth import demo_keys
+        from edgeruntime.config import find_config, load_config
+
+        config = load_config(find_config(Path(args.directory), Path(args.config) if args.config else None))
+        keys = demo_keys(config.jwt_secret, config.signing_keys)
     if args.anon:
         print(keys.anon_key)
         return 0

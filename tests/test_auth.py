@@ -434,3 +434,12 @@ def test_serve_verifies_jwt_and_no_verify_jwt_turns_it_off(whoami_dir: Path) -> 
     with ServerProcess(whoami_dir, "--no-watch", "--no-verify-jwt") as server:
         r = httpx.post(server.url("whoami"), timeout=10)
         assert r.status_code == 200
+
+
+def test_keys_command_without_a_functions_directory(tmp_path: Path) -> None:
+    result = run_cli("keys", "--anon", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == KEYS.anon_key
+    (tmp_path / "config.toml").write_text(f'[auth]\njwt_secret = "{CUSTOM_SECRET}"\n')
+    result = run_cli("keys", "--service-role", cwd=tmp_path)
+    assert result.stdout.strip() == demo_keys(CUSTOM_SECRET).service_role_key
