@@ -9,6 +9,7 @@ it). The 401 bodies are the local CLI's.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import time
 from collections import OrderedDict
@@ -44,12 +45,36 @@ class Keys:
     #: Public JWKs (JSON) of `[auth] signing_keys_path`, when the keys are signed asymmetrically.
     public_keys: tuple[str, ...] = ()
 
+    def overridden_by(self, env: Mapping[str, str]) -> Keys:
+        """These keys, with those the env sets itself (``SUPABASE_ANON_KEY``, ``SUPABASE_PUBLISHABLE_KEYS``...).
+
+        The keys handed out (to functions, tests, ``edgeruntime keys``) must be the keys accepted.
+        """
+        return dataclasses.replace(
+            self,
+            anon_key=env.get("SUPABASE_ANON_KEY", self.anon_key),
+            service_role_key=env.get("SUPABASE_SERVICE_ROLE_KEY", self.service_role_key),
+            publishable_key=_default_key(env.get("SUPABASE_PUBLISHABLE_KEYS")) or self.publishable_key,
+            secret_key=_default_key(env.get("SUPABASE_SECRET_KEYS")) or self.secret_key,
+        )
+
     @property
     def jwks(self) -> str:
         """`SUPABASE_JWKS`: the public signing keys, then the secret as an `oct` key (as the CLI)."""
         k = base64.urlsafe_b64encode(self.jwt_secret.encode()).rstrip(b"=").decode()
         keys = [*(json.loads(key) for key in self.public_keys), {"kty": "oct", "k": k}]
         return json.dumps({"keys": keys}, separators=(",", ":"))
+
+
+def _default_key(keys_json: str | None) -> str | None:
+    """The `default` entry of `SUPABASE_PUBLISHABLE_KEYS` / `SUPABASE_SECRET_KEYS` (JSON objects)."""
+    if not keys_json:
+        return None
+    try:
+        value = json.loads(keys_json).get("default")
+    except (ValueError, AttributeError):
+        return None
+    return value if isinstance(value, str) and value else None
 
 
 def sign_demo_key(role: str, secret: str) -> str:

@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -134,13 +133,5 @@ class Settings:
         )
         object.__setattr__(settings, "env", env)
         # Keys handed out must be the ones accepted: an env that sets its own keys wins.
-        object.__setattr__(
-            settings,
-            "keys",
-            dataclasses.replace(
-                keys,
-                anon_key=env.get("SUPABASE_ANON_KEY", keys.anon_key),
-                service_role_key=env.get("SUPABASE_SERVICE_ROLE_KEY", keys.service_role_key),
-            ),
-        )
+        object.__setattr__(settings, "keys", keys.overridden_by(env))
         return settings

@@ -443,3 +443,22 @@ def test_keys_command_without_a_functions_directory(tmp_path: Path) -> None:
     (tmp_path / "config.toml").write_text(f'[auth]\njwt_secret = "{CUSTOM_SECRET}"\n')
     result = run_cli("keys", "--service-role", cwd=tmp_path)
     assert result.stdout.strip() == demo_keys(CUSTOM_SECRET).service_role_key
+
+
+async def test_keys_set_in_the_server_env_are_handed_out_and_accepted(whoami_dir: Path) -> None:
+    custom_anon = sign({"role": "anon", "iss": "mine"})
+    environ = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("SUPABASE_")},
+        "SUPABASE_ANON_KEY": custom_anon,
+        "SUPABASE_PUBLISHABLE_KEYS": '{"default":"sb_publishable_custom"}',
+        "SUPABASE_SECRET_KEYS": '{"default":"sb_secret_custom"}',
+    }
+    async with EdgeClient(whoami_dir, environ=environ) as client:
+        assert client.settings.keys.anon_key == custom_anon
+        assert client.settings.keys.publishable_key == "sb_publishable_custom"
+        r = await client.invoke("whoami", auth=None, headers={"apikey": "sb_publishable_custom"})
+        assert r.json()["authorization"] == f"Bearer {custom_anon}"
+        r = await client.invoke("whoami", auth=None, headers={"apikey": "sb_secret_custom"})
+        assert r.json()["role"] == "service_role"
+        r = await client.invoke("whoami", auth=None, headers={"apikey": PUBLISHABLE_KEY})
+        assert r.status_code == 401  # the default publishable key is not this server's
