@@ -227,3 +227,29 @@ def test_serve_gives_os_environ_the_function_env(env_dir: Path) -> None:
         }
         server.terminate()
     assert "Env name cannot start with SUPABASE_, skipping: SUPABASE_X" in server.output
+
+
+DUMP = """
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from edgeruntime import Deno, serve
+
+async def handler(req: Request) -> JSONResponse:
+    return JSONResponse(Deno.env.to_object())
+
+serve(handler)
+"""
+
+
+@pytest.mark.e2e
+async def test_edge_client_sees_exactly_the_env_serve_gives(functions_dir: Path) -> None:
+    write_function(functions_dir, "dump", DUMP)
+    write_project(functions_dir, secrets='ER_TEST_SECRET = "s"', dotenv="ER_TEST_DOTENV=d\n")
+    extra = {"PYTHONUNBUFFERED": "1", "ER_TEST_PROCESS": "p"}
+    with ServerProcess(functions_dir, "--no-watch", env=extra) as server:
+        served = httpx.get(server.url("dump"), headers=SERVICE_ROLE, timeout=10).json()
+        server.terminate()
+    async with EdgeClient(functions_dir, port=server.port, environ={**os.environ, **extra}) as client:
+        tested = (await client.invoke("dump", method="GET")).json()
+    assert tested == served
+    assert served["ER_TEST_DOTENV"] == "d" and served["ER_TEST_SECRET"] == "s"
