@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
+import logging
 import time
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
@@ -22,6 +23,8 @@ import jwt
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 __all__ = ["AuthFailure", "Keys", "Verifier", "demo_keys"]
+
+logger = logging.getLogger("edgeruntime")
 
 #: The local stack's fixed claims for its demo keys (Supabase CLI `pkg/config/apikeys.go`).
 DEMO_ISSUER = "supabase-demo"
@@ -163,7 +166,9 @@ class Verifier:
             data = json.loads(self.jwks_json)
             keys = [k for k in data.get("keys", []) if k.get("kty") in ("EC", "RSA")]
             return jwt.PyJWKSet(keys) if keys else None
-        except (ValueError, jwt.PyJWTError, AttributeError):
+        except (ValueError, jwt.PyJWTError, AttributeError) as exc:
+            # Asymmetric tokens will all be refused; say why once instead of on every request.
+            logger.warning("SUPABASE_JWKS is not a usable JWK set (%s): ES256/RS256 tokens are refused", exc)
             return None
 
     def authorization(self, headers: Mapping[str, str]) -> str | None:

@@ -462,3 +462,14 @@ async def test_keys_set_in_the_server_env_are_handed_out_and_accepted(whoami_dir
         assert r.json()["role"] == "service_role"
         r = await client.invoke("whoami", auth=None, headers={"apikey": PUBLISHABLE_KEY})
         assert r.status_code == 401  # the default publishable key is not this server's
+
+
+def test_unusable_jwks_refuses_asymmetric_tokens_with_one_warning(caplog: pytest.LogCaptureFixture) -> None:
+    private, _ = es256_jwks()
+    token = jwt.encode({"role": "anon"}, private, "ES256")
+    verifier = Verifier(KEYS, "{not json")
+    for _ in range(3):
+        failure = verifier.check({"authorization": f"Bearer {token}"})
+        assert failure is not None and failure.message == "Invalid JWT"
+    assert caplog.text.count("SUPABASE_JWKS is not a usable JWK set") == 1
+    assert verifier.check({"authorization": f"Bearer {KEYS.anon_key}"}) is None
