@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import sys
 from collections.abc import Sequence
@@ -97,7 +98,7 @@ def _settings(args: argparse.Namespace, directory: str, **options: Any) -> Setti
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from edgeruntime.app import create_app
-    from edgeruntime.env import apply_env
+    from edgeruntime.env import applied_env
     from edgeruntime.logs import configure_logging
     from edgeruntime.reload import watch_functions
     from edgeruntime.server import run_server
@@ -119,8 +120,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
         graceful_exit_timeout_sec=args.graceful_exit_timeout,
         server=args.server,
     )
-    if settings.isolation == "inline":  # functions share this process: os.environ agrees with Deno.env
-        apply_env(settings.env)
     app = create_app(settings)
     if not app.functions:
         raise UsageError(f"no functions in {settings.functions_dir}: expected {settings.functions_dir}/<name>/index.py")
@@ -138,7 +137,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     async def watch(stop: asyncio.Event) -> None:
         await watch_functions(app, stop)
 
-    return run_server(settings, app, on_start=banner, background=[watch] if settings.watch else [])
+    # Inline functions share this process: os.environ agrees with Deno.env while it serves (restored after).
+    with applied_env(settings.env) if settings.isolation == "inline" else contextlib.nullcontext():
+        return run_server(settings, app, on_start=banner, background=[watch] if settings.watch else [])
 
 
 def cmd_new(args: argparse.Namespace) -> int:

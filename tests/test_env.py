@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 from pathlib import Path
 
 import httpx
 import pytest
 
 from edgeruntime.auth import PUBLISHABLE_KEY, SECRET_KEY
+from edgeruntime.cli import main
 from edgeruntime.env import applied_env, build_env
 from edgeruntime.exceptions import ConfigError
 from edgeruntime.settings import Settings
@@ -247,9 +249,22 @@ async def test_edge_client_sees_exactly_the_env_serve_gives(functions_dir: Path)
     write_project(functions_dir, secrets='ER_TEST_SECRET = "s"', dotenv="ER_TEST_DOTENV=d\n")
     extra = {"PYTHONUNBUFFERED": "1", "ER_TEST_PROCESS": "p"}
     with ServerProcess(functions_dir, "--no-watch", env=extra) as server:
-        served = httpx.get(server.url("dump"), headers=SERVICE_ROLE, timeout=10).json()
+        async with httpx.AsyncClient(timeout=10) as http:
+            served = (await http.get(server.url("dump"), headers=SERVICE_ROLE)).json()
         server.terminate()
     async with EdgeClient(functions_dir, port=server.port, environ={**os.environ, **extra}) as client:
         tested = (await client.invoke("dump", method="GET")).json()
     assert tested == served
     assert served["ER_TEST_DOTENV"] == "d" and served["ER_TEST_SECRET"] == "s"
+
+
+def test_serve_restores_os_environ_when_it_ends(env_dir: Path) -> None:
+    write_project(env_dir, dotenv="ER_TEST_SERVE_LEAK=1\n")
+    before = dict(os.environ)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        # In-process: the server starts, applies the function env, fails to bind and returns.
+        assert main(["serve", str(env_dir), "--port", str(port), "--no-watch"]) == 2
+    assert dict(os.environ) == before
