@@ -27,6 +27,7 @@ RESERVED_PREFIX = "SUPABASE_"
 #: Never forwarded from the server's environment (the CLI drops these too).
 HIDDEN_PREFIX = "SUPABASE_INTERNAL_"
 ENV_FILE = ".env"
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 
 
 def read_env_file(path: Path) -> dict[str, str]:
@@ -60,8 +61,13 @@ def build_env(
     base_url: str,
     secrets: Mapping[str, str] | None = None,
     env_file: Path | None = None,
+    database_url: str | None = None,
 ) -> dict[str, str]:
-    """The complete env of every function of a server."""
+    """The complete env of every function of a server.
+
+    `database_url` (``--database-url``) becomes ``SUPABASE_DB_URL`` when it is a PostgreSQL URL,
+    as the Supabase CLI hands functions the project database.
+    """
     env = {k: v for k, v in environ.items() if not k.startswith(HIDDEN_PREFIX)}
     warned: set[str] = set()
     if secrets:
@@ -70,6 +76,8 @@ def build_env(
     if env_file is not None or file.is_file():
         env.update(_drop_reserved(read_env_file(file), warned))
     env.setdefault("SUPABASE_URL", base_url)
+    if database_url and database_url.startswith(POSTGRES_SCHEMES):
+        env.setdefault("SUPABASE_DB_URL", database_url)
     env.setdefault("SUPABASE_ANON_KEY", keys.anon_key)
     env.setdefault("SUPABASE_SERVICE_ROLE_KEY", keys.service_role_key)
     env.setdefault("SUPABASE_JWKS", keys.jwks)

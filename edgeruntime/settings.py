@@ -130,6 +130,7 @@ class Settings:
             base_url=settings.base_url,
             secrets=config.secrets,
             env_file=Path(env_file) if env_file else None,
+            database_url=settings.database_url,
         )
         object.__setattr__(settings, "env", env)
         # Keys handed out must be the ones accepted: an env that sets its own keys wins.

@@ -268,3 +268,23 @@ def test_serve_restores_os_environ_when_it_ends(env_dir: Path) -> None:
         # In-process: the server starts, applies the function env, fails to bind and returns.
         assert main(["serve", str(env_dir), "--port", str(port), "--no-watch"]) == 2
     assert dict(os.environ) == before
+
+
+@pytest.mark.parametrize(
+    ("database_url", "expected"),
+    [
+        ("postgresql://postgres@127.0.0.1:5432/test", "postgresql://postgres@127.0.0.1:5432/test"),
+        ("sqlite:///tmp/x.db", None),
+        (None, None),
+    ],
+)
+def test_supabase_db_url_from_a_postgres_database_url(
+    env_dir: Path, database_url: str | None, expected: str | None
+) -> None:
+    # Settings only (no app): the jobs store never connects here.
+    settings = Settings.build(env_dir, environ=clean_environ(), database_url=database_url)
+    assert settings.env.get("SUPABASE_DB_URL") == expected
+    explicit = Settings.build(
+        env_dir, environ=clean_environ(SUPABASE_DB_URL="postgresql://mine"), database_url=database_url
+    )
+    assert explicit.env["SUPABASE_DB_URL"] == "postgresql://mine"
