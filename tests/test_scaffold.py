@@ -22,6 +22,9 @@ from edgeruntime.scaffold import TEMPLATES, create_function
 from edgeruntime.testing import EdgeClient
 from tests.helpers import KEYS, ServerProcess, run_cli
 
+# supabase-py (used by the job template) passes its own deprecated arguments to its sub-clients.
+pytestmark = pytest.mark.filterwarnings("ignore:The '(timeout|verify)' parameter is deprecated:DeprecationWarning")
+
 ROWS = [{"id": 1, "some_condition": True}, {"id": 2, "some_condition": True}]
 
 

@@ -12,7 +12,9 @@ from supabase_functions.errors import FunctionsHttpError
 from edgeruntime.auth import PUBLISHABLE_KEY, SECRET_KEY
 from tests.helpers import KEYS, ServerProcess, write_function
 
-pytestmark = pytest.mark.e2e
+# supabase-py passes its own deprecated arguments to its sub-clients (supabase 2.x).
+SUPABASE_PY_DEPRECATIONS = "ignore:The '(timeout|verify)' parameter is deprecated:DeprecationWarning"
+pytestmark = [pytest.mark.e2e, pytest.mark.filterwarnings(SUPABASE_PY_DEPRECATIONS)]
 
 ECHO_ROLE = """
 import jwt
