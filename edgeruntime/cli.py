@@ -61,7 +61,11 @@ def build_parser() -> argparse.ArgumentParser:
     new = sub.add_parser("new", help="create a function")
     new.add_argument("name")
     new.add_argument("--dir", default="functions", help="functions directory (default: functions)")
-    new.add_argument("--template", default="basic")
+    new.add_argument(
+        "--template",
+        default="basic",
+        help="basic (default), or job: a background job with a key check, a Supabase client and an audit log",
+    )
 
     ls = sub.add_parser("list", help="list the functions of a directory")
     ls.add_argument("directory", nargs="?", default="functions")
