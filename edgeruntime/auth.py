@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import hmac
 import json
 import logging
 import time
@@ -67,6 +68,11 @@ class Keys:
         k = base64.urlsafe_b64encode(self.jwt_secret.encode()).rstrip(b"=").decode()
         keys = [*(json.loads(key) for key in self.public_keys), {"kty": "oct", "k": k}]
         return json.dumps({"keys": keys}, separators=(",", ":"))
+
+
+def _same(given: str, expected: str) -> bool:
+    """Compare a presented key in constant time (the secret key is a credential)."""
+    return hmac.compare_digest(given.encode("latin-1", "replace"), expected.encode("latin-1", "replace"))
 
 
 def _default_key(keys_json: str | None) -> str | None:
@@ -178,10 +184,11 @@ class Verifier:
             return auth
         apikey = headers.get("apikey")
         key = apikey if apikey is not None else (auth[7:] if auth else None)
-        if key == self.keys.secret_key:
-            return f"Bearer {self.keys.service_role_key}"
-        if key == self.keys.publishable_key:
-            return f"Bearer {self.keys.anon_key}"
+        if key is not None:
+            if _same(key, self.keys.secret_key):
+                return f"Bearer {self.keys.service_role_key}"
+            if _same(key, self.keys.publishable_key):
+                return f"Bearer {self.keys.anon_key}"
         return apikey if apikey is not None else auth
 
     def forwarded_headers(self, raw: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
