@@ -1,6 +1,6 @@
 """What JWT verification costs per request, in-process, against the same app with it off.
 
-    python benchmarks/auth_overhead.py [--requests N]
+    python benchmarks/auth_overhead.py [--requests N] [--rounds R]
 
 Prints requests per second for: verify_jwt off; the anon key (verified once, then cached); a new
 HS256 token per request; a new ES256 token per request (verified against SUPABASE_JWKS); and each
