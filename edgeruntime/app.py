@@ -196,6 +196,7 @@ class EdgeApp:
         if raw is not None:
             fn_scope["raw_path"] = raw[len(PREFIX) - 1 :]
         fn_scope["root_path"] = ""
+        fn_scope["headers"] = self.verifier.forwarded_headers(scope["headers"])  # the gateway's apikey rewrite
         try:
             await supervisor.dispatch(fn_scope, receive, send, ctx)
         except BootError as exc:

@@ -9,17 +9,23 @@ it). The 401 bodies are the local CLI's.
 from __future__ import annotations
 
 import base64
+import dataclasses
+import hmac
 import json
+import logging
 import time
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
 import jwt
+from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 __all__ = ["AuthFailure", "Keys", "Verifier", "demo_keys"]
+
+logger = logging.getLogger("edgeruntime")
 
 #: The local stack's fixed claims for its demo keys (Supabase CLI `pkg/config/apikeys.go`).
 DEMO_ISSUER = "supabase-demo"
@@ -28,6 +34,7 @@ DEMO_EXPIRY = 1983812996
 PUBLISHABLE_KEY = "sb_publishable_ACJWlzQHlZjBrEguHvfOxg_3BJgxAaH"
 SECRET_KEY = "sb_secret_N7UND0UgjKTVK-Uodkm0Hg_xSvEMPvz"
 ASYMMETRIC_ALGORITHMS = ("ES256", "RS256")
+TEN_YEARS_SEC = 10 * 365 * 24 * 3600
 
 
 @dataclass(frozen=True)
@@ -39,12 +46,44 @@ class Keys:
     service_role_key: str
     publishable_key: str = PUBLISHABLE_KEY
     secret_key: str = SECRET_KEY
+    #: Public JWKs (JSON) of `[auth] signing_keys_path`, when the keys are signed asymmetrically.
+    public_keys: tuple[str, ...] = ()
+
+    def overridden_by(self, env: Mapping[str, str]) -> Keys:
+        """These keys, with those the env sets itself (``SUPABASE_ANON_KEY``, ``SUPABASE_PUBLISHABLE_KEYS``...).
+
+        The keys handed out (to functions, tests, ``edgeruntime keys``) must be the keys accepted.
+        """
+        return dataclasses.replace(
+            self,
+            anon_key=env.get("SUPABASE_ANON_KEY", self.anon_key),
+            service_role_key=env.get("SUPABASE_SERVICE_ROLE_KEY", self.service_role_key),
+            publishable_key=_default_key(env.get("SUPABASE_PUBLISHABLE_KEYS")) or self.publishable_key,
+            secret_key=_default_key(env.get("SUPABASE_SECRET_KEYS")) or self.secret_key,
+        )
 
     @property
     def jwks(self) -> str:
-        """`SUPABASE_JWKS` for an HS256-only setup: the secret as an `oct` key."""
+        """`SUPABASE_JWKS`: the public signing keys, then the secret as an `oct` key (as the CLI)."""
         k = base64.urlsafe_b64encode(self.jwt_secret.encode()).rstrip(b"=").decode()
-        return json.dumps({"keys": [{"kty": "oct", "k": k}]}, separators=(",", ":"))
+        keys = [*(json.loads(key) for key in self.public_keys), {"kty": "oct", "k": k}]
+        return json.dumps({"keys": keys}, separators=(",", ":"))
+
+
+def _same(given: str, expected: str) -> bool:
+    """Compare a presented key in constant time (the secret key is a credential)."""
+    return hmac.compare_digest(given.encode("latin-1", "replace"), expected.encode("latin-1", "replace"))
+
+
+def _default_key(keys_json: str | None) -> str | None:
+    """The `default` entry of `SUPABASE_PUBLISHABLE_KEYS` / `SUPABASE_SECRET_KEYS` (JSON objects)."""
+    if not keys_json:
+        return None
+    try:
+        value = json.loads(keys_json).get("default")
+    except (ValueError, AttributeError):
+        return None
+    return value if isinstance(value, str) and value else None
 
 
 def sign_demo_key(role: str, secret: str) -> str:
@@ -53,9 +92,45 @@ def sign_demo_key(role: str, secret: str) -> str:
     return jwt.encode(payload, secret, algorithm="HS256", headers={"alg": "HS256", "typ": "JWT"})
 
 
-def demo_keys(jwt_secret: str) -> Keys:
-    """The anon and service-role keys that go with `jwt_secret` (the CLI's defaults for its secret)."""
-    return Keys(jwt_secret, sign_demo_key("anon", jwt_secret), sign_demo_key("service_role", jwt_secret))
+def signing_algorithm(jwk: Mapping[str, Any]) -> str:
+    """ES256 for an EC key, RS256 for an RSA key (or the key's own `alg`)."""
+    alg = jwk.get("alg")
+    if isinstance(alg, str) and alg in ASYMMETRIC_ALGORITHMS:
+        return alg
+    return "ES256" if jwk.get("kty") == "EC" else "RS256"
+
+
+def public_jwk(jwk: Mapping[str, Any]) -> dict[str, Any]:
+    """The public half of a private JWK, with its `kid`, `alg` and `use`."""
+    private = jwt.PyJWK(dict(jwk)).key
+    algorithm = ECAlgorithm if jwk.get("kty") == "EC" else RSAAlgorithm
+    public: dict[str, Any] = json.loads(algorithm.to_jwk(private.public_key()))
+    public.update({"alg": signing_algorithm(jwk), "use": "sig"})
+    if "kid" in jwk:
+        public["kid"] = jwk["kid"]
+    return public
+
+
+def demo_keys(jwt_secret: str, signing_keys: Sequence[Mapping[str, Any]] = ()) -> Keys:
+    """The anon and service-role keys that go with `jwt_secret` (the CLI's defaults for its secret).
+
+    With `signing_keys` (the private JWKs of ``[auth] signing_keys_path``), the keys are signed
+    with the first of them, with its ``kid`` and a ten-year expiry, as the Supabase CLI signs them.
+    """
+    if not signing_keys:
+        return Keys(jwt_secret, sign_demo_key("anon", jwt_secret), sign_demo_key("service_role", jwt_secret))
+    first = signing_keys[0]
+    alg = signing_algorithm(first)
+    private = jwt.PyJWK(dict(first), algorithm=alg).key
+    headers = {"kid": first["kid"]} if "kid" in first else None
+    expiry = int(time.time()) + TEN_YEARS_SEC
+
+    def sign(role: str) -> str:
+        payload = {"iss": DEMO_ISSUER, "role": role, "exp": expiry}
+        return jwt.encode(payload, private, algorithm=alg, headers=headers)
+
+    public = tuple(json.dumps(public_jwk(key), separators=(",", ":")) for key in signing_keys)
+    return Keys(jwt_secret, sign("anon"), sign("service_role"), public_keys=public)
 
 
 @dataclass(frozen=True)
@@ -97,7 +172,9 @@ class Verifier:
             data = json.loads(self.jwks_json)
             keys = [k for k in data.get("keys", []) if k.get("kty") in ("EC", "RSA")]
             return jwt.PyJWKSet(keys) if keys else None
-        except (ValueError, jwt.PyJWTError, AttributeError):
+        except (ValueError, jwt.PyJWTError, AttributeError) as exc:
+            # Asymmetric tokens will all be refused; say why once instead of on every request.
+            logger.warning("SUPABASE_JWKS is not a usable JWK set (%s): ES256/RS256 tokens are refused", exc)
             return None
 
     def authorization(self, headers: Mapping[str, str]) -> str | None:
@@ -107,20 +184,38 @@ class Verifier:
             return auth
         apikey = headers.get("apikey")
         key = apikey if apikey is not None else (auth[7:] if auth else None)
-        if key == self.keys.secret_key:
-            return f"Bearer {self.keys.service_role_key}"
-        if key == self.keys.publishable_key:
-            return f"Bearer {self.keys.anon_key}"
+        if key is not None:
+            if _same(key, self.keys.secret_key):
+                return f"Bearer {self.keys.service_role_key}"
+            if _same(key, self.keys.publishable_key):
+                return f"Bearer {self.keys.anon_key}"
         return apikey if apikey is not None else auth
+
+    def forwarded_headers(self, raw: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+        """The request headers as the local gateway forwards them to the function.
+
+        Kong rewrites Authorization before the runtime sees it, so a function called with only
+        ``apikey: sb_publishable_...`` reads ``Authorization: Bearer <anon JWT>``, as it would locally.
+        """
+        if not any(k == b"apikey" or (k == b"authorization" and v.startswith(b"Bearer sb_")) for k, v in raw):
+            return raw  # the common case: nothing to rewrite
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in raw}
+        auth = self.authorization(headers)
+        kept = [(k, v) for k, v in raw if k != b"authorization"]
+        return kept if auth is None else [*kept, (b"authorization", auth.encode("latin-1"))]
 
     def check(self, headers: Mapping[str, str]) -> AuthFailure | None:
         """None if the request may pass, else the failure to answer with."""
         auth = self.authorization(headers)
         if not auth:
             return MISSING
-        scheme, _, token = auth.partition(" ")
-        if scheme != "Bearer" or not token or " " in token:
+        # As the CLI's main worker: `const [bearer, token] = authHeader.split(" ")`.
+        parts = auth.split(" ")
+        if parts[0] != "Bearer":
             return NOT_BEARER
+        token = parts[1] if len(parts) > 1 else ""
+        if not token:
+            return INVALID_FORMAT
         expires = self._cache.get(token)
         if expires is not None and expires > time.time():
             self._cache.move_to_end(token)
@@ -141,24 +236,28 @@ class Verifier:
                 claims = jwt.decode(token, self.keys.jwt_secret, algorithms=["HS256"], options=options)
                 return None, claims
             if alg in ASYMMETRIC_ALGORITHMS:
-                key = self._signing_key(token)
-                if key is None:
-                    return INVALID_ASYMMETRIC, {}
-                claims = jwt.decode(token, key, algorithms=[alg], options=options)
-                return None, claims
+                kid = jwt.get_unverified_header(token).get("kid")
+                for key in self._signing_keys(alg, kid if isinstance(kid, str) else None):
+                    try:
+                        return None, jwt.decode(token, key, algorithms=[alg], options=options)
+                    except jwt.InvalidSignatureError:
+                        continue  # another key of the set may have signed it
+                return INVALID_ASYMMETRIC, {}
         except jwt.PyJWTError:
             return (INVALID_LEGACY if alg == "HS256" else INVALID_ASYMMETRIC), {}
         return UNSUPPORTED_ALG, {}
 
-    def _signing_key(self, token: str) -> Any:
+    def _signing_keys(self, alg: str, kid: str | None) -> list[Any]:
+        """The JWKS keys that may have signed a token with this `alg` and `kid`."""
         jwks = self._jwks
         if jwks is None:
-            return None
-        kid = jwt.get_unverified_header(token).get("kid")
-        for key in jwks.keys:
-            if kid is None or key.key_id == kid:
-                return key.key
-        return None
+            return []
+        kty = "EC" if alg.startswith("ES") else "RSA"
+        return [
+            key.key
+            for key in jwks.keys
+            if key.key_type == kty and (kid is None or key.key_id is None or key.key_id == kid)
+        ]
 
     def _remember(self, token: str, claims: Mapping[str, Any]) -> None:
         exp = claims.get("exp")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import sys
 from collections.abc import Sequence
@@ -60,7 +61,11 @@ def build_parser() -> argparse.ArgumentParser:
     new = sub.add_parser("new", help="create a function")
     new.add_argument("name")
     new.add_argument("--dir", default="functions", help="functions directory (default: functions)")
-    new.add_argument("--template", default="basic")
+    new.add_argument(
+        "--template",
+        default="basic",
+        help="basic (default), or job: a background job with a key check, a Supabase client and an audit log",
+    )
 
     ls = sub.add_parser("list", help="list the functions of a directory")
     ls.add_argument("directory", nargs="?", default="functions")
@@ -97,6 +102,7 @@ def _settings(args: argparse.Namespace, directory: str, **options: Any) -> Setti
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from edgeruntime.app import create_app
+    from edgeruntime.env import applied_env
     from edgeruntime.logs import AccessLog, configure_logging
     from edgeruntime.reload import watch_functions
     from edgeruntime.server import run_server
@@ -136,7 +142,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     async def watch(stop: asyncio.Event) -> None:
         await watch_functions(app, stop)
 
-    return run_server(settings, app, on_start=banner, background=[watch] if settings.watch else [])
+    # Inline functions share this process: os.environ agrees with Deno.env while it serves (restored after).
+    with applied_env(settings.env) if settings.isolation == "inline" else contextlib.nullcontext():
+        return run_server(settings, app, on_start=banner, background=[watch] if settings.watch else [])
 
 
 def cmd_new(args: argparse.Namespace) -> int:
@@ -194,8 +202,14 @@ def cmd_invoke(args: argparse.Namespace) -> int:
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
-    settings = _settings(args, args.directory)
-    keys = settings.keys
+    if Path(args.directory).is_dir():
+        keys = _settings(args, args.directory).keys
+    else:  # keys need no functions: --config, or the config.toml where the functions would be, decides
+        from edgeruntime.auth import demo_keys
+        from edgeruntime.config import find_config, load_config
+
+        config = load_config(find_config(Path(args.directory), Path(args.config) if args.config else None))
+        keys = demo_keys(config.jwt_secret, config.signing_keys)
     if args.anon:
         print(keys.anon_key)
         return 0

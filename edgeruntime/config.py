@@ -9,6 +9,8 @@ the file, the key and what was expected.
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import re
 import tomllib
@@ -17,10 +19,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
+import jwt
+
+from edgeruntime.discovery import is_valid_slug
 from edgeruntime.exceptions import ConfigError
 from edgeruntime.limits import DEFAULT_LIMITS, LIMIT_KEYS, Isolation, Limits, Policy
 
 __all__ = ["CronConfig", "FunctionConfig", "ProjectConfig", "find_config", "load_config"]
+
+logger = logging.getLogger("edgeruntime")
 
 DEFAULT_JWT_SECRET = "super-secret-jwt-token-with-at-least-32-characters-long"
 
@@ -83,6 +90,8 @@ class ProjectConfig:
     limits: Limits = DEFAULT_LIMITS
     secrets: Mapping[str, str] = field(default_factory=dict)
     jwt_secret: str = DEFAULT_JWT_SECRET
+    #: Private JWKs read from `[auth] signing_keys_path` (the first one signs the anon/service keys).
+    signing_keys: tuple[Mapping[str, Any], ...] = ()
     functions: Mapping[str, FunctionConfig] = field(default_factory=dict)
     cron: Mapping[str, CronConfig] = field(default_factory=dict)
 
@@ -100,7 +109,7 @@ def find_config(functions_dir: Path, explicit: Path | None) -> Path | None:
     """`explicit` if given (it must exist), else `<functions_dir>/../config.toml` if present."""
     if explicit is not None:
         if not explicit.is_file():
-            raise ConfigError(f"config file {explicit} does not exist")
+            raise ConfigError(f"--config: config file {explicit} does not exist")
         return explicit
     candidate = functions_dir.parent / "config.toml"
     return candidate if candidate.is_file() else None
@@ -164,12 +173,39 @@ def _kind(value: Any) -> str:
     return repr(value)
 
 
-def resolve_secret(value: str, environ: Mapping[str, str]) -> str:
-    """`env(NAME)` → the value of NAME in `environ` ("" when unset); anything else as written."""
+def resolve_secret(value: str, environ: Mapping[str, str]) -> str | None:
+    """`env(NAME)` → the value of NAME in `environ` (None when unset); anything else as written."""
     match = _ENV_REF.match(value.strip())
     if match is None:
         return value
-    return environ.get(match.group("name"), "")
+    return environ.get(match.group("name"))
+
+
+def _signing_keys(r: _Reader, path: Path) -> tuple[Mapping[str, Any], ...]:
+    """The private JWKs of `[auth] signing_keys_path` (a JSON array, as `supabase gen signing-key` writes)."""
+    key = "[auth] signing_keys_path"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise r.error(key, f"cannot read {path}: {exc.strerror}") from None
+    except ValueError as exc:
+        raise r.error(key, f"{path} is not valid JSON: {exc}") from None
+    if isinstance(data, dict):
+        data = data.get("keys")
+    if not isinstance(data, list) or not data:
+        raise r.error(key, f"{path}: expected a JSON array of private JWKs")
+    for index, jwk in enumerate(data):
+        problem = None
+        if not isinstance(jwk, dict) or jwk.get("kty") not in ("EC", "RSA") or "d" not in jwk:
+            problem = "expected a private EC (ES256) or RSA (RS256) JWK"
+        else:
+            try:
+                jwt.PyJWK(jwk, algorithm="ES256" if jwk["kty"] == "EC" else "RS256")
+            except jwt.PyJWTError as exc:
+                problem = str(exc)
+        if problem is not None:
+            raise r.error(key, f"{path}: key {index}: {problem}")
+    return tuple(data)
 
 
 def load_config(path: Path | None, environ: Mapping[str, str] | None = None) -> ProjectConfig:
@@ -203,17 +239,28 @@ def load_config(path: Path | None, environ: Mapping[str, str] | None = None) -> 
     for key, value in r.table(er.get("secrets", {}), "[edge_runtime.secrets]").items():
         if not isinstance(value, str):
             raise r.error(f"[edge_runtime.secrets] {key}", f"expected a string, got {_kind(value)}")
-        secrets[key.upper()] = resolve_secret(value, environ)
+        resolved = resolve_secret(value, environ)
+        if resolved is None:  # as the Supabase CLI: a secret whose variable is unset is not set at all
+            logger.warning("%s: [edge_runtime.secrets] %s: %s is not set, skipping", path, key, value.strip())
+            continue
+        secrets[key.upper()] = resolved
 
     auth = r.table(data.get("auth", {}), "[auth]")
     jwt_secret = r.string(auth, "auth", "jwt_secret", DEFAULT_JWT_SECRET) or DEFAULT_JWT_SECRET
-    jwt_secret = resolve_secret(jwt_secret, environ)
+    resolved_secret = resolve_secret(jwt_secret, environ)
+    if resolved_secret is None:
+        raise r.error("[auth] jwt_secret", f"{jwt_secret.strip()} is not set")
+    jwt_secret = resolved_secret
     if len(jwt_secret) < 16:
         raise r.error("[auth] jwt_secret", "must be at least 16 characters long")
+    signing_keys_path = r.string(auth, "auth", "signing_keys_path", None)
+    signing_keys = _signing_keys(r, path.parent / signing_keys_path) if signing_keys_path else ()
 
     functions: dict[str, FunctionConfig] = {}
     for name, raw in r.table(data.get("functions", {}), "[functions]").items():
         section = f"functions.{name}"
+        if not is_valid_slug(name):
+            raise r.error(f"[{section}]", "invalid function name: use a letter followed by letters, digits, '-' or '_'")
         table = r.table(raw, f"[{section}]")
         r.check_keys(table, section, {"enabled", "verify_jwt", "description", *LIMIT_KEYS} | FOREIGN_FUNCTION_KEYS)
         own = r.limits(table, section)
@@ -256,6 +303,7 @@ def load_config(path: Path | None, environ: Mapping[str, str] | None = None) -> 
         limits=limits,
         secrets=secrets,
         jwt_secret=jwt_secret,
+        signing_keys=signing_keys,
         functions=functions,
         cron=cron,
     )

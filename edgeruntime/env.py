@@ -9,7 +9,9 @@ warning line each, as the Supabase CLI does.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+import os
+from collections.abc import Iterator, Mapping, MutableMapping
+from contextlib import contextmanager
 from pathlib import Path
 
 from dotenv import dotenv_values
@@ -17,7 +19,7 @@ from dotenv import dotenv_values
 from edgeruntime.auth import Keys
 from edgeruntime.exceptions import ConfigError
 
-__all__ = ["build_env", "read_env_file"]
+__all__ = ["applied_env", "apply_env", "build_env", "read_env_file", "restore_env"]
 
 logger = logging.getLogger("edgeruntime")
 
@@ -25,6 +27,7 @@ RESERVED_PREFIX = "SUPABASE_"
 #: Never forwarded from the server's environment (the CLI drops these too).
 HIDDEN_PREFIX = "SUPABASE_INTERNAL_"
 ENV_FILE = ".env"
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 
 
 def read_env_file(path: Path) -> dict[str, str]:
@@ -38,11 +41,13 @@ def read_env_file(path: Path) -> dict[str, str]:
     return {k: v for k, v in values.items() if v is not None}
 
 
-def _drop_reserved(values: Mapping[str, str], origin: str) -> dict[str, str]:
+def _drop_reserved(values: Mapping[str, str], warned: set[str]) -> dict[str, str]:
     kept: dict[str, str] = {}
     for name, value in values.items():
         if name.upper().startswith(RESERVED_PREFIX):
-            logger.warning("Env name cannot start with SUPABASE_, skipping: %s (%s)", name, origin)
+            if name not in warned:  # one line per name, even when it is in config.toml and .env
+                warned.add(name)
+                logger.warning("Env name cannot start with SUPABASE_, skipping: %s", name)
             continue
         kept[name] = value
     return kept
@@ -56,18 +61,63 @@ def build_env(
     base_url: str,
     secrets: Mapping[str, str] | None = None,
     env_file: Path | None = None,
+    database_url: str | None = None,
 ) -> dict[str, str]:
-    """The complete env of every function of a server."""
+    """The complete env of every function of a server.
+
+    `database_url` (``--database-url``) becomes ``SUPABASE_DB_URL`` when it is a PostgreSQL URL,
+    as the Supabase CLI hands functions the project database.
+    """
     env = {k: v for k, v in environ.items() if not k.startswith(HIDDEN_PREFIX)}
+    warned: set[str] = set()
     if secrets:
-        env.update(_drop_reserved(secrets, "config.toml [edge_runtime.secrets]"))
+        env.update(_drop_reserved(secrets, warned))
     file = env_file if env_file is not None else functions_dir / ENV_FILE
     if env_file is not None or file.is_file():
-        env.update(_drop_reserved(read_env_file(file), str(file)))
+        env.update(_drop_reserved(read_env_file(file), warned))
     env.setdefault("SUPABASE_URL", base_url)
+    if database_url and database_url.startswith(POSTGRES_SCHEMES):
+        env.setdefault("SUPABASE_DB_URL", database_url)
     env.setdefault("SUPABASE_ANON_KEY", keys.anon_key)
     env.setdefault("SUPABASE_SERVICE_ROLE_KEY", keys.service_role_key)
     env.setdefault("SUPABASE_JWKS", keys.jwks)
     env.setdefault("SUPABASE_PUBLISHABLE_KEYS", f'{{"default":"{keys.publishable_key}"}}')
     env.setdefault("SUPABASE_SECRET_KEYS", f'{{"default":"{keys.secret_key}"}}')
     return env
+
+
+def apply_env(env: Mapping[str, str], target: MutableMapping[str, str] | None = None) -> dict[str, str | None]:
+    """Make `target` (``os.environ``) hold exactly `env`, so ``os.environ.get`` agrees with ``Deno.env.get``.
+
+    Returns what is needed to undo it: the previous value of every name it changed (None: unset).
+    """
+    target = os.environ if target is None else target
+    previous: dict[str, str | None] = {}
+    for name in [n for n in target if n not in env]:
+        previous[name] = target.pop(name)
+    for name, value in env.items():
+        old = target.get(name)
+        if old != value:
+            previous[name] = old
+            target[name] = value
+    return previous
+
+
+def restore_env(previous: Mapping[str, str | None], target: MutableMapping[str, str] | None = None) -> None:
+    """Undo :func:`apply_env`."""
+    target = os.environ if target is None else target
+    for name, value in previous.items():
+        if value is None:
+            target.pop(name, None)
+        else:
+            target[name] = value
+
+
+@contextmanager
+def applied_env(env: Mapping[str, str], target: MutableMapping[str, str] | None = None) -> Iterator[None]:
+    """``os.environ`` holds exactly `env` inside the block and is restored exactly on exit."""
+    previous = apply_env(env, target)
+    try:
+        yield
+    finally:
+        restore_env(previous, target)

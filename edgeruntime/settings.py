@@ -108,7 +108,7 @@ class Settings:
                 effective = effective.replace(**limits)
             except (TypeError, ValueError) as exc:
                 raise ConfigError(f"limits: {exc}") from None
-        keys = demo_keys(config.jwt_secret)
+        keys = demo_keys(config.jwt_secret, config.signing_keys)
         settings = cls(
             functions_dir=directory,
             config=config,
@@ -130,16 +130,9 @@ class Settings:
             base_url=settings.base_url,
             secrets=config.secrets,
             env_file=Path(env_file) if env_file else None,
+            database_url=settings.database_url,
         )
         object.__setattr__(settings, "env", env)
         # Keys handed out must be the ones accepted: an env that sets its own keys wins.
-        object.__setattr__(
-            settings,
-            "keys",
-            Keys(
-                keys.jwt_secret,
-                env.get("SUPABASE_ANON_KEY", keys.anon_key),
-                env.get("SUPABASE_SERVICE_ROLE_KEY", keys.service_role_key),
-            ),
-        )
+        object.__setattr__(settings, "keys", keys.overridden_by(env))
         return settings

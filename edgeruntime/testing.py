@@ -29,6 +29,7 @@ from edgeruntime.app import EdgeApp, create_app
 from edgeruntime.background import BackgroundTask, TaskOutcome
 from edgeruntime.context import ExecutionContext, WorkerState, default_worker
 from edgeruntime.discovery import ENTRYPOINT, FunctionSpec, load_function_module
+from edgeruntime.env import apply_env, restore_env
 from edgeruntime.exceptions import UsageError
 from edgeruntime.handlers import to_asgi
 from edgeruntime.settings import Settings
@@ -54,6 +55,7 @@ class EdgeClient:
         self.finished: list[BackgroundTask] = []
         self.app.background_observers.append(self._observe)
         self._http: httpx.AsyncClient | None = None
+        self._saved_environ: dict[str, str | None] | None = None
 
     def _observe(self, task: BackgroundTask) -> None:
         self.finished.append(task)
@@ -61,6 +63,9 @@ class EdgeClient:
             self.failed.append(task)
 
     async def __aenter__(self) -> EdgeClient:
+        # os.environ agrees with Deno.env while the client is open, as under `serve`; restored on exit.
+        if self.settings.isolation == "inline":
+            self._saved_environ = apply_env(self.settings.env)
         await self.app.startup()
         self._http = httpx.AsyncClient(
             transport=httpx.ASGITransport(app=self.app), base_url=self.settings.base_url, timeout=None
@@ -68,9 +73,14 @@ class EdgeClient:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        if self._http is not None:
-            await self._http.aclose()
-        await self.app.shutdown(timeout=0)
+        try:
+            if self._http is not None:
+                await self._http.aclose()
+            await self.app.shutdown(timeout=0)
+        finally:
+            if self._saved_environ is not None:
+                restore_env(self._saved_environ)
+                self._saved_environ = None
 
     @property
     def http(self) -> httpx.AsyncClient:

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import logging
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,8 +26,18 @@ def hello_dir(functions_dir: Path) -> Path:
 
 
 @pytest.fixture(autouse=True)
-def _edgeruntime_logs(caplog: pytest.LogCaptureFixture) -> None:
-    # The runtime's loggers do not propagate once a server configured them; tests read them here.
-    for name in ("edgeruntime", "_edgeruntime_functions"):
-        logging.getLogger(name).propagate = True
+def _edgeruntime_logs(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
+    # Tests read the runtime's records through caplog; a test that runs `serve` in-process
+    # reconfigures logging and stdout, which is undone afterwards.
+    loggers = [logging.getLogger(name) for name in ("edgeruntime", "_edgeruntime_functions")]
+    saved = [(lg, lg.handlers[:], lg.propagate, lg.level) for lg in loggers]
+    stdout, stderr = sys.stdout, sys.stderr
+    for lg in loggers:
+        lg.propagate = True
     caplog.set_level(logging.INFO)
+    yield
+    sys.stdout, sys.stderr = stdout, stderr
+    for lg, handlers, propagate, level in saved:
+        lg.handlers[:] = handlers
+        lg.propagate = propagate
+        lg.setLevel(level)

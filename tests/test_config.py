@@ -1,0 +1,242 @@
+"""config.toml: where it is found, what it holds, and the one-line errors for bad files."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from edgeruntime.config import DEFAULT_JWT_SECRET, find_config, load_config
+from edgeruntime.exceptions import ConfigError
+from edgeruntime.settings import Settings
+from edgeruntime.testing import EdgeClient
+from tests.helpers import HELLO, run_cli, write_function
+
+SUPABASE_CONFIG = """
+project_id = "demo"
+
+[api]
+enabled = true
+port = 54321
+
+[db]
+port = 54322
+major_version = 15
+
+[db.pooler]
+enabled = false
+
+[auth]
+enabled = true
+site_url = "http://127.0.0.1:3000"
+jwt_expiry = 3600
+jwt_secret = "a-custom-secret-that-is-long-enough-to-sign"
+
+[auth.email]
+enable_signup = true
+
+[edge_runtime]
+enabled = true
+policy = "oneshot"
+inspector_port = 8083
+deno_version = 2
+
+[edge_runtime.secrets]
+STRIPE_KEY = "sk_test_123"
+
+[functions.stripe-webhook]
+verify_jwt = false
+import_map = "./functions/stripe-webhook/deno.json"
+entrypoint = "./functions/stripe-webhook/index.ts"
+static_files = ["./functions/stripe-webhook/*.html"]
+
+[analytics]
+enabled = false
+
+[storage]
+file_size_limit = "50MiB"
+"""
+
+
+def write_config(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_defaults_without_a_file() -> None:
+    config = load_config(None)
+    assert config.path is None
+    assert config.policy == "per_worker"
+    assert config.isolation == "inline"
+    assert config.jwt_secret == DEFAULT_JWT_SECRET
+    assert config.function("anything").verify_jwt is True
+    assert config.function("anything").enabled is True
+
+
+def test_a_supabase_project_config_is_accepted(tmp_path: Path) -> None:
+    config = load_config(write_config(tmp_path / "config.toml", SUPABASE_CONFIG), environ={})
+    assert config.policy == "per_request"  # the CLI's "oneshot"
+    assert config.jwt_secret == "a-custom-secret-that-is-long-enough-to-sign"
+    assert config.secrets == {"STRIPE_KEY": "sk_test_123"}
+    assert config.function("stripe-webhook").verify_jwt is False
+    assert config.function("stripe-webhook").enabled is True
+
+
+def test_full_edgeruntime_config(tmp_path: Path) -> None:
+    text = """
+    [edge_runtime]
+    policy = "per_worker"
+    isolation = "process"
+    wall_clock_limit_sec = 120
+    cpu_soft_limit_ms = 500
+    cpu_hard_limit_ms = 900
+    memory_limit_mb = 128
+    request_idle_timeout_sec = 30
+    max_request_body_mb = 5
+
+    [functions.slow]
+    wall_clock_limit_sec = 300
+    description = "a slow one"
+
+    [cron.nightly]
+    function = "slow"
+    schedule = "0 10 * * *"
+    body = { source = "cron" }
+    overlap = "allow"
+    timezone = "Europe/Paris"
+    """
+    config = load_config(write_config(tmp_path / "config.toml", text.replace("\n    ", "\n")), environ={})
+    assert config.isolation == "process"
+    assert config.limits.wall_clock_limit_sec == 120
+    assert config.limits.cpu_soft_limit_ms == 500
+    assert config.limits.max_request_body_mb == 5
+    assert config.limits_for("slow").wall_clock_limit_sec == 300
+    assert config.limits_for("slow").cpu_soft_limit_ms == 500
+    assert config.limits_for("other").wall_clock_limit_sec == 120
+    cron = config.cron["nightly"]
+    assert (cron.function, cron.schedule, cron.overlap, cron.timezone) == (
+        "slow",
+        "0 10 * * *",
+        "allow",
+        "Europe/Paris",
+    )
+    assert cron.body == {"source": "cron"}
+
+
+def test_found_next_to_the_functions_directory(tmp_path: Path) -> None:
+    functions = tmp_path / "supabase" / "functions"
+    functions.mkdir(parents=True)
+    assert find_config(functions, None) is None
+    config = write_config(tmp_path / "supabase" / "config.toml", "")
+    assert find_config(functions, None) == config
+    explicit = write_config(tmp_path / "other.toml", "")
+    assert find_config(functions, explicit) == explicit
+
+
+async def test_supabase_layout_is_served_with_its_config(tmp_path: Path) -> None:
+    functions = tmp_path / "supabase" / "functions"
+    write_function(functions, "hello", HELLO)
+    write_config(tmp_path / "supabase" / "config.toml", "[functions.hello]\nverify_jwt = false\n")
+    async with EdgeClient(functions) as client:
+        assert (await client.invoke("hello", auth=None)).status_code == 200
+
+
+async def test_explicit_config_wins_over_the_one_beside(hello_dir: Path, tmp_path: Path) -> None:
+    write_config(hello_dir.parent / "config.toml", "[functions.hello]\nverify_jwt = false\n")
+    other = write_config(tmp_path / "strict.toml", "[functions.hello]\nverify_jwt = true\n")
+    async with EdgeClient(hello_dir, config_path=other) as client:
+        assert (await client.invoke("hello", auth=None)).status_code == 401
+
+
+async def test_enabled_false_hides_a_function(hello_dir: Path) -> None:
+    write_function(hello_dir, "other", HELLO)
+    write_config(hello_dir.parent / "config.toml", "[functions.hello]\nenabled = false\n")
+    async with EdgeClient(hello_dir) as client:
+        r = await client.invoke("hello")
+        assert r.status_code == 404
+        assert r.text == "Function not found"
+        assert (await client.invoke("other")).status_code == 200
+    listing = run_cli("list", str(hello_dir))
+    assert listing.returncode == 0
+    assert "hello" in listing.stdout and "disabled" in listing.stdout
+
+
+# -- errors ----------------------------------------------------------------------------------------
+
+ERRORS = [
+    # (config text, what the message must name)
+    ("[edge_runtime]\nwall_clock_limit = 10\n", ["[edge_runtime] wall_clock_limit", "unknown key"]),
+    ('[functions.hello]\nverify_jwt = "no"\n', ["[functions.hello] verify_jwt", "expected true or false"]),
+    ("[functions.hello]\nverifyjwt = false\n", ["[functions.hello] verifyjwt", "unknown key"]),
+    ("[functions.hello]\nenabled = 1\n", ["[functions.hello] enabled", "expected true or false"]),
+    ('[functions.hello]\nwall_clock_limit_sec = "60"\n', ["[functions.hello] wall_clock_limit_sec", "number"]),
+    ('[edge_runtime]\npolicy = "fast"\n', ["[edge_runtime] policy", "per_worker, per_request", "'fast'"]),
+    ('[edge_runtime]\nisolation = "thread"\n', ["[edge_runtime] isolation", "inline, process"]),
+    ("[edge_runtime]\nmemory_limit_mb = -1\n", ["[edge_runtime] memory_limit_mb", "greater than 0"]),
+    ("[edge_runtime.secrets]\nPORT = 8000\n", ["[edge_runtime.secrets] PORT", "expected a string"]),
+    ('[auth]\njwt_secret = "short"\n', ["[auth] jwt_secret", "at least 16 characters"]),
+    ("[auth]\njwt_secret = 42\n", ["[auth] jwt_secret", "expected a string"]),
+    ('[auth]\njwt_secret = "env(ER_TEST_UNSET_SECRET)"\n', ["[auth] jwt_secret", "ER_TEST_UNSET_SECRET", "not set"]),
+    ("[functions.1bad]\nenabled = true\n", ["[functions.1bad]", "invalid function name"]),
+    ("functions = 3\n", ["[functions]", "expected a table"]),
+    ("[fucntions.hello]\nverify_jwt = false\n", ["fucntions", "unknown key"]),
+    ('[cron.daily]\nschedule = "@daily"\n', ["[cron.daily] function", "is required"]),
+    ('[cron.daily]\nfunction = "hello"\nschedule = "@daily"\noverlap = "queue"\n', ["[cron.daily] overlap"]),
+    ('[cron.daily]\nfunction = "hello"\nschedule = "@daily"\nevery = 1\n', ["[cron.daily] every", "unknown key"]),
+    ("[edge_runtime\npolicy = 1\n", ["not valid TOML", "line 1"]),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), ERRORS, ids=[e[1][0] for e in ERRORS])
+def test_errors_name_file_and_key(tmp_path: Path, text: str, expected: list[str]) -> None:
+    path = write_config(tmp_path / "config.toml", text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path, environ={})
+    message = str(info.value)
+    assert message.startswith(f"{path}: ")
+    assert "\n" not in message
+    for part in expected:
+        assert part in message
+
+
+def test_missing_explicit_config_is_an_error(hello_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"^--config: config file .*nowhere\.toml does not exist$"):
+        Settings.build(hello_dir, config_path=tmp_path / "nowhere.toml")
+
+
+SERVE_ERRORS = [
+    ('[functions.hello]\nverify_jwt = "no"\n', "[functions.hello] verify_jwt"),
+    ("[edge_runtime]\nwall_clock = 1\n", "[edge_runtime] wall_clock"),
+    ("[edge_runtime\n", "not valid TOML"),
+]
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize(("text", "key"), SERVE_ERRORS, ids=[e[1] for e in SERVE_ERRORS])
+def test_serve_exits_2_with_one_line(hello_dir: Path, text: str, key: str) -> None:
+    path = write_config(hello_dir.parent / "config.toml", text)
+    result = run_cli("serve", str(hello_dir), "--port", "1", "--no-watch", timeout=30)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("edgeruntime: error: ")
+    assert str(path) in lines[0] and key in lines[0]
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+@pytest.mark.e2e
+def test_serve_with_missing_config_or_env_file(hello_dir: Path, tmp_path: Path) -> None:
+    for option, expected in (("--config", "--config: config file"), ("--env-file", "env file")):
+        missing = tmp_path / f"missing{option}"
+        result = run_cli("serve", str(hello_dir), option, str(missing), "--no-watch", timeout=30)
+        assert result.returncode == 2
+        lines = result.stderr.strip().splitlines()
+        assert lines == [f"edgeruntime: error: {expected} {missing} does not exist"]
+
+
+def test_env_reference_in_secret_reads_the_given_environ(tmp_path: Path) -> None:
+    path = write_config(tmp_path / "config.toml", '[edge_runtime.secrets]\nKEY = "env(ER_TEST_K)"\nRAW = "env(x"\n')
+    config = load_config(path, environ={"ER_TEST_K": "v"})
+    assert config.secrets == {"KEY": "v", "RAW": "env(x"}
+    assert load_config(path, environ=dict(os.environ, ER_TEST_K="w")).secrets["KEY"] == "w"

@@ -1,0 +1,290 @@
+"""The env a function sees: injected variables, precedence, reserved names, os.environ."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+from pathlib import Path
+
+import httpx
+import pytest
+
+from edgeruntime.auth import PUBLISHABLE_KEY, SECRET_KEY
+from edgeruntime.cli import main
+from edgeruntime.env import applied_env, build_env
+from edgeruntime.exceptions import ConfigError
+from edgeruntime.settings import Settings
+from edgeruntime.testing import EdgeClient, load_function
+from tests.helpers import KEYS, SERVICE_ROLE, ServerProcess, write_function
+
+ENV = """
+import os
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from edgeruntime import Deno, serve
+
+async def handler(req: Request) -> JSONResponse:
+    names = req.query_params.get("names", "").split(",")
+    return JSONResponse({
+        "deno": {n: Deno.env.get(n) for n in names},
+        "os": {n: os.environ.get(n) for n in names},
+    })
+
+serve(handler)
+"""
+
+INJECTED = [
+    "SUPABASE_URL",
+    "SUPABASE_ANON_KEY",
+    "SUPABASE_SERVICE_ROLE_KEY",
+    "SUPABASE_JWKS",
+    "SUPABASE_PUBLISHABLE_KEYS",
+    "SUPABASE_SECRET_KEYS",
+]
+
+
+@pytest.fixture
+def env_dir(functions_dir: Path) -> Path:
+    write_function(functions_dir, "env", ENV)
+    return functions_dir
+
+
+def clean_environ(**extra: str) -> dict[str, str]:
+    """The test process's env without any SUPABASE_ or test variables that could leak in."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("SUPABASE_", "ER_TEST_"))}
+    return {**base, **extra}
+
+
+async def read_env(client: EdgeClient, *names: str) -> dict[str, str | None]:
+    r = await client.invoke("env", method="GET", params={"names": ",".join(names)})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["deno"] == body["os"], "os.environ and Deno.env disagree"
+    deno: dict[str, str | None] = body["deno"]
+    return deno
+
+
+async def test_injected_variables(env_dir: Path) -> None:
+    async with EdgeClient(env_dir, environ=clean_environ()) as client:
+        env = await read_env(client, *INJECTED, "SUPABASE_DB_URL")
+    assert env["SUPABASE_URL"] == "http://127.0.0.1:54321"
+    assert env["SUPABASE_ANON_KEY"] == KEYS.anon_key
+    assert env["SUPABASE_SERVICE_ROLE_KEY"] == KEYS.service_role_key
+    assert json.loads(env["SUPABASE_PUBLISHABLE_KEYS"] or "") == {"default": PUBLISHABLE_KEY}
+    assert json.loads(env["SUPABASE_SECRET_KEYS"] or "") == {"default": SECRET_KEY}
+    assert json.loads(env["SUPABASE_JWKS"] or "")["keys"][0]["kty"] == "oct"
+    assert env["SUPABASE_DB_URL"] is None  # only when configured
+
+
+async def test_injected_values_set_in_the_server_env_win(env_dir: Path) -> None:
+    environ = clean_environ(SUPABASE_URL="http://127.0.0.1:9", SUPABASE_DB_URL="postgresql://db/x")
+    async with EdgeClient(env_dir, environ=environ) as client:
+        env = await read_env(client, "SUPABASE_URL", "SUPABASE_DB_URL")
+    assert env == {"SUPABASE_URL": "http://127.0.0.1:9", "SUPABASE_DB_URL": "postgresql://db/x"}
+
+
+def write_project(env_dir: Path, *, secrets: str = "", dotenv: str | None = None) -> None:
+    if secrets:
+        (env_dir.parent / "config.toml").write_text(f"[edge_runtime.secrets]\n{secrets}\n")
+    if dotenv is not None:
+        (env_dir / ".env").write_text(dotenv)
+
+
+async def test_secrets_override_process_env(env_dir: Path) -> None:
+    write_project(env_dir, secrets='ER_TEST_A = "from-secrets"')
+    async with EdgeClient(env_dir, environ=clean_environ(ER_TEST_A="from-process")) as client:
+        assert await read_env(client, "ER_TEST_A") == {"ER_TEST_A": "from-secrets"}
+
+
+async def test_env_file_overrides_secrets(env_dir: Path) -> None:
+    write_project(
+        env_dir, secrets='ER_TEST_A = "from-secrets"\nER_TEST_B = "only-secrets"', dotenv="ER_TEST_A=dotenv\n"
+    )
+    async with EdgeClient(env_dir, environ=clean_environ(ER_TEST_A="process", ER_TEST_B="process")) as client:
+        assert await read_env(client, "ER_TEST_A", "ER_TEST_B") == {"ER_TEST_A": "dotenv", "ER_TEST_B": "only-secrets"}
+
+
+async def test_secret_env_references(env_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
+    write_project(env_dir, secrets='er_test_lower = "env(ER_TEST_SOURCE)"\nER_TEST_UNSET = "env(ER_TEST_NOPE)"')
+    async with EdgeClient(env_dir, environ=clean_environ(ER_TEST_SOURCE="resolved")) as client:
+        # Names are upper-cased (as the CLI does); an unset reference leaves the secret unset.
+        env = await read_env(client, "ER_TEST_LOWER", "ER_TEST_UNSET")
+    assert env == {"ER_TEST_LOWER": "resolved", "ER_TEST_UNSET": None}
+    assert "ER_TEST_UNSET: env(ER_TEST_NOPE) is not set, skipping" in caplog.text
+
+
+async def test_env_file_loaded_automatically(env_dir: Path) -> None:
+    write_project(env_dir, dotenv="ER_TEST_A=1\n# a comment\nexport ER_TEST_B='quoted value'\n")
+    async with EdgeClient(env_dir, environ=clean_environ()) as client:
+        assert await read_env(client, "ER_TEST_A", "ER_TEST_B") == {"ER_TEST_A": "1", "ER_TEST_B": "quoted value"}
+
+
+async def test_env_file_option_replaces_dotenv(env_dir: Path, tmp_path: Path) -> None:
+    write_project(env_dir, dotenv="ER_TEST_A=dotenv\nER_TEST_B=dotenv-only\n")
+    other = tmp_path / "prod.env"
+    other.write_text("ER_TEST_A=env-file\n")
+    async with EdgeClient(env_dir, environ=clean_environ(), env_file=other) as client:
+        # --env-file replaces functions/.env (the Supabase CLI reads one or the other).
+        assert await read_env(client, "ER_TEST_A", "ER_TEST_B") == {"ER_TEST_A": "env-file", "ER_TEST_B": None}
+
+
+def test_missing_env_file_is_an_error(env_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"env file .*missing\.env does not exist"):
+        Settings.build(env_dir, env_file=tmp_path / "missing.env")
+
+
+async def test_supabase_names_dropped_with_one_warning_each(env_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
+    write_project(
+        env_dir,
+        secrets='SUPABASE_URL = "http://evil"\nSUPABASE_FOO = "x"',
+        dotenv="SUPABASE_ANON_KEY=mine\nSUPABASE_FOO=y\nER_TEST_OK=1\n",
+    )
+    caplog.set_level(logging.WARNING, "edgeruntime")
+    async with EdgeClient(env_dir, environ=clean_environ()) as client:
+        env = await read_env(client, "SUPABASE_URL", "SUPABASE_ANON_KEY", "SUPABASE_FOO", "ER_TEST_OK")
+    assert env == {
+        "SUPABASE_URL": "http://127.0.0.1:54321",
+        "SUPABASE_ANON_KEY": KEYS.anon_key,
+        "SUPABASE_FOO": None,
+        "ER_TEST_OK": "1",
+    }
+    warnings = [r.getMessage() for r in caplog.records if "Env name cannot start with" in r.getMessage()]
+    assert sorted(warnings) == [
+        "Env name cannot start with SUPABASE_, skipping: SUPABASE_ANON_KEY",
+        "Env name cannot start with SUPABASE_, skipping: SUPABASE_FOO",
+        "Env name cannot start with SUPABASE_, skipping: SUPABASE_URL",
+    ]
+
+
+def test_internal_names_never_forwarded(tmp_path: Path) -> None:
+    env = build_env(
+        environ={"SUPABASE_INTERNAL_DEBUG": "true", "PATH": "/bin"},
+        functions_dir=tmp_path,
+        keys=KEYS,
+        base_url="http://127.0.0.1:1",
+    )
+    assert "SUPABASE_INTERNAL_DEBUG" not in env
+    assert env["PATH"] == "/bin"
+
+
+# -- os.environ -----------------------------------------------------------------------------------
+
+
+async def test_edge_client_applies_and_restores_os_environ(env_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ER_TEST_PROCESS", "kept")
+    monkeypatch.delenv("SUPABASE_URL", raising=False)
+    write_project(env_dir, dotenv="ER_TEST_DOTENV=from-dotenv\nER_TEST_PROCESS=overridden\n")
+    before = dict(os.environ)
+    async with EdgeClient(env_dir) as client:
+        assert os.environ["ER_TEST_DOTENV"] == "from-dotenv"
+        assert os.environ["ER_TEST_PROCESS"] == "overridden"
+        assert os.environ["SUPABASE_URL"] == "http://127.0.0.1:54321"
+        env = await read_env(client, "ER_TEST_DOTENV", "SUPABASE_ANON_KEY")
+        assert env["ER_TEST_DOTENV"] == "from-dotenv"
+    assert dict(os.environ) == before
+
+
+async def test_edge_client_restores_os_environ_after_an_error(env_dir: Path) -> None:
+    write_project(env_dir, dotenv="ER_TEST_LEAK=1\n")
+    before = dict(os.environ)
+    with pytest.raises(RuntimeError, match="boom"):
+        async with EdgeClient(env_dir):
+            assert os.environ["ER_TEST_LEAK"] == "1"
+            raise RuntimeError("boom")
+    assert dict(os.environ) == before
+
+
+def test_applied_env_is_exact() -> None:
+    target = {"KEEP": "1", "CHANGE": "old", "DROP": "x"}
+    with applied_env({"KEEP": "1", "CHANGE": "new", "ADD": "y"}, target):
+        assert target == {"KEEP": "1", "CHANGE": "new", "ADD": "y"}
+    assert target == {"KEEP": "1", "CHANGE": "old", "DROP": "x"}
+
+
+def test_load_function_sees_the_serve_env(env_dir: Path) -> None:
+    write_project(env_dir, dotenv="ER_TEST_A=from-dotenv\n")
+    fn = load_function(env_dir / "env")
+    assert fn.worker.env["ER_TEST_A"] == "from-dotenv"
+    assert fn.worker.env["SUPABASE_ANON_KEY"] == KEYS.anon_key
+
+
+@pytest.mark.e2e
+def test_serve_gives_os_environ_the_function_env(env_dir: Path) -> None:
+    write_project(env_dir, secrets='ER_TEST_SECRET = "s"', dotenv="ER_TEST_DOTENV=d\nSUPABASE_X=dropped\n")
+    env = {"ER_TEST_PROCESS": "p"}
+    with ServerProcess(env_dir, "--no-watch", env=env) as server:
+        names = "ER_TEST_SECRET,ER_TEST_DOTENV,ER_TEST_PROCESS,SUPABASE_URL,SUPABASE_X"
+        r = httpx.get(server.url("env"), params={"names": names}, headers=SERVICE_ROLE, timeout=10)
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["deno"] == body["os"]
+        assert body["os"] == {
+            "ER_TEST_SECRET": "s",
+            "ER_TEST_DOTENV": "d",
+            "ER_TEST_PROCESS": "p",
+            "SUPABASE_URL": server.base_url if "SUPABASE_URL" not in os.environ else os.environ["SUPABASE_URL"],
+            "SUPABASE_X": None,
+        }
+        server.terminate()
+    assert "Env name cannot start with SUPABASE_, skipping: SUPABASE_X" in server.output
+
+
+DUMP = """
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from edgeruntime import Deno, serve
+
+async def handler(req: Request) -> JSONResponse:
+    return JSONResponse(Deno.env.to_object())
+
+serve(handler)
+"""
+
+
+@pytest.mark.e2e
+async def test_edge_client_sees_exactly_the_env_serve_gives(functions_dir: Path) -> None:
+    write_function(functions_dir, "dump", DUMP)
+    write_project(functions_dir, secrets='ER_TEST_SECRET = "s"', dotenv="ER_TEST_DOTENV=d\n")
+    extra = {"PYTHONUNBUFFERED": "1", "ER_TEST_PROCESS": "p"}
+    with ServerProcess(functions_dir, "--no-watch", env=extra) as server:
+        async with httpx.AsyncClient(timeout=10) as http:
+            served = (await http.get(server.url("dump"), headers=SERVICE_ROLE)).json()
+        server.terminate()
+    async with EdgeClient(functions_dir, port=server.port, environ={**os.environ, **extra}) as client:
+        tested = (await client.invoke("dump", method="GET")).json()
+    assert tested == served
+    assert served["ER_TEST_DOTENV"] == "d" and served["ER_TEST_SECRET"] == "s"
+
+
+def test_serve_restores_os_environ_when_it_ends(env_dir: Path) -> None:
+    write_project(env_dir, dotenv="ER_TEST_SERVE_LEAK=1\n")
+    before = dict(os.environ)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        # In-process: the server starts, applies the function env, fails to bind and returns.
+        assert main(["serve", str(env_dir), "--port", str(port), "--no-watch"]) == 2
+    assert dict(os.environ) == before
+
+
+@pytest.mark.parametrize(
+    ("database_url", "expected"),
+    [
+        ("postgresql://postgres@127.0.0.1:5432/test", "postgresql://postgres@127.0.0.1:5432/test"),
+        ("sqlite:///tmp/x.db", None),
+        (None, None),
+    ],
+)
+def test_supabase_db_url_from_a_postgres_database_url(
+    env_dir: Path, database_url: str | None, expected: str | None
+) -> None:
+    # Settings only (no app): the jobs store never connects here.
+    settings = Settings.build(env_dir, environ=clean_environ(), database_url=database_url)
+    assert settings.env.get("SUPABASE_DB_URL") == expected
+    explicit = Settings.build(
+        env_dir, environ=clean_environ(SUPABASE_DB_URL="postgresql://mine"), database_url=database_url
+    )
+    assert explicit.env["SUPABASE_DB_URL"] == "postgresql://mine"
