@@ -182,14 +182,16 @@ class Verifier:
         auth = headers.get("authorization")
         if auth is not None and not auth.startswith("Bearer sb_"):
             return auth
+        # As the local gateway: a `Bearer sb_...` header is replaced by what the apikey header maps to,
+        # and without an apikey header nothing is left (→ "Missing authorization header").
         apikey = headers.get("apikey")
-        key = apikey if apikey is not None else (auth[7:] if auth else None)
-        if key is not None:
-            if _same(key, self.keys.secret_key):
-                return f"Bearer {self.keys.service_role_key}"
-            if _same(key, self.keys.publishable_key):
-                return f"Bearer {self.keys.anon_key}"
-        return apikey if apikey is not None else auth
+        if apikey is None:
+            return None
+        if _same(apikey, self.keys.secret_key):
+            return f"Bearer {self.keys.service_role_key}"
+        if _same(apikey, self.keys.publishable_key):
+            return f"Bearer {self.keys.anon_key}"
+        return apikey
 
     def forwarded_headers(self, raw: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
         """The request headers as the local gateway forwards them to the function.
