@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import hashlib
 import hmac
 import json
 import logging
@@ -18,10 +19,10 @@ from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import jwt
-from jwt.algorithms import ECAlgorithm, RSAAlgorithm
+if TYPE_CHECKING:
+    import jwt
 
 __all__ = ["AuthFailure", "Keys", "Verifier", "demo_keys"]
 
@@ -86,10 +87,19 @@ def _default_key(keys_json: str | None) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
 def sign_demo_key(role: str, secret: str) -> str:
-    """The local stack's demo JWT for `role`, signed with `secret`."""
-    payload = {"iss": DEMO_ISSUER, "role": role, "exp": DEMO_EXPIRY}
-    return jwt.encode(payload, secret, algorithm="HS256", headers={"alg": "HS256", "typ": "JWT"})
+    """The local stack's demo JWT for `role`, signed with `secret` (byte for byte the CLI's)."""
+    # HS256 by hand: importing pyjwt (and cryptography) costs ~60 ms at every start-up, and these
+    # two keys are needed before the first request. Verification goes through pyjwt.
+    header = _b64url(b'{"alg":"HS256","typ":"JWT"}')
+    claims = json.dumps({"iss": DEMO_ISSUER, "role": role, "exp": DEMO_EXPIRY}, separators=(",", ":"))
+    signing_input = f"{header}.{_b64url(claims.encode())}"
+    signature = hmac.new(secret.encode(), signing_input.encode(), hashlib.sha256).digest()
+    return f"{signing_input}.{_b64url(signature)}"
 
 
 def signing_algorithm(jwk: Mapping[str, Any]) -> str:
@@ -102,6 +112,9 @@ def signing_algorithm(jwk: Mapping[str, Any]) -> str:
 
 def public_jwk(jwk: Mapping[str, Any]) -> dict[str, Any]:
     """The public half of a private JWK, with its `kid`, `alg` and `use`."""
+    import jwt
+    from jwt.algorithms import ECAlgorithm, RSAAlgorithm
+
     private = jwt.PyJWK(dict(jwk)).key
     algorithm = ECAlgorithm if jwk.get("kty") == "EC" else RSAAlgorithm
     public: dict[str, Any] = json.loads(algorithm.to_jwk(private.public_key()))
@@ -119,6 +132,8 @@ def demo_keys(jwt_secret: str, signing_keys: Sequence[Mapping[str, Any]] = ()) -
     """
     if not signing_keys:
         return Keys(jwt_secret, sign_demo_key("anon", jwt_secret), sign_demo_key("service_role", jwt_secret))
+    import jwt
+
     first = signing_keys[0]
     alg = signing_algorithm(first)
     private = jwt.PyJWK(dict(first), algorithm=alg).key
@@ -168,6 +183,8 @@ class Verifier:
     def _jwks(self) -> jwt.PyJWKSet | None:
         if not self.jwks_json:
             return None
+        import jwt
+
         try:
             data = json.loads(self.jwks_json)
             keys = [k for k in data.get("keys", []) if k.get("kty") in ("EC", "RSA")]
@@ -228,6 +245,8 @@ class Verifier:
         return failure
 
     def _verify(self, token: str) -> tuple[AuthFailure | None, dict[str, Any]]:
+        import jwt  # imported on the first check, not at start-up
+
         try:
             alg = jwt.get_unverified_header(token).get("alg")
         except jwt.PyJWTError:

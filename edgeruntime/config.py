@@ -19,8 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
-import jwt
-
 from edgeruntime.discovery import is_valid_slug
 from edgeruntime.exceptions import ConfigError
 from edgeruntime.limits import DEFAULT_LIMITS, LIMIT_KEYS, Isolation, Limits, Policy
@@ -183,6 +181,8 @@ def resolve_secret(value: str, environ: Mapping[str, str]) -> str | None:
 
 def _signing_keys(r: _Reader, path: Path) -> tuple[Mapping[str, Any], ...]:
     """The private JWKs of `[auth] signing_keys_path` (a JSON array, as `supabase gen signing-key` writes)."""
+    import jwt  # only projects with signing keys pay for importing it at start-up
+
     key = "[auth] signing_keys_path"
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
