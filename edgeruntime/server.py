@@ -7,6 +7,7 @@ import contextlib
 import errno
 import gc
 import logging
+import os
 import signal
 import socket
 import sys
@@ -35,12 +36,33 @@ def check_port(host: str, port: int) -> None:
             raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
 
 
-def tune_gc() -> None:
-    """Move start-up objects out of the collector's way; many pending tasks then cost less."""
+#: Collector thresholds for a server with many pending tasks (see docs/performance.md).
+GC_THRESHOLDS = (100_000, 50, 100)
+
+
+def tune_gc(setting: str | None = None) -> None:
+    """Move start-up objects out of the collector's way and collect young objects less often.
+
+    A server with tens of thousands of pending background tasks pays for every full collection
+    with a pause proportional to all of them. `setting` (default: the `EDGERUNTIME_GC`
+    environment variable) is "default" to keep Python's thresholds, or three numbers
+    "gen0,gen1,gen2".
+    """
+    setting = os.environ.get("EDGERUNTIME_GC", "") if setting is None else setting
+    if setting == "default":
+        return
+    thresholds = GC_THRESHOLDS
+    if setting:
+        try:
+            gen0, gen1, gen2 = (int(part) for part in setting.split(","))
+        except ValueError:
+            raise UsageError(
+                f"EDGERUNTIME_GC={setting!r}: expected 'default' or three numbers 'gen0,gen1,gen2'"
+            ) from None
+        thresholds = (gen0, gen1, gen2)
     gc.collect()
     gc.freeze()
-    gen0, gen1, gen2 = gc.get_threshold()
-    gc.set_threshold(max(gen0, 50_000), gen1, gen2)
+    gc.set_threshold(*thresholds)
 
 
 async def serve_asgi(

@@ -118,3 +118,22 @@ def test_invoke_without_a_server(hello_dir: Path) -> None:
     result = run_cli("invoke", "hello", "--url", f"http://127.0.0.1:{free_port()}", "--directory", str(hello_dir))
     assert result.returncode == 2
     assert "cannot reach" in result.stderr
+
+
+def test_gc_setting_is_validated() -> None:
+    import gc
+
+    from edgeruntime.exceptions import UsageError
+    from edgeruntime.server import tune_gc
+
+    before = gc.get_threshold()
+    try:
+        with pytest.raises(UsageError, match="EDGERUNTIME_GC='lots'"):
+            tune_gc("lots")
+        tune_gc("default")
+        assert gc.get_threshold() == before
+        tune_gc("1000,20,30")
+        assert gc.get_threshold() == (1000, 20, 30)
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
