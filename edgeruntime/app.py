@@ -17,7 +17,7 @@ from edgeruntime import responses
 from edgeruntime.auth import Verifier
 from edgeruntime.background import BackgroundTask
 from edgeruntime.context import ExecutionContext, default_worker
-from edgeruntime.discovery import SHARED, discover, is_valid_slug, purge_modules
+from edgeruntime.discovery import SHARED, discover, purge_modules
 from edgeruntime.exceptions import BootError, LimitExceeded, WorkerCrashed
 from edgeruntime.logs import AccessLogger, log_access
 from edgeruntime.settings import Settings
@@ -54,15 +54,17 @@ InvocationObserver = Callable[[Invocation], None]
 Hook = Callable[[], Awaitable[None]]
 
 
-def _function_name(scope: Scope) -> str | None:
-    """The function name of a `/functions/v1/<name>/...` request, or None if it is malformed."""
+def _function_name(scope: Scope) -> str:
+    """The function name of a `/functions/v1/<name>/...` request ("" if the path is malformed).
+
+    Only names found on disk are ever looked up, so `..`, overlong names and the like simply
+    match nothing; encoded separators and NUL are refused outright.
+    """
     path: str = scope["path"]
-    rest = path[len(PREFIX) :]
-    name, _, _ = rest.partition("/")
     raw = scope.get("raw_path") or b""
     if "\x00" in path or (b"%" in raw and any(bad in raw.lower() for bad in _FORBIDDEN_ENCODED)):
-        return None
-    return name if is_valid_slug(name) else None
+        return ""
+    return path[len(PREFIX) :].partition("/")[0]
 
 
 class EdgeApp:
@@ -133,7 +135,7 @@ class EdgeApp:
             return
 
         started = time.perf_counter()
-        name = _function_name(scope) or ""
+        name = _function_name(scope)
         ctx = ExecutionContext(function=name, worker=default_worker(), trigger=trigger)
         exec_header = (EXECUTION_ID_HEADER, ctx.execution_id.encode())
 
@@ -181,7 +183,7 @@ class EdgeApp:
         if method not in METHODS:
             await responses.send_response(send, responses.METHOD_NOT_ALLOWED)
             return None
-        if method != "OPTIONS" and self.settings.verify_jwt(name):
+        if supervisor.verify_jwt and method != "OPTIONS":
             headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
             failure = self.verifier.check(headers)
             if failure is not None:

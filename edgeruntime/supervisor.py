@@ -38,6 +38,7 @@ class FunctionSupervisor:
         self.settings = settings
         self.background_observers = background_observers if background_observers is not None else []
         self.limits = settings.limits_for(spec.name)
+        self.verify_jwt = settings.verify_jwt(spec.name)
         self.worker: InlineWorker | None = None
         self.retired: set[InlineWorker] = set()
         self.boots = 0
