@@ -136,12 +136,11 @@ class PostgresStore:
     async def claim(self, worker_id: str, limit: int, *, now: float, lease_sec: float) -> list[Job]:
         async with self._conn() as conn:
             cur = await conn.execute(
-                "WITH due AS ("
-                " (SELECT id FROM edgeruntime_jobs WHERE status = 'queued' AND run_at <= %(now)s"
-                "  ORDER BY run_at, id LIMIT %(limit)s FOR UPDATE SKIP LOCKED)"
-                " UNION ALL"
-                " (SELECT id FROM edgeruntime_jobs WHERE status = 'running' AND lease_until < %(now)s"
-                "  LIMIT %(limit)s FOR UPDATE SKIP LOCKED))"
+                "WITH queued AS (SELECT id FROM edgeruntime_jobs WHERE status = 'queued' AND run_at <= %(now)s"
+                " ORDER BY run_at, id LIMIT %(limit)s FOR UPDATE SKIP LOCKED),"
+                " expired AS (SELECT id FROM edgeruntime_jobs WHERE status = 'running' AND lease_until < %(now)s"
+                " LIMIT %(limit)s FOR UPDATE SKIP LOCKED),"
+                " due AS (SELECT id FROM expired UNION ALL SELECT id FROM queued)"
                 " UPDATE edgeruntime_jobs j SET status = 'running', attempts = attempts + 1, worker_id = %(w)s,"
                 " lease_until = %(lease)s, updated_at = %(now)s"
                 " FROM (SELECT id FROM due LIMIT %(limit)s) c WHERE j.id = c.id"
