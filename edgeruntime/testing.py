@@ -59,12 +59,17 @@ class EdgeClient:
         if "settings" not in options and options.get("database_url") is None:
             self._store_dir = tempfile.mkdtemp(prefix="edgeruntime-test-")
             options["database_url"] = f"sqlite:///{Path(self._store_dir, 'edgeruntime.db')}"
-        self.settings = options.pop("settings", None) or Settings.build(functions_dir, watch=False, **options)
-        self.app: EdgeApp = create_app(self.settings)
-        #: The fake or real clock the jobs system reads (`FakeClock` to test delays and backoff).
-        self.clock: Clock = clock or SystemClock()
-        #: Nothing runs by itself in tests: deliver jobs with `run_jobs()`, ticks with `trigger_cron()`.
-        self.jobs: JobSystem = attach_jobs(self.app, clock=self.clock, background=False)
+        try:
+            self.settings = options.pop("settings", None) or Settings.build(functions_dir, watch=False, **options)
+            self.app: EdgeApp = create_app(self.settings)
+            #: The fake or real clock the jobs system reads (`FakeClock` to test delays and backoff).
+            self.clock: Clock = clock or SystemClock()
+            #: Nothing runs by itself in tests: deliver jobs with `run_jobs()`, ticks with `trigger_cron()`.
+            self.jobs: JobSystem = attach_jobs(self.app, clock=self.clock, background=False)
+        except BaseException:
+            if self._store_dir is not None:
+                shutil.rmtree(self._store_dir, ignore_errors=True)
+            raise
         self.failed: list[BackgroundTask] = []
         self.finished: list[BackgroundTask] = []
         self.app.background_observers.append(self._observe)
