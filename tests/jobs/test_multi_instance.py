@@ -88,8 +88,10 @@ def test_one_second_cron_on_three_instances_fires_each_tick_once(
     missing = sorted(set(range(seconds[0], seconds[-1] + 1)) - set(seconds))
     pids = {line[2] for line in _lines(log)}
     with capsys.disabled():
-        print(f"\n[cron x3 {store_url.split(':')[0]}] {len(ticks)} deliveries, {len(counts)} ticks, "
-              f"{len(duplicated)} duplicated, {len(missing)} missing, delivered by {len(pids)} process(es)")
+        print(
+            f"\n[cron x3 {store_url.split(':')[0]}] {len(ticks)} deliveries, {len(counts)} ticks, "
+            f"{len(duplicated)} duplicated, {len(missing)} missing, delivered by {len(pids)} process(es)"
+        )
     assert duplicated == {}
     assert missing == []
     assert len(counts) >= 18
@@ -102,7 +104,11 @@ def test_thousand_jobs_three_instances_one_killed(
     (project.parent / "config.toml").write_text(
         "[jobs]\nlease_sec = 2\npoll_interval_ms = 100\nconcurrency = 8\n", encoding="utf-8"
     )
-    write_function(project, "record", RECORD.replace("serve(handler)", "").rstrip() + """
+    write_function(
+        project,
+        "record",
+        RECORD.replace("serve(handler)", "").rstrip()
+        + """
 
 import asyncio
 _inner = handler
@@ -113,7 +119,8 @@ async def slow(req: Request) -> JSONResponse:
     return response
 
 serve(slow)
-""")
+""",
+    )
 
     async def enqueue(n: int) -> list[int]:
         store = open_store(store_url)
@@ -164,8 +171,11 @@ serve(slow)
     duplicates = sum(n - 1 for n in delivered.values())
     victim_pid = str(victim.proc.pid)
     with capsys.disabled():
-        print(f"\n[queue x3 {store_url.split(':')[0]}] killed pid {victim_pid} after {killed_at} deliveries; "
-              f"{len(lines)} deliveries for {len(delivered)} jobs, {duplicates} duplicate(s), {again} job(s) re-claimed after the lease expired; final {done}")
+        print(
+            f"\n[queue x3 {store_url.split(':')[0]}] killed pid {victim_pid} after {killed_at} deliveries; "
+            f"{len(lines)} deliveries for {len(delivered)} jobs, {duplicates} duplicate(s), "
+            f"{again} re-claimed after the lease expired; final {done}"
+        )
     assert done == {"succeeded": 1000}
     assert set(delivered) == set(ids)
     # The killed instance held leases (it was busy): those jobs were re-claimed by the others.

@@ -104,8 +104,15 @@ async def test_retry_then_failed_jobs_then_retry_failed(store: JobStore) -> None
 async def test_tick_is_claimed_once(store: JobStore) -> None:
     claims = await asyncio.gather(
         *(
-            store.claim_tick("c", "2027-01-01T00:00:00.000Z", scheduled_for=T0, trigger="schedule",
-                             instance=f"i{i}", now=T0, skip_if_running_since=None)
+            store.claim_tick(
+                "c",
+                "2027-01-01T00:00:00.000Z",
+                scheduled_for=T0,
+                trigger="schedule",
+                instance=f"i{i}",
+                now=T0,
+                skip_if_running_since=None,
+            )
             for i in range(5)
         )
     )
@@ -114,15 +121,30 @@ async def test_tick_is_claimed_once(store: JobStore) -> None:
 
 
 async def test_tick_skipped_while_previous_runs(store: JobStore) -> None:
-    first = await store.claim_tick("c", "k1", scheduled_for=T0, trigger="schedule", instance="i",
-                                   now=T0, skip_if_running_since=T0 - 400)
+    first = await store.claim_tick(
+        "c", "k1", scheduled_for=T0, trigger="schedule", instance="i", now=T0, skip_if_running_since=T0 - 400
+    )
     assert first is not None
-    second = await store.claim_tick("c", "k2", scheduled_for=T0 + 1, trigger="schedule", instance="i",
-                                    now=T0 + 1, skip_if_running_since=T0 + 1 - 400)
+    second = await store.claim_tick(
+        "c",
+        "k2",
+        scheduled_for=T0 + 1,
+        trigger="schedule",
+        instance="i",
+        now=T0 + 1,
+        skip_if_running_since=T0 + 1 - 400,
+    )
     assert second is not None and second.status is TickStatus.SKIPPED
     await store.finish_tick(first.id, TickStatus.SUCCEEDED, 200, None, now=T0 + 2)
-    third = await store.claim_tick("c", "k3", scheduled_for=T0 + 3, trigger="schedule", instance="i",
-                                   now=T0 + 3, skip_if_running_since=T0 + 3 - 400)
+    third = await store.claim_tick(
+        "c",
+        "k3",
+        scheduled_for=T0 + 3,
+        trigger="schedule",
+        instance="i",
+        now=T0 + 3,
+        skip_if_running_since=T0 + 3 - 400,
+    )
     assert third is not None and third.status is TickStatus.RUNNING
     statuses = [t.status for t in await store.ticks("c")]
     assert statuses == [TickStatus.RUNNING, TickStatus.SKIPPED, TickStatus.SUCCEEDED]
