@@ -271,15 +271,24 @@ class QueueRunner:
         ]
 
     async def stop(self, timeout: float) -> None:
-        """Stop claiming; give in-flight deliveries `timeout` seconds, then record what finished."""
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._tasks = []
+        """Stop claiming; give in-flight deliveries `timeout` seconds, then record what finished.
+
+        The heartbeat keeps their leases alive meanwhile; a delivery still running at the end is
+        cancelled and its job re-delivered (by any instance) once the lease runs out.
+        """
+        tasks, self._tasks = self._tasks, []
+        loop_task, heartbeat = (tasks[0], tasks[1]) if tasks else (None, None)
+        await _cancel(loop_task)
         if self._in_flight:
             await asyncio.wait(set(self._in_flight), timeout=timeout)
-            for task in set(self._in_flight):
-                task.cancel()
+            for pending in set(self._in_flight):
+                pending.cancel()
+        await _cancel(heartbeat)
         await self._flush()
+
+
+async def _cancel(task: asyncio.Task[None] | None) -> None:
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

@@ -98,14 +98,23 @@ class JobSystem:
             logger.exception("jobs: pruning history failed")
             return 0
 
-    async def stop(self) -> None:
+    async def quiesce(self) -> None:
+        """Stop firing ticks and claiming jobs; let deliveries in flight finish (graceful timeout).
+
+        Runs before the functions drain, so no new work reaches a worker that is shutting down.
+        """
         timeout = self.app.settings.graceful_exit_timeout_sec
         if self._prune_task is not None:
             self._prune_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._prune_task
+            self._prune_task = None
         await self.scheduler.stop(timeout)
         await self.runner.stop(timeout)
+
+    async def stop(self) -> None:
+        """Write the last run records (background work cut at shutdown included) and close the store."""
+        await self.quiesce()
         await self.history.stop()
         activate(self._previous)
         await self.store.close()
@@ -124,5 +133,6 @@ def attach(
     app.observers.append(system.history.on_invocation)
     app.background_observers.append(system.history.on_background)
     app.startup_hooks.append(system.start)
+    app.stopping_hooks.append(system.quiesce)
     app.shutdown_hooks.append(system.stop)
     return system
