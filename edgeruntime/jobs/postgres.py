@@ -15,18 +15,18 @@ from typing import TYPE_CHECKING, Any
 
 from edgeruntime.exceptions import ConfigError
 from edgeruntime.jobs import migrations
-from edgeruntime.jobs.sqlite import (
-    _FAILED_COLUMNS,
-    _JOB_COLUMNS,
-    _RUN_COLUMNS,
-    _TICK_COLUMNS,
+from edgeruntime.jobs.rows import (
+    FAILED_COLUMNS,
+    JOB_COLUMNS,
     PRUNE_STATEMENTS,
+    RUN_COLUMNS,
+    TICK_COLUMNS,
     failed_from_row,
     job_from_row,
     run_from_row,
     tick_from_row,
 )
-from edgeruntime.jobs.store import CronTick, FailedJob, Job, JobStatus, Outcome, Run, TickStatus, _redact
+from edgeruntime.jobs.store import CronTick, FailedJob, Job, JobStatus, Outcome, Run, TickStatus, redact_url
 
 if TYPE_CHECKING:
     import psycopg
@@ -68,7 +68,7 @@ class PostgresStore:
                             conn = await self._psycopg.AsyncConnection.connect(self.url, autocommit=True)
                         except self._psycopg.Error as exc:
                             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                            raise ConfigError(f"database {_redact(self.url)}: {first}") from None
+                            raise ConfigError(f"database {redact_url(self.url)}: {first}") from None
                         self._all.append(conn)
                         idle.put_nowait(conn)
                     self._idle = idle
@@ -144,7 +144,7 @@ class PostgresStore:
                 " UPDATE edgeruntime_jobs j SET status = 'running', attempts = attempts + 1, worker_id = %(w)s,"
                 " lease_until = %(lease)s, updated_at = %(now)s"
                 " FROM (SELECT id FROM due LIMIT %(limit)s) c WHERE j.id = c.id"
-                f" RETURNING {', '.join('j.' + c.strip() for c in _JOB_COLUMNS.split(','))}",
+                f" RETURNING {', '.join('j.' + c.strip() for c in JOB_COLUMNS.split(','))}",
                 {"now": now, "limit": limit, "w": worker_id, "lease": now + lease_sec},
             )
             rows = await cur.fetchall()
@@ -201,7 +201,7 @@ class PostgresStore:
         where, args = ("WHERE status = %s", [str(status)]) if status else ("", [])
         async with self._conn() as conn:
             cur = await conn.execute(
-                f"SELECT {_JOB_COLUMNS} FROM edgeruntime_jobs {where} ORDER BY id DESC LIMIT %s",
+                f"SELECT {JOB_COLUMNS} FROM edgeruntime_jobs {where} ORDER BY id DESC LIMIT %s",
                 (*args, limit),
             )
             return [job_from_row(r) for r in await cur.fetchall()]
@@ -214,7 +214,7 @@ class PostgresStore:
     async def failed_jobs(self, limit: int = 100) -> list[FailedJob]:
         async with self._conn() as conn:
             cur = await conn.execute(
-                f"SELECT {_FAILED_COLUMNS} FROM edgeruntime_failed_jobs ORDER BY id DESC LIMIT %s",
+                f"SELECT {FAILED_COLUMNS} FROM edgeruntime_failed_jobs ORDER BY id DESC LIMIT %s",
                 (limit,),
             )
             return [failed_from_row(r) for r in await cur.fetchall()]
@@ -265,7 +265,7 @@ class PostgresStore:
             cur = await conn.execute(
                 "INSERT INTO edgeruntime_cron_ticks (cron, tick_key, scheduled_for, trigger, status, instance,"
                 " started_at, finished_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
-                f" ON CONFLICT (cron, tick_key) DO NOTHING RETURNING {_TICK_COLUMNS}",
+                f" ON CONFLICT (cron, tick_key) DO NOTHING RETURNING {TICK_COLUMNS}",
                 (
                     cron,
                     key,
@@ -294,7 +294,7 @@ class PostgresStore:
         where, args = ("WHERE cron = %s", [cron]) if cron else ("", [])
         async with self._conn() as conn:
             cur = await conn.execute(
-                f"SELECT {_TICK_COLUMNS} FROM edgeruntime_cron_ticks {where} ORDER BY id DESC LIMIT %s",
+                f"SELECT {TICK_COLUMNS} FROM edgeruntime_cron_ticks {where} ORDER BY id DESC LIMIT %s",
                 (*args, limit),
             )
             return [tick_from_row(r) for r in await cur.fetchall()]
@@ -304,7 +304,7 @@ class PostgresStore:
     async def record_runs(self, runs: Sequence[Run]) -> None:
         async with self._conn() as conn, conn.cursor() as cur:
             await cur.executemany(
-                f"INSERT INTO edgeruntime_runs ({_RUN_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                f"INSERT INTO edgeruntime_runs ({RUN_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
                 [
                     (
                         r.kind,
@@ -325,7 +325,7 @@ class PostgresStore:
         where, args = ("WHERE function = %s", [function]) if function else ("", [])
         async with self._conn() as conn:
             cur = await conn.execute(
-                f"SELECT {_RUN_COLUMNS} FROM edgeruntime_runs {where} ORDER BY id DESC LIMIT %s",
+                f"SELECT {RUN_COLUMNS} FROM edgeruntime_runs {where} ORDER BY id DESC LIMIT %s",
                 (*args, limit),
             )
             return [run_from_row(r) for r in await cur.fetchall()]

@@ -15,47 +15,27 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from edgeruntime.exceptions import ConfigError
 from edgeruntime.jobs import migrations
+from edgeruntime.jobs.rows import (
+    FAILED_COLUMNS,
+    JOB_COLUMNS,
+    PRUNE_STATEMENTS,
+    RUN_COLUMNS,
+    TICK_COLUMNS,
+    failed_from_row,
+    job_from_row,
+    run_from_row,
+    tick_from_row,
+)
 from edgeruntime.jobs.store import CronTick, FailedJob, Job, JobStatus, Outcome, Run, TickStatus
 
 __all__ = ["SQLiteStore"]
 
 T = TypeVar("T")
 BUSY_TIMEOUT_MS = 10_000
-_JOB_COLUMNS = "id, function, payload, attempts, max_attempts, status, run_at, idempotency_key, last_error, created_at"
-_TICK_COLUMNS = "id, cron, tick_key, scheduled_for, status, trigger, http_status, error, started_at, finished_at"
-_FAILED_COLUMNS = "id, job_id, function, payload, attempts, error, http_status, response, failed_at, retried_as"
-_RUN_COLUMNS = "kind, function, trigger, execution_id, status, started_at, duration_ms, http_status, error"
-
-
-def job_from_row(row: Sequence[Any]) -> Job:
-    return Job(
-        id=row[0],
-        function=row[1],
-        payload=row[2],
-        attempt=row[3],
-        max_attempts=row[4],
-        status=JobStatus(row[5]),
-        run_at=row[6],
-        idempotency_key=row[7],
-        last_error=row[8],
-        created_at=row[9],
-    )
-
-
-def tick_from_row(row: Sequence[Any]) -> CronTick:
-    return CronTick(row[0], row[1], row[2], row[3], TickStatus(row[4]), row[5], row[6], row[7], row[8], row[9])
-
-
-def failed_from_row(row: Sequence[Any]) -> FailedJob:
-    return FailedJob(*row)
-
-
-def run_from_row(row: Sequence[Any]) -> Run:
-    return Run(row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7], row[8])
 
 
 class SQLiteStore:
@@ -166,7 +146,7 @@ class SQLiteStore:
                     " SELECT id FROM edgeruntime_jobs WHERE status = 'queued' AND run_at <= ?"
                     " UNION ALL SELECT id FROM edgeruntime_jobs WHERE status = 'running' AND lease_until < ?"
                     " LIMIT ?)"
-                    f" RETURNING {_JOB_COLUMNS}",
+                    f" RETURNING {JOB_COLUMNS}",
                     (worker_id, now + lease_sec, now, now, now, limit),
                 ).fetchall()
             return sorted((job_from_row(r) for r in rows), key=lambda j: j.id)
@@ -225,7 +205,7 @@ class SQLiteStore:
         def run(conn: sqlite3.Connection) -> list[Job]:
             where, args = ("WHERE status = ?", [str(status)]) if status else ("", [])
             rows = conn.execute(
-                f"SELECT {_JOB_COLUMNS} FROM edgeruntime_jobs {where} ORDER BY id DESC LIMIT ?", (*args, limit)
+                f"SELECT {JOB_COLUMNS} FROM edgeruntime_jobs {where} ORDER BY id DESC LIMIT ?", (*args, limit)
             ).fetchall()
             return [job_from_row(r) for r in rows]
 
@@ -241,7 +221,7 @@ class SQLiteStore:
     async def failed_jobs(self, limit: int = 100) -> list[FailedJob]:
         def run(conn: sqlite3.Connection) -> list[FailedJob]:
             rows = conn.execute(
-                f"SELECT {_FAILED_COLUMNS} FROM edgeruntime_failed_jobs ORDER BY id DESC LIMIT ?", (limit,)
+                f"SELECT {FAILED_COLUMNS} FROM edgeruntime_failed_jobs ORDER BY id DESC LIMIT ?", (limit,)
             ).fetchall()
             return [failed_from_row(r) for r in rows]
 
@@ -296,7 +276,7 @@ class SQLiteStore:
                 row = conn.execute(
                     "INSERT INTO edgeruntime_cron_ticks (cron, tick_key, scheduled_for, trigger, status, instance,"
                     " started_at, finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
-                    f" ON CONFLICT (cron, tick_key) DO NOTHING RETURNING {_TICK_COLUMNS}",
+                    f" ON CONFLICT (cron, tick_key) DO NOTHING RETURNING {TICK_COLUMNS}",
                     (cron, key, scheduled_for, trigger, str(status), instance, now, finished),
                 ).fetchone()
                 return None if row is None else tick_from_row(row)
@@ -320,7 +300,7 @@ class SQLiteStore:
         def run(conn: sqlite3.Connection) -> list[CronTick]:
             where, args = ("WHERE cron = ?", [cron]) if cron else ("", [])
             rows = conn.execute(
-                f"SELECT {_TICK_COLUMNS} FROM edgeruntime_cron_ticks {where} ORDER BY id DESC LIMIT ?",
+                f"SELECT {TICK_COLUMNS} FROM edgeruntime_cron_ticks {where} ORDER BY id DESC LIMIT ?",
                 (*args, limit),
             ).fetchall()
             return [tick_from_row(r) for r in rows]
@@ -333,7 +313,7 @@ class SQLiteStore:
         def run(conn: sqlite3.Connection) -> None:
             with self._write(conn):
                 conn.executemany(
-                    f"INSERT INTO edgeruntime_runs ({_RUN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    f"INSERT INTO edgeruntime_runs ({RUN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     [
                         (
                             r.kind,
@@ -356,7 +336,7 @@ class SQLiteStore:
         def run(conn: sqlite3.Connection) -> list[Run]:
             where, args = ("WHERE function = ?", [function]) if function else ("", [])
             rows = conn.execute(
-                f"SELECT {_RUN_COLUMNS} FROM edgeruntime_runs {where} ORDER BY id DESC LIMIT ?", (*args, limit)
+                f"SELECT {RUN_COLUMNS} FROM edgeruntime_runs {where} ORDER BY id DESC LIMIT ?", (*args, limit)
             ).fetchall()
             return [run_from_row(r) for r in rows]
 
@@ -371,11 +351,3 @@ class SQLiteStore:
                 return total
 
         return await self._run(run)
-
-
-#: Retention: history, succeeded jobs and finished ticks older than the cut-off (both dialects).
-PRUNE_STATEMENTS = (
-    "DELETE FROM edgeruntime_runs WHERE started_at < %s",
-    "DELETE FROM edgeruntime_jobs WHERE status = 'succeeded' AND updated_at < %s",
-    "DELETE FROM edgeruntime_cron_ticks WHERE status <> 'running' AND started_at < %s",
-)

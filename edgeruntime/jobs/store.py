@@ -11,7 +11,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 from edgeruntime.exceptions import ConfigError
 
@@ -26,6 +26,7 @@ __all__ = [
     "TickStatus",
     "default_database_path",
     "open_store",
+    "redact_url",
 ]
 
 
@@ -226,18 +227,14 @@ def open_store(url: str | None, functions_dir: Path | None = None) -> JobStore:
         from edgeruntime.jobs.postgres import PostgresStore
 
         return PostgresStore(url)
-    raise ConfigError(f"--database-url {_redact(url)!r}: expected sqlite:///path or postgresql://...")
+    raise ConfigError(f"--database-url {redact_url(url)!r}: expected sqlite:///path or postgresql://...")
 
 
-def _redact(url: str) -> str:
+def redact_url(url: str) -> str:
+    """`url` with its password replaced by `***`, for error messages."""
     scheme, sep, rest = url.partition("://")
     if not sep or "@" not in rest:
         return url
     creds, _, host = rest.rpartition("@")
     user = creds.split(":", 1)[0]
     return f"{scheme}://{user}:***@{host}" if ":" in creds else url
-
-
-def row_value(value: Any) -> Any:
-    """Decode a value read back from either driver (memoryview → str)."""
-    return bytes(value).decode() if isinstance(value, memoryview | bytes) else value
