@@ -202,3 +202,28 @@ async def test_payload_round_trip(queue_dir: Path) -> None:
         [job] = await client.jobs.store.jobs()
         assert json.loads(job.payload) == payload
         assert [r.status for r in await client.run_jobs()] == ["succeeded"]
+
+
+async def test_enqueue_outside_a_server_uses_edgeruntime_database_url(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import edgeruntime.jobs
+    from edgeruntime.jobs import queue as queue_module
+    from edgeruntime.jobs.store import open_store
+
+    monkeypatch.delenv("EDGERUNTIME_DATABASE_URL", raising=False)
+    with pytest.raises(JobsError, match="no jobs store is running"):
+        await edgeruntime.jobs.enqueue("flaky", {})
+    url = f"sqlite:///{tmp_path / 'other-process.db'}"
+    monkeypatch.setenv("EDGERUNTIME_DATABASE_URL", url)
+    job_id = await edgeruntime.jobs.enqueue("flaky", {"from": "a worker process"})
+    fallback = queue_module._fallback
+    assert fallback is not None and fallback.store.url == url
+    await fallback.store.close()
+    monkeypatch.setattr(queue_module, "_fallback", None)
+    store = open_store(url)
+    try:
+        [job] = await store.jobs()
+    finally:
+        await store.close()
+    assert (job.id, job.function, job.payload) == (job_id, "flaky", '{"from":"a worker process"}')
