@@ -153,7 +153,9 @@ class PostgresStore:
     async def heartbeat(self, worker_id: str, *, now: float, lease_sec: float) -> int:
         async with self._conn() as conn:
             cur = await conn.execute(
-                "UPDATE edgeruntime_jobs SET lease_until = %s WHERE worker_id = %s AND status = 'running'",
+                # SKIP LOCKED: rows being finished right now are left alone (never a deadlock with finish).
+                "UPDATE edgeruntime_jobs SET lease_until = %s WHERE id IN (SELECT id FROM edgeruntime_jobs"
+                " WHERE worker_id = %s AND status = 'running' FOR UPDATE SKIP LOCKED)",
                 (now + lease_sec, worker_id),
             )
             return cur.rowcount

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import os
 import random
 from collections.abc import Callable
@@ -35,6 +36,8 @@ logger = logging.getLogger("edgeruntime.jobs")
 
 JOB_ID_HEADER = "x-edgeruntime-job-id"
 ATTEMPT_HEADER = "x-edgeruntime-attempt"
+#: How long a finished outcome or a free slot may wait for others to share a store round trip.
+BATCH_WAIT_SEC = 0.01
 
 
 def backoff(attempt: int, config: JobsConfig, rng: Callable[[float, float], float] = random.uniform) -> float:
@@ -215,7 +218,10 @@ class QueueRunner:
     def _spawn(self, job: Job) -> None:
         async def run() -> None:
             try:
-                self._outcomes.append(await self._deliver(job))
+                outcome = await self._deliver(job)
+                # Not `self._outcomes.append(await ...)`: that binds the list before the await,
+                # and a flush swaps the list meanwhile, which would lose the outcome.
+                self._outcomes.append(outcome)
             finally:
                 self._event.set()
 
@@ -230,17 +236,28 @@ class QueueRunner:
         try:
             await self.store.finish([o for o, _ in batch], now=self.clock.now())
         except Exception:
-            # The leases run out and another instance (or this one) delivers these jobs again.
-            logger.exception("jobs: recording %d outcome(s) failed", len(batch))
+            # Kept for the next flush; if the store stays away, the leases run out and the jobs are
+            # delivered again (the attempt number then fences these outcomes off).
+            logger.exception("jobs: recording %d outcome(s) failed; will retry", len(batch))
+            self._outcomes[:0] = batch
 
     async def _loop(self) -> None:
         poll = self.config.poll_interval_ms / 1000
+        batch = max(1, self.config.concurrency // 2)
+        loop = asyncio.get_running_loop()
+        last_claim = last_flush = -math.inf
         while True:
             self._event.clear()
-            await self._flush()
+            now = loop.time()
+            # Outcomes and claims go to the store in batches: one round trip per half a batch of
+            # jobs rather than per job, unless the instance would otherwise sit idle or wait long.
+            if len(self._outcomes) >= batch or not self._in_flight or now - last_flush >= BATCH_WAIT_SEC:
+                await self._flush()
+                last_flush = now
             free = self.config.concurrency - len(self._in_flight)
             claimed: list[Job] = []
-            if free > 0:
+            if free > 0 and (free >= batch or now - last_claim >= BATCH_WAIT_SEC):
+                last_claim = now
                 try:
                     claimed = await self.store.claim(
                         self.instance_id, free, now=self.clock.now(), lease_sec=self.config.lease_sec
@@ -250,11 +267,12 @@ class QueueRunner:
                 for job in claimed:
                     self._spawn(job)
             # Wait for a delivery to finish, an enqueue in this process, or the next poll.
+            timeout = BATCH_WAIT_SEC if self._outcomes or 0 < free < batch else poll
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._event.wait(), poll)
+                await asyncio.wait_for(self._event.wait(), timeout)
 
     async def _heartbeat(self) -> None:
-        interval = self.config.lease_sec / 2
+        interval = self.config.lease_sec / 3  # two beats may be late before a lease runs out
         while True:
             await asyncio.sleep(interval)
             if self._in_flight:

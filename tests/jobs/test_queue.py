@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -227,3 +228,48 @@ async def test_enqueue_outside_a_server_uses_edgeruntime_database_url(
     finally:
         await store.close()
     assert (job.id, job.function, job.payload) == (job_id, "flaky", '{"from":"a worker process"}')
+
+
+# Deliveries that end at staggered moments, so outcomes arrive while others are being recorded.
+STAGGERED = """
+import asyncio
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from edgeruntime import serve
+
+async def handler(req: Request) -> JSONResponse:
+    await asyncio.sleep((await req.json())["n"] % 7 * 0.002)
+    return JSONResponse({"ok": True})
+
+serve(handler)
+"""
+
+
+async def test_background_runner_records_every_outcome(queue_dir: Path, store_url: str) -> None:
+    """The loop `serve` runs: batches of claims and outcomes, none lost while deliveries overlap."""
+    from edgeruntime.app import create_app
+    from edgeruntime.jobs import attach
+    from edgeruntime.settings import Settings
+
+    write_function(queue_dir, "sleepy", STAGGERED)
+    (queue_dir.parent / "config.toml").write_text("[jobs]\nconcurrency = 8\n", encoding="utf-8")
+    settings = Settings.build(queue_dir, database_url=store_url)
+    app = create_app(settings)
+    system = attach(app)
+    await system.store.migrate()
+    for i in range(300):
+        await system.queue.enqueue("sleepy", {"n": i})
+    await app.startup()
+    try:
+        deadline = asyncio.get_running_loop().time() + 20
+        counts: dict[str, int] = {}
+        while asyncio.get_running_loop().time() < deadline:
+            counts = await system.store.count_jobs()
+            if counts.get("succeeded") == 300:
+                break
+            await asyncio.sleep(0.05)
+        jobs = await system.store.jobs(limit=1000)
+    finally:
+        await app.shutdown(timeout=5)
+    assert counts == {"succeeded": 300}
+    assert {job.attempt for job in jobs} == {1}
