@@ -110,6 +110,12 @@ MIGRATIONS: tuple[Migration, ...] = (
         tuple(t[0] for t in _TABLES) + _INDEXES,
         tuple(t[1] for t in _TABLES) + _INDEXES,
     ),
+    Migration(
+        2,
+        "cron tick leases: a run counts as going only while its instance heartbeats",
+        ("ALTER TABLE edgeruntime_cron_ticks ADD COLUMN lease_until REAL",),
+        ("ALTER TABLE edgeruntime_cron_ticks ADD COLUMN IF NOT EXISTS lease_until DOUBLE PRECISION",),
+    ),
 )
 
 SCHEMA_TABLE = "CREATE TABLE IF NOT EXISTS edgeruntime_schema (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)"

@@ -158,6 +158,10 @@ class PostgresStore:
                 " WHERE worker_id = %s AND status = 'running' FOR UPDATE SKIP LOCKED)",
                 (now + lease_sec, worker_id),
             )
+            await conn.execute(
+                "UPDATE edgeruntime_cron_ticks SET lease_until = %s WHERE instance = %s AND status = 'running'",
+                (now + lease_sec, worker_id),
+            )
             return cur.rowcount
 
     async def finish(self, outcomes: Sequence[Outcome], *, now: float) -> int:
@@ -252,32 +256,25 @@ class PostgresStore:
         trigger: str,
         instance: str,
         now: float,
-        skip_if_running_since: float | None,
+        lease_sec: float,
+        skip_overlap: bool,
     ) -> CronTick | None:
         async with self._conn() as conn, conn.transaction():
             status = TickStatus.RUNNING
-            if skip_if_running_since is not None:
+            if skip_overlap:
                 cur = await conn.execute(
                     "SELECT 1 FROM edgeruntime_cron_ticks WHERE cron = %s AND status = 'running'"
-                    " AND started_at > %s LIMIT 1",
-                    (cron, skip_if_running_since),
+                    " AND lease_until > %s LIMIT 1",
+                    (cron, now),
                 )
                 if await cur.fetchone() is not None:
                     status = TickStatus.SKIPPED
+            finished = now if status is TickStatus.SKIPPED else None
             cur = await conn.execute(
                 "INSERT INTO edgeruntime_cron_ticks (cron, tick_key, scheduled_for, trigger, status, instance,"
-                " started_at, finished_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
+                " started_at, finished_at, lease_until) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
                 f" ON CONFLICT (cron, tick_key) DO NOTHING RETURNING {TICK_COLUMNS}",
-                (
-                    cron,
-                    key,
-                    scheduled_for,
-                    trigger,
-                    str(status),
-                    instance,
-                    now,
-                    now if status is TickStatus.SKIPPED else None,
-                ),
+                (cron, key, scheduled_for, trigger, str(status), instance, now, finished, now + lease_sec),
             )
             row = await cur.fetchone()
             return None if row is None else tick_from_row(row)

@@ -275,11 +275,11 @@ class QueueRunner:
         interval = self.config.lease_sec / 3  # two beats may be late before a lease runs out
         while True:
             await asyncio.sleep(interval)
-            if self._in_flight:
-                try:
-                    await self.store.heartbeat(self.instance_id, now=self.clock.now(), lease_sec=self.config.lease_sec)
-                except Exception:
-                    logger.exception("jobs: heartbeat failed")
+            # Always, even with no job in flight: it also renews this instance's running cron ticks.
+            try:
+                await self.store.heartbeat(self.instance_id, now=self.clock.now(), lease_sec=self.config.lease_sec)
+            except Exception:
+                logger.exception("jobs: heartbeat failed")
 
     def start(self) -> None:
         loop = asyncio.get_running_loop()

@@ -83,8 +83,18 @@ def cron_jobs(crons: Mapping[str, CronConfig], functions: set[str] | None = None
 class Scheduler:
     """Fires the cron jobs of one app (see the module docstring)."""
 
-    def __init__(self, app: EdgeApp, store: JobStore, jobs: Mapping[str, CronJob], clock: Clock, instance_id: str):
+    def __init__(
+        self,
+        app: EdgeApp,
+        store: JobStore,
+        jobs: Mapping[str, CronJob],
+        clock: Clock,
+        instance_id: str,
+        lease_sec: float = 30.0,
+    ) -> None:
         self.app = app
+        #: A running tick is leased like a job (the queue runner's heartbeat renews it).
+        self.lease_sec = lease_sec
         self.store = store
         self.jobs = dict(jobs)
         self.clock = clock
@@ -106,10 +116,6 @@ class Scheduler:
         """Claim and deliver one tick; None when another instance claimed it first."""
         job = self._job(name)
         now = self.clock.now()
-        skip_since = None
-        if job.config.overlap == "skip":
-            # A run older than the function's wall clock limit cannot still be going (its instance died).
-            skip_since = now - self.app.settings.limits_for(job.config.function).wall_clock_limit_sec
         tick = await self.store.claim_tick(
             name,
             key or iso(scheduled_for),
@@ -117,7 +123,8 @@ class Scheduler:
             trigger=trigger,
             instance=self.instance_id,
             now=now,
-            skip_if_running_since=skip_since,
+            lease_sec=self.lease_sec,
+            skip_overlap=job.config.overlap == "skip",
         )
         if tick is None:
             return None

@@ -160,6 +160,10 @@ class SQLiteStore:
                     "UPDATE edgeruntime_jobs SET lease_until = ? WHERE worker_id = ? AND status = 'running'",
                     (now + lease_sec, worker_id),
                 )
+                conn.execute(
+                    "UPDATE edgeruntime_cron_ticks SET lease_until = ? WHERE instance = ? AND status = 'running'",
+                    (now + lease_sec, worker_id),
+                )
                 return cur.rowcount
 
         return await self._run(run)
@@ -259,25 +263,26 @@ class SQLiteStore:
         trigger: str,
         instance: str,
         now: float,
-        skip_if_running_since: float | None,
+        lease_sec: float,
+        skip_overlap: bool,
     ) -> CronTick | None:
         def run(conn: sqlite3.Connection) -> CronTick | None:
             with self._write(conn):
                 status = TickStatus.RUNNING
-                if skip_if_running_since is not None:
+                if skip_overlap:
                     busy = conn.execute(
                         "SELECT 1 FROM edgeruntime_cron_ticks WHERE cron = ? AND status = 'running'"
-                        " AND started_at > ? LIMIT 1",
-                        (cron, skip_if_running_since),
+                        " AND lease_until > ? LIMIT 1",
+                        (cron, now),
                     ).fetchone()
                     if busy is not None:
                         status = TickStatus.SKIPPED
                 finished = now if status is TickStatus.SKIPPED else None
                 row = conn.execute(
                     "INSERT INTO edgeruntime_cron_ticks (cron, tick_key, scheduled_for, trigger, status, instance,"
-                    " started_at, finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+                    " started_at, finished_at, lease_until) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
                     f" ON CONFLICT (cron, tick_key) DO NOTHING RETURNING {TICK_COLUMNS}",
-                    (cron, key, scheduled_for, trigger, str(status), instance, now, finished),
+                    (cron, key, scheduled_for, trigger, str(status), instance, now, finished, now + lease_sec),
                 ).fetchone()
                 return None if row is None else tick_from_row(row)
 

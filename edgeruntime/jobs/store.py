@@ -156,7 +156,7 @@ class JobStore(Protocol):
         """Lease up to `limit` due jobs (queued and due, or running with an expired lease)."""
 
     async def heartbeat(self, worker_id: str, *, now: float, lease_sec: float) -> int:
-        """Extend the leases of every job `worker_id` runs; returns how many."""
+        """Extend the leases of every job and cron tick `worker_id` runs; returns how many jobs."""
 
     async def finish(self, outcomes: Sequence[Outcome], *, now: float) -> int:
         """Record outcomes; an outcome whose attempt is stale (re-claimed) is ignored. Returns applied."""
@@ -180,12 +180,14 @@ class JobStore(Protocol):
         trigger: str,
         instance: str,
         now: float,
-        skip_if_running_since: float | None,
+        lease_sec: float,
+        skip_overlap: bool,
     ) -> CronTick | None:
         """Insert the tick unique on (cron, key); None when another instance has it.
 
-        With `skip_if_running_since`, a tick of the same cron job still running and started after
-        that instant makes this tick `skipped`.
+        The tick is leased to `instance` for `lease_sec` (renewed by `heartbeat`). With
+        `skip_overlap`, a running tick of the same cron job whose lease is alive makes this one
+        `skipped`; a run whose instance died stops counting once its lease runs out.
         """
 
     async def finish_tick(

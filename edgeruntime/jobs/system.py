@@ -58,7 +58,9 @@ class JobSystem:
         self.runner = QueueRunner(
             app, self.store, self.config, self.clock, self.instance_id, backoff_scale=backoff_scale
         )
-        self.scheduler = Scheduler(app, self.store, self.crons, self.clock, self.instance_id)
+        self.scheduler = Scheduler(
+            app, self.store, self.crons, self.clock, self.instance_id, lease_sec=self.config.lease_sec
+        )
         self.history = RunHistory(self.store)
         self._previous: JobQueue | None = None
         self._prune_task: asyncio.Task[None] | None = None

@@ -111,7 +111,8 @@ async def test_tick_is_claimed_once(store: JobStore) -> None:
                 trigger="schedule",
                 instance=f"i{i}",
                 now=T0,
-                skip_if_running_since=None,
+                lease_sec=30,
+                skip_overlap=True,
             )
             for i in range(5)
         )
@@ -120,34 +121,35 @@ async def test_tick_is_claimed_once(store: JobStore) -> None:
     assert len(won) == 1 and won[0].status is TickStatus.RUNNING
 
 
+async def _tick(store: JobStore, key: str, at: float, instance: str = "i") -> TickStatus:
+    tick = await store.claim_tick(
+        "c", key, scheduled_for=at, trigger="schedule", instance=instance, now=at, lease_sec=5, skip_overlap=True
+    )
+    assert tick is not None
+    return tick.status
+
+
 async def test_tick_skipped_while_previous_runs(store: JobStore) -> None:
-    first = await store.claim_tick(
-        "c", "k1", scheduled_for=T0, trigger="schedule", instance="i", now=T0, skip_if_running_since=T0 - 400
-    )
-    assert first is not None
-    second = await store.claim_tick(
-        "c",
-        "k2",
-        scheduled_for=T0 + 1,
-        trigger="schedule",
-        instance="i",
-        now=T0 + 1,
-        skip_if_running_since=T0 + 1 - 400,
-    )
-    assert second is not None and second.status is TickStatus.SKIPPED
+    assert await _tick(store, "k1", T0) is TickStatus.RUNNING
+    assert await _tick(store, "k2", T0 + 1) is TickStatus.SKIPPED
+    [first] = [t for t in await store.ticks("c") if t.key == "k1"]
     await store.finish_tick(first.id, TickStatus.SUCCEEDED, 200, None, now=T0 + 2)
-    third = await store.claim_tick(
-        "c",
-        "k3",
-        scheduled_for=T0 + 3,
-        trigger="schedule",
-        instance="i",
-        now=T0 + 3,
-        skip_if_running_since=T0 + 3 - 400,
-    )
-    assert third is not None and third.status is TickStatus.RUNNING
+    assert await _tick(store, "k3", T0 + 3) is TickStatus.RUNNING
     statuses = [t.status for t in await store.ticks("c")]
     assert statuses == [TickStatus.RUNNING, TickStatus.SKIPPED, TickStatus.SUCCEEDED]
+
+
+async def test_run_of_a_dead_instance_stops_blocking_when_its_lease_ends(store: JobStore) -> None:
+    assert await _tick(store, "k1", T0, instance="dies") is TickStatus.RUNNING
+    await store.heartbeat("alive", now=T0 + 4, lease_sec=5)  # another instance's beat renews nothing here
+    assert await _tick(store, "k2", T0 + 4.5) is TickStatus.SKIPPED
+    assert await _tick(store, "k3", T0 + 6) is TickStatus.RUNNING
+
+
+async def test_heartbeat_renews_running_ticks(store: JobStore) -> None:
+    assert await _tick(store, "k1", T0, instance="busy") is TickStatus.RUNNING
+    await store.heartbeat("busy", now=T0 + 4, lease_sec=5)
+    assert await _tick(store, "k2", T0 + 8) is TickStatus.SKIPPED
 
 
 async def test_run_history_and_prune(store: JobStore) -> None:
@@ -182,3 +184,38 @@ async def test_unreachable_postgres_is_one_line_config_error() -> None:
     store = open_store("postgresql://postgres@127.0.0.1:1/none?connect_timeout=2")
     with pytest.raises(ConfigError, match=r"^database postgresql://postgres@127.0.0.1:1/none"):
         await store.migrate()
+
+
+async def test_versioned_migrations_upgrade_an_older_database(tmp_path: Path) -> None:
+    import sqlite3
+
+    from edgeruntime.jobs import migrations
+
+    path = tmp_path / "v1.db"
+    with sqlite3.connect(path) as conn:  # a database written by version 1 of the schema
+        conn.execute(migrations.SCHEMA_TABLE)
+        for stmt in migrations.MIGRATIONS[0].sqlite:
+            conn.execute(stmt)
+        conn.execute("INSERT INTO edgeruntime_schema VALUES (1, 'then')")
+    store = open_store(f"sqlite:///{path}")
+    try:
+        await store.migrate()
+        await store.migrate()
+        assert await store.claim_tick(
+            "c", "k", scheduled_for=T0, trigger="schedule", instance="i", now=T0, lease_sec=5, skip_overlap=True
+        )
+    finally:
+        await store.close()
+    with sqlite3.connect(path) as conn:
+        versions = [r[0] for r in conn.execute("SELECT version FROM edgeruntime_schema ORDER BY version")]
+    assert versions == [m.version for m in migrations.MIGRATIONS] and len(versions) >= 2
+
+
+async def test_instances_starting_together_migrate_once(store_url: str) -> None:
+    stores = [open_store(store_url) for _ in range(3)]
+    try:
+        await asyncio.gather(*(s.migrate() for s in stores))
+        assert await stores[0].count_jobs() == {}
+    finally:
+        for s in stores:
+            await s.close()
