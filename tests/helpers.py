@@ -58,7 +58,7 @@ class ServerProcess:
         self.port = port or free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.log_path = functions_dir.parent / f"serve-{self.port}.log"
-        self._log: IO[bytes] = open(self.log_path, "wb")
+        self._log: IO[bytes] = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "edgeruntime", "serve", str(functions_dir), "--port", str(self.port), *args],
             stdout=self._log,
