@@ -219,3 +219,11 @@ async def test_instances_starting_together_migrate_once(store_url: str) -> None:
     finally:
         for s in stores:
             await s.close()
+
+
+def test_postgres_without_psycopg_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "psycopg", None)  # as if `edgeruntime[postgres]` were not installed
+    with pytest.raises(ConfigError, match=r"pip install 'edgeruntime\[postgres\]'"):
+        open_store("postgresql://postgres@127.0.0.1/test")
