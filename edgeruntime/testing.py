@@ -34,7 +34,16 @@ from edgeruntime.context import ExecutionContext, WorkerState, default_worker
 from edgeruntime.discovery import ENTRYPOINT, FunctionSpec, load_function_module
 from edgeruntime.exceptions import UsageError
 from edgeruntime.handlers import to_asgi
-from edgeruntime.jobs import Clock, CronRun, FakeClock, JobResult, JobSystem, SystemClock, attach as attach_jobs
+from edgeruntime.jobs import (
+    Clock,
+    CronRun,
+    FakeClock,
+    JobResult,
+    JobSystem,
+    SystemClock,
+    attach as attach_jobs,
+    open_store,
+)
 from edgeruntime.settings import Settings
 from edgeruntime.types import ASGIApp, Handler
 
@@ -54,18 +63,19 @@ class EdgeClient:
     def __init__(
         self, functions_dir: str | os.PathLike[str] = "functions", *, clock: Clock | None = None, **options: Any
     ) -> None:
+        self.settings = options.pop("settings", None) or Settings.build(functions_dir, watch=False, **options)
+        self.app: EdgeApp = create_app(self.settings)
+        #: The fake or real clock the jobs system reads (`FakeClock` to test delays and backoff).
+        self.clock: Clock = clock or SystemClock()
         # Jobs: each client gets its own throw-away SQLite store unless `database_url` is passed.
         self._store_dir: str | None = None
-        if "settings" not in options and options.get("database_url") is None:
+        store = None
+        if options.get("database_url") is None:
             self._store_dir = tempfile.mkdtemp(prefix="edgeruntime-test-")
-            options["database_url"] = f"sqlite:///{Path(self._store_dir, 'edgeruntime.db')}"
+            store = open_store(f"sqlite:///{Path(self._store_dir, 'edgeruntime.db')}")
         try:
-            self.settings = options.pop("settings", None) or Settings.build(functions_dir, watch=False, **options)
-            self.app: EdgeApp = create_app(self.settings)
-            #: The fake or real clock the jobs system reads (`FakeClock` to test delays and backoff).
-            self.clock: Clock = clock or SystemClock()
             #: Nothing runs by itself in tests: deliver jobs with `run_jobs()`, ticks with `trigger_cron()`.
-            self.jobs: JobSystem = attach_jobs(self.app, clock=self.clock, background=False)
+            self.jobs: JobSystem = attach_jobs(self.app, store=store, clock=self.clock, background=False)
         except BaseException:
             if self._store_dir is not None:
                 shutil.rmtree(self._store_dir, ignore_errors=True)
