@@ -22,6 +22,7 @@ AddOptions = Callable[[argparse.ArgumentParser], None]
 
 
 def _common(p: argparse.ArgumentParser, add_project_options: AddOptions) -> None:
+    p.add_argument("dir", nargs="?", default=None, metavar="DIR", help="functions directory (default: functions)")
     p.add_argument("--directory", "-d", default="functions", help="functions directory (default: functions)")
     p.add_argument("--database-url", metavar="URL", help="sqlite:///path or postgresql://... (default: the project's)")
     p.add_argument("--json", action="store_true", help="print JSON")
@@ -54,7 +55,7 @@ def add_commands(sub: Any, add_project_options: AddOptions) -> None:
 
 def _settings(args: argparse.Namespace) -> Settings:
     return Settings.build(
-        args.directory,
+        args.dir or args.directory,
         config_path=args.config,
         env_file=args.env_file,
         database_url=args.database_url,

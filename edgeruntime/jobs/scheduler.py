@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from edgeruntime.config import CronConfig
 from edgeruntime.exceptions import ConfigError, JobsError
@@ -67,6 +67,19 @@ class CronRun:
     status: TickStatus
     http_status: int | None = None
     body: str | None = None
+
+    @property
+    def status_code(self) -> int | None:
+        """The function's HTTP status (None when skipped), as on an httpx response."""
+        return self.http_status
+
+    @property
+    def text(self) -> str:
+        return self.body or ""
+
+    def json(self) -> Any:
+        """The function's response body, parsed."""
+        return json.loads(self.text)
 
 
 def cron_jobs(crons: Mapping[str, CronConfig], functions: set[str] | None = None) -> dict[str, CronJob]:

@@ -87,6 +87,8 @@ def test_jobs_list_uses_the_default_store_beside_the_functions_dir(project: Path
     r = run_cli("jobs", "list", "-d", str(project), "--status", "queued")
     assert r.returncode == 0, r.stderr
     assert "echo" in r.stdout and "queued" in r.stdout
+    positional = run_cli("jobs", "list", str(project), "--json")
+    assert [j["function"] for j in json.loads(positional.stdout)] == ["echo"]
 
 
 def test_cron_list_and_run(project: Path, tmp_path: Path) -> None:

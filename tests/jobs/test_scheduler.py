@@ -72,7 +72,8 @@ async def test_trigger_cron_posts_body_and_headers_with_service_role(cron_dir: P
     async with EdgeClient(cron_dir, database_url=store_url) as client:
         at = datetime(2027, 3, 1, 10, 0, 30, tzinfo=UTC)
         run = await client.trigger_cron("daily-report", at=at)
-        assert run.status is TickStatus.SUCCEEDED and run.http_status == 200
+        assert run.status is TickStatus.SUCCEEDED and run.http_status == run.status_code == 200
+        assert run.json()["cron"] == "daily-report"
         assert run.body is not None
         seen = json.loads(run.body)
         assert seen == {
