@@ -78,6 +78,8 @@ class EdgeApp:
         #: Called with every background task that ends, in any function.
         self.background_observers: list[Callable[[BackgroundTask], None]] = []
         self.startup_hooks: list[Hook] = []
+        #: Run first on shutdown, before functions drain: stop taking new work (cron, queue).
+        self.stopping_hooks: list[Hook] = []
         self.shutdown_hooks: list[Hook] = []
         self.started = False
         #: Writes the access line of every request (the server swaps in a faster writer).
@@ -247,6 +249,11 @@ class EdgeApp:
         Returns descriptions of the background tasks that were cut.
         """
         timeout = self.settings.graceful_exit_timeout_sec if timeout is None else timeout
+        for hook in self.stopping_hooks:
+            try:
+                await hook()
+            except Exception:
+                logger.exception("stopping hook failed")
         results = await asyncio.gather(*(s.shutdown(timeout) for s in self.functions.values()))
         cut = [entry for names in results for entry in names]
         if cut:

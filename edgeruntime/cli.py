@@ -88,6 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
     keys.add_argument("--service-role", action="store_true", help="print only the service role key")
     keys.add_argument("--json", action="store_true")
     _add_project_options(keys)
+
+    from edgeruntime.jobs import cli as jobs_cli  # `jobs` and `cron` subcommands
+
+    jobs_cli.add_commands(sub, _add_project_options)
     return parser
 
 
@@ -127,6 +131,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     app = create_app(settings)
     if not app.functions:
         raise UsageError(f"no functions in {settings.functions_dir}: expected {settings.functions_dir}/<name>/index.py")
+    from edgeruntime.jobs import attach  # jobs: run history, cron, queue
+
+    attach(app).check()
     log_buffer = configure_logging(settings.log_format)
     app.access_log = AccessLog(log_buffer, settings.log_format)
 
@@ -232,7 +239,21 @@ def cmd_keys(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"serve": cmd_serve, "new": cmd_new, "list": cmd_list, "invoke": cmd_invoke, "keys": cmd_keys}
+def cmd_jobs(args: argparse.Namespace) -> int:
+    from edgeruntime.jobs.cli import COMMANDS as JOBS_COMMANDS
+
+    return JOBS_COMMANDS[args.command](args)
+
+
+COMMANDS = {
+    "serve": cmd_serve,
+    "new": cmd_new,
+    "list": cmd_list,
+    "invoke": cmd_invoke,
+    "keys": cmd_keys,
+    "jobs": cmd_jobs,
+    "cron": cmd_jobs,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -92,6 +92,8 @@ class ProjectConfig:
     signing_keys: tuple[Mapping[str, Any], ...] = ()
     functions: Mapping[str, FunctionConfig] = field(default_factory=dict)
     cron: Mapping[str, CronConfig] = field(default_factory=dict)
+    #: The raw `[jobs]` table (queue and retention settings), validated by `edgeruntime.jobs`.
+    jobs: Mapping[str, Any] = field(default_factory=dict)
 
     def function(self, name: str) -> FunctionConfig:
         return self.functions.get(name) or FunctionConfig()
@@ -220,7 +222,7 @@ def load_config(path: Path | None, environ: Mapping[str, str] | None = None) -> 
     except OSError as exc:
         raise ConfigError(f"{path}: cannot be read: {exc.strerror}") from None
     r = _Reader(path)
-    r.check_keys(data, "top level", FOREIGN_SECTIONS | {"edge_runtime", "auth", "functions", "cron"})
+    r.check_keys(data, "top level", FOREIGN_SECTIONS | {"edge_runtime", "auth", "functions", "cron", "jobs"})
 
     er = r.table(data.get("edge_runtime", {}), "[edge_runtime]")
     own_er = {"policy", "isolation", "secrets", *LIMIT_KEYS}
@@ -306,4 +308,5 @@ def load_config(path: Path | None, environ: Mapping[str, str] | None = None) -> 
         signing_keys=signing_keys,
         functions=functions,
         cron=cron,
+        jobs=r.table(data.get("jobs", {}), "[jobs]"),
     )

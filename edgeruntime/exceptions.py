@@ -4,6 +4,7 @@ EdgeRuntimeError
 ├── ConfigError              bad config file, flag or env file (CLI exit status 2)
 ├── UsageError               bad CLI input: missing directory, port in use, unknown function
 ├── NotSupportedError        an API the edge runtime forbids (`Deno.env.set`)
+├── JobsError                the jobs system cannot do what was asked (no store, bad payload)
 └── FunctionError            something went wrong in one function; the others keep serving
     ├── BootError            the function's module failed to load → 503 BOOT_ERROR
     ├── WorkerCrashed        the worker died (or its module raised at top level) → 500 WORKER_ERROR
@@ -20,6 +21,7 @@ __all__ = [
     "EdgeRuntimeError",
     "FunctionError",
     "InvalidResponse",
+    "JobsError",
     "LimitExceeded",
     "NotSupportedError",
     "UsageError",
@@ -45,6 +47,10 @@ class UsageError(EdgeRuntimeError):
 
 class NotSupportedError(EdgeRuntimeError):
     """Raised when function code calls an API the edge runtime does not support."""
+
+
+class JobsError(EdgeRuntimeError):
+    """Raised when a job cannot be enqueued or found, or no jobs store is running."""
 
 
 class FunctionError(EdgeRuntimeError):

@@ -16,10 +16,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
+import tempfile
 import time
 import types
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -32,10 +35,20 @@ from edgeruntime.discovery import ENTRYPOINT, FunctionSpec, load_function_module
 from edgeruntime.env import apply_env, restore_env
 from edgeruntime.exceptions import UsageError
 from edgeruntime.handlers import to_asgi
+from edgeruntime.jobs import (
+    Clock,
+    CronRun,
+    FakeClock,
+    JobResult,
+    JobSystem,
+    SystemClock,
+    attach as attach_jobs,
+    open_store,
+)
 from edgeruntime.settings import Settings
 from edgeruntime.types import ASGIApp
 
-__all__ = ["EdgeClient", "LoadedFunction", "drain", "execution_context", "load_function"]
+__all__ = ["EdgeClient", "FakeClock", "LoadedFunction", "drain", "execution_context", "load_function"]
 
 Auth = Literal["service_role", "anon"] | None
 
@@ -48,9 +61,26 @@ class EdgeClient:
     (``config_path``, ``env_file``, ``no_verify_jwt``, ``limits``, ``policy``, ``isolation`` ...).
     """
 
-    def __init__(self, functions_dir: str | os.PathLike[str] = "functions", **options: Any) -> None:
+    def __init__(
+        self, functions_dir: str | os.PathLike[str] = "functions", *, clock: Clock | None = None, **options: Any
+    ) -> None:
         self.settings = options.pop("settings", None) or Settings.build(functions_dir, watch=False, **options)
         self.app: EdgeApp = create_app(self.settings)
+        #: The fake or real clock the jobs system reads (`FakeClock` to test delays and backoff).
+        self.clock: Clock = clock or SystemClock()
+        # Jobs: each client gets its own throw-away SQLite store unless `database_url` is passed.
+        self._store_dir: str | None = None
+        store = None
+        if options.get("database_url") is None:
+            self._store_dir = tempfile.mkdtemp(prefix="edgeruntime-test-")
+            store = open_store(f"sqlite:///{Path(self._store_dir, 'edgeruntime.db')}")
+        try:
+            #: Nothing runs by itself in tests: deliver jobs with `run_jobs()`, ticks with `trigger_cron()`.
+            self.jobs: JobSystem = attach_jobs(self.app, store=store, clock=self.clock, background=False)
+        except BaseException:
+            if self._store_dir is not None:
+                shutil.rmtree(self._store_dir, ignore_errors=True)
+            raise
         self.failed: list[BackgroundTask] = []
         self.finished: list[BackgroundTask] = []
         self.app.background_observers.append(self._observe)
@@ -81,6 +111,8 @@ class EdgeClient:
             if self._saved_environ is not None:
                 restore_env(self._saved_environ)
                 self._saved_environ = None
+            if self._store_dir is not None:
+                shutil.rmtree(self._store_dir, ignore_errors=True)
 
     @property
     def http(self) -> httpx.AsyncClient:
@@ -135,6 +167,34 @@ class EdgeClient:
     def pending(self) -> list[BackgroundTask]:
         """Background tasks still running."""
         return self.app.pending_background()
+
+    async def trigger_cron(self, name: str, at: datetime | float | None = None) -> CronRun:
+        """Run `[cron.<name>]` now through the normal request path, as the scheduler would.
+
+        Without `at` it is a manual run (scheduled ticks are untouched); with `at` it runs the
+        scheduled tick at or before that instant, which is then consumed.
+        """
+        instant = at.timestamp() if isinstance(at, datetime) else at
+        return await self.jobs.scheduler.run_now(name, instant)
+
+    async def run_jobs(self, *, compress_backoff: bool = True, max_rounds: int = 1000) -> list[JobResult]:
+        """Deliver every due queued job now, retries included (backoff waits compressed to zero).
+
+        Jobs enqueued by the jobs themselves are delivered too; delayed jobs wait for the clock
+        (`clock.advance(...)`). Returns every delivery, in order.
+        """
+        runner = self.jobs.runner
+        previous, runner.backoff_scale = runner.backoff_scale, 0.0 if compress_backoff else 1.0
+        results: list[JobResult] = []
+        try:
+            for _ in range(max_rounds):
+                batch = await runner.run_once()
+                if not batch:
+                    return results
+                results.extend(batch)
+        finally:
+            runner.backoff_scale = previous
+        raise TimeoutError(f"run_jobs: jobs still due after {max_rounds} rounds (a job that re-enqueues itself?)")
 
     async def drain(self, timeout: float | None = 30.0) -> None:
         """Wait for all background work; raise an ExceptionGroup of the errors it raised.

@@ -1,0 +1,338 @@
+"""The PostgreSQL jobs store: several `edgeruntime serve` instances share one database.
+
+Claims use `FOR UPDATE SKIP LOCKED` so instances never wait on each other's rows; a cron tick is
+an insert unique on (cron, tick key), so each tick fires once across all instances. Needs
+psycopg 3 (`pip install 'edgeruntime[postgres]'`), imported only when a postgresql:// URL is used.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from edgeruntime.exceptions import ConfigError
+from edgeruntime.jobs import migrations
+from edgeruntime.jobs.rows import (
+    FAILED_COLUMNS,
+    JOB_COLUMNS,
+    PRUNE_STATEMENTS,
+    RUN_COLUMNS,
+    TICK_COLUMNS,
+    failed_from_row,
+    job_from_row,
+    run_from_row,
+    tick_from_row,
+)
+from edgeruntime.jobs.store import CronTick, FailedJob, Job, JobStatus, Outcome, Run, TickStatus, redact_url
+
+if TYPE_CHECKING:
+    import psycopg
+
+__all__ = ["PostgresStore"]
+
+POOL_SIZE = 4
+#: Serialises schema migrations of instances starting at the same moment.
+MIGRATION_LOCK = 0x6564_6765
+
+
+def _import_psycopg() -> Any:
+    try:
+        import psycopg
+    except ImportError:
+        raise ConfigError("a postgresql:// database URL needs psycopg 3: pip install 'edgeruntime[postgres]'") from None
+    return psycopg
+
+
+class PostgresStore:
+    """The jobs store on PostgreSQL (see the module docstring)."""
+
+    def __init__(self, url: str, pool_size: int = POOL_SIZE) -> None:
+        self.url = url
+        self._psycopg = _import_psycopg()
+        self._pool_size = pool_size
+        self._idle: asyncio.Queue[psycopg.AsyncConnection[Any]] | None = None
+        self._all: list[psycopg.AsyncConnection[Any]] = []
+        self._opening = asyncio.Lock()
+
+    @asynccontextmanager
+    async def _conn(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        if self._idle is None:
+            async with self._opening:
+                if self._idle is None:
+                    idle: asyncio.Queue[psycopg.AsyncConnection[Any]] = asyncio.Queue()
+                    for _ in range(self._pool_size):
+                        try:
+                            conn = await self._psycopg.AsyncConnection.connect(self.url, autocommit=True)
+                        except self._psycopg.Error as exc:
+                            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                            raise ConfigError(f"database {redact_url(self.url)}: {first}") from None
+                        self._all.append(conn)
+                        idle.put_nowait(conn)
+                    self._idle = idle
+        conn = await self._idle.get()
+        try:
+            if conn.broken or conn.closed:
+                conn = await self._replace(conn)
+            yield conn
+        finally:
+            self._idle.put_nowait(conn)
+
+    async def _replace(self, old: psycopg.AsyncConnection[Any]) -> psycopg.AsyncConnection[Any]:
+        new: psycopg.AsyncConnection[Any] = await self._psycopg.AsyncConnection.connect(self.url, autocommit=True)
+        self._all = [new if c is old else c for c in self._all]
+        return new
+
+    async def migrate(self) -> None:
+        async with self._conn() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+            await conn.execute(migrations.SCHEMA_TABLE)
+            cur = await conn.execute("SELECT version FROM edgeruntime_schema")
+            applied = {r[0] for r in await cur.fetchall()}
+            for version, stmts in migrations.statements("postgres", applied):
+                for stmt in stmts:
+                    await conn.execute(stmt)
+                await conn.execute(
+                    "INSERT INTO edgeruntime_schema (version, applied_at) VALUES (%s, %s)",
+                    (version, datetime.now(UTC).isoformat()),
+                )
+
+    async def close(self) -> None:
+        for conn in self._all:
+            await conn.close()
+        self._all = []
+        self._idle = None
+
+    # -- queue ---------------------------------------------------------------------------
+
+    async def enqueue(
+        self,
+        function: str,
+        payload: str,
+        *,
+        run_at: float,
+        max_attempts: int,
+        idempotency_key: str | None,
+        now: float,
+    ) -> int:
+        async with self._conn() as conn:
+            cur = await conn.execute(
+                "INSERT INTO edgeruntime_jobs (function, payload, status, max_attempts, run_at, idempotency_key,"
+                " created_at, updated_at) VALUES (%s, %s, 'queued', %s, %s, %s, %s, %s)"
+                " ON CONFLICT (idempotency_key) DO NOTHING RETURNING id",
+                (function, payload, max_attempts, run_at, idempotency_key, now, now),
+            )
+            row = await cur.fetchone()
+            if row is None:
+                cur = await conn.execute(
+                    "SELECT id FROM edgeruntime_jobs WHERE idempotency_key = %s", (idempotency_key,)
+                )
+                row = await cur.fetchone()
+                assert row is not None
+            return int(row[0])
+
+    async def claim(self, worker_id: str, limit: int, *, now: float, lease_sec: float) -> list[Job]:
+        async with self._conn() as conn:
+            cur = await conn.execute(
+                "WITH queued AS (SELECT id FROM edgeruntime_jobs WHERE status = 'queued' AND run_at <= %(now)s"
+                " ORDER BY run_at, id LIMIT %(limit)s FOR UPDATE SKIP LOCKED),"
+                " expired AS (SELECT id FROM edgeruntime_jobs WHERE status = 'running' AND lease_until < %(now)s"
+                " LIMIT %(limit)s FOR UPDATE SKIP LOCKED),"
+                " due AS (SELECT id FROM expired UNION ALL SELECT id FROM queued)"
+                " UPDATE edgeruntime_jobs j SET status = 'running', attempts = attempts + 1, worker_id = %(w)s,"
+                " lease_until = %(lease)s, updated_at = %(now)s"
+                " FROM (SELECT id FROM due LIMIT %(limit)s) c WHERE j.id = c.id"
+                f" RETURNING {', '.join('j.' + c.strip() for c in JOB_COLUMNS.split(','))}",
+                {"now": now, "limit": limit, "w": worker_id, "lease": now + lease_sec},
+            )
+            rows = await cur.fetchall()
+        return sorted((job_from_row(r) for r in rows), key=lambda j: j.id)
+
+    async def heartbeat(self, worker_id: str, *, now: float, lease_sec: float) -> int:
+        async with self._conn() as conn:
+            cur = await conn.execute(
+                # SKIP LOCKED: rows being finished right now are left alone (never a deadlock with finish).
+                "UPDATE edgeruntime_jobs SET lease_until = %s WHERE id IN (SELECT id FROM edgeruntime_jobs"
+                " WHERE worker_id = %s AND status = 'running' FOR UPDATE SKIP LOCKED)",
+                (now + lease_sec, worker_id),
+            )
+            await conn.execute(
+                "UPDATE edgeruntime_cron_ticks SET lease_until = %s WHERE instance = %s AND status = 'running'",
+                (now + lease_sec, worker_id),
+            )
+            return cur.rowcount
+
+    async def finish(self, outcomes: Sequence[Outcome], *, now: float) -> int:
+        ok = [o for o in outcomes if o.ok]
+        applied = 0
+        async with self._conn() as conn, conn.transaction():
+            if ok:
+                cur = await conn.execute(
+                    "UPDATE edgeruntime_jobs j SET status = 'succeeded', lease_until = NULL, last_status = o.s,"
+                    " updated_at = %s FROM (SELECT unnest(%s::bigint[]) AS id, unnest(%s::int[]) AS a,"
+                    " unnest(%s::int[]) AS s) o WHERE j.id = o.id AND j.attempts = o.a AND j.status = 'running'",
+                    (now, [o.job_id for o in ok], [o.attempt for o in ok], [o.http_status for o in ok]),
+                )
+                applied += cur.rowcount
+            for o in outcomes:
+                if o.ok:
+                    continue
+                if o.retry_at is not None:
+                    cur = await conn.execute(
+                        "UPDATE edgeruntime_jobs SET status = 'queued', run_at = %s, lease_until = NULL,"
+                        " worker_id = NULL, last_error = %s, last_status = %s, last_response = %s, updated_at = %s"
+                        " WHERE id = %s AND attempts = %s AND status = 'running'",
+                        (o.retry_at, o.error, o.http_status, o.response, now, o.job_id, o.attempt),
+                    )
+                else:
+                    cur = await conn.execute(
+                        "UPDATE edgeruntime_jobs SET status = 'failed', lease_until = NULL, last_error = %s,"
+                        " last_status = %s, last_response = %s, updated_at = %s"
+                        " WHERE id = %s AND attempts = %s AND status = 'running'",
+                        (o.error, o.http_status, o.response, now, o.job_id, o.attempt),
+                    )
+                    if cur.rowcount:
+                        await conn.execute(
+                            "INSERT INTO edgeruntime_failed_jobs (job_id, function, payload, attempts, error,"
+                            " http_status, response, failed_at) SELECT id, function, payload, attempts, %s, %s, %s,"
+                            " %s FROM edgeruntime_jobs WHERE id = %s",
+                            (o.error, o.http_status, o.response, now, o.job_id),
+                        )
+                applied += cur.rowcount
+        return applied
+
+    async def jobs(self, status: JobStatus | None = None, limit: int = 100) -> list[Job]:
+        where, args = ("WHERE status = %s", [str(status)]) if status else ("", [])
+        async with self._conn() as conn:
+            cur = await conn.execute(
+                f"SELECT {JOB_COLUMNS} FROM edgeruntime_jobs {where} ORDER BY id DESC LIMIT %s",
+                (*args, limit),
+            )
+            return [job_from_row(r) for r in await cur.fetchall()]
+
+    async def count_jobs(self) -> dict[str, int]:
+        async with self._conn() as conn:
+            cur = await conn.execute("SELECT status, COUNT(*) FROM edgeruntime_jobs GROUP BY status")
+            return {str(r[0]): int(r[1]) for r in await cur.fetchall()}
+
+    async def failed_jobs(self, limit: int = 100) -> list[FailedJob]:
+        async with self._conn() as conn:
+            cur = await conn.execute(
+                f"SELECT {FAILED_COLUMNS} FROM edgeruntime_failed_jobs ORDER BY id DESC LIMIT %s",
+                (limit,),
+            )
+            return [failed_from_row(r) for r in await cur.fetchall()]
+
+    async def retry_failed(self, failed_id: int, *, now: float) -> int:
+        async with self._conn() as conn, conn.transaction():
+            cur = await conn.execute(
+                "SELECT f.function, f.payload, j.max_attempts FROM edgeruntime_failed_jobs f"
+                " LEFT JOIN edgeruntime_jobs j ON j.id = f.job_id WHERE f.id = %s FOR UPDATE OF f",
+                (failed_id,),
+            )
+            row = await cur.fetchone()
+            if row is None:
+                raise KeyError(failed_id)
+            cur = await conn.execute(
+                "INSERT INTO edgeruntime_jobs (function, payload, status, max_attempts, run_at, created_at,"
+                " updated_at) VALUES (%s, %s, 'queued', %s, %s, %s, %s) RETURNING id",
+                (row[0], row[1], row[2] or 1, now, now, now),
+            )
+            new = await cur.fetchone()
+            assert new is not None
+            await conn.execute("UPDATE edgeruntime_failed_jobs SET retried_as = %s WHERE id = %s", (new[0], failed_id))
+            return int(new[0])
+
+    # -- cron ----------------------------------------------------------------------------
+
+    async def claim_tick(
+        self,
+        cron: str,
+        key: str,
+        *,
+        scheduled_for: float,
+        trigger: str,
+        instance: str,
+        now: float,
+        lease_sec: float,
+        skip_overlap: bool,
+    ) -> CronTick | None:
+        async with self._conn() as conn, conn.transaction():
+            status = TickStatus.RUNNING
+            if skip_overlap:
+                cur = await conn.execute(
+                    "SELECT 1 FROM edgeruntime_cron_ticks WHERE cron = %s AND status = 'running'"
+                    " AND lease_until > %s LIMIT 1",
+                    (cron, now),
+                )
+                if await cur.fetchone() is not None:
+                    status = TickStatus.SKIPPED
+            finished = now if status is TickStatus.SKIPPED else None
+            cur = await conn.execute(
+                "INSERT INTO edgeruntime_cron_ticks (cron, tick_key, scheduled_for, trigger, status, instance,"
+                " started_at, finished_at, lease_until) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
+                f" ON CONFLICT (cron, tick_key) DO NOTHING RETURNING {TICK_COLUMNS}",
+                (cron, key, scheduled_for, trigger, str(status), instance, now, finished, now + lease_sec),
+            )
+            row = await cur.fetchone()
+            return None if row is None else tick_from_row(row)
+
+    async def finish_tick(
+        self, tick_id: int, status: TickStatus, http_status: int | None, error: str | None, *, now: float
+    ) -> None:
+        async with self._conn() as conn:
+            await conn.execute(
+                "UPDATE edgeruntime_cron_ticks SET status = %s, http_status = %s, error = %s, finished_at = %s"
+                " WHERE id = %s",
+                (str(status), http_status, error, now, tick_id),
+            )
+
+    async def ticks(self, cron: str | None = None, limit: int = 100) -> list[CronTick]:
+        where, args = ("WHERE cron = %s", [cron]) if cron else ("", [])
+        async with self._conn() as conn:
+            cur = await conn.execute(
+                f"SELECT {TICK_COLUMNS} FROM edgeruntime_cron_ticks {where} ORDER BY id DESC LIMIT %s",
+                (*args, limit),
+            )
+            return [tick_from_row(r) for r in await cur.fetchall()]
+
+    # -- run history ---------------------------------------------------------------------
+
+    async def record_runs(self, runs: Sequence[Run]) -> None:
+        async with self._conn() as conn, conn.cursor() as cur:
+            await cur.executemany(
+                f"INSERT INTO edgeruntime_runs ({RUN_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                [
+                    (
+                        r.kind,
+                        r.function,
+                        r.trigger,
+                        r.execution_id,
+                        r.status,
+                        r.started_at,
+                        r.duration_ms,
+                        r.http_status,
+                        r.error,
+                    )
+                    for r in runs
+                ],
+            )
+
+    async def runs(self, function: str | None = None, limit: int = 100) -> list[Run]:
+        where, args = ("WHERE function = %s", [function]) if function else ("", [])
+        async with self._conn() as conn:
+            cur = await conn.execute(
+                f"SELECT {RUN_COLUMNS} FROM edgeruntime_runs {where} ORDER BY id DESC LIMIT %s",
+                (*args, limit),
+            )
+            return [run_from_row(r) for r in await cur.fetchall()]
+
+    async def prune(self, *, before: float) -> int:
+        total = 0
+        async with self._conn() as conn, conn.transaction():
+            for stmt in PRUNE_STATEMENTS:
+                cur = await conn.execute(stmt, (before,))
+                total += cur.rowcount
+        return total

@@ -1,0 +1,312 @@
+"""The durable job queue: `enqueue`, and the runner that delivers due jobs.
+
+Delivery is at-least-once. A runner leases a batch of due jobs (`attempt` goes up by one), keeps
+the leases alive with a heartbeat, and finishes each attempt fenced by its number: a runner whose
+lease expired and whose job was re-claimed elsewhere cannot overwrite the newer attempt. A failed
+attempt is retried after `min(cap, base * 2**(n-1))` seconds ± jitter; after the last one the job
+moves to failed jobs with its payload, the error and the last response.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import os
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from edgeruntime.discovery import is_valid_slug
+from edgeruntime.exceptions import JobsError
+from edgeruntime.jobs.clock import Clock, SystemClock
+from edgeruntime.jobs.config import JobsConfig
+from edgeruntime.jobs.delivery import deliver
+from edgeruntime.jobs.store import Job, JobStore, Outcome, open_store
+
+if TYPE_CHECKING:
+    from edgeruntime.app import EdgeApp
+
+__all__ = ["JOB_ID_HEADER", "ATTEMPT_HEADER", "JobQueue", "JobResult", "QueueRunner", "backoff", "enqueue"]
+
+logger = logging.getLogger("edgeruntime.jobs")
+
+JOB_ID_HEADER = "x-edgeruntime-job-id"
+ATTEMPT_HEADER = "x-edgeruntime-attempt"
+#: How long a finished outcome or a free slot may wait for others to share a store round trip.
+BATCH_WAIT_SEC = 0.01
+
+
+def backoff(attempt: int, config: JobsConfig, rng: Callable[[float, float], float] = random.uniform) -> float:
+    """Seconds to wait before the retry that follows failed attempt `attempt` (1-based)."""
+    delay = min(config.backoff_cap_sec, config.backoff_base_sec * 2.0 ** (attempt - 1))
+    jitter: float = rng(-config.backoff_jitter, config.backoff_jitter)
+    return max(0.0, delay * (1 + jitter))
+
+
+@dataclass(frozen=True)
+class JobResult:
+    """One delivery of a job: `status` is succeeded, retrying or failed."""
+
+    job_id: int
+    function: str
+    attempt: int
+    status: str
+    http_status: int | None
+    error: str | None = None
+
+
+class JobQueue:
+    """Enqueues jobs into one store (what `edgeruntime.jobs.enqueue` calls)."""
+
+    def __init__(self, store: JobStore, config: JobsConfig, clock: Clock) -> None:
+        self.store = store
+        self.config = config
+        self.clock = clock
+        #: Called after each enqueue, to wake a local runner at once.
+        self.on_enqueue: Callable[[], None] | None = None
+
+    async def enqueue(
+        self,
+        function: str,
+        payload: Any = None,
+        *,
+        delay: float = 0,
+        max_attempts: int | None = None,
+        idempotency_key: str | None = None,
+    ) -> int:
+        if not is_valid_slug(function):
+            raise JobsError(f"enqueue: {function!r} is not a function name")
+        try:
+            body = json.dumps({} if payload is None else payload, separators=(",", ":"))
+        except (TypeError, ValueError) as exc:
+            raise JobsError(f"enqueue({function!r}): payload is not JSON-serialisable: {exc}") from None
+        attempts = self.config.max_attempts if max_attempts is None else max_attempts
+        if attempts < 1:
+            raise JobsError(f"enqueue({function!r}): max_attempts must be at least 1, got {attempts}")
+        if delay < 0:
+            raise JobsError(f"enqueue({function!r}): delay must not be negative, got {delay}")
+        now = self.clock.now()
+        job_id = await self.store.enqueue(
+            function, body, run_at=now + delay, max_attempts=attempts, idempotency_key=idempotency_key, now=now
+        )
+        if self.on_enqueue is not None and delay == 0:
+            self.on_enqueue()
+        return job_id
+
+
+_active: JobQueue | None = None
+_fallback: JobQueue | None = None
+
+
+def activate(queue: JobQueue | None) -> JobQueue | None:
+    """Make `queue` the one `enqueue` uses (the running server's); returns the previous one."""
+    global _active
+    previous, _active = _active, queue
+    return previous
+
+
+async def enqueue(
+    function: str,
+    payload: Any = None,
+    *,
+    delay: float = 0,
+    max_attempts: int | None = None,
+    idempotency_key: str | None = None,
+) -> int:
+    """Queue a POST of `payload` (JSON) to `function`; returns the job id once committed.
+
+    The job is delivered at least once, after `delay` seconds, with headers `x-edgeruntime-job-id`
+    and `x-edgeruntime-attempt`; a non-2xx answer is retried with backoff up to `max_attempts`
+    deliveries (default `[jobs] max_attempts`, 4). With an `idempotency_key` already used, the
+    existing job's id is returned and nothing is queued.
+    """
+    global _fallback
+    queue = _active
+    if queue is None:
+        # A function running outside the server process (process isolation) opens the store itself.
+        url = os.environ.get("EDGERUNTIME_DATABASE_URL")
+        if not url:
+            raise JobsError("enqueue: no jobs store is running (use edgeruntime serve or EdgeClient)")
+        if _fallback is None or _fallback.store.url != url:
+            store = open_store(url)
+            await store.migrate()
+            _fallback = JobQueue(store, JobsConfig(), SystemClock())
+        queue = _fallback
+    return await queue.enqueue(
+        function, payload, delay=delay, max_attempts=max_attempts, idempotency_key=idempotency_key
+    )
+
+
+class QueueRunner:
+    """Delivers due jobs through the app: leases, heartbeat, retries, failed jobs."""
+
+    def __init__(
+        self,
+        app: EdgeApp,
+        store: JobStore,
+        config: JobsConfig,
+        clock: Clock,
+        instance_id: str,
+        *,
+        backoff_scale: float = 1.0,
+    ) -> None:
+        self.app = app
+        self.store = store
+        self.config = config
+        self.clock = clock
+        self.instance_id = instance_id
+        self.backoff_scale = backoff_scale
+        self._in_flight: set[asyncio.Task[None]] = set()
+        self._outcomes: list[tuple[Outcome, JobResult]] = []
+        self._event = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self.delivered = 0
+
+    def wake(self) -> None:
+        self._event.set()
+
+    async def _deliver(self, job: Job) -> tuple[Outcome, JobResult]:
+        headers = {JOB_ID_HEADER: str(job.id), ATTEMPT_HEADER: str(job.attempt)}
+        status: int | None = None
+        response: str | None = None
+        try:
+            result = await deliver(self.app, job.function, job.payload.encode(), headers, trigger="queue")
+            status, response = result.status, result.body
+            error = None if result.ok else result.describe()
+        except Exception as exc:  # the gateway maps function errors; this is the runtime failing
+            logger.exception("job %d (%s): delivery failed", job.id, job.function)
+            error = f"{type(exc).__name__}: {exc}"
+        self.delivered += 1
+        if error is None:
+            return Outcome(job.id, job.attempt, True, status), JobResult(
+                job.id, job.function, job.attempt, "succeeded", status
+            )
+        if job.attempt < job.max_attempts:
+            retry_at = self.clock.now() + backoff(job.attempt, self.config) * self.backoff_scale
+            logger.warning(
+                "job %d (%s) attempt %d/%d failed: %s; retrying",
+                job.id,
+                job.function,
+                job.attempt,
+                job.max_attempts,
+                error,
+            )
+            return Outcome(job.id, job.attempt, False, status, response, error, retry_at), JobResult(
+                job.id, job.function, job.attempt, "retrying", status, error
+            )
+        logger.error("job %d (%s) failed after %d attempt(s): %s", job.id, job.function, job.attempt, error)
+        return Outcome(job.id, job.attempt, False, status, response, error), JobResult(
+            job.id, job.function, job.attempt, "failed", status, error
+        )
+
+    async def run_once(self, limit: int | None = None) -> list[JobResult]:
+        """Claim the jobs due now, deliver them concurrently and record the outcomes."""
+        jobs = await self.store.claim(
+            self.instance_id, limit or self.config.concurrency, now=self.clock.now(), lease_sec=self.config.lease_sec
+        )
+        pairs = await asyncio.gather(*(self._deliver(job) for job in jobs))
+        if pairs:
+            await self.store.finish([o for o, _ in pairs], now=self.clock.now())
+        return [r for _, r in pairs]
+
+    # -- the background loop -------------------------------------------------------------
+
+    def _spawn(self, job: Job) -> None:
+        async def run() -> None:
+            try:
+                outcome = await self._deliver(job)
+                # Not `self._outcomes.append(await ...)`: that binds the list before the await,
+                # and a flush swaps the list meanwhile, which would lose the outcome.
+                self._outcomes.append(outcome)
+            finally:
+                self._event.set()
+
+        task = asyncio.get_running_loop().create_task(run(), name=f"edgeruntime-job-{job.id}")
+        self._in_flight.add(task)
+        task.add_done_callback(self._in_flight.discard)
+
+    async def _flush(self) -> None:
+        if not self._outcomes:
+            return
+        batch, self._outcomes = self._outcomes, []
+        try:
+            await self.store.finish([o for o, _ in batch], now=self.clock.now())
+        except Exception:
+            # Kept for the next flush; if the store stays away, the leases run out and the jobs are
+            # delivered again (the attempt number then fences these outcomes off).
+            logger.exception("jobs: recording %d outcome(s) failed; will retry", len(batch))
+            self._outcomes[:0] = batch
+
+    async def _loop(self) -> None:
+        poll = self.config.poll_interval_ms / 1000
+        batch = max(1, self.config.concurrency // 2)
+        loop = asyncio.get_running_loop()
+        last_claim = last_flush = -math.inf
+        while True:
+            self._event.clear()
+            now = loop.time()
+            # Outcomes and claims go to the store in batches: one round trip per half a batch of
+            # jobs rather than per job, unless the instance would otherwise sit idle or wait long.
+            if len(self._outcomes) >= batch or not self._in_flight or now - last_flush >= BATCH_WAIT_SEC:
+                await self._flush()
+                last_flush = now
+            free = self.config.concurrency - len(self._in_flight)
+            claimed: list[Job] = []
+            if free > 0 and (free >= batch or now - last_claim >= BATCH_WAIT_SEC):
+                last_claim = now
+                try:
+                    claimed = await self.store.claim(
+                        self.instance_id, free, now=self.clock.now(), lease_sec=self.config.lease_sec
+                    )
+                except Exception:
+                    logger.exception("jobs: claiming failed; retrying in %.1f s", poll)
+                for job in claimed:
+                    self._spawn(job)
+            # Wait for a delivery to finish, an enqueue in this process, or the next poll.
+            timeout = BATCH_WAIT_SEC if self._outcomes or 0 < free < batch else poll
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._event.wait(), timeout)
+
+    async def _heartbeat(self) -> None:
+        interval = self.config.lease_sec / 3  # two beats may be late before a lease runs out
+        while True:
+            await asyncio.sleep(interval)
+            # Always, even with no job in flight: it also renews this instance's running cron ticks.
+            try:
+                await self.store.heartbeat(self.instance_id, now=self.clock.now(), lease_sec=self.config.lease_sec)
+            except Exception:
+                logger.exception("jobs: heartbeat failed")
+
+    def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._tasks = [
+            loop.create_task(self._loop(), name="edgeruntime-queue"),
+            loop.create_task(self._heartbeat(), name="edgeruntime-queue-heartbeat"),
+        ]
+
+    async def stop(self, timeout: float) -> None:
+        """Stop claiming; give in-flight deliveries `timeout` seconds, then record what finished.
+
+        The heartbeat keeps their leases alive meanwhile; a delivery still running at the end is
+        cancelled and its job re-delivered (by any instance) once the lease runs out.
+        """
+        tasks, self._tasks = self._tasks, []
+        loop_task, heartbeat = (tasks[0], tasks[1]) if tasks else (None, None)
+        await _cancel(loop_task)
+        if self._in_flight:
+            await asyncio.wait(set(self._in_flight), timeout=timeout)
+            for pending in set(self._in_flight):
+                pending.cancel()
+        await _cancel(heartbeat)
+        await self._flush()
+
+
+async def _cancel(task: asyncio.Task[None] | None) -> None:
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

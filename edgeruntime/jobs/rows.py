@@ -1,0 +1,60 @@
+"""The column lists and row-to-record mapping that both SQL backends share."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from edgeruntime.jobs.store import CronTick, FailedJob, Job, JobStatus, Run, TickStatus
+
+__all__ = [
+    "FAILED_COLUMNS",
+    "JOB_COLUMNS",
+    "PRUNE_STATEMENTS",
+    "RUN_COLUMNS",
+    "TICK_COLUMNS",
+    "failed_from_row",
+    "job_from_row",
+    "run_from_row",
+    "tick_from_row",
+]
+
+JOB_COLUMNS = "id, function, payload, attempts, max_attempts, status, run_at, idempotency_key, last_error, created_at"
+TICK_COLUMNS = "id, cron, tick_key, scheduled_for, status, trigger, http_status, error, started_at, finished_at"
+FAILED_COLUMNS = "id, job_id, function, payload, attempts, error, http_status, response, failed_at, retried_as"
+RUN_COLUMNS = "kind, function, trigger, execution_id, status, started_at, duration_ms, http_status, error"
+
+
+def job_from_row(row: Sequence[Any]) -> Job:
+    return Job(
+        id=row[0],
+        function=row[1],
+        payload=row[2],
+        attempt=row[3],
+        max_attempts=row[4],
+        status=JobStatus(row[5]),
+        run_at=row[6],
+        idempotency_key=row[7],
+        last_error=row[8],
+        created_at=row[9],
+    )
+
+
+def tick_from_row(row: Sequence[Any]) -> CronTick:
+    return CronTick(row[0], row[1], row[2], row[3], TickStatus(row[4]), row[5], row[6], row[7], row[8], row[9])
+
+
+def failed_from_row(row: Sequence[Any]) -> FailedJob:
+    return FailedJob(*row)
+
+
+def run_from_row(row: Sequence[Any]) -> Run:
+    return Run(row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7], row[8])
+
+
+#: Retention: history, succeeded jobs and finished ticks older than the cut-off (both dialects).
+PRUNE_STATEMENTS = (
+    "DELETE FROM edgeruntime_runs WHERE started_at < %s",
+    "DELETE FROM edgeruntime_jobs WHERE status = 'succeeded' AND updated_at < %s",
+    "DELETE FROM edgeruntime_cron_ticks WHERE status <> 'running' AND started_at < %s",
+)

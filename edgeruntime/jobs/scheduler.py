@@ -1,0 +1,221 @@
+"""The cron scheduler: every instance runs it; each tick fires once across all of them.
+
+A tick is claimed by inserting a row unique on (cron job, scheduled instant); only the instance
+whose insert wins delivers it. A tick whose previous run is still going is recorded as skipped
+(`overlap = "skip"`). After downtime only the latest missed tick runs, if it is at most
+10 minutes old.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from edgeruntime.config import CronConfig
+from edgeruntime.exceptions import ConfigError, JobsError
+from edgeruntime.jobs.clock import Clock
+from edgeruntime.jobs.config import CATCHUP_WINDOW_SEC
+from edgeruntime.jobs.delivery import deliver
+from edgeruntime.jobs.schedule import Schedule, validate_cron
+from edgeruntime.jobs.store import JobStore, TickStatus
+
+if TYPE_CHECKING:
+    from edgeruntime.app import EdgeApp
+
+__all__ = ["CRON_HEADER", "SCHEDULED_FOR_HEADER", "CronJob", "CronRun", "Scheduler", "cron_jobs", "iso"]
+
+logger = logging.getLogger("edgeruntime.jobs")
+
+CRON_HEADER = "x-edgeruntime-cron"
+SCHEDULED_FOR_HEADER = "x-edgeruntime-scheduled-for"
+#: The scheduler wakes at least this often, so a clock step is noticed.
+MAX_SLEEP_SEC = 1.0
+
+
+def iso(instant: float) -> str:
+    """ISO 8601 UTC with milliseconds, e.g. `2026-01-01T10:00:00.000Z`."""
+    return datetime.fromtimestamp(instant, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class CronJob:
+    """A `[cron.<name>]` entry with its parsed schedule."""
+
+    config: CronConfig
+    schedule: Schedule
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+
+@dataclass(frozen=True)
+class CronRun:
+    """One tick handled by this instance: delivered, or skipped because the last run was going."""
+
+    cron: str
+    key: str
+    scheduled_for: float
+    status: TickStatus
+    http_status: int | None = None
+    body: str | None = None
+
+    @property
+    def status_code(self) -> int | None:
+        """The function's HTTP status (None when skipped), as on an httpx response."""
+        return self.http_status
+
+    @property
+    def text(self) -> str:
+        return self.body or ""
+
+    def json(self) -> Any:
+        """The function's response body, parsed."""
+        return json.loads(self.text)
+
+
+def cron_jobs(crons: Mapping[str, CronConfig], functions: set[str] | None = None) -> dict[str, CronJob]:
+    """Validate every `[cron.<name>]` (schedule, time zone, target function): ConfigError on the first bad one."""
+    jobs: dict[str, CronJob] = {}
+    for name, cron in crons.items():
+        schedule = validate_cron(cron)
+        if functions is not None and cron.function not in functions:
+            raise ConfigError(f"[cron.{name}] function = {cron.function!r}: no such function")
+        jobs[name] = CronJob(cron, schedule)
+    return jobs
+
+
+class Scheduler:
+    """Fires the cron jobs of one app (see the module docstring)."""
+
+    def __init__(
+        self,
+        app: EdgeApp,
+        store: JobStore,
+        jobs: Mapping[str, CronJob],
+        clock: Clock,
+        instance_id: str,
+        lease_sec: float = 30.0,
+    ) -> None:
+        self.app = app
+        #: A running tick is leased like a job (the queue runner's heartbeat renews it).
+        self.lease_sec = lease_sec
+        self.store = store
+        self.jobs = dict(jobs)
+        self.clock = clock
+        self.instance_id = instance_id
+        self._last: dict[str, float] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._running: set[asyncio.Task[CronRun | None]] = set()
+
+    def _job(self, name: str) -> CronJob:
+        job = self.jobs.get(name)
+        if job is None:
+            known = ", ".join(sorted(self.jobs)) or "none configured"
+            raise JobsError(f"no cron job {name!r} (known: {known})")
+        return job
+
+    async def fire(
+        self, name: str, scheduled_for: float, *, trigger: str = "schedule", key: str | None = None
+    ) -> CronRun | None:
+        """Claim and deliver one tick; None when another instance claimed it first."""
+        job = self._job(name)
+        now = self.clock.now()
+        tick = await self.store.claim_tick(
+            name,
+            key or iso(scheduled_for),
+            scheduled_for=scheduled_for,
+            trigger=trigger,
+            instance=self.instance_id,
+            now=now,
+            lease_sec=self.lease_sec,
+            skip_overlap=job.config.overlap == "skip",
+        )
+        if tick is None:
+            return None
+        if tick.status is TickStatus.SKIPPED:
+            logger.warning("cron %s: tick %s skipped, the previous run is still going", name, iso(scheduled_for))
+            return CronRun(name, tick.key, scheduled_for, TickStatus.SKIPPED)
+        body = json.dumps({**job.config.body, "executedAt": iso(scheduled_for)}).encode()
+        headers = {CRON_HEADER: name, SCHEDULED_FOR_HEADER: iso(scheduled_for)}
+        status, http_status, text, error = TickStatus.FAILED, None, None, None
+        try:
+            result = await deliver(self.app, job.config.function, body, headers, trigger="cron")
+            http_status, text = result.status, result.body
+            status = TickStatus.SUCCEEDED if result.ok else TickStatus.FAILED
+            error = None if result.ok else result.describe()
+        except Exception as exc:
+            logger.exception("cron %s: delivery failed", name)
+            error = f"{type(exc).__name__}: {exc}"
+        finally:
+            with contextlib.suppress(Exception):
+                await self.store.finish_tick(tick.id, status, http_status, error, now=self.clock.now())
+        return CronRun(name, tick.key, scheduled_for, status, http_status, text)
+
+    async def run_now(self, name: str, at: float | None = None) -> CronRun:
+        """Run a cron job now. With `at`, as the scheduled tick at or before `at` (which it then
+        consumes); without, as a manual run that leaves the schedule's ticks alone."""
+        job = self._job(name)
+        if at is None:
+            run = await self.fire(name, self.clock.now(), trigger="manual", key=f"manual:{uuid.uuid4()}")
+        else:
+            run = await self.fire(name, job.schedule.latest(at))
+        if run is None:
+            raise JobsError(f"cron {name}: the tick at {at} was already run")
+        return run
+
+    def due(self, now: float) -> list[tuple[CronJob, float]]:
+        """Ticks to fire at `now`: the latest tick of each job not yet handled here, if recent enough."""
+        out = []
+        for job in self.jobs.values():
+            if not job.config.enabled:
+                continue
+            tick = job.schedule.latest(now)
+            if tick > self._last.get(job.name, -math.inf) and now - tick <= CATCHUP_WINDOW_SEC:
+                self._last[job.name] = tick
+                out.append((job, tick))
+        return out
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            now = self.clock.now()
+            for job, tick in self.due(now):
+                task = loop.create_task(self._fire_logged(job.name, tick), name=f"edgeruntime-cron-{job.name}")
+                self._running.add(task)
+                task.add_done_callback(self._running.discard)
+            enabled = [j for j in self.jobs.values() if j.config.enabled]
+            if not enabled:
+                return
+            upcoming = min(j.schedule.next(now) for j in enabled)
+            await asyncio.sleep(max(0.0, min(upcoming - self.clock.now(), MAX_SLEEP_SEC)))
+
+    async def _fire_logged(self, name: str, tick: float) -> CronRun | None:
+        try:
+            return await self.fire(name, tick)
+        except Exception:
+            logger.exception("cron %s: tick %s failed", name, iso(tick))
+            return None
+
+    def start(self) -> None:
+        if self._task is None and self.jobs:
+            self._task = asyncio.get_running_loop().create_task(self._loop(), name="edgeruntime-cron")
+
+    async def stop(self, timeout: float) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if self._running:
+            await asyncio.wait(set(self._running), timeout=timeout)
+            for task in set(self._running):
+                task.cancel()

@@ -1,0 +1,358 @@
+"""The SQLite jobs store: the default, no set-up, safe for several processes on one host.
+
+WAL journal, a 10 s busy timeout and `BEGIN IMMEDIATE` write transactions: a claim or a tick
+insert takes the single writer lock, so two processes never lease the same job or tick. The
+stdlib driver runs on one dedicated thread, off the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TypeVar
+
+from edgeruntime.exceptions import ConfigError
+from edgeruntime.jobs import migrations
+from edgeruntime.jobs.rows import (
+    FAILED_COLUMNS,
+    JOB_COLUMNS,
+    PRUNE_STATEMENTS,
+    RUN_COLUMNS,
+    TICK_COLUMNS,
+    failed_from_row,
+    job_from_row,
+    run_from_row,
+    tick_from_row,
+)
+from edgeruntime.jobs.store import CronTick, FailedJob, Job, JobStatus, Outcome, Run, TickStatus
+
+__all__ = ["SQLiteStore"]
+
+T = TypeVar("T")
+BUSY_TIMEOUT_MS = 10_000
+
+
+class SQLiteStore:
+    """The jobs store on one SQLite file (see the module docstring)."""
+
+    def __init__(self, path: Path, url: str | None = None) -> None:
+        self.path = path
+        self.url = url or f"sqlite:///{path}"
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgeruntime-sqlite")
+        self._conn: sqlite3.Connection | None = None
+        self._lock = threading.Lock()
+
+    # -- plumbing ------------------------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        if self._conn is None:
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                conn = sqlite3.connect(
+                    self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False
+                )
+                conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+                conn.execute("PRAGMA journal_mode = WAL")
+                conn.execute("PRAGMA synchronous = NORMAL")
+            except (OSError, sqlite3.Error) as exc:
+                raise ConfigError(f"database {self.path}: {exc}") from None
+            self._conn = conn
+        return self._conn
+
+    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        def call() -> T:
+            with self._lock:
+                return fn(self._connect())
+
+        return await asyncio.get_running_loop().run_in_executor(self._executor, call)
+
+    @staticmethod
+    @contextmanager
+    def _write(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    async def migrate(self) -> None:
+        def run(conn: sqlite3.Connection) -> None:
+            with self._write(conn):
+                conn.execute(migrations.SCHEMA_TABLE)
+                applied = {r[0] for r in conn.execute("SELECT version FROM edgeruntime_schema")}
+                for version, stmts in migrations.statements("sqlite", applied):
+                    for stmt in stmts:
+                        conn.execute(stmt)
+                    conn.execute(
+                        "INSERT INTO edgeruntime_schema (version, applied_at) VALUES (?, ?)",
+                        (version, datetime.now(UTC).isoformat()),
+                    )
+
+        await self._run(run)
+
+    async def close(self) -> None:
+        def run() -> None:
+            with self._lock:
+                if self._conn is not None:
+                    self._conn.close()
+                    self._conn = None
+
+        await asyncio.get_running_loop().run_in_executor(self._executor, run)
+        self._executor.shutdown(wait=True)
+
+    # -- queue ---------------------------------------------------------------------------
+
+    async def enqueue(
+        self,
+        function: str,
+        payload: str,
+        *,
+        run_at: float,
+        max_attempts: int,
+        idempotency_key: str | None,
+        now: float,
+    ) -> int:
+        def run(conn: sqlite3.Connection) -> int:
+            with self._write(conn):
+                if idempotency_key is not None:
+                    row = conn.execute(
+                        "SELECT id FROM edgeruntime_jobs WHERE idempotency_key = ?", (idempotency_key,)
+                    ).fetchone()
+                    if row is not None:
+                        return int(row[0])
+                cur = conn.execute(
+                    "INSERT INTO edgeruntime_jobs (function, payload, status, max_attempts, run_at,"
+                    " idempotency_key, created_at, updated_at) VALUES (?, ?, 'queued', ?, ?, ?, ?, ?)",
+                    (function, payload, max_attempts, run_at, idempotency_key, now, now),
+                )
+                return int(cur.lastrowid or 0)
+
+        return await self._run(run)
+
+    async def claim(self, worker_id: str, limit: int, *, now: float, lease_sec: float) -> list[Job]:
+        def run(conn: sqlite3.Connection) -> list[Job]:
+            with self._write(conn):
+                rows = conn.execute(
+                    "UPDATE edgeruntime_jobs SET status = 'running', attempts = attempts + 1, worker_id = ?,"
+                    " lease_until = ?, updated_at = ? WHERE id IN ("
+                    " SELECT id FROM edgeruntime_jobs WHERE status = 'queued' AND run_at <= ?"
+                    " UNION ALL SELECT id FROM edgeruntime_jobs WHERE status = 'running' AND lease_until < ?"
+                    " LIMIT ?)"
+                    f" RETURNING {JOB_COLUMNS}",
+                    (worker_id, now + lease_sec, now, now, now, limit),
+                ).fetchall()
+            return sorted((job_from_row(r) for r in rows), key=lambda j: j.id)
+
+        return await self._run(run)
+
+    async def heartbeat(self, worker_id: str, *, now: float, lease_sec: float) -> int:
+        def run(conn: sqlite3.Connection) -> int:
+            with self._write(conn):
+                cur = conn.execute(
+                    "UPDATE edgeruntime_jobs SET lease_until = ? WHERE worker_id = ? AND status = 'running'",
+                    (now + lease_sec, worker_id),
+                )
+                conn.execute(
+                    "UPDATE edgeruntime_cron_ticks SET lease_until = ? WHERE instance = ? AND status = 'running'",
+                    (now + lease_sec, worker_id),
+                )
+                return cur.rowcount
+
+        return await self._run(run)
+
+    async def finish(self, outcomes: Sequence[Outcome], *, now: float) -> int:
+        def run(conn: sqlite3.Connection) -> int:
+            applied = 0
+            with self._write(conn):
+                for o in outcomes:
+                    if o.ok:
+                        cur = conn.execute(
+                            "UPDATE edgeruntime_jobs SET status = 'succeeded', lease_until = NULL, last_status = ?,"
+                            " updated_at = ? WHERE id = ? AND attempts = ? AND status = 'running'",
+                            (o.http_status, now, o.job_id, o.attempt),
+                        )
+                    elif o.retry_at is not None:
+                        cur = conn.execute(
+                            "UPDATE edgeruntime_jobs SET status = 'queued', run_at = ?, lease_until = NULL,"
+                            " worker_id = NULL, last_error = ?, last_status = ?, last_response = ?, updated_at = ?"
+                            " WHERE id = ? AND attempts = ? AND status = 'running'",
+                            (o.retry_at, o.error, o.http_status, o.response, now, o.job_id, o.attempt),
+                        )
+                    else:
+                        cur = conn.execute(
+                            "UPDATE edgeruntime_jobs SET status = 'failed', lease_until = NULL, last_error = ?,"
+                            " last_status = ?, last_response = ?, updated_at = ?"
+                            " WHERE id = ? AND attempts = ? AND status = 'running'",
+                            (o.error, o.http_status, o.response, now, o.job_id, o.attempt),
+                        )
+                        if cur.rowcount:
+                            conn.execute(
+                                "INSERT INTO edgeruntime_failed_jobs (job_id, function, payload, attempts, error,"
+                                " http_status, response, failed_at) SELECT id, function, payload, attempts, ?, ?, ?, ?"
+                                " FROM edgeruntime_jobs WHERE id = ?",
+                                (o.error, o.http_status, o.response, now, o.job_id),
+                            )
+                    applied += cur.rowcount
+            return applied
+
+        return await self._run(run)
+
+    async def jobs(self, status: JobStatus | None = None, limit: int = 100) -> list[Job]:
+        def run(conn: sqlite3.Connection) -> list[Job]:
+            where, args = ("WHERE status = ?", [str(status)]) if status else ("", [])
+            rows = conn.execute(
+                f"SELECT {JOB_COLUMNS} FROM edgeruntime_jobs {where} ORDER BY id DESC LIMIT ?", (*args, limit)
+            ).fetchall()
+            return [job_from_row(r) for r in rows]
+
+        return await self._run(run)
+
+    async def count_jobs(self) -> dict[str, int]:
+        def run(conn: sqlite3.Connection) -> dict[str, int]:
+            rows = conn.execute("SELECT status, COUNT(*) FROM edgeruntime_jobs GROUP BY status").fetchall()
+            return {str(r[0]): int(r[1]) for r in rows}
+
+        return await self._run(run)
+
+    async def failed_jobs(self, limit: int = 100) -> list[FailedJob]:
+        def run(conn: sqlite3.Connection) -> list[FailedJob]:
+            rows = conn.execute(
+                f"SELECT {FAILED_COLUMNS} FROM edgeruntime_failed_jobs ORDER BY id DESC LIMIT ?", (limit,)
+            ).fetchall()
+            return [failed_from_row(r) for r in rows]
+
+        return await self._run(run)
+
+    async def retry_failed(self, failed_id: int, *, now: float) -> int:
+        def run(conn: sqlite3.Connection) -> int:
+            with self._write(conn):
+                row = conn.execute(
+                    "SELECT f.function, f.payload, j.max_attempts FROM edgeruntime_failed_jobs f"
+                    " LEFT JOIN edgeruntime_jobs j ON j.id = f.job_id WHERE f.id = ?",
+                    (failed_id,),
+                ).fetchone()
+                if row is None:
+                    raise KeyError(failed_id)
+                cur = conn.execute(
+                    "INSERT INTO edgeruntime_jobs (function, payload, status, max_attempts, run_at, created_at,"
+                    " updated_at) VALUES (?, ?, 'queued', ?, ?, ?, ?)",
+                    (row[0], row[1], row[2] or 1, now, now, now),
+                )
+                new_id = int(cur.lastrowid or 0)
+                conn.execute("UPDATE edgeruntime_failed_jobs SET retried_as = ? WHERE id = ?", (new_id, failed_id))
+                return new_id
+
+        return await self._run(run)
+
+    # -- cron ----------------------------------------------------------------------------
+
+    async def claim_tick(
+        self,
+        cron: str,
+        key: str,
+        *,
+        scheduled_for: float,
+        trigger: str,
+        instance: str,
+        now: float,
+        lease_sec: float,
+        skip_overlap: bool,
+    ) -> CronTick | None:
+        def run(conn: sqlite3.Connection) -> CronTick | None:
+            with self._write(conn):
+                status = TickStatus.RUNNING
+                if skip_overlap:
+                    busy = conn.execute(
+                        "SELECT 1 FROM edgeruntime_cron_ticks WHERE cron = ? AND status = 'running'"
+                        " AND lease_until > ? LIMIT 1",
+                        (cron, now),
+                    ).fetchone()
+                    if busy is not None:
+                        status = TickStatus.SKIPPED
+                finished = now if status is TickStatus.SKIPPED else None
+                row = conn.execute(
+                    "INSERT INTO edgeruntime_cron_ticks (cron, tick_key, scheduled_for, trigger, status, instance,"
+                    " started_at, finished_at, lease_until) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                    f" ON CONFLICT (cron, tick_key) DO NOTHING RETURNING {TICK_COLUMNS}",
+                    (cron, key, scheduled_for, trigger, str(status), instance, now, finished, now + lease_sec),
+                ).fetchone()
+                return None if row is None else tick_from_row(row)
+
+        return await self._run(run)
+
+    async def finish_tick(
+        self, tick_id: int, status: TickStatus, http_status: int | None, error: str | None, *, now: float
+    ) -> None:
+        def run(conn: sqlite3.Connection) -> None:
+            with self._write(conn):
+                conn.execute(
+                    "UPDATE edgeruntime_cron_ticks SET status = ?, http_status = ?, error = ?, finished_at = ?"
+                    " WHERE id = ?",
+                    (str(status), http_status, error, now, tick_id),
+                )
+
+        await self._run(run)
+
+    async def ticks(self, cron: str | None = None, limit: int = 100) -> list[CronTick]:
+        def run(conn: sqlite3.Connection) -> list[CronTick]:
+            where, args = ("WHERE cron = ?", [cron]) if cron else ("", [])
+            rows = conn.execute(
+                f"SELECT {TICK_COLUMNS} FROM edgeruntime_cron_ticks {where} ORDER BY id DESC LIMIT ?",
+                (*args, limit),
+            ).fetchall()
+            return [tick_from_row(r) for r in rows]
+
+        return await self._run(run)
+
+    # -- run history ---------------------------------------------------------------------
+
+    async def record_runs(self, runs: Sequence[Run]) -> None:
+        def run(conn: sqlite3.Connection) -> None:
+            with self._write(conn):
+                conn.executemany(
+                    f"INSERT INTO edgeruntime_runs ({RUN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [
+                        (
+                            r.kind,
+                            r.function,
+                            r.trigger,
+                            r.execution_id,
+                            r.status,
+                            r.started_at,
+                            r.duration_ms,
+                            r.http_status,
+                            r.error,
+                        )
+                        for r in runs
+                    ],
+                )
+
+        await self._run(run)
+
+    async def runs(self, function: str | None = None, limit: int = 100) -> list[Run]:
+        def run(conn: sqlite3.Connection) -> list[Run]:
+            where, args = ("WHERE function = ?", [function]) if function else ("", [])
+            rows = conn.execute(
+                f"SELECT {RUN_COLUMNS} FROM edgeruntime_runs {where} ORDER BY id DESC LIMIT ?", (*args, limit)
+            ).fetchall()
+            return [run_from_row(r) for r in rows]
+
+        return await self._run(run)
+
+    async def prune(self, *, before: float) -> int:
+        def run(conn: sqlite3.Connection) -> int:
+            with self._write(conn):
+                total = 0
+                for stmt in PRUNE_STATEMENTS:
+                    total += conn.execute(stmt.replace("%s", "?"), (before,)).rowcount
+                return total
+
+        return await self._run(run)

@@ -1,0 +1,242 @@
+"""The jobs store: one interface over SQLite and PostgreSQL, and the records it holds.
+
+Times are POSIX seconds (floats) handed in by the caller's clock, so a fake clock in tests moves
+every deadline (run_at, leases, retention) the same way on both backends.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from edgeruntime.exceptions import ConfigError
+
+__all__ = [
+    "CronTick",
+    "FailedJob",
+    "Job",
+    "JobStatus",
+    "JobStore",
+    "Outcome",
+    "Run",
+    "TickStatus",
+    "default_database_path",
+    "open_store",
+    "redact_url",
+]
+
+
+class JobStatus(enum.StrEnum):
+    """Where a queued job is."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    #: Moved to failed jobs after its last attempt (the row in `jobs` keeps the history).
+    FAILED = "failed"
+
+
+class TickStatus(enum.StrEnum):
+    """What became of one cron tick."""
+
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    #: The previous run of the same cron job was still going (`overlap = "skip"`).
+    SKIPPED = "skipped"
+
+
+@dataclass(frozen=True)
+class Job:
+    """One queued job as claimed by a runner (`attempt` is this delivery's number, from 1)."""
+
+    id: int
+    function: str
+    payload: str
+    attempt: int
+    max_attempts: int
+    status: JobStatus = JobStatus.RUNNING
+    run_at: float = 0.0
+    idempotency_key: str | None = None
+    last_error: str | None = None
+    created_at: float = 0.0
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The result of one delivery, handed back to the store to finish the attempt.
+
+    `retry_at` None and `ok` False moves the job to failed jobs.
+    """
+
+    job_id: int
+    attempt: int
+    ok: bool
+    http_status: int | None = None
+    response: str | None = None
+    error: str | None = None
+    retry_at: float | None = None
+
+
+@dataclass(frozen=True)
+class FailedJob:
+    """A job whose last attempt failed: its payload, the error and the last response."""
+
+    id: int
+    job_id: int
+    function: str
+    payload: str
+    attempts: int
+    error: str | None
+    http_status: int | None
+    response: str | None
+    failed_at: float
+    retried_as: int | None = None
+
+
+@dataclass(frozen=True)
+class CronTick:
+    """One claimed cron tick (`key` is the scheduled instant, or `manual:<id>` for a manual run)."""
+
+    id: int
+    cron: str
+    key: str
+    scheduled_for: float
+    status: TickStatus
+    trigger: str = "schedule"
+    http_status: int | None = None
+    error: str | None = None
+    started_at: float = 0.0
+    finished_at: float | None = None
+
+
+@dataclass(frozen=True)
+class Run:
+    """One run-history record: an invocation (HTTP, cron, queue) or a wait_until task."""
+
+    kind: str
+    function: str
+    trigger: str
+    execution_id: str
+    status: str
+    started_at: float
+    duration_ms: float | None
+    http_status: int | None = None
+    error: str | None = None
+
+
+class JobStore(Protocol):
+    """Run history, cron ticks, the job queue and failed jobs, on one database."""
+
+    url: str
+
+    async def migrate(self) -> None:
+        """Create or upgrade the schema (safe when several instances start at once)."""
+
+    async def close(self) -> None: ...
+
+    # -- queue ---------------------------------------------------------------------------
+    async def enqueue(
+        self,
+        function: str,
+        payload: str,
+        *,
+        run_at: float,
+        max_attempts: int,
+        idempotency_key: str | None,
+        now: float,
+    ) -> int:
+        """Insert a job (committed on return); with a known idempotency key, the existing id."""
+
+    async def claim(self, worker_id: str, limit: int, *, now: float, lease_sec: float) -> list[Job]:
+        """Lease up to `limit` due jobs (queued and due, or running with an expired lease)."""
+
+    async def heartbeat(self, worker_id: str, *, now: float, lease_sec: float) -> int:
+        """Extend the leases of every job and cron tick `worker_id` runs; returns how many jobs."""
+
+    async def finish(self, outcomes: Sequence[Outcome], *, now: float) -> int:
+        """Record outcomes; an outcome whose attempt is stale (re-claimed) is ignored. Returns applied."""
+
+    async def jobs(self, status: JobStatus | None = None, limit: int = 100) -> list[Job]: ...
+
+    async def count_jobs(self) -> dict[str, int]: ...
+
+    async def failed_jobs(self, limit: int = 100) -> list[FailedJob]: ...
+
+    async def retry_failed(self, failed_id: int, *, now: float) -> int:
+        """Queue a failed job again (attempts start over); returns the new job id."""
+
+    # -- cron ----------------------------------------------------------------------------
+    async def claim_tick(
+        self,
+        cron: str,
+        key: str,
+        *,
+        scheduled_for: float,
+        trigger: str,
+        instance: str,
+        now: float,
+        lease_sec: float,
+        skip_overlap: bool,
+    ) -> CronTick | None:
+        """Insert the tick unique on (cron, key); None when another instance has it.
+
+        The tick is leased to `instance` for `lease_sec` (renewed by `heartbeat`). With
+        `skip_overlap`, a running tick of the same cron job whose lease is alive makes this one
+        `skipped`; a run whose instance died stops counting once its lease runs out.
+        """
+
+    async def finish_tick(
+        self, tick_id: int, status: TickStatus, http_status: int | None, error: str | None, *, now: float
+    ) -> None: ...
+
+    async def ticks(self, cron: str | None = None, limit: int = 100) -> list[CronTick]: ...
+
+    # -- run history ---------------------------------------------------------------------
+    async def record_runs(self, runs: Sequence[Run]) -> None: ...
+
+    async def runs(self, function: str | None = None, limit: int = 100) -> list[Run]: ...
+
+    async def prune(self, *, before: float) -> int:
+        """Delete history, finished jobs and old ticks older than `before`; returns rows deleted."""
+
+
+def default_database_path(functions_dir: Path) -> Path:
+    """`.edgeruntime/edgeruntime.db` beside the functions directory."""
+    return functions_dir.resolve().parent / ".edgeruntime" / "edgeruntime.db"
+
+
+def open_store(url: str | None, functions_dir: Path | None = None) -> JobStore:
+    """The store for `url`: `sqlite:///relative.db`, `sqlite:////absolute.db`, `postgresql://...`,
+    or None for the default SQLite file beside the functions directory."""
+    if url is None:
+        if functions_dir is None:
+            raise ConfigError("database url: none given and no functions directory to put the default in")
+        url = "sqlite:///" + str(default_database_path(functions_dir))
+    if url.startswith("sqlite://"):
+        from edgeruntime.jobs.sqlite import SQLiteStore
+
+        # SQLAlchemy's convention: sqlite:///relative.db and sqlite:////absolute/path.db
+        path = url.removeprefix("sqlite://").removeprefix("/")
+        if not path:
+            raise ConfigError(f"--database-url {url!r}: expected sqlite:///path/to/file.db")
+        return SQLiteStore(Path(os.path.expanduser(path)), url=url)
+    if url.startswith(("postgresql://", "postgres://")):
+        from edgeruntime.jobs.postgres import PostgresStore
+
+        return PostgresStore(url)
+    raise ConfigError(f"--database-url {redact_url(url)!r}: expected sqlite:///path or postgresql://...")
+
+
+def redact_url(url: str) -> str:
+    """`url` with its password replaced by `***`, for error messages."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest:
+        return url
+    creds, _, host = rest.rpartition("@")
+    user = creds.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}" if ":" in creds else url

@@ -1,0 +1,140 @@
+"""The jobs system of one app: store, run history, cron scheduler and queue runner together.
+
+`attach(app)` is the one place the jobs system hooks into the gateway: it records every
+invocation and wait_until task, starts the scheduler and the queue runner with the app and stops
+them with it, and makes `edgeruntime.jobs.enqueue` write to this app's store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import uuid
+from typing import TYPE_CHECKING
+
+from edgeruntime.discovery import discover
+from edgeruntime.jobs.clock import Clock, SystemClock
+from edgeruntime.jobs.config import JobsConfig
+from edgeruntime.jobs.history import RunHistory
+from edgeruntime.jobs.queue import JobQueue, QueueRunner, activate
+from edgeruntime.jobs.scheduler import Scheduler, cron_jobs
+from edgeruntime.jobs.store import JobStore, open_store
+
+if TYPE_CHECKING:
+    from edgeruntime.app import EdgeApp
+
+__all__ = ["JobSystem", "attach"]
+
+logger = logging.getLogger("edgeruntime.jobs")
+
+PRUNE_INTERVAL_SEC = 3600.0
+
+
+class JobSystem:
+    """Everything jobs-related for one app (see the module docstring)."""
+
+    def __init__(
+        self,
+        app: EdgeApp,
+        *,
+        store: JobStore | None = None,
+        clock: Clock | None = None,
+        background: bool = True,
+        backoff_scale: float = 1.0,
+    ) -> None:
+        settings = app.settings
+        self.app = app
+        self.config = JobsConfig.from_table(settings.config.jobs, settings.config.path)
+        self.crons = cron_jobs(settings.config.cron, set(discover(settings.functions_dir)))
+        self.store = store or open_store(settings.database_url, settings.functions_dir)
+        self.clock: Clock = clock or SystemClock()
+        #: False: nothing runs by itself; tests deliver with `run_jobs()` and `trigger_cron()`.
+        self.background = background
+        self.instance_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.queue = JobQueue(self.store, self.config, self.clock)
+        self.runner = QueueRunner(
+            app, self.store, self.config, self.clock, self.instance_id, backoff_scale=backoff_scale
+        )
+        self.scheduler = Scheduler(
+            app, self.store, self.crons, self.clock, self.instance_id, lease_sec=self.config.lease_sec
+        )
+        self.history = RunHistory(self.store)
+        self._previous: JobQueue | None = None
+        self._prune_task: asyncio.Task[None] | None = None
+
+    def check(self) -> None:
+        """Open the store and apply migrations now, so a bad database fails `serve` before it listens."""
+
+        async def run() -> None:
+            store = open_store(self.store.url)
+            try:
+                await store.migrate()
+            finally:
+                await store.close()
+
+        asyncio.run(run())
+
+    async def start(self) -> None:
+        await self.store.migrate()
+        self._previous = activate(self.queue)
+        self.history.start()
+        if self.background:
+            self.queue.on_enqueue = self.runner.wake
+            self.runner.start()
+            self.scheduler.start()
+            self._prune_task = asyncio.get_running_loop().create_task(self._prune_loop(), name="edgeruntime-prune")
+
+    async def _prune_loop(self) -> None:
+        while True:
+            await self.prune()
+            await asyncio.sleep(PRUNE_INTERVAL_SEC)
+
+    async def prune(self) -> int:
+        """Delete history older than `[jobs] retention_days`; returns rows deleted."""
+        try:
+            return await self.store.prune(before=self.clock.now() - self.config.retention_days * 86400)
+        except Exception:
+            logger.exception("jobs: pruning history failed")
+            return 0
+
+    async def quiesce(self) -> None:
+        """Stop firing ticks and claiming jobs; let deliveries in flight finish (graceful timeout).
+
+        Runs before the functions drain, so no new work reaches a worker that is shutting down.
+        """
+        timeout = self.app.settings.graceful_exit_timeout_sec
+        if self._prune_task is not None:
+            self._prune_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._prune_task
+            self._prune_task = None
+        await self.scheduler.stop(timeout)
+        await self.runner.stop(timeout)
+
+    async def stop(self) -> None:
+        """Write the last run records (background work cut at shutdown included) and close the store."""
+        await self.quiesce()
+        await self.history.stop()
+        activate(self._previous)
+        await self.store.close()
+
+
+def attach(
+    app: EdgeApp,
+    *,
+    store: JobStore | None = None,
+    clock: Clock | None = None,
+    background: bool = True,
+    backoff_scale: float = 1.0,
+) -> JobSystem:
+    """Hook the jobs system into `app`; ConfigError for an invalid `[cron.*]` or `[jobs]` entry."""
+    system = JobSystem(app, store=store, clock=clock, background=background, backoff_scale=backoff_scale)
+    app.observers.append(system.history.on_invocation)
+    app.background_observers.append(system.history.on_background)
+    app.startup_hooks.append(system.start)
+    app.stopping_hooks.append(system.quiesce)
+    app.shutdown_hooks.append(system.stop)
+    return system

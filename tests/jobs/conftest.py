@@ -1,0 +1,49 @@
+"""Fixtures of the jobs tests: one store URL per backend, each test isolated.
+
+SQLite: a file in the test's tmp dir. Postgres: a fresh schema on EDGERUNTIME_TEST_DATABASE_URL
+(search_path set in the URL), dropped afterwards; skipped when the variable is unset unless
+EDGERUNTIME_REQUIRE_POSTGRES=1, which makes it a failure.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+
+from tests.jobs.backends import postgres_url_or_skip
+
+BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+
+
+def _with_search_path(url: str, schema: str) -> str:
+    sep = "&" if "?" in url else "?"
+    return f"{url}{sep}options={quote(f'-csearch_path={schema}')}"
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A Postgres URL whose search_path is a fresh schema, dropped after the test."""
+    import psycopg
+
+    base = postgres_url_or_skip()
+    schema = f"edgeruntime_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(base, autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{schema}"')
+    try:
+        yield _with_search_path(base, schema)
+    finally:
+        with psycopg.connect(base, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+@pytest.fixture(params=BACKENDS)
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The same behavioural tests run on SQLite and on Postgres."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'jobs.db'}"
+    url: str = request.getfixturevalue("postgres_url")
+    return url

@@ -1,0 +1,146 @@
+"""`edgeruntime jobs ...` and `edgeruntime cron ...`, and `serve` refusing a bad schedule."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+
+from edgeruntime.jobs.store import open_store
+from edgeruntime.testing import EdgeClient
+from tests.helpers import free_port, run_cli, write_function
+from tests.jobs.test_queue import ALWAYS_FAILS, FLAKY
+
+ECHO = """
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from edgeruntime import serve
+
+async def handler(req: Request) -> JSONResponse:
+    return JSONResponse({"cron": req.headers.get("x-edgeruntime-cron"), "body": await req.json()})
+
+serve(handler)
+"""
+
+
+@pytest.fixture
+def project(functions_dir: Path) -> Path:
+    write_function(functions_dir, "target", ALWAYS_FAILS)
+    write_function(functions_dir, "echo", ECHO)
+    (functions_dir.parent / "config.toml").write_text(
+        '[cron.nightly]\nfunction = "echo"\nschedule = "@daily"\ntimezone = "Europe/Berlin"\n'
+        'body = { kind = "nightly" }\n',
+        encoding="utf-8",
+    )
+    return functions_dir
+
+
+async def test_failed_job_retried_from_the_cli_succeeds(project: Path, store_url: str) -> None:
+    async with EdgeClient(project, database_url=store_url) as client:
+        await client.jobs.queue.enqueue("target", {"order": 42}, max_attempts=2)
+        assert [r.status for r in await client.run_jobs()] == ["retrying", "failed"]
+
+    failed = await asyncio.to_thread(run_cli, "jobs", "failed", "--database-url", store_url, "--json")
+    assert failed.returncode == 0, failed.stderr
+    [entry] = json.loads(failed.stdout)
+    assert (entry["function"], entry["payload"], entry["attempts"], entry["http_status"]) == (
+        "target",
+        '{"order":42}',
+        2,
+        500,
+    )
+    assert entry["error"] == "HTTP 500: Internal Server Error"
+
+    table = await asyncio.to_thread(run_cli, "jobs", "failed", "--database-url", store_url)
+    assert "target" in table.stdout and "HTTP 500" in table.stdout
+
+    write_function(project, "target", FLAKY)  # the bug is fixed
+    retry = await asyncio.to_thread(run_cli, "jobs", "retry", str(entry["id"]), "--database-url", store_url)
+    assert retry.returncode == 0, retry.stderr
+    assert f"queued failed job {entry['id']} again as job" in retry.stdout
+
+    async with EdgeClient(project, database_url=store_url) as client:
+        [result] = await client.run_jobs()
+        assert (result.status, result.attempt) == ("succeeded", 1)
+
+    listed = await asyncio.to_thread(run_cli, "jobs", "list", "--database-url", store_url, "--json")
+    assert sorted(j["status"] for j in json.loads(listed.stdout)) == ["failed", "succeeded"]
+
+
+def test_retry_unknown_id_is_one_line_exit_2(project: Path) -> None:
+    r = run_cli("jobs", "retry", "999", "-d", str(project))
+    assert r.returncode == 2
+    assert r.stderr.strip() == "edgeruntime: error: no failed job 999 (see `edgeruntime jobs failed`)"
+
+
+def test_jobs_list_uses_the_default_store_beside_the_functions_dir(project: Path) -> None:
+    async def enqueue() -> None:
+        store = open_store(None, project)
+        await store.migrate()
+        await store.enqueue("echo", "{}", run_at=0, max_attempts=1, idempotency_key=None, now=0)
+        await store.close()
+
+    asyncio.run(enqueue())
+    assert (project.parent / ".edgeruntime" / "edgeruntime.db").is_file()
+    r = run_cli("jobs", "list", "-d", str(project), "--status", "queued")
+    assert r.returncode == 0, r.stderr
+    assert "echo" in r.stdout and "queued" in r.stdout
+    positional = run_cli("jobs", "list", str(project), "--json")
+    assert [j["function"] for j in json.loads(positional.stdout)] == ["echo"]
+
+
+def test_cron_list_and_run(project: Path, tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'cli.db'}"
+    listed = run_cli("cron", "list", "-d", str(project), "--database-url", url, "--json")
+    assert listed.returncode == 0, listed.stderr
+    [row] = json.loads(listed.stdout)
+    assert (row["name"], row["function"], row["schedule"], row["timezone"]) == (
+        "nightly",
+        "echo",
+        "@daily",
+        "Europe/Berlin",
+    )
+    assert row["next"].endswith(("T23:00:00.000Z", "T22:00:00.000Z")) and row["last"] is None
+
+    ran = run_cli("cron", "run", "nightly", "-d", str(project), "--database-url", url)
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.startswith("cron nightly: succeeded (HTTP 200)")
+    body = json.loads(ran.stdout.splitlines()[1])
+    assert body["cron"] == "nightly" and body["body"]["kind"] == "nightly" and "executedAt" in body["body"]
+
+    listed = run_cli("cron", "list", "-d", str(project), "--database-url", url, "--json")
+    assert json.loads(listed.stdout)[0]["last"].endswith("succeeded")
+
+    unknown = run_cli("cron", "run", "nope", "-d", str(project), "--database-url", url)
+    assert unknown.returncode == 2
+    assert unknown.stderr.strip().startswith("edgeruntime: error: no cron job 'nope'")
+
+
+@pytest.mark.parametrize(
+    ("schedule", "line"),
+    [
+        ('"0 10 * * 8"', "[cron.broken] schedule = '0 10 * * 8': Bad day-of-week"),
+        ('"0 10 * * *"\ntimezone = "Nowhere/City"', "[cron.broken] timezone = 'Nowhere/City'"),
+    ],
+)
+def test_serve_with_invalid_schedule_exits_2_with_one_line(functions_dir: Path, schedule: str, line: str) -> None:
+    write_function(functions_dir, "echo", ECHO)
+    (functions_dir.parent / "config.toml").write_text(
+        f'[cron.broken]\nfunction = "echo"\nschedule = {schedule}\n', encoding="utf-8"
+    )
+    r = run_cli("serve", str(functions_dir), "--port", str(free_port()), "--no-watch")
+    assert r.returncode == 2
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert r.stderr.startswith(f"edgeruntime: error: {line}")
+    assert "Traceback" not in r.stderr + r.stdout
+
+
+def test_serve_with_bad_database_url_exits_2(functions_dir: Path) -> None:
+    write_function(functions_dir, "echo", ECHO)
+    r = run_cli("serve", str(functions_dir), "--port", str(free_port()), "--no-watch", "--database-url", "mysql://x/y")
+    assert r.returncode == 2
+    assert r.stderr.strip() == (
+        "edgeruntime: error: --database-url 'mysql://x/y': expected sqlite:///path or postgresql://..."
+    )

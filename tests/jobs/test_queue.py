@@ -1,0 +1,275 @@
+"""The durable queue through EdgeClient, on both backends: delivery, retries, failed jobs, delays."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+
+from edgeruntime.exceptions import JobsError
+from edgeruntime.jobs import FakeClock, JobsConfig
+from edgeruntime.jobs.queue import backoff
+from edgeruntime.testing import EdgeClient
+from tests.helpers import write_function
+
+ENQUEUE = """
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from edgeruntime import serve
+import edgeruntime.jobs
+
+async def handler(req: Request) -> JSONResponse:
+    body = await req.json()
+    job_id = await edgeruntime.jobs.enqueue(
+        body["function"], body.get("payload"), delay=body.get("delay", 0),
+        max_attempts=body.get("max_attempts"), idempotency_key=body.get("key"),
+    )
+    return JSONResponse({"job_id": job_id})
+
+serve(handler)
+"""
+
+# Fails until the attempt number reaches `succeed_on` (from the payload); echoes what it saw.
+FLAKY = """
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from edgeruntime import serve
+
+async def handler(req: Request) -> JSONResponse:
+    body = await req.json()
+    attempt = int(req.headers["x-edgeruntime-attempt"])
+    seen = {"attempt": attempt, "job": req.headers["x-edgeruntime-job-id"], "body": body,
+            "auth": req.headers.get("authorization", "")[:7]}
+    if attempt < body.get("succeed_on", 1):
+        return JSONResponse({"error": "not yet", **seen}, status_code=503)
+    return JSONResponse(seen)
+
+serve(handler)
+"""
+
+ALWAYS_FAILS = """
+from starlette.requests import Request
+from edgeruntime import serve
+
+async def handler(req: Request):
+    raise RuntimeError("downstream is down")
+
+serve(handler)
+"""
+
+
+@pytest.fixture
+def queue_dir(functions_dir: Path) -> Path:
+    write_function(functions_dir, "enqueue", ENQUEUE)
+    write_function(functions_dir, "flaky", FLAKY)
+    write_function(functions_dir, "always-fails", ALWAYS_FAILS)
+    return functions_dir
+
+
+async def test_job_delivered_with_headers_and_service_role(queue_dir: Path, store_url: str) -> None:
+    async with EdgeClient(queue_dir, database_url=store_url) as client:
+        r = await client.invoke("enqueue", json={"function": "flaky", "payload": {"n": 7}})
+        job_id = r.json()["job_id"]
+        [result] = await client.run_jobs()
+        assert (result.job_id, result.function, result.attempt, result.status) == (job_id, "flaky", 1, "succeeded")
+        assert await client.run_jobs() == []
+        [job] = await client.jobs.store.jobs()
+        assert job.status == "succeeded"
+
+
+async def test_flaky_target_succeeds_on_attempt_3(queue_dir: Path, store_url: str) -> None:
+    async with EdgeClient(queue_dir, database_url=store_url) as client:
+        await client.invoke("enqueue", json={"function": "flaky", "payload": {"succeed_on": 3}})
+        results = await client.run_jobs()
+        assert [(r.attempt, r.status, r.http_status) for r in results] == [
+            (1, "retrying", 503),
+            (2, "retrying", 503),
+            (3, "succeeded", 200),
+        ]
+        assert await client.jobs.store.failed_jobs() == []
+
+
+async def test_always_failing_lands_in_failed_jobs_and_retry_succeeds(queue_dir: Path, store_url: str) -> None:
+    async with EdgeClient(queue_dir, database_url=store_url) as client:
+        await client.invoke("enqueue", json={"function": "always-fails", "payload": {"id": 1}, "max_attempts": 3})
+        results = await client.run_jobs()
+        assert [r.status for r in results] == ["retrying", "retrying", "failed"]
+        [failed] = await client.jobs.store.failed_jobs()
+        assert failed.payload == '{"id":1}'
+        assert failed.attempts == 3 and failed.http_status == 500
+        assert failed.response == "Internal Server Error"
+        assert failed.error == "HTTP 500: Internal Server Error"
+        # The function is fixed; the failed job is retried and succeeds.
+        write_function(queue_dir, "always-fails", FLAKY)
+        client.app.reload({"always-fails"})
+        await client.jobs.store.retry_failed(failed.id, now=client.clock.now())
+        [again] = await client.run_jobs()
+        assert (again.status, again.attempt) == ("succeeded", 1)
+
+
+async def test_delay_waits_for_the_clock(queue_dir: Path) -> None:
+    clock = FakeClock(1_800_000_000)
+    async with EdgeClient(queue_dir, clock=clock) as client:
+        await client.invoke("enqueue", json={"function": "flaky", "delay": 60})
+        assert await client.run_jobs() == []
+        clock.advance(59)
+        assert await client.run_jobs() == []
+        clock.advance(1)
+        assert [r.status for r in await client.run_jobs()] == ["succeeded"]
+
+
+async def test_real_backoff_with_fake_clock(queue_dir: Path) -> None:
+    clock = FakeClock(1_800_000_000)
+    async with EdgeClient(queue_dir, clock=clock) as client:
+        await client.invoke("enqueue", json={"function": "flaky", "payload": {"succeed_on": 2}})
+        assert [r.status for r in await client.run_jobs(compress_backoff=False)] == ["retrying"]
+        [job] = await client.jobs.store.jobs()
+        # Default backoff: 1 s ± 20 % after the first attempt.
+        assert 0.8 <= job.run_at - clock.now() <= 1.2
+        assert await client.run_jobs(compress_backoff=False) == []
+        clock.advance(1.2)
+        assert [r.status for r in await client.run_jobs(compress_backoff=False)] == ["succeeded"]
+
+
+async def test_idempotency_key(queue_dir: Path) -> None:
+    async with EdgeClient(queue_dir) as client:
+        a = await client.invoke("enqueue", json={"function": "flaky", "key": "order-1"})
+        b = await client.invoke("enqueue", json={"function": "flaky", "key": "order-1"})
+        assert a.json() == b.json()
+        assert len(await client.run_jobs()) == 1
+
+
+async def test_enqueue_bad_input_is_a_clear_error(queue_dir: Path) -> None:
+    async with EdgeClient(queue_dir) as client:
+        with pytest.raises(JobsError, match="'no/such' is not a function name"):
+            await client.jobs.queue.enqueue("no/such")
+        with pytest.raises(JobsError, match="payload is not JSON-serialisable"):
+            await client.jobs.queue.enqueue("flaky", {"x": object()})
+        with pytest.raises(JobsError, match="max_attempts must be at least 1"):
+            await client.jobs.queue.enqueue("flaky", max_attempts=0)
+        # Through a function: its caller gets a well-formed 500, and the server keeps serving.
+        r = await client.invoke("enqueue", json={"function": "bad name"})
+        assert r.status_code == 500
+        assert (await client.invoke("enqueue", json={"function": "flaky"})).status_code == 200
+
+
+async def test_job_for_unknown_function_fails_after_its_attempts(queue_dir: Path) -> None:
+    async with EdgeClient(queue_dir) as client:
+        await client.jobs.queue.enqueue("gone", {}, max_attempts=2)
+        results = await client.run_jobs()
+        assert [(r.status, r.http_status) for r in results] == [("retrying", 404), ("failed", 404)]
+
+
+def test_backoff_is_exponential_capped_and_jittered() -> None:
+    config = JobsConfig(backoff_base_sec=2, backoff_cap_sec=30, backoff_jitter=0.2)
+    assert [backoff(n, config, lambda lo, hi: 0.0) for n in range(1, 6)] == [2, 4, 8, 16, 30]
+    assert backoff(1, config, lambda lo, hi: hi) == pytest.approx(2.4)
+    assert backoff(1, config, lambda lo, hi: lo) == pytest.approx(1.6)
+    spread = {round(backoff(3, config), 6) for _ in range(50)}
+    assert len(spread) > 1 and all(6.4 <= d <= 9.6 for d in spread)
+
+
+async def test_jobs_config_from_config_toml(queue_dir: Path) -> None:
+    (queue_dir.parent / "config.toml").write_text("[jobs]\nmax_attempts = 2\n", encoding="utf-8")
+    async with EdgeClient(queue_dir) as client:
+        await client.jobs.queue.enqueue("always-fails")
+        assert [r.status for r in await client.run_jobs()] == ["retrying", "failed"]
+
+
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        ("[jobs]\nmax_atempts = 2\n", "[jobs] max_atempts: unknown key"),
+        ("[jobs]\nmax_attempts = 0\n", "[jobs] max_attempts: must be at least 1"),
+        ('[jobs]\nlease_sec = "30s"\n', "[jobs] lease_sec: expected a number, got '30s'"),
+        ("[jobs]\nconcurrency = 1.5\n", "[jobs] concurrency: expected an integer"),
+    ],
+)
+def test_bad_jobs_config(queue_dir: Path, toml: str, message: str) -> None:
+    from edgeruntime.exceptions import ConfigError
+
+    (queue_dir.parent / "config.toml").write_text(toml, encoding="utf-8")
+    with pytest.raises(ConfigError) as info:
+        EdgeClient(queue_dir)
+    assert message in str(info.value) and "config.toml" in str(info.value)
+
+
+async def test_payload_round_trip(queue_dir: Path) -> None:
+    async with EdgeClient(queue_dir) as client:
+        payload = {"text": "héllo", "items": [1, 2, {"deep": None}]}
+        await client.jobs.queue.enqueue("flaky", payload)
+        [job] = await client.jobs.store.jobs()
+        assert json.loads(job.payload) == payload
+        assert [r.status for r in await client.run_jobs()] == ["succeeded"]
+
+
+async def test_enqueue_outside_a_server_uses_edgeruntime_database_url(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import edgeruntime.jobs
+    from edgeruntime.jobs import queue as queue_module
+    from edgeruntime.jobs.store import open_store
+
+    monkeypatch.delenv("EDGERUNTIME_DATABASE_URL", raising=False)
+    with pytest.raises(JobsError, match="no jobs store is running"):
+        await edgeruntime.jobs.enqueue("flaky", {})
+    url = f"sqlite:///{tmp_path / 'other-process.db'}"
+    monkeypatch.setenv("EDGERUNTIME_DATABASE_URL", url)
+    job_id = await edgeruntime.jobs.enqueue("flaky", {"from": "a worker process"})
+    fallback = queue_module._fallback
+    assert fallback is not None and fallback.store.url == url
+    await fallback.store.close()
+    monkeypatch.setattr(queue_module, "_fallback", None)
+    store = open_store(url)
+    try:
+        [job] = await store.jobs()
+    finally:
+        await store.close()
+    assert (job.id, job.function, job.payload) == (job_id, "flaky", '{"from":"a worker process"}')
+
+
+# Deliveries that end at staggered moments, so outcomes arrive while others are being recorded.
+STAGGERED = """
+import asyncio
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from edgeruntime import serve
+
+async def handler(req: Request) -> JSONResponse:
+    await asyncio.sleep((await req.json())["n"] % 7 * 0.002)
+    return JSONResponse({"ok": True})
+
+serve(handler)
+"""
+
+
+async def test_background_runner_records_every_outcome(queue_dir: Path, store_url: str) -> None:
+    """The loop `serve` runs: batches of claims and outcomes, none lost while deliveries overlap."""
+    from edgeruntime.app import create_app
+    from edgeruntime.jobs import attach
+    from edgeruntime.settings import Settings
+
+    write_function(queue_dir, "sleepy", STAGGERED)
+    (queue_dir.parent / "config.toml").write_text("[jobs]\nconcurrency = 8\n", encoding="utf-8")
+    settings = Settings.build(queue_dir, database_url=store_url)
+    app = create_app(settings)
+    system = attach(app)
+    await system.store.migrate()
+    for i in range(300):
+        await system.queue.enqueue("sleepy", {"n": i})
+    await app.startup()
+    try:
+        deadline = asyncio.get_running_loop().time() + 20
+        counts: dict[str, int] = {}
+        while asyncio.get_running_loop().time() < deadline:
+            counts = await system.store.count_jobs()
+            if counts.get("succeeded") == 300:
+                break
+            await asyncio.sleep(0.05)
+        jobs = await system.store.jobs(limit=1000)
+    finally:
+        await app.shutdown(timeout=5)
+    assert counts == {"succeeded": 300}
+    assert {job.attempt for job in jobs} == {1}

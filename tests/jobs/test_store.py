@@ -1,0 +1,229 @@
+"""The store's behaviour, the same on SQLite and Postgres: claims, leases, fencing, ticks, history."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from edgeruntime.exceptions import ConfigError
+from edgeruntime.jobs.store import JobStatus, JobStore, Outcome, Run, TickStatus, open_store
+
+T0 = 1_800_000_000.0
+
+
+@pytest.fixture
+async def store(store_url: str) -> AsyncIterator[JobStore]:
+    s = open_store(store_url)
+    await s.migrate()
+    try:
+        yield s
+    finally:
+        await s.close()
+
+
+async def test_migrate_is_idempotent(store: JobStore) -> None:
+    await store.migrate()
+    assert await store.count_jobs() == {}
+
+
+async def test_enqueue_claim_succeed(store: JobStore) -> None:
+    job_id = await store.enqueue("work", '{"n":1}', run_at=T0, max_attempts=3, idempotency_key=None, now=T0)
+    [job] = await store.claim("w1", 10, now=T0, lease_sec=30)
+    assert (job.id, job.function, job.payload, job.attempt, job.max_attempts) == (job_id, "work", '{"n":1}', 1, 3)
+    assert await store.claim("w2", 10, now=T0, lease_sec=30) == []
+    assert await store.finish([Outcome(job.id, 1, True, 200)], now=T0 + 1) == 1
+    assert await store.count_jobs() == {"succeeded": 1}
+
+
+async def test_delayed_job_is_not_due_before_run_at(store: JobStore) -> None:
+    await store.enqueue("work", "{}", run_at=T0 + 60, max_attempts=1, idempotency_key=None, now=T0)
+    assert await store.claim("w", 10, now=T0 + 59, lease_sec=30) == []
+    assert len(await store.claim("w", 10, now=T0 + 60, lease_sec=30)) == 1
+
+
+async def test_idempotency_key_returns_existing_job(store: JobStore) -> None:
+    a = await store.enqueue("work", "{}", run_at=T0, max_attempts=1, idempotency_key="k1", now=T0)
+    b = await store.enqueue("work", '{"other":1}', run_at=T0, max_attempts=1, idempotency_key="k1", now=T0)
+    assert a == b
+    assert await store.count_jobs() == {"queued": 1}
+
+
+async def test_claim_respects_limit_and_never_hands_a_job_twice(store: JobStore) -> None:
+    for i in range(25):
+        await store.enqueue("work", str(i), run_at=T0, max_attempts=1, idempotency_key=None, now=T0)
+    batches = await asyncio.gather(*(store.claim(f"w{i}", 10, now=T0, lease_sec=30) for i in range(4)))
+    ids = [j.id for batch in batches for j in batch]
+    assert all(len(b) <= 10 for b in batches)
+    assert len(ids) == len(set(ids)) == 25
+
+
+async def test_expired_lease_is_reclaimed_and_stale_attempt_is_fenced(store: JobStore) -> None:
+    await store.enqueue("work", "{}", run_at=T0, max_attempts=4, idempotency_key=None, now=T0)
+    [first] = await store.claim("dead", 10, now=T0, lease_sec=5)
+    assert await store.claim("alive", 10, now=T0 + 4, lease_sec=5) == []
+    [second] = await store.claim("alive", 10, now=T0 + 6, lease_sec=5)
+    assert (second.id, second.attempt) == (first.id, 2)
+    # The first worker comes back: its attempt number no longer matches, nothing is written.
+    assert await store.finish([Outcome(first.id, 1, True, 200)], now=T0 + 7) == 0
+    assert await store.count_jobs() == {"running": 1}
+    assert await store.finish([Outcome(second.id, 2, True, 200)], now=T0 + 7) == 1
+
+
+async def test_heartbeat_keeps_the_lease(store: JobStore) -> None:
+    await store.enqueue("work", "{}", run_at=T0, max_attempts=1, idempotency_key=None, now=T0)
+    await store.claim("w1", 10, now=T0, lease_sec=5)
+    assert await store.heartbeat("w1", now=T0 + 4, lease_sec=5) == 1
+    assert await store.claim("w2", 10, now=T0 + 8, lease_sec=5) == []
+    assert len(await store.claim("w2", 10, now=T0 + 9.5, lease_sec=5)) == 1
+
+
+async def test_retry_then_failed_jobs_then_retry_failed(store: JobStore) -> None:
+    await store.enqueue("flaky", '{"x":1}', run_at=T0, max_attempts=2, idempotency_key=None, now=T0)
+    [job] = await store.claim("w", 1, now=T0, lease_sec=30)
+    await store.finish([Outcome(job.id, 1, False, 500, "boom", "HTTP 500: boom", retry_at=T0 + 10)], now=T0)
+    assert await store.claim("w", 1, now=T0 + 9, lease_sec=30) == []
+    [job] = await store.claim("w", 1, now=T0 + 10, lease_sec=30)
+    assert job.attempt == 2 and job.last_error == "HTTP 500: boom"
+    await store.finish([Outcome(job.id, 2, False, 502, "bad gateway", "HTTP 502: bad gateway")], now=T0 + 11)
+    [failed] = await store.failed_jobs()
+    assert (failed.job_id, failed.function, failed.payload, failed.attempts) == (job.id, "flaky", '{"x":1}', 2)
+    assert (failed.error, failed.http_status, failed.response) == ("HTTP 502: bad gateway", 502, "bad gateway")
+    assert await store.count_jobs() == {"failed": 1}
+    new_id = await store.retry_failed(failed.id, now=T0 + 20)
+    [again] = await store.claim("w", 1, now=T0 + 20, lease_sec=30)
+    assert (again.id, again.attempt, again.payload) == (new_id, 1, '{"x":1}')
+    [failed] = await store.failed_jobs()
+    assert failed.retried_as == new_id
+    with pytest.raises(KeyError):
+        await store.retry_failed(9999, now=T0)
+
+
+async def test_tick_is_claimed_once(store: JobStore) -> None:
+    claims = await asyncio.gather(
+        *(
+            store.claim_tick(
+                "c",
+                "2027-01-01T00:00:00.000Z",
+                scheduled_for=T0,
+                trigger="schedule",
+                instance=f"i{i}",
+                now=T0,
+                lease_sec=30,
+                skip_overlap=True,
+            )
+            for i in range(5)
+        )
+    )
+    won = [c for c in claims if c is not None]
+    assert len(won) == 1 and won[0].status is TickStatus.RUNNING
+
+
+async def _tick(store: JobStore, key: str, at: float, instance: str = "i") -> TickStatus:
+    tick = await store.claim_tick(
+        "c", key, scheduled_for=at, trigger="schedule", instance=instance, now=at, lease_sec=5, skip_overlap=True
+    )
+    assert tick is not None
+    return tick.status
+
+
+async def test_tick_skipped_while_previous_runs(store: JobStore) -> None:
+    assert await _tick(store, "k1", T0) is TickStatus.RUNNING
+    assert await _tick(store, "k2", T0 + 1) is TickStatus.SKIPPED
+    [first] = [t for t in await store.ticks("c") if t.key == "k1"]
+    await store.finish_tick(first.id, TickStatus.SUCCEEDED, 200, None, now=T0 + 2)
+    assert await _tick(store, "k3", T0 + 3) is TickStatus.RUNNING
+    statuses = [t.status for t in await store.ticks("c")]
+    assert statuses == [TickStatus.RUNNING, TickStatus.SKIPPED, TickStatus.SUCCEEDED]
+
+
+async def test_run_of_a_dead_instance_stops_blocking_when_its_lease_ends(store: JobStore) -> None:
+    assert await _tick(store, "k1", T0, instance="dies") is TickStatus.RUNNING
+    await store.heartbeat("alive", now=T0 + 4, lease_sec=5)  # another instance's beat renews nothing here
+    assert await _tick(store, "k2", T0 + 4.5) is TickStatus.SKIPPED
+    assert await _tick(store, "k3", T0 + 6) is TickStatus.RUNNING
+
+
+async def test_heartbeat_renews_running_ticks(store: JobStore) -> None:
+    assert await _tick(store, "k1", T0, instance="busy") is TickStatus.RUNNING
+    await store.heartbeat("busy", now=T0 + 4, lease_sec=5)
+    assert await _tick(store, "k2", T0 + 8) is TickStatus.SKIPPED
+
+
+async def test_run_history_and_prune(store: JobStore) -> None:
+    await store.record_runs(
+        [
+            Run("invocation", "a", "http", "e1", "succeeded", T0, 1.5, 200),
+            Run("background", "a", "wait_until", "e1", "failed", T0 + 100, 3.0, None, "ValueError()"),
+        ]
+    )
+    runs = await store.runs("a")
+    assert [(r.kind, r.status, r.error) for r in runs] == [
+        ("background", "failed", "ValueError()"),
+        ("invocation", "succeeded", None),
+    ]
+    await store.enqueue("work", "{}", run_at=T0, max_attempts=1, idempotency_key=None, now=T0)
+    [job] = await store.claim("w", 1, now=T0, lease_sec=30)
+    await store.finish([Outcome(job.id, 1, True, 200)], now=T0)
+    assert await store.prune(before=T0 + 50) == 2
+    assert [r.execution_id for r in await store.runs()] == ["e1"]
+    assert await store.jobs(JobStatus.SUCCEEDED) == []
+
+
+def test_bad_database_urls(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="expected sqlite:///path or postgresql://"):
+        open_store("mysql://localhost/db")
+    with pytest.raises(ConfigError, match="sqlite:///path/to/file.db"):
+        open_store("sqlite://")
+    assert open_store(None, tmp_path / "functions").url == f"sqlite:///{tmp_path / '.edgeruntime' / 'edgeruntime.db'}"
+
+
+async def test_unreachable_postgres_is_one_line_config_error() -> None:
+    store = open_store("postgresql://postgres@127.0.0.1:1/none?connect_timeout=2")
+    with pytest.raises(ConfigError, match=r"^database postgresql://postgres@127.0.0.1:1/none"):
+        await store.migrate()
+
+
+async def test_versioned_migrations_upgrade_an_older_database(tmp_path: Path) -> None:
+    import sqlite3
+
+    from edgeruntime.jobs import migrations
+
+    path = tmp_path / "v1.db"
+    with sqlite3.connect(path) as conn:  # a database written by version 1 of the schema
+        conn.execute(migrations.SCHEMA_TABLE)
+        for stmt in migrations.MIGRATIONS[0].sqlite:
+            conn.execute(stmt)
+        conn.execute("INSERT INTO edgeruntime_schema VALUES (1, 'then')")
+    store = open_store(f"sqlite:///{path}")
+    try:
+        await store.migrate()
+        await store.migrate()
+        assert await store.claim_tick(
+            "c", "k", scheduled_for=T0, trigger="schedule", instance="i", now=T0, lease_sec=5, skip_overlap=True
+        )
+    finally:
+        await store.close()
+    with sqlite3.connect(path) as conn:
+        versions = [r[0] for r in conn.execute("SELECT version FROM edgeruntime_schema ORDER BY version")]
+    assert versions == [m.version for m in migrations.MIGRATIONS] and len(versions) >= 2
+
+
+async def test_instances_starting_together_migrate_once(store_url: str) -> None:
+    stores = [open_store(store_url) for _ in range(3)]
+    try:
+        await asyncio.gather(*(s.migrate() for s in stores))
+        assert await stores[0].count_jobs() == {}
+    finally:
+        for s in stores:
+            await s.close()
+
+
+def test_postgres_without_psycopg_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "psycopg", None)  # as if `edgeruntime[postgres]` were not installed
+    with pytest.raises(ConfigError, match=r"pip install 'edgeruntime\[postgres\]'"):
+        open_store("postgresql://postgres@127.0.0.1/test")
