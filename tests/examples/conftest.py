@@ -53,10 +53,15 @@ def example_env(supabase_rest: FakeSupabase, sendgrid: FakeSendGrid, posthog: Fa
     }
 
 
+def examples_client(env: dict[str, str], **extra: str) -> EdgeClient:
+    """An EdgeClient over the bundled functions (repo `functions/` and `config.toml`) with `env` and `extra`."""
+    return EdgeClient(FUNCTIONS, environ={**os.environ, **env, **extra})
+
+
 @pytest.fixture
 async def client(example_env: dict[str, str]) -> AsyncIterator[EdgeClient]:
-    """The bundled functions (repo `functions/`, repo `config.toml`) served in-process."""
-    async with EdgeClient(FUNCTIONS, environ={**os.environ, **example_env}) as edge:
+    """The bundled functions served in-process, every external service pointed at its fake."""
+    async with examples_client(example_env) as edge:
         yield edge
 
 

@@ -28,7 +28,12 @@ def event(kind: str, obj: dict[str, Any]) -> bytes:
 
 CHECKOUT = event(
     "checkout.session.completed",
-    {"id": "cs_test_1", "object": "checkout.session", "client_reference_id": "42", "customer_email": "buyer@example.com"},
+    {
+        "id": "cs_test_1",
+        "object": "checkout.session",
+        "client_reference_id": "42",
+        "customer_email": "buyer@example.com",
+    },
 )
 
 
@@ -55,7 +60,8 @@ async def test_bad_signature_is_400_and_nothing_is_processed(client: EdgeClient,
         assert r.status_code == 400
         assert r.text == "Invalid signature"
     tampered = CHECKOUT.replace(b'"42"', b'"43"')
-    r = await client.invoke("stripe-webhook", content=tampered, headers={"stripe-signature": signed(CHECKOUT)}, auth=None)
+    good_signature = {"stripe-signature": signed(CHECKOUT)}
+    r = await client.invoke("stripe-webhook", content=tampered, headers=good_signature, auth=None)
     assert r.status_code == 400
     await client.drain()
     assert supabase_rest.writes("orders") == []

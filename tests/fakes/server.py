@@ -22,6 +22,8 @@ class RecordedRequest:
     query: tuple[tuple[str, str], ...]
     headers: Mapping[str, str]
     body: bytes
+    #: time.monotonic() when the request arrived.
+    received_at: float = 0.0
 
     def json(self) -> Any:
         return json.loads(self.body)
@@ -113,6 +115,7 @@ def _handler_for(dispatch: Callable[[RecordedRequest], Reply]) -> type[BaseHTTPR
                 query=tuple(parse_qsl(url.query, keep_blank_values=True)),
                 headers={k.lower(): v for k, v in self.headers.items()},
                 body=body,
+                received_at=time.monotonic(),
             )
             try:
                 reply = dispatch(request)
