@@ -61,6 +61,7 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from postgrest import APIError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from supabase import AsyncClient, acreate_client
@@ -132,7 +133,7 @@ async def handler(req: Request) -> Response:
             logger.exception("[Job] Error: %s", error)
             await log_failure(supabase, error)
             # A 500 tells the scheduler (and the run history) that this run failed.
-            return JSONResponse({"success": False, "error": str(error)}, status_code=500, headers=CORS_HEADERS)
+            return JSONResponse({"success": False, "error": message_of(error)}, status_code=500, headers=CORS_HEADERS)
     return JSONResponse({"success": True, "results": results}, headers=CORS_HEADERS)
 
 
@@ -170,6 +171,11 @@ async def run_job(supabase: AsyncClient, tomorrow: str) -> dict[str, Any]:
     return {"records_processed": processed, "reminded": len(updated.data), "per_owner": dict(per_owner)}
 
 
+def message_of(error: Exception) -> str:
+    """`error.message` of the seed: PostgREST errors carry theirs in `.message`."""
+    return error.message if isinstance(error, APIError) and error.message else str(error)
+
+
 def process_data(tasks: list[dict[str, Any]]) -> Counter[str]:
     return Counter(str(task.get("owner")) for task in tasks)
 
@@ -184,7 +190,7 @@ async def log_failure(supabase: AsyncClient, error: Exception) -> None:
                     "details": {
                         "job_name": JOB_NAME,
                         "status": "failed",
-                        "error_message": str(error),
+                        "error_message": message_of(error),
                         "error_stack": "".join(traceback.format_exception(error)),
                     },
                 }
