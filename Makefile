@@ -21,7 +21,7 @@ serve: $(STAMP)
 	$(VENV)/bin/edgeruntime serve functions
 
 lint: $(STAMP)
-	$(PY) -m ruff check edgeruntime tests functions benchmarks
+	$(PY) -m ruff check edgeruntime tests functions $(wildcard benchmarks)
 	$(PY) -m ruff format --check edgeruntime tests
 
 typecheck: $(STAMP)

@@ -53,12 +53,18 @@ def free_port() -> int:
 class ServerProcess:
     """`edgeruntime serve` in a subprocess on a free loopback port; always reaped."""
 
-    def __init__(self, functions_dir: Path, *args: str, env: Mapping[str, str] | None = None,
-                 port: int | None = None, cwd: Path | None = None) -> None:
+    def __init__(
+        self,
+        functions_dir: Path,
+        *args: str,
+        env: Mapping[str, str] | None = None,
+        port: int | None = None,
+        cwd: Path | None = None,
+    ) -> None:
         self.port = port or free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.log_path = functions_dir.parent / f"serve-{self.port}.log"
-        self._log: IO[bytes] = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self._log: IO[bytes] = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "edgeruntime", "serve", str(functions_dir), "--port", str(self.port), *args],
             stdout=self._log,
@@ -114,11 +120,15 @@ class ServerProcess:
         self.stop()
 
 
-def run_cli(*args: str, cwd: Path | None = None, env: Mapping[str, str] | None = None,
-            timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str, cwd: Path | None = None, env: Mapping[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
     """Run `python -m edgeruntime ARGS` and capture its output."""
     return subprocess.run(
         [sys.executable, "-m", "edgeruntime", *args],
-        capture_output=True, text=True, cwd=cwd, timeout=timeout,
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=timeout,
         env={**os.environ, **(env or {})},
     )

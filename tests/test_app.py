@@ -93,8 +93,10 @@ async def test_execution_id_header_and_log_lines(hello_dir: Path, caplog: pytest
     id1 = r1.headers["x-edgeruntime-execution-id"]
     assert id1 != r2.headers["x-edgeruntime-execution-id"]
     access = [rec for rec in caplog.records if rec.name == "edgeruntime.access"]
-    assert any(getattr(rec, "execution_id", None) == id1 and "POST /functions/v1/hello 200" in rec.getMessage()
-               for rec in access)
+    assert any(
+        getattr(rec, "execution_id", None) == id1 and "POST /functions/v1/hello 200" in rec.getMessage()
+        for rec in access
+    )
 
 
 async def test_boot_error_is_503_for_that_function_only(hello_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -117,7 +119,9 @@ async def test_boot_error_is_retried_on_next_request(hello_dir: Path) -> None:
     path = write_function(hello_dir, "flaky", "def handler(:\n")
     async with EdgeClient(hello_dir) as client:
         assert (await client.invoke("flaky")).status_code == 503
-        path.write_text(path.read_text().replace("def handler(:\n", "") + (hello_dir / "hello" / "index.py").read_text())
+        path.write_text(
+            path.read_text().replace("def handler(:\n", "") + (hello_dir / "hello" / "index.py").read_text()
+        )
         assert (await client.invoke("flaky")).status_code == 200
 
 
@@ -131,14 +135,18 @@ async def test_top_level_exception_is_worker_error(hello_dir: Path) -> None:
 
 
 async def test_handler_raising_is_500_text(hello_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
-    write_function(hello_dir, "raises", """
+    write_function(
+        hello_dir,
+        "raises",
+        """
         from edgeruntime import serve
 
         async def handler(req):
             raise ValueError("handler exploded")
 
         serve(handler)
-    """)
+    """,
+    )
     async with EdgeClient(hello_dir) as client:
         r = await client.invoke("raises")
         assert r.status_code == 500
@@ -150,13 +158,17 @@ async def test_handler_raising_is_500_text(hello_dir: Path, caplog: pytest.LogCa
 
 
 async def test_non_response_is_502(hello_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
-    write_function(hello_dir, "dicty", """
+    write_function(
+        hello_dir,
+        "dicty",
+        """
         from edgeruntime import serve
 
         @serve
         async def handler(req):
             return {"not": "a response"}
-    """)
+    """,
+    )
     async with EdgeClient(hello_dir) as client:
         r = await client.invoke("dicty")
         assert r.status_code == 502
