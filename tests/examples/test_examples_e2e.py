@@ -8,11 +8,12 @@ from pathlib import Path
 
 import httpx
 import pytest
+from supabase import create_client
 
 from tests.examples.conftest import REPO
 from tests.examples.test_stripe_webhook import CHECKOUT, signed
 from tests.fakes import FakeSendGrid, FakeSupabase
-from tests.helpers import KEYS, ServerProcess
+from tests.helpers import KEYS, ServerProcess, run_cli
 
 pytestmark = pytest.mark.e2e
 
@@ -51,6 +52,29 @@ def test_serve_the_examples(
         assert r.status_code == 200, r.text
         assert r.json()["results"]["records_processed"] == 1
         assert supabase_rest.rows("tasks")[0]["reminded"] is True
+
+        # The guide's "Production Testing": the real supabase client's functions.invoke.
+        supabase = create_client(server.base_url, KEYS.anon_key)
+        data = supabase.functions.invoke("my-new-job", invoke_options={"body": {"executedAt": "2025-01-16T10:00:00Z"}})
+        assert isinstance(data, bytes)
+        assert json.loads(data) == {
+            "success": True,
+            "results": {"records_processed": 0, "reminded": 0, "per_owner": {}},
+        }
+
+        # And from the shell, `edgeruntime invoke` against the running server.
+        done = run_cli(
+            "invoke",
+            "my-new-job",
+            "--data",
+            '{"executedAt": "2025-01-16T10:00:00Z"}',
+            "--url",
+            server.base_url,
+            "--directory",
+            str(project_copy),
+        )
+        assert done.returncode == 0, done.stderr
+        assert '"success":true' in done.stdout.replace(" ", "")
 
         # Stripe calls the webhook without a JWT; the order is updated after the response.
         r = httpx.post(server.url("stripe-webhook"), content=CHECKOUT, headers={"stripe-signature": signed(CHECKOUT)})
