@@ -70,13 +70,13 @@ async def test_schema_accepts_what_the_examples_write(client: EdgeClient, supaba
     with psycopg.connect(url, autocommit=False) as conn:
         try:
             conn.execute(f"create schema {schema}")
-            conn.execute(ddl)  # type: ignore[arg-type]  # a trusted file, not user input
+            conn.execute(ddl)  # a trusted file, not user input
             for table, rows in written.items():
                 for row in rows:
                     # As PostgREST inserts: the JSON row cast to the table's record type, given columns only.
                     columns = ", ".join(f'"{c}"' for c in row)
                     conn.execute(
-                        f'insert into {schema}."{table}" ({columns}) '  # type: ignore[arg-type]
+                        f'insert into {schema}."{table}" ({columns}) '
                         f'select {columns} from jsonb_populate_record(null::{schema}."{table}", %s::jsonb)',
                         [json.dumps(row)],
                     )
