@@ -41,8 +41,10 @@ TypeScript original (seeds/background-jobs-waituntil.md, "Use Case 1: Webhook Pr
 
 Differences: Python's ``stripe.Webhook.construct_event`` is synchronous and works (under Deno the
 synchronous ``constructEvent`` fails for every payload; TypeScript needs ``constructEventAsync``).
-The Stripe client's API base is ``STRIPE_API_BASE`` (default https://api.stripe.com), the mail API's
-is ``SENDGRID_API_URL``. config.toml sets ``verify_jwt = false`` for this function: Stripe sends no JWT.
+The seed assumes ``session.customer_email!``; when a session has none, the port fetches the
+email of the session's customer from Stripe's API, whose base is ``STRIPE_API_BASE`` (default
+https://api.stripe.com); the mail API's is ``SENDGRID_API_URL``. config.toml sets
+``verify_jwt = false`` for this function: Stripe sends no JWT.
 
 Env: STRIPE_WEBHOOK_SECRET (required), STRIPE_SECRET_KEY, STRIPE_API_BASE, SENDGRID_API_KEY,
 SENDGRID_API_URL, SUPABASE_URL and SUPABASE_SERVICE_ROLE_KEY (injected by the runtime).
@@ -65,12 +67,18 @@ from edgeruntime import Deno, EdgeRuntime, serve
 logger = logging.getLogger(__name__)
 
 
-def stripe_client() -> stripe.StripeClient:
+@asynccontextmanager
+async def stripe_client() -> AsyncIterator[stripe.StripeClient]:
     """The Stripe API client (`new Stripe(...)`); every API call goes to STRIPE_API_BASE."""
-    return stripe.StripeClient(
-        Deno.env.get("STRIPE_SECRET_KEY") or "sk_test_unset",
-        base_addresses={"api": Deno.env.get("STRIPE_API_BASE") or "https://api.stripe.com"},
-    )
+    http = stripe.HTTPXClient(timeout=10)
+    try:
+        yield stripe.StripeClient(
+            Deno.env.get("STRIPE_SECRET_KEY") or "",
+            base_addresses={"api": Deno.env.get("STRIPE_API_BASE") or "https://api.stripe.com"},
+            http_client=http,
+        )
+    finally:
+        await http.close_async()
 
 
 async def handler(req: Request) -> Response:
@@ -116,8 +124,9 @@ async def apply_event(supabase: AsyncClient, kind: str, obj: dict[str, Any]) -> 
                 .eq("id", obj["client_reference_id"])
                 .execute()
             )
-            if obj.get("customer_email"):
-                await send_order_confirmation_email(obj["customer_email"])
+            email = await customer_email(obj)
+            if email:
+                await send_order_confirmation_email(email)
         case "customer.subscription.updated":
             period_end = datetime.fromtimestamp(obj["current_period_end"], UTC)
             await (
@@ -128,6 +137,17 @@ async def apply_event(supabase: AsyncClient, kind: str, obj: dict[str, Any]) -> 
             )
         case other:
             logger.info("ignoring Stripe event %s", other)
+
+
+async def customer_email(session: dict[str, Any]) -> str | None:
+    """`session.customer_email`, else the email of the session's Stripe customer (an API call)."""
+    if session.get("customer_email"):
+        return str(session["customer_email"])
+    if not session.get("customer"):
+        return None
+    async with stripe_client() as client:
+        customer = await client.v1.customers.retrieve_async(session["customer"])
+    return customer.email
 
 
 async def send_order_confirmation_email(email: str) -> None:

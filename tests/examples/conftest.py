@@ -10,13 +10,14 @@ from pathlib import Path
 import pytest
 
 from edgeruntime.testing import EdgeClient
-from tests.fakes import FakePostHog, FakeSendGrid, FakeSupabase
+from tests.fakes import FakePostHog, FakeSendGrid, FakeStripe, FakeSupabase
 from tests.helpers import KEYS
 
 REPO = Path(__file__).resolve().parents[2]
 FUNCTIONS = REPO / "functions"
 STRIPE_WEBHOOK_SECRET = "whsec_test_0123456789abcdef"
 POSTHOG_API_KEY = "phc_test_key"
+STRIPE_SECRET_KEY = "sk_test_example"
 
 
 @pytest.fixture
@@ -39,7 +40,15 @@ def posthog() -> Iterator[FakePostHog]:
 
 
 @pytest.fixture
-def example_env(supabase_rest: FakeSupabase, sendgrid: FakeSendGrid, posthog: FakePostHog) -> dict[str, str]:
+def stripe_api() -> Iterator[FakeStripe]:
+    with FakeStripe(api_key=STRIPE_SECRET_KEY) as fake:
+        yield fake
+
+
+@pytest.fixture
+def example_env(
+    supabase_rest: FakeSupabase, sendgrid: FakeSendGrid, posthog: FakePostHog, stripe_api: FakeStripe
+) -> dict[str, str]:
     """The env every example needs, with each external service's base URL pointed at its fake."""
     return {
         "SUPABASE_URL": supabase_rest.url,
@@ -48,7 +57,8 @@ def example_env(supabase_rest: FakeSupabase, sendgrid: FakeSendGrid, posthog: Fa
         "POSTHOG_HOST": posthog.url,
         "POSTHOG_API_KEY": POSTHOG_API_KEY,
         "STRIPE_WEBHOOK_SECRET": STRIPE_WEBHOOK_SECRET,
-        "STRIPE_SECRET_KEY": "sk_test_example",
+        "STRIPE_SECRET_KEY": STRIPE_SECRET_KEY,
+        "STRIPE_API_BASE": stripe_api.url,
         "RETRY_DELAY_MS": "10",
     }
 

@@ -8,9 +8,11 @@ import json
 import time
 from typing import Any
 
+import pytest
+
 from edgeruntime.testing import EdgeClient
 from tests.examples.conftest import STRIPE_WEBHOOK_SECRET
-from tests.fakes import FakeSendGrid, FakeSupabase
+from tests.fakes import FakeSendGrid, FakeStripe, FakeSupabase
 
 
 def signed(payload: bytes, secret: str = STRIPE_WEBHOOK_SECRET, timestamp: int | None = None) -> str:
@@ -97,3 +99,36 @@ async def test_webhook_needs_no_jwt_but_other_functions_do(client: EdgeClient) -
     assert r.status_code == 400  # reached the function: config.toml sets verify_jwt = false
     r = await client.invoke("contact-form", json={}, auth=None)
     assert r.status_code == 401
+
+
+async def test_customer_email_is_fetched_from_the_stripe_api(
+    client: EdgeClient, supabase_rest: FakeSupabase, sendgrid: FakeSendGrid, stripe_api: FakeStripe
+) -> None:
+    stripe_api.customers["cus_1"] = {"email": "customer@example.com"}
+    supabase_rest.seed("orders", [{"id": 7, "status": "pending"}])
+    payload = event(
+        "checkout.session.completed",
+        {"id": "cs_2", "object": "checkout.session", "client_reference_id": "7", "customer": "cus_1"},
+    )
+    r = await client.invoke("stripe-webhook", content=payload, headers={"stripe-signature": signed(payload)}, auth=None)
+    assert r.status_code == 200
+    await client.drain()
+    [call] = stripe_api.received("GET", "/v1/customers/cus_1")
+    assert call.header("authorization") == f"Bearer {stripe_api.api_key}"
+    assert sendgrid.recipients() == ["customer@example.com"]
+    assert supabase_rest.rows("orders")[0]["status"] == "paid"
+
+
+async def test_stripe_api_error_is_reported_with_the_execution_id(
+    client: EdgeClient, stripe_api: FakeStripe, caplog: pytest.LogCaptureFixture
+) -> None:
+    payload = event(
+        "checkout.session.completed",
+        {"id": "cs_3", "object": "checkout.session", "client_reference_id": "8", "customer": "cus_missing"},
+    )
+    r = await client.invoke("stripe-webhook", content=payload, headers={"stripe-signature": signed(payload)}, auth=None)
+    assert r.status_code == 200  # Stripe got its answer; the failure is ours to see in the logs
+    with pytest.raises(ExceptionGroup) as raised:
+        await client.drain()
+    assert "No such customer: 'cus_missing'" in str(raised.value.exceptions[0])
+    assert r.headers["x-edgeruntime-execution-id"] in caplog.text

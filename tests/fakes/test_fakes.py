@@ -7,7 +7,7 @@ import pytest
 from postgrest import APIError
 from supabase import acreate_client
 
-from tests.fakes import FakePostHog, FakeSendGrid, FakeSupabase
+from tests.fakes import FakePostHog, FakeSendGrid, FakeStripe, FakeSupabase
 from tests.helpers import KEYS
 
 ROWS: list[dict[str, object]] = [{"n": 2, "done": False, "due": "2025-01-01"}, {"n": 3, "done": True}]
@@ -63,3 +63,22 @@ def test_posthog_needs_an_api_key() -> None:
         assert httpx.post(f"{fake.url}/capture", json={"api_key": "k", "event": "e"}).json() == {"status": 1}
         assert httpx.post(f"{fake.url}/capture", json={"event": "e"}).status_code == 401
         assert [e["event"] for e in fake.events()] == ["e", "e"]
+
+
+async def test_stripe_api_through_the_stripe_library() -> None:
+    import stripe
+
+    with FakeStripe(api_key="sk_test_fake") as fake:
+        fake.customers["cus_1"] = {"email": "c@example.com"}
+        http = stripe.HTTPXClient(timeout=5)
+        client = stripe.StripeClient("sk_test_fake", base_addresses={"api": fake.url}, http_client=http)
+        try:
+            customer = await client.v1.customers.retrieve_async("cus_1")
+            assert customer.email == "c@example.com"
+            with pytest.raises(stripe.InvalidRequestError):
+                await client.v1.customers.retrieve_async("cus_2")
+            wrong = stripe.StripeClient("sk_test_wrong", base_addresses={"api": fake.url}, http_client=http)
+            with pytest.raises(stripe.AuthenticationError):
+                await wrong.v1.customers.retrieve_async("cus_1")
+        finally:
+            await http.close_async()  # type: ignore[no-untyped-call]  # untyped in stripe
