@@ -65,7 +65,12 @@ logger = logging.getLogger(__name__)
 
 
 async def handler(req: Request) -> JSONResponse:
-    body = await req.json()
+    try:
+        body = await req.json()
+    except ValueError:
+        return JSONResponse({"error": "Invalid JSON"}, status_code=400)
+    if not isinstance(body, dict):
+        return JSONResponse({"error": "Missing required fields"}, status_code=400)
     email, name, message = body.get("email"), body.get("name"), body.get("message")
 
     # Validate input.

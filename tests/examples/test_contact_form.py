@@ -41,8 +41,10 @@ async def test_team_is_notified_when_team_email_is_set(
     assert texts["bob@example.com"].startswith("Hi there,")
 
 
-@pytest.mark.parametrize("body", [{}, {"email": "a@example.com"}, {"message": "hi"}, {"email": "", "message": "x"}])
-async def test_missing_fields_are_400(client: EdgeClient, supabase_rest: FakeSupabase, body: dict[str, str]) -> None:
+@pytest.mark.parametrize(
+    "body", [{}, {"email": "a@example.com"}, {"message": "hi"}, {"email": "", "message": "x"}, ["a@example.com"]]
+)
+async def test_missing_fields_are_400(client: EdgeClient, supabase_rest: FakeSupabase, body: object) -> None:
     r = await client.invoke("contact-form", json=body)
     assert r.status_code == 400
     assert r.json() == {"error": "Missing required fields"}
@@ -70,3 +72,10 @@ async def test_failed_email_is_logged_not_raised(
     assert client.failed == []
     assert "Failed to send confirmation email:" in caplog.text
     assert "upstream unavailable" in caplog.text
+
+
+async def test_invalid_json_is_400(client: EdgeClient, supabase_rest: FakeSupabase) -> None:
+    r = await client.invoke("contact-form", content=b"{not json", headers={"content-type": "application/json"})
+    assert r.status_code == 400
+    assert r.json() == {"error": "Invalid JSON"}
+    assert supabase_rest.requests == []

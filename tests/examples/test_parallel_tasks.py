@@ -36,3 +36,15 @@ async def test_one_failing_task_does_not_stop_the_others(
     # gather() returns at the first error; give the siblings their (bounded) time to finish.
     supabase_rest.wait_for(lambda: len(supabase_rest.rows("fulfillments")) == 1)
     supabase_rest.wait_for(lambda: bool(supabase_rest.writes("orders")))
+
+
+async def test_the_tasks_run_concurrently(
+    client: EdgeClient, supabase_rest: FakeSupabase, posthog: FakePostHog
+) -> None:
+    posthog.delay = 1.0  # analytics is the third task; the fourth must not wait for it
+    r = await client.invoke("parallel-tasks", json={"userId": "u3", "orderId": 9})
+    assert r.status_code == 200
+    await client.drain()
+    [capture] = posthog.received("POST", "/capture")
+    [fulfillment] = supabase_rest.writes("fulfillments")
+    assert fulfillment.received_at - capture.received_at < 1.0

@@ -53,6 +53,8 @@ class FakeServer:
 
     def __init__(self) -> None:
         self.requests: list[RecordedRequest] = []
+        #: Seconds to wait before answering each request.
+        self.delay = 0.0
         self._lock = threading.Lock()
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self._dispatch))
         self._httpd.daemon_threads = True
@@ -66,7 +68,10 @@ class FakeServer:
     def _dispatch(self, request: RecordedRequest) -> Reply:
         with self._lock:
             self.requests.append(request)
-            return self.respond(request)
+            reply = self.respond(request)
+        if self.delay:
+            time.sleep(self.delay)  # a slow service: each request is served on its own thread
+        return reply
 
     def received(self, method: str | None = None, path: str | None = None) -> list[RecordedRequest]:
         """The recorded requests with that method and path (either may be omitted)."""
