@@ -28,7 +28,8 @@ class FakeSupabase(FakeServer):
         super().__init__()
         self.tables: dict[str, list[Row]] = {}
         self.api_keys = set(api_keys) if api_keys is not None else None
-        self._failures: dict[tuple[str, str], int] = {}
+        #: (table, method) -> (requests still to fail, status to fail with)
+        self._failures: dict[tuple[str, str], tuple[int, int]] = {}
         self._next_id: dict[str, int] = {}
         self._data_lock = threading.Lock()
 
@@ -44,8 +45,7 @@ class FakeSupabase(FakeServer):
 
     def fail(self, table: str, method: str, status: int = 500, times: int = 1_000_000) -> None:
         """Answer the next `times` `method` requests on `table` with a PostgREST error."""
-        self._failures[(table, method.upper())] = times
-        self._failure_status = status
+        self._failures[(table, method.upper())] = (times, status)
 
     def writes(self, table: str) -> list[RecordedRequest]:
         return [r for r in self.requests if r.path == REST_PREFIX + table and r.method in ("POST", "PATCH", "DELETE")]
@@ -59,10 +59,10 @@ class FakeSupabase(FakeServer):
                 {"message": "Invalid API key", "hint": "Double check your Supabase `anon` or `service_role` API key."},
             )
         table = request.path[len(REST_PREFIX) :]
-        remaining = self._failures.get((table, request.method), 0)
+        remaining, status = self._failures.get((table, request.method), (0, 0))
         if remaining > 0:
-            self._failures[(table, request.method)] = remaining - 1
-            return _error(self._failure_status, "XX000", f"injected failure on {request.method} {table}")
+            self._failures[(table, request.method)] = (remaining - 1, status)
+            return _error(status, "XX000", f"injected failure on {request.method} {table}")
         try:
             filters = [(k, v) for k, v in request.query if k not in RESERVED_PARAMS]
             with self._data_lock:

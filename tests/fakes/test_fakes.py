@@ -33,6 +33,11 @@ async def test_supabase_rest_through_supabase_py() -> None:
             with pytest.raises(APIError):
                 await supabase.table("t").select("*").execute()
             assert len((await supabase.table("t").select("*").execute()).data) == 3
+            # postgrest-py retries a GET answered 503, as supabase-js does (seed notes).
+            fake.fail("t", "GET", status=503, times=1)
+            before = len(fake.received("GET", "/rest/v1/t"))
+            assert len((await supabase.table("t").select("*").execute()).data) == 3
+            assert len(fake.received("GET", "/rest/v1/t")) == before + 2
         finally:
             await supabase.postgrest.aclose()
 
