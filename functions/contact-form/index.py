@@ -51,7 +51,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, cast
 
 import httpx
 from postgrest import APIError
@@ -85,7 +85,7 @@ async def handler(req: Request) -> JSONResponse:
     except APIError as error:
         logger.error("Failed to save contact submission: %s", error.message)
         return JSONResponse({"error": "Failed to save"}, status_code=500)
-    data: dict[str, Any] = result.data
+    data = cast(dict[str, Any], result.data)
 
     # Respond immediately.
     response = JSONResponse({"success": True, "id": data["id"]}, status_code=200)

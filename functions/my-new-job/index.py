@@ -59,7 +59,7 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 from postgrest import APIError
 from starlette.requests import Request
@@ -102,7 +102,10 @@ async def handler(req: Request) -> Response:
     try:
         body = json.loads(await req.body() or b"{}")
         executed_at = str(body.get("executedAt") or iso(datetime.now(UTC)))
-        tomorrow = iso(datetime.fromisoformat(executed_at.replace("Z", "+00:00")) + timedelta(days=1))
+        scheduled = datetime.fromisoformat(executed_at.replace("Z", "+00:00"))
+        if scheduled.tzinfo is None:  # pg_cron's now() always has an offset; a bare time means UTC
+            scheduled = scheduled.replace(tzinfo=UTC)
+        tomorrow = iso(scheduled + timedelta(days=1))
     except (ValueError, AttributeError) as error:
         return JSONResponse({"success": False, "error": f"bad request body: {error}"}, status_code=400)
 
@@ -153,7 +156,7 @@ async def run_job(supabase: AsyncClient, tomorrow: str) -> dict[str, Any]:
             .range(processed, processed + batch_size - 1)
             .execute()
         )
-        batch: list[dict[str, Any]] = page.data
+        batch = cast(list[dict[str, Any]], page.data)
         if not batch:
             break
         per_owner.update(process_data(batch))

@@ -28,7 +28,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import httpx
 from starlette.requests import Request
@@ -71,7 +71,7 @@ async def step2_enrich(data: dict[str, Any]) -> dict[str, Any]:
 async def step3_store(data: dict[str, Any]) -> dict[str, Any]:
     async with supabase_admin() as supabase:
         result = await supabase.table("documents").insert(data).single().execute()
-    row: dict[str, Any] = result.data
+    row = cast(dict[str, Any], result.data)
     return row
 
 

@@ -127,3 +127,11 @@ def test_cron_entry_in_config_toml(client: EdgeClient) -> None:
     assert dict(cron.body) == {"source": "cron"}
     assert client.settings.verify_jwt("stripe-webhook") is False
     assert client.settings.verify_jwt("my-new-job") is True
+
+
+async def test_executed_at_without_offset_means_utc(client: EdgeClient, supabase_rest: FakeSupabase) -> None:
+    supabase_rest.seed("tasks", tasks())
+    r = await client.invoke("my-new-job", json={"executedAt": "2025-01-15T10:00:00"})
+    assert r.json()["results"]["records_processed"] == 3
+    [page] = supabase_rest.received("GET", "/rest/v1/tasks")[:1]
+    assert ("due_date", "lt.2025-01-16T10:00:00.000Z") in page.query
