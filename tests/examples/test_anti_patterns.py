@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 import pytest
@@ -45,6 +46,26 @@ async def handler(req: Request) -> JSONResponse:
 
 serve(handler)
 """
+BOUNDED = """
+import asyncio
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from edgeruntime import EdgeRuntime, serve
+
+DONE = []
+
+async def process_items(items):
+    for item in items:
+        await asyncio.sleep(0.05)
+        DONE.append(item)
+
+async def handler(req: Request) -> JSONResponse:
+    # The seed's Promise.race([processItems(items.slice(0, 50)), timeout(55000)]), in Python:
+    EdgeRuntime.wait_until(asyncio.wait_for(process_items(range(1000)[:50]), timeout=0.5))
+    return JSONResponse({"accepted": True}, status_code=202)
+
+serve(handler)
+"""
 
 
 async def test_awaiting_wait_until_warns_that_it_delays_the_response(
@@ -79,3 +100,20 @@ async def test_unhandled_background_error_is_reported_with_its_execution_id(
     [report] = [rec for rec in caplog.records if rec.levelno == logging.ERROR and execution_id in rec.getMessage()]
     assert "background task process_payment of function payments failed" in report.getMessage()
     assert report.exc_info is not None and "card declined for order 9" in str(report.exc_info[1])
+
+
+async def test_bounded_background_work_stops_at_its_own_timeout(
+    functions_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    write_function(functions_dir, "bounded", BOUNDED)
+    async with EdgeClient(functions_dir) as client:
+        started = time.monotonic()
+        r = await client.invoke("bounded")
+        assert r.status_code == 202
+        with pytest.raises(ExceptionGroup) as raised:
+            await client.drain(timeout=30)
+        elapsed = time.monotonic() - started
+    # Unlike Promise.race, wait_for cancels the work: it stopped at 0.5 s, long before its 50 items (2.5 s).
+    assert isinstance(raised.value.exceptions[0], TimeoutError)
+    assert elapsed < 2.0
+    assert r.headers["x-edgeruntime-execution-id"] in caplog.text
