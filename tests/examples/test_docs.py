@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import ast
 import re
 from pathlib import Path
+
+import pytest
 
 from edgeruntime.config import load_config
 from edgeruntime.testing import EdgeClient
@@ -41,3 +44,17 @@ def test_quickstart_new_command(tmp_path: Path) -> None:
     done = run_cli("new", "hello-world", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "functions" / "hello-world" / "index.py").is_file()
+
+
+@pytest.mark.parametrize("page", ["quickstart.md", "porting.md", "examples.md", "semantics.md", "deployment.md"])
+def test_python_snippets_compile(page: str) -> None:
+    text = (REPO / "docs" / page).read_text(encoding="utf-8")
+    for number, snippet in enumerate(re.findall(r"```python\n(.*?)```", text, flags=re.S)):
+        compile(snippet, f"{page} snippet {number}", "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
+
+
+@pytest.mark.parametrize("page", ["quickstart.md", "porting.md", "examples.md", "semantics.md", "deployment.md"])
+def test_links_to_repo_files_resolve(page: str) -> None:
+    text = (REPO / "docs" / page).read_text(encoding="utf-8")
+    for target in re.findall(r"\]\((\.\./[^)#]+)\)", text):
+        assert (REPO / "docs" / target).resolve().exists(), f"{page}: {target}"
