@@ -7,6 +7,7 @@ import pytest
 from edgeruntime.testing import EdgeClient
 from tests.examples.conftest import examples_client
 from tests.fakes import FakeSendGrid, FakeSupabase
+from tests.helpers import free_port
 
 
 async def test_submission_is_saved_and_confirmed_by_mail(
@@ -79,3 +80,16 @@ async def test_invalid_json_is_400(client: EdgeClient, supabase_rest: FakeSupaba
     assert r.status_code == 400
     assert r.json() == {"error": "Invalid JSON"}
     assert supabase_rest.requests == []
+
+
+async def test_unreachable_mail_api_is_logged_not_raised(
+    example_env: dict[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    closed = f"http://127.0.0.1:{free_port()}"  # bound, then closed: nothing listens there
+    async with examples_client(example_env, SENDGRID_API_URL=closed, TEAM_EMAIL="team@example.com") as client:
+        r = await client.invoke("contact-form", json={"email": "a@example.com", "message": "hi"})
+        assert r.status_code == 200
+        await client.drain()
+        assert client.failed == []
+    assert "Failed to send confirmation email: ConnectError" in caplog.text
+    assert "Failed to notify the team: ConnectError" in caplog.text

@@ -92,7 +92,8 @@ class FakeServer:
         self._thread.start()
 
     def stop(self) -> None:
-        self._httpd.shutdown()
+        if self._thread.is_alive():  # shutdown() waits for serve_forever: only call it when serving
+            self._httpd.shutdown()
         self._httpd.server_close()
         self._thread.join(10)
 
