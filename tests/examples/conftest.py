@@ -52,6 +52,8 @@ def example_env(
     """The env every example needs, with each external service's base URL pointed at its fake."""
     return {
         "SUPABASE_URL": supabase_rest.url,
+        "SUPABASE_ANON_KEY": KEYS.anon_key,
+        "SUPABASE_SERVICE_ROLE_KEY": KEYS.service_role_key,
         "SENDGRID_API_URL": sendgrid.url,
         "SENDGRID_API_KEY": sendgrid.api_key,
         "POSTHOG_HOST": posthog.url,
@@ -65,7 +67,9 @@ def example_env(
 
 def examples_client(env: dict[str, str], **extra: str) -> EdgeClient:
     """An EdgeClient over the bundled functions (repo `functions/` and `config.toml`) with `env` and `extra`."""
-    return EdgeClient(FUNCTIONS, environ={**os.environ, **env, **extra})
+    # A developer's own SUPABASE_* variables must not point the examples at a real project.
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith("SUPABASE_")}
+    return EdgeClient(FUNCTIONS, environ={**inherited, **env, **extra})
 
 
 @pytest.fixture
