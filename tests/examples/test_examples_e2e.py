@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 from pathlib import Path
@@ -109,3 +110,13 @@ def test_every_function_has_a_test_module() -> None:
     assert tuple(functions) == EXAMPLES
     for name in functions:
         assert (REPO / "tests" / "examples" / f"test_{name.replace('-', '_')}.py").is_file(), name
+
+
+def test_every_seed_example_quotes_the_typescript_it_ports() -> None:
+    for name in EXAMPLES:
+        if name == "hello":
+            continue
+        source = (REPO / "functions" / name / "index.py").read_text(encoding="utf-8")
+        docstring = ast.get_docstring(ast.parse(source)) or ""
+        assert "TypeScript original" in docstring, name
+        assert "EdgeRuntime.waitUntil(" in docstring or "serve(async (req)" in docstring, name
