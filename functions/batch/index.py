@@ -1,0 +1,82 @@
+"""Designing for limits: process the first 100 items in the background, queue the rest.
+
+TypeScript original (seeds/background-jobs-waituntil.md, "Designing for Limits", the "Best" variant)::
+
+    Deno.serve(async (req) => {
+      const { items } = await req.json()
+      EdgeRuntime.waitUntil(processBatch(items.slice(0, 100)))  // Process only first 100
+      if (items.length > 100) {
+        await queueRemainingItems(items.slice(100))             // Queue remaining
+      }
+      return new Response(JSON.stringify({ accepted: true }))
+    })
+
+    async function queueRemainingItems(items: unknown[]) {
+      const supabase = createClient(Deno.env.get('SUPABASE_URL')!, Deno.env.get('SUPABASE_SERVICE_ROLE_KEY')!)
+      // Store for later processing by a cron job
+      await supabase.from('job_queue').insert({ type: 'process_items', payload: items, status: 'pending' })
+    }
+
+Differences: the seed's handler shows its three alternatives one after the other (run as written
+it processes the first 100 items twice); this port keeps only the "Best" one. ``processBatch`` is
+left to the reader; here it stores the batch in `processed_items` in one insert. The remainder is
+queued before the response, so a 200 means nothing is lost. With edgeruntime you can enqueue on
+the built-in durable queue instead (`edgeruntime.jobs.enqueue("batch", {"items": rest})`).
+
+Env: SUPABASE_URL, SUPABASE_SERVICE_ROLE_KEY (injected by the runtime).
+"""
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from supabase import AsyncClient, acreate_client
+
+from edgeruntime import Deno, EdgeRuntime, serve
+
+#: How many items one invocation processes; the rest is queued.
+BATCH_LIMIT = 100
+
+
+async def handler(req: Request) -> JSONResponse:
+    body = await req.json()
+    items: list[Any] = body["items"]
+
+    # Process only the first BATCH_LIMIT items, in the background.
+    EdgeRuntime.wait_until(process_batch(items[:BATCH_LIMIT]))
+
+    # Queue the remainder for separate processing.
+    queued = len(items) - BATCH_LIMIT
+    if queued > 0:
+        await queue_remaining_items(items[BATCH_LIMIT:])
+
+    return JSONResponse({"accepted": True, "processing": min(len(items), BATCH_LIMIT), "queued": max(queued, 0)})
+
+
+@asynccontextmanager
+async def supabase_admin() -> AsyncIterator[AsyncClient]:
+    """`createClient(SUPABASE_URL, SUPABASE_SERVICE_ROLE_KEY)`; its connections close on exit."""
+    client = await acreate_client(Deno.env.get("SUPABASE_URL") or "", Deno.env.get("SUPABASE_SERVICE_ROLE_KEY") or "")
+    try:
+        yield client
+    finally:
+        await client.postgrest.aclose()
+
+
+async def process_batch(items: list[Any]) -> None:
+    if not items:
+        return
+    async with supabase_admin() as supabase:
+        await supabase.table("processed_items").insert([{"item": item} for item in items]).execute()
+
+
+async def queue_remaining_items(items: list[Any]) -> None:
+    # Stored for later processing by a cron job.
+    async with supabase_admin() as supabase:
+        row = {"type": "process_items", "payload": items, "status": "pending"}
+        await supabase.table("job_queue").insert(row).execute()
+
+
+serve(handler)

@@ -1,0 +1,128 @@
+"""Catching background errors: a failed background step is logged and stored in `failed_jobs` for retry.
+
+TypeScript original (seeds/background-jobs-waituntil.md, "Catching Background Errors")::
+
+    Deno.serve(async (req) => {
+      const data = await req.json()
+      const response = new Response(JSON.stringify({ accepted: true }), { status: 202 })
+      EdgeRuntime.waitUntil(safeBackgroundProcess(data))
+      return response
+    })
+
+    async function safeBackgroundProcess(data: unknown) {
+      try {
+        await riskyOperation(data)
+      } catch (error) {
+        console.error('Background processing failed:', error)
+        await storeFailedJob({ data, error: error.message, timestamp: new Date().toISOString() })
+        await alertOnFailure(error)
+      }
+    }
+
+    async function storeFailedJob(job: Record<string, unknown>) {
+      const supabase = createClient(Deno.env.get('SUPABASE_URL')!, Deno.env.get('SUPABASE_SERVICE_ROLE_KEY')!)
+      await supabase.from('failed_jobs').insert(job)
+    }
+
+Differences: ``riskyOperation`` is left to the reader in the seed; here it writes the payload to
+the `processed_events` table, which fails when the database does. ``alertOnFailure`` mails
+ALERT_EMAIL through SendGrid when it is set. The response is JSON (the seed's has no content type).
+edgeruntime's own durable queue (`edgeruntime.jobs`) retries and keeps failed jobs for you; this
+example shows the hand-made version the seed describes.
+
+Env: SUPABASE_URL, SUPABASE_SERVICE_ROLE_KEY (injected), ALERT_EMAIL, SENDGRID_API_KEY, SENDGRID_API_URL.
+"""
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+from postgrest import APIError
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from supabase import AsyncClient, acreate_client
+
+from edgeruntime import Deno, EdgeRuntime, serve
+
+logger = logging.getLogger(__name__)
+
+
+async def handler(req: Request) -> JSONResponse:
+    data = await req.json()
+
+    # Respond immediately.
+    response = JSONResponse({"accepted": True}, status_code=202)
+
+    # Wrap the background work in error handling.
+    EdgeRuntime.wait_until(safe_background_process(data))
+
+    return response
+
+
+@asynccontextmanager
+async def supabase_admin() -> AsyncIterator[AsyncClient]:
+    """`createClient(SUPABASE_URL, SUPABASE_SERVICE_ROLE_KEY)`; its connections close on exit."""
+    client = await acreate_client(Deno.env.get("SUPABASE_URL") or "", Deno.env.get("SUPABASE_SERVICE_ROLE_KEY") or "")
+    try:
+        yield client
+    finally:
+        await client.postgrest.aclose()
+
+
+async def safe_background_process(data: Any) -> None:
+    try:
+        await risky_operation(data)
+    except Exception as error:
+        # Log the error for debugging.
+        logger.exception("Background processing failed: %s", error)
+        # Store it for retry.
+        await store_failed_job(
+            {
+                "data": data,
+                "error": message_of(error),
+                "timestamp": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            }
+        )
+        # Alert.
+        await alert_on_failure(error)
+
+
+async def risky_operation(data: Any) -> None:
+    async with supabase_admin() as supabase:
+        await supabase.table("processed_events").insert({"payload": data}).execute()
+
+
+async def store_failed_job(job: dict[str, Any]) -> None:
+    async with supabase_admin() as supabase:
+        await supabase.table("failed_jobs").insert(job).execute()
+
+
+async def alert_on_failure(error: Exception) -> None:
+    to = Deno.env.get("ALERT_EMAIL")
+    if not to:
+        return
+    base = Deno.env.get("SENDGRID_API_URL") or "https://api.sendgrid.com"
+    async with httpx.AsyncClient(timeout=10) as http:
+        response = await http.post(
+            f"{base}/v3/mail/send",
+            headers={"Authorization": f"Bearer {Deno.env.get('SENDGRID_API_KEY')}"},
+            json={
+                "personalizations": [{"to": [{"email": to}]}],
+                "from": {"email": "noreply@example.com", "name": "Example App"},
+                "subject": "Background job failed",
+                "content": [{"type": "text/plain", "value": f"safe-background failed: {message_of(error)}"}],
+            },
+        )
+    if not response.is_success:
+        logger.error("Failed to send the failure alert: %s", response.text)
+
+
+def message_of(error: Exception) -> str:
+    """`error.message` of the seed: PostgREST errors carry theirs in `.message`."""
+    return error.message if isinstance(error, APIError) and error.message else str(error)
+
+
+serve(handler)
