@@ -19,9 +19,11 @@ TypeScript original (seeds/background-jobs-waituntil.md, "Designing for Limits",
 
 Differences: the seed's handler shows its three alternatives one after the other (run as written
 it processes the first 100 items twice); this port keeps only the "Best" one. ``processBatch`` is
-left to the reader; here it stores the batch in `processed_items` in one insert. The remainder is
-queued before the response, so a 200 means nothing is lost. With edgeruntime you can enqueue on
-the built-in durable queue instead (`edgeruntime.jobs.enqueue("batch", {"items": rest})`).
+left to the reader; here it stores the batch in `processed_items` in one insert. Instead of a
+`job_queue` table that a cron job must poll, the remainder goes on edgeruntime's durable queue
+(`edgeruntime.jobs.enqueue`): it is committed before the response, so a 200 means nothing is lost,
+and the queue POSTs it back to this function, which processes the next 100 and queues the rest,
+until nothing is left (retried with backoff if a delivery fails).
 
 Env: SUPABASE_URL, SUPABASE_SERVICE_ROLE_KEY (injected by the runtime).
 """
@@ -35,6 +37,7 @@ from starlette.responses import JSONResponse
 from supabase import AsyncClient, acreate_client
 
 from edgeruntime import Deno, EdgeRuntime, serve
+from edgeruntime.jobs import enqueue
 
 #: How many items one invocation processes; the rest is queued.
 BATCH_LIMIT = 100
@@ -73,10 +76,8 @@ async def process_batch(items: list[Any]) -> None:
 
 
 async def queue_remaining_items(items: list[Any]) -> None:
-    # Stored for later processing by a cron job.
-    async with supabase_admin() as supabase:
-        row = {"type": "process_items", "payload": items, "status": "pending"}
-        await supabase.table("job_queue").insert(row).execute()
+    # Delivered later as a POST of {"items": [...]} to this same function.
+    await enqueue("batch", {"items": items})
 
 
 serve(handler)

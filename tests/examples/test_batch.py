@@ -1,9 +1,16 @@
-"""functions/batch: the first 100 items are processed in the background, the rest is queued in `job_queue`."""
+"""functions/batch: the first 100 items are processed in the background, the rest goes on the queue."""
 
 from __future__ import annotations
 
+import json
+
+from edgeruntime.jobs.store import JobStatus
 from edgeruntime.testing import EdgeClient
 from tests.fakes import FakeSupabase
+
+
+def processed(supabase_rest: FakeSupabase) -> list[object]:
+    return [row["item"] for row in supabase_rest.rows("processed_items")]
 
 
 async def test_remainder_is_queued_before_the_response(client: EdgeClient, supabase_rest: FakeSupabase) -> None:
@@ -11,24 +18,34 @@ async def test_remainder_is_queued_before_the_response(client: EdgeClient, supab
     r = await client.invoke("batch", json={"items": items})
     assert r.status_code == 200
     assert r.json() == {"accepted": True, "processing": 100, "queued": 150}
-    # Queued before the response: a 200 means nothing is lost even if the worker dies now.
-    [job] = supabase_rest.rows("job_queue")
-    assert job == {"id": 1, "type": "process_items", "payload": items[100:], "status": "pending"}
+    # Committed to the queue before the response: a 200 means nothing is lost even if the worker dies now.
+    [job] = await client.jobs.store.jobs(JobStatus.QUEUED)
+    assert (job.function, json.loads(job.payload)) == ("batch", {"items": items[100:]})
     await client.drain()
-    assert [row["item"] for row in supabase_rest.rows("processed_items")] == items[:100]
+    assert processed(supabase_rest) == items[:100]
+
+
+async def test_the_queue_works_through_the_remainder(client: EdgeClient, supabase_rest: FakeSupabase) -> None:
+    items = list(range(250))
+    await client.invoke("batch", json={"items": items})
+    deliveries = await client.run_jobs()  # 150 left → a job of 150 → it processes 100, queues 50 → ...
+    await client.drain()
+    assert [(d.status, d.http_status) for d in deliveries] == [("succeeded", 200)] * 2
+    assert processed(supabase_rest) == items
+    assert await client.jobs.store.jobs(JobStatus.QUEUED) == []
 
 
 async def test_small_batches_queue_nothing(client: EdgeClient, supabase_rest: FakeSupabase) -> None:
     r = await client.invoke("batch", json={"items": ["a", "b"]})
     assert r.json() == {"accepted": True, "processing": 2, "queued": 0}
     await client.drain()
-    assert supabase_rest.rows("job_queue") == []
-    assert [row["item"] for row in supabase_rest.rows("processed_items")] == ["a", "b"]
+    assert await client.run_jobs() == []
+    assert processed(supabase_rest) == ["a", "b"]
 
 
 async def test_each_item_is_processed_once(client: EdgeClient, supabase_rest: FakeSupabase) -> None:
     # The seed's snippet, run as written, processes the first 100 items twice; the port must not.
     await client.invoke("batch", json={"items": list(range(101))})
+    await client.run_jobs()
     await client.drain()
-    assert len(supabase_rest.rows("processed_items")) == 100
-    assert supabase_rest.rows("job_queue")[0]["payload"] == [100]
+    assert sorted(processed(supabase_rest)) == list(range(101))  # type: ignore[type-var]
