@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -135,3 +136,17 @@ async def test_executed_at_without_offset_means_utc(client: EdgeClient, supabase
     assert r.json()["results"]["records_processed"] == 3
     [page] = supabase_rest.received("GET", "/rest/v1/tasks")[:1]
     assert ("due_date", "lt.2025-01-16T10:00:00.000Z") in page.query
+
+
+async def test_the_cron_entry_runs_the_job_at_its_scheduled_time(
+    client: EdgeClient, supabase_rest: FakeSupabase
+) -> None:
+    """`[cron.my-new-job-daily-10am]` fires through the normal request path with the service role key."""
+    supabase_rest.seed("tasks", tasks())
+    run = await client.trigger_cron("my-new-job-daily-10am", at=datetime(2025, 1, 15, 10, 0, tzinfo=UTC))
+    assert run.status_code == 200, run.text
+    assert run.scheduled_for == datetime(2025, 1, 15, 10, 0, tzinfo=UTC).timestamp()
+    # executedAt is the scheduled instant, so "tomorrow" is 2025-01-16T10:00Z, as in the guide's curl.
+    assert run.json()["results"]["records_processed"] == 3
+    [audit] = supabase_rest.rows("audit_log")
+    assert audit["details"]["status"] == "success"
