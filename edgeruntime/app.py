@@ -18,7 +18,7 @@ from edgeruntime.auth import Verifier
 from edgeruntime.background import BackgroundTask
 from edgeruntime.context import ExecutionContext, default_worker
 from edgeruntime.discovery import SHARED, discover, is_valid_slug, purge_modules
-from edgeruntime.exceptions import BootError, LimitExceeded, WorkerCrashed
+from edgeruntime.exceptions import BootError, IdleTimeout, LimitExceeded, PayloadTooLarge, WorkerCrashed
 from edgeruntime.settings import Settings
 from edgeruntime.supervisor import FunctionSupervisor
 from edgeruntime.types import Message, Receive, Scope, Send
@@ -94,7 +94,7 @@ class EdgeApp:
 
     def pending_background(self) -> list[BackgroundTask]:
         """Every background task still running, in every worker of every function."""
-        return [t for s in self.functions.values() for w in s.workers for t in w.state.background.pending]
+        return [t for s in self.functions.values() for w in s.workers for t in w.pending_background()]
 
     def reload(self, names: set[str]) -> list[str]:
         """Reload the named functions (`_shared` reloads all); returns the names reloaded."""
@@ -221,6 +221,14 @@ class EdgeApp:
         except LimitExceeded as exc:
             if not ctx.response_started:
                 await responses.send_response(send, responses.WORKER_LIMIT)
+            return str(exc)
+        except IdleTimeout as exc:
+            if not ctx.response_started:
+                await responses.send_response(send, responses.IDLE_TIMEOUT)
+            return str(exc)
+        except PayloadTooLarge as exc:
+            if not ctx.response_started:
+                await responses.send_response(send, responses.PAYLOAD_TOO_LARGE)
             return str(exc)
         return None
 
