@@ -120,11 +120,10 @@ class WorkerLifecycle:
             self._beforeunload(reason)
 
     def _retire_once(self, message: str) -> None:
+        if self._once(f"log:{message}"):
+            self._log(message)
         if self._once("retire"):
-            self._log(message)
             self._retire()
-        elif self._once(message):
-            self._log(message)
 
     def _finish(self, reason: ShutdownReason, message: str) -> None:
         if self._once("end"):

@@ -49,6 +49,8 @@ logger = logging.getLogger("edgeruntime")
 MONITOR_INTERVAL_SEC = 0.02
 #: How long a worker process may take to boot before it is a boot error.
 BOOT_TIMEOUT_SEC = 30.0
+#: How long ending a worker waits for `beforeunload` listeners dispatched just before.
+BEFOREUNLOAD_GRACE_SEC = 0.5
 #: The address-space backstop: this much above the memory limit (see the module docstring).
 ADDRESS_SPACE_HEADROOM_MB = 1024
 _TICKS_PER_SEC = os.sysconf("SC_CLK_TCK")
@@ -403,6 +405,9 @@ class ProcessWorker:
         self.status = WorkerStatus.ENDED
         self.end_reason = reason
         self._stop_monitor()
+        unloading = [w for w in self._unloaded.values() if not w.done()]
+        if unloading:  # let a beforeunload dispatched just before the limit finish, briefly
+            await asyncio.wait(unloading, timeout=BEFOREUNLOAD_GRACE_SEC)
         self._kill()
         for call in self._calls.values():
             call.push(("done", 0, ("limit", reason)))

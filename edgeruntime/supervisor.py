@@ -184,11 +184,11 @@ class FunctionSupervisor:
         lifecycle = self._lifecycles.pop(worker, None)
         if lifecycle is not None:
             lifecycle.stop()
+        self.shutdowns.append(reason)
         try:
             cut = await worker.end(reason)
         finally:
             self.ending.discard(worker)
-        self.shutdowns.append(reason)
         logger.log(
             logging.INFO if reason in (ShutdownReason.EARLY_DROP, ShutdownReason.TERMINATION) else logging.WARNING,
             "worker shutdown: isolate: %s reason: %s (cpu_time_used %.0f ms, %d background task(s) cut)",
@@ -218,6 +218,8 @@ class FunctionSupervisor:
             while (pending := worker.pending_background()) and (remaining := deadline - time.monotonic()) > 0:
                 await asyncio.wait([t.task for t in pending], timeout=remaining)
         for worker in workers:
+            if worker in self.ending:  # already being ended (a limit, an early drop)
+                continue
             pending = worker.pending_background()
             if worker.status is not WorkerStatus.ENDED:
                 worker.status = WorkerStatus.ENDED
