@@ -67,9 +67,12 @@ async def handler(req: Request):
     if "spin" in q:
         while True:
             pass
-    if "hog" in q:
-        for _ in range(4000):  # up to ~4 GB, unless the memory limit stops it first
-            HOG.append(b"x" * 1_000_000)
+    if "hog" in q:  # fill memory to `hog` MB, pause, then grow until the memory limit stops it
+        pause_at = float(q["hog"])
+        for _ in range(4000):  # up to ~4 GB
+            HOG.append(b"x" * 1_048_576)
+            if len(HOG) == int(pause_at):
+                await asyncio.sleep(0.5)
             time.sleep(0.001)
     if "exit" in q:
         os._exit(3)

@@ -1,0 +1,192 @@
+"""Process isolation: hard CPU and memory limits, crashes, env isolation, background work parity."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from edgeruntime.lifecycle import ShutdownReason
+from edgeruntime.process import ProcessWorker
+from edgeruntime.testing import EdgeClient
+from tests.helpers import ServerProcess, write_function
+from tests.probes import LEAKY, environ_for, events_of, eventually, write_probe
+
+WORKER_ERROR = {"code": "WORKER_ERROR", "message": "Function exited due to an error (please check logs)"}
+
+
+async def pid_of(client: EdgeClient) -> int:
+    r = await client.invoke("probe")
+    assert r.status_code == 200, r.text
+    pid: int = r.json()["pid"]
+    return pid
+
+
+async def test_runaway_loop_is_killed_while_other_functions_answer(
+    functions_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    events = write_probe(functions_dir)
+    async with EdgeClient(
+        functions_dir,
+        isolation="process",
+        environ=environ_for(events),
+        limits={"cpu_soft_limit_ms": 100, "cpu_hard_limit_ms": 200},
+    ) as client:
+        first = await pid_of(client)
+        assert (await client.invoke("hello")).status_code == 200
+        runaway = asyncio.ensure_future(client.invoke("probe", params={"spin": 1}))
+        answered = 0
+        while not runaway.done():  # bounded: the CPU hard limit ends the spin
+            r = await client.invoke("hello")
+            assert r.status_code == 200
+            answered += 1
+            await asyncio.sleep(0.01)
+        assert answered > 0
+        r = await runaway
+        assert r.status_code == 546
+        assert ShutdownReason.CPU in client.app.functions["probe"].shutdowns
+        assert await pid_of(client) != first
+    assert "CPU time hard limit reached: isolate:" in caplog.text
+    assert os.getpid() != first
+
+
+async def test_memory_limit_ends_worker_while_other_functions_answer(
+    functions_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    events = write_probe(functions_dir)
+    async with EdgeClient(
+        functions_dir, isolation="process", environ=environ_for(events), limits={"memory_limit_mb": 64}
+    ) as client:
+        first = (await client.invoke("probe")).json()["boot"]
+        started = time.monotonic()
+        hog = asyncio.ensure_future(client.invoke("probe", params={"hog": 60}))
+        while not hog.done():
+            assert (await client.invoke("hello")).status_code == 200
+            await asyncio.sleep(0.01)
+        r = await hog
+        assert r.status_code == 546
+        assert time.monotonic() - started < 15
+        assert ShutdownReason.MEMORY in client.app.functions["probe"].shutdowns
+        assert f"{first} beforeunload memory" in events_of(events)
+        r = await client.invoke("probe")
+        assert r.status_code == 200
+        assert r.json()["boot"] != first
+    assert "memory limit reached for the worker: isolate:" in caplog.text
+    assert "reason: Memory" in caplog.text
+
+
+@pytest.mark.parametrize("how", ["exit", "segfault"])
+async def test_crash_is_worker_error_and_next_request_gets_fresh_worker(
+    functions_dir: Path, how: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    events = write_probe(functions_dir)
+    async with EdgeClient(functions_dir, isolation="process", environ=environ_for(events)) as client:
+        first = await pid_of(client)
+        r = await client.invoke("probe", params={how: 1})
+        assert r.status_code == 500
+        assert r.json() == WORKER_ERROR
+        assert await pid_of(client) != first
+        assert (await client.invoke("hello")).status_code == 200
+    assert "exited unexpectedly" in caplog.text
+
+
+async def test_env_of_a_function_is_visible_only_in_its_own_process(functions_dir: Path) -> None:
+    events = write_probe(functions_dir)
+    write_function(functions_dir, "leaky", LEAKY)
+    async with EdgeClient(functions_dir, isolation="process", environ=environ_for(events)) as client:
+        leaky = (await client.invoke("leaky")).json()
+        probe = (await client.invoke("probe")).json()
+        assert leaky["mine"] == "from-leaky"
+        assert probe["leaked"] is None
+        assert leaky["pid"] != probe["pid"] != os.getpid()
+    assert "LEAKED_SECRET" not in os.environ
+    # Inline, every function shares the server's process: the same write is visible to all.
+    async with EdgeClient(functions_dir, environ=environ_for(events)) as client:
+        await client.invoke("leaky")
+        assert (await client.invoke("probe")).json()["leaked"] == "from-leaky"
+    os.environ.pop("LEAKED_SECRET", None)
+
+
+async def test_wait_until_drain_and_errors_work_as_inline(functions_dir: Path) -> None:
+    write_function(
+        functions_dir,
+        "bg",
+        """
+        import asyncio
+        from starlette.responses import JSONResponse
+        from edgeruntime import EdgeRuntime, serve
+
+        async def ok():
+            await asyncio.sleep(0.2)
+
+        async def boom():
+            await asyncio.sleep(0.1)
+            raise ValueError("background boom")
+
+        @serve
+        async def handler(req):
+            EdgeRuntime.wait_until(ok())
+            EdgeRuntime.wait_until(boom())
+            return JSONResponse({"accepted": True}, status_code=202)
+        """,
+    )
+    async with EdgeClient(functions_dir, isolation="process") as client:
+        r = await client.invoke("bg")
+        assert r.status_code == 202
+        assert sorted(t.name for t in client.pending()) == ["boom", "ok"]
+        with pytest.raises(ExceptionGroup) as caught:
+            await client.drain(timeout=10)
+        assert [type(e) for e in caught.value.exceptions] == [ValueError]
+        assert "background boom" in str(caught.value.exceptions[0])
+        assert client.pending() == []
+        assert {t.execution_id for t in client.finished} == {r.headers["x-edgeruntime-execution-id"]}
+
+
+async def test_boot_errors_in_a_process(functions_dir: Path) -> None:
+    write_function(functions_dir, "broken", "def handler(:\n")
+    write_function(functions_dir, "crash", "raise RuntimeError('boom at import')\n")
+    async with EdgeClient(functions_dir, isolation="process") as client:
+        r = await client.invoke("broken")
+        assert r.status_code == 503
+        assert r.json()["code"] == "BOOT_ERROR"
+        r = await client.invoke("crash")
+        assert r.status_code == 500
+        assert r.json() == WORKER_ERROR
+        for supervisor in client.app.functions.values():
+            assert supervisor.workers == []
+
+
+async def test_shutdown_reaps_worker_processes(functions_dir: Path) -> None:
+    write_probe(functions_dir)
+    async with EdgeClient(functions_dir, isolation="process") as client:
+        await client.invoke("probe")
+        worker = client.app.functions["probe"].worker
+        assert isinstance(worker, ProcessWorker)
+        assert worker.proc is not None
+    assert worker.proc.poll() is not None
+
+
+@pytest.mark.e2e
+def test_real_server_process_isolation_survives_runaway(functions_dir: Path) -> None:
+    write_probe(functions_dir)
+    (functions_dir.parent / "config.toml").write_text(
+        "[edge_runtime]\nisolation = \"process\"\n[functions.probe]\ncpu_soft_limit_ms = 100\ncpu_hard_limit_ms = 200\n"
+    )
+    import httpx
+
+    from tests.helpers import SERVICE_ROLE
+
+    with ServerProcess(functions_dir, "--no-watch") as server, httpx.Client(timeout=30, headers=SERVICE_ROLE) as http:
+        assert http.get(server.url("hello")).status_code == 200
+        first = http.get(server.url("probe")).json()["pid"]
+        started = time.monotonic()
+        assert http.get(server.url("probe"), params={"spin": 1}).status_code == 546
+        assert time.monotonic() - started < 10
+        assert http.get(server.url("hello")).status_code == 200
+        assert http.get(server.url("probe")).json()["pid"] != first
+        assert server.terminate() == 0
+    assert "CPU time hard limit reached" in server.output
+    assert "isolation process" in server.output
