@@ -19,6 +19,7 @@ from edgeruntime.background import BackgroundTask
 from edgeruntime.context import ExecutionContext, default_worker
 from edgeruntime.discovery import SHARED, discover, is_valid_slug, purge_modules
 from edgeruntime.exceptions import BootError, IdleTimeout, LimitExceeded, PayloadTooLarge, WorkerCrashed
+from edgeruntime.metering import LoopWatchdog
 from edgeruntime.settings import Settings
 from edgeruntime.supervisor import FunctionSupervisor
 from edgeruntime.types import Message, Receive, Scope, Send
@@ -79,6 +80,16 @@ class EdgeApp:
         self.shutdown_hooks: list[Hook] = []
         self.started = False
         self.refresh()
+        if settings.isolation == "inline":  # limits: report functions holding the shared event loop
+            self.watchdog = LoopWatchdog()
+            self.startup_hooks.append(self._start_watchdog)
+            self.shutdown_hooks.append(self._stop_watchdog)
+
+    async def _start_watchdog(self) -> None:
+        self.watchdog.start()
+
+    async def _stop_watchdog(self) -> None:
+        self.watchdog.stop()
 
     # -- functions -------------------------------------------------------------------------
 

@@ -219,7 +219,9 @@ class RequestBudget:
             return
         self.reason = reason
         self._timer.cancel()
-        message = "wall clock duration reached" if reason is ShutdownReason.WALL_CLOCK else "CPU time hard limit reached"
+        message = (
+            "wall clock duration reached" if reason is ShutdownReason.WALL_CLOCK else "CPU time hard limit reached"
+        )
         logger.warning(
             "%s: request: %s (reason %s)",
             message,

@@ -137,7 +137,7 @@ class LoopWatchdog:
                 self.reports.append((function, held))
                 logger.warning(
                     "function %s has held the event loop for %.1f s without awaiting: every request of "
-                    "every function waits meanwhile (use isolation = \"process\" for CPU-bound code)",
+                    'every function waits meanwhile (use isolation = "process" for CPU-bound code)',
                     function or "<unknown>",
                     held,
                     extra={"function": function},

@@ -38,7 +38,7 @@ from edgeruntime.exceptions import BootError, LimitExceeded, PayloadTooLarge, Wo
 from edgeruntime.lifecycle import WorkerLifecycle
 from edgeruntime.limits import Limits, Policy
 from edgeruntime.metering import CpuMeter
-from edgeruntime.types import Message, Receive, Scope, Send
+from edgeruntime.types import Receive, Scope, Send
 from edgeruntime.worker import WorkerStatus
 
 __all__ = ["ProcessWorker"]
@@ -174,12 +174,13 @@ class ProcessWorker:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         started = time.perf_counter()
         try:
-            self.proc = subprocess.Popen(
+            # Popen only forks and execs: it does not wait for the child.
+            self.proc = subprocess.Popen(  # noqa: ASYNC220
                 [sys.executable, "-m", "edgeruntime.child", str(theirs.fileno())],
                 pass_fds=(theirs.fileno(),),
                 env=self.env,
                 stdin=subprocess.DEVNULL,
-                preexec_fn=self._limit_address_space,  # noqa: PLW1509 - no threads touch the child
+                preexec_fn=self._limit_address_space,
             )
         finally:
             theirs.close()

@@ -101,7 +101,9 @@ async def test_cpu_soft_limit_retires(functions_dir: Path, isolation: str, caplo
     assert "CPU time soft limit reached: isolate:" in caplog.text
 
 
-async def test_cpu_hard_limit_ends_worker(functions_dir: Path, isolation: str, caplog: pytest.LogCaptureFixture) -> None:
+async def test_cpu_hard_limit_ends_worker(
+    functions_dir: Path, isolation: str, caplog: pytest.LogCaptureFixture
+) -> None:
     events = write_probe(functions_dir)
     async with EdgeClient(
         functions_dir,
@@ -210,3 +212,31 @@ async def test_limit_hit_by_one_function_leaves_others_serving(functions_dir: Pa
         r: httpx.Response = await slow
         assert r.status_code == 546
         assert (await client.invoke("hello")).status_code == 200
+
+
+@pytest.mark.e2e
+async def test_real_server_hand_over_and_wall_clock(functions_dir: Path) -> None:
+    from tests.helpers import SERVICE_ROLE, ServerProcess
+
+    write_probe(functions_dir)
+    statuses: list[int] = []
+    boots: set[str] = set()
+    with ServerProcess(functions_dir, "--no-watch", "--limit", "wall_clock_limit_sec=1") as server:
+        async with httpx.AsyncClient(headers=SERVICE_ROLE, timeout=30) as http:
+            deadline = time.monotonic() + 1.8
+
+            async def user() -> None:
+                while time.monotonic() < deadline:
+                    r = await http.get(server.url("probe"), params={"sleep": 0.02})
+                    statuses.append(r.status_code)
+                    boots.add(r.json()["boot"])
+
+            await asyncio.gather(*(user() for _ in range(3)))
+            r = await http.get(server.url("probe"), params={"sleep": 30})
+            assert r.status_code == 546
+        assert server.terminate() == 0
+    assert set(statuses) == {200}
+    assert len(boots) >= 2
+    assert "wall clock duration warning: isolate:" in server.output
+    assert "early termination has been triggered: isolate:" in server.output
+    assert "wall clock duration reached (in_flight_req_exists = true)" in server.output

@@ -13,7 +13,7 @@ from edgeruntime.lifecycle import ShutdownReason
 from edgeruntime.process import ProcessWorker
 from edgeruntime.testing import EdgeClient
 from tests.helpers import ServerProcess, write_function
-from tests.probes import LEAKY, environ_for, events_of, eventually, write_probe
+from tests.probes import LEAKY, environ_for, events_of, write_probe
 
 WORKER_ERROR = {"code": "WORKER_ERROR", "message": "Function exited due to an error (please check logs)"}
 
@@ -173,7 +173,7 @@ async def test_shutdown_reaps_worker_processes(functions_dir: Path) -> None:
 def test_real_server_process_isolation_survives_runaway(functions_dir: Path) -> None:
     write_probe(functions_dir)
     (functions_dir.parent / "config.toml").write_text(
-        "[edge_runtime]\nisolation = \"process\"\n[functions.probe]\ncpu_soft_limit_ms = 100\ncpu_hard_limit_ms = 200\n"
+        '[edge_runtime]\nisolation = "process"\n[functions.probe]\ncpu_soft_limit_ms = 100\ncpu_hard_limit_ms = 200\n'
     )
     import httpx
 
