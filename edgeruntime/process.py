@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
+import ctypes
 import itertools
 import logging
 import os
@@ -54,6 +56,7 @@ BEFOREUNLOAD_GRACE_SEC = 0.5
 #: The address-space backstop: this much above the memory limit (see the module docstring).
 ADDRESS_SPACE_HEADROOM_MB = 1024
 _TICKS_PER_SEC = os.sysconf("SC_CLK_TCK")
+_PR_SET_PDEATHSIG = 1
 _PAGE_MB = resource.getpagesize() / (1024 * 1024)
 #: The scope keys a function can use; the rest (server internals) stay in the server.
 _SCOPE_KEYS = (
@@ -161,7 +164,10 @@ class ProcessWorker:
 
     # -- boot ------------------------------------------------------------------------------
 
-    def _limit_address_space(self) -> None:  # runs in the child between fork and exec
+    def _prepare_child(self) -> None:  # runs in the child between fork and exec
+        # Die with the server, even if the function never yields to notice the socket closing.
+        with contextlib.suppress(Exception):
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
         limit = int((self.limits.memory_limit_mb * 4 + ADDRESS_SPACE_HEADROOM_MB) * 1024 * 1024)
         soft, hard = resource.getrlimit(resource.RLIMIT_AS)
         if hard == resource.RLIM_INFINITY or limit < hard:
@@ -180,7 +186,7 @@ class ProcessWorker:
                 pass_fds=(theirs.fileno(),),
                 env=self.env,
                 stdin=subprocess.DEVNULL,
-                preexec_fn=self._limit_address_space,
+                preexec_fn=self._prepare_child,
             )
         finally:
             theirs.close()
