@@ -88,8 +88,8 @@ class WorkerLifecycle:
         self._fired: set[str] = set()
         self.ended = False
 
-    def _log(self, message: str, level: int = logging.INFO) -> None:
-        logger.log(level, "%s: isolate: %s", message, self.worker_id, extra={"function": self.function})
+    def _log(self, message: str, level: int = logging.INFO, suffix: str = "") -> None:
+        logger.log(level, "%s: isolate: %s%s", message, self.worker_id, suffix, extra={"function": self.function})
 
     def _once(self, key: str) -> bool:
         if key in self._fired or self.ended:
@@ -125,9 +125,9 @@ class WorkerLifecycle:
         if self._once("retire"):
             self._retire()
 
-    def _finish(self, reason: ShutdownReason, message: str) -> None:
+    def _finish(self, reason: ShutdownReason, message: str, suffix: str = "") -> None:
         if self._once("end"):
-            self._log(message, logging.WARNING)
+            self._log(message, logging.WARNING, suffix)
             self.stop()
             self._end(reason)
 
@@ -136,7 +136,7 @@ class WorkerLifecycle:
 
     def _wall_clock_reached(self) -> None:
         in_flight = "true" if self._in_flight() else "false"
-        self._finish(ShutdownReason.WALL_CLOCK, f"wall clock duration reached (in_flight_req_exists = {in_flight})")
+        self._finish(ShutdownReason.WALL_CLOCK, "wall clock duration reached", f" (in_flight_req_exists = {in_flight})")
 
     def cpu_thresholds(self) -> list[float]:
         """The CPU times (ms) at which :meth:`observe_cpu` acts."""
