@@ -80,6 +80,8 @@ class BackgroundWork:
         self.pending: set[BackgroundTask] = set()
         self.errors: list[BaseException] = []
         self.observers = []
+        #: False where the work ran elsewhere and was logged there (a worker process's tasks).
+        self.log_failures = True
         #: Called with every task when it is added (a process worker reports it to the server).
         self.start_observers: list[Callable[[BackgroundTask], None]] = []
         #: Wraps each coroutine before it is scheduled (the worker's CPU metering).
@@ -121,14 +123,15 @@ class BackgroundWork:
             entry.outcome = TaskOutcome.FAILED
             entry.error = exc
             self.errors.append(exc)
-            logger.error(
-                "background task %s of function %s failed (execution %s)",
-                entry.name,
-                entry.function,
-                entry.execution_id,
-                exc_info=(type(exc), exc, exc.__traceback__),
-                extra={"function": entry.function, "execution_id": entry.execution_id},
-            )
+            if self.log_failures:
+                logger.error(
+                    "background task %s of function %s failed (execution %s)",
+                    entry.name,
+                    entry.function,
+                    entry.execution_id,
+                    exc_info=(type(exc), exc, exc.__traceback__),
+                    extra={"function": entry.function, "execution_id": entry.execution_id},
+                )
             self._report_rejection(entry, exc)
         else:
             entry.outcome = TaskOutcome.COMPLETED

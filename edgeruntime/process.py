@@ -128,6 +128,7 @@ class ProcessWorker:
         self.log_format = log_format
         #: The server-side view of the worker: its background work, as the process reports it.
         self.state = WorkerState(spec.name, self.env, observers)
+        self.state.background.log_failures = False  # the worker process logged them, with traceback
         self.status = WorkerStatus.ACTIVE
         self.in_flight = 0
         self.meter = CpuMeter(spec.name)
@@ -308,6 +309,10 @@ class ProcessWorker:
         """Forward one request to the worker process and its response back."""
         channel = self.channel
         assert channel is not None
+        if channel.closed or self.status is WorkerStatus.ENDED:  # ended between routing and now
+            if self.end_reason == "crashed":
+                raise WorkerCrashed(self.name, f"function {self.name}: worker process exited")
+            raise LimitExceeded(self.name, self.end_reason or "ended")
         ctx.worker = self.state
         rid = next(self._ids)
         call = self._calls[rid] = _Call()

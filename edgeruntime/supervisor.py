@@ -10,6 +10,7 @@ work is cut with the reason (see :mod:`edgeruntime.lifecycle`).
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import time
 from collections.abc import Callable, Coroutine
@@ -48,8 +49,8 @@ class FunctionSupervisor:
         #: Workers being ended (their requests are being failed, their background work cut).
         self.ending: set[Worker] = set()
         self.boots = 0
-        #: Why each ended worker ended, oldest first.
-        self.shutdowns: list[ShutdownReason] = []
+        #: Why the last ended workers ended, oldest first.
+        self.shutdowns: collections.deque[ShutdownReason] = collections.deque(maxlen=100)
         self.boot_error: str | None = None
         self.last_invocation: float | None = None
         self._boot_lock = asyncio.Lock()
@@ -75,7 +76,9 @@ class FunctionSupervisor:
         if self.settings.isolation == "process":
             from edgeruntime.process import ProcessWorker
 
-            return ProcessWorker(self.spec, self.settings.env, self.limits, self.background_observers, policy)
+            return ProcessWorker(
+                self.spec, self.settings.env, self.limits, self.background_observers, policy, self.settings.log_format
+            )
         return InlineWorker(self.spec, self.settings.env, self.limits, self.background_observers, policy)
 
     async def _boot(self) -> Worker:
@@ -139,7 +142,7 @@ class FunctionSupervisor:
             )
         finally:
             if worker.status is WorkerStatus.RETIRED and worker.idle:
-                await self._drop(worker)
+                self._spawn(self._drop(worker))
         if body.exceeded:
             raise body.error()
 

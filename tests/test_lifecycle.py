@@ -34,7 +34,7 @@ async def boot_of(client: EdgeClient, **params: object) -> str:
 
 
 def supervisor_shutdowns(client: EdgeClient, name: str = "probe") -> list[ShutdownReason]:
-    return client.app.functions[name].shutdowns
+    return list(client.app.functions[name].shutdowns)
 
 
 async def test_half_wall_clock_retires_and_idle_worker_is_early_dropped(
