@@ -75,7 +75,7 @@ async def test_full_wall_clock_ends_worker_in_flight_546_background_cut(
         cut = await eventually(lambda: [t for t in client.finished if t.outcome is TaskOutcome.CUT])
         assert cut[0].cut_reason == "WallClockTime"
         assert cut[0].name == "background"
-        assert f"{first} beforeunload wall_clock" in events_of(events)
+        assert events_of(events).count(f"{first} beforeunload wall_clock") == 1
         assert f"{first} background done" not in events_of(events)
         assert ShutdownReason.WALL_CLOCK in supervisor_shutdowns(client)
         # The next request is served by a fresh worker.
@@ -84,6 +84,33 @@ async def test_full_wall_clock_ends_worker_in_flight_546_background_cut(
     assert "(in_flight_req_exists = true)" in caplog.text
     assert "reason: WallClockTime" in caplog.text
     assert "request has been cancelled by supervisor" in caplog.text
+
+
+async def test_retired_worker_with_background_work_is_dropped_only_when_it_ends(
+    functions_dir: Path, isolation: str
+) -> None:
+    events = write_probe(functions_dir)
+    async with EdgeClient(
+        functions_dir, isolation=isolation, environ=environ_for(events), limits={"wall_clock_limit_sec": 1.0}
+    ) as client:
+        first = await boot_of(client, bg_sleep=0.8)
+        await asyncio.sleep(0.6)
+        assert await boot_of(client) != first  # retired at 0.5 s, still running its background work
+        assert f"{first} beforeunload early_drop" not in events_of(events)
+        await eventually(lambda: f"{first} beforeunload early_drop" in events_of(events), what="early_drop")
+        lines = events_of(events)
+        assert lines.index(f"{first} background done") < lines.index(f"{first} beforeunload early_drop")
+        assert [t.outcome for t in client.finished] == [TaskOutcome.COMPLETED]
+
+
+async def test_shutdown_dispatches_termination_and_cuts_what_is_left(functions_dir: Path, isolation: str) -> None:
+    events = write_probe(functions_dir)
+    client = EdgeClient(functions_dir, isolation=isolation, environ=environ_for(events))
+    async with client:
+        first = await boot_of(client, bg_sleep=30)
+    assert f"{first} beforeunload termination" in events_of(events)
+    assert [(t.outcome, t.cut_reason) for t in client.finished] == [(TaskOutcome.CUT, "TerminationRequested")]
+    assert list(client.app.functions["probe"].shutdowns) == [ShutdownReason.TERMINATION]
 
 
 async def test_cpu_soft_limit_retires(functions_dir: Path, isolation: str, caplog: pytest.LogCaptureFixture) -> None:
