@@ -1,1 +1,1 @@
-"""Benchmarks: each prints its figures and ratios against peers measured in the same run."""
+"""Benchmarks: `python -m benchmarks [NAME]`; they print figures and ratios, they assert nothing."""
