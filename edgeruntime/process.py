@@ -29,6 +29,7 @@ import socket
 import subprocess
 import sys
 import time
+import types
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -132,6 +133,8 @@ class ProcessWorker:
         self.status = WorkerStatus.ACTIVE
         self.in_flight = 0
         self.meter = CpuMeter(spec.name)
+        #: The module lives in the worker process, not here.
+        self.module: types.ModuleType | None = None
         self.memory_mb = 0.0
         self.end_reason: str | None = None
         self.exit_status: int | None = None
@@ -333,8 +336,7 @@ class ProcessWorker:
                 outcome = event[2]
                 break
         except asyncio.CancelledError:
-            if self.status is not WorkerStatus.ENDED:
-                channel.send(("cancel", rid))
+            channel.send(("cancel", rid))  # a no-op once the process is gone
             raise
         finally:
             self.in_flight -= 1
