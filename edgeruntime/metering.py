@@ -17,9 +17,10 @@ import threading
 import time
 import types
 from collections.abc import Awaitable, Callable, Coroutine, Generator
+from contextvars import ContextVar
 from typing import Any, TypeVar
 
-__all__ = ["CpuMeter", "LoopWatchdog", "metered", "run_metered"]
+__all__ = ["CpuMeter", "LoopWatchdog", "current_meter", "metered", "run_in_thread_metered", "run_metered"]
 
 logger = logging.getLogger("edgeruntime")
 
@@ -27,6 +28,8 @@ T = TypeVar("T")
 
 #: The function whose code the event loop thread is running right now (read by the watchdog).
 _running: str | None = None
+#: The meter of the running request or background task (inherited by the tasks it starts).
+current_meter: ContextVar[CpuMeter | None] = ContextVar("edgeruntime_meter", default=None)
 
 
 class CpuMeter:
@@ -80,6 +83,26 @@ def metered(awaitable: Awaitable[T], meter: CpuMeter) -> Generator[Any, Any, T]:
         except BaseException as exc:  # a cancellation or a throw() reaches the function's code
             send_value = None
             error = exc
+
+
+async def run_in_thread_metered(fn: Callable[..., T], *args: Any) -> T:
+    """Run a sync `fn` in a worker thread, charging the thread CPU time it used to the current meter.
+
+    The charge is added when `fn` returns (a thread cannot be interrupted), so a sync handler that
+    used too much CPU ends its worker right after it returns.
+    """
+    import anyio.to_thread
+
+    def timed() -> tuple[T, float]:
+        started = time.thread_time()
+        result = fn(*args)
+        return result, (time.thread_time() - started) * 1000
+
+    result, used_ms = await anyio.to_thread.run_sync(timed)
+    meter = current_meter.get()
+    if meter is not None:
+        meter.add(used_ms)
+    return result
 
 
 async def run_metered(coro: Coroutine[Any, Any, T], meter: CpuMeter) -> T:

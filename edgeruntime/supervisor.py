@@ -121,7 +121,12 @@ class FunctionSupervisor:
             worker = self.worker
             if worker is not None and worker.status is WorkerStatus.ACTIVE:
                 return worker
-            if worker is not None:
+            if worker is not None and worker.status is WorkerStatus.ENDED:  # it crashed
+                self.worker = None
+                lifecycle = self._lifecycles.pop(worker, None)
+                if lifecycle is not None:
+                    lifecycle.stop()
+            elif worker is not None:
                 self._retire(worker)
             worker = self.worker = await self._boot()
             return worker

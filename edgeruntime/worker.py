@@ -22,7 +22,7 @@ from edgeruntime.exceptions import InvalidResponse, LimitExceeded, PayloadTooLar
 from edgeruntime.handlers import to_asgi
 from edgeruntime.lifecycle import RequestBudget, ShutdownReason, WorkerLifecycle
 from edgeruntime.limits import Limits, Policy
-from edgeruntime.metering import CpuMeter, metered, run_metered
+from edgeruntime.metering import CpuMeter, current_meter, metered, run_metered
 from edgeruntime.types import ASGIApp, Handler, Receive, Scope, Send
 
 __all__ = ["InlineWorker", "Worker", "WorkerStatus"]
@@ -184,8 +184,10 @@ class InlineWorker:
         if self.policy == "per_request":
             self._budgets[ctx] = RequestBudget(ctx, self.limits, self._budget_exceeded)
         token = ctx.activate()
+        meter = self._meter_for(ctx)
+        meter_token = current_meter.set(meter)  # for sync handlers and the tasks this request starts
         try:
-            await metered(self._app(scope, receive, send), self._meter_for(ctx))
+            await metered(self._app(scope, receive, send), meter)
         except InvalidResponse as exc:
             logger.error("%s", exc, extra={"function": self.name})
             if not ctx.response_started:
@@ -208,6 +210,7 @@ class InlineWorker:
             )
             raise LimitExceeded(self.name, reason) from None
         finally:
+            current_meter.reset(meter_token)
             ctx.deactivate(token)
             self.in_flight -= 1
             del self._requests[task]

@@ -90,3 +90,32 @@ async def test_inline_function_blocking_the_loop_is_logged(
         assert (await client.invoke("blocker")).status_code == 200
         await asyncio.sleep(0.2)
     assert "function blocker has held the event loop for" in caplog.text
+
+
+async def test_sync_handler_cpu_counts_against_the_worker(
+    functions_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    write_function(
+        functions_dir,
+        "sync",
+        """
+        import time
+        import uuid
+        from starlette.responses import JSONResponse
+        from edgeruntime import serve
+
+        BOOT = uuid.uuid4().hex
+
+        @serve
+        def handler(req):
+            end = time.thread_time() + float(req.query_params.get("burn_ms", "0")) / 1000
+            while time.thread_time() < end:
+                pass
+            return JSONResponse({"boot": BOOT})
+        """,
+    )
+    async with EdgeClient(functions_dir, limits={"cpu_soft_limit_ms": 100, "cpu_hard_limit_ms": 5000}) as client:
+        first = (await client.invoke("sync", params={"burn_ms": 150})).json()["boot"]
+        assert client.app.functions["sync"].worker is None  # retired right after
+        assert (await client.invoke("sync")).json()["boot"] != first
+    assert "CPU time soft limit reached" in caplog.text
