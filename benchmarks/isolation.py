@@ -4,7 +4,7 @@ Starts a real ``edgeruntime serve --no-watch`` for each isolation on a loopback 
 for a few seconds with a bounded load generator (asyncio, raw HTTP/1.1 keep-alive connections),
 and prints requests per second and the ratio. Goal: process >= 0.5x inline.
 
-    python -m benchmarks.isolation [--seconds 4] [--connections 16]
+    python -m benchmarks.isolation [--seconds 4] [--connections 16,1]
 """
 
 from __future__ import annotations
@@ -117,18 +117,25 @@ def measure(functions_dir: Path, isolation: str, seconds: float, connections: in
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.isolation", description=__doc__)
-    parser.add_argument("--seconds", type=float, default=4.0)
-    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--seconds", type=float, default=4.0, help="measured seconds per run (default 4)")
+    parser.add_argument(
+        "--connections", default="16,1", help="comma-separated connection counts, one run each (default 16,1)"
+    )
     args = parser.parse_args(argv)
+    counts = [int(c) for c in args.connections.split(",") if c.strip()]
     with tempfile.TemporaryDirectory() as tmp:
         functions_dir = Path(tmp) / "functions"
         shutil.copytree(HELLO, functions_dir / "hello")
-        results = {iso: measure(functions_dir, iso, args.seconds, args.connections) for iso in ("inline", "process")}
-    print(f"hello, {args.connections} keep-alive connections, {args.seconds:g} s each, loopback")
-    for iso, rps in results.items():
-        print(f"  isolation={iso:<8} {rps:8.0f} req/s")
-    ratio = results["process"] / results["inline"]
-    print(f"  process/inline = {ratio:.2f}x (goal >= 0.5x)")
+        for connections in counts:
+            results = {iso: measure(functions_dir, iso, args.seconds, connections) for iso in ("inline", "process")}
+            print(f"hello, {connections} keep-alive connection(s), {args.seconds:g} s each, loopback")
+            for iso, rps in results.items():
+                print(f"  isolation={iso:<8} {rps:8.0f} req/s")
+            ratio = results["process"] / results["inline"]
+            print(f"  process/inline = {ratio:.2f}x (goal >= 0.5x)")
+            if connections == 1:
+                added_ms = (1 / results["process"] - 1 / results["inline"]) * 1000
+                print(f"  latency the process hop adds per request: {added_ms:.2f} ms")
     return 0
 
 

@@ -41,7 +41,7 @@ from edgeruntime.exceptions import BootError, LimitExceeded, PayloadTooLarge, Wo
 from edgeruntime.lifecycle import WorkerLifecycle
 from edgeruntime.limits import Limits, Policy
 from edgeruntime.metering import CpuMeter
-from edgeruntime.types import Receive, Scope, Send
+from edgeruntime.types import Message, Receive, Scope, Send
 from edgeruntime.worker import WorkerStatus
 
 __all__ = ["ProcessWorker"]
@@ -50,6 +50,8 @@ logger = logging.getLogger("edgeruntime")
 
 #: How often the server reads a worker process's CPU time and memory.
 MONITOR_INTERVAL_SEC = 0.02
+#: Bodies up to this size are read whole and forwarded in the request's frame (one write, one wake-up).
+COALESCE_BODY_BYTES = 1024 * 1024
 #: How long a worker process may take to boot before it is a boot error.
 BOOT_TIMEOUT_SEC = 30.0
 #: How long ending a worker waits for `beforeunload` listeners dispatched just before.
@@ -106,6 +108,32 @@ def _proc_usage(pid: int) -> tuple[float, float]:
     with open(f"/proc/{pid}/statm", "rb") as f:
         rss_mb = int(f.read().split()[1]) * _PAGE_MB
     return cpu_ms, rss_mb
+
+
+def _small_body(scope: Scope) -> bool:
+    """True if the request declares a body small enough to forward in one frame (or none at all)."""
+    length: int | None = None
+    for key, value in scope["headers"]:
+        name = key.lower()
+        if name == b"content-length":
+            try:
+                length = int(value)
+            except ValueError:
+                return False
+        elif name == b"transfer-encoding":
+            return False
+    return length is None or length <= COALESCE_BODY_BYTES
+
+
+async def _read_whole_body(first: Message, receive: Receive) -> Message:
+    chunks = [first.get("body", b"")]
+    message = first
+    while message.get("more_body"):
+        message = await receive()
+        if message["type"] != "http.request":
+            return message
+        chunks.append(message.get("body", b""))
+    return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
 
 
 class ProcessWorker:
@@ -323,6 +351,8 @@ class ProcessWorker:
         pump: asyncio.Task[None] | None = None
         try:
             first = await receive()
+            if first.get("more_body") and _small_body(scope):
+                first = await _read_whole_body(first, receive)
             slim = {key: scope[key] for key in _SCOPE_KEYS if key in scope}
             slim["headers"] = list(scope["headers"])
             channel.send(("request", rid, slim, first, ctx.execution_id, ctx.trigger))
