@@ -111,6 +111,8 @@ class InlineWorker:
         self.end_reason: str | None = None
         self._requests: dict[asyncio.Task[Any], ExecutionContext] = {}
         self._budgets: dict[ExecutionContext, RequestBudget] = {}
+        if policy == "per_request":
+            self.state.background.observers.append(self._task_ended)
 
     @property
     def id(self) -> str:
@@ -214,19 +216,12 @@ class InlineWorker:
             ctx.deactivate(token)
             self.in_flight -= 1
             del self._requests[task]
-            if ctx in self._budgets:
+            if ctx in self._budgets:  # else: closed once its background work ends (_task_ended)
                 self._close_budget(ctx)
-                if ctx in self._budgets:  # its background work still runs on the same budget
-                    self.state.background.observers.append(self._budget_watcher(ctx))
 
-    def _budget_watcher(self, ctx: ExecutionContext) -> Callable[[BackgroundTask], None]:
-        def finished(_: BackgroundTask) -> None:
-            if ctx in self._budgets:
-                self._close_budget(ctx)
-            if ctx not in self._budgets and finished in self.state.background.observers:
-                self.state.background.observers.remove(finished)
-
-        return finished
+    def _task_ended(self, entry: BackgroundTask) -> None:
+        for ctx in [c for c in self._budgets if c.execution_id == entry.execution_id]:
+            self._close_budget(ctx)
 
     async def beforeunload(self, reason: str) -> None:
         await self.state.dispatch_beforeunload(reason)
