@@ -91,12 +91,11 @@ async def test_retired_worker_with_background_work_is_dropped_only_when_it_ends(
 ) -> None:
     events = write_probe(functions_dir)
     async with EdgeClient(
-        functions_dir, isolation=isolation, environ=environ_for(events), limits={"wall_clock_limit_sec": 1.0}
+        functions_dir, isolation=isolation, environ=environ_for(events), limits={"wall_clock_limit_sec": 2.0}
     ) as client:
-        first = await boot_of(client, bg_sleep=0.8)
-        await asyncio.sleep(0.6)
-        assert await boot_of(client) != first  # retired at 0.5 s, still running its background work
-        assert f"{first} beforeunload early_drop" not in events_of(events)
+        first = await boot_of(client, bg_sleep=1.3)
+        await asyncio.sleep(1.1)
+        assert await boot_of(client) != first  # retired at 1 s, still running its background work
         await eventually(lambda: f"{first} beforeunload early_drop" in events_of(events), what="early_drop")
         lines = events_of(events)
         assert lines.index(f"{first} background done") < lines.index(f"{first} beforeunload early_drop")
