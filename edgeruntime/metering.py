@@ -55,28 +55,31 @@ def metered(awaitable: Awaitable[T], meter: CpuMeter) -> Generator[Any, Any, T]:
     """Drive `awaitable`, adding the CPU time of each of its steps to `meter`."""
     global _running
     coro = awaitable.__await__()
+    send = coro.send
     clock = time.thread_time
+    function = meter.function
     send_value: Any = None
     error: BaseException | None = None
     while True:
         previous = _running
-        _running = meter.function
+        _running = function
         started = clock()
         try:
-            if error is None:
-                yielded = coro.send(send_value)
-            else:
-                yielded = coro.throw(error)
+            yielded = send(send_value) if error is None else coro.throw(error)
         except StopIteration as stop:
+            _running = previous
             meter.add((clock() - started) * 1000)
             result: T = stop.value
             return result
         except BaseException:
+            _running = previous
             meter.add((clock() - started) * 1000)
             raise
-        finally:
-            _running = previous
-        meter.add((clock() - started) * 1000)
+        _running = previous
+        # meter.add, inlined: this runs at every step of every function.
+        used = meter.used_ms = meter.used_ms + (clock() - started) * 1000
+        if used >= meter.next_check_ms and meter.on_threshold is not None:
+            meter.on_threshold(used)
         try:
             send_value = yield yielded
             error = None
