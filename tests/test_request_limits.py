@@ -76,3 +76,26 @@ async def test_no_response_within_idle_timeout_is_504(functions_dir: Path, isola
         assert r.text == "started finished"
         # The worker was not harmed.
         assert (await client.invoke("probe")).status_code == 200
+
+
+@pytest.mark.e2e
+def test_real_server_idle_timeout_and_body_limit(functions_dir: Path) -> None:
+    import httpx
+
+    from tests.helpers import SERVICE_ROLE, ServerProcess
+
+    write_probe(functions_dir)
+    limits = ("--limit", "request_idle_timeout_sec=0.5", "--limit", f"max_request_body_mb={ONE_KB_IN_MB}")
+    with (
+        ServerProcess(functions_dir, "--no-watch", *limits) as server,
+        httpx.Client(headers=SERVICE_ROLE, timeout=30) as http,
+    ):
+        r = http.get(server.url("probe"), params={"sleep": 30})
+        assert r.status_code == 504
+        assert r.json() == IDLE
+        r = http.post(server.url("probe"), params={"echo": 1}, content=b"x" * 5000)
+        assert r.status_code == 413
+        assert r.json() == TOO_LARGE
+        r = http.post(server.url("probe"), params={"echo": 1}, content=b"x" * 100)
+        assert r.status_code == 200
+        assert r.json()["size"] == 100
