@@ -2,7 +2,8 @@
 
 Each frame is a 4-byte big-endian length and a pickled tuple. Between our own two processes
 pickle is safe and the cheapest encoding of ASGI messages (no second HTTP parse). Frames sent in
-one turn of the event loop are written with one system call.
+one turn of the event loop are written with one system call. Streamed bodies are flow-controlled:
+a writer waits (:meth:`Channel.drain`) while the other end has stopped reading.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ logger = logging.getLogger("edgeruntime")
 
 Frame = tuple[Any, ...]
 _HEADER = 4
+#: Queued frames are written at once when they reach this size (a streamed body), not at the end of the turn.
+FLUSH_BYTES = 256 * 1024
 
 
 class Channel(asyncio.Protocol):
@@ -31,7 +34,9 @@ class Channel(asyncio.Protocol):
         self.closed = False
         self._buffer = bytearray()
         self._out: list[bytes] = []
+        self._out_bytes = 0
         self._flush_scheduled = False
+        self._writable: asyncio.Future[None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.WriteTransport)
@@ -67,15 +72,44 @@ class Channel(asyncio.Protocol):
         data = pickle.dumps(frame, protocol=pickle.HIGHEST_PROTOCOL)
         self._out.append(len(data).to_bytes(_HEADER, "big"))
         self._out.append(data)
-        if not self._flush_scheduled:
+        self._out_bytes += len(data)
+        if self._out_bytes >= FLUSH_BYTES:
+            self._flush()
+        elif not self._flush_scheduled:
             self._flush_scheduled = True
             asyncio.get_running_loop().call_soon(self._flush)
 
     def _flush(self) -> None:
         self._flush_scheduled = False
-        if self.transport is not None and not self.transport.is_closing():
+        if self._out and self.transport is not None and not self.transport.is_closing():
             self.transport.write(b"".join(self._out))
         self._out.clear()
+        self._out_bytes = 0
+
+    async def drain(self) -> None:
+        """Wait while the other end is not reading (back-pressure for streamed bodies)."""
+        if self._writable is not None and not self.closed:
+            await asyncio.shield(self._writable)
+
+    def pause_writing(self) -> None:
+        if self._writable is None:
+            self._writable = asyncio.get_running_loop().create_future()
+
+    def resume_writing(self) -> None:
+        if self._writable is not None:
+            if not self._writable.done():
+                self._writable.set_result(None)
+            self._writable = None
+
+    def pause_reading(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            assert isinstance(self.transport, asyncio.ReadTransport)
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            assert isinstance(self.transport, asyncio.ReadTransport)
+            self.transport.resume_reading()
 
     def close(self) -> None:
         if self.transport is not None and not self.transport.is_closing():
@@ -84,4 +118,5 @@ class Channel(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self.resume_writing()
         self.on_close()

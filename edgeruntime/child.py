@@ -152,6 +152,7 @@ class WorkerProcess:
             if message["type"] == "http.response.start":
                 ctx.response_started = True
             channel.send(("send", rid, message))
+            await channel.drain()  # the server stopped reading: its client is slower than this body
 
         outcome: tuple[Any, ...] | None = None
         try:

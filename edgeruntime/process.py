@@ -52,6 +52,8 @@ logger = logging.getLogger("edgeruntime")
 MONITOR_INTERVAL_SEC = 0.02
 #: Bodies up to this size are read whole and forwarded in the request's frame (one write, one wake-up).
 COALESCE_BODY_BYTES = 1024 * 1024
+#: Frames of one response waiting for its client before the server stops reading from the worker.
+PAUSE_FRAMES = 64
 #: How long a worker process may take to boot before it is a boot error.
 BOOT_TIMEOUT_SEC = 30.0
 #: How long ending a worker waits for `beforeunload` listeners dispatched just before.
@@ -174,6 +176,7 @@ class ProcessWorker:
         self._booted: asyncio.Future[Frame] | None = None
         self._unloaded: dict[str, asyncio.Future[None]] = {}
         self._lifecycle: WorkerLifecycle | None = None
+        self._paused_by: _Call | None = None
         self._monitor: asyncio.Task[None] | None = None
         self._cpu_baseline_ms = 0.0
         self._memory_baseline_mb = 0.0
@@ -280,6 +283,9 @@ class ProcessWorker:
             call = self._calls.get(frame[1])
             if call is not None:
                 call.push(frame)
+                if len(call.events) >= PAUSE_FRAMES and self._paused_by is None and self.channel is not None:
+                    self._paused_by = call  # its client reads slower than the function writes
+                    self.channel.pause_reading()
         elif kind == "task":
             self._task_started(frame[1], frame[2], frame[3])
         elif kind == "task_done":
@@ -362,6 +368,8 @@ class ProcessWorker:
                 event = await call.next()
                 if event[0] == "send":
                     await send(event[2])
+                    if self._paused_by is call and len(call.events) <= PAUSE_FRAMES // 4:
+                        self._resume_reading()
                     continue
                 outcome = event[2]
                 break
@@ -371,6 +379,8 @@ class ProcessWorker:
         finally:
             self.in_flight -= 1
             del self._calls[rid]
+            if self._paused_by is call:
+                self._resume_reading()
             if pump is not None:
                 pump.cancel()
         if outcome is None:
@@ -389,6 +399,11 @@ class ProcessWorker:
         if outcome[0] == "error":
             raise WorkerCrashed(self.name, f"function {self.name}: {outcome[1]}")
         raise asyncio.CancelledError
+
+    def _resume_reading(self) -> None:
+        self._paused_by = None
+        if self.channel is not None:
+            self.channel.resume_reading()
 
     async def _pump(self, rid: int, receive: Receive) -> None:
         channel = self.channel

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections.abc import MutableMapping
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -190,3 +192,66 @@ def test_real_server_process_isolation_survives_runaway(functions_dir: Path) -> 
         assert server.terminate() == 0
     assert "CPU time hard limit reached" in server.output
     assert "isolation process" in server.output
+
+
+STREAMER = """
+from pathlib import Path
+from starlette.responses import StreamingResponse
+from edgeruntime import Deno, serve
+
+EVENTS = Path(Deno.env.get("EVENTS_FILE"))
+
+
+async def chunks():
+    for i in range(2000):  # 125 MB in all
+        if i % 50 == 0:
+            EVENTS.write_text(str(i))
+        yield b"z" * 65536
+
+
+@serve
+async def handler(req):
+    return StreamingResponse(chunks())
+"""
+
+
+async def test_streamed_response_is_flow_controlled_to_a_slow_client(functions_dir: Path) -> None:
+    write_function(functions_dir, "streamer", STREAMER)
+    events = functions_dir.parent / "produced.txt"
+    async with EdgeClient(
+        functions_dir, isolation="process", environ={**os.environ, "EVENTS_FILE": str(events)}
+    ) as client:
+        received: list[int] = []
+        stalled = asyncio.Event()
+
+        async def receive() -> dict[str, object]:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def slow_send(message: MutableMapping[str, Any]) -> None:
+            if message["type"] == "http.response.body":
+                received.append(len(message.get("body", b"")))
+                if len(received) == 16:  # a client that stops reading for a while
+                    await asyncio.sleep(1.5)
+                    stalled.set()
+
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "GET",
+            "scheme": "http",
+            "path": "/functions/v1/streamer",
+            "raw_path": b"/functions/v1/streamer",
+            "query_string": b"",
+            "root_path": "",
+            "headers": [(b"authorization", client.headers_for("service_role")["Authorization"].encode())],
+            "client": ("127.0.0.1", 1),
+            "server": ("127.0.0.1", 54321),
+        }
+        serving = asyncio.ensure_future(client.app(scope, receive, slow_send))
+        await asyncio.wait_for(stalled.wait(), timeout=20)
+        produced_while_stalled = int(events.read_text())
+        await asyncio.wait_for(serving, timeout=60)
+    # Without flow control the function would have produced all 2000 chunks (125 MB) meanwhile.
+    assert produced_while_stalled < 400, produced_while_stalled
+    assert sum(received) == 2000 * 65536
