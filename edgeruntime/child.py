@@ -16,6 +16,7 @@ import resource
 import socket
 import sys
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -123,7 +124,7 @@ class WorkerProcess:
         except FunctionError as exc:
             kind = "boot" if isinstance(exc, BootError) else "crash"
             cause = exc.__cause__
-            detail = "".join(__import__("traceback").format_exception(cause)) if cause is not None else ""
+            detail = "".join(traceback.format_exception(cause)) if cause is not None else ""
             self.channel.send(("boot_failed", kind, str(exc), detail))
             return
         self.worker = worker

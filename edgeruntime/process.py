@@ -232,11 +232,11 @@ class ProcessWorker:
         try:
             frame = await asyncio.wait_for(asyncio.shield(self._booted), BOOT_TIMEOUT_SEC)
         except TimeoutError:
-            self._kill()
+            await self._abort_boot()
             raise BootError(self.name, f"function {self.name}: worker did not respond in time") from None
         if frame[0] == "boot_failed":
             _, kind, message, detail = frame
-            self._kill()
+            await self._abort_boot()
             if detail:
                 logger.error("%s", detail.rstrip(), extra={"function": self.name})
             raise (BootError if kind == "boot" else WorkerCrashed)(self.name, message)
@@ -255,6 +255,12 @@ class ProcessWorker:
             extra={"function": self.name},
         )
         self._monitor = loop.create_task(self._watch_usage())
+
+    async def _abort_boot(self) -> None:
+        self.status = WorkerStatus.ENDED
+        self.end_reason = "boot failed"
+        self._kill()
+        await asyncio.get_running_loop().run_in_executor(None, self._reap)
 
     def watch(self, lifecycle: WorkerLifecycle) -> None:
         self._lifecycle = lifecycle

@@ -147,7 +147,7 @@ async def test_wait_until_drain_and_errors_work_as_inline(functions_dir: Path) -
         assert {t.execution_id for t in client.finished} == {r.headers["x-edgeruntime-execution-id"]}
 
 
-async def test_boot_errors_in_a_process(functions_dir: Path) -> None:
+async def test_boot_errors_in_a_process(functions_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
     write_function(functions_dir, "broken", "def handler(:\n")
     write_function(functions_dir, "crash", "raise RuntimeError('boom at import')\n")
     async with EdgeClient(functions_dir, isolation="process") as client:
@@ -159,6 +159,9 @@ async def test_boot_errors_in_a_process(functions_dir: Path) -> None:
         assert r.json() == WORKER_ERROR
         for supervisor in client.app.functions.values():
             assert supervisor.workers == []
+    assert "SyntaxError" in caplog.text
+    assert "boom at import" in caplog.text
+    assert "exited unexpectedly" not in caplog.text  # a boot error is not a crash
 
 
 async def test_shutdown_reaps_worker_processes(functions_dir: Path) -> None:
