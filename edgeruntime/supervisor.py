@@ -218,7 +218,8 @@ class FunctionSupervisor:
 
         Returns a description of every task that was cut.
         """
-        workers = self.workers
+        ending = list(self.ending)  # already being ended (a limit, an early drop)
+        workers = [w for w in self.workers if w not in self.ending]
         await asyncio.gather(*(w.beforeunload("termination") for w in workers))
         deadline = time.monotonic() + timeout
         cut: list[str] = []
@@ -226,11 +227,8 @@ class FunctionSupervisor:
             while (pending := worker.pending_background()) and (remaining := deadline - time.monotonic()) > 0:
                 await asyncio.wait([t.task for t in pending], timeout=remaining)
         for worker in workers:
-            if worker in self.ending:  # already being ended (a limit, an early drop)
-                continue
             pending = worker.pending_background()
-            if worker.status is not WorkerStatus.ENDED:
-                worker.status = WorkerStatus.ENDED
+            worker.status = WorkerStatus.ENDED
             self.ending.add(worker)
             names = await self._finish(worker, ShutdownReason.TERMINATION)
             cut.extend(
@@ -240,4 +238,7 @@ class FunctionSupervisor:
         self.retired.clear()
         for task in list(self._tasks):
             task.cancel()
+        for worker in ending:  # their end may have been cancelled just now: ending twice is harmless
+            await worker.end(ShutdownReason.TERMINATION)
+        self.ending.clear()
         return cut

@@ -258,3 +258,29 @@ async def test_streamed_response_is_flow_controlled_to_a_slow_client(functions_d
     # Without flow control the function would have produced all 2000 chunks (125 MB) meanwhile.
     assert produced_while_stalled < 400, produced_while_stalled
     assert sum(received) == 2000 * 65536
+
+
+async def test_shutdown_during_an_early_drop_still_reaps_the_process(functions_dir: Path) -> None:
+    write_function(
+        functions_dir,
+        "lingering",
+        """
+        import asyncio
+        from starlette.responses import PlainTextResponse
+        from edgeruntime import EdgeRuntime, serve
+
+        async def slow_goodbye(ev):
+            await asyncio.sleep(3)
+
+        EdgeRuntime.on("beforeunload", slow_goodbye)
+        serve(lambda req: PlainTextResponse("ok"))
+        """,
+    )
+    async with EdgeClient(functions_dir, isolation="process") as client:
+        assert (await client.invoke("lingering")).status_code == 200
+        worker = client.app.functions["lingering"].worker
+        assert isinstance(worker, ProcessWorker) and worker.proc is not None
+        client.app.reload({"lingering"})  # retires it: the early drop waits for beforeunload
+        await asyncio.sleep(0.2)
+        assert worker in client.app.functions["lingering"].ending
+    assert worker.proc.poll() is not None
