@@ -245,7 +245,14 @@ class ProcessWorker:
         _, boot_ms, baseline_mb = frame
         self._memory_baseline_mb = baseline_mb
         assert self.proc is not None
-        self._cpu_baseline_ms, _ = _proc_usage(self.proc.pid)
+        try:
+            self._cpu_baseline_ms, _ = _proc_usage(self.proc.pid)
+        except OSError:  # no /proc (not Linux): the process is isolated, its CPU and memory not watched
+            logger.warning(
+                "process isolation cannot read /proc on this system: CPU and memory limits are not enforced",
+                extra={"function": self.name},
+            )
+            return
         logger.info(
             "booted function %s in %.1f ms (worker %s, process %d)",
             self.name,
