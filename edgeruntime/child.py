@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
+import logging
 import os
 import pickle
 import resource
@@ -29,7 +31,7 @@ from edgeruntime.limits import Limits
 from edgeruntime.types import Message, Scope
 from edgeruntime.worker import InlineWorker
 
-__all__ = ["WorkerProcess", "main", "rss_mb"]
+__all__ = ["WorkerProcess", "flush_logs", "main", "rss_mb"]
 
 
 def rss_mb() -> float:
@@ -37,6 +39,14 @@ def rss_mb() -> float:
     with open("/proc/self/statm", "rb") as f:
         pages = int(f.read().split()[1])
     return pages * resource.getpagesize() / (1024 * 1024)
+
+
+def flush_logs() -> None:
+    """Write out buffered log lines now: the server may kill this process right after."""
+    for name in ("edgeruntime", "_edgeruntime_functions"):
+        for handler in logging.getLogger(name).handlers:
+            with contextlib.suppress(Exception):
+                handler.flush()
 
 
 class RequestBody:
@@ -141,6 +151,7 @@ class WorkerProcess:
     async def beforeunload(self, reason: str) -> None:
         if self.worker is not None:
             await self.worker.beforeunload(reason)
+        flush_logs()
         self.channel.send(("beforeunload_done", reason))
 
     async def serve(self, rid: int, scope: Scope, body: RequestBody, execution_id: str, trigger: str) -> None:
@@ -177,7 +188,10 @@ async def _run(fd: int) -> None:
     process = WorkerProcess(stopped)
     sock = socket.socket(fileno=fd)
     await loop.create_unix_connection(lambda: process.channel, sock=sock)
-    await stopped
+    try:
+        await stopped
+    finally:
+        flush_logs()
 
 
 def main(argv: list[str] | None = None) -> int:
