@@ -284,3 +284,20 @@ async def test_shutdown_during_an_early_drop_still_reaps_the_process(functions_d
         await asyncio.sleep(0.2)
         assert worker in client.app.functions["lingering"].ending
     assert worker.proc.poll() is not None
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("isolation", ["inline", "process"])
+def test_real_server_streams_to_a_stalled_client_without_buffering_it_all(functions_dir: Path, isolation: str) -> None:
+    import socket
+
+    write_function(functions_dir, "streamer", STREAMER)
+    events = functions_dir.parent / "produced.txt"
+    env = {"EVENTS_FILE": str(events)}
+    with ServerProcess(functions_dir, "--no-watch", "--no-verify-jwt", "--isolation", isolation, env=env) as server:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as client:
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+            client.sendall(b"GET /functions/v1/streamer HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            assert client.recv(1024).startswith(b"HTTP/1.1 200")
+            time.sleep(1.5)  # the client stalls; the function must wait rather than fill memory
+            assert int(events.read_text()) < 400  # of 2000 chunks (125 MB)
