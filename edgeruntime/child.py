@@ -1,4 +1,4 @@
-"""The entry point of a worker process: ``python -m edgeruntime.child <fd>``.
+"""The entry point of a worker process: ``python -m edgeruntime.child <fd> <server pid>``.
 
 The server (:mod:`edgeruntime.process`) starts one such process per worker with the function's
 env as its whole environment, and talks to it over the Unix socket `fd`. The process loads the
@@ -11,10 +11,12 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import ctypes
 import logging
 import os
 import pickle
 import resource
+import signal
 import socket
 import sys
 import time
@@ -39,6 +41,28 @@ def rss_mb() -> float:
     with open("/proc/self/statm", "rb") as f:
         pages = int(f.read().split()[1])
     return pages * resource.getpagesize() / (1024 * 1024)
+
+
+#: The address-space backstop: this much above the memory limit (see :mod:`edgeruntime.process`).
+ADDRESS_SPACE_HEADROOM_MB = 1024
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with(server_pid: int) -> None:
+    """Be killed when the server process dies, even if the function never awaits again (Linux)."""
+    with contextlib.suppress(Exception):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != server_pid:  # the server died before prctl took effect
+        os._exit(1)
+
+
+def limit_address_space(limits: Limits) -> None:
+    """A backstop against allocating faster than the server's memory watch can see."""
+    limit = int((limits.memory_limit_mb * 4 + ADDRESS_SPACE_HEADROOM_MB) * 1024 * 1024)
+    _, hard = resource.getrlimit(resource.RLIMIT_AS)
+    if hard == resource.RLIM_INFINITY or limit < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
 
 
 def flush_logs() -> None:
@@ -124,6 +148,7 @@ class WorkerProcess:
         from edgeruntime.logs import configure_logging
 
         configure_logging(log_format)
+        limit_address_space(limits)
         baseline = rss_mb()
         worker = InlineWorker(FunctionSpec(name, Path(directory)), os.environ, limits, policy=policy)
         worker.state.background.start_observers.append(self.task_started)
@@ -196,7 +221,8 @@ async def _run(fd: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    # A worker process never outlives its server: the server closes the socket or kills it.
+    if len(args) > 1:
+        die_with(int(args[1]))
     asyncio.run(_run(int(args[0])))
     return 0
 

@@ -11,15 +11,14 @@ Memory is resident memory (RSS) above the process's baseline just before the fun
 is loaded, so the limit counts what the function allocates, as the edge runtime counts its
 isolate's heap. RSS is read from the parent rather than enforced with ``RLIMIT_AS`` because
 address-space limits fail arbitrary allocations (thread stacks, malloc arenas) long before the
-resident memory reaches the limit. ``RLIMIT_AS`` is still set, far above the limit, as a backstop.
+resident memory reaches the limit. ``RLIMIT_AS`` is still set (by the worker process, see
+:mod:`edgeruntime.child`), far above the limit, as a backstop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
-import ctypes
 import itertools
 import logging
 import os
@@ -58,10 +57,7 @@ PAUSE_FRAMES = 64
 BOOT_TIMEOUT_SEC = 30.0
 #: How long ending a worker waits for `beforeunload` listeners dispatched just before.
 BEFOREUNLOAD_GRACE_SEC = 0.5
-#: The address-space backstop: this much above the memory limit (see the module docstring).
-ADDRESS_SPACE_HEADROOM_MB = 1024
 _TICKS_PER_SEC = os.sysconf("SC_CLK_TCK")
-_PR_SET_PDEATHSIG = 1
 _PAGE_MB = resource.getpagesize() / (1024 * 1024)
 #: The scope keys a function can use; the rest (server internals) stay in the server.
 _SCOPE_KEYS = (
@@ -199,15 +195,6 @@ class ProcessWorker:
 
     # -- boot ------------------------------------------------------------------------------
 
-    def _prepare_child(self) -> None:  # runs in the child between fork and exec
-        # Die with the server, even if the function never yields to notice the socket closing.
-        with contextlib.suppress(Exception):
-            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-        limit = int((self.limits.memory_limit_mb * 4 + ADDRESS_SPACE_HEADROOM_MB) * 1024 * 1024)
-        soft, hard = resource.getrlimit(resource.RLIMIT_AS)
-        if hard == resource.RLIM_INFINITY or limit < hard:
-            resource.setrlimit(resource.RLIMIT_AS, (limit, hard if hard != resource.RLIM_INFINITY else limit))
-
     async def start(self) -> None:
         """Start the process and load the function in it; raises BootError or WorkerCrashed."""
         loop = asyncio.get_running_loop()
@@ -217,11 +204,10 @@ class ProcessWorker:
         try:
             # Popen only forks and execs: it does not wait for the child.
             self.proc = subprocess.Popen(  # noqa: ASYNC220
-                [sys.executable, "-m", "edgeruntime.child", str(theirs.fileno())],
+                [sys.executable, "-m", "edgeruntime.child", str(theirs.fileno()), str(os.getpid())],
                 pass_fds=(theirs.fileno(),),
                 env=self.env,
                 stdin=subprocess.DEVNULL,
-                preexec_fn=self._prepare_child,
             )
         finally:
             theirs.close()

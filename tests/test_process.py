@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 from collections.abc import MutableMapping
@@ -301,3 +302,39 @@ def test_real_server_streams_to_a_stalled_client_without_buffering_it_all(functi
             assert client.recv(1024).startswith(b"HTTP/1.1 200")
             time.sleep(1.5)  # the client stalls; the function must wait rather than fill memory
             assert int(events.read_text()) < 400  # of 2000 chunks (125 MB)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state != "Z"
+
+
+@pytest.mark.e2e
+def test_worker_processes_die_with_a_killed_server(functions_dir: Path) -> None:
+    import threading
+
+    import httpx
+
+    write_probe(functions_dir)
+    limits = ("--limit", "cpu_soft_limit_ms=60000", "--limit", "cpu_hard_limit_ms=60000")
+    with ServerProcess(functions_dir, "--no-watch", "--no-verify-jwt", "--isolation", "process", *limits) as server:
+        pid = httpx.get(server.url("probe"), timeout=30).json()["pid"]
+
+        def spin() -> None:  # the worker never awaits again, so it cannot notice the socket closing
+            with contextlib.suppress(httpx.HTTPError):
+                httpx.get(server.url("probe"), params={"spin": 1}, timeout=5)
+
+        spinner = threading.Thread(target=spin)
+        spinner.start()
+        time.sleep(0.5)
+        assert _alive(pid)
+        server.proc.kill()  # no graceful shutdown at all
+        spinner.join(10)
+        server.proc.wait(10)
+        deadline = time.monotonic() + 10
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _alive(pid)
