@@ -65,15 +65,18 @@ class Channel(asyncio.Protocol):
         if offset:
             del buffer[:offset]
 
-    def send(self, frame: Frame) -> None:
-        """Queue `frame`; it is written at the end of this turn of the event loop."""
+    def send(self, frame: Frame, flush: bool = False) -> None:
+        """Queue `frame`; it is written at the end of this turn of the event loop, or now if `flush`.
+
+        `flush` is for the last frame of a message (the other end is waiting for it).
+        """
         if self.closed:
             return
         data = pickle.dumps(frame, protocol=pickle.HIGHEST_PROTOCOL)
         self._out.append(len(data).to_bytes(_HEADER, "big"))
         self._out.append(data)
         self._out_bytes += len(data)
-        if self._out_bytes >= FLUSH_BYTES:
+        if flush or self._out_bytes >= FLUSH_BYTES:
             self._flush()
         elif not self._flush_scheduled:
             self._flush_scheduled = True
