@@ -223,6 +223,8 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) > 1:
         die_with(int(args[1]))
+    with contextlib.suppress(ValueError, OSError):  # a crashing function leaves no core file behind
+        resource.setrlimit(resource.RLIMIT_CORE, (0, resource.getrlimit(resource.RLIMIT_CORE)[1]))
     asyncio.run(_run(int(args[0])))
     return 0
 
