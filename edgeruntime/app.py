@@ -18,8 +18,9 @@ from edgeruntime.auth import Verifier
 from edgeruntime.background import BackgroundTask
 from edgeruntime.context import ExecutionContext, default_worker
 from edgeruntime.discovery import SHARED, discover, purge_modules
-from edgeruntime.exceptions import BootError, LimitExceeded, WorkerCrashed
+from edgeruntime.exceptions import BootError, IdleTimeout, LimitExceeded, PayloadTooLarge, WorkerCrashed
 from edgeruntime.logs import AccessLogger, log_access
+from edgeruntime.metering import LoopWatchdog
 from edgeruntime.settings import Settings
 from edgeruntime.supervisor import FunctionSupervisor
 from edgeruntime.types import Message, Receive, Scope, Send
@@ -85,6 +86,16 @@ class EdgeApp:
         #: Writes the access line of every request (the server swaps in a faster writer).
         self.access_log: AccessLogger = log_access
         self.refresh()
+        if settings.isolation == "inline":  # limits: report functions holding the shared event loop
+            self.watchdog = LoopWatchdog()
+            self.startup_hooks.append(self._start_watchdog)
+            self.shutdown_hooks.append(self._stop_watchdog)
+
+    async def _start_watchdog(self) -> None:
+        self.watchdog.start()
+
+    async def _stop_watchdog(self) -> None:
+        self.watchdog.stop()
 
     # -- functions -------------------------------------------------------------------------
 
@@ -100,7 +111,7 @@ class EdgeApp:
 
     def pending_background(self) -> list[BackgroundTask]:
         """Every background task still running, in every worker of every function."""
-        return [t for s in self.functions.values() for w in s.workers for t in w.state.background.pending]
+        return [t for s in self.functions.values() for w in s.workers for t in w.pending_background()]
 
     def reload(self, names: set[str]) -> list[str]:
         """Reload the named functions (`_shared` reloads all); returns the names reloaded."""
@@ -214,6 +225,14 @@ class EdgeApp:
         except LimitExceeded as exc:
             if not ctx.response_started:
                 await responses.send_response(send, responses.WORKER_LIMIT)
+            return str(exc)
+        except IdleTimeout as exc:
+            if not ctx.response_started:
+                await responses.send_response(send, responses.IDLE_TIMEOUT)
+            return str(exc)
+        except PayloadTooLarge as exc:
+            if not ctx.response_started:
+                await responses.send_response(send, responses.PAYLOAD_TOO_LARGE)
             return str(exc)
         return None
 

@@ -11,7 +11,7 @@ import asyncio
 import enum
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -80,6 +80,12 @@ class BackgroundWork:
         self.pending: set[BackgroundTask] = set()
         self.errors: list[BaseException] = []
         self.observers = []
+        #: False where the work ran elsewhere and was logged there (a worker process's tasks).
+        self.log_failures = True
+        #: Called with every task when it is added (a process worker reports it to the server).
+        self.start_observers: list[Callable[[BackgroundTask], None]] = []
+        #: Wraps each coroutine before it is scheduled (the worker's CPU metering).
+        self.runner: Callable[[Coroutine[Any, Any, Any], ExecutionContext], Coroutine[Any, Any, Any]] | None = None
         #: Observers of the whole app (kept by reference, so ones added later see this worker too).
         self.shared_observers = shared_observers if shared_observers is not None else []
 
@@ -93,13 +99,16 @@ class BackgroundWork:
         if isinstance(awaitable, asyncio.Future):
             future: asyncio.Future[Any] = awaitable
         elif asyncio.iscoroutine(awaitable):
-            future = loop.create_task(awaitable, name=f"wait_until:{ctx.function}:{name}")
+            coro = awaitable if self.runner is None else self.runner(awaitable, ctx)
+            future = loop.create_task(coro, name=f"wait_until:{ctx.function}:{name}")
         else:
             future = asyncio.ensure_future(awaitable)
         entry = BackgroundTask(future, name, ctx.function, ctx.execution_id)
         self.pending.add(entry)
         ctx.tasks.add(entry)
         future.add_done_callback(lambda _: self._finished(entry, ctx))
+        for observer in self.start_observers:
+            observer(entry)
         return entry
 
     def _finished(self, entry: BackgroundTask, ctx: ExecutionContext) -> None:
@@ -114,14 +123,15 @@ class BackgroundWork:
             entry.outcome = TaskOutcome.FAILED
             entry.error = exc
             self.errors.append(exc)
-            logger.error(
-                "background task %s of function %s failed (execution %s)",
-                entry.name,
-                entry.function,
-                entry.execution_id,
-                exc_info=(type(exc), exc, exc.__traceback__),
-                extra={"function": entry.function, "execution_id": entry.execution_id},
-            )
+            if self.log_failures:
+                logger.error(
+                    "background task %s of function %s failed (execution %s)",
+                    entry.name,
+                    entry.function,
+                    entry.execution_id,
+                    exc_info=(type(exc), exc, exc.__traceback__),
+                    extra={"function": entry.function, "execution_id": entry.execution_id},
+                )
             self._report_rejection(entry, exc)
         else:
             entry.outcome = TaskOutcome.COMPLETED

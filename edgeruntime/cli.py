@@ -13,6 +13,7 @@ from typing import Any, NoReturn
 
 from edgeruntime import __version__
 from edgeruntime.exceptions import EdgeRuntimeError, UsageError
+from edgeruntime.limits import parse_limit_options
 from edgeruntime.settings import DEFAULT_HOST, DEFAULT_PORT, Settings
 
 __all__ = ["main"]
@@ -48,6 +49,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--policy", choices=("per_worker", "per_request"))
     serve.add_argument("--isolation", choices=("inline", "process"))
     serve.add_argument("--tier", choices=("free", "pro"), help="hosted plan limits (free: 150 s wall clock)")
+    serve.add_argument(
+        "--limit",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="set a limit for every function, e.g. --limit wall_clock_limit_sec=60 (repeatable)",
+    )
     serve.add_argument("--log-format", choices=("text", "json"), default="text")
     serve.add_argument(
         "--graceful-exit-timeout",
@@ -123,6 +131,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         policy=args.policy,
         isolation=args.isolation,
         tier=args.tier,
+        limits=parse_limit_options(args.limit),
         watch=not args.no_watch,
         log_format=args.log_format,
         graceful_exit_timeout_sec=args.graceful_exit_timeout,

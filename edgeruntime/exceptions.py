@@ -9,8 +9,10 @@ EdgeRuntimeError
     ├── BootError            the function's module failed to load → 503 BOOT_ERROR
     ├── WorkerCrashed        the worker died (or its module raised at top level) → 500 WORKER_ERROR
     ├── InvalidResponse      the handler returned something that is not a Response → 502
-    └── LimitExceeded        a resource limit ended the work → 546 WORKER_LIMIT
-        └── WallClockLimitExceeded (also a TimeoutError)
+    ├── LimitExceeded        a resource limit ended the work → 546 WORKER_LIMIT
+    │   └── WallClockLimitExceeded (also a TimeoutError)
+    ├── IdleTimeout          no response started within the request idle timeout → 504 IDLE_TIMEOUT
+    └── PayloadTooLarge      the request body is over max_request_body_mb → 413 PAYLOAD_TOO_LARGE
 """
 
 from __future__ import annotations
@@ -20,10 +22,12 @@ __all__ = [
     "ConfigError",
     "EdgeRuntimeError",
     "FunctionError",
+    "IdleTimeout",
     "InvalidResponse",
     "JobsError",
     "LimitExceeded",
     "NotSupportedError",
+    "PayloadTooLarge",
     "UsageError",
     "WallClockLimitExceeded",
     "WorkerCrashed",
@@ -83,3 +87,11 @@ class LimitExceeded(FunctionError):
 
 class WallClockLimitExceeded(LimitExceeded, TimeoutError):
     """Raised when the wall-clock limit ended the work."""
+
+
+class IdleTimeout(FunctionError, TimeoutError):
+    """Raised when a handler has not started its response within the request idle timeout."""
+
+
+class PayloadTooLarge(FunctionError):
+    """Raised when a request body is larger than the function's max_request_body_mb."""

@@ -6,11 +6,11 @@ import functools
 import inspect
 from typing import Any
 
-import anyio.to_thread
 from starlette.requests import Request
 from starlette.responses import Response
 
 from edgeruntime.exceptions import BootError, InvalidResponse
+from edgeruntime.metering import run_in_thread_metered
 from edgeruntime.types import ASGIApp, Handler, Receive, Scope, Send
 
 __all__ = ["HandlerKind", "classify", "to_asgi"]
@@ -80,7 +80,7 @@ def to_asgi(handler: Handler, function: str) -> ASGIApp:
         request = Request(scope, receive)
         # A sync handler cannot await the body, so it is read before the handler runs.
         await request.body()
-        result = await anyio.to_thread.run_sync(fn, request)
+        result = await run_in_thread_metered(fn, request)  # its CPU counts against the limits
         if inspect.isawaitable(result):
             result = await result
         await check(result)(scope, receive, send)

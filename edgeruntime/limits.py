@@ -3,10 +3,22 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-__all__ = ["DEFAULT_LIMITS", "FREE_TIER", "LIMIT_KEYS", "PRO_TIER", "Limits", "Policy", "Isolation"]
+from edgeruntime.exceptions import ConfigError
+
+__all__ = [
+    "DEFAULT_LIMITS",
+    "FREE_TIER",
+    "LIMIT_KEYS",
+    "PRO_TIER",
+    "Isolation",
+    "Limits",
+    "Policy",
+    "parse_limit_options",
+]
 
 SECONDS = 1.0
 MILLISECONDS = 1.0
@@ -67,3 +79,21 @@ DEFAULT_LIMITS = Limits()
 FREE_TIER = Limits(wall_clock_limit_sec=150 * SECONDS)
 #: `--tier pro`: the hosted paid plans' wall clock.
 PRO_TIER = Limits(wall_clock_limit_sec=400 * SECONDS)
+
+
+def parse_limit_options(options: Iterable[str]) -> dict[str, float]:
+    """Parse ``--limit KEY=VALUE`` options (``wall_clock_limit_sec=60``); raises ConfigError naming the bad one."""
+    parsed: dict[str, float] = {}
+    for option in options:
+        key, sep, raw = option.partition("=")
+        key = key.strip()
+        if not sep:
+            raise ConfigError(f"--limit {option}: expected KEY=VALUE, e.g. wall_clock_limit_sec=60")
+        if key not in LIMIT_KEYS:
+            raise ConfigError(f"--limit {option}: unknown limit {key!r}; known limits: {', '.join(LIMIT_KEYS)}")
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ConfigError(f"--limit {option}: {raw!r} is not a number") from None
+        parsed[key] = value
+    return parsed

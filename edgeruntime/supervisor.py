@@ -2,23 +2,29 @@
 
 A boot error is kept to the function (503 for it, the others keep serving) and is retried on the
 next request. A retired worker takes no new requests: they go to a fresh worker, while the
-retired one finishes its in-flight requests and background work and is then dropped.
+retired one finishes its in-flight requests and background work and is then dropped (EarlyDrop).
+A worker that reaches a hard limit is ended: its in-flight requests get 546 and its background
+work is cut with the reason (see :mod:`edgeruntime.lifecycle`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from edgeruntime.background import BackgroundTask
 from edgeruntime.context import ExecutionContext
 from edgeruntime.discovery import FunctionSpec
 from edgeruntime.exceptions import FunctionError
+from edgeruntime.lifecycle import ShutdownReason, WorkerLifecycle
+from edgeruntime.request_limits import BodyLimit, within_idle_timeout
 from edgeruntime.settings import Settings
 from edgeruntime.types import Receive, Scope, Send
-from edgeruntime.worker import InlineWorker, WorkerStatus
+from edgeruntime.worker import InlineWorker, Worker, WorkerStatus
 
 __all__ = ["FunctionSupervisor"]
 
@@ -39,26 +45,48 @@ class FunctionSupervisor:
         self.background_observers = background_observers if background_observers is not None else []
         self.limits = settings.limits_for(spec.name)
         self.verify_jwt = settings.verify_jwt(spec.name)
-        self.worker: InlineWorker | None = None
-        self.retired: set[InlineWorker] = set()
+        self.worker: Worker | None = None
+        self.retired: set[Worker] = set()
+        #: Workers being ended (their requests are being failed, their background work cut).
+        self.ending: set[Worker] = set()
         self.boots = 0
+        #: Why the last ended workers ended, oldest first.
+        self.shutdowns: collections.deque[ShutdownReason] = collections.deque(maxlen=100)
         self.boot_error: str | None = None
         self.last_invocation: float | None = None
+        self._boot_lock = asyncio.Lock()
+        self._lifecycles: dict[Worker, WorkerLifecycle] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
 
     @property
     def name(self) -> str:
         return self.spec.name
 
     @property
-    def workers(self) -> list[InlineWorker]:
+    def workers(self) -> list[Worker]:
         active = [self.worker] if self.worker is not None else []
-        return active + list(self.retired)
+        return active + list(self.retired) + list(self.ending)
 
-    def _boot(self) -> InlineWorker:
-        worker = InlineWorker(self.spec, self.settings.env, self.limits, self.background_observers)
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _new_worker(self) -> Worker:
+        policy = self.settings.policy
+        if self.settings.isolation == "process":
+            from edgeruntime.process import ProcessWorker
+
+            return ProcessWorker(
+                self.spec, self.settings.env, self.limits, self.background_observers, policy, self.settings.log_format
+            )
+        return InlineWorker(self.spec, self.settings.env, self.limits, self.background_observers, policy)
+
+    async def _boot(self) -> Worker:
+        worker = self._new_worker()
         self.boots += 1
         try:
-            worker.boot()
+            await worker.start()
         except FunctionError as exc:
             self.boot_error = str(exc)
             cause = exc.__cause__
@@ -70,53 +98,116 @@ class FunctionSupervisor:
             )
             raise
         self.boot_error = None
+        lifecycle = WorkerLifecycle(
+            self.name,
+            worker.id,
+            self.limits,
+            self.settings.policy,
+            retire=lambda: self._retire(worker),
+            end=lambda reason: self._end(worker, reason),
+            beforeunload=lambda reason: self._spawn(worker.beforeunload(reason)),
+            in_flight=lambda: worker.in_flight,
+        )
+        self._lifecycles[worker] = lifecycle
+        worker.watch(lifecycle)
+        lifecycle.start()
         return worker
 
-    def acquire(self) -> InlineWorker:
+    async def acquire(self) -> Worker:
         """The active worker, booting a fresh one if there is none (raises FunctionError)."""
         worker = self.worker
-        if worker is None or worker.status is not WorkerStatus.ACTIVE:
-            if worker is not None:
+        if worker is not None and worker.status is WorkerStatus.ACTIVE:
+            return worker
+        async with self._boot_lock:
+            worker = self.worker
+            if worker is not None and worker.status is WorkerStatus.ACTIVE:
+                return worker
+            if worker is not None and worker.status is WorkerStatus.ENDED:  # it crashed
+                self.worker = None
+                lifecycle = self._lifecycles.pop(worker, None)
+                if lifecycle is not None:
+                    lifecycle.stop()
+            elif worker is not None:
                 self._retire(worker)
-            worker = self.worker = self._boot()
-        return worker
+            worker = self.worker = await self._boot()
+            return worker
 
     async def dispatch(self, scope: Scope, receive: Receive, send: Send, ctx: ExecutionContext) -> None:
-        """Serve one request on the active worker."""
+        """Serve one request on the active worker, within the request's own limits.
+
+        Raises PayloadTooLarge (413), IdleTimeout (504), LimitExceeded (546), BootError (503) or
+        WorkerCrashed (500) for the gateway to answer.
+        """
         self.last_invocation = time.time()
-        worker = self.acquire()
+        body = BodyLimit(receive, self.name, self.limits.max_request_body_bytes)
+        body.check_declared(scope)
+        worker = await self.acquire()
         try:
-            await worker.handle(scope, receive, send, ctx)
+            await within_idle_timeout(
+                worker.handle(scope, body.receive, send, ctx), ctx, self.limits.request_idle_timeout_sec
+            )
         finally:
             if worker.status is WorkerStatus.RETIRED and worker.idle:
-                await self._drop(worker)
+                self._spawn(self._drop(worker))
+        if body.exceeded:
+            raise body.error()
 
-    def _retire(self, worker: InlineWorker) -> None:
+    def _retire(self, worker: Worker) -> None:
         if worker.status is WorkerStatus.ACTIVE:
             worker.status = WorkerStatus.RETIRED
         if self.worker is worker:
             self.worker = None
-        if worker.status is WorkerStatus.RETIRED:
+        if worker.status is WorkerStatus.RETIRED and worker not in self.retired:
             self.retired.add(worker)
             if worker.idle:
-                asyncio.get_running_loop().create_task(self._drop(worker))
+                self._spawn(self._drop(worker))
             else:
-                self._watch_background(worker)
+                worker.on_background_done(lambda _: self._drop_if_idle(worker))
 
-    def _watch_background(self, worker: InlineWorker) -> None:
-        def finished(_: object) -> None:
-            if worker.status is WorkerStatus.RETIRED and worker.idle:
-                asyncio.get_running_loop().create_task(self._drop(worker))
+    def _drop_if_idle(self, worker: Worker) -> None:
+        if worker.status is WorkerStatus.RETIRED and worker.idle and worker in self.retired:
+            self._spawn(self._drop(worker))
 
-        worker.state.background.observers.append(finished)
-
-    async def _drop(self, worker: InlineWorker) -> None:
-        if worker not in self.retired:
+    async def _drop(self, worker: Worker) -> None:
+        """Early drop: a retired worker with nothing in flight and no pending background work."""
+        if worker not in self.retired or worker.status is not WorkerStatus.RETIRED:
             return
         self.retired.discard(worker)
-        await worker.state.dispatch_beforeunload("early_drop")
-        await worker.end("early_drop")
-        logger.info("early termination of a retired worker of %s", self.name, extra={"function": self.name})
+        self.ending.add(worker)
+        await worker.beforeunload("early_drop")
+        logger.info("early termination has been triggered: isolate: %s", worker.id, extra={"function": self.name})
+        await self._finish(worker, ShutdownReason.EARLY_DROP)
+
+    def _end(self, worker: Worker, reason: ShutdownReason) -> None:
+        """A hard limit: end `worker` now (its in-flight requests get 546)."""
+        if worker.status is WorkerStatus.ENDED:
+            return
+        worker.status = WorkerStatus.ENDED
+        if self.worker is worker:
+            self.worker = None
+        self.retired.discard(worker)
+        self.ending.add(worker)
+        self._spawn(self._finish(worker, reason))
+
+    async def _finish(self, worker: Worker, reason: ShutdownReason) -> list[str]:
+        lifecycle = self._lifecycles.pop(worker, None)
+        if lifecycle is not None:
+            lifecycle.stop()
+        self.shutdowns.append(reason)
+        try:
+            cut = await worker.end(reason)
+        finally:
+            self.ending.discard(worker)
+        logger.log(
+            logging.INFO if reason in (ShutdownReason.EARLY_DROP, ShutdownReason.TERMINATION) else logging.WARNING,
+            "worker shutdown: isolate: %s reason: %s (cpu_time_used %.0f ms, %d background task(s) cut)",
+            worker.id,
+            reason,
+            worker.meter.used_ms,
+            len(cut),
+            extra={"function": self.name},
+        )
+        return cut
 
     def reload(self) -> None:
         """Retire the active worker so the next request boots the function's files afresh."""
@@ -128,18 +219,27 @@ class FunctionSupervisor:
 
         Returns a description of every task that was cut.
         """
-        workers = self.workers
-        await asyncio.gather(*(w.state.dispatch_beforeunload("termination") for w in workers))
+        ending = list(self.ending)  # already being ended (a limit, an early drop)
+        workers = [w for w in self.workers if w not in self.ending]
+        await asyncio.gather(*(w.beforeunload("termination") for w in workers))
         deadline = time.monotonic() + timeout
         cut: list[str] = []
         for worker in workers:
-            await worker.state.background.wait(max(0.0, deadline - time.monotonic()))
+            while (pending := worker.pending_background()) and (remaining := deadline - time.monotonic()) > 0:
+                await asyncio.wait([t.task for t in pending], timeout=remaining)
         for worker in workers:
-            pending = list(worker.state.background.pending)
-            names = await worker.end("shutdown")
+            pending = worker.pending_background()
+            worker.status = WorkerStatus.ENDED
+            self.ending.add(worker)
+            names = await self._finish(worker, ShutdownReason.TERMINATION)
             cut.extend(
                 f"{t.name} (function {t.function}, execution {t.execution_id})" for t in pending if t.name in names
             )
         self.worker = None
         self.retired.clear()
+        for task in list(self._tasks):
+            task.cancel()
+        for worker in ending:  # their end may have been cancelled just now: ending twice is harmless
+            await worker.end(ShutdownReason.TERMINATION)
+        self.ending.clear()
         return cut

@@ -11,18 +11,21 @@ import enum
 import logging
 import time
 import types
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
+from typing import Any, Protocol
 
 from edgeruntime import responses
 from edgeruntime.background import BackgroundTask
 from edgeruntime.context import ExecutionContext, WorkerState
 from edgeruntime.discovery import FunctionSpec, load_function_module
-from edgeruntime.exceptions import InvalidResponse
+from edgeruntime.exceptions import InvalidResponse, LimitExceeded, PayloadTooLarge
 from edgeruntime.handlers import to_asgi
-from edgeruntime.limits import Limits
+from edgeruntime.lifecycle import RequestBudget, ShutdownReason, WorkerLifecycle
+from edgeruntime.limits import Limits, Policy
+from edgeruntime.metering import CpuMeter, current_meter, metered, run_metered
 from edgeruntime.types import ASGIApp, Handler, Receive, Scope, Send
 
-__all__ = ["InlineWorker", "WorkerStatus"]
+__all__ = ["InlineWorker", "Worker", "WorkerStatus"]
 
 logger = logging.getLogger("edgeruntime")
 
@@ -38,6 +41,47 @@ class WorkerStatus(enum.StrEnum):
     ENDED = "ended"
 
 
+class Worker(Protocol):
+    """What the supervisor needs of a worker, inline or in its own process."""
+
+    kind: str
+    status: WorkerStatus
+    in_flight: int
+    #: Counts the worker's CPU (inline: the meter its lifecycle watches).
+    meter: CpuMeter
+    #: The function's module, when it was loaded in this process (None for a worker process).
+    module: types.ModuleType | None
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def idle(self) -> bool: ...
+
+    async def start(self) -> None:
+        """Boot: raise BootError or WorkerCrashed if the module cannot be loaded."""
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send, ctx: ExecutionContext) -> None:
+        """Serve one request; raises LimitExceeded or WorkerCrashed when the worker fails it."""
+
+    async def beforeunload(self, reason: str) -> None:
+        """Dispatch `beforeunload` to the function's listeners (once per reason)."""
+
+    def pending_background(self) -> list[BackgroundTask]:
+        """The worker's `wait_until` work still running."""
+        ...
+
+    def on_background_done(self, callback: Callable[[BackgroundTask], None]) -> None:
+        """Call `callback` whenever a background task of this worker ends."""
+
+    def watch(self, lifecycle: WorkerLifecycle) -> None:
+        """Report CPU (and memory) use to `lifecycle` from now on."""
+
+    async def end(self, reason: str) -> list[str]:
+        """End the worker: fail its requests, cut its background work; returns the cut tasks' names."""
+        ...
+
+
 class InlineWorker:
     """A function module loaded in this process."""
 
@@ -49,16 +93,26 @@ class InlineWorker:
         env: Mapping[str, str],
         limits: Limits,
         observers: list[Callable[[BackgroundTask], None]] | None = None,
+        policy: Policy = "per_worker",
     ) -> None:
         self.spec = spec
         self.limits = limits
+        self.policy = policy
         self.state = WorkerState(spec.name, env, observers)
+        self.state.background.runner = self._run_background
         self.status = WorkerStatus.ACTIVE
         self.in_flight = 0
         self.started_at = time.monotonic()
         self.module: types.ModuleType | None = None
         self.handler: Handler | None = None
         self._app: ASGIApp | None = None
+        self.meter = CpuMeter(spec.name)
+        #: Why the worker was ended, once it was; its in-flight requests then get 546.
+        self.end_reason: str | None = None
+        self._requests: dict[asyncio.Task[Any], ExecutionContext] = {}
+        self._budgets: dict[ExecutionContext, RequestBudget] = {}
+        if policy == "per_request":
+            self.state.background.observers.append(self._task_ended)
 
     @property
     def id(self) -> str:
@@ -95,30 +149,107 @@ class InlineWorker:
             extra={"function": self.name},
         )
 
+    async def start(self) -> None:
+        self.boot()
+
+    def _meter_for(self, ctx: ExecutionContext) -> CpuMeter:
+        budget = self._budgets.get(ctx)
+        return budget.meter if budget is not None else self.meter
+
+    def _run_background(self, coro: Coroutine[Any, Any, Any], ctx: ExecutionContext) -> Coroutine[Any, Any, Any]:
+        return run_metered(coro, self._meter_for(ctx))
+
+    def _budget_exceeded(self, budget: RequestBudget, reason: ShutdownReason) -> None:
+        ctx = budget.ctx
+        self.state.background.cut(reason, list(ctx.tasks))
+        for task, owner in self._requests.items():
+            if owner is ctx:
+                task.cancel()
+
+    def _close_budget(self, ctx: ExecutionContext) -> None:
+        budget = self._budgets.get(ctx)
+        if budget is not None and (budget.reason is not None or (ctx not in self._requests.values() and not ctx.tasks)):
+            budget.close()
+            del self._budgets[ctx]
+
     async def handle(self, scope: Scope, receive: Receive, send: Send, ctx: ExecutionContext) -> None:
-        """Serve one request; handler errors become 500/502 responses, never exceptions."""
+        """Serve one request; handler errors become 500/502 responses.
+
+        Raises LimitExceeded when a limit ended the request (its worker or its own budget).
+        """
         assert self._app is not None, "boot() first"
         ctx.worker = self.state
         self.in_flight += 1
+        task = asyncio.current_task()
+        assert task is not None
+        self._requests[task] = ctx
+        if self.policy == "per_request":
+            self._budgets[ctx] = RequestBudget(ctx, self.limits, self._budget_exceeded)
         token = ctx.activate()
+        meter = self._meter_for(ctx)
+        meter_token = current_meter.set(meter)  # for sync handlers and the tasks this request starts
         try:
-            await self._app(scope, receive, send)
+            await metered(self._app(scope, receive, send), meter)
         except InvalidResponse as exc:
             logger.error("%s", exc, extra={"function": self.name})
             if not ctx.response_started:
                 await responses.send_response(send, responses.BAD_GATEWAY)
+        except PayloadTooLarge:
+            raise
         except Exception:
             logger.exception("function %s raised while handling %s %s", self.name, scope["method"], scope["path"])
             if not ctx.response_started:
                 await responses.send_response(send, responses.INTERNAL_SERVER_ERROR)
+        except asyncio.CancelledError:
+            budget = self._budgets.get(ctx)
+            reason = self.end_reason or (budget.reason if budget is not None else None)
+            if reason is None or task.uncancel() > 0:
+                raise
+            logger.error(
+                "user worker failed to respond: request has been cancelled by supervisor (%s)",
+                reason,
+                extra={"function": self.name},
+            )
+            raise LimitExceeded(self.name, reason) from None
         finally:
+            current_meter.reset(meter_token)
             ctx.deactivate(token)
             self.in_flight -= 1
+            del self._requests[task]
+            if ctx in self._budgets:  # else: closed once its background work ends (_task_ended)
+                self._close_budget(ctx)
+
+    def _task_ended(self, entry: BackgroundTask) -> None:
+        for ctx in [c for c in self._budgets if c.execution_id == entry.execution_id]:
+            self._close_budget(ctx)
+
+    async def beforeunload(self, reason: str) -> None:
+        await self.state.dispatch_beforeunload(reason)
+
+    def pending_background(self) -> list[BackgroundTask]:
+        return list(self.state.background.pending)
+
+    def on_background_done(self, callback: Callable[[BackgroundTask], None]) -> None:
+        self.state.background.observers.append(callback)
+
+    def watch(self, lifecycle: WorkerLifecycle) -> None:
+        self.meter = lifecycle.meter()
 
     async def end(self, reason: str) -> list[str]:
-        """End the worker: cut its pending background work; returns the names of the cut tasks."""
+        """End the worker: its in-flight requests get 546, its pending background work is cut.
+
+        Returns the names of the cut tasks.
+        """
         self.status = WorkerStatus.ENDED
+        self.end_reason = reason
+        current = asyncio.current_task()
+        for task in list(self._requests):
+            if task is not current:
+                task.cancel()
         cut = self.state.background.cut(reason)
+        for budget in self._budgets.values():
+            budget.close()
+        self._budgets.clear()
         if cut:
             await asyncio.gather(*(t.task for t in cut), return_exceptions=True)
         return [t.name for t in cut]

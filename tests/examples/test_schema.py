@@ -58,7 +58,6 @@ async def test_schema_accepts_what_the_examples_write(client: EdgeClient, supaba
         "processed_events",
         "failed_jobs",
         "processed_items",
-        "job_queue",
         "notifications",
         "fulfillments",
         "documents",

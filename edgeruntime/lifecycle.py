@@ -1,0 +1,236 @@
+"""The worker lifecycle policies: when a worker retires, gets ``beforeunload`` and is ended.
+
+``per_worker`` (the edge runtime's default, :class:`WorkerLifecycle`): one worker per function
+serves concurrent requests. At half the wall clock, at the CPU soft limit or at half the memory
+limit it retires (new requests go to a fresh worker); at the full wall clock, the CPU hard limit or
+the memory limit it is ended. ``beforeunload`` fires once at 90 % of each limit.
+
+``per_request`` (:class:`RequestBudget`): every request has its own wall-clock and CPU budget,
+counted from its arrival and covering the background work it registered.
+
+Log lines use the edge runtime's own messages and shutdown reason names.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from edgeruntime.limits import Limits, Policy
+from edgeruntime.metering import CpuMeter
+
+if TYPE_CHECKING:
+    from edgeruntime.context import ExecutionContext
+
+__all__ = ["BEFOREUNLOAD_RATIO", "RequestBudget", "ShutdownReason", "WorkerLifecycle"]
+
+logger = logging.getLogger("edgeruntime")
+
+#: `beforeunload` fires at this share of each limit (the edge runtime's default, 90 %).
+BEFOREUNLOAD_RATIO = 0.9
+#: A worker using this share of its memory limit retires (a "resource alert").
+MEMORY_ALERT_RATIO = 0.5
+
+
+class ShutdownReason(enum.StrEnum):
+    """Why a worker ended: the edge runtime's ``ShutdownReason`` names, as its logs print them."""
+
+    EVENT_LOOP_COMPLETED = "EventLoopCompleted"
+    WALL_CLOCK = "WallClockTime"
+    CPU = "CPUTime"
+    MEMORY = "Memory"
+    EARLY_DROP = "EarlyDrop"
+    TERMINATION = "TerminationRequested"
+
+
+#: The `beforeunload` reason (snake_case, as `ev.detail.reason` has it) of each limit.
+BEFOREUNLOAD_REASON = {
+    ShutdownReason.WALL_CLOCK: "wall_clock",
+    ShutdownReason.CPU: "cpu",
+    ShutdownReason.MEMORY: "memory",
+    ShutdownReason.EARLY_DROP: "early_drop",
+    ShutdownReason.TERMINATION: "termination",
+}
+
+
+class WorkerLifecycle:
+    """The ``per_worker`` limits of one worker: timers and thresholds that retire or end it.
+
+    The supervisor passes three callbacks: `retire()`, `end(reason)` and `beforeunload(reason)`;
+    each is called at most once per reason. Under ``per_request`` only the memory limit is
+    watched here (the other limits are per request, see :class:`RequestBudget`).
+    """
+
+    def __init__(
+        self,
+        function: str,
+        worker_id: str,
+        limits: Limits,
+        policy: Policy,
+        *,
+        retire: Callable[[], None],
+        end: Callable[[ShutdownReason], None],
+        beforeunload: Callable[[str], None],
+        in_flight: Callable[[], int],
+    ) -> None:
+        self.function = function
+        self.worker_id = worker_id
+        self.limits = limits
+        self.policy = policy
+        self._retire = retire
+        self._end = end
+        self._beforeunload = beforeunload
+        self._in_flight = in_flight
+        self._timers: list[asyncio.TimerHandle] = []
+        self._fired: set[str] = set()
+        self.ended = False
+
+    def _log(self, message: str, level: int = logging.INFO, suffix: str = "") -> None:
+        logger.log(level, "%s: isolate: %s%s", message, self.worker_id, suffix, extra={"function": self.function})
+
+    def _once(self, key: str) -> bool:
+        if key in self._fired or self.ended:
+            return False
+        self._fired.add(key)
+        return True
+
+    def start(self) -> None:
+        """Start the wall-clock timers (per_worker)."""
+        if self.policy != "per_worker":
+            return
+        loop = asyncio.get_running_loop()
+        wall = self.limits.wall_clock_limit_sec
+        self._timers = [
+            loop.call_later(wall / 2, self._wall_clock_warning),
+            loop.call_later(wall * BEFOREUNLOAD_RATIO, self._notify, "wall_clock"),
+            loop.call_later(wall, self._wall_clock_reached),
+        ]
+
+    def stop(self) -> None:
+        """The worker is gone: no more callbacks."""
+        self.ended = True
+        for timer in self._timers:
+            timer.cancel()
+
+    def _notify(self, reason: str) -> None:
+        if self._once(f"beforeunload:{reason}"):
+            self._beforeunload(reason)
+
+    def _retire_once(self, message: str) -> None:
+        if self._once(f"log:{message}"):
+            self._log(message)
+        if self._once("retire"):
+            self._retire()
+
+    def _finish(self, reason: ShutdownReason, message: str, suffix: str = "") -> None:
+        if self._once("end"):
+            self._log(message, logging.WARNING, suffix)
+            self.stop()
+            self._end(reason)
+
+    def _wall_clock_warning(self) -> None:
+        self._retire_once("wall clock duration warning")
+
+    def _wall_clock_reached(self) -> None:
+        in_flight = "true" if self._in_flight() else "false"
+        self._finish(ShutdownReason.WALL_CLOCK, "wall clock duration reached", f" (in_flight_req_exists = {in_flight})")
+
+    def cpu_thresholds(self) -> list[float]:
+        """The CPU times (ms) at which :meth:`observe_cpu` acts."""
+        if self.policy != "per_worker":
+            return []
+        hard = self.limits.cpu_hard_limit_ms
+        return sorted({self.limits.cpu_soft_limit_ms, hard * BEFOREUNLOAD_RATIO, hard})
+
+    def next_cpu_check(self, used_ms: float) -> float:
+        """The next CPU time (ms) worth a call of :meth:`observe_cpu`."""
+        return next((t for t in self.cpu_thresholds() if t > used_ms), float("inf"))
+
+    def observe_cpu(self, used_ms: float) -> None:
+        """The worker has used `used_ms` of CPU: retire, warn or end it."""
+        if self.policy != "per_worker" or self.ended:
+            return
+        limits = self.limits
+        if used_ms >= limits.cpu_soft_limit_ms:
+            self._retire_once("CPU time soft limit reached")
+        if used_ms >= limits.cpu_hard_limit_ms:
+            self._finish(ShutdownReason.CPU, "CPU time hard limit reached")
+        elif used_ms >= limits.cpu_hard_limit_ms * BEFOREUNLOAD_RATIO:
+            self._notify("cpu")
+
+    def observe_memory(self, used_mb: float) -> None:
+        """The worker's process uses `used_mb` of memory: retire, warn or end it."""
+        if self.ended:
+            return
+        limit = self.limits.memory_limit_mb
+        if used_mb >= limit:
+            self._finish(ShutdownReason.MEMORY, "memory limit reached for the worker")
+            return
+        if used_mb >= limit * BEFOREUNLOAD_RATIO:
+            self._notify("memory")
+        if used_mb >= limit * MEMORY_ALERT_RATIO and self.policy == "per_worker":
+            self._retire_once("memory usage warning")
+
+    def meter(self) -> CpuMeter:
+        """A CPU meter that reports to this lifecycle at each threshold."""
+        meter = CpuMeter(self.function)
+
+        def crossed(used_ms: float) -> None:
+            meter.next_check_ms = self.next_cpu_check(used_ms)
+            self.observe_cpu(used_ms)
+
+        meter.on_threshold = crossed
+        meter.next_check_ms = self.next_cpu_check(0.0)
+        return meter
+
+
+class RequestBudget:
+    """The ``per_request`` budget of one request: wall clock and CPU from its arrival.
+
+    The request and the background work it registers are charged to the same meter and bounded by
+    the same wall clock. `exceeded(reason)` is called once when either runs out.
+    """
+
+    def __init__(
+        self,
+        ctx: ExecutionContext,
+        limits: Limits,
+        exceeded: Callable[[RequestBudget, ShutdownReason], None],
+    ) -> None:
+        self.ctx = ctx
+        self.limits = limits
+        self.reason: ShutdownReason | None = None
+        self._exceeded = exceeded
+        self.meter = CpuMeter(ctx.function, self._cpu)
+        self.meter.next_check_ms = limits.cpu_hard_limit_ms
+        self._timer = asyncio.get_running_loop().call_later(
+            limits.wall_clock_limit_sec, self._fire, ShutdownReason.WALL_CLOCK
+        )
+
+    def _cpu(self, used_ms: float) -> None:
+        self.meter.next_check_ms = float("inf")
+        self._fire(ShutdownReason.CPU)
+
+    def _fire(self, reason: ShutdownReason) -> None:
+        if self.reason is not None:
+            return
+        self.reason = reason
+        self._timer.cancel()
+        message = (
+            "wall clock duration reached" if reason is ShutdownReason.WALL_CLOCK else "CPU time hard limit reached"
+        )
+        logger.warning(
+            "%s: request: %s (reason %s)",
+            message,
+            self.ctx.execution_id,
+            reason,
+            extra={"function": self.ctx.function, "execution_id": self.ctx.execution_id},
+        )
+        self._exceeded(self, reason)
+
+    def close(self) -> None:
+        """The request and all its background work ended."""
+        self._timer.cancel()

@@ -1,0 +1,476 @@
+"""Process isolation: each worker its own OS process, booted, routed to and supervised from here.
+
+The server forwards ASGI messages to the worker process over a Unix socket
+(:mod:`edgeruntime.channel`) and watches the process from outside: its CPU time and resident
+memory are read from ``/proc`` every few milliseconds and reported to the worker's lifecycle,
+which retires it or ends it. Ending a worker process is ``SIGKILL``, so a hard limit stops even
+``while True: pass``. A process that dies on its own (``os._exit``, a segfault) fails its
+in-flight requests with 500 WORKER_ERROR, and the next request boots a fresh worker.
+
+Memory is resident memory (RSS) above the process's baseline just before the function's module
+is loaded, so the limit counts what the function allocates, as the edge runtime counts its
+isolate's heap. RSS is read from the parent rather than enforced with ``RLIMIT_AS`` because
+address-space limits fail arbitrary allocations (thread stacks, malloc arenas) long before the
+resident memory reaches the limit. ``RLIMIT_AS`` is still set (by the worker process, see
+:mod:`edgeruntime.child`), far above the limit, as a backstop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import itertools
+import logging
+import os
+import resource
+import signal
+import socket
+import subprocess
+import sys
+import time
+import types
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from edgeruntime.background import BackgroundTask, TaskOutcome
+from edgeruntime.channel import Channel, Frame
+from edgeruntime.context import ExecutionContext, WorkerState
+from edgeruntime.discovery import FunctionSpec
+from edgeruntime.exceptions import BootError, LimitExceeded, PayloadTooLarge, WorkerCrashed
+from edgeruntime.lifecycle import WorkerLifecycle
+from edgeruntime.limits import Limits, Policy
+from edgeruntime.metering import CpuMeter
+from edgeruntime.types import Message, Receive, Scope, Send
+from edgeruntime.worker import WorkerStatus
+
+__all__ = ["ProcessWorker"]
+
+logger = logging.getLogger("edgeruntime")
+
+#: How often the server reads a worker process's CPU time and memory.
+MONITOR_INTERVAL_SEC = 0.02
+#: Bodies up to this size are read whole and forwarded in the request's frame (one write, one wake-up).
+COALESCE_BODY_BYTES = 1024 * 1024
+#: Frames of one response waiting for its client before the server stops reading from the worker.
+PAUSE_FRAMES = 64
+#: How long a worker process may take to boot before it is a boot error.
+BOOT_TIMEOUT_SEC = 30.0
+#: How long ending a worker waits for `beforeunload` listeners dispatched just before.
+BEFOREUNLOAD_GRACE_SEC = 0.5
+_TICKS_PER_SEC = os.sysconf("SC_CLK_TCK")
+_PAGE_MB = resource.getpagesize() / (1024 * 1024)
+#: The scope keys a function can use; the rest (server internals) stay in the server.
+_SCOPE_KEYS = (
+    "type",
+    "asgi",
+    "http_version",
+    "method",
+    "scheme",
+    "path",
+    "raw_path",
+    "query_string",
+    "root_path",
+    "headers",
+    "client",
+    "server",
+)
+
+
+class _Call:
+    """One request in flight in the worker process: the messages that came back for it."""
+
+    __slots__ = ("events", "waiter")
+
+    def __init__(self) -> None:
+        self.events: collections.deque[Frame] = collections.deque()
+        self.waiter: asyncio.Future[None] | None = None
+
+    def push(self, event: Frame) -> None:
+        self.events.append(event)
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
+
+    async def next(self) -> Frame:
+        while not self.events:
+            self.waiter = asyncio.get_running_loop().create_future()
+            await self.waiter
+        return self.events.popleft()
+
+
+def _proc_usage(pid: int) -> tuple[float, float]:
+    """CPU time (ms) and resident memory (MB) of process `pid`."""
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        stat = f.read()
+    fields = stat[stat.rindex(b")") + 2 :].split()
+    cpu_ms = (int(fields[11]) + int(fields[12])) * 1000 / _TICKS_PER_SEC
+    with open(f"/proc/{pid}/statm", "rb") as f:
+        rss_mb = int(f.read().split()[1]) * _PAGE_MB
+    return cpu_ms, rss_mb
+
+
+def _small_body(scope: Scope) -> bool:
+    """True if the request declares a body small enough to forward in one frame (or none at all)."""
+    length: int | None = None
+    for key, value in scope["headers"]:
+        name = key.lower()
+        if name == b"content-length":
+            try:
+                length = int(value)
+            except ValueError:
+                return False
+        elif name == b"transfer-encoding":
+            return False
+    return length is None or length <= COALESCE_BODY_BYTES
+
+
+async def _read_whole_body(first: Message, receive: Receive) -> Message:
+    chunks = [first.get("body", b"")]
+    message = first
+    while message.get("more_body"):
+        message = await receive()
+        if message["type"] != "http.request":
+            return message
+        chunks.append(message.get("body", b""))
+    return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+
+
+class ProcessWorker:
+    """A function module loaded in its own OS process."""
+
+    kind = "process"
+
+    def __init__(
+        self,
+        spec: FunctionSpec,
+        env: Mapping[str, str],
+        limits: Limits,
+        observers: list[Callable[[BackgroundTask], None]] | None = None,
+        policy: Policy = "per_worker",
+        log_format: str = "text",
+    ) -> None:
+        self.spec = spec
+        self.env = dict(env)
+        self.limits = limits
+        self.policy = policy
+        self.log_format = log_format
+        #: The server-side view of the worker: its background work, as the process reports it.
+        self.state = WorkerState(spec.name, self.env, observers)
+        self.state.background.log_failures = False  # the worker process logged them, with traceback
+        self.status = WorkerStatus.ACTIVE
+        self.in_flight = 0
+        self.meter = CpuMeter(spec.name)
+        #: The module lives in the worker process, not here.
+        self.module: types.ModuleType | None = None
+        self.memory_mb = 0.0
+        self.end_reason: str | None = None
+        self.exit_status: int | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.channel: Channel | None = None
+        self._calls: dict[int, _Call] = {}
+        self._ids = itertools.count(1)
+        self._tasks: dict[int, BackgroundTask] = {}
+        self._booted: asyncio.Future[Frame] | None = None
+        self._unloaded: dict[str, asyncio.Future[None]] = {}
+        self._lifecycle: WorkerLifecycle | None = None
+        self._paused_by: _Call | None = None
+        self._monitor: asyncio.Task[None] | None = None
+        self._cpu_baseline_ms = 0.0
+        self._memory_baseline_mb = 0.0
+
+    @property
+    def id(self) -> str:
+        return self.state.worker_id
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
+
+    @property
+    def idle(self) -> bool:
+        return self.in_flight == 0 and not self.state.background.pending
+
+    # -- boot ------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the process and load the function in it; raises BootError or WorkerCrashed."""
+        loop = asyncio.get_running_loop()
+        self.state.loop = loop
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        started = time.perf_counter()
+        try:
+            # Popen only forks and execs: it does not wait for the child.
+            self.proc = subprocess.Popen(  # noqa: ASYNC220
+                [sys.executable, "-m", "edgeruntime.child", str(theirs.fileno()), str(os.getpid())],
+                pass_fds=(theirs.fileno(),),
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+            )
+        finally:
+            theirs.close()
+        channel = self.channel = Channel(self._on_frame, self._on_close)
+        await loop.create_unix_connection(lambda: channel, sock=ours)
+        self._booted = loop.create_future()
+        channel.send(("boot", self.name, str(self.spec.directory), self.limits, self.policy, self.log_format))
+        try:
+            frame = await asyncio.wait_for(asyncio.shield(self._booted), BOOT_TIMEOUT_SEC)
+        except TimeoutError:
+            await self._abort_boot()
+            raise BootError(self.name, f"function {self.name}: worker did not respond in time") from None
+        if frame[0] == "boot_failed":
+            _, kind, message, detail = frame
+            await self._abort_boot()
+            if detail:
+                logger.error("%s", detail.rstrip(), extra={"function": self.name})
+            raise (BootError if kind == "boot" else WorkerCrashed)(self.name, message)
+        if frame[0] == "exited":
+            raise WorkerCrashed(self.name, f"function {self.name}: worker process exited while booting")
+        _, boot_ms, baseline_mb = frame
+        self._memory_baseline_mb = baseline_mb
+        assert self.proc is not None
+        try:
+            self._cpu_baseline_ms, _ = _proc_usage(self.proc.pid)
+        except OSError:  # no /proc (not Linux): the process is isolated, its CPU and memory not watched
+            logger.warning(
+                "process isolation cannot read /proc on this system: CPU and memory limits are not enforced",
+                extra={"function": self.name},
+            )
+            return
+        logger.info(
+            "booted function %s in %.1f ms (worker %s, process %d)",
+            self.name,
+            (time.perf_counter() - started) * 1000,
+            self.id[:8],
+            self.proc.pid,
+            extra={"function": self.name},
+        )
+        self._monitor = loop.create_task(self._watch_usage())
+
+    async def _abort_boot(self) -> None:
+        self.status = WorkerStatus.ENDED
+        self.end_reason = "boot failed"
+        self._kill()
+        await asyncio.get_running_loop().run_in_executor(None, self._reap)
+
+    def watch(self, lifecycle: WorkerLifecycle) -> None:
+        self._lifecycle = lifecycle
+
+    async def _watch_usage(self) -> None:
+        assert self.proc is not None
+        pid = self.proc.pid
+        while self.status is not WorkerStatus.ENDED:
+            try:
+                cpu_ms, rss_mb = _proc_usage(pid)
+            except (OSError, ValueError, IndexError):
+                return
+            self.meter.used_ms = max(0.0, cpu_ms - self._cpu_baseline_ms)
+            self.memory_mb = max(0.0, rss_mb - self._memory_baseline_mb)
+            lifecycle = self._lifecycle
+            if lifecycle is not None:
+                lifecycle.observe_memory(self.memory_mb)
+                lifecycle.observe_cpu(self.meter.used_ms)
+            await asyncio.sleep(MONITOR_INTERVAL_SEC)
+
+    # -- frames from the worker process ----------------------------------------------------
+
+    def _on_frame(self, frame: Frame) -> None:
+        kind = frame[0]
+        if kind == "send" or kind == "done":
+            call = self._calls.get(frame[1])
+            if call is not None:
+                call.push(frame)
+                if len(call.events) >= PAUSE_FRAMES and self._paused_by is None and self.channel is not None:
+                    self._paused_by = call  # its client reads slower than the function writes
+                    self.channel.pause_reading()
+        elif kind == "task":
+            self._task_started(frame[1], frame[2], frame[3])
+        elif kind == "task_done":
+            self._task_done(frame[1], frame[2], frame[3], frame[4])
+        elif kind == "beforeunload_done":
+            waiter = self._unloaded.get(frame[1])
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+        elif kind in ("booted", "boot_failed") and self._booted is not None and not self._booted.done():
+            self._booted.set_result(frame)
+
+    def _on_close(self) -> None:
+        if self._booted is not None and not self._booted.done():
+            self._booted.set_result(("exited",))
+        for waiter in self._unloaded.values():
+            if not waiter.done():
+                waiter.set_result(None)
+        if self.status is WorkerStatus.ENDED:
+            return
+        # The process died on its own: a crash.
+        self.status = WorkerStatus.ENDED
+        self.end_reason = "crashed"
+        status = self._reap()
+        logger.error(
+            "worker process of %s exited unexpectedly (exit status %s): isolate: %s",
+            self.name,
+            status,
+            self.id,
+            extra={"function": self.name},
+        )
+        for call in self._calls.values():
+            call.push(("done", 0, ("crashed", status)))
+        self.state.background.cut("crashed")
+        self._stop_monitor()
+
+    def _task_started(self, tid: int, name: str, execution_id: str) -> None:
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        ctx = ExecutionContext(function=self.name, worker=self.state, execution_id=execution_id)
+        entry = self.state.background.add(future, ctx)
+        entry.name = name
+        self._tasks[tid] = entry
+
+    def _task_done(self, tid: int, outcome: str, error: BaseException | None, cut_reason: str | None) -> None:
+        entry = self._tasks.pop(tid, None)
+        if entry is None or entry.task.done():
+            return
+        if outcome == TaskOutcome.FAILED and error is not None:
+            entry.task.set_exception(error)
+        elif outcome == TaskOutcome.CUT:
+            entry.cut_reason = cut_reason
+            entry.task.cancel()
+        else:
+            entry.task.set_result(None)
+
+    # -- requests --------------------------------------------------------------------------
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send, ctx: ExecutionContext) -> None:
+        """Forward one request to the worker process and its response back."""
+        channel = self.channel
+        assert channel is not None
+        if channel.closed or self.status is WorkerStatus.ENDED:  # ended between routing and now
+            if self.end_reason == "crashed":
+                raise WorkerCrashed(self.name, f"function {self.name}: worker process exited")
+            raise LimitExceeded(self.name, self.end_reason or "ended")
+        ctx.worker = self.state
+        rid = next(self._ids)
+        call = self._calls[rid] = _Call()
+        self.in_flight += 1
+        pump: asyncio.Task[None] | None = None
+        try:
+            first = await receive()
+            if first.get("more_body") and _small_body(scope):
+                first = await _read_whole_body(first, receive)
+            slim = {key: scope[key] for key in _SCOPE_KEYS if key in scope}
+            slim["headers"] = list(scope["headers"])
+            channel.send(("request", rid, slim, first, ctx.execution_id, ctx.trigger), flush=True)
+            if first.get("more_body"):
+                pump = asyncio.get_running_loop().create_task(self._pump(rid, receive))
+            while True:
+                event = await call.next()
+                if event[0] == "send":
+                    await send(event[2])
+                    if self._paused_by is call and len(call.events) <= PAUSE_FRAMES // 4:
+                        self._resume_reading()
+                    continue
+                outcome = event[2]
+                break
+        except asyncio.CancelledError:
+            channel.send(("cancel", rid))  # a no-op once the process is gone
+            raise
+        finally:
+            self.in_flight -= 1
+            del self._calls[rid]
+            if self._paused_by is call:
+                self._resume_reading()
+            if pump is not None:
+                pump.cancel()
+        if outcome is None:
+            return
+        if outcome[0] == "limit":
+            logger.error(
+                "user worker failed to respond: request has been cancelled by supervisor (%s)",
+                outcome[1],
+                extra={"function": self.name},
+            )
+            raise LimitExceeded(self.name, outcome[1])
+        if outcome[0] == "crashed":
+            raise WorkerCrashed(self.name, f"function {self.name}: worker process exited (status {outcome[1]})")
+        if outcome[0] == "too_large":
+            raise PayloadTooLarge(self.name)
+        if outcome[0] == "error":
+            raise WorkerCrashed(self.name, f"function {self.name}: {outcome[1]}")
+        raise asyncio.CancelledError
+
+    def _resume_reading(self) -> None:
+        self._paused_by = None
+        if self.channel is not None:
+            self.channel.resume_reading()
+
+    async def _pump(self, rid: int, receive: Receive) -> None:
+        channel = self.channel
+        assert channel is not None
+        try:
+            while True:
+                message = await receive()
+                channel.send(("body", rid, message))
+                if message["type"] != "http.request" or not message.get("more_body"):
+                    return
+        except PayloadTooLarge:
+            channel.send(("cancel", rid))
+            call = self._calls.get(rid)
+            if call is not None:
+                call.push(("done", rid, ("too_large",)))
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def beforeunload(self, reason: str) -> None:
+        """Dispatch `beforeunload` in the worker process and wait (a little) for its listeners."""
+        if self.channel is None or self.channel.closed or reason in self._unloaded:
+            return
+        waiter = self._unloaded[reason] = asyncio.get_running_loop().create_future()
+        self.channel.send(("beforeunload", reason))
+        try:
+            await asyncio.wait_for(asyncio.shield(waiter), timeout=5)
+        except TimeoutError:
+            logger.warning("beforeunload listeners of %s did not finish within 5 s", self.name)
+
+    def pending_background(self) -> list[BackgroundTask]:
+        return list(self.state.background.pending)
+
+    def on_background_done(self, callback: Callable[[BackgroundTask], None]) -> None:
+        self.state.background.observers.append(callback)
+
+    def _stop_monitor(self) -> None:
+        if self._monitor is not None and self._monitor is not asyncio.current_task():
+            self._monitor.cancel()
+
+    def _kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+        if self.channel is not None:
+            self.channel.close()
+
+    def _reap(self) -> int | None:
+        if self.proc is None:
+            return None
+        try:
+            self.exit_status = self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.exit_status = self.proc.wait(timeout=5)
+        return self.exit_status
+
+    async def end(self, reason: str) -> list[str]:
+        """Kill the process: in-flight requests get 546, background work is cut with `reason`."""
+        self.status = WorkerStatus.ENDED
+        self.end_reason = reason
+        self._stop_monitor()
+        unloading = [w for w in self._unloaded.values() if not w.done()]
+        if unloading:  # let a beforeunload dispatched just before the limit finish, briefly
+            await asyncio.wait(unloading, timeout=BEFOREUNLOAD_GRACE_SEC)
+        self._kill()
+        for call in self._calls.values():
+            call.push(("done", 0, ("limit", reason)))
+        cut = self.state.background.cut(reason)
+        if cut:
+            await asyncio.gather(*(t.task for t in cut), return_exceptions=True)
+        await asyncio.get_running_loop().run_in_executor(None, self._reap)
+        return [t.name for t in cut]

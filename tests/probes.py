@@ -1,0 +1,128 @@
+"""A function that can be told to sleep, burn CPU, spin, hog memory or crash, for the limit tests."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tests.helpers import HELLO, write_function
+
+PROBE = """
+import asyncio
+import ctypes
+import os
+import time
+import uuid
+from pathlib import Path
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, StreamingResponse
+
+from edgeruntime import Deno, EdgeRuntime, serve
+
+BOOT_ID = uuid.uuid4().hex
+EVENTS = Path(Deno.env.get("EVENTS_FILE") or os.devnull)
+HOG = []
+
+
+def record(line):
+    with EVENTS.open("a") as f:
+        f.write(f"{BOOT_ID} {line}\\n")
+
+
+EdgeRuntime.on("beforeunload", lambda ev: record(f"beforeunload {ev.reason}"))
+
+
+async def burn(ms):
+    end = time.thread_time() + ms / 1000
+    while time.thread_time() < end:
+        for _ in range(200):
+            pass
+        await asyncio.sleep(0)
+
+
+async def background(seconds):
+    await asyncio.sleep(seconds)
+    record("background done")
+
+
+async def stream(seconds):
+    yield b"started "
+    await asyncio.sleep(seconds)
+    yield b"finished"
+
+
+async def handler(req: Request):
+    q = req.query_params
+    if "bg_sleep" in q:
+        EdgeRuntime.wait_until(background(float(q["bg_sleep"])))
+    if "sleep" in q:
+        await asyncio.sleep(float(q["sleep"]))
+    if "burn_ms" in q:
+        await burn(float(q["burn_ms"]))
+    if "spin" in q:
+        while True:
+            pass
+    if "hog" in q:  # fill memory to `hog` MB, pause, then grow until the memory limit stops it
+        pause_at = float(q["hog"])
+        for _ in range(4000):  # up to ~4 GB
+            HOG.append(b"x" * 1_048_576)
+            if len(HOG) == int(pause_at):
+                await asyncio.sleep(0.5)
+            time.sleep(0.001)
+    if "exit" in q:
+        os._exit(3)
+    if "segfault" in q:
+        ctypes.string_at(0)
+    if "stream" in q:
+        return StreamingResponse(stream(float(q["stream"])))
+    size = len(await req.body()) if "echo" in q else None
+    return JSONResponse({"boot": BOOT_ID, "pid": os.getpid(), "size": size,
+                         "leaked": os.environ.get("LEAKED_SECRET")})
+
+
+serve(handler)
+"""
+
+LEAKY = """
+import os
+from starlette.responses import JSONResponse
+from edgeruntime import serve
+
+os.environ["LEAKED_SECRET"] = "from-leaky"
+
+async def handler(req):
+    return JSONResponse({"pid": os.getpid(), "mine": os.environ.get("LEAKED_SECRET")})
+
+serve(handler)
+"""
+
+
+def write_probe(functions_dir: Path) -> Path:
+    """`probe` and `hello` in `functions_dir`; returns the events file the probe writes to."""
+    write_function(functions_dir, "probe", PROBE)
+    write_function(functions_dir, "hello", HELLO)
+    return functions_dir.parent / "events.log"
+
+
+def environ_for(events: Path) -> dict[str, str]:
+    return {**os.environ, "EVENTS_FILE": str(events)}
+
+
+def events_of(events: Path) -> list[str]:
+    return events.read_text().splitlines() if events.exists() else []
+
+
+async def eventually(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
+    """Poll `predicate` until it returns something truthy; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = predicate()
+        if result:
+            return result
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"{what} not reached within {timeout} s")

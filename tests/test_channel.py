@@ -1,0 +1,74 @@
+"""The worker channel: length-prefixed pickled frames, coalesced writes, flow control."""
+
+from __future__ import annotations
+
+import asyncio
+import pickle
+import socket
+
+from edgeruntime.channel import FLUSH_BYTES, Channel, Frame
+
+
+def encode(frame: Frame) -> bytes:
+    data = pickle.dumps(frame)
+    return len(data).to_bytes(4, "big") + data
+
+
+def test_frames_split_and_joined_arbitrarily_are_decoded_in_order() -> None:
+    seen: list[Frame] = []
+    channel = Channel(seen.append, lambda: None)
+    frames = [("send", 1, {"type": "http.response.start", "status": 200}), ("done", 1, None), ("task", 7, "x", "e")]
+    stream = b"".join(encode(f) for f in frames)
+    for i in range(len(stream)):  # one byte at a time
+        channel.data_received(stream[i : i + 1])
+    channel.data_received(stream)  # all at once
+    assert seen == frames + frames
+
+
+def test_a_failing_frame_handler_does_not_stop_the_others() -> None:
+    seen: list[Frame] = []
+
+    def handle(frame: Frame) -> None:
+        if frame[0] == "bad":
+            raise ValueError("bad frame")
+        seen.append(frame)
+
+    channel = Channel(handle, lambda: None)
+    channel.data_received(encode(("bad",)) + encode(("good",)))
+    assert seen == [("good",)]
+
+
+async def test_frames_sent_in_one_turn_go_out_in_one_write_and_arrive() -> None:
+    ours, theirs = socket.socketpair()
+    loop = asyncio.get_running_loop()
+    received: list[Frame] = []
+    arrived = asyncio.Event()
+
+    def on_frame(frame: Frame) -> None:
+        received.append(frame)
+        if frame[0] == "last":
+            arrived.set()
+
+    writer = Channel(lambda f: None, lambda: None)
+    reader = Channel(on_frame, lambda: None)
+    transport, _ = await loop.create_unix_connection(lambda: writer, sock=ours)
+    await loop.create_unix_connection(lambda: reader, sock=theirs)
+    writes: list[int] = []
+    original = transport.write
+
+    def counting_write(data: bytes | bytearray | memoryview) -> None:
+        writes.append(len(data))
+        original(data)
+
+    transport.write = counting_write  # type: ignore[method-assign]
+    for i in range(10):
+        writer.send(("frame", i))
+    writer.send(("last",))
+    await asyncio.wait_for(arrived.wait(), timeout=5)
+    assert received == [("frame", i) for i in range(10)] + [("last",)]
+    assert len(writes) == 1
+    # A large body is written at once rather than queued until the end of the turn.
+    writer.send(("body", b"x" * FLUSH_BYTES))
+    assert len(writes) == 2
+    writer.close()
+    reader.close()

@@ -1,0 +1,269 @@
+"""The worker lifecycle (per_worker and per_request), in both isolations, with small limits."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from edgeruntime.background import TaskOutcome
+from edgeruntime.lifecycle import ShutdownReason
+from edgeruntime.testing import EdgeClient
+from tests.probes import environ_for, events_of, eventually, write_probe
+
+WORKER_LIMIT = {
+    "code": "WORKER_LIMIT",
+    "message": "Worker failed to respond due to a resource limit (please check logs)",
+}
+
+
+@pytest.fixture(params=["inline", "process"])
+def isolation(request: pytest.FixtureRequest) -> str:
+    value: str = request.param
+    return value
+
+
+async def boot_of(client: EdgeClient, **params: object) -> str:
+    r = await client.invoke("probe", params=params)
+    assert r.status_code == 200, r.text
+    boot: str = r.json()["boot"]
+    return boot
+
+
+def supervisor_shutdowns(client: EdgeClient, name: str = "probe") -> list[ShutdownReason]:
+    return list(client.app.functions[name].shutdowns)
+
+
+async def test_half_wall_clock_retires_and_idle_worker_is_early_dropped(
+    functions_dir: Path, isolation: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    events = write_probe(functions_dir)
+    async with EdgeClient(
+        functions_dir, isolation=isolation, environ=environ_for(events), limits={"wall_clock_limit_sec": 1.0}
+    ) as client:
+        first = await boot_of(client)
+        await asyncio.sleep(0.7)
+        second = await boot_of(client)
+        assert second != first
+        await eventually(lambda: f"{first} beforeunload early_drop" in events_of(events), what="early_drop")
+        await eventually(lambda: ShutdownReason.EARLY_DROP in supervisor_shutdowns(client), what="EarlyDrop")
+    assert "wall clock duration warning: isolate:" in caplog.text
+    assert "early termination has been triggered: isolate:" in caplog.text
+    assert "reason: EarlyDrop" in caplog.text
+    # beforeunload fires once per reason: the early-dropped worker never saw wall_clock (it was gone at 0.5 s).
+    assert f"{first} beforeunload wall_clock" not in events_of(events)
+
+
+async def test_full_wall_clock_ends_worker_in_flight_546_background_cut(
+    functions_dir: Path, isolation: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    events = write_probe(functions_dir)
+    async with EdgeClient(
+        functions_dir, isolation=isolation, environ=environ_for(events), limits={"wall_clock_limit_sec": 1.0}
+    ) as client:
+        started = time.monotonic()
+        first = await boot_of(client, bg_sleep=30)
+        r = await client.invoke("probe", params={"sleep": 30})
+        elapsed = time.monotonic() - started
+        assert r.status_code == 546
+        assert r.json() == WORKER_LIMIT
+        assert r.headers["sb-error-code"] == "WORKER_LIMIT"
+        assert elapsed < 10
+        cut = await eventually(lambda: [t for t in client.finished if t.outcome is TaskOutcome.CUT])
+        assert cut[0].cut_reason == "WallClockTime"
+        assert cut[0].name == "background"
+        assert events_of(events).count(f"{first} beforeunload wall_clock") == 1
+        assert f"{first} background done" not in events_of(events)
+        assert ShutdownReason.WALL_CLOCK in supervisor_shutdowns(client)
+        # The next request is served by a fresh worker.
+        assert await boot_of(client) != first
+    assert "wall clock duration reached: isolate:" in caplog.text
+    assert "(in_flight_req_exists = true)" in caplog.text
+    assert "reason: WallClockTime" in caplog.text
+    assert "request has been cancelled by supervisor" in caplog.text
+
+
+async def test_retired_worker_with_background_work_is_dropped_only_when_it_ends(
+    functions_dir: Path, isolation: str
+) -> None:
+    events = write_probe(functions_dir)
+    async with EdgeClient(
+        functions_dir, isolation=isolation, environ=environ_for(events), limits={"wall_clock_limit_sec": 2.0}
+    ) as client:
+        first = await boot_of(client, bg_sleep=1.3)
+        await asyncio.sleep(1.1)
+        assert await boot_of(client) != first  # retired at 1 s, still running its background work
+        await eventually(lambda: f"{first} beforeunload early_drop" in events_of(events), what="early_drop")
+        lines = events_of(events)
+        assert lines.index(f"{first} background done") < lines.index(f"{first} beforeunload early_drop")
+        assert [t.outcome for t in client.finished] == [TaskOutcome.COMPLETED]
+
+
+async def test_shutdown_dispatches_termination_and_cuts_what_is_left(functions_dir: Path, isolation: str) -> None:
+    events = write_probe(functions_dir)
+    client = EdgeClient(functions_dir, isolation=isolation, environ=environ_for(events))
+    async with client:
+        first = await boot_of(client, bg_sleep=30)
+    assert f"{first} beforeunload termination" in events_of(events)
+    assert [(t.outcome, t.cut_reason) for t in client.finished] == [(TaskOutcome.CUT, "TerminationRequested")]
+    assert list(client.app.functions["probe"].shutdowns) == [ShutdownReason.TERMINATION]
+
+
+async def test_cpu_soft_limit_retires(functions_dir: Path, isolation: str, caplog: pytest.LogCaptureFixture) -> None:
+    events = write_probe(functions_dir)
+    async with EdgeClient(
+        functions_dir,
+        isolation=isolation,
+        environ=environ_for(events),
+        limits={"cpu_soft_limit_ms": 100, "cpu_hard_limit_ms": 5000},
+    ) as client:
+        first = await boot_of(client, burn_ms=250)
+        # The process monitor reads CPU time every few ms: the next request after that is new.
+        await eventually(lambda: client.app.functions["probe"].worker is None, what="retirement")
+        assert await boot_of(client) != first
+        await eventually(lambda: f"{first} beforeunload early_drop" in events_of(events), what="early_drop")
+    assert "CPU time soft limit reached: isolate:" in caplog.text
+
+
+async def test_cpu_hard_limit_ends_worker(
+    functions_dir: Path, isolation: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    events = write_probe(functions_dir)
+    async with EdgeClient(
+        functions_dir,
+        isolation=isolation,
+        environ=environ_for(events),
+        limits={"cpu_soft_limit_ms": 100, "cpu_hard_limit_ms": 200},
+    ) as client:
+        first = await boot_of(client)
+        started = time.monotonic()
+        # A function that awaits now and then (a process is killed even in `while True`: test_process).
+        r = await client.invoke("probe", params={"burn_ms": 60_000})
+        assert r.status_code == 546, r.text
+        assert r.json() == WORKER_LIMIT
+        assert time.monotonic() - started < 10
+        assert f"{first} beforeunload cpu" in events_of(events)
+        assert ShutdownReason.CPU in supervisor_shutdowns(client)
+        assert await boot_of(client) != first
+    assert "CPU time hard limit reached: isolate:" in caplog.text
+    assert "reason: CPUTime" in caplog.text
+
+
+async def test_retire_hand_over_under_continuous_load_loses_no_request(functions_dir: Path, isolation: str) -> None:
+    events = write_probe(functions_dir)
+    statuses: list[int] = []
+    boots: set[str] = set()
+    async with EdgeClient(
+        functions_dir, isolation=isolation, environ=environ_for(events), limits={"wall_clock_limit_sec": 1.0}
+    ) as client:
+        deadline = time.monotonic() + 2.6
+
+        async def user() -> None:
+            while time.monotonic() < deadline:
+                r = await client.invoke("probe", params={"sleep": 0.03})
+                statuses.append(r.status_code)
+                if r.status_code == 200:
+                    boots.add(r.json()["boot"])
+
+        await asyncio.gather(*(user() for _ in range(4)))
+        await eventually(lambda: ShutdownReason.EARLY_DROP in supervisor_shutdowns(client), what="EarlyDrop")
+        assert ShutdownReason.WALL_CLOCK not in supervisor_shutdowns(client)
+    assert len(statuses) > 20
+    assert set(statuses) == {200}
+    assert len(boots) >= 3  # retired at 0.5 s, then every 0.5 s of each new worker's life
+
+
+async def test_per_request_budget_covers_its_background_work(functions_dir: Path, isolation: str) -> None:
+    events = write_probe(functions_dir)
+    async with EdgeClient(
+        functions_dir,
+        isolation=isolation,
+        policy="per_request",
+        environ=environ_for(events),
+        limits={"wall_clock_limit_sec": 1.0},
+    ) as client:
+        first = await boot_of(client, bg_sleep=30)
+        await asyncio.sleep(0.6)
+        # Arrives before the first request's budget runs out and gets its own (its work ends at ~1.3 s).
+        second = await boot_of(client, bg_sleep=0.7)
+        cut = await eventually(lambda: [t for t in client.finished if t.outcome is TaskOutcome.CUT])
+        assert cut[0].cut_reason == "WallClockTime"
+        await client.drain(timeout=10)
+        completed = [t for t in client.finished if t.outcome is TaskOutcome.COMPLETED]
+        assert len(completed) == 1
+        assert second == first  # the worker was neither retired nor ended
+        # A request that runs longer than its own budget gets 546; the worker keeps serving.
+        r = await client.invoke("probe", params={"sleep": 30})
+        assert r.status_code == 546
+        assert await boot_of(client) == first
+        assert supervisor_shutdowns(client) == []
+
+
+async def test_per_request_cpu_budget(functions_dir: Path, isolation: str) -> None:
+    events = write_probe(functions_dir)
+    async with EdgeClient(
+        functions_dir,
+        isolation=isolation,
+        policy="per_request",
+        environ=environ_for(events),
+        limits={"cpu_soft_limit_ms": 100, "cpu_hard_limit_ms": 200},
+    ) as client:
+        first = await boot_of(client)
+        r = await client.invoke("probe", params={"burn_ms": 60_000})
+        assert r.status_code == 546
+        # Each request has its own budget: three requests of 120 ms each are fine on one worker.
+        for _ in range(3):
+            assert await boot_of(client, burn_ms=120) == first
+
+
+async def test_limits_apply_per_function(functions_dir: Path) -> None:
+    events = write_probe(functions_dir)
+    (functions_dir.parent / "config.toml").write_text("[functions.probe]\nwall_clock_limit_sec = 1\n")
+    async with EdgeClient(functions_dir, environ=environ_for(events)) as client:
+        r = await client.invoke("probe", params={"sleep": 30})
+        assert r.status_code == 546
+        assert client.app.functions["hello"].limits.wall_clock_limit_sec == 400
+        assert (await client.invoke("hello")).status_code == 200
+
+
+async def test_limit_hit_by_one_function_leaves_others_serving(functions_dir: Path, isolation: str) -> None:
+    events = write_probe(functions_dir)
+    (functions_dir.parent / "config.toml").write_text("[functions.probe]\nwall_clock_limit_sec = 1\n")
+    async with EdgeClient(functions_dir, isolation=isolation, environ=environ_for(events)) as client:
+        slow = asyncio.ensure_future(client.invoke("probe", params={"sleep": 30}))
+        for _ in range(5):
+            assert (await client.invoke("hello")).status_code == 200
+        r: httpx.Response = await slow
+        assert r.status_code == 546
+        assert (await client.invoke("hello")).status_code == 200
+
+
+@pytest.mark.e2e
+async def test_real_server_hand_over_and_wall_clock(functions_dir: Path) -> None:
+    from tests.helpers import SERVICE_ROLE, ServerProcess
+
+    write_probe(functions_dir)
+    statuses: list[int] = []
+    boots: set[str] = set()
+    with ServerProcess(functions_dir, "--no-watch", "--limit", "wall_clock_limit_sec=1") as server:
+        async with httpx.AsyncClient(headers=SERVICE_ROLE, timeout=30) as http:
+            deadline = time.monotonic() + 1.8
+
+            async def user() -> None:
+                while time.monotonic() < deadline:
+                    r = await http.get(server.url("probe"), params={"sleep": 0.02})
+                    statuses.append(r.status_code)
+                    boots.add(r.json()["boot"])
+
+            await asyncio.gather(*(user() for _ in range(3)))
+            r = await http.get(server.url("probe"), params={"sleep": 30})
+            assert r.status_code == 546
+        assert server.terminate() == 0
+    assert set(statuses) == {200}
+    assert len(boots) >= 2
+    assert "wall clock duration warning: isolate:" in server.output
+    assert "early termination has been triggered: isolate:" in server.output
+    assert "in_flight_req_exists = true)" in server.output

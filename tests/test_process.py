@@ -1,0 +1,340 @@
+"""Process isolation: hard CPU and memory limits, crashes, env isolation, background work parity."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+from collections.abc import MutableMapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edgeruntime.lifecycle import ShutdownReason
+from edgeruntime.process import ProcessWorker
+from edgeruntime.testing import EdgeClient
+from tests.helpers import ServerProcess, write_function
+from tests.probes import LEAKY, environ_for, events_of, write_probe
+
+WORKER_ERROR = {"code": "WORKER_ERROR", "message": "Function exited due to an error (please check logs)"}
+
+
+async def pid_of(client: EdgeClient) -> int:
+    r = await client.invoke("probe")
+    assert r.status_code == 200, r.text
+    pid: int = r.json()["pid"]
+    return pid
+
+
+async def test_runaway_loop_is_killed_while_other_functions_answer(
+    functions_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    events = write_probe(functions_dir)
+    async with EdgeClient(
+        functions_dir,
+        isolation="process",
+        environ=environ_for(events),
+        limits={"cpu_soft_limit_ms": 100, "cpu_hard_limit_ms": 200},
+    ) as client:
+        first = await pid_of(client)
+        assert (await client.invoke("hello")).status_code == 200
+        runaway = asyncio.ensure_future(client.invoke("probe", params={"spin": 1}))
+        answered = 0
+        while not runaway.done():  # bounded: the CPU hard limit ends the spin
+            r = await client.invoke("hello")
+            assert r.status_code == 200
+            answered += 1
+            await asyncio.sleep(0.01)
+        assert answered > 0
+        r = await runaway
+        assert r.status_code == 546
+        assert ShutdownReason.CPU in client.app.functions["probe"].shutdowns
+        assert await pid_of(client) != first
+    assert "CPU time hard limit reached: isolate:" in caplog.text
+    assert os.getpid() != first
+
+
+async def test_memory_limit_ends_worker_while_other_functions_answer(
+    functions_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    events = write_probe(functions_dir)
+    async with EdgeClient(
+        functions_dir, isolation="process", environ=environ_for(events), limits={"memory_limit_mb": 64}
+    ) as client:
+        first = (await client.invoke("probe")).json()["boot"]
+        started = time.monotonic()
+        hog = asyncio.ensure_future(client.invoke("probe", params={"hog": 60}))
+        while not hog.done():
+            assert (await client.invoke("hello")).status_code == 200
+            await asyncio.sleep(0.01)
+        r = await hog
+        assert r.status_code == 546
+        assert time.monotonic() - started < 15
+        assert ShutdownReason.MEMORY in client.app.functions["probe"].shutdowns
+        assert f"{first} beforeunload memory" in events_of(events)
+        r = await client.invoke("probe")
+        assert r.status_code == 200
+        assert r.json()["boot"] != first
+    assert "memory limit reached for the worker: isolate:" in caplog.text
+    assert "reason: Memory" in caplog.text
+
+
+@pytest.mark.parametrize("how", ["exit", "segfault"])
+async def test_crash_is_worker_error_and_next_request_gets_fresh_worker(
+    functions_dir: Path, how: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    events = write_probe(functions_dir)
+    async with EdgeClient(functions_dir, isolation="process", environ=environ_for(events)) as client:
+        first = await pid_of(client)
+        r = await client.invoke("probe", params={how: 1})
+        assert r.status_code == 500
+        assert r.json() == WORKER_ERROR
+        assert await pid_of(client) != first
+        assert (await client.invoke("hello")).status_code == 200
+    assert "exited unexpectedly" in caplog.text
+
+
+async def test_env_of_a_function_is_visible_only_in_its_own_process(functions_dir: Path) -> None:
+    events = write_probe(functions_dir)
+    write_function(functions_dir, "leaky", LEAKY)
+    async with EdgeClient(functions_dir, isolation="process", environ=environ_for(events)) as client:
+        leaky = (await client.invoke("leaky")).json()
+        probe = (await client.invoke("probe")).json()
+        assert leaky["mine"] == "from-leaky"
+        assert probe["leaked"] is None
+        assert leaky["pid"] != probe["pid"] != os.getpid()
+    assert "LEAKED_SECRET" not in os.environ
+    # Inline, every function shares the server's process: the same write is visible to all.
+    async with EdgeClient(functions_dir, environ=environ_for(events)) as client:
+        await client.invoke("leaky")
+        assert (await client.invoke("probe")).json()["leaked"] == "from-leaky"
+    os.environ.pop("LEAKED_SECRET", None)
+
+
+async def test_wait_until_drain_and_errors_work_as_inline(functions_dir: Path) -> None:
+    write_function(
+        functions_dir,
+        "bg",
+        """
+        import asyncio
+        from starlette.responses import JSONResponse
+        from edgeruntime import EdgeRuntime, serve
+
+        async def ok():
+            await asyncio.sleep(0.2)
+
+        async def boom():
+            await asyncio.sleep(0.1)
+            raise ValueError("background boom")
+
+        @serve
+        async def handler(req):
+            EdgeRuntime.wait_until(ok())
+            EdgeRuntime.wait_until(boom())
+            return JSONResponse({"accepted": True}, status_code=202)
+        """,
+    )
+    async with EdgeClient(functions_dir, isolation="process") as client:
+        r = await client.invoke("bg")
+        assert r.status_code == 202
+        assert sorted(t.name for t in client.pending()) == ["boom", "ok"]
+        with pytest.raises(ExceptionGroup) as caught:
+            await client.drain(timeout=10)
+        assert [type(e) for e in caught.value.exceptions] == [ValueError]
+        assert "background boom" in str(caught.value.exceptions[0])
+        assert client.pending() == []
+        assert {t.execution_id for t in client.finished} == {r.headers["x-edgeruntime-execution-id"]}
+
+
+async def test_boot_errors_in_a_process(functions_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
+    write_function(functions_dir, "broken", "def handler(:\n")
+    write_function(functions_dir, "crash", "raise RuntimeError('boom at import')\n")
+    async with EdgeClient(functions_dir, isolation="process") as client:
+        r = await client.invoke("broken")
+        assert r.status_code == 503
+        assert r.json()["code"] == "BOOT_ERROR"
+        r = await client.invoke("crash")
+        assert r.status_code == 500
+        assert r.json() == WORKER_ERROR
+        for supervisor in client.app.functions.values():
+            assert supervisor.workers == []
+    assert "SyntaxError" in caplog.text
+    assert "boom at import" in caplog.text
+    assert "exited unexpectedly" not in caplog.text  # a boot error is not a crash
+
+
+async def test_shutdown_reaps_worker_processes(functions_dir: Path) -> None:
+    write_probe(functions_dir)
+    async with EdgeClient(functions_dir, isolation="process") as client:
+        await client.invoke("probe")
+        worker = client.app.functions["probe"].worker
+        assert isinstance(worker, ProcessWorker)
+        assert worker.proc is not None
+    assert worker.proc.poll() is not None
+
+
+@pytest.mark.e2e
+def test_real_server_process_isolation_survives_runaway(functions_dir: Path) -> None:
+    write_probe(functions_dir)
+    (functions_dir.parent / "config.toml").write_text(
+        '[edge_runtime]\nisolation = "process"\n[functions.probe]\ncpu_soft_limit_ms = 100\ncpu_hard_limit_ms = 200\n'
+    )
+    import httpx
+
+    from tests.helpers import SERVICE_ROLE
+
+    with ServerProcess(functions_dir, "--no-watch") as server, httpx.Client(timeout=30, headers=SERVICE_ROLE) as http:
+        assert http.get(server.url("hello")).status_code == 200
+        first = http.get(server.url("probe")).json()["pid"]
+        started = time.monotonic()
+        assert http.get(server.url("probe"), params={"spin": 1}).status_code == 546
+        assert time.monotonic() - started < 10
+        assert http.get(server.url("hello")).status_code == 200
+        assert http.get(server.url("probe")).json()["pid"] != first
+        assert server.terminate() == 0
+    assert "CPU time hard limit reached" in server.output
+    assert "isolation process" in server.output
+
+
+STREAMER = """
+from pathlib import Path
+from starlette.responses import StreamingResponse
+from edgeruntime import Deno, serve
+
+EVENTS = Path(Deno.env.get("EVENTS_FILE"))
+
+
+async def chunks():
+    for i in range(2000):  # 125 MB in all
+        if i % 50 == 0:
+            EVENTS.write_text(str(i))
+        yield b"z" * 65536
+
+
+@serve
+async def handler(req):
+    return StreamingResponse(chunks())
+"""
+
+
+async def test_streamed_response_is_flow_controlled_to_a_slow_client(functions_dir: Path) -> None:
+    write_function(functions_dir, "streamer", STREAMER)
+    events = functions_dir.parent / "produced.txt"
+    async with EdgeClient(
+        functions_dir, isolation="process", environ={**os.environ, "EVENTS_FILE": str(events)}
+    ) as client:
+        received: list[int] = []
+        stalled = asyncio.Event()
+
+        async def receive() -> dict[str, object]:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def slow_send(message: MutableMapping[str, Any]) -> None:
+            if message["type"] == "http.response.body":
+                received.append(len(message.get("body", b"")))
+                if len(received) == 16:  # a client that stops reading for a while
+                    await asyncio.sleep(1.5)
+                    stalled.set()
+
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "GET",
+            "scheme": "http",
+            "path": "/functions/v1/streamer",
+            "raw_path": b"/functions/v1/streamer",
+            "query_string": b"",
+            "root_path": "",
+            "headers": [(b"authorization", client.headers_for("service_role")["Authorization"].encode())],
+            "client": ("127.0.0.1", 1),
+            "server": ("127.0.0.1", 54321),
+        }
+        serving = asyncio.ensure_future(client.app(scope, receive, slow_send))
+        await asyncio.wait_for(stalled.wait(), timeout=20)
+        produced_while_stalled = int(events.read_text())
+        await asyncio.wait_for(serving, timeout=60)
+    # Without flow control the function would have produced all 2000 chunks (125 MB) meanwhile.
+    assert produced_while_stalled < 400, produced_while_stalled
+    assert sum(received) == 2000 * 65536
+
+
+async def test_shutdown_during_an_early_drop_still_reaps_the_process(functions_dir: Path) -> None:
+    write_function(
+        functions_dir,
+        "lingering",
+        """
+        import asyncio
+        from starlette.responses import PlainTextResponse
+        from edgeruntime import EdgeRuntime, serve
+
+        async def slow_goodbye(ev):
+            await asyncio.sleep(3)
+
+        EdgeRuntime.on("beforeunload", slow_goodbye)
+        serve(lambda req: PlainTextResponse("ok"))
+        """,
+    )
+    async with EdgeClient(functions_dir, isolation="process") as client:
+        assert (await client.invoke("lingering")).status_code == 200
+        worker = client.app.functions["lingering"].worker
+        assert isinstance(worker, ProcessWorker) and worker.proc is not None
+        client.app.reload({"lingering"})  # retires it: the early drop waits for beforeunload
+        await asyncio.sleep(0.2)
+        assert worker in client.app.functions["lingering"].ending
+    assert worker.proc.poll() is not None
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("isolation", ["inline", "process"])
+def test_real_server_streams_to_a_stalled_client_without_buffering_it_all(functions_dir: Path, isolation: str) -> None:
+    import socket
+
+    write_function(functions_dir, "streamer", STREAMER)
+    events = functions_dir.parent / "produced.txt"
+    env = {"EVENTS_FILE": str(events)}
+    with ServerProcess(functions_dir, "--no-watch", "--no-verify-jwt", "--isolation", isolation, env=env) as server:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as client:
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+            client.sendall(b"GET /functions/v1/streamer HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            assert client.recv(1024).startswith(b"HTTP/1.1 200")
+            time.sleep(1.5)  # the client stalls; the function must wait rather than fill memory
+            assert int(events.read_text()) < 400  # of 2000 chunks (125 MB)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state != "Z"
+
+
+@pytest.mark.e2e
+def test_worker_processes_die_with_a_killed_server(functions_dir: Path) -> None:
+    import threading
+
+    import httpx
+
+    write_probe(functions_dir)
+    limits = ("--limit", "cpu_soft_limit_ms=60000", "--limit", "cpu_hard_limit_ms=60000")
+    with ServerProcess(functions_dir, "--no-watch", "--no-verify-jwt", "--isolation", "process", *limits) as server:
+        pid = httpx.get(server.url("probe"), timeout=30).json()["pid"]
+
+        def spin() -> None:  # the worker never awaits again, so it cannot notice the socket closing
+            with contextlib.suppress(httpx.HTTPError):
+                httpx.get(server.url("probe"), params={"spin": 1}, timeout=5)
+
+        spinner = threading.Thread(target=spin)
+        spinner.start()
+        time.sleep(0.5)
+        assert _alive(pid)
+        server.proc.kill()  # no graceful shutdown at all
+        spinner.join(10)
+        server.proc.wait(10)
+        deadline = time.monotonic() + 10
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _alive(pid)

@@ -1,0 +1,101 @@
+"""413 PAYLOAD_TOO_LARGE while the body streams in, 504 IDLE_TIMEOUT before the response starts."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from edgeruntime.testing import EdgeClient
+from tests.probes import environ_for, write_probe
+
+TOO_LARGE = {"code": "PAYLOAD_TOO_LARGE", "message": "Request body is larger than the function's max_request_body_mb"}
+IDLE = {"code": "IDLE_TIMEOUT", "message": "Function did not start its response within the request idle timeout"}
+ONE_KB_IN_MB = 1024 / (1024 * 1024)
+
+
+@pytest.fixture(params=["inline", "process"])
+def isolation(request: pytest.FixtureRequest) -> str:
+    value: str = request.param
+    return value
+
+
+async def chunks(count: int, size: int) -> AsyncIterator[bytes]:
+    for _ in range(count):
+        yield b"x" * size
+
+
+async def test_declared_oversize_body_is_413_before_the_function_runs(functions_dir: Path, isolation: str) -> None:
+    events = write_probe(functions_dir)
+    async with EdgeClient(
+        functions_dir, isolation=isolation, environ=environ_for(events), limits={"max_request_body_mb": ONE_KB_IN_MB}
+    ) as client:
+        r = await client.invoke("probe", params={"echo": 1}, content=b"x" * 2000)
+        assert r.status_code == 413
+        assert r.json() == TOO_LARGE
+        assert r.headers["sb-error-code"] == "PAYLOAD_TOO_LARGE"
+        assert client.app.functions["probe"].boots == 0
+        r = await client.invoke("probe", params={"echo": 1}, content=b"x" * 1024)
+        assert r.status_code == 200
+        assert r.json()["size"] == 1024
+
+
+async def test_streamed_oversize_body_is_413_while_streaming(functions_dir: Path, isolation: str) -> None:
+    events = write_probe(functions_dir)
+    async with EdgeClient(
+        functions_dir, isolation=isolation, environ=environ_for(events), limits={"max_request_body_mb": ONE_KB_IN_MB}
+    ) as client:
+        # No content-length: chunked. 50 chunks of 100 bytes: cut at the 11th, never buffered whole.
+        url = "/functions/v1/probe?echo=1"
+        headers = client.headers_for("service_role")
+        r = await client.http.post(url, content=chunks(50, 100), headers=headers)
+        assert r.status_code == 413
+        assert r.json() == TOO_LARGE
+        r = await client.http.post(url, content=chunks(10, 100), headers=headers)
+        assert r.status_code == 200
+        assert r.json()["size"] == 1000
+
+
+async def test_no_response_within_idle_timeout_is_504(functions_dir: Path, isolation: str) -> None:
+    events = write_probe(functions_dir)
+    async with EdgeClient(
+        functions_dir, isolation=isolation, environ=environ_for(events), limits={"request_idle_timeout_sec": 0.5}
+    ) as client:
+        await client.invoke("probe")
+        started = time.monotonic()
+        r = await client.invoke("probe", params={"sleep": 30})
+        assert r.status_code == 504
+        assert r.json() == IDLE
+        assert r.headers["sb-error-code"] == "IDLE_TIMEOUT"
+        assert time.monotonic() - started < 10
+        # A response that started in time may take longer than the idle timeout to finish.
+        r = await client.invoke("probe", params={"stream": 0.8})
+        assert r.status_code == 200
+        assert r.text == "started finished"
+        # The worker was not harmed.
+        assert (await client.invoke("probe")).status_code == 200
+
+
+@pytest.mark.e2e
+def test_real_server_idle_timeout_and_body_limit(functions_dir: Path) -> None:
+    import httpx
+
+    from tests.helpers import SERVICE_ROLE, ServerProcess
+
+    write_probe(functions_dir)
+    limits = ("--limit", "request_idle_timeout_sec=0.5", "--limit", f"max_request_body_mb={ONE_KB_IN_MB}")
+    with (
+        ServerProcess(functions_dir, "--no-watch", *limits) as server,
+        httpx.Client(headers=SERVICE_ROLE, timeout=30) as http,
+    ):
+        r = http.get(server.url("probe"), params={"sleep": 30})
+        assert r.status_code == 504
+        assert r.json() == IDLE
+        r = http.post(server.url("probe"), params={"echo": 1}, content=b"x" * 5000)
+        assert r.status_code == 413
+        assert r.json() == TOO_LARGE
+        r = http.post(server.url("probe"), params={"echo": 1}, content=b"x" * 100)
+        assert r.status_code == 200
+        assert r.json()["size"] == 100
