@@ -76,6 +76,8 @@ class EdgeApp:
         self.verifier = Verifier(settings.keys, settings.env.get("SUPABASE_JWKS"))
         self.functions: dict[str, FunctionSupervisor] = {}
         self.observers: list[InvocationObserver] = []
+        #: Env added for worker processes (process isolation) on top of the function env.
+        self.worker_env: dict[str, str] = {}
         #: Called with every background task that ends, in any function.
         self.background_observers: list[Callable[[BackgroundTask], None]] = []
         self.startup_hooks: list[Hook] = []
@@ -107,7 +109,9 @@ class EdgeApp:
                 self.functions.pop(name).reload()
         for name, spec in found.items():
             if name not in self.functions and self.settings.enabled(name):
-                self.functions[name] = FunctionSupervisor(spec, self.settings, self.background_observers)
+                self.functions[name] = FunctionSupervisor(
+                    spec, self.settings, self.background_observers, self.worker_env
+                )
 
     def pending_background(self) -> list[BackgroundTask]:
         """Every background task still running, in every worker of every function."""

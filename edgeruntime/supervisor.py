@@ -39,12 +39,15 @@ class FunctionSupervisor:
         spec: FunctionSpec,
         settings: Settings,
         background_observers: list[Callable[[BackgroundTask], None]] | None = None,
+        worker_env: dict[str, str] | None = None,
     ) -> None:
         self.spec = spec
         self.settings = settings
         self.background_observers = background_observers if background_observers is not None else []
         self.limits = settings.limits_for(spec.name)
         self.verify_jwt = settings.verify_jwt(spec.name)
+        #: Extra env for worker processes (shared with the app: e.g. where the jobs store is).
+        self.worker_env: dict[str, str] = worker_env if worker_env is not None else {}
         self.worker: Worker | None = None
         self.retired: set[Worker] = set()
         #: Workers being ended (their requests are being failed, their background work cut).
@@ -77,8 +80,9 @@ class FunctionSupervisor:
         if self.settings.isolation == "process":
             from edgeruntime.process import ProcessWorker
 
+            env = {**self.settings.env, **self.worker_env}
             return ProcessWorker(
-                self.spec, self.settings.env, self.limits, self.background_observers, policy, self.settings.log_format
+                self.spec, env, self.limits, self.background_observers, policy, self.settings.log_format
             )
         return InlineWorker(self.spec, self.settings.env, self.limits, self.background_observers, policy)
 

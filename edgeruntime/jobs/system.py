@@ -50,6 +50,8 @@ class JobSystem:
         self.config = JobsConfig.from_table(settings.config.jobs, settings.config.path)
         self.crons = cron_jobs(settings.config.cron, set(discover(settings.functions_dir)))
         self.store = store or open_store(settings.database_url, settings.functions_dir)
+        # Functions in worker processes (process isolation) open the same store to enqueue.
+        app.worker_env["EDGERUNTIME_DATABASE_URL"] = self.store.url
         self.clock: Clock = clock or SystemClock()
         #: False: nothing runs by itself; tests deliver with `run_jobs()` and `trigger_cron()`.
         self.background = background

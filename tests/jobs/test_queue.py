@@ -273,3 +273,13 @@ async def test_background_runner_records_every_outcome(queue_dir: Path, store_ur
         await app.shutdown(timeout=5)
     assert counts == {"succeeded": 300}
     assert {job.attempt for job in jobs} == {1}
+
+
+async def test_enqueue_from_a_process_isolated_function(queue_dir: Path) -> None:
+    """A function in its own worker process writes to the server's store (the default SQLite file)."""
+    async with EdgeClient(queue_dir, isolation="process") as client:
+        r = await client.invoke("enqueue", json={"function": "flaky", "payload": {"from": "child"}})
+        assert r.status_code == 200, r.text
+        [result] = await client.run_jobs()
+        assert (result.job_id, result.status) == (r.json()["job_id"], "succeeded")
+        await client.drain()
