@@ -110,6 +110,21 @@ MIGRATIONS: tuple[Migration, ...] = (
         tuple(t[0] for t in _TABLES) + _INDEXES,
         tuple(t[1] for t in _TABLES) + _INDEXES,
     ),
+    Migration(
+        2,
+        "wait_until task names, paused cron jobs, run history lookups by execution",
+        (
+            "ALTER TABLE edgeruntime_runs ADD COLUMN name TEXT",
+            "CREATE TABLE IF NOT EXISTS edgeruntime_cron_pauses (cron TEXT PRIMARY KEY, paused_at REAL NOT NULL)",
+            "CREATE INDEX IF NOT EXISTS edgeruntime_runs_execution ON edgeruntime_runs (execution_id)",
+        ),
+        (
+            "ALTER TABLE edgeruntime_runs ADD COLUMN IF NOT EXISTS name TEXT",
+            "CREATE TABLE IF NOT EXISTS edgeruntime_cron_pauses (cron TEXT PRIMARY KEY,"
+            " paused_at DOUBLE PRECISION NOT NULL)",
+            "CREATE INDEX IF NOT EXISTS edgeruntime_runs_execution ON edgeruntime_runs (execution_id)",
+        ),
+    ),
 )
 
 SCHEMA_TABLE = "CREATE TABLE IF NOT EXISTS edgeruntime_schema (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)"
