@@ -21,7 +21,7 @@ from edgeruntime.discovery import SHARED, discover, is_valid_slug, purge_modules
 from edgeruntime.exceptions import BootError, LimitExceeded, WorkerCrashed
 from edgeruntime.settings import Settings
 from edgeruntime.supervisor import FunctionSupervisor
-from edgeruntime.types import Message, Receive, Scope, Send
+from edgeruntime.types import ASGIApp, Message, Receive, Scope, Send
 
 __all__ = ["EdgeApp", "Invocation", "create_app"]
 
@@ -79,6 +79,8 @@ class EdgeApp:
         #: Run first on shutdown, before functions drain: stop taking new work (cron, queue).
         self.stopping_hooks: list[Hook] = []
         self.shutdown_hooks: list[Hook] = []
+        #: Path prefix → ASGI app, for paths outside /functions/v1/ (the dashboard, metrics).
+        self.mounts: dict[str, ASGIApp] = {}
         self.started = False
         self.refresh()
 
@@ -128,6 +130,8 @@ class EdgeApp:
         if not path.startswith(PREFIX):
             if path == "/_internal/health":
                 await responses.send_response(send, responses.HEALTH)
+            elif (mounted := self._mounted(path)) is not None:
+                await mounted(scope, receive, send)
             else:
                 await responses.send_response(send, responses.NOT_FOUND)
             return
@@ -182,6 +186,12 @@ class EdgeApp:
                         observer(record)
                     except Exception:
                         logger.exception("invocation observer failed")
+
+    def _mounted(self, path: str) -> ASGIApp | None:
+        for prefix, mounted in self.mounts.items():
+            if path == prefix or path.startswith(prefix.rstrip("/") + "/"):
+                return mounted
+        return None
 
     async def _dispatch(
         self, scope: Scope, receive: Receive, send: Send, ctx: ExecutionContext, name: str

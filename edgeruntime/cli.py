@@ -125,9 +125,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     app = create_app(settings)
     if not app.functions:
         raise UsageError(f"no functions in {settings.functions_dir}: expected {settings.functions_dir}/<name>/index.py")
+    from edgeruntime.dashboard import attach as attach_dashboard  # /_edgeruntime/ and /_internal/metrics
     from edgeruntime.jobs import attach  # jobs: run history, cron, queue
 
-    attach(app).check()
+    jobs = attach(app)
+    jobs.check()
+    attach_dashboard(app, jobs)
     configure_logging(settings.log_format)
 
     async def banner() -> None:

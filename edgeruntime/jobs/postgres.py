@@ -254,6 +254,14 @@ class PostgresStore:
             await conn.execute("UPDATE edgeruntime_failed_jobs SET retried_as = %s WHERE id = %s", (new[0], failed_id))
             return int(new[0])
 
+    async def failed_job(self, failed_id: int) -> FailedJob | None:
+        async with self._conn() as conn:
+            cur = await conn.execute(
+                f"SELECT {FAILED_COLUMNS} FROM edgeruntime_failed_jobs WHERE id = %s", (failed_id,)
+            )
+            row = await cur.fetchone()
+            return None if row is None else failed_from_row(row)
+
     async def delete_failed(self, failed_id: int) -> bool:
         async with self._conn() as conn:
             cur = await conn.execute("DELETE FROM edgeruntime_failed_jobs WHERE id = %s", (failed_id,))

@@ -251,6 +251,15 @@ class SQLiteStore:
 
         return await self._run(run)
 
+    async def failed_job(self, failed_id: int) -> FailedJob | None:
+        def run(conn: sqlite3.Connection) -> FailedJob | None:
+            row = conn.execute(
+                f"SELECT {FAILED_COLUMNS} FROM edgeruntime_failed_jobs WHERE id = ?", (failed_id,)
+            ).fetchone()
+            return None if row is None else failed_from_row(row)
+
+        return await self._run(run)
+
     async def delete_failed(self, failed_id: int) -> bool:
         def run(conn: sqlite3.Connection) -> bool:
             with self._write(conn):

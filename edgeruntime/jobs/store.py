@@ -196,6 +196,9 @@ class JobStore(Protocol):
     async def retry_failed(self, failed_id: int, *, now: float) -> int:
         """Queue a failed job again (attempts start over); returns the new job id."""
 
+    async def failed_job(self, failed_id: int) -> FailedJob | None:
+        """One failed job by id."""
+
     async def delete_failed(self, failed_id: int) -> bool:
         """Remove a failed job; False when there is none with that id."""
 

@@ -206,6 +206,8 @@ async def test_job_lookup_delete_failed_and_queue_stats(store: JobStore) -> None
 
     await store.finish([Outcome(first, 1, False, 500, "boom", "HTTP 500")], now=T0 + 11)
     [failed] = await store.failed_jobs()
+    assert await store.failed_job(failed.id) == failed
+    assert await store.failed_job(failed.id + 1000) is None
     assert await store.delete_failed(failed.id) is True
     assert await store.delete_failed(failed.id) is False
     assert await store.failed_jobs() == []
