@@ -19,6 +19,7 @@ from importlib import resources
 from typing import TYPE_CHECKING, Any
 
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
@@ -74,7 +75,8 @@ class Dashboard:
                 Route(DASHBOARD_PATH + "/static/{name}", self._file),
                 *api.routes(self, DASHBOARD_PATH + "/api"),
                 Route(METRICS_PATH, self._metrics),
-            ]
+            ],
+            exception_handlers={404: self._http_error, 405: self._http_error},
         )
         self.open = is_loopback(app.settings.host)
 
@@ -120,6 +122,12 @@ class Dashboard:
                 await response(scope, receive, send)
                 return
         await self.asgi(scope, receive, send)
+
+    async def _http_error(self, request: Request, exc: Exception) -> Response:
+        if request.url.path.startswith(DASHBOARD_PATH + "/api/"):
+            return await api.http_error(request, exc)
+        assert isinstance(exc, HTTPException)
+        return Response(exc.detail, status_code=exc.status_code, headers=exc.headers, media_type="text/plain")
 
     async def _redirect(self, request: Request) -> Response:
         return RedirectResponse(DASHBOARD_PATH + "/", status_code=308)

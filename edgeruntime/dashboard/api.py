@@ -12,6 +12,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
     from edgeruntime.dashboard import Dashboard
     from edgeruntime.jobs.system import JobSystem
 
-__all__ = ["MAX_LIMIT", "routes"]
+__all__ = ["MAX_LIMIT", "http_error", "routes"]
 
 logger = logging.getLogger("edgeruntime.dashboard")
 
@@ -328,9 +329,6 @@ class Api:
             raise ApiError(404, f"no failed job {failed_id}")
         return JSONResponse({"deleted": failed_id})
 
-    async def not_found(self, request: Request) -> Response:
-        return _error(404, f"no API endpoint {request.url.path}")
-
 
 def _guard(endpoint: Endpoint) -> Endpoint:
     """ApiError → its JSON error; a store or jobs failure → 503, logged, the server keeps serving."""
@@ -365,6 +363,11 @@ def routes(dashboard: Dashboard, prefix: str) -> list[BaseRoute]:
         ("/failed/{id:int}/retry", api.failed_retry, ["POST"]),
         ("/failed/{id:int}", api.failed_delete, ["DELETE"]),
     ]
-    out: list[BaseRoute] = [Route(prefix + path, _guard(fn), methods=methods) for path, fn, methods in table]
-    out.append(Route(prefix + "/{rest:path}", _guard(api.not_found)))
-    return out
+    return [Route(prefix + path, _guard(fn), methods=methods) for path, fn, methods in table]
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's 404 and 405 under the API as JSON errors (405 keeps its `Allow` header)."""
+    assert isinstance(exc, HTTPException)
+    message = f"no API endpoint {request.url.path}" if exc.status_code == 404 else f"{request.method}: {exc.detail}"
+    return JSONResponse({"error": message}, status_code=exc.status_code, headers=exc.headers)
