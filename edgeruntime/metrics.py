@@ -13,7 +13,7 @@ from collections.abc import Container
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.exposition import generate_latest
 
 if TYPE_CHECKING:
     from edgeruntime.app import Invocation
@@ -23,7 +23,8 @@ if TYPE_CHECKING:
 
 __all__ = ["CONTENT_TYPE", "UNKNOWN_FUNCTION", "Metrics"]
 
-CONTENT_TYPE = CONTENT_TYPE_LATEST
+#: The classic text format every Prometheus version scrapes (the metric names need no escaping).
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 #: The `function` label of requests to names that are not functions (keeps label values bounded).
 UNKNOWN_FUNCTION = "_unknown"
 #: Request durations: from 5 ms to the 400 s default wall clock.
