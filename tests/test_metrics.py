@@ -97,4 +97,6 @@ def test_each_app_has_its_own_registry() -> None:
     got_a, got_b = samples(a.render().decode()), samples(b.render().decode())
     key = ("edgeruntime_worker_retirements_total", (("function", "x"), ("reason", "wall_clock")))
     assert got_a[key] == 1 and key not in got_b
-    assert got_a[("edgeruntime_worker_retirements_total", (("function", UNKNOWN_FUNCTION), ("reason", "wall_clock")))] == 1
+    assert (
+        got_a[("edgeruntime_worker_retirements_total", (("function", UNKNOWN_FUNCTION), ("reason", "wall_clock")))] == 1
+    )

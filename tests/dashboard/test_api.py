@@ -264,7 +264,11 @@ async def test_failed_jobs_retry_retry_all_and_delete(client: EdgeClient, projec
     assert again.status_code == 409 and f"already retried as job {new_job}" in again.json()["error"]
     await client.run_jobs()
     retried = {f["id"]: f for f in (await get(client, "/failed"))["failed"]}[entry["id"]]
-    assert (retried["retry"]["id"], retried["retry"]["status"], retried["retry"]["attempt"]) == (new_job, "succeeded", 1)
+    assert (retried["retry"]["id"], retried["retry"]["status"], retried["retry"]["attempt"]) == (
+        new_job,
+        "succeeded",
+        1,
+    )
 
     r = await client.request("POST", API + "/failed/retry-all")
     assert r.status_code == 201 and len(r.json()["job_ids"]) == 2

@@ -34,4 +34,6 @@ def test_describe_schedule(schedule: str, words: str) -> None:
 
 
 def test_time_zone_is_named_unless_utc() -> None:
-    assert describe_schedule(parse_schedule("0 10 * * *", "America/New_York")) == "at 10:00, every day (America/New_York)"
+    assert (
+        describe_schedule(parse_schedule("0 10 * * *", "America/New_York")) == "at 10:00, every day (America/New_York)"
+    )

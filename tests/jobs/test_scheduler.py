@@ -12,7 +12,7 @@ import pytest
 
 from edgeruntime.app import create_app
 from edgeruntime.exceptions import ConfigError, JobsError
-from edgeruntime.jobs import FakeClock, TickStatus, attach
+from edgeruntime.jobs import CronRun, FakeClock, TickStatus, attach
 from edgeruntime.settings import Settings
 from edgeruntime.testing import EdgeClient
 from tests.helpers import write_function
@@ -166,7 +166,14 @@ async def test_paused_job_lets_scheduled_ticks_pass_and_observers_see_fired_ones
     app = create_app(settings)
     system = attach(app)
     seen: list[TickStatus] = []
-    system.scheduler.observers.append(lambda run: seen.append(run.status))
+    three = asyncio.Event()
+
+    def observe(run: CronRun) -> None:
+        seen.append(run.status)
+        if len(seen) >= 3:
+            three.set()
+
+    system.scheduler.observers.append(observe)
     await system.store.migrate()
     await system.store.set_cron_paused("tick", True, now=time.time())
     await app.startup()
@@ -176,9 +183,7 @@ async def test_paused_job_lets_scheduled_ticks_pass_and_observers_see_fired_ones
         manual = await system.scheduler.run_now("tick")  # "Run now" works while paused
         assert manual.status is TickStatus.SUCCEEDED
         await system.store.set_cron_paused("tick", False, now=time.time())
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and len(seen) < 3:
-            await asyncio.sleep(0.1)
+        await asyncio.wait_for(three.wait(), 10)
     finally:
         await app.shutdown()
     assert seen[:3] == [TickStatus.SUCCEEDED] * 3

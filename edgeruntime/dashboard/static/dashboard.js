@@ -44,8 +44,12 @@ function ms(value) {
   return value === null || value === undefined ? "—" : `${value.toFixed(1)} ms`;
 }
 
-function badge(status) {
-  return el("span", { class: `badge ${status || "none"}` }, status || "—");
+function badge(status, kind) {
+  return el("span", { class: `badge ${kind || status || "none"}` }, status || "—");
+}
+
+function httpBadge(status) {
+  return badge(String(status), status < 400 ? "succeeded" : "failed");
 }
 
 function replaceRows(id, rows, empty, columns) {
@@ -84,7 +88,7 @@ function renderFunctions(data) {
       : "none";
     const last = f.last_invocation;
     const lastCell = last
-      ? el("span", {}, badge(String(last.status)), ` ${last.trigger} · ${ms(last.duration_ms)} · ${when(last.at)}`)
+      ? el("span", {}, httpBadge(last.status), ` ${last.trigger} · ${ms(last.duration_ms)} · ${when(last.at)}`)
       : "never";
     return el("tr", { dataset: { function: f.name } },
       el("th", { scope: "row" }, f.name, f.description ? el("div", { class: "description" }, f.description) : null,
