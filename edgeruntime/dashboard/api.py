@@ -19,7 +19,7 @@ from starlette.routing import BaseRoute, Route
 
 from edgeruntime.dashboard.schedule_text import describe_schedule
 from edgeruntime.discovery import discover
-from edgeruntime.exceptions import JobsError
+from edgeruntime.exceptions import DashboardError, JobsError
 from edgeruntime.jobs.store import FailedJob, Job, Run
 
 if TYPE_CHECKING:
@@ -40,15 +40,6 @@ RETRY_ALL_BATCH = 1000
 Endpoint = Callable[[Request], Coroutine[Any, Any, Response]]
 
 
-class ApiError(Exception):
-    """A request the API refuses: answered as `{"error": message}` with `status`."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
 def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
@@ -58,15 +49,10 @@ def _limit(request: Request) -> int:
     try:
         value = int(raw)
     except ValueError:
-        raise ApiError(400, f"limit: expected a whole number, got {raw!r}") from None
+        raise DashboardError(400, f"limit: expected a whole number, got {raw!r}") from None
     if not 1 <= value <= MAX_LIMIT:
-        raise ApiError(400, f"limit: expected 1 to {MAX_LIMIT}, got {value}")
+        raise DashboardError(400, f"limit: expected 1 to {MAX_LIMIT}, got {value}")
     return value
-
-
-def _int_param(request: Request, name: str) -> int:
-    raw = request.path_params[name]
-    return int(raw)
 
 
 def _job(job: Job) -> dict[str, Any]:
@@ -100,7 +86,7 @@ class Api:
     def jobs(self) -> JobSystem:
         system = self.dashboard.jobs
         if system is None:
-            raise ApiError(404, "the jobs system is not running in this server")
+            raise DashboardError(404, "the jobs system is not running in this server")
         return system
 
     # -- functions -------------------------------------------------------------------------
@@ -207,7 +193,7 @@ class Api:
     def _cron_name(self, request: Request) -> str:
         name: str = request.path_params["name"]
         if name not in self.jobs.crons:
-            raise ApiError(404, f"no cron job {name!r}")
+            raise DashboardError(404, f"no cron job {name!r}")
         return name
 
     async def cron_run(self, request: Request) -> Response:
@@ -296,7 +282,7 @@ class Api:
     async def _find_failed(self, failed_id: int) -> FailedJob:
         failed = await self.jobs.store.failed_job(failed_id)
         if failed is None:
-            raise ApiError(404, f"no failed job {failed_id}")
+            raise DashboardError(404, f"no failed job {failed_id}")
         return failed
 
     def _wake_runner(self) -> None:
@@ -305,10 +291,10 @@ class Api:
             system.runner.wake()
 
     async def failed_retry(self, request: Request) -> Response:
-        failed_id = _int_param(request, "id")
+        failed_id = int(request.path_params["id"])
         failed = await self._find_failed(failed_id)
         if failed.retried_as is not None:
-            raise ApiError(409, f"failed job {failed_id} was already retried as job {failed.retried_as}")
+            raise DashboardError(409, f"failed job {failed_id} was already retried as job {failed.retried_as}")
         system = self.jobs
         job_id = await system.store.retry_failed(failed_id, now=system.clock.now())
         self._wake_runner()
@@ -324,20 +310,20 @@ class Api:
         return JSONResponse({"job_ids": job_ids}, status_code=201 if job_ids else 200)
 
     async def failed_delete(self, request: Request) -> Response:
-        failed_id = _int_param(request, "id")
+        failed_id = int(request.path_params["id"])
         if not await self.jobs.store.delete_failed(failed_id):
-            raise ApiError(404, f"no failed job {failed_id}")
+            raise DashboardError(404, f"no failed job {failed_id}")
         return JSONResponse({"deleted": failed_id})
 
 
 def _guard(endpoint: Endpoint) -> Endpoint:
-    """ApiError → its JSON error; a store or jobs failure → 503, logged, the server keeps serving."""
+    """DashboardError → its JSON error; a store failure → 503, logged; the server keeps serving."""
 
     async def call(request: Request) -> Response:
         try:
             return await endpoint(request)
-        except ApiError as exc:
-            return _error(exc.status, exc.message)
+        except DashboardError as exc:
+            return _error(exc.status, str(exc))
         except JobsError as exc:
             return _error(409, str(exc))
         except Exception as exc:
