@@ -146,7 +146,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"requests/s in-process: without dashboard {without:,.0f}, with dashboard+metrics {with_:,.0f}")
         verdict = "ok" if cost <= OVERHEAD_GOAL else "over goal"
         print(
-            f"  ratio with/without {with_ / without:.3f} (metrics cost {cost:+.1%}; goal <= {OVERHEAD_GOAL:.0%}: {verdict})"
+            f"  ratio with/without {with_ / without:.3f}"
+            f" (metrics cost {cost:+.1%}; goal <= {OVERHEAD_GOAL:.0%}: {verdict})"
         )
         latency = asyncio.run(api_latency(root, args.runs))
         print(f"API latency with {args.runs:,} runs and 1,000 queued jobs (SQLite), ms p50 / p99:")
@@ -155,7 +156,8 @@ def main(argv: list[str] | None = None) -> int:
             worst = max(worst, p99)
             print(f"  {path:<62} {p50:7.2f} / {p99:7.2f}")
         print(
-            f"  slowest p99 {worst:.1f} ms (goal <= {API_GOAL_MS:.0f} ms: {'ok' if worst <= API_GOAL_MS else 'over goal'})"
+            f"  slowest p99 {worst:.1f} ms"
+            f" (goal <= {API_GOAL_MS:.0f} ms: {'ok' if worst <= API_GOAL_MS else 'over goal'})"
         )
     return 0
 
