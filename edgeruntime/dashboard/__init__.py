@@ -25,7 +25,7 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from edgeruntime.dashboard import api
-from edgeruntime.dashboard.access import REALM, is_loopback, is_service_role
+from edgeruntime.dashboard.access import REALM, is_cross_origin, is_loopback, is_service_role
 from edgeruntime.metrics import CONTENT_TYPE, Metrics
 from edgeruntime.types import Receive, Scope, Send
 
@@ -111,8 +111,13 @@ class Dashboard:
     # -- ASGI ------------------------------------------------------------------------------
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        # Open on loopback means any page in the developer's browser could post here: refuse other sites.
+        if is_cross_origin(scope["method"], headers):
+            response = JSONResponse({"error": "cross-origin request refused"}, status_code=403)
+            await response(scope, receive, send)
+            return
         if not self.open:
-            headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
             if not is_service_role(headers, self.app.verifier.keys):
                 response = JSONResponse(
                     {"msg": "the dashboard needs the service role key on a non-loopback host"},

@@ -19,7 +19,7 @@ import jwt
 
 from edgeruntime.auth import Keys
 
-__all__ = ["REALM", "is_loopback", "is_service_role"]
+__all__ = ["REALM", "is_cross_origin", "is_loopback", "is_service_role"]
 
 REALM = "edgeruntime dashboard"
 
@@ -33,6 +33,22 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def is_cross_origin(method: str, headers: Mapping[str, str]) -> bool:
+    """A state-changing request sent by a page of another site (CSRF): its `Origin` is not this host.
+
+    Browsers send `Origin` with every cross-site POST or DELETE; scripts (curl, httpx) send none.
+    """
+    if method in ("GET", "HEAD", "OPTIONS"):
+        return False
+    if headers.get("sec-fetch-site") == "cross-site":
+        return True
+    origin = headers.get("origin")
+    if origin is None:
+        return False
+    _, _, authority = origin.partition("://")
+    return authority.lower() != headers.get("host", "").lower()
 
 
 def _is_service_key(key: str, keys: Keys) -> bool:

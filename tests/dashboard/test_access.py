@@ -108,3 +108,17 @@ async def test_loopback_host_is_open(hello_dir: Path) -> None:
 )
 def test_is_loopback(host: str, loopback: bool) -> None:
     assert is_loopback(host) is loopback
+
+
+async def test_state_changing_requests_from_other_sites_are_refused(hello_dir: Path) -> None:
+    async with EdgeClient(hello_dir) as client:
+        for headers in ({"origin": "https://evil.example"}, {"sec-fetch-site": "cross-site"}):
+            r = await client.request("POST", "/_edgeruntime/api/failed/retry-all", headers=headers)
+            assert (r.status_code, r.json()) == (403, {"error": "cross-origin request refused"})
+        # Reading is harmless (the browser keeps the answer from the other site); the page itself is same-origin.
+        assert (
+            await client.request("GET", "/_edgeruntime/api/runs", headers={"origin": "https://evil.example"})
+        ).is_success
+        same = {"origin": "http://127.0.0.1:54321", "sec-fetch-site": "same-origin"}
+        assert (await client.request("POST", "/_edgeruntime/api/failed/retry-all", headers=same)).status_code == 200
+        assert (await client.request("POST", "/_edgeruntime/api/failed/retry-all")).status_code == 200  # curl
