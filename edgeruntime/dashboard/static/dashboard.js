@@ -41,7 +41,8 @@ function ago(seconds) {
 }
 
 function ms(value) {
-  return value === null || value === undefined ? "—" : `${value.toFixed(1)} ms`;
+  if (value === null || value === undefined) return "—";
+  return value < 1000 ? `${value.toFixed(1)} ms` : ago(value / 1000);
 }
 
 function badge(status, kind) {
