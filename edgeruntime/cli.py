@@ -137,6 +137,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"Serving functions on {settings.base_url}/functions/v1/<function-name>")
         for name in app.functions:
             print(f" - {settings.function_url(name)}")
+        print(f"Dashboard: {settings.base_url}/_edgeruntime/")
         print(
             f"Using edgeruntime {__version__} (policy {settings.policy}, isolation {settings.isolation})",
             flush=True,

@@ -37,6 +37,7 @@ def test_task_cut_at_shutdown_shows_in_runs_after_a_restart(functions_dir: Path,
     db = f"sqlite:///{tmp_path / 'runs.db'}"
     args = ("--no-watch", "--database-url", db, "--graceful-exit-timeout", "0.5")
     with ServerProcess(functions_dir, *args) as server:
+        assert f"Dashboard: {server.base_url}/_edgeruntime/" in server.output
         assert httpx.post(server.url("linger"), headers=SERVICE_ROLE, timeout=10).status_code == 202
         metrics = httpx.get(f"{server.base_url}/_internal/metrics", timeout=10)
         assert metrics.status_code == 200
