@@ -88,8 +88,9 @@ def project(functions_dir: Path) -> Path:
 
 
 @pytest.fixture
-async def client(project: Path) -> AsyncIterator[EdgeClient]:
-    async with EdgeClient(project) as c:
+async def client(project: Path, store_url: str) -> AsyncIterator[EdgeClient]:
+    """Every API test runs on SQLite and on Postgres."""
+    async with EdgeClient(project, database_url=store_url) as c:
         yield c
 
 
