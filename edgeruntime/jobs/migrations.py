@@ -110,8 +110,9 @@ MIGRATIONS: tuple[Migration, ...] = (
         tuple(t[0] for t in _TABLES) + _INDEXES,
         tuple(t[1] for t in _TABLES) + _INDEXES,
     ),
+    # Version 3, not 2: version 2 (cron tick leases) comes from the jobs branch, merged first.
     Migration(
-        2,
+        3,
         "wait_until task names, paused cron jobs, run history lookups by execution",
         (
             "ALTER TABLE edgeruntime_runs ADD COLUMN name TEXT",

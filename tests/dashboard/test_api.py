@@ -56,6 +56,21 @@ serve(handler)
 
 BROKEN = "import does_not_exist\n"
 
+SLOW = """
+import asyncio
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from edgeruntime import serve
+
+async def handler(req: Request) -> JSONResponse:
+    await asyncio.sleep(0.5)
+    return JSONResponse({"ok": True})
+
+serve(handler)
+"""
+
+T0 = 1_800_000_000.0
+
 CONFIG = """
 [functions.work]
 description = "Does the work"
@@ -74,6 +89,10 @@ description = "Weekday report"
 [cron.often]
 function = "work"
 schedule = "30 seconds"
+
+[cron.slow]
+function = "slow"
+schedule = "* * * * *"
 """
 
 
@@ -83,6 +102,7 @@ def project(functions_dir: Path) -> Path:
     write_function(functions_dir, "flaky", FLAKY)
     write_function(functions_dir, "broken", BROKEN)
     write_function(functions_dir, "off", WORK)
+    write_function(functions_dir, "slow", SLOW)
     (functions_dir.parent / "config.toml").write_text(CONFIG, encoding="utf-8")
     return functions_dir
 
@@ -104,7 +124,7 @@ async def get(client: EdgeClient, path: str, **params: Any) -> Any:
 async def test_functions_show_route_auth_limits_boot_status_and_last_invocation(client: EdgeClient) -> None:
     data = await get(client, "/functions")
     by_name = {f["name"]: f for f in data["functions"]}
-    assert sorted(by_name) == ["broken", "flaky", "off", "work"]
+    assert sorted(by_name) == ["broken", "flaky", "off", "slow", "work"]
     work = by_name["work"]
     assert (work["route"], work["verify_jwt"], work["description"]) == ("/functions/v1/work", False, "Does the work")
     assert work["limits"]["wall_clock_limit_sec"] == 60 and work["limits"]["memory_limit_mb"] == 256
@@ -138,20 +158,15 @@ async def test_cron_shows_schedule_in_words_timezone_ticks_and_skips(client: Edg
     assert by_name["often"]["schedule_text"] == "every 30 seconds"
     assert by_name["often"]["next_tick"] - data["now"] <= 30
 
-    # One scheduled tick ran; the next one found a run of the same job still going and was skipped.
-    store = client.jobs.store
-    now = time.time()
-    running = await store.claim_tick(
-        "often", "a", scheduled_for=now - 30, trigger="schedule", instance="i", now=now, skip_if_running_since=None
-    )
-    assert running is not None
-    skipped = await store.claim_tick(
-        "often", "b", scheduled_for=now, trigger="schedule", instance="i", now=now, skip_if_running_since=now - 60
-    )
-    assert skipped is not None and skipped.status is TickStatus.SKIPPED
-    often = {c["name"]: c for c in (await get(client, "/cron"))["cron"]}["often"]
-    assert [t["status"] for t in often["ticks"]] == ["skipped", "running"]
-    assert (often["skipped"], often["last_status"], often["last_tick"]) == (1, "skipped", now)
+    # A tick of `slow` is still running when the next one comes: that one is skipped (overlap = "skip").
+    first = asyncio.create_task(client.jobs.scheduler.fire("slow", T0))
+    await asyncio.sleep(0.2)
+    second = await client.jobs.scheduler.fire("slow", T0 + 60)
+    assert second is not None and second.status is TickStatus.SKIPPED
+    assert (await first) is not None
+    slow = {c["name"]: c for c in (await get(client, "/cron"))["cron"]}["slow"]
+    assert [(t["status"], t["scheduled_for"]) for t in slow["ticks"]] == [("skipped", T0 + 60), ("succeeded", T0)]
+    assert (slow["skipped"], slow["last_status"], slow["last_tick"]) == (1, "skipped", T0 + 60)
 
 
 async def test_cron_run_now_pause_and_resume(client: EdgeClient) -> None:
