@@ -1,11 +1,11 @@
-"""`python -m benchmarks [peers|isolation|jobs] [options]` (default: peers)."""
+"""`python -m benchmarks [peers|isolation|jobs|dashboard] [options]` (default: peers)."""
 
 from __future__ import annotations
 
 import importlib
 import sys
 
-BENCHMARKS = ("peers", "isolation", "jobs")
+BENCHMARKS = ("peers", "isolation", "jobs", "dashboard")
 
 
 def main() -> int:

@@ -22,8 +22,8 @@ from edgeruntime.exceptions import BootError, IdleTimeout, LimitExceeded, Payloa
 from edgeruntime.logs import AccessLogger, log_access
 from edgeruntime.metering import LoopWatchdog
 from edgeruntime.settings import Settings
-from edgeruntime.supervisor import FunctionSupervisor
-from edgeruntime.types import Message, Receive, Scope, Send
+from edgeruntime.supervisor import FunctionSupervisor, WorkerObserver
+from edgeruntime.types import ASGIApp, Message, Receive, Scope, Send
 
 __all__ = ["EdgeApp", "Invocation", "create_app"]
 
@@ -76,6 +76,8 @@ class EdgeApp:
         self.verifier = Verifier(settings.keys, settings.env.get("SUPABASE_JWKS"))
         self.functions: dict[str, FunctionSupervisor] = {}
         self.observers: list[InvocationObserver] = []
+        #: Told when a worker retires or ends: (event, function, reason).
+        self.worker_observers: list[WorkerObserver] = []
         #: Env added for worker processes (process isolation) on top of the function env.
         self.worker_env: dict[str, str] = {}
         #: Called with every background task that ends, in any function.
@@ -84,6 +86,8 @@ class EdgeApp:
         #: Run first on shutdown, before functions drain: stop taking new work (cron, queue).
         self.stopping_hooks: list[Hook] = []
         self.shutdown_hooks: list[Hook] = []
+        #: Path prefix → ASGI app, for paths outside /functions/v1/ (the dashboard, metrics).
+        self.mounts: dict[str, ASGIApp] = {}
         self.started = False
         #: Writes the access line of every request (the server swaps in a faster writer).
         self.access_log: AccessLogger = log_access
@@ -110,7 +114,7 @@ class EdgeApp:
         for name, spec in found.items():
             if name not in self.functions and self.settings.enabled(name):
                 self.functions[name] = FunctionSupervisor(
-                    spec, self.settings, self.background_observers, self.worker_env
+                    spec, self.settings, self.background_observers, self.worker_env, self.worker_observers
                 )
 
     def pending_background(self) -> list[BackgroundTask]:
@@ -147,6 +151,8 @@ class EdgeApp:
         if not path.startswith(PREFIX):
             if path == "/_internal/health":
                 await responses.send_response(send, responses.HEALTH)
+            elif (mounted := self._mounted(path)) is not None:
+                await mounted(scope, receive, send)
             else:
                 await responses.send_response(send, responses.NOT_FOUND)
             return
@@ -187,6 +193,12 @@ class EdgeApp:
                         observer(record)
                     except Exception:
                         logger.exception("invocation observer failed")
+
+    def _mounted(self, path: str) -> ASGIApp | None:
+        for prefix, mounted in self.mounts.items():
+            if path == prefix or path.startswith(prefix.rstrip("/") + "/"):
+                return mounted
+        return None
 
     async def _dispatch(
         self, scope: Scope, receive: Receive, send: Send, ctx: ExecutionContext, name: str

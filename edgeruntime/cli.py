@@ -140,9 +140,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     app = create_app(settings)
     if not app.functions:
         raise UsageError(f"no functions in {settings.functions_dir}: expected {settings.functions_dir}/<name>/index.py")
+    from edgeruntime.dashboard import attach as attach_dashboard  # /_edgeruntime/ and /_internal/metrics
     from edgeruntime.jobs import attach  # jobs: run history, cron, queue
 
-    attach(app).check()
+    jobs = attach(app)
+    jobs.check()
+    attach_dashboard(app, jobs)
     log_buffer = configure_logging(settings.log_format)
     app.access_log = AccessLog(log_buffer, settings.log_format)
 
@@ -150,6 +153,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"Serving functions on {settings.base_url}/functions/v1/<function-name>")
         for name in app.functions:
             print(f" - {settings.function_url(name)}")
+        print(f"Dashboard: {settings.base_url}/_edgeruntime/")
         print(
             f"Using edgeruntime {__version__} (policy {settings.policy}, isolation {settings.isolation})",
             flush=True,

@@ -5,6 +5,7 @@ EdgeRuntimeError
 ├── UsageError               bad CLI input: missing directory, port in use, unknown function
 ├── NotSupportedError        an API the edge runtime forbids (`Deno.env.set`)
 ├── JobsError                the jobs system cannot do what was asked (no store, bad payload)
+├── DashboardError           a dashboard API request that cannot be served (→ its 4xx JSON error)
 └── FunctionError            something went wrong in one function; the others keep serving
     ├── BootError            the function's module failed to load → 503 BOOT_ERROR
     ├── WorkerCrashed        the worker died (or its module raised at top level) → 500 WORKER_ERROR
@@ -20,6 +21,7 @@ from __future__ import annotations
 __all__ = [
     "BootError",
     "ConfigError",
+    "DashboardError",
     "EdgeRuntimeError",
     "FunctionError",
     "IdleTimeout",
@@ -55,6 +57,14 @@ class NotSupportedError(EdgeRuntimeError):
 
 class JobsError(EdgeRuntimeError):
     """Raised when a job cannot be enqueued or found, or no jobs store is running."""
+
+
+class DashboardError(EdgeRuntimeError):
+    """Raised when a dashboard API request cannot be served; answered with `status`."""
+
+    def __init__(self, status: int, message: str) -> None:
+        self.status = status
+        super().__init__(message)
 
 
 class FunctionError(EdgeRuntimeError):

@@ -71,7 +71,7 @@ class WorkerLifecycle:
         limits: Limits,
         policy: Policy,
         *,
-        retire: Callable[[], None],
+        retire: Callable[[str], None],
         end: Callable[[ShutdownReason], None],
         beforeunload: Callable[[str], None],
         in_flight: Callable[[], int],
@@ -119,11 +119,11 @@ class WorkerLifecycle:
         if self._once(f"beforeunload:{reason}"):
             self._beforeunload(reason)
 
-    def _retire_once(self, message: str) -> None:
+    def _retire_once(self, message: str, reason: str) -> None:
         if self._once(f"log:{message}"):
             self._log(message)
         if self._once("retire"):
-            self._retire()
+            self._retire(reason)
 
     def _finish(self, reason: ShutdownReason, message: str, suffix: str = "") -> None:
         if self._once("end"):
@@ -132,7 +132,7 @@ class WorkerLifecycle:
             self._end(reason)
 
     def _wall_clock_warning(self) -> None:
-        self._retire_once("wall clock duration warning")
+        self._retire_once("wall clock duration warning", "wall_clock")
 
     def _wall_clock_reached(self) -> None:
         in_flight = "true" if self._in_flight() else "false"
@@ -155,7 +155,7 @@ class WorkerLifecycle:
             return
         limits = self.limits
         if used_ms >= limits.cpu_soft_limit_ms:
-            self._retire_once("CPU time soft limit reached")
+            self._retire_once("CPU time soft limit reached", "cpu")
         if used_ms >= limits.cpu_hard_limit_ms:
             self._finish(ShutdownReason.CPU, "CPU time hard limit reached")
         elif used_ms >= limits.cpu_hard_limit_ms * BEFOREUNLOAD_RATIO:
@@ -172,7 +172,7 @@ class WorkerLifecycle:
         if used_mb >= limit * BEFOREUNLOAD_RATIO:
             self._notify("memory")
         if used_mb >= limit * MEMORY_ALERT_RATIO and self.policy == "per_worker":
-            self._retire_once("memory usage warning")
+            self._retire_once("memory usage warning", "memory")
 
     def meter(self) -> CpuMeter:
         """A CPU meter that reports to this lifecycle at each threshold."""

@@ -33,7 +33,7 @@ def run_standalone(handler: Handler, file: str | None, port: int, host: str | No
                 await send({"type": "lifespan.startup.complete"})
             await worker.state.dispatch_beforeunload("termination")
             await worker.state.background.wait(15)
-            await worker.end("shutdown")
+            await worker.end("TerminationRequested")
             await send({"type": "lifespan.shutdown.complete"})
             return
         if scope["type"] != "http":

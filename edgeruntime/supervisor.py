@@ -26,7 +26,10 @@ from edgeruntime.settings import Settings
 from edgeruntime.types import Receive, Scope, Send
 from edgeruntime.worker import InlineWorker, Worker, WorkerStatus
 
-__all__ = ["FunctionSupervisor"]
+__all__ = ["FunctionSupervisor", "WorkerObserver"]
+
+#: Told when a worker retires or ends: (event, function, reason).
+WorkerObserver = Callable[[str, str, str], None]
 
 logger = logging.getLogger("edgeruntime")
 
@@ -40,12 +43,15 @@ class FunctionSupervisor:
         settings: Settings,
         background_observers: list[Callable[[BackgroundTask], None]] | None = None,
         worker_env: dict[str, str] | None = None,
+        worker_observers: list[WorkerObserver] | None = None,
     ) -> None:
         self.spec = spec
         self.settings = settings
         self.background_observers = background_observers if background_observers is not None else []
         self.limits = settings.limits_for(spec.name)
         self.verify_jwt = settings.verify_jwt(spec.name)
+        #: Called with ("retired" | "ended", function, reason) for every worker (metrics, dashboard).
+        self.worker_observers: list[WorkerObserver] = worker_observers if worker_observers is not None else []
         #: Extra env for worker processes (shared with the app: e.g. where the jobs store is).
         self.worker_env: dict[str, str] = worker_env if worker_env is not None else {}
         self.worker: Worker | None = None
@@ -107,7 +113,7 @@ class FunctionSupervisor:
             worker.id,
             self.limits,
             self.settings.policy,
-            retire=lambda: self._retire(worker),
+            retire=lambda reason: self._retire(worker, reason),
             end=lambda reason: self._end(worker, reason),
             beforeunload=lambda reason: self._spawn(worker.beforeunload(reason)),
             in_flight=lambda: worker.in_flight,
@@ -132,7 +138,7 @@ class FunctionSupervisor:
                 if lifecycle is not None:
                     lifecycle.stop()
             elif worker is not None:
-                self._retire(worker)
+                self._retire(worker, "retired")
             worker = self.worker = await self._boot()
             return worker
 
@@ -156,9 +162,10 @@ class FunctionSupervisor:
         if body.exceeded:
             raise body.error()
 
-    def _retire(self, worker: Worker) -> None:
+    def _retire(self, worker: Worker, reason: str) -> None:
         if worker.status is WorkerStatus.ACTIVE:
             worker.status = WorkerStatus.RETIRED
+            self._tell("retired", reason)
         if self.worker is worker:
             self.worker = None
         if worker.status is WorkerStatus.RETIRED and worker not in self.retired:
@@ -167,6 +174,13 @@ class FunctionSupervisor:
                 self._spawn(self._drop(worker))
             else:
                 worker.on_background_done(lambda _: self._drop_if_idle(worker))
+
+    def _tell(self, event: str, reason: str) -> None:
+        for observer in self.worker_observers:
+            try:
+                observer(event, self.name, reason)
+            except Exception:
+                logger.exception("worker observer failed")
 
     def _drop_if_idle(self, worker: Worker) -> None:
         if worker.status is WorkerStatus.RETIRED and worker.idle and worker in self.retired:
@@ -198,6 +212,7 @@ class FunctionSupervisor:
         if lifecycle is not None:
             lifecycle.stop()
         self.shutdowns.append(reason)
+        self._tell("ended", str(reason))
         try:
             cut = await worker.end(reason)
         finally:
@@ -216,7 +231,7 @@ class FunctionSupervisor:
     def reload(self) -> None:
         """Retire the active worker so the next request boots the function's files afresh."""
         if self.worker is not None:
-            self._retire(self.worker)
+            self._retire(self.worker, "reload")
 
     async def shutdown(self, timeout: float) -> list[str]:
         """Dispatch `beforeunload` (termination), wait up to `timeout` for background work, cut the rest.

@@ -31,6 +31,7 @@ import httpx
 from edgeruntime.app import EdgeApp, create_app
 from edgeruntime.background import BackgroundTask, TaskOutcome
 from edgeruntime.context import ExecutionContext, WorkerState, default_worker
+from edgeruntime.dashboard import Dashboard, attach as attach_dashboard
 from edgeruntime.discovery import ENTRYPOINT, FunctionSpec, load_function_module
 from edgeruntime.env import apply_env, restore_env
 from edgeruntime.exceptions import UsageError
@@ -77,6 +78,8 @@ class EdgeClient:
         try:
             #: Nothing runs by itself in tests: deliver jobs with `run_jobs()`, ticks with `trigger_cron()`.
             self.jobs: JobSystem = attach_jobs(self.app, store=store, clock=self.clock, background=False)
+            #: The dashboard API (`/_edgeruntime/api/...`) and metrics (`/_internal/metrics`), as `serve` has.
+            self.dashboard: Dashboard = attach_dashboard(self.app, self.jobs)
         except BaseException:
             if self._store_dir is not None:
                 shutil.rmtree(self._store_dir, ignore_errors=True)

@@ -49,6 +49,8 @@ class Worker(Protocol):
     in_flight: int
     #: Counts the worker's CPU (inline: the meter its lifecycle watches).
     meter: CpuMeter
+    #: The runtime side of the worker in this process: env, listeners, background work.
+    state: WorkerState
     #: The function's module, when it was loaded in this process (None for a worker process).
     module: types.ModuleType | None
 

@@ -51,6 +51,7 @@ def background_run(task: BackgroundTask) -> Run:
         started_at=task.started_at,
         duration_ms=task.duration_ms,
         error=error,
+        name=task.name,
     )
 
 

@@ -116,6 +116,22 @@ MIGRATIONS: tuple[Migration, ...] = (
         ("ALTER TABLE edgeruntime_cron_ticks ADD COLUMN lease_until REAL",),
         ("ALTER TABLE edgeruntime_cron_ticks ADD COLUMN IF NOT EXISTS lease_until DOUBLE PRECISION",),
     ),
+    # Version 3, not 2: version 2 (cron tick leases) comes from the jobs branch, merged first.
+    Migration(
+        3,
+        "wait_until task names, paused cron jobs, run history lookups by execution",
+        (
+            "ALTER TABLE edgeruntime_runs ADD COLUMN name TEXT",
+            "CREATE TABLE IF NOT EXISTS edgeruntime_cron_pauses (cron TEXT PRIMARY KEY, paused_at REAL NOT NULL)",
+            "CREATE INDEX IF NOT EXISTS edgeruntime_runs_execution ON edgeruntime_runs (execution_id)",
+        ),
+        (
+            "ALTER TABLE edgeruntime_runs ADD COLUMN IF NOT EXISTS name TEXT",
+            "CREATE TABLE IF NOT EXISTS edgeruntime_cron_pauses (cron TEXT PRIMARY KEY,"
+            " paused_at DOUBLE PRECISION NOT NULL)",
+            "CREATE INDEX IF NOT EXISTS edgeruntime_runs_execution ON edgeruntime_runs (execution_id)",
+        ),
+    ),
 )
 
 SCHEMA_TABLE = "CREATE TABLE IF NOT EXISTS edgeruntime_schema (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)"

@@ -18,15 +18,28 @@ from edgeruntime.jobs import migrations
 from edgeruntime.jobs.rows import (
     FAILED_COLUMNS,
     JOB_COLUMNS,
+    LEASE_COLUMNS,
     PRUNE_STATEMENTS,
     RUN_COLUMNS,
     TICK_COLUMNS,
     failed_from_row,
     job_from_row,
+    lease_from_row,
+    run_filters,
     run_from_row,
     tick_from_row,
 )
-from edgeruntime.jobs.store import CronTick, FailedJob, Job, JobStatus, Outcome, Run, TickStatus, redact_url
+from edgeruntime.jobs.store import (
+    CronTick,
+    FailedJob,
+    Job,
+    JobStatus,
+    Outcome,
+    QueueStats,
+    Run,
+    TickStatus,
+    redact_url,
+)
 
 if TYPE_CHECKING:
     import psycopg
@@ -245,7 +258,55 @@ class PostgresStore:
             await conn.execute("UPDATE edgeruntime_failed_jobs SET retried_as = %s WHERE id = %s", (new[0], failed_id))
             return int(new[0])
 
+    async def failed_job(self, failed_id: int) -> FailedJob | None:
+        async with self._conn() as conn:
+            cur = await conn.execute(
+                f"SELECT {FAILED_COLUMNS} FROM edgeruntime_failed_jobs WHERE id = %s", (failed_id,)
+            )
+            row = await cur.fetchone()
+            return None if row is None else failed_from_row(row)
+
+    async def delete_failed(self, failed_id: int) -> bool:
+        async with self._conn() as conn:
+            cur = await conn.execute("DELETE FROM edgeruntime_failed_jobs WHERE id = %s", (failed_id,))
+            return cur.rowcount > 0
+
+    async def job(self, job_id: int) -> Job | None:
+        async with self._conn() as conn:
+            cur = await conn.execute(f"SELECT {JOB_COLUMNS} FROM edgeruntime_jobs WHERE id = %s", (job_id,))
+            row = await cur.fetchone()
+            return None if row is None else job_from_row(row)
+
+    async def queue_stats(self, limit: int = 100) -> QueueStats:
+        async with self._conn() as conn:
+            cur = await conn.execute("SELECT status, COUNT(*) FROM edgeruntime_jobs GROUP BY status")
+            counts = {str(r[0]): int(r[1]) for r in await cur.fetchall()}
+            cur = await conn.execute("SELECT MIN(created_at) FROM edgeruntime_jobs WHERE status = 'queued'")
+            oldest = await cur.fetchone()
+            cur = await conn.execute(
+                f"SELECT {LEASE_COLUMNS} FROM edgeruntime_jobs WHERE status = 'running' ORDER BY updated_at LIMIT %s",
+                (limit,),
+            )
+            leases = tuple(lease_from_row(r) for r in await cur.fetchall())
+        return QueueStats(counts, oldest[0] if oldest else None, leases)
+
     # -- cron ----------------------------------------------------------------------------
+
+    async def paused_crons(self) -> dict[str, float]:
+        async with self._conn() as conn:
+            cur = await conn.execute("SELECT cron, paused_at FROM edgeruntime_cron_pauses")
+            return {str(r[0]): float(r[1]) for r in await cur.fetchall()}
+
+    async def set_cron_paused(self, cron: str, paused: bool, *, now: float) -> None:
+        async with self._conn() as conn:
+            if paused:
+                await conn.execute(
+                    "INSERT INTO edgeruntime_cron_pauses (cron, paused_at) VALUES (%s, %s)"
+                    " ON CONFLICT (cron) DO NOTHING",
+                    (cron, now),
+                )
+            else:
+                await conn.execute("DELETE FROM edgeruntime_cron_pauses WHERE cron = %s", (cron,))
 
     async def claim_tick(
         self,
@@ -303,7 +364,7 @@ class PostgresStore:
     async def record_runs(self, runs: Sequence[Run]) -> None:
         async with self._conn() as conn, conn.cursor() as cur:
             await cur.executemany(
-                f"INSERT INTO edgeruntime_runs ({RUN_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                f"INSERT INTO edgeruntime_runs ({RUN_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
                 [
                     (
                         r.kind,
@@ -315,13 +376,23 @@ class PostgresStore:
                         r.duration_ms,
                         r.http_status,
                         r.error,
+                        r.name,
                     )
                     for r in runs
                 ],
             )
 
-    async def runs(self, function: str | None = None, limit: int = 100) -> list[Run]:
-        where, args = ("WHERE function = %s", [function]) if function else ("", [])
+    async def runs(
+        self,
+        function: str | None = None,
+        limit: int = 100,
+        *,
+        kind: str | None = None,
+        trigger: str | None = None,
+        status: str | None = None,
+        execution_ids: Sequence[str] | None = None,
+    ) -> list[Run]:
+        where, args = run_filters(function, kind, trigger, status, execution_ids)
         async with self._conn() as conn:
             cur = await conn.execute(
                 f"SELECT {RUN_COLUMNS} FROM edgeruntime_runs {where} ORDER BY id DESC LIMIT %s",

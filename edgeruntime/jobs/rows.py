@@ -5,24 +5,28 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from edgeruntime.jobs.store import CronTick, FailedJob, Job, JobStatus, Run, TickStatus
+from edgeruntime.jobs.store import CronTick, FailedJob, Job, JobStatus, Lease, Run, TickStatus
 
 __all__ = [
     "FAILED_COLUMNS",
     "JOB_COLUMNS",
+    "LEASE_COLUMNS",
     "PRUNE_STATEMENTS",
     "RUN_COLUMNS",
     "TICK_COLUMNS",
     "failed_from_row",
     "job_from_row",
+    "lease_from_row",
     "run_from_row",
+    "run_filters",
     "tick_from_row",
 ]
 
 JOB_COLUMNS = "id, function, payload, attempts, max_attempts, status, run_at, idempotency_key, last_error, created_at"
 TICK_COLUMNS = "id, cron, tick_key, scheduled_for, status, trigger, http_status, error, started_at, finished_at"
 FAILED_COLUMNS = "id, job_id, function, payload, attempts, error, http_status, response, failed_at, retried_as"
-RUN_COLUMNS = "kind, function, trigger, execution_id, status, started_at, duration_ms, http_status, error"
+RUN_COLUMNS = "kind, function, trigger, execution_id, status, started_at, duration_ms, http_status, error, name"
+LEASE_COLUMNS = "id, function, attempts, max_attempts, worker_id, updated_at, lease_until"
 
 
 def job_from_row(row: Sequence[Any]) -> Job:
@@ -49,7 +53,34 @@ def failed_from_row(row: Sequence[Any]) -> FailedJob:
 
 
 def run_from_row(row: Sequence[Any]) -> Run:
-    return Run(row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7], row[8])
+    return Run(row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7], row[8], row[9])
+
+
+def lease_from_row(row: Sequence[Any]) -> Lease:
+    return Lease(*row)
+
+
+def run_filters(
+    function: str | None,
+    kind: str | None,
+    trigger: str | None,
+    status: str | None,
+    execution_ids: Sequence[str] | None,
+) -> tuple[str, list[Any]]:
+    """A WHERE clause (with `%s` placeholders) and its arguments for `JobStore.runs`."""
+    clauses: list[str] = []
+    args: list[Any] = []
+    for column, value in (("function", function), ("kind", kind), ("trigger", trigger), ("status", status)):
+        if value:
+            clauses.append(f"{column} = %s")
+            args.append(value)
+    if execution_ids is not None:
+        ids = list(execution_ids)
+        if not ids:
+            return "WHERE 1 = 0", []
+        clauses.append(f"execution_id IN ({', '.join('%s' for _ in ids)})")
+        args.extend(ids)
+    return ("WHERE " + " AND ".join(clauses) if clauses else ""), args
 
 
 #: Retention: history, succeeded jobs and finished ticks older than the cut-off (both dialects).

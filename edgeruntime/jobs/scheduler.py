@@ -14,7 +14,7 @@ import json
 import logging
 import math
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -115,6 +115,16 @@ class Scheduler:
         self._last: dict[str, float] = {}
         self._task: asyncio.Task[None] | None = None
         self._running: set[asyncio.Task[CronRun | None]] = set()
+        #: Called with every tick this instance fired or skipped (metrics).
+        self.observers: list[Callable[[CronRun], None]] = []
+
+    def _observe(self, run: CronRun) -> CronRun:
+        for observer in self.observers:
+            try:
+                observer(run)
+            except Exception:
+                logger.exception("cron observer failed")
+        return run
 
     def _job(self, name: str) -> CronJob:
         job = self.jobs.get(name)
@@ -143,7 +153,7 @@ class Scheduler:
             return None
         if tick.status is TickStatus.SKIPPED:
             logger.warning("cron %s: tick %s skipped, the previous run is still going", name, iso(scheduled_for))
-            return CronRun(name, tick.key, scheduled_for, TickStatus.SKIPPED)
+            return self._observe(CronRun(name, tick.key, scheduled_for, TickStatus.SKIPPED))
         body = json.dumps({**job.config.body, "executedAt": iso(scheduled_for)}).encode()
         headers = {CRON_HEADER: name, SCHEDULED_FOR_HEADER: iso(scheduled_for)}
         status, http_status, text, error = TickStatus.FAILED, None, None, None
@@ -158,7 +168,7 @@ class Scheduler:
         finally:
             with contextlib.suppress(Exception):
                 await self.store.finish_tick(tick.id, status, http_status, error, now=self.clock.now())
-        return CronRun(name, tick.key, scheduled_for, status, http_status, text)
+        return self._observe(CronRun(name, tick.key, scheduled_for, status, http_status, text))
 
     async def run_now(self, name: str, at: float | None = None) -> CronRun:
         """Run a cron job now. With `at`, as the scheduled tick at or before `at` (which it then
@@ -200,6 +210,10 @@ class Scheduler:
 
     async def _fire_logged(self, name: str, tick: float) -> CronRun | None:
         try:
+            # A paused job (dashboard, any instance) lets its scheduled ticks pass; "Run now" still works.
+            if name in await self.store.paused_crons():
+                logger.info("cron %s: tick %s not fired, the job is paused", name, iso(tick))
+                return None
             return await self.fire(name, tick)
         except Exception:
             logger.exception("cron %s: tick %s failed", name, iso(tick))

@@ -22,15 +22,18 @@ from edgeruntime.jobs import migrations
 from edgeruntime.jobs.rows import (
     FAILED_COLUMNS,
     JOB_COLUMNS,
+    LEASE_COLUMNS,
     PRUNE_STATEMENTS,
     RUN_COLUMNS,
     TICK_COLUMNS,
     failed_from_row,
     job_from_row,
+    lease_from_row,
+    run_filters,
     run_from_row,
     tick_from_row,
 )
-from edgeruntime.jobs.store import CronTick, FailedJob, Job, JobStatus, Outcome, Run, TickStatus
+from edgeruntime.jobs.store import CronTick, FailedJob, Job, JobStatus, Outcome, QueueStats, Run, TickStatus
 
 __all__ = ["SQLiteStore"]
 
@@ -252,7 +255,65 @@ class SQLiteStore:
 
         return await self._run(run)
 
+    async def failed_job(self, failed_id: int) -> FailedJob | None:
+        def run(conn: sqlite3.Connection) -> FailedJob | None:
+            row = conn.execute(
+                f"SELECT {FAILED_COLUMNS} FROM edgeruntime_failed_jobs WHERE id = ?", (failed_id,)
+            ).fetchone()
+            return None if row is None else failed_from_row(row)
+
+        return await self._run(run)
+
+    async def delete_failed(self, failed_id: int) -> bool:
+        def run(conn: sqlite3.Connection) -> bool:
+            with self._write(conn):
+                return conn.execute("DELETE FROM edgeruntime_failed_jobs WHERE id = ?", (failed_id,)).rowcount > 0
+
+        return await self._run(run)
+
+    async def job(self, job_id: int) -> Job | None:
+        def run(conn: sqlite3.Connection) -> Job | None:
+            row = conn.execute(f"SELECT {JOB_COLUMNS} FROM edgeruntime_jobs WHERE id = ?", (job_id,)).fetchone()
+            return None if row is None else job_from_row(row)
+
+        return await self._run(run)
+
+    async def queue_stats(self, limit: int = 100) -> QueueStats:
+        def run(conn: sqlite3.Connection) -> QueueStats:
+            counts = {
+                str(r[0]): int(r[1])
+                for r in conn.execute("SELECT status, COUNT(*) FROM edgeruntime_jobs GROUP BY status")
+            }
+            oldest = conn.execute("SELECT MIN(created_at) FROM edgeruntime_jobs WHERE status = 'queued'").fetchone()
+            leases = conn.execute(
+                f"SELECT {LEASE_COLUMNS} FROM edgeruntime_jobs WHERE status = 'running' ORDER BY updated_at LIMIT ?",
+                (limit,),
+            ).fetchall()
+            return QueueStats(counts, oldest[0], tuple(lease_from_row(r) for r in leases))
+
+        return await self._run(run)
+
     # -- cron ----------------------------------------------------------------------------
+
+    async def paused_crons(self) -> dict[str, float]:
+        def run(conn: sqlite3.Connection) -> dict[str, float]:
+            return {str(r[0]): float(r[1]) for r in conn.execute("SELECT cron, paused_at FROM edgeruntime_cron_pauses")}
+
+        return await self._run(run)
+
+    async def set_cron_paused(self, cron: str, paused: bool, *, now: float) -> None:
+        def run(conn: sqlite3.Connection) -> None:
+            with self._write(conn):
+                if paused:
+                    conn.execute(
+                        "INSERT INTO edgeruntime_cron_pauses (cron, paused_at) VALUES (?, ?)"
+                        " ON CONFLICT (cron) DO NOTHING",
+                        (cron, now),
+                    )
+                else:
+                    conn.execute("DELETE FROM edgeruntime_cron_pauses WHERE cron = ?", (cron,))
+
+        await self._run(run)
 
     async def claim_tick(
         self,
@@ -318,7 +379,7 @@ class SQLiteStore:
         def run(conn: sqlite3.Connection) -> None:
             with self._write(conn):
                 conn.executemany(
-                    f"INSERT INTO edgeruntime_runs ({RUN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    f"INSERT INTO edgeruntime_runs ({RUN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     [
                         (
                             r.kind,
@@ -330,6 +391,7 @@ class SQLiteStore:
                             r.duration_ms,
                             r.http_status,
                             r.error,
+                            r.name,
                         )
                         for r in runs
                     ],
@@ -337,11 +399,22 @@ class SQLiteStore:
 
         await self._run(run)
 
-    async def runs(self, function: str | None = None, limit: int = 100) -> list[Run]:
+    async def runs(
+        self,
+        function: str | None = None,
+        limit: int = 100,
+        *,
+        kind: str | None = None,
+        trigger: str | None = None,
+        status: str | None = None,
+        execution_ids: Sequence[str] | None = None,
+    ) -> list[Run]:
+        where, args = run_filters(function, kind, trigger, status, execution_ids)
+
         def run(conn: sqlite3.Connection) -> list[Run]:
-            where, args = ("WHERE function = ?", [function]) if function else ("", [])
             rows = conn.execute(
-                f"SELECT {RUN_COLUMNS} FROM edgeruntime_runs {where} ORDER BY id DESC LIMIT ?", (*args, limit)
+                f"SELECT {RUN_COLUMNS} FROM edgeruntime_runs {where.replace('%s', '?')} ORDER BY id DESC LIMIT ?",
+                (*args, limit),
             ).fetchall()
             return [run_from_row(r) for r in rows]
 

@@ -21,7 +21,9 @@ __all__ = [
     "Job",
     "JobStatus",
     "JobStore",
+    "Lease",
     "Outcome",
+    "QueueStats",
     "Run",
     "TickStatus",
     "default_database_path",
@@ -127,6 +129,30 @@ class Run:
     duration_ms: float | None
     http_status: int | None = None
     error: str | None = None
+    #: The wait_until task's name (background records only).
+    name: str | None = None
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A job in flight: who holds it, since when (`claimed_at`) and until when."""
+
+    job_id: int
+    function: str
+    attempt: int
+    max_attempts: int
+    worker_id: str | None
+    claimed_at: float
+    lease_until: float | None
+
+
+@dataclass(frozen=True)
+class QueueStats:
+    """The queue at a glance: jobs per status, the oldest queued job and the jobs in flight."""
+
+    counts: dict[str, int]
+    oldest_queued_at: float | None
+    in_flight: tuple[Lease, ...]
 
 
 class JobStore(Protocol):
@@ -170,6 +196,18 @@ class JobStore(Protocol):
     async def retry_failed(self, failed_id: int, *, now: float) -> int:
         """Queue a failed job again (attempts start over); returns the new job id."""
 
+    async def failed_job(self, failed_id: int) -> FailedJob | None:
+        """One failed job by id."""
+
+    async def delete_failed(self, failed_id: int) -> bool:
+        """Remove a failed job; False when there is none with that id."""
+
+    async def job(self, job_id: int) -> Job | None:
+        """One job by id (any status)."""
+
+    async def queue_stats(self, limit: int = 100) -> QueueStats:
+        """Counts per status, the oldest queued job's creation time and up to `limit` leases."""
+
     # -- cron ----------------------------------------------------------------------------
     async def claim_tick(
         self,
@@ -196,10 +234,26 @@ class JobStore(Protocol):
 
     async def ticks(self, cron: str | None = None, limit: int = 100) -> list[CronTick]: ...
 
+    async def paused_crons(self) -> dict[str, float]:
+        """The paused cron jobs and when each was paused."""
+
+    async def set_cron_paused(self, cron: str, paused: bool, *, now: float) -> None:
+        """Pause (no scheduled ticks fire, on any instance) or resume a cron job."""
+
     # -- run history ---------------------------------------------------------------------
     async def record_runs(self, runs: Sequence[Run]) -> None: ...
 
-    async def runs(self, function: str | None = None, limit: int = 100) -> list[Run]: ...
+    async def runs(
+        self,
+        function: str | None = None,
+        limit: int = 100,
+        *,
+        kind: str | None = None,
+        trigger: str | None = None,
+        status: str | None = None,
+        execution_ids: Sequence[str] | None = None,
+    ) -> list[Run]:
+        """The newest records first, filtered by whichever of the arguments are given."""
 
     async def prune(self, *, before: float) -> int:
         """Delete history, finished jobs and old ticks older than `before`; returns rows deleted."""

@@ -12,7 +12,7 @@ import pytest
 
 from edgeruntime.app import create_app
 from edgeruntime.exceptions import ConfigError, JobsError
-from edgeruntime.jobs import FakeClock, TickStatus, attach
+from edgeruntime.jobs import CronRun, FakeClock, TickStatus, attach
 from edgeruntime.settings import Settings
 from edgeruntime.testing import EdgeClient
 from tests.helpers import write_function
@@ -157,6 +157,37 @@ async def test_scheduler_loop_fires_on_the_grid(cron_dir: Path) -> None:
     for tick in ticks:
         assert tick.scheduled_for == int(tick.scheduled_for)  # on the 1-second grid
         assert 0 <= tick.started_at - tick.scheduled_for < 1.0  # generous: shared machine
+
+
+async def test_paused_job_lets_scheduled_ticks_pass_and_observers_see_fired_ones(cron_dir: Path) -> None:
+    (cron_dir.parent / "config.toml").write_text(
+        '[cron.tick]\nfunction = "echo"\nschedule = "1 seconds"\n', encoding="utf-8"
+    )
+    settings = Settings.build(cron_dir, database_url=f"sqlite:///{cron_dir.parent / 'db.sqlite'}")
+    app = create_app(settings)
+    system = attach(app)
+    seen: list[TickStatus] = []
+    three = asyncio.Event()
+
+    def observe(run: CronRun) -> None:
+        seen.append(run.status)
+        if len(seen) >= 3:
+            three.set()
+
+    system.scheduler.observers.append(observe)
+    await system.store.migrate()
+    await system.store.set_cron_paused("tick", True, now=time.time())
+    await app.startup()
+    try:
+        await asyncio.sleep(2.5)  # two or three ticks pass while paused
+        assert await system.store.ticks("tick") == [] and seen == []
+        manual = await system.scheduler.run_now("tick")  # "Run now" works while paused
+        assert manual.status is TickStatus.SUCCEEDED
+        await system.store.set_cron_paused("tick", False, now=time.time())
+        await asyncio.wait_for(three.wait(), 10)
+    finally:
+        await app.shutdown()
+    assert seen[:3] == [TickStatus.SUCCEEDED] * 3
 
 
 @pytest.mark.parametrize(

@@ -172,6 +172,59 @@ async def test_run_history_and_prune(store: JobStore) -> None:
     assert await store.jobs(JobStatus.SUCCEEDED) == []
 
 
+async def test_runs_filters_and_task_names(store: JobStore) -> None:
+    await store.record_runs(
+        [
+            Run("invocation", "a", "http", "e1", "succeeded", T0, 1.5, 200),
+            Run("background", "a", "wait_until", "e1", "cut", T0 + 1, 3.0, None, "shutdown", "send_email"),
+            Run("invocation", "b", "queue", "e2", "failed", T0 + 2, 2.0, 500),
+            Run("invocation", "a", "cron", "e3", "failed", T0 + 3, 2.0, 546, "wall_clock"),
+        ]
+    )
+    assert [r.execution_id for r in await store.runs(kind="invocation")] == ["e3", "e2", "e1"]
+    assert [r.execution_id for r in await store.runs("a", kind="invocation", status="failed")] == ["e3"]
+    assert [r.execution_id for r in await store.runs(trigger="queue")] == ["e2"]
+    [task] = await store.runs(kind="background", execution_ids=["e1", "e2"])
+    assert (task.name, task.status, task.error) == ("send_email", "cut", "shutdown")
+    assert await store.runs(execution_ids=[]) == []
+    assert len(await store.runs(limit=2)) == 2
+
+
+async def test_job_lookup_delete_failed_and_queue_stats(store: JobStore) -> None:
+    first = await store.enqueue("work", "{}", run_at=T0, max_attempts=1, idempotency_key=None, now=T0)
+    await store.enqueue("work", "{}", run_at=T0 + 60, max_attempts=2, idempotency_key=None, now=T0 + 5)
+    stats = await store.queue_stats()
+    assert (stats.counts, stats.oldest_queued_at, stats.in_flight) == ({"queued": 2}, T0, ())
+    [job] = await store.claim("w1", 1, now=T0 + 10, lease_sec=30)
+    assert job.id == first
+    stats = await store.queue_stats()
+    [lease] = stats.in_flight
+    assert (lease.job_id, lease.function, lease.attempt, lease.max_attempts) == (first, "work", 1, 1)
+    assert (lease.worker_id, lease.claimed_at, lease.lease_until) == ("w1", T0 + 10, T0 + 40)
+    assert stats.oldest_queued_at == T0 + 5
+    found = await store.job(first)
+    assert found is not None and found.status is JobStatus.RUNNING and found.attempt == 1
+    assert await store.job(first + 1000) is None
+
+    await store.finish([Outcome(first, 1, False, 500, "boom", "HTTP 500")], now=T0 + 11)
+    [failed] = await store.failed_jobs()
+    assert await store.failed_job(failed.id) == failed
+    assert await store.failed_job(failed.id + 1000) is None
+    assert await store.delete_failed(failed.id) is True
+    assert await store.delete_failed(failed.id) is False
+    assert await store.failed_jobs() == []
+
+
+async def test_pause_and_resume_cron(store: JobStore) -> None:
+    assert await store.paused_crons() == {}
+    await store.set_cron_paused("nightly", True, now=T0)
+    await store.set_cron_paused("nightly", True, now=T0 + 5)  # pausing twice keeps the first instant
+    assert await store.paused_crons() == {"nightly": T0}
+    await store.set_cron_paused("nightly", False, now=T0 + 10)
+    await store.set_cron_paused("nightly", False, now=T0 + 10)
+    assert await store.paused_crons() == {}
+
+
 def test_bad_database_urls(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="expected sqlite:///path or postgresql://"):
         open_store("mysql://localhost/db")

@@ -1,0 +1,169 @@
+"""The monitoring dashboard at ``/_edgeruntime/`` and the metrics at ``/_internal/metrics``.
+
+``attach(app, jobs)`` is the one place they hook into the gateway: it mounts the page, its static
+files and its JSON API (``/_edgeruntime/api/...``) and the Prometheus metrics on the app, and
+feeds the metrics from the app's invocation and background observers and the cron scheduler.
+The page is one HTML, one JS and one CSS file served from the package: no build step, no CDN.
+
+Access: on a loopback host everything is open; on any other host the dashboard, its API and the
+metrics need the service-role key (see :mod:`edgeruntime.dashboard.access`), else 401.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Coroutine
+from importlib import resources
+from typing import TYPE_CHECKING, Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.routing import Route
+
+from edgeruntime.dashboard import api
+from edgeruntime.dashboard.access import REALM, is_cross_origin, is_loopback, is_service_role
+from edgeruntime.metrics import CONTENT_TYPE, Metrics
+from edgeruntime.types import Receive, Scope, Send
+
+if TYPE_CHECKING:
+    from edgeruntime.app import EdgeApp, Invocation
+    from edgeruntime.jobs.system import JobSystem
+
+__all__ = ["DASHBOARD_PATH", "METRICS_PATH", "Dashboard", "attach"]
+
+logger = logging.getLogger("edgeruntime.dashboard")
+
+DASHBOARD_PATH = "/_edgeruntime"
+METRICS_PATH = "/_internal/metrics"
+#: The files of the page: name → content type.
+STATIC_FILES = {
+    "index.html": "text/html; charset=utf-8",
+    "dashboard.js": "text/javascript; charset=utf-8",
+    "dashboard.css": "text/css; charset=utf-8",
+}
+#: The page holds no secrets but shows live data: never cached, never framed by other sites.
+PAGE_HEADERS = {
+    "cache-control": "no-store",
+    "x-content-type-options": "nosniff",
+    "x-frame-options": "DENY",
+    "content-security-policy": "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'",
+}
+
+
+def _static(name: str) -> bytes:
+    return resources.files("edgeruntime.dashboard").joinpath("static", name).read_bytes()
+
+
+class Dashboard:
+    """The dashboard and metrics of one app (see the module docstring)."""
+
+    def __init__(self, app: EdgeApp, jobs: JobSystem | None = None) -> None:
+        self.app = app
+        self.jobs = jobs
+        self.metrics = Metrics(app.functions)  # live: functions added by a reload count too
+        #: The last finished invocation of each function, for the functions table.
+        self.last_invocations: dict[str, Invocation] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.asgi = Starlette(
+            routes=[
+                Route(DASHBOARD_PATH, self._redirect),
+                Route(DASHBOARD_PATH + "/", self._page),
+                Route(DASHBOARD_PATH + "/static/{name}", self._file),
+                *api.routes(self, DASHBOARD_PATH + "/api"),
+                Route(METRICS_PATH, self._metrics),
+            ],
+            exception_handlers={404: self._http_error, 405: self._http_error},
+        )
+        self.open = is_loopback(app.settings.host)
+
+    # -- observers -------------------------------------------------------------------------
+
+    def on_invocation(self, record: Invocation) -> None:
+        self.metrics.invocation(record)
+        if record.function in self.app.functions:
+            self.last_invocations[record.function] = record
+
+    def spawn(self, work: Coroutine[Any, Any, Any], name: str) -> None:
+        """Run `work` in the background (Run now); awaited or cancelled at shutdown."""
+
+        async def logged() -> None:
+            try:
+                await work
+            except Exception:
+                logger.exception("dashboard: %s failed", name)
+
+        task = asyncio.get_running_loop().create_task(logged(), name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def stop(self) -> None:
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=self.app.settings.graceful_exit_timeout_sec)
+            for task in set(self._tasks):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    # -- ASGI ------------------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        # Open on loopback means any page in the developer's browser could post here: refuse other sites.
+        if is_cross_origin(scope["method"], headers):
+            response = JSONResponse({"error": "cross-origin request refused"}, status_code=403)
+            await response(scope, receive, send)
+            return
+        if not self.open:
+            if not is_service_role(headers, self.app.verifier.keys):
+                response = JSONResponse(
+                    {"msg": "the dashboard needs the service role key on a non-loopback host"},
+                    status_code=401,
+                    headers={"www-authenticate": f'Basic realm="{REALM}", charset="UTF-8"'},
+                )
+                await response(scope, receive, send)
+                return
+        await self.asgi(scope, receive, send)
+
+    async def _http_error(self, request: Request, exc: Exception) -> Response:
+        if request.url.path.startswith(DASHBOARD_PATH + "/api/"):
+            return await api.http_error(request, exc)
+        assert isinstance(exc, HTTPException)
+        return Response(exc.detail, status_code=exc.status_code, headers=exc.headers, media_type="text/plain")
+
+    async def _redirect(self, request: Request) -> Response:
+        return RedirectResponse(DASHBOARD_PATH + "/", status_code=308)
+
+    async def _page(self, request: Request) -> Response:
+        return Response(_static("index.html"), media_type=STATIC_FILES["index.html"], headers=PAGE_HEADERS)
+
+    async def _file(self, request: Request) -> Response:
+        name = request.path_params["name"]
+        if name not in STATIC_FILES or name == "index.html":
+            return Response("Not Found", status_code=404, media_type="text/plain")
+        return Response(_static(name), media_type=STATIC_FILES[name], headers=PAGE_HEADERS)
+
+    async def _metrics(self, request: Request) -> Response:
+        if self.jobs is not None:
+            try:
+                self.metrics.queue(await self.jobs.store.queue_stats(limit=0), self.jobs.clock.now())
+            except Exception:  # a scrape still answers when the store is away
+                logger.exception("metrics: reading the queue failed")
+        return Response(self.metrics.render(), media_type=CONTENT_TYPE)
+
+
+def attach(app: EdgeApp, jobs: JobSystem | None = None) -> Dashboard:
+    """Mount the dashboard and the metrics on `app` and feed them (see the module docstring)."""
+    dashboard = Dashboard(app, jobs)
+    app.mounts[DASHBOARD_PATH] = dashboard
+    app.mounts[METRICS_PATH] = dashboard
+    app.observers.append(dashboard.on_invocation)
+    app.background_observers.append(dashboard.metrics.background_task)
+    app.worker_observers.append(dashboard.metrics.worker_event)
+    app.stopping_hooks.append(dashboard.stop)
+    if jobs is not None:
+        jobs.scheduler.observers.append(dashboard.metrics.cron_tick)
+    return dashboard

@@ -1,0 +1,359 @@
+"""The dashboard's JSON API under ``/_edgeruntime/api/``: what the page shows, for scripts too.
+
+Times are POSIX seconds (floats); durations are milliseconds (`*_ms`) or seconds (`*_sec`).
+Errors are ``{"error": "<message>"}`` with a 4xx status.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Any
+
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from edgeruntime.dashboard.schedule_text import describe_schedule
+from edgeruntime.discovery import discover
+from edgeruntime.exceptions import DashboardError, JobsError
+from edgeruntime.jobs.store import FailedJob, Job, Run
+
+if TYPE_CHECKING:
+    from edgeruntime.dashboard import Dashboard
+    from edgeruntime.jobs.system import JobSystem
+
+__all__ = ["MAX_LIMIT", "http_error", "routes"]
+
+logger = logging.getLogger("edgeruntime.dashboard")
+
+DEFAULT_LIMIT = 50
+MAX_LIMIT = 1000
+#: Recent ticks shown per cron job (skipped ones among them).
+RECENT_TICKS = 10
+#: Failed jobs "Retry all" re-queues at most this many per call.
+RETRY_ALL_BATCH = 1000
+
+Endpoint = Callable[[Request], Coroutine[Any, Any, Response]]
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+def _limit(request: Request) -> int:
+    raw = request.query_params.get("limit", str(DEFAULT_LIMIT))
+    try:
+        value = int(raw)
+    except ValueError:
+        raise DashboardError(400, f"limit: expected a whole number, got {raw!r}") from None
+    if not 1 <= value <= MAX_LIMIT:
+        raise DashboardError(400, f"limit: expected 1 to {MAX_LIMIT}, got {value}")
+    return value
+
+
+def _job(job: Job) -> dict[str, Any]:
+    return {
+        "id": job.id,
+        "function": job.function,
+        "status": str(job.status),
+        "attempt": job.attempt,
+        "max_attempts": job.max_attempts,
+        "run_at": job.run_at,
+        "created_at": job.created_at,
+        "last_error": job.last_error,
+        "idempotency_key": job.idempotency_key,
+    }
+
+
+def _run(run: Run) -> dict[str, Any]:
+    data = asdict(run)
+    if run.kind == "background":
+        data["cut_reason"] = run.error if run.status == "cut" else None
+    return data
+
+
+class Api:
+    """The endpoints, bound to one dashboard."""
+
+    def __init__(self, dashboard: Dashboard) -> None:
+        self.dashboard = dashboard
+
+    @property
+    def jobs(self) -> JobSystem:
+        system = self.dashboard.jobs
+        if system is None:
+            raise DashboardError(404, "the jobs system is not running in this server")
+        return system
+
+    # -- functions -------------------------------------------------------------------------
+
+    async def functions(self, request: Request) -> Response:
+        app = self.dashboard.app
+        settings = app.settings
+        out = []
+        for name, _spec in sorted(discover(settings.functions_dir).items()):
+            config = settings.config.function(name)
+            supervisor = app.functions.get(name)
+            boot: dict[str, Any] = {"status": "disabled", "boots": 0, "error": None}
+            workers: list[dict[str, Any]] = []
+            if supervisor is not None:
+                if supervisor.boot_error is not None:
+                    status = "error"
+                elif supervisor.worker is not None:
+                    status = "booted"
+                else:
+                    status = "not_booted"
+                boot = {"status": status, "boots": supervisor.boots, "error": supervisor.boot_error}
+                workers = [
+                    {
+                        "id": w.id,
+                        "status": str(w.status),
+                        "in_flight": w.in_flight,
+                        "background_pending": len(w.pending_background()),
+                    }
+                    for w in supervisor.workers
+                ]
+            last = self.dashboard.last_invocations.get(name)
+            out.append(
+                {
+                    "name": name,
+                    "route": f"/functions/v1/{name}",
+                    "url": settings.function_url(name),
+                    "enabled": config.enabled,
+                    "verify_jwt": settings.verify_jwt(name),
+                    "description": config.description,
+                    "limits": asdict(settings.limits_for(name)),
+                    "boot": boot,
+                    "workers": workers,
+                    "last_invocation": None
+                    if last is None
+                    else {
+                        "at": last.started_at,
+                        "status": last.status,
+                        "duration_ms": last.duration_ms,
+                        "trigger": last.trigger,
+                        "execution_id": last.execution_id,
+                        "error": last.error,
+                    },
+                }
+            )
+        return JSONResponse(
+            {"functions": out, "policy": settings.policy, "isolation": settings.isolation, "now": time.time()}
+        )
+
+    # -- cron ------------------------------------------------------------------------------
+
+    async def cron(self, request: Request) -> Response:
+        system = self.jobs
+        now = system.clock.now()
+        paused = await system.store.paused_crons()
+        out = []
+        for name, job in sorted(system.crons.items()):
+            ticks = await system.store.ticks(name, RECENT_TICKS)
+            scheduled = [t for t in ticks if t.trigger == "schedule"]
+            config = job.config
+            out.append(
+                {
+                    "name": name,
+                    "function": config.function,
+                    "schedule": config.schedule,
+                    "schedule_text": describe_schedule(job.schedule),
+                    "timezone": config.timezone,
+                    "description": config.description,
+                    "overlap": config.overlap,
+                    "enabled": config.enabled,
+                    "paused": name in paused,
+                    "paused_at": paused.get(name),
+                    "next_tick": job.schedule.next(now) if config.enabled and name not in paused else None,
+                    "last_tick": scheduled[0].scheduled_for if scheduled else None,
+                    "last_status": str(ticks[0].status) if ticks else None,
+                    "skipped": sum(1 for t in ticks if str(t.status) == "skipped"),
+                    "ticks": [
+                        {
+                            "id": t.id,
+                            "key": t.key,
+                            "trigger": t.trigger,
+                            "scheduled_for": t.scheduled_for,
+                            "status": str(t.status),
+                            "http_status": t.http_status,
+                            "error": t.error,
+                            "started_at": t.started_at,
+                            "finished_at": t.finished_at,
+                        }
+                        for t in ticks
+                    ],
+                }
+            )
+        return JSONResponse({"cron": out, "now": now})
+
+    def _cron_name(self, request: Request) -> str:
+        name: str = request.path_params["name"]
+        if name not in self.jobs.crons:
+            raise DashboardError(404, f"no cron job {name!r}")
+        return name
+
+    async def cron_run(self, request: Request) -> Response:
+        name = self._cron_name(request)
+        self.dashboard.spawn(self.jobs.scheduler.run_now(name), f"edgeruntime-run-now-{name}")
+        return JSONResponse({"cron": name, "started": True}, status_code=202)
+
+    async def cron_pause(self, request: Request) -> Response:
+        return await self._set_paused(request, True)
+
+    async def cron_resume(self, request: Request) -> Response:
+        return await self._set_paused(request, False)
+
+    async def _set_paused(self, request: Request, paused: bool) -> Response:
+        name = self._cron_name(request)
+        system = self.jobs
+        await system.store.set_cron_paused(name, paused, now=system.clock.now())
+        return JSONResponse({"cron": name, "paused": paused})
+
+    # -- runs ------------------------------------------------------------------------------
+
+    async def runs(self, request: Request) -> Response:
+        """Invocations, newest first, each with its wait_until tasks."""
+        store = self.jobs.store
+        q = request.query_params
+        invocations = await store.runs(
+            q.get("function") or None,
+            _limit(request),
+            kind="invocation",
+            trigger=q.get("trigger") or None,
+            status=q.get("status") or None,
+        )
+        ids = list(dict.fromkeys(r.execution_id for r in invocations))
+        tasks = await store.runs(None, MAX_LIMIT * 10, kind="background", execution_ids=ids) if ids else []
+        by_execution: dict[str, list[dict[str, Any]]] = {}
+        for task in reversed(tasks):
+            by_execution.setdefault(task.execution_id, []).append(_run(task))
+        out = [{**_run(r), "tasks": by_execution.get(r.execution_id, [])} for r in invocations]
+        return JSONResponse({"runs": out})
+
+    # -- queue -----------------------------------------------------------------------------
+
+    async def queue(self, request: Request) -> Response:
+        system = self.jobs
+        now = system.clock.now()
+        stats = await system.store.queue_stats(_limit(request))
+        recent: Sequence[Job] = await system.store.jobs(None, _limit(request))
+        oldest = stats.oldest_queued_at
+        return JSONResponse(
+            {
+                "counts": stats.counts,
+                "depth": stats.counts.get("queued", 0),
+                "oldest_queued_at": oldest,
+                "oldest_age_sec": None if oldest is None else max(0.0, now - oldest),
+                "in_flight": [
+                    {
+                        "job_id": lease.job_id,
+                        "function": lease.function,
+                        "attempt": lease.attempt,
+                        "max_attempts": lease.max_attempts,
+                        "worker_id": lease.worker_id,
+                        "claimed_at": lease.claimed_at,
+                        "lease_age_sec": max(0.0, now - lease.claimed_at),
+                        "lease_expires_in_sec": None if lease.lease_until is None else lease.lease_until - now,
+                    }
+                    for lease in stats.in_flight
+                ],
+                "jobs": [_job(j) for j in recent],
+                "now": now,
+            }
+        )
+
+    # -- failed jobs -----------------------------------------------------------------------
+
+    async def _failed_entry(self, failed: FailedJob) -> dict[str, Any]:
+        retry = None
+        if failed.retried_as is not None:
+            job = await self.jobs.store.job(failed.retried_as)
+            retry = {"id": failed.retried_as, "status": None} if job is None else _job(job)
+        return {**asdict(failed), "retry": retry}
+
+    async def failed(self, request: Request) -> Response:
+        failed = await self.jobs.store.failed_jobs(_limit(request))
+        return JSONResponse({"failed": [await self._failed_entry(f) for f in failed]})
+
+    async def _find_failed(self, failed_id: int) -> FailedJob:
+        failed = await self.jobs.store.failed_job(failed_id)
+        if failed is None:
+            raise DashboardError(404, f"no failed job {failed_id}")
+        return failed
+
+    def _wake_runner(self) -> None:
+        system = self.jobs
+        if system.background:
+            system.runner.wake()
+
+    async def failed_retry(self, request: Request) -> Response:
+        failed_id = int(request.path_params["id"])
+        failed = await self._find_failed(failed_id)
+        if failed.retried_as is not None:
+            raise DashboardError(409, f"failed job {failed_id} was already retried as job {failed.retried_as}")
+        system = self.jobs
+        job_id = await system.store.retry_failed(failed_id, now=system.clock.now())
+        self._wake_runner()
+        return JSONResponse({"failed_id": failed_id, "job_id": job_id}, status_code=201)
+
+    async def failed_retry_all(self, request: Request) -> Response:
+        system = self.jobs
+        pending = [f for f in await system.store.failed_jobs(RETRY_ALL_BATCH) if f.retried_as is None]
+        job_ids = []
+        for failed in reversed(pending):  # oldest first, so the queue keeps their order
+            job_ids.append(await system.store.retry_failed(failed.id, now=system.clock.now()))
+        self._wake_runner()
+        return JSONResponse({"job_ids": job_ids}, status_code=201 if job_ids else 200)
+
+    async def failed_delete(self, request: Request) -> Response:
+        failed_id = int(request.path_params["id"])
+        if not await self.jobs.store.delete_failed(failed_id):
+            raise DashboardError(404, f"no failed job {failed_id}")
+        return JSONResponse({"deleted": failed_id})
+
+
+def _guard(endpoint: Endpoint) -> Endpoint:
+    """DashboardError → its JSON error; a store failure → 503, logged; the server keeps serving."""
+
+    async def call(request: Request) -> Response:
+        try:
+            return await endpoint(request)
+        except DashboardError as exc:
+            return _error(exc.status, str(exc))
+        except JobsError as exc:
+            return _error(409, str(exc))
+        except Exception as exc:
+            logger.exception("dashboard API %s failed", request.url.path)
+            return _error(503, f"{type(exc).__name__}: {exc}")
+
+    return call
+
+
+def routes(dashboard: Dashboard, prefix: str) -> list[BaseRoute]:
+    """The API routes under `prefix` (e.g. `/_edgeruntime/api`)."""
+    api = Api(dashboard)
+    table: list[tuple[str, Endpoint, list[str]]] = [
+        ("/functions", api.functions, ["GET"]),
+        ("/cron", api.cron, ["GET"]),
+        ("/cron/{name}/run", api.cron_run, ["POST"]),
+        ("/cron/{name}/pause", api.cron_pause, ["POST"]),
+        ("/cron/{name}/resume", api.cron_resume, ["POST"]),
+        ("/runs", api.runs, ["GET"]),
+        ("/queue", api.queue, ["GET"]),
+        ("/failed", api.failed, ["GET"]),
+        ("/failed/retry-all", api.failed_retry_all, ["POST"]),
+        ("/failed/{id:int}/retry", api.failed_retry, ["POST"]),
+        ("/failed/{id:int}", api.failed_delete, ["DELETE"]),
+    ]
+    return [Route(prefix + path, _guard(fn), methods=methods) for path, fn, methods in table]
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's 404 and 405 under the API as JSON errors (405 keeps its `Allow` header)."""
+    assert isinstance(exc, HTTPException)
+    message = f"no API endpoint {request.url.path}" if exc.status_code == 404 else f"{request.method}: {exc.detail}"
+    return JSONResponse({"error": message}, status_code=exc.status_code, headers=exc.headers)

@@ -1,0 +1,173 @@
+"""The dashboard in a real browser: headless Chromium against a live `edgeruntime serve`.
+
+Needs Debian's `chromium` and the `playwright` Python package (`pip install 'edgeruntime[browser]'`;
+never `playwright install`: the system browser is used). `.ci/run` installs both; elsewhere the
+test is skipped with the reason.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import httpx
+import pytest
+
+from tests.helpers import SERVICE_ROLE, ServerProcess, write_function
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Page
+
+pytestmark = pytest.mark.e2e
+
+CHROMIUM = Path(os.environ.get("EDGERUNTIME_CHROMIUM", "/usr/bin/chromium"))
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+#: Generous: the machine running the suite may be busy.
+TIMEOUT_MS = 20_000
+
+HELLO = """
+import asyncio
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from edgeruntime import EdgeRuntime, serve
+
+async def audit() -> None:
+    await asyncio.sleep(0.01)
+
+async def handler(req: Request) -> JSONResponse:
+    EdgeRuntime.wait_until(audit())
+    return JSONResponse({"message": "hello"})
+
+serve(handler)
+"""
+
+# Fails until the file named by FIXED_MARKER exists: the job lands in failed jobs, then a retry succeeds.
+SYNC = """
+import os
+from pathlib import Path
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse
+from edgeruntime import serve
+
+async def handler(req: Request):
+    if Path(os.environ["FIXED_MARKER"]).exists():
+        return JSONResponse({"synced": True})
+    return PlainTextResponse("CRM API unavailable", status_code=503)
+
+serve(handler)
+"""
+
+ENQUEUE = """
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from edgeruntime import serve
+import edgeruntime.jobs
+
+async def handler(req: Request) -> JSONResponse:
+    job_id = await edgeruntime.jobs.enqueue("sync-contact", await req.json(), max_attempts=1)
+    return JSONResponse({"job_id": job_id}, status_code=202)
+
+serve(handler)
+"""
+
+CONFIG = """
+[functions.hello]
+description = "Greets visitors"
+
+[functions.sync-contact]
+description = "Pushes a contact to the CRM"
+
+[cron.nightly-sync]
+function = "sync-contact"
+schedule = "0 3 * * *"
+description = "Re-syncs every contact at night"
+"""
+
+
+def _browser_or_skip() -> None:
+    """Skip without Chromium or playwright; fail instead when EDGERUNTIME_REQUIRE_BROWSER=1 (CI)."""
+    missing = None
+    if not CHROMIUM.exists():
+        missing = f"the browser test needs Chromium at {CHROMIUM} (Debian: apt-get install chromium)"
+    elif importlib.util.find_spec("playwright") is None:
+        missing = "the browser test needs playwright: pip install 'edgeruntime[browser]'"
+    if missing is not None:
+        if os.environ.get("EDGERUNTIME_REQUIRE_BROWSER") == "1":
+            pytest.fail(missing + " (EDGERUNTIME_REQUIRE_BROWSER=1)")
+        pytest.skip(missing)
+
+
+@pytest.fixture
+def page() -> Iterator[Page]:
+    _browser_or_skip()
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.set_default_timeout(TIMEOUT_MS)
+            yield page
+        finally:
+            browser.close()
+
+
+def test_dashboard_shows_a_run_and_retries_a_failed_job(functions_dir: Path, tmp_path: Path, page: Page) -> None:
+    write_function(functions_dir, "hello", HELLO)
+    write_function(functions_dir, "sync-contact", SYNC)
+    write_function(functions_dir, "enqueue", ENQUEUE)
+    (functions_dir.parent / "config.toml").write_text(CONFIG, encoding="utf-8")
+    marker = tmp_path / "crm-is-back"
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+
+    db = f"sqlite:///{tmp_path / 'dashboard.db'}"
+    with ServerProcess(functions_dir, "--no-watch", "--database-url", db, env={"FIXED_MARKER": str(marker)}) as server:
+        page.goto(f"{server.base_url}/_edgeruntime/")
+        page.get_by_role("status").filter(has_text="Live").wait_for()
+        assert page.locator("#functions-body tr[data-function='hello']").inner_text().count("Greets visitors") == 1
+        cron = page.locator("#cron-body tr[data-cron='nightly-sync']")
+        assert "at 03:00, every day" in cron.inner_text() and "Re-syncs every contact" in cron.inner_text()
+
+        # A request appears in the runs table without a reload, with its wait_until task.
+        assert page.locator("#runs-body tr[data-function='hello']").count() == 0
+        assert httpx.post(server.url("hello"), headers=SERVICE_ROLE, timeout=10).status_code == 200
+        run = page.locator("#runs-body tr[data-function='hello']").first
+        run.wait_for()
+        assert "http" in run.inner_text() and "succeeded" in run.inner_text()
+        page.locator("#runs-body tr[data-function='hello'] .tasks .badge.completed").first.wait_for()
+
+        # A job whose only attempt fails lands in failed jobs, with the error and the response.
+        r = httpx.post(server.url("enqueue"), json={"email": "a@example.com"}, headers=SERVICE_ROLE, timeout=10)
+        assert r.status_code == 202
+        failed = page.locator("#failed-body tr[data-failed]").first
+        failed.wait_for()
+        assert "CRM API unavailable" in failed.inner_text() and "HTTP 503" in failed.inner_text()
+        failed_id = failed.get_attribute("data-failed")
+
+        # The CRM is back: Retry re-queues the job and the row shows it succeed.
+        marker.touch()
+        page.get_by_role("button", name=f"Retry failed job {failed_id}").click()
+        row = page.locator(f"#failed-body tr[data-failed='{failed_id}']")
+        row.locator(".retry .badge.succeeded").wait_for()
+        assert "retried as #" in row.inner_text()
+        page.locator("#runs-body tr[data-function='sync-contact'][data-status='succeeded']").first.wait_for()
+
+        page.evaluate("window.scrollTo(0, 0)")  # the sticky header back on top for the full-page shot
+        screenshot = tmp_path / "dashboard.png"
+        page.screenshot(path=str(screenshot), full_page=True)
+        print(f"dashboard screenshot: {screenshot}")
+    assert screenshot.stat().st_size > 10_000
+    assert errors == []
