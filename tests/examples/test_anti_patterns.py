@@ -1,10 +1,11 @@
 """The seeds' anti-patterns, answered by the runtime: each one is visible in the logs.
 
-(The third, unbounded background work cut at the wall-clock limit, is tested with the limits.)
+The third, unbounded background work, is cut at the wall-clock limit with a log line naming the task.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from pathlib import Path
@@ -117,3 +118,51 @@ async def test_bounded_background_work_stops_at_its_own_timeout(
     assert isinstance(raised.value.exceptions[0], TimeoutError)
     assert elapsed < 2.0
     assert r.headers["x-edgeruntime-execution-id"] in caplog.text
+
+
+UNBOUNDED = """
+import asyncio
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from edgeruntime import EdgeRuntime, serve
+
+PROCESSED = []
+
+async def process_items(items):
+    # ❌ The seed's "Don't exceed time limits": nothing bounds this loop.
+    while True:
+        for item in items:
+            await asyncio.sleep(0.05)
+            PROCESSED.append(item)
+
+async def handler(req: Request) -> JSONResponse:
+    EdgeRuntime.wait_until(process_items((await req.json())["items"]))
+    return JSONResponse({"accepted": True})
+
+serve(handler)
+"""
+
+
+async def test_unbounded_background_work_is_cut_at_the_limit_naming_the_task(
+    functions_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    write_function(functions_dir, "unbounded", UNBOUNDED)
+    async with EdgeClient(functions_dir, limits={"wall_clock_limit_sec": 1.0}) as client:
+        r = await client.invoke("unbounded", json={"items": [1, 2, 3]})
+        assert r.status_code == 200
+        exec_id = r.headers["x-edgeruntime-execution-id"]
+        for _ in range(200):  # the worker is ended at 1 s; give a loaded machine 10 s
+            if any(t.name == "process_items" for t in client.finished):
+                break
+            await asyncio.sleep(0.05)
+        [task] = [t for t in client.finished if t.name == "process_items"]
+        assert (task.outcome, task.cut_reason) == ("cut", "WallClockTime")
+    cut_lines = [
+        rec
+        for rec in caplog.records
+        if rec.levelno == logging.WARNING
+        and "background task process_items of function unbounded cut" in rec.getMessage()
+    ]
+    assert cut_lines, caplog.text
+    assert "WallClockTime" in cut_lines[0].getMessage()
+    assert getattr(cut_lines[0], "execution_id", None) == exec_id
