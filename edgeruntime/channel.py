@@ -12,7 +12,7 @@ import asyncio
 import logging
 import pickle
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 __all__ = ["Channel", "Frame"]
 
@@ -39,8 +39,8 @@ class Channel(asyncio.Protocol):
         self._writable: asyncio.Future[None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.WriteTransport)
-        self.transport = transport
+        # A stream transport (uvloop's do not subclass asyncio.WriteTransport, so no isinstance check).
+        self.transport = cast(asyncio.WriteTransport, transport)
 
     def data_received(self, data: bytes) -> None:
         buffer = self._buffer

@@ -234,3 +234,11 @@ def test_sigterm_finishes_in_flight_requests(hello_dir: Path, server_kind: str) 
         response = future.result(timeout=30)
     assert status == 0
     assert (response.status_code, response.text) == (200, "finished")
+
+
+@pytest.mark.parametrize("server_kind", ["hypercorn", "uvicorn"])
+def test_process_isolation_under_each_server(hello_dir: Path, server_kind: str) -> None:
+    with ServerProcess(hello_dir, "--no-watch", "--isolation", "process", "--server", server_kind) as server:
+        r = httpx.get(server.url("hello", "/x"), headers=SERVICE_ROLE, timeout=30)
+        assert (r.status_code, r.json()) == (200, {"message": "hello", "path": "/hello/x"})
+        assert server.terminate(timeout=30) == 0
