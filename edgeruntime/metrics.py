@@ -10,7 +10,7 @@ scheduler, and the worker lifecycle calls ``worker_retired(function, reason)`` a
 from __future__ import annotations
 
 from collections.abc import Container
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import generate_latest
@@ -38,6 +38,7 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         #: Known function names (a live container); others count as `_unknown`. None: every name.
         self.functions = functions
+        self._invocation_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         self.requests = Counter(
             "edgeruntime_requests",
             "Finished invocations by function, trigger (http, cron, queue) and HTTP status.",
@@ -100,9 +101,19 @@ class Metrics:
 
     def invocation(self, record: Invocation) -> None:
         """One finished invocation (an `EdgeApp.observers` entry)."""
+        # On every request's path: the labelled children are looked up once, then cached
+        # (`.labels()` validates and locks on every call).
+        # The key uses the served name (`_unknown` otherwise), so requests cannot grow the cache.
         function = self._function(record.function)
-        self.requests.labels(function, record.trigger, str(record.status)).inc()
-        self.duration.labels(function).observe(record.duration_ms / 1000)
+        key = (function, record.trigger, record.status)
+        children = self._invocation_children.get(key)
+        if children is None:
+            children = self._invocation_children[key] = (
+                self.requests.labels(function, record.trigger, str(record.status)),
+                self.duration.labels(function),
+            )
+        children[0].inc()
+        children[1].observe(record.duration_ms / 1000)
 
     def background_task(self, task: BackgroundTask) -> None:
         """One finished wait_until task (an `EdgeApp.background_observers` entry)."""

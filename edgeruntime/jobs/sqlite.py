@@ -41,6 +41,10 @@ T = TypeVar("T")
 BUSY_TIMEOUT_MS = 10_000
 
 
+#: Run records per INSERT statement (10 parameters each, well under SQLite's 32,766).
+RUNS_PER_STATEMENT = 500
+
+
 class SQLiteStore:
     """The jobs store on one SQLite file (see the module docstring)."""
 
@@ -376,26 +380,32 @@ class SQLiteStore:
     # -- run history ---------------------------------------------------------------------
 
     async def record_runs(self, runs: Sequence[Run]) -> None:
+        rows = [
+            (
+                r.kind,
+                r.function,
+                r.trigger,
+                r.execution_id,
+                r.status,
+                r.started_at,
+                r.duration_ms,
+                r.http_status,
+                r.error,
+                r.name,
+            )
+            for r in runs
+        ]
+
         def run(conn: sqlite3.Connection) -> None:
+            # One multi-row INSERT per chunk rather than executemany: executemany gives the GIL up
+            # and takes it back for every row, which stalls a busy event loop thread far more than
+            # the insert itself costs.
             with self._write(conn):
-                conn.executemany(
-                    f"INSERT INTO edgeruntime_runs ({RUN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    [
-                        (
-                            r.kind,
-                            r.function,
-                            r.trigger,
-                            r.execution_id,
-                            r.status,
-                            r.started_at,
-                            r.duration_ms,
-                            r.http_status,
-                            r.error,
-                            r.name,
-                        )
-                        for r in runs
-                    ],
-                )
+                for start in range(0, len(rows), RUNS_PER_STATEMENT):
+                    chunk = rows[start : start + RUNS_PER_STATEMENT]
+                    values = ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * len(chunk))
+                    params = [value for row in chunk for value in row]
+                    conn.execute(f"INSERT INTO edgeruntime_runs ({RUN_COLUMNS}) VALUES {values}", params)
 
         await self._run(run)
 
