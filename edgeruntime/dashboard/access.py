@@ -15,8 +15,6 @@ import hmac
 import ipaddress
 from collections.abc import Mapping
 
-import jwt
-
 from edgeruntime.auth import Keys
 
 __all__ = ["REALM", "is_cross_origin", "is_loopback", "is_service_role"]
@@ -56,6 +54,8 @@ def _is_service_key(key: str, keys: Keys) -> bool:
         key.encode(), keys.service_role_key.encode()
     ):
         return True
+    import jwt  # imported on the first check, not at start-up
+
     try:
         claims = jwt.decode(key, keys.jwt_secret, algorithms=["HS256"], options={"verify_aud": False})
     except jwt.PyJWTError:
