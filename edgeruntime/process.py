@@ -208,6 +208,9 @@ class ProcessWorker:
                 pass_fds=(theirs.fileno(),),
                 env=self.env,
                 stdin=subprocess.DEVNULL,
+                # Its own session: a terminal's Ctrl-C (SIGINT to the foreground process group) goes
+                # to the server alone, which then ends its workers in order.
+                start_new_session=True,
             )
         finally:
             theirs.close()

@@ -242,3 +242,48 @@ def test_process_isolation_under_each_server(hello_dir: Path, server_kind: str) 
         r = httpx.get(server.url("hello", "/x"), headers=SERVICE_ROLE, timeout=30)
         assert (r.status_code, r.json()) == (200, {"message": "hello", "path": "/hello/x"})
         assert server.terminate(timeout=30) == 0
+
+
+def test_ctrl_c_to_the_process_group_shuts_process_workers_down_cleanly(hello_dir: Path, tmp_path: Path) -> None:
+    """A terminal's Ctrl-C reaches the whole foreground process group, worker processes included."""
+    import signal
+
+    port = free_port()
+    log = tmp_path / "serve.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "edgeruntime",
+                "serve",
+                str(hello_dir),
+                "--port",
+                str(port),
+                "--no-watch",
+                "--isolation",
+                "process",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            deadline = time.monotonic() + 20
+            while True:
+                try:
+                    r = httpx.get(f"http://127.0.0.1:{port}/functions/v1/hello", headers=SERVICE_ROLE, timeout=5)
+                    break
+                except httpx.HTTPError:
+                    assert time.monotonic() < deadline and proc.poll() is None, log.read_text()
+                    time.sleep(0.05)
+            assert r.status_code == 200
+            os.killpg(proc.pid, signal.SIGINT)
+            assert proc.wait(30) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+    output = log.read_text()
+    assert "exited unexpectedly" not in output, output
+    assert "Traceback" not in output, output
