@@ -24,7 +24,7 @@ from edgeruntime.jobs.scheduler import Scheduler, cron_jobs
 from edgeruntime.jobs.store import JobStore, open_store
 
 if TYPE_CHECKING:
-    from edgeruntime.app import EdgeApp
+    from edgeruntime.app import EdgeApp, Invocation
 
 __all__ = ["JobSystem", "attach"]
 
@@ -78,6 +78,11 @@ class JobSystem:
                 await store.close()
 
         asyncio.run(run())
+
+    def on_invocation(self, record: Invocation) -> None:
+        """Record invocations of functions this app serves (a request for any other name is no run)."""
+        if record.function in self.app.functions:
+            self.history.on_invocation(record)
 
     async def start(self) -> None:
         await self.store.migrate()
@@ -134,7 +139,7 @@ def attach(
 ) -> JobSystem:
     """Hook the jobs system into `app`; ConfigError for an invalid `[cron.*]` or `[jobs]` entry."""
     system = JobSystem(app, store=store, clock=clock, background=background, backoff_scale=backoff_scale)
-    app.observers.append(system.history.on_invocation)
+    app.observers.append(system.on_invocation)
     app.background_observers.append(system.history.on_background)
     app.startup_hooks.append(system.start)
     app.stopping_hooks.append(system.quiesce)

@@ -83,3 +83,17 @@ async def test_recording_never_blocks_and_batches() -> None:
     assert loop.time() - started < 0.25  # appending is in-memory only
     await history.stop()
     assert len(store.written) == 1000
+
+
+async def test_requests_for_unknown_functions_are_not_runs(functions_dir: Path) -> None:
+    write_function(
+        functions_dir,
+        "hello",
+        "from starlette.responses import Response\nfrom edgeruntime import serve\nserve(lambda req: Response('hi'))\n",
+    )
+    async with EdgeClient(functions_dir) as client:
+        assert (await client.invoke("hello")).status_code == 200
+        for name in ("nope", "..", "x" * 200):
+            assert (await client.invoke(name)).status_code == 404
+        await client.jobs.history.flush()
+        assert [run.function for run in await client.jobs.store.runs()] == ["hello"]
