@@ -18,7 +18,14 @@ from edgeruntime.auth import Verifier
 from edgeruntime.background import BackgroundTask
 from edgeruntime.context import ExecutionContext, default_worker
 from edgeruntime.discovery import SHARED, discover, purge_modules
-from edgeruntime.exceptions import BootError, IdleTimeout, LimitExceeded, PayloadTooLarge, WorkerCrashed
+from edgeruntime.exceptions import (
+    BootError,
+    FunctionError,
+    IdleTimeout,
+    LimitExceeded,
+    PayloadTooLarge,
+    WorkerCrashed,
+)
 from edgeruntime.logs import AccessLogger, log_access
 from edgeruntime.metering import LoopWatchdog
 from edgeruntime.settings import Settings
@@ -66,6 +73,25 @@ def _function_name(scope: Scope) -> str:
     if "\x00" in path or (b"%" in raw and any(bad in raw.lower() for bad in _FORBIDDEN_ENCODED)):
         return ""
     return path[len(PREFIX) :].partition("/")[0]
+
+
+#: What the gateway answers when a function fails in each way (the local Supabase forms).
+ERROR_RESPONSES: dict[type[FunctionError], responses.RuntimeResponse] = {
+    BootError: responses.BOOT_ERROR,
+    WorkerCrashed: responses.WORKER_ERROR,
+    LimitExceeded: responses.WORKER_LIMIT,
+    IdleTimeout: responses.IDLE_TIMEOUT,
+    PayloadTooLarge: responses.PAYLOAD_TOO_LARGE,
+}
+
+
+def _error_response(exc: FunctionError) -> responses.RuntimeResponse | None:
+    """The response for `exc` or its nearest base class in ERROR_RESPONSES."""
+    for cls in type(exc).__mro__:
+        response = ERROR_RESPONSES.get(cls)
+        if response is not None:
+            return response
+    return None
 
 
 class EdgeApp:
@@ -230,25 +256,12 @@ class EdgeApp:
         fn_scope["headers"] = self.verifier.forwarded_headers(scope["headers"])  # the gateway's apikey rewrite
         try:
             await supervisor.dispatch(fn_scope, receive, send, ctx)
-        except BootError as exc:
+        except FunctionError as exc:
+            response = _error_response(exc)
+            if response is None:
+                raise
             if not ctx.response_started:
-                await responses.send_response(send, responses.BOOT_ERROR)
-            return str(exc)
-        except WorkerCrashed as exc:
-            if not ctx.response_started:
-                await responses.send_response(send, responses.WORKER_ERROR)
-            return str(exc)
-        except LimitExceeded as exc:
-            if not ctx.response_started:
-                await responses.send_response(send, responses.WORKER_LIMIT)
-            return str(exc)
-        except IdleTimeout as exc:
-            if not ctx.response_started:
-                await responses.send_response(send, responses.IDLE_TIMEOUT)
-            return str(exc)
-        except PayloadTooLarge as exc:
-            if not ctx.response_started:
-                await responses.send_response(send, responses.PAYLOAD_TOO_LARGE)
+                await responses.send_response(send, response)
             return str(exc)
         return None
 
