@@ -11,7 +11,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from edgeruntime import responses
 from edgeruntime.auth import Verifier
@@ -43,9 +43,11 @@ EXECUTION_ID_HEADER = b"x-edgeruntime-execution-id"
 _FORBIDDEN_ENCODED = (b"%2f", b"%5c", b"%00")
 
 
-@dataclass(frozen=True)
-class Invocation:
-    """One finished invocation, handed to observers (run history, metrics)."""
+class Invocation(NamedTuple):
+    """One finished invocation, handed to observers (run history, metrics).
+
+    A named tuple, not a dataclass: one is made for every request.
+    """
 
     function: str
     trigger: str

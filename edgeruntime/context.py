@@ -12,6 +12,8 @@ import asyncio
 import inspect
 import logging
 import os
+import random
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from contextvars import ContextVar
@@ -39,11 +41,27 @@ _current: ContextVar[ExecutionContext | None] = ContextVar("edgeruntime_executio
 booting: ContextVar[WorkerState | None] = ContextVar("edgeruntime_booting", default=None)
 
 
+#: Random bits of execution ids: ids must be unique, not secret, so a seeded PRNG is enough.
+_random = random.Random()
+
+
+def _reseed() -> None:
+    _random.seed()  # a forked child must not repeat its parent's ids
+
+
+os.register_at_fork(after_in_child=_reseed)
+
+
 def new_execution_id() -> str:
-    """Return a fresh execution id (a UUID4 string, as `SB_EXECUTION_ID` is)."""
-    # Formatted by hand: every request needs one, and uuid.uuid4() costs twice as much.
-    h = os.urandom(16).hex()
-    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{'89ab'[int(h[16], 16) & 3]}{h[17:20]}-{h[20:32]}"
+    """Return a fresh execution id: a UUID, version 7 (RFC 9562), as `SB_EXECUTION_ID` is a UUID.
+
+    Version 7 starts with the time in milliseconds, so ids sort by time and the run history's
+    index on them grows at one end instead of at random places.
+    """
+    ms = time.time_ns() // 1_000_000
+    bits = _random.getrandbits
+    # %-formatting: the fastest of the ways to format five numbers (this runs for every request).
+    return "%08x-%04x-7%03x-%04x-%012x" % (ms >> 16, ms & 0xFFFF, bits(12), bits(14) | 0x8000, bits(48))  # noqa: UP031
 
 
 class WorkerState:
