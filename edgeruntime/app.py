@@ -187,8 +187,9 @@ class EdgeApp:
 
         started = time.perf_counter()
         name = _function_name(scope)
-        ctx = ExecutionContext(function=name, worker=default_worker(), trigger=trigger)
-        exec_header = (EXECUTION_ID_HEADER, ctx.execution_id.encode())
+        ctx = ExecutionContext(name, default_worker(), trigger=trigger)
+        execution_id = ctx.execution_id
+        exec_header = (EXECUTION_ID_HEADER, execution_id.encode())
 
         async def tracked_send(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -203,13 +204,14 @@ class EdgeApp:
         finally:
             duration_ms = (time.perf_counter() - started) * 1000
             status = ctx.status or 500
-            self.access_log(scope["method"], path, status, duration_ms, name or None, ctx.execution_id)
+            method = scope["method"]
+            self.access_log(method, path, status, duration_ms, name or None, execution_id)
             if self.observers:
                 record = Invocation(
                     name,
                     trigger,
-                    ctx.execution_id,
-                    scope["method"],
+                    execution_id,
+                    method,
                     path,
                     status,
                     time.time() - duration_ms / 1000,

@@ -216,7 +216,10 @@ class Verifier:
         Kong rewrites Authorization before the runtime sees it, so a function called with only
         ``apikey: sb_publishable_...`` reads ``Authorization: Bearer <anon JWT>``, as it would locally.
         """
-        if not any(k == b"apikey" or (k == b"authorization" and v.startswith(b"Bearer sb_")) for k, v in raw):
+        for k, v in raw:  # a plain loop: any() with a generator costs twice as much per request
+            if k == b"apikey" or (k == b"authorization" and v.startswith(b"Bearer sb_")):
+                break
+        else:
             return raw  # the common case: nothing to rewrite
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in raw}
         auth = self.authorization(headers)

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from edgeruntime.background import BackgroundTask, BackgroundWork
+    from edgeruntime.metering import CpuMeter
 
 __all__ = [
     "ExecutionContext",
@@ -118,7 +119,7 @@ class WorkerState:
         await self.dispatch("beforeunload", BeforeUnloadEvent(reason))
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class ExecutionContext:
     """One invocation of a function (an HTTP request, a cron tick or a queued job)."""
 
@@ -129,6 +130,10 @@ class ExecutionContext:
     response_started: bool = False
     status: int | None = None
     tasks: set[BackgroundTask] = field(default_factory=set)
+    #: Counts the CPU of this invocation's code (its worker's meter, or its own budget's).
+    meter: CpuMeter | None = None
+    #: Set when the request idle timeout cancelled it (the gateway answers 504).
+    idle_expired: bool = False
 
     def activate(self) -> Any:
         """Make this the current context; returns a token for :meth:`deactivate`."""

@@ -2,7 +2,11 @@
 
 An inline worker shares the server's event loop, so its CPU time is measured, not sampled: every
 coroutine the worker runs (the request handler and each ``wait_until`` task) is driven step by step
-by :func:`metered`, which adds the thread CPU time of each step to the worker's :class:`CpuMeter`.
+by :func:`metered`, which adds the time each step holds the event loop to the worker's
+:class:`CpuMeter`. That is the step's CPU time, plus any time it blocks the loop in a synchronous
+call (``time.sleep``, a blocking client): every other request waits meanwhile, so it is charged
+too. Waiting at an ``await`` is never charged. Sync handlers run in a thread and are charged that
+thread's CPU time.
 Limits are checked at step boundaries, so a limit is enforced at the next ``await`` of the
 function; code that never awaits (``while True: pass``) cannot be stopped inline, only reported
 by the :class:`LoopWatchdog`. Process isolation stops it (see :mod:`edgeruntime.process`).
@@ -17,10 +21,11 @@ import threading
 import time
 import types
 from collections.abc import Awaitable, Callable, Coroutine, Generator
-from contextvars import ContextVar
 from typing import Any, TypeVar
 
-__all__ = ["CpuMeter", "LoopWatchdog", "current_meter", "metered", "run_in_thread_metered", "run_metered"]
+from edgeruntime.context import current_context
+
+__all__ = ["CpuMeter", "LoopWatchdog", "metered", "run_in_thread_metered", "run_metered"]
 
 logger = logging.getLogger("edgeruntime")
 
@@ -28,8 +33,6 @@ T = TypeVar("T")
 
 #: The function whose code the event loop thread is running right now (read by the watchdog).
 _running: str | None = None
-#: The meter of the running request or background task (inherited by the tasks it starts).
-current_meter: ContextVar[CpuMeter | None] = ContextVar("edgeruntime_meter", default=None)
 
 
 class CpuMeter:
@@ -52,11 +55,14 @@ class CpuMeter:
 
 @types.coroutine
 def metered(awaitable: Awaitable[T], meter: CpuMeter) -> Generator[Any, Any, T]:
-    """Drive `awaitable`, adding the CPU time of each of its steps to `meter`."""
+    """Drive `awaitable`, adding the time each of its steps holds the event loop to `meter`."""
     global _running
     coro = awaitable.__await__()
     send = coro.send
-    clock = time.thread_time
+    # The monotonic clock, not the thread CPU clock: reading the thread CPU clock is a system
+    # call (about 1 us here, twice per step), and a step that blocks the loop in a synchronous
+    # call holds up every other request just as much as one that computes.
+    clock = time.perf_counter
     function = meter.function
     send_value: Any = None
     error: BaseException | None = None
@@ -68,7 +74,9 @@ def metered(awaitable: Awaitable[T], meter: CpuMeter) -> Generator[Any, Any, T]:
             yielded = send(send_value) if error is None else coro.throw(error)
         except StopIteration as stop:
             _running = previous
-            meter.add((clock() - started) * 1000)
+            used = meter.used_ms = meter.used_ms + (clock() - started) * 1000
+            if used >= meter.next_check_ms and meter.on_threshold is not None:
+                meter.on_threshold(used)
             result: T = stop.value
             return result
         except BaseException:
@@ -89,7 +97,7 @@ def metered(awaitable: Awaitable[T], meter: CpuMeter) -> Generator[Any, Any, T]:
 
 
 async def run_in_thread_metered(fn: Callable[..., T], *args: Any) -> T:
-    """Run a sync `fn` in a worker thread, charging the thread CPU time it used to the current meter.
+    """Run a sync `fn` in a worker thread, charging its thread CPU time to the invocation's meter.
 
     The charge is added when `fn` returns (a thread cannot be interrupted), so a sync handler that
     used too much CPU ends its worker right after it returns.
@@ -102,9 +110,9 @@ async def run_in_thread_metered(fn: Callable[..., T], *args: Any) -> T:
         return result, (time.thread_time() - started) * 1000
 
     result, used_ms = await anyio.to_thread.run_sync(timed)
-    meter = current_meter.get()
-    if meter is not None:
-        meter.add(used_ms)
+    ctx = current_context()
+    if ctx is not None and ctx.meter is not None:
+        ctx.meter.add(used_ms)
     return result
 
 

@@ -8,16 +8,13 @@ is cut at the first chunk over it.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
-from typing import TypeVar
+from typing import Any
 
 from edgeruntime.context import ExecutionContext
-from edgeruntime.exceptions import IdleTimeout, PayloadTooLarge
+from edgeruntime.exceptions import PayloadTooLarge
 from edgeruntime.types import Message, Receive, Scope
 
-__all__ = ["BodyLimit", "within_idle_timeout"]
-
-T = TypeVar("T")
+__all__ = ["BodyLimit", "IdleTimeouts"]
 
 
 class BodyLimit:
@@ -37,8 +34,8 @@ class BodyLimit:
 
     def check_declared(self, scope: Scope) -> None:
         """Raise PayloadTooLarge if the request's `content-length` is over the limit."""
-        for key, value in scope.get("headers", ()):
-            if key.lower() == b"content-length":
+        for key, value in scope["headers"]:
+            if key == b"content-length":  # ASGI header names are lower-case
                 try:
                     declared = int(value)
                 except ValueError:
@@ -60,29 +57,58 @@ class BodyLimit:
         return message
 
 
-async def within_idle_timeout(awaitable: Awaitable[T], ctx: ExecutionContext, timeout_sec: float) -> T:
-    """Await `awaitable`; raise IdleTimeout if no response started within `timeout_sec`.
+class IdleTimeouts:
+    """The idle timeout (504) of every in-flight request of one function, kept by one timer.
 
-    The work is cancelled at the timeout (the client gets 504 instead of waiting further).
+    A request that has not started its response `timeout_sec` after it arrived is cancelled.
+    Requests are registered in arrival order and share one timeout, so the oldest one is always
+    the next to expire: a single timer, armed for the oldest request still waiting, serves them
+    all (a timer per request would be created and cancelled on every request's path).
     """
-    task = asyncio.current_task()
-    assert task is not None
-    fired = False
 
-    def expire() -> None:
-        nonlocal fired
-        if not ctx.response_started:
-            fired = True
-            task.cancel()
+    __slots__ = ("_timer", "_timer_loop", "timeout_sec", "waiting")
 
-    timer = asyncio.get_running_loop().call_later(timeout_sec, expire)
-    try:
-        return await awaitable
-    except asyncio.CancelledError:
-        if fired and task.uncancel() == 0:
-            raise IdleTimeout(
-                ctx.function, f"{ctx.function} did not start its response within {timeout_sec:g} s"
-            ) from None
-        raise
-    finally:
-        timer.cancel()
+    def __init__(self, timeout_sec: float) -> None:
+        self.timeout_sec = timeout_sec
+        #: Requests without a response yet: context → (deadline on the loop's clock, its task).
+        self.waiting: dict[ExecutionContext, tuple[float, asyncio.Task[Any]]] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_loop: asyncio.AbstractEventLoop | None = None
+
+    def start(self, ctx: ExecutionContext, task: asyncio.Task[Any]) -> None:
+        """Watch `task`, serving `ctx`, from now on."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout_sec
+        self.waiting[ctx] = (deadline, task)
+        if self._timer_loop is not loop:  # no timer yet (or only one on a loop that has gone)
+            self._arm(loop, deadline)
+
+    def _arm(self, loop: asyncio.AbstractEventLoop, deadline: float) -> None:
+        self._timer = loop.call_at(deadline, self._expire, loop)
+        self._timer_loop = loop
+
+    def finish(self, ctx: ExecutionContext) -> None:
+        """Stop watching `ctx` (its request ended)."""
+        self.waiting.pop(ctx, None)
+
+    def _expire(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._timer = self._timer_loop = None
+        now = loop.time()
+        waiting = self.waiting
+        while waiting:
+            ctx = next(iter(waiting))
+            deadline, task = waiting[ctx]
+            if deadline > now and not ctx.response_started:
+                self._arm(loop, deadline)
+                return
+            del waiting[ctx]
+            if not ctx.response_started:
+                ctx.idle_expired = True
+                task.cancel()
+
+    def close(self) -> None:
+        """Forget every request and the timer (the function is shutting down)."""
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self._timer_loop = None
+        self.waiting.clear()

@@ -19,9 +19,9 @@ from typing import Any
 from edgeruntime.background import BackgroundTask
 from edgeruntime.context import ExecutionContext
 from edgeruntime.discovery import FunctionSpec
-from edgeruntime.exceptions import FunctionError
+from edgeruntime.exceptions import FunctionError, IdleTimeout
 from edgeruntime.lifecycle import ShutdownReason, WorkerLifecycle
-from edgeruntime.request_limits import BodyLimit, within_idle_timeout
+from edgeruntime.request_limits import BodyLimit, IdleTimeouts
 from edgeruntime.settings import Settings
 from edgeruntime.types import Receive, Scope, Send
 from edgeruntime.worker import InlineWorker, Worker, WorkerStatus
@@ -49,6 +49,7 @@ class FunctionSupervisor:
         self.settings = settings
         self.background_observers = background_observers if background_observers is not None else []
         self.limits = settings.limits_for(spec.name)
+        self._max_body_bytes = self.limits.max_request_body_bytes
         self.verify_jwt = settings.verify_jwt(spec.name)
         #: Called with ("retired" | "ended", function, reason) for every worker (metrics, dashboard).
         self.worker_observers: list[WorkerObserver] = worker_observers if worker_observers is not None else []
@@ -64,6 +65,7 @@ class FunctionSupervisor:
         self.boot_error: str | None = None
         self.last_invocation: float | None = None
         self._boot_lock = asyncio.Lock()
+        self.idle_timeouts = IdleTimeouts(self.limits.request_idle_timeout_sec)
         self._lifecycles: dict[Worker, WorkerLifecycle] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
 
@@ -149,14 +151,23 @@ class FunctionSupervisor:
         WorkerCrashed (500) for the gateway to answer.
         """
         self.last_invocation = time.time()
-        body = BodyLimit(receive, self.name, self.limits.max_request_body_bytes)
+        body = BodyLimit(receive, self.spec.name, self._max_body_bytes)
         body.check_declared(scope)
-        worker = await self.acquire()
+        worker = self.worker
+        if worker is None or worker.status is not WorkerStatus.ACTIVE:
+            worker = await self.acquire()
+        task = asyncio.current_task()
+        assert task is not None
+        self.idle_timeouts.start(ctx, task)
         try:
-            await within_idle_timeout(
-                worker.handle(scope, body.receive, send, ctx), ctx, self.limits.request_idle_timeout_sec
-            )
+            await worker.handle(scope, body.receive, send, ctx)
+        except asyncio.CancelledError:
+            if ctx.idle_expired and task.uncancel() == 0:
+                timeout = self.idle_timeouts.timeout_sec
+                raise IdleTimeout(self.name, f"{self.name} did not start its response within {timeout:g} s") from None
+            raise
         finally:
+            self.idle_timeouts.finish(ctx)
             if worker.status is WorkerStatus.RETIRED and worker.idle:
                 self._spawn(self._drop(worker))
         if body.exceeded:
@@ -261,4 +272,5 @@ class FunctionSupervisor:
         for worker in ending:  # their end may have been cancelled just now: ending twice is harmless
             await worker.end(ShutdownReason.TERMINATION)
         self.ending.clear()
+        self.idle_timeouts.close()
         return cut

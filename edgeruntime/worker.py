@@ -22,7 +22,7 @@ from edgeruntime.exceptions import InvalidResponse, LimitExceeded, PayloadTooLar
 from edgeruntime.handlers import to_asgi
 from edgeruntime.lifecycle import RequestBudget, ShutdownReason, WorkerLifecycle
 from edgeruntime.limits import Limits, Policy
-from edgeruntime.metering import CpuMeter, current_meter, metered, run_metered
+from edgeruntime.metering import CpuMeter, metered, run_metered
 from edgeruntime.types import ASGIApp, Handler, Receive, Scope, Send
 
 __all__ = ["InlineWorker", "Worker", "WorkerStatus"]
@@ -154,12 +154,8 @@ class InlineWorker:
     async def start(self) -> None:
         self.boot()
 
-    def _meter_for(self, ctx: ExecutionContext) -> CpuMeter:
-        budget = self._budgets.get(ctx)
-        return budget.meter if budget is not None else self.meter
-
     def _run_background(self, coro: Coroutine[Any, Any, Any], ctx: ExecutionContext) -> Coroutine[Any, Any, Any]:
-        return run_metered(coro, self._meter_for(ctx))
+        return run_metered(coro, ctx.meter or self.meter)
 
     def _budget_exceeded(self, budget: RequestBudget, reason: ShutdownReason) -> None:
         ctx = budget.ctx
@@ -179,19 +175,21 @@ class InlineWorker:
 
         Raises LimitExceeded when a limit ended the request (its worker or its own budget).
         """
-        assert self._app is not None, "boot() first"
+        app = self._app
+        assert app is not None, "boot() first"
         ctx.worker = self.state
         self.in_flight += 1
         task = asyncio.current_task()
         assert task is not None
         self._requests[task] = ctx
         if self.policy == "per_request":
-            self._budgets[ctx] = RequestBudget(ctx, self.limits, self._budget_exceeded)
+            own = self._budgets[ctx] = RequestBudget(ctx, self.limits, self._budget_exceeded)
+            meter = ctx.meter = own.meter
+        else:
+            meter = ctx.meter = self.meter
         token = ctx.activate()
-        meter = self._meter_for(ctx)
-        meter_token = current_meter.set(meter)  # for sync handlers and the tasks this request starts
         try:
-            await metered(self._app(scope, receive, send), meter)
+            await metered(app(scope, receive, send), meter)
         except InvalidResponse as exc:
             logger.error("%s", exc, extra={"function": self.name})
             if not ctx.response_started:
@@ -214,11 +212,10 @@ class InlineWorker:
             )
             raise LimitExceeded(self.name, reason) from None
         finally:
-            current_meter.reset(meter_token)
             ctx.deactivate(token)
             self.in_flight -= 1
             del self._requests[task]
-            if ctx in self._budgets:  # else: closed once its background work ends (_task_ended)
+            if self._budgets and ctx in self._budgets:  # else: closed once its background work ends
                 self._close_budget(ctx)
 
     def _task_ended(self, entry: BackgroundTask) -> None:
