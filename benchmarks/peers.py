@@ -130,7 +130,7 @@ def targets(server: str, isolation_process: bool) -> list[Target]:
     return found
 
 
-def start(target: Target, port: int) -> subprocess.Popen[bytes]:
+def start(target: Target, port: int, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     argv = list(target.argv)
     if target.app.startswith("edgeruntime"):
         argv += ["--port", str(port)]
@@ -140,7 +140,9 @@ def start(target: Target, port: int) -> subprocess.Popen[bytes]:
         argv += ["--host", "127.0.0.1", "--port", str(port)]
     # Output goes to a file: a pipe nobody reads fills up and blocks the server's log writes.
     with tempfile.TemporaryFile() as log:
-        return subprocess.Popen(pinned(0, argv), cwd=REPO, env={**os.environ, **target.env}, stdout=log, stderr=log)
+        return subprocess.Popen(
+            pinned(0, argv), cwd=REPO, env={**os.environ, **target.env, **(env or {})}, stdout=log, stderr=log
+        )
 
 
 def wait_for(url: str, proc: subprocess.Popen[bytes], timeout: float = 30) -> float:
@@ -242,7 +244,10 @@ def measure(target: Target, duration: float, connections: int) -> Result:
     result = Result(target.server, target.app)
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    proc = start(target, port)
+    # A fresh run-history database for every run: one left by earlier runs would make each run
+    # slower than the last, and the figures depend on nothing but this run.
+    store = tempfile.TemporaryDirectory()
+    proc = start(target, port, {"EDGERUNTIME_DATABASE_URL": f"sqlite:///{store.name}/edgeruntime.db"})
     try:
         result.cold_start_ms = wait_for(base + target.hello_path, proc) * 1000
         load(base + target.hello_path, 1, connections, post=False)  # warm up
@@ -264,6 +269,7 @@ def measure(target: Target, duration: float, connections: int) -> Result:
         result.notes.append(str(exc).splitlines()[0][:200])
     finally:
         stop(proc)
+        store.cleanup()
     return result
 
 

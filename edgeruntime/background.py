@@ -36,7 +36,7 @@ class TaskOutcome(enum.StrEnum):
     CUT = "cut"
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class BackgroundTask:
     """One awaitable handed to ``wait_until`` and what became of it."""
 
