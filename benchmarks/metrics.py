@@ -80,7 +80,7 @@ class LabelledChildren:
         return data
 
 
-def _ns_per_call(call: Callable[[Any], None], argument: object, number: int) -> float:
+def _ns_per_call(call: Callable[[Any], object], argument: object, number: int) -> float:
     return timeit.timeit("call(argument)", globals={"call": call, "argument": argument}, number=number) / number * 1e9
 
 
@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     fast = Invocation("fn3", "http", "id", "POST", "/functions/v1/fn3", 202, time.time(), 0.42)
     slow = fast._replace(duration_ms=30.0)  # past the first bucket: a bisect finds its bucket
     task = _task("fn3", TaskOutcome.COMPLETED)
-    cases: dict[str, tuple[Callable[[Any], None], object]] = {
+    cases: dict[str, tuple[Callable[[Any], object], object]] = {
         "invocation, labelled children": (old.on_invocation, fast),
         "invocation, plain counters": (new.invocation, fast),
         "invocation 30 ms, labelled children": (old.on_invocation, slow),
