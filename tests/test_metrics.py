@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
+from typing import Any
 
+import prometheus_client.metrics
+import pytest
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from edgeruntime.metrics import UNKNOWN_FUNCTION, Metrics
+from edgeruntime.app import Invocation
+from edgeruntime.background import BackgroundTask, TaskOutcome
+from edgeruntime.metrics import DURATION_BUCKETS_SEC, UNKNOWN_FUNCTION, Metrics
 from edgeruntime.testing import EdgeClient
 from tests.helpers import write_function
 
@@ -119,3 +127,150 @@ async def test_worker_retirements_and_ends_by_reason(functions_dir: Path) -> Non
         text = (await client.request("GET", "/_internal/metrics")).text
     assert 'edgeruntime_worker_retirements_total{function="hello",reason="reload"} 1.0' in text
     assert 'edgeruntime_worker_ends_total{function="hello",reason="EarlyDrop"} 1.0' in text
+
+
+class Reference:
+    """The hot-path metrics as prometheus_client's own labelled metrics record them: the oracle."""
+
+    def __init__(self, functions: set[str]) -> None:
+        self.functions = functions
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "edgeruntime_requests",
+            "Finished invocations by function, trigger (http, cron, queue) and HTTP status.",
+            ["function", "trigger", "status"],
+            registry=self.registry,
+        )
+        self.duration = Histogram(
+            "edgeruntime_request_duration_seconds",
+            "Invocation duration by function, from arrival to the end of the response.",
+            ["function"],
+            buckets=DURATION_BUCKETS_SEC,
+            registry=self.registry,
+        )
+        self.background = Counter(
+            "edgeruntime_background_tasks",
+            "Finished wait_until tasks by function, outcome (completed, failed, cut) and cut reason.",
+            ["function", "outcome", "reason"],
+            registry=self.registry,
+        )
+
+    def _function(self, name: str) -> str:
+        return name if name in self.functions else UNKNOWN_FUNCTION
+
+    def invocation(self, record: Invocation) -> None:
+        function = self._function(record.function)
+        self.requests.labels(function, record.trigger, str(record.status)).inc()
+        self.duration.labels(function).observe(record.duration_ms / 1000)
+
+    def background_task(self, task: BackgroundTask) -> None:
+        self.background.labels(self._function(task.function), str(task.outcome), task.cut_reason or "").inc()
+
+
+def invocation(function: str, duration_ms: float, status: int = 200, trigger: str = "http") -> Invocation:
+    return Invocation(function, trigger, "id", "GET", f"/functions/v1/{function}", status, 0.0, duration_ms)
+
+
+def task(function: str, outcome: TaskOutcome, cut_reason: str | None = None) -> BackgroundTask:
+    never_awaited: Any = None
+    return BackgroundTask(never_awaited, "work", function, "id", outcome=outcome, cut_reason=cut_reason)
+
+
+#: Durations on, just below and just above bucket bounds, and beyond the last one.
+EDGE_DURATIONS_MS = (0.0, 0.4, 4.999, 5.0, 5.0001, 10.0, 24.9, 100.0, 999.0, 1000.0, 4000.0, 400_000.0, 500_000.0)
+
+
+@pytest.mark.parametrize("created_series", [True, False])
+def test_exposition_is_what_prometheus_client_metrics_write(
+    monkeypatch: pytest.MonkeyPatch, created_series: bool
+) -> None:
+    """Same names, help, types, labels, buckets, values, order and `_created` series as labelled metrics."""
+    monkeypatch.setattr(time, "time", lambda: 1_700_000_000.25)
+    monkeypatch.setattr(prometheus_client.metrics, "_use_created", created_series)
+    served = {"a", "b"}
+    metrics, reference = Metrics(served), Reference(served)
+    records = [invocation("a", ms) for ms in EDGE_DURATIONS_MS]
+    records += [invocation("b", 3.3, 500, "cron"), invocation("a", 7.7, trigger="queue"), invocation("b", 12_345.6)]
+    records += [invocation("nope", 0.3, 404), invocation("", 0.2, 404), invocation("a", 1.5, 201)]
+    tasks = [task("a", TaskOutcome.COMPLETED), task("a", TaskOutcome.CUT, "wall_clock"), task("zz", TaskOutcome.FAILED)]
+    tasks += [task("a", TaskOutcome.COMPLETED), task("b", TaskOutcome.CUT, "early_drop")]
+    for record in records:
+        metrics.invocation(record)
+        reference.invocation(record)
+    for t in tasks:
+        metrics.background_task(t)
+        reference.background_task(t)
+
+    hot_path = metrics.render().decode().split("# HELP edgeruntime_worker_retirements_total")[0]
+    assert hot_path == generate_latest(reference.registry).decode()
+    assert ("_created" in hot_path) is created_series
+
+
+def test_an_empty_registry_still_describes_every_metric() -> None:
+    text = Metrics(set()).render().decode()
+    for name in ("edgeruntime_requests_total", "edgeruntime_request_duration_seconds"):
+        assert f"# TYPE {name} " in text
+    assert "# TYPE edgeruntime_background_tasks_total counter" in text
+    assert "edgeruntime_requests_total{" not in text
+
+
+def test_durations_fall_in_the_first_bucket_they_do_not_exceed() -> None:
+    metrics = Metrics({"a"})
+    for ms in (5.0, 5.0001, 400_000.0, 400_001.0):
+        metrics.invocation(invocation("a", ms))
+    got = samples(metrics.render().decode())
+
+    def bucket(le: str) -> float:
+        return got[("edgeruntime_request_duration_seconds_bucket", (("function", "a"), ("le", le)))]
+
+    assert (bucket("0.005"), bucket("0.01"), bucket("150.0"), bucket("400.0"), bucket("+Inf")) == (1, 2, 2, 3, 4)
+    assert got[("edgeruntime_request_duration_seconds_count", (("function", "a"),))] == 4
+    assert got[("edgeruntime_request_duration_seconds_sum", (("function", "a"),))] == pytest.approx(800.0110001)
+
+
+def test_names_that_are_not_functions_share_one_series_and_no_last_invocation() -> None:
+    served = {"a"}
+    metrics = Metrics(served)
+    for i in range(500):
+        metrics.invocation(invocation(f"scan{i}", 0.1, 404))
+    metrics.invocation(invocation("a", 0.1))
+    served.discard("a")  # a reload removed it: from now on it is not a function
+    metrics.invocation(invocation("a", 0.1))
+    got = samples(metrics.render().decode())
+    assert (
+        got[("edgeruntime_requests_total", (("function", UNKNOWN_FUNCTION), ("status", "404"), ("trigger", "http")))]
+        == 500
+    )
+    assert got[("edgeruntime_requests_total", (("function", "a"), ("status", "200"), ("trigger", "http")))] == 1
+    assert (
+        got[("edgeruntime_requests_total", (("function", UNKNOWN_FUNCTION), ("status", "200"), ("trigger", "http")))]
+        == 1
+    )
+    assert set(metrics.last_invocations) == {"a"}
+    assert len([k for k in got if k[0] == "edgeruntime_requests_total"]) == 3
+
+
+def test_last_invocations_keep_the_latest_record_of_each_function() -> None:
+    metrics = Metrics({"a", "b"})
+    first, second, other = invocation("a", 1.0), invocation("a", 2.0, 500), invocation("b", 3.0)
+    for record in (first, other, second):
+        metrics.invocation(record)
+    assert metrics.last_invocations == {"a": second, "b": other}
+
+
+def test_values_with_the_same_labels_count_in_one_series() -> None:
+    """An outcome given as its string, a reason None or "", a status as text: one label set each."""
+    metrics = Metrics({"a"})
+    metrics.background_task(task("a", TaskOutcome.COMPLETED, None))
+    metrics.background_task(task("a", TaskOutcome.COMPLETED, ""))
+    as_text: Any = "completed"
+    metrics.background_task(task("a", as_text))
+    status_as_text: Any = "200"
+    metrics.invocation(invocation("a", 1.0, status_as_text))
+    metrics.invocation(invocation("a", 1.0, 200))
+    got = samples(metrics.render().decode())
+    assert (
+        got[("edgeruntime_background_tasks_total", (("function", "a"), ("outcome", "completed"), ("reason", "")))] == 3
+    )
+    assert got[("edgeruntime_requests_total", (("function", "a"), ("status", "200"), ("trigger", "http")))] == 2
+    assert got[("edgeruntime_request_duration_seconds_sum", (("function", "a"),))] == pytest.approx(0.002)

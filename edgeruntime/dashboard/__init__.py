@@ -65,8 +65,6 @@ class Dashboard:
         self.app = app
         self.jobs = jobs
         self.metrics = Metrics(app.functions)  # live: functions added by a reload count too
-        #: The last finished invocation of each function, for the functions table.
-        self.last_invocations: dict[str, Invocation] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self.asgi = Starlette(
             routes=[
@@ -80,12 +78,13 @@ class Dashboard:
         )
         self.open = is_loopback(app.settings.host)
 
-    # -- observers -------------------------------------------------------------------------
+    @property
+    def last_invocations(self) -> dict[str, Invocation]:
+        """The last finished invocation of each function, for the functions table."""
+        # Kept by the metrics' invocation observer: one observer call per request, not two.
+        return self.metrics.last_invocations
 
-    def on_invocation(self, record: Invocation) -> None:
-        self.metrics.invocation(record)
-        if record.function in self.app.functions:
-            self.last_invocations[record.function] = record
+    # -- background work -------------------------------------------------------------------
 
     def spawn(self, work: Coroutine[Any, Any, Any], name: str) -> None:
         """Run `work` in the background (Run now); awaited or cancelled at shutdown."""
@@ -160,7 +159,7 @@ def attach(app: EdgeApp, jobs: JobSystem | None = None) -> Dashboard:
     dashboard = Dashboard(app, jobs)
     app.mounts[DASHBOARD_PATH] = dashboard
     app.mounts[METRICS_PATH] = dashboard
-    app.observers.append(dashboard.on_invocation)
+    app.observers.append(dashboard.metrics.invocation)
     app.background_observers.append(dashboard.metrics.background_task)
     app.worker_observers.append(dashboard.metrics.worker_event)
     app.stopping_hooks.append(dashboard.stop)
