@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from edgeruntime.exceptions import ConfigError
-from edgeruntime.jobs.store import JobStatus, JobStore, Outcome, Run, TickStatus, open_store
+from edgeruntime.jobs.store import JobStatus, JobStore, Outcome, Run, RunRow, TickStatus, open_store
 
 T0 = 1_800_000_000.0
 
@@ -188,6 +188,19 @@ async def test_runs_filters_and_task_names(store: JobStore) -> None:
     assert (task.name, task.status, task.error) == ("send_email", "cut", "shutdown")
     assert await store.runs(execution_ids=[]) == []
     assert len(await store.runs(limit=2)) == 2
+
+
+@pytest.mark.parametrize("count", [1, 3, 1000])
+async def test_run_rows_of_any_batch_size_are_written_in_order(store: JobStore, count: int) -> None:
+    rows: list[RunRow] = [
+        ("invocation", "a", "http", f"e{i}", "succeeded", T0 + i, 0.5 + i, 200 + i % 3, None, None)
+        if i % 2
+        else ("background", "b", "wait_until", f"e{i}", "cut", T0 + i, None, None, f"cut {i}", f"task{i}")
+        for i in range(count)
+    ]
+    await store.record_run_rows(rows)
+    await store.record_run_rows([])
+    assert [Run(*row) for row in reversed(rows)] == await store.runs(limit=count + 1)
 
 
 async def test_job_lookup_delete_failed_and_queue_stats(store: JobStore) -> None:
