@@ -1,11 +1,11 @@
-"""`python -m benchmarks [peers|isolation|jobs|dashboard] [options]` (default: peers)."""
+"""`python -m benchmarks [peers|isolation|jobs|dashboard|history] [options]` (default: peers)."""
 
 from __future__ import annotations
 
 import importlib
 import sys
 
-BENCHMARKS = ("peers", "isolation", "jobs", "dashboard")
+BENCHMARKS = ("peers", "isolation", "jobs", "dashboard", "history")
 
 
 def main() -> int:

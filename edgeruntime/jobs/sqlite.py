@@ -55,6 +55,18 @@ _INSERT_RUNS = {
 }
 
 
+def _null(value: None) -> None:
+    return value
+
+
+# Binding None makes Python 3.11's sqlite3 look for an adapter, fail, and raise and clear an
+# AttributeError on the way (~0.25 µs per NULL, and a run row has two). With this adapter found in
+# the registry, None binds as NULL just as before, at a third of the cost. Process-wide but
+# behaviour-neutral; an adapter for None registered before this one is kept.
+if (type(None), sqlite3.PrepareProtocol) not in sqlite3.adapters:
+    sqlite3.register_adapter(type(None), _null)
+
+
 class SQLiteStore:
     """The jobs store on one SQLite file (see the module docstring)."""
 

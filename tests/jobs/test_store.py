@@ -293,3 +293,14 @@ def test_postgres_without_psycopg_names_the_extra(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setitem(sys.modules, "psycopg", None)  # as if `edgeruntime[postgres]` were not installed
     with pytest.raises(ConfigError, match=r"pip install 'edgeruntime\[postgres\]'"):
         open_store("postgresql://postgres@127.0.0.1/test")
+
+
+def test_sqlite_binds_none_as_null_through_a_registered_adapter() -> None:
+    import contextlib
+    import sqlite3
+
+    import edgeruntime.jobs.sqlite  # noqa: F401  (importing it registers the adapter)
+
+    assert (type(None), sqlite3.PrepareProtocol) in sqlite3.adapters
+    with contextlib.closing(sqlite3.connect(":memory:")) as conn:
+        assert conn.execute("SELECT ? IS NULL, typeof(?)", (None, None)).fetchone() == (1, "null")
