@@ -203,6 +203,16 @@ async def test_run_rows_of_any_batch_size_are_written_in_order(store: JobStore, 
     assert [Run(*row) for row in reversed(rows)] == await store.runs(limit=count + 1)
 
 
+async def test_a_batch_with_a_bad_row_writes_nothing_and_the_store_stays_usable(store: JobStore) -> None:
+    good: RunRow = ("invocation", "a", "http", "e1", "succeeded", T0, 1.0, 200, None, None)
+    bad = ("invocation", None, "http", "e2", "succeeded", T0, 1.0, 200, None, None)  # function is NOT NULL
+    with pytest.raises(Exception, match="(?i)null"):
+        await store.record_run_rows([good, bad])  # type: ignore[list-item]
+    assert await store.runs() == []
+    await store.record_run_rows([good])
+    assert [r.execution_id for r in await store.runs()] == ["e1"]
+
+
 async def test_job_lookup_delete_failed_and_queue_stats(store: JobStore) -> None:
     first = await store.enqueue("work", "{}", run_at=T0, max_attempts=1, idempotency_key=None, now=T0)
     await store.enqueue("work", "{}", run_at=T0 + 60, max_attempts=2, idempotency_key=None, now=T0 + 5)
