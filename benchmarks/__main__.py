@@ -1,11 +1,11 @@
-"""`python -m benchmarks [peers|isolation|jobs|dashboard|metrics] [options]` (default: peers)."""
+"""`python -m benchmarks [peers|isolation|jobs|dashboard|metrics|history] [options]` (default: peers)."""
 
 from __future__ import annotations
 
 import importlib
 import sys
 
-BENCHMARKS = ("peers", "isolation", "jobs", "dashboard", "metrics")
+BENCHMARKS = ("peers", "isolation", "jobs", "dashboard", "metrics", "history")
 
 
 def main() -> int:

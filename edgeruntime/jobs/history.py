@@ -1,8 +1,9 @@
 """Run history: every invocation and every wait_until task, written off the request path.
 
-Observers only append to an in-memory buffer; a background task writes the buffer to the store
-in batches. A request never waits for the store, and a slow or unavailable store drops the
-oldest records (with a warning) instead of growing without bound.
+Observers only append one tuple per record (the row the store writes, in its column order) to an
+in-memory buffer; a background task writes the buffer to the store in batches, one transaction
+each. A request never waits for the store, and a slow or unavailable store drops the oldest
+records (with a warning) instead of growing without bound.
 """
 
 from __future__ import annotations
@@ -11,82 +12,122 @@ import asyncio
 import collections
 import contextlib
 import logging
+from collections.abc import Callable, Container
 
 from edgeruntime.app import Invocation
 from edgeruntime.background import BackgroundTask
-from edgeruntime.jobs.store import JobStore, Run
+from edgeruntime.jobs.store import JobStore, RunRow
 
 __all__ = ["RunHistory"]
 
 logger = logging.getLogger("edgeruntime.jobs")
 
 FLUSH_INTERVAL_SEC = 0.25
-BATCH_SIZE = 500
+#: Rows per store write. Each transaction costs a fixed part (pages rewritten, a commit), so
+#: fewer, larger ones cost less per row; a full batch is written before the flush interval ends.
+WRITE_BATCH = 2000
 MAX_BUFFERED = 50_000
 
 
-def invocation_run(record: Invocation) -> Run:
-    ok = record.error is None and record.status < 500
-    return Run(
-        kind="invocation",
-        function=record.function,
-        trigger=record.trigger,
-        execution_id=record.execution_id,
-        status="succeeded" if ok else "failed",
-        started_at=record.started_at,
-        duration_ms=record.duration_ms,
-        http_status=record.status,
-        error=record.error,
-    )
-
-
-def background_run(task: BackgroundTask) -> Run:
-    error = task.cut_reason if task.cut_reason else (repr(task.error) if task.error is not None else None)
-    return Run(
-        kind="background",
-        function=task.function,
-        trigger="wait_until",
-        execution_id=task.execution_id,
-        status=str(task.outcome),
-        started_at=task.started_at,
-        duration_ms=task.duration_ms,
-        error=error,
-        name=task.name,
-    )
-
-
 class RunHistory:
-    """Buffers run records and writes them to the store in batches."""
+    """Buffers run records and writes them to the store in batches.
 
-    def __init__(self, store: JobStore, flush_interval: float = FLUSH_INTERVAL_SEC) -> None:
+    `on_invocation` and `on_background` are the observers the gateway calls: plain functions
+    (closures over the buffer), because they run for every request on the event loop.
+    `served`: only invocations of these function names are recorded (None: every invocation).
+    """
+
+    def __init__(
+        self,
+        store: JobStore,
+        flush_interval: float = FLUSH_INTERVAL_SEC,
+        served: Container[str] | None = None,
+    ) -> None:
         self.store = store
         self.flush_interval = flush_interval
-        self._buffer: collections.deque[Run] = collections.deque(maxlen=MAX_BUFFERED)
+        self._rows: collections.deque[RunRow] = collections.deque(maxlen=MAX_BUFFERED)
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.dropped = 0
+        self.on_invocation: Callable[[Invocation], None] = self._invocation_observer(served)
+        self.on_background: Callable[[BackgroundTask], None] = self._background_observer()
 
-    def add(self, run: Run) -> None:
-        if len(self._buffer) == MAX_BUFFERED:
+    def add(self, row: RunRow) -> None:
+        """Buffer one row (in `RUN_COLUMNS` order) for the next write."""
+        if len(self._rows) >= WRITE_BATCH:
+            self._batch_ready()
+        self._rows.append(row)
+
+    def _batch_ready(self) -> None:
+        """A full batch is buffered: wake the writer; count what the bound is about to drop."""
+        if len(self._rows) == MAX_BUFFERED:
             self.dropped += 1
             if self.dropped == 1 or self.dropped % 10_000 == 0:
                 logger.warning("run history: %d record(s) dropped, the store is not keeping up", self.dropped)
-        self._buffer.append(run)
-        if len(self._buffer) >= BATCH_SIZE:
-            self._wake.set()
+        self._wake.set()
 
-    def on_invocation(self, record: Invocation) -> None:
-        self.add(invocation_run(record))
+    def _invocation_observer(self, served: Container[str] | None) -> Callable[[Invocation], None]:
+        rows = self._rows
+        append = rows.append
+        batch_ready = self._batch_ready
 
-    def on_background(self, task: BackgroundTask) -> None:
-        self.add(background_run(task))
+        def record(inv: Invocation) -> None:
+            if served is not None and inv.function not in served:
+                return
+            if len(rows) >= WRITE_BATCH:
+                batch_ready()
+            error = inv.error
+            status = inv.status
+            append(
+                (
+                    "invocation",
+                    inv.function,
+                    inv.trigger,
+                    inv.execution_id,
+                    "succeeded" if error is None and status < 500 else "failed",
+                    inv.started_at,
+                    inv.duration_ms,
+                    status,
+                    error,
+                    None,
+                )
+            )
+
+        return record
+
+    def _background_observer(self) -> Callable[[BackgroundTask], None]:
+        rows = self._rows
+        append = rows.append
+        batch_ready = self._batch_ready
+
+        def record(task: BackgroundTask) -> None:
+            if len(rows) >= WRITE_BATCH:
+                batch_ready()
+            error = task.cut_reason or (None if task.error is None else repr(task.error))
+            append(
+                (
+                    "background",
+                    task.function,
+                    "wait_until",
+                    task.execution_id,
+                    str(task.outcome),
+                    task.started_at,
+                    task.duration_ms,
+                    None,
+                    error,
+                    task.name,
+                )
+            )
+
+        return record
 
     async def flush(self) -> None:
         """Write everything buffered now."""
-        while self._buffer:
-            batch = [self._buffer.popleft() for _ in range(min(BATCH_SIZE, len(self._buffer)))]
+        rows = self._rows
+        while rows:
+            batch = [rows.popleft() for _ in range(min(WRITE_BATCH, len(rows)))]
             try:
-                await self.store.record_runs(batch)
+                await self.store.record_run_rows(batch)
             except Exception:
                 logger.exception("run history: writing %d record(s) failed; they are lost", len(batch))
 

@@ -27,6 +27,7 @@ from edgeruntime.jobs.rows import (
     lease_from_row,
     run_filters,
     run_from_row,
+    run_row,
     tick_from_row,
 )
 from edgeruntime.jobs.store import (
@@ -37,6 +38,7 @@ from edgeruntime.jobs.store import (
     Outcome,
     QueueStats,
     Run,
+    RunRow,
     TickStatus,
     redact_url,
 )
@@ -49,6 +51,11 @@ __all__ = ["PostgresStore"]
 POOL_SIZE = 4
 #: Serialises schema migrations of instances starting at the same moment.
 MIGRATION_LOCK = 0x6564_6765
+#: Run rows go in with one binary COPY per batch: of the ways psycopg offers it costs the client
+#: the least CPU per row (a multi-row INSERT is re-parsed by psycopg every time, executemany is a
+#: Python loop per row). The types are RUN_COLUMNS' in the schema.
+COPY_RUNS = f"COPY edgeruntime_runs ({RUN_COLUMNS}) FROM STDIN (FORMAT BINARY)"
+RUN_COLUMN_TYPES = ("text", "text", "text", "text", "text", "float8", "float8", "int4", "text", "text")
 
 
 def _import_psycopg() -> Any:
@@ -362,25 +369,16 @@ class PostgresStore:
     # -- run history ---------------------------------------------------------------------
 
     async def record_runs(self, runs: Sequence[Run]) -> None:
-        async with self._conn() as conn, conn.cursor() as cur:
-            await cur.executemany(
-                f"INSERT INTO edgeruntime_runs ({RUN_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-                [
-                    (
-                        r.kind,
-                        r.function,
-                        r.trigger,
-                        r.execution_id,
-                        r.status,
-                        r.started_at,
-                        r.duration_ms,
-                        r.http_status,
-                        r.error,
-                        r.name,
-                    )
-                    for r in runs
-                ],
-            )
+        await self.record_run_rows([run_row(r) for r in runs])
+
+    async def record_run_rows(self, rows: Sequence[RunRow]) -> None:
+        if not rows:
+            return
+        # One COPY is one statement, so one transaction: the batch is written whole or not at all.
+        async with self._conn() as conn, conn.cursor() as cur, cur.copy(COPY_RUNS) as copy:
+            copy.set_types(RUN_COLUMN_TYPES)
+            for row in rows:
+                await copy.write_row(row)
 
     async def runs(
         self,

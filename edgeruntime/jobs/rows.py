@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from edgeruntime.jobs.store import CronTick, FailedJob, Job, JobStatus, Lease, Run, TickStatus
+from edgeruntime.jobs.store import CronTick, FailedJob, Job, JobStatus, Lease, Run, RunRow, TickStatus
 
 __all__ = [
     "FAILED_COLUMNS",
@@ -17,8 +17,9 @@ __all__ = [
     "failed_from_row",
     "job_from_row",
     "lease_from_row",
-    "run_from_row",
     "run_filters",
+    "run_from_row",
+    "run_row",
     "tick_from_row",
 ]
 
@@ -54,6 +55,22 @@ def failed_from_row(row: Sequence[Any]) -> FailedJob:
 
 def run_from_row(row: Sequence[Any]) -> Run:
     return Run(row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7], row[8], row[9])
+
+
+def run_row(run: Run) -> RunRow:
+    """The row `record_run_rows` writes for `run` (its fields in `RUN_COLUMNS` order)."""
+    return (
+        run.kind,
+        run.function,
+        run.trigger,
+        run.execution_id,
+        run.status,
+        run.started_at,
+        run.duration_ms,
+        run.http_status,
+        run.error,
+        run.name,
+    )
 
 
 def lease_from_row(row: Sequence[Any]) -> Lease:

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from itertools import chain
 from pathlib import Path
 from typing import TypeVar
 
@@ -31,9 +32,10 @@ from edgeruntime.jobs.rows import (
     lease_from_row,
     run_filters,
     run_from_row,
+    run_row,
     tick_from_row,
 )
-from edgeruntime.jobs.store import CronTick, FailedJob, Job, JobStatus, Outcome, QueueStats, Run, TickStatus
+from edgeruntime.jobs.store import CronTick, FailedJob, Job, JobStatus, Outcome, QueueStats, Run, RunRow, TickStatus
 
 __all__ = ["SQLiteStore"]
 
@@ -41,8 +43,28 @@ T = TypeVar("T")
 BUSY_TIMEOUT_MS = 10_000
 
 
-#: Run records per INSERT statement (10 parameters each, well under SQLite's 32,766).
-RUNS_PER_STATEMENT = 500
+#: Run rows per INSERT statement, at most (10 parameters each, well under SQLite's 32,766).
+RUNS_PER_STATEMENT = 512
+
+#: One multi-row INSERT per power of two up to RUNS_PER_STATEMENT: a batch of any size is written
+#: with these few statements, so they stay prepared in the connection's statement cache. Preparing
+#: an INSERT of n rows costs about as much as running it, and batch sizes vary from flush to flush.
+_INSERT_RUNS = {
+    n: f"INSERT INTO edgeruntime_runs ({RUN_COLUMNS}) VALUES " + ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * n)
+    for n in (1 << i for i in range(RUNS_PER_STATEMENT.bit_length()))
+}
+
+
+def _null(value: None) -> None:
+    return value
+
+
+# Binding None makes Python 3.11's sqlite3 look for an adapter, fail, and raise and clear an
+# AttributeError on the way (~0.25 µs per NULL, and a run row has two). With this adapter found in
+# the registry, None binds as NULL just as before, at a third of the cost. Process-wide but
+# behaviour-neutral; an adapter for None registered before this one is kept.
+if (type(None), sqlite3.PrepareProtocol) not in sqlite3.adapters:
+    sqlite3.register_adapter(type(None), _null)
 
 
 class SQLiteStore:
@@ -380,32 +402,21 @@ class SQLiteStore:
     # -- run history ---------------------------------------------------------------------
 
     async def record_runs(self, runs: Sequence[Run]) -> None:
-        rows = [
-            (
-                r.kind,
-                r.function,
-                r.trigger,
-                r.execution_id,
-                r.status,
-                r.started_at,
-                r.duration_ms,
-                r.http_status,
-                r.error,
-                r.name,
-            )
-            for r in runs
-        ]
+        await self.record_run_rows([run_row(r) for r in runs])
+
+    async def record_run_rows(self, rows: Sequence[RunRow]) -> None:
+        if not rows:
+            return
 
         def run(conn: sqlite3.Connection) -> None:
-            # One multi-row INSERT per chunk rather than executemany: executemany gives the GIL up
-            # and takes it back for every row, which stalls a busy event loop thread far more than
-            # the insert itself costs.
+            # Multi-row INSERTs rather than executemany: executemany gives the GIL up and takes it
+            # back for every row, which stalls a busy event loop thread far more than the insert costs.
             with self._write(conn):
-                for start in range(0, len(rows), RUNS_PER_STATEMENT):
-                    chunk = rows[start : start + RUNS_PER_STATEMENT]
-                    values = ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * len(chunk))
-                    params = [value for row in chunk for value in row]
-                    conn.execute(f"INSERT INTO edgeruntime_runs ({RUN_COLUMNS}) VALUES {values}", params)
+                start, total = 0, len(rows)
+                while start < total:
+                    n = min(RUNS_PER_STATEMENT, 1 << ((total - start).bit_length() - 1))
+                    conn.execute(_INSERT_RUNS[n], list(chain.from_iterable(rows[start : start + n])))
+                    start += n
 
         await self._run(run)
 

@@ -25,6 +25,7 @@ __all__ = [
     "Outcome",
     "QueueStats",
     "Run",
+    "RunRow",
     "TickStatus",
     "default_database_path",
     "open_store",
@@ -131,6 +132,11 @@ class Run:
     error: str | None = None
     #: The wait_until task's name (background records only).
     name: str | None = None
+
+
+#: One run-history record as the stores write it: `Run`'s fields, in order (the columns of
+#: `edgeruntime.jobs.rows.RUN_COLUMNS`). The recorder builds these directly, one per request.
+RunRow = tuple[str, str, str, str, str, float, float | None, int | None, str | None, str | None]
 
 
 @dataclass(frozen=True)
@@ -241,7 +247,11 @@ class JobStore(Protocol):
         """Pause (no scheduled ticks fire, on any instance) or resume a cron job."""
 
     # -- run history ---------------------------------------------------------------------
-    async def record_runs(self, runs: Sequence[Run]) -> None: ...
+    async def record_runs(self, runs: Sequence[Run]) -> None:
+        """Write run records in one transaction (as rows: see `record_run_rows`)."""
+
+    async def record_run_rows(self, rows: Sequence[RunRow]) -> None:
+        """Write run rows in one transaction: the run history's write path."""
 
     async def runs(
         self,

@@ -13,6 +13,7 @@ import logging
 import os
 import socket
 import uuid
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from edgeruntime.discovery import discover
@@ -63,7 +64,12 @@ class JobSystem:
         self.scheduler = Scheduler(
             app, self.store, self.crons, self.clock, self.instance_id, lease_sec=self.config.lease_sec
         )
-        self.history = RunHistory(self.store)
+        # app.functions is updated in place when functions are added or removed, so the recorder
+        # sees the current set with one dict lookup per request.
+        self.history = RunHistory(self.store, served=app.functions)
+        #: The gateway's observer: records invocations of functions this app serves (a request
+        #: for any other name is no run).
+        self.on_invocation: Callable[[Invocation], None] = self.history.on_invocation
         self._previous: JobQueue | None = None
         self._prune_task: asyncio.Task[None] | None = None
 
@@ -78,11 +84,6 @@ class JobSystem:
                 await store.close()
 
         asyncio.run(run())
-
-    def on_invocation(self, record: Invocation) -> None:
-        """Record invocations of functions this app serves (a request for any other name is no run)."""
-        if record.function in self.app.functions:
-            self.history.on_invocation(record)
 
     async def start(self) -> None:
         await self.store.migrate()

@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
-from edgeruntime.jobs.history import RunHistory
-from edgeruntime.jobs.store import Run
+import pytest
+
+from edgeruntime.app import Invocation
+from edgeruntime.background import BackgroundTask, TaskOutcome
+from edgeruntime.jobs import history as history_module
+from edgeruntime.jobs.history import MAX_BUFFERED, WRITE_BATCH, RunHistory
+from edgeruntime.jobs.store import JobStore, Run, RunRow, open_store
 from edgeruntime.testing import EdgeClient
-from tests.helpers import write_function
+from tests.helpers import HELLO, write_function
+
+T0 = 1_800_000_000.0
 
 WITH_BACKGROUND = """
 import asyncio
@@ -64,12 +73,21 @@ class SlowStore:
 
     url = "slow://"
 
-    def __init__(self) -> None:
-        self.written: list[Run] = []
+    def __init__(self, delay: float = 0.5) -> None:
+        self.delay = delay
+        self.batches: list[Sequence[RunRow]] = []
 
-    async def record_runs(self, runs: list[Run]) -> None:
-        await asyncio.sleep(0.5)
-        self.written.extend(runs)
+    async def record_run_rows(self, rows: Sequence[RunRow]) -> None:
+        await asyncio.sleep(self.delay)
+        self.batches.append(rows)
+
+    @property
+    def written(self) -> list[RunRow]:
+        return [row for batch in self.batches for row in batch]
+
+
+def _row(i: int) -> RunRow:
+    return ("invocation", "f", "http", f"e{i}", "succeeded", T0 + i, 1.0, 200, None, None)
 
 
 async def test_recording_never_blocks_and_batches() -> None:
@@ -78,11 +96,146 @@ async def test_recording_never_blocks_and_batches() -> None:
     history.start()
     loop = asyncio.get_running_loop()
     started = loop.time()
-    for i in range(1000):
-        history.add(Run("invocation", "f", "http", f"e{i}", "succeeded", 0.0, 1.0, 200))
+    total = 2 * WRITE_BATCH + 10
+    for i in range(total):
+        history.add(_row(i))
     assert loop.time() - started < 0.25  # appending is in-memory only
     await history.stop()
-    assert len(store.written) == 1000
+    assert store.written == [_row(i) for i in range(total)]
+    assert [len(b) for b in store.batches] == [WRITE_BATCH, WRITE_BATCH, 10]
+
+
+async def test_a_full_batch_wakes_the_writer_before_the_interval() -> None:
+    store = SlowStore(delay=0)
+    history = RunHistory(store, flush_interval=60)  # type: ignore[arg-type]
+    history.start()
+    try:
+        for i in range(WRITE_BATCH + 1):
+            history.add(_row(i))
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+            if len(store.written) == WRITE_BATCH + 1:
+                break
+        assert [len(b) for b in store.batches] == [WRITE_BATCH, 1]
+    finally:
+        await history.stop()
+
+
+async def test_a_store_that_falls_behind_loses_the_oldest_records_with_a_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    store = SlowStore(delay=0)
+    history = RunHistory(store)  # type: ignore[arg-type]  # not started: nothing drains the buffer
+    with caplog.at_level(logging.WARNING, "edgeruntime.jobs"):
+        for i in range(MAX_BUFFERED + 3):
+            history.add(_row(i))
+    assert history.dropped == 3
+    [warning] = [r for r in caplog.records if "dropped" in r.getMessage()]
+    assert "1 record(s) dropped, the store is not keeping up" in warning.getMessage()
+    await history.flush()
+    assert len(store.written) == MAX_BUFFERED
+    assert store.written[0] == _row(3) and store.written[-1] == _row(MAX_BUFFERED + 2)
+
+
+async def test_warning_repeats_every_ten_thousand_drops(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(history_module, "MAX_BUFFERED", WRITE_BATCH + 5)
+    history = RunHistory(SlowStore(delay=0))  # type: ignore[arg-type]
+    with caplog.at_level(logging.WARNING, "edgeruntime.jobs"):
+        for i in range(WRITE_BATCH + 5 + 20_000):
+            history.add(_row(i))
+    assert history.dropped == 20_000
+    messages = [r.getMessage() for r in caplog.records if "dropped" in r.getMessage()]
+    assert [m.split(" record")[0] for m in messages] == [
+        "run history: 1",
+        "run history: 10000",
+        "run history: 20000",
+    ]
+
+
+class FailingStore:
+    url = "failing://"
+
+    async def record_run_rows(self, rows: Sequence[RunRow]) -> None:
+        raise OSError("disk full")
+
+
+async def test_a_failed_write_is_logged_and_the_buffer_moves_on(caplog: pytest.LogCaptureFixture) -> None:
+    history = RunHistory(FailingStore())  # type: ignore[arg-type]
+    history.add(_row(1))
+    with caplog.at_level(logging.ERROR, "edgeruntime.jobs"):
+        await history.flush()
+    assert "writing 1 record(s) failed" in caplog.text
+    await history.flush()  # nothing left: the lost batch is not retried forever
+
+
+@pytest.fixture
+async def store(store_url: str) -> AsyncIterator[JobStore]:
+    s = open_store(store_url)
+    await s.migrate()
+    try:
+        yield s
+    finally:
+        await s.close()
+
+
+def _invocation(
+    function: str,
+    trigger: str,
+    execution_id: str,
+    status: int,
+    started_at: float,
+    duration_ms: float,
+    error: str | None = None,
+) -> Invocation:
+    return Invocation(
+        function=function,
+        trigger=trigger,
+        execution_id=execution_id,
+        method="POST",
+        path=f"/functions/v1/{function}",
+        status=status,
+        started_at=started_at,
+        duration_ms=duration_ms,
+        error=error,
+    )
+
+
+def _task(outcome: TaskOutcome, error: BaseException | None = None, cut_reason: str | None = None) -> BackgroundTask:
+    future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    future.cancel()
+    return BackgroundTask(
+        future,
+        name="send_email",
+        function="f",
+        execution_id="e1",
+        started_at=T0 + 1,
+        ended_at=T0 + 1.25,
+        outcome=outcome,
+        error=error,
+        cut_reason=cut_reason,
+    )
+
+
+async def test_observed_records_land_in_the_right_columns(store: JobStore) -> None:
+    history = RunHistory(store, served={"f"})
+    history.on_invocation(_invocation("f", "http", "e1", 202, T0, 1.5))
+    history.on_invocation(_invocation("f", "queue", "e2", 200, T0 + 2, 2.5, "wall_clock"))
+    history.on_invocation(_invocation("f", "cron", "e3", 503, T0 + 3, 3.5))
+    history.on_invocation(_invocation("other", "http", "e4", 404, T0 + 4, 0.1))
+    history.on_background(_task(TaskOutcome.COMPLETED))
+    history.on_background(_task(TaskOutcome.FAILED, error=ValueError("boom")))
+    history.on_background(_task(TaskOutcome.CUT, error=TimeoutError(), cut_reason="wall_clock"))
+    await history.flush()
+    assert list(reversed(await store.runs())) == [
+        Run("invocation", "f", "http", "e1", "succeeded", T0, 1.5, 202),
+        Run("invocation", "f", "queue", "e2", "failed", T0 + 2, 2.5, 200, "wall_clock"),
+        Run("invocation", "f", "cron", "e3", "failed", T0 + 3, 3.5, 503),
+        Run("background", "f", "wait_until", "e1", "completed", T0 + 1, 250.0, None, None, "send_email"),
+        Run("background", "f", "wait_until", "e1", "failed", T0 + 1, 250.0, None, "ValueError('boom')", "send_email"),
+        Run("background", "f", "wait_until", "e1", "cut", T0 + 1, 250.0, None, "wall_clock", "send_email"),
+    ]
 
 
 async def test_requests_for_unknown_functions_are_not_runs(functions_dir: Path) -> None:
@@ -97,3 +250,13 @@ async def test_requests_for_unknown_functions_are_not_runs(functions_dir: Path) 
             assert (await client.invoke(name)).status_code == 404
         await client.jobs.history.flush()
         assert [run.function for run in await client.jobs.store.runs()] == ["hello"]
+
+
+async def test_functions_added_while_serving_are_recorded(functions_dir: Path) -> None:
+    write_function(functions_dir, "hello", HELLO)
+    async with EdgeClient(functions_dir) as client:
+        write_function(functions_dir, "later", HELLO)
+        client.app.refresh()
+        assert (await client.invoke("later")).status_code == 200
+        await client.jobs.history.flush()
+        assert [run.function for run in await client.jobs.store.runs()] == ["later"]

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from edgeruntime.exceptions import ConfigError
-from edgeruntime.jobs.store import JobStatus, JobStore, Outcome, Run, TickStatus, open_store
+from edgeruntime.jobs.store import JobStatus, JobStore, Outcome, Run, RunRow, TickStatus, open_store
 
 T0 = 1_800_000_000.0
 
@@ -190,6 +190,29 @@ async def test_runs_filters_and_task_names(store: JobStore) -> None:
     assert len(await store.runs(limit=2)) == 2
 
 
+@pytest.mark.parametrize("count", [1, 3, 1000])
+async def test_run_rows_of_any_batch_size_are_written_in_order(store: JobStore, count: int) -> None:
+    rows: list[RunRow] = [
+        ("invocation", "a", "http", f"e{i}", "succeeded", T0 + i, 0.5 + i, 200 + i % 3, None, None)
+        if i % 2
+        else ("background", "b", "wait_until", f"e{i}", "cut", T0 + i, None, None, f"cut {i}", f"task{i}")
+        for i in range(count)
+    ]
+    await store.record_run_rows(rows)
+    await store.record_run_rows([])
+    assert [Run(*row) for row in reversed(rows)] == await store.runs(limit=count + 1)
+
+
+async def test_a_batch_with_a_bad_row_writes_nothing_and_the_store_stays_usable(store: JobStore) -> None:
+    good: RunRow = ("invocation", "a", "http", "e1", "succeeded", T0, 1.0, 200, None, None)
+    bad = ("invocation", None, "http", "e2", "succeeded", T0, 1.0, 200, None, None)  # function is NOT NULL
+    with pytest.raises(Exception, match="(?i)null"):
+        await store.record_run_rows([good, bad])  # type: ignore[list-item]
+    assert await store.runs() == []
+    await store.record_run_rows([good])
+    assert [r.execution_id for r in await store.runs()] == ["e1"]
+
+
 async def test_job_lookup_delete_failed_and_queue_stats(store: JobStore) -> None:
     first = await store.enqueue("work", "{}", run_at=T0, max_attempts=1, idempotency_key=None, now=T0)
     await store.enqueue("work", "{}", run_at=T0 + 60, max_attempts=2, idempotency_key=None, now=T0 + 5)
@@ -280,3 +303,14 @@ def test_postgres_without_psycopg_names_the_extra(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setitem(sys.modules, "psycopg", None)  # as if `edgeruntime[postgres]` were not installed
     with pytest.raises(ConfigError, match=r"pip install 'edgeruntime\[postgres\]'"):
         open_store("postgresql://postgres@127.0.0.1/test")
+
+
+def test_sqlite_binds_none_as_null_through_a_registered_adapter() -> None:
+    import contextlib
+    import sqlite3
+
+    import edgeruntime.jobs.sqlite  # noqa: F401  (importing it registers the adapter)
+
+    assert (type(None), sqlite3.PrepareProtocol) in sqlite3.adapters
+    with contextlib.closing(sqlite3.connect(":memory:")) as conn:
+        assert conn.execute("SELECT ? IS NULL, typeof(?)", (None, None)).fetchone() == (1, "null")
