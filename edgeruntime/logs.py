@@ -8,6 +8,7 @@ background work can be found together. ``--log-format json`` writes one JSON obj
 from __future__ import annotations
 
 import atexit
+import collections
 import io
 import json
 import logging
@@ -138,29 +139,31 @@ class LogBuffer:
     def __init__(self, stream: TextIO, interval: float = 0.05) -> None:
         self.stream = stream
         self.interval = interval
-        self._lines: list[str] = []
-        self._lock = threading.Lock()
+        # A deque, not a list under a lock: append and popleft are atomic, so the event loop
+        # never waits for the writer thread (nor takes a lock) to log a line.
+        self._lines: collections.deque[str] = collections.deque()
+        self._flush_lock = threading.Lock()
         self._wake = threading.Event()
         self._thread = threading.Thread(target=self._run, name="edgeruntime-log", daemon=True)
         self._thread.start()
         atexit.register(self.flush)
 
     def write(self, line: str) -> None:
-        with self._lock:
-            self._lines.append(line)
-            if len(self._lines) == 1:
-                self._wake.set()
+        self._lines.append(line)
+        if not self._wake.is_set():  # cleared by each flush before it takes the lines
+            self._wake.set()
 
     def flush(self) -> None:
-        with self._lock:
-            lines, self._lines = self._lines, []
+        with self._flush_lock:  # the writer thread and atexit: one writer at a time keeps the order
             self._wake.clear()
-        if lines:
-            try:
-                self.stream.write("\n".join(lines) + "\n")
-                self.stream.flush()
-            except (OSError, ValueError):  # the stream went away at exit
-                pass
+            lines = self._lines
+            taken = [lines.popleft() for _ in range(len(lines))]
+            if taken:
+                try:
+                    self.stream.write("\n".join(taken) + "\n")
+                    self.stream.flush()
+                except (OSError, ValueError):  # the stream went away at exit
+                    pass
 
     def _run(self) -> None:
         while True:
