@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import json
 import sys
 from collections.abc import Sequence
@@ -270,12 +271,23 @@ COMMANDS = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI; returns the exit status (2 for bad input, with one line on stderr)."""
-    args = build_parser().parse_args(argv)
+    """Run the CLI; returns the exit status (2 for bad input, with one line on stderr).
+
+    The garbage collector is paused while the command starts and is on again when this returns.
+    """
+    # Start-up creates tens of thousands of objects that live as long as the process (modules,
+    # classes, functions): collecting while they are made finds no garbage and costs a tenth of
+    # `serve`'s start. `serve` turns the collector on (tuned) once the server is ready to listen.
+    gc.disable()
     try:
+        args = build_parser().parse_args(argv)
+        if args.command != "serve":
+            gc.enable()
         return COMMANDS[args.command](args)
     except EdgeRuntimeError as exc:
         print(f"edgeruntime: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:  # pragma: no cover - interactive
         return 130
+    finally:
+        gc.enable()
