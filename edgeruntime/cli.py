@@ -117,7 +117,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from edgeruntime.app import create_app
     from edgeruntime.env import applied_env
     from edgeruntime.logs import AccessLog, configure_logging
-    from edgeruntime.reload import watch_functions
     from edgeruntime.server import run_server
 
     if not 0 < args.port < 65536:
@@ -161,6 +160,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         )
 
     async def watch(stop: asyncio.Event) -> None:
+        from edgeruntime.reload import watch_functions  # watchfiles: only when watching
+
         await watch_functions(app, stop)
 
     # Inline functions share this process: os.environ agrees with Deno.env while it serves (restored after).
