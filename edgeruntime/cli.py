@@ -144,12 +144,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from edgeruntime.jobs import attach  # jobs: run history, cron, queue
 
     jobs = attach(app)
-    jobs.check()
     attach_dashboard(app, jobs)
     log_buffer = configure_logging(settings.log_format)
     app.access_log = AccessLog(log_buffer, settings.log_format)
 
-    async def banner() -> None:
+    async def start() -> None:
+        await jobs.prepare()  # a database that cannot be opened fails `serve` here, before it listens
         print(f"Serving functions on {settings.base_url}/functions/v1/<function-name>")
         for name in app.functions:
             print(f" - {settings.function_url(name)}")
@@ -166,7 +166,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     # Inline functions share this process: os.environ agrees with Deno.env while it serves (restored after).
     with applied_env(settings.env) if settings.isolation == "inline" else contextlib.nullcontext():
-        return run_server(settings, app, on_start=banner, background=[watch] if settings.watch else [])
+        return run_server(settings, app, on_start=start, background=[watch] if settings.watch else [])
 
 
 def cmd_new(args: argparse.Namespace) -> int:

@@ -191,9 +191,9 @@ def run_server(
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         tasks = [loop.create_task(job(stop)) for job in background]
-        if on_start is not None:
-            await on_start()
         try:
+            if on_start is not None:
+                await on_start()
             await serve_asgi(
                 app,
                 settings.host,

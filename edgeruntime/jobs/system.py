@@ -72,21 +72,18 @@ class JobSystem:
         self.on_invocation: Callable[[Invocation], None] = self.history.on_invocation
         self._previous: JobQueue | None = None
         self._prune_task: asyncio.Task[None] | None = None
+        self._migrated = False
 
-    def check(self) -> None:
-        """Open the store and apply migrations now, so a bad database fails `serve` before it listens."""
-
-        async def run() -> None:
-            store = open_store(self.store.url)
-            try:
-                await store.migrate()
-            finally:
-                await store.close()
-
-        asyncio.run(run())
+    async def prepare(self) -> None:
+        """Open the store and bring its schema up to date now, so a bad database fails `serve`
+        before it listens; `start` then has nothing left to migrate. Runs on the server's loop."""
+        await self.store.migrate()
+        self._migrated = True
 
     async def start(self) -> None:
-        await self.store.migrate()
+        if not self._migrated:
+            await self.store.migrate()
+            self._migrated = True
         self._previous = activate(self.queue)
         self.history.start()
         if self.background:
