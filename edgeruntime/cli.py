@@ -8,7 +8,7 @@ import contextlib
 import gc
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -34,11 +34,7 @@ def _add_project_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--env-file", metavar="FILE", help="env file (default: <functions dir>/.env)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="edgeruntime", description="Run Supabase-style edge functions written in Python.")
-    parser.add_argument("--version", action="version", version=f"edgeruntime {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-
+def _add_serve(sub: Any) -> None:
     serve = sub.add_parser("serve", help="serve every function of a directory")
     serve.add_argument("directory", nargs="?", default="functions", help="functions directory (default: functions)")
     serve.add_argument("--host", default=DEFAULT_HOST)
@@ -67,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--server", choices=("hypercorn", "uvicorn"), default="hypercorn")
 
+
+def _add_new(sub: Any) -> None:
     new = sub.add_parser("new", help="create a function")
     new.add_argument("name")
     new.add_argument("--dir", default="functions", help="functions directory (default: functions)")
@@ -76,10 +74,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="basic (default), or job: a background job with a key check, a Supabase client and an audit log",
     )
 
+
+def _add_list(sub: Any) -> None:
     ls = sub.add_parser("list", help="list the functions of a directory")
     ls.add_argument("directory", nargs="?", default="functions")
     _add_project_options(ls)
 
+
+def _add_invoke(sub: Any) -> None:
     invoke = sub.add_parser("invoke", help="call a function on a running server")
     invoke.add_argument("name")
     invoke.add_argument("--data", default=None, help="JSON request body")
@@ -91,6 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     invoke.add_argument("--directory", default="functions", help="functions directory (for its keys)")
     _add_project_options(invoke)
 
+
+def _add_keys(sub: Any) -> None:
     keys = sub.add_parser("keys", help="print the keys and JWT secret in use")
     keys.add_argument("directory", nargs="?", default="functions")
     keys.add_argument("--anon", action="store_true", help="print only the anon key")
@@ -98,9 +102,36 @@ def build_parser() -> argparse.ArgumentParser:
     keys.add_argument("--json", action="store_true")
     _add_project_options(keys)
 
+
+def _add_jobs(sub: Any) -> None:
     from edgeruntime.jobs import cli as jobs_cli  # `jobs` and `cron` subcommands
 
     jobs_cli.add_commands(sub, _add_project_options)
+
+
+#: Command → what adds its subparser (`jobs` and `cron` come together), in help order.
+_SUBPARSERS: dict[str, Callable[[Any], None]] = {
+    "serve": _add_serve,
+    "new": _add_new,
+    "list": _add_list,
+    "invoke": _add_invoke,
+    "keys": _add_keys,
+    "jobs": _add_jobs,
+    "cron": _add_jobs,
+}
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser of every command, or of `command` alone.
+
+    Building a subparser costs more than parsing: `main` builds only the one it runs.
+    """
+    parser = _Parser(prog="edgeruntime", description="Run Supabase-style edge functions written in Python.")
+    parser.add_argument("--version", action="version", version=f"edgeruntime {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    adders = [_SUBPARSERS[command]] if command in _SUBPARSERS else dict.fromkeys(_SUBPARSERS.values())
+    for add in adders:
+        add(sub)
     return parser
 
 
@@ -281,7 +312,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     # `serve`'s start. `serve` turns the collector on (tuned) once the server is ready to listen.
     gc.disable()
     try:
-        args = build_parser().parse_args(argv)
+        argv = sys.argv[1:] if argv is None else list(argv)
+        # `edgeruntime COMMAND ...`: only that command's parser; anything else (--help) gets them all.
+        args = build_parser(argv[0] if argv else None).parse_args(argv)
         if args.command != "serve":
             gc.enable()
         return COMMANDS[args.command](args)

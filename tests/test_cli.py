@@ -132,3 +132,17 @@ def test_main_turns_the_collector_back_on(hello_dir: Path, tmp_path: Path, capsy
         assert gc.isenabled()
     finally:
         gc.enable()
+
+
+def test_a_command_parses_the_same_with_only_its_parser_built() -> None:
+    from edgeruntime.cli import build_parser
+
+    for argv in (
+        ["serve", "fns", "--port", "8000", "--server", "uvicorn", "--limit", "a=1", "--no-watch"],
+        ["jobs", "retry", "7", "--json"],
+        ["cron", "run", "nightly", "-d", "fns"],
+        ["keys", "--anon"],
+    ):
+        assert vars(build_parser(argv[0]).parse_args(argv)) == vars(build_parser().parse_args(argv))
+    with pytest.raises(SystemExit):  # the other commands were never built
+        build_parser("serve").parse_args(["list"])
