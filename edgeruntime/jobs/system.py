@@ -49,7 +49,8 @@ class JobSystem:
         settings = app.settings
         self.app = app
         self.config = JobsConfig.from_table(settings.config.jobs, settings.config.path)
-        self.crons = cron_jobs(settings.config.cron, set(discover(settings.functions_dir)))
+        crons = settings.config.cron
+        self.crons = cron_jobs(crons, set(discover(settings.functions_dir)) if crons else None)
         self.store = store or open_store(settings.database_url, settings.functions_dir)
         # Functions in worker processes (process isolation) open the same store to enqueue.
         app.worker_env["EDGERUNTIME_DATABASE_URL"] = self.store.url
