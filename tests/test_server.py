@@ -66,3 +66,24 @@ async def test_start_gc_default_only_turns_it_on(collector: None, monkeypatch: p
     assert gc.isenabled()
     assert gc.get_threshold() == before
     assert gc.get_freeze_count() == 0
+
+
+def test_uvicorn_websockets_are_made_by_uvicorns_own_protocol_on_first_use(monkeypatch: pytest.MonkeyPatch) -> None:
+    from uvicorn.protocols.websockets import auto
+
+    class Protocol(asyncio.Protocol):
+        def __init__(self, **kwargs: object) -> None:
+            self.kwargs = kwargs
+
+    monkeypatch.setattr(auto, "AutoWebSocketsProtocol", Protocol)
+    factory = server._uvicorn_websockets()
+    assert callable(factory)
+    made = factory(config="c", server_state="s", app_state={})
+    assert isinstance(made, Protocol) and made.kwargs == {"config": "c", "server_state": "s", "app_state": {}}
+
+
+def test_uvicorn_websockets_off_without_a_websocket_library(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, package=None: None)
+    assert server._uvicorn_websockets() == "none"  # what uvicorn's "auto" finds then
