@@ -1,7 +1,11 @@
 from __future__ import annotations
 
+import gc
 import sys
 
-from edgeruntime.cli import main
+# Before the first heavy import: see `edgeruntime.cli.main`, which turns the collector back on.
+gc.disable()
+
+from edgeruntime.cli import main  # noqa: E402
 
 sys.exit(main())

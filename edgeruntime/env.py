@@ -14,8 +14,6 @@ from collections.abc import Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
 from pathlib import Path
 
-from dotenv import dotenv_values
-
 from edgeruntime.auth import Keys
 from edgeruntime.exceptions import ConfigError
 
@@ -34,6 +32,8 @@ def read_env_file(path: Path) -> dict[str, str]:
     """Parse a dotenv file; a missing file is a ConfigError naming it."""
     if not path.is_file():
         raise ConfigError(f"env file {path} does not exist")
+    from dotenv import dotenv_values  # its regexes cost start-up time in projects without a .env
+
     try:
         values = dotenv_values(path, interpolate=False)
     except (OSError, UnicodeDecodeError) as exc:

@@ -120,20 +120,29 @@ def test_invoke_without_a_server(hello_dir: Path) -> None:
     assert "cannot reach" in result.stderr
 
 
-def test_gc_setting_is_validated() -> None:
+def test_main_turns_the_collector_back_on(hello_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     import gc
 
-    from edgeruntime.exceptions import UsageError
-    from edgeruntime.server import tune_gc
-
-    before = gc.get_threshold()
+    gc.disable()  # as `python -m edgeruntime` does before importing the CLI
     try:
-        with pytest.raises(UsageError, match="EDGERUNTIME_GC='lots'"):
-            tune_gc("lots")
-        tune_gc("default")
-        assert gc.get_threshold() == before
-        tune_gc("1000,20,30")
-        assert gc.get_threshold() == (1000, 20, 30)
+        assert main(["list", str(hello_dir)]) == 0
+        assert gc.isenabled()
+        gc.disable()
+        assert main(["serve", str(tmp_path / "nope")]) == 2  # serve failing before it listens
+        assert gc.isenabled()
     finally:
-        gc.unfreeze()
-        gc.set_threshold(*before)
+        gc.enable()
+
+
+def test_a_command_parses_the_same_with_only_its_parser_built() -> None:
+    from edgeruntime.cli import build_parser
+
+    for argv in (
+        ["serve", "fns", "--port", "8000", "--server", "uvicorn", "--limit", "a=1", "--no-watch"],
+        ["jobs", "retry", "7", "--json"],
+        ["cron", "run", "nightly", "-d", "fns"],
+        ["keys", "--anon"],
+    ):
+        assert vars(build_parser(argv[0]).parse_args(argv)) == vars(build_parser().parse_args(argv))
+    with pytest.raises(SystemExit):  # the other commands were never built
+        build_parser("serve").parse_args(["list"])

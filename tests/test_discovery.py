@@ -30,6 +30,23 @@ def test_discover_skips_private_and_incomplete_directories(functions_dir: Path) 
     assert list(discover(functions_dir)) == ["hello"]
 
 
+def test_discover_sorts_by_name_and_resolves_symlinks(functions_dir: Path, tmp_path: Path) -> None:
+    for name in ("zeta", "Alpha", "mid"):
+        write_function(functions_dir, name, HELLO)
+    elsewhere = tmp_path / "elsewhere" / "linked"
+    write_function(elsewhere.parent, "linked", HELLO)
+    (functions_dir / "linked").symlink_to(elsewhere, target_is_directory=True)
+    (functions_dir / "file-link").symlink_to(functions_dir / "mid" / "index.py")
+    alias = tmp_path / "alias"
+    alias.symlink_to(functions_dir, target_is_directory=True)
+
+    found = discover(alias)  # reached through a symlinked functions directory
+    assert list(found) == ["Alpha", "linked", "mid", "zeta"]
+    assert found["linked"].directory == elsewhere.resolve()
+    assert found["mid"].directory == (functions_dir / "mid").resolve()
+    assert found["mid"].entrypoint == (functions_dir / "mid" / "index.py").resolve()
+
+
 def test_function_for_path(functions_dir: Path) -> None:
     assert function_for_path(functions_dir.resolve(), functions_dir / "hello" / "index.py") == "hello"
     assert function_for_path(functions_dir.resolve(), functions_dir / "_shared" / "cors.py") == "_shared"

@@ -13,23 +13,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import Coroutine
-from importlib import resources
 from typing import TYPE_CHECKING, Any
 
-from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
-from starlette.routing import Route
 
-from edgeruntime.dashboard import api
 from edgeruntime.dashboard.access import REALM, is_cross_origin, is_loopback, is_service_role
 from edgeruntime.metrics import CONTENT_TYPE, Metrics
 from edgeruntime.types import Receive, Scope, Send
 
 if TYPE_CHECKING:
+    from starlette.applications import Starlette
+
     from edgeruntime.app import EdgeApp, Invocation
     from edgeruntime.jobs.system import JobSystem
 
@@ -55,6 +54,8 @@ PAGE_HEADERS = {
 
 
 def _static(name: str) -> bytes:
+    from importlib import resources
+
     return resources.files("edgeruntime.dashboard").joinpath("static", name).read_bytes()
 
 
@@ -66,7 +67,20 @@ class Dashboard:
         self.jobs = jobs
         self.metrics = Metrics(app.functions)  # live: functions added by a reload count too
         self._tasks: set[asyncio.Task[Any]] = set()
-        self.asgi = Starlette(
+        self.open = is_loopback(app.settings.host)
+
+    @functools.cached_property
+    def asgi(self) -> Starlette:
+        """The page, its files, its API and the metrics, built on the first request to any of them.
+
+        The routes and the API module are not needed to serve functions: `serve` starts sooner.
+        """
+        from starlette.applications import Starlette
+        from starlette.routing import Route
+
+        from edgeruntime.dashboard import api
+
+        return Starlette(
             routes=[
                 Route(DASHBOARD_PATH, self._redirect),
                 Route(DASHBOARD_PATH + "/", self._page),
@@ -76,7 +90,6 @@ class Dashboard:
             ],
             exception_handlers={404: self._http_error, 405: self._http_error},
         )
-        self.open = is_loopback(app.settings.host)
 
     @property
     def last_invocations(self) -> dict[str, Invocation]:
@@ -129,6 +142,8 @@ class Dashboard:
 
     async def _http_error(self, request: Request, exc: Exception) -> Response:
         if request.url.path.startswith(DASHBOARD_PATH + "/api/"):
+            from edgeruntime.dashboard import api
+
             return await api.http_error(request, exc)
         assert isinstance(exc, HTTPException)
         return Response(exc.detail, status_code=exc.status_code, headers=exc.headers, media_type="text/plain")

@@ -114,6 +114,12 @@ class SQLiteStore:
 
     async def migrate(self) -> None:
         def run(conn: sqlite3.Connection) -> None:
+            try:
+                applied = {r[0] for r in conn.execute("SELECT version FROM edgeruntime_schema")}
+            except sqlite3.OperationalError:  # a new database: no schema table yet
+                applied = set()
+            if applied and not migrations.statements("sqlite", applied):
+                return  # up to date, as at every start but the first: no write lock needed
             with self._write(conn):
                 conn.execute(migrations.SCHEMA_TABLE)
                 applied = {r[0] for r in conn.execute("SELECT version FROM edgeruntime_schema")}

@@ -49,7 +49,8 @@ class JobSystem:
         settings = app.settings
         self.app = app
         self.config = JobsConfig.from_table(settings.config.jobs, settings.config.path)
-        self.crons = cron_jobs(settings.config.cron, set(discover(settings.functions_dir)))
+        crons = settings.config.cron
+        self.crons = cron_jobs(crons, set(discover(settings.functions_dir)) if crons else None)
         self.store = store or open_store(settings.database_url, settings.functions_dir)
         # Functions in worker processes (process isolation) open the same store to enqueue.
         app.worker_env["EDGERUNTIME_DATABASE_URL"] = self.store.url
@@ -72,21 +73,18 @@ class JobSystem:
         self.on_invocation: Callable[[Invocation], None] = self.history.on_invocation
         self._previous: JobQueue | None = None
         self._prune_task: asyncio.Task[None] | None = None
+        self._migrated = False
 
-    def check(self) -> None:
-        """Open the store and apply migrations now, so a bad database fails `serve` before it listens."""
-
-        async def run() -> None:
-            store = open_store(self.store.url)
-            try:
-                await store.migrate()
-            finally:
-                await store.close()
-
-        asyncio.run(run())
+    async def prepare(self) -> None:
+        """Open the store and bring its schema up to date now, so a bad database fails `serve`
+        before it listens; `start` then has nothing left to migrate. Runs on the server's loop."""
+        await self.store.migrate()
+        self._migrated = True
 
     async def start(self) -> None:
-        await self.store.migrate()
+        if not self._migrated:
+            await self.store.migrate()
+            self._migrated = True
         self._previous = activate(self.queue)
         self.history.start()
         if self.background:

@@ -237,6 +237,40 @@ def test_sigterm_finishes_in_flight_requests(hello_dir: Path, server_kind: str) 
 
 
 @pytest.mark.parametrize("server_kind", ["hypercorn", "uvicorn"])
+def test_a_websocket_upgrade_is_refused_and_never_reaches_the_function(
+    hello_dir: Path, tmp_path: Path, server_kind: str
+) -> None:
+    import socket
+
+    marker = tmp_path / "invoked"
+    write_function(
+        hello_dir,
+        "touch",
+        f"""
+        from pathlib import Path
+        from starlette.responses import PlainTextResponse
+        from edgeruntime import serve
+
+        @serve
+        async def handler(req):
+            Path({str(marker)!r}).write_text("yes")
+            return PlainTextResponse("invoked")
+    """,
+    )
+    with ServerProcess(hello_dir, "--no-watch", "--no-verify-jwt", "--server", server_kind) as server:
+        handshake = (
+            f"GET /functions/v1/touch HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\nUpgrade: websocket\r\n"
+            "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as conn:
+            conn.sendall(handshake.encode())
+            status_line = conn.recv(4096).split(b"\r\n", 1)[0]
+        assert status_line.startswith(b"HTTP/1.1 403"), status_line
+        assert httpx.get(server.url("hello"), headers=SERVICE_ROLE, timeout=10).status_code == 200
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("server_kind", ["hypercorn", "uvicorn"])
 def test_process_isolation_under_each_server(hello_dir: Path, server_kind: str) -> None:
     with ServerProcess(hello_dir, "--no-watch", "--isolation", "process", "--server", server_kind) as server:
         r = httpx.get(server.url("hello", "/x"), headers=SERVICE_ROLE, timeout=30)

@@ -137,6 +137,19 @@ def test_serve_with_invalid_schedule_exits_2_with_one_line(functions_dir: Path, 
     assert "Traceback" not in r.stderr + r.stdout
 
 
+def test_serve_with_a_database_that_cannot_be_opened_exits_2_before_listening(
+    functions_dir: Path, tmp_path: Path
+) -> None:
+    write_function(functions_dir, "echo", ECHO)
+    (tmp_path / "file").write_text("")
+    url = f"sqlite:///{tmp_path / 'file' / 'jobs.db'}"  # its directory would be inside a file
+    r = run_cli("serve", str(functions_dir), "--port", str(free_port()), "--no-watch", "--database-url", url)
+    assert r.returncode == 2
+    assert r.stderr.startswith(f"edgeruntime: error: database {tmp_path / 'file' / 'jobs.db'}: ")
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert "Serving functions" not in r.stdout  # the banner comes right before the server listens
+
+
 def test_serve_with_bad_database_url_exits_2(functions_dir: Path) -> None:
     write_function(functions_dir, "echo", ECHO)
     r = run_cli("serve", str(functions_dir), "--port", str(free_port()), "--no-watch", "--database-url", "mysql://x/y")
