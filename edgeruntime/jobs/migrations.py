@@ -132,6 +132,14 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX IF NOT EXISTS edgeruntime_runs_execution ON edgeruntime_runs (execution_id)",
         ),
     ),
+    # Every invocation writes a run row: an index costs each of them (~2 µs a row on SQLite, on
+    # one core), while this one served only the hourly prune, which may as well scan.
+    Migration(
+        4,
+        "run history without the started_at index (runs are listed by id; only pruning filtered on it)",
+        ("DROP INDEX IF EXISTS edgeruntime_runs_started",),
+        ("DROP INDEX IF EXISTS edgeruntime_runs_started",),
+    ),
 )
 
 SCHEMA_TABLE = "CREATE TABLE IF NOT EXISTS edgeruntime_schema (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)"

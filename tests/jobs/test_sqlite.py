@@ -1,4 +1,4 @@
-"""What only the SQLite store does: an up-to-date schema is checked without the write lock."""
+"""What only the SQLite store does: the schema check without the write lock, the run table's indexes."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from edgeruntime.jobs import sqlite as sqlite_store
-from edgeruntime.jobs.store import open_store
+from edgeruntime.jobs.store import Run, open_store
 
 
 async def test_migrate_on_an_up_to_date_schema_takes_no_write_lock(
@@ -40,5 +40,31 @@ async def test_migrate_creates_the_schema_of_a_new_database(tmp_path: Path) -> N
     try:
         await store.migrate()
         assert await store.count_jobs() == {}
+    finally:
+        await store.close()
+
+
+async def test_run_rows_carry_only_the_execution_index_and_old_ones_are_still_pruned(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.db"
+    store = open_store(f"sqlite:///{path}")
+    try:
+        await store.migrate()
+        await store.record_runs(
+            [
+                Run("invocation", "a", "http", "new", "succeeded", 2_000.0, 1.0, 200),
+                Run("background", "a", "wait_until", "old", "completed", 1_000.0, 1.0),  # written later
+            ]
+        )
+        with sqlite3.connect(path) as conn:
+            indexes = {
+                row[0]
+                for row in conn.execute(
+                    "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'edgeruntime_runs'"
+                )
+                if not row[0].startswith("sqlite_autoindex")
+            }
+        assert indexes == {"edgeruntime_runs_execution"}
+        assert await store.prune(before=1_500.0) == 1
+        assert [r.execution_id for r in await store.runs()] == ["new"]
     finally:
         await store.close()
