@@ -35,20 +35,30 @@ class ContextFilter(logging.Filter):
 
 
 class _Clock:
-    """Formats timestamps, recomputing the part before the milliseconds once a second."""
+    """Formats timestamps to the millisecond, reusing the last one within the same millisecond.
+
+    A busy server logs many lines per millisecond, and the part before the milliseconds changes
+    once a second: most calls format nothing.
+    """
 
     def __init__(self, pattern: str, utc: bool) -> None:
         self.pattern = pattern
         self.convert = time.gmtime if utc else time.localtime
         self._second = -1
         self._prefix = ""
+        self._ms = -1
+        self._stamp = ""
 
     def __call__(self, when: float) -> str:
-        second = int(when)
-        if second != self._second:
-            self._second = second
-            self._prefix = time.strftime(self.pattern, self.convert(second))
-        return f"{self._prefix}.{int((when - second) * 1000):03d}"
+        ms = int(when * 1000)
+        if ms != self._ms:
+            self._ms = ms
+            second = ms // 1000
+            if second != self._second:
+                self._second = second
+                self._prefix = time.strftime(self.pattern, self.convert(second))
+            self._stamp = f"{self._prefix}.{ms % 1000:03d}"
+        return self._stamp
 
 
 class TextFormatter(logging.Formatter):
@@ -244,10 +254,12 @@ class AccessLog:
                 )
             )
         else:
-            where = f"[{function}] " if function else ""
-            self.buffer.write(
-                f"{self.text_clock(now)} INFO    {where}{execution_id} {method} {path} {status} {duration_ms:.1f}ms"
-            )
+            stamp = self.text_clock(now)
+            if function:
+                line = f"{stamp} INFO    [{function}] {execution_id} {method} {path} {status} {duration_ms:.1f}ms"
+            else:
+                line = f"{stamp} INFO    {execution_id} {method} {path} {status} {duration_ms:.1f}ms"
+            self.buffer.write(line)
 
 
 def configure_logging(log_format: str = "text", level: int = logging.INFO, capture_output: bool = True) -> LogBuffer:
