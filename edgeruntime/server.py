@@ -150,6 +150,9 @@ async def _serve_uvicorn(
         log_level="warning",
         timeout_graceful_shutdown=int(graceful_timeout) or 1,
         loop="none",
+        # As under Hypercorn: the client address is the connection's peer. (Uvicorn's default
+        # rewrites it from X-Forwarded-For, in a middleware run on every request.)
+        proxy_headers=False,
         ws=_uvicorn_websockets(),  # type: ignore[arg-type, unused-ignore]  # uvicorn only calls it, as it would a class
     )
     config.load()  # imports the protocol modules now, so before_serving runs after every import
