@@ -252,6 +252,31 @@ def load(url: str, duration: float, connections: int, post: bool) -> Load:
     return asyncio.run(_py_load(url, duration, connections, post))
 
 
+_METRIC = re.compile(r'^(edgeruntime_requests_total|edgeruntime_background_tasks_total)\{([^}]*)\} ([0-9.e+]+)$', re.M)
+
+
+def background_counts(base: str, target: Target) -> dict[str, int]:
+    """Background tasks started (202s) and completed so far.
+
+    The peers count in their own memory (GET on the bg endpoint). edgeruntime is read from its
+    metrics: a worker retired by a limit under load takes its module's counters with it, while
+    the server counts every worker's requests and tasks.
+    """
+    if not target.app.startswith("edgeruntime"):
+        counts: dict[str, int] = httpx.get(base + target.bg_path, timeout=30).json()
+        return counts
+    text = httpx.get(base + "/_internal/metrics", timeout=30).text
+    started = completed = 0
+    for name, labels, value in _METRIC.findall(text):
+        if 'function="bg"' not in labels:
+            continue
+        if name == "edgeruntime_requests_total" and 'status="202"' in labels:
+            started += int(float(value))
+        elif name == "edgeruntime_background_tasks_total" and 'outcome="completed"' in labels:
+            completed += int(float(value))
+    return {"started": started, "completed": completed}
+
+
 def measure(target: Target, duration: float, connections: int) -> Result:
     result = Result(target.server, target.app)
     port = free_port()
@@ -268,14 +293,14 @@ def measure(target: Target, duration: float, connections: int) -> Result:
         rss_before = rss_kib(proc.pid)
         result.bg = load(base + target.bg_path, duration, connections, post=True)
         rss_after = rss_kib(proc.pid)
-        counts = httpx.get(base + target.bg_path, timeout=30).json()
+        counts = background_counts(base, target)
         pending = counts["started"] - counts["completed"]
         if pending > 0:
             result.kib_per_pending_task = max(0, rss_after - rss_before) / pending
         deadline = time.monotonic() + 30
         while counts["completed"] < counts["started"] and time.monotonic() < deadline:
             time.sleep(0.25)
-            counts = httpx.get(base + target.bg_path, timeout=30).json()
+            counts = background_counts(base, target)
         result.bg_completed_pct = 100.0 * counts["completed"] / max(1, counts["started"])
     except (RuntimeError, TimeoutError, httpx.HTTPError) as exc:
         result.notes.append(str(exc).splitlines()[0][:200])

@@ -2,11 +2,9 @@
 
 An inline worker shares the server's event loop, so its CPU time is measured, not sampled: every
 coroutine the worker runs (the request handler and each ``wait_until`` task) is driven step by step
-by :func:`metered`, which adds the time each step holds the event loop to the worker's
-:class:`CpuMeter`. That is the step's CPU time, plus any time it blocks the loop in a synchronous
-call (``time.sleep``, a blocking client): every other request waits meanwhile, so it is charged
-too. Waiting at an ``await`` is never charged. Sync handlers run in a thread and are charged that
-thread's CPU time.
+by :func:`metered`, which adds the thread CPU time of each step to the worker's
+:class:`CpuMeter`. Waiting at an ``await`` is never charged. Sync handlers run in a thread and are
+charged that thread's CPU time.
 Limits are checked at step boundaries, so a limit is enforced at the next ``await`` of the
 function; code that never awaits (``while True: pass``) cannot be stopped inline, only reported
 by the :class:`LoopWatchdog`. Process isolation stops it (see :mod:`edgeruntime.process`).
@@ -55,14 +53,14 @@ class CpuMeter:
 
 @types.coroutine
 def metered(awaitable: Awaitable[T], meter: CpuMeter) -> Generator[Any, Any, T]:
-    """Drive `awaitable`, adding the time each of its steps holds the event loop to `meter`."""
+    """Drive `awaitable`, adding the CPU time of each of its steps to `meter`."""
     global _running
     coro = awaitable.__await__()
     send = coro.send
-    # The monotonic clock, not the thread CPU clock: reading the thread CPU clock is a system
-    # call (about 1 us here, twice per step), and a step that blocks the loop in a synchronous
-    # call holds up every other request just as much as one that computes.
-    clock = time.perf_counter
+    # The thread CPU clock, though reading it is a system call (about 1 us here, twice a step):
+    # the monotonic clock would also charge the time other threads and processes held the CPU
+    # in the middle of a step, which on a loaded machine can end a worker that used little.
+    clock = time.thread_time
     function = meter.function
     send_value: Any = None
     error: BaseException | None = None
