@@ -121,11 +121,24 @@ class RunHistory:
 
         return record
 
-    async def flush(self) -> None:
-        """Write everything buffered now."""
+    async def flush(self, *, whole_batches: bool = False) -> None:
+        """Write the rows buffered when it was called (rows added meanwhile wait for the next flush).
+
+        `whole_batches`: write only full batches and leave the rest for later (the writer was
+        woken because a batch filled up, not because the flush interval passed).
+
+        Not until the buffer is empty: under load rows keep arriving while a batch is written,
+        and chasing them wrote a small batch (a transaction and a thread round trip each) right
+        after another, at many times the cost per row of the full batches the interval collects.
+        """
         rows = self._rows
-        while rows:
-            batch = [rows.popleft() for _ in range(min(WRITE_BATCH, len(rows)))]
+        left = len(rows)
+        if whole_batches:
+            left -= left % WRITE_BATCH
+        while left > 0:
+            size = min(WRITE_BATCH, left)
+            batch = [rows.popleft() for _ in range(size)]
+            left -= size
             try:
                 await self.store.record_run_rows(batch)
             except Exception:
@@ -133,10 +146,13 @@ class RunHistory:
 
     async def _loop(self) -> None:
         while True:
-            with contextlib.suppress(TimeoutError):
+            try:
                 await asyncio.wait_for(self._wake.wait(), self.flush_interval)
+                woken = True
+            except TimeoutError:
+                woken = False
             self._wake.clear()
-            await self.flush()
+            await self.flush(whole_batches=woken)
 
     def start(self) -> None:
         if self._task is None:
@@ -148,4 +164,5 @@ class RunHistory:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        await self.flush()
+        while self._rows:
+            await self.flush()
