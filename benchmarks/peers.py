@@ -7,7 +7,7 @@ or a Python generator when wrk is missing) to core 1. Prints req/s, p50/p99, RSS
 background task, background completion and cold start, with ratios against the peers measured in
 the same run. Usage::
 
-    python -m benchmarks peers [--duration 8] [--servers hypercorn,uvicorn] [--quick]
+    python -m benchmarks peers [--duration 8] [--rounds 3] [--servers hypercorn,uvicorn] [--quick]
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import json
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -310,6 +311,39 @@ def measure(target: Target, duration: float, connections: int) -> Result:
     return result
 
 
+def _median(values: list[float | None]) -> float | None:
+    present = sorted(v for v in values if v is not None)
+    return statistics.median(present) if present else None
+
+
+def median_result(same: Sequence[Result]) -> Result:
+    """One app on one server measured in several rounds: the median of each figure.
+
+    This machine is shared: a neighbour's load slows a whole run now and then. Rounds
+    interleave the apps, so such a slowdown hits one round of each rather than one app.
+    """
+    first = same[0]
+    merged = Result(first.server, first.app, notes=[note for r in same for note in r.notes])
+    for name in ("hello", "bg"):
+        loads = [getattr(r, name) for r in same if getattr(r, name) is not None]
+        if loads:
+            setattr(
+                merged,
+                name,
+                Load(
+                    statistics.median(x.rps for x in loads),
+                    statistics.median(x.p50_ms for x in loads),
+                    statistics.median(x.p99_ms for x in loads),
+                    sum(x.errors for x in loads),
+                    sum(x.requests for x in loads),
+                ),
+            )
+    merged.bg_completed_pct = min((r.bg_completed_pct for r in same if r.bg_completed_pct is not None), default=None)
+    merged.kib_per_pending_task = _median([r.kib_per_pending_task for r in same])
+    merged.cold_start_ms = _median([r.cold_start_ms for r in same])
+    return merged
+
+
 def cold_start_20(server: str) -> tuple[float, float]:
     """(edgeruntime with 20 functions, bare Starlette) ms to the first 200, median of 3."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -351,9 +385,9 @@ def report(results: list[Result], cold: dict[str, tuple[float, float]]) -> str:
     ]
     for r in results:
         lines.append(
-            f"| {r.server} | {r.app} | {_fmt(r.hello and r.hello.rps)} | {_fmt(r.hello and r.hello.p50_ms, '.1f')} "
-            f"| {_fmt(r.hello and r.hello.p99_ms, '.1f')} | {_fmt(r.bg and r.bg.rps)} "
-            f"| {_fmt(r.bg and r.bg.p50_ms, '.1f')} | {_fmt(r.bg and r.bg.p99_ms, '.1f')} "
+            f"| {r.server} | {r.app} | {_fmt(r.hello.rps if r.hello else None)} | {_fmt(r.hello.p50_ms if r.hello else None, '.1f')} "
+            f"| {_fmt(r.hello.p99_ms if r.hello else None, '.1f')} | {_fmt(r.bg.rps if r.bg else None)} "
+            f"| {_fmt(r.bg.p50_ms if r.bg else None, '.1f')} | {_fmt(r.bg.p99_ms if r.bg else None, '.1f')} "
             f"| {_fmt(r.bg_completed_pct, '.1f')} | {_fmt(r.kib_per_pending_task, '.1f')} "
             f"| {_fmt(r.cold_start_ms)} | {'; '.join(r.notes)} |"
         )
@@ -393,6 +427,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--servers", default="hypercorn,uvicorn")
     parser.add_argument("--quick", action="store_true", help="2 s runs, for checking the harness")
     parser.add_argument("--no-process", action="store_true", help="skip the process-isolation variant")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="measure every app this many times, interleaved; report medians"
+    )
     args = parser.parse_args(argv)
     duration = 2.0 if args.quick else args.duration
     servers = [s.strip() for s in args.servers.split(",") if s.strip()]
@@ -404,14 +441,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         flush=True,
     )
     byte_compile()
-    results: list[Result] = []
+    rounds: list[list[Result]] = []
     cold: dict[str, tuple[float, float]] = {}
-    for server in servers:
-        for target in targets(server, isolation_process=not args.no_process):
-            print(f"  measuring {target.app} on {server} ...", file=sys.stderr, flush=True)
-            results.append(measure(target, duration, args.connections))
-        print(f"  measuring cold start on {server} ...", file=sys.stderr, flush=True)
-        cold[server] = cold_start_20(server)
+    for number in range(1, max(1, args.rounds) + 1):
+        results: list[Result] = []
+        for server in servers:
+            for target in targets(server, isolation_process=not args.no_process):
+                print(f"  round {number}: measuring {target.app} on {server} ...", file=sys.stderr, flush=True)
+                results.append(measure(target, duration, args.connections))
+            if number == 1:
+                print(f"  measuring cold start on {server} ...", file=sys.stderr, flush=True)
+                cold[server] = cold_start_20(server)
+        rounds.append(results)
+    results = [median_result(same) for same in zip(*rounds, strict=True)]
     text = report(results, cold)
     print(text)
     RESULTS.mkdir(exist_ok=True)
