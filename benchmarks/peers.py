@@ -385,7 +385,8 @@ def report(results: list[Result], cold: dict[str, tuple[float, float]]) -> str:
     ]
     for r in results:
         lines.append(
-            f"| {r.server} | {r.app} | {_fmt(r.hello.rps if r.hello else None)} | {_fmt(r.hello.p50_ms if r.hello else None, '.1f')} "
+            f"| {r.server} | {r.app} | {_fmt(r.hello.rps if r.hello else None)} "
+            f"| {_fmt(r.hello.p50_ms if r.hello else None, '.1f')} "
             f"| {_fmt(r.hello.p99_ms if r.hello else None, '.1f')} | {_fmt(r.bg.rps if r.bg else None)} "
             f"| {_fmt(r.bg.p50_ms if r.bg else None, '.1f')} | {_fmt(r.bg.p99_ms if r.bg else None, '.1f')} "
             f"| {_fmt(r.bg_completed_pct, '.1f')} | {_fmt(r.kib_per_pending_task, '.1f')} "
