@@ -1,11 +1,11 @@
-"""`python -m benchmarks [peers|isolation|jobs|dashboard|metrics|history] [options]` (default: peers)."""
+"""`python -m benchmarks [peers|isolation|jobs|dashboard|metrics|history|path] [options]` (default: peers)."""
 
 from __future__ import annotations
 
 import importlib
 import sys
 
-BENCHMARKS = ("peers", "isolation", "jobs", "dashboard", "metrics", "history")
+BENCHMARKS = ("peers", "isolation", "jobs", "dashboard", "metrics", "history", "path")
 
 
 def main() -> int:
