@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -67,6 +68,24 @@ if (type(None), sqlite3.PrepareProtocol) not in sqlite3.adapters:
     sqlite3.register_adapter(type(None), _null)
 
 
+def _enter_wal(conn: sqlite3.Connection) -> None:
+    """Switch to the WAL journal, waiting out other processes doing the same (up to the busy timeout).
+
+    Changing the journal mode of a new file needs it to itself, and SQLite answers "database is
+    locked" at once, without its busy handler, while another connection holds it: instances
+    starting together on a new file would otherwise fail at random.
+    """
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+
+
 class SQLiteStore:
     """The jobs store on one SQLite file (see the module docstring)."""
 
@@ -87,7 +106,7 @@ class SQLiteStore:
                     self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False
                 )
                 conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-                conn.execute("PRAGMA journal_mode = WAL")
+                _enter_wal(conn)
                 conn.execute("PRAGMA synchronous = NORMAL")
             except (OSError, sqlite3.Error) as exc:
                 raise ConfigError(f"database {self.path}: {exc}") from None

@@ -1,4 +1,4 @@
-"""What only the SQLite store does: the schema check without the write lock, the run table's indexes."""
+"""What only the SQLite store does: the schema check without the write lock, the run table's indexes, the WAL switch."""
 
 from __future__ import annotations
 
@@ -68,3 +68,25 @@ async def test_run_rows_carry_only_the_execution_index_and_old_ones_are_still_pr
         assert [r.execution_id for r in await store.runs()] == ["new"]
     finally:
         await store.close()
+
+
+def test_connections_opening_a_new_file_together_all_get_the_wal_journal(tmp_path: Path) -> None:
+    import threading
+
+    failures: list[BaseException] = []
+    for trial in range(100):  # the race is rare: without the retry about 1 trial in 70 failed
+
+        def connect(path: Path = tmp_path / f"{trial}.db") -> None:
+            try:
+                conn = sqlite_store.SQLiteStore(path)._connect()
+                assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+                conn.close()
+            except BaseException as exc:  # collected for the assertion below
+                failures.append(exc)
+
+        threads = [threading.Thread(target=connect) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert failures == []
