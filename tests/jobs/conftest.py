@@ -8,12 +8,13 @@ EDGERUNTIME_REQUIRE_POSTGRES=1, which makes it a failure.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from urllib.parse import quote
 
 import pytest
 
+from edgeruntime.jobs.store import JobStore, open_store
 from tests.jobs.backends import postgres_url_or_skip
 
 BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
@@ -47,3 +48,14 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         return f"sqlite:///{tmp_path / 'jobs.db'}"
     url: str = request.getfixturevalue("postgres_url")
     return url
+
+
+@pytest.fixture
+async def store(store_url: str) -> AsyncIterator[JobStore]:
+    """A migrated store on each backend, closed after the test."""
+    s = open_store(store_url)
+    await s.migrate()
+    try:
+        yield s
+    finally:
+        await s.close()

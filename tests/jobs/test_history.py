@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -13,7 +13,7 @@ from edgeruntime.app import Invocation
 from edgeruntime.background import BackgroundTask, TaskOutcome
 from edgeruntime.jobs import history as history_module
 from edgeruntime.jobs.history import MAX_BUFFERED, WRITE_BATCH, RunHistory
-from edgeruntime.jobs.store import JobStore, Run, RunRow, open_store
+from edgeruntime.jobs.store import JobStore, Run, RunRow
 from edgeruntime.testing import EdgeClient
 from tests.helpers import HELLO, write_function
 
@@ -190,16 +190,6 @@ async def test_a_failed_write_is_logged_and_the_buffer_moves_on(caplog: pytest.L
         await history.flush()
     assert "writing 1 record(s) failed" in caplog.text
     await history.flush()  # nothing left: the lost batch is not retried forever
-
-
-@pytest.fixture
-async def store(store_url: str) -> AsyncIterator[JobStore]:
-    s = open_store(store_url)
-    await s.migrate()
-    try:
-        yield s
-    finally:
-        await s.close()
 
 
 def _invocation(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -12,16 +11,6 @@ from edgeruntime.exceptions import ConfigError
 from edgeruntime.jobs.store import JobStatus, JobStore, Outcome, Run, RunRow, TickStatus, open_store
 
 T0 = 1_800_000_000.0
-
-
-@pytest.fixture
-async def store(store_url: str) -> AsyncIterator[JobStore]:
-    s = open_store(store_url)
-    await s.migrate()
-    try:
-        yield s
-    finally:
-        await s.close()
 
 
 async def test_migrate_is_idempotent(store: JobStore) -> None:
