@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
+from edgeruntime.context import ExecutionContext, default_worker
+from edgeruntime.request_limits import IdleTimeouts
 from edgeruntime.testing import EdgeClient
 from tests.probes import environ_for, write_probe
 
@@ -99,3 +102,32 @@ def test_real_server_idle_timeout_and_body_limit(functions_dir: Path) -> None:
         r = http.post(server.url("probe"), params={"echo": 1}, content=b"x" * 100)
         assert r.status_code == 200
         assert r.json()["size"] == 100
+
+
+async def test_one_timer_expires_only_the_requests_still_waiting() -> None:
+    timeouts = IdleTimeouts(0.4)
+    loop = asyncio.get_running_loop()
+
+    def request(function: str) -> tuple[ExecutionContext, asyncio.Task[None]]:
+        ctx = ExecutionContext(function, default_worker())
+        task = loop.create_task(asyncio.sleep(5))
+        timeouts.start(ctx, task)
+        return ctx, task
+
+    finished_ctx, finished = request("finished")
+    answered_ctx, answered = request("answered")
+    waiting_ctx, waiting = request("waiting")
+    timeouts.finish(finished_ctx)  # ended before the timeout
+    answered_ctx.response_started = True  # its response started in time
+    await asyncio.sleep(0.2)
+    late_ctx, late = request("late")  # arrived later: its deadline is 0.6, the others' 0.4
+    await asyncio.sleep(0.3)
+    assert waiting.cancelled() and waiting_ctx.idle_expired
+    assert not (finished.done() or answered.done() or late.done())
+    assert not (finished_ctx.idle_expired or answered_ctx.idle_expired or late_ctx.idle_expired)
+    await asyncio.sleep(0.3)
+    assert late.cancelled() and late_ctx.idle_expired
+    assert timeouts.waiting == {}  # nothing kept for requests that ended or answered
+    for task in (finished, answered):
+        task.cancel()
+    timeouts.close()
