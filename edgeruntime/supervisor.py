@@ -154,7 +154,7 @@ class FunctionSupervisor:
         body = BodyLimit(receive, self.spec.name, self._max_body_bytes)
         body.check_declared(scope)
         worker = self.worker
-        if worker is None or worker.status is not WorkerStatus.ACTIVE:
+        if worker is None or worker.status is not WorkerStatus.ACTIVE:  # else no coroutine for acquire()
             worker = await self.acquire()
         task = asyncio.current_task()
         assert task is not None
