@@ -1,0 +1,155 @@
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from edgeruntime.logs import AccessLog, BufferedHandler, JSONFormatter, LogBuffer, TextFormatter
+
+# 2023-11-14 22:13:20.123 UTC, 03:43:20.123 the next day at UTC+5:30.
+WHEN = 1_700_000_000.1234
+EXEC_ID = "018bd0a3-6a5b-7c3d-8e9f-0123456789ab"
+# A POSIX TZ string needs no tz database; the half hour shows the text line is in local time.
+INDIA = "IST-5:30"
+
+
+@pytest.fixture
+def india(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.setenv("TZ", INDIA)
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+def stopped_clock(monkeypatch: pytest.MonkeyPatch, when: float) -> None:
+    monkeypatch.setattr(time, "time", lambda: when)
+
+
+def quiet_buffer(stream: io.StringIO) -> LogBuffer:
+    """A buffer whose writer thread stays asleep long after the test: the test flushes it."""
+    return LogBuffer(stream, interval=3600)
+
+
+def test_text_access_lines_carry_the_time_of_the_request(india: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    stream = io.StringIO()
+    buffer = quiet_buffer(stream)
+    access = AccessLog(buffer, "text")
+    stopped_clock(monkeypatch, WHEN)
+    access("POST", "/functions/v1/hello", 200, 2.3456, "hello", EXEC_ID)
+    access("GET", "/functions/v1/missing", 404, 0.04, None, EXEC_ID)
+    stopped_clock(monkeypatch, WHEN + 61.5)  # the buffer is written later
+    buffer.flush()
+    assert stream.getvalue() == (
+        f"03:43:20.123 INFO    [hello] {EXEC_ID} POST /functions/v1/hello 200 2.3ms\n"
+        f"03:43:20.123 INFO    {EXEC_ID} GET /functions/v1/missing 404 0.0ms\n"
+    )
+
+
+def test_json_access_lines(india: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    stream = io.StringIO()
+    buffer = quiet_buffer(stream)
+    access = AccessLog(buffer, "json")
+    stopped_clock(monkeypatch, WHEN)
+    access("POST", "/functions/v1/hello", 200, 2.3456, "hello", EXEC_ID)
+    access("GET", "/functions/v1/missing", 404, 0.04, None, EXEC_ID)
+    stopped_clock(monkeypatch, WHEN + 61.5)
+    buffer.flush()
+    assert stream.getvalue() == (
+        '{"time": "2023-11-14T22:13:20.123Z", "level": "info", "logger": "edgeruntime.access", '
+        f'"function": "hello", "execution_id": "{EXEC_ID}", "message": "POST /functions/v1/hello 200 2.3ms", '
+        '"method": "POST", "path": "/functions/v1/hello", "status": 200, "duration_ms": 2.346}\n'
+        '{"time": "2023-11-14T22:13:20.123Z", "level": "info", "logger": "edgeruntime.access", '
+        f'"function": null, "execution_id": "{EXEC_ID}", "message": "GET /functions/v1/missing 404 0.0ms", '
+        '"method": "GET", "path": "/functions/v1/missing", "status": 404, "duration_ms": 0.04}\n'
+    )
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_access_lines_keep_their_place_among_log_records(log_format: str) -> None:
+    stream = io.StringIO()
+    buffer = quiet_buffer(stream)
+    handler = BufferedHandler(buffer)
+    handler.setFormatter(JSONFormatter() if log_format == "json" else TextFormatter())
+    logger = logging.getLogger("tests.test_logs.order")
+    logger.addHandler(handler)
+    logger.propagate = False
+    access = AccessLog(buffer, log_format)
+    try:
+        logger.warning("first")
+        access("GET", "/functions/v1/a", 200, 1.0, "a", EXEC_ID)
+        access("GET", "/functions/v1/b", 200, 1.0, "b", EXEC_ID)
+        logger.warning("between")
+        access("GET", "/functions/v1/c", 500, 1.0, "c", EXEC_ID)
+        logger.warning("last")
+    finally:
+        logger.removeHandler(handler)
+    buffer.flush()
+    lines = stream.getvalue().splitlines()
+    if log_format == "json":
+        assert [json.loads(line)["message"] for line in lines] == [
+            "first",
+            "GET /functions/v1/a 200 1.0ms",
+            "GET /functions/v1/b 200 1.0ms",
+            "between",
+            "GET /functions/v1/c 500 1.0ms",
+            "last",
+        ]
+    else:
+        assert [line.split(" ", 1)[1] for line in lines] == [
+            "WARNING first",
+            f"INFO    [a] {EXEC_ID} GET /functions/v1/a 200 1.0ms",
+            f"INFO    [b] {EXEC_ID} GET /functions/v1/b 200 1.0ms",
+            "WARNING between",
+            f"INFO    [c] {EXEC_ID} GET /functions/v1/c 500 1.0ms",
+            "WARNING last",
+        ]
+
+
+def test_the_writer_thread_writes_access_lines_on_its_own() -> None:
+    stream = io.StringIO()
+    access = AccessLog(LogBuffer(stream, interval=0.01), "text")
+    access("GET", "/functions/v1/hello", 200, 1.25, "hello", EXEC_ID)
+    deadline = time.monotonic() + 10
+    while not stream.getvalue() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert stream.getvalue().endswith(f" INFO    [hello] {EXEC_ID} GET /functions/v1/hello 200 1.2ms\n")
+
+
+def test_lines_still_buffered_at_exit_are_written() -> None:
+    script = textwrap.dedent(
+        f"""
+        import logging, sys, time
+        from edgeruntime.logs import AccessLog, BufferedHandler, LogBuffer, TextFormatter
+
+        time.time = lambda: {WHEN!r}
+        time.time_ns = lambda: {int(WHEN * 1e9)!r}  # what LogRecord reads from Python 3.13
+        buffer = LogBuffer(sys.stdout, interval=3600)
+        handler = BufferedHandler(buffer)
+        handler.setFormatter(TextFormatter())
+        logger = logging.getLogger("exit")
+        logger.addHandler(handler)
+        logger.warning("before the request")
+        AccessLog(buffer, "text")("GET", "/functions/v1/hello", 200, 1.0, "hello", {EXEC_ID!r})
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "TZ": INDIA},
+        check=True,
+    )
+    assert result.stdout == (
+        "03:43:20.123 WARNING before the request\n"
+        f"03:43:20.123 INFO    [hello] {EXEC_ID} GET /functions/v1/hello 200 1.0ms\n"
+    )
