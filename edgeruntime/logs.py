@@ -171,7 +171,10 @@ class LogBuffer:
             lines = self._lines
             taken = [lines.popleft() for _ in range(len(lines))]
             if taken:
-                text = "\n".join([line if isinstance(line, str) else line[0](line) for line in taken])
+                try:
+                    text = "\n".join([line if isinstance(line, str) else line[0](line) for line in taken])
+                except Exception:  # a line that cannot be formatted must not end the writer thread
+                    text = "\n".join(_format_or_say_why(line) for line in taken)
                 try:
                     self.stream.write(text + "\n")
                     self.stream.flush()
@@ -183,6 +186,16 @@ class LogBuffer:
             self._wake.wait()
             time.sleep(self.interval)
             self.flush()
+
+
+def _format_or_say_why(line: str | tuple[Any, ...]) -> str:
+    if isinstance(line, str):
+        return line
+    try:
+        text: str = line[0](line)
+    except Exception as exc:
+        return f"(a log line could not be formatted: {exc!r}: {line[1:]!r})"
+    return text
 
 
 class BufferedHandler(logging.Handler):

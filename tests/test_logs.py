@@ -153,3 +153,21 @@ def test_lines_still_buffered_at_exit_are_written() -> None:
         "03:43:20.123 WARNING before the request\n"
         f"03:43:20.123 INFO    [hello] {EXEC_ID} GET /functions/v1/hello 200 1.0ms\n"
     )
+
+
+def test_a_line_that_cannot_be_formatted_is_reported_and_the_rest_are_written() -> None:
+    def broken(line: tuple[object, ...]) -> str:
+        raise ValueError("bad value")
+
+    stream = io.StringIO()
+    buffer = quiet_buffer(stream)
+    buffer.write("before")
+    buffer.write((broken, "payload"))
+    buffer.write("after")
+    buffer.flush()
+    lines = stream.getvalue().splitlines()
+    assert lines[0] == "before" and lines[2] == "after"
+    assert "could not be formatted" in lines[1] and "bad value" in lines[1] and "payload" in lines[1]
+    buffer.write("later")
+    buffer.flush()
+    assert stream.getvalue().splitlines()[-1] == "later"
