@@ -234,3 +234,6 @@ class RequestBudget:
     def close(self) -> None:
         """The request and all its background work ended."""
         self._timer.cancel()
+        # Its last steps are charged at the next loop iteration (see metering): they must not
+        # fail a request that has ended.
+        self.meter.next_check_ms = float("inf")

@@ -21,6 +21,7 @@ from edgeruntime.context import ExecutionContext
 from edgeruntime.discovery import FunctionSpec
 from edgeruntime.exceptions import FunctionError, IdleTimeout
 from edgeruntime.lifecycle import ShutdownReason, WorkerLifecycle
+from edgeruntime.metering import settle
 from edgeruntime.request_limits import BodyLimit, IdleTimeouts
 from edgeruntime.settings import Settings
 from edgeruntime.types import Receive, Scope, Send
@@ -228,6 +229,7 @@ class FunctionSupervisor:
             cut = await worker.end(reason)
         finally:
             self.ending.discard(worker)
+        settle()  # the worker's last steps may not be charged yet
         logger.log(
             logging.INFO if reason in (ShutdownReason.EARLY_DROP, ShutdownReason.TERMINATION) else logging.WARNING,
             "worker shutdown: isolate: %s reason: %s (cpu_time_used %.0f ms, %d background task(s) cut)",

@@ -219,6 +219,22 @@ async def test_per_request_cpu_budget(functions_dir: Path, isolation: str) -> No
             assert await boot_of(client, burn_ms=120) == first
 
 
+async def test_per_request_cpu_charged_after_the_request_ended_does_not_fail_it(
+    functions_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    events = write_probe(functions_dir)
+    async with EdgeClient(
+        functions_dir,
+        policy="per_request",
+        environ=environ_for(events),
+        limits={"cpu_soft_limit_ms": 100, "cpu_hard_limit_ms": 200},
+    ) as client:
+        # Its only step is charged at the next turn of the event loop, after the request ended.
+        first = await boot_of(client, burn_once_ms=300)
+        assert await boot_of(client) == first
+    assert "CPU time hard limit reached" not in caplog.text
+
+
 async def test_limits_apply_per_function(functions_dir: Path) -> None:
     events = write_probe(functions_dir)
     (functions_dir.parent / "config.toml").write_text("[functions.probe]\nwall_clock_limit_sec = 1\n")

@@ -1,31 +1,80 @@
-"""Inline CPU metering (step by step, thread CPU time) and the event loop watchdog."""
+"""Inline CPU metering (steps timed, charged once per loop iteration) and the event loop watchdog."""
 
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from edgeruntime.metering import CpuMeter, LoopWatchdog, metered, run_metered
+from edgeruntime.metering import CpuMeter, LoopWatchdog, metered, run_metered, settle
 from edgeruntime.testing import EdgeClient
 from tests.helpers import write_function
 
 
+def spin(ms: float) -> None:
+    end = time.thread_time() + ms / 1000
+    while time.thread_time() < end:
+        pass
+
+
 async def busy(ms: float, steps: int) -> str:
     for _ in range(steps):
-        end = time.thread_time() + ms / 1000 / steps
-        while time.thread_time() < end:
-            pass
+        spin(ms / steps)
         await asyncio.sleep(0)
     return "done"
+
+
+async def blocked(ms: float, steps: int) -> None:
+    """Steps that hold the loop without using the CPU (a step the OS took the CPU from)."""
+    for _ in range(steps):
+        time.sleep(ms / 1000 / steps)  # noqa: ASYNC251 - off the CPU, on purpose
+        await asyncio.sleep(0)
 
 
 async def test_meter_counts_cpu_of_each_step() -> None:
     meter = CpuMeter("f")
     assert await metered(busy(60, 6), meter) == "done"
+    await asyncio.sleep(0)  # the steps of a loop iteration are charged at the next one
     assert 50 <= meter.used_ms < 1000
+
+
+async def test_time_off_the_cpu_within_a_step_is_not_charged() -> None:
+    meter = CpuMeter("f")
+    started = time.perf_counter()
+    await metered(blocked(200, 4), meter)
+    await asyncio.sleep(0)
+    assert time.perf_counter() - started >= 0.2
+    assert meter.used_ms < 50
+
+
+async def test_settle_charges_the_steps_of_this_iteration_at_once() -> None:
+    async def one_step() -> None:
+        spin(30)
+
+    meter = CpuMeter("f")
+    await metered(one_step(), meter)
+    assert meter.used_ms == 0  # not yet: at the next iteration of the loop
+    settle()
+    assert meter.used_ms >= 25
+    used = meter.used_ms
+    await asyncio.sleep(0)
+    assert meter.used_ms == used  # charged once
+
+
+def test_without_a_running_loop_each_step_is_charged_at_once() -> None:
+    meter = CpuMeter("f")
+    steps = run_metered(busy(40, 4), meter)
+    steps.send(None)
+    assert meter.used_ms >= 8
+    with pytest.raises(StopIteration):
+        while True:
+            steps.send(None)
+    assert meter.used_ms >= 35
 
 
 async def test_meter_does_not_count_waiting() -> None:
@@ -40,6 +89,71 @@ async def test_threshold_callback_fires_at_a_step_boundary() -> None:
     meter.next_check_ms = 20
     await metered(busy(60, 6), meter)
     assert seen and seen[0] >= 20
+
+
+async def test_a_crossed_threshold_acts_before_any_step_it_could_stop() -> None:
+    events: list[str] = []
+
+    def crossed(used_ms: float) -> None:
+        events.append("threshold")
+        meter.next_check_ms = float("inf")
+
+    meter = CpuMeter("f", on_threshold=crossed)
+    meter.next_check_ms = 10
+    woken = asyncio.get_running_loop().create_future()
+
+    async def waiter() -> None:
+        await woken
+        events.append("woken step")
+
+    async def crossing() -> None:
+        spin(20)
+        woken.set_result(None)
+        events.append("crossing step")
+        await asyncio.sleep(0)
+        events.append("next step")
+
+    waiting = asyncio.ensure_future(run_metered(waiter(), meter))
+    await asyncio.sleep(0.01)  # it waits; the crossing step is the first of its loop iteration
+    await metered(crossing(), meter)
+    await waiting
+    # Even the step the crossing step woke (another request of the same worker, say) comes after.
+    assert events == ["crossing step", "threshold", "woken step", "next step"]
+
+
+def test_each_thread_is_charged_its_own_cpu() -> None:
+    """Two event loops in two threads meter at once: one burns CPU, the other blocks."""
+    barrier = threading.Barrier(2)
+    used: dict[str, float] = {}
+    fired_in: dict[str, int] = {}
+
+    def run(name: str, work: Callable[[], Coroutine[Any, Any, object]]) -> None:
+        def crossed(used_ms: float) -> None:
+            fired_in[name] = threading.get_ident()
+            meter.next_check_ms = float("inf")
+
+        meter = CpuMeter(name, on_threshold=crossed)
+        meter.next_check_ms = 20
+
+        async def main() -> None:
+            barrier.wait()
+            await metered(work(), meter)
+            await asyncio.sleep(0)
+            used[name] = meter.used_ms
+
+        asyncio.run(main())
+
+    threads = {
+        "burns": threading.Thread(target=run, args=("burns", lambda: busy(100, 10))),
+        "blocks": threading.Thread(target=run, args=("blocks", lambda: blocked(100, 10))),
+    }
+    for thread in threads.values():
+        thread.start()
+    for thread in threads.values():
+        thread.join(timeout=30)
+    assert used["burns"] >= 70
+    assert used["blocks"] < 20
+    assert fired_in == {"burns": threads["burns"].ident}
 
 
 async def test_errors_and_cancellation_pass_through() -> None:
