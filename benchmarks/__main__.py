@@ -1,11 +1,11 @@
-"""`python -m benchmarks [peers|isolation|jobs|dashboard|metrics|history|path] [options]` (default: peers)."""
+"""`python -m benchmarks [peers|isolation|jobs|dashboard|metrics|history|path|parts] [options]` (default: peers)."""
 
 from __future__ import annotations
 
 import importlib
 import sys
 
-BENCHMARKS = ("peers", "isolation", "jobs", "dashboard", "metrics", "history", "path")
+BENCHMARKS = ("peers", "isolation", "jobs", "dashboard", "metrics", "history", "path", "parts")
 
 
 def main() -> int:
