@@ -39,31 +39,28 @@ def quiet_buffer(stream: io.StringIO) -> LogBuffer:
     return LogBuffer(stream, interval=3600)
 
 
-def test_text_access_lines_carry_the_time_of_the_request(india: None, monkeypatch: pytest.MonkeyPatch) -> None:
+def written_access_lines(log_format: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Two access lines, one with a function and one without, queued at WHEN and written a minute later."""
     stream = io.StringIO()
     buffer = quiet_buffer(stream)
-    access = AccessLog(buffer, "text")
+    access = AccessLog(buffer, log_format)
     stopped_clock(monkeypatch, WHEN)
     access("POST", "/functions/v1/hello", 200, 2.3456, "hello", EXEC_ID)
     access("GET", "/functions/v1/missing", 404, 0.04, None, EXEC_ID)
     stopped_clock(monkeypatch, WHEN + 61.5)  # the buffer is written later
     buffer.flush()
-    assert stream.getvalue() == (
+    return stream.getvalue()
+
+
+def test_text_access_lines_carry_the_time_of_the_request(india: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert written_access_lines("text", monkeypatch) == (
         f"03:43:20.123 INFO    [hello] {EXEC_ID} POST /functions/v1/hello 200 2.3ms\n"
         f"03:43:20.123 INFO    {EXEC_ID} GET /functions/v1/missing 404 0.0ms\n"
     )
 
 
 def test_json_access_lines(india: None, monkeypatch: pytest.MonkeyPatch) -> None:
-    stream = io.StringIO()
-    buffer = quiet_buffer(stream)
-    access = AccessLog(buffer, "json")
-    stopped_clock(monkeypatch, WHEN)
-    access("POST", "/functions/v1/hello", 200, 2.3456, "hello", EXEC_ID)
-    access("GET", "/functions/v1/missing", 404, 0.04, None, EXEC_ID)
-    stopped_clock(monkeypatch, WHEN + 61.5)
-    buffer.flush()
-    assert stream.getvalue() == (
+    assert written_access_lines("json", monkeypatch) == (
         '{"time": "2023-11-14T22:13:20.123Z", "level": "info", "logger": "edgeruntime.access", '
         f'"function": "hello", "execution_id": "{EXEC_ID}", "message": "POST /functions/v1/hello 200 2.3ms", '
         '"method": "POST", "path": "/functions/v1/hello", "status": 200, "duration_ms": 2.346}\n'
