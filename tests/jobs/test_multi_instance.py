@@ -124,13 +124,13 @@ serve(slow)
 """,
     )
 
-    async def enqueue(n: int) -> list[int]:
+    async def enqueue(n: int, run_at: float) -> list[int]:
         store = open_store(store_url)
         await store.migrate()
         try:
             now = time.time()
             return [
-                await store.enqueue("record", "{}", run_at=now, max_attempts=4, idempotency_key=None, now=now)
+                await store.enqueue("record", "{}", run_at=run_at, max_attempts=4, idempotency_key=None, now=now)
                 for _ in range(n)
             ]
         finally:
@@ -150,16 +150,26 @@ serve(slow)
         finally:
             await store.close()
 
-    ids = asyncio.run(enqueue(1000))
     with ExitStack() as stack:
         servers = _start(project, store_url, log, 3, stack)
-        deadline = time.monotonic() + 60
-        while len(_lines(log)) < 250 and time.monotonic() < deadline:
-            time.sleep(0.02)
         victim = servers[0]
+        victim_pid = str(victim.proc.pid)
+        # Enqueued once every instance is up and due together, so all three share the work: an
+        # instance ready seconds before the others (a loaded machine) could otherwise drain the queue
+        # before the kill, leaving the victim nothing in flight.
+        enqueued = time.monotonic()
+        ids = asyncio.run(enqueue(1000, run_at=time.time() + 2.0))
+        enqueue_sec = time.monotonic() - enqueued
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            lines = _lines(log)
+            if len(lines) >= 250 and any(line[2] == victim_pid for line in lines):
+                break
+            time.sleep(0.02)
         victim.proc.kill()  # SIGKILL: no shutdown, its leased jobs are abandoned
         victim.proc.wait(10)
         killed_at = len(_lines(log))
+        done: dict[str, int] = {}
         while time.monotonic() < deadline:
             done = asyncio.run(counts())
             if done.get("succeeded", 0) == 1000:
@@ -171,12 +181,12 @@ serve(slow)
     again = asyncio.run(reclaimed())
     delivered = collections.Counter(int(line[0]) for line in lines)
     duplicates = sum(n - 1 for n in delivered.values())
-    victim_pid = str(victim.proc.pid)
     by_victim = {int(line[0]) for line in lines if line[2] == victim_pid}
     victim_duplicates = sum(n - 1 for job, n in delivered.items() if job in by_victim)
     with capsys.disabled():
         print(
-            f"\n[queue x3 {store_url.split(':')[0]}] killed pid {victim_pid} after {killed_at} deliveries; "
+            f"\n[queue x3 {store_url.split(':')[0]}] enqueued in {enqueue_sec:.2f} s; "
+            f"killed pid {victim_pid} after {killed_at} deliveries; "
             f"{len(lines)} deliveries for {len(delivered)} jobs, {duplicates} duplicate(s) "
             f"({victim_duplicates} of jobs the killed instance had started), "
             f"{again} re-claimed after the lease expired; final {done}"
