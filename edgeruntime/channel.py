@@ -65,10 +65,10 @@ class Channel(asyncio.Protocol):
         if offset:
             del buffer[:offset]
 
-    def send(self, frame: Frame, flush: bool = False) -> None:
-        """Queue `frame`; it is written at the end of this turn of the event loop, or now if `flush`.
+    def send(self, frame: Frame) -> None:
+        """Queue `frame`, written at the end of this turn of the event loop (at once past FLUSH_BYTES).
 
-        `flush` is for the last frame of a message (the other end is waiting for it).
+        The frames queued in one turn go out in one write: the other end wakes once for all of them.
         """
         if self.closed:
             return
@@ -76,7 +76,7 @@ class Channel(asyncio.Protocol):
         self._out.append(len(data).to_bytes(_HEADER, "big"))
         self._out.append(data)
         self._out_bytes += len(data)
-        if flush or self._out_bytes >= FLUSH_BYTES:
+        if self._out_bytes >= FLUSH_BYTES:
             self._flush()
         elif not self._flush_scheduled:
             self._flush_scheduled = True

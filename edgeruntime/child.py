@@ -204,7 +204,7 @@ class WorkerProcess:
             outcome = ("error", f"{type(exc).__name__}: {exc}")
         finally:
             self.requests.pop(rid, None)
-            channel.send(("done", rid, outcome), flush=True)
+            channel.send(("done", rid, outcome))
 
 
 async def _run(fd: int) -> None:

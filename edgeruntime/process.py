@@ -363,7 +363,7 @@ class ProcessWorker:
                 first = await _read_whole_body(first, receive)
             slim = {key: scope[key] for key in _SCOPE_KEYS if key in scope}
             slim["headers"] = list(scope["headers"])
-            channel.send(("request", rid, slim, first, ctx.execution_id, ctx.trigger), flush=True)
+            channel.send(("request", rid, slim, first, ctx.execution_id, ctx.trigger))
             if first.get("more_body"):
                 pump = asyncio.get_running_loop().create_task(self._pump(rid, receive))
             while True:

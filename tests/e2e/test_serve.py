@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -321,3 +322,72 @@ def test_ctrl_c_to_the_process_group_shuts_process_workers_down_cleanly(hello_di
     output = log.read_text()
     assert "exited unexpectedly" not in output, output
     assert "Traceback" not in output, output
+
+
+def _read_responses(conn: socket.socket, count: int) -> list[tuple[bytes, bytes]]:
+    """Read `count` HTTP/1.1 responses (content-length or chunked) off `conn`: (status line, body)."""
+    data = b""
+    out: list[tuple[bytes, bytes]] = []
+    deadline = time.monotonic() + 20
+    while len(out) < count and time.monotonic() < deadline:
+        head, sep, rest = data.partition(b"\r\n\r\n")
+        complete = False
+        if sep:
+            lines = head.split(b"\r\n")
+            headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(b":") for line in lines[1:])}
+            if b"content-length" in headers:
+                size = int(headers[b"content-length"])
+                if len(rest) >= size:
+                    out.append((lines[0], rest[:size]))
+                    data, complete = rest[size:], True
+            elif rest.endswith(b"0\r\n\r\n") or b"\r\n0\r\n\r\n" in rest:
+                body, _, data = rest.partition(b"\r\n0\r\n\r\n")
+                chunks, pieces = body + b"\r\n", []
+                while chunks:
+                    size_line, _, chunks = chunks.partition(b"\r\n")
+                    size = int(size_line, 16)
+                    pieces.append(chunks[:size])
+                    chunks = chunks[size + 2 :]
+                out.append((lines[0], b"".join(pieces)))
+                complete = True
+        if not complete:
+            more = conn.recv(1 << 16)
+            if not more:
+                break
+            data += more
+    return out
+
+
+def test_uvicorn_batched_writes_keep_pipelined_streamed_and_closing_responses_whole(hello_dir: Path) -> None:
+    """Under uvicorn responses are written once per loop iteration (see docs/performance.md)."""
+    write_function(
+        hello_dir,
+        "stream",
+        """
+        from starlette.responses import StreamingResponse
+        from edgeruntime import serve
+
+        async def chunks():
+            for i in range(64):
+                yield bytes([65 + i % 26]) * 32768
+
+        @serve
+        async def handler(req):
+            return StreamingResponse(chunks(), media_type="application/octet-stream")
+    """,
+    )
+    with ServerProcess(hello_dir, "--no-watch", "--no-verify-jwt", "--server", "uvicorn") as server:
+        host = f"Host: 127.0.0.1:{server.port}\r\n"
+        with socket.create_connection(("127.0.0.1", server.port), timeout=20) as conn:
+            conn.sendall(b"".join(f"GET /functions/v1/hello/{i} HTTP/1.1\r\n{host}\r\n".encode() for i in range(3)))
+            replies = _read_responses(conn, 3)
+            assert [status for status, _ in replies] == [b"HTTP/1.1 200 OK"] * 3
+            assert [json.loads(body)["path"] for _, body in replies] == ["/hello/0", "/hello/1", "/hello/2"]
+            conn.sendall(f"GET /functions/v1/stream HTTP/1.1\r\n{host}\r\n".encode())
+            ((status, body),) = _read_responses(conn, 1)
+            assert status == b"HTTP/1.1 200 OK"
+            assert body == b"".join(bytes([65 + i % 26]) * 32768 for i in range(64))
+            conn.sendall(f"GET /functions/v1/hello/last HTTP/1.1\r\n{host}Connection: close\r\n\r\n".encode())
+            ((status, body),) = _read_responses(conn, 1)
+            assert (status, json.loads(body)["path"]) == (b"HTTP/1.1 200 OK", "/hello/last")
+            assert conn.recv(1) == b""  # closed after the whole response
