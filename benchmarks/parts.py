@@ -2,7 +2,8 @@
 
 Serves the benchmark functions with `edgeruntime serve` as it is, then with one part switched off
 at a time (run history, the dashboard's metrics, the access line, the CPU meter), then with all
-of them, the loop watchdog and the job loops off, and bare Starlette on the same server. The
+of them, the loop watchdog and the job loops off, and bare Starlette on the same server (as it
+is, and with the batched writes edgeruntime serves with under uvicorn). The
 server is pinned to core 0 and `wrk -t1 -c64` (required) to core 1, and the figure is the
 server's CPU per request, read from /proc (less noisy than requests per second on a shared
 machine); the variants take turns over the rounds and the medians are printed. Parts are switched
@@ -42,6 +43,10 @@ VARIANTS: dict[str, tuple[str, ...]] = {
         "jobs",
     ),
 }
+
+
+#: Bare Starlette on uvicorn with the batched writes `edgeruntime serve` uses (what they are worth to it).
+BARE_BATCHED = "bare Starlette, writes batched as by edgeruntime serve"
 
 
 def _switch_off(parts: set[str]) -> None:
@@ -84,6 +89,20 @@ def serve(argv: list[str]) -> int:
     return main(argv[1:])
 
 
+def serve_bare_batched(argv: list[str]) -> int:
+    """`python -m benchmarks.parts --bare-batched --port N`: bare Starlette, its writes batched."""
+    import uvicorn
+
+    from edgeruntime.server import _uvicorn_http
+
+    port = int(argv[argv.index("--port") + 1])
+    app = "benchmarks.apps.starlette_app:app"
+    uvicorn.run(
+        app, host="127.0.0.1", port=port, loop="uvloop", http=_uvicorn_http(), access_log=False, log_level="warning"
+    )
+    return 0
+
+
 def _cpu_seconds(pid: int) -> float:
     fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -118,9 +137,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.server == "uvicorn":
         bare = [sys.executable, "-m", "uvicorn", "benchmarks.apps.starlette_app:app", "--loop", "uvloop"]
         bare += ["--http", "httptools", "--no-access-log", "--log-level", "warning", "--host", "127.0.0.1"]
+        bare_batched = [sys.executable, "-m", "benchmarks.parts", "--bare-batched"]
     else:
         print("bare Starlette is measured under uvicorn only (hypercorn serves it from a child process)")
-        bare = []
+        bare = bare_batched = []
     runs: dict[str, list[float]] = {}
     for number in range(1, args.rounds + 1):
         for label, parts in VARIANTS.items():
@@ -132,6 +152,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if bare:
             print(f"  round {number}: bare Starlette ...", file=sys.stderr, flush=True)
             runs.setdefault("bare Starlette", []).append(measure(bare, "http://127.0.0.1:{port}/hello", args.duration))
+            print(f"  round {number}: bare Starlette, writes batched ...", file=sys.stderr, flush=True)
+            runs.setdefault(BARE_BATCHED, []).append(
+                measure(bare_batched, "http://127.0.0.1:{port}/hello", args.duration)
+            )
         time.sleep(0.5)
     default = statistics.median(runs["everything on (the default)"])
     print(f"# GET hello on {args.server}, µs of server CPU per request, median of {args.rounds} rounds")
@@ -147,4 +171,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--serve":
         sys.exit(serve(sys.argv[2:]))
+    if len(sys.argv) > 1 and sys.argv[1] == "--bare-batched":
+        sys.exit(serve_bare_batched(sys.argv[2:]))
     sys.exit(main())
