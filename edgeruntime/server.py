@@ -236,11 +236,11 @@ class BatchedTransport:
 
     Under load one iteration serves many requests. Written one by one, each response reaches
     its client (or proxy) as it is made, and the client wakes up once per response: on a
-    virtual machine waking the other CPU is several microseconds of the server's own time, as
-    much again as the response cost. Written together at the end of the iteration (each
-    connection's status line, headers and body in one system call), most responses find their
-    reader awake. Large bodies are written at once, so the transport's flow control still holds
-    back a fast writer; everything else is the wrapped transport's.
+    virtual machine waking the other CPU costs the server several microseconds per response, a
+    fifth of what uvicorn and Starlette spend on a small one. Written together at the end of the
+    iteration (each connection's status line, headers and body in one system call), most
+    responses find their reader awake. Large bodies are written at once, so the transport's flow
+    control still holds back a fast writer; everything else is the wrapped transport's.
     """
 
     __slots__ = ("_batch", "_chunks", "_loop", "_size", "_transport")
