@@ -14,6 +14,8 @@ import pickle
 from collections.abc import Callable
 from typing import Any, cast
 
+from edgeruntime.transport import BatchedTransport, WriteBatch
+
 __all__ = ["Channel", "Frame"]
 
 logger = logging.getLogger("edgeruntime")
@@ -30,17 +32,14 @@ class Channel(asyncio.Protocol):
     def __init__(self, on_frame: Callable[[Frame], None], on_close: Callable[[], None]) -> None:
         self.on_frame = on_frame
         self.on_close = on_close
-        self.transport: asyncio.WriteTransport | None = None
+        self.transport: BatchedTransport | None = None
         self.closed = False
         self._buffer = bytearray()
-        self._out: list[bytes] = []
-        self._out_bytes = 0
-        self._flush_scheduled = False
         self._writable: asyncio.Future[None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # A stream transport (uvloop's do not subclass asyncio.WriteTransport, so no isinstance check).
-        self.transport = cast(asyncio.WriteTransport, transport)
+        self.transport = BatchedTransport(cast(asyncio.WriteTransport, transport), WriteBatch(), FLUSH_BYTES)
 
     def data_received(self, data: bytes) -> None:
         buffer = self._buffer
@@ -70,24 +69,11 @@ class Channel(asyncio.Protocol):
 
         The frames queued in one turn go out in one write: the other end wakes once for all of them.
         """
-        if self.closed:
+        if self.closed or self.transport is None:
             return
         data = pickle.dumps(frame, protocol=pickle.HIGHEST_PROTOCOL)
-        self._out.append(len(data).to_bytes(_HEADER, "big"))
-        self._out.append(data)
-        self._out_bytes += len(data)
-        if self._out_bytes >= FLUSH_BYTES:
-            self._flush()
-        elif not self._flush_scheduled:
-            self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
-
-    def _flush(self) -> None:
-        self._flush_scheduled = False
-        if self._out and self.transport is not None and not self.transport.is_closing():
-            self.transport.write(b"".join(self._out))
-        self._out.clear()
-        self._out_bytes = 0
+        self.transport.write(len(data).to_bytes(_HEADER, "big"))
+        self.transport.write(data)
 
     async def drain(self) -> None:
         """Wait while the other end is not reading (back-pressure for streamed bodies)."""
@@ -106,18 +92,15 @@ class Channel(asyncio.Protocol):
 
     def pause_reading(self) -> None:
         if self.transport is not None and not self.transport.is_closing():
-            assert isinstance(self.transport, asyncio.ReadTransport)
             self.transport.pause_reading()
 
     def resume_reading(self) -> None:
         if self.transport is not None and not self.transport.is_closing():
-            assert isinstance(self.transport, asyncio.ReadTransport)
             self.transport.resume_reading()
 
     def close(self) -> None:
         if self.transport is not None and not self.transport.is_closing():
-            self._flush()
-            self.transport.close()
+            self.transport.close()  # what is queued is written first
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True

@@ -12,11 +12,12 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any
 
 from edgeruntime.exceptions import UsageError
 from edgeruntime.settings import Settings
+from edgeruntime.transport import BatchedTransport, WriteBatch
 from edgeruntime.types import ASGIApp
 
 __all__ = ["check_port", "run_server"]
@@ -202,110 +203,9 @@ def _uvicorn_http() -> type[asyncio.Protocol]:
 
     class BatchedWritesProtocol(AutoHTTPProtocol):  # type: ignore[misc, valid-type]
         def connection_made(self, transport: asyncio.Transport) -> None:
-            super().connection_made(BatchedTransport(transport, batch, self.loop))
+            super().connection_made(BatchedTransport(transport, batch))
 
     return BatchedWritesProtocol
-
-
-#: Buffered bytes at which a connection's writes go out at once (keeps the transport's flow control).
-WRITE_THROUGH_BYTES = 64 * 1024
-
-
-class WriteBatch:
-    """The connections with buffered writes, flushed together once per event-loop iteration."""
-
-    def __init__(self) -> None:
-        self.pending: list[BatchedTransport] = []
-
-    def add(self, transport: BatchedTransport, loop: asyncio.AbstractEventLoop) -> None:
-        if not self.pending:
-            loop.call_soon(self.flush)
-        self.pending.append(transport)
-
-    def flush(self) -> None:
-        pending, self.pending = self.pending, []
-        for transport in pending:
-            try:
-                transport.flush()
-            except Exception:  # one broken connection must not hold back the others' responses
-                logger.exception("writing to a connection failed")
-
-
-class BatchedTransport:
-    """A transport whose writes are buffered until the end of the event loop's iteration.
-
-    Under load one iteration serves many requests. Written one by one, each response reaches
-    its client (or proxy) as it is made, and the client wakes up once per response: on a
-    virtual machine waking the other CPU costs the server several microseconds per response, a
-    fifth of what uvicorn and Starlette spend on a small one. Written together at the end of the
-    iteration (each connection's status line, headers and body in one system call), most
-    responses find their reader awake. Large bodies are written at once, so the transport's flow
-    control still holds back a fast writer; everything else is the wrapped transport's.
-    """
-
-    __slots__ = ("_batch", "_chunks", "_loop", "_size", "_transport")
-
-    def __init__(self, transport: asyncio.Transport, batch: WriteBatch, loop: asyncio.AbstractEventLoop) -> None:
-        self._transport = transport
-        self._batch = batch
-        self._loop = loop
-        self._chunks: list[bytes] = []
-        self._size = 0
-
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        if not data:
-            return
-        if not self._chunks:
-            self._batch.add(self, self._loop)
-        self._chunks.append(bytes(data) if type(data) is not bytes else data)
-        self._size += len(data)
-        if self._size >= WRITE_THROUGH_BYTES:
-            self.flush()
-
-    def writelines(self, lines: Iterable[bytes | bytearray | memoryview]) -> None:
-        for data in lines:
-            self.write(data)
-
-    def flush(self) -> None:
-        """Write what is buffered now (dropped if the connection is closing)."""
-        chunks = self._chunks
-        if not chunks:
-            return
-        self._chunks = []
-        self._size = 0
-        if not self._transport.is_closing():
-            self._transport.write(chunks[0] if len(chunks) == 1 else b"".join(chunks))
-
-    def close(self) -> None:
-        self.flush()
-        self._transport.close()
-
-    def abort(self) -> None:
-        self._chunks = []
-        self._size = 0
-        self._transport.abort()
-
-    def write_eof(self) -> None:
-        self.flush()
-        self._transport.write_eof()
-
-    def get_write_buffer_size(self) -> int:
-        return self._transport.get_write_buffer_size() + self._size
-
-    def is_closing(self) -> bool:
-        return self._transport.is_closing()
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return self._transport.get_extra_info(name, default)
-
-    def pause_reading(self) -> None:
-        self._transport.pause_reading()
-
-    def resume_reading(self) -> None:
-        self._transport.resume_reading()
-
-    def __getattr__(self, name: str) -> Any:  # the rest of asyncio.Transport, as it is
-        return getattr(self._transport, name)
 
 
 def run_server(

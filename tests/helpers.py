@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
@@ -137,3 +138,30 @@ def run_cli(
         timeout=timeout,
         env={**os.environ, **(env or {})},
     )
+
+
+class RecordingTransport(asyncio.Transport):
+    """Records what reaches the socket."""
+
+    def __init__(self, fail: bool = False) -> None:
+        super().__init__()
+        self.writes: list[bytes] = []
+        self.closed = False
+        self.fail = fail
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self.fail:
+            raise ConnectionResetError("gone")
+        self.writes.append(bytes(data))
+
+    def close(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def get_write_buffer_size(self) -> int:
+        return 7
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return ("127.0.0.1", 8000) if name == "peername" else default
