@@ -90,16 +90,18 @@ def serve(argv: list[str]) -> int:
 
 
 def serve_bare_batched(argv: list[str]) -> int:
-    """`python -m benchmarks.parts --bare-batched --port N`: bare Starlette, its writes batched."""
+    """`python -m benchmarks.parts --bare-batched --port N`: bare Starlette on edgeruntime's serving loop."""
+    import asyncio
+
     import uvicorn
 
-    from edgeruntime.server import _uvicorn_http
+    from edgeruntime.server import _loop_factory
 
     port = int(argv[argv.index("--port") + 1])
     app = "benchmarks.apps.starlette_app:app"
-    uvicorn.run(
-        app, host="127.0.0.1", port=port, loop="uvloop", http=_uvicorn_http(), access_log=False, log_level="warning"
-    )
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, loop="none", access_log=False, log_level="warning")
+    with asyncio.Runner(loop_factory=_loop_factory("uvicorn")) as runner:
+        runner.run(uvicorn.Server(config).serve())
     return 0
 
 

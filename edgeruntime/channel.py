@@ -12,7 +12,7 @@ import asyncio
 import logging
 import pickle
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any
 
 from edgeruntime.transport import BatchedTransport, WriteBatch
 
@@ -38,8 +38,7 @@ class Channel(asyncio.Protocol):
         self._writable: asyncio.Future[None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # A stream transport (uvloop's do not subclass asyncio.WriteTransport, so no isinstance check).
-        self.transport = BatchedTransport(cast(asyncio.WriteTransport, transport), WriteBatch(), FLUSH_BYTES)
+        self.transport = BatchedTransport(transport, WriteBatch(), FLUSH_BYTES)
 
     def data_received(self, data: bytes) -> None:
         buffer = self._buffer

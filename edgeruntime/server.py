@@ -17,7 +17,7 @@ from typing import Any
 
 from edgeruntime.exceptions import UsageError
 from edgeruntime.settings import Settings
-from edgeruntime.transport import BatchedTransport, WriteBatch
+from edgeruntime.transport import batched_writes
 from edgeruntime.types import ASGIApp
 
 __all__ = ["check_port", "run_server"]
@@ -155,7 +155,6 @@ async def _serve_uvicorn(
         # rewrites it from X-Forwarded-For, in a middleware run on every request.)
         proxy_headers=False,
         ws=_uvicorn_websockets(),  # type: ignore[arg-type, unused-ignore]  # uvicorn only calls it, as it would a class
-        http=_uvicorn_http(),
     )
     config.load()  # imports the protocol modules now, so before_serving runs after every import
     instance = uvicorn.Server(config)
@@ -193,19 +192,6 @@ def _uvicorn_websockets() -> str | Callable[..., asyncio.Protocol]:
         return AutoWebSocketsProtocol(**kwargs)
 
     return websocket_protocol
-
-
-def _uvicorn_http() -> type[asyncio.Protocol]:
-    """uvicorn's `http="auto"` protocol, writing through a `BatchedTransport`."""
-    from uvicorn.protocols.http.auto import AutoHTTPProtocol
-
-    batch = WriteBatch()
-
-    class BatchedWritesProtocol(AutoHTTPProtocol):  # type: ignore[misc, valid-type]
-        def connection_made(self, transport: asyncio.Transport) -> None:
-            super().connection_made(BatchedTransport(transport, batch))
-
-    return BatchedWritesProtocol
 
 
 def run_server(
@@ -256,13 +242,26 @@ def run_server(
     return 0
 
 
-def _loop_factory(server: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """uvloop under uvicorn when it is installed (as uvicorn itself would pick); asyncio otherwise."""
-    if server != "uvicorn":
-        return None
-    try:
-        import uvloop
-    except ImportError:
-        return None
-    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
-    return factory
+def _loop_factory(server: str) -> Callable[[], asyncio.AbstractEventLoop]:
+    """The event loop to serve on; the connections its TCP servers accept batch their writes.
+
+    uvloop under uvicorn when it is installed (as uvicorn itself would pick), asyncio's otherwise.
+    Both servers make their listening sockets with `loop.create_server`, so this is where every
+    accepted connection can be given a BatchedTransport (see `edgeruntime.transport`).
+    """
+    base: type[asyncio.AbstractEventLoop] = asyncio.SelectorEventLoop
+    if server == "uvicorn":
+        try:
+            import uvloop
+        except ImportError:
+            pass
+        else:
+            base = uvloop.Loop
+
+    class ServingLoop(base):  # type: ignore[misc, valid-type]
+        async def create_server(
+            self, protocol_factory: Callable[[], asyncio.BaseProtocol], *args: Any, **kwargs: Any
+        ) -> asyncio.AbstractServer:
+            return await super().create_server(batched_writes(protocol_factory), *args, **kwargs)  # type: ignore[no-any-return]
+
+    return ServingLoop

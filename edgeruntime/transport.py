@@ -1,16 +1,17 @@
 """Writes batched per iteration of the event loop: one system call per connection, one wake-up per reader.
 
-Used by the server under uvicorn (HTTP responses) and by the channel to worker processes (frames).
+Used by the server's event loop for every connection it accepts (see `batched_writes`) and by the
+channel to worker processes (frames).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, cast
 
-__all__ = ["WRITE_THROUGH_BYTES", "BatchedTransport", "WriteBatch"]
+__all__ = ["WRITE_THROUGH_BYTES", "BatchedTransport", "WriteBatch", "batched_writes"]
 
 logger = logging.getLogger("edgeruntime")
 
@@ -39,7 +40,7 @@ class WriteBatch:
                 logger.exception("writing to a connection failed")
 
 
-class BatchedTransport:
+class BatchedTransport(asyncio.Transport):
     """A transport whose writes are buffered until the end of the event loop's iteration.
 
     Under load one iteration serves many requests. Written one by one, each response reaches
@@ -54,9 +55,11 @@ class BatchedTransport:
     __slots__ = ("_batch", "_chunks", "_size", "_transport", "write_through")
 
     def __init__(
-        self, transport: asyncio.WriteTransport, batch: WriteBatch, write_through: int = WRITE_THROUGH_BYTES
+        self, transport: asyncio.BaseTransport, batch: WriteBatch, write_through: int = WRITE_THROUGH_BYTES
     ) -> None:
-        self._transport = transport
+        super().__init__()
+        # A stream transport (uvloop's do not subclass asyncio.Transport, so no isinstance check).
+        self._transport = cast(asyncio.Transport, transport)
         self._batch = batch
         #: Buffered bytes at which the writes go out at once.
         self.write_through = write_through
@@ -109,11 +112,52 @@ class BatchedTransport:
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         return self._transport.get_extra_info(name, default)
 
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        self._transport.set_protocol(protocol)
+
+    def get_protocol(self) -> asyncio.BaseProtocol:
+        return self._transport.get_protocol()
+
+    def can_write_eof(self) -> bool:
+        return self._transport.can_write_eof()
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        self._transport.set_write_buffer_limits(high, low)
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        return self._transport.get_write_buffer_limits()
+
+    def is_reading(self) -> bool:
+        return self._transport.is_reading()
+
     def pause_reading(self) -> None:
-        self._transport.pause_reading()  # type: ignore[attr-defined]  # a stream transport reads too
+        self._transport.pause_reading()
 
     def resume_reading(self) -> None:
-        self._transport.resume_reading()  # type: ignore[attr-defined]
+        self._transport.resume_reading()
 
-    def __getattr__(self, name: str) -> Any:  # the rest of asyncio.Transport, as it is
-        return getattr(self._transport, name)
+
+def batched_writes(protocol_factory: Callable[[], asyncio.BaseProtocol]) -> Callable[[], asyncio.BaseProtocol]:
+    """`protocol_factory` for `loop.create_server`, its connections writing through BatchedTransport.
+
+    The connections of one server share one WriteBatch. Once connected, the transport talks to
+    the server's own protocol directly: nothing is added on the read path.
+    """
+    batch = WriteBatch()
+
+    def factory() -> asyncio.BaseProtocol:
+        return _Connecting(protocol_factory(), batch)
+
+    return factory
+
+
+class _Connecting(asyncio.Protocol):
+    """Hands the server's protocol a BatchedTransport, then steps out of the way."""
+
+    def __init__(self, protocol: asyncio.BaseProtocol, batch: WriteBatch) -> None:
+        self.protocol = protocol
+        self.batch = batch
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.set_protocol(self.protocol)
+        self.protocol.connection_made(BatchedTransport(transport, self.batch))

@@ -11,8 +11,6 @@ import pytest
 from edgeruntime import server
 from edgeruntime.exceptions import UsageError
 from edgeruntime.transport import BatchedTransport
-from edgeruntime.types import Receive, Scope, Send
-from tests.helpers import RecordingTransport
 
 
 @pytest.fixture
@@ -92,28 +90,33 @@ def test_uvicorn_websockets_off_without_a_websocket_library(monkeypatch: pytest.
     assert server._uvicorn_websockets() == "none"  # what uvicorn's "auto" finds then
 
 
-async def test_uvicorn_connections_write_through_a_batched_transport() -> None:
-    import uvicorn
-    from uvicorn.server import ServerState
+@pytest.mark.parametrize("server_kind", ["hypercorn", "uvicorn"])
+def test_connections_accepted_on_the_serving_loop_write_through_a_batched_transport(server_kind: str) -> None:
+    accepted: list[asyncio.BaseTransport] = []
 
-    async def app(scope: Scope, receive: Receive, send: Send) -> None:
-        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
-        await send({"type": "http.response.body", "body": b"ok"})
+    class Echo(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            accepted.append(transport)
 
-    config = uvicorn.Config(app, lifespan="off", http=server._uvicorn_http())
-    config.load()
-    protocol = config.http_protocol_class(  # type: ignore[call-arg]
-        config=config, server_state=ServerState(), app_state={}, _loop=asyncio.get_running_loop()
-    )
-    raw = RecordingTransport()
-    protocol.connection_made(raw)
-    transport = protocol.transport  # type: ignore[attr-defined]
-    assert isinstance(transport, BatchedTransport)
-    protocol.data_received(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-    for _ in range(100):
-        if raw.writes:
-            break
-        await asyncio.sleep(0.01)
-    (response,) = raw.writes  # status line, headers and body in one write
-    assert response.startswith(b"HTTP/1.1 200 OK\r\n") and response.endswith(b"\r\n\r\nok")
-    protocol.connection_lost(None)
+        def data_received(self, data: bytes) -> None:  # called by the socket's transport itself
+            transport = accepted[0]
+            assert isinstance(transport, asyncio.WriteTransport)
+            transport.write(b"echo:")
+            transport.write(data)
+
+    async def exchange() -> bytes:
+        listening = await asyncio.get_running_loop().create_server(Echo, "127.0.0.1", 0)
+        port = listening.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"hi")
+        reply = await asyncio.wait_for(reader.readexactly(7), 10)
+        (transport,) = accepted
+        assert isinstance(transport, BatchedTransport)
+        assert isinstance(transport.get_protocol(), Echo)  # the socket talks to it directly
+        writer.close()
+        listening.close()
+        await listening.wait_closed()
+        return reply
+
+    with asyncio.Runner(loop_factory=server._loop_factory(server_kind)) as runner:
+        assert runner.run(exchange()) == b"echo:hi"
