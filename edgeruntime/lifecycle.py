@@ -3,7 +3,9 @@
 ``per_worker`` (the edge runtime's default, :class:`WorkerLifecycle`): one worker per function
 serves concurrent requests. At half the wall clock, at the CPU soft limit or at half the memory
 limit it retires (new requests go to a fresh worker); at the full wall clock, the CPU hard limit or
-the memory limit it is ended. ``beforeunload`` fires once at 90 % of each limit.
+the memory limit it is ended. ``beforeunload`` fires once at 90 % of each limit. At 80 % of what retires it,
+a worker can have its successor prepared (process isolation boots the next worker process then,
+so the hand-over does not wait for a boot).
 
 ``per_request`` (:class:`RequestBudget`): every request has its own wall-clock and CPU budget,
 counted from its arrival and covering the background work it registered.
@@ -25,7 +27,7 @@ from edgeruntime.metering import CpuMeter
 if TYPE_CHECKING:
     from edgeruntime.context import ExecutionContext
 
-__all__ = ["BEFOREUNLOAD_RATIO", "RequestBudget", "ShutdownReason", "WorkerLifecycle"]
+__all__ = ["BEFOREUNLOAD_RATIO", "PREPARE_RATIO", "RequestBudget", "ShutdownReason", "WorkerLifecycle"]
 
 logger = logging.getLogger("edgeruntime")
 
@@ -33,6 +35,9 @@ logger = logging.getLogger("edgeruntime")
 BEFOREUNLOAD_RATIO = 0.9
 #: A worker using this share of its memory limit retires (a "resource alert").
 MEMORY_ALERT_RATIO = 0.5
+#: At this share of what retires a worker (half the wall clock, the CPU soft limit, the memory
+#: alert), its successor is prepared.
+PREPARE_RATIO = 0.8
 
 
 class ShutdownReason(enum.StrEnum):
@@ -59,9 +64,10 @@ BEFOREUNLOAD_REASON = {
 class WorkerLifecycle:
     """The ``per_worker`` limits of one worker: timers and thresholds that retire or end it.
 
-    The supervisor passes three callbacks: `retire()`, `end(reason)` and `beforeunload(reason)`;
-    each is called at most once per reason. Under ``per_request`` only the memory limit is
-    watched here (the other limits are per request, see :class:`RequestBudget`).
+    The supervisor passes the callbacks `retire(reason)`, `end(reason)`, `beforeunload(reason)`
+    and, optionally, `prepare()` (the worker will retire soon); each is called at most once per
+    reason. Under ``per_request`` only the memory limit is watched here (the other limits are per
+    request, see :class:`RequestBudget`).
     """
 
     def __init__(
@@ -75,6 +81,7 @@ class WorkerLifecycle:
         end: Callable[[ShutdownReason], None],
         beforeunload: Callable[[str], None],
         in_flight: Callable[[], int],
+        prepare: Callable[[], None] | None = None,
     ) -> None:
         self.function = function
         self.worker_id = worker_id
@@ -84,6 +91,7 @@ class WorkerLifecycle:
         self._end = end
         self._beforeunload = beforeunload
         self._in_flight = in_flight
+        self._prepare = prepare
         self._timers: list[asyncio.TimerHandle] = []
         self._fired: set[str] = set()
         self.ended = False
@@ -104,6 +112,7 @@ class WorkerLifecycle:
         loop = asyncio.get_running_loop()
         wall = self.limits.wall_clock_limit_sec
         self._timers = [
+            loop.call_later(wall / 2 * PREPARE_RATIO, self._prepare_once),
             loop.call_later(wall / 2, self._wall_clock_warning),
             loop.call_later(wall * BEFOREUNLOAD_RATIO, self._notify, "wall_clock"),
             loop.call_later(wall, self._wall_clock_reached),
@@ -118,6 +127,10 @@ class WorkerLifecycle:
     def _notify(self, reason: str) -> None:
         if self._once(f"beforeunload:{reason}"):
             self._beforeunload(reason)
+
+    def _prepare_once(self) -> None:
+        if self._prepare is not None and self._once("prepare"):
+            self._prepare()
 
     def _retire_once(self, message: str, reason: str) -> None:
         if self._once(f"log:{message}"):
@@ -142,8 +155,8 @@ class WorkerLifecycle:
         """The CPU times (ms) at which :meth:`observe_cpu` acts."""
         if self.policy != "per_worker":
             return []
-        hard = self.limits.cpu_hard_limit_ms
-        return sorted({self.limits.cpu_soft_limit_ms, hard * BEFOREUNLOAD_RATIO, hard})
+        soft, hard = self.limits.cpu_soft_limit_ms, self.limits.cpu_hard_limit_ms
+        return sorted({soft * PREPARE_RATIO, soft, hard * BEFOREUNLOAD_RATIO, hard})
 
     def next_cpu_check(self, used_ms: float) -> float:
         """The next CPU time (ms) worth a call of :meth:`observe_cpu`."""
@@ -154,6 +167,8 @@ class WorkerLifecycle:
         if self.policy != "per_worker" or self.ended:
             return
         limits = self.limits
+        if used_ms >= limits.cpu_soft_limit_ms * PREPARE_RATIO:
+            self._prepare_once()
         if used_ms >= limits.cpu_soft_limit_ms:
             self._retire_once("CPU time soft limit reached", "cpu")
         if used_ms >= limits.cpu_hard_limit_ms:
@@ -171,7 +186,11 @@ class WorkerLifecycle:
             return
         if used_mb >= limit * BEFOREUNLOAD_RATIO:
             self._notify("memory")
-        if used_mb >= limit * MEMORY_ALERT_RATIO and self.policy == "per_worker":
+        if self.policy != "per_worker":
+            return
+        if used_mb >= limit * MEMORY_ALERT_RATIO * PREPARE_RATIO:
+            self._prepare_once()
+        if used_mb >= limit * MEMORY_ALERT_RATIO:
             self._retire_once("memory usage warning", "memory")
 
     def meter(self) -> CpuMeter:

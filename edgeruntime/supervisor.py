@@ -5,6 +5,10 @@ next request. A retired worker takes no new requests: they go to a fresh worker,
 retired one finishes its in-flight requests and background work and is then dropped (EarlyDrop).
 A worker that reaches a hard limit is ended: its in-flight requests get 546 and its background
 work is cut with the reason (see :mod:`edgeruntime.lifecycle`).
+
+Under process isolation a worker takes about 0.1 s to boot (a fresh interpreter importing the
+function), so the successor of a worker is booted when the worker nears retirement; the hand-over
+then does not wait for a boot.
 """
 
 from __future__ import annotations
@@ -69,6 +73,10 @@ class FunctionSupervisor:
         self.idle_timeouts = IdleTimeouts(self.limits.request_idle_timeout_sec)
         self._lifecycles: dict[Worker, WorkerLifecycle] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        #: The next worker, booting or booted, not yet serving (process isolation).
+        self._successor: asyncio.Task[Worker] | None = None
+        #: Successors no longer wanted (a reload), being ended.
+        self._unwanted: set[asyncio.Task[Worker]] = set()
 
     @property
     def name(self) -> str:
@@ -95,7 +103,8 @@ class FunctionSupervisor:
             )
         return InlineWorker(self.spec, self.settings.env, self.limits, self.background_observers, policy)
 
-    async def _boot(self) -> Worker:
+    async def _start(self) -> Worker:
+        """Boot a new worker (raises FunctionError); it serves once :meth:`_activate` is called."""
         worker = self._new_worker()
         self.boots += 1
         try:
@@ -111,6 +120,10 @@ class FunctionSupervisor:
             )
             raise
         self.boot_error = None
+        return worker
+
+    def _activate(self, worker: Worker) -> Worker:
+        """Start the limits of `worker` (its wall clock counts from now)."""
         lifecycle = WorkerLifecycle(
             self.name,
             worker.id,
@@ -120,6 +133,7 @@ class FunctionSupervisor:
             end=lambda reason: self._end(worker, reason),
             beforeunload=lambda reason: self._spawn(worker.beforeunload(reason)),
             in_flight=lambda: worker.in_flight,
+            prepare=self._prepare_successor if worker.kind == "process" else None,
         )
         self._lifecycles[worker] = lifecycle
         worker.watch(lifecycle)
@@ -142,8 +156,48 @@ class FunctionSupervisor:
                     lifecycle.stop()
             elif worker is not None:
                 self._retire(worker, "retired")
-            worker = self.worker = await self._boot()
+            worker = await self._take_successor() or await self._start()
+            self.worker = self._activate(worker)
             return worker
+
+    def _prepare_successor(self) -> None:
+        """Boot the worker that will take over from the active one, before it retires."""
+        if self._successor is None:
+            self._successor = asyncio.get_running_loop().create_task(
+                self._start(), name=f"edgeruntime-boot-{self.name}"
+            )
+            # A boot error is logged by _start and met again by the boot that replaces it.
+            self._successor.add_done_callback(lambda t: t.cancelled() or t.exception())
+
+    async def _take_successor(self) -> Worker | None:
+        """The prepared successor, once booted; None if there is none or it failed."""
+        successor = self._successor
+        if successor is None:
+            return None
+        try:
+            worker: Worker | None = await asyncio.shield(successor)  # a cancelled request leaves it to the next
+        except Exception:  # logged by _start; the boot that replaces it meets the error again
+            worker = None
+        self._successor = None
+        if worker is None or worker.status is not WorkerStatus.ACTIVE:  # it died while waiting
+            return None
+        return worker
+
+    def _drop_successor(self) -> None:
+        """The prepared successor is not wanted (the function's files changed): end it."""
+        successor, self._successor = self._successor, None
+        if successor is not None:
+            self._unwanted.add(successor)
+            self._spawn(self._end_unwanted(successor))
+
+    async def _end_unwanted(self, successor: asyncio.Task[Worker]) -> None:
+        try:
+            worker: Worker | None = await asyncio.shield(successor)
+        except Exception:  # it failed to boot: nothing to end
+            worker = None
+        if worker is not None:
+            await worker.end(ShutdownReason.TERMINATION)
+        self._unwanted.discard(successor)
 
     async def dispatch(self, scope: Scope, receive: Receive, send: Send, ctx: ExecutionContext) -> None:
         """Serve one request on the active worker, within the request's own limits.
@@ -243,6 +297,7 @@ class FunctionSupervisor:
 
     def reload(self) -> None:
         """Retire the active worker so the next request boots the function's files afresh."""
+        self._drop_successor()
         if self.worker is not None:
             self._retire(self.worker, "reload")
 
@@ -269,6 +324,9 @@ class FunctionSupervisor:
             )
         self.worker = None
         self.retired.clear()
+        self._drop_successor()
+        for successor in list(self._unwanted):  # not left to the tasks cancelled next: a process each
+            await self._end_unwanted(successor)
         for task in list(self._tasks):
             task.cancel()
         for worker in ending:  # their end may have been cancelled just now: ending twice is harmless

@@ -10,7 +10,8 @@ import httpx
 import pytest
 
 from edgeruntime.background import TaskOutcome
-from edgeruntime.lifecycle import ShutdownReason
+from edgeruntime.lifecycle import ShutdownReason, WorkerLifecycle
+from edgeruntime.limits import Limits
 from edgeruntime.testing import EdgeClient
 from tests.probes import environ_for, events_of, eventually, write_probe
 
@@ -283,3 +284,49 @@ async def test_real_server_hand_over_and_wall_clock(functions_dir: Path) -> None
     assert "wall clock duration warning: isolate:" in server.output
     assert "early termination has been triggered: isolate:" in server.output
     assert "in_flight_req_exists = true)" in server.output
+
+
+async def test_a_successor_is_prepared_at_80_percent_of_what_retires_the_worker() -> None:
+    calls: list[str] = []
+
+    def lifecycle(limits: Limits) -> WorkerLifecycle:
+        calls.clear()
+        return WorkerLifecycle(
+            "probe",
+            "w1",
+            limits,
+            "per_worker",
+            retire=lambda reason: calls.append(f"retire {reason}"),
+            end=lambda reason: calls.append(f"end {reason}"),
+            beforeunload=lambda reason: calls.append(f"beforeunload {reason}"),
+            in_flight=lambda: 0,
+            prepare=lambda: calls.append("prepare"),
+        )
+
+    limits = Limits(cpu_soft_limit_ms=100, cpu_hard_limit_ms=200, memory_limit_mb=100)
+    by_cpu = lifecycle(limits)
+    assert 80 in by_cpu.cpu_thresholds()
+    by_cpu.observe_cpu(79)
+    assert calls == []
+    by_cpu.observe_cpu(80)
+    by_cpu.observe_cpu(90)
+    assert calls == ["prepare"]
+    by_cpu.observe_cpu(100)
+    assert calls == ["prepare", "retire cpu"]
+
+    by_memory = lifecycle(limits)  # the memory alert retires at 50 MB (half the limit)
+    by_memory.observe_memory(39)
+    assert calls == []
+    by_memory.observe_memory(40)
+    by_memory.observe_memory(50)
+    assert calls == ["prepare", "retire memory"]
+
+    by_wall_clock = lifecycle(Limits(wall_clock_limit_sec=1.0))
+    by_wall_clock.start()
+    try:
+        await eventually(lambda: calls, what="prepare")
+        assert calls == ["prepare"]  # at 0.4 s; retired at 0.5 s
+        await eventually(lambda: len(calls) == 2, what="retirement")
+        assert calls == ["prepare", "retire wall_clock"]
+    finally:
+        by_wall_clock.stop()

@@ -16,7 +16,7 @@ from edgeruntime.lifecycle import ShutdownReason
 from edgeruntime.process import ProcessWorker
 from edgeruntime.testing import EdgeClient
 from tests.helpers import ServerProcess, write_function
-from tests.probes import LEAKY, environ_for, events_of, write_probe
+from tests.probes import LEAKY, environ_for, events_of, eventually, write_probe
 
 WORKER_ERROR = {"code": "WORKER_ERROR", "message": "Function exited due to an error (please check logs)"}
 
@@ -338,3 +338,40 @@ def test_worker_processes_die_with_a_killed_server(functions_dir: Path) -> None:
         while _alive(pid) and time.monotonic() < deadline:
             time.sleep(0.05)
         assert not _alive(pid)
+
+
+async def test_the_successor_is_booted_before_the_worker_retires_and_takes_over(functions_dir: Path) -> None:
+    write_probe(functions_dir)
+    async with EdgeClient(functions_dir, isolation="process", limits={"wall_clock_limit_sec": 2.0}) as client:
+        supervisor = client.app.functions["probe"]
+        prepared_at_retirement: list[bool] = []
+
+        def retired(event: str, function: str, reason: str) -> None:
+            if event == "retired":
+                prepared_at_retirement.append(supervisor._successor is not None)
+
+        client.app.worker_observers.append(retired)
+        first = await pid_of(client)
+        # Prepared at 0.8 s (80 % of half the wall clock), retired at 1 s.
+        await eventually(lambda: prepared_at_retirement, what="retirement")
+        assert prepared_at_retirement == [True]
+        assert supervisor._successor is not None
+        successor = await asyncio.shield(supervisor._successor)
+        assert isinstance(successor, ProcessWorker) and successor.proc is not None
+        assert await pid_of(client) == successor.proc.pid != first
+        assert supervisor.boots == 2
+
+
+async def test_an_unused_successor_is_ended_on_reload_and_at_shutdown(functions_dir: Path) -> None:
+    write_probe(functions_dir)
+    async with EdgeClient(functions_dir, isolation="process", limits={"wall_clock_limit_sec": 2.0}) as client:
+        supervisor = client.app.functions["probe"]
+        await pid_of(client)
+        unwanted = await asyncio.shield(await eventually(lambda: supervisor._successor, what="a successor"))
+        assert isinstance(unwanted, ProcessWorker) and unwanted.proc is not None
+        client.app.reload({"probe"})  # the function's files changed: the successor has the old ones
+        await eventually(lambda: unwanted.proc is not None and unwanted.proc.poll() is not None, what="its end")
+        assert await pid_of(client) != unwanted.proc.pid  # booted afresh
+        spare = await asyncio.shield(await eventually(lambda: supervisor._successor, what="a successor"))
+        assert isinstance(spare, ProcessWorker) and spare.proc is not None
+    assert spare.proc.poll() is not None
