@@ -3,9 +3,9 @@
 ``per_worker`` (the edge runtime's default, :class:`WorkerLifecycle`): one worker per function
 serves concurrent requests. At half the wall clock, at the CPU soft limit or at half the memory
 limit it retires (new requests go to a fresh worker); at the full wall clock, the CPU hard limit or
-the memory limit it is ended. ``beforeunload`` fires once at 90 % of each limit. At 80 % of what retires it,
-a worker can have its successor prepared (process isolation boots the next worker process then,
-so the hand-over does not wait for a boot).
+the memory limit it is ended. ``beforeunload`` fires once at 90 % of each limit. At 80 % of what
+retires it, a worker can have its successor prepared (process isolation boots the next worker
+process then, so the hand-over does not wait for a boot).
 
 ``per_request`` (:class:`RequestBudget`): every request has its own wall-clock and CPU budget,
 counted from its arrival and covering the background work it registered.
