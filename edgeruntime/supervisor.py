@@ -75,6 +75,8 @@ class FunctionSupervisor:
         self._tasks: set[asyncio.Task[Any]] = set()
         #: The next worker, booting or booted, not yet serving (process isolation).
         self._successor: asyncio.Task[Worker] | None = None
+        #: Workers being ended by a hard limit: shutdown lets them finish (and log why they ended).
+        self._finishing: set[asyncio.Task[Any]] = set()
         #: Successors no longer wanted (a reload), being ended.
         self._unwanted: set[asyncio.Task[Worker]] = set()
 
@@ -87,10 +89,11 @@ class FunctionSupervisor:
         active = [self.worker] if self.worker is not None else []
         return active + list(self.retired) + list(self.ending)
 
-    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     def _new_worker(self) -> Worker:
         policy = self.settings.policy
@@ -271,7 +274,9 @@ class FunctionSupervisor:
             self.worker = None
         self.retired.discard(worker)
         self.ending.add(worker)
-        self._spawn(self._finish(worker, reason))
+        finishing = self._spawn(self._finish(worker, reason))
+        self._finishing.add(finishing)
+        finishing.add_done_callback(self._finishing.discard)
 
     async def _finish(self, worker: Worker, reason: ShutdownReason) -> list[str]:
         lifecycle = self._lifecycles.pop(worker, None)
@@ -327,6 +332,8 @@ class FunctionSupervisor:
         self._drop_successor()
         for successor in list(self._unwanted):  # not left to the tasks cancelled next: a process each
             await self._end_unwanted(successor)
+        if self._finishing:  # a kill and a reap each: bounded
+            await asyncio.wait(set(self._finishing))
         for task in list(self._tasks):
             task.cancel()
         for worker in ending:  # their end may have been cancelled just now: ending twice is harmless

@@ -375,3 +375,17 @@ async def test_an_unused_successor_is_ended_on_reload_and_at_shutdown(functions_
         spare = await asyncio.shield(await eventually(lambda: supervisor._successor, what="a successor"))
         assert isinstance(spare, ProcessWorker) and spare.proc is not None
     assert spare.proc.poll() is not None
+
+
+async def test_a_worker_ended_by_a_limit_just_before_shutdown_is_still_logged_with_its_reason(
+    functions_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    write_probe(functions_dir)
+    async with EdgeClient(functions_dir, isolation="process") as client:
+        await pid_of(client)
+        supervisor = client.app.functions["probe"]
+        worker = supervisor.worker
+        assert isinstance(worker, ProcessWorker) and worker.proc is not None
+        supervisor._end(worker, ShutdownReason.MEMORY)  # what the memory limit does; shutdown follows at once
+    assert f"worker shutdown: isolate: {worker.id} reason: Memory" in caplog.text
+    assert worker.proc.poll() is not None
