@@ -79,7 +79,7 @@ class WorkerLifecycle:
         *,
         retire: Callable[[str], None],
         end: Callable[[ShutdownReason], None],
-        beforeunload: Callable[[str], object],
+        beforeunload: Callable[[str], None],
         in_flight: Callable[[], int],
         prepare: Callable[[], None] | None = None,
     ) -> None:

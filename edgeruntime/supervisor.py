@@ -75,10 +75,9 @@ class FunctionSupervisor:
         self._tasks: set[asyncio.Task[Any]] = set()
         #: The next worker, booting or booted, not yet serving (process isolation).
         self._successor: asyncio.Task[Worker] | None = None
-        #: Workers being ended by a hard limit: shutdown lets them finish (and log why they ended).
+        #: Workers being ended (a hard limit, an unused successor): shutdown lets them finish, a
+        #: kill and a reap each, rather than cancel them (the end logs why the worker ended).
         self._finishing: set[asyncio.Task[Any]] = set()
-        #: Successors no longer wanted (a reload), being ended.
-        self._unwanted: set[asyncio.Task[Worker]] = set()
 
     @property
     def name(self) -> str:
@@ -89,11 +88,15 @@ class FunctionSupervisor:
         active = [self.worker] if self.worker is not None else []
         return active + list(self.retired) + list(self.ending)
 
-    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-        return task
+
+    def _spawn_finishing(self, coro: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._finishing.add(task)
+        task.add_done_callback(self._finishing.discard)
 
     def _new_worker(self) -> Worker:
         policy = self.settings.policy
@@ -172,35 +175,36 @@ class FunctionSupervisor:
             # A boot error is logged by _start and met again by the boot that replaces it.
             self._successor.add_done_callback(lambda t: t.cancelled() or t.exception())
 
+    @staticmethod
+    async def _booted(successor: asyncio.Task[Worker]) -> Worker | None:
+        """The successor once booted; None if it failed (logged by _start)."""
+        try:
+            return await asyncio.shield(successor)  # a cancelled waiter leaves the boot going
+        except Exception:
+            return None
+
     async def _take_successor(self) -> Worker | None:
-        """The prepared successor, once booted; None if there is none or it failed."""
+        """The prepared successor, once booted; None if there is none or it failed (the boot that
+        replaces it meets the error again) or died while waiting."""
         successor = self._successor
         if successor is None:
             return None
-        try:
-            worker: Worker | None = await asyncio.shield(successor)  # a cancelled request leaves it to the next
-        except Exception:  # logged by _start; the boot that replaces it meets the error again
-            worker = None
+        worker = await self._booted(successor)
         self._successor = None
-        if worker is None or worker.status is not WorkerStatus.ACTIVE:  # it died while waiting
+        if worker is None or worker.status is not WorkerStatus.ACTIVE:
             return None
         return worker
 
     def _drop_successor(self) -> None:
-        """The prepared successor is not wanted (the function's files changed): end it."""
+        """The prepared successor is not wanted (the function's files changed, shutdown): end it."""
         successor, self._successor = self._successor, None
         if successor is not None:
-            self._unwanted.add(successor)
-            self._spawn(self._end_unwanted(successor))
+            self._spawn_finishing(self._end_unused(successor))
 
-    async def _end_unwanted(self, successor: asyncio.Task[Worker]) -> None:
-        try:
-            worker: Worker | None = await asyncio.shield(successor)
-        except Exception:  # it failed to boot: nothing to end
-            worker = None
+    async def _end_unused(self, successor: asyncio.Task[Worker]) -> None:
+        worker = await self._booted(successor)
         if worker is not None:
             await worker.end(ShutdownReason.TERMINATION)
-        self._unwanted.discard(successor)
 
     async def dispatch(self, scope: Scope, receive: Receive, send: Send, ctx: ExecutionContext) -> None:
         """Serve one request on the active worker, within the request's own limits.
@@ -274,9 +278,7 @@ class FunctionSupervisor:
             self.worker = None
         self.retired.discard(worker)
         self.ending.add(worker)
-        finishing = self._spawn(self._finish(worker, reason))
-        self._finishing.add(finishing)
-        finishing.add_done_callback(self._finishing.discard)
+        self._spawn_finishing(self._finish(worker, reason))
 
     async def _finish(self, worker: Worker, reason: ShutdownReason) -> list[str]:
         lifecycle = self._lifecycles.pop(worker, None)
@@ -330,9 +332,7 @@ class FunctionSupervisor:
         self.worker = None
         self.retired.clear()
         self._drop_successor()
-        for successor in list(self._unwanted):  # not left to the tasks cancelled next: a process each
-            await self._end_unwanted(successor)
-        if self._finishing:  # a kill and a reap each: bounded
+        if self._finishing:
             await asyncio.wait(set(self._finishing))
         for task in list(self._tasks):
             task.cancel()
