@@ -136,6 +136,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 
 def _settings(args: argparse.Namespace, directory: str, **options: Any) -> Settings:
+    """The project's settings. Only `serve` warns about the functions' env (it runs them, and says
+    so once at start); `keys`, `list` and `invoke` pass ``warn_env=False``, so a `$(edgeruntime
+    keys --anon)` in a script does not repeat those lines on every call."""
     return Settings.build(
         directory,
         config_path=getattr(args, "config", None),
@@ -212,7 +215,7 @@ def cmd_new(args: argparse.Namespace) -> int:
 def cmd_list(args: argparse.Namespace) -> int:
     from edgeruntime.discovery import discover
 
-    settings = _settings(args, args.directory)
+    settings = _settings(args, args.directory, warn_env=False)
     for name in discover(settings.functions_dir):
         fn = settings.config.function(name)
         state = "enabled" if fn.enabled else "disabled"
@@ -226,7 +229,7 @@ def cmd_invoke(args: argparse.Namespace) -> int:
 
     headers: dict[str, str] = {}
     if args.key != "none":
-        settings = _settings(args, args.directory)
+        settings = _settings(args, args.directory, warn_env=False)
         key = settings.keys.service_role_key if args.key == "service_role" else settings.keys.anon_key
         headers["Authorization"] = f"Bearer {key}"
     for item in args.header:
@@ -256,12 +259,12 @@ def cmd_invoke(args: argparse.Namespace) -> int:
 
 def cmd_keys(args: argparse.Namespace) -> int:
     if Path(args.directory).is_dir():
-        keys = _settings(args, args.directory).keys
+        keys = _settings(args, args.directory, warn_env=False).keys
     else:  # keys need no functions: --config, or the config.toml where the functions would be, decides
         from edgeruntime.auth import demo_keys
         from edgeruntime.config import find_config, load_config
 
-        config = load_config(find_config(Path(args.directory), Path(args.config) if args.config else None))
+        config = load_config(find_config(Path(args.directory), Path(args.config) if args.config else None), warn=False)
         keys = demo_keys(config.jwt_secret, config.signing_keys)
     if args.anon:
         print(keys.anon_key)
