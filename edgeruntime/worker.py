@@ -35,7 +35,10 @@ MAX_ERROR_CHARS = 1000
 
 def describe_error(exc: BaseException) -> str:
     """`exc` as a run record shows it: its type and message, not its traceback."""
-    message = str(exc)
+    try:
+        message = str(exc)
+    except Exception:  # a broken __str__ must not turn the handler's 500 into a crash
+        message = "(the message could not be read)"
     text = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
     return text if len(text) <= MAX_ERROR_CHARS else text[: MAX_ERROR_CHARS - 1] + "…"
 

@@ -68,6 +68,11 @@ async def handler(req: Request):
         return {"not": "a response"}
     if body.get("long"):
         raise RuntimeError("x" * 5000)
+    if body.get("unprintable"):
+        class Unprintable(Exception):
+            def __str__(self) -> str:
+                raise ValueError("no")
+        raise Unprintable()
     return JSONResponse({"user": body["userId"], "note": "<b>hi</b>"})
 
 serve(handler)
@@ -269,6 +274,7 @@ async def test_a_handler_that_raised_shows_its_exception_type_and_message(
         assert (failed.status_code, failed.text) == (500, "Internal Server Error")  # nothing leaks to the caller
         assert (await client.invoke("raises", json={"wrong_type": True})).status_code == 502
         assert (await client.invoke("raises", json={"long": True})).status_code == 500
+        assert (await client.invoke("raises", json={"unprintable": True})).status_code == 500
         assert (await client.invoke("raises", json={"userId": "u1"})).status_code == 200
         await client.jobs.history.flush()
 
@@ -276,10 +282,12 @@ async def test_a_handler_that_raised_shows_its_exception_type_and_message(
         assert [(r["status"], r["http_status"]) for r in runs] == [
             ("succeeded", 200),
             ("failed", 500),
+            ("failed", 500),
             ("failed", 502),
             ("failed", 500),
         ]
-        ok, long, wrong_type, key_error = (r["error"] for r in runs)
+        ok, unprintable, long, wrong_type, key_error = (r["error"] for r in runs)
+        assert unprintable == "Unprintable: (the message could not be read)"
         assert (ok, key_error) == (None, "KeyError: 'userId'")  # the type and message, not the traceback
         assert wrong_type.startswith("InvalidResponse: function raises returned builtins.dict")
         assert long.startswith("RuntimeError: xxx") and len(long) == 1000 and long.endswith("…")
