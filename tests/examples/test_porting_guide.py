@@ -417,6 +417,8 @@ async def notify_admins(action: Any) -> None:
             ("notify_admins", None),
         ]
         assert (await client.invoke("keyed", json={})).status_code == 500  # KeyError: 'userId'
+        # What the guide says .get does not cover: a body that is not an object.
+        assert (await client.invoke("basic", json=["userId"])).status_code == 500
 
 
 # -- 6. `json.dumps` is not `JSON.stringify` -------------------------------------------------
