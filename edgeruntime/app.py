@@ -267,7 +267,7 @@ class EdgeApp:
             if not ctx.response_started:
                 await responses.send_response(send, response)
             return str(exc)
-        return None
+        return ctx.error  # what the handler raised, when it did (it got a 500 or 502)
 
     # -- lifecycle -------------------------------------------------------------------------
 

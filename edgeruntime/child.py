@@ -194,6 +194,8 @@ class WorkerProcess:
         outcome: tuple[Any, ...] | None = None
         try:
             await worker.handle(scope, body.receive, send, ctx)
+            if ctx.error is not None:  # the handler raised and got its 500 (or 502): the run records why
+                outcome = ("handler_error", ctx.error)
         except LimitExceeded as exc:
             outcome = ("limit", exc.reason)
         except PayloadTooLarge:

@@ -210,8 +210,11 @@ def _signing_keys(r: _Reader, path: Path) -> tuple[Mapping[str, Any], ...]:
     return tuple(data)
 
 
-def load_config(path: Path | None, environ: Mapping[str, str] | None = None) -> ProjectConfig:
-    """Read and validate `path`; defaults when `path` is None."""
+def load_config(path: Path | None, environ: Mapping[str, str] | None = None, *, warn: bool = True) -> ProjectConfig:
+    """Read and validate `path`; defaults when `path` is None.
+
+    `warn=False` skips secrets whose variable is unset without the warning line.
+    """
     if path is None:
         return ProjectConfig()
     environ = os.environ if environ is None else environ
@@ -243,7 +246,8 @@ def load_config(path: Path | None, environ: Mapping[str, str] | None = None) -> 
             raise r.error(f"[edge_runtime.secrets] {key}", f"expected a string, got {_kind(value)}")
         resolved = resolve_secret(value, environ)
         if resolved is None:  # as the Supabase CLI: a secret whose variable is unset is not set at all
-            logger.warning("%s: [edge_runtime.secrets] %s: %s is not set, skipping", path, key, value.strip())
+            if warn:
+                logger.warning("%s: [edge_runtime.secrets] %s: %s is not set, skipping", path, key, value.strip())
             continue
         secrets[key.upper()] = resolved
 

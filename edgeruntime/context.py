@@ -157,6 +157,8 @@ class ExecutionContext:
     meter: CpuMeter | None = None
     #: Set when the request idle timeout cancelled it (the gateway answers 504).
     idle_expired: bool = False
+    #: What the handler raised ("KeyError: 'userId'"), for the run record; None when it did not.
+    error: str | None = None
 
     def activate(self) -> Any:
         """Make this the current context; returns a token for :meth:`deactivate`."""

@@ -387,6 +387,9 @@ class ProcessWorker:
                 pump.cancel()
         if outcome is None:
             return
+        if outcome[0] == "handler_error":
+            ctx.error = outcome[1]
+            return
         if outcome[0] == "limit":
             logger.error(
                 "user worker failed to respond: request has been cancelled by supervisor (%s)",

@@ -36,7 +36,7 @@ async def watch_functions(app: EdgeApp, stop: asyncio.Event) -> None:
     ):
         names: set[str] = set()
         for change, path in changes:
-            print(f"File change detected: {path} ({change.name.lower()})", flush=True)
+            logger.info("File change detected: %s (%s)", path, change.name.lower())
             name = function_for_path(root, Path(path))
             if name is not None:
                 names.add(name)

@@ -104,13 +104,15 @@ async def serve_asgi(
     shutdown_trigger: Callable[[], Awaitable[object]],
     server: str = "hypercorn",
     before_serving: Callable[[], None] | None = None,
+    log_format: str = "text",
 ) -> None:
     """Serve `app` until `shutdown_trigger` returns, then finish in-flight requests.
 
     `before_serving` is called once the server's own modules are loaded, right before it starts.
+    With `log_format` "json" the server's own log lines go through edgeruntime's handler.
     """
     if server == "uvicorn":
-        await _serve_uvicorn(app, host, port, graceful_timeout, shutdown_trigger, before_serving)
+        await _serve_uvicorn(app, host, port, graceful_timeout, shutdown_trigger, before_serving, log_format)
         return
     if server != "hypercorn":
         raise UsageError(f"--server: expected hypercorn or uvicorn, got {server!r}")
@@ -137,11 +139,15 @@ async def _serve_uvicorn(
     graceful_timeout: float,
     shutdown_trigger: Callable[[], Awaitable[object]],
     before_serving: Callable[[], None] | None,
+    log_format: str = "text",
 ) -> None:
     try:
         import uvicorn  # type: ignore[import-not-found, unused-ignore]
     except ImportError:
         raise UsageError("--server uvicorn needs uvicorn: pip install 'edgeruntime[uvicorn]'") from None
+    extra: dict[str, Any] = {}
+    if log_format == "json":  # uvicorn's own handlers would write its warnings as plain text
+        extra["log_config"] = None
     config = uvicorn.Config(
         app,
         host=host,
@@ -149,6 +155,7 @@ async def _serve_uvicorn(
         lifespan="on",
         access_log=False,
         log_level="warning",
+        **extra,
         timeout_graceful_shutdown=int(graceful_timeout) or 1,
         loop="none",
         # As under Hypercorn: the client address is the connection's peer. (Uvicorn's default
@@ -227,6 +234,7 @@ def run_server(
                 shutdown_trigger=stop.wait,
                 server=settings.server,
                 before_serving=lambda: _start_gc(gc_setting),
+                log_format=settings.log_format,
             )
         finally:
             stop.set()

@@ -47,6 +47,8 @@ class Settings:
     watch: bool = True
     log_format: LogFormat = "text"
     database_url: str | None = None
+    #: Where `database_url` came from, for error messages: "--database-url" or "EDGERUNTIME_DATABASE_URL".
+    database_url_source: str = "--database-url"
     server: str = "hypercorn"
     extra: Mapping[str, Any] = field(default_factory=dict)
 
@@ -86,15 +88,18 @@ class Settings:
         host: str = DEFAULT_HOST,
         port: int = DEFAULT_PORT,
         database_url: str | None = None,
+        warn_env: bool = True,
         **options: Any,
     ) -> Settings:
         """Resolve settings the way `edgeruntime serve` does; flags win over config.toml.
 
         `limits` replaces the limits (a Limits) or overrides some of them (a mapping of limit keys).
+        `warn_env=False` leaves out the warnings about the functions' env (dropped `SUPABASE_*`
+        names, unset secrets), for commands that only read the keys or the function list.
         """
         environ = os.environ if environ is None else environ
         directory = check_functions_dir(Path(functions_dir))
-        config = load_config(find_config(directory, Path(config_path) if config_path else None), environ)
+        config = load_config(find_config(directory, Path(config_path) if config_path else None), environ, warn=warn_env)
         effective = config.limits
         if tier is not None:
             if tier not in ("free", "pro"):
@@ -121,6 +126,7 @@ class Settings:
             port=port,
             verify_jwt_override=False if no_verify_jwt else None,
             database_url=database_url or environ.get("EDGERUNTIME_DATABASE_URL"),
+            database_url_source="--database-url" if database_url else "EDGERUNTIME_DATABASE_URL",
             **options,
         )
         env = build_env(
@@ -131,6 +137,7 @@ class Settings:
             secrets=config.secrets,
             env_file=Path(env_file) if env_file else None,
             database_url=settings.database_url,
+            warn=warn_env,
         )
         object.__setattr__(settings, "env", env)
         # Keys handed out must be the ones accepted: an env that sets its own keys wins.

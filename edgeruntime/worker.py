@@ -29,6 +29,19 @@ __all__ = ["InlineWorker", "Worker", "WorkerStatus"]
 
 logger = logging.getLogger("edgeruntime")
 
+#: Characters of a handler's exception kept in its run record (the log has the whole traceback).
+MAX_ERROR_CHARS = 1000
+
+
+def describe_error(exc: BaseException) -> str:
+    """`exc` as a run record shows it: its type and message, not its traceback."""
+    try:
+        message = str(exc)
+    except Exception:  # a broken __str__ must not turn the handler's 500 into a crash
+        message = "(the message could not be read)"
+    text = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+    return text if len(text) <= MAX_ERROR_CHARS else text[: MAX_ERROR_CHARS - 1] + "…"
+
 
 class WorkerStatus(enum.StrEnum):
     """Where a worker is in its life."""
@@ -192,12 +205,14 @@ class InlineWorker:
             await metered(app(scope, receive, send), meter)
         except InvalidResponse as exc:
             logger.error("%s", exc, extra={"function": self.name})
+            ctx.error = describe_error(exc)
             if not ctx.response_started:
                 await responses.send_response(send, responses.BAD_GATEWAY)
         except PayloadTooLarge:
             raise
-        except Exception:
+        except Exception as exc:
             logger.exception("function %s raised while handling %s %s", self.name, scope["method"], scope["path"])
+            ctx.error = describe_error(exc)
             if not ctx.response_started:
                 await responses.send_response(send, responses.INTERNAL_SERVER_ERROR)
         except asyncio.CancelledError:

@@ -101,6 +101,31 @@ def test_keys(hello_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert KEYS.service_role_key in out and "sb_publishable_" in out and KEYS.jwt_secret in out
 
 
+def test_keys_list_and_invoke_do_not_repeat_env_warnings(hello_dir: Path) -> None:
+    # A .env name the runtime drops and a secret whose variable is unset: `serve` warns about both.
+    (hello_dir / ".env").write_text("SUPABASE_FOO=1\nOTHER=2\n")
+    (hello_dir.parent / "config.toml").write_text('[edge_runtime.secrets]\nAPI_KEY = "env(ER_TEST_UNSET_VAR)"\n')
+    env: dict[str, str] = {}  # ER_TEST_UNSET_VAR stays unset
+    for _ in range(2):  # e.g. `$(edgeruntime keys --anon)` in every curl of a script
+        r = run_cli("keys", str(hello_dir), "--anon", env=env)
+        assert (r.returncode, r.stdout.strip(), r.stderr) == (0, KEYS.anon_key, "")
+    r = run_cli("keys", str(hello_dir), "--json", env=env)
+    assert r.returncode == 0 and r.stderr == ""
+    r = run_cli("list", str(hello_dir), env=env)
+    assert r.returncode == 0 and r.stderr == "" and r.stdout.startswith("hello\t")
+    r = run_cli("invoke", "hello", "--directory", str(hello_dir), "--url", f"http://127.0.0.1:{free_port()}", env=env)
+    assert r.returncode == 2 and r.stderr.startswith("edgeruntime: error: cannot reach")
+    assert "SUPABASE_FOO" not in r.stderr and "ER_TEST_UNSET_VAR" not in r.stderr
+    # `serve` still reports them, once each (here it then stops: its port is taken).
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        r = run_cli("serve", str(hello_dir), "--port", str(taken.getsockname()[1]), env=env)
+    assert r.returncode == 2 and "is already in use" in r.stderr
+    assert r.stderr.count("Env name cannot start with SUPABASE_, skipping: SUPABASE_FOO") == 1
+    assert r.stderr.count("[edge_runtime.secrets] API_KEY: env(ER_TEST_UNSET_VAR) is not set, skipping") == 1
+
+
 @pytest.mark.e2e
 def test_invoke_against_a_running_server(hello_dir: Path) -> None:
     with ServerProcess(hello_dir, "--no-watch") as server:

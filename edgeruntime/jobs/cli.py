@@ -53,18 +53,21 @@ def add_commands(sub: Any, add_project_options: AddOptions) -> None:
     _common(run, add_project_options)
 
 
-def _settings(args: argparse.Namespace) -> Settings:
+def _settings(args: argparse.Namespace, *, warn_env: bool = False) -> Settings:
+    """The project's settings; the functions' env is only reported by commands that run them."""
     return Settings.build(
         args.dir or args.directory,
         config_path=args.config,
         env_file=args.env_file,
         database_url=args.database_url,
+        warn_env=warn_env,
     )
 
 
 def _with_store(args: argparse.Namespace, body: Callable[[JobStore], Coroutine[Any, Any, int]]) -> int:
     url = args.database_url or os.environ.get("EDGERUNTIME_DATABASE_URL")
-    store = open_store(url) if url else open_store(None, _settings(args).functions_dir)
+    source = "--database-url" if args.database_url else "EDGERUNTIME_DATABASE_URL"
+    store = open_store(url, source=source) if url else open_store(None, _settings(args).functions_dir)
 
     async def run() -> int:
         try:
@@ -156,7 +159,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 
 
 def cmd_cron(args: argparse.Namespace) -> int:
-    settings = _settings(args)
+    settings = _settings(args, warn_env=args.cron_command == "run")  # `run` runs the function
     if args.cron_command == "list":
         from edgeruntime.discovery import discover
 

@@ -38,6 +38,9 @@ JOB_ID_HEADER = "x-edgeruntime-job-id"
 ATTEMPT_HEADER = "x-edgeruntime-attempt"
 #: How long a finished outcome or a free slot may wait for others to share a store round trip.
 BATCH_WAIT_SEC = 0.01
+#: Heartbeats per lease: the lease is renewed every `lease_sec / HEARTBEATS_PER_LEASE` seconds, so
+#: two beats may be late before it runs out.
+HEARTBEATS_PER_LEASE = 3
 
 
 def backoff(attempt: int, config: JobsConfig, rng: Callable[[float, float], float] = random.uniform) -> float:
@@ -132,7 +135,7 @@ async def enqueue(
         if not url:
             raise JobsError("enqueue: no jobs store is running (use edgeruntime serve or EdgeClient)")
         if _fallback is None or _fallback.store.url != url:
-            store = open_store(url)
+            store = open_store(url, source="EDGERUNTIME_DATABASE_URL")
             await store.migrate()
             _fallback = JobQueue(store, JobsConfig(), SystemClock())
         queue = _fallback
@@ -272,7 +275,7 @@ class QueueRunner:
                 await asyncio.wait_for(self._event.wait(), timeout)
 
     async def _heartbeat(self) -> None:
-        interval = self.config.lease_sec / 3  # two beats may be late before a lease runs out
+        interval = self.config.lease_sec / HEARTBEATS_PER_LEASE
         while True:
             await asyncio.sleep(interval)
             # Always, even with no job in flight: it also renews this instance's running cron ticks.

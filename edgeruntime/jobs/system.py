@@ -51,7 +51,9 @@ class JobSystem:
         self.config = JobsConfig.from_table(settings.config.jobs, settings.config.path)
         crons = settings.config.cron
         self.crons = cron_jobs(crons, set(discover(settings.functions_dir)) if crons else None)
-        self.store = store or open_store(settings.database_url, settings.functions_dir)
+        self.store = store or open_store(
+            settings.database_url, settings.functions_dir, source=settings.database_url_source
+        )
         # Functions in worker processes (process isolation) open the same store to enqueue.
         app.worker_env["EDGERUNTIME_DATABASE_URL"] = self.store.url
         self.clock: Clock = clock or SystemClock()

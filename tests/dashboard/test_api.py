@@ -56,6 +56,28 @@ serve(handler)
 
 BROKEN = "import does_not_exist\n"
 
+# A port that reads `body["userId"]` where the TypeScript read `undefined`: a KeyError, a 500.
+RAISES = """
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from edgeruntime import serve
+
+async def handler(req: Request):
+    body = await req.json()
+    if body.get("wrong_type"):
+        return {"not": "a response"}
+    if body.get("long"):
+        raise RuntimeError("x" * 5000)
+    if body.get("unprintable"):
+        class Unprintable(Exception):
+            def __str__(self) -> str:
+                raise ValueError("no")
+        raise Unprintable()
+    return JSONResponse({"user": body["userId"], "note": "<b>hi</b>"})
+
+serve(handler)
+"""
+
 SLOW = """
 import asyncio
 from starlette.requests import Request
@@ -240,6 +262,40 @@ async def test_runs_with_triggers_filters_and_background_task_outcomes(client: E
     for bad in ("0", "x", "100000"):
         r = await client.request("GET", API + "/runs", params={"limit": bad})
         assert r.status_code == 400 and "limit" in r.json()["error"]
+
+
+@pytest.mark.parametrize("isolation", ["inline", "process"])
+async def test_a_handler_that_raised_shows_its_exception_type_and_message(
+    project: Path, store_url: str, isolation: str
+) -> None:
+    write_function(project, "raises", RAISES)
+    async with EdgeClient(project, database_url=store_url, isolation=isolation) as client:
+        failed = await client.invoke("raises", json={})
+        assert (failed.status_code, failed.text) == (500, "Internal Server Error")  # nothing leaks to the caller
+        assert (await client.invoke("raises", json={"wrong_type": True})).status_code == 502
+        assert (await client.invoke("raises", json={"long": True})).status_code == 500
+        assert (await client.invoke("raises", json={"unprintable": True})).status_code == 500
+        assert (await client.invoke("raises", json={"userId": "u1"})).status_code == 200
+        await client.jobs.history.flush()
+
+        runs = (await get(client, "/runs", function="raises"))["runs"]
+        assert [(r["status"], r["http_status"]) for r in runs] == [
+            ("succeeded", 200),
+            ("failed", 500),
+            ("failed", 500),
+            ("failed", 502),
+            ("failed", 500),
+        ]
+        ok, unprintable, long, wrong_type, key_error = (r["error"] for r in runs)
+        assert unprintable == "Unprintable: (the message could not be read)"
+        assert (ok, key_error) == (None, "KeyError: 'userId'")  # the type and message, not the traceback
+        assert wrong_type.startswith("InvalidResponse: function raises returned builtins.dict")
+        assert long.startswith("RuntimeError: xxx") and len(long) == 1000 and long.endswith("…")
+        last = {f["name"]: f for f in (await get(client, "/functions"))["functions"]}["raises"]["last_invocation"]
+        assert (last["status"], last["error"]) == (200, None)
+        await client.invoke("raises", json={})
+        last = {f["name"]: f for f in (await get(client, "/functions"))["functions"]}["raises"]["last_invocation"]
+        assert (last["status"], last["error"]) == (500, "KeyError: 'userId'")
 
 
 async def test_queue_depth_oldest_age_in_flight_and_attempts(client: EdgeClient) -> None:

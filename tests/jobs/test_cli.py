@@ -157,3 +157,22 @@ def test_serve_with_bad_database_url_exits_2(functions_dir: Path) -> None:
     assert r.stderr.strip() == (
         "edgeruntime: error: --database-url 'mysql://x/y': expected sqlite:///path or postgresql://..."
     )
+
+
+@pytest.mark.parametrize("command", [("serve", "--no-watch"), ("jobs", "list"), ("cron", "list")])
+def test_a_bad_database_url_from_the_environment_is_named_as_such(
+    functions_dir: Path, command: tuple[str, ...]
+) -> None:
+    write_function(functions_dir, "echo", ECHO)
+    args = [*command, str(functions_dir)] + (["--port", str(free_port())] if command[0] == "serve" else [])
+    r = run_cli(*args, env={"EDGERUNTIME_DATABASE_URL": "mysql://app:hunter2@db.internal/jobs"})
+    assert r.returncode == 2
+    # The user never typed --database-url: the line names the variable they set, without its password.
+    assert r.stderr.strip() == (
+        "edgeruntime: error: EDGERUNTIME_DATABASE_URL 'mysql://app:***@db.internal/jobs': "
+        "expected sqlite:///path or postgresql://..."
+    )
+    # The flag still wins over the variable, and is named when it is the one that is wrong.
+    r = run_cli(*args, "--database-url", "mysql://x/y", env={"EDGERUNTIME_DATABASE_URL": "sqlite:///ok.db"})
+    assert r.returncode == 2
+    assert r.stderr.strip().startswith("edgeruntime: error: --database-url 'mysql://x/y'")
