@@ -62,13 +62,19 @@ def _settings(args: argparse.Namespace) -> Settings:
     )
 
 
-def _with_store(args: argparse.Namespace, body: Callable[[JobStore], Coroutine[Any, Any, int]]) -> int:
+def _with_store(
+    args: argparse.Namespace, body: Callable[[JobStore], Coroutine[Any, Any, int]], *, writes: bool = False
+) -> int:
+    """Run `body` on the project's store. `writes`: prove first that the store accepts writes, so a
+    read-only one fails with one line (exit status 2) before anything is done."""
     url = args.database_url or os.environ.get("EDGERUNTIME_DATABASE_URL")
     store = open_store(url) if url else open_store(None, _settings(args).functions_dir)
 
     async def run() -> int:
         try:
             await store.migrate()
+            if writes:
+                await store.check_writable()
             return await body(store)
         finally:
             await store.close()
@@ -152,7 +158,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
         )
         return 0
 
-    return _with_store(args, retry)
+    return _with_store(args, retry, writes=True)
 
 
 def cmd_cron(args: argparse.Namespace) -> int:
