@@ -505,9 +505,10 @@ class PostgresStore:
             keep = count
             if max_rows is not None and count > max_rows:
                 keep = int(max_rows * TRIM_TARGET)
-            if max_mb is not None:
+            max_bytes = None if max_mb is None else max_mb * 1024 * 1024
+            # The table's files are never smaller than its live rows: under the cap, nothing to estimate.
+            if max_bytes is not None and await self._relation_bytes(conn) > max_bytes:
                 per_row = await self._bytes_per_row(conn)
-                max_bytes = max_mb * 1024 * 1024
                 if count * per_row > max_bytes:
                     keep = min(keep, int(max_bytes * TRIM_TARGET / per_row))
             if keep >= count:
@@ -521,6 +522,12 @@ class PostgresStore:
                 deleted += cur.rowcount
                 first = upto + 1
             return deleted
+
+    @staticmethod
+    async def _relation_bytes(conn: psycopg.AsyncConnection[Any]) -> int:
+        cur = await conn.execute("SELECT pg_total_relation_size('edgeruntime_runs')")
+        row = await cur.fetchone()
+        return int(row[0]) if row and row[0] is not None else 0
 
     @staticmethod
     async def _bytes_per_row(conn: psycopg.AsyncConnection[Any]) -> float:

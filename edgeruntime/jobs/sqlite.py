@@ -709,5 +709,9 @@ def _file_size(conn: sqlite3.Connection) -> _FileSize:
 
 def _run_ids(conn: sqlite3.Connection) -> tuple[int, int]:
     """The first and last history record ids; (0, -1) when there are none."""
-    first, last = conn.execute("SELECT MIN(id), MAX(id) FROM edgeruntime_runs").fetchone()
+    # Two subqueries: SQLite reads one end of the primary key for a lone MIN or MAX, but scans
+    # the whole table for both in one SELECT.
+    first, last = conn.execute(
+        "SELECT (SELECT MIN(id) FROM edgeruntime_runs), (SELECT MAX(id) FROM edgeruntime_runs)"
+    ).fetchone()
     return (0, -1) if first is None else (int(first), int(last))

@@ -35,7 +35,8 @@ logger = logging.getLogger("edgeruntime.jobs")
 PRUNE_INTERVAL_SEC = 3600.0
 #: How often a history size cap (`[jobs] retention_max_mb` / `retention_max_rows`) is checked: a
 #: burst may overshoot it by what it writes in this time. A check under the cap reads a few
-#: numbers (SQLite: page counts; Postgres: the id range and a sample of the newest rows).
+#: numbers (SQLite: page counts; Postgres: the id range and the table's size, and a sample of the
+#: newest rows only once its files are over the cap).
 TRIM_INTERVAL_SEC = 10.0
 
 
