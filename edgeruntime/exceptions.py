@@ -5,6 +5,7 @@ EdgeRuntimeError
 ├── UsageError               bad CLI input: missing directory, port in use, unknown function
 ├── NotSupportedError        an API the edge runtime forbids (`Deno.env.set`)
 ├── JobsError                the jobs system cannot do what was asked (no store, bad payload)
+│   └── StoreUnavailable     the store cannot be reached or written now; retrying may succeed
 ├── DashboardError           a dashboard API request that cannot be served (→ its 4xx JSON error)
 └── FunctionError            something went wrong in one function; the others keep serving
     ├── BootError            the function's module failed to load → 503 BOOT_ERROR
@@ -30,6 +31,7 @@ __all__ = [
     "LimitExceeded",
     "NotSupportedError",
     "PayloadTooLarge",
+    "StoreUnavailable",
     "UsageError",
     "WallClockLimitExceeded",
     "WorkerCrashed",
@@ -57,6 +59,11 @@ class NotSupportedError(EdgeRuntimeError):
 
 class JobsError(EdgeRuntimeError):
     """Raised when a job cannot be enqueued or found, or no jobs store is running."""
+
+
+class StoreUnavailable(JobsError):
+    """Raised when the jobs store cannot be reached or written now (connection lost, database
+    locked or read-only); the same write may succeed later."""
 
 
 class DashboardError(EdgeRuntimeError):

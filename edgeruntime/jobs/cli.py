@@ -64,7 +64,11 @@ def _settings(args: argparse.Namespace, *, warn_env: bool = False) -> Settings:
     )
 
 
-def _with_store(args: argparse.Namespace, body: Callable[[JobStore], Coroutine[Any, Any, int]]) -> int:
+def _with_store(
+    args: argparse.Namespace, body: Callable[[JobStore], Coroutine[Any, Any, int]], *, writes: bool = False
+) -> int:
+    """Run `body` on the project's store. `writes`: prove first that the store accepts writes, so a
+    read-only one fails with one line (exit status 2) before anything is done."""
     url = args.database_url or os.environ.get("EDGERUNTIME_DATABASE_URL")
     source = "--database-url" if args.database_url else "EDGERUNTIME_DATABASE_URL"
     store = open_store(url, source=source) if url else open_store(None, _settings(args).functions_dir)
@@ -72,6 +76,8 @@ def _with_store(args: argparse.Namespace, body: Callable[[JobStore], Coroutine[A
     async def run() -> int:
         try:
             await store.migrate()
+            if writes:
+                await store.check_writable()
             return await body(store)
         finally:
             await store.close()
@@ -155,7 +161,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
         )
         return 0
 
-    return _with_store(args, retry)
+    return _with_store(args, retry, writes=True)
 
 
 def cmd_cron(args: argparse.Namespace) -> int:

@@ -25,6 +25,7 @@ from edgeruntime.exceptions import JobsError
 from edgeruntime.jobs.clock import Clock, SystemClock
 from edgeruntime.jobs.config import JobsConfig
 from edgeruntime.jobs.delivery import deliver
+from edgeruntime.jobs.outage import Outage
 from edgeruntime.jobs.store import Job, JobStore, Outcome, open_store
 
 if TYPE_CHECKING:
@@ -168,6 +169,11 @@ class QueueRunner:
         self._event = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self.delivered = 0
+        # A store that is down or read-only fails every poll: one line when it starts, a reminder
+        # a minute, one line when it is back (not a traceback five times a second).
+        self._claim_outage = Outage(logger, "jobs: claiming due jobs")
+        self._finish_outage = Outage(logger, "jobs: recording job outcomes")
+        self._heartbeat_outage = Outage(logger, "jobs: renewing leases (heartbeat)")
 
     def wake(self) -> None:
         self._event.set()
@@ -238,11 +244,13 @@ class QueueRunner:
         batch, self._outcomes = self._outcomes, []
         try:
             await self.store.finish([o for o, _ in batch], now=self.clock.now())
-        except Exception:
+        except Exception as exc:
             # Kept for the next flush; if the store stays away, the leases run out and the jobs are
             # delivered again (the attempt number then fences these outcomes off).
-            logger.exception("jobs: recording %d outcome(s) failed; will retry", len(batch))
+            self._finish_outage.failed(exc, f"{len(batch)} outcome(s) kept for the next try")
             self._outcomes[:0] = batch
+            return
+        self._finish_outage.recovered()
 
     async def _loop(self) -> None:
         poll = self.config.poll_interval_ms / 1000
@@ -254,7 +262,10 @@ class QueueRunner:
             now = loop.time()
             # Outcomes and claims go to the store in batches: one round trip per half a batch of
             # jobs rather than per job, unless the instance would otherwise sit idle or wait long.
-            if len(self._outcomes) >= batch or not self._in_flight or now - last_flush >= BATCH_WAIT_SEC:
+            due = len(self._outcomes) >= batch or not self._in_flight or now - last_flush >= BATCH_WAIT_SEC
+            if self._finish_outage.failing:
+                due = now - last_flush >= poll  # retried at the poll interval, not every 10 ms
+            if due:
                 await self._flush()
                 last_flush = now
             free = self.config.concurrency - len(self._in_flight)
@@ -265,12 +276,16 @@ class QueueRunner:
                     claimed = await self.store.claim(
                         self.instance_id, free, now=self.clock.now(), lease_sec=self.config.lease_sec
                     )
-                except Exception:
-                    logger.exception("jobs: claiming failed; retrying in %.1f s", poll)
+                except Exception as exc:
+                    self._claim_outage.failed(exc, f"retrying every {poll:g} s")
+                else:
+                    self._claim_outage.recovered()
                 for job in claimed:
                     self._spawn(job)
             # Wait for a delivery to finish, an enqueue in this process, or the next poll.
-            timeout = BATCH_WAIT_SEC if self._outcomes or 0 < free < batch else poll
+            timeout = (
+                BATCH_WAIT_SEC if (self._outcomes and not self._finish_outage.failing) or 0 < free < batch else poll
+            )
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._event.wait(), timeout)
 
@@ -281,8 +296,10 @@ class QueueRunner:
             # Always, even with no job in flight: it also renews this instance's running cron ticks.
             try:
                 await self.store.heartbeat(self.instance_id, now=self.clock.now(), lease_sec=self.config.lease_sec)
-            except Exception:
-                logger.exception("jobs: heartbeat failed")
+            except Exception as exc:
+                self._heartbeat_outage.failed(exc, f"retrying every {interval:g} s")
+            else:
+                self._heartbeat_outage.recovered()
 
     def start(self) -> None:
         loop = asyncio.get_running_loop()
