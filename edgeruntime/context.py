@@ -157,6 +157,8 @@ class ExecutionContext:
     meter: CpuMeter | None = None
     #: Set when the request idle timeout cancelled it (the gateway answers 504).
     idle_expired: bool = False
+    #: Set when the client went away before the response started (recorded as 499).
+    client_disconnected: bool = False
 
     def activate(self) -> Any:
         """Make this the current context; returns a token for :meth:`deactivate`."""

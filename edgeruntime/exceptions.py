@@ -6,6 +6,7 @@ EdgeRuntimeError
 ├── NotSupportedError        an API the edge runtime forbids (`Deno.env.set`)
 ├── JobsError                the jobs system cannot do what was asked (no store, bad payload)
 ├── DashboardError           a dashboard API request that cannot be served (→ its 4xx JSON error)
+├── DuplicateHeader          a request repeats a header that must appear once (Authorization, apikey) → 400
 └── FunctionError            something went wrong in one function; the others keep serving
     ├── BootError            the function's module failed to load → 503 BOOT_ERROR
     ├── WorkerCrashed        the worker died (or its module raised at top level) → 500 WORKER_ERROR
@@ -22,6 +23,7 @@ __all__ = [
     "BootError",
     "ConfigError",
     "DashboardError",
+    "DuplicateHeader",
     "EdgeRuntimeError",
     "FunctionError",
     "IdleTimeout",
@@ -65,6 +67,14 @@ class DashboardError(EdgeRuntimeError):
     def __init__(self, status: int, message: str) -> None:
         self.status = status
         super().__init__(message)
+
+
+class DuplicateHeader(EdgeRuntimeError):
+    """Raised when a request sends a header that must appear once (a credential) more than once."""
+
+    def __init__(self, header: str) -> None:
+        self.header = header
+        super().__init__(f"the request has more than one {header} header")
 
 
 class FunctionError(EdgeRuntimeError):

@@ -18,14 +18,19 @@ __all__ = ["BodyLimit", "IdleTimeouts"]
 
 
 class BodyLimit:
-    """Wraps an ASGI `receive`, raising PayloadTooLarge once more than `max_bytes` arrived."""
+    """Wraps an ASGI `receive`, raising PayloadTooLarge once more than `max_bytes` arrived.
 
-    __slots__ = ("_receive", "exceeded", "function", "max_bytes", "received")
+    With `ctx`, a client that goes away before the response started (``http.disconnect``) is
+    noted on it (`client_disconnected`), so the gateway records the request as such.
+    """
 
-    def __init__(self, receive: Receive, function: str, max_bytes: int) -> None:
+    __slots__ = ("_receive", "ctx", "exceeded", "function", "max_bytes", "received")
+
+    def __init__(self, receive: Receive, function: str, max_bytes: int, ctx: ExecutionContext | None = None) -> None:
         self._receive = receive
         self.function = function
         self.max_bytes = max_bytes
+        self.ctx = ctx
         self.received = 0
         self.exceeded = False
 
@@ -49,11 +54,14 @@ class BodyLimit:
         if self.exceeded:
             raise self.error()
         message = await self._receive()
-        if message["type"] == "http.request":
+        kind = message["type"]
+        if kind == "http.request":
             self.received += len(message.get("body", b""))
             if self.received > self.max_bytes:
                 self.exceeded = True
                 raise self.error()
+        elif kind == "http.disconnect" and self.ctx is not None and not self.ctx.response_started:
+            self.ctx.client_disconnected = True
         return message
 
 
