@@ -14,12 +14,13 @@ from collections.abc import Awaitable, Callable
 from typing import NamedTuple
 
 from edgeruntime import responses
-from edgeruntime.auth import Verifier
+from edgeruntime.auth import Verifier, credentials
 from edgeruntime.background import BackgroundTask
 from edgeruntime.context import ExecutionContext, default_worker
 from edgeruntime.discovery import SHARED, discover, purge_modules
 from edgeruntime.exceptions import (
     BootError,
+    DuplicateHeader,
     FunctionError,
     IdleTimeout,
     LimitExceeded,
@@ -38,6 +39,13 @@ logger = logging.getLogger("edgeruntime")
 
 PREFIX = "/functions/v1/"
 METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "HEAD"})
+HEALTH_PATH = "/_internal/health"
+#: The `Allow` header of a 405 from a function route and from the health check.
+ALLOW_FUNCTION = (b"allow", b"GET, POST, PUT, PATCH, DELETE, OPTIONS, HEAD")
+ALLOW_HEALTH = (b"allow", b"GET, HEAD")
+#: Added to the 405 answering CONNECT: nothing is tunnelled, and a parser that switched to
+#: tunnel mode (httptools) could not read a next request on the connection anyway.
+CLOSE = (b"connection", b"close")
 EXECUTION_ID_HEADER = b"x-edgeruntime-execution-id"
 #: Percent-encoded bytes that must never reach a function name: `/`, `\`, NUL.
 _FORBIDDEN_ENCODED = (b"%2f", b"%5c", b"%00")
@@ -177,12 +185,7 @@ class EdgeApp:
     async def handle_http(self, scope: Scope, receive: Receive, send: Send, trigger: str = "http") -> None:
         path: str = scope["path"]
         if not path.startswith(PREFIX):
-            if path == "/_internal/health":
-                await responses.send_response(send, responses.HEALTH)
-            elif (mounted := self._mounted(path)) is not None:
-                await mounted(scope, receive, send)
-            else:
-                await responses.send_response(send, responses.NOT_FOUND)
+            await self._handle_other(scope, receive, send)
             return
 
         started = time.perf_counter()
@@ -204,6 +207,9 @@ class EdgeApp:
         finally:
             duration_ms = (time.perf_counter() - started) * 1000
             status = ctx.status or 500
+            if ctx.client_disconnected:  # whatever the function did next reached no one
+                status = responses.CLIENT_CLOSED_REQUEST
+                error = "client disconnected before the response"
             method = scope["method"]
             self.access_log(method, path, status, duration_ms, name or None, execution_id)
             if self.observers:
@@ -224,6 +230,22 @@ class EdgeApp:
                     except Exception:
                         logger.exception("invocation observer failed")
 
+    async def _handle_other(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Paths outside /functions/v1/: the health check, the mounts (dashboard, metrics), else 404."""
+        path: str = scope["path"]
+        method = scope["method"]
+        if path == HEALTH_PATH:
+            if method == "GET" or method == "HEAD":
+                await responses.send_response(send, responses.HEALTH)
+            else:
+                await _method_not_allowed(send, method, ALLOW_HEALTH)
+        elif method == "CONNECT":
+            await _method_not_allowed(send, method, ALLOW_FUNCTION)
+        elif (mounted := self._mounted(path)) is not None:
+            await mounted(scope, receive, send)
+        else:
+            await responses.send_response(send, responses.NOT_FOUND)
+
     def _mounted(self, path: str) -> ASGIApp | None:
         for prefix, mounted in self.mounts.items():
             if path == prefix or path.startswith(prefix.rstrip("/") + "/"):
@@ -240,11 +262,17 @@ class EdgeApp:
             return None
         method = scope["method"]
         if method not in METHODS:
-            await responses.send_response(send, responses.METHOD_NOT_ALLOWED)
+            await _method_not_allowed(send, method, ALLOW_FUNCTION)
             return None
+        try:
+            authorization, apikey = credentials(scope["headers"])
+        except DuplicateHeader as exc:
+            # Refused whether or not the function verifies JWTs: it would read one copy, a check another.
+            duplicate = responses.DUPLICATE_APIKEY if exc.header == "apikey" else responses.DUPLICATE_AUTHORIZATION
+            await responses.send_response(send, duplicate)
+            return f"400 {exc}"
         if supervisor.verify_jwt and method != "OPTIONS":
-            headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-            failure = self.verifier.check(headers)
+            failure = self.verifier.check_credentials(authorization, apikey)
             if failure is not None:
                 await responses.send_response(
                     send,
@@ -257,7 +285,8 @@ class EdgeApp:
         if raw is not None:
             fn_scope["raw_path"] = raw[len(PREFIX) - 1 :]
         fn_scope["root_path"] = ""
-        fn_scope["headers"] = self.verifier.forwarded_headers(scope["headers"])  # the gateway's apikey rewrite
+        # The gateway's apikey rewrite; the function reads the one Authorization that was checked.
+        fn_scope["headers"] = self.verifier.forwarded_headers(scope["headers"], authorization, apikey)
         try:
             await supervisor.dispatch(fn_scope, receive, send, ctx)
         except FunctionError as exc:
@@ -322,6 +351,11 @@ class EdgeApp:
                 logger.exception("shutdown hook failed")
         self.started = False
         return cut
+
+
+async def _method_not_allowed(send: Send, method: str, allow: tuple[bytes, bytes]) -> None:
+    extra = [allow, CLOSE] if method == "CONNECT" else [allow]
+    await responses.send_response(send, responses.METHOD_NOT_ALLOWED, extra)
 
 
 def create_app(settings: Settings) -> EdgeApp:

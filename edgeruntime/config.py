@@ -1,4 +1,4 @@
-"""config.toml: the `[edge_runtime]`, `[auth]`, `[functions.<name>]` and `[cron.<name>]` sections.
+"""config.toml: the `[edge_runtime]`, `[auth]`, `[dashboard]`, `[functions.<name>]` and `[cron.<name>]` sections.
 
 The file is found by ``--config`` or as ``config.toml`` in the functions directory's parent, so a
 Supabase project's ``supabase/config.toml`` works when serving ``supabase/functions``. Sections
@@ -23,7 +23,7 @@ from edgeruntime.discovery import is_valid_slug
 from edgeruntime.exceptions import ConfigError
 from edgeruntime.limits import DEFAULT_LIMITS, LIMIT_KEYS, Isolation, Limits, Policy
 
-__all__ = ["CronConfig", "FunctionConfig", "ProjectConfig", "find_config", "load_config"]
+__all__ = ["CronConfig", "DashboardConfig", "FunctionConfig", "ProjectConfig", "find_config", "load_config"]
 
 logger = logging.getLogger("edgeruntime")
 
@@ -51,6 +51,8 @@ FOREIGN_EDGE_RUNTIME_KEYS = frozenset({"enabled", "inspector_port", "deno_versio
 FOREIGN_FUNCTION_KEYS = frozenset({"import_map", "entrypoint", "static_files"})
 CRON_OVERLAP = ("skip", "allow")
 _ENV_REF = re.compile(r"^env\((?P<name>[A-Za-z_][A-Za-z0-9_]*)\)$")
+#: An `[dashboard] allowed_hosts` entry: a name (`*.` for any subdomain) or an address, with an optional port.
+_ALLOWED_HOST = re.compile(r"^(\*\.)?([a-z0-9_-]+(\.[a-z0-9_-]+)*|\[[0-9a-f:.]+\])(:[0-9]{1,5})?$")
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,15 @@ class FunctionConfig:
     description: str | None = None
     #: Limit keys set for this function only (applied over the global limits).
     limits: Mapping[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DashboardConfig:
+    """`[dashboard]`."""
+
+    #: Host names (besides loopback ones) under which a dashboard open on loopback is served:
+    #: lower-case, as `name`, `name:port`, `*.domain` or `[address]:port`.
+    allowed_hosts: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -94,6 +105,7 @@ class ProjectConfig:
     cron: Mapping[str, CronConfig] = field(default_factory=dict)
     #: The raw `[jobs]` table (queue and retention settings), validated by `edgeruntime.jobs`.
     jobs: Mapping[str, Any] = field(default_factory=dict)
+    dashboard: DashboardConfig = DashboardConfig()
 
     def function(self, name: str) -> FunctionConfig:
         return self.functions.get(name) or FunctionConfig()
@@ -210,6 +222,30 @@ def _signing_keys(r: _Reader, path: Path) -> tuple[Mapping[str, Any], ...]:
     return tuple(data)
 
 
+def _dashboard(r: _Reader, raw: Any) -> DashboardConfig:
+    table = r.table(raw, "[dashboard]")
+    r.check_keys(table, "dashboard", {"allowed_hosts"})
+    key = "[dashboard] allowed_hosts"
+    entries = table.get("allowed_hosts", [])
+    if not isinstance(entries, list):
+        raise r.error(key, f"expected an array of host names, got {_kind(entries)}")
+    hosts: list[str] = []
+    for entry in entries:
+        if not isinstance(entry, str):
+            raise r.error(key, f"expected host names (strings), got {_kind(entry)}")
+        host = entry.strip().lower()
+        if host == "*":
+            raise r.error(key, "'*' would serve the dashboard to any Host, as DNS rebinding needs; list the names")
+        if not _ALLOWED_HOST.match(host):
+            raise r.error(
+                key,
+                f"expected a host name as clients send it in Host, like 'dash.example.com', "
+                f"'dash.example.com:8443' or '*.example.com' (no scheme, no path), got {entry!r}",
+            )
+        hosts.append(host)
+    return DashboardConfig(allowed_hosts=tuple(hosts))
+
+
 def load_config(path: Path | None, environ: Mapping[str, str] | None = None, *, warn: bool = True) -> ProjectConfig:
     """Read and validate `path`; defaults when `path` is None.
 
@@ -225,7 +261,9 @@ def load_config(path: Path | None, environ: Mapping[str, str] | None = None, *, 
     except OSError as exc:
         raise ConfigError(f"{path}: cannot be read: {exc.strerror}") from None
     r = _Reader(path)
-    r.check_keys(data, "top level", FOREIGN_SECTIONS | {"edge_runtime", "auth", "functions", "cron", "jobs"})
+    r.check_keys(
+        data, "top level", FOREIGN_SECTIONS | {"edge_runtime", "auth", "dashboard", "functions", "cron", "jobs"}
+    )
 
     er = r.table(data.get("edge_runtime", {}), "[edge_runtime]")
     own_er = {"policy", "isolation", "secrets", *LIMIT_KEYS}
@@ -313,4 +351,5 @@ def load_config(path: Path | None, environ: Mapping[str, str] | None = None, *, 
         functions=functions,
         cron=cron,
         jobs=r.table(data.get("jobs", {}), "[jobs]"),
+        dashboard=_dashboard(r, data.get("dashboard", {})),
     )

@@ -159,6 +159,8 @@ class ExecutionContext:
     idle_expired: bool = False
     #: What the handler raised ("KeyError: 'userId'"), for the run record; None when it did not.
     error: str | None = None
+    #: Set when the client went away before the response started (recorded as 499).
+    client_disconnected: bool = False
 
     def activate(self) -> Any:
         """Make this the current context; returns a token for :meth:`deactivate`."""

@@ -7,6 +7,7 @@ EdgeRuntimeError
 ├── JobsError                the jobs system cannot do what was asked (no store, bad payload)
 │   └── StoreUnavailable     the store cannot be reached or written now; retrying may succeed
 ├── DashboardError           a dashboard API request that cannot be served (→ its 4xx JSON error)
+├── DuplicateHeader          a request repeats a header that must appear once (Authorization, apikey) → 400
 └── FunctionError            something went wrong in one function; the others keep serving
     ├── BootError            the function's module failed to load → 503 BOOT_ERROR
     ├── WorkerCrashed        the worker died (or its module raised at top level) → 500 WORKER_ERROR
@@ -23,6 +24,7 @@ __all__ = [
     "BootError",
     "ConfigError",
     "DashboardError",
+    "DuplicateHeader",
     "EdgeRuntimeError",
     "FunctionError",
     "IdleTimeout",
@@ -72,6 +74,14 @@ class DashboardError(EdgeRuntimeError):
     def __init__(self, status: int, message: str) -> None:
         self.status = status
         super().__init__(message)
+
+
+class DuplicateHeader(EdgeRuntimeError):
+    """Raised when a request sends a header that must appear once (a credential) more than once."""
+
+    def __init__(self, header: str) -> None:
+        self.header = header
+        super().__init__(f"the request has more than one {header} header")
 
 
 class FunctionError(EdgeRuntimeError):

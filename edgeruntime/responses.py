@@ -58,6 +58,13 @@ PAYLOAD_TOO_LARGE = RuntimeResponse.error(
     413, "PAYLOAD_TOO_LARGE", "Request body is larger than the function's max_request_body_mb"
 )
 HEALTH = RuntimeResponse.json(200, {"message": "ok"})
+DUPLICATE_AUTHORIZATION = RuntimeResponse.error(
+    400, "DUPLICATE_AUTH_HEADER", "Request has more than one Authorization header"
+)
+DUPLICATE_APIKEY = RuntimeResponse.error(400, "DUPLICATE_AUTH_HEADER", "Request has more than one apikey header")
+#: What a client that went away before the response started is recorded with (nginx's
+#: "client closed request"); never sent, there is no one left to send it to.
+CLIENT_CLOSED_REQUEST = 499
 
 
 async def send_response(send: Send, response: RuntimeResponse, extra: list[tuple[bytes, bytes]] | None = None) -> None:

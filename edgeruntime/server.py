@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any
 
 from edgeruntime.exceptions import UsageError
+from edgeruntime.request_limits import MAX_HEAD_BYTES, limit_head
 from edgeruntime.settings import Settings
 from edgeruntime.transport import batched_writes
 from edgeruntime.types import ASGIApp
@@ -110,6 +111,7 @@ async def serve_asgi(
 
     `before_serving` is called once the server's own modules are loaded, right before it starts.
     With `log_format` "json" the server's own log lines go through edgeruntime's handler.
+    Either server answers a request head over MAX_HEAD_BYTES with 431.
     """
     if server == "uvicorn":
         await _serve_uvicorn(app, host, port, graceful_timeout, shutdown_trigger, before_serving, log_format)
@@ -127,9 +129,11 @@ async def serve_asgi(
     config.accesslog = None
     config.errorlog = logging.getLogger("edgeruntime.server")
     config.keep_alive_timeout = 75
+    config.h11_max_incomplete_size = MAX_HEAD_BYTES
     if before_serving is not None:
         before_serving()
-    await serve(app, config, shutdown_trigger=shutdown_trigger)  # type: ignore[arg-type, unused-ignore]
+    # h11 refuses a head over the limit only while it is incomplete; a whole one in a read passes.
+    await serve(limit_head(app), config, shutdown_trigger=shutdown_trigger)  # type: ignore[arg-type, unused-ignore]
 
 
 async def _serve_uvicorn(
@@ -148,8 +152,11 @@ async def _serve_uvicorn(
     extra: dict[str, Any] = {}
     if log_format == "json":  # uvicorn's own handlers would write its warnings as plain text
         extra["log_config"] = None
+    from edgeruntime.uvicorn_http import head_limited_protocol
+
+    protocol, checks_whole_heads = head_limited_protocol()
     config = uvicorn.Config(
-        app,
+        app if checks_whole_heads else limit_head(app),
         host=host,
         port=port,
         lifespan="on",
@@ -161,6 +168,9 @@ async def _serve_uvicorn(
         # As under Hypercorn: the client address is the connection's peer. (Uvicorn's default
         # rewrites it from X-Forwarded-For, in a middleware run on every request.)
         proxy_headers=False,
+        # Hypercorn's limit on the request head (431), kept as the bytes arrive.
+        http=protocol,
+        h11_max_incomplete_event_size=MAX_HEAD_BYTES,
         ws=_uvicorn_websockets(),  # type: ignore[arg-type, unused-ignore]  # uvicorn only calls it, as it would a class
     )
     config.load()  # imports the protocol modules now, so before_serving runs after every import

@@ -213,7 +213,7 @@ class FunctionSupervisor:
         WorkerCrashed (500) for the gateway to answer.
         """
         self.last_invocation = time.time()
-        body = BodyLimit(receive, self.spec.name, self._max_body_bytes)
+        body = BodyLimit(receive, self.spec.name, self._max_body_bytes, ctx)
         body.check_declared(scope)
         worker = self.worker
         if worker is None or worker.status is not WorkerStatus.ACTIVE:  # else no coroutine for acquire()

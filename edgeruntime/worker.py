@@ -14,6 +14,8 @@ import types
 from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, Protocol
 
+from starlette.requests import ClientDisconnect
+
 from edgeruntime import responses
 from edgeruntime.background import BackgroundTask
 from edgeruntime.context import ExecutionContext, WorkerState
@@ -210,6 +212,16 @@ class InlineWorker:
                 await responses.send_response(send, responses.BAD_GATEWAY)
         except PayloadTooLarge:
             raise
+        except ClientDisconnect:
+            # The client went away while the function read its body: not the function's fault, and
+            # nobody is left to answer (the gateway records the request as a disconnect, 499).
+            logger.debug(
+                "client disconnected while function %s read the body of %s %s",
+                self.name,
+                scope["method"],
+                scope["path"],
+                extra={"function": self.name},
+            )
         except Exception as exc:
             logger.exception("function %s raised while handling %s %s", self.name, scope["method"], scope["path"])
             ctx.error = describe_error(exc)

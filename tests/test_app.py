@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from edgeruntime.testing import EdgeClient
-from tests.helpers import write_function
+from edgeruntime.types import Message, Receive, Scope, Send
+from tests.helpers import KEYS, write_function
 
 ECHO = """
 from starlette.requests import Request
@@ -181,3 +182,111 @@ async def test_disabled_function_is_404(hello_dir: Path) -> None:
     (hello_dir.parent / "config.toml").write_text("[functions.hello]\nenabled = false\n")
     async with EdgeClient(hello_dir) as client:
         assert (await client.invoke("hello")).status_code == 404
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT", "BREW"])
+async def test_health_answers_get_and_head_only(hello_dir: Path, method: str) -> None:
+    async with EdgeClient(hello_dir) as client:
+        assert (await client.request("HEAD", "/_internal/health")).status_code == 200
+        r = await client.request(method, "/_internal/health")
+        assert r.status_code == 405
+        assert r.text == "Method Not Allowed"
+        assert r.headers["allow"] == "GET, HEAD"
+        assert r.headers["sb-error-code"] == "METHOD_NOT_ALLOWED"
+        # Nothing is tunnelled: a CONNECT is answered and its connection closed.
+        assert (r.headers.get("connection") == "close") is (method == "CONNECT")
+
+
+@pytest.mark.parametrize("path", ["/functions/v1/hello", "/_edgeruntime/", "/_internal/metrics", "/elsewhere"])
+async def test_connect_is_405_and_closes_the_connection(hello_dir: Path, path: str) -> None:
+    async with EdgeClient(hello_dir) as client:
+        r = await client.request("CONNECT", path, headers=client.headers_for("service_role"))
+        assert r.status_code == 405
+        assert r.headers["allow"] == "GET, POST, PUT, PATCH, DELETE, OPTIONS, HEAD"
+        assert r.headers["connection"] == "close"
+        r = await client.request("TRACE", "/functions/v1/hello", headers=client.headers_for("service_role"))
+        assert (r.status_code, r.headers["allow"]) == (405, "GET, POST, PUT, PATCH, DELETE, OPTIONS, HEAD")
+        assert "connection" not in r.headers
+
+
+READER = """
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from edgeruntime import serve
+
+async def handler(req: Request) -> JSONResponse:
+    return JSONResponse({"size": len(await req.body())})
+
+serve(handler)
+"""
+
+SYNC_READER = """
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from edgeruntime import serve
+
+def handler(req: Request) -> JSONResponse:
+    return JSONResponse({"sync": True})
+
+serve(handler)
+"""
+
+
+def partial_body_then_gone(name: str) -> tuple[Scope, Receive, Send, list[Message]]:
+    """A request to `name` whose client sends a part of its body and disconnects."""
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": f"/functions/v1/{name}",
+        "raw_path": f"/functions/v1/{name}".encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [
+            (b"host", b"127.0.0.1:54321"),
+            (b"content-length", b"1000"),
+            (b"authorization", f"Bearer {KEYS.anon_key}".encode()),
+        ],
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 54321),
+    }
+    messages: list[Message] = [
+        {"type": "http.request", "body": b"x" * 100, "more_body": True},
+        {"type": "http.disconnect"},
+    ]
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    return scope, receive, send, sent
+
+
+@pytest.mark.parametrize("isolation", ["inline", "process"])
+async def test_a_client_gone_mid_body_is_recorded_as_a_disconnect(
+    hello_dir: Path, caplog: pytest.LogCaptureFixture, isolation: str
+) -> None:
+    write_function(hello_dir, "reader", READER)
+    write_function(hello_dir, "syncreader", SYNC_READER)
+    async with EdgeClient(hello_dir, isolation=isolation) as client:
+        for name in ("reader", "syncreader"):
+            scope, receive, send, _ = partial_body_then_gone(name)
+            await client.app.handle_http(scope, receive, send)
+        await client.jobs.history.flush()
+        runs = (await client.request("GET", "/_edgeruntime/api/runs")).json()["runs"]
+        assert sorted((r["function"], r["http_status"], r["error"]) for r in runs) == [
+            ("reader", 499, "client disconnected before the response"),
+            ("syncreader", 499, "client disconnected before the response"),
+        ]
+        metrics = (await client.request("GET", "/_internal/metrics")).text
+        assert 'edgeruntime_requests_total{function="reader",status="499",trigger="http"} 1.0' in metrics
+        assert (await client.invoke("reader", content=b"abc")).json() == {"size": 3}  # and it keeps serving
+    assert "raised" not in caplog.text
+    assert "Traceback" not in caplog.text
+    access = [rec.getMessage() for rec in caplog.records if rec.name == "edgeruntime.access"]
+    assert any("POST /functions/v1/reader 499" in line for line in access)

@@ -185,6 +185,20 @@ ERRORS = [
     ('[cron.daily]\nfunction = "hello"\nschedule = "@daily"\noverlap = "queue"\n', ["[cron.daily] overlap"]),
     ('[cron.daily]\nfunction = "hello"\nschedule = "@daily"\nevery = 1\n', ["[cron.daily] every", "unknown key"]),
     ("[edge_runtime\npolicy = 1\n", ["not valid TOML", "line 1"]),
+    ('[dashboard]\nallowed_hosts = "dash.example.com"\n', ["[dashboard] allowed_hosts", "expected an array"]),
+    ("[dashboard]\nallowed_hosts = [8443]\n", ["[dashboard] allowed_hosts", "expected host names"]),
+    ('[dashboard]\nallowed_hosts = ["https://dash.example.com"]\n', ["[dashboard] allowed_hosts", "no scheme"]),
+    ('[dashboard]\nallowed_hosts = ["dash.example.com/admin"]\n', ["[dashboard] allowed_hosts", "no path"]),
+    (
+        '[dashboard]\nallowed_hosts = ["dash.example.com:http"]\n',
+        ["[dashboard] allowed_hosts", "'dash.example.com:http'"],
+    ),
+    (
+        '[dashboard]\nallowed_hosts = ["*"]\n',
+        ["[dashboard] allowed_hosts", "'*' would serve the dashboard to any Host"],
+    ),
+    ('[dashboard]\nallowed_hosts = ["a b"]\n', ["[dashboard] allowed_hosts", "'a b'"]),
+    ('[dashboard]\nallowed_host = ["dash.example.com"]\n', ["[dashboard] allowed_host", "unknown key"]),
 ]
 
 
@@ -205,8 +219,16 @@ def test_missing_explicit_config_is_an_error(hello_dir: Path, tmp_path: Path) ->
         Settings.build(hello_dir, config_path=tmp_path / "nowhere.toml")
 
 
+def test_dashboard_allowed_hosts(tmp_path: Path) -> None:
+    text = '[dashboard]\nallowed_hosts = ["Dash.Example.com", "*.corp.example:8443", "[::1]:9000", "10.0.0.7"]\n'
+    config = load_config(write_config(tmp_path / "config.toml", text), environ={})
+    assert config.dashboard.allowed_hosts == ("dash.example.com", "*.corp.example:8443", "[::1]:9000", "10.0.0.7")
+    assert load_config(None).dashboard.allowed_hosts == ()
+
+
 SERVE_ERRORS = [
     ('[functions.hello]\nverify_jwt = "no"\n', "[functions.hello] verify_jwt"),
+    ('[dashboard]\nallowed_hosts = ["http://x"]\n', "[dashboard] allowed_hosts"),
     ("[edge_runtime]\nwall_clock = 1\n", "[edge_runtime] wall_clock"),
     ("[edge_runtime\n", "not valid TOML"),
 ]

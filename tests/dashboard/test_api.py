@@ -355,6 +355,11 @@ async def test_failed_jobs_retry_retry_all_and_delete(client: EdgeClient, projec
     missing = await client.request("POST", API + "/failed/999999/retry")
     assert (missing.status_code, missing.json()) == (404, {"error": "no failed job 999999"})
     assert (await client.request("POST", API + "/failed/abc/retry")).status_code == 404
+    # An id past the store's 64-bit integers is missing too, not a store error (the fuzz found a 503).
+    huge = 10**23
+    for method, path in (("POST", f"/failed/{huge}/retry"), ("DELETE", f"/failed/{huge}")):
+        r = await client.request(method, API + path)
+        assert (r.status_code, r.json()) == (404, {"error": f"no failed job {huge}"})
 
 
 async def test_page_static_files_and_unknown_paths(client: EdgeClient) -> None:

@@ -1,4 +1,4 @@
-"""The code in docs/quickstart.md runs as written."""
+"""The code in docs/quickstart.md runs as written; what other pages state is what the code does."""
 
 from __future__ import annotations
 
@@ -7,12 +7,14 @@ import os
 import re
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
 
 from edgeruntime.config import load_config
 from edgeruntime.jobs.queue import HEARTBEATS_PER_LEASE
+from edgeruntime.lifecycle import ShutdownReason
 from edgeruntime.testing import EdgeClient
 from tests.examples.conftest import REPO
 from tests.helpers import run_cli, write_function
@@ -101,3 +103,19 @@ def test_docs_give_the_heartbeat_interval_the_queue_uses() -> None:
     ]
     assert ("jobs.md", HEARTBEATS_PER_LEASE) in mentions
     assert [m for m in mentions if m[1] != HEARTBEATS_PER_LEASE] == []
+
+
+def test_dashboard_docs_name_the_cut_reasons_the_history_records() -> None:
+    text = (REPO / "docs" / "dashboard.md").read_text(encoding="utf-8")
+    runs = text[text.index("**Runs**") : text.index("**Queue**")]
+    for reason in (ShutdownReason.WALL_CLOCK, ShutdownReason.CPU, ShutdownReason.MEMORY, ShutdownReason.TERMINATION):
+        assert f"`{reason}`" in runs, reason
+    assert "`shutdown`" not in runs and "`wall_clock`" not in runs
+
+
+def test_dashboard_allowed_hosts_example_is_valid(tmp_path: Path) -> None:
+    text = (REPO / "docs" / "dashboard.md").read_text(encoding="utf-8")
+    [example] = [b for b in re.findall(r"```toml\n(.*?)```", text, flags=re.S) if "allowed_hosts" in b]
+    path = tmp_path / "config.toml"
+    path.write_text(textwrap.dedent(example), encoding="utf-8")
+    assert load_config(path, {}).dashboard.allowed_hosts == ("dash.example.com", "*.corp.example:8443")
