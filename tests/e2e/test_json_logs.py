@@ -98,7 +98,8 @@ def test_every_line_of_a_json_logging_server_parses(
             forged = "/functions/v1/chatty/%0A%7B%22level%22%3A%22critical%22%7D"
             assert httpx.get(base + forged, headers=SERVICE_ROLE, timeout=10).status_code == 200
             with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:  # the server's own complaint
-                raw.sendall(b"NOT HTTP AT ALL\r\n\r\n")
+                # (a malformed request is answered without a line; an upgrade nobody speaks is logged)
+                raw.sendall(b"GET /_internal/health HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: foo\r\n\r\n")
                 raw.recv(1024)
             source.write_text(CHATTY.replace("version 1", "version 2").replace('"version": 1', '"version": 2'))
 
@@ -144,7 +145,9 @@ def test_every_line_of_a_json_logging_server_parses(
     assert "critical" not in {r["level"] for r in records}
     assert logged("TerminationRequested")  # the shutdown line after SIGTERM
     if server == "uvicorn":  # its own loggers too (Hypercorn answers a bad request without a line)
-        assert {(r["logger"], r["level"]) for r in logged("Invalid HTTP request")} == {("uvicorn.error", "warning")}
+        assert {(r["logger"], r["level"]) for r in logged("Unsupported upgrade request")} == {
+            ("uvicorn.error", "warning")
+        }
 
 
 def test_a_startup_error_under_json_logs_is_a_json_line(functions_dir: Path) -> None:
