@@ -12,11 +12,11 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
 from typing import Any
 
 from edgeruntime.exceptions import UsageError
-from edgeruntime.settings import Settings
+from edgeruntime.settings import DEFAULT_KEEP_ALIVE_TIMEOUT_SEC, Settings
 from edgeruntime.transport import batched_writes
 from edgeruntime.types import ASGIApp
 
@@ -104,13 +104,16 @@ async def serve_asgi(
     shutdown_trigger: Callable[[], Awaitable[object]],
     server: str = "hypercorn",
     before_serving: Callable[[], None] | None = None,
+    keep_alive_timeout: float = DEFAULT_KEEP_ALIVE_TIMEOUT_SEC,
 ) -> None:
     """Serve `app` until `shutdown_trigger` returns, then finish in-flight requests.
 
     `before_serving` is called once the server's own modules are loaded, right before it starts.
+    An idle connection is closed after `keep_alive_timeout` seconds, and one whose client has
+    closed its side as soon as its responses are written.
     """
     if server == "uvicorn":
-        await _serve_uvicorn(app, host, port, graceful_timeout, shutdown_trigger, before_serving)
+        await _serve_uvicorn(app, host, port, graceful_timeout, shutdown_trigger, before_serving, keep_alive_timeout)
         return
     if server != "hypercorn":
         raise UsageError(f"--server: expected hypercorn or uvicorn, got {server!r}")
@@ -124,10 +127,61 @@ async def serve_asgi(
     config.shutdown_timeout = graceful_timeout + 10
     config.accesslog = None
     config.errorlog = logging.getLogger("edgeruntime.server")
-    config.keep_alive_timeout = 75
+    config.keep_alive_timeout = keep_alive_timeout
     if before_serving is not None:
         before_serving()
-    await serve(app, config, shutdown_trigger=shutdown_trigger)  # type: ignore[arg-type, unused-ignore]
+    with _closing_at_eof():
+        await serve(app, config, shutdown_trigger=shutdown_trigger)  # type: ignore[arg-type, unused-ignore]
+
+
+@contextlib.contextmanager
+def _closing_at_eof() -> Iterator[None]:
+    """Hypercorn's connections, closed once their client has gone and their responses are written.
+
+    Hypercorn reads a connection until the client's EOF (or a read error), then still waits for
+    the connection's keep-alive timer before it closes it: a client that sends a request and
+    closes, or just connects and closes, holds a descriptor here for the whole keep-alive
+    timeout. Nothing more can arrive once reading has ended, so the connection's class below
+    stops that timer then and starts it no more; the requests in flight finish, their responses
+    are written (a half-closed client still gets its response), and Hypercorn closes the
+    connection.
+    """
+    from hypercorn.asyncio import run
+    from hypercorn.asyncio.tcp_server import TCPServer
+    from hypercorn.events import Event, Updated
+
+    if getattr(run, "TCPServer", None) is not TCPServer or not all(
+        hasattr(TCPServer, name) for name in ("_read_data", "protocol_send")
+    ):
+        logger.warning(
+            "this Hypercorn version is not one edgeruntime knows: a connection whose client has gone "
+            "is closed only by the keep-alive timeout"
+        )
+        yield
+        return
+
+    class ClosingAtEOF(TCPServer):
+        reading_ended = False
+
+        async def _read_data(self) -> None:
+            try:
+                await super()._read_data()
+            finally:
+                self.reading_ended = True
+                idle = getattr(self, "idle_task", None)
+                if idle is not None:
+                    await idle.stop()
+
+        async def protocol_send(self, event: Event) -> None:
+            # The last response of a half-closed connection ends after reading did: no timer for it either.
+            if not (self.reading_ended and isinstance(event, Updated) and event.idle):
+                await super().protocol_send(event)
+
+    run.TCPServer = ClosingAtEOF  # type: ignore[attr-defined]
+    try:
+        yield
+    finally:
+        run.TCPServer = TCPServer  # type: ignore[attr-defined]
 
 
 async def _serve_uvicorn(
@@ -137,6 +191,7 @@ async def _serve_uvicorn(
     graceful_timeout: float,
     shutdown_trigger: Callable[[], Awaitable[object]],
     before_serving: Callable[[], None] | None,
+    keep_alive_timeout: float,
 ) -> None:
     try:
         import uvicorn  # type: ignore[import-not-found, unused-ignore]
@@ -150,6 +205,8 @@ async def _serve_uvicorn(
         access_log=False,
         log_level="warning",
         timeout_graceful_shutdown=int(graceful_timeout) or 1,
+        # Typed int, used as a delay in seconds (loop.call_later): fractions work.
+        timeout_keep_alive=keep_alive_timeout,  # type: ignore[arg-type, unused-ignore]
         loop="none",
         # As under Hypercorn: the client address is the connection's peer. (Uvicorn's default
         # rewrites it from X-Forwarded-For, in a middleware run on every request.)
@@ -227,6 +284,7 @@ def run_server(
                 shutdown_trigger=stop.wait,
                 server=settings.server,
                 before_serving=lambda: _start_gc(gc_setting),
+                keep_alive_timeout=settings.keep_alive_timeout_sec,
             )
         finally:
             stop.set()
