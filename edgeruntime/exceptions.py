@@ -6,6 +6,7 @@ EdgeRuntimeError
 ├── NotSupportedError        an API the edge runtime forbids (`Deno.env.set`)
 ├── JobsError                the jobs system cannot do what was asked (no store, bad payload)
 ├── DashboardError           a dashboard API request that cannot be served (→ its 4xx JSON error)
+├── ResourceExhausted        the server is out of file descriptors → 503 RESOURCE_EXHAUSTED
 └── FunctionError            something went wrong in one function; the others keep serving
     ├── BootError            the function's module failed to load → 503 BOOT_ERROR
     ├── WorkerCrashed        the worker died (or its module raised at top level) → 500 WORKER_ERROR
@@ -30,6 +31,7 @@ __all__ = [
     "LimitExceeded",
     "NotSupportedError",
     "PayloadTooLarge",
+    "ResourceExhausted",
     "UsageError",
     "WallClockLimitExceeded",
     "WorkerCrashed",
@@ -65,6 +67,19 @@ class DashboardError(EdgeRuntimeError):
     def __init__(self, status: int, message: str) -> None:
         self.status = status
         super().__init__(message)
+
+
+class ResourceExhausted(EdgeRuntimeError):
+    """Raised when the server is out of file descriptors: no function is at fault, and it passes.
+
+    Answered 503 RESOURCE_EXHAUSTED; unlike a boot error it is not recorded against the function.
+    """
+
+    def __init__(self, function: str | None, action: str) -> None:
+        self.function = function
+        #: What could not be done, e.g. "loading function hello".
+        self.action = action
+        super().__init__(f"out of file descriptors: {action} failed")
 
 
 class FunctionError(EdgeRuntimeError):

@@ -12,9 +12,11 @@ import os
 import signal
 import socket
 import sys
+import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
 from typing import Any
 
+from edgeruntime.descriptors import EXHAUSTION_ERRNOS, report_exhaustion
 from edgeruntime.exceptions import UsageError
 from edgeruntime.settings import DEFAULT_KEEP_ALIVE_TIMEOUT_SEC, Settings
 from edgeruntime.transport import batched_writes
@@ -300,14 +302,77 @@ def run_server(
     return 0
 
 
+#: How long accepting pauses after `accept()` failed for want of descriptors (or memory).
+ACCEPT_RETRY_SEC = 0.1
+#: The errors after which accepting pauses: asyncio's list (descriptors, buffer space, memory).
+_ACCEPT_PAUSE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+
+
+class _SelectorLoop(asyncio.SelectorEventLoop):
+    """asyncio's loop, whose accept loop pauses once, and says so once a second, when out of descriptors.
+
+    asyncio accepts up to `backlog` connections per wake-up. When `accept()` fails for want of
+    descriptors it stops watching the socket and schedules a retry, but then goes on with the
+    next accept, which fails the same way: up to `backlog` retries and log records per wake-up,
+    each retry waking up to as many again (CPython gh-151615, fixed in later releases). A
+    server at its limit logged hundreds of thousands of tracebacks and spent its time in
+    retries instead of serving. Here the first such failure ends the batch, is reported through
+    the descriptors' log (one line a second) and schedules one retry, made only while the
+    server still serves.
+    """
+
+    _accept_error_logged_at = float("-inf")
+
+    def _accept_connection(  # type: ignore[no-untyped-def]
+        self, protocol_factory, sock, sslcontext=None, server=None, backlog=100, *rest
+    ) -> None:
+        # The arguments are asyncio's (`rest`: the TLS timeouts, and a context from 3.14 on).
+        for _ in range(backlog):
+            try:
+                conn, addr = sock.accept()
+                conn.setblocking(False)
+            except (BlockingIOError, InterruptedError):
+                return
+            except ConnectionAbortedError:
+                continue
+            except OSError as exc:
+                if exc.errno not in _ACCEPT_PAUSE_ERRNOS:
+                    raise  # the loop logs it and goes on
+                if exc.errno in EXHAUSTION_ERRNOS:
+                    report_exhaustion("accepting a connection", exc)
+                elif time.monotonic() - self._accept_error_logged_at >= 1.0:  # out of memory: once a second
+                    self._accept_error_logged_at = time.monotonic()
+                    logger.error("accepting a connection failed: %s; trying again every %g s", exc, ACCEPT_RETRY_SEC)
+                self._remove_reader(sock.fileno())  # type: ignore[attr-defined]
+                self.call_later(
+                    ACCEPT_RETRY_SEC, self._accept_again, protocol_factory, sock, sslcontext, server, backlog, *rest
+                )
+                return
+            self.create_task(
+                self._accept_connection2(  # type: ignore[attr-defined]
+                    protocol_factory, conn, {"peername": addr}, sslcontext, server, *rest
+                )
+            )
+
+    def _accept_again(  # type: ignore[no-untyped-def]
+        self, protocol_factory, sock, sslcontext, server, backlog, *rest
+    ) -> None:
+        if sock.fileno() < 0 or (server is not None and not server.is_serving()):
+            return  # closed meanwhile (shutdown)
+        self._start_serving(protocol_factory, sock, sslcontext, server, backlog, *rest)  # type: ignore[attr-defined]
+
+
 def _loop_factory(server: str) -> Callable[[], asyncio.AbstractEventLoop]:
     """The event loop to serve on; the connections its TCP servers accept batch their writes.
 
     uvloop under uvicorn when it is installed (as uvicorn itself would pick), asyncio's otherwise.
     Both servers make their listening sockets with `loop.create_server`, so this is where every
-    accepted connection can be given a BatchedTransport (see `edgeruntime.transport`).
+    accepted connection can be given a BatchedTransport (see `edgeruntime.transport`). Out of
+    descriptors, asyncio's loop pauses accepting for ACCEPT_RETRY_SEC (see `_SelectorLoop`);
+    uvloop (libuv) accepts and closes the waiting connections at once, so their clients see
+    the connection close rather than wait.
     """
-    base: type[asyncio.AbstractEventLoop] = asyncio.SelectorEventLoop
+    base: type[asyncio.AbstractEventLoop] = _SelectorLoop
     if server == "uvicorn":
         try:
             import uvloop

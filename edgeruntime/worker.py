@@ -17,6 +17,7 @@ from typing import Any, Protocol
 from edgeruntime import responses
 from edgeruntime.background import BackgroundTask
 from edgeruntime.context import ExecutionContext, WorkerState
+from edgeruntime.descriptors import exhaustion, report_exhaustion
 from edgeruntime.discovery import FunctionSpec, load_function_module
 from edgeruntime.exceptions import InvalidResponse, LimitExceeded, PayloadTooLarge
 from edgeruntime.handlers import to_asgi
@@ -61,7 +62,8 @@ class Worker(Protocol):
     def idle(self) -> bool: ...
 
     async def start(self) -> None:
-        """Boot: raise BootError or WorkerCrashed if the module cannot be loaded."""
+        """Boot: raise BootError or WorkerCrashed if the module cannot be loaded, ResourceExhausted
+        if the server is out of file descriptors."""
 
     async def handle(self, scope: Scope, receive: Receive, send: Send, ctx: ExecutionContext) -> None:
         """Serve one request; raises LimitExceeded or WorkerCrashed when the worker fails it."""
@@ -138,7 +140,7 @@ class InlineWorker:
         return worker
 
     def boot(self) -> None:
-        """Import the function's module; raises BootError or WorkerCrashed."""
+        """Import the function's module; raises BootError, WorkerCrashed or ResourceExhausted."""
         started = time.perf_counter()
         self.state.loop = asyncio.get_running_loop()
         self.module, self.handler = load_function_module(self.spec, self.state)
@@ -171,7 +173,7 @@ class InlineWorker:
             del self._budgets[ctx]
 
     async def handle(self, scope: Scope, receive: Receive, send: Send, ctx: ExecutionContext) -> None:
-        """Serve one request; handler errors become 500/502 responses.
+        """Serve one request; handler errors become 500/502 responses (503 when out of file descriptors).
 
         Raises LimitExceeded when a limit ended the request (its worker or its own budget).
         """
@@ -196,10 +198,16 @@ class InlineWorker:
                 await responses.send_response(send, responses.BAD_GATEWAY)
         except PayloadTooLarge:
             raise
-        except Exception:
-            logger.exception("function %s raised while handling %s %s", self.name, scope["method"], scope["path"])
-            if not ctx.response_started:
-                await responses.send_response(send, responses.INTERNAL_SERVER_ERROR)
+        except Exception as exc:
+            error = exhaustion(exc)
+            if error is not None:  # the server's condition, not the function's bug: 503, one line a second
+                report_exhaustion(f"function {self.name} serving a request", error, self.name)
+                if not ctx.response_started:
+                    await responses.send_response(send, responses.RESOURCE_EXHAUSTED)
+            else:
+                logger.exception("function %s raised while handling %s %s", self.name, scope["method"], scope["path"])
+                if not ctx.response_started:
+                    await responses.send_response(send, responses.INTERNAL_SERVER_ERROR)
         except asyncio.CancelledError:
             budget = self._budgets.get(ctx)
             reason = self.end_reason or (budget.reason if budget is not None else None)
