@@ -17,6 +17,7 @@ from edgeruntime import responses
 from edgeruntime.auth import Verifier, credentials
 from edgeruntime.background import BackgroundTask
 from edgeruntime.context import ExecutionContext, default_worker
+from edgeruntime.descriptors import exhaustion, report_exhaustion
 from edgeruntime.discovery import SHARED, discover, purge_modules
 from edgeruntime.exceptions import (
     BootError,
@@ -25,6 +26,7 @@ from edgeruntime.exceptions import (
     IdleTimeout,
     LimitExceeded,
     PayloadTooLarge,
+    ResourceExhausted,
     WorkerCrashed,
 )
 from edgeruntime.logs import AccessLogger, log_access
@@ -289,6 +291,13 @@ class EdgeApp:
         fn_scope["headers"] = self.verifier.forwarded_headers(scope["headers"], authorization, apikey)
         try:
             await supervisor.dispatch(fn_scope, receive, send, ctx)
+        except ResourceExhausted as exc:
+            error = exhaustion(exc)
+            if error is not None:
+                report_exhaustion(exc.action, error, name)
+            if not ctx.response_started:
+                await responses.send_response(send, responses.RESOURCE_EXHAUSTED)
+            return str(exc)
         except FunctionError as exc:
             response = _error_response(exc)
             if response is None:

@@ -27,8 +27,9 @@ from typing import Any
 from edgeruntime.background import BackgroundTask
 from edgeruntime.channel import Channel, Frame
 from edgeruntime.context import ExecutionContext
+from edgeruntime.descriptors import exhaustion
 from edgeruntime.discovery import FunctionSpec
-from edgeruntime.exceptions import BootError, FunctionError, LimitExceeded, PayloadTooLarge
+from edgeruntime.exceptions import BootError, FunctionError, LimitExceeded, PayloadTooLarge, ResourceExhausted
 from edgeruntime.limits import Limits
 from edgeruntime.types import Message, Scope
 from edgeruntime.worker import InlineWorker
@@ -149,13 +150,20 @@ class WorkerProcess:
 
         configure_logging(log_format)
         limit_address_space(limits)
-        baseline = rss_mb()
-        worker = InlineWorker(FunctionSpec(name, Path(directory)), os.environ, limits, policy=policy)
-        worker.state.background.start_observers.append(self.task_started)
-        worker.state.background.observers.append(self.task_done)
-        started = time.perf_counter()
         try:
+            baseline = rss_mb()
+            worker = InlineWorker(FunctionSpec(name, Path(directory)), os.environ, limits, policy=policy)
+            worker.state.background.start_observers.append(self.task_started)
+            worker.state.background.observers.append(self.task_done)
+            started = time.perf_counter()
             worker.boot()
+        except (ResourceExhausted, OSError) as exc:
+            error = exhaustion(exc)
+            if error is None:
+                raise
+            action = exc.action if isinstance(exc, ResourceExhausted) else f"loading function {name}"
+            self.channel.send(("boot_failed", "exhausted", action, error.errno))
+            return
         except FunctionError as exc:
             kind = "boot" if isinstance(exc, BootError) else "crash"
             cause = exc.__cause__

@@ -63,6 +63,13 @@ def _add_serve(sub: Any) -> None:
         metavar="SECONDS",
         help="how long shutdown waits for background work (default 15)",
     )
+    serve.add_argument(
+        "--keep-alive-timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="close an idle connection after this long (default 5, or [edge_runtime] keep_alive_timeout_sec)",
+    )
     serve.add_argument("--server", choices=("hypercorn", "uvicorn"), default="hypercorn")
 
 
@@ -173,6 +180,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         watch=not args.no_watch,
         log_format=args.log_format,
         graceful_exit_timeout_sec=args.graceful_exit_timeout,
+        keep_alive_timeout_sec=args.keep_alive_timeout,
         server=args.server,
     )
     app = create_app(settings)

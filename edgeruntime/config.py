@@ -50,6 +50,10 @@ FOREIGN_EDGE_RUNTIME_KEYS = frozenset({"enabled", "inspector_port", "deno_versio
 #: `[functions.<name>]` keys of the Supabase CLI that have no meaning here (accepted, ignored).
 FOREIGN_FUNCTION_KEYS = frozenset({"import_map", "entrypoint", "static_files"})
 CRON_OVERLAP = ("skip", "allow")
+#: How long an idle HTTP connection stays open (Uvicorn's and Hypercorn's own default).
+DEFAULT_KEEP_ALIVE_TIMEOUT_SEC = 5.0
+#: The longest keep-alive accepted: an idle connection holds a descriptor all that time.
+MAX_KEEP_ALIVE_TIMEOUT_SEC = 3600.0
 _ENV_REF = re.compile(r"^env\((?P<name>[A-Za-z_][A-Za-z0-9_]*)\)$")
 #: An `[dashboard] allowed_hosts` entry: a name (`*.` for any subdomain) or an address, with an optional port.
 _ALLOWED_HOST = re.compile(r"^(\*\.)?([a-z0-9_-]+(\.[a-z0-9_-]+)*|\[[0-9a-f:.]+\])(:[0-9]{1,5})?$")
@@ -106,6 +110,8 @@ class ProjectConfig:
     #: The raw `[jobs]` table (queue and retention settings), validated by `edgeruntime.jobs`.
     jobs: Mapping[str, Any] = field(default_factory=dict)
     dashboard: DashboardConfig = DashboardConfig()
+    #: `[edge_runtime] keep_alive_timeout_sec`: seconds an idle HTTP connection stays open.
+    keep_alive_timeout_sec: float = DEFAULT_KEEP_ALIVE_TIMEOUT_SEC
 
     def function(self, name: str) -> FunctionConfig:
         return self.functions.get(name) or FunctionConfig()
@@ -115,6 +121,14 @@ class ProjectConfig:
         own = self.function(name).limits
         limits = base or self.limits
         return limits.replace(**own) if own else limits
+
+
+def keep_alive_problem(value: object) -> str | None:
+    """What is wrong with `value` as a keep-alive timeout in seconds, or None if it will do."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= MAX_KEEP_ALIVE_TIMEOUT_SEC:
+        shown = _kind(value) if not isinstance(value, float) else f"{value:g}"
+        return f"expected a number of seconds greater than 0 and at most {MAX_KEEP_ALIVE_TIMEOUT_SEC:g}, got {shown}"
+    return None
 
 
 def find_config(functions_dir: Path, explicit: Path | None) -> Path | None:
@@ -266,7 +280,7 @@ def load_config(path: Path | None, environ: Mapping[str, str] | None = None, *, 
     )
 
     er = r.table(data.get("edge_runtime", {}), "[edge_runtime]")
-    own_er = {"policy", "isolation", "secrets", *LIMIT_KEYS}
+    own_er = {"policy", "isolation", "secrets", "keep_alive_timeout_sec", *LIMIT_KEYS}
     r.check_keys(er, "edge_runtime", own_er | FOREIGN_EDGE_RUNTIME_KEYS)
     policy = er.get("policy", "per_worker")
     if policy == "oneshot":  # the Supabase CLI's other policy: one request per worker
@@ -277,6 +291,10 @@ def load_config(path: Path | None, environ: Mapping[str, str] | None = None, *, 
         limits = DEFAULT_LIMITS.replace(**r.limits(er, "edge_runtime"))
     except ValueError as exc:
         raise r.error("[edge_runtime]", str(exc)) from None
+    keep_alive = er.get("keep_alive_timeout_sec", DEFAULT_KEEP_ALIVE_TIMEOUT_SEC)
+    problem = keep_alive_problem(keep_alive)
+    if problem is not None:
+        raise r.error("[edge_runtime] keep_alive_timeout_sec", problem)
 
     secrets: dict[str, str] = {}
     for key, value in r.table(er.get("secrets", {}), "[edge_runtime.secrets]").items():
@@ -352,4 +370,5 @@ def load_config(path: Path | None, environ: Mapping[str, str] | None = None, *, 
         cron=cron,
         jobs=r.table(data.get("jobs", {}), "[jobs]"),
         dashboard=_dashboard(r, data.get("dashboard", {})),
+        keep_alive_timeout_sec=float(keep_alive),
     )

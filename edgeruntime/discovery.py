@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgeruntime.context import WorkerState, booting
-from edgeruntime.exceptions import BootError, UsageError, WorkerCrashed
+from edgeruntime.descriptors import exhaustion
+from edgeruntime.exceptions import BootError, ResourceExhausted, UsageError, WorkerCrashed
 from edgeruntime.runtime import HANDLER_ATTRIBUTE
 from edgeruntime.types import Handler
 
@@ -101,7 +102,8 @@ def load_function_module(spec: FunctionSpec, state: WorkerState) -> tuple[types.
 
     Raises BootError for a syntax or import error or a missing `serve()` call (503 BOOT_ERROR),
     and WorkerCrashed for any other exception at module level (500 WORKER_ERROR), as the edge
-    runtime tells boot errors from uncaught top-level exceptions.
+    runtime tells boot errors from uncaught top-level exceptions; ResourceExhausted (503
+    RESOURCE_EXHAUSTED) when loading failed for want of file descriptors.
     """
     ensure_on_path(spec.directory.parent)
     purge_modules(spec.package)
@@ -123,11 +125,12 @@ def load_function_module(spec: FunctionSpec, state: WorkerState) -> tuple[types.
     token = booting.set(state)
     try:
         import_spec.loader.exec_module(module)
-    except (SyntaxError, ImportError) as exc:
-        purge_modules(spec.package)
-        raise BootError(spec.name, f"function {spec.name} failed to boot: {type(exc).__name__}: {exc}") from exc
     except Exception as exc:
         purge_modules(spec.package)
+        if exhaustion(exc) is not None:  # not the function's fault: reading index.py, or its own open()
+            raise ResourceExhausted(spec.name, f"loading function {spec.name}") from exc
+        if isinstance(exc, SyntaxError | ImportError):
+            raise BootError(spec.name, f"function {spec.name} failed to boot: {type(exc).__name__}: {exc}") from exc
         raise WorkerCrashed(
             spec.name, f"function {spec.name} raised while loading: {type(exc).__name__}: {exc}"
         ) from exc

@@ -8,6 +8,7 @@ EdgeRuntimeError
 │   └── StoreUnavailable     the store cannot be reached or written now; retrying may succeed
 ├── DashboardError           a dashboard API request that cannot be served (→ its 4xx JSON error)
 ├── DuplicateHeader          a request repeats a header that must appear once (Authorization, apikey) → 400
+├── ResourceExhausted        the server is out of file descriptors → 503 RESOURCE_EXHAUSTED
 └── FunctionError            something went wrong in one function; the others keep serving
     ├── BootError            the function's module failed to load → 503 BOOT_ERROR
     ├── WorkerCrashed        the worker died (or its module raised at top level) → 500 WORKER_ERROR
@@ -34,6 +35,7 @@ __all__ = [
     "NotSupportedError",
     "PayloadTooLarge",
     "StoreUnavailable",
+    "ResourceExhausted",
     "UsageError",
     "WallClockLimitExceeded",
     "WorkerCrashed",
@@ -82,6 +84,19 @@ class DuplicateHeader(EdgeRuntimeError):
     def __init__(self, header: str) -> None:
         self.header = header
         super().__init__(f"the request has more than one {header} header")
+
+
+class ResourceExhausted(EdgeRuntimeError):
+    """Raised when the server is out of file descriptors: no function is at fault, and it passes.
+
+    Answered 503 RESOURCE_EXHAUSTED; unlike a boot error it is not recorded against the function.
+    """
+
+    def __init__(self, function: str | None, action: str) -> None:
+        self.function = function
+        #: What could not be done, e.g. "loading function hello".
+        self.action = action
+        super().__init__(f"out of file descriptors: {action} failed")
 
 
 class FunctionError(EdgeRuntimeError):

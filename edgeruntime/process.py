@@ -35,8 +35,9 @@ from typing import Any
 from edgeruntime.background import BackgroundTask, TaskOutcome
 from edgeruntime.channel import Channel, Frame
 from edgeruntime.context import ExecutionContext, WorkerState
+from edgeruntime.descriptors import exhaustion
 from edgeruntime.discovery import FunctionSpec
-from edgeruntime.exceptions import BootError, LimitExceeded, PayloadTooLarge, WorkerCrashed
+from edgeruntime.exceptions import BootError, LimitExceeded, PayloadTooLarge, ResourceExhausted, WorkerCrashed
 from edgeruntime.lifecycle import WorkerLifecycle
 from edgeruntime.limits import Limits, Policy
 from edgeruntime.metering import CpuMeter
@@ -196,11 +197,16 @@ class ProcessWorker:
     # -- boot ------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Start the process and load the function in it; raises BootError or WorkerCrashed."""
+        """Start the process and load the function in it; raises BootError, WorkerCrashed or ResourceExhausted."""
         loop = asyncio.get_running_loop()
         self.state.loop = loop
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         started = time.perf_counter()
+        try:
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        except OSError as exc:
+            if exhaustion(exc) is None:
+                raise
+            raise ResourceExhausted(self.name, f"starting a worker process for {self.name}") from exc
         try:
             # Popen only forks and execs: it does not wait for the child.
             self.proc = subprocess.Popen(  # noqa: ASYNC220
@@ -212,6 +218,11 @@ class ProcessWorker:
                 # to the server alone, which then ends its workers in order.
                 start_new_session=True,
             )
+        except OSError as exc:
+            ours.close()  # a failed start must not hold a descriptor
+            if exhaustion(exc) is None:
+                raise
+            raise ResourceExhausted(self.name, f"starting a worker process for {self.name}") from exc
         finally:
             theirs.close()
         channel = self.channel = Channel(self._on_frame, self._on_close)
@@ -226,6 +237,8 @@ class ProcessWorker:
         if frame[0] == "boot_failed":
             _, kind, message, detail = frame
             await self._abort_boot()
+            if kind == "exhausted":  # the worker process ran out of descriptors; `detail`: the errno
+                raise ResourceExhausted(self.name, message) from OSError(detail, os.strerror(detail))
             if detail:
                 logger.error("%s", detail.rstrip(), extra={"function": self.name})
             raise (BootError if kind == "boot" else WorkerCrashed)(self.name, message)
@@ -236,7 +249,11 @@ class ProcessWorker:
         assert self.proc is not None
         try:
             self._cpu_baseline_ms, _ = _proc_usage(self.proc.pid)
-        except OSError:  # no /proc (not Linux): the process is isolated, its CPU and memory not watched
+        except OSError as exc:
+            if exhaustion(exc) is not None:  # its limits could not be watched: boot again later
+                await self._abort_boot()
+                raise ResourceExhausted(self.name, f"watching the worker process of {self.name}") from exc
+            # No /proc (not Linux): the process is isolated, its CPU and memory not watched.
             logger.warning(
                 "process isolation cannot read /proc on this system: CPU and memory limits are not enforced",
                 extra={"function": self.name},
@@ -267,7 +284,13 @@ class ProcessWorker:
         while self.status is not WorkerStatus.ENDED:
             try:
                 cpu_ms, rss_mb = _proc_usage(pid)
-            except (OSError, ValueError, IndexError):
+            except OSError as exc:
+                if exhaustion(exc) is None:  # the process is gone
+                    return
+                # Out of descriptors for a moment: the limits are checked again once some are free.
+                await asyncio.sleep(MONITOR_INTERVAL_SEC)
+                continue
+            except (ValueError, IndexError):
                 return
             self.meter.used_ms = max(0.0, cpu_ms - self._cpu_baseline_ms)
             self.memory_mb = max(0.0, rss_mb - self._memory_baseline_mb)

@@ -13,13 +13,19 @@ from pathlib import Path
 from typing import Any, Literal
 
 from edgeruntime.auth import Keys, demo_keys
-from edgeruntime.config import ProjectConfig, find_config, load_config
+from edgeruntime.config import (
+    DEFAULT_KEEP_ALIVE_TIMEOUT_SEC,
+    ProjectConfig,
+    find_config,
+    keep_alive_problem,
+    load_config,
+)
 from edgeruntime.discovery import check_functions_dir
 from edgeruntime.env import build_env
 from edgeruntime.exceptions import ConfigError
 from edgeruntime.limits import FREE_TIER, PRO_TIER, Isolation, Limits, Policy
 
-__all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "Settings"]
+__all__ = ["DEFAULT_HOST", "DEFAULT_KEEP_ALIVE_TIMEOUT_SEC", "DEFAULT_PORT", "Settings"]
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 54321
@@ -44,6 +50,8 @@ class Settings:
     #: None: each function's verify_jwt applies; False: `--no-verify-jwt` turned it off for all.
     verify_jwt_override: bool | None = None
     graceful_exit_timeout_sec: float = DEFAULT_GRACEFUL_EXIT_TIMEOUT_SEC
+    #: Seconds an idle connection stays open (`--keep-alive-timeout`, `[edge_runtime] keep_alive_timeout_sec`).
+    keep_alive_timeout_sec: float = DEFAULT_KEEP_ALIVE_TIMEOUT_SEC
     watch: bool = True
     log_format: LogFormat = "text"
     database_url: str | None = None
@@ -89,6 +97,7 @@ class Settings:
         port: int = DEFAULT_PORT,
         database_url: str | None = None,
         warn_env: bool = True,
+        keep_alive_timeout_sec: float | None = None,
         **options: Any,
     ) -> Settings:
         """Resolve settings the way `edgeruntime serve` does; flags win over config.toml.
@@ -96,6 +105,7 @@ class Settings:
         `limits` replaces the limits (a Limits) or overrides some of them (a mapping of limit keys).
         `warn_env=False` leaves out the warnings about the functions' env (dropped `SUPABASE_*`
         names, unset secrets), for commands that only read the keys or the function list.
+        `keep_alive_timeout_sec` (the `--keep-alive-timeout` flag) overrides the config's.
         """
         environ = os.environ if environ is None else environ
         directory = check_functions_dir(Path(functions_dir))
@@ -113,6 +123,12 @@ class Settings:
                 effective = effective.replace(**limits)
             except (TypeError, ValueError) as exc:
                 raise ConfigError(f"limits: {exc}") from None
+        if keep_alive_timeout_sec is None:
+            keep_alive_timeout_sec = config.keep_alive_timeout_sec
+        else:
+            problem = keep_alive_problem(keep_alive_timeout_sec)
+            if problem is not None:
+                raise ConfigError(f"--keep-alive-timeout: {problem}")
         keys = demo_keys(config.jwt_secret, config.signing_keys)
         settings = cls(
             functions_dir=directory,
@@ -127,6 +143,7 @@ class Settings:
             verify_jwt_override=False if no_verify_jwt else None,
             database_url=database_url or environ.get("EDGERUNTIME_DATABASE_URL"),
             database_url_source="--database-url" if database_url else "EDGERUNTIME_DATABASE_URL",
+            keep_alive_timeout_sec=keep_alive_timeout_sec,
             **options,
         )
         env = build_env(

@@ -19,6 +19,7 @@ from starlette.requests import ClientDisconnect
 from edgeruntime import responses
 from edgeruntime.background import BackgroundTask
 from edgeruntime.context import ExecutionContext, WorkerState
+from edgeruntime.descriptors import exhaustion, report_exhaustion
 from edgeruntime.discovery import FunctionSpec, load_function_module
 from edgeruntime.exceptions import InvalidResponse, LimitExceeded, PayloadTooLarge
 from edgeruntime.handlers import to_asgi
@@ -76,7 +77,8 @@ class Worker(Protocol):
     def idle(self) -> bool: ...
 
     async def start(self) -> None:
-        """Boot: raise BootError or WorkerCrashed if the module cannot be loaded."""
+        """Boot: raise BootError or WorkerCrashed if the module cannot be loaded, ResourceExhausted
+        if the server is out of file descriptors."""
 
     async def handle(self, scope: Scope, receive: Receive, send: Send, ctx: ExecutionContext) -> None:
         """Serve one request; raises LimitExceeded or WorkerCrashed when the worker fails it."""
@@ -153,7 +155,7 @@ class InlineWorker:
         return worker
 
     def boot(self) -> None:
-        """Import the function's module; raises BootError or WorkerCrashed."""
+        """Import the function's module; raises BootError, WorkerCrashed or ResourceExhausted."""
         started = time.perf_counter()
         self.state.loop = asyncio.get_running_loop()
         self.module, self.handler = load_function_module(self.spec, self.state)
@@ -186,7 +188,7 @@ class InlineWorker:
             del self._budgets[ctx]
 
     async def handle(self, scope: Scope, receive: Receive, send: Send, ctx: ExecutionContext) -> None:
-        """Serve one request; handler errors become 500/502 responses.
+        """Serve one request; handler errors become 500/502 responses (503 when out of file descriptors).
 
         Raises LimitExceeded when a limit ended the request (its worker or its own budget).
         """
@@ -223,10 +225,16 @@ class InlineWorker:
                 extra={"function": self.name},
             )
         except Exception as exc:
-            logger.exception("function %s raised while handling %s %s", self.name, scope["method"], scope["path"])
-            ctx.error = describe_error(exc)
-            if not ctx.response_started:
-                await responses.send_response(send, responses.INTERNAL_SERVER_ERROR)
+            error = exhaustion(exc)
+            if error is not None:  # the server's condition, not the function's bug: 503, one line a second
+                report_exhaustion(f"function {self.name} serving a request", error, self.name)
+                if not ctx.response_started:
+                    await responses.send_response(send, responses.RESOURCE_EXHAUSTED)
+            else:
+                logger.exception("function %s raised while handling %s %s", self.name, scope["method"], scope["path"])
+                ctx.error = describe_error(exc)
+                if not ctx.response_started:
+                    await responses.send_response(send, responses.INTERNAL_SERVER_ERROR)
         except asyncio.CancelledError:
             budget = self._budgets.get(ctx)
             reason = self.end_reason or (budget.reason if budget is not None else None)

@@ -290,3 +290,66 @@ async def test_a_client_gone_mid_body_is_recorded_as_a_disconnect(
     assert "Traceback" not in caplog.text
     access = [rec.getMessage() for rec in caplog.records if rec.name == "edgeruntime.access"]
     assert any("POST /functions/v1/reader 499" in line for line in access)
+
+
+# The function's own open() (or, for `boot`, the server's read of index.py) failing with EMFILE
+# while a marker file exists: what a server at its descriptor limit meets.
+EXHAUSTED_AT_BOOT = """
+import errno
+import pathlib
+from starlette.responses import JSONResponse
+from edgeruntime import serve
+
+if (pathlib.Path(__file__).parent / "exhausted").exists():
+    raise OSError(errno.EMFILE, "Too many open files", __file__)
+
+serve(lambda req: JSONResponse({"booted": True}))
+"""
+EXHAUSTED_IN_HANDLER = """
+import errno
+import pathlib
+from starlette.responses import JSONResponse
+from edgeruntime import serve
+
+class ConnectError(Exception):
+    pass
+
+@serve
+async def handler(req):
+    if (pathlib.Path(__file__).parent / "exhausted").exists():
+        try:
+            raise OSError(errno.EMFILE, "Too many open files")
+        except OSError as exc:
+            raise ConnectError("cannot connect") from exc  # as an HTTP client wraps it
+    return JSONResponse({"served": True})
+"""
+RESOURCE_EXHAUSTED = {
+    "code": "RESOURCE_EXHAUSTED",
+    "message": "Server is out of file descriptors (please retry shortly)",
+}
+
+
+@pytest.mark.parametrize("isolation", ["inline", "process"])
+@pytest.mark.parametrize("where", ["boot", "handler"])
+async def test_out_of_file_descriptors_is_503_not_a_boot_error_or_a_500_and_passes(
+    functions_dir: Path, caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str], isolation: str, where: str
+) -> None:
+    source = EXHAUSTED_AT_BOOT if where == "boot" else EXHAUSTED_IN_HANDLER
+    marker = write_function(functions_dir, "fn", source).parent / "exhausted"
+    marker.touch()
+    async with EdgeClient(functions_dir, isolation=isolation) as client:
+        for _ in range(3):
+            r = await client.invoke("fn")
+            assert (r.status_code, r.json()) == (503, RESOURCE_EXHAUSTED)
+            assert (r.headers["sb-error-code"], r.headers["retry-after"]) == ("RESOURCE_EXHAUSTED", "1")
+        supervisor = client.app.functions["fn"]
+        assert supervisor.boot_error is None  # not held against the function (the dashboard shows boot errors)
+        marker.unlink()  # descriptors free again
+        r = await client.invoke("fn")
+        assert r.status_code == 200, r.text
+    # A handler runs in the worker process under process isolation: its lines are that process's output.
+    logged = caplog.text + capfd.readouterr().err
+    exhausted = [line for line in logged.splitlines() if "out of file descriptors" in line]
+    assert len(exhausted) == 1, exhausted  # one line a second at most, no traceback
+    assert "fn" in exhausted[0] and "EMFILE" in exhausted[0]
+    assert "Traceback" not in logged and "raised" not in logged

@@ -51,6 +51,23 @@ def test_serve_bad_config_key(hello_dir: Path, capsys: pytest.CaptureFixture[str
     assert str(config) in err and "wall_clock_limit" in err
 
 
+@pytest.mark.parametrize("value", ["0", "-1", "nan", "7200", "soon"])
+def test_serve_bad_keep_alive_timeout_is_one_line(
+    hello_dir: Path, capsys: pytest.CaptureFixture[str], value: str
+) -> None:
+    try:
+        status = main(["serve", str(hello_dir), "--no-watch", "--keep-alive-timeout", value])
+    except SystemExit as exit:  # argparse: not a number at all
+        status = exit.code  # type: ignore[assignment]
+    assert status == 2
+    err = _one_line_error(capsys)
+    assert "--keep-alive-timeout" in err and value in err
+    if value == "soon":
+        assert "invalid float value" in err
+    else:
+        assert "expected a number of seconds greater than 0 and at most 3600" in err
+
+
 def test_bad_flag_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as info:
         main(["serve", "--port", "not-a-number"])

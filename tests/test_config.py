@@ -199,6 +199,13 @@ ERRORS = [
     ),
     ('[dashboard]\nallowed_hosts = ["a b"]\n', ["[dashboard] allowed_hosts", "'a b'"]),
     ('[dashboard]\nallowed_host = ["dash.example.com"]\n', ["[dashboard] allowed_host", "unknown key"]),
+    ("[edge_runtime]\nkeep_alive_timeout_sec = 0\n", ["[edge_runtime] keep_alive_timeout_sec", "greater than 0"]),
+    ("[edge_runtime]\nkeep_alive_timeout_sec = -5\n", ["[edge_runtime] keep_alive_timeout_sec", "got -5"]),
+    ("[edge_runtime]\nkeep_alive_timeout_sec = nan\n", ["[edge_runtime] keep_alive_timeout_sec", "got nan"]),
+    ("[edge_runtime]\nkeep_alive_timeout_sec = inf\n", ["[edge_runtime] keep_alive_timeout_sec", "at most 3600"]),
+    ("[edge_runtime]\nkeep_alive_timeout_sec = 86400\n", ["[edge_runtime] keep_alive_timeout_sec", "at most 3600"]),
+    ('[edge_runtime]\nkeep_alive_timeout_sec = "5"\n', ["[edge_runtime] keep_alive_timeout_sec", "got '5'"]),
+    ("[edge_runtime]\nkeep_alive_timeout_sec = true\n", ["[edge_runtime] keep_alive_timeout_sec", "got true"]),
 ]
 
 
@@ -212,6 +219,15 @@ def test_errors_name_file_and_key(tmp_path: Path, text: str, expected: list[str]
     assert "\n" not in message
     for part in expected:
         assert part in message
+
+
+def test_keep_alive_timeout_defaults_to_the_servers_5_s_and_the_flag_wins_over_the_config(hello_dir: Path) -> None:
+    assert Settings.build(hello_dir).keep_alive_timeout_sec == 5.0
+    write_config(hello_dir.parent / "config.toml", "[edge_runtime]\nkeep_alive_timeout_sec = 2.5\n")
+    assert Settings.build(hello_dir).keep_alive_timeout_sec == 2.5
+    assert Settings.build(hello_dir, keep_alive_timeout_sec=30).keep_alive_timeout_sec == 30
+    with pytest.raises(ConfigError, match=r"^--keep-alive-timeout: expected a number of seconds greater than 0"):
+        Settings.build(hello_dir, keep_alive_timeout_sec=0)
 
 
 def test_missing_explicit_config_is_an_error(hello_dir: Path, tmp_path: Path) -> None:

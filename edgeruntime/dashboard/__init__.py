@@ -64,6 +64,7 @@ PAGE_HEADERS = {
 }
 
 
+@functools.cache  # read once: a server out of file descriptors still serves its dashboard
 def _static(name: str) -> bytes:
     from importlib import resources
 
