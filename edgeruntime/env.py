@@ -41,11 +41,11 @@ def read_env_file(path: Path) -> dict[str, str]:
     return {k: v for k, v in values.items() if v is not None}
 
 
-def _drop_reserved(values: Mapping[str, str], warned: set[str]) -> dict[str, str]:
+def _drop_reserved(values: Mapping[str, str], warned: set[str], quiet: bool = False) -> dict[str, str]:
     kept: dict[str, str] = {}
     for name, value in values.items():
         if name.upper().startswith(RESERVED_PREFIX):
-            if name not in warned:  # one line per name, even when it is in config.toml and .env
+            if name not in warned and not quiet:  # one line per name, even when it is in config.toml and .env
                 warned.add(name)
                 logger.warning("Env name cannot start with SUPABASE_, skipping: %s", name)
             continue
@@ -62,19 +62,21 @@ def build_env(
     secrets: Mapping[str, str] | None = None,
     env_file: Path | None = None,
     database_url: str | None = None,
+    quiet: bool = False,
 ) -> dict[str, str]:
     """The complete env of every function of a server.
 
     `database_url` (``--database-url``) becomes ``SUPABASE_DB_URL`` when it is a PostgreSQL URL,
-    as the Supabase CLI hands functions the project database.
+    as the Supabase CLI hands functions the project database. `quiet`: no warning lines (for a
+    second build of the same env).
     """
     env = {k: v for k, v in environ.items() if not k.startswith(HIDDEN_PREFIX)}
     warned: set[str] = set()
     if secrets:
-        env.update(_drop_reserved(secrets, warned))
+        env.update(_drop_reserved(secrets, warned, quiet))
     file = env_file if env_file is not None else functions_dir / ENV_FILE
     if env_file is not None or file.is_file():
-        env.update(_drop_reserved(read_env_file(file), warned))
+        env.update(_drop_reserved(read_env_file(file), warned, quiet))
     env.setdefault("SUPABASE_URL", base_url)
     if database_url and database_url.startswith(POSTGRES_SCHEMES):
         env.setdefault("SUPABASE_DB_URL", database_url)
