@@ -20,6 +20,7 @@ import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NoReturn
 
 import httpx
 import pytest
@@ -49,6 +50,14 @@ def _bwrap_works() -> bool:
 
 BWRAP = shutil.which("bwrap") if _bwrap_works() else None
 NO_BWRAP = "bubblewrap is not installed or cannot create namespaces here (apt-get install bubblewrap)"
+
+
+def unavailable(reason: str) -> NoReturn:
+    """Skip: a sandbox mode cannot run here; fail instead when EDGERUNTIME_REQUIRE_SANDBOX=1 (CI)."""
+    if os.environ.get("EDGERUNTIME_REQUIRE_SANDBOX") == "1":
+        pytest.fail(f"{reason} (EDGERUNTIME_REQUIRE_SANDBOX=1)")
+    pytest.skip(reason)
+
 
 ATTACKER = """
 import os
@@ -105,6 +114,7 @@ import os
 import tempfile
 import uuid
 from pathlib import Path
+from typing import NoReturn
 
 import httpx
 from starlette.requests import Request
@@ -187,21 +197,21 @@ def _root_view() -> list[str]:
 def server_prefix(mode: str) -> list[str]:
     """What the test server runs under so that sandbox `mode` works as in a deployment (or skip)."""
     if mode == "bwrap" and BWRAP is None:
-        pytest.skip(NO_BWRAP)
+        unavailable(NO_BWRAP)
     if mode == "uid":
         if not ROOT:
-            pytest.skip("sandbox uid needs the server to run as root")
+            pytest.skip("sandbox uid needs the server to run as root")  # CI runs as root
         view = _root_view()
         if not view:
             return []
         if BWRAP is None:
-            pytest.skip(f"other uids cannot read this interpreter, and {NO_BWRAP}")
+            unavailable(f"other uids cannot read this interpreter, and {NO_BWRAP}")
         return [BWRAP, "--dev-bind", "/", "/", *view, "--die-with-parent", "--"]
     if mode == "basic" and ROOT:
         # Root reads every process's memory, dumpable or not: basic is for servers that are not
         # root, so the server runs as uid 1000 of its own user namespace, as such a server would.
         if BWRAP is None:
-            pytest.skip(f"sandbox basic needs a server that is not root, and {NO_BWRAP}")
+            unavailable(f"sandbox basic needs a server that is not root, and {NO_BWRAP}")
         return [
             BWRAP,
             "--unshare-user",
@@ -402,7 +412,7 @@ async def handler(req):
 @pytest.mark.parametrize("mode", ["bwrap", "basic", "none"])
 async def test_a_worker_gets_its_function_env_not_the_servers(functions_dir: Path, mode: str) -> None:
     if mode == "bwrap" and BWRAP is None:
-        pytest.skip(NO_BWRAP)
+        unavailable(NO_BWRAP)
     write_function(functions_dir, "env", ENV_PROBE)
     (functions_dir / ".env").write_text("FROM_DOT_ENV=dotenv-value\n")
     (functions_dir.parent / "config.toml").write_text(
