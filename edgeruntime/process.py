@@ -274,6 +274,9 @@ class ProcessWorker:
             raise WorkerCrashed(self.name, f"function {self.name}: worker process exited while booting")
         assert self.proc is not None
         self._pid = worker_pid(self.launcher.sandbox.mode, self.proc.pid)
+        if self._pid is None:
+            await self._abort_boot()
+            raise WorkerCrashed(self.name, f"function {self.name}: its worker process cannot be found to watch")
         _, boot_ms, baseline_mb = frame
         self._memory_baseline_mb = baseline_mb
         try:

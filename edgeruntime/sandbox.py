@@ -507,17 +507,23 @@ def _within(path: Path, parent: Path) -> bool:
     return path == parent or parent in path.parents
 
 
-def worker_pid(launcher_mode: str, pid: int) -> int:
-    """The pid of the Python worker process started as `pid` (under bwrap: its grandchild)."""
+def worker_pid(launcher_mode: str, pid: int) -> int | None:
+    """The pid of the Python worker process started as `pid`: under bwrap a descendant of it
+    (bwrap, then bwrap's init in the new PID namespace, then the worker); None if not found."""
     if launcher_mode != "bwrap":
         return pid
-    current = pid
-    for _ in range(2):  # bwrap → bwrap's init in the new PID namespace → the worker
-        children = _children(current)
-        if len(children) != 1:
-            return pid
-        current = children[0]
-    return current
+    generation = [pid]
+    for _ in range(3):
+        generation = [child for parent in generation for child in _children(parent)]
+        for candidate in generation:
+            try:
+                with open(f"/proc/{candidate}/cmdline", "rb") as f:
+                    argv = f.read().split(b"\0")
+            except OSError:
+                continue
+            if argv[0] == os.fsencode(sys.executable) and b"edgeruntime.child" in argv:  # not bwrap's own
+                return candidate
+    return None
 
 
 def _children(pid: int) -> Sequence[int]:
