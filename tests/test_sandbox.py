@@ -122,6 +122,7 @@ from starlette.responses import JSONResponse
 
 import edgeruntime.jobs
 from edgeruntime import Deno, serve
+from edgeruntime.exceptions import JobsError
 from _shared.greeting import GREETING
 
 HERE = Path(__file__).parent
@@ -134,9 +135,17 @@ def attempt(action):
         return {"ok": False, "error": type(exc).__name__}
 
 
+async def refused(function, payload):
+    try:
+        await edgeruntime.jobs.enqueue(function, payload)
+    except JobsError as exc:
+        return str(exc)
+
+
 @serve
 async def handler(req: Request) -> JSONResponse:
     q = req.query_params
+    print("works: a line from the function", flush=True)
     scratch = Path(tempfile.gettempdir()) / f"works-{uuid.uuid4().hex}"
     scratch.write_text("scratch")
     tmp = scratch.read_text()
@@ -149,6 +158,8 @@ async def handler(req: Request) -> JSONResponse:
         "tmp": tmp,
         "outbound": outbound,
         "job": await edgeruntime.jobs.enqueue("works", {"from": "works"}, delay=3600),
+        "bad_name": await refused("not a name!", {}),
+        "bad_payload": await refused("works", {"when": object()}),
         "dotenv": Deno.env.get("FROM_DOT_ENV"),
         "write_own_dir": attempt(lambda: (HERE / "new.txt").write_text("x")),
         "other_function": attempt(lambda: (HERE.parent / "probe" / "index.py").read_text()[:6]),
@@ -383,6 +394,9 @@ def test_functions_still_work_and_stay_within_their_limits(project: Path, mode: 
     assert works["tmp"] == "scratch"
     assert works["outbound"] == "pong"
     assert works["dotenv"] == "dotenv-value"
+    assert works["bad_name"] == "enqueue: 'not a name!' is not a function name"  # the server's answer
+    assert works["bad_payload"].startswith("enqueue('works'): payload is not JSON-serialisable")
+    assert "works: a line from the function" in server.output
     assert asyncio.run(_jobs(f"sqlite:///{store / 'edgeruntime.db'}")) == [(works["job"], "works")]
     if mode in ("bwrap", "uid"):
         assert not works["write_own_dir"]["ok"]  # read-only view / another uid's directory
@@ -470,8 +484,12 @@ class Evil:
 
 @serve
 async def handler(req):
-    frame = pickle.dumps(("task", 1, Evil(), "x"))
-    os.write(int(sys.argv[1]), len(frame).to_bytes(4, "big") + frame)  # the worker's end of the channel
+    if "huge" in req.query_params:  # a frame that claims 4 GB: the server must not wait to buffer it
+        data = (2**32 - 1).to_bytes(4, "big") + b"x" * 65536
+    else:
+        frame = pickle.dumps(("task", 1, Evil(), "x"))
+        data = len(frame).to_bytes(4, "big") + frame
+    os.write(int(sys.argv[1]), data)  # the worker's end of the channel
     return PlainTextResponse("sent")
 """
 
@@ -486,10 +504,13 @@ async def test_a_frame_that_would_run_code_in_the_server_is_refused(
     async with EdgeClient(functions_dir, isolation="process") as client:
         r = await client.invoke("evil")
         assert (await client.invoke("hello")).status_code == 200
+        huge = await client.invoke("evil", params={"huge": "1"})
         await asyncio.sleep(0.2)
     assert not marker.exists()
     assert r.status_code == 500 and r.json()["code"] == "WORKER_ERROR"
     assert "a worker frame may not hold builtins.exec" in caplog.text
+    assert huge.status_code == 500 and huge.json()["code"] == "WORKER_ERROR"
+    assert "the other end sent a 4294967295-byte frame (at most " in caplog.text
 
 
 def test_worker_frames_hold_plain_data_and_builtin_exceptions_only() -> None:
