@@ -263,31 +263,26 @@ def interpreter_paths() -> tuple[Path, ...]:
     return tuple(dict.fromkeys(p.resolve() for p in found if p.exists()))
 
 
-_bwrap_checked: dict[tuple[str, bool], str | None] = {}
-
-
+@functools.cache
 def _bwrap_problem(path: str | None, root: bool) -> str | None:
     """None if bubblewrap at `path` can create a sandbox here, else why not (one line)."""
     if path is None:
         return f"bubblewrap (bwrap) is not installed; install it: {BWRAP_INSTALL}"
-    key = (path, root)
-    if key not in _bwrap_checked:
-        import subprocess
+    import subprocess
 
-        args = [path, "--ro-bind", "/", "/", "--unshare-pid", "--unshare-ipc", "--die-with-parent"]
-        if not root:
-            args += ["--unshare-user", "--disable-userns"]
-        try:
-            probe = subprocess.run(
-                [*args, "--", sys.executable, "-S", "-c", ""], capture_output=True, text=True, timeout=30
-            )
-            failed = probe.stderr.strip().splitlines()[-1] if probe.returncode else None
-            if probe.returncode and not failed:
-                failed = f"exit status {probe.returncode}"
-        except (OSError, subprocess.SubprocessError) as exc:
-            failed = str(exc)
-        _bwrap_checked[key] = f"{path} cannot create a sandbox here: {failed}" if failed else None
-    return _bwrap_checked[key]
+    args = [path, "--ro-bind", "/", "/", "--unshare-pid", "--unshare-ipc", "--die-with-parent"]
+    if not root:
+        args += ["--unshare-user", "--disable-userns"]
+    try:
+        probe = subprocess.run(
+            [*args, "--", sys.executable, "-S", "-c", ""], capture_output=True, text=True, timeout=30
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        return f"{path} cannot create a sandbox here: {exc}"
+    if probe.returncode == 0:
+        return None
+    lines = probe.stderr.strip().splitlines()
+    return f"{path} cannot create a sandbox here: {lines[-1] if lines else f'exit status {probe.returncode}'}"
 
 
 def resolve_sandbox(
