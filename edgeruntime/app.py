@@ -31,6 +31,7 @@ from edgeruntime.exceptions import (
 )
 from edgeruntime.logs import AccessLogger, log_access
 from edgeruntime.metering import LoopWatchdog
+from edgeruntime.sandbox import WorkerLauncher
 from edgeruntime.settings import Settings
 from edgeruntime.supervisor import FunctionSupervisor, WorkerObserver
 from edgeruntime.types import ASGIApp, Message, Receive, Scope, Send
@@ -116,8 +117,12 @@ class EdgeApp:
         self.observers: list[InvocationObserver] = []
         #: Told when a worker retires or ends: (event, function, reason).
         self.worker_observers: list[WorkerObserver] = []
-        #: Env added for worker processes (process isolation) on top of the function env.
-        self.worker_env: dict[str, str] = {}
+        #: Starts worker processes in their sandbox (process isolation; None inline).
+        self.launcher: WorkerLauncher | None = None
+        if settings.isolation == "process":
+            sandbox = settings.resolve_sandbox()
+            private = [p for p in (settings.config.path, settings.config.signing_keys_path) if p is not None]
+            self.launcher = WorkerLauncher(sandbox, settings.functions_dir, private)
         #: Called with every background task that ends, in any function.
         self.background_observers: list[Callable[[BackgroundTask], None]] = []
         self.startup_hooks: list[Hook] = []
@@ -130,10 +135,19 @@ class EdgeApp:
         #: Writes the access line of every request (the server swaps in a faster writer).
         self.access_log: AccessLogger = log_access
         self.refresh()
+        if self.launcher is not None:
+            self.startup_hooks.append(self._announce_sandbox)
         if settings.isolation == "inline":  # limits: report functions holding the shared event loop
             self.watchdog = LoopWatchdog()
             self.startup_hooks.append(self._start_watchdog)
             self.shutdown_hooks.append(self._stop_watchdog)
+
+    async def _announce_sandbox(self) -> None:
+        assert self.launcher is not None
+        sandbox = self.launcher.sandbox
+        logger.info("worker processes: sandbox %s", sandbox.describe())
+        if sandbox.warning:
+            logger.warning("worker processes: sandbox %s: %s", sandbox.mode, sandbox.warning)
 
     async def _start_watchdog(self) -> None:
         self.watchdog.start()
@@ -152,7 +166,7 @@ class EdgeApp:
         for name, spec in found.items():
             if name not in self.functions and self.settings.enabled(name):
                 self.functions[name] = FunctionSupervisor(
-                    spec, self.settings, self.background_observers, self.worker_env, self.worker_observers
+                    spec, self.settings, self.background_observers, self.launcher, self.worker_observers
                 )
 
     def pending_background(self) -> list[BackgroundTask]:

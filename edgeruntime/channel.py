@@ -1,14 +1,21 @@
 """The channel between the server and a worker process: pickled frames over a Unix socket.
 
-Each frame is a 4-byte big-endian length and a pickled tuple. Between our own two processes
-pickle is safe and the cheapest encoding of ASGI messages (no second HTTP parse). Frames sent in
-one turn of the event loop are written with one system call. Streamed bodies are flow-controlled:
-a writer waits (:meth:`Channel.drain`) while the other end has stopped reading.
+Each frame is a 4-byte big-endian length and a pickled tuple: the cheapest encoding of ASGI
+messages (no second HTTP parse). Frames sent in one turn of the event loop are written with one
+system call. Streamed bodies are flow-controlled: a writer waits (:meth:`Channel.drain`) while
+the other end has stopped reading.
+
+The worker runs function code, which can write anything to its end of the socket, so the server
+reads worker frames with :func:`load_worker_frame`: plain data (tuples, dicts, lists, strings,
+bytes, numbers) and built-in exceptions, never another class, whose loading could run code in
+the server. A frame it refuses, or one longer than the channel allows, closes the channel.
 """
 
 from __future__ import annotations
 
 import asyncio
+import builtins
+import io
 import logging
 import pickle
 from collections.abc import Callable
@@ -16,7 +23,7 @@ from typing import Any
 
 from edgeruntime.transport import BatchedTransport, WriteBatch
 
-__all__ = ["Channel", "Frame"]
+__all__ = ["Channel", "Frame", "load_worker_frame"]
 
 logger = logging.getLogger("edgeruntime")
 
@@ -26,14 +33,47 @@ _HEADER = 4
 FLUSH_BYTES = 256 * 1024
 
 
-class Channel(asyncio.Protocol):
-    """One end of the channel: `send(frame)` to write, `on_frame(frame)` called for each frame read."""
+class _WorkerFrameUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        if module == "builtins":
+            found = getattr(builtins, name, None)
+            if isinstance(found, type) and issubclass(found, BaseException):
+                return found
+        raise pickle.UnpicklingError(f"a worker frame may not hold {module}.{name}")
 
-    def __init__(self, on_frame: Callable[[Frame], None], on_close: Callable[[], None]) -> None:
+
+def load_worker_frame(data: bytes | memoryview) -> Any:
+    """Unpickle a frame written by a worker process: plain data and built-in exceptions only.
+
+    Raises pickle.UnpicklingError for anything else (a class, a function: what an attacker
+    would use to run code in the server).
+    """
+    return _WorkerFrameUnpickler(io.BytesIO(data)).load()
+
+
+class Channel(asyncio.Protocol):
+    """One end of the channel: `send(frame)` to write, `on_frame(frame)` called for each frame read.
+
+    `loads` reads a frame (the server passes :func:`load_worker_frame`); a frame longer than
+    `max_frame_bytes` or that `loads` refuses is logged and closes the channel.
+    """
+
+    def __init__(
+        self,
+        on_frame: Callable[[Frame], None],
+        on_close: Callable[[], None],
+        *,
+        loads: Callable[[memoryview], Any] = pickle.loads,
+        max_frame_bytes: int | None = None,
+        name: str = "worker channel",
+    ) -> None:
         self.on_frame = on_frame
         self.on_close = on_close
         self.transport: BatchedTransport | None = None
         self.closed = False
+        self._loads = loads
+        self._max_frame_bytes = max_frame_bytes
+        self._name = name
         self._buffer = bytearray()
         self._writable: asyncio.Future[None] | None = None
 
@@ -41,6 +81,8 @@ class Channel(asyncio.Protocol):
         self.transport = BatchedTransport(transport, WriteBatch(), FLUSH_BYTES)
 
     def data_received(self, data: bytes) -> None:
+        if self.closed:
+            return
         buffer = self._buffer
         buffer += data
         offset = 0
@@ -50,9 +92,16 @@ class Channel(asyncio.Protocol):
             while end - offset >= _HEADER:
                 size = int.from_bytes(view[offset : offset + _HEADER], "big")
                 start = offset + _HEADER
+                if self._max_frame_bytes is not None and size > self._max_frame_bytes:
+                    self._refuse(f"a {size}-byte frame (at most {self._max_frame_bytes})")
+                    return
                 if end - start < size:
                     break
-                frame = pickle.loads(view[start : start + size])
+                try:
+                    frame = self._loads(view[start : start + size])
+                except Exception as exc:
+                    self._refuse(f"a frame that cannot be read: {exc}")
+                    return
                 offset = start + size
                 try:
                     self.on_frame(frame)
@@ -60,8 +109,15 @@ class Channel(asyncio.Protocol):
                     logger.exception("worker channel: handling a %s frame failed", frame[0])
         finally:
             view.release()
-        if offset:
+        if offset and not self.closed:
             del buffer[:offset]
+
+    def _refuse(self, what: str) -> None:
+        logger.error("%s: closed: the other end sent %s", self._name, what)
+        self.closed = True
+        self._buffer = bytearray()
+        if self.transport is not None:
+            self.transport.abort()
 
     def send(self, frame: Frame) -> None:
         """Queue `frame`, written at the end of this turn of the event loop (at once past FLUSH_BYTES).

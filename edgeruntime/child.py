@@ -1,9 +1,11 @@
-"""The entry point of a worker process: ``python -m edgeruntime.child <fd> <server pid>``.
+"""The entry point of a worker process: ``python -m edgeruntime.child FD PARENT NAME [UID:GID]``.
 
-The server (:mod:`edgeruntime.process`) starts one such process per worker with the function's
-env as its whole environment, and talks to it over the Unix socket `fd`. The process loads the
-function as an inline worker does, serves the requests the server forwards, reports its
-background work, and exits when the socket closes.
+The server (:mod:`edgeruntime.process`) starts one such process per worker, in the sandbox its
+config asks for (:mod:`edgeruntime.sandbox`), and talks to it over the Unix socket `FD`. Before
+it reads a frame the process gives up root for UID:GID when given one, arranges to die with its
+parent PARENT (0: bubblewrap does that) and makes itself non-dumpable. The boot frame then brings
+the function's env, and the process loads the function as an inline worker does, serves the
+requests the server forwards, reports its background work, and exits when the socket closes.
 """
 
 from __future__ import annotations
@@ -11,7 +13,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import ctypes
+import itertools
+import json
 import logging
 import os
 import pickle
@@ -24,17 +27,26 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from edgeruntime import context
 from edgeruntime.background import BackgroundTask
-from edgeruntime.channel import Channel, Frame
+from edgeruntime.channel import Channel, Frame, load_worker_frame
 from edgeruntime.context import ExecutionContext
 from edgeruntime.descriptors import exhaustion
 from edgeruntime.discovery import FunctionSpec
-from edgeruntime.exceptions import BootError, FunctionError, LimitExceeded, PayloadTooLarge, ResourceExhausted
+from edgeruntime.exceptions import (
+    BootError,
+    FunctionError,
+    JobsError,
+    LimitExceeded,
+    PayloadTooLarge,
+    ResourceExhausted,
+)
 from edgeruntime.limits import Limits
+from edgeruntime.sandbox import set_dumpable, set_parent_death_signal
 from edgeruntime.types import Message, Scope
 from edgeruntime.worker import InlineWorker
 
-__all__ = ["WorkerProcess", "flush_logs", "main", "rss_mb"]
+__all__ = ["WorkerProcess", "drop_privileges", "flush_logs", "harden", "main", "rss_mb"]
 
 
 def rss_mb() -> float:
@@ -46,14 +58,45 @@ def rss_mb() -> float:
 
 #: The address-space backstop: this much above the memory limit (see :mod:`edgeruntime.process`).
 ADDRESS_SPACE_HEADROOM_MB = 1024
-_PR_SET_PDEATHSIG = 1
 
 
-def die_with(server_pid: int) -> None:
-    """Be killed when the server process dies, even if the function never awaits again (Linux)."""
-    with contextlib.suppress(Exception):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != server_pid:  # the server died before prctl took effect
+def _fail(message: str) -> None:
+    sys.stderr.write(f"edgeruntime worker: {message}\n")
+    sys.stderr.flush()
+    os._exit(1)
+
+
+def drop_privileges(uid: int, gid: int) -> None:
+    """Become `uid`:`gid` with no supplementary groups, for good (the server runs as root)."""
+    try:
+        os.setgroups([])
+        os.setresgid(gid, gid, gid)
+        os.setresuid(uid, uid, uid)
+    except OSError as exc:
+        _fail(f"cannot switch to uid {uid}: {exc.strerror}")
+    if os.getresuid() != (uid, uid, uid) or os.getresgid() != (gid, gid, gid) or os.getgroups():
+        _fail(f"still holding other ids after switching to uid {uid}")
+    try:
+        os.setuid(0)
+    except PermissionError:
+        return
+    _fail("root could be regained after dropping it")
+
+
+def harden(parent_pid: int) -> None:
+    """Die with the parent, even if the function never awaits again, and become non-dumpable:
+    another process of this uid can then neither read this one's memory or environ nor ptrace it.
+
+    Both follow any change of uid (which clears them). Linux only; elsewhere the server says so.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        set_parent_death_signal(signal.SIGKILL)
+        set_dumpable(False)
+    except OSError as exc:
+        _fail(f"cannot protect the worker process (prctl): {exc.strerror}")
+    if parent_pid and os.getppid() != parent_pid:  # the server died before prctl took effect
         os._exit(1)
 
 
@@ -94,22 +137,85 @@ class RequestBody:
 
 
 def _portable(error: BaseException | None) -> BaseException | None:
-    """`error` if it survives pickling, else a RuntimeError describing it."""
+    """`error` if it is a built-in exception that survives pickling, else a RuntimeError
+    describing it: the server loads no other class from a worker (see :mod:`edgeruntime.channel`)."""
     if error is None:
         return None
-    try:
-        pickle.loads(pickle.dumps(error))
-    except Exception:
-        return RuntimeError(f"{type(error).__name__}: {error}")
-    error.__traceback__ = None
-    return error
+    if type(error).__module__ == "builtins":
+        try:
+            load_worker_frame(pickle.dumps(error, protocol=pickle.HIGHEST_PROTOCOL))
+        except Exception:
+            pass
+        else:
+            error.__traceback__ = None
+            return error
+    return RuntimeError(f"{type(error).__name__}: {error}")
+
+
+class ServerQueue:
+    """`edgeruntime.jobs.enqueue` in a worker process: the server enqueues the job (it holds the
+    store; the worker does not) and answers with its id."""
+
+    def __init__(self, channel: Channel) -> None:
+        self.channel = channel
+        self.waiting: dict[int, asyncio.Future[int]] = {}
+        self._ids = itertools.count(1)
+
+    async def enqueue(
+        self,
+        function: str,
+        payload: Any = None,
+        *,
+        delay: float = 0,
+        max_attempts: int | None = None,
+        idempotency_key: str | None = None,
+    ) -> int:
+        try:
+            body = json.dumps({} if payload is None else payload, separators=(",", ":"))
+        except (TypeError, ValueError) as exc:
+            raise JobsError(f"enqueue({function!r}): payload is not JSON-serialisable: {exc}") from None
+        try:  # plain values: the server loads nothing else from a worker
+            args = (
+                str(function),
+                body,
+                float(delay),
+                None if max_attempts is None else int(max_attempts),
+                None if idempotency_key is None else str(idempotency_key),
+            )
+        except (TypeError, ValueError) as exc:
+            raise JobsError(f"enqueue({function!r}): {exc}") from None
+        if self.channel.closed:
+            raise JobsError("enqueue: the server closed this worker's channel")
+        qid = next(self._ids)
+        answer = self.waiting[qid] = asyncio.get_running_loop().create_future()
+        self.channel.send(("enqueue", qid, *args))
+        try:
+            job_id: int = await answer
+        finally:
+            self.waiting.pop(qid, None)
+        return job_id
+
+    def answered(self, qid: int, job_id: int | None, error: str | None) -> None:
+        answer = self.waiting.get(qid)
+        if answer is None or answer.done():
+            return
+        if error is not None or job_id is None:
+            answer.set_exception(JobsError(error or "enqueue failed"))
+        else:
+            answer.set_result(job_id)
+
+    def close(self) -> None:
+        for answer in self.waiting.values():
+            if not answer.done():
+                answer.set_exception(JobsError("enqueue: the server closed this worker's channel"))
 
 
 class WorkerProcess:
     """The worker side of the channel."""
 
     def __init__(self, stopped: asyncio.Future[None]) -> None:
-        self.channel = Channel(self.on_frame, self.on_close)
+        self.channel = Channel(self.on_frame, self.on_close, name="channel to the server")
+        self.queue = ServerQueue(self.channel)
         self.stopped = stopped
         self.worker: InlineWorker | None = None
         self.requests: dict[int, tuple[asyncio.Task[None], RequestBody]] = {}
@@ -117,6 +223,7 @@ class WorkerProcess:
         self._keep: set[asyncio.Task[Any]] = set()
 
     def on_close(self) -> None:
+        self.queue.close()
         if not self.stopped.done():
             self.stopped.set_result(None)
 
@@ -137,6 +244,8 @@ class WorkerProcess:
                 entry[0].cancel()
         elif kind == "beforeunload":
             self._spawn(self.beforeunload(frame[1]))
+        elif kind == "enqueued":
+            self.queue.answered(frame[1], frame[2], frame[3])
         elif kind == "boot":
             self.boot(*frame[1:])
 
@@ -145,14 +254,32 @@ class WorkerProcess:
         self._keep.add(task)
         task.add_done_callback(self._keep.discard)
 
-    def boot(self, name: str, directory: str, limits: Limits, policy: Any, log_format: str) -> None:
+    def boot(
+        self, name: str, directory: str, limits: Limits, policy: Any, log_format: str, env: dict[str, str]
+    ) -> None:
         from edgeruntime.logs import configure_logging
 
+        # The function's env, on top of what the process started with (what Python needs to run).
+        os.environ.update(env)
+        time.tzset()
+        context.server_enqueue = self.queue.enqueue
         configure_logging(log_format)
+        spec = FunctionSpec(name, Path(directory))
+        if not os.access(spec.entrypoint, os.R_OK):
+            self.channel.send(
+                (
+                    "boot_failed",
+                    "boot",
+                    f"function {name}: its worker process (uid {os.getuid()}) cannot read {spec.entrypoint}: "
+                    "make the functions directory readable by other users (chmod -R o+rX)",
+                    "",
+                )
+            )
+            return
         limit_address_space(limits)
         try:
             baseline = rss_mb()
-            worker = InlineWorker(FunctionSpec(name, Path(directory)), os.environ, limits, policy=policy)
+            worker = InlineWorker(spec, os.environ, limits, policy=policy)
             worker.state.background.start_observers.append(self.task_started)
             worker.state.background.observers.append(self.task_done)
             started = time.perf_counter()
@@ -175,11 +302,12 @@ class WorkerProcess:
 
     def task_started(self, entry: BackgroundTask) -> None:
         self.tasks[id(entry)] = entry
-        self.channel.send(("task", id(entry), entry.name, entry.execution_id))
+        self.channel.send(("task", id(entry), str(entry.name), str(entry.execution_id)))
 
     def task_done(self, entry: BackgroundTask) -> None:
         self.tasks.pop(id(entry), None)
-        self.channel.send(("task_done", id(entry), entry.outcome.value, _portable(entry.error), entry.cut_reason))
+        reason = None if entry.cut_reason is None else str(entry.cut_reason)  # the server loads no enum
+        self.channel.send(("task_done", id(entry), entry.outcome.value, _portable(entry.error), reason))
 
     async def beforeunload(self, reason: str) -> None:
         if self.worker is not None:
@@ -196,6 +324,8 @@ class WorkerProcess:
         async def send(message: Message) -> None:
             if message["type"] == "http.response.start":
                 ctx.response_started = True
+                if type(message.get("status")) is not int:  # an IntEnum (HTTPStatus): the server loads plain data only
+                    message = {**message, "status": int(message["status"])}
             channel.send(("send", rid, message))
             await channel.drain()  # the server stopped reading: its client is slower than this body
 
@@ -205,7 +335,7 @@ class WorkerProcess:
             if ctx.error is not None:  # the handler raised and got its 500 (or 502): the run records why
                 outcome = ("handler_error", ctx.error)
         except LimitExceeded as exc:
-            outcome = ("limit", exc.reason)
+            outcome = ("limit", str(exc.reason))
         except PayloadTooLarge:
             outcome = ("too_large",)
         except asyncio.CancelledError:
@@ -230,9 +360,13 @@ async def _run(fd: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``FD PARENT NAME [UID:GID]``: NAME (the function's) is there for ``ps``."""
     args = sys.argv[1:] if argv is None else argv
-    if len(args) > 1:
-        die_with(int(args[1]))
+    if len(args) > 3:
+        uid, _, gid = args[3].partition(":")
+        drop_privileges(int(uid), int(gid))
+        os.umask(0o077)  # without bwrap /tmp is shared: what the function writes there stays its own
+    harden(int(args[1]) if len(args) > 1 else 0)
     with contextlib.suppress(ValueError, OSError):  # a crashing function leaves no core file behind
         resource.setrlimit(resource.RLIMIT_CORE, (0, resource.getrlimit(resource.RLIMIT_CORE)[1]))
     asyncio.run(_run(int(args[0])))

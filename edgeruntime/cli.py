@@ -47,6 +47,11 @@ def _add_serve(sub: Any) -> None:
     serve.add_argument("--database-url", metavar="URL", help="sqlite:///path or postgresql://... for jobs and runs")
     serve.add_argument("--policy", choices=("per_worker", "per_request"))
     serve.add_argument("--isolation", choices=("inline", "process"))
+    serve.add_argument(
+        "--sandbox",
+        choices=("auto", "bwrap", "uid", "basic", "none"),
+        help="what wraps each worker process under process isolation (default: auto)",
+    )
     serve.add_argument("--tier", choices=("free", "pro"), help="hosted plan limits (free: 150 s wall clock)")
     serve.add_argument(
         "--limit",
@@ -175,6 +180,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         database_url=args.database_url,
         policy=args.policy,
         isolation=args.isolation,
+        sandbox=args.sandbox,
         tier=args.tier,
         limits=parse_limit_options(args.limit),
         watch=not args.no_watch,
@@ -184,6 +190,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
         server=args.server,
     )
     app = create_app(settings)
+    if app.launcher is not None and app.launcher.sandbox.shares_server_view:
+        from edgeruntime.sandbox import set_dumpable
+
+        # Workers run as this user and see this process: they must not read its memory or environ.
+        try:
+            set_dumpable(False)
+        except (OSError, AttributeError):  # not Linux: said at start-up (the sandbox's warning)
+            pass
     if not app.functions:
         raise UsageError(f"no functions in {settings.functions_dir}: expected {settings.functions_dir}/<name>/index.py")
     from edgeruntime.dashboard import attach as attach_dashboard  # /_edgeruntime/ and /_internal/metrics
@@ -203,7 +217,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         for name in app.functions:
             say(f" - {settings.function_url(name)}")
         say(f"Dashboard: {settings.base_url}/_edgeruntime/")
-        say(f"Using edgeruntime {__version__} (policy {settings.policy}, isolation {settings.isolation})")
+        sandbox = f", sandbox {app.launcher.sandbox.mode}" if app.launcher is not None else ""
+        say(f"Using edgeruntime {__version__} (policy {settings.policy}, isolation {settings.isolation}{sandbox})")
         sys.stdout.flush()
 
     async def watch(stop: asyncio.Event) -> None:

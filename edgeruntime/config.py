@@ -22,6 +22,7 @@ from typing import Any, cast
 from edgeruntime.discovery import is_valid_slug
 from edgeruntime.exceptions import ConfigError
 from edgeruntime.limits import DEFAULT_LIMITS, LIMIT_KEYS, Isolation, Limits, Policy
+from edgeruntime.sandbox import SANDBOX_MODES, SandboxMode, parse_uid_range
 
 __all__ = ["CronConfig", "DashboardConfig", "FunctionConfig", "ProjectConfig", "find_config", "load_config"]
 
@@ -112,6 +113,12 @@ class ProjectConfig:
     dashboard: DashboardConfig = DashboardConfig()
     #: `[edge_runtime] keep_alive_timeout_sec`: seconds an idle HTTP connection stays open.
     keep_alive_timeout_sec: float = DEFAULT_KEEP_ALIVE_TIMEOUT_SEC
+    #: What wraps each worker process under process isolation (see :mod:`edgeruntime.sandbox`).
+    sandbox: SandboxMode = "auto"
+    #: `[edge_runtime] worker_uid_range` as (first, last), when set.
+    worker_uid_range: tuple[int, int] | None = None
+    #: `[auth] signing_keys_path`, resolved (a file worker processes must not read).
+    signing_keys_path: Path | None = None
 
     def function(self, name: str) -> FunctionConfig:
         return self.functions.get(name) or FunctionConfig()
@@ -280,13 +287,20 @@ def load_config(path: Path | None, environ: Mapping[str, str] | None = None, *, 
     )
 
     er = r.table(data.get("edge_runtime", {}), "[edge_runtime]")
-    own_er = {"policy", "isolation", "secrets", "keep_alive_timeout_sec", *LIMIT_KEYS}
+    own_er = {"policy", "isolation", "secrets", "keep_alive_timeout_sec", "sandbox", "worker_uid_range", *LIMIT_KEYS}
     r.check_keys(er, "edge_runtime", own_er | FOREIGN_EDGE_RUNTIME_KEYS)
     policy = er.get("policy", "per_worker")
     if policy == "oneshot":  # the Supabase CLI's other policy: one request per worker
         policy = "per_request"
     policy = r.choice({"policy": policy}, "edge_runtime", "policy", "per_worker", ("per_worker", "per_request"))
     isolation = r.choice(er, "edge_runtime", "isolation", "inline", ("inline", "process"))
+    sandbox = r.choice(er, "edge_runtime", "sandbox", "auto", SANDBOX_MODES)
+    uid_range = None
+    if "worker_uid_range" in er:
+        try:
+            uid_range = parse_uid_range(er["worker_uid_range"])
+        except ValueError as exc:
+            raise r.error("[edge_runtime] worker_uid_range", str(exc)) from None
     try:
         limits = DEFAULT_LIMITS.replace(**r.limits(er, "edge_runtime"))
     except ValueError as exc:
@@ -316,7 +330,8 @@ def load_config(path: Path | None, environ: Mapping[str, str] | None = None, *, 
     if len(jwt_secret) < 16:
         raise r.error("[auth] jwt_secret", "must be at least 16 characters long")
     signing_keys_path = r.string(auth, "auth", "signing_keys_path", None)
-    signing_keys = _signing_keys(r, path.parent / signing_keys_path) if signing_keys_path else ()
+    keys_file = path.parent / signing_keys_path if signing_keys_path else None
+    signing_keys = _signing_keys(r, keys_file) if keys_file is not None else ()
 
     functions: dict[str, FunctionConfig] = {}
     for name, raw in r.table(data.get("functions", {}), "[functions]").items():
@@ -371,4 +386,7 @@ def load_config(path: Path | None, environ: Mapping[str, str] | None = None, *, 
         jobs=r.table(data.get("jobs", {}), "[jobs]"),
         dashboard=_dashboard(r, data.get("dashboard", {})),
         keep_alive_timeout_sec=float(keep_alive),
+        sandbox=cast(SandboxMode, sandbox),
+        worker_uid_range=uid_range,
+        signing_keys_path=keys_file,
     )

@@ -41,6 +41,9 @@ EventCallback = Callable[[Any], Awaitable[None] | None]
 _current: ContextVar[ExecutionContext | None] = ContextVar("edgeruntime_execution", default=None)
 #: The worker whose module is being imported right now (set while a function boots).
 booting: ContextVar[WorkerState | None] = ContextVar("edgeruntime_booting", default=None)
+#: In a worker process (process isolation): enqueues a job through the server, which holds the
+#: jobs store (set by :mod:`edgeruntime.child`, used by ``edgeruntime.jobs.enqueue``).
+server_enqueue: Callable[..., Awaitable[int]] | None = None
 
 
 #: Random bits of execution ids: ids must be unique, not secret, so a seeded PRNG is enough.

@@ -13,6 +13,12 @@ isolate's heap. RSS is read from the parent rather than enforced with ``RLIMIT_A
 address-space limits fail arbitrary allocations (thread stacks, malloc arenas) long before the
 resident memory reaches the limit. ``RLIMIT_AS`` is still set (by the worker process, see
 :mod:`edgeruntime.child`), far above the limit, as a backstop.
+
+The process is started in the server's sandbox (:mod:`edgeruntime.sandbox`): under bubblewrap
+the process the server starts is ``bwrap`` and the worker its grandchild, whose pid is the one
+watched. Function code can write anything to the channel, so what the server reads from it is
+plain data only (:func:`edgeruntime.channel.load_worker_frame`), and a job a function enqueues
+is enqueued by the server (the worker holds no store credentials).
 """
 
 from __future__ import annotations
@@ -20,27 +26,36 @@ from __future__ import annotations
 import asyncio
 import collections
 import itertools
+import json
 import logging
 import os
 import resource
 import signal
 import socket
 import subprocess
-import sys
 import time
 import types
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from edgeruntime.background import BackgroundTask, TaskOutcome
-from edgeruntime.channel import Channel, Frame
+from edgeruntime.channel import Channel, Frame, load_worker_frame
 from edgeruntime.context import ExecutionContext, WorkerState
 from edgeruntime.descriptors import exhaustion
 from edgeruntime.discovery import FunctionSpec
-from edgeruntime.exceptions import BootError, LimitExceeded, PayloadTooLarge, ResourceExhausted, WorkerCrashed
+from edgeruntime.exceptions import (
+    BootError,
+    ConfigError,
+    JobsError,
+    LimitExceeded,
+    PayloadTooLarge,
+    ResourceExhausted,
+    WorkerCrashed,
+)
 from edgeruntime.lifecycle import WorkerLifecycle
 from edgeruntime.limits import Limits, Policy
 from edgeruntime.metering import CpuMeter
+from edgeruntime.sandbox import Sandbox, WorkerLauncher, worker_pid
 from edgeruntime.types import Message, Receive, Scope, Send
 from edgeruntime.worker import WorkerStatus
 
@@ -58,6 +73,8 @@ PAUSE_FRAMES = 64
 BOOT_TIMEOUT_SEC = 30.0
 #: How long ending a worker waits for `beforeunload` listeners dispatched just before.
 BEFOREUNLOAD_GRACE_SEC = 0.5
+#: A frame from a worker may be this much longer than its memory limit (a body chunk it held).
+FRAME_SLACK_MB = 64
 _TICKS_PER_SEC = os.sysconf("SC_CLK_TCK")
 _PAGE_MB = resource.getpagesize() / (1024 * 1024)
 #: The scope keys a function can use; the rest (server internals) stay in the server.
@@ -148,12 +165,15 @@ class ProcessWorker:
         observers: list[Callable[[BackgroundTask], None]] | None = None,
         policy: Policy = "per_worker",
         log_format: str = "text",
+        launcher: WorkerLauncher | None = None,
     ) -> None:
         self.spec = spec
+        #: The function's env (`Deno.env` in the worker), sent in the boot frame.
         self.env = dict(env)
         self.limits = limits
         self.policy = policy
         self.log_format = log_format
+        self.launcher = launcher or WorkerLauncher(Sandbox("none"), spec.directory.parent)
         #: The server-side view of the worker: its background work, as the process reports it.
         self.state = WorkerState(spec.name, self.env, observers)
         self.state.background.log_failures = False  # the worker process logged them, with traceback
@@ -177,6 +197,8 @@ class ProcessWorker:
         self._monitor: asyncio.Task[None] | None = None
         self._cpu_baseline_ms = 0.0
         self._memory_baseline_mb = 0.0
+        self._pid: int | None = None
+        self._enqueues: set[asyncio.Task[None]] = set()
 
     @property
     def id(self) -> str:
@@ -188,6 +210,9 @@ class ProcessWorker:
 
     @property
     def pid(self) -> int | None:
+        """The worker process's pid (under bwrap not `proc.pid`, which is bubblewrap's)."""
+        if self._pid is not None:
+            return self._pid
         return self.proc.pid if self.proc is not None else None
 
     @property
@@ -200,6 +225,7 @@ class ProcessWorker:
         """Start the process and load the function in it; raises BootError, WorkerCrashed or ResourceExhausted."""
         loop = asyncio.get_running_loop()
         self.state.loop = loop
+        directory = self.spec.directory.resolve()
         started = time.perf_counter()
         try:
             ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -208,27 +234,41 @@ class ProcessWorker:
                 raise
             raise ResourceExhausted(self.name, f"starting a worker process for {self.name}") from exc
         try:
+            argv, cwd = self.launcher.command(
+                self.name, directory, theirs.fileno(), os.getpid(), self.limits.memory_limit_mb
+            )
             # Popen only forks and execs: it does not wait for the child.
             self.proc = subprocess.Popen(  # noqa: ASYNC220
-                [sys.executable, "-m", "edgeruntime.child", str(theirs.fileno()), str(os.getpid())],
+                argv,
                 pass_fds=(theirs.fileno(),),
-                env=self.env,
+                env=self.launcher.environ(self.env, os.environ),
+                cwd=cwd,
                 stdin=subprocess.DEVNULL,
                 # Its own session: a terminal's Ctrl-C (SIGINT to the foreground process group) goes
                 # to the server alone, which then ends its workers in order.
                 start_new_session=True,
             )
+        except ConfigError as exc:  # no uid left for it
+            ours.close()
+            raise BootError(self.name, f"function {self.name}: {exc}") from None
         except OSError as exc:
             ours.close()  # a failed start must not hold a descriptor
-            if exhaustion(exc) is None:
-                raise
-            raise ResourceExhausted(self.name, f"starting a worker process for {self.name}") from exc
+            if exhaustion(exc) is not None:
+                raise ResourceExhausted(self.name, f"starting a worker process for {self.name}") from exc
+            # out of processes, the sandbox's binary gone
+            raise BootError(self.name, f"function {self.name}: cannot start its worker process: {exc}") from None
         finally:
             theirs.close()
-        channel = self.channel = Channel(self._on_frame, self._on_close)
+        channel = self.channel = Channel(
+            self._on_frame,
+            self._on_close,
+            loads=load_worker_frame,
+            max_frame_bytes=int((self.limits.memory_limit_mb + FRAME_SLACK_MB) * 1024 * 1024),
+            name=f"worker channel of {self.name}",
+        )
         await loop.create_unix_connection(lambda: channel, sock=ours)
         self._booted = loop.create_future()
-        channel.send(("boot", self.name, str(self.spec.directory), self.limits, self.policy, self.log_format))
+        channel.send(("boot", self.name, str(directory), self.limits, self.policy, self.log_format, self.env))
         try:
             frame = await asyncio.wait_for(asyncio.shield(self._booted), BOOT_TIMEOUT_SEC)
         except TimeoutError:
@@ -244,11 +284,15 @@ class ProcessWorker:
             raise (BootError if kind == "boot" else WorkerCrashed)(self.name, message)
         if frame[0] == "exited":
             raise WorkerCrashed(self.name, f"function {self.name}: worker process exited while booting")
+        assert self.proc is not None
+        self._pid = worker_pid(self.launcher.sandbox.mode, self.proc.pid)
+        if self._pid is None:
+            await self._abort_boot()
+            raise WorkerCrashed(self.name, f"function {self.name}: its worker process cannot be found to watch")
         _, boot_ms, baseline_mb = frame
         self._memory_baseline_mb = baseline_mb
-        assert self.proc is not None
         try:
-            self._cpu_baseline_ms, _ = _proc_usage(self.proc.pid)
+            self._cpu_baseline_ms, _ = _proc_usage(self._pid)
         except OSError as exc:
             if exhaustion(exc) is not None:  # its limits could not be watched: boot again later
                 await self._abort_boot()
@@ -264,7 +308,7 @@ class ProcessWorker:
             self.name,
             (time.perf_counter() - started) * 1000,
             self.id[:8],
-            self.proc.pid,
+            self._pid,
             extra={"function": self.name},
         )
         self._monitor = loop.create_task(self._watch_usage())
@@ -279,8 +323,8 @@ class ProcessWorker:
         self._lifecycle = lifecycle
 
     async def _watch_usage(self) -> None:
-        assert self.proc is not None
-        pid = self.proc.pid
+        pid = self.pid
+        assert pid is not None
         while self.status is not WorkerStatus.ENDED:
             try:
                 cpu_ms, rss_mb = _proc_usage(pid)
@@ -319,8 +363,43 @@ class ProcessWorker:
             waiter = self._unloaded.get(frame[1])
             if waiter is not None and not waiter.done():
                 waiter.set_result(None)
+        elif kind == "enqueue":
+            task = asyncio.get_running_loop().create_task(self._enqueue(frame[1], frame[2:]))
+            self._enqueues.add(task)
+            task.add_done_callback(self._enqueues.discard)
         elif kind in ("booted", "boot_failed") and self._booted is not None and not self._booted.done():
             self._booted.set_result(frame)
+
+    async def _enqueue(self, qid: Any, args: tuple[Any, ...]) -> None:
+        """A job the function enqueues: the server enqueues it and answers with its id or the error."""
+        from edgeruntime.jobs.queue import enqueue
+
+        answer: tuple[Any, ...]
+        try:
+            function, body, delay, max_attempts, idempotency_key = args
+            if not isinstance(body, str) or not isinstance(delay, int | float):
+                raise JobsError("enqueue: bad arguments")
+            if not (max_attempts is None or isinstance(max_attempts, int)):
+                raise JobsError("enqueue: bad arguments")
+            if not (idempotency_key is None or isinstance(idempotency_key, str)):
+                raise JobsError("enqueue: bad arguments")
+            job_id = await enqueue(
+                function,
+                json.loads(body),
+                delay=delay,
+                max_attempts=max_attempts,
+                idempotency_key=idempotency_key,
+            )
+            answer = ("enqueued", qid, job_id, None)
+        except JobsError as exc:
+            answer = ("enqueued", qid, None, str(exc))
+        except (ValueError, TypeError):  # not what a worker's enqueue sends
+            answer = ("enqueued", qid, None, "enqueue: bad arguments")
+        except Exception as exc:
+            logger.exception("enqueue from a worker of %s failed", self.name, extra={"function": self.name})
+            answer = ("enqueued", qid, None, f"enqueue failed: {type(exc).__name__}")
+        if self.channel is not None:
+            self.channel.send(answer)
 
     def _on_close(self) -> None:
         if self._booted is not None and not self._booted.done():

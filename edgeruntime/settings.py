@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from edgeruntime.discovery import check_functions_dir
 from edgeruntime.env import build_env
 from edgeruntime.exceptions import ConfigError
 from edgeruntime.limits import FREE_TIER, PRO_TIER, Isolation, Limits, Policy
+from edgeruntime.sandbox import SANDBOX_MODES, Sandbox, SandboxMode, resolve_sandbox, withheld_environ
 
 __all__ = ["DEFAULT_HOST", "DEFAULT_KEEP_ALIVE_TIMEOUT_SEC", "DEFAULT_PORT", "Settings"]
 
@@ -32,6 +34,8 @@ DEFAULT_PORT = 54321
 #: How long shutdown waits for background work (the edge runtime's --graceful-exit-timeout).
 DEFAULT_GRACEFUL_EXIT_TIMEOUT_SEC = 15.0
 LogFormat = Literal["text", "json"]
+
+logger = logging.getLogger("edgeruntime")
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,30 @@ class Settings:
     database_url_source: str = "--database-url"
     server: str = "hypercorn"
     extra: Mapping[str, Any] = field(default_factory=dict)
+    #: What wraps each worker process under process isolation (resolved by `resolve_sandbox`).
+    sandbox: SandboxMode = "auto"
+    #: `--sandbox` when it was given (it then wins over config.toml).
+    sandbox_flag: bool = False
+    #: The env of a sandboxed worker process: `env` built without the server's own environment
+    #: (only what Python needs to run and the injected SUPABASE_* names it overrides).
+    isolated_env: Mapping[str, str] = field(default_factory=dict)
+
+    def resolve_sandbox(self) -> Sandbox:
+        """The sandbox the worker processes run in here (ConfigError if the one asked for cannot work)."""
+        where = f"{self.config.path}: " if self.config.path else ""
+        origin = "--sandbox" if self.sandbox_flag else f"{where}[edge_runtime] sandbox"
+        uid_origin = f"{where}[edge_runtime] worker_uid_range"
+        return resolve_sandbox(
+            self.sandbox,
+            self.config.worker_uid_range,
+            origin=origin,
+            uid_origin=uid_origin,
+            functions_dir=self.functions_dir,
+        )
+
+    def worker_env(self, sandbox: Sandbox) -> Mapping[str, str]:
+        """The function env a worker process in `sandbox` gets (`Deno.env` there)."""
+        return self.isolated_env if sandbox.withholds_server_env else self.env
 
     @property
     def base_url(self) -> str:
@@ -98,6 +126,7 @@ class Settings:
         database_url: str | None = None,
         warn_env: bool = True,
         keep_alive_timeout_sec: float | None = None,
+        sandbox: str | None = None,
         **options: Any,
     ) -> Settings:
         """Resolve settings the way `edgeruntime serve` does; flags win over config.toml.
@@ -129,6 +158,8 @@ class Settings:
             problem = keep_alive_problem(keep_alive_timeout_sec)
             if problem is not None:
                 raise ConfigError(f"--keep-alive-timeout: {problem}")
+        if sandbox is not None and sandbox not in SANDBOX_MODES:
+            raise ConfigError(f"--sandbox: expected one of {', '.join(SANDBOX_MODES)}, got {sandbox!r}")
         keys = demo_keys(config.jwt_secret, config.signing_keys)
         settings = cls(
             functions_dir=directory,
@@ -144,19 +175,25 @@ class Settings:
             database_url=database_url or environ.get("EDGERUNTIME_DATABASE_URL"),
             database_url_source="--database-url" if database_url else "EDGERUNTIME_DATABASE_URL",
             keep_alive_timeout_sec=keep_alive_timeout_sec,
+            sandbox=sandbox or config.sandbox,
+            sandbox_flag=sandbox is not None,
             **options,
         )
-        env = build_env(
-            environ=environ,
-            functions_dir=directory,
-            keys=keys,
-            base_url=settings.base_url,
-            secrets=config.secrets,
-            env_file=Path(env_file) if env_file else None,
-            database_url=settings.database_url,
-            warn=warn_env,
-        )
+        layers: dict[str, Any] = {
+            "functions_dir": directory,
+            "keys": keys,
+            "base_url": settings.base_url,
+            "secrets": config.secrets,
+            "env_file": Path(env_file) if env_file else None,
+            "database_url": settings.database_url,
+        }
+        env = build_env(environ=environ, warn=warn_env, **layers)
         object.__setattr__(settings, "env", env)
+        if settings.isolation == "process":
+            isolated = build_env(environ=withheld_environ(environ), warn=False, **layers)
+            object.__setattr__(settings, "isolated_env", isolated)
+        elif settings.sandbox not in ("auto", "none"):
+            logger.warning("sandbox = %r has no effect under isolation inline", settings.sandbox)
         # Keys handed out must be the ones accepted: an env that sets its own keys wins.
         object.__setattr__(settings, "keys", keys.overridden_by(env))
         return settings

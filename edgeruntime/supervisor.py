@@ -27,6 +27,7 @@ from edgeruntime.exceptions import FunctionError, IdleTimeout
 from edgeruntime.lifecycle import ShutdownReason, WorkerLifecycle
 from edgeruntime.metering import settle
 from edgeruntime.request_limits import BodyLimit, IdleTimeouts
+from edgeruntime.sandbox import WorkerLauncher
 from edgeruntime.settings import Settings
 from edgeruntime.types import Receive, Scope, Send
 from edgeruntime.worker import InlineWorker, Worker, WorkerStatus
@@ -47,7 +48,7 @@ class FunctionSupervisor:
         spec: FunctionSpec,
         settings: Settings,
         background_observers: list[Callable[[BackgroundTask], None]] | None = None,
-        worker_env: dict[str, str] | None = None,
+        launcher: WorkerLauncher | None = None,
         worker_observers: list[WorkerObserver] | None = None,
     ) -> None:
         self.spec = spec
@@ -58,8 +59,8 @@ class FunctionSupervisor:
         self.verify_jwt = settings.verify_jwt(spec.name)
         #: Called with ("retired" | "ended", function, reason) for every worker (metrics, dashboard).
         self.worker_observers: list[WorkerObserver] = worker_observers if worker_observers is not None else []
-        #: Extra env for worker processes (shared with the app: e.g. where the jobs store is).
-        self.worker_env: dict[str, str] = worker_env if worker_env is not None else {}
+        #: Starts worker processes in the server's sandbox (shared with the app; process isolation).
+        self.launcher = launcher
         self.worker: Worker | None = None
         self.retired: set[Worker] = set()
         #: Workers being ended (their requests are being failed, their background work cut).
@@ -103,9 +104,17 @@ class FunctionSupervisor:
         if self.settings.isolation == "process":
             from edgeruntime.process import ProcessWorker
 
-            env = {**self.settings.env, **self.worker_env}
+            launcher = self.launcher
+            if launcher is None:  # a supervisor made outside an app
+                launcher = self.launcher = WorkerLauncher(self.settings.resolve_sandbox(), self.settings.functions_dir)
             return ProcessWorker(
-                self.spec, env, self.limits, self.background_observers, policy, self.settings.log_format
+                self.spec,
+                self.settings.worker_env(launcher.sandbox),
+                self.limits,
+                self.background_observers,
+                policy,
+                self.settings.log_format,
+                launcher,
             )
         return InlineWorker(self.spec, self.settings.env, self.limits, self.background_observers, policy)
 

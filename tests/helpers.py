@@ -12,7 +12,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -122,13 +122,16 @@ class ServerProcess:
         env: Mapping[str, str] | None = None,
         port: int | None = None,
         cwd: Path | None = None,
+        prefix: Sequence[str] = (),
     ) -> None:
+        """`prefix`: a command the server runs under (a bubblewrap view of the filesystem, say)."""
         self.port = port or free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.log_path = functions_dir.parent / f"serve-{self.port}.log"
         self._log: IO[bytes] = open(self.log_path, "wb")
+        command = [sys.executable, "-m", "edgeruntime", "serve", str(functions_dir), "--port", str(self.port), *args]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "edgeruntime", "serve", str(functions_dir), "--port", str(self.port), *args],
+            [*prefix, *command],
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},

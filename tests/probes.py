@@ -111,6 +111,38 @@ serve(handler)
 """
 
 
+def descendants(root: int) -> dict[int, list[bytes]]:
+    """Every live descendant of process `root` (at most 8 generations down), with its argv."""
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_bytes()
+            except OSError:
+                continue
+            parents[int(entry)] = int(stat[stat.rindex(b")") + 2 :].split()[1])
+    found: dict[int, list[bytes]] = {}
+    for pid in parents:
+        ancestor, hops = parents.get(pid), 0
+        while ancestor is not None and ancestor > 1 and ancestor != root and hops < 8:
+            ancestor, hops = parents.get(ancestor), hops + 1
+        if ancestor == root:
+            try:
+                found[pid] = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+    return found
+
+
+def worker_processes(server_pid: int) -> dict[str, int]:
+    """The worker processes of the server `server_pid` (under bwrap its great-grandchildren), by function."""
+    found: dict[str, int] = {}
+    for pid, argv in descendants(server_pid).items():
+        if b"edgeruntime.child" in argv:  # python -P -m edgeruntime.child FD PARENT NAME [UID:GID]
+            found[argv[argv.index(b"edgeruntime.child") + 3].decode()] = pid
+    return found
+
+
 def write_probe(functions_dir: Path) -> Path:
     """`probe` and `hello` in `functions_dir`; returns the events file the probe writes to."""
     write_function(functions_dir, "probe", PROBE)

@@ -23,6 +23,7 @@ ONE_KB_IN_MB = 1024 / (1024 * 1024)
 
 @pytest.fixture(params=["inline", "process"])
 def isolation(request: pytest.FixtureRequest) -> str:
+    # The clients below run with sandbox none: the probe records its events in a file of the test's.
     value: str = request.param
     return value
 
@@ -35,7 +36,11 @@ async def chunks(count: int, size: int) -> AsyncIterator[bytes]:
 async def test_declared_oversize_body_is_413_before_the_function_runs(functions_dir: Path, isolation: str) -> None:
     events = write_probe(functions_dir)
     async with EdgeClient(
-        functions_dir, isolation=isolation, environ=environ_for(events), limits={"max_request_body_mb": ONE_KB_IN_MB}
+        functions_dir,
+        isolation=isolation,
+        sandbox="none",
+        environ=environ_for(events),
+        limits={"max_request_body_mb": ONE_KB_IN_MB},
     ) as client:
         r = await client.invoke("probe", params={"echo": 1}, content=b"x" * 2000)
         assert r.status_code == 413
@@ -50,7 +55,11 @@ async def test_declared_oversize_body_is_413_before_the_function_runs(functions_
 async def test_streamed_oversize_body_is_413_while_streaming(functions_dir: Path, isolation: str) -> None:
     events = write_probe(functions_dir)
     async with EdgeClient(
-        functions_dir, isolation=isolation, environ=environ_for(events), limits={"max_request_body_mb": ONE_KB_IN_MB}
+        functions_dir,
+        isolation=isolation,
+        sandbox="none",
+        environ=environ_for(events),
+        limits={"max_request_body_mb": ONE_KB_IN_MB},
     ) as client:
         # No content-length: chunked. 50 chunks of 100 bytes: cut at the 11th, never buffered whole.
         url = "/functions/v1/probe?echo=1"
@@ -66,7 +75,11 @@ async def test_streamed_oversize_body_is_413_while_streaming(functions_dir: Path
 async def test_no_response_within_idle_timeout_is_504(functions_dir: Path, isolation: str) -> None:
     events = write_probe(functions_dir)
     async with EdgeClient(
-        functions_dir, isolation=isolation, environ=environ_for(events), limits={"request_idle_timeout_sec": 0.5}
+        functions_dir,
+        isolation=isolation,
+        sandbox="none",
+        environ=environ_for(events),
+        limits={"request_idle_timeout_sec": 0.5},
     ) as client:
         await client.invoke("probe")
         started = time.monotonic()

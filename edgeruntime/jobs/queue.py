@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from edgeruntime import context
 from edgeruntime.discovery import is_valid_slug
 from edgeruntime.exceptions import JobsError
 from edgeruntime.jobs.clock import Clock, SystemClock
@@ -130,8 +131,13 @@ async def enqueue(
     """
     global _fallback
     queue = _active
+    if queue is None and context.server_enqueue is not None:
+        # A function in a worker process (process isolation): the server enqueues it.
+        return await context.server_enqueue(
+            function, payload, delay=delay, max_attempts=max_attempts, idempotency_key=idempotency_key
+        )
     if queue is None:
-        # A function running outside the server process (process isolation) opens the store itself.
+        # A script outside any server opens the store itself.
         url = os.environ.get("EDGERUNTIME_DATABASE_URL")
         if not url:
             raise JobsError("enqueue: no jobs store is running (use edgeruntime serve or EdgeClient)")

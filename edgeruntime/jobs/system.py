@@ -14,6 +14,7 @@ import os
 import socket
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from edgeruntime.discovery import discover
@@ -60,8 +61,10 @@ class JobSystem:
         self.store = store or open_store(
             settings.database_url, settings.functions_dir, source=settings.database_url_source
         )
-        # Functions in worker processes (process isolation) open the same store to enqueue.
-        app.worker_env["EDGERUNTIME_DATABASE_URL"] = self.store.url
+        # Worker processes (process isolation) enqueue through the server and never see the store.
+        database = getattr(self.store, "path", None)  # a SQLite file
+        if isinstance(database, Path) and app.launcher is not None:
+            app.launcher.hide_database(database)
         self.clock: Clock = clock or SystemClock()
         #: False: nothing runs by itself; tests deliver with `run_jobs()` and `trigger_cron()`.
         self.background = background
