@@ -62,7 +62,9 @@ def served(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
     write_function(functions, "reader", READER)
     (functions.parent / "config.toml").write_text("[functions.open]\nverify_jwt = false\n")
     runs = root / "runs.txt"
-    args = ("--no-watch", "--server", server_kind, "--isolation", isolation)
+    # The functions count their runs in a file outside their directory, named by the server's env:
+    # no sandbox, which would hide both from a worker process (what this tests is the gateway).
+    args = ("--no-watch", "--server", server_kind, "--isolation", isolation, "--sandbox", "none")
     with ServerProcess(functions, *args, env={"RUNS_FILE": str(runs)}) as server:
         yield Served(server, runs)
 
