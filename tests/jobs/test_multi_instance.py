@@ -165,6 +165,14 @@ serve(slow)
         finally:
             await store.close()
 
+    async def leases_held_by(pid: str) -> int:
+        store = open_store(store_url)
+        try:
+            stats = await store.queue_stats()
+            return sum(1 for lease in stats.in_flight if (lease.worker_id or "").split(":")[1:2] == [pid])
+        finally:
+            await store.close()
+
     with ExitStack() as stack:
         servers = _start(project, store_url, log, 3, stack)
         victim = servers[0]
@@ -181,6 +189,10 @@ serve(slow)
             if len(lines) >= 250 and any(line[2] == victim_pid for line in lines):
                 break
             time.sleep(0.02)
+        # Killed while it holds leases: on a loaded machine an instance can sit between recording
+        # its outcomes and claiming again, and a kill then abandons nothing.
+        while time.monotonic() < deadline and asyncio.run(leases_held_by(victim_pid)) == 0:
+            time.sleep(0.005)
         victim.proc.kill()  # SIGKILL: no shutdown, its leased jobs are abandoned
         victim.proc.wait(10)
         killed_at = len(_lines(log))
