@@ -24,11 +24,11 @@ from pathlib import Path
 
 import httpx
 
-from edgeruntime.app import EdgeApp, create_app
+from edgeruntime.config.settings import Settings
 from edgeruntime.dashboard import attach as attach_dashboard
+from edgeruntime.gateway.app import EdgeApp, create_app
 from edgeruntime.jobs import JobSystem, attach
 from edgeruntime.jobs.store import Run
-from edgeruntime.settings import Settings
 
 #: The page polls five endpoints every 1.5 s: each should answer well within that.
 API_GOAL_MS = 50.0

@@ -26,10 +26,10 @@ from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import quote
 
-from edgeruntime.app import create_app
+from edgeruntime.config.settings import Settings
+from edgeruntime.gateway.app import create_app
 from edgeruntime.jobs import attach, open_store
 from edgeruntime.jobs.store import JobStore, Outcome
-from edgeruntime.settings import Settings
 
 GOALS = {"sqlite": 1000.0, "postgres": 2000.0}
 JITTER_GOAL_MS = 50.0

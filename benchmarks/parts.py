@@ -57,19 +57,19 @@ def _switch_off(parts: set[str]) -> None:
         RunHistory._invocation_observer = lambda self, served: lambda inv: None  # type: ignore[method-assign]
         RunHistory._background_observer = lambda self: lambda task: None  # type: ignore[method-assign]
     if "metrics" in parts:
-        from edgeruntime.metrics import Metrics
+        from edgeruntime.dashboard.metrics import Metrics
 
         setattr(Metrics, "invocation", lambda self, record: None)  # noqa: B010
     if "access" in parts:
-        from edgeruntime.logs import AccessLog
+        from edgeruntime.core.logs import AccessLog
 
         AccessLog.__call__ = lambda self, *values: None  # type: ignore[method-assign]
     if "meter" in parts:
-        import edgeruntime.worker
+        import edgeruntime.workers.worker
 
-        setattr(edgeruntime.worker, "metered", lambda awaitable, meter: awaitable)  # noqa: B010
+        setattr(edgeruntime.workers.worker, "metered", lambda awaitable, meter: awaitable)  # noqa: B010
     if "watchdog" in parts:
-        from edgeruntime.metering import LoopWatchdog
+        from edgeruntime.core.metering import LoopWatchdog
 
         LoopWatchdog.start = LoopWatchdog.stop = lambda self: None  # type: ignore[method-assign]
     if "jobs" in parts:
@@ -84,7 +84,7 @@ def _switch_off(parts: set[str]) -> None:
 def serve(argv: list[str]) -> int:
     """`python -m benchmarks.parts --serve PARTS edgeruntime-serve-args...`"""
     _switch_off(set(filter(None, argv[0].split(","))))
-    from edgeruntime.cli import main
+    from edgeruntime.serving.cli import main
 
     return main(argv[1:])
 
@@ -95,7 +95,7 @@ def serve_bare_batched(argv: list[str]) -> int:
 
     import uvicorn
 
-    from edgeruntime.server import _loop_factory
+    from edgeruntime.serving.server import _loop_factory
 
     port = int(argv[argv.index("--port") + 1])
     app = "benchmarks.apps.starlette_app:app"

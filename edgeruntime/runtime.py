@@ -12,8 +12,8 @@ from collections.abc import Awaitable, Generator
 from dataclasses import dataclass
 from typing import Any, Generic, Literal, TypeVar
 
-from edgeruntime.background import BackgroundTask
-from edgeruntime.context import (
+from edgeruntime.core.background import BackgroundTask
+from edgeruntime.core.context import (
     EventCallback,
     ExecutionContext,
     booting,
@@ -228,7 +228,7 @@ def serve(handler: H) -> H:
         return handler
     caller = sys._getframe(1).f_globals
     if caller.get("__name__") == "__main__":
-        from edgeruntime.standalone import run_standalone
+        from edgeruntime.serving.standalone import run_standalone
 
         run_standalone(handler, caller.get("__file__"), port=int(os.environ.get("PORT", "8000")))
         return handler

@@ -28,14 +28,16 @@ from typing import Any, Literal
 
 import httpx
 
-from edgeruntime.app import EdgeApp, create_app
-from edgeruntime.background import BackgroundTask, TaskOutcome
-from edgeruntime.context import ExecutionContext, WorkerState, default_worker
+from edgeruntime.config.env import apply_env, restore_env
+from edgeruntime.config.settings import Settings
+from edgeruntime.core.background import BackgroundTask, TaskOutcome
+from edgeruntime.core.context import ExecutionContext, WorkerState, default_worker
+from edgeruntime.core.handlers import to_asgi
+from edgeruntime.core.types import ASGIApp
 from edgeruntime.dashboard import Dashboard, attach as attach_dashboard
-from edgeruntime.discovery import ENTRYPOINT, FunctionSpec, load_function_module
-from edgeruntime.env import apply_env, restore_env
 from edgeruntime.exceptions import UsageError
-from edgeruntime.handlers import to_asgi
+from edgeruntime.functions.discovery import ENTRYPOINT, FunctionSpec, load_function_module
+from edgeruntime.gateway.app import EdgeApp, create_app
 from edgeruntime.jobs import (
     Clock,
     CronRun,
@@ -46,8 +48,6 @@ from edgeruntime.jobs import (
     attach as attach_jobs,
     open_store,
 )
-from edgeruntime.settings import Settings
-from edgeruntime.types import ASGIApp
 
 __all__ = ["EdgeClient", "FakeClock", "LoadedFunction", "drain", "execution_context", "load_function"]
 

@@ -6,7 +6,7 @@ import asyncio
 import pickle
 import socket
 
-from edgeruntime.channel import FLUSH_BYTES, Channel, Frame
+from edgeruntime.workers.process.channel import FLUSH_BYTES, Channel, Frame
 
 
 def encode(frame: Frame) -> bytes:

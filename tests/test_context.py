@@ -6,7 +6,7 @@ import os
 import time
 import uuid
 
-from edgeruntime.context import new_execution_id
+from edgeruntime.core.context import new_execution_id
 
 
 def test_execution_ids_are_uuid7_starting_with_the_time_in_milliseconds() -> None:

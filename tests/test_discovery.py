@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from edgeruntime.discovery import discover, function_for_path, is_valid_slug
+from edgeruntime.functions.discovery import discover, function_for_path, is_valid_slug
 from edgeruntime.testing import EdgeClient
 from tests.helpers import HELLO, write_function
 

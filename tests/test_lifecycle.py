@@ -9,10 +9,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from edgeruntime.background import TaskOutcome
-from edgeruntime.lifecycle import ShutdownReason, WorkerLifecycle
+from edgeruntime.core.background import TaskOutcome
 from edgeruntime.limits import Limits
 from edgeruntime.testing import EdgeClient
+from edgeruntime.workers.lifecycle import ShutdownReason, WorkerLifecycle
 from tests.probes import environ_for, events_of, eventually, write_probe
 
 WORKER_LIMIT = {

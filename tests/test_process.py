@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from edgeruntime.lifecycle import ShutdownReason
-from edgeruntime.process import ProcessWorker
 from edgeruntime.testing import EdgeClient
+from edgeruntime.workers.lifecycle import ShutdownReason
+from edgeruntime.workers.process.parent import ProcessWorker
 from tests.helpers import ServerProcess, write_function
 from tests.probes import LEAKY, environ_for, events_of, eventually, write_probe
 

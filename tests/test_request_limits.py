@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from edgeruntime.context import ExecutionContext, default_worker
-from edgeruntime.request_limits import IdleTimeouts
+from edgeruntime.core.context import ExecutionContext, default_worker
 from edgeruntime.testing import EdgeClient
+from edgeruntime.workers.request_limits import IdleTimeouts
 from tests.probes import environ_for, write_probe
 
 TOO_LARGE = {"code": "PAYLOAD_TOO_LARGE", "message": "Request body is larger than the function's max_request_body_mb"}

@@ -8,9 +8,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from edgeruntime import server
+from edgeruntime.core.transport import BatchedTransport
 from edgeruntime.exceptions import UsageError
-from edgeruntime.transport import BatchedTransport
+from edgeruntime.serving import server
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from edgeruntime.transport import WRITE_THROUGH_BYTES, BatchedTransport, WriteBatch
+from edgeruntime.core.transport import WRITE_THROUGH_BYTES, BatchedTransport, WriteBatch
 from tests.helpers import RecordingTransport
 
 

@@ -22,14 +22,14 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 
+from edgeruntime.core.types import Receive, Scope, Send
 from edgeruntime.dashboard.access import REALM, is_cross_origin, is_loopback, is_service_role
-from edgeruntime.metrics import CONTENT_TYPE, Metrics
-from edgeruntime.types import Receive, Scope, Send
+from edgeruntime.dashboard.metrics import CONTENT_TYPE, Metrics
 
 if TYPE_CHECKING:
     from starlette.applications import Starlette
 
-    from edgeruntime.app import EdgeApp, Invocation
+    from edgeruntime.gateway.app import EdgeApp, Invocation
     from edgeruntime.jobs.system import JobSystem
 
 __all__ = ["DASHBOARD_PATH", "METRICS_PATH", "Dashboard", "attach"]

@@ -14,8 +14,8 @@ import contextlib
 import logging
 from collections.abc import Callable, Container
 
-from edgeruntime.app import Invocation
-from edgeruntime.background import BackgroundTask
+from edgeruntime.core.background import BackgroundTask
+from edgeruntime.gateway.app import Invocation
 from edgeruntime.jobs.store import JobStore, RunRow
 
 __all__ = ["RunHistory"]

@@ -20,15 +20,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from edgeruntime.discovery import is_valid_slug
 from edgeruntime.exceptions import JobsError
+from edgeruntime.functions.discovery import is_valid_slug
 from edgeruntime.jobs.clock import Clock, SystemClock
 from edgeruntime.jobs.config import JobsConfig
 from edgeruntime.jobs.delivery import deliver
 from edgeruntime.jobs.store import Job, JobStore, Outcome, open_store
 
 if TYPE_CHECKING:
-    from edgeruntime.app import EdgeApp
+    from edgeruntime.gateway.app import EdgeApp
 
 __all__ = ["JOB_ID_HEADER", "ATTEMPT_HEADER", "JobQueue", "JobResult", "QueueRunner", "backoff", "enqueue"]
 

@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from edgeruntime.discovery import discover
+from edgeruntime.functions.discovery import discover
 from edgeruntime.jobs.clock import Clock, SystemClock
 from edgeruntime.jobs.config import JobsConfig
 from edgeruntime.jobs.history import RunHistory
@@ -25,7 +25,7 @@ from edgeruntime.jobs.scheduler import Scheduler, cron_jobs
 from edgeruntime.jobs.store import JobStore, open_store
 
 if TYPE_CHECKING:
-    from edgeruntime.app import EdgeApp, Invocation
+    from edgeruntime.gateway.app import EdgeApp, Invocation
 
 __all__ = ["JobSystem", "attach"]
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from edgeruntime.config import load_config
+from edgeruntime.config.project import load_config
 from edgeruntime.testing import EdgeClient
 from tests.examples.conftest import REPO
 from tests.helpers import run_cli, write_function

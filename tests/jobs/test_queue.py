@@ -247,9 +247,9 @@ serve(handler)
 
 async def test_background_runner_records_every_outcome(queue_dir: Path, store_url: str) -> None:
     """The loop `serve` runs: batches of claims and outcomes, none lost while deliveries overlap."""
-    from edgeruntime.app import create_app
+    from edgeruntime.config.settings import Settings
+    from edgeruntime.gateway.app import create_app
     from edgeruntime.jobs import attach
-    from edgeruntime.settings import Settings
 
     write_function(queue_dir, "sleepy", STAGGERED)
     (queue_dir.parent / "config.toml").write_text("[jobs]\nconcurrency = 8\n", encoding="utf-8")

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from edgeruntime.app import create_app
+from edgeruntime.config.settings import Settings
 from edgeruntime.exceptions import ConfigError, JobsError
+from edgeruntime.gateway.app import create_app
 from edgeruntime.jobs import CronRun, FakeClock, TickStatus, attach
-from edgeruntime.settings import Settings
 from edgeruntime.testing import EdgeClient
 from tests.helpers import write_function
 

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from edgeruntime.app import create_app
+from edgeruntime.config.settings import Settings
 from edgeruntime.exceptions import ConfigError
+from edgeruntime.gateway.app import create_app
 from edgeruntime.jobs.system import attach
-from edgeruntime.settings import Settings
 
 
 async def test_prepare_migrates_once_for_the_whole_start(

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from edgeruntime.settings import Settings
+from edgeruntime.config.settings import Settings
 from edgeruntime.testing import EdgeClient, FakeClock
 from tests.helpers import HELLO, write_function
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from edgeruntime.types import Send
+from edgeruntime.core.types import Send
 
 __all__ = ["RuntimeResponse", "send_response"]
 

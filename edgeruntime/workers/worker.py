@@ -1,7 +1,7 @@
 """A worker: one booted instance of a function's module, serving concurrent requests.
 
 ``InlineWorker`` runs the module in the server's own process and event loop. The supervisor
-(:mod:`edgeruntime.supervisor`) decides when a worker is booted, retired and ended.
+(:mod:`edgeruntime.workers.supervisor`) decides when a worker is booted, retired and ended.
 """
 
 from __future__ import annotations
@@ -14,16 +14,16 @@ import types
 from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, Protocol
 
-from edgeruntime import responses
-from edgeruntime.background import BackgroundTask
-from edgeruntime.context import ExecutionContext, WorkerState
-from edgeruntime.discovery import FunctionSpec, load_function_module
+from edgeruntime.core import responses
+from edgeruntime.core.background import BackgroundTask
+from edgeruntime.core.context import ExecutionContext, WorkerState
+from edgeruntime.core.handlers import to_asgi
+from edgeruntime.core.metering import CpuMeter, metered, run_metered
+from edgeruntime.core.types import ASGIApp, Handler, Receive, Scope, Send
 from edgeruntime.exceptions import InvalidResponse, LimitExceeded, PayloadTooLarge
-from edgeruntime.handlers import to_asgi
-from edgeruntime.lifecycle import RequestBudget, ShutdownReason, WorkerLifecycle
+from edgeruntime.functions.discovery import FunctionSpec, load_function_module
 from edgeruntime.limits import Limits, Policy
-from edgeruntime.metering import CpuMeter, metered, run_metered
-from edgeruntime.types import ASGIApp, Handler, Receive, Scope, Send
+from edgeruntime.workers.lifecycle import RequestBudget, ShutdownReason, WorkerLifecycle
 
 __all__ = ["InlineWorker", "Worker", "WorkerStatus"]
 

@@ -17,7 +17,7 @@ import threading
 import time
 from typing import Any, TextIO
 
-from edgeruntime.context import current_context
+from edgeruntime.core.context import current_context
 
 __all__ = ["AccessLog", "ContextFilter", "FunctionOutput", "LogBuffer", "configure_logging", "log_access"]
 

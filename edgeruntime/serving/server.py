@@ -15,10 +15,10 @@ import sys
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any
 
+from edgeruntime.config.settings import Settings
+from edgeruntime.core.transport import batched_writes
+from edgeruntime.core.types import ASGIApp
 from edgeruntime.exceptions import UsageError
-from edgeruntime.settings import Settings
-from edgeruntime.transport import batched_writes
-from edgeruntime.types import ASGIApp
 
 __all__ = ["check_port", "run_server"]
 
@@ -247,7 +247,7 @@ def _loop_factory(server: str) -> Callable[[], asyncio.AbstractEventLoop]:
 
     uvloop under uvicorn when it is installed (as uvicorn itself would pick), asyncio's otherwise.
     Both servers make their listening sockets with `loop.create_server`, so this is where every
-    accepted connection can be given a BatchedTransport (see `edgeruntime.transport`).
+    accepted connection can be given a BatchedTransport (see `edgeruntime.core.transport`).
     """
     base: type[asyncio.AbstractEventLoop] = asyncio.SelectorEventLoop
     if server == "uvicorn":

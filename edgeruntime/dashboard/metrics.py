@@ -26,8 +26,8 @@ from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricF
 from prometheus_client.utils import floatToGoString
 
 if TYPE_CHECKING:
-    from edgeruntime.app import Invocation
-    from edgeruntime.background import BackgroundTask
+    from edgeruntime.core.background import BackgroundTask
+    from edgeruntime.gateway.app import Invocation
     from edgeruntime.jobs.scheduler import CronRun
     from edgeruntime.jobs.store import QueueStats
 

@@ -1,6 +1,6 @@
-"""The entry point of a worker process: ``python -m edgeruntime.child <fd> <server pid>``.
+"""The entry point of a worker process: ``python -m edgeruntime.workers.process.child <fd> <server pid>``.
 
-The server (:mod:`edgeruntime.process`) starts one such process per worker with the function's
+The server (:mod:`edgeruntime.workers.process.parent`) starts one such process per worker with the function's
 env as its whole environment, and talks to it over the Unix socket `fd`. The process loads the
 function as an inline worker does, serves the requests the server forwards, reports its
 background work, and exits when the socket closes.
@@ -24,14 +24,14 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from edgeruntime.background import BackgroundTask
-from edgeruntime.channel import Channel, Frame
-from edgeruntime.context import ExecutionContext
-from edgeruntime.discovery import FunctionSpec
+from edgeruntime.core.background import BackgroundTask
+from edgeruntime.core.context import ExecutionContext
+from edgeruntime.core.types import Message, Scope
 from edgeruntime.exceptions import BootError, FunctionError, LimitExceeded, PayloadTooLarge
+from edgeruntime.functions.discovery import FunctionSpec
 from edgeruntime.limits import Limits
-from edgeruntime.types import Message, Scope
-from edgeruntime.worker import InlineWorker
+from edgeruntime.workers.process.channel import Channel, Frame
+from edgeruntime.workers.worker import InlineWorker
 
 __all__ = ["WorkerProcess", "flush_logs", "main", "rss_mb"]
 
@@ -43,7 +43,7 @@ def rss_mb() -> float:
     return pages * resource.getpagesize() / (1024 * 1024)
 
 
-#: The address-space backstop: this much above the memory limit (see :mod:`edgeruntime.process`).
+#: The address-space backstop: this much above the memory limit (see :mod:`edgeruntime.workers.process.parent`).
 ADDRESS_SPACE_HEADROOM_MB = 1024
 _PR_SET_PDEATHSIG = 1
 
@@ -145,7 +145,7 @@ class WorkerProcess:
         task.add_done_callback(self._keep.discard)
 
     def boot(self, name: str, directory: str, limits: Limits, policy: Any, log_format: str) -> None:
-        from edgeruntime.logs import configure_logging
+        from edgeruntime.core.logs import configure_logging
 
         configure_logging(log_format)
         limit_address_space(limits)

@@ -21,11 +21,11 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from edgeruntime.core.metering import CpuMeter
 from edgeruntime.limits import Limits, Policy
-from edgeruntime.metering import CpuMeter
 
 if TYPE_CHECKING:
-    from edgeruntime.context import ExecutionContext
+    from edgeruntime.core.context import ExecutionContext
 
 __all__ = ["BEFOREUNLOAD_RATIO", "PREPARE_RATIO", "RequestBudget", "ShutdownReason", "WorkerLifecycle"]
 

@@ -12,11 +12,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from edgeruntime.auth import Keys, demo_keys
-from edgeruntime.config import ProjectConfig, find_config, load_config
-from edgeruntime.discovery import check_functions_dir
-from edgeruntime.env import build_env
+from edgeruntime.config.env import build_env
+from edgeruntime.config.project import ProjectConfig, find_config, load_config
 from edgeruntime.exceptions import ConfigError
+from edgeruntime.functions.discovery import check_functions_dir
+from edgeruntime.gateway.auth import Keys, demo_keys
 from edgeruntime.limits import FREE_TIER, PRO_TIER, Isolation, Limits, Policy
 
 __all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "Settings"]

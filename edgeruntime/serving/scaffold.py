@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edgeruntime.discovery import ENTRYPOINT, is_valid_slug
 from edgeruntime.exceptions import UsageError
+from edgeruntime.functions.discovery import ENTRYPOINT, is_valid_slug
 
 __all__ = ["TEMPLATES", "create_function"]
 

@@ -14,7 +14,7 @@ are charged that thread's CPU time.
 Limits are checked when a batch is settled, before the next step of each coroutine it charged, so
 a limit is enforced at the next ``await`` of the function; code that never awaits
 (``while True: pass``) cannot be stopped inline, only reported by the :class:`LoopWatchdog`.
-Process isolation stops it (see :mod:`edgeruntime.process`).
+Process isolation stops it (see :mod:`edgeruntime.workers.process.parent`).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from asyncio import AbstractEventLoop
 from collections.abc import Awaitable, Callable, Coroutine, Generator
 from typing import Any, TypeVar
 
-from edgeruntime.context import current_context
+from edgeruntime.core.context import current_context
 
 __all__ = ["CpuMeter", "LoopWatchdog", "metered", "run_in_thread_metered", "run_metered", "settle"]
 

@@ -10,10 +10,10 @@ import types
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgeruntime.context import WorkerState, booting
+from edgeruntime.core.context import WorkerState, booting
+from edgeruntime.core.types import Handler
 from edgeruntime.exceptions import BootError, UsageError, WorkerCrashed
 from edgeruntime.runtime import HANDLER_ATTRIBUTE
-from edgeruntime.types import Handler
 
 __all__ = ["ENTRYPOINT", "FunctionSpec", "discover", "is_valid_slug", "load_function_module"]
 

@@ -1,7 +1,7 @@
 """Process isolation: each worker its own OS process, booted, routed to and supervised from here.
 
 The server forwards ASGI messages to the worker process over a Unix socket
-(:mod:`edgeruntime.channel`) and watches the process from outside: its CPU time and resident
+(:mod:`edgeruntime.workers.process.channel`) and watches the process from outside: its CPU time and resident
 memory are read from ``/proc`` every few milliseconds and reported to the worker's lifecycle,
 which retires it or ends it. Ending a worker process is ``SIGKILL``, so a hard limit stops even
 ``while True: pass``. A process that dies on its own (``os._exit``, a segfault) fails its
@@ -12,7 +12,7 @@ is loaded, so the limit counts what the function allocates, as the edge runtime 
 isolate's heap. RSS is read from the parent rather than enforced with ``RLIMIT_AS`` because
 address-space limits fail arbitrary allocations (thread stacks, malloc arenas) long before the
 resident memory reaches the limit. ``RLIMIT_AS`` is still set (by the worker process, see
-:mod:`edgeruntime.child`), far above the limit, as a backstop.
+:mod:`edgeruntime.workers.process.child`), far above the limit, as a backstop.
 """
 
 from __future__ import annotations
@@ -32,16 +32,16 @@ import types
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from edgeruntime.background import BackgroundTask, TaskOutcome
-from edgeruntime.channel import Channel, Frame
-from edgeruntime.context import ExecutionContext, WorkerState
-from edgeruntime.discovery import FunctionSpec
+from edgeruntime.core.background import BackgroundTask, TaskOutcome
+from edgeruntime.core.context import ExecutionContext, WorkerState
+from edgeruntime.core.metering import CpuMeter
+from edgeruntime.core.types import Message, Receive, Scope, Send
 from edgeruntime.exceptions import BootError, LimitExceeded, PayloadTooLarge, WorkerCrashed
-from edgeruntime.lifecycle import WorkerLifecycle
+from edgeruntime.functions.discovery import FunctionSpec
 from edgeruntime.limits import Limits, Policy
-from edgeruntime.metering import CpuMeter
-from edgeruntime.types import Message, Receive, Scope, Send
-from edgeruntime.worker import WorkerStatus
+from edgeruntime.workers.lifecycle import WorkerLifecycle
+from edgeruntime.workers.process.channel import Channel, Frame
+from edgeruntime.workers.worker import WorkerStatus
 
 __all__ = ["ProcessWorker"]
 
@@ -204,7 +204,7 @@ class ProcessWorker:
         try:
             # Popen only forks and execs: it does not wait for the child.
             self.proc = subprocess.Popen(  # noqa: ASYNC220
-                [sys.executable, "-m", "edgeruntime.child", str(theirs.fileno()), str(os.getpid())],
+                [sys.executable, "-m", "edgeruntime.workers.process.child", str(theirs.fileno()), str(os.getpid())],
                 pass_fds=(theirs.fileno(),),
                 env=self.env,
                 stdin=subprocess.DEVNULL,

@@ -11,10 +11,10 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any
 
+from edgeruntime.config.settings import Settings
 from edgeruntime.exceptions import UsageError
 from edgeruntime.jobs.scheduler import cron_jobs, iso
 from edgeruntime.jobs.store import JobStatus, JobStore, open_store
-from edgeruntime.settings import Settings
 
 __all__ = ["COMMANDS", "add_commands"]
 
@@ -158,7 +158,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 def cmd_cron(args: argparse.Namespace) -> int:
     settings = _settings(args)
     if args.cron_command == "list":
-        from edgeruntime.discovery import discover
+        from edgeruntime.functions.discovery import discover
 
         crons = cron_jobs(settings.config.cron, set(discover(settings.functions_dir)))
 
@@ -186,7 +186,7 @@ def cmd_cron(args: argparse.Namespace) -> int:
 
 
 async def _cron_run(settings: Settings, name: str, as_json: bool) -> int:
-    from edgeruntime.app import create_app
+    from edgeruntime.gateway.app import create_app
     from edgeruntime.jobs.system import attach
 
     app = create_app(settings)

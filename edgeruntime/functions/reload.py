@@ -8,8 +8,8 @@ from pathlib import Path
 
 import watchfiles
 
-from edgeruntime.app import EdgeApp
-from edgeruntime.discovery import function_for_path
+from edgeruntime.functions.discovery import function_for_path
+from edgeruntime.gateway.app import EdgeApp
 
 __all__ = ["watch_functions"]
 

@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from edgeruntime.background import BackgroundTask, BackgroundWork
-    from edgeruntime.metering import CpuMeter
+    from edgeruntime.core.background import BackgroundTask, BackgroundWork
+    from edgeruntime.core.metering import CpuMeter
 
 __all__ = [
     "ExecutionContext",
@@ -97,7 +97,7 @@ class WorkerState:
         env: Mapping[str, str] | None = None,
         observers: list[Callable[[BackgroundTask], None]] | None = None,
     ) -> None:
-        from edgeruntime.background import BackgroundWork
+        from edgeruntime.core.background import BackgroundWork
 
         self.function = function
         self.worker_id = str(uuid.uuid4())

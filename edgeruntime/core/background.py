@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from edgeruntime.context import ExecutionContext, WorkerState
+    from edgeruntime.core.context import ExecutionContext, WorkerState
 
 __all__ = ["BackgroundTask", "BackgroundWork", "TaskOutcome"]
 

@@ -14,7 +14,7 @@ import pickle
 from collections.abc import Callable
 from typing import Any
 
-from edgeruntime.transport import BatchedTransport, WriteBatch
+from edgeruntime.core.transport import BatchedTransport, WriteBatch
 
 __all__ = ["Channel", "Frame"]
 

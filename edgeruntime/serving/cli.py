@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from edgeruntime import __version__
+from edgeruntime.config.settings import DEFAULT_HOST, DEFAULT_PORT, Settings
 from edgeruntime.exceptions import EdgeRuntimeError, UsageError
 from edgeruntime.limits import parse_limit_options
-from edgeruntime.settings import DEFAULT_HOST, DEFAULT_PORT, Settings
 
 __all__ = ["main"]
 
@@ -104,7 +104,7 @@ def _add_keys(sub: Any) -> None:
 
 
 def _add_jobs(sub: Any) -> None:
-    from edgeruntime.jobs import cli as jobs_cli  # `jobs` and `cron` subcommands
+    from edgeruntime.serving import jobs_cli  # `jobs` and `cron` subcommands
 
     jobs_cli.add_commands(sub, _add_project_options)
 
@@ -145,10 +145,10 @@ def _settings(args: argparse.Namespace, directory: str, **options: Any) -> Setti
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from edgeruntime.app import create_app
-    from edgeruntime.env import applied_env
-    from edgeruntime.logs import AccessLog, configure_logging
-    from edgeruntime.server import run_server
+    from edgeruntime.config.env import applied_env
+    from edgeruntime.core.logs import AccessLog, configure_logging
+    from edgeruntime.gateway.app import create_app
+    from edgeruntime.serving.server import run_server
 
     if not 0 < args.port < 65536:
         raise UsageError(f"--port: {args.port} is not a TCP port")
@@ -191,7 +191,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         )
 
     async def watch(stop: asyncio.Event) -> None:
-        from edgeruntime.reload import watch_functions  # watchfiles: only when watching
+        from edgeruntime.functions.reload import watch_functions  # watchfiles: only when watching
 
         await watch_functions(app, stop)
 
@@ -201,7 +201,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_new(args: argparse.Namespace) -> int:
-    from edgeruntime.scaffold import create_function
+    from edgeruntime.serving.scaffold import create_function
 
     path = create_function(Path(args.dir), args.name, args.template)
     print(f"Created {path}")
@@ -210,7 +210,7 @@ def cmd_new(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from edgeruntime.discovery import discover
+    from edgeruntime.functions.discovery import discover
 
     settings = _settings(args, args.directory)
     for name in discover(settings.functions_dir):
@@ -258,8 +258,8 @@ def cmd_keys(args: argparse.Namespace) -> int:
     if Path(args.directory).is_dir():
         keys = _settings(args, args.directory).keys
     else:  # keys need no functions: --config, or the config.toml where the functions would be, decides
-        from edgeruntime.auth import demo_keys
-        from edgeruntime.config import find_config, load_config
+        from edgeruntime.config.project import find_config, load_config
+        from edgeruntime.gateway.auth import demo_keys
 
         config = load_config(find_config(Path(args.directory), Path(args.config) if args.config else None))
         keys = demo_keys(config.jwt_secret, config.signing_keys)
@@ -286,7 +286,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:
-    from edgeruntime.jobs.cli import COMMANDS as JOBS_COMMANDS
+    from edgeruntime.serving.jobs_cli import COMMANDS as JOBS_COMMANDS
 
     return JOBS_COMMANDS[args.command](args)
 

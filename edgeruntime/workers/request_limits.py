@@ -10,9 +10,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from edgeruntime.context import ExecutionContext
+from edgeruntime.core.context import ExecutionContext
+from edgeruntime.core.types import Message, Receive, Scope
 from edgeruntime.exceptions import PayloadTooLarge
-from edgeruntime.types import Message, Receive, Scope
 
 __all__ = ["BodyLimit", "IdleTimeouts"]
 

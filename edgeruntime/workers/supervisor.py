@@ -4,7 +4,7 @@ A boot error is kept to the function (503 for it, the others keep serving) and i
 next request. A retired worker takes no new requests: they go to a fresh worker, while the
 retired one finishes its in-flight requests and background work and is then dropped (EarlyDrop).
 A worker that reaches a hard limit is ended: its in-flight requests get 546 and its background
-work is cut with the reason (see :mod:`edgeruntime.lifecycle`).
+work is cut with the reason (see :mod:`edgeruntime.workers.lifecycle`).
 
 Under process isolation a worker takes about 0.1 s to boot (a fresh interpreter importing the
 function), so the successor of a worker is booted when the worker nears retirement; the hand-over
@@ -20,16 +20,16 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from edgeruntime.background import BackgroundTask
-from edgeruntime.context import ExecutionContext
-from edgeruntime.discovery import FunctionSpec
+from edgeruntime.config.settings import Settings
+from edgeruntime.core.background import BackgroundTask
+from edgeruntime.core.context import ExecutionContext
+from edgeruntime.core.metering import settle
+from edgeruntime.core.types import Receive, Scope, Send
 from edgeruntime.exceptions import FunctionError, IdleTimeout
-from edgeruntime.lifecycle import ShutdownReason, WorkerLifecycle
-from edgeruntime.metering import settle
-from edgeruntime.request_limits import BodyLimit, IdleTimeouts
-from edgeruntime.settings import Settings
-from edgeruntime.types import Receive, Scope, Send
-from edgeruntime.worker import InlineWorker, Worker, WorkerStatus
+from edgeruntime.functions.discovery import FunctionSpec
+from edgeruntime.workers.lifecycle import ShutdownReason, WorkerLifecycle
+from edgeruntime.workers.request_limits import BodyLimit, IdleTimeouts
+from edgeruntime.workers.worker import InlineWorker, Worker, WorkerStatus
 
 __all__ = ["FunctionSupervisor", "WorkerObserver"]
 
@@ -101,7 +101,7 @@ class FunctionSupervisor:
     def _new_worker(self) -> Worker:
         policy = self.settings.policy
         if self.settings.isolation == "process":
-            from edgeruntime.process import ProcessWorker
+            from edgeruntime.workers.process.parent import ProcessWorker
 
             env = {**self.settings.env, **self.worker_env}
             return ProcessWorker(

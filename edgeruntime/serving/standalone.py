@@ -7,14 +7,14 @@ import logging
 import os
 from pathlib import Path
 
-from edgeruntime import responses
-from edgeruntime.context import ExecutionContext
-from edgeruntime.discovery import FunctionSpec
+from edgeruntime.core import responses
+from edgeruntime.core.context import ExecutionContext
+from edgeruntime.core.logs import configure_logging
+from edgeruntime.core.types import Handler, Message, Receive, Scope, Send
+from edgeruntime.functions.discovery import FunctionSpec
 from edgeruntime.limits import DEFAULT_LIMITS
-from edgeruntime.logs import configure_logging
-from edgeruntime.server import check_port, serve_asgi
-from edgeruntime.types import Handler, Message, Receive, Scope, Send
-from edgeruntime.worker import InlineWorker
+from edgeruntime.serving.server import check_port, serve_asgi
+from edgeruntime.workers.worker import InlineWorker
 
 __all__ = ["run_standalone"]
 

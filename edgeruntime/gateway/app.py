@@ -13,11 +13,13 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import NamedTuple
 
-from edgeruntime import responses
-from edgeruntime.auth import Verifier
-from edgeruntime.background import BackgroundTask
-from edgeruntime.context import ExecutionContext, default_worker
-from edgeruntime.discovery import SHARED, discover, purge_modules
+from edgeruntime.config.settings import Settings
+from edgeruntime.core import responses
+from edgeruntime.core.background import BackgroundTask
+from edgeruntime.core.context import ExecutionContext, default_worker
+from edgeruntime.core.logs import AccessLogger, log_access
+from edgeruntime.core.metering import LoopWatchdog
+from edgeruntime.core.types import ASGIApp, Message, Receive, Scope, Send
 from edgeruntime.exceptions import (
     BootError,
     FunctionError,
@@ -26,11 +28,9 @@ from edgeruntime.exceptions import (
     PayloadTooLarge,
     WorkerCrashed,
 )
-from edgeruntime.logs import AccessLogger, log_access
-from edgeruntime.metering import LoopWatchdog
-from edgeruntime.settings import Settings
-from edgeruntime.supervisor import FunctionSupervisor, WorkerObserver
-from edgeruntime.types import ASGIApp, Message, Receive, Scope, Send
+from edgeruntime.functions.discovery import SHARED, discover, purge_modules
+from edgeruntime.gateway.auth import Verifier
+from edgeruntime.workers.supervisor import FunctionSupervisor, WorkerObserver
 
 __all__ = ["EdgeApp", "Invocation", "create_app"]
 

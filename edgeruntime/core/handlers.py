@@ -9,9 +9,9 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
+from edgeruntime.core.metering import run_in_thread_metered
+from edgeruntime.core.types import ASGIApp, Handler, Receive, Scope, Send
 from edgeruntime.exceptions import BootError, InvalidResponse
-from edgeruntime.metering import run_in_thread_metered
-from edgeruntime.types import ASGIApp, Handler, Receive, Scope, Send
 
 __all__ = ["HandlerKind", "classify", "to_asgi"]
 

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
-from edgeruntime.discovery import is_valid_slug
 from edgeruntime.exceptions import ConfigError
+from edgeruntime.functions.discovery import is_valid_slug
 from edgeruntime.limits import DEFAULT_LIMITS, LIMIT_KEYS, Isolation, Limits, Policy
 
 __all__ = ["CronConfig", "FunctionConfig", "ProjectConfig", "find_config", "load_config"]

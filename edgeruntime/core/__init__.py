@@ -1,0 +1,1 @@
+"""The core every layer builds on: types, execution contexts, background work, metering, handlers, logs, responses."""

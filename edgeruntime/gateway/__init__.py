@@ -1,0 +1,1 @@
+"""The gateway: the ASGI app in front of every function, and JWT verification."""

@@ -1,0 +1,1 @@
+"""Serving: the HTTP server, script mode, the command line and scaffolding."""

@@ -1,0 +1,1 @@
+"""Function workers: the inline worker, its lifecycle and request limits, the supervisor."""

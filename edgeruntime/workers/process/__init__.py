@@ -1,0 +1,1 @@
+"""Process isolation: a function worker in its own worker process (parent side, child side, channel)."""
