@@ -23,6 +23,7 @@ serve: $(STAMP)
 lint: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check edgeruntime tests
+	$(VENV)/bin/lint-imports --no-cache pyproject.toml importlinter.ini
 
 typecheck: $(STAMP)
 	$(PY) -m mypy

@@ -9,18 +9,12 @@ import logging
 import os
 import sys
 from collections.abc import Awaitable, Generator
-from dataclasses import dataclass
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, Generic, TypeVar
 
 from edgeruntime.core.background import BackgroundTask
-from edgeruntime.core.context import (
-    EventCallback,
-    ExecutionContext,
-    booting,
-    current_context,
-    current_worker,
-    default_worker,
-)
+from edgeruntime.core.context import ExecutionContext, current_context
+from edgeruntime.core.events import BeforeUnloadEvent, EventCallback, EventName, UnhandledRejectionEvent
+from edgeruntime.core.worker_state import HANDLER_ATTRIBUTE, booting, current_worker, default_worker
 from edgeruntime.exceptions import NotSupportedError
 
 __all__ = ["BeforeUnloadEvent", "Deno", "EdgeRuntime", "UnhandledRejectionEvent", "serve"]
@@ -29,34 +23,6 @@ logger = logging.getLogger("edgeruntime")
 
 T = TypeVar("T")
 H = TypeVar("H")
-
-#: Why a worker is about to unload (the edge runtime's reasons, snake_case).
-UnloadReason = Literal["wall_clock", "cpu", "memory", "early_drop", "termination"]
-EventName = Literal["beforeunload", "unhandledrejection"]
-
-#: Name of the module attribute `serve()` leaves behind when called outside the runtime.
-HANDLER_ATTRIBUTE = "__edgeruntime_handler__"
-
-
-@dataclass(frozen=True)
-class BeforeUnloadEvent:
-    """Passed to ``beforeunload`` listeners; ``reason`` says why the worker is going away."""
-
-    reason: str
-
-    @property
-    def detail(self) -> dict[str, str]:
-        """The web platform shape, ``{"reason": ...}``, for code ported from ``ev.detail.reason``."""
-        return {"reason": self.reason}
-
-
-@dataclass(frozen=True)
-class UnhandledRejectionEvent:
-    """Passed to ``unhandledrejection`` listeners when background work raised."""
-
-    error: BaseException
-    execution_id: str
-    function: str
 
 
 class PendingWork(Generic[T]):

@@ -31,12 +31,14 @@ import httpx
 from edgeruntime.config.env import apply_env, restore_env
 from edgeruntime.config.settings import Settings
 from edgeruntime.core.background import BackgroundTask, TaskOutcome
-from edgeruntime.core.context import ExecutionContext, WorkerState, default_worker
+from edgeruntime.core.context import ExecutionContext
 from edgeruntime.core.handlers import to_asgi
 from edgeruntime.core.types import ASGIApp
+from edgeruntime.core.worker_state import WorkerState, default_worker
 from edgeruntime.dashboard import Dashboard, attach as attach_dashboard
 from edgeruntime.exceptions import UsageError
-from edgeruntime.functions.discovery import ENTRYPOINT, FunctionSpec, load_function_module
+from edgeruntime.functions.discovery import ENTRYPOINT, FunctionSpec
+from edgeruntime.functions.loading import load_function_module
 from edgeruntime.gateway.app import EdgeApp, create_app
 from edgeruntime.jobs import (
     Clock,

@@ -16,8 +16,8 @@ from typing import IO, Any
 
 import httpx
 
+from edgeruntime.config.keys import demo_keys
 from edgeruntime.config.project import DEFAULT_JWT_SECRET
-from edgeruntime.gateway.auth import demo_keys
 
 KEYS = demo_keys(DEFAULT_JWT_SECRET)
 SERVICE_ROLE = {"Authorization": f"Bearer {KEYS.service_role_key}"}

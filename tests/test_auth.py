@@ -14,10 +14,11 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
+from edgeruntime.config.keys import PUBLISHABLE_KEY, SECRET_KEY, Keys, demo_keys
 from edgeruntime.config.project import DEFAULT_JWT_SECRET
 from edgeruntime.config.settings import Settings
 from edgeruntime.exceptions import ConfigError
-from edgeruntime.gateway.auth import PUBLISHABLE_KEY, SECRET_KEY, Keys, Verifier, demo_keys
+from edgeruntime.gateway.auth import Verifier
 from edgeruntime.testing import EdgeClient
 from tests.helpers import KEYS, ServerProcess, run_cli, write_function
 

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from edgeruntime.functions.discovery import discover, function_for_path, is_valid_slug
+from edgeruntime.functions.discovery import discover, function_for_path
+from edgeruntime.functions.slug import is_valid_slug
 from edgeruntime.testing import EdgeClient
 from tests.helpers import HELLO, write_function
 

@@ -12,9 +12,9 @@ import httpx
 import pytest
 
 from edgeruntime.config.env import applied_env, build_env
+from edgeruntime.config.keys import PUBLISHABLE_KEY, SECRET_KEY
 from edgeruntime.config.settings import Settings
 from edgeruntime.exceptions import ConfigError
-from edgeruntime.gateway.auth import PUBLISHABLE_KEY, SECRET_KEY
 from edgeruntime.serving.cli import main
 from edgeruntime.testing import EdgeClient, load_function
 from tests.helpers import KEYS, SERVICE_ROLE, ServerProcess, write_function

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from edgeruntime.core.context import ExecutionContext, default_worker
+from edgeruntime.core.context import ExecutionContext
+from edgeruntime.core.worker_state import default_worker
 from edgeruntime.testing import EdgeClient
 from edgeruntime.workers.request_limits import IdleTimeouts
 from tests.probes import environ_for, write_probe

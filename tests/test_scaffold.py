@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
+from edgeruntime.config.keys import PUBLISHABLE_KEY
 from edgeruntime.exceptions import UsageError
-from edgeruntime.gateway.auth import PUBLISHABLE_KEY
 from edgeruntime.serving.scaffold import TEMPLATES, create_function
 from edgeruntime.testing import EdgeClient
 from tests.helpers import KEYS, ServerProcess, run_cli

@@ -14,8 +14,8 @@ from collections.abc import Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
 from pathlib import Path
 
+from edgeruntime.config.keys import Keys
 from edgeruntime.exceptions import ConfigError
-from edgeruntime.gateway.auth import Keys
 
 __all__ = ["applied_env", "apply_env", "build_env", "read_env_file", "restore_env"]
 

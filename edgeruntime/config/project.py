@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from edgeruntime.exceptions import ConfigError
-from edgeruntime.functions.discovery import is_valid_slug
+from edgeruntime.functions.slug import is_valid_slug
 from edgeruntime.limits import DEFAULT_LIMITS, LIMIT_KEYS, Isolation, Limits, Policy
 
 __all__ = ["CronConfig", "FunctionConfig", "ProjectConfig", "find_config", "load_config"]

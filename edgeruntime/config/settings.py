@@ -7,19 +7,19 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from edgeruntime.config.env import build_env
+from edgeruntime.config.keys import Keys, demo_keys
 from edgeruntime.config.project import ProjectConfig, find_config, load_config
 from edgeruntime.exceptions import ConfigError
 from edgeruntime.functions.discovery import check_functions_dir
-from edgeruntime.gateway.auth import Keys, demo_keys
-from edgeruntime.limits import FREE_TIER, PRO_TIER, Isolation, Limits, Policy
+from edgeruntime.limits import FREE_TIER, LIMIT_KEYS, PRO_TIER, Isolation, Limits, Policy
 
-__all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "Settings"]
+__all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "Settings", "parse_limit_options"]
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 54321
@@ -136,3 +136,21 @@ class Settings:
         # Keys handed out must be the ones accepted: an env that sets its own keys wins.
         object.__setattr__(settings, "keys", keys.overridden_by(env))
         return settings
+
+
+def parse_limit_options(options: Iterable[str]) -> dict[str, float]:
+    """Parse ``--limit KEY=VALUE`` options (``wall_clock_limit_sec=60``); raises ConfigError naming the bad one."""
+    parsed: dict[str, float] = {}
+    for option in options:
+        key, sep, raw = option.partition("=")
+        key = key.strip()
+        if not sep:
+            raise ConfigError(f"--limit {option}: expected KEY=VALUE, e.g. wall_clock_limit_sec=60")
+        if key not in LIMIT_KEYS:
+            raise ConfigError(f"--limit {option}: unknown limit {key!r}; known limits: {', '.join(LIMIT_KEYS)}")
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ConfigError(f"--limit {option}: {raw!r} is not a number") from None
+        parsed[key] = value
+    return parsed

@@ -15,8 +15,11 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from edgeruntime.core.events import UnhandledRejectionEvent
+
 if TYPE_CHECKING:
-    from edgeruntime.core.context import ExecutionContext, WorkerState
+    from edgeruntime.core.context import ExecutionContext
+    from edgeruntime.core.worker_state import WorkerState
 
 __all__ = ["BackgroundTask", "BackgroundWork", "TaskOutcome"]
 
@@ -144,8 +147,6 @@ class BackgroundWork:
     def _report_rejection(self, entry: BackgroundTask, exc: BaseException) -> None:
         if not self.worker.listeners.get("unhandledrejection"):
             return
-        from edgeruntime.runtime import UnhandledRejectionEvent
-
         event = UnhandledRejectionEvent(exc, entry.execution_id, entry.function)
         asyncio.get_running_loop().create_task(self.worker.dispatch("unhandledrejection", event))
 

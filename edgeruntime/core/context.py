@@ -2,45 +2,29 @@
 
 Every request gets an :class:`ExecutionContext` with its own execution id; background work
 registered with ``EdgeRuntime.wait_until`` inherits it, so log lines and run records of that work
-carry the same id. A :class:`WorkerState` is the runtime side of one booted function module: its
-env, its event listeners and its background work.
+carry the same id. The function worker it runs in is described by
+:class:`edgeruntime.core.worker_state.WorkerState`.
 """
 
 from __future__ import annotations
 
-import asyncio
-import inspect
 import itertools
-import logging
 import os
 import random
 import time
-import uuid
-from collections.abc import Awaitable, Callable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from edgeruntime.core.background import BackgroundTask, BackgroundWork
+    from edgeruntime.core.background import BackgroundTask
     from edgeruntime.core.metering import CpuMeter
+    from edgeruntime.core.worker_state import WorkerState
 
-__all__ = [
-    "ExecutionContext",
-    "WorkerState",
-    "current_context",
-    "current_worker",
-    "new_execution_id",
-]
-
-logger = logging.getLogger("edgeruntime")
-
-EventCallback = Callable[[Any], Awaitable[None] | None]
+__all__ = ["ExecutionContext", "current_context", "new_execution_id"]
 
 #: The execution context of the running request or background task, if any.
 _current: ContextVar[ExecutionContext | None] = ContextVar("edgeruntime_execution", default=None)
-#: The worker whose module is being imported right now (set while a function boots).
-booting: ContextVar[WorkerState | None] = ContextVar("edgeruntime_booting", default=None)
 
 
 #: Random bits of execution ids: ids must be unique, not secret, so a seeded PRNG is enough.
@@ -88,60 +72,6 @@ def new_execution_id() -> str:
     return "%s%012x" % (stamp[1], ids.counter() & _COUNTER_MASK)  # noqa: UP031
 
 
-class WorkerState:
-    """The runtime state of one booted function: env, listeners and background work."""
-
-    def __init__(
-        self,
-        function: str,
-        env: Mapping[str, str] | None = None,
-        observers: list[Callable[[BackgroundTask], None]] | None = None,
-    ) -> None:
-        from edgeruntime.core.background import BackgroundWork
-
-        self.function = function
-        self.worker_id = str(uuid.uuid4())
-        self.env: Mapping[str, str] = env if env is not None else os.environ
-        self.listeners: dict[str, list[EventCallback]] = {}
-        self.background: BackgroundWork = BackgroundWork(self, observers)
-        self.loop: asyncio.AbstractEventLoop | None = None
-        self.beforeunload_fired: set[str] = set()
-        #: Handlers passed to `serve()` while this worker's module was being imported.
-        self.handlers: list[Any] = []
-
-    def add_listener(self, event: str, callback: EventCallback) -> None:
-        self.listeners.setdefault(event, []).append(callback)
-
-    def remove_listener(self, event: str, callback: EventCallback) -> None:
-        callbacks = self.listeners.get(event, [])
-        if callback in callbacks:
-            callbacks.remove(callback)
-
-    async def dispatch(self, event_name: str, event: Any) -> None:
-        """Call every listener of `event_name`; a listener that raises is logged, never propagated."""
-        for callback in list(self.listeners.get(event_name, ())):
-            try:
-                result = callback(event)
-                if inspect.isawaitable(result):
-                    await result
-            except Exception:
-                logger.exception(
-                    "%s listener of function %s raised",
-                    event_name,
-                    self.function,
-                    extra={"function": self.function},
-                )
-
-    async def dispatch_beforeunload(self, reason: str) -> None:
-        """Dispatch `beforeunload` once per reason, as the edge runtime does."""
-        if reason in self.beforeunload_fired:
-            return
-        self.beforeunload_fired.add(reason)
-        from edgeruntime.runtime import BeforeUnloadEvent
-
-        await self.dispatch("beforeunload", BeforeUnloadEvent(reason))
-
-
 @dataclass(eq=False, slots=True)
 class ExecutionContext:
     """One invocation of a function (an HTTP request, a cron tick or a queued job)."""
@@ -171,28 +101,6 @@ class ExecutionContext:
         await self.worker.background.drain(timeout=timeout, only=self)
 
 
-_default_worker: WorkerState | None = None
-
-
-def default_worker() -> WorkerState:
-    """The worker that code outside any function (a unit test) runs in."""
-    global _default_worker
-    if _default_worker is None:
-        _default_worker = WorkerState("<default>")
-    return _default_worker
-
-
 def current_context() -> ExecutionContext | None:
     """The execution context of the running code, or None outside any invocation."""
     return _current.get()
-
-
-def current_worker() -> WorkerState:
-    """The worker of the running code: the booting one, the request's, or the default."""
-    ctx = _current.get()
-    if ctx is not None:
-        return ctx.worker
-    state = booting.get()
-    if state is not None:
-        return state
-    return default_worker()

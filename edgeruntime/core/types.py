@@ -1,12 +1,17 @@
-"""Type aliases shared across edgeruntime."""
+"""Type aliases shared across edgeruntime.
+
+A leaf: Starlette's classes are imported for type checking only, so importing this module (and
+the config reader, which uses it) does not load Starlette.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias
 
-from starlette.requests import Request
-from starlette.responses import Response
+if TYPE_CHECKING:
+    from starlette.requests import Request
+    from starlette.responses import Response
 
 Scope: TypeAlias = MutableMapping[str, Any]
 Message: TypeAlias = MutableMapping[str, Any]
@@ -15,6 +20,6 @@ Send: TypeAlias = Callable[[Message], Awaitable[None]]
 ASGIApp: TypeAlias = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 #: What `serve()` accepts: an async or sync request handler, or an ASGI application.
-Handler: TypeAlias = Callable[[Request], Awaitable[Response]] | Callable[[Request], Response] | ASGIApp | Any
+Handler: TypeAlias = "Callable[[Request], Awaitable[Response]] | Callable[[Request], Response] | ASGIApp | Any"
 
 JSON: TypeAlias = dict[str, Any] | list[Any] | str | int | float | bool | None

@@ -15,7 +15,7 @@ import hmac
 import ipaddress
 from collections.abc import Mapping
 
-from edgeruntime.gateway.auth import Keys
+from edgeruntime.config.keys import Keys
 
 __all__ = ["REALM", "is_cross_origin", "is_loopback", "is_service_role"]
 

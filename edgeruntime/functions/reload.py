@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import watchfiles
 
 from edgeruntime.functions.discovery import function_for_path
-from edgeruntime.gateway.app import EdgeApp
 
 __all__ = ["watch_functions"]
 
@@ -28,9 +28,12 @@ class _Filter(watchfiles.DefaultFilter):
         return not p.name.startswith((".#", "___"))
 
 
-async def watch_functions(app: EdgeApp, stop: asyncio.Event) -> None:
-    """Watch the functions directory until `stop` is set, reloading what changes."""
-    root = app.settings.functions_dir
+async def watch_functions(root: Path, reload: Callable[[set[str]], list[str]], stop: asyncio.Event) -> None:
+    """Watch the functions directory `root` until `stop` is set.
+
+    `reload(names)` is called with the functions whose files changed (``_shared`` for shared
+    code) and returns the names it reloaded.
+    """
     async for changes in watchfiles.awatch(
         root, watch_filter=_Filter(), stop_event=stop, debounce=150, step=30, recursive=True
     ):
@@ -40,6 +43,6 @@ async def watch_functions(app: EdgeApp, stop: asyncio.Event) -> None:
             name = function_for_path(root, Path(path))
             if name is not None:
                 names.add(name)
-        reloaded = app.reload(names)
+        reloaded = reload(names)
         if reloaded:
             logger.info("reloaded %s", ", ".join(reloaded))

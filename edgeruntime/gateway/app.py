@@ -16,10 +16,11 @@ from typing import NamedTuple
 from edgeruntime.config.settings import Settings
 from edgeruntime.core import responses
 from edgeruntime.core.background import BackgroundTask
-from edgeruntime.core.context import ExecutionContext, default_worker
+from edgeruntime.core.context import ExecutionContext
 from edgeruntime.core.logs import AccessLogger, log_access
 from edgeruntime.core.metering import LoopWatchdog
 from edgeruntime.core.types import ASGIApp, Message, Receive, Scope, Send
+from edgeruntime.core.worker_state import default_worker
 from edgeruntime.exceptions import (
     BootError,
     FunctionError,
@@ -28,7 +29,8 @@ from edgeruntime.exceptions import (
     PayloadTooLarge,
     WorkerCrashed,
 )
-from edgeruntime.functions.discovery import SHARED, discover, purge_modules
+from edgeruntime.functions.discovery import SHARED, discover
+from edgeruntime.functions.loading import purge_modules
 from edgeruntime.gateway.auth import Verifier
 from edgeruntime.workers.supervisor import FunctionSupervisor, WorkerObserver
 

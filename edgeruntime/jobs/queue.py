@@ -21,11 +21,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from edgeruntime.exceptions import JobsError
-from edgeruntime.functions.discovery import is_valid_slug
+from edgeruntime.functions.slug import is_valid_slug
+from edgeruntime.jobs.backends import open_store
 from edgeruntime.jobs.clock import Clock, SystemClock
 from edgeruntime.jobs.config import JobsConfig
 from edgeruntime.jobs.delivery import deliver
-from edgeruntime.jobs.store import Job, JobStore, Outcome, open_store
+from edgeruntime.jobs.store import Job, JobStore, Outcome
 
 if TYPE_CHECKING:
     from edgeruntime.gateway.app import EdgeApp

@@ -17,12 +17,13 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from edgeruntime.functions.discovery import discover
+from edgeruntime.jobs.backends import open_store
 from edgeruntime.jobs.clock import Clock, SystemClock
 from edgeruntime.jobs.config import JobsConfig
 from edgeruntime.jobs.history import RunHistory
 from edgeruntime.jobs.queue import JobQueue, QueueRunner, activate
 from edgeruntime.jobs.scheduler import Scheduler, cron_jobs
-from edgeruntime.jobs.store import JobStore, open_store
+from edgeruntime.jobs.store import JobStore
 
 if TYPE_CHECKING:
     from edgeruntime.gateway.app import EdgeApp, Invocation

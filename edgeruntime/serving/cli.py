@@ -13,9 +13,8 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from edgeruntime import __version__
-from edgeruntime.config.settings import DEFAULT_HOST, DEFAULT_PORT, Settings
+from edgeruntime.config.settings import DEFAULT_HOST, DEFAULT_PORT, Settings, parse_limit_options
 from edgeruntime.exceptions import EdgeRuntimeError, UsageError
-from edgeruntime.limits import parse_limit_options
 
 __all__ = ["main"]
 
@@ -193,7 +192,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     async def watch(stop: asyncio.Event) -> None:
         from edgeruntime.functions.reload import watch_functions  # watchfiles: only when watching
 
-        await watch_functions(app, stop)
+        await watch_functions(settings.functions_dir, app.reload, stop)
 
     # Inline functions share this process: os.environ agrees with Deno.env while it serves (restored after).
     with applied_env(settings.env) if settings.isolation == "inline" else contextlib.nullcontext():
@@ -258,8 +257,8 @@ def cmd_keys(args: argparse.Namespace) -> int:
     if Path(args.directory).is_dir():
         keys = _settings(args, args.directory).keys
     else:  # keys need no functions: --config, or the config.toml where the functions would be, decides
+        from edgeruntime.config.keys import demo_keys
         from edgeruntime.config.project import find_config, load_config
-        from edgeruntime.gateway.auth import demo_keys
 
         config = load_config(find_config(Path(args.directory), Path(args.config) if args.config else None))
         keys = demo_keys(config.jwt_secret, config.signing_keys)

@@ -13,8 +13,9 @@ from typing import Any
 
 from edgeruntime.config.settings import Settings
 from edgeruntime.exceptions import UsageError
+from edgeruntime.jobs.backends import open_store
 from edgeruntime.jobs.scheduler import cron_jobs, iso
-from edgeruntime.jobs.store import JobStatus, JobStore, open_store
+from edgeruntime.jobs.store import JobStatus, JobStore
 
 __all__ = ["COMMANDS", "add_commands"]
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from edgeruntime.exceptions import UsageError
-from edgeruntime.functions.discovery import ENTRYPOINT, is_valid_slug
+from edgeruntime.functions.discovery import ENTRYPOINT
+from edgeruntime.functions.slug import is_valid_slug
 
 __all__ = ["TEMPLATES", "create_function"]
 

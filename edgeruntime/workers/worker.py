@@ -16,12 +16,14 @@ from typing import Any, Protocol
 
 from edgeruntime.core import responses
 from edgeruntime.core.background import BackgroundTask
-from edgeruntime.core.context import ExecutionContext, WorkerState
+from edgeruntime.core.context import ExecutionContext
 from edgeruntime.core.handlers import to_asgi
 from edgeruntime.core.metering import CpuMeter, metered, run_metered
 from edgeruntime.core.types import ASGIApp, Handler, Receive, Scope, Send
+from edgeruntime.core.worker_state import WorkerState
 from edgeruntime.exceptions import InvalidResponse, LimitExceeded, PayloadTooLarge
-from edgeruntime.functions.discovery import FunctionSpec, load_function_module
+from edgeruntime.functions.discovery import FunctionSpec
+from edgeruntime.functions.loading import load_function_module
 from edgeruntime.limits import Limits, Policy
 from edgeruntime.workers.lifecycle import RequestBudget, ShutdownReason, WorkerLifecycle
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from edgeruntime.config.keys import sign_demo_key
 from edgeruntime.config.project import DEFAULT_JWT_SECRET
 from edgeruntime.dashboard.access import is_loopback
-from edgeruntime.gateway.auth import sign_demo_key
 from edgeruntime.testing import EdgeClient
 from tests.helpers import ANON, KEYS, SERVICE_ROLE
 

@@ -14,7 +14,8 @@ from urllib.parse import quote
 
 import pytest
 
-from edgeruntime.jobs.store import JobStore, open_store
+from edgeruntime.jobs.backends import open_store
+from edgeruntime.jobs.store import JobStore
 from tests.jobs.backends import postgres_url_or_skip
 
 BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]

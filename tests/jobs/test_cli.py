@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from edgeruntime.jobs.store import open_store
+from edgeruntime.jobs.backends import open_store
 from edgeruntime.testing import EdgeClient
 from tests.helpers import free_port, run_cli, write_function
 from tests.jobs.test_queue import ALWAYS_FAILS, FLAKY

@@ -210,7 +210,7 @@ async def test_enqueue_outside_a_server_uses_edgeruntime_database_url(
 ) -> None:
     import edgeruntime.jobs
     from edgeruntime.jobs import queue as queue_module
-    from edgeruntime.jobs.store import open_store
+    from edgeruntime.jobs.backends import open_store
 
     monkeypatch.delenv("EDGERUNTIME_DATABASE_URL", raising=False)
     with pytest.raises(JobsError, match="no jobs store is running"):

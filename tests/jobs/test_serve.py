@@ -9,7 +9,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from edgeruntime.jobs.store import JobStatus, open_store
+from edgeruntime.jobs.backends import open_store
+from edgeruntime.jobs.store import JobStatus
 from tests.helpers import SERVICE_ROLE, ServerProcess, write_function
 
 pytestmark = pytest.mark.e2e

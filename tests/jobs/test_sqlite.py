@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from edgeruntime.jobs import sqlite as sqlite_store
-from edgeruntime.jobs.store import Run, open_store
+from edgeruntime.jobs.backends import open_store
+from edgeruntime.jobs.store import Run
 
 
 async def test_migrate_on_an_up_to_date_schema_takes_no_write_lock(

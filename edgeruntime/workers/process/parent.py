@@ -33,9 +33,10 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from edgeruntime.core.background import BackgroundTask, TaskOutcome
-from edgeruntime.core.context import ExecutionContext, WorkerState
+from edgeruntime.core.context import ExecutionContext
 from edgeruntime.core.metering import CpuMeter
 from edgeruntime.core.types import Message, Receive, Scope, Send
+from edgeruntime.core.worker_state import WorkerState
 from edgeruntime.exceptions import BootError, LimitExceeded, PayloadTooLarge, WorkerCrashed
 from edgeruntime.functions.discovery import FunctionSpec
 from edgeruntime.limits import Limits, Policy
