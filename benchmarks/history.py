@@ -31,7 +31,8 @@ from urllib.parse import quote
 from edgeruntime.config.settings import Settings
 from edgeruntime.core.background import BackgroundTask, TaskOutcome
 from edgeruntime.core.context import new_execution_id
-from edgeruntime.gateway.app import Invocation, create_app
+from edgeruntime.gateway.app import EdgeApp
+from edgeruntime.gateway.extensions import Invocation
 from edgeruntime.jobs import attach, open_store
 from edgeruntime.jobs.history import WRITE_BATCH
 from edgeruntime.jobs.store import JobStore, RunRow
@@ -61,7 +62,7 @@ def _rows(n: int) -> list[RunRow]:
 
 async def loop_cost(functions: Path, url: str, rounds: int) -> tuple[float, float]:
     """Minimum µs per recorded invocation and per recorded wait_until task."""
-    app = create_app(Settings.build(functions, database_url=url, environ={}))
+    app = EdgeApp(Settings.build(functions, database_url=url, environ={}))
     system = attach(app, background=False)
     await system.store.migrate()
     invocation = Invocation(

@@ -30,7 +30,7 @@ from prometheus_client.exposition import generate_latest
 
 from edgeruntime.core.background import BackgroundTask, TaskOutcome
 from edgeruntime.dashboard.metrics import DURATION_BUCKETS_SEC, UNKNOWN_FUNCTION, Metrics
-from edgeruntime.gateway.app import Invocation
+from edgeruntime.gateway.extensions import Invocation
 
 #: Per invocation and per background task, on this project's 2-core machine.
 GOAL_NS = 400.0

@@ -15,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from edgeruntime.core.background import BackgroundTask, TaskOutcome
 from edgeruntime.dashboard.metrics import DURATION_BUCKETS_SEC, UNKNOWN_FUNCTION, Metrics
-from edgeruntime.gateway.app import Invocation
+from edgeruntime.gateway.extensions import Invocation
 from edgeruntime.testing import EdgeClient
 from tests.helpers import write_function
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from edgeruntime.gateway.extensions import Extension
 from edgeruntime.testing import EdgeClient
 from edgeruntime.workers.lifecycle import ShutdownReason
 from edgeruntime.workers.process.parent import ProcessWorker
@@ -342,15 +343,18 @@ def test_worker_processes_die_with_a_killed_server(functions_dir: Path) -> None:
 
 async def test_the_successor_is_booted_before_the_worker_retires_and_takes_over(functions_dir: Path) -> None:
     write_probe(functions_dir)
-    async with EdgeClient(functions_dir, isolation="process", limits={"wall_clock_limit_sec": 2.0}) as client:
-        supervisor = client.app.functions["probe"]
-        prepared_at_retirement: list[bool] = []
+    client = EdgeClient(functions_dir, isolation="process", limits={"wall_clock_limit_sec": 2.0})
+    supervisor = client.app.functions["probe"]
+    prepared_at_retirement: list[bool] = []
 
-        def retired(event: str, function: str, reason: str) -> None:
-            if event == "retired":
-                prepared_at_retirement.append(supervisor._successor is not None)
+    def retired(event: str, function: str, reason: str) -> None:
+        if event == "retired":
+            prepared_at_retirement.append(supervisor._successor is not None)
 
-        client.app.worker_observers.append(retired)
+    observer = Extension()
+    observer.observe_worker = retired
+    client.app.add_extension(observer)
+    async with client:
         first = await pid_of(client)
         # Prepared at 0.8 s (80 % of half the wall clock), retired at 1 s.
         await eventually(lambda: prepared_at_retirement, what="retirement")

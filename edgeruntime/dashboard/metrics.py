@@ -25,9 +25,11 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.utils import floatToGoString
 
+from edgeruntime.gateway.extensions import Extension
+
 if TYPE_CHECKING:
     from edgeruntime.core.background import BackgroundTask
-    from edgeruntime.gateway.app import Invocation
+    from edgeruntime.gateway.extensions import Invocation
     from edgeruntime.jobs.scheduler import CronRun
     from edgeruntime.jobs.store import QueueStats
 
@@ -94,11 +96,14 @@ class _AnyName:
         return bool(name)
 
 
-class Metrics:
-    """The metrics of one app (see the module docstring)."""
+class Metrics(Extension):
+    """The metrics of one app (see the module docstring); an extension that only observes."""
 
     def __init__(self, functions: Container[str] | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self.observe_invocation = self.invocation
+        self.observe_background = self.background_task
+        self.observe_worker = self.worker_event
         self._functions = functions
         self._served: Container[str] = functions if functions is not None else _AnyName()
         #: The last finished invocation of each function (the dashboard's functions table): kept

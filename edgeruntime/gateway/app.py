@@ -10,8 +10,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from typing import NamedTuple
 
 from edgeruntime.config.settings import Settings
 from edgeruntime.core import responses
@@ -32,9 +30,10 @@ from edgeruntime.exceptions import (
 from edgeruntime.functions.discovery import SHARED, discover
 from edgeruntime.functions.loading import purge_modules
 from edgeruntime.gateway.auth import Verifier
-from edgeruntime.workers.supervisor import FunctionSupervisor, WorkerObserver
+from edgeruntime.gateway.extensions import BackgroundObserver, Extension, Invocation, InvocationObserver, WorkerObserver
+from edgeruntime.workers.supervisor import FunctionSupervisor
 
-__all__ = ["EdgeApp", "Invocation", "create_app"]
+__all__ = ["EdgeApp", "Invocation"]
 
 logger = logging.getLogger("edgeruntime")
 
@@ -43,27 +42,6 @@ METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "HEAD"}
 EXECUTION_ID_HEADER = b"x-edgeruntime-execution-id"
 #: Percent-encoded bytes that must never reach a function name: `/`, `\`, NUL.
 _FORBIDDEN_ENCODED = (b"%2f", b"%5c", b"%00")
-
-
-class Invocation(NamedTuple):
-    """One finished invocation, handed to observers (run history, metrics).
-
-    A named tuple, not a dataclass: one is made for every request.
-    """
-
-    function: str
-    trigger: str
-    execution_id: str
-    method: str
-    path: str
-    status: int
-    started_at: float
-    duration_ms: float
-    error: str | None = None
-
-
-InvocationObserver = Callable[[Invocation], None]
-Hook = Callable[[], Awaitable[None]]
 
 
 def _function_name(scope: Scope) -> str:
@@ -101,37 +79,43 @@ def _error_response(exc: FunctionError) -> responses.RuntimeResponse | None:
 class EdgeApp:
     """The gateway in front of every function of one functions directory."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, access_log: AccessLogger = log_access) -> None:
         self.settings = settings
         self.verifier = Verifier(settings.keys, settings.env.get("SUPABASE_JWKS"))
         self.functions: dict[str, FunctionSupervisor] = {}
-        self.observers: list[InvocationObserver] = []
-        #: Told when a worker retires or ends: (event, function, reason).
-        self.worker_observers: list[WorkerObserver] = []
-        #: Env added for worker processes (process isolation) on top of the function env.
-        self.worker_env: dict[str, str] = {}
-        #: Called with every background task that ends, in any function.
-        self.background_observers: list[Callable[[BackgroundTask], None]] = []
-        self.startup_hooks: list[Hook] = []
-        #: Run first on shutdown, before functions drain: stop taking new work (cron, queue).
-        self.stopping_hooks: list[Hook] = []
-        self.shutdown_hooks: list[Hook] = []
-        #: Path prefix → ASGI app, for paths outside /functions/v1/ (the dashboard, metrics).
-        self.mounts: dict[str, ASGIApp] = {}
         self.started = False
-        #: Writes the access line of every request (the server swaps in a faster writer).
-        self.access_log: AccessLogger = log_access
+        #: Writes the access line of every request (`edgeruntime serve` passes a faster writer).
+        self.access_log: AccessLogger = access_log
+        # What the extensions registered. The supervisors hold these lists and this dict by
+        # reference, so they see extensions registered after them.
+        self._extensions: list[Extension] = []
+        self._observers: list[InvocationObserver] = []
+        self._background_observers: list[BackgroundObserver] = []
+        self._worker_observers: list[WorkerObserver] = []
+        self._worker_env: dict[str, str] = {}
+        self._mounts: dict[str, ASGIApp] = {}
+        #: Reports functions holding the shared event loop (inline isolation only).
+        self.watchdog = LoopWatchdog() if settings.isolation == "inline" else None
         self.refresh()
-        if settings.isolation == "inline":  # limits: report functions holding the shared event loop
-            self.watchdog = LoopWatchdog()
-            self.startup_hooks.append(self._start_watchdog)
-            self.shutdown_hooks.append(self._stop_watchdog)
 
-    async def _start_watchdog(self) -> None:
-        self.watchdog.start()
+    @property
+    def extensions(self) -> tuple[Extension, ...]:
+        """The registered extensions, in the order they start."""
+        return tuple(self._extensions)
 
-    async def _stop_watchdog(self) -> None:
-        self.watchdog.stop()
+    def add_extension(self, extension: Extension) -> None:
+        """Register `extension` (see :mod:`edgeruntime.gateway.extensions`); before the app starts."""
+        if self.started:
+            raise RuntimeError("add_extension() after the app started: its start() would never run")
+        self._extensions.append(extension)
+        if extension.observe_invocation is not None:
+            self._observers.append(extension.observe_invocation)
+        if extension.observe_background is not None:
+            self._background_observers.append(extension.observe_background)
+        if extension.observe_worker is not None:
+            self._worker_observers.append(extension.observe_worker)
+        self._worker_env.update(extension.worker_env())
+        self._mounts.update(extension.mounts())
 
     # -- functions -------------------------------------------------------------------------
 
@@ -144,7 +128,7 @@ class EdgeApp:
         for name, spec in found.items():
             if name not in self.functions and self.settings.enabled(name):
                 self.functions[name] = FunctionSupervisor(
-                    spec, self.settings, self.background_observers, self.worker_env, self.worker_observers
+                    spec, self.settings, self._background_observers, self._worker_env, self._worker_observers
                 )
 
     def pending_background(self) -> list[BackgroundTask]:
@@ -208,7 +192,7 @@ class EdgeApp:
             status = ctx.status or 500
             method = scope["method"]
             self.access_log(method, path, status, duration_ms, name or None, execution_id)
-            if self.observers:
+            if self._observers:
                 record = Invocation(
                     name,
                     trigger,
@@ -220,14 +204,14 @@ class EdgeApp:
                     duration_ms,
                     error,
                 )
-                for observer in self.observers:
+                for observer in self._observers:
                     try:
                         observer(record)
                     except Exception:
                         logger.exception("invocation observer failed")
 
     def _mounted(self, path: str) -> ASGIApp | None:
-        for prefix, mounted in self.mounts.items():
+        for prefix, mounted in self._mounts.items():
             if path == prefix or path.startswith(prefix.rstrip("/") + "/"):
                 return mounted
         return None
@@ -290,42 +274,44 @@ class EdgeApp:
                 return
 
     async def startup(self) -> None:
-        """Run the startup hooks (the job scheduler and the like)."""
+        """Start the loop watchdog, then every extension in the order they were registered."""
         if self.started:
             return
         self.started = True
-        for hook in self.startup_hooks:
-            await hook()
+        if self.watchdog is not None:
+            self.watchdog.start()
+        for extension in self._extensions:
+            await extension.start()
 
     async def shutdown(self, timeout: float | None = None) -> list[str]:
         """Graceful shutdown: `beforeunload` (termination), wait for background work, cut the rest.
 
-        Returns descriptions of the background tasks that were cut.
+        Extensions stop taking new work first (``quiesce``) and are stopped last, in reverse
+        order. Returns descriptions of the background tasks that were cut.
         """
         timeout = self.settings.graceful_exit_timeout_sec if timeout is None else timeout
-        for hook in self.stopping_hooks:
+        for extension in self._extensions:
             try:
-                await hook()
+                await extension.quiesce()
             except Exception:
-                logger.exception("stopping hook failed")
-        results = await asyncio.gather(*(s.shutdown(timeout) for s in self.functions.values()))
-        cut = [entry for names in results for entry in names]
-        if cut:
-            logger.warning(
-                "shutdown cut %d background task(s) still running after %.0f s: %s",
-                len(cut),
-                timeout,
-                "; ".join(cut),
-            )
-        for hook in reversed(self.shutdown_hooks):
-            try:
-                await hook()
-            except Exception:
-                logger.exception("shutdown hook failed")
-        self.started = False
+                logger.exception("stopping %s failed", type(extension).__name__)
+        try:
+            results = await asyncio.gather(*(s.shutdown(timeout) for s in self.functions.values()))
+            cut = [entry for names in results for entry in names]
+            if cut:
+                logger.warning(
+                    "shutdown cut %d background task(s) still running after %.0f s: %s",
+                    len(cut),
+                    timeout,
+                    "; ".join(cut),
+                )
+        finally:
+            for extension in reversed(self._extensions):
+                try:
+                    await extension.stop()
+                except Exception:
+                    logger.exception("shutting %s down failed", type(extension).__name__)
+            if self.watchdog is not None:
+                self.watchdog.stop()
+            self.started = False
         return cut
-
-
-def create_app(settings: Settings) -> EdgeApp:
-    """The ASGI app that serves every function of `settings.functions_dir`."""
-    return EdgeApp(settings)

@@ -15,7 +15,7 @@ import logging
 from collections.abc import Callable, Container
 
 from edgeruntime.core.background import BackgroundTask
-from edgeruntime.gateway.app import Invocation
+from edgeruntime.gateway.extensions import Invocation
 from edgeruntime.jobs.store import JobStore, RunRow
 
 __all__ = ["RunHistory"]

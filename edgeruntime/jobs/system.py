@@ -1,6 +1,6 @@
 """The jobs system of one app: store, run history, cron scheduler and queue runner together.
 
-`attach(app)` is the one place the jobs system hooks into the gateway: it records every
+It is an extension of the gateway (:mod:`edgeruntime.gateway.extensions`): it records every
 invocation and wait_until task, starts the scheduler and the queue runner with the app and stops
 them with it, and makes `edgeruntime.jobs.enqueue` write to this app's store.
 """
@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from edgeruntime.functions.discovery import discover
+from edgeruntime.gateway.extensions import Extension
 from edgeruntime.jobs.backends import open_store
 from edgeruntime.jobs.clock import Clock, SystemClock
 from edgeruntime.jobs.config import JobsConfig
@@ -26,7 +27,8 @@ from edgeruntime.jobs.scheduler import Scheduler, cron_jobs
 from edgeruntime.jobs.store import JobStore
 
 if TYPE_CHECKING:
-    from edgeruntime.gateway.app import EdgeApp, Invocation
+    from edgeruntime.gateway.app import EdgeApp
+    from edgeruntime.gateway.extensions import Invocation
 
 __all__ = ["JobSystem", "attach"]
 
@@ -35,7 +37,7 @@ logger = logging.getLogger("edgeruntime.jobs")
 PRUNE_INTERVAL_SEC = 3600.0
 
 
-class JobSystem:
+class JobSystem(Extension):
     """Everything jobs-related for one app (see the module docstring)."""
 
     def __init__(
@@ -53,8 +55,6 @@ class JobSystem:
         crons = settings.config.cron
         self.crons = cron_jobs(crons, set(discover(settings.functions_dir)) if crons else None)
         self.store = store or open_store(settings.database_url, settings.functions_dir)
-        # Functions in worker processes (process isolation) open the same store to enqueue.
-        app.worker_env["EDGERUNTIME_DATABASE_URL"] = self.store.url
         self.clock: Clock = clock or SystemClock()
         #: False: nothing runs by itself; tests deliver with `run_jobs()` and `trigger_cron()`.
         self.background = background
@@ -72,9 +72,15 @@ class JobSystem:
         #: The gateway's observer: records invocations of functions this app serves (a request
         #: for any other name is no run).
         self.on_invocation: Callable[[Invocation], None] = self.history.on_invocation
+        self.observe_invocation = self.on_invocation
+        self.observe_background = self.history.on_background
         self._previous: JobQueue | None = None
         self._prune_task: asyncio.Task[None] | None = None
         self._migrated = False
+
+    def worker_env(self) -> dict[str, str]:
+        """Functions in worker processes (process isolation) open the same store to enqueue."""
+        return {"EDGERUNTIME_DATABASE_URL": self.store.url}
 
     async def prepare(self) -> None:
         """Open the store and bring its schema up to date now, so a bad database fails `serve`
@@ -137,11 +143,7 @@ def attach(
     background: bool = True,
     backoff_scale: float = 1.0,
 ) -> JobSystem:
-    """Hook the jobs system into `app`; ConfigError for an invalid `[cron.*]` or `[jobs]` entry."""
+    """A jobs system registered with `app`; ConfigError for an invalid `[cron.*]` or `[jobs]` entry."""
     system = JobSystem(app, store=store, clock=clock, background=background, backoff_scale=backoff_scale)
-    app.observers.append(system.on_invocation)
-    app.background_observers.append(system.history.on_background)
-    app.startup_hooks.append(system.start)
-    app.stopping_hooks.append(system.quiesce)
-    app.shutdown_hooks.append(system.stop)
+    app.add_extension(system)
     return system

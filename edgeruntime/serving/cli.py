@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import gc
 import json
 import sys
@@ -144,9 +143,8 @@ def _settings(args: argparse.Namespace, directory: str, **options: Any) -> Setti
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from edgeruntime.config.env import applied_env
     from edgeruntime.core.logs import AccessLog, configure_logging
-    from edgeruntime.gateway.app import create_app
+    from edgeruntime.serving.build import build_app
     from edgeruntime.serving.server import run_server
 
     if not 0 < args.port < 65536:
@@ -167,16 +165,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         graceful_exit_timeout_sec=args.graceful_exit_timeout,
         server=args.server,
     )
-    app = create_app(settings)
+    log_buffer = configure_logging(settings.log_format)
+    built = build_app(settings, access_log=AccessLog(log_buffer, settings.log_format))
+    app, jobs = built.app, built.jobs
     if not app.functions:
         raise UsageError(f"no functions in {settings.functions_dir}: expected {settings.functions_dir}/<name>/index.py")
-    from edgeruntime.dashboard import attach as attach_dashboard  # /_edgeruntime/ and /_internal/metrics
-    from edgeruntime.jobs import attach  # jobs: run history, cron, queue
-
-    jobs = attach(app)
-    attach_dashboard(app, jobs)
-    log_buffer = configure_logging(settings.log_format)
-    app.access_log = AccessLog(log_buffer, settings.log_format)
 
     async def start() -> None:
         await jobs.prepare()  # a database that cannot be opened fails `serve` here, before it listens
@@ -194,9 +187,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
         await watch_functions(settings.functions_dir, app.reload, stop)
 
-    # Inline functions share this process: os.environ agrees with Deno.env while it serves (restored after).
-    with applied_env(settings.env) if settings.isolation == "inline" else contextlib.nullcontext():
-        return run_server(settings, app, on_start=start, background=[watch] if settings.watch else [])
+    return run_server(settings, app, on_start=start, background=[watch] if settings.watch else [])
 
 
 def cmd_new(args: argparse.Namespace) -> int:

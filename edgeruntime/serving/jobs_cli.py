@@ -187,11 +187,10 @@ def cmd_cron(args: argparse.Namespace) -> int:
 
 
 async def _cron_run(settings: Settings, name: str, as_json: bool) -> int:
-    from edgeruntime.gateway.app import create_app
-    from edgeruntime.jobs.system import attach
+    from edgeruntime.serving.build import build_app
 
-    app = create_app(settings)
-    system = attach(app, background=False)
+    built = build_app(settings, background=False)  # the env, store and extensions of `serve`
+    app, system = built.app, built.jobs
     if name not in system.crons:
         known = ", ".join(sorted(system.crons)) or "none configured"
         raise UsageError(f"no cron job {name!r} in {settings.config.path or 'config.toml'} (known: {known})")

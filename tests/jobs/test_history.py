@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from edgeruntime.core.background import BackgroundTask, TaskOutcome
-from edgeruntime.gateway.app import Invocation
+from edgeruntime.gateway.extensions import Invocation
 from edgeruntime.jobs import history as history_module
 from edgeruntime.jobs.history import MAX_BUFFERED, WRITE_BATCH, RunHistory
 from edgeruntime.jobs.store import JobStore, Run, RunRow

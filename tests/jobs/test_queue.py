@@ -248,13 +248,13 @@ serve(handler)
 async def test_background_runner_records_every_outcome(queue_dir: Path, store_url: str) -> None:
     """The loop `serve` runs: batches of claims and outcomes, none lost while deliveries overlap."""
     from edgeruntime.config.settings import Settings
-    from edgeruntime.gateway.app import create_app
+    from edgeruntime.gateway.app import EdgeApp
     from edgeruntime.jobs import attach
 
     write_function(queue_dir, "sleepy", STAGGERED)
     (queue_dir.parent / "config.toml").write_text("[jobs]\nconcurrency = 8\n", encoding="utf-8")
     settings = Settings.build(queue_dir, database_url=store_url)
-    app = create_app(settings)
+    app = EdgeApp(settings)
     system = attach(app)
     await system.store.migrate()
     for i in range(300):
