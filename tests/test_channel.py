@@ -3,21 +3,34 @@
 from __future__ import annotations
 
 import asyncio
-import pickle
 import socket
 
-from edgeruntime.workers.process.channel import FLUSH_BYTES, Channel, Frame
+from edgeruntime.workers.process.channel import FLUSH_BYTES, Channel
+from edgeruntime.workers.process.frames import (
+    BeforeUnload,
+    Body,
+    Cancel,
+    Done,
+    Frame,
+    Sent,
+    TaskStarted,
+    encode as pickled,
+)
 
 
 def encode(frame: Frame) -> bytes:
-    data = pickle.dumps(frame)
+    data = pickled(frame)
     return len(data).to_bytes(4, "big") + data
 
 
 def test_frames_split_and_joined_arbitrarily_are_decoded_in_order() -> None:
     seen: list[Frame] = []
     channel = Channel(seen.append, lambda: None)
-    frames = [("send", 1, {"type": "http.response.start", "status": 200}), ("done", 1, None), ("task", 7, "x", "e")]
+    frames: list[Frame] = [
+        Sent(1, {"type": "http.response.start", "status": 200}),
+        Done(1, None),
+        TaskStarted(7, "x", "e"),
+    ]
     stream = b"".join(encode(f) for f in frames)
     for i in range(len(stream)):  # one byte at a time
         channel.data_received(stream[i : i + 1])
@@ -29,13 +42,13 @@ def test_a_failing_frame_handler_does_not_stop_the_others() -> None:
     seen: list[Frame] = []
 
     def handle(frame: Frame) -> None:
-        if frame[0] == "bad":
+        if isinstance(frame, Cancel):
             raise ValueError("bad frame")
         seen.append(frame)
 
     channel = Channel(handle, lambda: None)
-    channel.data_received(encode(("bad",)) + encode(("good",)))
-    assert seen == [("good",)]
+    channel.data_received(encode(Cancel(1)) + encode(Done(1, None)))
+    assert seen == [Done(1, None)]
 
 
 async def test_frames_sent_in_one_turn_go_out_in_one_write_and_arrive() -> None:
@@ -46,7 +59,7 @@ async def test_frames_sent_in_one_turn_go_out_in_one_write_and_arrive() -> None:
 
     def on_frame(frame: Frame) -> None:
         received.append(frame)
-        if frame[0] == "last":
+        if isinstance(frame, BeforeUnload):
             arrived.set()
 
     writer = Channel(lambda f: None, lambda: None)
@@ -62,13 +75,13 @@ async def test_frames_sent_in_one_turn_go_out_in_one_write_and_arrive() -> None:
 
     transport.write = counting_write  # type: ignore[method-assign]
     for i in range(10):
-        writer.send(("frame", i))
-    writer.send(("last",))
+        writer.send(Cancel(i))
+    writer.send(BeforeUnload("termination"))
     await asyncio.wait_for(arrived.wait(), timeout=5)
-    assert received == [("frame", i) for i in range(10)] + [("last",)]
+    assert received == [Cancel(i) for i in range(10)] + [BeforeUnload("termination")]
     assert len(writes) == 1
     # A large body is written at once rather than queued until the end of the turn.
-    writer.send(("body", b"x" * FLUSH_BYTES))
+    writer.send(Body(1, {"type": "http.request", "body": b"x" * FLUSH_BYTES}))
     assert len(writes) == 2
     writer.close()
     reader.close()

@@ -1,26 +1,25 @@
 """The channel between the server and a worker process: pickled frames over a Unix socket.
 
-Each frame is a 4-byte big-endian length and a pickled tuple. Between our own two processes
-pickle is safe and the cheapest encoding of ASGI messages (no second HTTP parse). Frames sent in
-one turn of the event loop are written with one system call. Streamed bodies are flow-controlled:
-a writer waits (:meth:`Channel.drain`) while the other end has stopped reading.
+Each frame (:mod:`edgeruntime.workers.process.frames`) is a 4-byte big-endian length and its
+pickled fields. Between our own two processes pickle is the cheapest encoding of ASGI messages
+(no second HTTP parse). Frames sent in one turn of the event loop are written with one system
+call. Streamed bodies are flow-controlled: a writer waits (:meth:`Channel.drain`) while the other
+end has stopped reading.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import pickle
 from collections.abc import Callable
-from typing import Any
 
 from edgeruntime.core.transport import BatchedTransport, WriteBatch
+from edgeruntime.workers.process.frames import Frame, decode, encode
 
-__all__ = ["Channel", "Frame"]
+__all__ = ["Channel"]
 
 logger = logging.getLogger("edgeruntime")
 
-Frame = tuple[Any, ...]
 _HEADER = 4
 #: Queued frames are written at once when they reach this size (a streamed body), not at the end of the turn.
 FLUSH_BYTES = 256 * 1024
@@ -52,12 +51,17 @@ class Channel(asyncio.Protocol):
                 start = offset + _HEADER
                 if end - start < size:
                     break
-                frame = pickle.loads(view[start : start + size])
+                try:
+                    frame = decode(view[start : start + size])
+                except ValueError:
+                    offset = start + size
+                    logger.exception("worker channel: a frame could not be read")
+                    continue
                 offset = start + size
                 try:
                     self.on_frame(frame)
                 except Exception:
-                    logger.exception("worker channel: handling a %s frame failed", frame[0])
+                    logger.exception("worker channel: handling a %s frame failed", type(frame).__name__)
         finally:
             view.release()
         if offset:
@@ -70,7 +74,7 @@ class Channel(asyncio.Protocol):
         """
         if self.closed or self.transport is None:
             return
-        data = pickle.dumps(frame, protocol=pickle.HIGHEST_PROTOCOL)
+        data = encode(frame)
         self.transport.write(len(data).to_bytes(_HEADER, "big"))
         self.transport.write(data)
 

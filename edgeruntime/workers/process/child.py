@@ -19,18 +19,33 @@ import resource
 import signal
 import socket
 import sys
-import time
 import traceback
 from pathlib import Path
 from typing import Any
 
 from edgeruntime.core.background import BackgroundTask
 from edgeruntime.core.context import ExecutionContext
-from edgeruntime.core.types import Message, Scope
+from edgeruntime.core.types import Message
 from edgeruntime.exceptions import BootError, FunctionError, LimitExceeded, PayloadTooLarge
 from edgeruntime.functions.discovery import FunctionSpec
 from edgeruntime.limits import Limits
-from edgeruntime.workers.process.channel import Channel, Frame
+from edgeruntime.workers.process.channel import Channel
+from edgeruntime.workers.process.frames import (
+    BeforeUnload,
+    BeforeUnloadDone,
+    Body,
+    Boot,
+    Booted,
+    BootFailed,
+    Cancel,
+    Done,
+    Ended,
+    Frame,
+    Request,
+    Sent,
+    TaskDone,
+    TaskStarted,
+)
 from edgeruntime.workers.worker import InlineWorker
 
 __all__ = ["WorkerProcess", "flush_logs", "main", "rss_mb"]
@@ -120,91 +135,91 @@ class WorkerProcess:
             self.stopped.set_result(None)
 
     def on_frame(self, frame: Frame) -> None:
-        kind = frame[0]
-        if kind == "request":
-            _, rid, scope, first, execution_id, trigger = frame
-            body = RequestBody(first)
-            task = asyncio.get_running_loop().create_task(self.serve(rid, scope, body, execution_id, trigger))
-            self.requests[rid] = (task, body)
-        elif kind == "body":
-            entry = self.requests.get(frame[1])
+        if isinstance(frame, Request):  # the request path first
+            body = RequestBody(frame.first)
+            task = asyncio.get_running_loop().create_task(self.serve(frame, body))
+            self.requests[frame.rid] = (task, body)
+        elif isinstance(frame, Body):
+            entry = self.requests.get(frame.rid)
             if entry is not None:
-                entry[1].push(frame[2])
-        elif kind == "cancel":
-            entry = self.requests.get(frame[1])
+                entry[1].push(frame.message)
+        elif isinstance(frame, Cancel):
+            entry = self.requests.get(frame.rid)
             if entry is not None:
                 entry[0].cancel()
-        elif kind == "beforeunload":
-            self._spawn(self.beforeunload(frame[1]))
-        elif kind == "boot":
-            self.boot(*frame[1:])
+        elif isinstance(frame, BeforeUnload):
+            self._spawn(self.beforeunload(frame.reason))
+        elif isinstance(frame, Boot):
+            self.boot(frame)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
         self._keep.add(task)
         task.add_done_callback(self._keep.discard)
 
-    def boot(self, name: str, directory: str, limits: Limits, policy: Any, log_format: str) -> None:
+    def boot(self, frame: Boot) -> None:
         from edgeruntime.core.logs import configure_logging
 
-        configure_logging(log_format)
-        limit_address_space(limits)
+        configure_logging(frame.log_format)
+        limit_address_space(frame.limits)
         baseline = rss_mb()
-        worker = InlineWorker(FunctionSpec(name, Path(directory)), os.environ, limits, policy=policy)
+        spec = FunctionSpec(frame.name, Path(frame.directory))
+        worker = InlineWorker(spec, os.environ, frame.limits, policy=frame.policy)
         worker.state.background.start_observers.append(self.task_started)
         worker.state.background.observers.append(self.task_done)
-        started = time.perf_counter()
         try:
             worker.boot()
         except FunctionError as exc:
-            kind = "boot" if isinstance(exc, BootError) else "crash"
             cause = exc.__cause__
             detail = "".join(traceback.format_exception(cause)) if cause is not None else ""
-            self.channel.send(("boot_failed", kind, str(exc), detail))
+            self.channel.send(BootFailed("boot" if isinstance(exc, BootError) else "crash", str(exc), detail))
             return
         self.worker = worker
-        self.channel.send(("booted", (time.perf_counter() - started) * 1000, baseline))
+        self.channel.send(Booted(baseline))
 
     def task_started(self, entry: BackgroundTask) -> None:
         self.tasks[id(entry)] = entry
-        self.channel.send(("task", id(entry), entry.name, entry.execution_id))
+        self.channel.send(TaskStarted(id(entry), entry.name, entry.execution_id))
 
     def task_done(self, entry: BackgroundTask) -> None:
         self.tasks.pop(id(entry), None)
-        self.channel.send(("task_done", id(entry), entry.outcome.value, _portable(entry.error), entry.cut_reason))
+        self.channel.send(TaskDone(id(entry), entry.outcome.value, _portable(entry.error), entry.cut_reason))
 
     async def beforeunload(self, reason: str) -> None:
         if self.worker is not None:
             await self.worker.beforeunload(reason)
         flush_logs()
-        self.channel.send(("beforeunload_done", reason))
+        self.channel.send(BeforeUnloadDone(reason))
 
-    async def serve(self, rid: int, scope: Scope, body: RequestBody, execution_id: str, trigger: str) -> None:
+    async def serve(self, request: Request, body: RequestBody) -> None:
         worker = self.worker
         assert worker is not None
-        ctx = ExecutionContext(function=worker.name, worker=worker.state, execution_id=execution_id, trigger=trigger)
+        rid = request.rid
+        ctx = ExecutionContext(
+            function=worker.name, worker=worker.state, execution_id=request.execution_id, trigger=request.trigger
+        )
         channel = self.channel
 
         async def send(message: Message) -> None:
             if message["type"] == "http.response.start":
                 ctx.response_started = True
-            channel.send(("send", rid, message))
+            channel.send(Sent(rid, message))
             await channel.drain()  # the server stopped reading: its client is slower than this body
 
-        outcome: tuple[Any, ...] | None = None
+        ended: Ended | None = None
         try:
-            await worker.handle(scope, body.receive, send, ctx)
+            await worker.handle(request.scope, body.receive, send, ctx)
         except LimitExceeded as exc:
-            outcome = ("limit", exc.reason)
+            ended = Ended("limit", exc.reason)
         except PayloadTooLarge:
-            outcome = ("too_large",)
+            ended = Ended("too_large")
         except asyncio.CancelledError:
-            outcome = ("cancelled",)
+            ended = Ended("cancelled")
         except Exception as exc:
-            outcome = ("error", f"{type(exc).__name__}: {exc}")
+            ended = Ended("error", f"{type(exc).__name__}: {exc}")
         finally:
             self.requests.pop(rid, None)
-            channel.send(("done", rid, outcome))
+            channel.send(Done(rid, ended))
 
 
 async def _run(fd: int) -> None:

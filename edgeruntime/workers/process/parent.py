@@ -41,7 +41,23 @@ from edgeruntime.exceptions import BootError, LimitExceeded, PayloadTooLarge, Wo
 from edgeruntime.functions.discovery import FunctionSpec
 from edgeruntime.limits import Limits, Policy
 from edgeruntime.workers.lifecycle import WorkerLifecycle
-from edgeruntime.workers.process.channel import Channel, Frame
+from edgeruntime.workers.process.channel import Channel
+from edgeruntime.workers.process.frames import (
+    BeforeUnload,
+    BeforeUnloadDone,
+    Body,
+    Boot,
+    Booted,
+    BootFailed,
+    Cancel,
+    Done,
+    Ended,
+    Frame,
+    Request,
+    Sent,
+    TaskDone,
+    TaskStarted,
+)
 from edgeruntime.workers.worker import WorkerStatus
 
 __all__ = ["ProcessWorker"]
@@ -83,15 +99,15 @@ class _Call:
     __slots__ = ("events", "waiter")
 
     def __init__(self) -> None:
-        self.events: collections.deque[Frame] = collections.deque()
+        self.events: collections.deque[Sent | Done] = collections.deque()
         self.waiter: asyncio.Future[None] | None = None
 
-    def push(self, event: Frame) -> None:
+    def push(self, event: Sent | Done) -> None:
         self.events.append(event)
         if self.waiter is not None and not self.waiter.done():
             self.waiter.set_result(None)
 
-    async def next(self) -> Frame:
+    async def next(self) -> Sent | Done:
         while not self.events:
             self.waiter = asyncio.get_running_loop().create_future()
             await self.waiter
@@ -170,7 +186,8 @@ class ProcessWorker:
         self._calls: dict[int, _Call] = {}
         self._ids = itertools.count(1)
         self._tasks: dict[int, BackgroundTask] = {}
-        self._booted: asyncio.Future[Frame] | None = None
+        #: The worker process's answer to Boot; None if it exited first.
+        self._booted: asyncio.Future[Booted | BootFailed | None] | None = None
         self._unloaded: dict[str, asyncio.Future[None]] = {}
         self._lifecycle: WorkerLifecycle | None = None
         self._paused_by: _Call | None = None
@@ -218,22 +235,20 @@ class ProcessWorker:
         channel = self.channel = Channel(self._on_frame, self._on_close)
         await loop.create_unix_connection(lambda: channel, sock=ours)
         self._booted = loop.create_future()
-        channel.send(("boot", self.name, str(self.spec.directory), self.limits, self.policy, self.log_format))
+        channel.send(Boot(self.name, str(self.spec.directory), self.limits, self.policy, self.log_format))
         try:
-            frame = await asyncio.wait_for(asyncio.shield(self._booted), BOOT_TIMEOUT_SEC)
+            answer = await asyncio.wait_for(asyncio.shield(self._booted), BOOT_TIMEOUT_SEC)
         except TimeoutError:
             await self._abort_boot()
             raise BootError(self.name, f"function {self.name}: worker did not respond in time") from None
-        if frame[0] == "boot_failed":
-            _, kind, message, detail = frame
+        if isinstance(answer, BootFailed):
             await self._abort_boot()
-            if detail:
-                logger.error("%s", detail.rstrip(), extra={"function": self.name})
-            raise (BootError if kind == "boot" else WorkerCrashed)(self.name, message)
-        if frame[0] == "exited":
+            if answer.detail:
+                logger.error("%s", answer.detail.rstrip(), extra={"function": self.name})
+            raise (BootError if answer.reason == "boot" else WorkerCrashed)(self.name, answer.message)
+        if answer is None:
             raise WorkerCrashed(self.name, f"function {self.name}: worker process exited while booting")
-        _, boot_ms, baseline_mb = frame
-        self._memory_baseline_mb = baseline_mb
+        self._memory_baseline_mb = answer.baseline_mb
         assert self.proc is not None
         try:
             self._cpu_baseline_ms, _ = _proc_usage(self.proc.pid)
@@ -281,28 +296,27 @@ class ProcessWorker:
     # -- frames from the worker process ----------------------------------------------------
 
     def _on_frame(self, frame: Frame) -> None:
-        kind = frame[0]
-        if kind == "send" or kind == "done":
-            call = self._calls.get(frame[1])
+        if isinstance(frame, (Sent, Done)):  # the request path first
+            call = self._calls.get(frame.rid)
             if call is not None:
                 call.push(frame)
                 if len(call.events) >= PAUSE_FRAMES and self._paused_by is None and self.channel is not None:
                     self._paused_by = call  # its client reads slower than the function writes
                     self.channel.pause_reading()
-        elif kind == "task":
-            self._task_started(frame[1], frame[2], frame[3])
-        elif kind == "task_done":
-            self._task_done(frame[1], frame[2], frame[3], frame[4])
-        elif kind == "beforeunload_done":
-            waiter = self._unloaded.get(frame[1])
+        elif isinstance(frame, TaskStarted):
+            self._task_started(frame)
+        elif isinstance(frame, TaskDone):
+            self._task_done(frame)
+        elif isinstance(frame, BeforeUnloadDone):
+            waiter = self._unloaded.get(frame.reason)
             if waiter is not None and not waiter.done():
                 waiter.set_result(None)
-        elif kind in ("booted", "boot_failed") and self._booted is not None and not self._booted.done():
+        elif isinstance(frame, Booted | BootFailed) and self._booted is not None and not self._booted.done():
             self._booted.set_result(frame)
 
     def _on_close(self) -> None:
         if self._booted is not None and not self._booted.done():
-            self._booted.set_result(("exited",))
+            self._booted.set_result(None)
         for waiter in self._unloaded.values():
             if not waiter.done():
                 waiter.set_result(None)
@@ -320,25 +334,25 @@ class ProcessWorker:
             extra={"function": self.name},
         )
         for call in self._calls.values():
-            call.push(("done", 0, ("crashed", status)))
+            call.push(Done(0, Ended("crashed", status)))
         self.state.background.cut("crashed")
         self._stop_monitor()
 
-    def _task_started(self, tid: int, name: str, execution_id: str) -> None:
+    def _task_started(self, frame: TaskStarted) -> None:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        ctx = ExecutionContext(function=self.name, worker=self.state, execution_id=execution_id)
+        ctx = ExecutionContext(function=self.name, worker=self.state, execution_id=frame.execution_id)
         entry = self.state.background.add(future, ctx)
-        entry.name = name
-        self._tasks[tid] = entry
+        entry.name = frame.name
+        self._tasks[frame.tid] = entry
 
-    def _task_done(self, tid: int, outcome: str, error: BaseException | None, cut_reason: str | None) -> None:
-        entry = self._tasks.pop(tid, None)
+    def _task_done(self, frame: TaskDone) -> None:
+        entry = self._tasks.pop(frame.tid, None)
         if entry is None or entry.task.done():
             return
-        if outcome == TaskOutcome.FAILED and error is not None:
-            entry.task.set_exception(error)
-        elif outcome == TaskOutcome.CUT:
-            entry.cut_reason = cut_reason
+        if frame.outcome == TaskOutcome.FAILED and frame.error is not None:
+            entry.task.set_exception(frame.error)
+        elif frame.outcome == TaskOutcome.CUT:
+            entry.cut_reason = frame.cut_reason
             entry.task.cancel()
         else:
             entry.task.set_result(None)
@@ -364,20 +378,20 @@ class ProcessWorker:
                 first = await _read_whole_body(first, receive)
             slim = {key: scope[key] for key in _SCOPE_KEYS if key in scope}
             slim["headers"] = list(scope["headers"])
-            channel.send(("request", rid, slim, first, ctx.execution_id, ctx.trigger))
+            channel.send(Request(rid, slim, first, ctx.execution_id, ctx.trigger))
             if first.get("more_body"):
                 pump = asyncio.get_running_loop().create_task(self._pump(rid, receive))
             while True:
                 event = await call.next()
-                if event[0] == "send":
-                    await send(event[2])
+                if isinstance(event, Sent):
+                    await send(event.message)
                     if self._paused_by is call and len(call.events) <= PAUSE_FRAMES // 4:
                         self._resume_reading()
                     continue
-                outcome = event[2]
+                ended = event.ended
                 break
         except asyncio.CancelledError:
-            channel.send(("cancel", rid))  # a no-op once the process is gone
+            channel.send(Cancel(rid))  # a no-op once the process is gone
             raise
         finally:
             self.in_flight -= 1
@@ -386,21 +400,21 @@ class ProcessWorker:
                 self._resume_reading()
             if pump is not None:
                 pump.cancel()
-        if outcome is None:
+        if ended is None:
             return
-        if outcome[0] == "limit":
+        if ended.reason == "limit":
             logger.error(
                 "user worker failed to respond: request has been cancelled by supervisor (%s)",
-                outcome[1],
+                ended.detail,
                 extra={"function": self.name},
             )
-            raise LimitExceeded(self.name, outcome[1])
-        if outcome[0] == "crashed":
-            raise WorkerCrashed(self.name, f"function {self.name}: worker process exited (status {outcome[1]})")
-        if outcome[0] == "too_large":
+            raise LimitExceeded(self.name, str(ended.detail))
+        if ended.reason == "crashed":
+            raise WorkerCrashed(self.name, f"function {self.name}: worker process exited (status {ended.detail})")
+        if ended.reason == "too_large":
             raise PayloadTooLarge(self.name)
-        if outcome[0] == "error":
-            raise WorkerCrashed(self.name, f"function {self.name}: {outcome[1]}")
+        if ended.reason == "error":
+            raise WorkerCrashed(self.name, f"function {self.name}: {ended.detail}")
         raise asyncio.CancelledError
 
     def _resume_reading(self) -> None:
@@ -414,14 +428,14 @@ class ProcessWorker:
         try:
             while True:
                 message = await receive()
-                channel.send(("body", rid, message))
+                channel.send(Body(rid, message))
                 if message["type"] != "http.request" or not message.get("more_body"):
                     return
         except PayloadTooLarge:
-            channel.send(("cancel", rid))
+            channel.send(Cancel(rid))
             call = self._calls.get(rid)
             if call is not None:
-                call.push(("done", rid, ("too_large",)))
+                call.push(Done(rid, Ended("too_large")))
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -430,7 +444,7 @@ class ProcessWorker:
         if self.channel is None or self.channel.closed or reason in self._unloaded:
             return
         waiter = self._unloaded[reason] = asyncio.get_running_loop().create_future()
-        self.channel.send(("beforeunload", reason))
+        self.channel.send(BeforeUnload(reason))
         try:
             await asyncio.wait_for(asyncio.shield(waiter), timeout=5)
         except TimeoutError:
@@ -472,7 +486,7 @@ class ProcessWorker:
             await asyncio.wait(unloading, timeout=BEFOREUNLOAD_GRACE_SEC)
         self._kill()
         for call in self._calls.values():
-            call.push(("done", 0, ("limit", reason)))
+            call.push(Done(0, Ended("limit", reason)))
         cut = self.state.background.cut(reason)
         if cut:
             await asyncio.gather(*(t.task for t in cut), return_exceptions=True)
