@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 
+from edgeruntime.core.events import StopReason
 from edgeruntime.workers.process.channel import FLUSH_BYTES, Channel
 from edgeruntime.workers.process.frames import (
     BeforeUnload,
@@ -76,9 +77,10 @@ async def test_frames_sent_in_one_turn_go_out_in_one_write_and_arrive() -> None:
     transport.write = counting_write  # type: ignore[method-assign]
     for i in range(10):
         writer.send(Cancel(i))
-    writer.send(BeforeUnload("termination"))
+    writer.send(BeforeUnload(StopReason.TERMINATION))
     await asyncio.wait_for(arrived.wait(), timeout=5)
-    assert received == [Cancel(i) for i in range(10)] + [BeforeUnload("termination")]
+    expected: list[Frame] = [Cancel(i) for i in range(10)]
+    assert received == [*expected, BeforeUnload(StopReason.TERMINATION)]
     assert len(writes) == 1
     # A large body is written at once rather than queued until the end of the turn.
     writer.send(Body(1, {"type": "http.request", "body": b"x" * FLUSH_BYTES}))

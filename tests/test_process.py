@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
+from edgeruntime.core.events import StopReason
 from edgeruntime.gateway.extensions import Extension
 from edgeruntime.testing import EdgeClient
-from edgeruntime.workers.lifecycle import ShutdownReason
 from edgeruntime.workers.process.parent import ProcessWorker
 from tests.helpers import ServerProcess, write_function
 from tests.probes import LEAKY, environ_for, events_of, eventually, write_probe
@@ -51,7 +51,7 @@ async def test_runaway_loop_is_killed_while_other_functions_answer(
         assert answered > 0
         r = await runaway
         assert r.status_code == 546
-        assert ShutdownReason.CPU in client.app.functions["probe"].shutdowns
+        assert StopReason.CPU in client.app.functions["probe"].shutdowns
         assert await pid_of(client) != first
     assert "CPU time hard limit reached: isolate:" in caplog.text
     assert os.getpid() != first
@@ -73,7 +73,7 @@ async def test_memory_limit_ends_worker_while_other_functions_answer(
         r = await hog
         assert r.status_code == 546
         assert time.monotonic() - started < 15
-        assert ShutdownReason.MEMORY in client.app.functions["probe"].shutdowns
+        assert StopReason.MEMORY in client.app.functions["probe"].shutdowns
         assert f"{first} beforeunload memory" in events_of(events)
         r = await client.invoke("probe")
         assert r.status_code == 200
@@ -390,6 +390,6 @@ async def test_a_worker_ended_by_a_limit_just_before_shutdown_is_still_logged_wi
         supervisor = client.app.functions["probe"]
         worker = supervisor.worker
         assert isinstance(worker, ProcessWorker) and worker.proc is not None
-        supervisor._end(worker, ShutdownReason.MEMORY)  # what the memory limit does; shutdown follows at once
+        supervisor._end(worker, StopReason.MEMORY)  # what the memory limit does; shutdown follows at once
     assert f"worker shutdown: isolate: {worker.id} reason: Memory" in caplog.text
     assert worker.proc.poll() is not None

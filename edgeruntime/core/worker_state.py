@@ -18,7 +18,7 @@ from typing import Any
 
 from edgeruntime.core.background import BackgroundTask, BackgroundWork
 from edgeruntime.core.context import current_context
-from edgeruntime.core.events import BeforeUnloadEvent, EventCallback
+from edgeruntime.core.events import BeforeUnloadEvent, EventCallback, StopReason
 
 __all__ = ["HANDLER_ATTRIBUTE", "WorkerState", "booting", "current_worker", "default_worker"]
 
@@ -70,12 +70,16 @@ class WorkerState:
                     extra={"function": self.function},
                 )
 
-    async def dispatch_beforeunload(self, reason: str) -> None:
-        """Dispatch `beforeunload` once per reason, as the edge runtime does."""
-        if reason in self.beforeunload_fired:
+    async def dispatch_beforeunload(self, reason: StopReason) -> None:
+        """Dispatch `beforeunload` once per reason, as the edge runtime does.
+
+        Reasons that are no `beforeunload` reason (a reload, a crash) dispatch nothing.
+        """
+        unload = reason.unload_reason
+        if unload is None or unload in self.beforeunload_fired:
             return
-        self.beforeunload_fired.add(reason)
-        await self.dispatch("beforeunload", BeforeUnloadEvent(reason))
+        self.beforeunload_fired.add(unload)
+        await self.dispatch("beforeunload", BeforeUnloadEvent(unload))
 
 
 #: The worker whose module is being imported right now (set while a function boots).

@@ -29,6 +29,7 @@ from edgeruntime.gateway.extensions import Extension
 
 if TYPE_CHECKING:
     from edgeruntime.core.background import BackgroundTask
+    from edgeruntime.core.events import StopReason
     from edgeruntime.gateway.extensions import Invocation
     from edgeruntime.jobs.scheduler import CronRun
     from edgeruntime.jobs.store import QueueStats
@@ -198,12 +199,12 @@ class Metrics(Extension):
         """A worker stopped taking requests (`wall_clock`, `cpu`, `memory`, `reload`)."""
         self.retirements.labels(self._function(function), reason).inc()
 
-    def worker_event(self, event: str, function: str, reason: str) -> None:
+    def worker_event(self, event: str, function: str, reason: StopReason) -> None:
         """A supervisor's worker observer: "retired" or "ended", with the reason."""
         if event == "retired":
-            self.worker_retired(function, reason)
+            self.worker_retired(function, reason.key)
         else:
-            self.worker_ended(function, reason)
+            self.worker_ended(function, str(reason))
 
     def worker_ended(self, function: str, reason: str) -> None:
         """A worker was ended, with the runtime's shutdown reason (`WallClockTime`, `EarlyDrop`, ...)."""

@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping
 from typing import NamedTuple
 
 from edgeruntime.core.background import BackgroundTask
+from edgeruntime.core.events import StopReason
 from edgeruntime.core.types import ASGIApp
 
 __all__ = ["BackgroundObserver", "Extension", "Invocation", "InvocationObserver", "WorkerObserver"]
@@ -42,8 +43,8 @@ class Invocation(NamedTuple):
 InvocationObserver = Callable[[Invocation], None]
 #: Called with every `wait_until` task that ends, in any function.
 BackgroundObserver = Callable[[BackgroundTask], None]
-#: Told when a worker retires or ends: (event, function, reason).
-WorkerObserver = Callable[[str, str, str], None]
+#: Told when a worker retires or ends: ("retired" | "ended", function, why).
+WorkerObserver = Callable[[str, str, StopReason], None]
 
 
 class Extension:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from edgeruntime.core import responses
 from edgeruntime.core.context import ExecutionContext
+from edgeruntime.core.events import StopReason
 from edgeruntime.core.logs import configure_logging
 from edgeruntime.core.types import Handler, Message, Receive, Scope, Send
 from edgeruntime.functions.discovery import FunctionSpec
@@ -31,9 +32,9 @@ def run_standalone(handler: Handler, file: str | None, port: int, host: str | No
         if scope["type"] == "lifespan":
             while (await receive())["type"] != "lifespan.shutdown":
                 await send({"type": "lifespan.startup.complete"})
-            await worker.state.dispatch_beforeunload("termination")
+            await worker.state.dispatch_beforeunload(StopReason.TERMINATION)
             await worker.state.background.wait(15)
-            await worker.end("TerminationRequested")
+            await worker.end(StopReason.TERMINATION)
             await send({"type": "lifespan.shutdown.complete"})
             return
         if scope["type"] != "http":

@@ -10,24 +10,25 @@ process then, so the hand-over does not wait for a boot).
 ``per_request`` (:class:`RequestBudget`): every request has its own wall-clock and CPU budget,
 counted from its arrival and covering the background work it registered.
 
-Log lines use the edge runtime's own messages and shutdown reason names.
+Log lines use the edge runtime's own messages and shutdown reason names
+(:class:`edgeruntime.core.events.StopReason`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import enum
 import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from edgeruntime.core.events import StopReason
 from edgeruntime.core.metering import CpuMeter
 from edgeruntime.limits import Limits, Policy
 
 if TYPE_CHECKING:
     from edgeruntime.core.context import ExecutionContext
 
-__all__ = ["BEFOREUNLOAD_RATIO", "PREPARE_RATIO", "RequestBudget", "ShutdownReason", "WorkerLifecycle"]
+__all__ = ["BEFOREUNLOAD_RATIO", "PREPARE_RATIO", "RequestBudget", "WorkerLifecycle"]
 
 logger = logging.getLogger("edgeruntime")
 
@@ -40,34 +41,13 @@ MEMORY_ALERT_RATIO = 0.5
 PREPARE_RATIO = 0.8
 
 
-class ShutdownReason(enum.StrEnum):
-    """Why a worker ended: the edge runtime's ``ShutdownReason`` names, as its logs print them."""
-
-    EVENT_LOOP_COMPLETED = "EventLoopCompleted"
-    WALL_CLOCK = "WallClockTime"
-    CPU = "CPUTime"
-    MEMORY = "Memory"
-    EARLY_DROP = "EarlyDrop"
-    TERMINATION = "TerminationRequested"
-
-
-#: The `beforeunload` reason (snake_case, as `ev.detail.reason` has it) of each limit.
-BEFOREUNLOAD_REASON = {
-    ShutdownReason.WALL_CLOCK: "wall_clock",
-    ShutdownReason.CPU: "cpu",
-    ShutdownReason.MEMORY: "memory",
-    ShutdownReason.EARLY_DROP: "early_drop",
-    ShutdownReason.TERMINATION: "termination",
-}
-
-
 class WorkerLifecycle:
     """The ``per_worker`` limits of one worker: timers and thresholds that retire or end it.
 
     The supervisor passes the callbacks `retire(reason)`, `end(reason)`, `beforeunload(reason)`
-    and, optionally, `prepare()` (the worker will retire soon); each is called at most once per
-    reason. Under ``per_request`` only the memory limit is watched here (the other limits are per
-    request, see :class:`RequestBudget`).
+    (each with a StopReason) and, optionally, `prepare()` (the worker will retire soon); each is
+    called at most once per reason. Under ``per_request`` only the memory limit is watched here
+    (the other limits are per request, see :class:`RequestBudget`).
     """
 
     def __init__(
@@ -77,9 +57,9 @@ class WorkerLifecycle:
         limits: Limits,
         policy: Policy,
         *,
-        retire: Callable[[str], None],
-        end: Callable[[ShutdownReason], None],
-        beforeunload: Callable[[str], None],
+        retire: Callable[[StopReason], None],
+        end: Callable[[StopReason], None],
+        beforeunload: Callable[[StopReason], None],
         in_flight: Callable[[], int],
         prepare: Callable[[], None] | None = None,
     ) -> None:
@@ -114,7 +94,7 @@ class WorkerLifecycle:
         self._timers = [
             loop.call_later(wall / 2 * PREPARE_RATIO, self._prepare_once),
             loop.call_later(wall / 2, self._wall_clock_warning),
-            loop.call_later(wall * BEFOREUNLOAD_RATIO, self._notify, "wall_clock"),
+            loop.call_later(wall * BEFOREUNLOAD_RATIO, self._notify, StopReason.WALL_CLOCK),
             loop.call_later(wall, self._wall_clock_reached),
         ]
 
@@ -124,7 +104,7 @@ class WorkerLifecycle:
         for timer in self._timers:
             timer.cancel()
 
-    def _notify(self, reason: str) -> None:
+    def _notify(self, reason: StopReason) -> None:
         if self._once(f"beforeunload:{reason}"):
             self._beforeunload(reason)
 
@@ -132,24 +112,24 @@ class WorkerLifecycle:
         if self._prepare is not None and self._once("prepare"):
             self._prepare()
 
-    def _retire_once(self, message: str, reason: str) -> None:
+    def _retire_once(self, message: str, reason: StopReason) -> None:
         if self._once(f"log:{message}"):
             self._log(message)
         if self._once("retire"):
             self._retire(reason)
 
-    def _finish(self, reason: ShutdownReason, message: str, suffix: str = "") -> None:
+    def _finish(self, reason: StopReason, message: str, suffix: str = "") -> None:
         if self._once("end"):
             self._log(message, logging.WARNING, suffix)
             self.stop()
             self._end(reason)
 
     def _wall_clock_warning(self) -> None:
-        self._retire_once("wall clock duration warning", "wall_clock")
+        self._retire_once("wall clock duration warning", StopReason.WALL_CLOCK)
 
     def _wall_clock_reached(self) -> None:
         in_flight = "true" if self._in_flight() else "false"
-        self._finish(ShutdownReason.WALL_CLOCK, "wall clock duration reached", f" (in_flight_req_exists = {in_flight})")
+        self._finish(StopReason.WALL_CLOCK, "wall clock duration reached", f" (in_flight_req_exists = {in_flight})")
 
     def cpu_thresholds(self) -> list[float]:
         """The CPU times (ms) at which :meth:`observe_cpu` acts."""
@@ -170,11 +150,11 @@ class WorkerLifecycle:
         if used_ms >= limits.cpu_soft_limit_ms * PREPARE_RATIO:
             self._prepare_once()
         if used_ms >= limits.cpu_soft_limit_ms:
-            self._retire_once("CPU time soft limit reached", "cpu")
+            self._retire_once("CPU time soft limit reached", StopReason.CPU)
         if used_ms >= limits.cpu_hard_limit_ms:
-            self._finish(ShutdownReason.CPU, "CPU time hard limit reached")
+            self._finish(StopReason.CPU, "CPU time hard limit reached")
         elif used_ms >= limits.cpu_hard_limit_ms * BEFOREUNLOAD_RATIO:
-            self._notify("cpu")
+            self._notify(StopReason.CPU)
 
     def observe_memory(self, used_mb: float) -> None:
         """The worker's process uses `used_mb` of memory: retire, warn or end it."""
@@ -182,16 +162,16 @@ class WorkerLifecycle:
             return
         limit = self.limits.memory_limit_mb
         if used_mb >= limit:
-            self._finish(ShutdownReason.MEMORY, "memory limit reached for the worker")
+            self._finish(StopReason.MEMORY, "memory limit reached for the worker")
             return
         if used_mb >= limit * BEFOREUNLOAD_RATIO:
-            self._notify("memory")
+            self._notify(StopReason.MEMORY)
         if self.policy != "per_worker":
             return
         if used_mb >= limit * MEMORY_ALERT_RATIO * PREPARE_RATIO:
             self._prepare_once()
         if used_mb >= limit * MEMORY_ALERT_RATIO:
-            self._retire_once("memory usage warning", "memory")
+            self._retire_once("memory usage warning", StopReason.MEMORY)
 
     def meter(self) -> CpuMeter:
         """A CPU meter that reports to this lifecycle at each threshold."""
@@ -217,30 +197,28 @@ class RequestBudget:
         self,
         ctx: ExecutionContext,
         limits: Limits,
-        exceeded: Callable[[RequestBudget, ShutdownReason], None],
+        exceeded: Callable[[RequestBudget, StopReason], None],
     ) -> None:
         self.ctx = ctx
         self.limits = limits
-        self.reason: ShutdownReason | None = None
+        self.reason: StopReason | None = None
         self._exceeded = exceeded
         self.meter = CpuMeter(ctx.function, self._cpu)
         self.meter.next_check_ms = limits.cpu_hard_limit_ms
         self._timer = asyncio.get_running_loop().call_later(
-            limits.wall_clock_limit_sec, self._fire, ShutdownReason.WALL_CLOCK
+            limits.wall_clock_limit_sec, self._fire, StopReason.WALL_CLOCK
         )
 
     def _cpu(self, used_ms: float) -> None:
         self.meter.next_check_ms = float("inf")
-        self._fire(ShutdownReason.CPU)
+        self._fire(StopReason.CPU)
 
-    def _fire(self, reason: ShutdownReason) -> None:
+    def _fire(self, reason: StopReason) -> None:
         if self.reason is not None:
             return
         self.reason = reason
         self._timer.cancel()
-        message = (
-            "wall clock duration reached" if reason is ShutdownReason.WALL_CLOCK else "CPU time hard limit reached"
-        )
+        message = "wall clock duration reached" if reason is StopReason.WALL_CLOCK else "CPU time hard limit reached"
         logger.warning(
             "%s: request: %s (reason %s)",
             message,

@@ -23,18 +23,19 @@ from typing import Any
 from edgeruntime.config.settings import Settings
 from edgeruntime.core.background import BackgroundTask
 from edgeruntime.core.context import ExecutionContext
+from edgeruntime.core.events import StopReason
 from edgeruntime.core.metering import settle
 from edgeruntime.core.types import Receive, Scope, Send
 from edgeruntime.exceptions import FunctionError, IdleTimeout
 from edgeruntime.functions.discovery import FunctionSpec
-from edgeruntime.workers.lifecycle import ShutdownReason, WorkerLifecycle
+from edgeruntime.workers.lifecycle import WorkerLifecycle
 from edgeruntime.workers.request_limits import BodyLimit, IdleTimeouts
 from edgeruntime.workers.worker import InlineWorker, Worker, WorkerStatus
 
 __all__ = ["FunctionSupervisor", "WorkerObserver"]
 
-#: Told when a worker retires or ends: (event, function, reason).
-WorkerObserver = Callable[[str, str, str], None]
+#: Told when a worker retires or ends: ("retired" | "ended", function, why).
+WorkerObserver = Callable[[str, str, StopReason], None]
 
 logger = logging.getLogger("edgeruntime")
 
@@ -66,7 +67,7 @@ class FunctionSupervisor:
         self.ending: set[Worker] = set()
         self.boots = 0
         #: Why the last ended workers ended, oldest first.
-        self.shutdowns: collections.deque[ShutdownReason] = collections.deque(maxlen=100)
+        self.shutdowns: collections.deque[StopReason] = collections.deque(maxlen=100)
         self.boot_error: str | None = None
         self.last_invocation: float | None = None
         self._boot_lock = asyncio.Lock()
@@ -160,8 +161,6 @@ class FunctionSupervisor:
                 lifecycle = self._lifecycles.pop(worker, None)
                 if lifecycle is not None:
                     lifecycle.stop()
-            elif worker is not None:
-                self._retire(worker, "retired")
             worker = await self._take_successor() or await self._start()
             self.worker = self._activate(worker)
             return worker
@@ -204,7 +203,7 @@ class FunctionSupervisor:
     async def _end_unused(self, successor: asyncio.Task[Worker]) -> None:
         worker = await self._booted(successor)
         if worker is not None:
-            await worker.end(ShutdownReason.TERMINATION)
+            await worker.end(StopReason.TERMINATION)
 
     async def dispatch(self, scope: Scope, receive: Receive, send: Send, ctx: ExecutionContext) -> None:
         """Serve one request on the active worker, within the request's own limits.
@@ -235,7 +234,7 @@ class FunctionSupervisor:
         if body.exceeded:
             raise body.error()
 
-    def _retire(self, worker: Worker, reason: str) -> None:
+    def _retire(self, worker: Worker, reason: StopReason) -> None:
         if worker.status is WorkerStatus.ACTIVE:
             worker.status = WorkerStatus.RETIRED
             self._tell("retired", reason)
@@ -248,7 +247,7 @@ class FunctionSupervisor:
             else:
                 worker.on_background_done(lambda _: self._drop_if_idle(worker))
 
-    def _tell(self, event: str, reason: str) -> None:
+    def _tell(self, event: str, reason: StopReason) -> None:
         for observer in self.worker_observers:
             try:
                 observer(event, self.name, reason)
@@ -265,11 +264,11 @@ class FunctionSupervisor:
             return
         self.retired.discard(worker)
         self.ending.add(worker)
-        await worker.beforeunload("early_drop")
+        await worker.beforeunload(StopReason.EARLY_DROP)
         logger.info("early termination has been triggered: isolate: %s", worker.id, extra={"function": self.name})
-        await self._finish(worker, ShutdownReason.EARLY_DROP)
+        await self._finish(worker, StopReason.EARLY_DROP)
 
-    def _end(self, worker: Worker, reason: ShutdownReason) -> None:
+    def _end(self, worker: Worker, reason: StopReason) -> None:
         """A hard limit: end `worker` now (its in-flight requests get 546)."""
         if worker.status is WorkerStatus.ENDED:
             return
@@ -280,19 +279,19 @@ class FunctionSupervisor:
         self.ending.add(worker)
         self._spawn_finishing(self._finish(worker, reason))
 
-    async def _finish(self, worker: Worker, reason: ShutdownReason) -> list[str]:
+    async def _finish(self, worker: Worker, reason: StopReason) -> list[str]:
         lifecycle = self._lifecycles.pop(worker, None)
         if lifecycle is not None:
             lifecycle.stop()
         self.shutdowns.append(reason)
-        self._tell("ended", str(reason))
+        self._tell("ended", reason)
         try:
             cut = await worker.end(reason)
         finally:
             self.ending.discard(worker)
         settle()  # the worker's last steps may not be charged yet
         logger.log(
-            logging.INFO if reason in (ShutdownReason.EARLY_DROP, ShutdownReason.TERMINATION) else logging.WARNING,
+            logging.INFO if reason in (StopReason.EARLY_DROP, StopReason.TERMINATION) else logging.WARNING,
             "worker shutdown: isolate: %s reason: %s (cpu_time_used %.0f ms, %d background task(s) cut)",
             worker.id,
             reason,
@@ -306,7 +305,7 @@ class FunctionSupervisor:
         """Retire the active worker so the next request boots the function's files afresh."""
         self._drop_successor()
         if self.worker is not None:
-            self._retire(self.worker, "reload")
+            self._retire(self.worker, StopReason.RELOAD)
 
     async def shutdown(self, timeout: float) -> list[str]:
         """Dispatch `beforeunload` (termination), wait up to `timeout` for background work, cut the rest.
@@ -315,7 +314,7 @@ class FunctionSupervisor:
         """
         ending = list(self.ending)  # already being ended (a limit, an early drop)
         workers = [w for w in self.workers if w not in self.ending]
-        await asyncio.gather(*(w.beforeunload("termination") for w in workers))
+        await asyncio.gather(*(w.beforeunload(StopReason.TERMINATION) for w in workers))
         deadline = time.monotonic() + timeout
         cut: list[str] = []
         for worker in workers:
@@ -325,7 +324,7 @@ class FunctionSupervisor:
             pending = worker.pending_background()
             worker.status = WorkerStatus.ENDED
             self.ending.add(worker)
-            names = await self._finish(worker, ShutdownReason.TERMINATION)
+            names = await self._finish(worker, StopReason.TERMINATION)
             cut.extend(
                 f"{t.name} (function {t.function}, execution {t.execution_id})" for t in pending if t.name in names
             )
@@ -337,7 +336,7 @@ class FunctionSupervisor:
         for task in list(self._tasks):
             task.cancel()
         for worker in ending:  # their end may have been cancelled just now: ending twice is harmless
-            await worker.end(ShutdownReason.TERMINATION)
+            await worker.end(StopReason.TERMINATION)
         self.ending.clear()
         self.idle_timeouts.close()
         return cut

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 from edgeruntime.core import responses
 from edgeruntime.core.background import BackgroundTask
 from edgeruntime.core.context import ExecutionContext
+from edgeruntime.core.events import StopReason
 from edgeruntime.core.handlers import to_asgi
 from edgeruntime.core.metering import CpuMeter, metered, run_metered
 from edgeruntime.core.types import ASGIApp, Handler, Receive, Scope, Send
@@ -25,7 +26,7 @@ from edgeruntime.exceptions import InvalidResponse, LimitExceeded, PayloadTooLar
 from edgeruntime.functions.discovery import FunctionSpec
 from edgeruntime.functions.loading import load_function_module
 from edgeruntime.limits import Limits, Policy
-from edgeruntime.workers.lifecycle import RequestBudget, ShutdownReason, WorkerLifecycle
+from edgeruntime.workers.lifecycle import RequestBudget, WorkerLifecycle
 
 __all__ = ["InlineWorker", "Worker", "WorkerStatus"]
 
@@ -68,7 +69,7 @@ class Worker(Protocol):
     async def handle(self, scope: Scope, receive: Receive, send: Send, ctx: ExecutionContext) -> None:
         """Serve one request; raises LimitExceeded or WorkerCrashed when the worker fails it."""
 
-    async def beforeunload(self, reason: str) -> None:
+    async def beforeunload(self, reason: StopReason) -> None:
         """Dispatch `beforeunload` to the function's listeners (once per reason)."""
 
     def pending_background(self) -> list[BackgroundTask]:
@@ -81,7 +82,7 @@ class Worker(Protocol):
     def watch(self, lifecycle: WorkerLifecycle) -> None:
         """Report CPU (and memory) use to `lifecycle` from now on."""
 
-    async def end(self, reason: str) -> list[str]:
+    async def end(self, reason: StopReason) -> list[str]:
         """End the worker: fail its requests, cut its background work; returns the cut tasks' names."""
         ...
 
@@ -112,7 +113,7 @@ class InlineWorker:
         self._app: ASGIApp | None = None
         self.meter = CpuMeter(spec.name)
         #: Why the worker was ended, once it was; its in-flight requests then get 546.
-        self.end_reason: str | None = None
+        self.end_reason: StopReason | None = None
         self._requests: dict[asyncio.Task[Any], ExecutionContext] = {}
         self._budgets: dict[ExecutionContext, RequestBudget] = {}
         if policy == "per_request":
@@ -159,7 +160,7 @@ class InlineWorker:
     def _run_background(self, coro: Coroutine[Any, Any, Any], ctx: ExecutionContext) -> Coroutine[Any, Any, Any]:
         return run_metered(coro, ctx.meter or self.meter)
 
-    def _budget_exceeded(self, budget: RequestBudget, reason: ShutdownReason) -> None:
+    def _budget_exceeded(self, budget: RequestBudget, reason: StopReason) -> None:
         ctx = budget.ctx
         self.state.background.cut(reason, list(ctx.tasks))
         for task, owner in self._requests.items():
@@ -224,7 +225,7 @@ class InlineWorker:
         for ctx in [c for c in self._budgets if c.execution_id == entry.execution_id]:
             self._close_budget(ctx)
 
-    async def beforeunload(self, reason: str) -> None:
+    async def beforeunload(self, reason: StopReason) -> None:
         await self.state.dispatch_beforeunload(reason)
 
     def pending_background(self) -> list[BackgroundTask]:
@@ -236,7 +237,7 @@ class InlineWorker:
     def watch(self, lifecycle: WorkerLifecycle) -> None:
         self.meter = lifecycle.meter()
 
-    async def end(self, reason: str) -> list[str]:
+    async def end(self, reason: StopReason) -> list[str]:
         """End the worker: its in-flight requests get 546, its pending background work is cut.
 
         Returns the names of the cut tasks.

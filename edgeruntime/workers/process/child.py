@@ -25,6 +25,7 @@ from typing import Any
 
 from edgeruntime.core.background import BackgroundTask
 from edgeruntime.core.context import ExecutionContext
+from edgeruntime.core.events import StopReason
 from edgeruntime.core.types import Message
 from edgeruntime.exceptions import BootError, FunctionError, LimitExceeded, PayloadTooLarge
 from edgeruntime.functions.discovery import FunctionSpec
@@ -185,7 +186,7 @@ class WorkerProcess:
         self.tasks.pop(id(entry), None)
         self.channel.send(TaskDone(id(entry), entry.outcome.value, _portable(entry.error), entry.cut_reason))
 
-    async def beforeunload(self, reason: str) -> None:
+    async def beforeunload(self, reason: StopReason) -> None:
         if self.worker is not None:
             await self.worker.beforeunload(reason)
         flush_logs()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import pickle
 from typing import Any, Literal, NamedTuple, TypeAlias
 
+from edgeruntime.core.events import StopReason
 from edgeruntime.core.types import Message, Scope
 from edgeruntime.limits import Limits, Policy
 
@@ -78,9 +79,9 @@ class Cancel(NamedTuple):
 
 
 class BeforeUnload(NamedTuple):
-    """Dispatch `beforeunload` with `reason` to the function's listeners."""
+    """Dispatch `beforeunload` for `reason` to the function's listeners."""
 
-    reason: str
+    reason: StopReason
     kind: int = 5
 
 
@@ -152,7 +153,7 @@ class TaskDone(NamedTuple):
 class BeforeUnloadDone(NamedTuple):
     """The `beforeunload` listeners for `reason` have run."""
 
-    reason: str
+    reason: StopReason
     kind: int = 12
 
 

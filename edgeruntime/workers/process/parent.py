@@ -34,6 +34,7 @@ from typing import Any
 
 from edgeruntime.core.background import BackgroundTask, TaskOutcome
 from edgeruntime.core.context import ExecutionContext
+from edgeruntime.core.events import StopReason
 from edgeruntime.core.metering import CpuMeter
 from edgeruntime.core.types import Message, Receive, Scope, Send
 from edgeruntime.core.worker_state import WorkerState
@@ -179,7 +180,7 @@ class ProcessWorker:
         #: The module lives in the worker process, not here.
         self.module: types.ModuleType | None = None
         self.memory_mb = 0.0
-        self.end_reason: str | None = None
+        self.end_reason: StopReason | None = None
         self.exit_status: int | None = None
         self.proc: subprocess.Popen[bytes] | None = None
         self.channel: Channel | None = None
@@ -188,7 +189,7 @@ class ProcessWorker:
         self._tasks: dict[int, BackgroundTask] = {}
         #: The worker process's answer to Boot; None if it exited first.
         self._booted: asyncio.Future[Booted | BootFailed | None] | None = None
-        self._unloaded: dict[str, asyncio.Future[None]] = {}
+        self._unloaded: dict[StopReason, asyncio.Future[None]] = {}
         self._lifecycle: WorkerLifecycle | None = None
         self._paused_by: _Call | None = None
         self._monitor: asyncio.Task[None] | None = None
@@ -270,7 +271,7 @@ class ProcessWorker:
 
     async def _abort_boot(self) -> None:
         self.status = WorkerStatus.ENDED
-        self.end_reason = "boot failed"
+        self.end_reason = StopReason.BOOT_FAILURE
         self._kill()
         await asyncio.get_running_loop().run_in_executor(None, self._reap)
 
@@ -324,7 +325,7 @@ class ProcessWorker:
             return
         # The process died on its own: a crash.
         self.status = WorkerStatus.ENDED
-        self.end_reason = "crashed"
+        self.end_reason = StopReason.CRASH
         status = self._reap()
         logger.error(
             "worker process of %s exited unexpectedly (exit status %s): isolate: %s",
@@ -335,7 +336,7 @@ class ProcessWorker:
         )
         for call in self._calls.values():
             call.push(Done(0, Ended("crashed", status)))
-        self.state.background.cut("crashed")
+        self.state.background.cut(StopReason.CRASH)
         self._stop_monitor()
 
     def _task_started(self, frame: TaskStarted) -> None:
@@ -364,7 +365,7 @@ class ProcessWorker:
         channel = self.channel
         assert channel is not None
         if channel.closed or self.status is WorkerStatus.ENDED:  # ended between routing and now
-            if self.end_reason == "crashed":
+            if self.end_reason is StopReason.CRASH:
                 raise WorkerCrashed(self.name, f"function {self.name}: worker process exited")
             raise LimitExceeded(self.name, self.end_reason or "ended")
         ctx.worker = self.state
@@ -439,7 +440,7 @@ class ProcessWorker:
 
     # -- lifecycle -------------------------------------------------------------------------
 
-    async def beforeunload(self, reason: str) -> None:
+    async def beforeunload(self, reason: StopReason) -> None:
         """Dispatch `beforeunload` in the worker process and wait (a little) for its listeners."""
         if self.channel is None or self.channel.closed or reason in self._unloaded:
             return
@@ -476,7 +477,7 @@ class ProcessWorker:
             self.exit_status = self.proc.wait(timeout=5)
         return self.exit_status
 
-    async def end(self, reason: str) -> list[str]:
+    async def end(self, reason: StopReason) -> list[str]:
         """Kill the process: in-flight requests get 546, background work is cut with `reason`."""
         self.status = WorkerStatus.ENDED
         self.end_reason = reason
