@@ -16,11 +16,11 @@ Log lines use the edge runtime's own messages and shutdown reason names
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from edgeruntime.core.clock import LOOP_CLOCK, Clock, Timer
 from edgeruntime.core.events import StopReason
 from edgeruntime.core.metering import CpuMeter
 from edgeruntime.limits import Limits, Policy
@@ -62,6 +62,7 @@ class WorkerLifecycle:
         beforeunload: Callable[[StopReason], None],
         in_flight: Callable[[], int],
         prepare: Callable[[], None] | None = None,
+        clock: Clock = LOOP_CLOCK,
     ) -> None:
         self.function = function
         self.worker_id = worker_id
@@ -72,7 +73,8 @@ class WorkerLifecycle:
         self._beforeunload = beforeunload
         self._in_flight = in_flight
         self._prepare = prepare
-        self._timers: list[asyncio.TimerHandle] = []
+        self._clock = clock
+        self._timers: list[Timer] = []
         self._fired: set[str] = set()
         self.ended = False
 
@@ -89,13 +91,13 @@ class WorkerLifecycle:
         """Start the wall-clock timers (per_worker)."""
         if self.policy != "per_worker":
             return
-        loop = asyncio.get_running_loop()
+        clock = self._clock
         wall = self.limits.wall_clock_limit_sec
         self._timers = [
-            loop.call_later(wall / 2 * PREPARE_RATIO, self._prepare_once),
-            loop.call_later(wall / 2, self._wall_clock_warning),
-            loop.call_later(wall * BEFOREUNLOAD_RATIO, self._notify, StopReason.WALL_CLOCK),
-            loop.call_later(wall, self._wall_clock_reached),
+            clock.call_later(wall / 2 * PREPARE_RATIO, self._prepare_once),
+            clock.call_later(wall / 2, self._wall_clock_warning),
+            clock.call_later(wall * BEFOREUNLOAD_RATIO, self._notify, StopReason.WALL_CLOCK),
+            clock.call_later(wall, self._wall_clock_reached),
         ]
 
     def stop(self) -> None:
@@ -198,6 +200,7 @@ class RequestBudget:
         ctx: ExecutionContext,
         limits: Limits,
         exceeded: Callable[[RequestBudget, StopReason], None],
+        clock: Clock = LOOP_CLOCK,
     ) -> None:
         self.ctx = ctx
         self.limits = limits
@@ -205,9 +208,7 @@ class RequestBudget:
         self._exceeded = exceeded
         self.meter = CpuMeter(ctx.function, self._cpu)
         self.meter.next_check_ms = limits.cpu_hard_limit_ms
-        self._timer = asyncio.get_running_loop().call_later(
-            limits.wall_clock_limit_sec, self._fire, StopReason.WALL_CLOCK
-        )
+        self._timer = clock.call_later(limits.wall_clock_limit_sec, self._fire, StopReason.WALL_CLOCK)
 
     def _cpu(self, used_ms: float) -> None:
         self.meter.next_check_ms = float("inf")

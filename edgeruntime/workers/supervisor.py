@@ -22,6 +22,7 @@ from typing import Any
 
 from edgeruntime.config.settings import Settings
 from edgeruntime.core.background import BackgroundTask
+from edgeruntime.core.clock import LOOP_CLOCK, Clock
 from edgeruntime.core.context import ExecutionContext
 from edgeruntime.core.events import StopReason
 from edgeruntime.core.metering import settle
@@ -50,8 +51,15 @@ class FunctionSupervisor:
         background_observers: list[Callable[[BackgroundTask], None]] | None = None,
         worker_env: dict[str, str] | None = None,
         worker_observers: list[WorkerObserver] | None = None,
+        *,
+        clock: Clock = LOOP_CLOCK,
+        worker_factory: Callable[[], Worker] | None = None,
     ) -> None:
         self.spec = spec
+        #: Times the workers' wall clocks (a ManualClock in unit tests).
+        self.clock = clock
+        #: Makes a new, unbooted worker (default: inline or process, as the settings say).
+        self.new_worker: Callable[[], Worker] = worker_factory or self._new_worker
         self.settings = settings
         self.background_observers = background_observers if background_observers is not None else []
         self.limits = settings.limits_for(spec.name)
@@ -108,11 +116,11 @@ class FunctionSupervisor:
             return ProcessWorker(
                 self.spec, env, self.limits, self.background_observers, policy, self.settings.log_format
             )
-        return InlineWorker(self.spec, self.settings.env, self.limits, self.background_observers, policy)
+        return InlineWorker(self.spec, self.settings.env, self.limits, self.background_observers, policy, self.clock)
 
     async def _start(self) -> Worker:
         """Boot a new worker (raises FunctionError); it serves once :meth:`_activate` is called."""
-        worker = self._new_worker()
+        worker = self.new_worker()
         self.boots += 1
         try:
             await worker.start()
@@ -140,7 +148,8 @@ class FunctionSupervisor:
             end=lambda reason: self._end(worker, reason),
             beforeunload=lambda reason: self._spawn(worker.beforeunload(reason)),
             in_flight=lambda: worker.in_flight,
-            prepare=self._prepare_successor if worker.kind == "process" else None,
+            prepare=self._prepare_successor if worker.prepares_successor else None,
+            clock=self.clock,
         )
         self._lifecycles[worker] = lifecycle
         worker.watch(lifecycle)

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 from edgeruntime.core import responses
 from edgeruntime.core.background import BackgroundTask
+from edgeruntime.core.clock import LOOP_CLOCK, Clock
 from edgeruntime.core.context import ExecutionContext
 from edgeruntime.core.events import StopReason
 from edgeruntime.core.handlers import to_asgi
@@ -48,6 +49,9 @@ class Worker(Protocol):
     """What the supervisor needs of a worker, inline or in its own process."""
 
     kind: str
+    #: Booting one takes long enough (a fresh interpreter: ~0.1 s) that the supervisor boots its
+    #: successor before it retires, so the hand-over does not wait for a boot.
+    prepares_successor: bool
     status: WorkerStatus
     in_flight: int
     #: Counts the worker's CPU (inline: the meter its lifecycle watches).
@@ -91,6 +95,8 @@ class InlineWorker:
     """A function module loaded in this process."""
 
     kind = "inline"
+    #: Booting is importing a module in this process: fast enough to do when needed.
+    prepares_successor = False
 
     def __init__(
         self,
@@ -99,8 +105,11 @@ class InlineWorker:
         limits: Limits,
         observers: list[Callable[[BackgroundTask], None]] | None = None,
         policy: Policy = "per_worker",
+        clock: Clock = LOOP_CLOCK,
     ) -> None:
         self.spec = spec
+        #: Times the `per_request` budgets.
+        self.clock = clock
         self.limits = limits
         self.policy = policy
         self.state = WorkerState(spec.name, env, observers)
@@ -186,7 +195,7 @@ class InlineWorker:
         assert task is not None
         self._requests[task] = ctx
         if self.policy == "per_request":
-            own = self._budgets[ctx] = RequestBudget(ctx, self.limits, self._budget_exceeded)
+            own = self._budgets[ctx] = RequestBudget(ctx, self.limits, self._budget_exceeded, self.clock)
             meter = ctx.meter = own.meter
         else:
             meter = ctx.meter = self.meter

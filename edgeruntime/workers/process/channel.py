@@ -53,9 +53,10 @@ class Channel(asyncio.Protocol):
                     break
                 try:
                     frame = decode(view[start : start + size])
-                except ValueError:
+                except ValueError as exc:
                     offset = start + size
-                    logger.exception("worker channel: a frame could not be read")
+                    # Its text only: the exception's traceback holds a view of the buffer, resized below.
+                    logger.error("worker channel: a frame could not be read: %s", str(exc))
                     continue
                 offset = start + size
                 try:
