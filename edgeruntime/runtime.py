@@ -14,6 +14,7 @@ from typing import Any, Generic, TypeVar
 from edgeruntime.core.background import BackgroundTask
 from edgeruntime.core.context import ExecutionContext, current_context
 from edgeruntime.core.events import BeforeUnloadEvent, EventCallback, EventName, UnhandledRejectionEvent
+from edgeruntime.core.types import Handler
 from edgeruntime.core.worker_state import HANDLER_ATTRIBUTE, booting, current_worker, default_worker
 from edgeruntime.exceptions import NotSupportedError
 
@@ -22,7 +23,8 @@ __all__ = ["BeforeUnloadEvent", "Deno", "EdgeRuntime", "UnhandledRejectionEvent"
 logger = logging.getLogger("edgeruntime")
 
 T = TypeVar("T")
-H = TypeVar("H")
+#: What `serve()` accepts and returns: a request handler or an ASGI application (see `Handler`).
+H = TypeVar("H", bound=Handler)
 
 
 class PendingWork(Generic[T]):

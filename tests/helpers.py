@@ -22,7 +22,6 @@ from edgeruntime.config.project import DEFAULT_JWT_SECRET
 KEYS = demo_keys(DEFAULT_JWT_SECRET)
 SERVICE_ROLE = {"Authorization": f"Bearer {KEYS.service_role_key}"}
 ANON = {"Authorization": f"Bearer {KEYS.anon_key}"}
-FIXTURES = Path(__file__).parent / "fixtures"
 
 HELLO = """
 from starlette.requests import Request

@@ -12,7 +12,10 @@ from typing import Any
 
 import pytest
 
+from edgeruntime.core.context import ExecutionContext
 from edgeruntime.core.events import StopReason
+from edgeruntime.core.worker_state import default_worker
+from edgeruntime.exceptions import WallClockLimitExceeded
 from edgeruntime.gateway.extensions import Extension
 from edgeruntime.testing import EdgeClient
 from edgeruntime.workers.process.parent import ProcessWorker
@@ -393,3 +396,35 @@ async def test_a_worker_ended_by_a_limit_just_before_shutdown_is_still_logged_wi
         supervisor._end(worker, StopReason.MEMORY)  # what the memory limit does; shutdown follows at once
     assert f"worker shutdown: isolate: {worker.id} reason: Memory" in caplog.text
     assert worker.proc.poll() is not None
+
+
+async def test_a_request_the_wall_clock_ends_in_a_worker_process_raises_wall_clock_limit_exceeded(
+    functions_dir: Path,
+) -> None:
+    """The gateway answers 546 to it; callers of the supervisor can tell a wall clock from other limits."""
+    write_probe(functions_dir)
+    async with EdgeClient(functions_dir, isolation="process", limits={"wall_clock_limit_sec": 1.0}) as client:
+        await pid_of(client)
+        scope: dict[str, Any] = {
+            "type": "http",
+            "method": "GET",
+            "path": "/probe",
+            "raw_path": b"/probe",
+            "query_string": b"sleep=30",
+            "headers": [],
+        }
+        sent: list[MutableMapping[str, Any]] = []
+
+        async def receive() -> MutableMapping[str, Any]:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message: MutableMapping[str, Any]) -> None:
+            sent.append(message)
+
+        supervisor = client.app.functions["probe"]
+        with pytest.raises(WallClockLimitExceeded) as raised:
+            await asyncio.wait_for(
+                supervisor.dispatch(scope, receive, send, ExecutionContext("probe", default_worker())), 20
+            )
+        assert raised.value.reason == "WallClockTime" and isinstance(raised.value, TimeoutError)
+        assert sent == []

@@ -57,6 +57,8 @@ async def test_streamed_oversize_body_is_413_while_streaming(functions_dir: Path
         r = await client.http.post(url, content=chunks(50, 100), headers=headers)
         assert r.status_code == 413
         assert r.json() == TOO_LARGE
+        # The run records why: the limit, never the exception class's docstring.
+        assert client.dashboard.last_invocations["probe"].error == "request body of probe is larger than 1024 bytes"
         r = await client.http.post(url, content=chunks(10, 100), headers=headers)
         assert r.status_code == 200
         assert r.json()["size"] == 1000

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -48,7 +48,6 @@ class Settings:
     log_format: LogFormat = "text"
     database_url: str | None = None
     server: str = "hypercorn"
-    extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def base_url(self) -> str:

@@ -60,10 +60,7 @@ PAYLOAD_TOO_LARGE = RuntimeResponse.error(
 HEALTH = RuntimeResponse.json(200, {"message": "ok"})
 
 
-async def send_response(send: Send, response: RuntimeResponse, extra: list[tuple[bytes, bytes]] | None = None) -> None:
+async def send_response(send: Send, response: RuntimeResponse) -> None:
     """Send `response` as a complete ASGI HTTP response."""
-    headers = response.headers()
-    if extra:
-        headers.extend(extra)
-    await send({"type": "http.response.start", "status": response.status, "headers": headers})
+    await send({"type": "http.response.start", "status": response.status, "headers": response.headers()})
     await send({"type": "http.response.body", "body": response.body})

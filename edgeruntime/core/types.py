@@ -20,6 +20,6 @@ Send: TypeAlias = Callable[[Message], Awaitable[None]]
 ASGIApp: TypeAlias = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 #: What `serve()` accepts: an async or sync request handler, or an ASGI application.
-Handler: TypeAlias = "Callable[[Request], Awaitable[Response]] | Callable[[Request], Response] | ASGIApp | Any"
+Handler: TypeAlias = "Callable[[Request], Awaitable[Response]] | Callable[[Request], Response] | ASGIApp"
 
 JSON: TypeAlias = dict[str, Any] | list[Any] | str | int | float | bool | None

@@ -62,20 +62,6 @@ def gc_thresholds(setting: str | None = None) -> tuple[int, int, int] | None:
     return gen0, gen1, gen2
 
 
-def tune_gc(setting: str | None = None) -> None:
-    """Move start-up objects out of the collector's way and collect young objects less often.
-
-    A server with tens of thousands of pending background tasks pays for every full collection
-    with a pause proportional to all of them. `setting` as in `gc_thresholds`; with "default" the
-    collector is only turned on (it is paused while `edgeruntime serve` starts).
-    """
-    thresholds = gc_thresholds(setting)
-    if thresholds is not None:
-        freeze_gc()
-        gc.set_threshold(*thresholds)
-    gc.enable()
-
-
 def freeze_gc() -> None:
     """Collect once, then exempt every object alive now from later collections (gc.freeze)."""
     gc.collect()
@@ -83,10 +69,14 @@ def freeze_gc() -> None:
 
 
 def _start_gc(setting: str) -> None:
-    """`tune_gc` for a server about to listen: the freeze runs FREEZE_DELAY_SEC after it starts.
+    """Turn the collector on for a server about to listen, tuned as `setting` says (see `gc_thresholds`).
 
-    The collection before the freeze walks everything start-up built (~10 ms on a 2-core
-    machine); the server answers sooner when that happens once it is up.
+    A server with tens of thousands of pending background tasks pays for every full collection
+    with a pause proportional to all of them, so young objects are collected less often and the
+    objects alive once the server is up are frozen (moved out of the collector's way). The
+    freeze runs FREEZE_DELAY_SEC after the server starts: the collection before it walks
+    everything start-up built (~10 ms on a 2-core machine), and the server answers sooner when
+    that happens once it is up. With "default" the collector is only turned on.
     """
     thresholds = gc_thresholds(setting)
     if thresholds is not None:
@@ -204,7 +194,7 @@ def run_server(
     """Serve `app` with `settings` until SIGTERM or SIGINT; returns the exit status.
 
     The garbage collector, paused while `edgeruntime serve` starts, is turned on (tuned as by
-    `tune_gc`) right before the server starts.
+    `_start_gc`) right before the server starts.
     """
     check_port(settings.host, settings.port)
     gc_setting = os.environ.get("EDGERUNTIME_GC", "")

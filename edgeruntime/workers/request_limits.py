@@ -30,7 +30,7 @@ class BodyLimit:
         self.exceeded = False
 
     def error(self) -> PayloadTooLarge:
-        return PayloadTooLarge(self.function, f"request body of {self.function} is larger than {self.max_bytes} bytes")
+        return PayloadTooLarge(self.function, self.max_bytes)
 
     def check_declared(self, scope: Scope) -> None:
         """Raise PayloadTooLarge if the request's `content-length` is over the limit."""

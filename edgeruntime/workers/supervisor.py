@@ -282,6 +282,7 @@ class FunctionSupervisor:
         if worker.status is WorkerStatus.ENDED:
             return
         worker.status = WorkerStatus.ENDED
+        worker.end_reason = reason
         if self.worker is worker:
             self.worker = None
         self.retired.discard(worker)
@@ -332,6 +333,7 @@ class FunctionSupervisor:
         for worker in workers:
             pending = worker.pending_background()
             worker.status = WorkerStatus.ENDED
+            worker.end_reason = StopReason.TERMINATION
             self.ending.add(worker)
             names = await self._finish(worker, StopReason.TERMINATION)
             cut.extend(

@@ -23,15 +23,22 @@ from edgeruntime.core.handlers import to_asgi
 from edgeruntime.core.metering import CpuMeter, metered, run_metered
 from edgeruntime.core.types import ASGIApp, Handler, Receive, Scope, Send
 from edgeruntime.core.worker_state import WorkerState
-from edgeruntime.exceptions import InvalidResponse, LimitExceeded, PayloadTooLarge
+from edgeruntime.exceptions import InvalidResponse, LimitExceeded, PayloadTooLarge, WallClockLimitExceeded
 from edgeruntime.functions.discovery import FunctionSpec
 from edgeruntime.functions.loading import load_function_module
 from edgeruntime.limits import Limits, Policy
 from edgeruntime.workers.lifecycle import RequestBudget, WorkerLifecycle
 
-__all__ = ["InlineWorker", "Worker", "WorkerStatus"]
+__all__ = ["InlineWorker", "Worker", "WorkerStatus", "limit_exceeded"]
 
 logger = logging.getLogger("edgeruntime")
+
+
+def limit_exceeded(function: str, reason: StopReason) -> LimitExceeded:
+    """What a request ended by `reason` raises (546); WallClockLimitExceeded, a TimeoutError too, for the wall clock."""
+    if reason is StopReason.WALL_CLOCK:
+        return WallClockLimitExceeded(function, reason)
+    return LimitExceeded(function, reason)
 
 
 class WorkerStatus(enum.StrEnum):
@@ -53,6 +60,8 @@ class Worker(Protocol):
     #: successor before it retires, so the hand-over does not wait for a boot.
     prepares_successor: bool
     status: WorkerStatus
+    #: Why the worker was ended, once it was (set with status ENDED).
+    end_reason: StopReason | None
     in_flight: int
     #: Counts the worker's CPU (inline: the meter its lifecycle watches).
     meter: CpuMeter
@@ -222,7 +231,7 @@ class InlineWorker:
                 reason,
                 extra={"function": self.name},
             )
-            raise LimitExceeded(self.name, reason) from None
+            raise limit_exceeded(self.name, reason) from None
         finally:
             ctx.deactivate(token)
             self.in_flight -= 1

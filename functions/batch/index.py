@@ -28,15 +28,13 @@ until nothing is left (retried with backoff if a delivery fails).
 Env: SUPABASE_URL, SUPABASE_SERVICE_ROLE_KEY (injected by the runtime).
 """
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
+from _shared.supabase_admin import supabase_admin
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from supabase import AsyncClient, acreate_client
 
-from edgeruntime import Deno, EdgeRuntime, serve
+from edgeruntime import EdgeRuntime, serve
 from edgeruntime.jobs import enqueue
 
 #: How many items one invocation processes; the rest is queued.
@@ -56,16 +54,6 @@ async def handler(req: Request) -> JSONResponse:
         await queue_remaining_items(items[BATCH_LIMIT:])
 
     return JSONResponse({"accepted": True, "processing": min(len(items), BATCH_LIMIT), "queued": max(queued, 0)})
-
-
-@asynccontextmanager
-async def supabase_admin() -> AsyncIterator[AsyncClient]:
-    """`createClient(SUPABASE_URL, SUPABASE_SERVICE_ROLE_KEY)`; its connections close on exit."""
-    client = await acreate_client(Deno.env.get("SUPABASE_URL") or "", Deno.env.get("SUPABASE_SERVICE_ROLE_KEY") or "")
-    try:
-        yield client
-    finally:
-        await client.postgrest.aclose()
 
 
 async def process_batch(items: list[Any]) -> None:

@@ -50,15 +50,13 @@ SUPABASE_URL and SUPABASE_SERVICE_ROLE_KEY (injected by the runtime).
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any, cast
 
 import httpx
+from _shared.supabase_admin import supabase_admin
 from postgrest import APIError
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from supabase import AsyncClient, acreate_client
 
 from edgeruntime import Deno, EdgeRuntime, serve
 
@@ -138,16 +136,6 @@ async def notify_team(submission: dict[str, Any]) -> None:
     )
     if error is not None:
         logger.error("Failed to notify the team: %s", error)
-
-
-@asynccontextmanager
-async def supabase_admin() -> AsyncIterator[AsyncClient]:
-    """`createClient(SUPABASE_URL, SUPABASE_SERVICE_ROLE_KEY)`; its connections close on exit."""
-    client = await acreate_client(Deno.env.get("SUPABASE_URL") or "", Deno.env.get("SUPABASE_SERVICE_ROLE_KEY") or "")
-    try:
-        yield client
-    finally:
-        await client.postgrest.aclose()
 
 
 serve(handler)

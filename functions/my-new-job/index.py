@@ -56,15 +56,14 @@ import logging
 import time
 import traceback
 from collections import Counter
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
+from _shared.supabase_admin import supabase_admin
 from postgrest import APIError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
-from supabase import AsyncClient, acreate_client
+from supabase import AsyncClient
 
 from edgeruntime import Deno, serve
 
@@ -202,16 +201,6 @@ async def log_failure(supabase: AsyncClient, error: Exception) -> None:
         )
     except Exception:
         logger.exception("[Job] could not write the failure to audit_log")
-
-
-@asynccontextmanager
-async def supabase_admin() -> AsyncIterator[AsyncClient]:
-    """`createClient(SUPABASE_URL, SUPABASE_SERVICE_ROLE_KEY)`; its connections close on exit."""
-    client = await acreate_client(Deno.env.get("SUPABASE_URL") or "", Deno.env.get("SUPABASE_SERVICE_ROLE_KEY") or "")
-    try:
-        yield client
-    finally:
-        await client.postgrest.aclose()
 
 
 serve(handler)

@@ -25,14 +25,12 @@ Env: SUPABASE_URL, SUPABASE_SERVICE_ROLE_KEY (injected), POSTHOG_API_KEY, POSTHO
 """
 
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
+from _shared.supabase_admin import supabase_admin
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from supabase import AsyncClient, acreate_client
 
 from edgeruntime import Deno, EdgeRuntime, serve
 
@@ -55,16 +53,6 @@ async def handler(req: Request) -> JSONResponse:
     )
 
     return response
-
-
-@asynccontextmanager
-async def supabase_admin() -> AsyncIterator[AsyncClient]:
-    """`createClient(SUPABASE_URL, SUPABASE_SERVICE_ROLE_KEY)`; its connections close on exit."""
-    client = await acreate_client(Deno.env.get("SUPABASE_URL") or "", Deno.env.get("SUPABASE_SERVICE_ROLE_KEY") or "")
-    try:
-        yield client
-    finally:
-        await client.postgrest.aclose()
 
 
 async def send_order_confirmation(user_id: str, order_id: Any) -> None:

@@ -34,16 +34,14 @@ Env: SUPABASE_URL, SUPABASE_SERVICE_ROLE_KEY (injected), ALERT_EMAIL, SENDGRID_A
 """
 
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 
 import httpx
+from _shared.supabase_admin import supabase_admin
 from postgrest import APIError
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from supabase import AsyncClient, acreate_client
 
 from edgeruntime import Deno, EdgeRuntime, serve
 
@@ -60,16 +58,6 @@ async def handler(req: Request) -> JSONResponse:
     EdgeRuntime.wait_until(safe_background_process(data))
 
     return response
-
-
-@asynccontextmanager
-async def supabase_admin() -> AsyncIterator[AsyncClient]:
-    """`createClient(SUPABASE_URL, SUPABASE_SERVICE_ROLE_KEY)`; its connections close on exit."""
-    client = await acreate_client(Deno.env.get("SUPABASE_URL") or "", Deno.env.get("SUPABASE_SERVICE_ROLE_KEY") or "")
-    try:
-        yield client
-    finally:
-        await client.postgrest.aclose()
 
 
 async def safe_background_process(data: Any) -> None:

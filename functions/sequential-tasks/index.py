@@ -25,15 +25,13 @@ Env: SUPABASE_URL, SUPABASE_SERVICE_ROLE_KEY (injected), NOTIFY_EMAIL, SENDGRID_
 """
 
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any, cast
 
 import httpx
+from _shared.supabase_admin import supabase_admin
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from supabase import AsyncClient, acreate_client
 
 from edgeruntime import Deno, EdgeRuntime, serve
 
@@ -93,16 +91,6 @@ async def step4_notify(data: dict[str, Any]) -> None:
             },
         )
     response.raise_for_status()
-
-
-@asynccontextmanager
-async def supabase_admin() -> AsyncIterator[AsyncClient]:
-    """`createClient(SUPABASE_URL, SUPABASE_SERVICE_ROLE_KEY)`; its connections close on exit."""
-    client = await acreate_client(Deno.env.get("SUPABASE_URL") or "", Deno.env.get("SUPABASE_SERVICE_ROLE_KEY") or "")
-    try:
-        yield client
-    finally:
-        await client.postgrest.aclose()
 
 
 serve(handler)

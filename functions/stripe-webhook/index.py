@@ -58,9 +58,10 @@ from typing import Any
 
 import httpx
 import stripe
+from _shared.supabase_admin import supabase_admin
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
-from supabase import AsyncClient, acreate_client
+from supabase import AsyncClient
 
 from edgeruntime import Deno, EdgeRuntime, serve
 
@@ -97,16 +98,6 @@ async def handler(req: Request) -> Response:
     EdgeRuntime.wait_until(process_stripe_event(event))
 
     return response
-
-
-@asynccontextmanager
-async def supabase_admin() -> AsyncIterator[AsyncClient]:
-    """`createClient(SUPABASE_URL, SUPABASE_SERVICE_ROLE_KEY)`; its connections close on exit."""
-    client = await acreate_client(Deno.env.get("SUPABASE_URL") or "", Deno.env.get("SUPABASE_SERVICE_ROLE_KEY") or "")
-    try:
-        yield client
-    finally:
-        await client.postgrest.aclose()
 
 
 async def process_stripe_event(event: stripe.Event) -> None:

@@ -38,7 +38,7 @@ from edgeruntime.core.events import StopReason
 from edgeruntime.core.metering import CpuMeter
 from edgeruntime.core.types import Message, Receive, Scope, Send
 from edgeruntime.core.worker_state import WorkerState
-from edgeruntime.exceptions import BootError, LimitExceeded, PayloadTooLarge, WorkerCrashed
+from edgeruntime.exceptions import BootError, PayloadTooLarge, WorkerCrashed
 from edgeruntime.functions.discovery import FunctionSpec
 from edgeruntime.limits import Limits, Policy
 from edgeruntime.workers.lifecycle import WorkerLifecycle
@@ -59,7 +59,7 @@ from edgeruntime.workers.process.frames import (
     TaskDone,
     TaskStarted,
 )
-from edgeruntime.workers.worker import WorkerStatus
+from edgeruntime.workers.worker import WorkerStatus, limit_exceeded
 
 __all__ = ["ProcessWorker"]
 
@@ -367,9 +367,10 @@ class ProcessWorker:
         channel = self.channel
         assert channel is not None
         if channel.closed or self.status is WorkerStatus.ENDED:  # ended between routing and now
-            if self.end_reason is StopReason.CRASH:
+            reason = self.end_reason
+            if reason is None or reason is StopReason.CRASH:
                 raise WorkerCrashed(self.name, f"function {self.name}: worker process exited")
-            raise LimitExceeded(self.name, self.end_reason or "ended")
+            raise limit_exceeded(self.name, reason)
         ctx.worker = self.state
         rid = next(self._ids)
         call = self._calls[rid] = _Call()
@@ -411,11 +412,11 @@ class ProcessWorker:
                 ended.detail,
                 extra={"function": self.name},
             )
-            raise LimitExceeded(self.name, str(ended.detail))
+            raise limit_exceeded(self.name, StopReason(str(ended.detail)))
         if ended.reason == "crashed":
             raise WorkerCrashed(self.name, f"function {self.name}: worker process exited (status {ended.detail})")
         if ended.reason == "too_large":
-            raise PayloadTooLarge(self.name)
+            raise PayloadTooLarge(self.name, self.limits.max_request_body_bytes)
         if ended.reason == "error":
             raise WorkerCrashed(self.name, f"function {self.name}: {ended.detail}")
         raise asyncio.CancelledError

@@ -18,7 +18,7 @@ from edgeruntime.core.clock import ManualClock
 from edgeruntime.core.context import ExecutionContext
 from edgeruntime.core.events import StopReason
 from edgeruntime.core.worker_state import default_worker
-from edgeruntime.exceptions import BootError, LimitExceeded
+from edgeruntime.exceptions import BootError, LimitExceeded, WallClockLimitExceeded
 from edgeruntime.functions.discovery import FunctionSpec
 from edgeruntime.workers.supervisor import FunctionSupervisor
 from edgeruntime.workers.worker import InlineWorker, Worker, WorkerStatus
@@ -128,9 +128,9 @@ async def test_the_full_wall_clock_ends_the_worker_its_requests_get_the_limit_an
     await settle()
     assert module.UNLOADS == ["wall_clock"]
     harness.clock.advance(WALL_CLOCK_SEC * 0.1)
-    with pytest.raises(LimitExceeded) as raised:
+    with pytest.raises(WallClockLimitExceeded) as raised:  # 546 WORKER_LIMIT at the gateway
         await hanging
-    assert raised.value.reason == "WallClockTime"
+    assert raised.value.reason == "WallClockTime" and isinstance(raised.value, TimeoutError)
     await settle()
     assert [(t.name, t.outcome, t.cut_reason) for t in harness.tasks] == [("later", TaskOutcome.CUT, "WallClockTime")]
     assert harness.told == [("retired", StopReason.WALL_CLOCK), ("ended", StopReason.WALL_CLOCK)]
@@ -144,11 +144,16 @@ async def test_cpu_time_retires_at_the_soft_limit_and_ends_at_the_hard_limit(fun
     harness = Harness(functions_dir, cpu_soft_limit_ms=100, cpu_hard_limit_ms=200)
     try:
         await harness.boot_of("mode=background")
-        worker = harness.supervisor.worker
+        worker, module = harness.supervisor.worker, harness.module
         assert worker is not None
+        hanging = harness.start("mode=hang")
+        await module.STARTED.wait()
         worker.meter.add(100)
         assert harness.told == [("retired", StopReason.CPU)]
         worker.meter.add(100)
+        with pytest.raises(LimitExceeded) as raised:
+            await hanging
+        assert raised.value.reason == "CPUTime" and not isinstance(raised.value, TimeoutError)
         await settle()
         assert harness.told == [("retired", StopReason.CPU), ("ended", StopReason.CPU)]
         assert [t.cut_reason for t in harness.tasks] == ["CPUTime"]
