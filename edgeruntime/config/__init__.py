@@ -1,1 +1,4 @@
-"""Configuration: config.toml, the functions' env and the resolved settings of a server."""
+"""Configuration: config.toml, the functions' env, the keys a server hands out, the resolved settings.
+
+Imports `functions` and below; never Starlette (see docs/architecture.md).
+"""

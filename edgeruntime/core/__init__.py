@@ -1,1 +1,5 @@
-"""The core every layer builds on: types, execution contexts, background work, metering, handlers, logs, responses."""
+"""The core every layer builds on: types, events and stop reasons, execution contexts, worker state,
+background work, CPU metering, handlers, logs, the runtime's own responses, batched writes, the clock.
+
+Imports only `edgeruntime.limits` and `edgeruntime.exceptions` (see docs/architecture.md).
+"""
