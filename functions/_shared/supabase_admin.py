@@ -1,4 +1,8 @@
-"""The seeds' `createClient(Deno.env.get("SUPABASE_URL"), Deno.env.get("SUPABASE_SERVICE_ROLE_KEY"))`."""
+"""The seeds' `createClient(Deno.env.get("SUPABASE_URL"), Deno.env.get("SUPABASE_SERVICE_ROLE_KEY"))`, shared.
+
+`functions/_shared/` is never served (its name starts with `_`), and the functions directory is
+on the import path while functions load: `from _shared.supabase_admin import supabase_admin`.
+"""
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
