@@ -25,6 +25,7 @@ lint: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check edgeruntime tests
 	$(VENV)/bin/lint-imports --no-cache pyproject.toml importlinter.ini
+	$(VENV)/bin/hadolint Dockerfile
 
 typecheck: $(STAMP)
 	$(PY) -m mypy

@@ -1,11 +1,11 @@
-"""`python -m benchmarks [peers|isolation|jobs|dashboard|metrics|history|path|parts] [options]` (default: peers)."""
+"""`python -m benchmarks NAME [options]`: NAME one of BENCHMARKS (default: peers)."""
 
 from __future__ import annotations
 
 import importlib
 import sys
 
-BENCHMARKS = ("peers", "isolation", "jobs", "dashboard", "metrics", "history", "path", "parts")
+BENCHMARKS = ("peers", "isolation", "jobs", "dashboard", "metrics", "history", "path", "parts", "sandbox")
 
 
 def main() -> int:

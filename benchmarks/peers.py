@@ -2,10 +2,11 @@
 
 The same two endpoints on every app: ``GET hello`` → ``{"ok": true}``; ``POST bg`` → 202 at once
 and 2 s of background work (edgeruntime: ``EdgeRuntime.wait_until``; Starlette: ``BackgroundTask``;
-FastAPI: ``BackgroundTasks``). Each server process is pinned to core 0 and the load generator (wrk,
-or a Python generator when wrk is missing) to core 1. Prints req/s, p50/p99, RSS per pending
-background task, background completion and cold start, with ratios against the peers measured in
-the same run. Usage::
+FastAPI: ``BackgroundTasks``; Deno, the runtime edgeruntime emulates: ``Deno.serve`` with an
+``EdgeRuntime.waitUntil`` shim, when the ``deno`` package or binary is installed). Each server
+process is pinned to core 0 and the load generator (wrk, or a Python generator when wrk is missing)
+to core 1. Prints req/s, p50/p99, RSS per pending background task, background completion and cold
+start, with ratios against the peers measured in the same run. Usage::
 
     python -m benchmarks peers [--duration 8] [--rounds 3] [--servers hypercorn,uvicorn] [--quick]
 """
@@ -37,6 +38,11 @@ REPO = ROOT.parent
 RESULTS = ROOT / "results"
 FUNCTIONS = ROOT / "functions"
 HAS_TASKSET = shutil.which("taskset") is not None and (os.cpu_count() or 1) >= 2
+DENO_APP = ROOT / "apps" / "deno_app.ts"
+DENO_MISSING = (
+    "Deno is not installed, so there is no Deno column: pip install deno "
+    "(it ships the binary; `pip install -e '.[bench]'` brings it)"
+)
 POST_LUA = 'wrk.method = "POST"\nwrk.body = "{}"\nwrk.headers["Content-Type"] = "application/json"\n'
 
 
@@ -97,6 +103,28 @@ class Target:
     env: dict[str, str] = field(default_factory=dict)
 
 
+def find_deno() -> str | None:
+    """The deno binary: the `deno` package's (the bench extra), else one on PATH; None when neither."""
+    try:
+        from deno import find_deno_bin
+    except ImportError:
+        pass
+    else:
+        try:
+            found: str = find_deno_bin()
+            return found
+        except FileNotFoundError:
+            pass
+    return shutil.which("deno")
+
+
+def deno_target(binary: str) -> Target:
+    """Deno.serve with the `waitUntil` shim; `start` adds the one port it may listen on."""
+    # No remote, npm, config or lock file: the app runs offline, with network access to its port only.
+    argv = [binary, "run", "--no-prompt", "--no-remote", "--no-npm", "--no-config", "--no-lock"]
+    return Target("deno", "deno", argv, "/hello", "/bg", env={"DENO_NO_UPDATE_CHECK": "1"})
+
+
 def targets(server: str, isolation_process: bool) -> list[Target]:
     found = []
     er_serve = [
@@ -144,14 +172,22 @@ def targets(server: str, isolation_process: bool) -> list[Target]:
     return found
 
 
-def start(target: Target, port: int, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+def command(target: Target, port: int) -> list[str]:
+    """The command line that serves `target` on 127.0.0.1:`port`."""
     argv = list(target.argv)
     if target.app.startswith("edgeruntime"):
         argv += ["--port", str(port)]
+    elif target.app == "deno":
+        argv += [f"--allow-net=127.0.0.1:{port}", str(DENO_APP), str(port)]
     elif target.server == "hypercorn":
         argv += ["--bind", f"127.0.0.1:{port}"]
     else:
         argv += ["--host", "127.0.0.1", "--port", str(port)]
+    return argv
+
+
+def start(target: Target, port: int, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    argv = command(target, port)
     # Output goes to a file: a pipe nobody reads fills up and blocks the server's log writes.
     with tempfile.TemporaryFile() as log:
         return subprocess.Popen(
@@ -410,7 +446,8 @@ def report(results: list[Result], cold: dict[str, tuple[float, float]]) -> str:
             f"| {_fmt(r.cold_start_ms)} | {'; '.join(r.notes)} |"
         )
     lines.append("")
-    for server in sorted({r.server for r in results}):
+    deno = next((r for r in results if r.app == "deno"), None)
+    for server in sorted({r.server for r in results} - {"deno"}):
         by_app = {r.app: r for r in results if r.server == server}
         er, st, fa = by_app.get("edgeruntime"), by_app.get("starlette"), by_app.get("fastapi")
         if er and st and er.hello and st.hello:
@@ -424,6 +461,16 @@ def report(results: list[Result], cold: dict[str, tuple[float, float]]) -> str:
                     f"{er.bg.rps / peer.bg.rps:.2f}x (goal >= 1.5x); edgeruntime p99 {er.bg.p99_ms:.1f} ms "
                     f"(goal <= 50 ms)"
                 )
+        if er and deno and er.hello and deno.hello:
+            lines.append(
+                f"- {server}: hello edgeruntime / Deno = {er.hello.rps / deno.hello.rps:.2f}x "
+                f"(goal >= 0.2x on the fastest server)"
+            )
+        if er and deno and er.bg and deno.bg:
+            lines.append(
+                f"- {server}: 202+background edgeruntime / Deno waitUntil = {er.bg.rps / deno.bg.rps:.2f}x; "
+                f"p99 {er.bg.p99_ms:.1f} ms vs Deno {deno.bg.p99_ms:.1f} ms"
+            )
         proc = by_app.get("edgeruntime-process")
         if er and proc and er.hello and proc.hello:
             lines.append(
@@ -458,6 +505,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{duration:.0f} s per run, {args.connections} connections",
         flush=True,
     )
+    deno = find_deno()
+    if deno is None:
+        print(f"# {DENO_MISSING}", flush=True)
     byte_compile()
     rounds: list[list[Result]] = []
     cold: dict[str, tuple[float, float]] = {}
@@ -470,6 +520,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             if number == 1:
                 print(f"  measuring cold start on {server} ...", file=sys.stderr, flush=True)
                 cold[server] = cold_start_20(server)
+        if deno is not None:
+            print(f"  round {number}: measuring Deno ...", file=sys.stderr, flush=True)
+            results.append(measure(deno_target(deno), duration, args.connections))
         rounds.append(results)
     results = [median_result(same) for same in zip(*rounds, strict=True)]
     text = report(results, cold)

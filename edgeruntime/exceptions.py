@@ -5,7 +5,10 @@ EdgeRuntimeError
 ├── UsageError               bad CLI input: missing directory, port in use, unknown function
 ├── NotSupportedError        an API the edge runtime forbids (`Deno.env.set`)
 ├── JobsError                the jobs system cannot do what was asked (no store, bad payload)
+│   └── StoreUnavailable     the store cannot be reached or written now; retrying may succeed
 ├── DashboardError           a dashboard API request that cannot be served (→ its 4xx JSON error)
+├── DuplicateHeader          a request repeats a header that must appear once (Authorization, apikey) → 400
+├── ResourceExhausted        the server is out of file descriptors → 503 RESOURCE_EXHAUSTED
 └── FunctionError            something went wrong in one function; the others keep serving
     ├── BootError            the function's module failed to load → 503 BOOT_ERROR
     ├── WorkerCrashed        the worker died (or its module raised at top level) → 500 WORKER_ERROR
@@ -22,6 +25,7 @@ __all__ = [
     "BootError",
     "ConfigError",
     "DashboardError",
+    "DuplicateHeader",
     "EdgeRuntimeError",
     "FunctionError",
     "IdleTimeout",
@@ -30,6 +34,8 @@ __all__ = [
     "LimitExceeded",
     "NotSupportedError",
     "PayloadTooLarge",
+    "StoreUnavailable",
+    "ResourceExhausted",
     "UsageError",
     "WallClockLimitExceeded",
     "WorkerCrashed",
@@ -59,12 +65,38 @@ class JobsError(EdgeRuntimeError):
     """Raised when a job cannot be enqueued or found, or no jobs store is running."""
 
 
+class StoreUnavailable(JobsError):
+    """Raised when the jobs store cannot be reached or written now (connection lost, database
+    locked or read-only); the same write may succeed later."""
+
+
 class DashboardError(EdgeRuntimeError):
     """Raised when a dashboard API request cannot be served; answered with `status`."""
 
     def __init__(self, status: int, message: str) -> None:
         self.status = status
         super().__init__(message)
+
+
+class DuplicateHeader(EdgeRuntimeError):
+    """Raised when a request sends a header that must appear once (a credential) more than once."""
+
+    def __init__(self, header: str) -> None:
+        self.header = header
+        super().__init__(f"the request has more than one {header} header")
+
+
+class ResourceExhausted(EdgeRuntimeError):
+    """Raised when the server is out of file descriptors: no function is at fault, and it passes.
+
+    Answered 503 RESOURCE_EXHAUSTED; unlike a boot error it is not recorded against the function.
+    """
+
+    def __init__(self, function: str | None, action: str) -> None:
+        self.function = function
+        #: What could not be done, e.g. "loading function hello".
+        self.action = action
+        super().__init__(f"out of file descriptors: {action} failed")
 
 
 class FunctionError(EdgeRuntimeError):

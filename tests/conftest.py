@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from edgeruntime.core import descriptors
 from tests.helpers import HELLO, write_function
 
 
@@ -41,3 +42,9 @@ def _edgeruntime_logs(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
         lg.handlers[:] = handlers
         lg.propagate = propagate
         lg.setLevel(level)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_exhaustion_log(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The out-of-descriptors log holds lines back for a second: each test starts with its own.
+    monkeypatch.setattr(descriptors, "exhaustion_log", descriptors.ExhaustionLog())

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import os
 import signal
 import socket
@@ -10,7 +12,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -33,6 +35,65 @@ async def handler(req: Request) -> JSONResponse:
 
 serve(handler)
 """
+
+
+#: Records every run in $RUNS_FILE and answers with the credential headers it received.
+CREDENTIALS_ECHO = """
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from edgeruntime import Deno, serve
+
+async def handler(req: Request) -> JSONResponse:
+    with open(Deno.env.get("RUNS_FILE"), "a") as f:
+        f.write("ran\\n")
+    def seen(name):
+        return [v.decode("latin-1") for k, v in req.scope["headers"] if k == name]
+    return JSONResponse({
+        "authorization": seen(b"authorization"),
+        "apikey": seen(b"apikey"),
+        "starlette": req.headers.get("authorization"),
+    })
+
+serve(handler)
+"""
+
+
+def forged_token(role: str = "service_role") -> str:
+    """An unsigned JWT (`alg: none`) claiming `role`: what an attacker sends."""
+
+    def part(data: dict[str, Any]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
+
+    return f"{part({'alg': 'none', 'typ': 'JWT'})}.{part({'iss': 'supabase-demo', 'role': role, 'exp': 4102444800})}."
+
+
+def raw_exchange(port: int, data: bytes, timeout: float = 10.0) -> bytes:
+    """Send `data` as is to 127.0.0.1:`port` and read until the server closes (or `timeout`)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        try:
+            sock.sendall(data)
+        except OSError:  # the server may answer (431) and close before reading it all
+            pass
+        chunks: list[bytes] = []
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                chunk = sock.recv(65536)
+            except TimeoutError:
+                break
+            except OSError:
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+
+def status_of(response: bytes) -> int | None:
+    """The status code of a raw HTTP/1.1 response, None if there is none."""
+    if not response.startswith(b"HTTP/1.1 "):
+        return None
+    return int(response[9:12])
 
 
 def write_function(functions_dir: Path, name: str, source: str) -> Path:
@@ -60,13 +121,16 @@ class ServerProcess:
         env: Mapping[str, str] | None = None,
         port: int | None = None,
         cwd: Path | None = None,
+        prefix: Sequence[str] = (),
     ) -> None:
+        """`prefix`: a command the server runs under (a bubblewrap view of the filesystem, say)."""
         self.port = port or free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.log_path = functions_dir.parent / f"serve-{self.port}.log"
         self._log: IO[bytes] = open(self.log_path, "wb")
+        command = [sys.executable, "-m", "edgeruntime", "serve", str(functions_dir), "--port", str(self.port), *args]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "edgeruntime", "serve", str(functions_dir), "--port", str(self.port), *args],
+            [*prefix, *command],
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},

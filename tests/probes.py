@@ -9,7 +9,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from edgeruntime.workers.process.sandbox import CHILD_MODULE
 from tests.helpers import HELLO, write_function
+
+#: The module a worker process runs, as it appears in its argv.
+CHILD = CHILD_MODULE.encode()
 
 PROBE = """
 import asyncio
@@ -109,6 +113,38 @@ async def handler(req):
 
 serve(handler)
 """
+
+
+def descendants(root: int) -> dict[int, list[bytes]]:
+    """Every live descendant of process `root` (at most 8 generations down), with its argv."""
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_bytes()
+            except OSError:
+                continue
+            parents[int(entry)] = int(stat[stat.rindex(b")") + 2 :].split()[1])
+    found: dict[int, list[bytes]] = {}
+    for pid in parents:
+        ancestor, hops = parents.get(pid), 0
+        while ancestor is not None and ancestor > 1 and ancestor != root and hops < 8:
+            ancestor, hops = parents.get(ancestor), hops + 1
+        if ancestor == root:
+            try:
+                found[pid] = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+    return found
+
+
+def worker_processes(server_pid: int) -> dict[str, int]:
+    """The worker processes of the server `server_pid` (under bwrap its great-grandchildren), by function."""
+    found: dict[str, int] = {}
+    for pid, argv in descendants(server_pid).items():
+        if CHILD in argv:  # python -P -m edgeruntime.workers.process.child FD PARENT NAME [UID:GID]
+            found[argv[argv.index(CHILD) + 3].decode()] = pid
+    return found
 
 
 def write_probe(functions_dir: Path) -> Path:

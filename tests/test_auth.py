@@ -17,10 +17,10 @@ from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 from edgeruntime.config.keys import PUBLISHABLE_KEY, SECRET_KEY, Keys, demo_keys
 from edgeruntime.config.project import DEFAULT_JWT_SECRET
 from edgeruntime.config.settings import Settings
-from edgeruntime.exceptions import ConfigError
-from edgeruntime.gateway.auth import Verifier
+from edgeruntime.exceptions import ConfigError, DuplicateHeader
+from edgeruntime.gateway.auth import Verifier, credentials
 from edgeruntime.testing import EdgeClient
-from tests.helpers import KEYS, ServerProcess, run_cli, write_function
+from tests.helpers import CREDENTIALS_ECHO, KEYS, ServerProcess, forged_token, run_cli, write_function
 
 WHOAMI = """
 import jwt
@@ -476,3 +476,88 @@ def test_unusable_jwks_refuses_asymmetric_tokens_with_one_warning(caplog: pytest
         assert failure is not None and failure.message == "Invalid JWT"
     assert caplog.text.count("SUPABASE_JWKS is not a usable JWK set") == 1
     assert verifier.check({"authorization": f"Bearer {KEYS.anon_key}"}) is None
+
+
+# -- one of each credential header -----------------------------------------------------------------
+
+DUPLICATE_AUTHORIZATION = {"code": "DUPLICATE_AUTH_HEADER", "message": "Request has more than one Authorization header"}
+DUPLICATE_APIKEY = {"code": "DUPLICATE_AUTH_HEADER", "message": "Request has more than one apikey header"}
+
+
+@pytest.fixture
+def echo_dir(functions_dir: Path) -> Path:
+    """`checked` (verify_jwt on) and `open` (verify_jwt off), both the credentials echo."""
+    write_function(functions_dir, "checked", CREDENTIALS_ECHO)
+    write_function(functions_dir, "open", CREDENTIALS_ECHO)
+    (functions_dir.parent / "config.toml").write_text("[functions.open]\nverify_jwt = false\n")
+    return functions_dir
+
+
+def runs_environ(runs: Path) -> dict[str, str]:
+    return {**os.environ, "RUNS_FILE": str(runs)}
+
+
+SMUGGLED = [
+    # (headers, the body of the 400): the forged copy first, then last.
+    ([("Authorization", f"Bearer {forged_token()}"), ("Authorization", f"Bearer {KEYS.anon_key}")], "authorization"),
+    ([("Authorization", f"Bearer {KEYS.anon_key}"), ("Authorization", f"Bearer {forged_token()}")], "authorization"),
+    ([("authorization", f"Bearer {KEYS.anon_key}"), ("AUTHORIZATION", f"Bearer {KEYS.anon_key}")], "authorization"),
+    ([("Authorization", f"Bearer {KEYS.anon_key}"), ("Authorization", "")], "authorization"),
+    ([("apikey", forged_token()), ("apikey", KEYS.publishable_key)], "apikey"),
+    ([("apikey", KEYS.publishable_key), ("apikey", SECRET_KEY + "-guess")], "apikey"),
+]
+
+
+@pytest.mark.parametrize("function", ["checked", "open"])
+@pytest.mark.parametrize(("headers", "which"), SMUGGLED)
+async def test_a_repeated_credential_header_is_400_and_the_function_never_runs(
+    echo_dir: Path, tmp_path: Path, function: str, headers: list[tuple[str, str]], which: str
+) -> None:
+    runs = tmp_path / "runs.txt"
+    async with EdgeClient(echo_dir, environ=runs_environ(runs)) as client:
+        for method in ("POST", "GET", "OPTIONS"):
+            r = await client.request(method, f"/functions/v1/{function}", headers=headers)
+            assert r.status_code == 400, (method, r.text)
+            assert r.json() == (DUPLICATE_APIKEY if which == "apikey" else DUPLICATE_AUTHORIZATION)
+            assert r.headers["sb-error-code"] == "DUPLICATE_AUTH_HEADER"
+            assert r.headers["content-type"] == "application/json"
+        assert not runs.exists()
+        await client.jobs.history.flush()
+        runs_api = await client.request("GET", "/_edgeruntime/api/runs", params={"function": function})
+        assert {(run["http_status"], run["status"]) for run in runs_api.json()["runs"]} == {(400, "failed")}
+
+
+async def test_the_function_reads_the_one_authorization_that_was_checked(echo_dir: Path, tmp_path: Path) -> None:
+    runs = tmp_path / "runs.txt"
+    anon = ("authorization", f"Bearer {KEYS.anon_key}")
+    async with EdgeClient(echo_dir, environ=runs_environ(runs)) as client:
+        # Even the same valid value twice: the function would read the header list, not one value.
+        r = await client.request("POST", "/functions/v1/checked", headers=[anon, anon])
+        assert r.status_code == 400
+        r = await client.invoke("checked", auth="anon")
+        assert r.json() == {
+            "authorization": [f"Bearer {KEYS.anon_key}"],
+            "apikey": [],
+            "starlette": f"Bearer {KEYS.anon_key}",
+        }
+        # The gateway's rewrite of a new-style key: still exactly one Authorization.
+        r = await client.invoke(
+            "checked", auth=None, headers={"authorization": f"Bearer {PUBLISHABLE_KEY}", "apikey": PUBLISHABLE_KEY}
+        )
+        assert r.json()["authorization"] == [f"Bearer {KEYS.anon_key}"]
+        assert r.json()["apikey"] == [PUBLISHABLE_KEY]
+        r = await client.invoke("open", auth=None, headers={"apikey": PUBLISHABLE_KEY})
+        assert r.json()["authorization"] == [f"Bearer {KEYS.anon_key}"]
+        # One of each is the normal supabase-js request.
+        r = await client.invoke("checked", auth="anon", headers={"apikey": KEYS.anon_key})
+        assert r.status_code == 200
+    assert runs.read_text().count("ran") == 4
+
+
+def test_credentials_reads_each_header_once() -> None:
+    assert credentials([(b"host", b"x"), (b"apikey", b"k"), (b"authorization", b"Bearer t")]) == (b"Bearer t", b"k")
+    assert credentials([]) == (None, None)
+    with pytest.raises(DuplicateHeader, match="more than one Authorization header"):
+        credentials([(b"authorization", b""), (b"authorization", b"Bearer t")])
+    with pytest.raises(DuplicateHeader, match="more than one apikey header"):
+        credentials([(b"apikey", b"a"), (b"x", b"y"), (b"apikey", b"a")])

@@ -51,6 +51,23 @@ def test_serve_bad_config_key(hello_dir: Path, capsys: pytest.CaptureFixture[str
     assert str(config) in err and "wall_clock_limit" in err
 
 
+@pytest.mark.parametrize("value", ["0", "-1", "nan", "7200", "soon"])
+def test_serve_bad_keep_alive_timeout_is_one_line(
+    hello_dir: Path, capsys: pytest.CaptureFixture[str], value: str
+) -> None:
+    try:
+        status = main(["serve", str(hello_dir), "--no-watch", "--keep-alive-timeout", value])
+    except SystemExit as exit:  # argparse: not a number at all
+        status = exit.code  # type: ignore[assignment]
+    assert status == 2
+    err = _one_line_error(capsys)
+    assert "--keep-alive-timeout" in err and value in err
+    if value == "soon":
+        assert "invalid float value" in err
+    else:
+        assert "expected a number of seconds greater than 0 and at most 3600" in err
+
+
 def test_bad_flag_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as info:
         main(["serve", "--port", "not-a-number"])
@@ -99,6 +116,31 @@ def test_keys(hello_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["keys", str(hello_dir)]) == 0
     out = capsys.readouterr().out
     assert KEYS.service_role_key in out and "sb_publishable_" in out and KEYS.jwt_secret in out
+
+
+def test_keys_list_and_invoke_do_not_repeat_env_warnings(hello_dir: Path) -> None:
+    # A .env name the runtime drops and a secret whose variable is unset: `serve` warns about both.
+    (hello_dir / ".env").write_text("SUPABASE_FOO=1\nOTHER=2\n")
+    (hello_dir.parent / "config.toml").write_text('[edge_runtime.secrets]\nAPI_KEY = "env(ER_TEST_UNSET_VAR)"\n')
+    env: dict[str, str] = {}  # ER_TEST_UNSET_VAR stays unset
+    for _ in range(2):  # e.g. `$(edgeruntime keys --anon)` in every curl of a script
+        r = run_cli("keys", str(hello_dir), "--anon", env=env)
+        assert (r.returncode, r.stdout.strip(), r.stderr) == (0, KEYS.anon_key, "")
+    r = run_cli("keys", str(hello_dir), "--json", env=env)
+    assert r.returncode == 0 and r.stderr == ""
+    r = run_cli("list", str(hello_dir), env=env)
+    assert r.returncode == 0 and r.stderr == "" and r.stdout.startswith("hello\t")
+    r = run_cli("invoke", "hello", "--directory", str(hello_dir), "--url", f"http://127.0.0.1:{free_port()}", env=env)
+    assert r.returncode == 2 and r.stderr.startswith("edgeruntime: error: cannot reach")
+    assert "SUPABASE_FOO" not in r.stderr and "ER_TEST_UNSET_VAR" not in r.stderr
+    # `serve` still reports them, once each (here it then stops: its port is taken).
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        r = run_cli("serve", str(hello_dir), "--port", str(taken.getsockname()[1]), env=env)
+    assert r.returncode == 2 and "is already in use" in r.stderr
+    assert r.stderr.count("Env name cannot start with SUPABASE_, skipping: SUPABASE_FOO") == 1
+    assert r.stderr.count("[edge_runtime.secrets] API_KEY: env(ER_TEST_UNSET_VAR) is not set, skipping") == 1
 
 
 @pytest.mark.e2e

@@ -185,6 +185,27 @@ ERRORS = [
     ('[cron.daily]\nfunction = "hello"\nschedule = "@daily"\noverlap = "queue"\n', ["[cron.daily] overlap"]),
     ('[cron.daily]\nfunction = "hello"\nschedule = "@daily"\nevery = 1\n', ["[cron.daily] every", "unknown key"]),
     ("[edge_runtime\npolicy = 1\n", ["not valid TOML", "line 1"]),
+    ('[dashboard]\nallowed_hosts = "dash.example.com"\n', ["[dashboard] allowed_hosts", "expected an array"]),
+    ("[dashboard]\nallowed_hosts = [8443]\n", ["[dashboard] allowed_hosts", "expected host names"]),
+    ('[dashboard]\nallowed_hosts = ["https://dash.example.com"]\n', ["[dashboard] allowed_hosts", "no scheme"]),
+    ('[dashboard]\nallowed_hosts = ["dash.example.com/admin"]\n', ["[dashboard] allowed_hosts", "no path"]),
+    (
+        '[dashboard]\nallowed_hosts = ["dash.example.com:http"]\n',
+        ["[dashboard] allowed_hosts", "'dash.example.com:http'"],
+    ),
+    (
+        '[dashboard]\nallowed_hosts = ["*"]\n',
+        ["[dashboard] allowed_hosts", "'*' would serve the dashboard to any Host"],
+    ),
+    ('[dashboard]\nallowed_hosts = ["a b"]\n', ["[dashboard] allowed_hosts", "'a b'"]),
+    ('[dashboard]\nallowed_host = ["dash.example.com"]\n', ["[dashboard] allowed_host", "unknown key"]),
+    ("[edge_runtime]\nkeep_alive_timeout_sec = 0\n", ["[edge_runtime] keep_alive_timeout_sec", "greater than 0"]),
+    ("[edge_runtime]\nkeep_alive_timeout_sec = -5\n", ["[edge_runtime] keep_alive_timeout_sec", "got -5"]),
+    ("[edge_runtime]\nkeep_alive_timeout_sec = nan\n", ["[edge_runtime] keep_alive_timeout_sec", "got nan"]),
+    ("[edge_runtime]\nkeep_alive_timeout_sec = inf\n", ["[edge_runtime] keep_alive_timeout_sec", "at most 3600"]),
+    ("[edge_runtime]\nkeep_alive_timeout_sec = 86400\n", ["[edge_runtime] keep_alive_timeout_sec", "at most 3600"]),
+    ('[edge_runtime]\nkeep_alive_timeout_sec = "5"\n', ["[edge_runtime] keep_alive_timeout_sec", "got '5'"]),
+    ("[edge_runtime]\nkeep_alive_timeout_sec = true\n", ["[edge_runtime] keep_alive_timeout_sec", "got true"]),
 ]
 
 
@@ -200,13 +221,30 @@ def test_errors_name_file_and_key(tmp_path: Path, text: str, expected: list[str]
         assert part in message
 
 
+def test_keep_alive_timeout_defaults_to_the_servers_5_s_and_the_flag_wins_over_the_config(hello_dir: Path) -> None:
+    assert Settings.build(hello_dir).keep_alive_timeout_sec == 5.0
+    write_config(hello_dir.parent / "config.toml", "[edge_runtime]\nkeep_alive_timeout_sec = 2.5\n")
+    assert Settings.build(hello_dir).keep_alive_timeout_sec == 2.5
+    assert Settings.build(hello_dir, keep_alive_timeout_sec=30).keep_alive_timeout_sec == 30
+    with pytest.raises(ConfigError, match=r"^--keep-alive-timeout: expected a number of seconds greater than 0"):
+        Settings.build(hello_dir, keep_alive_timeout_sec=0)
+
+
 def test_missing_explicit_config_is_an_error(hello_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"^--config: config file .*nowhere\.toml does not exist$"):
         Settings.build(hello_dir, config_path=tmp_path / "nowhere.toml")
 
 
+def test_dashboard_allowed_hosts(tmp_path: Path) -> None:
+    text = '[dashboard]\nallowed_hosts = ["Dash.Example.com", "*.corp.example:8443", "[::1]:9000", "10.0.0.7"]\n'
+    config = load_config(write_config(tmp_path / "config.toml", text), environ={})
+    assert config.dashboard.allowed_hosts == ("dash.example.com", "*.corp.example:8443", "[::1]:9000", "10.0.0.7")
+    assert load_config(None).dashboard.allowed_hosts == ()
+
+
 SERVE_ERRORS = [
     ('[functions.hello]\nverify_jwt = "no"\n', "[functions.hello] verify_jwt"),
+    ('[dashboard]\nallowed_hosts = ["http://x"]\n', "[dashboard] allowed_hosts"),
     ("[edge_runtime]\nwall_clock = 1\n", "[edge_runtime] wall_clock"),
     ("[edge_runtime\n", "not valid TOML"),
 ]

@@ -24,6 +24,7 @@ WORKER_LIMIT = {
 
 @pytest.fixture(params=["inline", "process"])
 def isolation(request: pytest.FixtureRequest) -> str:
+    # The clients below run with sandbox none: the probe records its events in a file of the test's.
     value: str = request.param
     return value
 
@@ -44,7 +45,11 @@ async def test_half_wall_clock_retires_and_idle_worker_is_early_dropped(
 ) -> None:
     events = write_probe(functions_dir)
     async with EdgeClient(
-        functions_dir, isolation=isolation, environ=environ_for(events), limits={"wall_clock_limit_sec": 1.0}
+        functions_dir,
+        isolation=isolation,
+        sandbox="none",
+        environ=environ_for(events),
+        limits={"wall_clock_limit_sec": 1.0},
     ) as client:
         first = await boot_of(client)
         await asyncio.sleep(0.7)
@@ -64,7 +69,11 @@ async def test_full_wall_clock_ends_worker_in_flight_546_background_cut(
 ) -> None:
     events = write_probe(functions_dir)
     async with EdgeClient(
-        functions_dir, isolation=isolation, environ=environ_for(events), limits={"wall_clock_limit_sec": 1.0}
+        functions_dir,
+        isolation=isolation,
+        sandbox="none",
+        environ=environ_for(events),
+        limits={"wall_clock_limit_sec": 1.0},
     ) as client:
         started = time.monotonic()
         first = await boot_of(client, bg_sleep=30)
@@ -93,7 +102,11 @@ async def test_retired_worker_with_background_work_is_dropped_only_when_it_ends(
 ) -> None:
     events = write_probe(functions_dir)
     async with EdgeClient(
-        functions_dir, isolation=isolation, environ=environ_for(events), limits={"wall_clock_limit_sec": 2.0}
+        functions_dir,
+        isolation=isolation,
+        sandbox="none",
+        environ=environ_for(events),
+        limits={"wall_clock_limit_sec": 2.0},
     ) as client:
         first = await boot_of(client, bg_sleep=1.3)
         await asyncio.sleep(1.1)
@@ -106,7 +119,7 @@ async def test_retired_worker_with_background_work_is_dropped_only_when_it_ends(
 
 async def test_shutdown_dispatches_termination_and_cuts_what_is_left(functions_dir: Path, isolation: str) -> None:
     events = write_probe(functions_dir)
-    client = EdgeClient(functions_dir, isolation=isolation, environ=environ_for(events))
+    client = EdgeClient(functions_dir, isolation=isolation, sandbox="none", environ=environ_for(events))
     async with client:
         first = await boot_of(client, bg_sleep=30)
     assert f"{first} beforeunload termination" in events_of(events)
@@ -119,6 +132,7 @@ async def test_cpu_soft_limit_retires(functions_dir: Path, isolation: str, caplo
     async with EdgeClient(
         functions_dir,
         isolation=isolation,
+        sandbox="none",
         environ=environ_for(events),
         limits={"cpu_soft_limit_ms": 100, "cpu_hard_limit_ms": 5000},
     ) as client:
@@ -137,6 +151,7 @@ async def test_cpu_hard_limit_ends_worker(
     async with EdgeClient(
         functions_dir,
         isolation=isolation,
+        sandbox="none",
         environ=environ_for(events),
         limits={"cpu_soft_limit_ms": 100, "cpu_hard_limit_ms": 200},
     ) as client:
@@ -159,7 +174,11 @@ async def test_retire_hand_over_under_continuous_load_loses_no_request(functions
     statuses: list[int] = []
     boots: set[str] = set()
     async with EdgeClient(
-        functions_dir, isolation=isolation, environ=environ_for(events), limits={"wall_clock_limit_sec": 1.0}
+        functions_dir,
+        isolation=isolation,
+        sandbox="none",
+        environ=environ_for(events),
+        limits={"wall_clock_limit_sec": 1.0},
     ) as client:
         deadline = time.monotonic() + 2.6
 
@@ -183,6 +202,7 @@ async def test_per_request_budget_covers_its_background_work(functions_dir: Path
     async with EdgeClient(
         functions_dir,
         isolation=isolation,
+        sandbox="none",
         policy="per_request",
         environ=environ_for(events),
         limits={"wall_clock_limit_sec": 1.0},
@@ -209,6 +229,7 @@ async def test_per_request_cpu_budget(functions_dir: Path, isolation: str) -> No
     async with EdgeClient(
         functions_dir,
         isolation=isolation,
+        sandbox="none",
         policy="per_request",
         environ=environ_for(events),
         limits={"cpu_soft_limit_ms": 100, "cpu_hard_limit_ms": 200},
@@ -250,7 +271,7 @@ async def test_limits_apply_per_function(functions_dir: Path) -> None:
 async def test_limit_hit_by_one_function_leaves_others_serving(functions_dir: Path, isolation: str) -> None:
     events = write_probe(functions_dir)
     (functions_dir.parent / "config.toml").write_text("[functions.probe]\nwall_clock_limit_sec = 1\n")
-    async with EdgeClient(functions_dir, isolation=isolation, environ=environ_for(events)) as client:
+    async with EdgeClient(functions_dir, isolation=isolation, sandbox="none", environ=environ_for(events)) as client:
         slow = asyncio.ensure_future(client.invoke("probe", params={"sleep": 30}))
         for _ in range(5):
             assert (await client.invoke("hello")).status_code == 200

@@ -20,16 +20,20 @@ from edgeruntime.gateway.extensions import Extension
 from edgeruntime.testing import EdgeClient
 from edgeruntime.workers.process.parent import ProcessWorker
 from tests.helpers import ServerProcess, write_function
-from tests.probes import LEAKY, environ_for, events_of, eventually, write_probe
+from tests.probes import LEAKY, environ_for, events_of, eventually, worker_processes, write_probe
+from tests.unit.gateway.test_app import check_client_gone_mid_body, check_exhaustion_is_503
 
 WORKER_ERROR = {"code": "WORKER_ERROR", "message": "Function exited due to an error (please check logs)"}
 
 
 async def pid_of(client: EdgeClient) -> int:
+    """The pid of the worker process that answers (as the server sees it: under bwrap the
+    function's own `os.getpid()` is its pid in its own PID namespace)."""
     r = await client.invoke("probe")
     assert r.status_code == 200, r.text
-    pid: int = r.json()["pid"]
-    return pid
+    worker = client.app.functions["probe"].worker
+    assert isinstance(worker, ProcessWorker) and worker.pid is not None
+    return worker.pid
 
 
 async def test_runaway_loop_is_killed_while_other_functions_answer(
@@ -64,8 +68,13 @@ async def test_memory_limit_ends_worker_while_other_functions_answer(
     functions_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     events = write_probe(functions_dir)
+    # Sandbox none: the probe records beforeunload in a file of the test's.
     async with EdgeClient(
-        functions_dir, isolation="process", environ=environ_for(events), limits={"memory_limit_mb": 64}
+        functions_dir,
+        isolation="process",
+        sandbox="none",
+        environ=environ_for(events),
+        limits={"memory_limit_mb": 64},
     ) as client:
         first = (await client.invoke("probe")).json()["boot"]
         started = time.monotonic()
@@ -108,7 +117,8 @@ async def test_env_of_a_function_is_visible_only_in_its_own_process(functions_di
         probe = (await client.invoke("probe")).json()
         assert leaky["mine"] == "from-leaky"
         assert probe["leaked"] is None
-        assert leaky["pid"] != probe["pid"] != os.getpid()
+        pids = [client.app.functions[name].worker.pid for name in ("leaky", "probe")]  # type: ignore[union-attr]
+        assert len({*pids, os.getpid()}) == 3
     assert "LEAKED_SECRET" not in os.environ
     # Inline, every function shares the server's process: the same write is visible to all.
     async with EdgeClient(functions_dir, environ=environ_for(events)) as client:
@@ -191,12 +201,12 @@ def test_real_server_process_isolation_survives_runaway(functions_dir: Path) -> 
 
     with ServerProcess(functions_dir, "--no-watch") as server, httpx.Client(timeout=30, headers=SERVICE_ROLE) as http:
         assert http.get(server.url("hello")).status_code == 200
-        first = http.get(server.url("probe")).json()["pid"]
+        first = http.get(server.url("probe")).json()["boot"]
         started = time.monotonic()
         assert http.get(server.url("probe"), params={"spin": 1}).status_code == 546
         assert time.monotonic() - started < 10
         assert http.get(server.url("hello")).status_code == 200
-        assert http.get(server.url("probe")).json()["pid"] != first
+        assert http.get(server.url("probe")).json()["boot"] != first
         assert server.terminate() == 0
     assert "CPU time hard limit reached" in server.output
     assert "isolation process" in server.output
@@ -226,8 +236,9 @@ async def handler(req):
 async def test_streamed_response_is_flow_controlled_to_a_slow_client(functions_dir: Path) -> None:
     write_function(functions_dir, "streamer", STREAMER)
     events = functions_dir.parent / "produced.txt"
+    # Sandbox none: the function reports its progress in a file of the test's.
     async with EdgeClient(
-        functions_dir, isolation="process", environ={**os.environ, "EVENTS_FILE": str(events)}
+        functions_dir, isolation="process", sandbox="none", environ={**os.environ, "EVENTS_FILE": str(events)}
     ) as client:
         received: list[int] = []
         stalled = asyncio.Event()
@@ -299,7 +310,10 @@ def test_real_server_streams_to_a_stalled_client_without_buffering_it_all(functi
     write_function(functions_dir, "streamer", STREAMER)
     events = functions_dir.parent / "produced.txt"
     env = {"EVENTS_FILE": str(events)}
-    with ServerProcess(functions_dir, "--no-watch", "--no-verify-jwt", "--isolation", isolation, env=env) as server:
+    sandbox = ("--sandbox", "none")  # the function reports its progress in a file of the test's
+    with ServerProcess(
+        functions_dir, "--no-watch", "--no-verify-jwt", "--isolation", isolation, *sandbox, env=env
+    ) as server:
         with socket.create_connection(("127.0.0.1", server.port), timeout=10) as client:
             client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
             client.sendall(b"GET /functions/v1/streamer HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
@@ -317,15 +331,18 @@ def _alive(pid: int) -> bool:
 
 
 @pytest.mark.e2e
-def test_worker_processes_die_with_a_killed_server(functions_dir: Path) -> None:
+@pytest.mark.parametrize("sandbox", ["auto", "none"])
+def test_worker_processes_die_with_a_killed_server(functions_dir: Path, sandbox: str) -> None:
     import threading
 
     import httpx
 
     write_probe(functions_dir)
     limits = ("--limit", "cpu_soft_limit_ms=60000", "--limit", "cpu_hard_limit_ms=60000")
-    with ServerProcess(functions_dir, "--no-watch", "--no-verify-jwt", "--isolation", "process", *limits) as server:
-        pid = httpx.get(server.url("probe"), timeout=30).json()["pid"]
+    options = ("--no-watch", "--no-verify-jwt", "--isolation", "process", "--sandbox", sandbox, *limits)
+    with ServerProcess(functions_dir, *options) as server:
+        assert httpx.get(server.url("probe"), timeout=30).status_code == 200
+        pid = worker_processes(server.proc.pid)["probe"]
 
         def spin() -> None:  # the worker never awaits again, so it cannot notice the socket closing
             with contextlib.suppress(httpx.HTTPError):
@@ -365,7 +382,7 @@ async def test_the_successor_is_booted_before_the_worker_retires_and_takes_over(
         assert supervisor._successor is not None
         successor = await asyncio.shield(supervisor._successor)
         assert isinstance(successor, ProcessWorker) and successor.proc is not None
-        assert await pid_of(client) == successor.proc.pid != first
+        assert await pid_of(client) == successor.pid != first
         assert supervisor.boots == 2
 
 
@@ -378,7 +395,7 @@ async def test_an_unused_successor_is_ended_on_reload_and_at_shutdown(functions_
         assert isinstance(unwanted, ProcessWorker) and unwanted.proc is not None
         client.app.reload({"probe"})  # the function's files changed: the successor has the old ones
         await eventually(lambda: unwanted.proc is not None and unwanted.proc.poll() is not None, what="its end")
-        assert await pid_of(client) != unwanted.proc.pid  # booted afresh
+        assert await pid_of(client) != unwanted.pid  # booted afresh
         spare = await asyncio.shield(await eventually(lambda: supervisor._successor, what="a successor"))
         assert isinstance(spare, ProcessWorker) and spare.proc is not None
     assert spare.proc.poll() is not None
@@ -428,3 +445,16 @@ async def test_a_request_the_wall_clock_ends_in_a_worker_process_raises_wall_clo
             )
         assert raised.value.reason == "WallClockTime" and isinstance(raised.value, TimeoutError)
         assert sent == []
+
+
+async def test_a_client_gone_mid_body_is_recorded_as_a_disconnect(
+    hello_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    await check_client_gone_mid_body(hello_dir, caplog, "process")
+
+
+@pytest.mark.parametrize("where", ["boot", "handler"])
+async def test_out_of_file_descriptors_is_503_not_a_boot_error_or_a_500_and_passes(
+    functions_dir: Path, caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str], where: str
+) -> None:
+    await check_exhaustion_is_503(functions_dir, caplog, capfd, "process", where)

@@ -1,4 +1,4 @@
-"""413 PAYLOAD_TOO_LARGE while the body streams in, 504 IDLE_TIMEOUT before the response starts."""
+"""413 PAYLOAD_TOO_LARGE while the body streams in, 504 IDLE_TIMEOUT before the response starts, 431 for big heads."""
 
 from __future__ import annotations
 
@@ -6,13 +6,15 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from edgeruntime.core.context import ExecutionContext
+from edgeruntime.core.types import Message, Receive, Scope, Send
 from edgeruntime.core.worker_state import default_worker
 from edgeruntime.testing import EdgeClient
-from edgeruntime.workers.request_limits import IdleTimeouts
+from edgeruntime.workers.request_limits import MAX_HEAD_BYTES, BodyLimit, IdleTimeouts, head_size, limit_head
 from tests.probes import environ_for, write_probe
 
 TOO_LARGE = {"code": "PAYLOAD_TOO_LARGE", "message": "Request body is larger than the function's max_request_body_mb"}
@@ -22,6 +24,7 @@ ONE_KB_IN_MB = 1024 / (1024 * 1024)
 
 @pytest.fixture(params=["inline", "process"])
 def isolation(request: pytest.FixtureRequest) -> str:
+    # The clients below run with sandbox none: the probe records its events in a file of the test's.
     value: str = request.param
     return value
 
@@ -34,7 +37,11 @@ async def chunks(count: int, size: int) -> AsyncIterator[bytes]:
 async def test_declared_oversize_body_is_413_before_the_function_runs(functions_dir: Path, isolation: str) -> None:
     events = write_probe(functions_dir)
     async with EdgeClient(
-        functions_dir, isolation=isolation, environ=environ_for(events), limits={"max_request_body_mb": ONE_KB_IN_MB}
+        functions_dir,
+        isolation=isolation,
+        sandbox="none",
+        environ=environ_for(events),
+        limits={"max_request_body_mb": ONE_KB_IN_MB},
     ) as client:
         r = await client.invoke("probe", params={"echo": 1}, content=b"x" * 2000)
         assert r.status_code == 413
@@ -49,7 +56,11 @@ async def test_declared_oversize_body_is_413_before_the_function_runs(functions_
 async def test_streamed_oversize_body_is_413_while_streaming(functions_dir: Path, isolation: str) -> None:
     events = write_probe(functions_dir)
     async with EdgeClient(
-        functions_dir, isolation=isolation, environ=environ_for(events), limits={"max_request_body_mb": ONE_KB_IN_MB}
+        functions_dir,
+        isolation=isolation,
+        sandbox="none",
+        environ=environ_for(events),
+        limits={"max_request_body_mb": ONE_KB_IN_MB},
     ) as client:
         # No content-length: chunked. 50 chunks of 100 bytes: cut at the 11th, never buffered whole.
         url = "/functions/v1/probe?echo=1"
@@ -67,7 +78,11 @@ async def test_streamed_oversize_body_is_413_while_streaming(functions_dir: Path
 async def test_no_response_within_idle_timeout_is_504(functions_dir: Path, isolation: str) -> None:
     events = write_probe(functions_dir)
     async with EdgeClient(
-        functions_dir, isolation=isolation, environ=environ_for(events), limits={"request_idle_timeout_sec": 0.5}
+        functions_dir,
+        isolation=isolation,
+        sandbox="none",
+        environ=environ_for(events),
+        limits={"request_idle_timeout_sec": 0.5},
     ) as client:
         await client.invoke("probe")
         started = time.monotonic()
@@ -134,3 +149,74 @@ async def test_one_timer_expires_only_the_requests_still_waiting() -> None:
     for task in (finished, answered):
         task.cancel()
     timeouts.close()
+
+
+# -- the request head (431) ------------------------------------------------------------------------
+
+
+def scope_with(headers: list[tuple[bytes, bytes]], kind: str = "http") -> dict[str, Any]:
+    return {
+        "type": kind,
+        "method": "GET",
+        "raw_path": b"/functions/v1/hello",
+        "query_string": b"a=1",
+        "headers": headers,
+    }
+
+
+def test_head_size_never_counts_more_than_the_head_was() -> None:
+    headers = [(b"host", b"127.0.0.1:54321"), (b"authorization", b"Bearer " + b"t" * 300), (b"x-empty", b"")]
+    raw = b"GET /functions/v1/hello?a=1 HTTP/1.1\r\n" + b"".join(k + b": " + v + b"\r\n" for k, v in headers) + b"\r\n"
+    assert len(raw) - len(headers) <= head_size(scope_with(headers)) <= len(raw)
+
+
+async def test_limit_head_answers_431_before_the_app_sees_the_request() -> None:
+    seen: list[str] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        seen.append(scope["type"])
+
+    limited = limit_head(app)
+    sent: list[Message] = []
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    async def receive() -> Message:
+        return {"type": "http.request"}
+
+    big = [(b"x-big", b"a" * MAX_HEAD_BYTES)]
+    many = [(b"x-%d" % i, b"") for i in range(MAX_HEAD_BYTES // 4)]
+    for headers in (big, many):
+        sent.clear()
+        await limited(scope_with(headers), receive, send)
+        assert sent[0] == {
+            "type": "http.response.start",
+            "status": 431,
+            "headers": [(b"content-length", b"0"), (b"connection", b"close")],
+        }
+        await limited(scope_with(headers, "websocket"), receive, send)
+        assert sent[-1] == {"type": "websocket.close", "code": 1009}
+    assert seen == []
+    await limited(scope_with([(b"x-fits", b"a" * (MAX_HEAD_BYTES - 100))]), receive, send)
+    await limited({"type": "lifespan"}, receive, send)
+    assert seen == ["http", "lifespan"]
+
+
+async def test_body_limit_notes_a_client_gone_before_the_response() -> None:
+    messages: list[Message] = [{"type": "http.request", "body": b"ab", "more_body": True}, {"type": "http.disconnect"}]
+
+    async def receive() -> Message:
+        return messages.pop(0)
+
+    ctx = ExecutionContext("fn", default_worker())
+    body = BodyLimit(receive, "fn", 100, ctx)
+    await body.receive()
+    assert not ctx.client_disconnected
+    await body.receive()
+    assert ctx.client_disconnected
+    # After the response started, a disconnect is the normal end of the request.
+    late = ExecutionContext("fn", default_worker(), response_started=True)
+    messages.append({"type": "http.disconnect"})
+    await BodyLimit(receive, "fn", 100, late).receive()
+    assert not late.client_disconnected

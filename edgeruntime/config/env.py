@@ -17,7 +17,15 @@ from pathlib import Path
 from edgeruntime.config.keys import Keys
 from edgeruntime.exceptions import ConfigError
 
-__all__ = ["applied_env", "apply_env", "build_env", "read_env_file", "restore_env"]
+__all__ = [
+    "applied_env",
+    "apply_env",
+    "build_env",
+    "read_env_file",
+    "restore_env",
+    "runtime_environ",
+    "withheld_environ",
+]
 
 logger = logging.getLogger("edgeruntime")
 
@@ -26,6 +34,44 @@ RESERVED_PREFIX = "SUPABASE_"
 HIDDEN_PREFIX = "SUPABASE_INTERNAL_"
 ENV_FILE = ".env"
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+
+#: Variables of the server's environment a worker process needs to run; none of them a secret.
+RUNTIME_ENV = frozenset(
+    {
+        "PATH",
+        "LANG",
+        "LANGUAGE",
+        "TZ",
+        "TMPDIR",
+        "LD_LIBRARY_PATH",
+        "VIRTUAL_ENV",
+        "SSL_CERT_FILE",
+        "SSL_CERT_DIR",
+        "REQUESTS_CA_BUNDLE",
+        "CURL_CA_BUNDLE",
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "NO_PROXY",
+        "ALL_PROXY",
+        "http_proxy",
+        "https_proxy",
+        "no_proxy",
+        "all_proxy",
+    }
+)
+RUNTIME_ENV_PREFIXES = ("LC_", "PYTHON")
+#: The env names `edgeruntime` injects: a server's environment may set them (e.g. SUPABASE_URL).
+INJECTED_ENV = frozenset(
+    {
+        "SUPABASE_URL",
+        "SUPABASE_ANON_KEY",
+        "SUPABASE_SERVICE_ROLE_KEY",
+        "SUPABASE_DB_URL",
+        "SUPABASE_JWKS",
+        "SUPABASE_PUBLISHABLE_KEYS",
+        "SUPABASE_SECRET_KEYS",
+    }
+)
 
 
 def read_env_file(path: Path) -> dict[str, str]:
@@ -41,11 +87,24 @@ def read_env_file(path: Path) -> dict[str, str]:
     return {k: v for k, v in values.items() if v is not None}
 
 
-def _drop_reserved(values: Mapping[str, str], warned: set[str]) -> dict[str, str]:
+def runtime_environ(environ: Mapping[str, str]) -> dict[str, str]:
+    """The part of `environ` a worker process needs to run (see RUNTIME_ENV)."""
+    return {k: v for k, v in environ.items() if k in RUNTIME_ENV or k.startswith(RUNTIME_ENV_PREFIXES)}
+
+
+def withheld_environ(environ: Mapping[str, str]) -> dict[str, str]:
+    """What of the server's `environ` a sandboxed function's env is built from: the runtime's
+    needs and the injected names it overrides; the rest (the server's secrets) stays out."""
+    kept = runtime_environ(environ)
+    kept.update({k: v for k, v in environ.items() if k in INJECTED_ENV})
+    return kept
+
+
+def _drop_reserved(values: Mapping[str, str], warned: set[str], warn: bool) -> dict[str, str]:
     kept: dict[str, str] = {}
     for name, value in values.items():
         if name.upper().startswith(RESERVED_PREFIX):
-            if name not in warned:  # one line per name, even when it is in config.toml and .env
+            if warn and name not in warned:  # one line per name, even when it is in config.toml and .env
                 warned.add(name)
                 logger.warning("Env name cannot start with SUPABASE_, skipping: %s", name)
             continue
@@ -62,19 +121,21 @@ def build_env(
     secrets: Mapping[str, str] | None = None,
     env_file: Path | None = None,
     database_url: str | None = None,
+    warn: bool = True,
 ) -> dict[str, str]:
     """The complete env of every function of a server.
 
     `database_url` (``--database-url``) becomes ``SUPABASE_DB_URL`` when it is a PostgreSQL URL,
-    as the Supabase CLI hands functions the project database.
+    as the Supabase CLI hands functions the project database. `warn=False` drops reserved names
+    without a warning.
     """
     env = {k: v for k, v in environ.items() if not k.startswith(HIDDEN_PREFIX)}
     warned: set[str] = set()
     if secrets:
-        env.update(_drop_reserved(secrets, warned))
+        env.update(_drop_reserved(secrets, warned, warn))
     file = env_file if env_file is not None else functions_dir / ENV_FILE
     if env_file is not None or file.is_file():
-        env.update(_drop_reserved(read_env_file(file), warned))
+        env.update(_drop_reserved(read_env_file(file), warned, warn))
     env.setdefault("SUPABASE_URL", base_url)
     if database_url and database_url.startswith(POSTGRES_SCHEMES):
         env.setdefault("SUPABASE_DB_URL", database_url)

@@ -1,4 +1,4 @@
-"""config.toml: the `[edge_runtime]`, `[auth]`, `[functions.<name>]` and `[cron.<name>]` sections.
+"""config.toml: the `[edge_runtime]`, `[auth]`, `[dashboard]`, `[functions.<name>]` and `[cron.<name>]` sections.
 
 The file is found by ``--config`` or as ``config.toml`` in the functions directory's parent, so a
 Supabase project's ``supabase/config.toml`` works when serving ``supabase/functions``. Sections
@@ -17,13 +17,23 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 from edgeruntime.exceptions import ConfigError
 from edgeruntime.functions.slug import is_valid_slug
 from edgeruntime.limits import DEFAULT_LIMITS, LIMIT_KEYS, Isolation, Limits, Policy
 
-__all__ = ["CronConfig", "FunctionConfig", "ProjectConfig", "find_config", "load_config"]
+__all__ = [
+    "SANDBOX_MODES",
+    "CronConfig",
+    "DashboardConfig",
+    "FunctionConfig",
+    "ProjectConfig",
+    "SandboxMode",
+    "find_config",
+    "load_config",
+    "parse_uid_range",
+]
 
 logger = logging.getLogger("edgeruntime")
 
@@ -50,7 +60,19 @@ FOREIGN_EDGE_RUNTIME_KEYS = frozenset({"enabled", "inspector_port", "deno_versio
 #: `[functions.<name>]` keys of the Supabase CLI that have no meaning here (accepted, ignored).
 FOREIGN_FUNCTION_KEYS = frozenset({"import_map", "entrypoint", "static_files"})
 CRON_OVERLAP = ("skip", "allow")
+#: How long an idle HTTP connection stays open (Uvicorn's and Hypercorn's own default).
+DEFAULT_KEEP_ALIVE_TIMEOUT_SEC = 5.0
+#: The longest keep-alive accepted: an idle connection holds a descriptor all that time.
+MAX_KEEP_ALIVE_TIMEOUT_SEC = 3600.0
+#: What wraps each worker process under process isolation (see :mod:`edgeruntime.workers.process.sandbox`).
+SandboxMode = Literal["auto", "bwrap", "uid", "basic", "none"]
+SANDBOX_MODES: tuple[SandboxMode, ...] = ("auto", "bwrap", "uid", "basic", "none")
+#: 65536 uids (and gids of the same numbers) in the block systemd leaves unassigned (1879048192 and up).
+DEFAULT_UID_RANGE = (1_879_048_192, 1_879_113_727)
+MAX_UID = 4_294_967_294
 _ENV_REF = re.compile(r"^env\((?P<name>[A-Za-z_][A-Za-z0-9_]*)\)$")
+#: An `[dashboard] allowed_hosts` entry: a name (`*.` for any subdomain) or an address, with an optional port.
+_ALLOWED_HOST = re.compile(r"^(\*\.)?([a-z0-9_-]+(\.[a-z0-9_-]+)*|\[[0-9a-f:.]+\])(:[0-9]{1,5})?$")
 
 
 @dataclass(frozen=True)
@@ -62,6 +84,15 @@ class FunctionConfig:
     description: str | None = None
     #: Limit keys set for this function only (applied over the global limits).
     limits: Mapping[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DashboardConfig:
+    """`[dashboard]`."""
+
+    #: Host names (besides loopback ones) under which a dashboard open on loopback is served:
+    #: lower-case, as `name`, `name:port`, `*.domain` or `[address]:port`.
+    allowed_hosts: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -94,6 +125,15 @@ class ProjectConfig:
     cron: Mapping[str, CronConfig] = field(default_factory=dict)
     #: The raw `[jobs]` table (queue and retention settings), validated by `edgeruntime.jobs`.
     jobs: Mapping[str, Any] = field(default_factory=dict)
+    dashboard: DashboardConfig = DashboardConfig()
+    #: `[edge_runtime] keep_alive_timeout_sec`: seconds an idle HTTP connection stays open.
+    keep_alive_timeout_sec: float = DEFAULT_KEEP_ALIVE_TIMEOUT_SEC
+    #: What wraps each worker process under process isolation (see :mod:`edgeruntime.workers.process.sandbox`).
+    sandbox: SandboxMode = "auto"
+    #: `[edge_runtime] worker_uid_range` as (first, last), when set.
+    worker_uid_range: tuple[int, int] | None = None
+    #: `[auth] signing_keys_path`, resolved (a file worker processes must not read).
+    signing_keys_path: Path | None = None
 
     def function(self, name: str) -> FunctionConfig:
         return self.functions.get(name) or FunctionConfig()
@@ -103,6 +143,28 @@ class ProjectConfig:
         own = self.function(name).limits
         limits = base or self.limits
         return limits.replace(**own) if own else limits
+
+
+def keep_alive_problem(value: object) -> str | None:
+    """What is wrong with `value` as a keep-alive timeout in seconds, or None if it will do."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= MAX_KEEP_ALIVE_TIMEOUT_SEC:
+        shown = _kind(value) if not isinstance(value, float) else f"{value:g}"
+        return f"expected a number of seconds greater than 0 and at most {MAX_KEEP_ALIVE_TIMEOUT_SEC:g}, got {shown}"
+    return None
+
+
+def parse_uid_range(value: Any) -> tuple[int, int]:
+    """`[first, last]` (a TOML array of two uids) → (first, last); ValueError says what is wrong."""
+    if (
+        not isinstance(value, list)
+        or len(value) != 2
+        or not all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+    ):
+        raise ValueError(f"expected [first, last] (two uids), got {value!r}")
+    first, last = value
+    if not 1 <= first <= last <= MAX_UID:
+        raise ValueError(f"expected 1 <= first <= last <= {MAX_UID}, got [{first}, {last}]")
+    return first, last
 
 
 def find_config(functions_dir: Path, explicit: Path | None) -> Path | None:
@@ -210,8 +272,35 @@ def _signing_keys(r: _Reader, path: Path) -> tuple[Mapping[str, Any], ...]:
     return tuple(data)
 
 
-def load_config(path: Path | None, environ: Mapping[str, str] | None = None) -> ProjectConfig:
-    """Read and validate `path`; defaults when `path` is None."""
+def _dashboard(r: _Reader, raw: Any) -> DashboardConfig:
+    table = r.table(raw, "[dashboard]")
+    r.check_keys(table, "dashboard", {"allowed_hosts"})
+    key = "[dashboard] allowed_hosts"
+    entries = table.get("allowed_hosts", [])
+    if not isinstance(entries, list):
+        raise r.error(key, f"expected an array of host names, got {_kind(entries)}")
+    hosts: list[str] = []
+    for entry in entries:
+        if not isinstance(entry, str):
+            raise r.error(key, f"expected host names (strings), got {_kind(entry)}")
+        host = entry.strip().lower()
+        if host == "*":
+            raise r.error(key, "'*' would serve the dashboard to any Host, as DNS rebinding needs; list the names")
+        if not _ALLOWED_HOST.match(host):
+            raise r.error(
+                key,
+                f"expected a host name as clients send it in Host, like 'dash.example.com', "
+                f"'dash.example.com:8443' or '*.example.com' (no scheme, no path), got {entry!r}",
+            )
+        hosts.append(host)
+    return DashboardConfig(allowed_hosts=tuple(hosts))
+
+
+def load_config(path: Path | None, environ: Mapping[str, str] | None = None, *, warn: bool = True) -> ProjectConfig:
+    """Read and validate `path`; defaults when `path` is None.
+
+    `warn=False` skips secrets whose variable is unset without the warning line.
+    """
     if path is None:
         return ProjectConfig()
     environ = os.environ if environ is None else environ
@@ -222,20 +311,33 @@ def load_config(path: Path | None, environ: Mapping[str, str] | None = None) -> 
     except OSError as exc:
         raise ConfigError(f"{path}: cannot be read: {exc.strerror}") from None
     r = _Reader(path)
-    r.check_keys(data, "top level", FOREIGN_SECTIONS | {"edge_runtime", "auth", "functions", "cron", "jobs"})
+    r.check_keys(
+        data, "top level", FOREIGN_SECTIONS | {"edge_runtime", "auth", "dashboard", "functions", "cron", "jobs"}
+    )
 
     er = r.table(data.get("edge_runtime", {}), "[edge_runtime]")
-    own_er = {"policy", "isolation", "secrets", *LIMIT_KEYS}
+    own_er = {"policy", "isolation", "secrets", "keep_alive_timeout_sec", "sandbox", "worker_uid_range", *LIMIT_KEYS}
     r.check_keys(er, "edge_runtime", own_er | FOREIGN_EDGE_RUNTIME_KEYS)
     policy = er.get("policy", "per_worker")
     if policy == "oneshot":  # the Supabase CLI's other policy: one request per worker
         policy = "per_request"
     policy = r.choice({"policy": policy}, "edge_runtime", "policy", "per_worker", ("per_worker", "per_request"))
     isolation = r.choice(er, "edge_runtime", "isolation", "inline", ("inline", "process"))
+    sandbox = r.choice(er, "edge_runtime", "sandbox", "auto", SANDBOX_MODES)
+    uid_range = None
+    if "worker_uid_range" in er:
+        try:
+            uid_range = parse_uid_range(er["worker_uid_range"])
+        except ValueError as exc:
+            raise r.error("[edge_runtime] worker_uid_range", str(exc)) from None
     try:
         limits = DEFAULT_LIMITS.replace(**r.limits(er, "edge_runtime"))
     except ValueError as exc:
         raise r.error("[edge_runtime]", str(exc)) from None
+    keep_alive = er.get("keep_alive_timeout_sec", DEFAULT_KEEP_ALIVE_TIMEOUT_SEC)
+    problem = keep_alive_problem(keep_alive)
+    if problem is not None:
+        raise r.error("[edge_runtime] keep_alive_timeout_sec", problem)
 
     secrets: dict[str, str] = {}
     for key, value in r.table(er.get("secrets", {}), "[edge_runtime.secrets]").items():
@@ -243,7 +345,8 @@ def load_config(path: Path | None, environ: Mapping[str, str] | None = None) -> 
             raise r.error(f"[edge_runtime.secrets] {key}", f"expected a string, got {_kind(value)}")
         resolved = resolve_secret(value, environ)
         if resolved is None:  # as the Supabase CLI: a secret whose variable is unset is not set at all
-            logger.warning("%s: [edge_runtime.secrets] %s: %s is not set, skipping", path, key, value.strip())
+            if warn:
+                logger.warning("%s: [edge_runtime.secrets] %s: %s is not set, skipping", path, key, value.strip())
             continue
         secrets[key.upper()] = resolved
 
@@ -256,7 +359,8 @@ def load_config(path: Path | None, environ: Mapping[str, str] | None = None) -> 
     if len(jwt_secret) < 16:
         raise r.error("[auth] jwt_secret", "must be at least 16 characters long")
     signing_keys_path = r.string(auth, "auth", "signing_keys_path", None)
-    signing_keys = _signing_keys(r, path.parent / signing_keys_path) if signing_keys_path else ()
+    keys_file = path.parent / signing_keys_path if signing_keys_path else None
+    signing_keys = _signing_keys(r, keys_file) if keys_file is not None else ()
 
     functions: dict[str, FunctionConfig] = {}
     for name, raw in r.table(data.get("functions", {}), "[functions]").items():
@@ -309,4 +413,9 @@ def load_config(path: Path | None, environ: Mapping[str, str] | None = None) -> 
         functions=functions,
         cron=cron,
         jobs=r.table(data.get("jobs", {}), "[jobs]"),
+        dashboard=_dashboard(r, data.get("dashboard", {})),
+        keep_alive_timeout_sec=float(keep_alive),
+        sandbox=cast(SandboxMode, sandbox),
+        worker_uid_range=uid_range,
+        signing_keys_path=keys_file,
     )

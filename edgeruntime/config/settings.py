@@ -6,26 +6,37 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from edgeruntime.config.env import build_env
+from edgeruntime.config.env import build_env, withheld_environ
 from edgeruntime.config.keys import Keys, demo_keys
-from edgeruntime.config.project import ProjectConfig, find_config, load_config
+from edgeruntime.config.project import (
+    DEFAULT_KEEP_ALIVE_TIMEOUT_SEC,
+    SANDBOX_MODES,
+    ProjectConfig,
+    SandboxMode,
+    find_config,
+    keep_alive_problem,
+    load_config,
+)
 from edgeruntime.exceptions import ConfigError
 from edgeruntime.functions.discovery import check_functions_dir
 from edgeruntime.limits import FREE_TIER, LIMIT_KEYS, PRO_TIER, Isolation, Limits, Policy
 
-__all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "Settings", "parse_limit_options"]
+__all__ = ["DEFAULT_HOST", "DEFAULT_KEEP_ALIVE_TIMEOUT_SEC", "DEFAULT_PORT", "Settings", "parse_limit_options"]
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 54321
 #: How long shutdown waits for background work (the edge runtime's --graceful-exit-timeout).
 DEFAULT_GRACEFUL_EXIT_TIMEOUT_SEC = 15.0
 LogFormat = Literal["text", "json"]
+
+logger = logging.getLogger("edgeruntime")
 
 
 @dataclass(frozen=True)
@@ -44,10 +55,22 @@ class Settings:
     #: None: each function's verify_jwt applies; False: `--no-verify-jwt` turned it off for all.
     verify_jwt_override: bool | None = None
     graceful_exit_timeout_sec: float = DEFAULT_GRACEFUL_EXIT_TIMEOUT_SEC
+    #: Seconds an idle connection stays open (`--keep-alive-timeout`, `[edge_runtime] keep_alive_timeout_sec`).
+    keep_alive_timeout_sec: float = DEFAULT_KEEP_ALIVE_TIMEOUT_SEC
     watch: bool = True
     log_format: LogFormat = "text"
     database_url: str | None = None
+    #: Where `database_url` came from, for error messages: "--database-url" or "EDGERUNTIME_DATABASE_URL".
+    database_url_source: str = "--database-url"
     server: str = "hypercorn"
+    #: What wraps each worker process under process isolation (resolved by
+    #: :func:`edgeruntime.workers.process.sandbox.sandbox_for`).
+    sandbox: SandboxMode = "auto"
+    #: `--sandbox` when it was given (it then wins over config.toml).
+    sandbox_flag: bool = False
+    #: The env of a sandboxed worker process: `env` built without the server's own environment
+    #: (only what Python needs to run and the injected SUPABASE_* names it overrides).
+    isolated_env: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def base_url(self) -> str:
@@ -85,15 +108,21 @@ class Settings:
         host: str = DEFAULT_HOST,
         port: int = DEFAULT_PORT,
         database_url: str | None = None,
+        warn_env: bool = True,
+        keep_alive_timeout_sec: float | None = None,
+        sandbox: str | None = None,
         **options: Any,
     ) -> Settings:
         """Resolve settings the way `edgeruntime serve` does; flags win over config.toml.
 
         `limits` replaces the limits (a Limits) or overrides some of them (a mapping of limit keys).
+        `warn_env=False` leaves out the warnings about the functions' env (dropped `SUPABASE_*`
+        names, unset secrets), for commands that only read the keys or the function list.
+        `keep_alive_timeout_sec` (the `--keep-alive-timeout` flag) overrides the config's.
         """
         environ = os.environ if environ is None else environ
         directory = check_functions_dir(Path(functions_dir))
-        config = load_config(find_config(directory, Path(config_path) if config_path else None), environ)
+        config = load_config(find_config(directory, Path(config_path) if config_path else None), environ, warn=warn_env)
         effective = config.limits
         if tier is not None:
             if tier not in ("free", "pro"):
@@ -107,6 +136,14 @@ class Settings:
                 effective = effective.replace(**limits)
             except (TypeError, ValueError) as exc:
                 raise ConfigError(f"limits: {exc}") from None
+        if keep_alive_timeout_sec is None:
+            keep_alive_timeout_sec = config.keep_alive_timeout_sec
+        else:
+            problem = keep_alive_problem(keep_alive_timeout_sec)
+            if problem is not None:
+                raise ConfigError(f"--keep-alive-timeout: {problem}")
+        if sandbox is not None and sandbox not in SANDBOX_MODES:
+            raise ConfigError(f"--sandbox: expected one of {', '.join(SANDBOX_MODES)}, got {sandbox!r}")
         keys = demo_keys(config.jwt_secret, config.signing_keys)
         settings = cls(
             functions_dir=directory,
@@ -120,18 +157,27 @@ class Settings:
             port=port,
             verify_jwt_override=False if no_verify_jwt else None,
             database_url=database_url or environ.get("EDGERUNTIME_DATABASE_URL"),
+            database_url_source="--database-url" if database_url else "EDGERUNTIME_DATABASE_URL",
+            keep_alive_timeout_sec=keep_alive_timeout_sec,
+            sandbox=sandbox or config.sandbox,
+            sandbox_flag=sandbox is not None,
             **options,
         )
-        env = build_env(
-            environ=environ,
-            functions_dir=directory,
-            keys=keys,
-            base_url=settings.base_url,
-            secrets=config.secrets,
-            env_file=Path(env_file) if env_file else None,
-            database_url=settings.database_url,
-        )
+        layers: dict[str, Any] = {
+            "functions_dir": directory,
+            "keys": keys,
+            "base_url": settings.base_url,
+            "secrets": config.secrets,
+            "env_file": Path(env_file) if env_file else None,
+            "database_url": settings.database_url,
+        }
+        env = build_env(environ=environ, warn=warn_env, **layers)
         object.__setattr__(settings, "env", env)
+        if settings.isolation == "process":
+            isolated = build_env(environ=withheld_environ(environ), warn=False, **layers)
+            object.__setattr__(settings, "isolated_env", isolated)
+        elif settings.sandbox not in ("auto", "none"):
+            logger.warning("sandbox = %r has no effect under isolation inline", settings.sandbox)
         # Keys handed out must be the ones accepted: an env that sets its own keys wins.
         object.__setattr__(settings, "keys", keys.overridden_by(env))
         return settings

@@ -19,12 +19,16 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from edgeruntime.core.background import BackgroundTask
     from edgeruntime.core.metering import CpuMeter
+    from edgeruntime.core.types import Enqueue
     from edgeruntime.core.worker_state import WorkerState
 
 __all__ = ["ExecutionContext", "current_context", "new_execution_id"]
 
 #: The execution context of the running request or background task, if any.
 _current: ContextVar[ExecutionContext | None] = ContextVar("edgeruntime_execution", default=None)
+#: In a worker process (process isolation): enqueues a job through the server, which holds the
+#: jobs store (set by :mod:`edgeruntime.workers.process.child`, used by ``edgeruntime.jobs.enqueue``).
+server_enqueue: Enqueue | None = None
 
 
 #: Random bits of execution ids: ids must be unique, not secret, so a seeded PRNG is enough.
@@ -87,6 +91,10 @@ class ExecutionContext:
     meter: CpuMeter | None = None
     #: Set when the request idle timeout cancelled it (the gateway answers 504).
     idle_expired: bool = False
+    #: What the handler raised ("KeyError: 'userId'"), for the run record; None when it did not.
+    error: str | None = None
+    #: Set when the client went away before the response started (recorded as 499).
+    client_disconnected: bool = False
 
     def activate(self) -> Any:
         """Make this the current context; returns a token for :meth:`deactivate`."""

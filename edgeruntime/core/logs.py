@@ -15,11 +15,13 @@ import logging
 import sys
 import threading
 import time
+from types import TracebackType
 from typing import Any, TextIO
 
 from edgeruntime.core.context import current_context
+from edgeruntime.core.worker_state import booting
 
-__all__ = ["AccessLog", "ContextFilter", "FunctionOutput", "LogBuffer", "configure_logging", "log_access"]
+__all__ = ["AccessLog", "ContextFilter", "FunctionOutput", "LogBuffer", "configure_logging", "json_line", "log_access"]
 
 
 class ContextFilter(logging.Filter):
@@ -103,12 +105,15 @@ class JSONFormatter(logging.Formatter):
 class FunctionOutput(io.TextIOBase):
     """Stands in for sys.stdout/stderr: output written inside a function becomes log lines.
 
-    Outside any function, writes go straight to the real stream.
+    Outside any function, writes go straight to the real stream, unless `every_line` is set
+    (``--log-format json``): then they become log lines too (with the function's name while one
+    is being imported), so nothing reaches the stream unformatted.
     """
 
-    def __init__(self, stream: TextIO, level: int) -> None:
+    def __init__(self, stream: TextIO, level: int, every_line: bool = False) -> None:
         self.stream = stream
         self.level = level
+        self.every_line = every_line
         self.logger = logging.getLogger("edgeruntime.function")
         self._partial: dict[str, str] = {}
 
@@ -117,15 +122,24 @@ class FunctionOutput(io.TextIOBase):
 
     def write(self, text: str) -> int:
         ctx = current_context()
-        if ctx is None:
+        logger = self.logger
+        extra: dict[str, Any] | None = None
+        if ctx is not None:
+            key = ctx.execution_id
+        elif self.every_line:
+            worker = booting.get()  # a function's module printing while it is imported
+            if worker is not None:
+                key, extra = worker.worker_id, {"function": worker.function}
+            else:
+                key, logger = "", logging.getLogger("edgeruntime.output")
+        else:
             return self.stream.write(text)
-        key = ctx.execution_id
         buffered = self._partial.pop(key, "") + text
         *lines, rest = buffered.split("\n")
         if rest:
             self._partial[key] = rest
         for line in lines:
-            self.logger.log(self.level, "%s", line)
+            logger.log(self.level, "%s", line, extra=extra)
         return len(text)
 
     def flush(self) -> None:
@@ -283,7 +297,12 @@ class AccessLog:
 
 
 def configure_logging(log_format: str = "text", level: int = logging.INFO, capture_output: bool = True) -> LogBuffer:
-    """Set up the `edgeruntime` loggers for a server process; returns the buffer they write to."""
+    """Set up the `edgeruntime` loggers for a server process; returns the buffer they write to.
+
+    With ``log_format="json"`` every line the process writes is a JSON object: other libraries'
+    loggers (watchfiles, hypercorn, uvicorn, asyncio; warnings and above), `warnings`, uncaught
+    exceptions and anything printed outside a request go through the same handler.
+    """
     buffer = LogBuffer(sys.__stderr__ or sys.stderr)
     handler = BufferedHandler(buffer)
     handler.setFormatter(JSONFormatter() if log_format == "json" else TextFormatter())
@@ -295,7 +314,43 @@ def configure_logging(log_format: str = "text", level: int = logging.INFO, captu
         logger.handlers[:] = [handler]
         logger.setLevel(level)
         logger.propagate = False
+    every_line = log_format == "json"
+    if every_line:
+        _route_everything_through(handler)
     if capture_output and not isinstance(sys.stdout, FunctionOutput):
-        sys.stdout = FunctionOutput(sys.stdout, logging.INFO)
-        sys.stderr = FunctionOutput(sys.stderr, logging.ERROR)
+        sys.stdout = FunctionOutput(sys.stdout, logging.INFO, every_line)
+        sys.stderr = FunctionOutput(sys.stderr, logging.ERROR, every_line)
     return buffer
+
+
+def _route_everything_through(handler: logging.Handler) -> None:
+    """Make `handler` the only way out for what else the process would write to stderr."""
+    root = logging.getLogger()
+    root.handlers[:] = [handler]  # in place of logging's last-resort handler: bare text
+    root.setLevel(logging.WARNING)
+    logging.captureWarnings(True)
+    crash = logging.getLogger("edgeruntime")
+
+    def log_uncaught(kind: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
+        crash.critical("uncaught %s: %s", kind.__name__, exc, exc_info=(kind, exc, tb))
+        handler.flush()
+
+    def log_thread_crash(args: threading.ExceptHookArgs) -> None:
+        if args.exc_value is not None:
+            crash.error(
+                "thread %s raised: %s",
+                args.thread.name if args.thread is not None else "?",
+                args.exc_value,
+                exc_info=(args.exc_type, args.exc_value, args.exc_traceback),
+            )
+
+    sys.excepthook = log_uncaught
+    threading.excepthook = log_thread_crash
+
+
+def json_line(message: str, level: int = logging.INFO, logger: str = "edgeruntime") -> str:
+    """`message` as one line of ``--log-format json`` (for what is written before logging is set up)."""
+    record = logging.makeLogRecord(
+        {"name": logger, "levelno": level, "levelname": logging.getLevelName(level), "msg": message}
+    )
+    return JSONFormatter().format(record)

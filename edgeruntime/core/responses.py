@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 
@@ -21,6 +22,8 @@ class RuntimeResponse:
     body: bytes
     content_type: bytes
     code: str | None = None
+    #: Headers sent after the content headers and `sb-error-code`.
+    extra_headers: tuple[tuple[bytes, bytes], ...] = ()
 
     @classmethod
     def text(cls, status: int, body: str, code: str | None = None) -> RuntimeResponse:
@@ -38,6 +41,7 @@ class RuntimeResponse:
         headers = [(b"content-type", self.content_type), (b"content-length", str(len(self.body)).encode())]
         if self.code is not None:
             headers.append((b"sb-error-code", self.code.encode()))
+        headers.extend(self.extra_headers)
         return headers
 
 
@@ -57,7 +61,18 @@ IDLE_TIMEOUT = RuntimeResponse.error(
 PAYLOAD_TOO_LARGE = RuntimeResponse.error(
     413, "PAYLOAD_TOO_LARGE", "Request body is larger than the function's max_request_body_mb"
 )
+RESOURCE_EXHAUSTED = dataclasses.replace(
+    RuntimeResponse.error(503, "RESOURCE_EXHAUSTED", "Server is out of file descriptors (please retry shortly)"),
+    extra_headers=((b"retry-after", b"1"),),
+)
 HEALTH = RuntimeResponse.json(200, {"message": "ok"})
+DUPLICATE_AUTHORIZATION = RuntimeResponse.error(
+    400, "DUPLICATE_AUTH_HEADER", "Request has more than one Authorization header"
+)
+DUPLICATE_APIKEY = RuntimeResponse.error(400, "DUPLICATE_AUTH_HEADER", "Request has more than one apikey header")
+#: What a client that went away before the response started is recorded with (nginx's
+#: "client closed request"); never sent, there is no one left to send it to.
+CLIENT_CLOSED_REQUEST = 499
 
 
 async def send_response(send: Send, response: RuntimeResponse) -> None:

@@ -6,8 +6,9 @@ on the app; the metrics observe every invocation, background task and worker, an
 scheduler's ticks. ``attach(app, jobs)`` registers both.
 The page is one HTML, one JS and one CSS file served from the package: no build step, no CDN.
 
-Access: on a loopback host everything is open; on any other host the dashboard, its API and the
-metrics need the service-role key (see :mod:`edgeruntime.dashboard.access`), else 401.
+Access: on a loopback host everything is open to requests whose ``Host`` names loopback (or a name
+of ``[dashboard] allowed_hosts``), else 403; on any other host the dashboard, its API and the
+metrics need the service-role key, else 401 (see :mod:`edgeruntime.dashboard.access`).
 """
 
 from __future__ import annotations
@@ -24,8 +25,18 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 
 from edgeruntime.core.types import Receive, Scope, Send
-from edgeruntime.dashboard.access import REALM, is_cross_origin, is_loopback, is_service_role
+from edgeruntime.dashboard.access import (
+    REALM,
+    HostRule,
+    RefusalLog,
+    access_headers,
+    host_allowed,
+    is_cross_origin,
+    is_loopback,
+    is_service_role,
+)
 from edgeruntime.dashboard.metrics import CONTENT_TYPE, Metrics
+from edgeruntime.exceptions import DuplicateHeader
 from edgeruntime.gateway.extensions import Extension
 
 if TYPE_CHECKING:
@@ -57,6 +68,7 @@ PAGE_HEADERS = {
 }
 
 
+@functools.cache  # read once: a server out of file descriptors still serves its dashboard
 def _static(name: str) -> bytes:
     from importlib import resources
 
@@ -72,6 +84,9 @@ class Dashboard(Extension):
         self.metrics = Metrics(app.functions)  # live: functions added by a reload count too
         self._tasks: set[asyncio.Task[Any]] = set()
         self.open = is_loopback(app.settings.host)
+        #: Names besides loopback ones under which the open dashboard is served.
+        self.allowed_hosts = [HostRule.parse(h) for h in app.settings.config.dashboard.allowed_hosts]
+        self.refusals = RefusalLog()
 
     def mounts(self) -> Mapping[str, ASGIApp]:
         return {DASHBOARD_PATH: self, METRICS_PATH: self}
@@ -134,14 +149,34 @@ class Dashboard(Extension):
     # -- ASGI ------------------------------------------------------------------------------
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        try:
+            headers = access_headers(scope["headers"])
+        except DuplicateHeader as exc:
+            response = JSONResponse({"error": str(exc)}, status_code=400)
+            await response(scope, receive, send)
+            return
+        keys = self.app.verifier.keys
+        host = headers.get("host")
+        # Open on loopback, but only to loopback names: under DNS rebinding a page of another site
+        # arrives with its own name in Host (and Origin to match).
+        if self.open and not host_allowed(host, self.allowed_hosts) and not is_service_role(headers, keys):
+            self.refusals.refused(host)
+            response = JSONResponse(
+                {
+                    "error": "Host not allowed: the dashboard on a loopback address is served to loopback "
+                    "names only (localhost, 127.0.0.1, [::1]) and to [dashboard] allowed_hosts"
+                },
+                status_code=403,
+            )
+            await response(scope, receive, send)
+            return
         # Open on loopback means any page in the developer's browser could post here: refuse other sites.
         if is_cross_origin(scope["method"], headers):
             response = JSONResponse({"error": "cross-origin request refused"}, status_code=403)
             await response(scope, receive, send)
             return
         if not self.open:
-            if not is_service_role(headers, self.app.verifier.keys):
+            if not is_service_role(headers, keys):
                 response = JSONResponse(
                     {"msg": "the dashboard needs the service role key on a non-loopback host"},
                     status_code=401,

@@ -1,10 +1,19 @@
 """Who may see the dashboard: anyone on loopback, only the service role elsewhere.
 
 When the server listens on a loopback address, the dashboard, its API and the metrics are open
-(as the local Supabase stack's Studio is). On any other address they need the service-role key:
-``Authorization: Bearer <service role JWT>``, ``apikey: <secret key or service role JWT>``, or
-HTTP Basic with the key as the password (what a browser prompts for, and then sends with every
-request of the page).
+(as the local Supabase stack's Studio is) — to requests whose ``Host`` names loopback
+(``localhost``, ``*.localhost``, 127.0.0.0/8, ``[::1]``) or a name of ``[dashboard]
+allowed_hosts``. Any other ``Host`` is refused: under DNS rebinding a web page of another site
+reaches the loopback server with its own name in ``Host`` (and a matching ``Origin``), so only the
+``Host`` tells such a request apart. ``*.localhost`` names are accepted because browsers resolve
+them to loopback themselves (RFC 6761): no remote site can obtain such an origin.
+
+On any other address they need the service-role key: ``Authorization: Bearer <service role
+JWT>``, ``apikey: <secret key or service role JWT>``, or HTTP Basic with the key as the password
+(what a browser prompts for, and then sends with every request of the page). A request carrying
+the key is served under any ``Host``.
+
+The headers these rules read may each appear once (see :func:`access_headers`).
 """
 
 from __future__ import annotations
@@ -13,13 +22,48 @@ import base64
 import binascii
 import hmac
 import ipaddress
-from collections.abc import Mapping
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import NamedTuple
 
 from edgeruntime.config.keys import Keys
+from edgeruntime.exceptions import DuplicateHeader
 
-__all__ = ["REALM", "is_cross_origin", "is_loopback", "is_service_role"]
+__all__ = [
+    "REALM",
+    "HostRule",
+    "RefusalLog",
+    "access_headers",
+    "host_allowed",
+    "is_cross_origin",
+    "is_loopback",
+    "is_service_role",
+    "split_host",
+]
+
+logger = logging.getLogger("edgeruntime.dashboard")
 
 REALM = "edgeruntime dashboard"
+#: The headers the access rules read: a request that repeats one is refused (400).
+SINGLE_HEADERS = {"authorization": "Authorization", "apikey": "apikey", "host": "Host", "origin": "Origin"}
+#: Longest Host value written to the log (it is the client's choice).
+LOGGED_HOST_CHARS = 200
+
+
+def access_headers(raw: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
+    """The request headers as text (lower-case names); DuplicateHeader if one the rules read repeats.
+
+    A repeated credential or Host would leave the check reading one copy and something else
+    (a proxy, the browser, the function) another.
+    """
+    headers: dict[str, str] = {}
+    for key, value in raw:
+        name = key.decode("latin-1").lower()
+        if name in headers and name in SINGLE_HEADERS:
+            raise DuplicateHeader(SINGLE_HEADERS[name])
+        headers[name] = value.decode("latin-1")
+    return headers
 
 
 def is_loopback(host: str) -> bool:
@@ -31,6 +75,112 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def split_host(value: str) -> tuple[str, str | None] | None:
+    """The host (lower-case, IPv6 without brackets, no trailing dot) and port of a `Host` value.
+
+    None if it is not a host with an optional numeric port.
+    """
+    value = value.strip().lower()
+    if value.startswith("["):
+        end = value.find("]")
+        if end < 0:
+            return None
+        host, rest = value[1:end], value[end + 1 :]
+        if rest and not rest.startswith(":"):
+            return None
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            return None
+        port: str | None = rest[1:] if rest else None
+    else:
+        host, colon, after = value.partition(":")
+        port = after if colon else None
+        if host.endswith("."):  # the fully qualified form of the same name
+            host = host[:-1]
+    if not host or (port is not None and not (port.isascii() and port.isdigit() and len(port) <= 5)):
+        return None
+    return host, port
+
+
+def _is_loopback_name(host: str) -> bool:
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped.is_loopback
+    return address.is_loopback
+
+
+class HostRule(NamedTuple):
+    """One `[dashboard] allowed_hosts` entry: a host (or `*.domain`) and, optionally, a port."""
+
+    host: str
+    port: str | None
+
+    @classmethod
+    def parse(cls, entry: str) -> HostRule:
+        """The rule of a (validated) entry: `name`, `name:port`, `*.domain`, `[address]:port`."""
+        wildcard = entry.startswith("*.")
+        parsed = split_host(entry[1:] if wildcard else entry)
+        if parsed is None:
+            raise ValueError(f"not a host name: {entry!r}")
+        host, port = parsed
+        return cls(("*" + host) if wildcard else host, port)
+
+    def matches(self, host: str, port: str | None) -> bool:
+        if self.port is not None and port != self.port:
+            return False
+        if self.host.startswith("*."):
+            return host.endswith(self.host[1:])
+        return host == self.host
+
+
+def host_allowed(value: str | None, rules: Sequence[HostRule] = ()) -> bool:
+    """Whether a request with `Host: value` may see a dashboard that is open on loopback.
+
+    Loopback names (``localhost``, ``*.localhost``, 127.0.0.0/8, ``[::1]``, any port) and the
+    names of `rules` are; a missing or malformed Host is not.
+    """
+    if value is None:
+        return False
+    parsed = split_host(value)
+    if parsed is None:
+        return False
+    host, port = parsed
+    return _is_loopback_name(host) or any(rule.matches(host, port) for rule in rules)
+
+
+class RefusalLog:
+    """Logs refused Host values at most once per `interval_sec`: the client chooses how many there are."""
+
+    def __init__(self, interval_sec: float = 10.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.interval_sec = interval_sec
+        self.clock = clock
+        #: Refusals since the last line (not logged yet).
+        self.unlogged = 0
+        self._next_at = float("-inf")
+
+    def refused(self, host: str | None) -> None:
+        now = self.clock()
+        if now < self._next_at:
+            self.unlogged += 1
+            return
+        shown = "no Host header" if host is None else f"Host {host[:LOGGED_HOST_CHARS]!r}"
+        more = f" ({self.unlogged} more refused since the last such line)" if self.unlogged else ""
+        logger.warning(
+            "dashboard: refused a request with %s: not a loopback name (DNS rebinding?); if the dashboard "
+            "is proxied under that name, add it to [dashboard] allowed_hosts in config.toml%s",
+            shown,
+            more,
+        )
+        self.unlogged = 0
+        self._next_at = now + self.interval_sec
 
 
 def is_cross_origin(method: str, headers: Mapping[str, str]) -> bool:

@@ -31,6 +31,8 @@ __all__ = ["MAX_LIMIT", "http_error", "routes"]
 logger = logging.getLogger("edgeruntime.dashboard")
 
 DEFAULT_LIMIT = 50
+#: The largest id a store holds (SQLite INTEGER, Postgres bigint).
+MAX_ID = 2**63 - 1
 MAX_LIMIT = 1000
 #: Recent ticks shown per cron job (skipped ones among them).
 RECENT_TICKS = 10
@@ -42,6 +44,14 @@ Endpoint = Callable[[Request], Coroutine[Any, Any, Response]]
 
 def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
+
+
+def _failed_id(request: Request) -> int:
+    """The failed job id of the path: 404 past the stores' 64-bit ids (they would raise, not miss)."""
+    failed_id: int = request.path_params["id"]
+    if failed_id > MAX_ID:
+        raise DashboardError(404, f"no failed job {failed_id}")
+    return failed_id
 
 
 def _limit(request: Request) -> int:
@@ -291,7 +301,7 @@ class Api:
             system.runner.wake()
 
     async def failed_retry(self, request: Request) -> Response:
-        failed_id = int(request.path_params["id"])
+        failed_id = _failed_id(request)
         failed = await self._find_failed(failed_id)
         if failed.retried_as is not None:
             raise DashboardError(409, f"failed job {failed_id} was already retried as job {failed.retried_as}")
@@ -310,7 +320,7 @@ class Api:
         return JSONResponse({"job_ids": job_ids}, status_code=201 if job_ids else 200)
 
     async def failed_delete(self, request: Request) -> Response:
-        failed_id = int(request.path_params["id"])
+        failed_id = _failed_id(request)
         if not await self.jobs.store.delete_failed(failed_id):
             raise DashboardError(404, f"no failed job {failed_id}")
         return JSONResponse({"deleted": failed_id})

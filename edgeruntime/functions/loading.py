@@ -7,9 +7,10 @@ import sys
 import types
 from pathlib import Path
 
+from edgeruntime.core.descriptors import exhaustion
 from edgeruntime.core.types import Handler
 from edgeruntime.core.worker_state import HANDLER_ATTRIBUTE, WorkerState, booting
-from edgeruntime.exceptions import BootError, WorkerCrashed
+from edgeruntime.exceptions import BootError, ResourceExhausted, WorkerCrashed
 from edgeruntime.functions.discovery import PACKAGE, FunctionSpec
 
 __all__ = ["ensure_on_path", "load_function_module", "purge_modules"]
@@ -33,7 +34,8 @@ def load_function_module(spec: FunctionSpec, state: WorkerState) -> tuple[types.
 
     Raises BootError for a syntax or import error or a missing `serve()` call (503 BOOT_ERROR),
     and WorkerCrashed for any other exception at module level (500 WORKER_ERROR), as the edge
-    runtime tells boot errors from uncaught top-level exceptions.
+    runtime tells boot errors from uncaught top-level exceptions; ResourceExhausted (503
+    RESOURCE_EXHAUSTED) when loading failed for want of file descriptors.
     """
     ensure_on_path(spec.directory.parent)
     purge_modules(spec.package)
@@ -55,11 +57,12 @@ def load_function_module(spec: FunctionSpec, state: WorkerState) -> tuple[types.
     token = booting.set(state)
     try:
         import_spec.loader.exec_module(module)
-    except (SyntaxError, ImportError) as exc:
-        purge_modules(spec.package)
-        raise BootError(spec.name, f"function {spec.name} failed to boot: {type(exc).__name__}: {exc}") from exc
     except Exception as exc:
         purge_modules(spec.package)
+        if exhaustion(exc) is not None:  # not the function's fault: reading index.py, or its own open()
+            raise ResourceExhausted(spec.name, f"loading function {spec.name}") from exc
+        if isinstance(exc, SyntaxError | ImportError):
+            raise BootError(spec.name, f"function {spec.name} failed to boot: {type(exc).__name__}: {exc}") from exc
         raise WorkerCrashed(
             spec.name, f"function {spec.name} raised while loading: {type(exc).__name__}: {exc}"
         ) from exc

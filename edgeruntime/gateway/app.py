@@ -8,29 +8,36 @@ request an execution id (``x-edgeruntime-execution-id``) and writes one access l
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
+from typing import Any
 
 from edgeruntime.config.settings import Settings
 from edgeruntime.core import responses
 from edgeruntime.core.background import BackgroundTask
 from edgeruntime.core.context import ExecutionContext
+from edgeruntime.core.descriptors import exhaustion, report_exhaustion
 from edgeruntime.core.logs import AccessLogger, log_access
 from edgeruntime.core.metering import LoopWatchdog
-from edgeruntime.core.types import ASGIApp, Message, Receive, Scope, Send
+from edgeruntime.core.types import ASGIApp, Enqueue, Message, Receive, Scope, Send
 from edgeruntime.core.worker_state import default_worker
 from edgeruntime.exceptions import (
     BootError,
+    DuplicateHeader,
     FunctionError,
     IdleTimeout,
+    JobsError,
     LimitExceeded,
     PayloadTooLarge,
+    ResourceExhausted,
     WorkerCrashed,
 )
 from edgeruntime.functions.discovery import SHARED, discover
 from edgeruntime.functions.loading import purge_modules
-from edgeruntime.gateway.auth import Verifier
+from edgeruntime.gateway.auth import Verifier, credentials
 from edgeruntime.gateway.extensions import BackgroundObserver, Extension, Invocation, InvocationObserver, WorkerObserver
+from edgeruntime.workers.process.sandbox import WorkerLauncher, sandbox_for
 from edgeruntime.workers.supervisor import FunctionSupervisor
 
 __all__ = ["EdgeApp", "Invocation"]
@@ -39,6 +46,28 @@ logger = logging.getLogger("edgeruntime")
 
 PREFIX = "/functions/v1/"
 METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "HEAD"})
+HEALTH_PATH = "/_internal/health"
+#: The `Allow` header of a 405 from a function route and from the health check.
+ALLOW_FUNCTION = (b"allow", b"GET, POST, PUT, PATCH, DELETE, OPTIONS, HEAD")
+ALLOW_HEALTH = (b"allow", b"GET, HEAD")
+#: Added to the 405 answering CONNECT: nothing is tunnelled, and a parser that switched to
+#: tunnel mode (httptools) could not read a next request on the connection anyway.
+CLOSE = (b"connection", b"close")
+#: The 405s, by (Allow header, CONNECT or not).
+_NOT_ALLOWED = {
+    (allow, connect): dataclasses.replace(
+        responses.METHOD_NOT_ALLOWED, extra_headers=(allow, CLOSE) if connect else (allow,)
+    )
+    for allow in (ALLOW_FUNCTION, ALLOW_HEALTH)
+    for connect in (False, True)
+}
+
+
+def _not_allowed(method: str, allow: tuple[bytes, bytes]) -> responses.RuntimeResponse:
+    """The 405 for `method` with `allow`; CONNECT's closes the connection too."""
+    return _NOT_ALLOWED[allow, method == "CONNECT"]
+
+
 EXECUTION_ID_HEADER = b"x-edgeruntime-execution-id"
 #: Percent-encoded bytes that must never reach a function name: `/`, `\`, NUL.
 _FORBIDDEN_ENCODED = (b"%2f", b"%5c", b"%00")
@@ -83,16 +112,22 @@ class EdgeApp:
         self.settings = settings
         self.verifier = Verifier(settings.keys, settings.env.get("SUPABASE_JWKS"))
         self.functions: dict[str, FunctionSupervisor] = {}
+        #: Starts worker processes in their sandbox (process isolation; None inline). The server's
+        #: own files (config.toml, the signing keys, what extensions name) are hidden from them.
+        self.launcher: WorkerLauncher | None = None
+        if settings.isolation == "process":
+            private = [p for p in (settings.config.path, settings.config.signing_keys_path) if p is not None]
+            self.launcher = WorkerLauncher(sandbox_for(settings), settings.functions_dir, private)
         self.started = False
         #: Writes the access line of every request (`edgeruntime serve` passes a faster writer).
         self.access_log: AccessLogger = access_log
-        # What the extensions registered. The supervisors hold these lists and this dict by
-        # reference, so they see extensions registered after them.
+        # What the extensions registered. The supervisors hold these lists by reference and
+        # enqueue through `self.enqueue`, so they see extensions registered after them.
         self._extensions: list[Extension] = []
         self._observers: list[InvocationObserver] = []
         self._background_observers: list[BackgroundObserver] = []
         self._worker_observers: list[WorkerObserver] = []
-        self._worker_env: dict[str, str] = {}
+        self._enqueue: Enqueue | None = None
         self._mounts: dict[str, ASGIApp] = {}
         #: Reports functions holding the shared event loop (inline isolation only).
         self.watchdog = LoopWatchdog() if settings.isolation == "inline" else None
@@ -114,8 +149,29 @@ class EdgeApp:
             self._background_observers.append(extension.observe_background)
         if extension.observe_worker is not None:
             self._worker_observers.append(extension.observe_worker)
-        self._worker_env.update(extension.worker_env())
+        if extension.enqueue is not None:
+            self._enqueue = extension.enqueue
+        if self.launcher is not None:
+            for path in extension.private_paths():
+                self.launcher.hide(path)
         self._mounts.update(extension.mounts())
+
+    async def enqueue(
+        self,
+        function: str,
+        payload: Any = None,
+        *,
+        delay: float = 0,
+        max_attempts: int | None = None,
+        idempotency_key: str | None = None,
+    ) -> int:
+        """Enqueue a job with the extension that serves enqueues (the jobs system): what a function
+        in a worker process calls, through its channel. Raises JobsError when there is none."""
+        if self._enqueue is None:
+            raise JobsError("enqueue: no jobs store is running (use edgeruntime serve or EdgeClient)")
+        return await self._enqueue(
+            function, payload, delay=delay, max_attempts=max_attempts, idempotency_key=idempotency_key
+        )
 
     # -- functions -------------------------------------------------------------------------
 
@@ -128,7 +184,12 @@ class EdgeApp:
         for name, spec in found.items():
             if name not in self.functions and self.settings.enabled(name):
                 self.functions[name] = FunctionSupervisor(
-                    spec, self.settings, self._background_observers, self._worker_env, self._worker_observers
+                    spec,
+                    self.settings,
+                    self._background_observers,
+                    self.launcher,
+                    self._worker_observers,
+                    enqueue=self.enqueue,
                 )
 
     def pending_background(self) -> list[BackgroundTask]:
@@ -163,12 +224,7 @@ class EdgeApp:
     async def handle_http(self, scope: Scope, receive: Receive, send: Send, trigger: str = "http") -> None:
         path: str = scope["path"]
         if not path.startswith(PREFIX):
-            if path == "/_internal/health":
-                await responses.send_response(send, responses.HEALTH)
-            elif (mounted := self._mounted(path)) is not None:
-                await mounted(scope, receive, send)
-            else:
-                await responses.send_response(send, responses.NOT_FOUND)
+            await self._handle_other(scope, receive, send)
             return
 
         started = time.perf_counter()
@@ -190,6 +246,9 @@ class EdgeApp:
         finally:
             duration_ms = (time.perf_counter() - started) * 1000
             status = ctx.status or 500
+            if ctx.client_disconnected:  # whatever the function did next reached no one
+                status = responses.CLIENT_CLOSED_REQUEST
+                error = "client disconnected before the response"
             method = scope["method"]
             self.access_log(method, path, status, duration_ms, name or None, execution_id)
             if self._observers:
@@ -210,6 +269,22 @@ class EdgeApp:
                     except Exception:
                         logger.exception("invocation observer failed")
 
+    async def _handle_other(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Paths outside /functions/v1/: the health check, the mounts (dashboard, metrics), else 404."""
+        path: str = scope["path"]
+        method = scope["method"]
+        if path == HEALTH_PATH:
+            if method == "GET" or method == "HEAD":
+                await responses.send_response(send, responses.HEALTH)
+            else:
+                await responses.send_response(send, _not_allowed(method, ALLOW_HEALTH))
+        elif method == "CONNECT":
+            await responses.send_response(send, _not_allowed(method, ALLOW_FUNCTION))
+        elif (mounted := self._mounted(path)) is not None:
+            await mounted(scope, receive, send)
+        else:
+            await responses.send_response(send, responses.NOT_FOUND)
+
     def _mounted(self, path: str) -> ASGIApp | None:
         for prefix, mounted in self._mounts.items():
             if path == prefix or path.startswith(prefix.rstrip("/") + "/"):
@@ -226,11 +301,17 @@ class EdgeApp:
             return None
         method = scope["method"]
         if method not in METHODS:
-            await responses.send_response(send, responses.METHOD_NOT_ALLOWED)
+            await responses.send_response(send, _not_allowed(method, ALLOW_FUNCTION))
             return None
+        try:
+            authorization, apikey = credentials(scope["headers"])
+        except DuplicateHeader as exc:
+            # Refused whether or not the function verifies JWTs: it would read one copy, a check another.
+            duplicate = responses.DUPLICATE_APIKEY if exc.header == "apikey" else responses.DUPLICATE_AUTHORIZATION
+            await responses.send_response(send, duplicate)
+            return f"400 {exc}"
         if supervisor.verify_jwt and method != "OPTIONS":
-            headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-            failure = self.verifier.check(headers)
+            failure = self.verifier.check_credentials(authorization, apikey)
             if failure is not None:
                 await responses.send_response(
                     send,
@@ -243,9 +324,17 @@ class EdgeApp:
         if raw is not None:
             fn_scope["raw_path"] = raw[len(PREFIX) - 1 :]
         fn_scope["root_path"] = ""
-        fn_scope["headers"] = self.verifier.forwarded_headers(scope["headers"])  # the gateway's apikey rewrite
+        # The gateway's apikey rewrite; the function reads the one Authorization that was checked.
+        fn_scope["headers"] = self.verifier.forwarded_headers(scope["headers"], authorization, apikey)
         try:
             await supervisor.dispatch(fn_scope, receive, send, ctx)
+        except ResourceExhausted as exc:
+            error = exhaustion(exc)
+            if error is not None:
+                report_exhaustion(exc.action, error, name)
+            if not ctx.response_started:
+                await responses.send_response(send, responses.RESOURCE_EXHAUSTED)
+            return str(exc)
         except FunctionError as exc:
             response = _error_response(exc)
             if response is None:
@@ -253,7 +342,7 @@ class EdgeApp:
             if not ctx.response_started:
                 await responses.send_response(send, response)
             return str(exc)
-        return None
+        return ctx.error  # what the handler raised, when it did (it got a 500 or 502)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -274,12 +363,18 @@ class EdgeApp:
                 return
 
     async def startup(self) -> None:
-        """Start the loop watchdog, then every extension in the order they were registered."""
+        """Start the loop watchdog (inline) or say which sandbox the worker processes run in
+        (process isolation), then every extension in the order they were registered."""
         if self.started:
             return
         self.started = True
         if self.watchdog is not None:
             self.watchdog.start()
+        if self.launcher is not None:
+            sandbox = self.launcher.sandbox
+            logger.info("worker processes: sandbox %s", sandbox.describe())
+            if sandbox.warning:
+                logger.warning("worker processes: sandbox %s: %s", sandbox.mode, sandbox.warning)
         for extension in self._extensions:
             await extension.start()
 

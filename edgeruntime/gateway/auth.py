@@ -4,6 +4,12 @@ HS256 tokens are checked against the JWT secret, ES256/RS256 tokens against ``SU
 ``exp`` is enforced, OPTIONS is never checked, and an ``apikey`` header holding the local
 publishable or secret key stands for the anon or service-role JWT (as the local gateway rewrites
 it). The 401 bodies are the local CLI's.
+
+Each credential header may appear once: HTTP lets a header repeat, and servers, proxies and
+frameworks disagree on which copy counts (Starlette's ``request.headers[...]`` reads the first, a
+dict built from the list keeps the last). A request that repeats one is refused (400) before any
+function runs, whether or not its function verifies JWTs, so the value checked is the value the
+function reads (see :func:`credentials`).
 """
 
 from __future__ import annotations
@@ -13,17 +19,18 @@ import json
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from edgeruntime.config.keys import ASYMMETRIC_ALGORITHMS, Keys
+from edgeruntime.exceptions import DuplicateHeader
 
 if TYPE_CHECKING:
     import jwt
 
-__all__ = ["AuthFailure", "Verifier"]
+__all__ = ["AuthFailure", "Verifier", "credentials"]
 
 logger = logging.getLogger("edgeruntime")
 
@@ -31,6 +38,25 @@ logger = logging.getLogger("edgeruntime")
 def _same(given: str, expected: str) -> bool:
     """Compare a presented key in constant time (the secret key is a credential)."""
     return hmac.compare_digest(given.encode("latin-1", "replace"), expected.encode("latin-1", "replace"))
+
+
+def credentials(raw: Iterable[tuple[bytes, bytes]]) -> tuple[bytes | None, bytes | None]:
+    """The request's `Authorization` and `apikey` values (None when absent).
+
+    Raises DuplicateHeader when either is sent more than once. Header names are lower-case, as
+    every ASGI server (and httpx's ASGITransport) passes them.
+    """
+    authorization = apikey = None
+    for name, value in raw:  # a plain loop: it runs on every request
+        if name == b"authorization":
+            if authorization is not None:
+                raise DuplicateHeader("Authorization")
+            authorization = value
+        elif name == b"apikey":
+            if apikey is not None:
+                raise DuplicateHeader("apikey")
+            apikey = value
+    return authorization, apikey
 
 
 @dataclass(frozen=True)
@@ -51,6 +77,15 @@ INVALID_FORMAT = AuthFailure("Invalid JWT", "UNAUTHORIZED_INVALID_JWT_FORMAT")
 INVALID_LEGACY = AuthFailure("Invalid JWT", "UNAUTHORIZED_LEGACY_JWT")
 INVALID_ASYMMETRIC = AuthFailure("Invalid JWT", "UNAUTHORIZED_ASYMMETRIC_JWT")
 UNSUPPORTED_ALG = AuthFailure("Invalid JWT", "UNAUTHORIZED_UNSUPPORTED_TOKEN_ALGORITHM")
+
+
+def _as_text(authorization: bytes | None, apikey: bytes | None) -> dict[str, str]:
+    headers = {}
+    if authorization is not None:
+        headers["authorization"] = authorization.decode("latin-1")
+    if apikey is not None:
+        headers["apikey"] = apikey.decode("latin-1")
+    return headers
 
 
 class Verifier:
@@ -95,21 +130,24 @@ class Verifier:
             return f"Bearer {self.keys.anon_key}"
         return apikey
 
-    def forwarded_headers(self, raw: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    def forwarded_headers(
+        self, raw: list[tuple[bytes, bytes]], authorization: bytes | None, apikey: bytes | None
+    ) -> list[tuple[bytes, bytes]]:
         """The request headers as the local gateway forwards them to the function.
 
-        Kong rewrites Authorization before the runtime sees it, so a function called with only
+        `authorization` and `apikey` are the request's own (see :func:`credentials`). Kong
+        rewrites Authorization before the runtime sees it, so a function called with only
         ``apikey: sb_publishable_...`` reads ``Authorization: Bearer <anon JWT>``, as it would locally.
         """
-        for k, v in raw:  # a plain loop: any() with a generator costs twice as much per request
-            if k == b"apikey" or (k == b"authorization" and v.startswith(b"Bearer sb_")):
-                break
-        else:
+        if apikey is None and (authorization is None or not authorization.startswith(b"Bearer sb_")):
             return raw  # the common case: nothing to rewrite
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in raw}
-        auth = self.authorization(headers)
+        auth = self.authorization(_as_text(authorization, apikey))
         kept = [(k, v) for k, v in raw if k != b"authorization"]
         return kept if auth is None else [*kept, (b"authorization", auth.encode("latin-1"))]
+
+    def check_credentials(self, authorization: bytes | None, apikey: bytes | None) -> AuthFailure | None:
+        """`check` for the values :func:`credentials` read from a request."""
+        return self.check(_as_text(authorization, apikey))
 
     def check(self, headers: Mapping[str, str]) -> AuthFailure | None:
         """None if the request may pass, else the failure to answer with."""

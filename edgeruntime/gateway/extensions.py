@@ -2,9 +2,10 @@
 
 An :class:`Extension` is registered with ``EdgeApp.add_extension`` before the app starts. The app
 then calls its observers (each finished invocation, each finished ``wait_until`` task, each worker
-that retires or ends), serves its mounts (paths outside ``/functions/v1/``), gives its env to
-worker processes, and starts and stops it with itself: ``start`` in the order of registration,
-``quiesce`` (stop taking new work) before the functions drain, ``stop`` in reverse order after.
+that retires or ends), serves its mounts (paths outside ``/functions/v1/``), hides its private
+files from worker processes, hands it the jobs that functions in worker processes enqueue, and
+starts and stops it with itself: ``start`` in the order of registration, ``quiesce`` (stop taking
+new work) before the functions drain, ``stop`` in reverse order after.
 
 The observers are plain callables collected once at registration: the request path calls them
 directly, as it would call a list of callbacks.
@@ -12,12 +13,13 @@ directly, as it would call a list of callbacks.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
 from typing import NamedTuple
 
 from edgeruntime.core.background import BackgroundTask
 from edgeruntime.core.events import StopReason
-from edgeruntime.core.types import ASGIApp
+from edgeruntime.core.types import ASGIApp, Enqueue
 
 __all__ = ["BackgroundObserver", "Extension", "Invocation", "InvocationObserver", "WorkerObserver"]
 
@@ -69,14 +71,18 @@ class Extension:
     observe_background: BackgroundObserver | None = None
     #: Called when a worker retires or ends, with ("retired" | "ended", function, reason).
     observe_worker: WorkerObserver | None = None
+    #: Enqueues the jobs functions in worker processes enqueue (process isolation: a worker holds
+    #: no store of its own). One extension serves them: the last registered with one.
+    enqueue: Enqueue | None = None
 
     def mounts(self) -> Mapping[str, ASGIApp]:
         """Path prefix → ASGI app, for paths outside ``/functions/v1/`` (read at registration)."""
         return {}
 
-    def worker_env(self) -> Mapping[str, str]:
-        """Env added for worker processes under process isolation (read at registration)."""
-        return {}
+    def private_paths(self) -> Iterable[Path]:
+        """Files and directories of the server that worker processes must not see, e.g. a
+        SQLite jobs store (hidden under the ``bwrap`` sandbox; read at registration)."""
+        return ()
 
     async def start(self) -> None:
         """The app starts (before it serves its first request)."""

@@ -16,9 +16,13 @@ def default_database_path(functions_dir: Path) -> Path:
     return functions_dir.resolve().parent / ".edgeruntime" / "edgeruntime.db"
 
 
-def open_store(url: str | None, functions_dir: Path | None = None) -> JobStore:
+def open_store(url: str | None, functions_dir: Path | None = None, *, source: str = "--database-url") -> JobStore:
     """The store for `url`: `sqlite:///relative.db`, `sqlite:////absolute.db`, `postgresql://...`,
-    or None for the default SQLite file beside the functions directory."""
+    or None for the default SQLite file beside the functions directory.
+
+    `source` names where `url` came from in the error for a bad one (``--database-url`` or
+    ``EDGERUNTIME_DATABASE_URL``).
+    """
     if url is None:
         if functions_dir is None:
             raise ConfigError("database url: none given and no functions directory to put the default in")
@@ -29,10 +33,10 @@ def open_store(url: str | None, functions_dir: Path | None = None) -> JobStore:
         # SQLAlchemy's convention: sqlite:///relative.db and sqlite:////absolute/path.db
         path = url.removeprefix("sqlite://").removeprefix("/")
         if not path:
-            raise ConfigError(f"--database-url {url!r}: expected sqlite:///path/to/file.db")
+            raise ConfigError(f"{source} {url!r}: expected sqlite:///path/to/file.db")
         return SQLiteStore(Path(os.path.expanduser(path)), url=url)
     if url.startswith(("postgresql://", "postgres://")):
         from edgeruntime.jobs.postgres import PostgresStore
 
         return PostgresStore(url)
-    raise ConfigError(f"--database-url {redact_url(url)!r}: expected sqlite:///path or postgresql://...")
+    raise ConfigError(f"{source} {redact_url(url)!r}: expected sqlite:///path or postgresql://...")

@@ -10,6 +10,8 @@ lease_sec = 30.0            # a claimed job is re-delivered if its instance stop
 poll_interval_ms = 200      # how often an idle instance looks for due jobs
 concurrency = 32            # jobs one instance delivers at once
 retention_days = 7          # run history, succeeded jobs and cron ticks older than this are pruned
+retention_max_mb = 500      # optional: the oldest run history goes to keep the store under this size
+retention_max_rows = 1000000  # optional: ... or to keep at most this many run records
 ```
 """
 
@@ -40,6 +42,11 @@ class JobsConfig:
     poll_interval_ms: float = 200.0
     concurrency: int = 32
     retention_days: float = 7.0
+    #: Size cap of the history: SQLite, the database file; Postgres, the history table's rows
+    #: (estimated). None: no cap (age only).
+    retention_max_mb: float | None = None
+    #: Run records kept at most (None: no cap).
+    retention_max_rows: int | None = None
 
     def __post_init__(self) -> None:
         if self.max_attempts < 1:
@@ -51,6 +58,10 @@ class JobsConfig:
                 raise ValueError(f"{name}: must be positive")
         if self.concurrency < 1:
             raise ValueError("concurrency: must be at least 1")
+        if self.retention_max_mb is not None and self.retention_max_mb <= 0:
+            raise ValueError("retention_max_mb: must be positive")
+        if self.retention_max_rows is not None and self.retention_max_rows < 1:
+            raise ValueError("retention_max_rows: must be at least 1")
 
     @classmethod
     def from_table(cls, table: Mapping[str, Any], path: Path | None = None) -> JobsConfig:
@@ -61,7 +72,7 @@ class JobsConfig:
         for key, value in table.items():
             if key not in known:
                 raise ConfigError(f"{where}[jobs] {key}: unknown key; expected one of {', '.join(sorted(known))}")
-            integral = known[key].type == "int"
+            integral = str(known[key].type).startswith("int")
             if isinstance(value, bool) or not isinstance(value, int | float) or (integral and isinstance(value, float)):
                 kind = "an integer" if integral else "a number"
                 raise ConfigError(f"{where}[jobs] {key}: expected {kind}, got {value!r}")

@@ -140,6 +140,23 @@ MIGRATIONS: tuple[Migration, ...] = (
         ("DROP INDEX IF EXISTS edgeruntime_runs_started",),
         ("DROP INDEX IF EXISTS edgeruntime_runs_started",),
     ),
+    # The first row of each batch the run history writes carries the batch's id, so a batch
+    # written again after a lost connection (its COMMIT may have landed) is not written twice.
+    # Partial: the other rows are NULL and cost the index nothing.
+    Migration(
+        5,
+        "run history batch ids: a batch retried after a lost connection is written once",
+        (
+            "ALTER TABLE edgeruntime_runs ADD COLUMN batch TEXT",
+            "CREATE UNIQUE INDEX IF NOT EXISTS edgeruntime_runs_batch ON edgeruntime_runs (batch)"
+            " WHERE batch IS NOT NULL",
+        ),
+        (
+            "ALTER TABLE edgeruntime_runs ADD COLUMN IF NOT EXISTS batch TEXT",
+            "CREATE UNIQUE INDEX IF NOT EXISTS edgeruntime_runs_batch ON edgeruntime_runs (batch)"
+            " WHERE batch IS NOT NULL",
+        ),
+    ),
 )
 
 SCHEMA_TABLE = "CREATE TABLE IF NOT EXISTS edgeruntime_schema (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)"

@@ -8,20 +8,24 @@ psycopg 3 (`pip install 'edgeruntime[postgres]'`), imported only when a postgres
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from edgeruntime.exceptions import ConfigError
+from edgeruntime.exceptions import ConfigError, StoreUnavailable
 from edgeruntime.jobs import migrations
+from edgeruntime.jobs.outage import describe
 from edgeruntime.jobs.rows import (
     FAILED_COLUMNS,
+    FIRST_OF_BATCH,
     JOB_COLUMNS,
     LEASE_COLUMNS,
     PRUNE_STATEMENTS,
     RUN_COLUMNS,
     TICK_COLUMNS,
+    WRITE_PROBES,
     failed_from_row,
     job_from_row,
     lease_from_row,
@@ -31,6 +35,7 @@ from edgeruntime.jobs.rows import (
     tick_from_row,
 )
 from edgeruntime.jobs.store import (
+    TRIM_TARGET,
     CronTick,
     FailedJob,
     Job,
@@ -56,6 +61,15 @@ MIGRATION_LOCK = 0x6564_6765
 #: Python loop per row). The types are RUN_COLUMNS' in the schema.
 COPY_RUNS = f"COPY edgeruntime_runs ({RUN_COLUMNS}) FROM STDIN (FORMAT BINARY)"
 RUN_COLUMN_TYPES = ("text", "text", "text", "text", "text", "float8", "float8", "int4", "text", "text")
+#: Oldest history rows deleted per statement when trimming.
+TRIM_CHUNK_ROWS = 50_000
+#: The bytes one history record takes beyond its heap tuple (`pg_column_size` of the row): its line
+#: pointer (4) and its primary key index entry (8 + 8, and 4 for the index's line pointer), plus
+#: the execution id index entry's fixed part (8 + 4, and alignment); its key's length is added.
+#: Checked against pg_total_relation_size of a freshly written table: within a few per cent.
+ROW_OVERHEAD_BYTES = 4 + 24 + 16
+#: Records sampled (the newest) to learn how many bytes one takes.
+SIZE_SAMPLE_ROWS = 1000
 
 
 def _import_psycopg() -> Any:
@@ -76,6 +90,8 @@ class PostgresStore:
         self._idle: asyncio.Queue[psycopg.AsyncConnection[Any]] | None = None
         self._all: list[psycopg.AsyncConnection[Any]] = []
         self._opening = asyncio.Lock()
+        #: Idle connections to test before use: one of their peers was just found broken.
+        self._suspect: set[int] = set()
 
     @asynccontextmanager
     async def _conn(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
@@ -94,10 +110,18 @@ class PostgresStore:
                     self._idle = idle
         conn = await self._idle.get()
         try:
+            if id(conn) in self._suspect:
+                self._suspect.discard(id(conn))
+                with contextlib.suppress(self._psycopg.Error):  # a failure marks it broken
+                    await conn.execute("SELECT 1")
             if conn.broken or conn.closed:
                 conn = await self._replace(conn)
             yield conn
         finally:
+            if conn.broken:
+                # A lost server (restart, network cut) broke the idle connections too; without a
+                # test, each would fail one more operation after the server is back.
+                self._suspect = {id(c) for c in self._all if c is not conn}
             self._idle.put_nowait(conn)
 
     async def _replace(self, old: psycopg.AsyncConnection[Any]) -> psycopg.AsyncConnection[Any]:
@@ -106,18 +130,51 @@ class PostgresStore:
         return new
 
     async def migrate(self) -> None:
-        async with self._conn() as conn, conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
-            await conn.execute(migrations.SCHEMA_TABLE)
-            cur = await conn.execute("SELECT version FROM edgeruntime_schema")
-            applied = {r[0] for r in await cur.fetchall()}
-            for version, stmts in migrations.statements("postgres", applied):
-                for stmt in stmts:
-                    await conn.execute(stmt)
-                await conn.execute(
-                    "INSERT INTO edgeruntime_schema (version, applied_at) VALUES (%s, %s)",
-                    (version, datetime.now(UTC).isoformat()),
-                )
+        try:
+            await self._migrate()
+        except self._psycopg.Error as exc:
+            raise ConfigError(
+                f"database {redact_url(self.url)}: cannot create or upgrade its schema: {describe(exc)}"
+            ) from None
+
+    async def _migrate(self) -> None:
+        async with self._conn() as conn:
+            # Up to date, as at every start but the first: nothing to write (a role that may
+            # only read and write rows gets this far, and the write check says what it lacks).
+            if await self._applied(conn) >= {m.version for m in migrations.MIGRATIONS}:
+                return
+            async with conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+                await conn.execute(migrations.SCHEMA_TABLE)
+                cur = await conn.execute("SELECT version FROM edgeruntime_schema")
+                applied = {r[0] for r in await cur.fetchall()}
+                for version, stmts in migrations.statements("postgres", applied):
+                    for stmt in stmts:
+                        await conn.execute(stmt)
+                    await conn.execute(
+                        "INSERT INTO edgeruntime_schema (version, applied_at) VALUES (%s, %s)",
+                        (version, datetime.now(UTC).isoformat()),
+                    )
+
+    async def _applied(self, conn: psycopg.AsyncConnection[Any]) -> set[int]:
+        """The versions applied; none when there is no schema table (checked without an error)."""
+        cur = await conn.execute("SELECT to_regclass('edgeruntime_schema') IS NOT NULL")
+        row = await cur.fetchone()
+        if not (row and row[0]):
+            return set()
+        cur = await conn.execute("SELECT version FROM edgeruntime_schema")
+        return {int(r[0]) for r in await cur.fetchall()}
+
+    async def check_writable(self) -> None:
+        try:
+            async with self._conn() as conn:
+                # A transaction rolled back: the probe rows are never seen, and an error inside
+                # leaves the connection usable.
+                async with conn.transaction(force_rollback=True):
+                    for stmt in WRITE_PROBES:
+                        await conn.execute(stmt)
+        except self._psycopg.Error as exc:
+            raise ConfigError(f"database {redact_url(self.url)}: cannot write to it: {describe(exc)}") from None
 
     async def close(self) -> None:
         for conn in self._all:
@@ -371,11 +428,39 @@ class PostgresStore:
     async def record_runs(self, runs: Sequence[Run]) -> None:
         await self.record_run_rows([run_row(r) for r in runs])
 
-    async def record_run_rows(self, rows: Sequence[RunRow]) -> None:
+    async def record_run_rows(self, rows: Sequence[RunRow], *, batch_id: str | None = None) -> int:
+        if not rows:
+            return 0
+        psycopg = self._psycopg
+        try:
+            return await self._record_run_rows(rows, batch_id)
+        except (psycopg.DataError, psycopg.IntegrityError):
+            raise  # these rows cannot be written (a NUL in a text, a NULL where none may be)
+        except (psycopg.Error, ConfigError, OSError) as exc:
+            # Connection lost or refused, server shutting down, disk full, read-only transaction,
+            # privileges revoked: the same rows may be written later.
+            raise StoreUnavailable(f"database {redact_url(self.url)}: {describe(exc)}") from exc
+
+    async def _record_run_rows(self, rows: Sequence[RunRow], batch_id: str | None) -> int:
+        async with self._conn() as conn:
+            if batch_id is None:
+                # One COPY is one statement, so one transaction: the batch is written whole or not at all.
+                await self._copy_runs(conn, rows)
+                return len(rows)
+            async with conn.transaction():
+                # Waits for a transaction still writing the same batch (a connection lost before its
+                # COMMIT reached the server is rolled back), then inserts nothing if it committed.
+                cur = await conn.execute(FIRST_OF_BATCH, (*rows[0], batch_id))
+                if not cur.rowcount:
+                    return 0
+                await self._copy_runs(conn, rows[1:])
+            return len(rows)
+
+    @staticmethod
+    async def _copy_runs(conn: psycopg.AsyncConnection[Any], rows: Sequence[RunRow]) -> None:
         if not rows:
             return
-        # One COPY is one statement, so one transaction: the batch is written whole or not at all.
-        async with self._conn() as conn, conn.cursor() as cur, cur.copy(COPY_RUNS) as copy:
+        async with conn.cursor() as cur, cur.copy(COPY_RUNS) as copy:
             copy.set_types(RUN_COLUMN_TYPES)
             for row in rows:
                 await copy.write_row(row)
@@ -405,3 +490,53 @@ class PostgresStore:
                 cur = await conn.execute(stmt, (before,))
                 total += cur.rowcount
         return total
+
+    async def trim_history(self, *, max_rows: int | None = None, max_mb: float | None = None) -> int:
+        if max_rows is None and max_mb is None:
+            return 0
+        async with self._conn() as conn:
+            cur = await conn.execute("SELECT MIN(id), MAX(id) FROM edgeruntime_runs")
+            row = await cur.fetchone()
+            if row is None or row[0] is None:
+                return 0
+            first, last = int(row[0]), int(row[1])
+            # Rows by their ids: cheap (the primary key's ends), and never fewer than are there.
+            count = last - first + 1
+            keep = count
+            if max_rows is not None and count > max_rows:
+                keep = int(max_rows * TRIM_TARGET)
+            max_bytes = None if max_mb is None else max_mb * 1024 * 1024
+            # The table's files are never smaller than its live rows: under the cap, nothing to estimate.
+            if max_bytes is not None and await self._relation_bytes(conn) > max_bytes:
+                per_row = await self._bytes_per_row(conn)
+                if count * per_row > max_bytes:
+                    keep = min(keep, int(max_bytes * TRIM_TARGET / per_row))
+            if keep >= count:
+                return 0
+            # Autovacuum makes the space of the deleted rows reusable: the table stops growing.
+            deleted = 0
+            cutoff = last - keep
+            while first <= cutoff:
+                upto = min(cutoff, first + TRIM_CHUNK_ROWS - 1)
+                cur = await conn.execute("DELETE FROM edgeruntime_runs WHERE id <= %s", (upto,))
+                deleted += cur.rowcount
+                first = upto + 1
+            return deleted
+
+    @staticmethod
+    async def _relation_bytes(conn: psycopg.AsyncConnection[Any]) -> int:
+        cur = await conn.execute("SELECT pg_total_relation_size('edgeruntime_runs')")
+        row = await cur.fetchone()
+        return int(row[0]) if row and row[0] is not None else 0
+
+    @staticmethod
+    async def _bytes_per_row(conn: psycopg.AsyncConnection[Any]) -> float:
+        """The bytes one history record takes, table and indexes, from the newest records."""
+        cur = await conn.execute(
+            "SELECT AVG(pg_column_size(r.*)), AVG(octet_length(r.execution_id))"
+            f" FROM (SELECT * FROM edgeruntime_runs ORDER BY id DESC LIMIT {SIZE_SAMPLE_ROWS}) r"
+        )
+        row = await cur.fetchone()
+        if row is None or row[0] is None:
+            return float(ROW_OVERHEAD_BYTES)
+        return float(row[0]) + float(row[1]) + ROW_OVERHEAD_BYTES

@@ -20,12 +20,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from edgeruntime.core import context
 from edgeruntime.exceptions import JobsError
 from edgeruntime.functions.slug import is_valid_slug
 from edgeruntime.jobs.backends import open_store
 from edgeruntime.jobs.clock import Clock, SystemClock
 from edgeruntime.jobs.config import JobsConfig
 from edgeruntime.jobs.delivery import deliver
+from edgeruntime.jobs.outage import Outage
 from edgeruntime.jobs.store import Job, JobStore, Outcome
 
 if TYPE_CHECKING:
@@ -39,6 +41,9 @@ JOB_ID_HEADER = "x-edgeruntime-job-id"
 ATTEMPT_HEADER = "x-edgeruntime-attempt"
 #: How long a finished outcome or a free slot may wait for others to share a store round trip.
 BATCH_WAIT_SEC = 0.01
+#: Heartbeats per lease: the lease is renewed every `lease_sec / HEARTBEATS_PER_LEASE` seconds, so
+#: two beats may be late before it runs out.
+HEARTBEATS_PER_LEASE = 3
 
 
 def backoff(attempt: int, config: JobsConfig, rng: Callable[[float, float], float] = random.uniform) -> float:
@@ -127,13 +132,18 @@ async def enqueue(
     """
     global _fallback
     queue = _active
+    if queue is None and context.server_enqueue is not None:
+        # A function in a worker process (process isolation): the server enqueues it.
+        return await context.server_enqueue(
+            function, payload, delay=delay, max_attempts=max_attempts, idempotency_key=idempotency_key
+        )
     if queue is None:
-        # A function running outside the server process (process isolation) opens the store itself.
+        # A script outside any server opens the store itself.
         url = os.environ.get("EDGERUNTIME_DATABASE_URL")
         if not url:
             raise JobsError("enqueue: no jobs store is running (use edgeruntime serve or EdgeClient)")
         if _fallback is None or _fallback.store.url != url:
-            store = open_store(url)
+            store = open_store(url, source="EDGERUNTIME_DATABASE_URL")
             await store.migrate()
             _fallback = JobQueue(store, JobsConfig(), SystemClock())
         queue = _fallback
@@ -166,6 +176,11 @@ class QueueRunner:
         self._event = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self.delivered = 0
+        # A store that is down or read-only fails every poll: one line when it starts, a reminder
+        # a minute, one line when it is back (not a traceback five times a second).
+        self._claim_outage = Outage(logger, "jobs: claiming due jobs")
+        self._finish_outage = Outage(logger, "jobs: recording job outcomes")
+        self._heartbeat_outage = Outage(logger, "jobs: renewing leases (heartbeat)")
 
     def wake(self) -> None:
         self._event.set()
@@ -236,11 +251,13 @@ class QueueRunner:
         batch, self._outcomes = self._outcomes, []
         try:
             await self.store.finish([o for o, _ in batch], now=self.clock.now())
-        except Exception:
+        except Exception as exc:
             # Kept for the next flush; if the store stays away, the leases run out and the jobs are
             # delivered again (the attempt number then fences these outcomes off).
-            logger.exception("jobs: recording %d outcome(s) failed; will retry", len(batch))
+            self._finish_outage.failed(exc, f"{len(batch)} outcome(s) kept for the next try")
             self._outcomes[:0] = batch
+            return
+        self._finish_outage.recovered()
 
     async def _loop(self) -> None:
         poll = self.config.poll_interval_ms / 1000
@@ -252,7 +269,10 @@ class QueueRunner:
             now = loop.time()
             # Outcomes and claims go to the store in batches: one round trip per half a batch of
             # jobs rather than per job, unless the instance would otherwise sit idle or wait long.
-            if len(self._outcomes) >= batch or not self._in_flight or now - last_flush >= BATCH_WAIT_SEC:
+            due = len(self._outcomes) >= batch or not self._in_flight or now - last_flush >= BATCH_WAIT_SEC
+            if self._finish_outage.failing:
+                due = now - last_flush >= poll  # retried at the poll interval, not every 10 ms
+            if due:
                 await self._flush()
                 last_flush = now
             free = self.config.concurrency - len(self._in_flight)
@@ -263,24 +283,30 @@ class QueueRunner:
                     claimed = await self.store.claim(
                         self.instance_id, free, now=self.clock.now(), lease_sec=self.config.lease_sec
                     )
-                except Exception:
-                    logger.exception("jobs: claiming failed; retrying in %.1f s", poll)
+                except Exception as exc:
+                    self._claim_outage.failed(exc, f"retrying every {poll:g} s")
+                else:
+                    self._claim_outage.recovered()
                 for job in claimed:
                     self._spawn(job)
             # Wait for a delivery to finish, an enqueue in this process, or the next poll.
-            timeout = BATCH_WAIT_SEC if self._outcomes or 0 < free < batch else poll
+            timeout = (
+                BATCH_WAIT_SEC if (self._outcomes and not self._finish_outage.failing) or 0 < free < batch else poll
+            )
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._event.wait(), timeout)
 
     async def _heartbeat(self) -> None:
-        interval = self.config.lease_sec / 3  # two beats may be late before a lease runs out
+        interval = self.config.lease_sec / HEARTBEATS_PER_LEASE
         while True:
             await asyncio.sleep(interval)
             # Always, even with no job in flight: it also renews this instance's running cron ticks.
             try:
                 await self.store.heartbeat(self.instance_id, now=self.clock.now(), lease_sec=self.config.lease_sec)
-            except Exception:
-                logger.exception("jobs: heartbeat failed")
+            except Exception as exc:
+                self._heartbeat_outage.failed(exc, f"retrying every {interval:g} s")
+            else:
+                self._heartbeat_outage.recovered()
 
     def start(self) -> None:
         loop = asyncio.get_running_loop()

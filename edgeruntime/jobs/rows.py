@@ -14,6 +14,8 @@ __all__ = [
     "PRUNE_STATEMENTS",
     "RUN_COLUMNS",
     "TICK_COLUMNS",
+    "WRITE_PROBES",
+    "FIRST_OF_BATCH",
     "failed_from_row",
     "job_from_row",
     "lease_from_row",
@@ -28,6 +30,12 @@ TICK_COLUMNS = "id, cron, tick_key, scheduled_for, status, trigger, http_status,
 FAILED_COLUMNS = "id, job_id, function, payload, attempts, error, http_status, response, failed_at, retried_as"
 RUN_COLUMNS = "kind, function, trigger, execution_id, status, started_at, duration_ms, http_status, error, name"
 LEASE_COLUMNS = "id, function, attempts, max_attempts, worker_id, updated_at, lease_until"
+
+#: The first row of a run-history batch, with the batch's id: inserts nothing when a row with that
+#: id is there already (the batch was written before, though its writer never heard so).
+FIRST_OF_BATCH = (
+    f"INSERT INTO edgeruntime_runs ({RUN_COLUMNS}, batch) VALUES ({', '.join(['%s'] * 11)}) ON CONFLICT DO NOTHING"
+)
 
 
 def job_from_row(row: Sequence[Any]) -> Job:
@@ -99,6 +107,29 @@ def run_filters(
         args.extend(ids)
     return ("WHERE " + " AND ".join(clauses) if clauses else ""), args
 
+
+#: One insert, update and delete in each table the runtime writes, in a transaction that is then
+#: rolled back: proves at start that the store accepts writes (file mode, read-only role or
+#: transaction, missing privileges). Id -1: never a real row, and no sequence value is used up.
+WRITE_PROBES = (
+    "INSERT INTO edgeruntime_runs (id, kind, function, trigger, execution_id, status, started_at)"
+    " VALUES (-1, 'probe', 'probe', 'probe', 'probe', 'probe', 0)",
+    "INSERT INTO edgeruntime_jobs (id, function, payload, status, max_attempts, run_at, created_at, updated_at)"
+    " VALUES (-1, 'probe', '{}', 'probe', 1, 0, 0, 0)",
+    "INSERT INTO edgeruntime_failed_jobs (id, job_id, function, payload, attempts, failed_at)"
+    " VALUES (-1, -1, 'probe', '{}', 1, 0)",
+    "INSERT INTO edgeruntime_cron_ticks (id, cron, tick_key, scheduled_for, trigger, status, instance, started_at)"
+    " VALUES (-1, 'probe', 'probe', 0, 'probe', 'probe', 'probe', 0)",
+    "INSERT INTO edgeruntime_cron_pauses (cron, paused_at) VALUES ('edgeruntime probe', 0)",
+    "UPDATE edgeruntime_jobs SET status = 'probed' WHERE id = -1",
+    "UPDATE edgeruntime_failed_jobs SET retried_as = -1 WHERE id = -1",
+    "UPDATE edgeruntime_cron_ticks SET status = 'probed' WHERE id = -1",
+    "DELETE FROM edgeruntime_runs WHERE id = -1",
+    "DELETE FROM edgeruntime_jobs WHERE id = -1",
+    "DELETE FROM edgeruntime_failed_jobs WHERE id = -1",
+    "DELETE FROM edgeruntime_cron_ticks WHERE id = -1",
+    "DELETE FROM edgeruntime_cron_pauses WHERE cron = 'edgeruntime probe'",
+)
 
 #: Retention: history, succeeded jobs and finished ticks older than the cut-off (both dialects).
 PRUNE_STATEMENTS = (

@@ -24,6 +24,7 @@ from edgeruntime.exceptions import ConfigError, JobsError
 from edgeruntime.jobs.clock import Clock
 from edgeruntime.jobs.config import CATCHUP_WINDOW_SEC
 from edgeruntime.jobs.delivery import deliver
+from edgeruntime.jobs.outage import Outage
 from edgeruntime.jobs.schedule import Schedule, validate_cron
 from edgeruntime.jobs.store import JobStore, TickStatus
 
@@ -117,6 +118,8 @@ class Scheduler:
         self._running: set[asyncio.Task[CronRun | None]] = set()
         #: Called with every tick this instance fired or skipped (metrics).
         self.observers: list[Callable[[CronRun], None]] = []
+        # A store that is down fails every tick of every job: logged once, then once a minute.
+        self._outage = Outage(logger, "cron: claiming ticks")
 
     def _observe(self, run: CronRun) -> CronRun:
         for observer in self.observers:
@@ -214,9 +217,11 @@ class Scheduler:
             if name in await self.store.paused_crons():
                 logger.info("cron %s: tick %s not fired, the job is paused", name, iso(tick))
                 return None
-            return await self.fire(name, tick)
-        except Exception:
-            logger.exception("cron %s: tick %s failed", name, iso(tick))
+            run = await self.fire(name, tick)
+            self._outage.recovered()
+            return run
+        except Exception as exc:
+            self._outage.failed(exc, f"cron {name}: tick {iso(tick)} not fired")
             return None
 
     def start(self) -> None:

@@ -3,31 +3,40 @@
 WAL journal, a 10 s busy timeout and `BEGIN IMMEDIATE` write transactions: a claim or a tick
 insert takes the single writer lock, so two processes never lease the same job or tick. The
 stdlib driver runs on one dedicated thread, off the event loop.
+
+With a history size cap (`[jobs] retention_max_mb` / `retention_max_rows`) the file is switched to
+`auto_vacuum = INCREMENTAL` (one VACUUM, once per file), so pages freed by deleting old history can
+be given back to the file system: the file shrinks instead of only ceasing to grow.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import math
 import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from itertools import chain
 from pathlib import Path
 from typing import TypeVar
 
-from edgeruntime.exceptions import ConfigError
+from edgeruntime.exceptions import ConfigError, StoreUnavailable
 from edgeruntime.jobs import migrations
 from edgeruntime.jobs.rows import (
     FAILED_COLUMNS,
+    FIRST_OF_BATCH,
     JOB_COLUMNS,
     LEASE_COLUMNS,
     PRUNE_STATEMENTS,
     RUN_COLUMNS,
     TICK_COLUMNS,
+    WRITE_PROBES,
     failed_from_row,
     job_from_row,
     lease_from_row,
@@ -36,13 +45,45 @@ from edgeruntime.jobs.rows import (
     run_row,
     tick_from_row,
 )
-from edgeruntime.jobs.store import CronTick, FailedJob, Job, JobStatus, Outcome, QueueStats, Run, RunRow, TickStatus
+from edgeruntime.jobs.store import (
+    TRIM_TARGET,
+    CronTick,
+    FailedJob,
+    Job,
+    JobStatus,
+    Outcome,
+    QueueStats,
+    Run,
+    RunRow,
+    TickStatus,
+)
 
 __all__ = ["SQLiteStore"]
+
+logger = logging.getLogger("edgeruntime.jobs")
 
 T = TypeVar("T")
 BUSY_TIMEOUT_MS = 10_000
 
+#: After a checkpoint the WAL file is cut back to this size: one large transaction (a trim, the
+#: VACUUM that turns incremental vacuum on) would otherwise leave it as large as it once was.
+JOURNAL_SIZE_LIMIT_BYTES = 8 * 1024 * 1024
+#: Oldest history rows deleted per transaction when trimming, so the write lock is held briefly.
+TRIM_CHUNK_ROWS = 10_000
+#: Measure, delete, measure again: the bytes a record takes are learnt from the first round.
+TRIM_ROUNDS = 6
+#: Free pages given back per transaction (2 MiB of 4 KiB pages): each moves live pages from the
+#: end of the file into the holes and holds the write lock meanwhile.
+RELEASE_CHUNK_PAGES = 512
+#: Free pages are given back once they are more than this share of the file (or the file is over
+#: its cap); below it they are left for new records to reuse, which costs nothing.
+RELEASE_FREE_SHARE = 0.25
+AUTO_VACUUM_INCREMENTAL = 2
+
+
+_FIRST_OF_BATCH = FIRST_OF_BATCH.replace("%s", "?")
+#: What a batch of run rows can be refused for by its content; any other error is the store's.
+_ROW_ERRORS = (sqlite3.IntegrityError, sqlite3.DataError, sqlite3.ProgrammingError, sqlite3.InterfaceError)
 
 #: Run rows per INSERT statement, at most (10 parameters each, well under SQLite's 32,766).
 RUNS_PER_STATEMENT = 512
@@ -95,6 +136,9 @@ class SQLiteStore:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgeruntime-sqlite")
         self._conn: sqlite3.Connection | None = None
         self._lock = threading.Lock()
+        #: Whether the switch to incremental vacuum was tried (once per process, even if it failed).
+        self._vacuum_tried = False
+        self._over_cap_logged = False
 
     # -- plumbing ------------------------------------------------------------------------
 
@@ -108,6 +152,7 @@ class SQLiteStore:
                 conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
                 _enter_wal(conn)
                 conn.execute("PRAGMA synchronous = NORMAL")
+                conn.execute(f"PRAGMA journal_size_limit = {JOURNAL_SIZE_LIMIT_BYTES}")
             except (OSError, sqlite3.Error) as exc:
                 raise ConfigError(f"database {self.path}: {exc}") from None
             self._conn = conn
@@ -150,7 +195,24 @@ class SQLiteStore:
                         (version, datetime.now(UTC).isoformat()),
                     )
 
-        await self._run(run)
+        try:
+            await self._run(run)
+        except sqlite3.Error as exc:
+            raise ConfigError(f"database {self.path}: cannot create or upgrade its schema: {exc}") from None
+
+    async def check_writable(self) -> None:
+        def run(conn: sqlite3.Connection) -> None:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for stmt in WRITE_PROBES:
+                    conn.execute(stmt)
+            finally:
+                conn.execute("ROLLBACK")
+
+        try:
+            await self._run(run)
+        except sqlite3.Error as exc:
+            raise ConfigError(f"database {self.path}: cannot write to it: {exc}") from None
 
     async def close(self) -> None:
         def run() -> None:
@@ -429,21 +491,33 @@ class SQLiteStore:
     async def record_runs(self, runs: Sequence[Run]) -> None:
         await self.record_run_rows([run_row(r) for r in runs])
 
-    async def record_run_rows(self, rows: Sequence[RunRow]) -> None:
+    async def record_run_rows(self, rows: Sequence[RunRow], *, batch_id: str | None = None) -> int:
         if not rows:
-            return
+            return 0
 
-        def run(conn: sqlite3.Connection) -> None:
+        def run(conn: sqlite3.Connection) -> int:
             # Multi-row INSERTs rather than executemany: executemany gives the GIL up and takes it
             # back for every row, which stalls a busy event loop thread far more than the insert costs.
             with self._write(conn):
                 start, total = 0, len(rows)
+                if batch_id is not None:
+                    if not conn.execute(_FIRST_OF_BATCH, (*rows[0], batch_id)).rowcount:
+                        return 0  # written before
+                    start = 1
                 while start < total:
                     n = min(RUNS_PER_STATEMENT, 1 << ((total - start).bit_length() - 1))
                     conn.execute(_INSERT_RUNS[n], list(chain.from_iterable(rows[start : start + n])))
                     start += n
+            return total
 
-        await self._run(run)
+        try:
+            return await self._run(run)
+        except _ROW_ERRORS:
+            raise
+        except sqlite3.Error as exc:  # locked, read-only, disk I/O error or full, malformed
+            raise StoreUnavailable(f"database {self.path}: {exc}") from exc
+        except ConfigError as exc:  # the file could not be opened again
+            raise StoreUnavailable(str(exc)) from exc
 
     async def runs(
         self,
@@ -475,3 +549,169 @@ class SQLiteStore:
                 return total
 
         return await self._run(run)
+
+    # -- history size cap ----------------------------------------------------------------
+
+    async def trim_history(self, *, max_rows: int | None = None, max_mb: float | None = None) -> int:
+        max_bytes = None if max_mb is None else int(max_mb * 1024 * 1024)
+        deleted = 0
+        if max_rows is not None:
+            first, last = await self._run(_run_ids)
+            if last - first + 1 > max_rows:
+                deleted += await self._delete_runs_through(last - int(max_rows * TRIM_TARGET))
+        if max_bytes is not None:
+            deleted += await self._trim_to_bytes(max_bytes)
+        if (max_rows is not None or max_bytes is not None) and not self._vacuum_tried:
+            self._vacuum_tried = True
+            await self._switch_to_incremental_vacuum()
+        await self._release_free_pages(max_bytes)
+        return deleted
+
+    async def _trim_to_bytes(self, max_bytes: int) -> int:
+        deleted = 0
+        per_row: float | None = None
+        for _ in range(TRIM_ROUNDS):
+            before = await self._run(_file_size)
+            first, last = await self._run(_run_ids)
+            if before.used <= max_bytes:
+                self._over_cap_logged = False
+                return deleted
+            if last < first:
+                self._history_gone_over_cap(before, max_bytes)
+                return deleted
+            # The first guess (the whole file over the records) is high, so it deletes too few;
+            # from then on, what the last deletion freed per record.
+            if per_row is None:
+                per_row = before.used / (last - first + 1)
+            count = max(1, math.ceil((before.used - max_bytes * TRIM_TARGET) / per_row))
+            gone = await self._delete_runs_through(first + count - 1)
+            deleted += gone
+            after = await self._run(_file_size)
+            if gone and after.used < before.used:
+                per_row = (before.used - after.used) / gone
+        return deleted  # the next check goes on
+
+    def _history_gone_over_cap(self, size: _FileSize, max_bytes: int) -> None:
+        if not self._over_cap_logged:
+            self._over_cap_logged = True
+            logger.warning(
+                "jobs: database %s holds %.1f MiB, over retention_max_mb (%.1f MiB), with no run history left"
+                " to delete: jobs, failed jobs and cron ticks take the rest",
+                self.path,
+                size.used / 1048576,
+                max_bytes / 1048576,
+            )
+
+    async def _delete_runs_through(self, last_id: int) -> int:
+        """Delete the history records with ids up to `last_id`, a chunk per transaction."""
+        deleted = 0
+
+        def chunk(conn: sqlite3.Connection) -> int:
+            with self._write(conn):
+                row = conn.execute("SELECT MIN(id) FROM edgeruntime_runs").fetchone()
+                if row[0] is None or row[0] > last_id:
+                    return 0
+                upto = min(last_id, row[0] + TRIM_CHUNK_ROWS - 1)
+                return conn.execute("DELETE FROM edgeruntime_runs WHERE id <= ?", (upto,)).rowcount
+
+        while gone := await self._run(chunk):
+            deleted += gone
+        return deleted
+
+    async def _switch_to_incremental_vacuum(self) -> None:
+        """Turn `auto_vacuum = INCREMENTAL` on; on a file made without it that takes one VACUUM.
+
+        The VACUUM rewrites the whole file (after the trim, so the capped size) through the WAL,
+        needs that much free disk space for a moment, and holds the write lock meanwhile.
+        """
+
+        def mode(conn: sqlite3.Connection) -> int:
+            return int(conn.execute("PRAGMA auto_vacuum").fetchone()[0])
+
+        if await self._run(mode) == AUTO_VACUUM_INCREMENTAL:
+            return
+        size = await self._run(_file_size)
+        logger.warning(
+            "jobs: database %s: switching to incremental vacuum so the history cap can shrink the file"
+            " (one VACUUM of %.1f MiB, once per file)",
+            self.path,
+            size.used / 1048576,
+        )
+        started = time.monotonic()
+
+        def vacuum(conn: sqlite3.Connection) -> None:
+            conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
+            conn.execute("VACUUM")
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+        try:
+            await self._run(vacuum)
+        except sqlite3.Error as exc:
+            logger.error(
+                "jobs: database %s: VACUUM failed (%s); old history is still deleted to the cap, but the"
+                " file does not shrink",
+                self.path,
+                exc,
+            )
+            return
+        size = await self._run(_file_size)
+        logger.warning(
+            "jobs: database %s: incremental vacuum on after %.1f s; the file is %.1f MiB",
+            self.path,
+            time.monotonic() - started,
+            size.pages * size.page_size / 1048576,
+        )
+
+    async def _release_free_pages(self, max_bytes: int | None) -> int:
+        """Give free pages back to the file system, if the file allows it and enough are free."""
+
+        def plan(conn: sqlite3.Connection) -> int:
+            if int(conn.execute("PRAGMA auto_vacuum").fetchone()[0]) != AUTO_VACUUM_INCREMENTAL:
+                return 0
+            size = _file_size(conn)
+            over = max_bytes is not None and size.pages * size.page_size > max_bytes
+            return size.free if size.free and (over or size.free > size.pages * RELEASE_FREE_SHARE) else 0
+
+        def release(conn: sqlite3.Connection) -> None:
+            # Not execute(): the pragma yields an empty row per page freed, and the driver stops
+            # stepping a statement with no columns after the first, so it would free one page.
+            conn.executescript(f"PRAGMA incremental_vacuum({RELEASE_CHUNK_PAGES});")
+
+        todo = await self._run(plan)
+        released = 0
+        while released < todo:
+            await self._run(release)
+            released += RELEASE_CHUNK_PAGES
+        if todo:
+            # The file shrinks when the WAL is checkpointed: now, not at the next automatic one.
+            await self._run(lambda conn: conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall())
+        return todo
+
+
+@dataclass(frozen=True)
+class _FileSize:
+    page_size: int
+    pages: int
+    free: int
+
+    @property
+    def used(self) -> int:
+        """Bytes in pages holding data (free pages are reused before the file grows)."""
+        return (self.pages - self.free) * self.page_size
+
+
+def _file_size(conn: sqlite3.Connection) -> _FileSize:
+    page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+    pages = conn.execute("PRAGMA page_count").fetchone()[0]
+    free = conn.execute("PRAGMA freelist_count").fetchone()[0]
+    return _FileSize(int(page_size), int(pages), int(free))
+
+
+def _run_ids(conn: sqlite3.Connection) -> tuple[int, int]:
+    """The first and last history record ids; (0, -1) when there are none."""
+    # Two subqueries: SQLite reads one end of the primary key for a lone MIN or MAX, but scans
+    # the whole table for both in one SELECT.
+    first, last = conn.execute(
+        "SELECT (SELECT MIN(id) FROM edgeruntime_runs), (SELECT MAX(id) FROM edgeruntime_runs)"
+    ).fetchone()
+    return (0, -1) if first is None else (int(first), int(last))

@@ -22,9 +22,15 @@ __all__ = [
     "QueueStats",
     "Run",
     "RunRow",
+    "TRIM_TARGET",
     "TickStatus",
     "redact_url",
 ]
+
+
+#: A history over its cap is trimmed to this fraction of it, so the records of the next minutes fit
+#: without a trim at every check.
+TRIM_TARGET = 0.9
 
 
 class JobStatus(enum.StrEnum):
@@ -161,7 +167,17 @@ class JobStore(Protocol):
     url: str
 
     async def migrate(self) -> None:
-        """Create or upgrade the schema (safe when several instances start at once)."""
+        """Create or upgrade the schema (safe when several instances start at once).
+
+        ConfigError naming the database when it cannot be opened or its schema cannot be written.
+        """
+
+    async def check_writable(self) -> None:
+        """Prove the store accepts writes: one in each table the runtime writes, rolled back.
+
+        ConfigError naming the file (or the URL without its password) when it does not: a
+        read-only file, a read-only transaction or role, missing privileges.
+        """
 
     async def close(self) -> None: ...
 
@@ -244,8 +260,14 @@ class JobStore(Protocol):
     async def record_runs(self, runs: Sequence[Run]) -> None:
         """Write run records in one transaction (as rows: see `record_run_rows`)."""
 
-    async def record_run_rows(self, rows: Sequence[RunRow]) -> None:
-        """Write run rows in one transaction: the run history's write path."""
+    async def record_run_rows(self, rows: Sequence[RunRow], *, batch_id: str | None = None) -> int:
+        """Write run rows in one transaction: the run history's write path. Returns rows written.
+
+        With a `batch_id`, a batch is written at most once: writing it again (after a connection
+        was lost with the outcome of its COMMIT unknown) writes nothing and returns 0.
+        StoreUnavailable when the store cannot be reached or written now (the same call may
+        succeed later); any other error means these rows cannot be written.
+        """
 
     async def runs(
         self,
@@ -261,6 +283,15 @@ class JobStore(Protocol):
 
     async def prune(self, *, before: float) -> int:
         """Delete history, finished jobs and old ticks older than `before`; returns rows deleted."""
+
+    async def trim_history(self, *, max_rows: int | None = None, max_mb: float | None = None) -> int:
+        """Keep the run history under a size cap: returns how many of the oldest records were deleted.
+
+        Over `max_rows` records, or over `max_mb` MiB (SQLite: the database file; Postgres: the
+        history table's live rows, estimated), the oldest records are deleted down to
+        `TRIM_TARGET` of the cap. SQLite also gives free pages back to the file system (see
+        `edgeruntime.jobs.sqlite`); without a cap that is all it does.
+        """
 
 
 def redact_url(url: str) -> str:

@@ -14,6 +14,7 @@ import os
 import socket
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from edgeruntime.functions.discovery import discover
@@ -22,6 +23,7 @@ from edgeruntime.jobs.backends import open_store
 from edgeruntime.jobs.clock import Clock, SystemClock
 from edgeruntime.jobs.config import JobsConfig
 from edgeruntime.jobs.history import RunHistory
+from edgeruntime.jobs.outage import Outage
 from edgeruntime.jobs.queue import JobQueue, QueueRunner, activate
 from edgeruntime.jobs.scheduler import Scheduler, cron_jobs
 from edgeruntime.jobs.store import JobStore
@@ -35,6 +37,11 @@ __all__ = ["JobSystem", "attach"]
 logger = logging.getLogger("edgeruntime.jobs")
 
 PRUNE_INTERVAL_SEC = 3600.0
+#: How often a history size cap (`[jobs] retention_max_mb` / `retention_max_rows`) is checked: a
+#: burst may overshoot it by what it writes in this time. A check under the cap reads a few
+#: numbers (SQLite: page counts; Postgres: the id range and the table's size, and a sample of the
+#: newest rows only once its files are over the cap).
+TRIM_INTERVAL_SEC = 10.0
 
 
 class JobSystem(Extension):
@@ -54,7 +61,9 @@ class JobSystem(Extension):
         self.config = JobsConfig.from_table(settings.config.jobs, settings.config.path)
         crons = settings.config.cron
         self.crons = cron_jobs(crons, set(discover(settings.functions_dir)) if crons else None)
-        self.store = store or open_store(settings.database_url, settings.functions_dir)
+        self.store = store or open_store(
+            settings.database_url, settings.functions_dir, source=settings.database_url_source
+        )
         self.clock: Clock = clock or SystemClock()
         #: False: nothing runs by itself; tests deliver with `run_jobs()` and `trigger_cron()`.
         self.background = background
@@ -74,24 +83,35 @@ class JobSystem(Extension):
         self.on_invocation: Callable[[Invocation], None] = self.history.on_invocation
         self.observe_invocation = self.on_invocation
         self.observe_background = self.history.on_background
+        # Worker processes (process isolation) enqueue through the server and never see the store.
+        self.enqueue = self.queue.enqueue
         self._previous: JobQueue | None = None
         self._prune_task: asyncio.Task[None] | None = None
         self._migrated = False
+        self._prune_outage = Outage(logger, "jobs: pruning history")
+        self._trim_outage = Outage(logger, "jobs: trimming history to its size cap")
 
-    def worker_env(self) -> dict[str, str]:
-        """Functions in worker processes (process isolation) open the same store to enqueue."""
-        return {"EDGERUNTIME_DATABASE_URL": self.store.url}
+    def private_paths(self) -> list[Path]:
+        """A SQLite store's files, hidden from worker processes (they enqueue through the server):
+        its directory when it is edgeruntime's own (``.edgeruntime/``), else the file and its journals."""
+        database = getattr(self.store, "path", None)
+        if not isinstance(database, Path):
+            return []
+        if database.parent.name == ".edgeruntime":
+            return [database.parent]
+        return [database.with_name(database.name + suffix) for suffix in ("", "-wal", "-shm", "-journal")]
 
     async def prepare(self) -> None:
-        """Open the store and bring its schema up to date now, so a bad database fails `serve`
-        before it listens; `start` then has nothing left to migrate. Runs on the server's loop."""
+        """Open the store, bring its schema up to date and prove it accepts writes now, so a bad
+        or read-only database fails `serve` (one line, exit status 2) before it listens; `start`
+        then has nothing left to do. Runs on the server's loop."""
         await self.store.migrate()
+        await self.store.check_writable()
         self._migrated = True
 
     async def start(self) -> None:
         if not self._migrated:
-            await self.store.migrate()
-            self._migrated = True
+            await self.prepare()
         self._previous = activate(self.queue)
         self.history.start()
         if self.background:
@@ -101,17 +121,43 @@ class JobSystem(Extension):
             self._prune_task = asyncio.get_running_loop().create_task(self._prune_loop(), name="edgeruntime-prune")
 
     async def _prune_loop(self) -> None:
+        capped = self.config.retention_max_mb is not None or self.config.retention_max_rows is not None
+        loop = asyncio.get_running_loop()
+        next_prune = loop.time()
         while True:
-            await self.prune()
-            await asyncio.sleep(PRUNE_INTERVAL_SEC)
+            if loop.time() >= next_prune:
+                await self.prune()
+                next_prune = loop.time() + PRUNE_INTERVAL_SEC
+            elif capped:
+                await self.trim()
+            until_prune = next_prune - loop.time()
+            await asyncio.sleep(max(0.0, min(TRIM_INTERVAL_SEC, until_prune) if capped else until_prune))
 
     async def prune(self) -> int:
-        """Delete history older than `[jobs] retention_days`; returns rows deleted."""
+        """Delete history older than `[jobs] retention_days`, then enforce the size cap (if one is
+        set) and give the space back where the store can; returns rows deleted."""
         try:
-            return await self.store.prune(before=self.clock.now() - self.config.retention_days * 86400)
-        except Exception:
-            logger.exception("jobs: pruning history failed")
+            deleted = await self.store.prune(before=self.clock.now() - self.config.retention_days * 86400)
+        except Exception as exc:
+            self._prune_outage.failed(exc, f"next try in {PRUNE_INTERVAL_SEC:.0f} s")
             return 0
+        self._prune_outage.recovered()
+        return deleted + await self.trim()
+
+    async def trim(self) -> int:
+        """Delete the oldest history beyond `[jobs] retention_max_rows` / `retention_max_mb`;
+        returns rows deleted."""
+        try:
+            deleted = await self.store.trim_history(
+                max_rows=self.config.retention_max_rows, max_mb=self.config.retention_max_mb
+            )
+        except Exception as exc:
+            self._trim_outage.failed(exc)
+            return 0
+        self._trim_outage.recovered()
+        if deleted:
+            logger.debug("jobs: %d oldest run record(s) deleted to keep the history under its size cap", deleted)
+        return deleted
 
     async def quiesce(self) -> None:
         """Stop firing ticks and claiming jobs; let deliveries in flight finish (graceful timeout).

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import gc
 import json
+import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -43,6 +45,11 @@ def _add_serve(sub: Any) -> None:
     serve.add_argument("--database-url", metavar="URL", help="sqlite:///path or postgresql://... for jobs and runs")
     serve.add_argument("--policy", choices=("per_worker", "per_request"))
     serve.add_argument("--isolation", choices=("inline", "process"))
+    serve.add_argument(
+        "--sandbox",
+        choices=("auto", "bwrap", "uid", "basic", "none"),
+        help="what wraps each worker process under process isolation (default: auto)",
+    )
     serve.add_argument("--tier", choices=("free", "pro"), help="hosted plan limits (free: 150 s wall clock)")
     serve.add_argument(
         "--limit",
@@ -58,6 +65,13 @@ def _add_serve(sub: Any) -> None:
         default=15.0,
         metavar="SECONDS",
         help="how long shutdown waits for background work (default 15)",
+    )
+    serve.add_argument(
+        "--keep-alive-timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="close an idle connection after this long (default 5, or [edge_runtime] keep_alive_timeout_sec)",
     )
     serve.add_argument("--server", choices=("hypercorn", "uvicorn"), default="hypercorn")
 
@@ -134,6 +148,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 
 def _settings(args: argparse.Namespace, directory: str, **options: Any) -> Settings:
+    """The project's settings. Only `serve` warns about the functions' env (it runs them, and says
+    so once at start); `keys`, `list` and `invoke` pass ``warn_env=False``, so a `$(edgeruntime
+    keys --anon)` in a script does not repeat those lines on every call."""
     return Settings.build(
         directory,
         config_path=getattr(args, "config", None),
@@ -149,6 +166,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     if not 0 < args.port < 65536:
         raise UsageError(f"--port: {args.port} is not a TCP port")
+    # Before anything can log: resolving the settings warns about the env, in the chosen format.
+    log_buffer = configure_logging(args.log_format)
     settings = _settings(
         args,
         args.directory,
@@ -158,29 +177,41 @@ def cmd_serve(args: argparse.Namespace) -> int:
         database_url=args.database_url,
         policy=args.policy,
         isolation=args.isolation,
+        sandbox=args.sandbox,
         tier=args.tier,
         limits=parse_limit_options(args.limit),
         watch=not args.no_watch,
         log_format=args.log_format,
         graceful_exit_timeout_sec=args.graceful_exit_timeout,
+        keep_alive_timeout_sec=args.keep_alive_timeout,
         server=args.server,
     )
-    log_buffer = configure_logging(settings.log_format)
     built = build_app(settings, access_log=AccessLog(log_buffer, settings.log_format))
     app, jobs = built.app, built.jobs
+    if app.launcher is not None and app.launcher.sandbox.shares_server_view:
+        from edgeruntime.workers.process.sandbox import set_dumpable
+
+        # Workers run as this user and see this process: they must not read its memory or environ.
+        try:
+            set_dumpable(False)
+        except (OSError, AttributeError):  # not Linux: said at start-up (the sandbox's warning)
+            pass
     if not app.functions:
         raise UsageError(f"no functions in {settings.functions_dir}: expected {settings.functions_dir}/<name>/index.py")
+    # The Supabase CLI's banner on stdout; with JSON logs, log lines like every other line.
+    say: Callable[[str], None] = (
+        functools.partial(logging.getLogger("edgeruntime").info, "%s") if settings.log_format == "json" else print
+    )
 
     async def start() -> None:
         await jobs.prepare()  # a database that cannot be opened fails `serve` here, before it listens
-        print(f"Serving functions on {settings.base_url}/functions/v1/<function-name>")
+        say(f"Serving functions on {settings.base_url}/functions/v1/<function-name>")
         for name in app.functions:
-            print(f" - {settings.function_url(name)}")
-        print(f"Dashboard: {settings.base_url}/_edgeruntime/")
-        print(
-            f"Using edgeruntime {__version__} (policy {settings.policy}, isolation {settings.isolation})",
-            flush=True,
-        )
+            say(f" - {settings.function_url(name)}")
+        say(f"Dashboard: {settings.base_url}/_edgeruntime/")
+        sandbox = f", sandbox {app.launcher.sandbox.mode}" if app.launcher is not None else ""
+        say(f"Using edgeruntime {__version__} (policy {settings.policy}, isolation {settings.isolation}{sandbox})")
+        sys.stdout.flush()
 
     async def watch(stop: asyncio.Event) -> None:
         from edgeruntime.functions.reload import watch_functions  # watchfiles: only when watching
@@ -202,7 +233,7 @@ def cmd_new(args: argparse.Namespace) -> int:
 def cmd_list(args: argparse.Namespace) -> int:
     from edgeruntime.functions.discovery import discover
 
-    settings = _settings(args, args.directory)
+    settings = _settings(args, args.directory, warn_env=False)
     for name in discover(settings.functions_dir):
         fn = settings.config.function(name)
         state = "enabled" if fn.enabled else "disabled"
@@ -216,7 +247,7 @@ def cmd_invoke(args: argparse.Namespace) -> int:
 
     headers: dict[str, str] = {}
     if args.key != "none":
-        settings = _settings(args, args.directory)
+        settings = _settings(args, args.directory, warn_env=False)
         key = settings.keys.service_role_key if args.key == "service_role" else settings.keys.anon_key
         headers["Authorization"] = f"Bearer {key}"
     for item in args.header:
@@ -246,12 +277,12 @@ def cmd_invoke(args: argparse.Namespace) -> int:
 
 def cmd_keys(args: argparse.Namespace) -> int:
     if Path(args.directory).is_dir():
-        keys = _settings(args, args.directory).keys
+        keys = _settings(args, args.directory, warn_env=False).keys
     else:  # keys need no functions: --config, or the config.toml where the functions would be, decides
         from edgeruntime.config.keys import demo_keys
         from edgeruntime.config.project import find_config, load_config
 
-        config = load_config(find_config(Path(args.directory), Path(args.config) if args.config else None))
+        config = load_config(find_config(Path(args.directory), Path(args.config) if args.config else None), warn=False)
         keys = demo_keys(config.jwt_secret, config.signing_keys)
     if args.anon:
         print(keys.anon_key)
@@ -301,6 +332,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # classes, functions): the ~80 collections their creation triggers find next to nothing.
     # `serve` turns the collector on (tuned) once the server is ready to listen.
     gc.disable()
+    args: argparse.Namespace | None = None
     try:
         argv = sys.argv[1:] if argv is None else list(argv)
         # `edgeruntime COMMAND ...`: only that command's parser; anything else (--help) gets them all.
@@ -309,9 +341,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             gc.enable()
         return COMMANDS[args.command](args)
     except EdgeRuntimeError as exc:
-        print(f"edgeruntime: error: {exc}", file=sys.stderr)
+        _report_error(exc, json_logs=getattr(args, "log_format", "text") == "json")
         return EXIT_USAGE
     except KeyboardInterrupt:  # pragma: no cover - interactive
         return 130
     finally:
         gc.enable()
+
+
+def _report_error(exc: EdgeRuntimeError, *, json_logs: bool) -> None:
+    """The one error line on stderr, after the log lines written before it (as a JSON line under
+    ``--log-format json``: every line of that stream parses)."""
+    for handler in logging.getLogger("edgeruntime").handlers:
+        handler.flush()
+    if json_logs:
+        from edgeruntime.core.logs import json_line
+
+        print(json_line(f"edgeruntime: error: {exc}", logging.ERROR), file=sys.__stderr__ or sys.stderr, flush=True)
+    else:
+        print(f"edgeruntime: error: {exc}", file=sys.stderr)

@@ -54,22 +54,31 @@ def add_commands(sub: Any, add_project_options: AddOptions) -> None:
     _common(run, add_project_options)
 
 
-def _settings(args: argparse.Namespace) -> Settings:
+def _settings(args: argparse.Namespace, *, warn_env: bool = False) -> Settings:
+    """The project's settings; the functions' env is only reported by commands that run them."""
     return Settings.build(
         args.dir or args.directory,
         config_path=args.config,
         env_file=args.env_file,
         database_url=args.database_url,
+        warn_env=warn_env,
     )
 
 
-def _with_store(args: argparse.Namespace, body: Callable[[JobStore], Coroutine[Any, Any, int]]) -> int:
+def _with_store(
+    args: argparse.Namespace, body: Callable[[JobStore], Coroutine[Any, Any, int]], *, writes: bool = False
+) -> int:
+    """Run `body` on the project's store. `writes`: prove first that the store accepts writes, so a
+    read-only one fails with one line (exit status 2) before anything is done."""
     url = args.database_url or os.environ.get("EDGERUNTIME_DATABASE_URL")
-    store = open_store(url) if url else open_store(None, _settings(args).functions_dir)
+    source = "--database-url" if args.database_url else "EDGERUNTIME_DATABASE_URL"
+    store = open_store(url, source=source) if url else open_store(None, _settings(args).functions_dir)
 
     async def run() -> int:
         try:
             await store.migrate()
+            if writes:
+                await store.check_writable()
             return await body(store)
         finally:
             await store.close()
@@ -153,11 +162,11 @@ def cmd_jobs(args: argparse.Namespace) -> int:
         )
         return 0
 
-    return _with_store(args, retry)
+    return _with_store(args, retry, writes=True)
 
 
 def cmd_cron(args: argparse.Namespace) -> int:
-    settings = _settings(args)
+    settings = _settings(args, warn_env=args.cron_command == "run")  # `run` runs the function
     if args.cron_command == "list":
         from edgeruntime.functions.discovery import discover
 

@@ -26,10 +26,11 @@ from edgeruntime.core.clock import LOOP_CLOCK, Clock
 from edgeruntime.core.context import ExecutionContext
 from edgeruntime.core.events import StopReason
 from edgeruntime.core.metering import settle
-from edgeruntime.core.types import Receive, Scope, Send
+from edgeruntime.core.types import Enqueue, Receive, Scope, Send
 from edgeruntime.exceptions import FunctionError, IdleTimeout
 from edgeruntime.functions.discovery import FunctionSpec
 from edgeruntime.workers.lifecycle import WorkerLifecycle
+from edgeruntime.workers.process.sandbox import WorkerLauncher, function_env, sandbox_for
 from edgeruntime.workers.request_limits import BodyLimit, IdleTimeouts
 from edgeruntime.workers.worker import InlineWorker, Worker, WorkerStatus
 
@@ -49,11 +50,12 @@ class FunctionSupervisor:
         spec: FunctionSpec,
         settings: Settings,
         background_observers: list[Callable[[BackgroundTask], None]] | None = None,
-        worker_env: dict[str, str] | None = None,
+        launcher: WorkerLauncher | None = None,
         worker_observers: list[WorkerObserver] | None = None,
         *,
         clock: Clock = LOOP_CLOCK,
         worker_factory: Callable[[], Worker] | None = None,
+        enqueue: Enqueue | None = None,
     ) -> None:
         self.spec = spec
         #: Times the workers' wall clocks (a ManualClock in unit tests).
@@ -67,8 +69,10 @@ class FunctionSupervisor:
         self.verify_jwt = settings.verify_jwt(spec.name)
         #: Called with ("retired" | "ended", function, reason) for every worker (metrics, dashboard).
         self.worker_observers: list[WorkerObserver] = worker_observers if worker_observers is not None else []
-        #: Extra env for worker processes (shared with the app: e.g. where the jobs store is).
-        self.worker_env: dict[str, str] = worker_env if worker_env is not None else {}
+        #: Starts worker processes in the server's sandbox (shared with the app; process isolation).
+        self.launcher = launcher
+        #: Enqueues the jobs functions in worker processes enqueue (the app's jobs; process isolation).
+        self.enqueue = enqueue
         self.worker: Worker | None = None
         self.retired: set[Worker] = set()
         #: Workers being ended (their requests are being failed, their background work cut).
@@ -112,9 +116,18 @@ class FunctionSupervisor:
         if self.settings.isolation == "process":
             from edgeruntime.workers.process.parent import ProcessWorker
 
-            env = {**self.settings.env, **self.worker_env}
+            launcher = self.launcher
+            if launcher is None:  # a supervisor made outside an app
+                launcher = self.launcher = WorkerLauncher(sandbox_for(self.settings), self.settings.functions_dir)
             return ProcessWorker(
-                self.spec, env, self.limits, self.background_observers, policy, self.settings.log_format
+                self.spec,
+                function_env(self.settings, launcher.sandbox),
+                self.limits,
+                self.background_observers,
+                policy,
+                self.settings.log_format,
+                launcher,
+                enqueue=self.enqueue,
             )
         return InlineWorker(self.spec, self.settings.env, self.limits, self.background_observers, policy, self.clock)
 
@@ -221,7 +234,7 @@ class FunctionSupervisor:
         WorkerCrashed (500) for the gateway to answer.
         """
         self.last_invocation = time.time()
-        body = BodyLimit(receive, self.spec.name, self._max_body_bytes)
+        body = BodyLimit(receive, self.spec.name, self._max_body_bytes, ctx)
         body.check_declared(scope)
         worker = self.worker
         if worker is None or worker.status is not WorkerStatus.ACTIVE:  # else no coroutine for acquire()

@@ -14,10 +14,13 @@ import types
 from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, Protocol
 
+from starlette.requests import ClientDisconnect
+
 from edgeruntime.core import responses
 from edgeruntime.core.background import BackgroundTask
 from edgeruntime.core.clock import LOOP_CLOCK, Clock
 from edgeruntime.core.context import ExecutionContext
+from edgeruntime.core.descriptors import exhaustion, report_exhaustion
 from edgeruntime.core.events import StopReason
 from edgeruntime.core.handlers import to_asgi
 from edgeruntime.core.metering import CpuMeter, metered, run_metered
@@ -29,9 +32,22 @@ from edgeruntime.functions.loading import load_function_module
 from edgeruntime.limits import Limits, Policy
 from edgeruntime.workers.lifecycle import RequestBudget, WorkerLifecycle
 
-__all__ = ["InlineWorker", "Worker", "WorkerStatus", "limit_exceeded"]
+__all__ = ["InlineWorker", "Worker", "WorkerStatus", "describe_error", "limit_exceeded"]
 
 logger = logging.getLogger("edgeruntime")
+
+#: Characters of a handler's exception kept in its run record (the log has the whole traceback).
+MAX_ERROR_CHARS = 1000
+
+
+def describe_error(exc: BaseException) -> str:
+    """`exc` as a run record shows it: its type and message, not its traceback."""
+    try:
+        message = str(exc)
+    except Exception:  # a broken __str__ must not turn the handler's 500 into a crash
+        message = "(the message could not be read)"
+    text = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+    return text if len(text) <= MAX_ERROR_CHARS else text[: MAX_ERROR_CHARS - 1] + "…"
 
 
 def limit_exceeded(function: str, reason: StopReason) -> LimitExceeded:
@@ -77,7 +93,8 @@ class Worker(Protocol):
     def idle(self) -> bool: ...
 
     async def start(self) -> None:
-        """Boot: raise BootError or WorkerCrashed if the module cannot be loaded."""
+        """Boot: raise BootError or WorkerCrashed if the module cannot be loaded, ResourceExhausted
+        if the server is out of file descriptors."""
 
     async def handle(self, scope: Scope, receive: Receive, send: Send, ctx: ExecutionContext) -> None:
         """Serve one request; raises LimitExceeded or WorkerCrashed when the worker fails it."""
@@ -159,7 +176,7 @@ class InlineWorker:
         return worker
 
     def boot(self) -> None:
-        """Import the function's module; raises BootError or WorkerCrashed."""
+        """Import the function's module; raises BootError, WorkerCrashed or ResourceExhausted."""
         started = time.perf_counter()
         self.state.loop = asyncio.get_running_loop()
         self.module, self.handler = load_function_module(self.spec, self.state)
@@ -192,7 +209,7 @@ class InlineWorker:
             del self._budgets[ctx]
 
     async def handle(self, scope: Scope, receive: Receive, send: Send, ctx: ExecutionContext) -> None:
-        """Serve one request; handler errors become 500/502 responses.
+        """Serve one request; handler errors become 500/502 responses (503 when out of file descriptors).
 
         Raises LimitExceeded when a limit ended the request (its worker or its own budget).
         """
@@ -213,14 +230,32 @@ class InlineWorker:
             await metered(app(scope, receive, send), meter)
         except InvalidResponse as exc:
             logger.error("%s", exc, extra={"function": self.name})
+            ctx.error = describe_error(exc)
             if not ctx.response_started:
                 await responses.send_response(send, responses.BAD_GATEWAY)
         except PayloadTooLarge:
             raise
-        except Exception:
-            logger.exception("function %s raised while handling %s %s", self.name, scope["method"], scope["path"])
-            if not ctx.response_started:
-                await responses.send_response(send, responses.INTERNAL_SERVER_ERROR)
+        except ClientDisconnect:
+            # The client went away while the function read its body: not the function's fault, and
+            # nobody is left to answer (the gateway records the request as a disconnect, 499).
+            logger.debug(
+                "client disconnected while function %s read the body of %s %s",
+                self.name,
+                scope["method"],
+                scope["path"],
+                extra={"function": self.name},
+            )
+        except Exception as exc:
+            error = exhaustion(exc)
+            if error is not None:  # the server's condition, not the function's bug: 503, one line a second
+                report_exhaustion(f"function {self.name} serving a request", error, self.name)
+                if not ctx.response_started:
+                    await responses.send_response(send, responses.RESOURCE_EXHAUSTED)
+            else:
+                logger.exception("function %s raised while handling %s %s", self.name, scope["method"], scope["path"])
+                ctx.error = describe_error(exc)
+                if not ctx.response_started:
+                    await responses.send_response(send, responses.INTERNAL_SERVER_ERROR)
         except asyncio.CancelledError:
             budget = self._budgets.get(ctx)
             reason = self.end_reason or (budget.reason if budget is not None else None)

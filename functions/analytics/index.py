@@ -32,7 +32,10 @@ TypeScript original (seeds/background-jobs-waituntil.md, "Use Case 3: Analytics 
 Differences: ``processAction`` is left to the reader in the seed; here it echoes the action. The
 PostHog host is POSTHOG_HOST (default https://api.posthog.com, the seed's). The duration is an
 integer of milliseconds and the timestamp ISO 8601 with milliseconds and Z, as in JavaScript. A
-failed capture is logged, not raised: analytics must never break the request.
+key the request did not have (``action``, ``data.userId``) is left out of the event, as
+JSON.stringify drops ``undefined``; a header that is absent is ``null`` in both. A body without
+``data`` is served here (the seed throws a TypeError on ``data.userId``: a 500). A failed capture is
+logged, not raised: analytics must never break the request. One HTTP client per worker.
 
 Env: POSTHOG_API_KEY, POSTHOG_HOST.
 """
@@ -47,8 +50,28 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from edgeruntime import Deno, EdgeRuntime, serve
+from edgeruntime.runtime import BeforeUnloadEvent
 
 logger = logging.getLogger(__name__)
+
+#: JavaScript's `undefined`: a key whose value is this is left out, as JSON.stringify leaves it out.
+UNDEFINED: Any = object()
+
+# One connection pool per worker (a client per call loads the CA certificates each time).
+http = httpx.AsyncClient(timeout=10)
+
+
+async def close_http(event: BeforeUnloadEvent) -> None:
+    if event.reason == "early_drop":  # nothing in flight or pending: no one can still use it
+        await http.aclose()
+
+
+EdgeRuntime.on("beforeunload", close_http)
+
+
+def defined(obj: dict[str, Any]) -> dict[str, Any]:
+    """`obj` as JSON.stringify sends it: UNDEFINED values are left out, None stays null."""
+    return {key: value for key, value in obj.items() if value is not UNDEFINED}
 
 
 async def handler(req: Request) -> JSONResponse:
@@ -66,14 +89,16 @@ async def handler(req: Request) -> JSONResponse:
     duration_ms = int((time.monotonic() - start) * 1000)
     EdgeRuntime.wait_until(
         log_analytics(
-            {
-                "action": action,
-                "duration": duration_ms,
-                "userId": data.get("userId"),
-                "timestamp": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-                "userAgent": req.headers.get("user-agent"),
-                "country": req.headers.get("cf-ipcountry"),  # Cloudflare's header
-            }
+            defined(
+                {
+                    "action": body.get("action", UNDEFINED),
+                    "duration": duration_ms,
+                    "userId": data.get("userId", UNDEFINED),
+                    "timestamp": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+                    "userAgent": req.headers.get("user-agent"),
+                    "country": req.headers.get("cf-ipcountry"),  # Cloudflare's header
+                }
+            )
         )
     )
 
@@ -86,11 +111,10 @@ async def process_action(action: str | None, data: dict[str, Any]) -> dict[str, 
 
 async def log_analytics(event: dict[str, Any]) -> None:
     host = Deno.env.get("POSTHOG_HOST") or "https://api.posthog.com"
-    async with httpx.AsyncClient(timeout=10) as http:
-        response = await http.post(
-            f"{host}/capture",
-            json={"api_key": Deno.env.get("POSTHOG_API_KEY"), "event": "api_request", "properties": event},
-        )
+    response = await http.post(
+        f"{host}/capture",
+        json={"api_key": Deno.env.get("POSTHOG_API_KEY"), "event": "api_request", "properties": event},
+    )
     if not response.is_success:
         logger.warning("PostHog capture failed with %s: %s", response.status_code, response.text)
 

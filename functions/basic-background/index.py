@@ -21,14 +21,16 @@ from edgeruntime import EdgeRuntime, serve
 logger = logging.getLogger(__name__)
 
 #: What the background work did, newest last (a stand-in for analytics, aggregates, admin mail).
-PROCESSED: list[dict[str, str]] = []
+PROCESSED: list[dict[str, str | None]] = []
 #: Seconds each background step takes; tests make it longer to see the response not wait.
 STEP_SECONDS = 0.01
 
 
 async def handler(req: Request) -> JSONResponse:
     body = await req.json()
-    user_id, action = body["userId"], body["action"]
+    # `const { userId, action } = await req.json()`: a missing key is `undefined` there, None here;
+    # body["userId"] would raise KeyError and answer 500 where the TypeScript answers 202.
+    user_id, action = body.get("userId"), body.get("action")
 
     # 1. Prepare the response.
     response = JSONResponse({"accepted": True}, status_code=202)
@@ -39,7 +41,7 @@ async def handler(req: Request) -> JSONResponse:
     return response
 
 
-async def process_in_background(user_id: str, action: str) -> None:
+async def process_in_background(user_id: str | None, action: str | None) -> None:
     # This runs after the response is sent: the caller already has its 202.
     await send_analytics(user_id, action)
     await update_aggregates(user_id)
@@ -48,15 +50,15 @@ async def process_in_background(user_id: str, action: str) -> None:
     logger.info("processed %s for %s", action, user_id)
 
 
-async def send_analytics(user_id: str, action: str) -> None:
+async def send_analytics(user_id: str | None, action: str | None) -> None:
     await asyncio.sleep(STEP_SECONDS)
 
 
-async def update_aggregates(user_id: str) -> None:
+async def update_aggregates(user_id: str | None) -> None:
     await asyncio.sleep(STEP_SECONDS)
 
 
-async def notify_admins(action: str) -> None:
+async def notify_admins(action: str | None) -> None:
     await asyncio.sleep(STEP_SECONDS)
 
 

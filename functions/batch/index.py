@@ -30,12 +30,32 @@ Env: SUPABASE_URL, SUPABASE_SERVICE_ROLE_KEY (injected by the runtime).
 
 from typing import Any
 
-from _shared.supabase_admin import supabase_admin
+import httpx
+from postgrest import ReturnMethod
 from starlette.requests import Request
 from starlette.responses import JSONResponse
+from supabase import AsyncClient, AsyncClientOptions
 
-from edgeruntime import EdgeRuntime, serve
+from edgeruntime import Deno, EdgeRuntime, serve
 from edgeruntime.jobs import enqueue
+from edgeruntime.runtime import BeforeUnloadEvent
+
+# One connection pool per worker, shared by supabase-py (a client per call loads the CA
+# certificates each time, on the function's CPU budget; see docs/porting.md).
+http = httpx.AsyncClient(timeout=10)
+supabase = AsyncClient(
+    Deno.env.get("SUPABASE_URL") or "",
+    Deno.env.get("SUPABASE_SERVICE_ROLE_KEY") or "",
+    AsyncClientOptions(httpx_client=http),
+)
+
+
+async def close_http(event: BeforeUnloadEvent) -> None:
+    if event.reason == "early_drop":  # nothing in flight or pending: no one can still use it
+        await http.aclose()
+
+
+EdgeRuntime.on("beforeunload", close_http)
 
 #: How many items one invocation processes; the rest is queued.
 BATCH_LIMIT = 100
@@ -59,8 +79,8 @@ async def handler(req: Request) -> JSONResponse:
 async def process_batch(items: list[Any]) -> None:
     if not items:
         return
-    async with supabase_admin() as supabase:
-        await supabase.table("processed_items").insert([{"item": item} for item in items]).execute()
+    rows = [{"item": item} for item in items]
+    await supabase.table("processed_items").insert(rows, returning=ReturnMethod.minimal).execute()
 
 
 async def queue_remaining_items(items: list[Any]) -> None:

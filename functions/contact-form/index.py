@@ -39,10 +39,14 @@ TypeScript original (seeds/background-jobs-waituntil.md, "Use Case 2: Email Send
       // Notify team via Slack, email, etc.
     }
 
-Differences: the seed forgets to import ``createClient``; a missing ``name`` is left out of the row
-(as JSON.stringify drops undefined) and the mail says "Hi there" instead of "Hi undefined";
+Differences: the seed forgets to import ``createClient``. supabase-js hands back ``{data, error}``
+for a failed insert and for a failed ``fetch`` alike; supabase-py raises ``APIError`` or an
+``httpx.HTTPError``, and both answer the seed's 500 ``{"error": "Failed to save"}``. A missing
+``name`` is left out of the row, as JSON.stringify drops ``undefined`` (a ``null`` one is kept);
+the mail then says "Hi there" where the seed writes "Hi undefined" — a deliberate change.
 ``notifyTeam`` mails TEAM_EMAIL when it is set. A failed email is logged, never raised — an
-unreachable mail API included (``fetch`` rejects then, and the seed leaves that unhandled).
+unreachable mail API included (``fetch`` rejects then, and the seed leaves that unhandled). One
+HTTP client per worker serves supabase-py and the mail calls (docs/porting.md).
 
 Env: SENDGRID_API_KEY, SENDGRID_API_URL (default https://api.sendgrid.com), TEAM_EMAIL (optional),
 SUPABASE_URL and SUPABASE_SERVICE_ROLE_KEY (injected by the runtime).
@@ -53,14 +57,32 @@ import logging
 from typing import Any, cast
 
 import httpx
-from _shared.supabase_admin import supabase_admin
 from postgrest import APIError
 from starlette.requests import Request
 from starlette.responses import JSONResponse
+from supabase import AsyncClient, AsyncClientOptions
 
 from edgeruntime import Deno, EdgeRuntime, serve
+from edgeruntime.runtime import BeforeUnloadEvent
 
 logger = logging.getLogger(__name__)
+
+# One connection pool per worker, made when the module loads and shared by supabase-py: a client
+# per call would load the CA certificates each time, on the function's CPU budget.
+http = httpx.AsyncClient(timeout=10)
+supabase = AsyncClient(
+    Deno.env.get("SUPABASE_URL") or "",
+    Deno.env.get("SUPABASE_SERVICE_ROLE_KEY") or "",
+    AsyncClientOptions(httpx_client=http),
+)
+
+
+async def close_http(event: BeforeUnloadEvent) -> None:
+    if event.reason == "early_drop":  # nothing in flight or pending: no one can still use it
+        await http.aclose()
+
+
+EdgeRuntime.on("beforeunload", close_http)
 
 
 async def handler(req: Request) -> JSONResponse:
@@ -76,13 +98,12 @@ async def handler(req: Request) -> JSONResponse:
     if not email or not message:
         return JSONResponse({"error": "Missing required fields"}, status_code=400)
 
-    # Store the contact form submission.
-    row = {"email": email, "message": message} | ({"name": name} if name is not None else {})
+    # Store the contact form submission: the keys the body has (JSON.stringify drops `undefined`).
+    row = {key: body[key] for key in ("email", "name", "message") if key in body}
     try:
-        async with supabase_admin() as supabase:
-            result = await supabase.table("contact_submissions").insert(row).single().execute()
-    except APIError as error:
-        logger.error("Failed to save contact submission: %s", error.message)
+        result = await supabase.table("contact_submissions").insert(row).select().single().execute()
+    except (APIError, httpx.HTTPError) as error:  # supabase-js: `if (error)`, for both
+        logger.error("Failed to save contact submission: %s", error)
         return JSONResponse({"error": "Failed to save"}, status_code=500)
     data = cast(dict[str, Any], result.data)
 
@@ -99,17 +120,16 @@ async def send_mail(to: str, subject: str, text: str) -> str | None:
     """Send one mail through SendGrid: None when it was accepted, else what went wrong."""
     base = Deno.env.get("SENDGRID_API_URL") or "https://api.sendgrid.com"
     try:
-        async with httpx.AsyncClient(timeout=10) as http:
-            response = await http.post(
-                f"{base}/v3/mail/send",
-                headers={"Authorization": f"Bearer {Deno.env.get('SENDGRID_API_KEY')}"},
-                json={
-                    "personalizations": [{"to": [{"email": to}]}],
-                    "from": {"email": "noreply@example.com", "name": "Example App"},
-                    "subject": subject,
-                    "content": [{"type": "text/plain", "value": text}],
-                },
-            )
+        response = await http.post(
+            f"{base}/v3/mail/send",
+            headers={"Authorization": f"Bearer {Deno.env.get('SENDGRID_API_KEY')}"},
+            json={
+                "personalizations": [{"to": [{"email": to}]}],
+                "from": {"email": "noreply@example.com", "name": "Example App"},
+                "subject": subject,
+                "content": [{"type": "text/plain", "value": text}],
+            },
+        )
     except httpx.HTTPError as exc:  # fetch() rejects here; the seed would leave that unhandled
         return f"{type(exc).__name__}: {exc}"
     return None if response.is_success else response.text

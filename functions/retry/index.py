@@ -40,8 +40,21 @@ from starlette.responses import JSONResponse
 from tenacity import AsyncRetrying, RetryCallState, stop_after_attempt, wait_incrementing
 
 from edgeruntime import Deno, EdgeRuntime, serve
+from edgeruntime.runtime import BeforeUnloadEvent
 
 logger = logging.getLogger(__name__)
+
+# One connection pool per worker (a client per call loads the CA certificates each time, on the
+# function's CPU budget; see docs/porting.md).
+http = httpx.AsyncClient(timeout=10)
+
+
+async def close_http(event: BeforeUnloadEvent) -> None:
+    if event.reason == "early_drop":  # nothing in flight or pending: no one can still use it
+        await http.aclose()
+
+
+EdgeRuntime.on("beforeunload", close_http)
 T = TypeVar("T")
 
 
@@ -76,17 +89,16 @@ async def handler(req: Request) -> JSONResponse:
 
 async def send_email(to: str, subject: str, text: str) -> None:
     base = Deno.env.get("SENDGRID_API_URL") or "https://api.sendgrid.com"
-    async with httpx.AsyncClient(timeout=10) as http:
-        response = await http.post(
-            f"{base}/v3/mail/send",
-            headers={"Authorization": f"Bearer {Deno.env.get('SENDGRID_API_KEY')}"},
-            json={
-                "personalizations": [{"to": [{"email": to}]}],
-                "from": {"email": "noreply@example.com", "name": "Example App"},
-                "subject": subject,
-                "content": [{"type": "text/plain", "value": text}],
-            },
-        )
+    response = await http.post(
+        f"{base}/v3/mail/send",
+        headers={"Authorization": f"Bearer {Deno.env.get('SENDGRID_API_KEY')}"},
+        json={
+            "personalizations": [{"to": [{"email": to}]}],
+            "from": {"email": "noreply@example.com", "name": "Example App"},
+            "subject": subject,
+            "content": [{"type": "text/plain", "value": text}],
+        },
+    )
     # Raise on failure so that with_retry tries again.
     response.raise_for_status()
 

@@ -43,43 +43,56 @@ Differences: Python's ``stripe.Webhook.construct_event`` is synchronous and work
 synchronous ``constructEvent`` fails for every payload; TypeScript needs ``constructEventAsync``).
 The seed assumes ``session.customer_email!``; when a session has none, the port fetches the
 email of the session's customer from Stripe's API, whose base is ``STRIPE_API_BASE`` (default
-https://api.stripe.com); the mail API's is ``SENDGRID_API_URL``. config.toml sets
-``verify_jwt = false`` for this function: Stripe sends no JWT.
+https://api.stripe.com); the mail API's is ``SENDGRID_API_URL``. The seed's updates have no
+``.select()``: supabase-js gets 204 without rows, and so does the port
+(``returning=ReturnMethod.minimal``). It never reads their ``error`` either: a failed order update
+is logged and the confirmation mail still goes out, as in TypeScript. One HTTP client per worker
+(and one Stripe client). config.toml sets ``verify_jwt = false`` for this function: Stripe sends
+no JWT.
 
 Env: STRIPE_WEBHOOK_SECRET (required), STRIPE_SECRET_KEY, STRIPE_API_BASE, SENDGRID_API_KEY,
 SENDGRID_API_URL, SUPABASE_URL and SUPABASE_SERVICE_ROLE_KEY (injected by the runtime).
 """
 
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 import stripe
-from _shared.supabase_admin import supabase_admin
+from postgrest import APIError, ReturnMethod
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
-from supabase import AsyncClient
+from supabase import AsyncClient, AsyncClientOptions
 
 from edgeruntime import Deno, EdgeRuntime, serve
+from edgeruntime.runtime import BeforeUnloadEvent
 
 logger = logging.getLogger(__name__)
 
+# One connection pool per worker, shared by supabase-py and the mail calls; and, like the seed's
+# module-level `new Stripe(...)`, one Stripe client, whose API calls go to STRIPE_API_BASE.
+http = httpx.AsyncClient(timeout=10)
+supabase = AsyncClient(
+    Deno.env.get("SUPABASE_URL") or "",
+    Deno.env.get("SUPABASE_SERVICE_ROLE_KEY") or "",
+    AsyncClientOptions(httpx_client=http),
+)
+stripe_http = stripe.HTTPXClient(timeout=10)
+stripe_client = stripe.StripeClient(
+    Deno.env.get("STRIPE_SECRET_KEY") or "",
+    base_addresses={"api": Deno.env.get("STRIPE_API_BASE") or "https://api.stripe.com"},
+    http_client=stripe_http,
+)
 
-@asynccontextmanager
-async def stripe_client() -> AsyncIterator[stripe.StripeClient]:
-    """The Stripe API client (`new Stripe(...)`); every API call goes to STRIPE_API_BASE."""
-    http = stripe.HTTPXClient(timeout=10)
-    try:
-        yield stripe.StripeClient(
-            Deno.env.get("STRIPE_SECRET_KEY") or "",
-            base_addresses={"api": Deno.env.get("STRIPE_API_BASE") or "https://api.stripe.com"},
-            http_client=http,
-        )
-    finally:
-        await http.close_async()  # type: ignore[no-untyped-call]  # untyped in stripe
+
+async def close_clients(event: BeforeUnloadEvent) -> None:
+    if event.reason == "early_drop":  # nothing in flight or pending: no one can still use them
+        await http.aclose()
+        await stripe_http.close_async()  # type: ignore[no-untyped-call]  # untyped in stripe
+
+
+EdgeRuntime.on("beforeunload", close_clients)
 
 
 async def handler(req: Request) -> Response:
@@ -102,30 +115,39 @@ async def handler(req: Request) -> Response:
 
 async def process_stripe_event(event: stripe.Event) -> None:
     obj: dict[str, Any] = event.data.object.to_dict()
-    async with supabase_admin() as supabase:
-        await apply_event(supabase, event.type, obj)
+    await apply_event(supabase, event.type, obj)
 
 
 async def apply_event(supabase: AsyncClient, kind: str, obj: dict[str, Any]) -> None:
     match kind:
         case "checkout.session.completed":
-            await (
-                supabase.table("orders")
-                .update({"status": "paid", "stripe_session_id": obj["id"]})
-                .eq("id", obj["client_reference_id"])
-                .execute()
-            )
+            try:
+                await (
+                    supabase.table("orders")
+                    .update({"status": "paid", "stripe_session_id": obj["id"]}, returning=ReturnMethod.minimal)
+                    .eq("id", obj["client_reference_id"])
+                    .execute()
+                )
+            except (APIError, httpx.HTTPError) as error:
+                # The seed never reads this update's `error`: it goes on to the mail, and so does the port.
+                logger.error("updating order %s failed: %s", obj["client_reference_id"], error)
             email = await customer_email(obj)
             if email:
                 await send_order_confirmation_email(email)
         case "customer.subscription.updated":
             period_end = datetime.fromtimestamp(obj["current_period_end"], UTC)
-            await (
-                supabase.table("subscriptions")
-                .update({"status": obj["status"], "current_period_end": iso(period_end)})
-                .eq("stripe_subscription_id", obj["id"])
-                .execute()
-            )
+            try:
+                await (
+                    supabase.table("subscriptions")
+                    .update(
+                        {"status": obj["status"], "current_period_end": iso(period_end)},
+                        returning=ReturnMethod.minimal,
+                    )
+                    .eq("stripe_subscription_id", obj["id"])
+                    .execute()
+                )
+            except (APIError, httpx.HTTPError) as error:
+                logger.error("updating subscription %s failed: %s", obj["id"], error)
         case other:
             logger.info("ignoring Stripe event %s", other)
 
@@ -136,24 +158,22 @@ async def customer_email(session: dict[str, Any]) -> str | None:
         return str(session["customer_email"])
     if not session.get("customer"):
         return None
-    async with stripe_client() as client:
-        customer = await client.v1.customers.retrieve_async(session["customer"])
+    customer = await stripe_client.v1.customers.retrieve_async(session["customer"])
     return customer.email
 
 
 async def send_order_confirmation_email(email: str) -> None:
     base = Deno.env.get("SENDGRID_API_URL") or "https://api.sendgrid.com"
-    async with httpx.AsyncClient(timeout=10) as http:
-        response = await http.post(
-            f"{base}/v3/mail/send",
-            headers={"Authorization": f"Bearer {Deno.env.get('SENDGRID_API_KEY')}"},
-            json={
-                "personalizations": [{"to": [{"email": email}]}],
-                "from": {"email": "noreply@example.com", "name": "Example App"},
-                "subject": "Your order is confirmed",
-                "content": [{"type": "text/plain", "value": "Thanks for your order! We are getting it ready."}],
-            },
-        )
+    response = await http.post(
+        f"{base}/v3/mail/send",
+        headers={"Authorization": f"Bearer {Deno.env.get('SENDGRID_API_KEY')}"},
+        json={
+            "personalizations": [{"to": [{"email": email}]}],
+            "from": {"email": "noreply@example.com", "name": "Example App"},
+            "subject": "Your order is confirmed",
+            "content": [{"type": "text/plain", "value": "Thanks for your order! We are getting it ready."}],
+        },
+    )
     if not response.is_success:
         logger.error("Failed to send order confirmation email: %s", response.text)
 

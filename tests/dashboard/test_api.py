@@ -56,6 +56,28 @@ serve(handler)
 
 BROKEN = "import does_not_exist\n"
 
+# A port that reads `body["userId"]` where the TypeScript read `undefined`: a KeyError, a 500.
+RAISES = """
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from edgeruntime import serve
+
+async def handler(req: Request):
+    body = await req.json()
+    if body.get("wrong_type"):
+        return {"not": "a response"}
+    if body.get("long"):
+        raise RuntimeError("x" * 5000)
+    if body.get("unprintable"):
+        class Unprintable(Exception):
+            def __str__(self) -> str:
+                raise ValueError("no")
+        raise Unprintable()
+    return JSONResponse({"user": body["userId"], "note": "<b>hi</b>"})
+
+serve(handler)
+"""
+
 SLOW = """
 import asyncio
 from starlette.requests import Request
@@ -242,6 +264,40 @@ async def test_runs_with_triggers_filters_and_background_task_outcomes(client: E
         assert r.status_code == 400 and "limit" in r.json()["error"]
 
 
+@pytest.mark.parametrize("isolation", ["inline", "process"])
+async def test_a_handler_that_raised_shows_its_exception_type_and_message(
+    project: Path, store_url: str, isolation: str
+) -> None:
+    write_function(project, "raises", RAISES)
+    async with EdgeClient(project, database_url=store_url, isolation=isolation) as client:
+        failed = await client.invoke("raises", json={})
+        assert (failed.status_code, failed.text) == (500, "Internal Server Error")  # nothing leaks to the caller
+        assert (await client.invoke("raises", json={"wrong_type": True})).status_code == 502
+        assert (await client.invoke("raises", json={"long": True})).status_code == 500
+        assert (await client.invoke("raises", json={"unprintable": True})).status_code == 500
+        assert (await client.invoke("raises", json={"userId": "u1"})).status_code == 200
+        await client.jobs.history.flush()
+
+        runs = (await get(client, "/runs", function="raises"))["runs"]
+        assert [(r["status"], r["http_status"]) for r in runs] == [
+            ("succeeded", 200),
+            ("failed", 500),
+            ("failed", 500),
+            ("failed", 502),
+            ("failed", 500),
+        ]
+        ok, unprintable, long, wrong_type, key_error = (r["error"] for r in runs)
+        assert unprintable == "Unprintable: (the message could not be read)"
+        assert (ok, key_error) == (None, "KeyError: 'userId'")  # the type and message, not the traceback
+        assert wrong_type.startswith("InvalidResponse: function raises returned builtins.dict")
+        assert long.startswith("RuntimeError: xxx") and len(long) == 1000 and long.endswith("…")
+        last = {f["name"]: f for f in (await get(client, "/functions"))["functions"]}["raises"]["last_invocation"]
+        assert (last["status"], last["error"]) == (200, None)
+        await client.invoke("raises", json={})
+        last = {f["name"]: f for f in (await get(client, "/functions"))["functions"]}["raises"]["last_invocation"]
+        assert (last["status"], last["error"]) == (500, "KeyError: 'userId'")
+
+
 async def test_queue_depth_oldest_age_in_flight_and_attempts(client: EdgeClient) -> None:
     empty = await get(client, "/queue")
     assert (empty["depth"], empty["oldest_age_sec"], empty["in_flight"], empty["jobs"]) == (0, None, [], [])
@@ -299,6 +355,11 @@ async def test_failed_jobs_retry_retry_all_and_delete(client: EdgeClient, projec
     missing = await client.request("POST", API + "/failed/999999/retry")
     assert (missing.status_code, missing.json()) == (404, {"error": "no failed job 999999"})
     assert (await client.request("POST", API + "/failed/abc/retry")).status_code == 404
+    # An id past the store's 64-bit integers is missing too, not a store error (the fuzz found a 503).
+    huge = 10**23
+    for method, path in (("POST", f"/failed/{huge}/retry"), ("DELETE", f"/failed/{huge}")):
+        r = await client.request(method, API + path)
+        assert (r.status_code, r.json()) == (404, {"error": f"no failed job {huge}"})
 
 
 async def test_page_static_files_and_unknown_paths(client: EdgeClient) -> None:

@@ -171,3 +171,34 @@ def test_dashboard_shows_a_run_and_retries_a_failed_job(functions_dir: Path, tmp
         print(f"dashboard screenshot: {screenshot}")
     assert screenshot.stat().st_size > 10_000
     assert errors == []
+
+
+# `body["userId"]` on an attacker's body: the key (so the error) is the attacker's HTML.
+RAISES = """
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from edgeruntime import serve
+
+async def handler(req: Request) -> JSONResponse:
+    body = await req.json()
+    return JSONResponse({"user": body[body["field"]]})
+
+serve(handler)
+"""
+
+
+def test_a_failed_runs_error_shows_as_text(functions_dir: Path, tmp_path: Path, page: Page) -> None:
+    write_function(functions_dir, "raises", RAISES)
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    attack = '<img src=x onerror="window.pwned = 1">'
+    db = f"sqlite:///{tmp_path / 'dashboard.db'}"
+    with ServerProcess(functions_dir, "--no-watch", "--database-url", db) as server:
+        r = httpx.post(server.url("raises"), json={"field": attack}, headers=SERVICE_ROLE, timeout=10)
+        assert (r.status_code, r.text) == (500, "Internal Server Error")
+        page.goto(f"{server.base_url}/_edgeruntime/")
+        run = page.locator("#runs-body tr[data-function='raises'][data-status='failed']").first
+        run.wait_for()
+        assert f"KeyError: '{attack}'" in run.inner_text()  # the type and message, as text
+        assert run.locator("img").count() == 0 and page.evaluate("window.pwned") is None
+    assert errors == []

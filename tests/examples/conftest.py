@@ -5,8 +5,11 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
+from types import ModuleType
 
+import httpx
 import pytest
 
 from edgeruntime.testing import EdgeClient
@@ -65,11 +68,33 @@ def example_env(
     }
 
 
-def examples_client(env: dict[str, str], **extra: str) -> EdgeClient:
-    """An EdgeClient over the bundled functions (repo `functions/` and `config.toml`) with `env` and `extra`."""
+@asynccontextmanager
+async def examples_client(env: dict[str, str], **extra: str) -> AsyncIterator[EdgeClient]:
+    """An EdgeClient over the bundled functions (repo `functions/` and `config.toml`) with `env` and `extra`.
+
+    The functions keep one HTTP client per worker (docs/porting.md). A server process that stops
+    closes their connections by exiting; this test process goes on, so they are closed here.
+    """
     # A developer's own SUPABASE_* variables must not point the examples at a real project.
     inherited = {k: v for k, v in os.environ.items() if not k.startswith("SUPABASE_")}
-    return EdgeClient(FUNCTIONS, environ={**inherited, **env, **extra})
+    modules: list[ModuleType] = []
+    async with EdgeClient(FUNCTIONS, environ={**inherited, **env, **extra}) as edge:
+        try:
+            yield edge
+        finally:
+            modules = [w.module for s in edge.app.functions.values() for w in s.workers if w.module]
+    await close_worker_clients(modules)
+
+
+async def close_worker_clients(modules: list[ModuleType]) -> None:
+    """Close the module-level clients of these function modules (after their workers ended)."""
+    for module in modules:
+        http = getattr(module, "http", None)
+        if isinstance(http, httpx.AsyncClient):
+            await http.aclose()
+        stripe_http = getattr(module, "stripe_http", None)
+        if stripe_http is not None:
+            await stripe_http.close_async()
 
 
 @pytest.fixture

@@ -42,3 +42,16 @@ async def test_posthog_down_is_logged_and_the_response_is_unaffected(
         assert r.status_code == 200
         await client.drain()
     assert "PostHog capture failed with 401" in caplog.text
+
+
+async def test_undefined_keys_are_left_out_of_the_event_and_absent_headers_are_null(
+    client: EdgeClient, posthog: FakePostHog
+) -> None:
+    r = await client.invoke("analytics", json={"data": {}}, headers={"user-agent": "pytest-agent"})
+    assert r.status_code == 200
+    await client.drain()
+    [capture] = posthog.received("POST", "/capture")
+    props = capture.json()["properties"]
+    # JSON.stringify drops `action` and `data.userId` (undefined) but writes the missing header's null.
+    assert "action" not in props and "userId" not in props
+    assert props["country"] is None and b'"country":null' in capture.body

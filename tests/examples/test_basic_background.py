@@ -25,3 +25,11 @@ async def test_unit_test_with_load_function() -> None:
         assert fn.module.PROCESSED == []  # the response did not wait for the work
         await ctx.drain()
         assert fn.module.PROCESSED == [{"userId": "u2", "action": "buy"}]
+
+
+async def test_a_body_without_user_id_gets_its_202_as_in_typescript(client: EdgeClient) -> None:
+    # `const { userId, action } = await req.json()` on {}: two undefineds, and the seed goes on.
+    r = await client.invoke("basic-background", json={})
+    assert (r.status_code, r.json()) == (202, {"accepted": True})
+    await client.drain()
+    assert client.module("basic-background").PROCESSED[-1] == {"userId": None, "action": None}

@@ -93,3 +93,23 @@ async def test_unreachable_mail_api_is_logged_not_raised(
         assert client.failed == []
     assert "Failed to send confirmation email: ConnectError" in caplog.text
     assert "Failed to notify the team: ConnectError" in caplog.text
+
+
+async def test_the_insert_is_the_seeds_request_and_keeps_a_null_name(
+    client: EdgeClient, supabase_rest: FakeSupabase
+) -> None:
+    r = await client.invoke("contact-form", json={"email": "a@example.com", "name": None, "message": "hi"})
+    assert r.status_code == 200
+    [insert] = supabase_rest.writes("contact_submissions")
+    # .insert({ email, name, message }).select().single(), byte for byte as supabase-js sends it
+    assert insert.query == (("select", "*"),) and insert.header("prefer") == "return=representation"
+    assert insert.body == b'{"email":"a@example.com","name":null,"message":"hi"}'
+    await client.drain()
+
+
+async def test_an_unreachable_database_is_the_seeds_500_not_a_crash(example_env: dict[str, str]) -> None:
+    # supabase-js returns a failed fetch as `error` (the seed's 500 JSON); supabase-py raises httpx.ConnectError.
+    async with examples_client(example_env, SUPABASE_URL=f"http://127.0.0.1:{free_port()}") as client:
+        r = await client.invoke("contact-form", json={"email": "a@example.com", "message": "hi"})
+        assert r.status_code == 500
+        assert r.json() == {"error": "Failed to save"}

@@ -1,14 +1,21 @@
-"""The code in the docs: the quickstart runs as written, every page's Python compiles and is still there."""
+"""The code in the docs: the quickstart runs as written, every page's Python compiles and is still
+there, and what the pages state is what the code does."""
 
 from __future__ import annotations
 
 import ast
+import os
 import re
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
 
 from edgeruntime.config.project import load_config
+from edgeruntime.core.events import StopReason
+from edgeruntime.jobs.queue import HEARTBEATS_PER_LEASE
 from edgeruntime.testing import EdgeClient
 from tests.examples.conftest import REPO
 from tests.helpers import run_cli, write_function
@@ -33,11 +40,40 @@ async def test_quickstart_function_and_test(functions_dir: Path) -> None:
 
 
 def test_quickstart_cron_config_is_valid(tmp_path: Path) -> None:
-    [toml] = blocks("toml")
+    [toml] = [b for b in blocks("toml") if b.startswith("# config.toml")]
     path = tmp_path / "config.toml"
     path.write_text(toml, encoding="utf-8")
     cron = load_config(path, {}).cron["welcome-digest"]
     assert (cron.function, cron.schedule) == ("hello-world", "0 10 * * *")
+
+
+def test_quickstart_test_runs_with_the_pytest_config_it_shows(tmp_path: Path) -> None:
+    """The quickstart's function, test and pyproject.toml, as a new project: `pytest` passes there."""
+    function, test = blocks("python")
+    [pyproject] = [b for b in blocks("toml") if b.startswith("# pyproject.toml")]
+    assert "[tool.pytest.ini_options]" in pyproject
+    write_function(tmp_path / "functions", "hello-world", function)
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "tests" / "test_hello_world.py").write_text(test, encoding="utf-8")
+    (tmp_path / "pyproject.toml").write_text(pyproject, encoding="utf-8")
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "SUPABASE_"))},
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "1 passed" in done.stdout
+
+
+def test_quickstart_activates_the_venv_before_its_first_bare_edgeruntime() -> None:
+    first_command = re.search(r"^edgeruntime ", "\n".join(blocks("sh")), flags=re.M)
+    assert first_command is not None
+    commands = "\n".join(blocks("sh"))
+    activation = commands.find(". .venv/bin/activate")
+    assert 0 <= activation < first_command.start(), "a bare `edgeruntime` before `. .venv/bin/activate`"
 
 
 def test_quickstart_new_command(tmp_path: Path) -> None:
@@ -85,3 +121,29 @@ def test_links_to_repo_files_resolve(page: Path) -> None:
     text = page.read_text(encoding="utf-8")
     for target in re.findall(r"\]\(((?:\.\./)?[^)#:]+)\)", text):
         assert (page.parent / target).resolve().exists(), f"{page.name}: {target}"
+
+
+def test_docs_give_the_heartbeat_interval_the_queue_uses() -> None:
+    mentions = [
+        (page.name, int(divisor))
+        for page in sorted((REPO / "docs").glob("*.md"))
+        for divisor in re.findall(r"lease_sec / (\d+)", page.read_text(encoding="utf-8"))
+    ]
+    assert ("jobs.md", HEARTBEATS_PER_LEASE) in mentions
+    assert [m for m in mentions if m[1] != HEARTBEATS_PER_LEASE] == []
+
+
+def test_dashboard_docs_name_the_cut_reasons_the_history_records() -> None:
+    text = (REPO / "docs" / "dashboard.md").read_text(encoding="utf-8")
+    runs = text[text.index("**Runs**") : text.index("**Queue**")]
+    for reason in (StopReason.WALL_CLOCK, StopReason.CPU, StopReason.MEMORY, StopReason.TERMINATION):
+        assert f"`{reason}`" in runs, reason
+    assert "`shutdown`" not in runs and "`wall_clock`" not in runs
+
+
+def test_dashboard_allowed_hosts_example_is_valid(tmp_path: Path) -> None:
+    text = (REPO / "docs" / "dashboard.md").read_text(encoding="utf-8")
+    [example] = [b for b in re.findall(r"```toml\n(.*?)```", text, flags=re.S) if "allowed_hosts" in b]
+    path = tmp_path / "config.toml"
+    path.write_text(textwrap.dedent(example), encoding="utf-8")
+    assert load_config(path, {}).dashboard.allowed_hosts == ("dash.example.com", "*.corp.example:8443")

@@ -150,3 +150,14 @@ async def test_the_cron_entry_runs_the_job_at_its_scheduled_time(
     assert run.json()["results"]["records_processed"] == 3
     [audit] = supabase_rest.rows("audit_log")
     assert audit["details"]["status"] == "success"
+
+
+async def test_a_failed_audit_row_does_not_fail_a_finished_run(
+    client: EdgeClient, supabase_rest: FakeSupabase, caplog: pytest.LogCaptureFixture
+) -> None:
+    supabase_rest.seed("tasks", tasks())
+    supabase_rest.fail("audit_log", "POST")  # the seed never reads this insert's `error`
+    r = await client.invoke("my-new-job", json={"executedAt": EXECUTED_AT})
+    assert r.status_code == 200, r.text
+    assert r.json()["success"] is True and r.json()["results"]["reminded"] == 3
+    assert "could not write the success to audit_log" in caplog.text

@@ -34,3 +34,17 @@ async def test_failure_is_stored_for_retry_logged_and_alerted(
     assert re.match(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$", job["timestamp"])
     assert "Background processing failed" in caplog.text
     assert sendgrid.recipients() == ["oncall@example.com"]
+
+
+async def test_the_alert_goes_out_when_storing_the_failed_job_fails_too(
+    example_env: dict[str, str], supabase_rest: FakeSupabase, sendgrid: FakeSendGrid, caplog: pytest.LogCaptureFixture
+) -> None:
+    supabase_rest.fail("processed_events", "POST")
+    supabase_rest.fail("failed_jobs", "POST")  # the seed never reads storeFailedJob's `error`
+    async with examples_client(example_env, ALERT_EMAIL="oncall@example.com") as client:
+        r = await client.invoke("safe-background", json={"orderId": 9})
+        assert r.status_code == 202
+        await client.drain()
+        assert client.failed == []
+    assert "Could not store the failed job" in caplog.text
+    assert sendgrid.recipients() == ["oncall@example.com"]

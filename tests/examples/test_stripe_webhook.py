@@ -132,3 +132,28 @@ async def test_stripe_api_error_is_reported_with_the_execution_id(
         await client.drain()
     assert "No such customer: 'cus_missing'" in str(raised.value.exceptions[0])
     assert r.headers["x-edgeruntime-execution-id"] in caplog.text
+
+
+async def test_a_failed_order_update_still_sends_the_mail_as_the_seed_does(
+    client: EdgeClient, supabase_rest: FakeSupabase, sendgrid: FakeSendGrid, caplog: pytest.LogCaptureFixture
+) -> None:
+    supabase_rest.seed("orders", [{"id": 42, "status": "pending"}])
+    supabase_rest.fail("orders", "PATCH")  # the seed never reads this update's `error`
+    r = await client.invoke(
+        "stripe-webhook", content=CHECKOUT, headers={"stripe-signature": signed(CHECKOUT)}, auth=None
+    )
+    assert r.status_code == 200
+    await client.drain()  # nothing failed in the background: the error was logged, as supabase-js returns it
+    assert client.failed == []
+    assert sendgrid.recipients() == ["buyer@example.com"]
+    assert "updating order 42 failed" in caplog.text
+
+
+async def test_the_update_asks_for_no_rows_as_supabase_js_without_select(
+    client: EdgeClient, supabase_rest: FakeSupabase
+) -> None:
+    supabase_rest.seed("orders", [{"id": 42, "status": "pending"}])
+    await client.invoke("stripe-webhook", content=CHECKOUT, headers={"stripe-signature": signed(CHECKOUT)}, auth=None)
+    await client.drain()
+    [update] = supabase_rest.writes("orders")
+    assert (update.method, update.header("prefer")) == ("PATCH", "return=minimal")  # PostgREST answers 204

@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import pytest
 
 from edgeruntime.jobs.backends import open_store
 from edgeruntime.jobs.store import JobStore
 from tests.jobs.backends import postgres_url_or_skip
+from tests.jobs.proxy import TcpProxy
 
 BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 
@@ -60,3 +62,23 @@ async def store(store_url: str) -> AsyncIterator[JobStore]:
         yield s
     finally:
         await s.close()
+
+
+@dataclass(frozen=True)
+class ProxiedPostgres:
+    """A fresh schema reached directly (`url`) and through a TCP proxy the test can cut (`proxied_url`)."""
+
+    url: str
+    proxied_url: str
+    proxy: TcpProxy
+
+
+@pytest.fixture
+def proxied_postgres(postgres_url: str) -> Iterator[ProxiedPostgres]:
+    parts = urlsplit(postgres_url)
+    assert parts.hostname is not None
+    with TcpProxy(parts.hostname, parts.port or 5432) as proxy:
+        user = parts.netloc.rpartition("@")[0]
+        user = f"{user}@" if user else ""
+        proxied = urlunsplit(parts._replace(netloc=f"{user}127.0.0.1:{proxy.port}"))
+        yield ProxiedPostgres(postgres_url, proxied, proxy)

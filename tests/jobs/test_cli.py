@@ -9,8 +9,10 @@ from pathlib import Path
 import pytest
 
 from edgeruntime.jobs.backends import open_store
+from edgeruntime.jobs.store import Outcome
 from edgeruntime.testing import EdgeClient
 from tests.helpers import free_port, run_cli, write_function
+from tests.jobs.file_modes import run_bound_by_file_modes
 from tests.jobs.test_queue import ALWAYS_FAILS, FLAKY
 
 ECHO = """
@@ -189,3 +191,48 @@ def test_serve_with_bad_database_url_exits_2(functions_dir: Path) -> None:
     assert r.stderr.strip() == (
         "edgeruntime: error: --database-url 'mysql://x/y': expected sqlite:///path or postgresql://..."
     )
+
+
+@pytest.mark.parametrize("command", [("serve", "--no-watch"), ("jobs", "list"), ("cron", "list")])
+def test_a_bad_database_url_from_the_environment_is_named_as_such(
+    functions_dir: Path, command: tuple[str, ...]
+) -> None:
+    write_function(functions_dir, "echo", ECHO)
+    args = [*command, str(functions_dir)] + (["--port", str(free_port())] if command[0] == "serve" else [])
+    r = run_cli(*args, env={"EDGERUNTIME_DATABASE_URL": "mysql://app:hunter2@db.internal/jobs"})
+    assert r.returncode == 2
+    # The user never typed --database-url: the line names the variable they set, without its password.
+    assert r.stderr.strip() == (
+        "edgeruntime: error: EDGERUNTIME_DATABASE_URL 'mysql://app:***@db.internal/jobs': "
+        "expected sqlite:///path or postgresql://..."
+    )
+    # The flag still wins over the variable, and is named when it is the one that is wrong.
+    r = run_cli(*args, "--database-url", "mysql://x/y", env={"EDGERUNTIME_DATABASE_URL": "sqlite:///ok.db"})
+    assert r.returncode == 2
+    assert r.stderr.strip().startswith("edgeruntime: error: --database-url 'mysql://x/y'")
+
+
+def test_commands_that_write_refuse_a_read_only_sqlite_file_with_one_line(project: Path, tmp_path: Path) -> None:
+    path = tmp_path / "jobs.db"
+    url = f"sqlite:///{path}"
+
+    async def fail_a_job() -> None:
+        store = open_store(url)
+        await store.migrate()
+        job_id = await store.enqueue("target", "{}", run_at=0, max_attempts=1, idempotency_key=None, now=0)
+        [job] = await store.claim("w", 1, now=0, lease_sec=30)
+        await store.finish([Outcome(job_id, job.attempt, False, 500, None, "boom")], now=1)
+        await store.close()
+
+    asyncio.run(fail_a_job())
+    path.chmod(0o444)
+    expected = f"edgeruntime: error: database {path}: cannot write to it: attempt to write a readonly database\n"
+    for command in (["jobs", "retry", "1"], ["cron", "run", "nightly"]):
+        r = run_bound_by_file_modes([*command, "-d", str(project), "--database-url", url])
+        assert (r.returncode, r.stderr) == (2, expected), command
+    # Reading works: a read-only copy of a store can still be looked at.
+    for command in (["jobs", "list"], ["jobs", "failed"], ["cron", "list"]):
+        r = run_bound_by_file_modes([*command, "-d", str(project), "--database-url", url, "--json"])
+        assert (r.returncode, r.stderr) == (0, ""), command
+    r = run_bound_by_file_modes(["jobs", "failed", "-d", str(project), "--database-url", url, "--json"])
+    assert [f["error"] for f in json.loads(r.stdout)] == ["boom"]

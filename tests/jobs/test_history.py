@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -11,7 +13,7 @@ import pytest
 
 from edgeruntime.core.background import BackgroundTask, TaskOutcome
 from edgeruntime.gateway.extensions import Invocation
-from edgeruntime.jobs import history as history_module
+from edgeruntime.jobs import history as history_module, sqlite as sqlite_store
 from edgeruntime.jobs.history import MAX_BUFFERED, WRITE_BATCH, RunHistory
 from edgeruntime.jobs.store import JobStore, Run, RunRow
 from edgeruntime.testing import EdgeClient
@@ -77,9 +79,10 @@ class SlowStore:
         self.delay = delay
         self.batches: list[Sequence[RunRow]] = []
 
-    async def record_run_rows(self, rows: Sequence[RunRow]) -> None:
+    async def record_run_rows(self, rows: Sequence[RunRow], *, batch_id: str | None = None) -> int:
         await asyncio.sleep(self.delay)
         self.batches.append(rows)
+        return len(rows)
 
     @property
     def written(self) -> list[RunRow]:
@@ -153,13 +156,15 @@ async def test_a_store_that_falls_behind_loses_the_oldest_records_with_a_warning
             history.add(_row(i))
     assert history.dropped == 3
     [warning] = [r for r in caplog.records if "dropped" in r.getMessage()]
-    assert "1 record(s) dropped, the store is not keeping up" in warning.getMessage()
+    assert f"{MAX_BUFFERED} records are waiting for the store" in warning.getMessage()
+    assert "the oldest are dropped until it catches up" in warning.getMessage()
     await history.flush()
     assert len(store.written) == MAX_BUFFERED
     assert store.written[0] == _row(3) and store.written[-1] == _row(MAX_BUFFERED + 2)
+    assert "run history: caught up with the store, 3 dropped (the buffer was full)" in caplog.text
 
 
-async def test_warning_repeats_every_ten_thousand_drops(
+async def test_the_overflow_is_logged_once_until_the_store_catches_up(
     caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(history_module, "MAX_BUFFERED", WRITE_BATCH + 5)
@@ -167,29 +172,20 @@ async def test_warning_repeats_every_ten_thousand_drops(
     with caplog.at_level(logging.WARNING, "edgeruntime.jobs"):
         for i in range(WRITE_BATCH + 5 + 20_000):
             history.add(_row(i))
-    assert history.dropped == 20_000
-    messages = [r.getMessage() for r in caplog.records if "dropped" in r.getMessage()]
-    assert [m.split(" record")[0] for m in messages] == [
-        "run history: 1",
-        "run history: 10000",
-        "run history: 20000",
-    ]
-
-
-class FailingStore:
-    url = "failing://"
-
-    async def record_run_rows(self, rows: Sequence[RunRow]) -> None:
-        raise OSError("disk full")
-
-
-async def test_a_failed_write_is_logged_and_the_buffer_moves_on(caplog: pytest.LogCaptureFixture) -> None:
-    history = RunHistory(FailingStore())  # type: ignore[arg-type]
-    history.add(_row(1))
-    with caplog.at_level(logging.ERROR, "edgeruntime.jobs"):
+        assert history.dropped == 20_000
+        assert len([r for r in caplog.records if "are waiting" in r.getMessage()]) == 1
         await history.flush()
-    assert "writing 1 record(s) failed" in caplog.text
-    await history.flush()  # nothing left: the lost batch is not retried forever
+        for i in range(WRITE_BATCH + 6):  # a second episode: logged again, once
+            history.add(_row(i))
+        await history.flush()
+    assert [r.getMessage().split(";")[0].split(",")[0] for r in caplog.records] == [
+        f"run history: {WRITE_BATCH + 5} records are waiting for the store",
+        "run history: caught up with the store",
+        f"run history: {WRITE_BATCH + 5} records are waiting for the store",
+        "run history: caught up with the store",
+    ]
+    assert "20000 dropped" in caplog.records[1].getMessage()
+    assert "1 dropped" in caplog.records[3].getMessage()
 
 
 def _invocation(
@@ -272,3 +268,124 @@ async def test_functions_added_while_serving_are_recorded(functions_dir: Path) -
         assert (await client.invoke("later")).status_code == 200
         await client.jobs.history.flush()
         assert [run.function for run in await client.jobs.store.runs()] == ["later"]
+
+
+async def test_records_made_while_the_sqlite_file_is_locked_are_written_once_it_is_free(
+    hello_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(sqlite_store, "BUSY_TIMEOUT_MS", 100)  # a write waits this long for the lock
+    path = tmp_path / "jobs.db"
+    sent: list[str] = []
+    async with EdgeClient(hello_dir, database_url=f"sqlite:///{path}") as client:
+
+        async def invoke(count: int) -> None:
+            for _ in range(count):
+                r = await client.invoke("hello")
+                assert r.status_code == 200
+                sent.append(r.headers["x-edgeruntime-execution-id"])
+                await asyncio.sleep(0.02)
+
+        await invoke(10)
+        # Another process holds the write lock longer than the busy timeout, for ~2 s.
+        locker = sqlite3.connect(path, isolation_level=None)
+        locker.execute("BEGIN IMMEDIATE")
+        locked_at = time.monotonic()
+        try:
+            while time.monotonic() - locked_at < 2.0:
+                await invoke(5)
+        finally:
+            locker.execute("ROLLBACK")
+            locker.close()
+        await invoke(10)
+        deadline = time.monotonic() + 20
+        recorded: list[str] = []
+        while time.monotonic() < deadline:
+            recorded = [r.execution_id for r in reversed(await client.jobs.store.runs(limit=10_000))]
+            if len(recorded) >= len(sent):
+                break
+            await asyncio.sleep(0.1)
+    assert recorded == sent  # every one, once, in order
+    problems = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert [r.exc_info for r in problems] == [None, None]  # one line when it failed, one when back
+    assert problems[0].getMessage().startswith("run history: writing to the store failed: database ")
+    assert "database is locked" in problems[0].getMessage()
+    assert "record(s) written late" in problems[1].getMessage()
+
+
+async def test_a_record_the_store_refuses_is_dropped_alone(store: JobStore, caplog: pytest.LogCaptureFixture) -> None:
+    history = RunHistory(store)
+    rows = [_row(i) for i in range(20)]
+    rows[11] = ("invocation", None, "http", "bad", "succeeded", T0, 1.0, 200, None, None)  # type: ignore[assignment]
+    for row in rows:
+        history.add(row)
+    assert await history.flush() is True
+    assert [r.execution_id for r in reversed(await store.runs())] == [f"e{i}" for i in range(20) if i != 11]
+    assert history.rejected == 1 and history.buffered == 0
+    [line] = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert line.startswith("run history: the store refused a record (1 so far), dropped: ")
+    assert "'bad'" in line
+
+
+async def test_stop_gives_up_on_a_store_that_stays_unavailable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(sqlite_store, "BUSY_TIMEOUT_MS", 50)
+    path = tmp_path / "jobs.db"
+    store = sqlite_store.SQLiteStore(path)
+    await store.migrate()
+    history = RunHistory(store)
+    history.start()
+    locker = sqlite3.connect(path, isolation_level=None)
+    locker.execute("BEGIN IMMEDIATE")
+    try:
+        for i in range(5):
+            history.add(_row(i))
+        started = time.monotonic()
+        await history.stop(timeout_sec=1.5)
+        assert time.monotonic() - started < 5
+    finally:
+        locker.execute("ROLLBACK")
+        locker.close()
+        await store.close()
+    assert "the store is still unavailable at shutdown; 5 record(s) not written" in caplog.text
+
+
+POISON = """
+import asyncio
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from edgeruntime import serve, EdgeRuntime
+
+async def handler(req: Request) -> JSONResponse:
+    # A name Postgres cannot store (text may not hold NUL): its record is refused.
+    EdgeRuntime.wait_until(asyncio.create_task(asyncio.sleep(0), name="evil\\x00name"))
+    return JSONResponse({"ok": True})
+
+serve(handler)
+"""
+
+
+async def test_a_function_cannot_get_other_functions_records_dropped(
+    hello_dir: Path, store_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A hostile function makes a record the store refuses: before, the whole batch it sat in
+    # (up to 2000 records of every function) was lost with it.
+    write_function(hello_dir, "poison", POISON)
+    async with EdgeClient(hello_dir, database_url=store_url) as client:
+        sent = []
+        for name in ["hello"] * 5 + ["poison"] + ["hello"] * 5:
+            r = await client.invoke(name)
+            assert r.status_code == 200
+            sent.append((name, r.headers["x-edgeruntime-execution-id"]))
+        await client.drain()
+        await client.jobs.history.flush()
+        runs = list(reversed(await client.jobs.store.runs(limit=100)))
+        history = client.jobs.history
+    assert [(r.function, r.execution_id) for r in runs if r.kind == "invocation"] == sent
+    background = [r for r in runs if r.kind == "background"]
+    rejected = history.rejected
+    if store_url.startswith("postgresql"):
+        assert (background, rejected) == ([], 1)
+        assert "run history: the store refused a record (1 so far), dropped: " in caplog.text
+    else:  # SQLite stores it as it is
+        assert ([r.name for r in background], rejected) == (["evil\x00name"], 0)

@@ -171,6 +171,15 @@ def test_backoff_is_exponential_capped_and_jittered() -> None:
     assert len(spread) > 1 and all(6.4 <= d <= 9.6 for d in spread)
 
 
+def test_size_cap_settings_from_config_toml(queue_dir: Path) -> None:
+    (queue_dir.parent / "config.toml").write_text(
+        "[jobs]\nretention_max_mb = 250\nretention_max_rows = 1000000\n", encoding="utf-8"
+    )
+    config = EdgeClient(queue_dir).jobs.config
+    assert (config.retention_max_mb, config.retention_max_rows) == (250, 1_000_000)
+    assert (JobsConfig().retention_max_mb, JobsConfig().retention_max_rows) == (None, None)
+
+
 async def test_jobs_config_from_config_toml(queue_dir: Path) -> None:
     (queue_dir.parent / "config.toml").write_text("[jobs]\nmax_attempts = 2\n", encoding="utf-8")
     async with EdgeClient(queue_dir) as client:
@@ -185,6 +194,10 @@ async def test_jobs_config_from_config_toml(queue_dir: Path) -> None:
         ("[jobs]\nmax_attempts = 0\n", "[jobs] max_attempts: must be at least 1"),
         ('[jobs]\nlease_sec = "30s"\n', "[jobs] lease_sec: expected a number, got '30s'"),
         ("[jobs]\nconcurrency = 1.5\n", "[jobs] concurrency: expected an integer"),
+        ("[jobs]\nretention_max_mb = 0\n", "[jobs] retention_max_mb: must be positive"),
+        ('[jobs]\nretention_max_mb = "1GB"\n', "[jobs] retention_max_mb: expected a number, got '1GB'"),
+        ("[jobs]\nretention_max_rows = 0\n", "[jobs] retention_max_rows: must be at least 1"),
+        ("[jobs]\nretention_max_rows = 1e6\n", "[jobs] retention_max_rows: expected an integer"),
     ],
 )
 def test_bad_jobs_config(queue_dir: Path, toml: str, message: str) -> None:
@@ -283,3 +296,50 @@ async def test_enqueue_from_a_process_isolated_function(queue_dir: Path) -> None
         [result] = await client.run_jobs()
         assert (result.job_id, result.status) == (r.json()["job_id"], "succeeded")
         await client.drain()
+
+
+async def test_a_store_that_fails_every_claim_is_logged_in_one_line_not_a_traceback_per_poll(
+    queue_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+    import sqlite3
+    import time
+
+    from edgeruntime.config.settings import Settings
+    from edgeruntime.jobs import sqlite as sqlite_store
+    from edgeruntime.serving.build import build_app
+
+    monkeypatch.setattr(sqlite_store, "BUSY_TIMEOUT_MS", 50)
+    (queue_dir.parent / "config.toml").write_text("[jobs]\npoll_interval_ms = 50\n", encoding="utf-8")
+    path = tmp_path / "jobs.db"
+    built = build_app(Settings.build(queue_dir, database_url=f"sqlite:///{path}"))
+    app, system = built.app, built.jobs
+    await app.startup()
+    try:
+        await asyncio.sleep(0.3)  # the start-up prune is done
+        locker = sqlite3.connect(path, isolation_level=None)
+        locker.execute("BEGIN IMMEDIATE")  # another process keeps the write lock: every claim fails
+        try:
+            await asyncio.sleep(1.5)
+        finally:
+            locker.execute("ROLLBACK")
+            locker.close()
+        job_id = await system.queue.enqueue("flaky", {})
+        deadline = time.monotonic() + 10
+        job = None
+        while time.monotonic() < deadline:
+            job = await system.store.job(job_id)
+            if job is not None and job.status == "succeeded":
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        await app.shutdown(timeout=5)
+    claims = [r for r in caplog.records if "claiming due jobs" in r.getMessage()]
+    assert [r.levelno for r in claims] == [logging.ERROR, logging.WARNING], [r.getMessage() for r in claims]
+    assert all(r.exc_info is None for r in caplog.records if r.levelno >= logging.WARNING)
+    assert "Traceback" not in caplog.text
+    assert claims[0].getMessage() == (
+        "jobs: claiming due jobs failed: OperationalError: database is locked; retrying every 0.05 s"
+    )
+    assert claims[1].getMessage().startswith("jobs: claiming due jobs works again after ")
+    assert job is not None and job.status == "succeeded"  # the queue works again by itself

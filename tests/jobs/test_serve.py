@@ -1,17 +1,23 @@
-"""`edgeruntime serve` with jobs, on a real socket: enqueue over HTTP, graceful SIGTERM, history."""
+"""`edgeruntime serve` with jobs, on a real socket: enqueue over HTTP, graceful SIGTERM, history
+through a store outage, a read-only store."""
 
 from __future__ import annotations
 
 import asyncio
+import collections
+import os
 import time
 from pathlib import Path
 
 import httpx
+import psycopg
 import pytest
 
 from edgeruntime.jobs.backends import open_store
 from edgeruntime.jobs.store import JobStatus
-from tests.helpers import SERVICE_ROLE, ServerProcess, write_function
+from tests.helpers import SERVICE_ROLE, ServerProcess, free_port, write_function
+from tests.jobs.conftest import ProxiedPostgres
+from tests.jobs.file_modes import run_bound_by_file_modes
 
 pytestmark = pytest.mark.e2e
 
@@ -68,3 +74,81 @@ def test_sigterm_lets_in_flight_jobs_finish_and_claims_no_more(functions_dir: Pa
     assert counts == {str(JobStatus.SUCCEEDED): 2, str(JobStatus.QUEUED): 3}, counts
     assert len(ids) == 5
     assert sorted(runs) == ["http:enqueue:succeeded", "queue:slow:succeeded", "queue:slow:succeeded"]
+
+
+async def _migrate(url: str) -> None:
+    store = open_store(url)
+    try:
+        await store.migrate()
+    finally:
+        await store.close()
+
+
+def test_serve_refuses_a_read_only_sqlite_file_with_one_line(hello_dir: Path, tmp_path: Path) -> None:
+    path = tmp_path / "jobs.db"
+    url = f"sqlite:///{path}"
+    asyncio.run(_migrate(url))  # the file an earlier `serve` left, schema up to date
+    path.chmod(0o444)  # in a writable directory
+    result = run_bound_by_file_modes(
+        ["serve", str(hello_dir), "--port", str(free_port()), "--no-watch", "--database-url", url]
+    )
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert (
+        result.stderr
+        == f"edgeruntime: error: database {path}: cannot write to it: attempt to write a readonly database\n"
+    )
+    assert "Serving functions" not in result.stdout
+
+
+#: Seconds the store is cut off in the outage test (the issue's case is 20; CI uses 5).
+OUTAGE_SEC = float(os.environ.get("EDGERUNTIME_TEST_OUTAGE_SEC", "5"))
+
+
+@pytest.mark.postgres
+def test_every_invocation_during_a_postgres_outage_is_recorded_once_it_is_back(
+    hello_dir: Path, proxied_postgres: ProxiedPostgres
+) -> None:
+    pg = proxied_postgres
+    sent: list[str] = []
+    statuses: collections.Counter[int] = collections.Counter()
+    with ServerProcess(hello_dir, "--no-watch", "--database-url", pg.proxied_url) as server:
+        with httpx.Client(headers=SERVICE_ROLE, timeout=10) as http:
+
+            def steady(seconds: float) -> None:
+                end = time.monotonic() + seconds
+                while time.monotonic() < end:
+                    r = http.get(server.url("hello"))
+                    statuses[r.status_code] += 1
+                    sent.append(r.headers["x-edgeruntime-execution-id"])
+                    time.sleep(0.01)
+
+            steady(1.0)
+            pg.proxy.cut()  # Postgres is gone: connections cut, new ones refused
+            steady(OUTAGE_SEC)
+            during = len(sent)
+            pg.proxy.restore()
+            steady(1.0)
+        deadline = time.monotonic() + 30
+        recorded: dict[str, int] = {}
+        while time.monotonic() < deadline:
+            with psycopg.connect(pg.url) as conn:
+                recorded = dict(
+                    conn.execute(
+                        "SELECT execution_id, COUNT(*) FROM edgeruntime_runs WHERE kind = 'invocation'"
+                        " GROUP BY execution_id"
+                    ).fetchall()
+                )
+            if len(recorded) >= len(sent):
+                break
+            time.sleep(0.2)
+        assert server.terminate() == 0
+        output = server.output
+    assert statuses == {200: len(sent)}  # HTTP kept serving
+    assert during > 10 * OUTAGE_SEC  # steady requests the whole time
+    assert sorted(recorded) == sorted(sent), f"{len(sent) - len(recorded)} of {len(sent)} invocations not recorded"
+    assert set(recorded.values()) == {1}  # none twice
+    # One line when the writes failed, one when the store was back: not one per batch or retry.
+    assert output.count("run history: writing to the store failed") == 1, output
+    [back] = [line for line in output.splitlines() if "run history: writing to the store works again" in line]
+    assert "record(s) written late" in back
+    assert "Traceback" not in output

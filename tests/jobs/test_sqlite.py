@@ -1,7 +1,10 @@
-"""What only the SQLite store does: the schema check without the write lock, the run table's indexes, the WAL switch."""
+"""What only the SQLite store does: the schema check without the write lock, the run table's indexes,
+the WAL switch, the size cap with incremental vacuum."""
 
 from __future__ import annotations
 
+import logging
+import os
 import sqlite3
 import time
 from pathlib import Path
@@ -10,7 +13,7 @@ import pytest
 
 from edgeruntime.jobs import sqlite as sqlite_store
 from edgeruntime.jobs.backends import open_store
-from edgeruntime.jobs.store import Run
+from edgeruntime.jobs.store import Run, RunRow
 
 
 async def test_migrate_on_an_up_to_date_schema_takes_no_write_lock(
@@ -64,7 +67,7 @@ async def test_run_rows_carry_only_the_execution_index_and_old_ones_are_still_pr
                 )
                 if not row[0].startswith("sqlite_autoindex")
             }
-        assert indexes == {"edgeruntime_runs_execution"}
+        assert indexes == {"edgeruntime_runs_execution", "edgeruntime_runs_batch"}
         assert await store.prune(before=1_500.0) == 1
         assert [r.execution_id for r in await store.runs()] == ["new"]
     finally:
@@ -91,3 +94,117 @@ def test_connections_opening_a_new_file_together_all_get_the_wal_journal(tmp_pat
         for thread in threads:
             thread.join()
     assert failures == []
+
+
+MiB = 1024 * 1024
+
+
+def _rows(count: int, start: int = 0) -> list[RunRow]:
+    return [
+        ("invocation", "hello", "http", f"0193a8f2-{i:012d}-7c1e", "succeeded", 1e9 + i, 1.5, 200, None, None)
+        for i in range(start, start + count)
+    ]
+
+
+async def _fill(url: str, count: int) -> None:
+    store = open_store(url)
+    try:
+        await store.migrate()
+        for start in range(0, count, 2000):
+            await store.record_run_rows(_rows(min(2000, count - start), start))
+    finally:
+        await store.close()
+
+
+def _size(path: Path) -> int:
+    """The database file's size (its WAL aside)."""
+    return os.path.getsize(path)
+
+
+def _pragma(path: Path, name: str) -> int:
+    with sqlite3.connect(path) as conn:
+        return int(conn.execute(f"PRAGMA {name}").fetchone()[0])
+
+
+async def test_a_size_cap_shrinks_the_file_under_it_and_keeps_the_newest_records(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "jobs.db"
+    url = f"sqlite:///{path}"
+    await _fill(url, 60_000)
+    grown = _size(path)
+    assert grown > 7 * MiB
+    assert _pragma(path, "auto_vacuum") == 0  # as every file made before the cap existed
+
+    store = open_store(url)
+    try:
+        deleted = await store.trim_history(max_mb=2)
+        assert _size(path) <= 2 * MiB
+        assert _pragma(path, "auto_vacuum") == 2  # incremental from now on
+        newest = await store.runs(limit=1)
+        assert newest[0].execution_id == _rows(1, 59_999)[0][3]
+        assert 0 < deleted < 60_000
+
+        # More history: it is trimmed again, and the freed pages go back to the file system.
+        for start in range(60_000, 100_000, 2000):
+            await store.record_run_rows(_rows(2000, start))
+        assert _size(path) > 4 * MiB
+        assert await store.trim_history(max_mb=2) > 0
+        assert _size(path) <= 2 * MiB
+        assert (await store.runs(limit=1))[0].execution_id == _rows(1, 99_999)[0][3]
+        assert await store.trim_history(max_mb=2) == 0  # under the cap: nothing to do
+    finally:
+        await store.close()
+    assert _size(path) <= 2 * MiB < grown / 3
+    converted = [r.getMessage() for r in caplog.records if "incremental vacuum" in r.getMessage()]
+    assert len(converted) == 2, converted  # switching (with the size), done (with the time): once
+    assert "one VACUUM of" in converted[0] and "once per file" in converted[0]
+
+
+async def test_without_a_cap_the_file_is_left_as_it_is(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.db"
+    await _fill(f"sqlite:///{path}", 10_000)
+    store = open_store(f"sqlite:///{path}")
+    try:
+        assert await store.trim_history() == 0
+        assert await store.prune(before=1e9 + 9_000) == 9_000
+        assert await store.trim_history() == 0
+    finally:
+        await store.close()
+    assert _pragma(path, "auto_vacuum") == 0  # no VACUUM nobody asked for
+
+
+async def test_on_an_incremental_file_pruning_by_age_gives_the_space_back(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.db"
+    url = f"sqlite:///{path}"
+    store = open_store(url)
+    try:
+        await store.migrate()
+        await store.trim_history(max_rows=1_000_000)  # a cap: the file goes incremental
+        assert _pragma(path, "auto_vacuum") == 2
+        for start in range(0, 40_000, 2000):
+            await store.record_run_rows(_rows(2000, start))
+        full = _size(path)
+        await store.prune(before=1e9 + 36_000)
+        await store.trim_history()  # what the system runs after each prune
+        assert _size(path) < full / 3
+        assert len(await store.runs(limit=10_000)) == 4_000
+    finally:
+        await store.close()
+
+
+async def test_a_cap_history_alone_cannot_meet_is_said_once(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    store = open_store(f"sqlite:///{tmp_path / 'jobs.db'}")
+    try:
+        await store.migrate()
+        await store.enqueue("work", "x" * 300_000, run_at=0, max_attempts=1, idempotency_key=None, now=0)
+        await store.record_run_rows(_rows(100))
+        with caplog.at_level(logging.WARNING, "edgeruntime.jobs"):
+            await store.trim_history(max_mb=0.1)
+            await store.trim_history(max_mb=0.1)
+        assert await store.runs() == []  # the history went, the job stays
+        assert (await store.count_jobs()) == {"queued": 1}
+    finally:
+        await store.close()
+    [line] = [r.getMessage() for r in caplog.records if "over retention_max_mb" in r.getMessage()]
+    assert "no run history left to delete" in line

@@ -203,6 +203,47 @@ async def test_a_batch_with_a_bad_row_writes_nothing_and_the_store_stays_usable(
     assert [r.execution_id for r in await store.runs()] == ["e1"]
 
 
+def _runs(count: int, start: int = 0) -> list[RunRow]:
+    return [
+        ("invocation", "a", "http", f"e{i}", "succeeded", T0 + i, 1.0, 200, None, None)
+        for i in range(start, start + count)
+    ]
+
+
+async def test_a_batch_written_again_under_its_id_is_written_once(store: JobStore) -> None:
+    # What the history does when a connection was lost with the COMMIT's outcome unknown.
+    rows = _runs(5)
+    assert await store.record_run_rows(rows, batch_id="instance-a-1") == 5
+    assert await store.record_run_rows(rows, batch_id="instance-a-1") == 0
+    assert await store.record_run_rows(_runs(1, start=5), batch_id="instance-a-2") == 1
+    assert await store.record_run_rows(_runs(1, start=6)) == 1  # no id: written every time
+    assert [r.execution_id for r in reversed(await store.runs())] == [f"e{i}" for i in range(7)]
+
+
+async def test_the_write_check_passes_and_leaves_nothing_behind(store: JobStore) -> None:
+    await store.check_writable()
+    await store.check_writable()  # nothing left over to collide with
+    assert await store.runs() == []
+    assert await store.count_jobs() == {}
+    assert await store.failed_jobs() == []
+    assert await store.ticks() == []
+    assert await store.paused_crons() == {}
+    job_id = await store.enqueue("work", "{}", run_at=T0, max_attempts=1, idempotency_key=None, now=T0)
+    assert job_id == 1  # the check used up no id
+
+
+async def test_trimming_to_a_row_cap_keeps_the_newest_records(store: JobStore) -> None:
+    await store.record_run_rows(_runs(1000))
+    assert await store.trim_history(max_rows=1000) == 0
+    assert await store.trim_history() == 0
+    await store.record_run_rows(_runs(200, start=1000))
+    # Over the cap: down to 90 % of it, so the next records do not make every check trim.
+    assert await store.trim_history(max_rows=1000) == 300
+    kept = [r.execution_id for r in await store.runs(limit=2000)]
+    assert kept == [f"e{i}" for i in reversed(range(300, 1200))]
+    assert await store.trim_history(max_rows=1000) == 0
+
+
 async def test_job_lookup_delete_failed_and_queue_stats(store: JobStore) -> None:
     first = await store.enqueue("work", "{}", run_at=T0, max_attempts=1, idempotency_key=None, now=T0)
     await store.enqueue("work", "{}", run_at=T0 + 60, max_attempts=2, idempotency_key=None, now=T0 + 5)

@@ -5,6 +5,11 @@ pickled fields. Between our own two processes pickle is the cheapest encoding of
 (no second HTTP parse). Frames sent in one turn of the event loop are written with one system
 call. Streamed bodies are flow-controlled: a writer waits (:meth:`Channel.drain`) while the other
 end has stopped reading.
+
+The server's end reads with :func:`~edgeruntime.workers.process.frames.decode_worker_frame`
+(plain data only: function code in the worker can write anything to the socket) and a limit on a
+frame's length. A frame holding a class, or longer than the limit, closes the channel; a frame of
+a kind this end does not read is logged and skipped.
 """
 
 from __future__ import annotations
@@ -26,13 +31,29 @@ FLUSH_BYTES = 256 * 1024
 
 
 class Channel(asyncio.Protocol):
-    """One end of the channel: `send(frame)` to write, `on_frame(frame)` called for each frame read."""
+    """One end of the channel: `send(frame)` to write, `on_frame(frame)` called for each frame read.
 
-    def __init__(self, on_frame: Callable[[Frame], None], on_close: Callable[[], None]) -> None:
+    `decode` reads a frame (the server passes :func:`~edgeruntime.workers.process.frames.decode_worker_frame`).
+    A frame longer than `max_frame_bytes`, or that `decode` cannot load, is logged and closes the
+    channel; one that `decode` finds is no frame of this end (ValueError) is logged and skipped.
+    """
+
+    def __init__(
+        self,
+        on_frame: Callable[[Frame], None],
+        on_close: Callable[[], None],
+        *,
+        decode: Callable[[memoryview], Frame] = decode,
+        max_frame_bytes: int | None = None,
+        name: str = "worker channel",
+    ) -> None:
         self.on_frame = on_frame
         self.on_close = on_close
         self.transport: BatchedTransport | None = None
         self.closed = False
+        self._decode = decode
+        self._max_frame_bytes = max_frame_bytes
+        self._name = name
         self._buffer = bytearray()
         self._writable: asyncio.Future[None] | None = None
 
@@ -40,6 +61,8 @@ class Channel(asyncio.Protocol):
         self.transport = BatchedTransport(transport, WriteBatch(), FLUSH_BYTES)
 
     def data_received(self, data: bytes) -> None:
+        if self.closed:
+            return
         buffer = self._buffer
         buffer += data
         offset = 0
@@ -49,15 +72,21 @@ class Channel(asyncio.Protocol):
             while end - offset >= _HEADER:
                 size = int.from_bytes(view[offset : offset + _HEADER], "big")
                 start = offset + _HEADER
+                if self._max_frame_bytes is not None and size > self._max_frame_bytes:
+                    self._refuse(f"a {size}-byte frame (at most {self._max_frame_bytes})")
+                    return
                 if end - start < size:
                     break
                 try:
-                    frame = decode(view[start : start + size])
+                    frame = self._decode(view[start : start + size])
                 except ValueError as exc:
                     offset = start + size
                     # Its text only: the exception's traceback holds a view of the buffer, resized below.
-                    logger.error("worker channel: a frame could not be read: %s", str(exc))
+                    logger.error("%s: a frame could not be read: %s", self._name, str(exc))
                     continue
+                except Exception as exc:
+                    self._refuse(f"a frame that cannot be read: {exc}")
+                    return
                 offset = start + size
                 try:
                     self.on_frame(frame)
@@ -65,8 +94,15 @@ class Channel(asyncio.Protocol):
                     logger.exception("worker channel: handling a %s frame failed", type(frame).__name__)
         finally:
             view.release()
-        if offset:
+        if offset and not self.closed:
             del buffer[:offset]
+
+    def _refuse(self, what: str) -> None:
+        logger.error("%s: closed: the other end sent %s", self._name, what)
+        self.closed = True
+        self._buffer = bytearray()
+        if self.transport is not None:
+            self.transport.abort()
 
     def send(self, frame: Frame) -> None:
         """Queue `frame`, written at the end of this turn of the event loop (at once past FLUSH_BYTES).

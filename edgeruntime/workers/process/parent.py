@@ -13,6 +13,12 @@ isolate's heap. RSS is read from the parent rather than enforced with ``RLIMIT_A
 address-space limits fail arbitrary allocations (thread stacks, malloc arenas) long before the
 resident memory reaches the limit. ``RLIMIT_AS`` is still set (by the worker process, see
 :mod:`edgeruntime.workers.process.child`), far above the limit, as a backstop.
+
+The process is started in the server's sandbox (:mod:`edgeruntime.workers.process.sandbox`):
+under bubblewrap the process the server starts is ``bwrap`` and the worker its grandchild, whose
+pid is the one watched. Function code can write anything to the channel, so what the server reads
+from it is plain data only (:func:`edgeruntime.workers.process.frames.decode_worker_frame`), and
+a job a function enqueues is enqueued by the server (the worker holds no store credentials).
 """
 
 from __future__ import annotations
@@ -20,13 +26,13 @@ from __future__ import annotations
 import asyncio
 import collections
 import itertools
+import json
 import logging
 import os
 import resource
 import signal
 import socket
 import subprocess
-import sys
 import time
 import types
 from collections.abc import Callable, Mapping
@@ -34,11 +40,19 @@ from typing import Any
 
 from edgeruntime.core.background import BackgroundTask, TaskOutcome
 from edgeruntime.core.context import ExecutionContext
+from edgeruntime.core.descriptors import exhaustion
 from edgeruntime.core.events import StopReason
 from edgeruntime.core.metering import CpuMeter
-from edgeruntime.core.types import Message, Receive, Scope, Send
+from edgeruntime.core.types import Enqueue as EnqueueJob, Message, Receive, Scope, Send
 from edgeruntime.core.worker_state import WorkerState
-from edgeruntime.exceptions import BootError, PayloadTooLarge, WorkerCrashed
+from edgeruntime.exceptions import (
+    BootError,
+    ConfigError,
+    JobsError,
+    PayloadTooLarge,
+    ResourceExhausted,
+    WorkerCrashed,
+)
 from edgeruntime.functions.discovery import FunctionSpec
 from edgeruntime.limits import Limits, Policy
 from edgeruntime.workers.lifecycle import WorkerLifecycle
@@ -49,16 +63,21 @@ from edgeruntime.workers.process.frames import (
     Body,
     Boot,
     Booted,
+    BootExhausted,
     BootFailed,
     Cancel,
     Done,
     Ended,
+    Enqueue,
+    Enqueued,
     Frame,
     Request,
     Sent,
     TaskDone,
     TaskStarted,
+    decode_worker_frame,
 )
+from edgeruntime.workers.process.sandbox import Sandbox, WorkerLauncher, worker_pid
 from edgeruntime.workers.worker import WorkerStatus, limit_exceeded
 
 __all__ = ["ProcessWorker"]
@@ -75,6 +94,8 @@ PAUSE_FRAMES = 64
 BOOT_TIMEOUT_SEC = 30.0
 #: How long ending a worker waits for `beforeunload` listeners dispatched just before.
 BEFOREUNLOAD_GRACE_SEC = 0.5
+#: A frame from a worker may be this much longer than its memory limit (a body chunk it held).
+FRAME_SLACK_MB = 64
 _TICKS_PER_SEC = os.sysconf("SC_CLK_TCK")
 _PAGE_MB = resource.getpagesize() / (1024 * 1024)
 #: The scope keys a function can use; the rest (server internals) stay in the server.
@@ -167,12 +188,19 @@ class ProcessWorker:
         observers: list[Callable[[BackgroundTask], None]] | None = None,
         policy: Policy = "per_worker",
         log_format: str = "text",
+        launcher: WorkerLauncher | None = None,
+        *,
+        enqueue: EnqueueJob | None = None,
     ) -> None:
         self.spec = spec
+        #: The function's env (`Deno.env` in the worker), sent in the boot frame.
         self.env = dict(env)
         self.limits = limits
         self.policy = policy
         self.log_format = log_format
+        self.launcher = launcher or WorkerLauncher(Sandbox("none"), spec.directory.parent)
+        #: Enqueues the jobs the function enqueues (the server's jobs system); None: there is none.
+        self.enqueue = enqueue
         #: The server-side view of the worker: its background work, as the process reports it.
         self.state = WorkerState(spec.name, self.env, observers)
         self.state.background.log_failures = False  # the worker process logged them, with traceback
@@ -190,13 +218,15 @@ class ProcessWorker:
         self._ids = itertools.count(1)
         self._tasks: dict[int, BackgroundTask] = {}
         #: The worker process's answer to Boot; None if it exited first.
-        self._booted: asyncio.Future[Booted | BootFailed | None] | None = None
+        self._booted: asyncio.Future[Booted | BootFailed | BootExhausted | None] | None = None
         self._unloaded: dict[StopReason, asyncio.Future[None]] = {}
         self._lifecycle: WorkerLifecycle | None = None
         self._paused_by: _Call | None = None
         self._monitor: asyncio.Task[None] | None = None
         self._cpu_baseline_ms = 0.0
         self._memory_baseline_mb = 0.0
+        self._pid: int | None = None
+        self._enqueues: set[asyncio.Task[None]] = set()
 
     @property
     def id(self) -> str:
@@ -208,6 +238,9 @@ class ProcessWorker:
 
     @property
     def pid(self) -> int | None:
+        """The worker process's pid (under bwrap not `proc.pid`, which is bubblewrap's)."""
+        if self._pid is not None:
+            return self._pid
         return self.proc.pid if self.proc is not None else None
 
     @property
@@ -217,28 +250,53 @@ class ProcessWorker:
     # -- boot ------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Start the process and load the function in it; raises BootError or WorkerCrashed."""
+        """Start the process and load the function in it; raises BootError, WorkerCrashed or ResourceExhausted."""
         loop = asyncio.get_running_loop()
         self.state.loop = loop
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        directory = self.spec.directory.resolve()
         started = time.perf_counter()
         try:
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        except OSError as exc:
+            if exhaustion(exc) is None:
+                raise
+            raise ResourceExhausted(self.name, f"starting a worker process for {self.name}") from exc
+        try:
+            argv, cwd = self.launcher.command(
+                self.name, directory, theirs.fileno(), os.getpid(), self.limits.memory_limit_mb
+            )
             # Popen only forks and execs: it does not wait for the child.
             self.proc = subprocess.Popen(  # noqa: ASYNC220
-                [sys.executable, "-m", "edgeruntime.workers.process.child", str(theirs.fileno()), str(os.getpid())],
+                argv,
                 pass_fds=(theirs.fileno(),),
-                env=self.env,
+                env=self.launcher.environ(self.env, os.environ),
+                cwd=cwd,
                 stdin=subprocess.DEVNULL,
                 # Its own session: a terminal's Ctrl-C (SIGINT to the foreground process group) goes
                 # to the server alone, which then ends its workers in order.
                 start_new_session=True,
             )
+        except ConfigError as exc:  # no uid left for it
+            ours.close()
+            raise BootError(self.name, f"function {self.name}: {exc}") from None
+        except OSError as exc:
+            ours.close()  # a failed start must not hold a descriptor
+            if exhaustion(exc) is not None:
+                raise ResourceExhausted(self.name, f"starting a worker process for {self.name}") from exc
+            # out of processes, the sandbox's binary gone
+            raise BootError(self.name, f"function {self.name}: cannot start its worker process: {exc}") from None
         finally:
             theirs.close()
-        channel = self.channel = Channel(self._on_frame, self._on_close)
+        channel = self.channel = Channel(
+            self._on_frame,
+            self._on_close,
+            decode=decode_worker_frame,
+            max_frame_bytes=int((self.limits.memory_limit_mb + FRAME_SLACK_MB) * 1024 * 1024),
+            name=f"worker channel of {self.name}",
+        )
         await loop.create_unix_connection(lambda: channel, sock=ours)
         self._booted = loop.create_future()
-        channel.send(Boot(self.name, str(self.spec.directory), self.limits, self.policy, self.log_format))
+        channel.send(Boot(self.name, str(directory), self.limits, self.policy, self.log_format, self.env))
         try:
             answer = await asyncio.wait_for(asyncio.shield(self._booted), BOOT_TIMEOUT_SEC)
         except TimeoutError:
@@ -249,13 +307,24 @@ class ProcessWorker:
             if answer.detail:
                 logger.error("%s", answer.detail.rstrip(), extra={"function": self.name})
             raise (BootError if answer.reason == "boot" else WorkerCrashed)(self.name, answer.message)
+        if isinstance(answer, BootExhausted):  # the worker process ran out of file descriptors
+            await self._abort_boot()
+            raise ResourceExhausted(self.name, answer.action) from OSError(answer.errno, os.strerror(answer.errno))
         if answer is None:
             raise WorkerCrashed(self.name, f"function {self.name}: worker process exited while booting")
-        self._memory_baseline_mb = answer.baseline_mb
         assert self.proc is not None
+        self._pid = worker_pid(self.launcher.sandbox.mode, self.proc.pid)
+        if self._pid is None:
+            await self._abort_boot()
+            raise WorkerCrashed(self.name, f"function {self.name}: its worker process cannot be found to watch")
+        self._memory_baseline_mb = answer.baseline_mb
         try:
-            self._cpu_baseline_ms, _ = _proc_usage(self.proc.pid)
-        except OSError:  # no /proc (not Linux): the process is isolated, its CPU and memory not watched
+            self._cpu_baseline_ms, _ = _proc_usage(self._pid)
+        except OSError as exc:
+            if exhaustion(exc) is not None:  # its limits could not be watched: boot again later
+                await self._abort_boot()
+                raise ResourceExhausted(self.name, f"watching the worker process of {self.name}") from exc
+            # No /proc (not Linux): the process is isolated, its CPU and memory not watched.
             logger.warning(
                 "process isolation cannot read /proc on this system: CPU and memory limits are not enforced",
                 extra={"function": self.name},
@@ -266,7 +335,7 @@ class ProcessWorker:
             self.name,
             (time.perf_counter() - started) * 1000,
             self.id[:8],
-            self.proc.pid,
+            self._pid,
             extra={"function": self.name},
         )
         self._monitor = loop.create_task(self._watch_usage())
@@ -281,12 +350,18 @@ class ProcessWorker:
         self._lifecycle = lifecycle
 
     async def _watch_usage(self) -> None:
-        assert self.proc is not None
-        pid = self.proc.pid
+        pid = self.pid
+        assert pid is not None
         while self.status is not WorkerStatus.ENDED:
             try:
                 cpu_ms, rss_mb = _proc_usage(pid)
-            except (OSError, ValueError, IndexError):
+            except OSError as exc:
+                if exhaustion(exc) is None:  # the process is gone
+                    return
+                # Out of descriptors for a moment: the limits are checked again once some are free.
+                await asyncio.sleep(MONITOR_INTERVAL_SEC)
+                continue
+            except (ValueError, IndexError):
                 return
             self.meter.used_ms = max(0.0, cpu_ms - self._cpu_baseline_ms)
             self.memory_mb = max(0.0, rss_mb - self._memory_baseline_mb)
@@ -314,8 +389,49 @@ class ProcessWorker:
             waiter = self._unloaded.get(frame.reason)
             if waiter is not None and not waiter.done():
                 waiter.set_result(None)
-        elif isinstance(frame, Booted | BootFailed) and self._booted is not None and not self._booted.done():
+        elif isinstance(frame, Enqueue):
+            task = asyncio.get_running_loop().create_task(self._enqueue(frame))
+            self._enqueues.add(task)
+            task.add_done_callback(self._enqueues.discard)
+        elif (
+            isinstance(frame, Booted | BootFailed | BootExhausted)
+            and self._booted is not None
+            and not self._booted.done()
+        ):
             self._booted.set_result(frame)
+
+    async def _enqueue(self, frame: Enqueue) -> None:
+        """A job the function enqueues: the server enqueues it and answers with its id or the error."""
+        job_id: int | None = None
+        error: str | None = None
+        try:
+            if self.enqueue is None:
+                raise JobsError("enqueue: no jobs store is running (use edgeruntime serve or EdgeClient)")
+            # The frame is plain data, but any plain data: what a worker's enqueue sends, checked.
+            if not isinstance(frame.function, str) or not isinstance(frame.body, str):
+                raise JobsError("enqueue: bad arguments")
+            if isinstance(frame.delay, bool) or not isinstance(frame.delay, int | float):
+                raise JobsError("enqueue: bad arguments")
+            if not (frame.max_attempts is None or type(frame.max_attempts) is int):
+                raise JobsError("enqueue: bad arguments")
+            if not (frame.idempotency_key is None or isinstance(frame.idempotency_key, str)):
+                raise JobsError("enqueue: bad arguments")
+            job_id = await self.enqueue(
+                frame.function,
+                json.loads(frame.body),
+                delay=frame.delay,
+                max_attempts=frame.max_attempts,
+                idempotency_key=frame.idempotency_key,
+            )
+        except JobsError as exc:
+            error = str(exc)
+        except (ValueError, TypeError):  # not what a worker's enqueue sends
+            error = "enqueue: bad arguments"
+        except Exception as exc:
+            logger.exception("enqueue from a worker of %s failed", self.name, extra={"function": self.name})
+            error = f"enqueue failed: {type(exc).__name__}"
+        if self.channel is not None:
+            self.channel.send(Enqueued(frame.qid, job_id, error))
 
     def _on_close(self) -> None:
         if self._booted is not None and not self._booted.done():
@@ -393,6 +509,8 @@ class ProcessWorker:
                         self._resume_reading()
                     continue
                 ended = event.ended
+                if event.error is not None:  # the handler raised and got its 500 (or 502)
+                    ctx.error = event.error
                 break
         except asyncio.CancelledError:
             channel.send(Cancel(rid))  # a no-op once the process is gone

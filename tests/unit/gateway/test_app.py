@@ -7,8 +7,13 @@ from pathlib import Path
 
 import pytest
 
+from edgeruntime.config.settings import Settings
+from edgeruntime.core.types import Message, Receive, Scope, Send
+from edgeruntime.exceptions import JobsError
+from edgeruntime.gateway.app import EdgeApp
+from edgeruntime.gateway.extensions import Extension
 from edgeruntime.testing import EdgeClient
-from tests.helpers import write_function
+from tests.helpers import KEYS, write_function
 
 ECHO = """
 from starlette.requests import Request
@@ -181,3 +186,212 @@ async def test_disabled_function_is_404(hello_dir: Path) -> None:
     (hello_dir.parent / "config.toml").write_text("[functions.hello]\nenabled = false\n")
     async with EdgeClient(hello_dir) as client:
         assert (await client.invoke("hello")).status_code == 404
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT", "BREW"])
+async def test_health_answers_get_and_head_only(hello_dir: Path, method: str) -> None:
+    async with EdgeClient(hello_dir) as client:
+        assert (await client.request("HEAD", "/_internal/health")).status_code == 200
+        r = await client.request(method, "/_internal/health")
+        assert r.status_code == 405
+        assert r.text == "Method Not Allowed"
+        assert r.headers["allow"] == "GET, HEAD"
+        assert r.headers["sb-error-code"] == "METHOD_NOT_ALLOWED"
+        # Nothing is tunnelled: a CONNECT is answered and its connection closed.
+        assert (r.headers.get("connection") == "close") is (method == "CONNECT")
+
+
+@pytest.mark.parametrize("path", ["/functions/v1/hello", "/_edgeruntime/", "/_internal/metrics", "/elsewhere"])
+async def test_connect_is_405_and_closes_the_connection(hello_dir: Path, path: str) -> None:
+    async with EdgeClient(hello_dir) as client:
+        r = await client.request("CONNECT", path, headers=client.headers_for("service_role"))
+        assert r.status_code == 405
+        assert r.headers["allow"] == "GET, POST, PUT, PATCH, DELETE, OPTIONS, HEAD"
+        assert r.headers["connection"] == "close"
+        r = await client.request("TRACE", "/functions/v1/hello", headers=client.headers_for("service_role"))
+        assert (r.status_code, r.headers["allow"]) == (405, "GET, POST, PUT, PATCH, DELETE, OPTIONS, HEAD")
+        assert "connection" not in r.headers
+
+
+READER = """
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from edgeruntime import serve
+
+async def handler(req: Request) -> JSONResponse:
+    return JSONResponse({"size": len(await req.body())})
+
+serve(handler)
+"""
+
+SYNC_READER = """
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from edgeruntime import serve
+
+def handler(req: Request) -> JSONResponse:
+    return JSONResponse({"sync": True})
+
+serve(handler)
+"""
+
+
+def partial_body_then_gone(name: str) -> tuple[Scope, Receive, Send, list[Message]]:
+    """A request to `name` whose client sends a part of its body and disconnects."""
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": f"/functions/v1/{name}",
+        "raw_path": f"/functions/v1/{name}".encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [
+            (b"host", b"127.0.0.1:54321"),
+            (b"content-length", b"1000"),
+            (b"authorization", f"Bearer {KEYS.anon_key}".encode()),
+        ],
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 54321),
+    }
+    messages: list[Message] = [
+        {"type": "http.request", "body": b"x" * 100, "more_body": True},
+        {"type": "http.disconnect"},
+    ]
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    return scope, receive, send, sent
+
+
+async def test_a_client_gone_mid_body_is_recorded_as_a_disconnect(
+    hello_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    await check_client_gone_mid_body(hello_dir, caplog, "inline")  # process isolation: tests/test_process.py
+
+
+async def check_client_gone_mid_body(hello_dir: Path, caplog: pytest.LogCaptureFixture, isolation: str) -> None:
+    write_function(hello_dir, "reader", READER)
+    write_function(hello_dir, "syncreader", SYNC_READER)
+    async with EdgeClient(hello_dir, isolation=isolation) as client:
+        for name in ("reader", "syncreader"):
+            scope, receive, send, _ = partial_body_then_gone(name)
+            await client.app.handle_http(scope, receive, send)
+        await client.jobs.history.flush()
+        runs = (await client.request("GET", "/_edgeruntime/api/runs")).json()["runs"]
+        assert sorted((r["function"], r["http_status"], r["error"]) for r in runs) == [
+            ("reader", 499, "client disconnected before the response"),
+            ("syncreader", 499, "client disconnected before the response"),
+        ]
+        metrics = (await client.request("GET", "/_internal/metrics")).text
+        assert 'edgeruntime_requests_total{function="reader",status="499",trigger="http"} 1.0' in metrics
+        assert (await client.invoke("reader", content=b"abc")).json() == {"size": 3}  # and it keeps serving
+    assert "raised" not in caplog.text
+    assert "Traceback" not in caplog.text
+    access = [rec.getMessage() for rec in caplog.records if rec.name == "edgeruntime.access"]
+    assert any("POST /functions/v1/reader 499" in line for line in access)
+
+
+# The function's own open() (or, for `boot`, the server's read of index.py) failing with EMFILE
+# while a marker file exists: what a server at its descriptor limit meets.
+EXHAUSTED_AT_BOOT = """
+import errno
+import pathlib
+from starlette.responses import JSONResponse
+from edgeruntime import serve
+
+if (pathlib.Path(__file__).parent / "exhausted").exists():
+    raise OSError(errno.EMFILE, "Too many open files", __file__)
+
+serve(lambda req: JSONResponse({"booted": True}))
+"""
+EXHAUSTED_IN_HANDLER = """
+import errno
+import pathlib
+from starlette.responses import JSONResponse
+from edgeruntime import serve
+
+class ConnectError(Exception):
+    pass
+
+@serve
+async def handler(req):
+    if (pathlib.Path(__file__).parent / "exhausted").exists():
+        try:
+            raise OSError(errno.EMFILE, "Too many open files")
+        except OSError as exc:
+            raise ConnectError("cannot connect") from exc  # as an HTTP client wraps it
+    return JSONResponse({"served": True})
+"""
+RESOURCE_EXHAUSTED = {
+    "code": "RESOURCE_EXHAUSTED",
+    "message": "Server is out of file descriptors (please retry shortly)",
+}
+
+
+@pytest.mark.parametrize("where", ["boot", "handler"])
+async def test_out_of_file_descriptors_is_503_not_a_boot_error_or_a_500_and_passes(
+    functions_dir: Path, caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str], where: str
+) -> None:
+    await check_exhaustion_is_503(functions_dir, caplog, capfd, "inline", where)  # process: tests/test_process.py
+
+
+async def check_exhaustion_is_503(
+    functions_dir: Path, caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str], isolation: str, where: str
+) -> None:
+    """A function out of file descriptors (at boot, in its handler) gets 503, one line, and recovers."""
+    source = EXHAUSTED_AT_BOOT if where == "boot" else EXHAUSTED_IN_HANDLER
+    marker = write_function(functions_dir, "fn", source).parent / "exhausted"
+    marker.touch()
+    async with EdgeClient(functions_dir, isolation=isolation) as client:
+        for _ in range(3):
+            r = await client.invoke("fn")
+            assert (r.status_code, r.json()) == (503, RESOURCE_EXHAUSTED)
+            assert (r.headers["sb-error-code"], r.headers["retry-after"]) == ("RESOURCE_EXHAUSTED", "1")
+        supervisor = client.app.functions["fn"]
+        assert supervisor.boot_error is None  # not held against the function (the dashboard shows boot errors)
+        marker.unlink()  # descriptors free again
+        r = await client.invoke("fn")
+        assert r.status_code == 200, r.text
+    # A handler runs in the worker process under process isolation: its lines are that process's output.
+    logged = caplog.text + capfd.readouterr().err
+    exhausted = [line for line in logged.splitlines() if "out of file descriptors" in line]
+    assert len(exhausted) == 1, exhausted  # one line a second at most, no traceback
+    assert "fn" in exhausted[0] and "EMFILE" in exhausted[0]
+    assert "Traceback" not in logged and "raised" not in logged
+
+
+async def test_jobs_enqueued_in_worker_processes_go_to_the_extension_that_serves_them(hello_dir: Path) -> None:
+    """A function in a worker process holds no store: its enqueue reaches the app, which hands it on."""
+    app = EdgeApp(Settings.build(hello_dir, watch=False))
+    with pytest.raises(JobsError, match="no jobs store is running"):
+        await app.enqueue("hello", {"n": 1})
+    queued: list[tuple[str, object, float, int | None, str | None]] = []
+
+    class Queue(Extension):
+        async def take(
+            self,
+            function: str,
+            payload: object = None,
+            *,
+            delay: float = 0,
+            max_attempts: int | None = None,
+            idempotency_key: str | None = None,
+        ) -> int:
+            queued.append((function, payload, delay, max_attempts, idempotency_key))
+            return len(queued)
+
+        def __init__(self) -> None:
+            self.enqueue = self.take
+
+    app.add_extension(Queue())
+    assert await app.enqueue("hello", {"n": 1}, delay=2.5, max_attempts=3, idempotency_key="k") == 1
+    assert queued == [("hello", {"n": 1}, 2.5, 3, "k")]
+    assert app.functions["hello"].enqueue == app.enqueue  # what its worker processes call

@@ -1,0 +1,169 @@
+"""Uvicorn's protocols held to Hypercorn's request-head limit: 431 as the bytes arrive, both parsers."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+import pytest
+from uvicorn.config import Config
+from uvicorn.server import ServerState
+
+from edgeruntime.core.types import Receive, Scope, Send
+from edgeruntime.serving.uvicorn_http import H11Protocol, head_limited_protocol, httptools_protocol
+from edgeruntime.workers.request_limits import MAX_HEAD_BYTES, limit_head
+from tests.helpers import RecordingTransport
+
+HEAD = b"GET /functions/v1/hello HTTP/1.1\r\nhost: 127.0.0.1\r\n"
+
+
+class Transport(RecordingTransport):
+    """A connection as the protocol sees it (flow control included)."""
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    @property
+    def sent(self) -> bytes:
+        return b"".join(self.writes)
+
+
+class App:
+    """Answers 200 with the size of the body; counts the requests it saw."""
+
+    def __init__(self) -> None:
+        self.requests = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self.requests += 1
+        size, more = 0, True
+        while more:
+            message = await receive()
+            size += len(message.get("body", b""))
+            more = message.get("more_body", False)
+        body = str(size).encode()
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"%d" % len(body))]})
+        await send({"type": "http.response.body", "body": body})
+
+
+def kinds() -> list[tuple[str, type[asyncio.Protocol], bool]]:
+    """(name, protocol, whether it refuses whole heads itself) for each parser uvicorn can use."""
+    return [("httptools", httptools_protocol(), True), ("h11", H11Protocol, False)]
+
+
+Connect = Callable[[], tuple[asyncio.Protocol, Transport, App]]
+
+
+@pytest.fixture(params=kinds(), ids=lambda k: k[0])
+def connect(request: pytest.FixtureRequest) -> Connect:
+    """Opens a connection to a protocol as `edgeruntime serve --server uvicorn` sets it up."""
+    _, protocol_class, whole_heads = request.param
+
+    def open_connection() -> tuple[asyncio.Protocol, Transport, App]:
+        app = App()
+        config = Config(
+            app=app if whole_heads else limit_head(app),
+            http=protocol_class,
+            h11_max_incomplete_event_size=MAX_HEAD_BYTES,
+            lifespan="off",
+            log_level="warning",
+        )
+        config.load()
+        protocol = protocol_class(config=config, server_state=ServerState(), app_state={})  # type: ignore[call-arg, unused-ignore]
+        transport = Transport()
+        protocol.connection_made(transport)
+        return protocol, transport, app
+
+    return open_connection
+
+
+async def settle(transport: Transport, app: App) -> None:
+    for _ in range(100):
+        await asyncio.sleep(0.001)
+        if transport.closed or b"\r\n\r\n" in transport.sent:
+            return
+
+
+def refused(transport: Transport) -> bool:
+    return transport.sent.startswith(b"HTTP/1.1 431 ") and b"connection: close" in transport.sent and transport.closed
+
+
+async def test_a_head_is_refused_once_over_the_limit_not_buffered_on(connect: Connect) -> None:
+    protocol, transport, app = connect()
+    protocol.data_received(HEAD)
+    for _ in range(MAX_HEAD_BYTES // 1024 + 1):
+        protocol.data_received(b"x-filler: " + b"a" * 1012 + b"\r\n")  # 1 KiB a line, no end of the head
+    assert refused(transport)
+    assert transport.sent.endswith(b"content-length: 0\r\nconnection: close\r\n\r\n")
+    before = transport.sent
+    protocol.data_received(b"x-more: " + b"b" * 1_000_000)
+    assert transport.sent == before and app.requests == 0
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        HEAD + b"x-big: " + b"a" * 1_000_000 + b"\r\n\r\n",  # a 1 MB header
+        HEAD + b"".join(b"x-%d: v\r\n" % i for i in range(20_000)) + b"\r\n",  # 20,000 headers
+        HEAD + b"x-big: " + b"a" * (MAX_HEAD_BYTES + 100) + b"\r\n\r\n",  # just over, whole in one read
+    ],
+    ids=["1MB-header", "20000-headers", "just-over"],
+)
+async def test_a_head_over_the_limit_is_431_whole_or_in_pieces(connect: Connect, head: bytes) -> None:
+    for piece in (len(head), 4096):
+        protocol, transport, app = connect()
+        for start in range(0, len(head), piece):
+            protocol.data_received(head[start : start + piece])
+        await settle(transport, app)
+        assert refused(transport), (piece, transport.sent[:80])
+        assert app.requests == 0
+
+
+async def test_heads_within_the_limit_and_large_bodies_are_served(connect: Connect) -> None:
+    protocol, transport, app = connect()
+    filler = b"x-fill: " + b"a" * (MAX_HEAD_BYTES - len(HEAD) - 200) + b"\r\n"
+    protocol.data_received(HEAD + filler + b"\r\n")
+    await settle(transport, app)
+    assert transport.sent.startswith(b"HTTP/1.1 200 ")
+    # A big body in the same read as its head, then the next request: the body is not a head.
+    protocol, transport, app = connect()
+    body = b"z" * 200_000
+    post = b"POST /functions/v1/hello HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-length: %d\r\n\r\n" % len(body)
+    protocol.data_received(post + body[:100_000])
+    protocol.data_received(body[100_000:])
+    await settle(transport, app)
+    assert transport.sent.startswith(b"HTTP/1.1 200 ") and transport.sent.endswith(b"200000")
+    assert not transport.closed
+    protocol.data_received(HEAD + b"\r\n")
+    for _ in range(100):
+        await asyncio.sleep(0.001)
+        if app.requests == 2 and transport.sent.count(b"HTTP/1.1 200 ") == 2:
+            break
+    assert transport.sent.count(b"HTTP/1.1 200 ") == 2
+
+
+async def test_connect_is_not_logged_as_an_unsupported_upgrade(caplog: pytest.LogCaptureFixture) -> None:
+    protocol, transport, app = (kinds()[0][1], Transport(), App())
+    config = Config(app=app, http=protocol, lifespan="off")
+    config.load()
+    instance = protocol(config=config, server_state=ServerState(), app_state={})  # type: ignore[call-arg, unused-ignore]
+    instance.connection_made(transport)
+    with caplog.at_level(logging.WARNING, logger="uvicorn.error"):
+        instance.data_received(b"CONNECT /_internal/health HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n")
+        await settle(transport, app)
+    assert "Unsupported upgrade request" not in caplog.text
+    assert app.requests == 1
+
+
+def test_the_protocol_is_the_one_uvicorn_would_pick(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert head_limited_protocol() == (httptools_protocol(), True)
+
+    def no_httptools() -> type[asyncio.Protocol]:
+        raise ImportError("No module named 'httptools'")
+
+    monkeypatch.setattr("edgeruntime.serving.uvicorn_http.httptools_protocol", no_httptools)
+    assert head_limited_protocol() == (H11Protocol, False)
