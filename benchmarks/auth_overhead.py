@@ -23,7 +23,7 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric import ec
 from jwt.algorithms import ECAlgorithm
 
-from edgeruntime.config import DEFAULT_JWT_SECRET
+from edgeruntime.config.project import DEFAULT_JWT_SECRET
 from edgeruntime.testing import EdgeClient
 
 HELLO = """

@@ -24,11 +24,11 @@ from pathlib import Path
 
 import httpx
 
-from edgeruntime.app import EdgeApp, create_app
+from edgeruntime.config.settings import Settings
 from edgeruntime.dashboard import attach as attach_dashboard
+from edgeruntime.gateway.app import EdgeApp
 from edgeruntime.jobs import JobSystem, attach
 from edgeruntime.jobs.store import Run
-from edgeruntime.settings import Settings
 
 #: The page polls five endpoints every 1.5 s: each should answer well within that.
 API_GOAL_MS = 50.0
@@ -56,7 +56,7 @@ def _project(root: Path) -> Path:
 
 def _app(functions: Path, db: Path, dashboard: bool) -> tuple[EdgeApp, JobSystem]:
     settings = Settings.build(functions, database_url=f"sqlite:///{db}", no_verify_jwt=True, watch=False)
-    app = create_app(settings)
+    app = EdgeApp(settings)
     jobs = attach(app, background=False)
     if dashboard:
         attach_dashboard(app, jobs)

@@ -28,13 +28,14 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from urllib.parse import quote
 
-from edgeruntime.app import Invocation, create_app
-from edgeruntime.background import BackgroundTask, TaskOutcome
-from edgeruntime.context import new_execution_id
+from edgeruntime.config.settings import Settings
+from edgeruntime.core.background import BackgroundTask, TaskOutcome
+from edgeruntime.core.context import new_execution_id
+from edgeruntime.gateway.app import EdgeApp
+from edgeruntime.gateway.extensions import Invocation
 from edgeruntime.jobs import attach, open_store
 from edgeruntime.jobs.history import WRITE_BATCH
 from edgeruntime.jobs.store import JobStore, RunRow
-from edgeruntime.settings import Settings
 
 #: The brief of issue #7: recording must cost the event loop at most this per record.
 LOOP_GOAL_US = 0.5
@@ -61,7 +62,7 @@ def _rows(n: int) -> list[RunRow]:
 
 async def loop_cost(functions: Path, url: str, rounds: int) -> tuple[float, float]:
     """Minimum µs per recorded invocation and per recorded wait_until task."""
-    app = create_app(Settings.build(functions, database_url=url, environ={}))
+    app = EdgeApp(Settings.build(functions, database_url=url, environ={}))
     system = attach(app, background=False)
     await system.store.migrate()
     invocation = Invocation(

@@ -26,10 +26,10 @@ from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import quote
 
-from edgeruntime.app import create_app
+from edgeruntime.config.settings import Settings
+from edgeruntime.gateway.app import EdgeApp
 from edgeruntime.jobs import attach, open_store
 from edgeruntime.jobs.store import JobStore, Outcome
-from edgeruntime.settings import Settings
 
 GOALS = {"sqlite": 1000.0, "postgres": 2000.0}
 JITTER_GOAL_MS = 50.0
@@ -116,7 +116,7 @@ async def store_ceiling(url: str, n: int) -> float:
 async def queue_throughput(functions: Path, url: str, n: int) -> float:
     """jobs/s of one instance delivering `n` queued jobs through the gateway."""
     settings = Settings.build(functions, database_url=url, environ={})
-    app = create_app(settings)
+    app = EdgeApp(settings)
     system = attach(app)
     filler = open_store(url)
     await filler.migrate()
@@ -149,7 +149,7 @@ async def cron_jitter(root: Path, seconds: int, *, under_load: bool = False) -> 
     os.environ["JITTER_LOG"] = str(log)
     functions = _project(root, '[cron.tick]\nfunction = "tick"\nschedule = "1 seconds"\n')
     settings = Settings.build(functions, database_url=f"sqlite:///{root / f'cron-{uuid.uuid4().hex}.db'}")
-    app = create_app(settings)
+    app = EdgeApp(settings)
     system = attach(app)
     await app.startup()
     try:

@@ -7,9 +7,9 @@ the gateway (for a 0.4 ms request, in the first duration bucket, and a 30 ms one
 per-task background observer, two ways:
 
 - labelled children: prometheus_client `Counter`/`Histogram` children, cached per label set
-  (what `edgeruntime.metrics` did before: `inc()`/`observe()` lock and call several times), plus
+  (what `edgeruntime.dashboard.metrics` did before: `inc()`/`observe()` lock and call several times), plus
   the dashboard's last-invocation record;
-- plain counters: `edgeruntime.metrics.Metrics` as it is (dict of small lists, rendered by a
+- plain counters: `edgeruntime.dashboard.metrics.Metrics` as it is (dict of small lists, rendered by a
   collector at scrape time).
 
 Prints ns per call (min and median of the rounds) and the cost of one scrape of each.
@@ -28,9 +28,9 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.exposition import generate_latest
 
-from edgeruntime.app import Invocation
-from edgeruntime.background import BackgroundTask, TaskOutcome
-from edgeruntime.metrics import DURATION_BUCKETS_SEC, UNKNOWN_FUNCTION, Metrics
+from edgeruntime.core.background import BackgroundTask, TaskOutcome
+from edgeruntime.dashboard.metrics import DURATION_BUCKETS_SEC, UNKNOWN_FUNCTION, Metrics
+from edgeruntime.gateway.extensions import Invocation
 
 #: Per invocation and per background task, on this project's 2-core machine.
 GOAL_NS = 400.0

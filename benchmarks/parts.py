@@ -22,7 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from benchmarks.peers import FUNCTIONS, REPO, ROOT, free_port, pinned, run_wrk, stop, wait_for
@@ -49,42 +49,56 @@ VARIANTS: dict[str, tuple[str, ...]] = {
 BARE_BATCHED = "bare Starlette, writes batched as by edgeruntime serve"
 
 
-def _switch_off(parts: set[str]) -> None:
+#: Replaces an attribute: `(owner, name, value)`.
+Replace = Callable[[Any, str, Any], None]
+
+
+def _replace(owner: Any, name: str, value: Any) -> None:
+    """`setattr`, failing loudly when `name` is gone: a renamed part would otherwise stay on, unmeasured."""
+    if not hasattr(owner, name):
+        raise AttributeError(
+            f"benchmarks parts: {getattr(owner, '__name__', owner)}.{name} is gone; update _switch_off to the new name"
+        )
+    setattr(owner, name, value)
+
+
+def _switch_off(parts: set[str], replace: Replace = _replace) -> None:
     """Replace the named parts with no-ops, in this (the server's) process."""
     if "history" in parts:
         from edgeruntime.jobs.history import RunHistory
 
-        RunHistory._invocation_observer = lambda self, served: lambda inv: None  # type: ignore[method-assign]
-        RunHistory._background_observer = lambda self: lambda task: None  # type: ignore[method-assign]
+        replace(RunHistory, "_invocation_observer", lambda self, served: lambda inv: None)
+        replace(RunHistory, "_background_observer", lambda self: lambda task: None)
     if "metrics" in parts:
-        from edgeruntime.metrics import Metrics
+        from edgeruntime.dashboard.metrics import Metrics
 
-        setattr(Metrics, "invocation", lambda self, record: None)  # noqa: B010
+        replace(Metrics, "invocation", lambda self, record: None)
     if "access" in parts:
-        from edgeruntime.logs import AccessLog
+        from edgeruntime.core.logs import AccessLog
 
-        AccessLog.__call__ = lambda self, *values: None  # type: ignore[method-assign]
+        replace(AccessLog, "__call__", lambda self, *values: None)
     if "meter" in parts:
-        import edgeruntime.worker
+        import edgeruntime.workers.worker
 
-        setattr(edgeruntime.worker, "metered", lambda awaitable, meter: awaitable)  # noqa: B010
+        replace(edgeruntime.workers.worker, "metered", lambda awaitable, meter: awaitable)
     if "watchdog" in parts:
-        from edgeruntime.metering import LoopWatchdog
+        from edgeruntime.core.metering import LoopWatchdog
 
-        LoopWatchdog.start = LoopWatchdog.stop = lambda self: None  # type: ignore[method-assign]
+        replace(LoopWatchdog, "start", lambda self: None)
+        replace(LoopWatchdog, "stop", lambda self: None)
     if "jobs" in parts:
         from edgeruntime.jobs.system import JobSystem
 
         async def start(self: Any) -> None:
             return None
 
-        JobSystem.start = start  # type: ignore[method-assign]
+        replace(JobSystem, "start", start)
 
 
 def serve(argv: list[str]) -> int:
     """`python -m benchmarks.parts --serve PARTS edgeruntime-serve-args...`"""
     _switch_off(set(filter(None, argv[0].split(","))))
-    from edgeruntime.cli import main
+    from edgeruntime.serving.cli import main
 
     return main(argv[1:])
 
@@ -95,7 +109,7 @@ def serve_bare_batched(argv: list[str]) -> int:
 
     import uvicorn
 
-    from edgeruntime.server import _loop_factory
+    from edgeruntime.serving.server import _loop_factory
 
     port = int(argv[argv.index("--port") + 1])
     app = "benchmarks.apps.starlette_app:app"

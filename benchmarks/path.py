@@ -66,9 +66,9 @@ async def _round(app: Any, scope: dict[str, Any], requests: int) -> float:
 
 async def _edgeruntime(stage: str, store_dir: str, log: TextIO) -> Any:
     """The app `edgeruntime serve` builds, up to `stage` (gateway, jobs, dashboard), started."""
-    from edgeruntime.app import create_app
-    from edgeruntime.logs import AccessLog, LogBuffer
-    from edgeruntime.settings import Settings
+    from edgeruntime.config.settings import Settings
+    from edgeruntime.core.logs import AccessLog, LogBuffer
+    from edgeruntime.gateway.app import EdgeApp
 
     settings = Settings.build(
         str(ROOT / "functions"),
@@ -76,7 +76,7 @@ async def _edgeruntime(stage: str, store_dir: str, log: TextIO) -> Any:
         database_url=f"sqlite:///{store_dir}/{stage}.db",
         watch=False,
     )
-    app = create_app(settings)
+    app = EdgeApp(settings)
     if stage != "gateway":
         from edgeruntime.jobs import attach
 

@@ -17,11 +17,12 @@ import statistics
 import time
 from pathlib import Path
 
-from edgeruntime.discovery import FunctionSpec
+from edgeruntime.config.settings import Settings
+from edgeruntime.core.events import StopReason
 from edgeruntime.exceptions import ConfigError
-from edgeruntime.process import ProcessWorker
-from edgeruntime.sandbox import WorkerLauncher
-from edgeruntime.settings import Settings
+from edgeruntime.functions.discovery import FunctionSpec
+from edgeruntime.workers.process.parent import ProcessWorker
+from edgeruntime.workers.process.sandbox import WorkerLauncher, function_env, sandbox_for
 
 ROOT = Path(__file__).resolve().parent.parent
 FUNCTIONS = ROOT / "functions"
@@ -38,19 +39,19 @@ async def boot_times(modes: list[str], boots: int) -> dict[str, list[float] | st
     for mode in modes:
         settings = Settings.build(FUNCTIONS, isolation="process", sandbox=mode, watch=False)
         try:
-            workers[mode] = (settings, WorkerLauncher(settings.resolve_sandbox(), settings.functions_dir))
+            workers[mode] = (settings, WorkerLauncher(sandbox_for(settings), settings.functions_dir))
         except ConfigError as exc:
             results[mode] = f"unavailable here: {exc}"
     times: dict[str, list[float]] = {mode: [] for mode in workers}
     for _ in range(boots):
         for mode, (settings, launcher) in workers.items():
             spec = FunctionSpec("hello", settings.functions_dir / "hello")
-            env = settings.worker_env(launcher.sandbox)
+            env = function_env(settings, launcher.sandbox)
             worker = ProcessWorker(spec, env, settings.limits_for("hello"), launcher=launcher)
             started = time.perf_counter()
             await worker.start()
             times[mode].append((time.perf_counter() - started) * 1000)
-            await worker.end("benchmark")
+            await worker.end(StopReason.TERMINATION)
     results.update(times)
     return results
 

@@ -3,9 +3,9 @@ from __future__ import annotations
 import gc
 import sys
 
-# Before the first heavy import: see `edgeruntime.cli.main`, which turns the collector back on.
+# Before the first heavy import: see `edgeruntime.serving.cli.main`, which turns the collector back on.
 gc.disable()
 
-from edgeruntime.cli import main  # noqa: E402
+from edgeruntime.serving.cli import main  # noqa: E402
 
 sys.exit(main())

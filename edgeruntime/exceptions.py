@@ -137,3 +137,7 @@ class IdleTimeout(FunctionError, TimeoutError):
 
 class PayloadTooLarge(FunctionError):
     """Raised when a request body is larger than the function's max_request_body_mb."""
+
+    def __init__(self, function: str, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        super().__init__(function, f"request body of {function} is larger than {max_bytes} bytes")

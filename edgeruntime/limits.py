@@ -1,13 +1,13 @@
-"""Resource limits of a function worker, in the units their names carry."""
+"""Resource limits of a function worker, in the units their names carry.
+
+A leaf: it imports nothing from edgeruntime, so every layer may use it.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
-
-from edgeruntime.exceptions import ConfigError
 
 __all__ = [
     "DEFAULT_LIMITS",
@@ -17,7 +17,6 @@ __all__ = [
     "Isolation",
     "Limits",
     "Policy",
-    "parse_limit_options",
 ]
 
 SECONDS = 1.0
@@ -79,21 +78,3 @@ DEFAULT_LIMITS = Limits()
 FREE_TIER = Limits(wall_clock_limit_sec=150 * SECONDS)
 #: `--tier pro`: the hosted paid plans' wall clock.
 PRO_TIER = Limits(wall_clock_limit_sec=400 * SECONDS)
-
-
-def parse_limit_options(options: Iterable[str]) -> dict[str, float]:
-    """Parse ``--limit KEY=VALUE`` options (``wall_clock_limit_sec=60``); raises ConfigError naming the bad one."""
-    parsed: dict[str, float] = {}
-    for option in options:
-        key, sep, raw = option.partition("=")
-        key = key.strip()
-        if not sep:
-            raise ConfigError(f"--limit {option}: expected KEY=VALUE, e.g. wall_clock_limit_sec=60")
-        if key not in LIMIT_KEYS:
-            raise ConfigError(f"--limit {option}: unknown limit {key!r}; known limits: {', '.join(LIMIT_KEYS)}")
-        try:
-            value = float(raw)
-        except ValueError:
-            raise ConfigError(f"--limit {option}: {raw!r} is not a number") from None
-        parsed[key] = value
-    return parsed

@@ -9,18 +9,13 @@ import logging
 import os
 import sys
 from collections.abc import Awaitable, Generator
-from dataclasses import dataclass
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, Generic, TypeVar
 
-from edgeruntime.background import BackgroundTask
-from edgeruntime.context import (
-    EventCallback,
-    ExecutionContext,
-    booting,
-    current_context,
-    current_worker,
-    default_worker,
-)
+from edgeruntime.core.background import BackgroundTask
+from edgeruntime.core.context import ExecutionContext, current_context
+from edgeruntime.core.events import BeforeUnloadEvent, EventCallback, EventName, UnhandledRejectionEvent
+from edgeruntime.core.types import Handler
+from edgeruntime.core.worker_state import HANDLER_ATTRIBUTE, booting, current_worker, default_worker
 from edgeruntime.exceptions import NotSupportedError
 
 __all__ = ["BeforeUnloadEvent", "Deno", "EdgeRuntime", "UnhandledRejectionEvent", "serve"]
@@ -28,35 +23,8 @@ __all__ = ["BeforeUnloadEvent", "Deno", "EdgeRuntime", "UnhandledRejectionEvent"
 logger = logging.getLogger("edgeruntime")
 
 T = TypeVar("T")
-H = TypeVar("H")
-
-#: Why a worker is about to unload (the edge runtime's reasons, snake_case).
-UnloadReason = Literal["wall_clock", "cpu", "memory", "early_drop", "termination"]
-EventName = Literal["beforeunload", "unhandledrejection"]
-
-#: Name of the module attribute `serve()` leaves behind when called outside the runtime.
-HANDLER_ATTRIBUTE = "__edgeruntime_handler__"
-
-
-@dataclass(frozen=True)
-class BeforeUnloadEvent:
-    """Passed to ``beforeunload`` listeners; ``reason`` says why the worker is going away."""
-
-    reason: str
-
-    @property
-    def detail(self) -> dict[str, str]:
-        """The web platform shape, ``{"reason": ...}``, for code ported from ``ev.detail.reason``."""
-        return {"reason": self.reason}
-
-
-@dataclass(frozen=True)
-class UnhandledRejectionEvent:
-    """Passed to ``unhandledrejection`` listeners when background work raised."""
-
-    error: BaseException
-    execution_id: str
-    function: str
+#: What `serve()` accepts and returns: a request handler or an ASGI application (see `Handler`).
+H = TypeVar("H", bound=Handler)
 
 
 class PendingWork(Generic[T]):
@@ -228,7 +196,7 @@ def serve(handler: H) -> H:
         return handler
     caller = sys._getframe(1).f_globals
     if caller.get("__name__") == "__main__":
-        from edgeruntime.standalone import run_standalone
+        from edgeruntime.serving.standalone import run_standalone
 
         run_standalone(handler, caller.get("__file__"), port=int(os.environ.get("PORT", "8000")))
         return handler

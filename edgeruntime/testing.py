@@ -28,26 +28,20 @@ from typing import Any, Literal
 
 import httpx
 
-from edgeruntime.app import EdgeApp, create_app
-from edgeruntime.background import BackgroundTask, TaskOutcome
-from edgeruntime.context import ExecutionContext, WorkerState, default_worker
-from edgeruntime.dashboard import Dashboard, attach as attach_dashboard
-from edgeruntime.discovery import ENTRYPOINT, FunctionSpec, load_function_module
-from edgeruntime.env import apply_env, restore_env
+from edgeruntime.config.settings import Settings
+from edgeruntime.core.background import BackgroundTask, TaskOutcome
+from edgeruntime.core.context import ExecutionContext
+from edgeruntime.core.handlers import to_asgi
+from edgeruntime.core.types import ASGIApp
+from edgeruntime.core.worker_state import WorkerState, default_worker
+from edgeruntime.dashboard import Dashboard
 from edgeruntime.exceptions import UsageError
-from edgeruntime.handlers import to_asgi
-from edgeruntime.jobs import (
-    Clock,
-    CronRun,
-    FakeClock,
-    JobResult,
-    JobSystem,
-    SystemClock,
-    attach as attach_jobs,
-    open_store,
-)
-from edgeruntime.settings import Settings
-from edgeruntime.types import ASGIApp
+from edgeruntime.functions.discovery import ENTRYPOINT, FunctionSpec
+from edgeruntime.functions.loading import load_function_module
+from edgeruntime.gateway.app import EdgeApp
+from edgeruntime.gateway.extensions import Extension
+from edgeruntime.jobs import Clock, CronRun, FakeClock, JobResult, JobSystem, SystemClock, open_store
+from edgeruntime.serving.build import build_app
 
 __all__ = ["EdgeClient", "FakeClock", "LoadedFunction", "drain", "execution_context", "load_function"]
 
@@ -66,7 +60,6 @@ class EdgeClient:
         self, functions_dir: str | os.PathLike[str] = "functions", *, clock: Clock | None = None, **options: Any
     ) -> None:
         self.settings = options.pop("settings", None) or Settings.build(functions_dir, watch=False, **options)
-        self.app: EdgeApp = create_app(self.settings)
         #: The fake or real clock the jobs system reads (`FakeClock` to test delays and backoff).
         self.clock: Clock = clock or SystemClock()
         # Jobs: each client gets its own throw-away SQLite store unless `database_url` is passed.
@@ -76,19 +69,21 @@ class EdgeClient:
             self._store_dir = tempfile.mkdtemp(prefix="edgeruntime-test-")
             store = open_store(f"sqlite:///{Path(self._store_dir, 'edgeruntime.db')}")
         try:
-            #: Nothing runs by itself in tests: deliver jobs with `run_jobs()`, ticks with `trigger_cron()`.
-            self.jobs: JobSystem = attach_jobs(self.app, store=store, clock=self.clock, background=False)
-            #: The dashboard API (`/_edgeruntime/api/...`) and metrics (`/_internal/metrics`), as `serve` has.
-            self.dashboard: Dashboard = attach_dashboard(self.app, self.jobs)
+            # The app `serve` runs (env, jobs, dashboard, metrics), but nothing runs by itself:
+            # deliver jobs with `run_jobs()`, ticks with `trigger_cron()`.
+            built = build_app(self.settings, store=store, clock=self.clock, background=False)
         except BaseException:
             if self._store_dir is not None:
                 shutil.rmtree(self._store_dir, ignore_errors=True)
             raise
+        self.app: EdgeApp = built.app
+        self.jobs: JobSystem = built.jobs
+        #: The dashboard API (`/_edgeruntime/api/...`) and metrics (`/_internal/metrics`), as `serve` has.
+        self.dashboard: Dashboard = built.dashboard
         self.failed: list[BackgroundTask] = []
         self.finished: list[BackgroundTask] = []
-        self.app.background_observers.append(self._observe)
+        self.app.add_extension(_TaskRecorder(self))
         self._http: httpx.AsyncClient | None = None
-        self._saved_environ: dict[str, str | None] | None = None
 
     def _observe(self, task: BackgroundTask) -> None:
         self.finished.append(task)
@@ -97,8 +92,6 @@ class EdgeClient:
 
     async def __aenter__(self) -> EdgeClient:
         # os.environ agrees with Deno.env while the client is open, as under `serve`; restored on exit.
-        if self.settings.isolation == "inline":
-            self._saved_environ = apply_env(self.settings.env)
         await self.app.startup()
         self._http = httpx.AsyncClient(
             transport=httpx.ASGITransport(app=self.app), base_url=self.settings.base_url, timeout=None
@@ -109,13 +102,12 @@ class EdgeClient:
         try:
             if self._http is not None:
                 await self._http.aclose()
-            await self.app.shutdown(timeout=0)
         finally:
-            if self._saved_environ is not None:
-                restore_env(self._saved_environ)
-                self._saved_environ = None
-            if self._store_dir is not None:
-                shutil.rmtree(self._store_dir, ignore_errors=True)
+            try:
+                await self.app.shutdown(timeout=0)
+            finally:
+                if self._store_dir is not None:
+                    shutil.rmtree(self._store_dir, ignore_errors=True)
 
     @property
     def http(self) -> httpx.AsyncClient:
@@ -218,6 +210,13 @@ class EdgeClient:
                 + ", ".join(f"{t.function}:{t.name} ({t.execution_id})" for t in failed),
                 [t.error if isinstance(t.error, Exception) else RuntimeError(repr(t.error)) for t in failed],
             )
+
+
+class _TaskRecorder(Extension):
+    """Hands every finished background task to its client (`finished`, `failed`, `drain`)."""
+
+    def __init__(self, client: EdgeClient) -> None:
+        self.observe_background = client._observe
 
 
 @dataclass

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from edgeruntime import descriptors
+from edgeruntime.core import descriptors
 from tests.helpers import HELLO, write_function
 
 

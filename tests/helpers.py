@@ -18,13 +18,12 @@ from typing import IO, Any
 
 import httpx
 
-from edgeruntime.auth import demo_keys
-from edgeruntime.config import DEFAULT_JWT_SECRET
+from edgeruntime.config.keys import demo_keys
+from edgeruntime.config.project import DEFAULT_JWT_SECRET
 
 KEYS = demo_keys(DEFAULT_JWT_SECRET)
 SERVICE_ROLE = {"Authorization": f"Bearer {KEYS.service_role_key}"}
 ANON = {"Authorization": f"Bearer {KEYS.anon_key}"}
-FIXTURES = Path(__file__).parent / "fixtures"
 
 HELLO = """
 from starlette.requests import Request

@@ -9,7 +9,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from edgeruntime.workers.process.sandbox import CHILD_MODULE
 from tests.helpers import HELLO, write_function
+
+#: The module a worker process runs, as it appears in its argv.
+CHILD = CHILD_MODULE.encode()
 
 PROBE = """
 import asyncio
@@ -138,8 +142,8 @@ def worker_processes(server_pid: int) -> dict[str, int]:
     """The worker processes of the server `server_pid` (under bwrap its great-grandchildren), by function."""
     found: dict[str, int] = {}
     for pid, argv in descendants(server_pid).items():
-        if b"edgeruntime.child" in argv:  # python -P -m edgeruntime.child FD PARENT NAME [UID:GID]
-            found[argv[argv.index(b"edgeruntime.child") + 3].decode()] = pid
+        if CHILD in argv:  # python -P -m edgeruntime.workers.process.child FD PARENT NAME [UID:GID]
+            found[argv[argv.index(CHILD) + 3].decode()] = pid
     return found
 
 

@@ -14,10 +14,11 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
-from edgeruntime.auth import PUBLISHABLE_KEY, SECRET_KEY, Keys, Verifier, credentials, demo_keys
-from edgeruntime.config import DEFAULT_JWT_SECRET
+from edgeruntime.config.keys import PUBLISHABLE_KEY, SECRET_KEY, Keys, demo_keys
+from edgeruntime.config.project import DEFAULT_JWT_SECRET
+from edgeruntime.config.settings import Settings
 from edgeruntime.exceptions import ConfigError, DuplicateHeader
-from edgeruntime.settings import Settings
+from edgeruntime.gateway.auth import Verifier, credentials
 from edgeruntime.testing import EdgeClient
 from tests.helpers import CREDENTIALS_ECHO, KEYS, ServerProcess, forged_token, run_cli, write_function
 

@@ -1,41 +1,13 @@
-"""The worker channel: length-prefixed pickled frames, coalesced writes, flow control."""
+"""The worker channel over a real Unix socket pair: coalesced writes, large bodies written at once."""
 
 from __future__ import annotations
 
 import asyncio
-import pickle
 import socket
 
-from edgeruntime.channel import FLUSH_BYTES, Channel, Frame
-
-
-def encode(frame: Frame) -> bytes:
-    data = pickle.dumps(frame)
-    return len(data).to_bytes(4, "big") + data
-
-
-def test_frames_split_and_joined_arbitrarily_are_decoded_in_order() -> None:
-    seen: list[Frame] = []
-    channel = Channel(seen.append, lambda: None)
-    frames = [("send", 1, {"type": "http.response.start", "status": 200}), ("done", 1, None), ("task", 7, "x", "e")]
-    stream = b"".join(encode(f) for f in frames)
-    for i in range(len(stream)):  # one byte at a time
-        channel.data_received(stream[i : i + 1])
-    channel.data_received(stream)  # all at once
-    assert seen == frames + frames
-
-
-def test_a_failing_frame_handler_does_not_stop_the_others() -> None:
-    seen: list[Frame] = []
-
-    def handle(frame: Frame) -> None:
-        if frame[0] == "bad":
-            raise ValueError("bad frame")
-        seen.append(frame)
-
-    channel = Channel(handle, lambda: None)
-    channel.data_received(encode(("bad",)) + encode(("good",)))
-    assert seen == [("good",)]
+from edgeruntime.core.events import StopReason
+from edgeruntime.workers.process.channel import FLUSH_BYTES, Channel
+from edgeruntime.workers.process.frames import BeforeUnload, Body, Cancel, Frame
 
 
 async def test_frames_sent_in_one_turn_go_out_in_one_write_and_arrive() -> None:
@@ -46,7 +18,7 @@ async def test_frames_sent_in_one_turn_go_out_in_one_write_and_arrive() -> None:
 
     def on_frame(frame: Frame) -> None:
         received.append(frame)
-        if frame[0] == "last":
+        if isinstance(frame, BeforeUnload):
             arrived.set()
 
     writer = Channel(lambda f: None, lambda: None)
@@ -62,13 +34,14 @@ async def test_frames_sent_in_one_turn_go_out_in_one_write_and_arrive() -> None:
 
     transport.write = counting_write  # type: ignore[method-assign]
     for i in range(10):
-        writer.send(("frame", i))
-    writer.send(("last",))
+        writer.send(Cancel(i))
+    writer.send(BeforeUnload(StopReason.TERMINATION))
     await asyncio.wait_for(arrived.wait(), timeout=5)
-    assert received == [("frame", i) for i in range(10)] + [("last",)]
+    expected: list[Frame] = [Cancel(i) for i in range(10)]
+    assert received == [*expected, BeforeUnload(StopReason.TERMINATION)]
     assert len(writes) == 1
     # A large body is written at once rather than queued until the end of the turn.
-    writer.send(("body", b"x" * FLUSH_BYTES))
+    writer.send(Body(1, {"type": "http.request", "body": b"x" * FLUSH_BYTES}))
     assert len(writes) == 2
     writer.close()
     reader.close()

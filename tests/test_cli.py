@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from edgeruntime.cli import main
+from edgeruntime.serving.cli import main
 from tests.helpers import HELLO, KEYS, ServerProcess, free_port, run_cli, write_function
 
 
@@ -177,7 +177,7 @@ def test_main_turns_the_collector_back_on(hello_dir: Path, tmp_path: Path, capsy
 
 
 def test_a_command_parses_the_same_with_only_its_parser_built() -> None:
-    from edgeruntime.cli import build_parser
+    from edgeruntime.serving.cli import build_parser
 
     for argv in (
         ["serve", "fns", "--port", "8000", "--server", "uvicorn", "--limit", "a=1", "--no-watch"],

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from edgeruntime.config import DEFAULT_JWT_SECRET, find_config, load_config
+from edgeruntime.config.project import DEFAULT_JWT_SECRET, find_config, load_config
+from edgeruntime.config.settings import Settings
 from edgeruntime.exceptions import ConfigError
-from edgeruntime.settings import Settings
 from edgeruntime.testing import EdgeClient
 from tests.helpers import HELLO, run_cli, write_function
 

@@ -8,7 +8,7 @@ import logging
 
 import pytest
 
-from edgeruntime.descriptors import ExhaustionLog, exhaustion
+from edgeruntime.core.descriptors import ExhaustionLog, exhaustion
 
 EMFILE = OSError(errno.EMFILE, "Too many open files")
 

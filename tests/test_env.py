@@ -11,11 +11,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from edgeruntime.auth import PUBLISHABLE_KEY, SECRET_KEY
-from edgeruntime.cli import main
-from edgeruntime.env import applied_env, build_env
+from edgeruntime.config.env import applied_env, build_env
+from edgeruntime.config.keys import PUBLISHABLE_KEY, SECRET_KEY
+from edgeruntime.config.settings import Settings
 from edgeruntime.exceptions import ConfigError
-from edgeruntime.settings import Settings
+from edgeruntime.serving.cli import main
 from edgeruntime.testing import EdgeClient, load_function
 from tests.helpers import KEYS, SERVICE_ROLE, ServerProcess, write_function
 

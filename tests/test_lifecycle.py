@@ -9,10 +9,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from edgeruntime.background import TaskOutcome
-from edgeruntime.lifecycle import ShutdownReason, WorkerLifecycle
+from edgeruntime.core.background import TaskOutcome
+from edgeruntime.core.events import StopReason
 from edgeruntime.limits import Limits
 from edgeruntime.testing import EdgeClient
+from edgeruntime.workers.lifecycle import WorkerLifecycle
 from tests.probes import environ_for, events_of, eventually, write_probe
 
 WORKER_LIMIT = {
@@ -35,7 +36,7 @@ async def boot_of(client: EdgeClient, **params: object) -> str:
     return boot
 
 
-def supervisor_shutdowns(client: EdgeClient, name: str = "probe") -> list[ShutdownReason]:
+def supervisor_shutdowns(client: EdgeClient, name: str = "probe") -> list[StopReason]:
     return list(client.app.functions[name].shutdowns)
 
 
@@ -55,7 +56,7 @@ async def test_half_wall_clock_retires_and_idle_worker_is_early_dropped(
         second = await boot_of(client)
         assert second != first
         await eventually(lambda: f"{first} beforeunload early_drop" in events_of(events), what="early_drop")
-        await eventually(lambda: ShutdownReason.EARLY_DROP in supervisor_shutdowns(client), what="EarlyDrop")
+        await eventually(lambda: StopReason.EARLY_DROP in supervisor_shutdowns(client), what="EarlyDrop")
     assert "wall clock duration warning: isolate:" in caplog.text
     assert "early termination has been triggered: isolate:" in caplog.text
     assert "reason: EarlyDrop" in caplog.text
@@ -87,7 +88,7 @@ async def test_full_wall_clock_ends_worker_in_flight_546_background_cut(
         assert cut[0].name == "background"
         assert events_of(events).count(f"{first} beforeunload wall_clock") == 1
         assert f"{first} background done" not in events_of(events)
-        assert ShutdownReason.WALL_CLOCK in supervisor_shutdowns(client)
+        assert StopReason.WALL_CLOCK in supervisor_shutdowns(client)
         # The next request is served by a fresh worker.
         assert await boot_of(client) != first
     assert "wall clock duration reached: isolate:" in caplog.text
@@ -123,7 +124,7 @@ async def test_shutdown_dispatches_termination_and_cuts_what_is_left(functions_d
         first = await boot_of(client, bg_sleep=30)
     assert f"{first} beforeunload termination" in events_of(events)
     assert [(t.outcome, t.cut_reason) for t in client.finished] == [(TaskOutcome.CUT, "TerminationRequested")]
-    assert list(client.app.functions["probe"].shutdowns) == [ShutdownReason.TERMINATION]
+    assert list(client.app.functions["probe"].shutdowns) == [StopReason.TERMINATION]
 
 
 async def test_cpu_soft_limit_retires(functions_dir: Path, isolation: str, caplog: pytest.LogCaptureFixture) -> None:
@@ -162,7 +163,7 @@ async def test_cpu_hard_limit_ends_worker(
         assert r.json() == WORKER_LIMIT
         assert time.monotonic() - started < 10
         assert f"{first} beforeunload cpu" in events_of(events)
-        assert ShutdownReason.CPU in supervisor_shutdowns(client)
+        assert StopReason.CPU in supervisor_shutdowns(client)
         assert await boot_of(client) != first
     assert "CPU time hard limit reached: isolate:" in caplog.text
     assert "reason: CPUTime" in caplog.text
@@ -189,8 +190,8 @@ async def test_retire_hand_over_under_continuous_load_loses_no_request(functions
                     boots.add(r.json()["boot"])
 
         await asyncio.gather(*(user() for _ in range(4)))
-        await eventually(lambda: ShutdownReason.EARLY_DROP in supervisor_shutdowns(client), what="EarlyDrop")
-        assert ShutdownReason.WALL_CLOCK not in supervisor_shutdowns(client)
+        await eventually(lambda: StopReason.EARLY_DROP in supervisor_shutdowns(client), what="EarlyDrop")
+        assert StopReason.WALL_CLOCK not in supervisor_shutdowns(client)
     assert len(statuses) > 20
     assert set(statuses) == {200}
     assert len(boots) >= 3  # retired at 0.5 s, then every 0.5 s of each new worker's life
@@ -317,7 +318,7 @@ async def test_a_successor_is_prepared_at_80_percent_of_what_retires_the_worker(
             "w1",
             limits,
             "per_worker",
-            retire=lambda reason: calls.append(f"retire {reason}"),
+            retire=lambda reason: calls.append(f"retire {reason.key}"),
             end=lambda reason: calls.append(f"end {reason}"),
             beforeunload=lambda reason: calls.append(f"beforeunload {reason}"),
             in_flight=lambda: 0,

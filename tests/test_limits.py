@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from edgeruntime.config.settings import Settings, parse_limit_options
 from edgeruntime.exceptions import ConfigError
-from edgeruntime.limits import DEFAULT_LIMITS, FREE_TIER, PRO_TIER, Limits, parse_limit_options
-from edgeruntime.settings import Settings
+from edgeruntime.limits import DEFAULT_LIMITS, FREE_TIER, PRO_TIER, Limits
 from edgeruntime.testing import EdgeClient
 from tests.helpers import run_cli
 

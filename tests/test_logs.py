@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from edgeruntime.logs import AccessLog, BufferedHandler, JSONFormatter, LogBuffer, TextFormatter
+from edgeruntime.core.logs import AccessLog, BufferedHandler, JSONFormatter, LogBuffer, TextFormatter
 
 # 2023-11-14 22:13:20.123 UTC, 03:43:20.123 the next day at UTC+5:30.
 WHEN = 1_700_000_000.1234
@@ -125,7 +125,7 @@ def test_lines_still_buffered_at_exit_are_written() -> None:
     script = textwrap.dedent(
         f"""
         import logging, sys, time
-        from edgeruntime.logs import AccessLog, BufferedHandler, LogBuffer, TextFormatter
+        from edgeruntime.core.logs import AccessLog, BufferedHandler, LogBuffer, TextFormatter
 
         time.time = lambda: {WHEN!r}
         time.time_ns = lambda: {int(WHEN * 1e9)!r}  # what LogRecord reads from Python 3.13

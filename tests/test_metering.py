@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from edgeruntime.metering import CpuMeter, LoopWatchdog, metered, run_metered, settle
+from edgeruntime.core.metering import CpuMeter, LoopWatchdog, metered, run_metered, settle
 from edgeruntime.testing import EdgeClient
 from tests.helpers import write_function
 

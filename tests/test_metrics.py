@@ -13,9 +13,9 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from edgeruntime.app import Invocation
-from edgeruntime.background import BackgroundTask, TaskOutcome
-from edgeruntime.metrics import DURATION_BUCKETS_SEC, UNKNOWN_FUNCTION, Metrics
+from edgeruntime.core.background import BackgroundTask, TaskOutcome
+from edgeruntime.dashboard.metrics import DURATION_BUCKETS_SEC, UNKNOWN_FUNCTION, Metrics
+from edgeruntime.gateway.extensions import Invocation
 from edgeruntime.testing import EdgeClient
 from tests.helpers import write_function
 

@@ -12,11 +12,16 @@ from typing import Any
 
 import pytest
 
-from edgeruntime.lifecycle import ShutdownReason
-from edgeruntime.process import ProcessWorker
+from edgeruntime.core.context import ExecutionContext
+from edgeruntime.core.events import StopReason
+from edgeruntime.core.worker_state import default_worker
+from edgeruntime.exceptions import WallClockLimitExceeded
+from edgeruntime.gateway.extensions import Extension
 from edgeruntime.testing import EdgeClient
+from edgeruntime.workers.process.parent import ProcessWorker
 from tests.helpers import ServerProcess, write_function
 from tests.probes import LEAKY, environ_for, events_of, eventually, worker_processes, write_probe
+from tests.unit.gateway.test_app import check_client_gone_mid_body, check_exhaustion_is_503
 
 WORKER_ERROR = {"code": "WORKER_ERROR", "message": "Function exited due to an error (please check logs)"}
 
@@ -53,7 +58,7 @@ async def test_runaway_loop_is_killed_while_other_functions_answer(
         assert answered > 0
         r = await runaway
         assert r.status_code == 546
-        assert ShutdownReason.CPU in client.app.functions["probe"].shutdowns
+        assert StopReason.CPU in client.app.functions["probe"].shutdowns
         assert await pid_of(client) != first
     assert "CPU time hard limit reached: isolate:" in caplog.text
     assert os.getpid() != first
@@ -80,7 +85,7 @@ async def test_memory_limit_ends_worker_while_other_functions_answer(
         r = await hog
         assert r.status_code == 546
         assert time.monotonic() - started < 15
-        assert ShutdownReason.MEMORY in client.app.functions["probe"].shutdowns
+        assert StopReason.MEMORY in client.app.functions["probe"].shutdowns
         assert f"{first} beforeunload memory" in events_of(events)
         r = await client.invoke("probe")
         assert r.status_code == 200
@@ -358,15 +363,18 @@ def test_worker_processes_die_with_a_killed_server(functions_dir: Path, sandbox:
 
 async def test_the_successor_is_booted_before_the_worker_retires_and_takes_over(functions_dir: Path) -> None:
     write_probe(functions_dir)
-    async with EdgeClient(functions_dir, isolation="process", limits={"wall_clock_limit_sec": 2.0}) as client:
-        supervisor = client.app.functions["probe"]
-        prepared_at_retirement: list[bool] = []
+    client = EdgeClient(functions_dir, isolation="process", limits={"wall_clock_limit_sec": 2.0})
+    supervisor = client.app.functions["probe"]
+    prepared_at_retirement: list[bool] = []
 
-        def retired(event: str, function: str, reason: str) -> None:
-            if event == "retired":
-                prepared_at_retirement.append(supervisor._successor is not None)
+    def retired(event: str, function: str, reason: str) -> None:
+        if event == "retired":
+            prepared_at_retirement.append(supervisor._successor is not None)
 
-        client.app.worker_observers.append(retired)
+    observer = Extension()
+    observer.observe_worker = retired
+    client.app.add_extension(observer)
+    async with client:
         first = await pid_of(client)
         # Prepared at 0.8 s (80 % of half the wall clock), retired at 1 s.
         await eventually(lambda: prepared_at_retirement, what="retirement")
@@ -402,6 +410,51 @@ async def test_a_worker_ended_by_a_limit_just_before_shutdown_is_still_logged_wi
         supervisor = client.app.functions["probe"]
         worker = supervisor.worker
         assert isinstance(worker, ProcessWorker) and worker.proc is not None
-        supervisor._end(worker, ShutdownReason.MEMORY)  # what the memory limit does; shutdown follows at once
+        supervisor._end(worker, StopReason.MEMORY)  # what the memory limit does; shutdown follows at once
     assert f"worker shutdown: isolate: {worker.id} reason: Memory" in caplog.text
     assert worker.proc.poll() is not None
+
+
+async def test_a_request_the_wall_clock_ends_in_a_worker_process_raises_wall_clock_limit_exceeded(
+    functions_dir: Path,
+) -> None:
+    """The gateway answers 546 to it; callers of the supervisor can tell a wall clock from other limits."""
+    write_probe(functions_dir)
+    async with EdgeClient(functions_dir, isolation="process", limits={"wall_clock_limit_sec": 1.0}) as client:
+        await pid_of(client)
+        scope: dict[str, Any] = {
+            "type": "http",
+            "method": "GET",
+            "path": "/probe",
+            "raw_path": b"/probe",
+            "query_string": b"sleep=30",
+            "headers": [],
+        }
+        sent: list[MutableMapping[str, Any]] = []
+
+        async def receive() -> MutableMapping[str, Any]:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message: MutableMapping[str, Any]) -> None:
+            sent.append(message)
+
+        supervisor = client.app.functions["probe"]
+        with pytest.raises(WallClockLimitExceeded) as raised:
+            await asyncio.wait_for(
+                supervisor.dispatch(scope, receive, send, ExecutionContext("probe", default_worker())), 20
+            )
+        assert raised.value.reason == "WallClockTime" and isinstance(raised.value, TimeoutError)
+        assert sent == []
+
+
+async def test_a_client_gone_mid_body_is_recorded_as_a_disconnect(
+    hello_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    await check_client_gone_mid_body(hello_dir, caplog, "process")
+
+
+@pytest.mark.parametrize("where", ["boot", "handler"])
+async def test_out_of_file_descriptors_is_503_not_a_boot_error_or_a_500_and_passes(
+    functions_dir: Path, caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str], where: str
+) -> None:
+    await check_exhaustion_is_503(functions_dir, caplog, capfd, "process", where)

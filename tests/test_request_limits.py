@@ -10,10 +10,11 @@ from typing import Any
 
 import pytest
 
-from edgeruntime.context import ExecutionContext, default_worker
-from edgeruntime.request_limits import MAX_HEAD_BYTES, BodyLimit, IdleTimeouts, head_size, limit_head
+from edgeruntime.core.context import ExecutionContext
+from edgeruntime.core.types import Message, Receive, Scope, Send
+from edgeruntime.core.worker_state import default_worker
 from edgeruntime.testing import EdgeClient
-from edgeruntime.types import Message, Receive, Scope, Send
+from edgeruntime.workers.request_limits import MAX_HEAD_BYTES, BodyLimit, IdleTimeouts, head_size, limit_head
 from tests.probes import environ_for, write_probe
 
 TOO_LARGE = {"code": "PAYLOAD_TOO_LARGE", "message": "Request body is larger than the function's max_request_body_mb"}
@@ -67,6 +68,8 @@ async def test_streamed_oversize_body_is_413_while_streaming(functions_dir: Path
         r = await client.http.post(url, content=chunks(50, 100), headers=headers)
         assert r.status_code == 413
         assert r.json() == TOO_LARGE
+        # The run records why: the limit, never the exception class's docstring.
+        assert client.dashboard.last_invocations["probe"].error == "request body of probe is larger than 1024 bytes"
         r = await client.http.post(url, content=chunks(10, 100), headers=headers)
         assert r.status_code == 200
         assert r.json()["size"] == 1000

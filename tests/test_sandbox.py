@@ -25,15 +25,21 @@ from typing import NoReturn
 import httpx
 import pytest
 
-from edgeruntime import sandbox as sandbox_module
-from edgeruntime.channel import load_worker_frame
-from edgeruntime.config import load_config
+from edgeruntime.config.project import load_config
+from edgeruntime.config.settings import Settings
 from edgeruntime.exceptions import ConfigError
-from edgeruntime.jobs.store import open_store
-from edgeruntime.process import ProcessWorker
-from edgeruntime.sandbox import Sandbox, WorkerLauncher, interpreter_paths, resolve_sandbox
-from edgeruntime.settings import Settings
+from edgeruntime.jobs.backends import open_store
 from edgeruntime.testing import EdgeClient
+from edgeruntime.workers.process import sandbox as sandbox_module
+from edgeruntime.workers.process.frames import load_worker_frame
+from edgeruntime.workers.process.parent import ProcessWorker
+from edgeruntime.workers.process.sandbox import (
+    Sandbox,
+    WorkerLauncher,
+    function_env,
+    interpreter_paths,
+    resolve_sandbox,
+)
 from tests.helpers import HELLO, ServerProcess, free_port, run_cli, write_function
 from tests.probes import PROBE, descendants, worker_processes
 
@@ -622,7 +628,7 @@ def test_settings_withhold_the_server_environment_only_under_process_isolation(f
         "LC_ALL": "C.UTF-8",
         "SUPABASE_URL": "http://h",
     }
-    assert process.worker_env(Sandbox("basic")) is process.isolated_env
-    assert process.worker_env(Sandbox("none")) is process.env
+    assert function_env(process, Sandbox("basic")) is process.isolated_env
+    assert function_env(process, Sandbox("none")) is process.env
     with pytest.raises(ConfigError, match=r"^--sandbox: expected one of auto, bwrap, uid, basic, none, got 'jail'$"):
         Settings.build(functions_dir, environ=environ, isolation="process", sandbox="jail")

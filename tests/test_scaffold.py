@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
-from edgeruntime.auth import PUBLISHABLE_KEY
+from edgeruntime.config.keys import PUBLISHABLE_KEY
 from edgeruntime.exceptions import UsageError
-from edgeruntime.scaffold import TEMPLATES, create_function
+from edgeruntime.serving.scaffold import TEMPLATES, create_function
 from edgeruntime.testing import EdgeClient
 from tests.helpers import KEYS, ServerProcess, run_cli
 

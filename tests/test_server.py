@@ -8,9 +8,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from edgeruntime import server
+from edgeruntime.core.transport import BatchedTransport
 from edgeruntime.exceptions import UsageError
-from edgeruntime.transport import BatchedTransport
+from edgeruntime.serving import server
 
 
 @pytest.fixture
@@ -26,15 +26,14 @@ def collector() -> Iterator[None]:
         gc.enable()
 
 
-def test_gc_setting_is_validated(collector: None) -> None:
+async def test_gc_setting_is_validated_and_default_keeps_pythons_thresholds(collector: None) -> None:
     before = gc.get_threshold()
     with pytest.raises(UsageError, match="EDGERUNTIME_GC='lots'"):
-        server.tune_gc("lots")
-    server.tune_gc("default")
+        server._start_gc("lots")
+    gc.disable()
+    server._start_gc("default")
+    assert gc.isenabled()
     assert gc.get_threshold() == before
-    server.tune_gc("1000,20,30")
-    assert gc.get_threshold() == (1000, 20, 30)
-    assert gc.get_freeze_count() > 0
 
 
 def test_gc_thresholds() -> None:

@@ -9,7 +9,7 @@ import pytest
 from supabase import AsyncClient, Client, acreate_client, create_client
 from supabase_functions.errors import FunctionsHttpError
 
-from edgeruntime.auth import PUBLISHABLE_KEY, SECRET_KEY
+from edgeruntime.config.keys import PUBLISHABLE_KEY, SECRET_KEY
 from tests.helpers import KEYS, ServerProcess, write_function
 
 # supabase-py passes its own deprecated arguments to its sub-clients (supabase 2.x).

@@ -10,9 +10,9 @@ import pytest
 from uvicorn.config import Config
 from uvicorn.server import ServerState
 
-from edgeruntime.request_limits import MAX_HEAD_BYTES, limit_head
-from edgeruntime.types import Receive, Scope, Send
-from edgeruntime.uvicorn_http import H11Protocol, head_limited_protocol, httptools_protocol
+from edgeruntime.core.types import Receive, Scope, Send
+from edgeruntime.serving.uvicorn_http import H11Protocol, head_limited_protocol, httptools_protocol
+from edgeruntime.workers.request_limits import MAX_HEAD_BYTES, limit_head
 from tests.helpers import RecordingTransport
 
 HEAD = b"GET /functions/v1/hello HTTP/1.1\r\nhost: 127.0.0.1\r\n"
@@ -165,5 +165,5 @@ def test_the_protocol_is_the_one_uvicorn_would_pick(monkeypatch: pytest.MonkeyPa
     def no_httptools() -> type[asyncio.Protocol]:
         raise ImportError("No module named 'httptools'")
 
-    monkeypatch.setattr("edgeruntime.uvicorn_http.httptools_protocol", no_httptools)
+    monkeypatch.setattr("edgeruntime.serving.uvicorn_http.httptools_protocol", no_httptools)
     assert head_limited_protocol() == (H11Protocol, False)

@@ -1,8 +1,9 @@
 """The monitoring dashboard at ``/_edgeruntime/`` and the metrics at ``/_internal/metrics``.
 
-``attach(app, jobs)`` is the one place they hook into the gateway: it mounts the page, its static
-files and its JSON API (``/_edgeruntime/api/...``) and the Prometheus metrics on the app, and
-feeds the metrics from the app's invocation and background observers and the cron scheduler.
+Both are extensions of the gateway (:mod:`edgeruntime.gateway.extensions`): the dashboard mounts
+the page, its static files and its JSON API (``/_edgeruntime/api/...``) and the Prometheus metrics
+on the app; the metrics observe every invocation, background task and worker, and the cron
+scheduler's ticks. ``attach(app, jobs)`` registers both.
 The page is one HTML, one JS and one CSS file served from the package: no build step, no CDN.
 
 Access: on a loopback host everything is open to requests whose ``Host`` names loopback (or a name
@@ -16,13 +17,14 @@ import asyncio
 import contextlib
 import functools
 import logging
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Mapping
 from typing import TYPE_CHECKING, Any
 
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 
+from edgeruntime.core.types import Receive, Scope, Send
 from edgeruntime.dashboard.access import (
     REALM,
     HostRule,
@@ -33,14 +35,16 @@ from edgeruntime.dashboard.access import (
     is_loopback,
     is_service_role,
 )
+from edgeruntime.dashboard.metrics import CONTENT_TYPE, Metrics
 from edgeruntime.exceptions import DuplicateHeader
-from edgeruntime.metrics import CONTENT_TYPE, Metrics
-from edgeruntime.types import Receive, Scope, Send
+from edgeruntime.gateway.extensions import Extension
 
 if TYPE_CHECKING:
     from starlette.applications import Starlette
 
-    from edgeruntime.app import EdgeApp, Invocation
+    from edgeruntime.core.types import ASGIApp
+    from edgeruntime.gateway.app import EdgeApp
+    from edgeruntime.gateway.extensions import Invocation
     from edgeruntime.jobs.system import JobSystem
 
 __all__ = ["DASHBOARD_PATH", "METRICS_PATH", "Dashboard", "attach"]
@@ -71,7 +75,7 @@ def _static(name: str) -> bytes:
     return resources.files("edgeruntime.dashboard").joinpath("static", name).read_bytes()
 
 
-class Dashboard:
+class Dashboard(Extension):
     """The dashboard and metrics of one app (see the module docstring)."""
 
     def __init__(self, app: EdgeApp, jobs: JobSystem | None = None) -> None:
@@ -83,6 +87,13 @@ class Dashboard:
         #: Names besides loopback ones under which the open dashboard is served.
         self.allowed_hosts = [HostRule.parse(h) for h in app.settings.config.dashboard.allowed_hosts]
         self.refusals = RefusalLog()
+
+    def mounts(self) -> Mapping[str, ASGIApp]:
+        return {DASHBOARD_PATH: self, METRICS_PATH: self}
+
+    async def quiesce(self) -> None:
+        """Let the work started from the page (Run now) finish, up to the graceful-exit timeout."""
+        await self.stop_tasks()
 
     @functools.cached_property
     def asgi(self) -> Starlette:
@@ -127,7 +138,7 @@ class Dashboard:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def stop(self) -> None:
+    async def stop_tasks(self) -> None:
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=self.app.settings.graceful_exit_timeout_sec)
             for task in set(self._tasks):
@@ -205,14 +216,10 @@ class Dashboard:
 
 
 def attach(app: EdgeApp, jobs: JobSystem | None = None) -> Dashboard:
-    """Mount the dashboard and the metrics on `app` and feed them (see the module docstring)."""
+    """Register the dashboard and its metrics with `app` (see the module docstring)."""
     dashboard = Dashboard(app, jobs)
-    app.mounts[DASHBOARD_PATH] = dashboard
-    app.mounts[METRICS_PATH] = dashboard
-    app.observers.append(dashboard.metrics.invocation)
-    app.background_observers.append(dashboard.metrics.background_task)
-    app.worker_observers.append(dashboard.metrics.worker_event)
-    app.stopping_hooks.append(dashboard.stop)
+    app.add_extension(dashboard.metrics)
+    app.add_extension(dashboard)
     if jobs is not None:
         jobs.scheduler.observers.append(dashboard.metrics.cron_tick)
     return dashboard

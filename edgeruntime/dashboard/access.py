@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import NamedTuple
 
-from edgeruntime.auth import Keys
+from edgeruntime.config.keys import Keys
 from edgeruntime.exceptions import DuplicateHeader
 
 __all__ = [

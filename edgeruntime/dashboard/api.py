@@ -18,8 +18,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from edgeruntime.dashboard.schedule_text import describe_schedule
-from edgeruntime.discovery import discover
 from edgeruntime.exceptions import DashboardError, JobsError
+from edgeruntime.functions.discovery import discover
 from edgeruntime.jobs.store import FailedJob, Job, Run
 
 if TYPE_CHECKING:

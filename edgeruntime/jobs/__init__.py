@@ -9,11 +9,12 @@ From function code::
 
 from __future__ import annotations
 
+from edgeruntime.jobs.backends import open_store
 from edgeruntime.jobs.clock import Clock, FakeClock, SystemClock
 from edgeruntime.jobs.config import JobsConfig
 from edgeruntime.jobs.queue import JobResult, enqueue
 from edgeruntime.jobs.scheduler import CronRun
-from edgeruntime.jobs.store import CronTick, FailedJob, Job, JobStatus, JobStore, Run, TickStatus, open_store
+from edgeruntime.jobs.store import CronTick, FailedJob, Job, JobStatus, JobStore, Run, TickStatus
 from edgeruntime.jobs.system import JobSystem, attach
 
 __all__ = [

@@ -12,10 +12,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from edgeruntime.types import Message
+from edgeruntime.core.types import Message
 
 if TYPE_CHECKING:
-    from edgeruntime.app import EdgeApp
+    from edgeruntime.gateway.app import EdgeApp
 
 __all__ = ["MAX_KEPT_BODY", "Delivery", "deliver"]
 

@@ -28,9 +28,9 @@ import time
 import uuid
 from collections.abc import Callable, Container
 
-from edgeruntime.app import Invocation
-from edgeruntime.background import BackgroundTask
+from edgeruntime.core.background import BackgroundTask
 from edgeruntime.exceptions import StoreUnavailable
+from edgeruntime.gateway.extensions import Invocation
 from edgeruntime.jobs.outage import Outage, describe
 from edgeruntime.jobs.store import JobStore, RunRow
 

@@ -20,17 +20,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from edgeruntime import context
-from edgeruntime.discovery import is_valid_slug
+from edgeruntime.core import context
 from edgeruntime.exceptions import JobsError
+from edgeruntime.functions.slug import is_valid_slug
+from edgeruntime.jobs.backends import open_store
 from edgeruntime.jobs.clock import Clock, SystemClock
 from edgeruntime.jobs.config import JobsConfig
 from edgeruntime.jobs.delivery import deliver
 from edgeruntime.jobs.outage import Outage
-from edgeruntime.jobs.store import Job, JobStore, Outcome, open_store
+from edgeruntime.jobs.store import Job, JobStore, Outcome
 
 if TYPE_CHECKING:
-    from edgeruntime.app import EdgeApp
+    from edgeruntime.gateway.app import EdgeApp
 
 __all__ = ["JOB_ID_HEADER", "ATTEMPT_HEADER", "JobQueue", "JobResult", "QueueRunner", "backoff", "enqueue"]
 

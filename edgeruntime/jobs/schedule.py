@@ -15,7 +15,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from cronsim import CronSim, CronSimError
 
-from edgeruntime.config import CronConfig
+from edgeruntime.config.project import CronConfig
 from edgeruntime.exceptions import ConfigError
 
 __all__ = ["MACROS", "Schedule", "parse_schedule", "validate_cron"]

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from edgeruntime.config import CronConfig
+from edgeruntime.config.project import CronConfig
 from edgeruntime.exceptions import ConfigError, JobsError
 from edgeruntime.jobs.clock import Clock
 from edgeruntime.jobs.config import CATCHUP_WINDOW_SEC
@@ -29,7 +29,7 @@ from edgeruntime.jobs.schedule import Schedule, validate_cron
 from edgeruntime.jobs.store import JobStore, TickStatus
 
 if TYPE_CHECKING:
-    from edgeruntime.app import EdgeApp
+    from edgeruntime.gateway.app import EdgeApp
 
 __all__ = ["CRON_HEADER", "SCHEDULED_FOR_HEADER", "CronJob", "CronRun", "Scheduler", "cron_jobs", "iso"]
 

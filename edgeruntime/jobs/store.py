@@ -7,13 +7,9 @@ every deadline (run_at, leases, retention) the same way on both backends.
 from __future__ import annotations
 
 import enum
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Protocol
-
-from edgeruntime.exceptions import ConfigError
 
 __all__ = [
     "CronTick",
@@ -28,8 +24,6 @@ __all__ = [
     "RunRow",
     "TRIM_TARGET",
     "TickStatus",
-    "default_database_path",
-    "open_store",
     "redact_url",
 ]
 
@@ -298,37 +292,6 @@ class JobStore(Protocol):
         `TRIM_TARGET` of the cap. SQLite also gives free pages back to the file system (see
         `edgeruntime.jobs.sqlite`); without a cap that is all it does.
         """
-
-
-def default_database_path(functions_dir: Path) -> Path:
-    """`.edgeruntime/edgeruntime.db` beside the functions directory."""
-    return functions_dir.resolve().parent / ".edgeruntime" / "edgeruntime.db"
-
-
-def open_store(url: str | None, functions_dir: Path | None = None, *, source: str = "--database-url") -> JobStore:
-    """The store for `url`: `sqlite:///relative.db`, `sqlite:////absolute.db`, `postgresql://...`,
-    or None for the default SQLite file beside the functions directory.
-
-    `source` names where `url` came from in the error for a bad one (``--database-url`` or
-    ``EDGERUNTIME_DATABASE_URL``).
-    """
-    if url is None:
-        if functions_dir is None:
-            raise ConfigError("database url: none given and no functions directory to put the default in")
-        url = "sqlite:///" + str(default_database_path(functions_dir))
-    if url.startswith("sqlite://"):
-        from edgeruntime.jobs.sqlite import SQLiteStore
-
-        # SQLAlchemy's convention: sqlite:///relative.db and sqlite:////absolute/path.db
-        path = url.removeprefix("sqlite://").removeprefix("/")
-        if not path:
-            raise ConfigError(f"{source} {url!r}: expected sqlite:///path/to/file.db")
-        return SQLiteStore(Path(os.path.expanduser(path)), url=url)
-    if url.startswith(("postgresql://", "postgres://")):
-        from edgeruntime.jobs.postgres import PostgresStore
-
-        return PostgresStore(url)
-    raise ConfigError(f"{source} {redact_url(url)!r}: expected sqlite:///path or postgresql://...")
 
 
 def redact_url(url: str) -> str:

@@ -1,6 +1,6 @@
 """The jobs system of one app: store, run history, cron scheduler and queue runner together.
 
-`attach(app)` is the one place the jobs system hooks into the gateway: it records every
+It is an extension of the gateway (:mod:`edgeruntime.gateway.extensions`): it records every
 invocation and wait_until task, starts the scheduler and the queue runner with the app and stops
 them with it, and makes `edgeruntime.jobs.enqueue` write to this app's store.
 """
@@ -17,17 +17,20 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from edgeruntime.discovery import discover
+from edgeruntime.functions.discovery import discover
+from edgeruntime.gateway.extensions import Extension
+from edgeruntime.jobs.backends import open_store
 from edgeruntime.jobs.clock import Clock, SystemClock
 from edgeruntime.jobs.config import JobsConfig
 from edgeruntime.jobs.history import RunHistory
 from edgeruntime.jobs.outage import Outage
 from edgeruntime.jobs.queue import JobQueue, QueueRunner, activate
 from edgeruntime.jobs.scheduler import Scheduler, cron_jobs
-from edgeruntime.jobs.store import JobStore, open_store
+from edgeruntime.jobs.store import JobStore
 
 if TYPE_CHECKING:
-    from edgeruntime.app import EdgeApp, Invocation
+    from edgeruntime.gateway.app import EdgeApp
+    from edgeruntime.gateway.extensions import Invocation
 
 __all__ = ["JobSystem", "attach"]
 
@@ -41,7 +44,7 @@ PRUNE_INTERVAL_SEC = 3600.0
 TRIM_INTERVAL_SEC = 10.0
 
 
-class JobSystem:
+class JobSystem(Extension):
     """Everything jobs-related for one app (see the module docstring)."""
 
     def __init__(
@@ -61,10 +64,6 @@ class JobSystem:
         self.store = store or open_store(
             settings.database_url, settings.functions_dir, source=settings.database_url_source
         )
-        # Worker processes (process isolation) enqueue through the server and never see the store.
-        database = getattr(self.store, "path", None)  # a SQLite file
-        if isinstance(database, Path) and app.launcher is not None:
-            app.launcher.hide_database(database)
         self.clock: Clock = clock or SystemClock()
         #: False: nothing runs by itself; tests deliver with `run_jobs()` and `trigger_cron()`.
         self.background = background
@@ -82,11 +81,25 @@ class JobSystem:
         #: The gateway's observer: records invocations of functions this app serves (a request
         #: for any other name is no run).
         self.on_invocation: Callable[[Invocation], None] = self.history.on_invocation
+        self.observe_invocation = self.on_invocation
+        self.observe_background = self.history.on_background
+        # Worker processes (process isolation) enqueue through the server and never see the store.
+        self.enqueue = self.queue.enqueue
         self._previous: JobQueue | None = None
         self._prune_task: asyncio.Task[None] | None = None
         self._migrated = False
         self._prune_outage = Outage(logger, "jobs: pruning history")
         self._trim_outage = Outage(logger, "jobs: trimming history to its size cap")
+
+    def private_paths(self) -> list[Path]:
+        """A SQLite store's files, hidden from worker processes (they enqueue through the server):
+        its directory when it is edgeruntime's own (``.edgeruntime/``), else the file and its journals."""
+        database = getattr(self.store, "path", None)
+        if not isinstance(database, Path):
+            return []
+        if database.parent.name == ".edgeruntime":
+            return [database.parent]
+        return [database.with_name(database.name + suffix) for suffix in ("", "-wal", "-shm", "-journal")]
 
     async def prepare(self) -> None:
         """Open the store, bring its schema up to date and prove it accepts writes now, so a bad
@@ -176,11 +189,7 @@ def attach(
     background: bool = True,
     backoff_scale: float = 1.0,
 ) -> JobSystem:
-    """Hook the jobs system into `app`; ConfigError for an invalid `[cron.*]` or `[jobs]` entry."""
+    """A jobs system registered with `app`; ConfigError for an invalid `[cron.*]` or `[jobs]` entry."""
     system = JobSystem(app, store=store, clock=clock, background=background, backoff_scale=backoff_scale)
-    app.observers.append(system.on_invocation)
-    app.background_observers.append(system.history.on_background)
-    app.startup_hooks.append(system.start)
-    app.stopping_hooks.append(system.quiesce)
-    app.shutdown_hooks.append(system.stop)
+    app.add_extension(system)
     return system

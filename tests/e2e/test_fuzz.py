@@ -27,7 +27,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from jwt.warnings import InsecureKeyLengthWarning
 
-from edgeruntime.auth import SECRET_KEY, demo_keys
+from edgeruntime.config.keys import SECRET_KEY, demo_keys
 from tests.helpers import ServerProcess, forged_token, write_function
 
 pytestmark = pytest.mark.e2e

@@ -1,4 +1,5 @@
-"""The code in docs/quickstart.md runs as written; what other pages state is what the code does."""
+"""The code in the docs: the quickstart runs as written, every page's Python compiles and is still
+there, and what the pages state is what the code does."""
 
 from __future__ import annotations
 
@@ -12,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from edgeruntime.config import load_config
+from edgeruntime.config.project import load_config
+from edgeruntime.core.events import StopReason
 from edgeruntime.jobs.queue import HEARTBEATS_PER_LEASE
-from edgeruntime.lifecycle import ShutdownReason
 from edgeruntime.testing import EdgeClient
 from tests.examples.conftest import REPO
 from tests.helpers import run_cli, write_function
@@ -81,18 +82,45 @@ def test_quickstart_new_command(tmp_path: Path) -> None:
     assert (tmp_path / "functions" / "hello-world" / "index.py").is_file()
 
 
-@pytest.mark.parametrize("page", ["quickstart.md", "porting.md", "examples.md", "semantics.md", "deployment.md"])
-def test_python_snippets_compile(page: str) -> None:
-    text = (REPO / "docs" / page).read_text(encoding="utf-8")
-    for number, snippet in enumerate(re.findall(r"```python\n(.*?)```", text, flags=re.S)):
-        compile(snippet, f"{page} snippet {number}", "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
+#: Every page of the docs, and the README.
+PAGES = sorted([REPO / "README.md", *(REPO / "docs").glob("*.md")])
+#: Python blocks a page has at least: a page that loses its examples fails; one that gains some does not.
+PYTHON_BLOCKS = {
+    "README.md": 2,
+    "auth.md": 2,
+    "env.md": 1,
+    "examples.md": 1,
+    "jobs.md": 2,
+    "limits.md": 2,
+    "porting.md": 18,
+    "quickstart.md": 2,
+    "runtime.md": 2,
+    "testing.md": 3,
+}
 
 
-@pytest.mark.parametrize("page", ["quickstart.md", "porting.md", "examples.md", "semantics.md", "deployment.md"])
-def test_links_to_repo_files_resolve(page: str) -> None:
-    text = (REPO / "docs" / page).read_text(encoding="utf-8")
-    for target in re.findall(r"\]\((\.\./[^)#]+)\)", text):
-        assert (REPO / "docs" / target).resolve().exists(), f"{page}: {target}"
+def python_blocks(page: Path) -> list[str]:
+    return re.findall(r"```python\n(.*?)```", page.read_text(encoding="utf-8"), flags=re.S)
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda page: page.name)
+def test_python_snippets_compile(page: Path) -> None:
+    snippets = python_blocks(page)
+    assert len(snippets) >= PYTHON_BLOCKS.get(page.name, 0), f"{page.name} lost Python examples"
+    for number, snippet in enumerate(snippets):
+        compile(snippet, f"{page.name} snippet {number}", "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
+
+
+def test_every_page_with_python_examples_is_counted() -> None:
+    with_python = {page.name for page in PAGES if python_blocks(page)}
+    assert with_python == set(PYTHON_BLOCKS), "update PYTHON_BLOCKS: pages with Python examples"
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda page: page.name)
+def test_links_to_repo_files_resolve(page: Path) -> None:
+    text = page.read_text(encoding="utf-8")
+    for target in re.findall(r"\]\(((?:\.\./)?[^)#:]+)\)", text):
+        assert (page.parent / target).resolve().exists(), f"{page.name}: {target}"
 
 
 def test_docs_give_the_heartbeat_interval_the_queue_uses() -> None:
@@ -108,7 +136,7 @@ def test_docs_give_the_heartbeat_interval_the_queue_uses() -> None:
 def test_dashboard_docs_name_the_cut_reasons_the_history_records() -> None:
     text = (REPO / "docs" / "dashboard.md").read_text(encoding="utf-8")
     runs = text[text.index("**Runs**") : text.index("**Queue**")]
-    for reason in (ShutdownReason.WALL_CLOCK, ShutdownReason.CPU, ShutdownReason.MEMORY, ShutdownReason.TERMINATION):
+    for reason in (StopReason.WALL_CLOCK, StopReason.CPU, StopReason.MEMORY, StopReason.TERMINATION):
         assert f"`{reason}`" in runs, reason
     assert "`shutdown`" not in runs and "`wall_clock`" not in runs
 

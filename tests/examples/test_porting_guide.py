@@ -23,8 +23,8 @@ from postgrest import ReturnMethod
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from edgeruntime.core.types import Message
 from edgeruntime.testing import EdgeClient, LoadedFunction, execution_context, load_function
-from edgeruntime.types import Message
 from tests.examples.conftest import REPO, close_worker_clients
 from tests.fakes import FakePostHog, FakeSupabase
 from tests.helpers import KEYS, free_port, write_function

@@ -15,8 +15,8 @@ import signal
 import threading
 from pathlib import Path
 
-from edgeruntime.auth import demo_keys
-from edgeruntime.config import DEFAULT_JWT_SECRET
+from edgeruntime.config.keys import demo_keys
+from edgeruntime.config.project import DEFAULT_JWT_SECRET
 from tests.fakes import FakePostHog, FakeSendGrid, FakeStripe, FakeSupabase
 
 STRIPE_SECRET_KEY = "sk_test_offline"

@@ -15,7 +15,8 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 import pytest
 
-from edgeruntime.jobs.store import JobStore, open_store
+from edgeruntime.jobs.backends import open_store
+from edgeruntime.jobs.store import JobStore
 from tests.jobs.backends import postgres_url_or_skip
 from tests.jobs.proxy import TcpProxy
 

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from edgeruntime.jobs.store import Outcome, open_store
+from edgeruntime.jobs.backends import open_store
+from edgeruntime.jobs.store import Outcome
 from edgeruntime.testing import EdgeClient
 from tests.helpers import free_port, run_cli, write_function
 from tests.jobs.file_modes import run_bound_by_file_modes
@@ -117,6 +118,38 @@ def test_cron_list_and_run(project: Path, tmp_path: Path) -> None:
     unknown = run_cli("cron", "run", "nope", "-d", str(project), "--database-url", url)
     assert unknown.returncode == 2
     assert unknown.stderr.strip().startswith("edgeruntime: error: no cron job 'nope'")
+
+
+ENV_PROBE = """
+import os
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from edgeruntime import Deno, serve
+
+async def handler(req: Request) -> JSONResponse:
+    names = ("FROM_DOTENV", "SUPABASE_URL", "SUPABASE_SERVICE_ROLE_KEY")
+    return JSONResponse({"os": {n: os.environ.get(n) for n in names}, "deno": {n: Deno.env.get(n) for n in names}})
+
+serve(handler)
+"""
+
+
+async def test_cron_run_and_trigger_cron_run_the_function_with_the_servers_env(functions_dir: Path) -> None:
+    """A cron job that reads os.environ succeeds on schedule; run by hand it must see the same env."""
+    write_function(functions_dir, "envcheck", ENV_PROBE)
+    (functions_dir / ".env").write_text("FROM_DOTENV=from the functions' .env\n", encoding="utf-8")
+    (functions_dir.parent / "config.toml").write_text(
+        '[cron.env]\nfunction = "envcheck"\nschedule = "@daily"\n', encoding="utf-8"
+    )
+    url = f"sqlite:///{functions_dir.parent / 'jobs.db'}"
+    ran = await asyncio.to_thread(run_cli, "cron", "run", "env", "-d", str(functions_dir), "--database-url", url)
+    assert ran.returncode == 0, ran.stderr
+    by_cli = json.loads(ran.stdout.splitlines()[1])
+    async with EdgeClient(functions_dir) as client:
+        by_client = (await client.trigger_cron("env")).json()
+    assert by_cli["os"]["FROM_DOTENV"] == "from the functions' .env"
+    assert by_cli["os"] == by_cli["deno"]
+    assert by_client["os"] == by_client["deno"] == by_cli["deno"]
 
 
 @pytest.mark.parametrize(

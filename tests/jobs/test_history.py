@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from edgeruntime.app import Invocation
-from edgeruntime.background import BackgroundTask, TaskOutcome
+from edgeruntime.core.background import BackgroundTask, TaskOutcome
+from edgeruntime.gateway.extensions import Invocation
 from edgeruntime.jobs import history as history_module, sqlite as sqlite_store
 from edgeruntime.jobs.history import MAX_BUFFERED, WRITE_BATCH, RunHistory
 from edgeruntime.jobs.store import JobStore, Run, RunRow

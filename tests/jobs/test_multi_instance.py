@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from edgeruntime.jobs.store import CronTick, open_store
+from edgeruntime.jobs.backends import open_store
+from edgeruntime.jobs.store import CronTick
 from tests.helpers import ServerProcess, write_function
 
 pytestmark = pytest.mark.e2e

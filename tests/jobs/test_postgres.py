@@ -14,8 +14,9 @@ import psycopg
 import pytest
 
 from edgeruntime.exceptions import ConfigError, StoreUnavailable
+from edgeruntime.jobs.backends import open_store
 from edgeruntime.jobs.history import RunHistory
-from edgeruntime.jobs.store import RunRow, open_store
+from edgeruntime.jobs.store import RunRow
 from tests.jobs.conftest import ProxiedPostgres
 
 pytestmark = pytest.mark.postgres

@@ -223,7 +223,7 @@ async def test_enqueue_outside_a_server_uses_edgeruntime_database_url(
 ) -> None:
     import edgeruntime.jobs
     from edgeruntime.jobs import queue as queue_module
-    from edgeruntime.jobs.store import open_store
+    from edgeruntime.jobs.backends import open_store
 
     monkeypatch.delenv("EDGERUNTIME_DATABASE_URL", raising=False)
     with pytest.raises(JobsError, match="no jobs store is running"):
@@ -260,14 +260,14 @@ serve(handler)
 
 async def test_background_runner_records_every_outcome(queue_dir: Path, store_url: str) -> None:
     """The loop `serve` runs: batches of claims and outcomes, none lost while deliveries overlap."""
-    from edgeruntime.app import create_app
+    from edgeruntime.config.settings import Settings
+    from edgeruntime.gateway.app import EdgeApp
     from edgeruntime.jobs import attach
-    from edgeruntime.settings import Settings
 
     write_function(queue_dir, "sleepy", STAGGERED)
     (queue_dir.parent / "config.toml").write_text("[jobs]\nconcurrency = 8\n", encoding="utf-8")
     settings = Settings.build(queue_dir, database_url=store_url)
-    app = create_app(settings)
+    app = EdgeApp(settings)
     system = attach(app)
     await system.store.migrate()
     for i in range(300):
@@ -305,15 +305,15 @@ async def test_a_store_that_fails_every_claim_is_logged_in_one_line_not_a_traceb
     import sqlite3
     import time
 
-    from edgeruntime.app import create_app
-    from edgeruntime.jobs import attach, sqlite as sqlite_store
-    from edgeruntime.settings import Settings
+    from edgeruntime.config.settings import Settings
+    from edgeruntime.jobs import sqlite as sqlite_store
+    from edgeruntime.serving.build import build_app
 
     monkeypatch.setattr(sqlite_store, "BUSY_TIMEOUT_MS", 50)
     (queue_dir.parent / "config.toml").write_text("[jobs]\npoll_interval_ms = 50\n", encoding="utf-8")
     path = tmp_path / "jobs.db"
-    app = create_app(Settings.build(queue_dir, database_url=f"sqlite:///{path}"))
-    system = attach(app)
+    built = build_app(Settings.build(queue_dir, database_url=f"sqlite:///{path}"))
+    app, system = built.app, built.jobs
     await app.startup()
     try:
         await asyncio.sleep(0.3)  # the start-up prune is done

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from edgeruntime.app import create_app
+from edgeruntime.config.settings import Settings
 from edgeruntime.exceptions import ConfigError, JobsError
+from edgeruntime.gateway.app import EdgeApp
 from edgeruntime.jobs import CronRun, FakeClock, TickStatus, attach
-from edgeruntime.settings import Settings
 from edgeruntime.testing import EdgeClient
 from tests.helpers import write_function
 
@@ -121,7 +121,7 @@ async def test_overlap_skip_records_skipped_tick(cron_dir: Path, store_url: str)
 
 def test_catch_up_runs_only_the_latest_missed_tick_within_10_minutes(cron_dir: Path) -> None:
     settings = Settings.build(cron_dir, database_url=f"sqlite:///{cron_dir.parent / 'db.sqlite'}")
-    app = create_app(settings)
+    app = EdgeApp(settings)
     system = attach(app, background=False)
     ten = datetime(2027, 3, 1, 10, tzinfo=UTC).timestamp()
     # Down from 09:00 to 10:09:59: of the missed ticks only 10:00 (and the latest minute/2-s ticks) run.
@@ -132,7 +132,7 @@ def test_catch_up_runs_only_the_latest_missed_tick_within_10_minutes(cron_dir: P
     # Nothing twice from the same instance.
     assert "daily-report" not in {job.name for job, _ in system.scheduler.due(ten + 600)}
     # After more than 10 minutes the missed daily tick is dropped.
-    fresh = attach(create_app(settings), background=False)
+    fresh = attach(EdgeApp(settings), background=False)
     assert "daily-report" not in {job.name for job, _ in fresh.scheduler.due(ten + 601)}
 
 
@@ -141,7 +141,7 @@ async def test_scheduler_loop_fires_on_the_grid(cron_dir: Path) -> None:
         '[cron.tick]\nfunction = "echo"\nschedule = "1 seconds"\n', encoding="utf-8"
     )
     settings = Settings.build(cron_dir, database_url=f"sqlite:///{cron_dir.parent / 'db.sqlite'}")
-    app = create_app(settings)
+    app = EdgeApp(settings)
     system = attach(app)
     await app.startup()
     try:
@@ -164,7 +164,7 @@ async def test_paused_job_lets_scheduled_ticks_pass_and_observers_see_fired_ones
         '[cron.tick]\nfunction = "echo"\nschedule = "1 seconds"\n', encoding="utf-8"
     )
     settings = Settings.build(cron_dir, database_url=f"sqlite:///{cron_dir.parent / 'db.sqlite'}")
-    app = create_app(settings)
+    app = EdgeApp(settings)
     system = attach(app)
     seen: list[TickStatus] = []
     three = asyncio.Event()

@@ -13,7 +13,8 @@ import httpx
 import psycopg
 import pytest
 
-from edgeruntime.jobs.store import JobStatus, open_store
+from edgeruntime.jobs.backends import open_store
+from edgeruntime.jobs.store import JobStatus
 from tests.helpers import SERVICE_ROLE, ServerProcess, free_port, write_function
 from tests.jobs.conftest import ProxiedPostgres
 from tests.jobs.file_modes import run_bound_by_file_modes

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from edgeruntime.jobs import sqlite as sqlite_store
-from edgeruntime.jobs.store import Run, RunRow, open_store
+from edgeruntime.jobs.backends import open_store
+from edgeruntime.jobs.store import Run, RunRow
 
 
 async def test_migrate_on_an_up_to_date_schema_takes_no_write_lock(

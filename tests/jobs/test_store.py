@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from edgeruntime.exceptions import ConfigError
-from edgeruntime.jobs.store import JobStatus, JobStore, Outcome, Run, RunRow, TickStatus, open_store
+from edgeruntime.jobs.backends import open_store
+from edgeruntime.jobs.store import JobStatus, JobStore, Outcome, Run, RunRow, TickStatus
 
 T0 = 1_800_000_000.0
 

@@ -143,6 +143,7 @@ const CUT_REASONS = {
   Memory: "memory limit",
   EarlyDrop: "early drop",
   TerminationRequested: "server shutdown",
+  Crash: "worker process crashed",
 };
 
 function cutReason(reason) {

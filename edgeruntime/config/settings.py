@@ -1,0 +1,201 @@
+"""Everything one server runs with, resolved once from flags, config.toml and the environment.
+
+``edgeruntime serve`` and ``edgeruntime.testing.EdgeClient`` both build their app from a
+:class:`Settings`, so tests see the same env, limits and auth as the server.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from edgeruntime.config.env import build_env, withheld_environ
+from edgeruntime.config.keys import Keys, demo_keys
+from edgeruntime.config.project import (
+    DEFAULT_KEEP_ALIVE_TIMEOUT_SEC,
+    SANDBOX_MODES,
+    ProjectConfig,
+    SandboxMode,
+    find_config,
+    keep_alive_problem,
+    load_config,
+)
+from edgeruntime.exceptions import ConfigError
+from edgeruntime.functions.discovery import check_functions_dir
+from edgeruntime.limits import FREE_TIER, LIMIT_KEYS, PRO_TIER, Isolation, Limits, Policy
+
+__all__ = ["DEFAULT_HOST", "DEFAULT_KEEP_ALIVE_TIMEOUT_SEC", "DEFAULT_PORT", "Settings", "parse_limit_options"]
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 54321
+#: How long shutdown waits for background work (the edge runtime's --graceful-exit-timeout).
+DEFAULT_GRACEFUL_EXIT_TIMEOUT_SEC = 15.0
+LogFormat = Literal["text", "json"]
+
+logger = logging.getLogger("edgeruntime")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The resolved settings of one server (or one test client)."""
+
+    functions_dir: Path
+    config: ProjectConfig
+    limits: Limits
+    policy: Policy
+    isolation: Isolation
+    env: Mapping[str, str]
+    keys: Keys
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    #: None: each function's verify_jwt applies; False: `--no-verify-jwt` turned it off for all.
+    verify_jwt_override: bool | None = None
+    graceful_exit_timeout_sec: float = DEFAULT_GRACEFUL_EXIT_TIMEOUT_SEC
+    #: Seconds an idle connection stays open (`--keep-alive-timeout`, `[edge_runtime] keep_alive_timeout_sec`).
+    keep_alive_timeout_sec: float = DEFAULT_KEEP_ALIVE_TIMEOUT_SEC
+    watch: bool = True
+    log_format: LogFormat = "text"
+    database_url: str | None = None
+    #: Where `database_url` came from, for error messages: "--database-url" or "EDGERUNTIME_DATABASE_URL".
+    database_url_source: str = "--database-url"
+    server: str = "hypercorn"
+    #: What wraps each worker process under process isolation (resolved by
+    #: :func:`edgeruntime.workers.process.sandbox.sandbox_for`).
+    sandbox: SandboxMode = "auto"
+    #: `--sandbox` when it was given (it then wins over config.toml).
+    sandbox_flag: bool = False
+    #: The env of a sandboxed worker process: `env` built without the server's own environment
+    #: (only what Python needs to run and the injected SUPABASE_* names it overrides).
+    isolated_env: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def base_url(self) -> str:
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
+        host = f"[{host}]" if ":" in host and not host.startswith("[") else host
+        return f"http://{host}:{self.port}"
+
+    def function_url(self, name: str) -> str:
+        return f"{self.base_url}/functions/v1/{name}"
+
+    def verify_jwt(self, function: str) -> bool:
+        if self.verify_jwt_override is not None:
+            return self.verify_jwt_override
+        return self.config.function(function).verify_jwt
+
+    def limits_for(self, function: str) -> Limits:
+        return self.config.limits_for(function, self.limits)
+
+    def enabled(self, function: str) -> bool:
+        return self.config.function(function).enabled
+
+    @classmethod
+    def build(
+        cls,
+        functions_dir: str | os.PathLike[str] = "functions",
+        *,
+        config_path: str | os.PathLike[str] | None = None,
+        env_file: str | os.PathLike[str] | None = None,
+        environ: Mapping[str, str] | None = None,
+        no_verify_jwt: bool = False,
+        tier: str | None = None,
+        policy: Policy | None = None,
+        isolation: Isolation | None = None,
+        limits: Limits | Mapping[str, float] | None = None,
+        host: str = DEFAULT_HOST,
+        port: int = DEFAULT_PORT,
+        database_url: str | None = None,
+        warn_env: bool = True,
+        keep_alive_timeout_sec: float | None = None,
+        sandbox: str | None = None,
+        **options: Any,
+    ) -> Settings:
+        """Resolve settings the way `edgeruntime serve` does; flags win over config.toml.
+
+        `limits` replaces the limits (a Limits) or overrides some of them (a mapping of limit keys).
+        `warn_env=False` leaves out the warnings about the functions' env (dropped `SUPABASE_*`
+        names, unset secrets), for commands that only read the keys or the function list.
+        `keep_alive_timeout_sec` (the `--keep-alive-timeout` flag) overrides the config's.
+        """
+        environ = os.environ if environ is None else environ
+        directory = check_functions_dir(Path(functions_dir))
+        config = load_config(find_config(directory, Path(config_path) if config_path else None), environ, warn=warn_env)
+        effective = config.limits
+        if tier is not None:
+            if tier not in ("free", "pro"):
+                raise ConfigError(f"--tier: expected free or pro, got {tier!r}")
+            tier_limits = FREE_TIER if tier == "free" else PRO_TIER
+            effective = effective.replace(wall_clock_limit_sec=tier_limits.wall_clock_limit_sec)
+        if isinstance(limits, Limits):
+            effective = limits
+        elif limits:
+            try:
+                effective = effective.replace(**limits)
+            except (TypeError, ValueError) as exc:
+                raise ConfigError(f"limits: {exc}") from None
+        if keep_alive_timeout_sec is None:
+            keep_alive_timeout_sec = config.keep_alive_timeout_sec
+        else:
+            problem = keep_alive_problem(keep_alive_timeout_sec)
+            if problem is not None:
+                raise ConfigError(f"--keep-alive-timeout: {problem}")
+        if sandbox is not None and sandbox not in SANDBOX_MODES:
+            raise ConfigError(f"--sandbox: expected one of {', '.join(SANDBOX_MODES)}, got {sandbox!r}")
+        keys = demo_keys(config.jwt_secret, config.signing_keys)
+        settings = cls(
+            functions_dir=directory,
+            config=config,
+            limits=effective,
+            policy=policy or config.policy,
+            isolation=isolation or config.isolation,
+            env={},
+            keys=keys,
+            host=host,
+            port=port,
+            verify_jwt_override=False if no_verify_jwt else None,
+            database_url=database_url or environ.get("EDGERUNTIME_DATABASE_URL"),
+            database_url_source="--database-url" if database_url else "EDGERUNTIME_DATABASE_URL",
+            keep_alive_timeout_sec=keep_alive_timeout_sec,
+            sandbox=sandbox or config.sandbox,
+            sandbox_flag=sandbox is not None,
+            **options,
+        )
+        layers: dict[str, Any] = {
+            "functions_dir": directory,
+            "keys": keys,
+            "base_url": settings.base_url,
+            "secrets": config.secrets,
+            "env_file": Path(env_file) if env_file else None,
+            "database_url": settings.database_url,
+        }
+        env = build_env(environ=environ, warn=warn_env, **layers)
+        object.__setattr__(settings, "env", env)
+        if settings.isolation == "process":
+            isolated = build_env(environ=withheld_environ(environ), warn=False, **layers)
+            object.__setattr__(settings, "isolated_env", isolated)
+        elif settings.sandbox not in ("auto", "none"):
+            logger.warning("sandbox = %r has no effect under isolation inline", settings.sandbox)
+        # Keys handed out must be the ones accepted: an env that sets its own keys wins.
+        object.__setattr__(settings, "keys", keys.overridden_by(env))
+        return settings
+
+
+def parse_limit_options(options: Iterable[str]) -> dict[str, float]:
+    """Parse ``--limit KEY=VALUE`` options (``wall_clock_limit_sec=60``); raises ConfigError naming the bad one."""
+    parsed: dict[str, float] = {}
+    for option in options:
+        key, sep, raw = option.partition("=")
+        key = key.strip()
+        if not sep:
+            raise ConfigError(f"--limit {option}: expected KEY=VALUE, e.g. wall_clock_limit_sec=60")
+        if key not in LIMIT_KEYS:
+            raise ConfigError(f"--limit {option}: unknown limit {key!r}; known limits: {', '.join(LIMIT_KEYS)}")
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ConfigError(f"--limit {option}: {raw!r} is not a number") from None
+        parsed[key] = value
+    return parsed

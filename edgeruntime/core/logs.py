@@ -1,0 +1,356 @@
+"""Log lines: one access line per request, function output prefixed with the function name.
+
+Every record carries the function name and execution id of the code that emitted it (taken from
+the execution context when the caller did not pass them), so the lines of one request and of its
+background work can be found together. ``--log-format json`` writes one JSON object per line.
+"""
+
+from __future__ import annotations
+
+import atexit
+import collections
+import io
+import json
+import logging
+import sys
+import threading
+import time
+from types import TracebackType
+from typing import Any, TextIO
+
+from edgeruntime.core.context import current_context
+from edgeruntime.core.worker_state import booting
+
+__all__ = ["AccessLog", "ContextFilter", "FunctionOutput", "LogBuffer", "configure_logging", "json_line", "log_access"]
+
+
+class ContextFilter(logging.Filter):
+    """Adds `function` and `execution_id` to every record."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        ctx = current_context()
+        if not hasattr(record, "function"):
+            setattr(record, "function", ctx.function if ctx is not None else None)  # noqa: B010
+        if not hasattr(record, "execution_id"):
+            setattr(record, "execution_id", ctx.execution_id if ctx is not None else None)  # noqa: B010
+        return True
+
+
+class _Clock:
+    """Formats timestamps to the millisecond, reusing the last one within the same millisecond.
+
+    A busy server logs many lines per millisecond, and the part before the milliseconds changes
+    once a second: most calls format nothing.
+    """
+
+    def __init__(self, pattern: str, utc: bool) -> None:
+        self.pattern = pattern
+        self.convert = time.gmtime if utc else time.localtime
+        self._second = -1
+        self._prefix = ""
+        self._ms = -1
+        self._stamp = ""
+
+    def __call__(self, when: float) -> str:
+        ms = int(when * 1000)
+        if ms != self._ms:
+            self._ms = ms
+            second = ms // 1000
+            if second != self._second:
+                self._second = second
+                self._prefix = time.strftime(self.pattern, self.convert(second))
+            self._stamp = f"{self._prefix}.{ms % 1000:03d}"
+        return self._stamp
+
+
+class TextFormatter(logging.Formatter):
+    """`12:00:01.123 INFO    [hello] 6f1c...: message`"""
+
+    clock = _Clock("%H:%M:%S", utc=False)
+
+    def format(self, record: logging.LogRecord) -> str:
+        stamp = self.clock(record.created)
+        function = getattr(record, "function", None)
+        where = f"[{function}] " if function else ""
+        exec_id = getattr(record, "execution_id", None)
+        ident = f"{exec_id} " if exec_id else ""
+        line = f"{stamp} {record.levelname:<7} {where}{ident}{record.getMessage()}"
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
+
+
+class JSONFormatter(logging.Formatter):
+    """One JSON object per line, for machines."""
+
+    clock = _Clock("%Y-%m-%dT%H:%M:%S", utc=True)
+
+    def format(self, record: logging.LogRecord) -> str:
+        data: dict[str, Any] = {
+            "time": self.clock(record.created) + "Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "function": getattr(record, "function", None),
+            "execution_id": getattr(record, "execution_id", None),
+            "message": record.getMessage(),
+        }
+        for key in ("method", "path", "status", "duration_ms"):
+            if hasattr(record, key):
+                data[key] = getattr(record, key)
+        if record.exc_info:
+            data["traceback"] = self.formatException(record.exc_info)
+        return json.dumps(data, default=str)
+
+
+class FunctionOutput(io.TextIOBase):
+    """Stands in for sys.stdout/stderr: output written inside a function becomes log lines.
+
+    Outside any function, writes go straight to the real stream, unless `every_line` is set
+    (``--log-format json``): then they become log lines too (with the function's name while one
+    is being imported), so nothing reaches the stream unformatted.
+    """
+
+    def __init__(self, stream: TextIO, level: int, every_line: bool = False) -> None:
+        self.stream = stream
+        self.level = level
+        self.every_line = every_line
+        self.logger = logging.getLogger("edgeruntime.function")
+        self._partial: dict[str, str] = {}
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        ctx = current_context()
+        logger = self.logger
+        extra: dict[str, Any] | None = None
+        if ctx is not None:
+            key = ctx.execution_id
+        elif self.every_line:
+            worker = booting.get()  # a function's module printing while it is imported
+            if worker is not None:
+                key, extra = worker.worker_id, {"function": worker.function}
+            else:
+                key, logger = "", logging.getLogger("edgeruntime.output")
+        else:
+            return self.stream.write(text)
+        buffered = self._partial.pop(key, "") + text
+        *lines, rest = buffered.split("\n")
+        if rest:
+            self._partial[key] = rest
+        for line in lines:
+            logger.log(self.level, "%s", line, extra=extra)
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def isatty(self) -> bool:
+        return False
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return getattr(self.stream, "encoding", "utf-8")
+
+
+class LogBuffer:
+    """Collects log lines and writes them from a background thread every `interval` seconds.
+
+    A server writes a line per request; doing the write (and its flush) on the event loop for
+    each line would cost more than the request itself. A line can also be queued unformatted, as
+    a tuple whose first item formats it (see `write`): the writer formats it when it writes.
+    """
+
+    def __init__(self, stream: TextIO, interval: float = 0.05) -> None:
+        self.stream = stream
+        self.interval = interval
+        # A deque, not a list under a lock: append and popleft are atomic, so the event loop
+        # never waits for the writer thread (nor takes a lock) to log a line.
+        self._lines: collections.deque[str | tuple[Any, ...]] = collections.deque()
+        self._flush_lock = threading.Lock()
+        self._wake = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="edgeruntime-log", daemon=True)
+        self._thread.start()
+        atexit.register(self.flush)
+
+    def write(self, line: str | tuple[Any, ...]) -> None:
+        """Queue `line`: a string, or a tuple `(format, *values)` written as `format(line)`."""
+        self._lines.append(line)
+        if not self._wake.is_set():  # cleared by each flush before it takes the lines
+            self._wake.set()
+
+    def flush(self) -> None:
+        with self._flush_lock:  # the writer thread and atexit: one writer at a time keeps the order
+            self._wake.clear()
+            lines = self._lines
+            taken = [lines.popleft() for _ in range(len(lines))]
+            if taken:
+                text = "\n".join([_format(line) for line in taken])
+                try:
+                    self.stream.write(text + "\n")
+                    self.stream.flush()
+                except (OSError, ValueError):  # the stream went away at exit
+                    pass
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait()
+            time.sleep(self.interval)
+            self.flush()
+
+
+def _format(line: str | tuple[Any, ...]) -> str:
+    """The text of a queued line; one that cannot be formatted says why (the writer thread must go on)."""
+    if isinstance(line, str):
+        return line
+    try:
+        text: str = line[0](line)
+    except Exception as exc:
+        return f"(a log line could not be formatted: {exc!r}: {line[1:]!r})"
+    return text
+
+
+class BufferedHandler(logging.Handler):
+    """A logging handler that writes formatted records into a LogBuffer."""
+
+    def __init__(self, buffer: LogBuffer) -> None:
+        super().__init__()
+        self.buffer = buffer
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.buffer.write(self.format(record))
+        except Exception:
+            self.handleError(record)
+
+    def flush(self) -> None:
+        self.buffer.flush()
+
+
+AccessLogger = Any  # Callable[[str, str, int, float, str | None, str], None]
+
+
+def log_access(
+    method: str, path: str, status: int, duration_ms: float, function: str | None, execution_id: str
+) -> None:
+    """The access line through the logging module (the default; what tests capture)."""
+    logging.getLogger("edgeruntime.access").info(
+        "%s %s %d %.1fms",
+        method,
+        path,
+        status,
+        duration_ms,
+        extra={
+            "function": function,
+            "execution_id": execution_id,
+            "method": method,
+            "path": path,
+            "status": status,
+            "duration_ms": round(duration_ms, 3),
+        },
+    )
+
+
+class AccessLog:
+    """The server's access line, written through the LogBuffer (no LogRecord per request).
+
+    The request path only queues the line's values; the buffer's writer formats them, off the
+    event loop (about 0.3 µs on the loop per line instead of ~1 for text and ~5 for JSON).
+    """
+
+    def __init__(self, buffer: LogBuffer, log_format: str = "text") -> None:
+        self.buffer = buffer
+        self.json = log_format == "json"
+        # Used by the buffer's writer only, under its flush lock: one thread at a time.
+        self.text_clock = _Clock("%H:%M:%S", utc=False)
+        self.json_clock = _Clock("%Y-%m-%dT%H:%M:%S", utc=True)
+        self._format = self._json_line if self.json else self._text_line
+
+    def __call__(
+        self, method: str, path: str, status: int, duration_ms: float, function: str | None, execution_id: str
+    ) -> None:
+        self.buffer.write((self._format, time.time(), method, path, status, duration_ms, function, execution_id))
+
+    def _text_line(self, entry: tuple[Any, ...]) -> str:
+        _, now, method, path, status, duration_ms, function, execution_id = entry
+        stamp = self.text_clock(now)
+        if function:
+            return f"{stamp} INFO    [{function}] {execution_id} {method} {path} {status} {duration_ms:.1f}ms"
+        return f"{stamp} INFO    {execution_id} {method} {path} {status} {duration_ms:.1f}ms"
+
+    def _json_line(self, entry: tuple[Any, ...]) -> str:
+        _, now, method, path, status, duration_ms, function, execution_id = entry
+        return json.dumps(
+            {
+                "time": self.json_clock(now) + "Z",
+                "level": "info",
+                "logger": "edgeruntime.access",
+                "function": function,
+                "execution_id": execution_id,
+                "message": f"{method} {path} {status} {duration_ms:.1f}ms",
+                "method": method,
+                "path": path,
+                "status": status,
+                "duration_ms": round(duration_ms, 3),
+            }
+        )
+
+
+def configure_logging(log_format: str = "text", level: int = logging.INFO, capture_output: bool = True) -> LogBuffer:
+    """Set up the `edgeruntime` loggers for a server process; returns the buffer they write to.
+
+    With ``log_format="json"`` every line the process writes is a JSON object: other libraries'
+    loggers (watchfiles, hypercorn, uvicorn, asyncio; warnings and above), `warnings`, uncaught
+    exceptions and anything printed outside a request go through the same handler.
+    """
+    buffer = LogBuffer(sys.__stderr__ or sys.stderr)
+    handler = BufferedHandler(buffer)
+    handler.setFormatter(JSONFormatter() if log_format == "json" else TextFormatter())
+    handler.addFilter(ContextFilter())
+    # Function modules live under `_edgeruntime_functions`, so `logging.getLogger(__name__)` in a
+    # function logs through the same handler.
+    for name in ("edgeruntime", "_edgeruntime_functions"):
+        logger = logging.getLogger(name)
+        logger.handlers[:] = [handler]
+        logger.setLevel(level)
+        logger.propagate = False
+    every_line = log_format == "json"
+    if every_line:
+        _route_everything_through(handler)
+    if capture_output and not isinstance(sys.stdout, FunctionOutput):
+        sys.stdout = FunctionOutput(sys.stdout, logging.INFO, every_line)
+        sys.stderr = FunctionOutput(sys.stderr, logging.ERROR, every_line)
+    return buffer
+
+
+def _route_everything_through(handler: logging.Handler) -> None:
+    """Make `handler` the only way out for what else the process would write to stderr."""
+    root = logging.getLogger()
+    root.handlers[:] = [handler]  # in place of logging's last-resort handler: bare text
+    root.setLevel(logging.WARNING)
+    logging.captureWarnings(True)
+    crash = logging.getLogger("edgeruntime")
+
+    def log_uncaught(kind: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
+        crash.critical("uncaught %s: %s", kind.__name__, exc, exc_info=(kind, exc, tb))
+        handler.flush()
+
+    def log_thread_crash(args: threading.ExceptHookArgs) -> None:
+        if args.exc_value is not None:
+            crash.error(
+                "thread %s raised: %s",
+                args.thread.name if args.thread is not None else "?",
+                args.exc_value,
+                exc_info=(args.exc_type, args.exc_value, args.exc_traceback),
+            )
+
+    sys.excepthook = log_uncaught
+    threading.excepthook = log_thread_crash
+
+
+def json_line(message: str, level: int = logging.INFO, logger: str = "edgeruntime") -> str:
+    """`message` as one line of ``--log-format json`` (for what is written before logging is set up)."""
+    record = logging.makeLogRecord(
+        {"name": logger, "levelno": level, "levelname": logging.getLevelName(level), "msg": message}
+    )
+    return JSONFormatter().format(record)

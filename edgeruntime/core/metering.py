@@ -1,0 +1,263 @@
+"""CPU metering of inline workers, and the watchdog that reports a blocked event loop.
+
+An inline worker shares the server's event loop, so its CPU time is measured, not sampled: every
+coroutine the worker runs (the request handler and each ``wait_until`` task) is driven step by step
+by :func:`metered`, which times each step with the wall clock and charges it to the worker's
+:class:`CpuMeter`. Waiting at an ``await`` is never charged. The thread CPU clock is a system call,
+so it is read per event loop iteration, not per step: the first step of an iteration opens a batch
+(thread CPU and wall clock read once) and the steps of that iteration are settled together at the
+start of the next one, each charged its wall time times the thread's on-CPU share of the batch's
+window. A step does not block, so the rest of its wall time is time other threads and processes
+held the CPU, which is not charged. Each thread (each event loop) has its own batch. Code that
+reads a meter to decide or report calls :func:`settle` first. Sync handlers run in a thread and
+are charged that thread's CPU time.
+Limits are checked when a batch is settled, before the next step of each coroutine it charged, so
+a limit is enforced at the next ``await`` of the function; code that never awaits
+(``while True: pass``) cannot be stopped inline, only reported by the :class:`LoopWatchdog`.
+Process isolation stops it (see :mod:`edgeruntime.workers.process.parent`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import threading
+import time
+import types
+from asyncio import AbstractEventLoop
+from collections.abc import Awaitable, Callable, Coroutine, Generator
+from typing import Any, TypeVar
+
+from edgeruntime.core.context import current_context
+
+__all__ = ["CpuMeter", "LoopWatchdog", "metered", "run_in_thread_metered", "run_metered", "settle"]
+
+logger = logging.getLogger("edgeruntime")
+
+T = TypeVar("T")
+
+#: The function whose code the event loop thread is running right now (read by the watchdog).
+_running: str | None = None
+
+
+class CpuMeter:
+    """CPU time used by one worker (or one request), with a callback when a threshold is crossed."""
+
+    __slots__ = ("function", "next_check_ms", "on_threshold", "used_ms")
+
+    def __init__(self, function: str, on_threshold: Callable[[float], None] | None = None) -> None:
+        self.function = function
+        self.used_ms = 0.0
+        #: `on_threshold(used_ms)` is called once `used_ms` reaches this; the callback moves it on.
+        self.next_check_ms = math.inf
+        self.on_threshold = on_threshold
+
+    def add(self, ms: float) -> None:
+        self.used_ms += ms
+        if self.used_ms >= self.next_check_ms and self.on_threshold is not None:
+            self.on_threshold(self.used_ms)
+
+
+class _Batch:
+    """The steps an event loop ran since the batch opened, each as (meter, wall seconds)."""
+
+    __slots__ = ("cpu_start", "loop", "steps", "wall_start")
+
+    def __init__(self, loop: AbstractEventLoop) -> None:
+        self.loop = loop
+        self.steps: list[tuple[CpuMeter, float]] = []
+        self.cpu_start = time.thread_time()
+        self.wall_start = time.perf_counter()
+
+    def charge(self, close: bool = False) -> None:
+        """Charge the steps so far to their meters; then close the batch or start a new window."""
+        cpu_end = time.thread_time()
+        wall_end = time.perf_counter()
+        if close:
+            if _thread.batch is self:
+                _thread.batch = None
+        steps = self.steps
+        if not steps:
+            return
+        wall = wall_end - self.wall_start
+        on_cpu = (cpu_end - self.cpu_start) / wall if wall > 0 else 1.0
+        scale = 1000.0 if on_cpu >= 1.0 else on_cpu * 1000
+        if not close:
+            self.steps = []
+            self.cpu_start, self.wall_start = cpu_end, wall_end
+        for meter, seconds in steps:
+            used = meter.used_ms = meter.used_ms + seconds * scale
+            if used >= meter.next_check_ms and meter.on_threshold is not None:
+                try:
+                    meter.on_threshold(used)
+                except Exception:  # the other steps of the batch must still be charged
+                    logger.exception("the CPU limit callback of function %s failed", meter.function)
+
+
+class _ThreadBatch(threading.local):
+    """The metering state of one thread."""
+
+    #: The open batch of the event loop this thread runs.
+    batch: _Batch | None = None
+    #: The loop of this thread's last batch.
+    loop: AbstractEventLoop | None = None
+
+
+_thread = _ThreadBatch()
+
+
+def _open() -> _Batch | None:
+    """Open a batch for this thread's running loop, closed at its next iteration (None: no loop)."""
+    thread = _thread
+    loop = thread.loop
+    # asyncio._get_running_loop() makes a getpid() system call (Python 3.11): while the loop of
+    # the last batch runs, it is the loop of this thread (a loop runs in one thread at a time).
+    if loop is None or not loop.is_running():
+        loop = thread.loop = asyncio._get_running_loop()
+        if loop is None:
+            return None
+    batch = _Batch(loop)
+    try:
+        # An iteration of the loop runs only the callbacks queued before it began: this one runs
+        # in the next iteration, ahead of every step woken from now on (the next step of each
+        # coroutine in the batch included), so a limit the batch crosses acts before those steps.
+        loop.call_soon(batch.charge, True)
+    except RuntimeError:  # the loop is closing
+        return None
+    thread.batch = batch
+    return batch
+
+
+def settle() -> None:
+    """Charge the steps this thread's event loop has metered so far, without waiting for its next iteration.
+
+    Call it before reading a meter to decide or report.
+    """
+    batch = _thread.batch
+    if batch is not None and batch.loop.is_running():
+        batch.charge()
+
+
+@types.coroutine
+def metered(awaitable: Awaitable[T], meter: CpuMeter) -> Generator[Any, Any, T]:
+    """Drive `awaitable`, adding the CPU time of each of its steps to `meter`.
+
+    The steps are charged once per iteration of the event loop (see the module docstring).
+    """
+    global _running
+    coro = awaitable.__await__()
+    send = coro.send
+    thread = _thread
+    wall_clock = time.perf_counter
+    function = meter.function
+    send_value: Any = None
+    error: BaseException | None = None
+    while True:
+        previous = _running
+        _running = function
+        batch = thread.batch
+        # A batch whose loop stopped before settling it is left to that loop.
+        if batch is None or not batch.loop.is_running():
+            batch = _open()
+        started = wall_clock() if batch is not None else time.thread_time()
+        try:
+            try:
+                yielded = send(send_value) if error is None else coro.throw(error)
+            finally:
+                _running = previous
+                if batch is not None:
+                    batch.steps.append((meter, wall_clock() - started))
+                else:  # no running loop to settle a batch: charge the step exactly
+                    meter.add((time.thread_time() - started) * 1000)
+        except StopIteration as stop:
+            result: T = stop.value
+            return result
+        try:
+            send_value = yield yielded
+            error = None
+        except BaseException as exc:  # a cancellation or a throw() reaches the function's code
+            send_value = None
+            error = exc
+
+
+async def run_in_thread_metered(fn: Callable[..., T], *args: Any) -> T:
+    """Run a sync `fn` in a worker thread, charging its thread CPU time to the invocation's meter.
+
+    The charge is added when `fn` returns (a thread cannot be interrupted), so a sync handler that
+    used too much CPU ends its worker right after it returns.
+    """
+    import anyio.to_thread
+
+    def timed() -> tuple[T, float]:
+        started = time.thread_time()
+        result = fn(*args)
+        return result, (time.thread_time() - started) * 1000
+
+    result, used_ms = await anyio.to_thread.run_sync(timed)
+    ctx = current_context()
+    if ctx is not None and ctx.meter is not None:
+        ctx.meter.add(used_ms)
+    return result
+
+
+async def run_metered(coro: Coroutine[Any, Any, T], meter: CpuMeter) -> T:
+    """`metered` as a coroutine (what ``asyncio.create_task`` needs)."""
+    return await metered(coro, meter)
+
+
+class LoopWatchdog:
+    """Logs, from its own thread, when a function holds the event loop for more than `threshold_sec`.
+
+    The loop beats every `interval_sec`; a beat that is late by more than the threshold means
+    some code ran that long without awaiting. One line is logged per blocking episode.
+    """
+
+    def __init__(self, threshold_sec: float = 1.0, interval_sec: float = 0.1) -> None:
+        self.threshold_sec = threshold_sec
+        self.interval_sec = interval_sec
+        self.last_beat = time.monotonic()
+        self.reports: list[tuple[str | None, float]] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._handle: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def start(self) -> None:
+        """Start beating in the running loop and watching from a daemon thread."""
+        self._loop = asyncio.get_running_loop()
+        self.last_beat = time.monotonic()
+        self._beat()
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._watch, name="edgeruntime-watchdog", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._handle is not None:
+            self._handle.cancel()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    def _beat(self) -> None:
+        self.last_beat = time.monotonic()
+        assert self._loop is not None
+        self._handle = self._loop.call_later(self.interval_sec, self._beat)
+
+    def _watch(self) -> None:
+        reported_beat = -1.0
+        while not self._stop.wait(self.interval_sec):
+            beat = self.last_beat
+            held = time.monotonic() - beat
+            if held > self.threshold_sec and beat != reported_beat:
+                reported_beat = beat
+                function = _running
+                self.reports.append((function, held))
+                logger.warning(
+                    "function %s has held the event loop for %.1f s without awaiting: every request of "
+                    'every function waits meanwhile (use isolation = "process" for CPU-bound code)',
+                    function or "<unknown>",
+                    held,
+                    extra={"function": function},
+                )

@@ -1,0 +1,286 @@
+"""Prometheus metrics of one app, served at ``/_internal/metrics`` in the text format.
+
+Each app has its own ``CollectorRegistry`` (never the process-global one), so several apps and
+test clients in one process never collide. The runtime reports to it through plain methods:
+``invocation`` and ``background_task`` are hooked to the gateway's observers, ``cron_tick`` to the
+scheduler, and the worker lifecycle calls ``worker_retired(function, reason)`` and
+``worker_ended(function, reason)``. Queue depth is read from the jobs store at scrape time.
+
+``invocation`` and ``background_task`` run for every request and every ``wait_until`` task, so
+they only add to plain counters in dicts (one small list per label set); a collector turns those
+into Prometheus metric families when scraped, and prometheus_client writes the text format. Both
+run on the event loop thread, as do scrapes, so the counters need no lock. The rarer events
+(workers, cron ticks, the queue gauges) use prometheus_client's own metrics.
+"""
+
+from __future__ import annotations
+
+import time
+from bisect import bisect_left
+from collections.abc import Container, Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, metrics as prometheus_metrics
+from prometheus_client.exposition import generate_latest
+from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.utils import floatToGoString
+
+from edgeruntime.gateway.extensions import Extension
+
+if TYPE_CHECKING:
+    from edgeruntime.core.background import BackgroundTask
+    from edgeruntime.core.events import StopReason
+    from edgeruntime.gateway.extensions import Invocation
+    from edgeruntime.jobs.scheduler import CronRun
+    from edgeruntime.jobs.store import QueueStats
+
+__all__ = ["CONTENT_TYPE", "DURATION_BUCKETS_SEC", "UNKNOWN_FUNCTION", "Metrics"]
+
+#: The classic text format every Prometheus version scrapes (the metric names need no escaping).
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+#: The `function` label of requests to names that are not functions (keeps label values bounded).
+UNKNOWN_FUNCTION = "_unknown"
+#: Request durations: from 5 ms to the 400 s default wall clock.
+DURATION_BUCKETS_SEC = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 150.0, 400.0)
+
+_REQUESTS = ("edgeruntime_requests", "Finished invocations by function, trigger (http, cron, queue) and HTTP status.")
+_DURATION = (
+    "edgeruntime_request_duration_seconds",
+    "Invocation duration by function, from arrival to the end of the response.",
+)
+_BACKGROUND = (
+    "edgeruntime_background_tasks",
+    "Finished wait_until tasks by function, outcome (completed, failed, cut) and cut reason.",
+)
+
+#: Histogram upper bounds, +Inf last: `bisect_left` gives the bucket an observation falls in
+#: (the first bound >= the value, as Prometheus' `le` means).
+_UPPER_BOUNDS = (*DURATION_BUCKETS_SEC, float("inf"))
+_FIRST_BOUND = _UPPER_BOUNDS[0]
+#: The `le` labels, spelt as prometheus_client's own histograms spell them (`1.0`, `+Inf`).
+_BUCKET_LABELS: tuple[str, ...] = tuple(floatToGoString(bound) for bound in _UPPER_BOUNDS)  # type: ignore[no-untyped-call]
+#: Index of the sum of observations in a request cell, after one count per bucket.
+_SUM = len(_UPPER_BOUNDS)
+_REQUEST_ZEROS: tuple[float, ...] = (0,) * _SUM + (0.0,)
+_TASK_ZEROS: tuple[float, ...] = (0,)
+
+
+class _Series:
+    """Every label set seen so far of one hot-path metric, with its cell and creation time.
+
+    `cells` maps the raw key the hot path builds (values as the records carry them) to the
+    cell, so the hot path converts nothing; `by_labels` maps the label values to the same cell,
+    so two raw keys with the same labels (an enum and its string, None and "") share one series.
+    """
+
+    __slots__ = ("by_labels", "cells", "created")
+
+    def __init__(self) -> None:
+        self.cells: dict[tuple[object, ...], list[float]] = {}
+        self.by_labels: dict[tuple[str, ...], list[float]] = {}
+        self.created: dict[tuple[str, ...], float] = {}
+
+    def cell(self, key: tuple[object, ...], labels: tuple[str, ...], zeros: tuple[float, ...]) -> list[float]:
+        """The cell of `labels`, a copy of `zeros` on first use, and remembered under `key`."""
+        cell = self.by_labels.get(labels)
+        if cell is None:
+            cell = self.by_labels[labels] = list(zeros)
+            self.created[labels] = time.time()
+        self.cells[key] = cell
+        return cell
+
+
+class _AnyName:
+    """The `functions` of a `Metrics` that knows no function list: every non-empty name."""
+
+    def __contains__(self, name: object) -> bool:
+        return bool(name)
+
+
+class Metrics(Extension):
+    """The metrics of one app (see the module docstring); an extension that only observes."""
+
+    def __init__(self, functions: Container[str] | None = None) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.observe_invocation = self.invocation
+        self.observe_background = self.background_task
+        self.observe_worker = self.worker_event
+        self._functions = functions
+        self._served: Container[str] = functions if functions is not None else _AnyName()
+        #: The last finished invocation of each function (the dashboard's functions table): kept
+        #: here because `invocation` already knows whether the name is a function.
+        self.last_invocations: dict[str, Invocation] = {}
+        self._counters = _HotPathCounters()
+        self._request_cells = self._counters.requests.cells
+        self._task_cells = self._counters.tasks.cells
+        self.registry.register(self._counters)
+        self.retirements = Counter(
+            "edgeruntime_worker_retirements",
+            "Workers retired (no new requests) by function and reason.",
+            ["function", "reason"],
+            registry=self.registry,
+        )
+        self.endings = Counter(
+            "edgeruntime_worker_ends",
+            "Workers ended by function and shutdown reason "
+            "(WallClockTime, CPUTime, Memory, EarlyDrop, TerminationRequested).",
+            ["function", "reason"],
+            registry=self.registry,
+        )
+        self.cron_ticks = Counter(
+            "edgeruntime_cron_ticks",
+            "Cron ticks handled by this instance by job and status (succeeded, failed, skipped).",
+            ["cron", "status"],
+            registry=self.registry,
+        )
+        self.queue_jobs = Gauge(
+            "edgeruntime_queue_jobs",
+            "Jobs in the store by status (queued, running, succeeded, failed).",
+            ["status"],
+            registry=self.registry,
+        )
+        self.queue_depth = Gauge(
+            "edgeruntime_queue_depth", "Jobs waiting to be delivered (queued).", registry=self.registry
+        )
+        self.queue_oldest = Gauge(
+            "edgeruntime_queue_oldest_age_seconds",
+            "Age of the oldest queued job (0 when the queue is empty).",
+            registry=self.registry,
+        )
+
+    @property
+    def functions(self) -> Container[str] | None:
+        """Known function names (a live container); others count as `_unknown`. None: every name."""
+        return self._functions
+
+    def _function(self, name: str) -> str:
+        return name if name in self._served else UNKNOWN_FUNCTION
+
+    # -- what the runtime reports ------------------------------------------------------------
+
+    def invocation(self, record: Invocation) -> None:
+        """One finished invocation (an `EdgeApp.observers` entry)."""
+        # On every request's path, so no prometheus_client call (each takes a lock and several
+        # calls): three dict operations and two list updates. Keys hold the served name
+        # (`_unknown` otherwise), so requests to random names cannot grow the dicts.
+        function = record.function
+        if function in self._served:
+            self.last_invocations[function] = record
+        else:
+            function = UNKNOWN_FUNCTION
+        cell = self._request_cells.get((function, record.trigger, record.status))
+        if cell is None:
+            cell = self._request_cell(function, record.trigger, record.status)
+        seconds = record.duration_ms / 1000
+        if seconds <= _FIRST_BOUND:  # most requests: one comparison is cheaper than a bisect
+            cell[0] += 1
+        else:
+            cell[bisect_left(_UPPER_BOUNDS, seconds)] += 1
+        cell[_SUM] += seconds
+
+    def _request_cell(self, function: str, trigger: str, status: int) -> list[float]:
+        counters = self._counters
+        if function not in counters.duration_created:
+            counters.duration_created[function] = time.time()
+        return counters.requests.cell((function, trigger, status), (function, trigger, str(status)), _REQUEST_ZEROS)
+
+    def background_task(self, task: BackgroundTask) -> None:
+        """One finished wait_until task (an `EdgeApp.background_observers` entry)."""
+        function = task.function
+        if function not in self._served:
+            function = UNKNOWN_FUNCTION
+        key = (function, task.outcome, task.cut_reason)
+        cell = self._task_cells.get(key)
+        if cell is None:
+            cell = self._counters.tasks.cell(key, (function, str(task.outcome), task.cut_reason or ""), _TASK_ZEROS)
+        cell[0] += 1
+
+    def worker_retired(self, function: str, reason: str) -> None:
+        """A worker stopped taking requests (`wall_clock`, `cpu`, `memory`, `reload`)."""
+        self.retirements.labels(self._function(function), reason).inc()
+
+    def worker_event(self, event: str, function: str, reason: StopReason) -> None:
+        """A supervisor's worker observer: "retired" or "ended", with the reason."""
+        if event == "retired":
+            self.worker_retired(function, reason.key)
+        else:
+            self.worker_ended(function, str(reason))
+
+    def worker_ended(self, function: str, reason: str) -> None:
+        """A worker was ended, with the runtime's shutdown reason (`WallClockTime`, `EarlyDrop`, ...)."""
+        self.endings.labels(self._function(function), reason).inc()
+
+    def cron_tick(self, run: CronRun) -> None:
+        """A cron tick this instance fired or skipped (a `Scheduler.observers` entry)."""
+        self.cron_ticks.labels(run.cron, str(run.status)).inc()
+
+    def queue(self, stats: QueueStats, now: float) -> None:
+        """The queue as the store sees it, set just before a scrape."""
+        for status in ("queued", "running", "succeeded", "failed"):
+            self.queue_jobs.labels(status).set(stats.counts.get(status, 0))
+        self.queue_depth.set(stats.counts.get("queued", 0))
+        oldest = stats.oldest_queued_at
+        self.queue_oldest.set(max(0.0, now - oldest) if oldest is not None else 0.0)
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition of every metric."""
+        data: bytes = generate_latest(self.registry)
+        return data
+
+
+def _created_series_enabled() -> bool:
+    # prometheus_client's own metrics leave out the `_created` series when the process disables
+    # them (PROMETHEUS_DISABLE_CREATED_SERIES or `disable_created_metrics()`); so do these, to
+    # keep one exposition. The flag is not public: if it ever moves, the series stay.
+    return bool(getattr(prometheus_metrics, "_use_created", True))
+
+
+class _HotPathCounters:
+    """The counters `invocation` and `background_task` add to, as a registry collector.
+
+    A request cell holds one count per duration bucket, then the sum of durations in seconds:
+    the request count of a label set is the sum of its bucket counts, and the histogram of a
+    function adds up the cells of its label sets at scrape time. A task cell is [count].
+    """
+
+    def __init__(self) -> None:
+        self.requests = _Series()
+        self.tasks = _Series()
+        #: When each function's histogram was first observed (its `_created` series).
+        self.duration_created: dict[str, float] = {}
+
+    def describe(self) -> list[Metric]:
+        """The families without samples: the registry checks their names for duplicates."""
+        return [CounterMetricFamily(*_REQUESTS), HistogramMetricFamily(*_DURATION), CounterMetricFamily(*_BACKGROUND)]
+
+    def collect(self) -> Iterator[Metric]:
+        """The request, duration and background task metric families, as counted so far."""
+        with_created = _created_series_enabled()
+        requests = CounterMetricFamily(*_REQUESTS, labels=("function", "trigger", "status"))
+        histograms: dict[str, list[float]] = {}
+        for labels, cell in self.requests.by_labels.items():
+            created = self.requests.created[labels] if with_created else None
+            requests.add_metric(labels, sum(cell[:_SUM]), created=created)
+            total = histograms.get(labels[0])
+            if total is None:
+                histograms[labels[0]] = list(cell)
+            else:
+                for i, value in enumerate(cell):
+                    total[i] += value
+        yield requests
+
+        duration = HistogramMetricFamily(*_DURATION, labels=("function",))
+        for function, total in histograms.items():
+            cumulative, buckets = 0.0, []
+            for label, count in zip(_BUCKET_LABELS, total, strict=False):
+                cumulative += count
+                buckets.append((label, cumulative))
+            duration.add_metric((function,), buckets, total[_SUM])
+            if with_created:
+                duration.add_sample(_DURATION[0] + "_created", {"function": function}, self.duration_created[function])
+        yield duration
+
+        tasks = CounterMetricFamily(*_BACKGROUND, labels=("function", "outcome", "reason"))
+        for labels, cell in self.tasks.by_labels.items():
+            tasks.add_metric(labels, cell[0], created=self.tasks.created[labels] if with_created else None)
+        yield tasks

@@ -1,0 +1,71 @@
+"""Hot reload: a change to a function's files reloads only that function."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import watchfiles
+
+from edgeruntime.core.descriptors import exhaustion, report_exhaustion
+from edgeruntime.functions.discovery import function_for_path
+
+__all__ = ["watch_functions"]
+
+logger = logging.getLogger("edgeruntime")
+
+#: Editor and tool droppings that never trigger a reload (the Supabase CLI's list, plus Python's).
+IGNORED_DIRS = {".git", "node_modules", ".vscode", ".idea", "__pycache__", ".mypy_cache", ".pytest_cache"}
+IGNORED_SUFFIXES = ("~", ".swp", ".swx", ".tmp", ".pyc")
+#: How often a reload that failed for want of file descriptors is tried again.
+RELOAD_RETRY_SEC = 0.5
+
+
+class _Filter(watchfiles.DefaultFilter):
+    def __call__(self, change: watchfiles.Change, path: str) -> bool:
+        p = Path(path)
+        if any(part in IGNORED_DIRS for part in p.parts) or p.name.endswith(IGNORED_SUFFIXES):
+            return False
+        return not p.name.startswith((".#", "___"))
+
+
+async def watch_functions(root: Path, reload: Callable[[set[str]], list[str]], stop: asyncio.Event) -> None:
+    """Watch the functions directory `root` until `stop` is set.
+
+    `reload(names)` is called with the functions whose files changed (``_shared`` for shared
+    code) and returns the names it reloaded.
+    """
+    async for changes in watchfiles.awatch(
+        root, watch_filter=_Filter(), stop_event=stop, debounce=150, step=30, recursive=True
+    ):
+        names: set[str] = set()
+        for change, path in changes:
+            logger.info("File change detected: %s (%s)", path, change.name.lower())
+            name = function_for_path(root, Path(path))
+            if name is not None:
+                names.add(name)
+        reloaded = await _reload(reload, names, stop)
+        if reloaded:
+            logger.info("reloaded %s", ", ".join(reloaded))
+
+
+async def _reload(reload: Callable[[set[str]], list[str]], names: set[str], stop: asyncio.Event) -> list[str]:
+    """`reload(names)`, tried again every RELOAD_RETRY_SEC while the server is out of descriptors.
+
+    Rescanning the functions directory needs a descriptor; changes made meanwhile are kept by
+    the watcher and come next.
+    """
+    while not stop.is_set():
+        try:
+            return reload(names)
+        except OSError as exc:
+            error = exhaustion(exc)
+            if error is None:
+                raise
+            report_exhaustion("reloading changed functions", error)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), RELOAD_RETRY_SEC)
+    return []

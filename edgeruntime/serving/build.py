@@ -1,0 +1,81 @@
+"""The one place the app is built from settings: gateway, env, jobs, dashboard and metrics.
+
+``edgeruntime serve``, ``edgeruntime cron run`` (and the other commands that run functions) and
+``edgeruntime.testing.EdgeClient`` all call :func:`build_app`, so a function sees the same env,
+store and extensions wherever it runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from edgeruntime.config.env import apply_env, restore_env
+from edgeruntime.config.settings import Settings
+from edgeruntime.core.logs import AccessLogger, log_access
+from edgeruntime.dashboard import Dashboard, attach as attach_dashboard
+from edgeruntime.gateway.app import EdgeApp
+from edgeruntime.gateway.extensions import Extension
+from edgeruntime.jobs.clock import Clock
+from edgeruntime.jobs.store import JobStore
+from edgeruntime.jobs.system import JobSystem, attach as attach_jobs
+
+__all__ = ["BuiltApp", "ProcessEnv", "build_app"]
+
+
+class ProcessEnv(Extension):
+    """Makes ``os.environ`` hold exactly the functions' env while the app runs; restores it after.
+
+    Inline functions share the server's process, so ``os.environ.get`` agrees with
+    ``Deno.env.get`` only if the process's environment is the functions' env.
+    """
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.env = env
+        self._previous: dict[str, str | None] | None = None
+
+    async def start(self) -> None:
+        if self._previous is None:
+            self._previous = apply_env(self.env)
+
+    async def stop(self) -> None:
+        if self._previous is not None:
+            restore_env(self._previous)
+            self._previous = None
+
+
+@dataclass(frozen=True)
+class BuiltApp:
+    """An app as :func:`build_app` assembles it, with the extensions callers talk to."""
+
+    app: EdgeApp
+    jobs: JobSystem
+    dashboard: Dashboard
+
+
+def build_app(
+    settings: Settings,
+    *,
+    store: JobStore | None = None,
+    clock: Clock | None = None,
+    background: bool = True,
+    access_log: AccessLogger = log_access,
+) -> BuiltApp:
+    """The app that serves every function of `settings.functions_dir`, not yet started.
+
+    Registers, in this order: the functions' env in ``os.environ`` (inline isolation), the jobs
+    system (run history, cron, queue, on `store` or the one `settings` names), the metrics and
+    the dashboard. `background=False` runs no scheduler or queue loop (tests and one-off commands
+    deliver by hand). Raises ConfigError for an invalid ``[cron.*]`` or ``[jobs]`` entry.
+
+    Example::
+
+        built = build_app(Settings.build("functions"))
+        await built.app.startup()
+    """
+    app = EdgeApp(settings, access_log=access_log)
+    if settings.isolation == "inline":
+        app.add_extension(ProcessEnv(settings.env))
+    jobs = attach_jobs(app, store=store, clock=clock, background=background)
+    dashboard = attach_dashboard(app, jobs)
+    return BuiltApp(app, jobs, dashboard)

@@ -1,0 +1,362 @@
+"""The ``edgeruntime`` command."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import functools
+import gc
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from edgeruntime import __version__
+from edgeruntime.config.settings import DEFAULT_HOST, DEFAULT_PORT, Settings, parse_limit_options
+from edgeruntime.exceptions import EdgeRuntimeError, UsageError
+
+__all__ = ["main"]
+
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line and exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def _add_project_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", metavar="FILE", help="config.toml (default: next to the functions directory)")
+    p.add_argument("--env-file", metavar="FILE", help="env file (default: <functions dir>/.env)")
+
+
+def _add_serve(sub: Any) -> None:
+    serve = sub.add_parser("serve", help="serve every function of a directory")
+    serve.add_argument("directory", nargs="?", default="functions", help="functions directory (default: functions)")
+    serve.add_argument("--host", default=DEFAULT_HOST)
+    serve.add_argument("--port", type=int, default=DEFAULT_PORT)
+    serve.add_argument("--no-watch", action="store_true", help="do not reload functions when their files change")
+    serve.add_argument("--no-verify-jwt", action="store_true", help="turn JWT verification off for every function")
+    _add_project_options(serve)
+    serve.add_argument("--database-url", metavar="URL", help="sqlite:///path or postgresql://... for jobs and runs")
+    serve.add_argument("--policy", choices=("per_worker", "per_request"))
+    serve.add_argument("--isolation", choices=("inline", "process"))
+    serve.add_argument(
+        "--sandbox",
+        choices=("auto", "bwrap", "uid", "basic", "none"),
+        help="what wraps each worker process under process isolation (default: auto)",
+    )
+    serve.add_argument("--tier", choices=("free", "pro"), help="hosted plan limits (free: 150 s wall clock)")
+    serve.add_argument(
+        "--limit",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="set a limit for every function, e.g. --limit wall_clock_limit_sec=60 (repeatable)",
+    )
+    serve.add_argument("--log-format", choices=("text", "json"), default="text")
+    serve.add_argument(
+        "--graceful-exit-timeout",
+        type=float,
+        default=15.0,
+        metavar="SECONDS",
+        help="how long shutdown waits for background work (default 15)",
+    )
+    serve.add_argument(
+        "--keep-alive-timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="close an idle connection after this long (default 5, or [edge_runtime] keep_alive_timeout_sec)",
+    )
+    serve.add_argument("--server", choices=("hypercorn", "uvicorn"), default="hypercorn")
+
+
+def _add_new(sub: Any) -> None:
+    new = sub.add_parser("new", help="create a function")
+    new.add_argument("name")
+    new.add_argument("--dir", default="functions", help="functions directory (default: functions)")
+    new.add_argument(
+        "--template",
+        default="basic",
+        help="basic (default), or job: a background job with a key check, a Supabase client and an audit log",
+    )
+
+
+def _add_list(sub: Any) -> None:
+    ls = sub.add_parser("list", help="list the functions of a directory")
+    ls.add_argument("directory", nargs="?", default="functions")
+    _add_project_options(ls)
+
+
+def _add_invoke(sub: Any) -> None:
+    invoke = sub.add_parser("invoke", help="call a function on a running server")
+    invoke.add_argument("name")
+    invoke.add_argument("--data", default=None, help="JSON request body")
+    invoke.add_argument("--method", default="POST")
+    invoke.add_argument("--path", default="", help="path after the function name")
+    invoke.add_argument("--header", action="append", default=[], metavar="NAME:VALUE")
+    invoke.add_argument("--url", default=f"http://{DEFAULT_HOST}:{DEFAULT_PORT}", help="server base URL")
+    invoke.add_argument("--key", choices=("service_role", "anon", "none"), default="service_role")
+    invoke.add_argument("--directory", default="functions", help="functions directory (for its keys)")
+    _add_project_options(invoke)
+
+
+def _add_keys(sub: Any) -> None:
+    keys = sub.add_parser("keys", help="print the keys and JWT secret in use")
+    keys.add_argument("directory", nargs="?", default="functions")
+    keys.add_argument("--anon", action="store_true", help="print only the anon key")
+    keys.add_argument("--service-role", action="store_true", help="print only the service role key")
+    keys.add_argument("--json", action="store_true")
+    _add_project_options(keys)
+
+
+def _add_jobs(sub: Any) -> None:
+    from edgeruntime.serving import jobs_cli  # `jobs` and `cron` subcommands
+
+    jobs_cli.add_commands(sub, _add_project_options)
+
+
+#: Command → what adds its subparser (`jobs` and `cron` come together), in help order.
+_SUBPARSERS: dict[str, Callable[[Any], None]] = {
+    "serve": _add_serve,
+    "new": _add_new,
+    "list": _add_list,
+    "invoke": _add_invoke,
+    "keys": _add_keys,
+    "jobs": _add_jobs,
+    "cron": _add_jobs,
+}
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser of every command, or of `command` alone.
+
+    Building a subparser costs more than parsing: `main` builds only the one it runs.
+    """
+    parser = _Parser(prog="edgeruntime", description="Run Supabase-style edge functions written in Python.")
+    parser.add_argument("--version", action="version", version=f"edgeruntime {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    adders = [_SUBPARSERS[command]] if command in _SUBPARSERS else dict.fromkeys(_SUBPARSERS.values())
+    for add in adders:
+        add(sub)
+    return parser
+
+
+def _settings(args: argparse.Namespace, directory: str, **options: Any) -> Settings:
+    """The project's settings. Only `serve` warns about the functions' env (it runs them, and says
+    so once at start); `keys`, `list` and `invoke` pass ``warn_env=False``, so a `$(edgeruntime
+    keys --anon)` in a script does not repeat those lines on every call."""
+    return Settings.build(
+        directory,
+        config_path=getattr(args, "config", None),
+        env_file=getattr(args, "env_file", None),
+        **options,
+    )
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from edgeruntime.core.logs import AccessLog, configure_logging
+    from edgeruntime.serving.build import build_app
+    from edgeruntime.serving.server import run_server
+
+    if not 0 < args.port < 65536:
+        raise UsageError(f"--port: {args.port} is not a TCP port")
+    # Before anything can log: resolving the settings warns about the env, in the chosen format.
+    log_buffer = configure_logging(args.log_format)
+    settings = _settings(
+        args,
+        args.directory,
+        host=args.host,
+        port=args.port,
+        no_verify_jwt=args.no_verify_jwt,
+        database_url=args.database_url,
+        policy=args.policy,
+        isolation=args.isolation,
+        sandbox=args.sandbox,
+        tier=args.tier,
+        limits=parse_limit_options(args.limit),
+        watch=not args.no_watch,
+        log_format=args.log_format,
+        graceful_exit_timeout_sec=args.graceful_exit_timeout,
+        keep_alive_timeout_sec=args.keep_alive_timeout,
+        server=args.server,
+    )
+    built = build_app(settings, access_log=AccessLog(log_buffer, settings.log_format))
+    app, jobs = built.app, built.jobs
+    if app.launcher is not None and app.launcher.sandbox.shares_server_view:
+        from edgeruntime.workers.process.sandbox import set_dumpable
+
+        # Workers run as this user and see this process: they must not read its memory or environ.
+        try:
+            set_dumpable(False)
+        except (OSError, AttributeError):  # not Linux: said at start-up (the sandbox's warning)
+            pass
+    if not app.functions:
+        raise UsageError(f"no functions in {settings.functions_dir}: expected {settings.functions_dir}/<name>/index.py")
+    # The Supabase CLI's banner on stdout; with JSON logs, log lines like every other line.
+    say: Callable[[str], None] = (
+        functools.partial(logging.getLogger("edgeruntime").info, "%s") if settings.log_format == "json" else print
+    )
+
+    async def start() -> None:
+        await jobs.prepare()  # a database that cannot be opened fails `serve` here, before it listens
+        say(f"Serving functions on {settings.base_url}/functions/v1/<function-name>")
+        for name in app.functions:
+            say(f" - {settings.function_url(name)}")
+        say(f"Dashboard: {settings.base_url}/_edgeruntime/")
+        sandbox = f", sandbox {app.launcher.sandbox.mode}" if app.launcher is not None else ""
+        say(f"Using edgeruntime {__version__} (policy {settings.policy}, isolation {settings.isolation}{sandbox})")
+        sys.stdout.flush()
+
+    async def watch(stop: asyncio.Event) -> None:
+        from edgeruntime.functions.reload import watch_functions  # watchfiles: only when watching
+
+        await watch_functions(settings.functions_dir, app.reload, stop)
+
+    return run_server(settings, app, on_start=start, background=[watch] if settings.watch else [])
+
+
+def cmd_new(args: argparse.Namespace) -> int:
+    from edgeruntime.serving.scaffold import create_function
+
+    path = create_function(Path(args.dir), args.name, args.template)
+    print(f"Created {path}")
+    print(f"Serve it with: edgeruntime serve {args.dir}")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from edgeruntime.functions.discovery import discover
+
+    settings = _settings(args, args.directory, warn_env=False)
+    for name in discover(settings.functions_dir):
+        fn = settings.config.function(name)
+        state = "enabled" if fn.enabled else "disabled"
+        jwt_state = "verify_jwt" if fn.verify_jwt else "no verify_jwt"
+        print(f"{name}\t{settings.function_url(name)}\t{state}, {jwt_state}")
+    return 0
+
+
+def cmd_invoke(args: argparse.Namespace) -> int:
+    import httpx
+
+    headers: dict[str, str] = {}
+    if args.key != "none":
+        settings = _settings(args, args.directory, warn_env=False)
+        key = settings.keys.service_role_key if args.key == "service_role" else settings.keys.anon_key
+        headers["Authorization"] = f"Bearer {key}"
+    for item in args.header:
+        name, sep, value = item.partition(":")
+        if not sep:
+            raise UsageError(f"--header {item!r}: expected NAME:VALUE")
+        headers[name.strip()] = value.strip()
+    content: bytes | None = None
+    if args.data is not None:
+        try:
+            json.loads(args.data)
+        except ValueError as exc:
+            raise UsageError(f"--data is not valid JSON: {exc}") from None
+        content = args.data.encode()
+        headers.setdefault("Content-Type", "application/json")
+    url = f"{args.url.rstrip('/')}/functions/v1/{args.name}{args.path}"
+    try:
+        response = httpx.request(args.method, url, content=content, headers=headers, timeout=None)
+    except httpx.HTTPError as exc:
+        raise UsageError(f"cannot reach {url}: {exc}") from None
+    if response.status_code == 404 and response.text == "Function not found":
+        raise UsageError(f"function {args.name} not found at {args.url}")
+    print(f"HTTP {response.status_code}", file=sys.stderr)
+    sys.stdout.write(response.text + ("" if response.text.endswith("\n") else "\n"))
+    return 0 if response.is_success else 1
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    if Path(args.directory).is_dir():
+        keys = _settings(args, args.directory, warn_env=False).keys
+    else:  # keys need no functions: --config, or the config.toml where the functions would be, decides
+        from edgeruntime.config.keys import demo_keys
+        from edgeruntime.config.project import find_config, load_config
+
+        config = load_config(find_config(Path(args.directory), Path(args.config) if args.config else None), warn=False)
+        keys = demo_keys(config.jwt_secret, config.signing_keys)
+    if args.anon:
+        print(keys.anon_key)
+        return 0
+    if args.service_role:
+        print(keys.service_role_key)
+        return 0
+    table = {
+        "anon_key": keys.anon_key,
+        "service_role_key": keys.service_role_key,
+        "publishable_key": keys.publishable_key,
+        "secret_key": keys.secret_key,
+        "jwt_secret": keys.jwt_secret,
+    }
+    if args.json:
+        print(json.dumps(table, indent=2))
+    else:
+        width = max(len(k) for k in table)
+        for name, value in table.items():
+            print(f"{name.upper():<{width}}  {value}")
+    return 0
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    from edgeruntime.serving.jobs_cli import COMMANDS as JOBS_COMMANDS
+
+    return JOBS_COMMANDS[args.command](args)
+
+
+COMMANDS = {
+    "serve": cmd_serve,
+    "new": cmd_new,
+    "list": cmd_list,
+    "invoke": cmd_invoke,
+    "keys": cmd_keys,
+    "jobs": cmd_jobs,
+    "cron": cmd_jobs,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit status (2 for bad input, with one line on stderr).
+
+    The garbage collector is paused while the command starts and is on again when this returns.
+    """
+    # Start-up creates tens of thousands of objects that live as long as the process (modules,
+    # classes, functions): the ~80 collections their creation triggers find next to nothing.
+    # `serve` turns the collector on (tuned) once the server is ready to listen.
+    gc.disable()
+    args: argparse.Namespace | None = None
+    try:
+        argv = sys.argv[1:] if argv is None else list(argv)
+        # `edgeruntime COMMAND ...`: only that command's parser; anything else (--help) gets them all.
+        args = build_parser(argv[0] if argv else None).parse_args(argv)
+        if args.command != "serve":
+            gc.enable()
+        return COMMANDS[args.command](args)
+    except EdgeRuntimeError as exc:
+        _report_error(exc, json_logs=getattr(args, "log_format", "text") == "json")
+        return EXIT_USAGE
+    except KeyboardInterrupt:  # pragma: no cover - interactive
+        return 130
+    finally:
+        gc.enable()
+
+
+def _report_error(exc: EdgeRuntimeError, *, json_logs: bool) -> None:
+    """The one error line on stderr, after the log lines written before it (as a JSON line under
+    ``--log-format json``: every line of that stream parses)."""
+    for handler in logging.getLogger("edgeruntime").handlers:
+        handler.flush()
+    if json_logs:
+        from edgeruntime.core.logs import json_line
+
+        print(json_line(f"edgeruntime: error: {exc}", logging.ERROR), file=sys.__stderr__ or sys.stderr, flush=True)
+    else:
+        print(f"edgeruntime: error: {exc}", file=sys.stderr)

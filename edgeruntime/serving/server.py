@@ -1,0 +1,400 @@
+"""Running the app on a real socket with graceful shutdown (Hypercorn by default)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import gc
+import importlib.util
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
+from typing import Any
+
+from edgeruntime.config.settings import DEFAULT_KEEP_ALIVE_TIMEOUT_SEC, Settings
+from edgeruntime.core.descriptors import EXHAUSTION_ERRNOS, report_exhaustion
+from edgeruntime.core.transport import batched_writes
+from edgeruntime.core.types import ASGIApp
+from edgeruntime.exceptions import UsageError
+from edgeruntime.workers.request_limits import MAX_HEAD_BYTES, limit_head
+
+__all__ = ["check_port", "run_server"]
+
+logger = logging.getLogger("edgeruntime")
+
+
+def check_port(host: str, port: int) -> None:
+    """Raise UsageError if `host:port` cannot be bound (in use, or not an address of this host)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise UsageError(f"port {port} on {host} is already in use") from None
+            raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+
+
+#: Collector thresholds for a server with many pending tasks (see docs/performance.md).
+GC_THRESHOLDS = (100_000, 50, 100)
+#: Seconds after the server starts at which the objects alive then are frozen (see `_start_gc`).
+FREEZE_DELAY_SEC = 1.0
+
+
+def gc_thresholds(setting: str | None = None) -> tuple[int, int, int] | None:
+    """The collector thresholds to serve with; None to keep Python's (`EDGERUNTIME_GC=default`).
+
+    `setting` (default: the `EDGERUNTIME_GC` environment variable) is "default", three numbers
+    "gen0,gen1,gen2", or empty for GC_THRESHOLDS. UsageError for anything else.
+    """
+    setting = os.environ.get("EDGERUNTIME_GC", "") if setting is None else setting
+    if setting == "default":
+        return None
+    if not setting:
+        return GC_THRESHOLDS
+    try:
+        gen0, gen1, gen2 = (int(part) for part in setting.split(","))
+    except ValueError:
+        raise UsageError(f"EDGERUNTIME_GC={setting!r}: expected 'default' or three numbers 'gen0,gen1,gen2'") from None
+    return gen0, gen1, gen2
+
+
+def freeze_gc() -> None:
+    """Collect once, then exempt every object alive now from later collections (gc.freeze)."""
+    gc.collect()
+    gc.freeze()
+
+
+def _start_gc(setting: str) -> None:
+    """Turn the collector on for a server about to listen, tuned as `setting` says (see `gc_thresholds`).
+
+    A server with tens of thousands of pending background tasks pays for every full collection
+    with a pause proportional to all of them, so young objects are collected less often and the
+    objects alive once the server is up are frozen (moved out of the collector's way). The
+    freeze runs FREEZE_DELAY_SEC after the server starts: the collection before it walks
+    everything start-up built (~10 ms on a 2-core machine), and the server answers sooner when
+    that happens once it is up. With "default" the collector is only turned on.
+    """
+    thresholds = gc_thresholds(setting)
+    if thresholds is not None:
+        gc.set_threshold(*thresholds)
+        asyncio.get_running_loop().call_later(FREEZE_DELAY_SEC, freeze_gc)
+    gc.enable()
+
+
+async def serve_asgi(
+    app: ASGIApp,
+    host: str,
+    port: int,
+    *,
+    graceful_timeout: float,
+    shutdown_trigger: Callable[[], Awaitable[object]],
+    server: str = "hypercorn",
+    before_serving: Callable[[], None] | None = None,
+    log_format: str = "text",
+    keep_alive_timeout: float = DEFAULT_KEEP_ALIVE_TIMEOUT_SEC,
+) -> None:
+    """Serve `app` until `shutdown_trigger` returns, then finish in-flight requests.
+
+    `before_serving` is called once the server's own modules are loaded, right before it starts.
+    With `log_format` "json" the server's own log lines go through edgeruntime's handler.
+    Either server answers a request head over MAX_HEAD_BYTES with 431.
+    An idle connection is closed after `keep_alive_timeout` seconds, and one whose client has
+    closed its side as soon as its responses are written.
+    """
+    if server == "uvicorn":
+        await _serve_uvicorn(
+            app, host, port, graceful_timeout, shutdown_trigger, before_serving, log_format, keep_alive_timeout
+        )
+        return
+    if server != "hypercorn":
+        raise UsageError(f"--server: expected hypercorn or uvicorn, got {server!r}")
+    from hypercorn.asyncio import serve
+    from hypercorn.config import Config
+
+    config = Config()
+    config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+    config.graceful_timeout = graceful_timeout
+    # Lifespan shutdown waits for background work for up to the same timeout.
+    config.shutdown_timeout = graceful_timeout + 10
+    config.accesslog = None
+    config.errorlog = logging.getLogger("edgeruntime.server")
+    config.keep_alive_timeout = keep_alive_timeout
+    config.h11_max_incomplete_size = MAX_HEAD_BYTES
+    if before_serving is not None:
+        before_serving()
+    # h11 refuses a head over the limit only while it is incomplete; a whole one in a read passes.
+    with _closing_at_eof():
+        await serve(limit_head(app), config, shutdown_trigger=shutdown_trigger)  # type: ignore[arg-type, unused-ignore]
+
+
+@contextlib.contextmanager
+def _closing_at_eof() -> Iterator[None]:
+    """Hypercorn's connections, closed once their client has gone and their responses are written.
+
+    Hypercorn reads a connection until the client's EOF (or a read error), then still waits for
+    the connection's keep-alive timer before it closes it: a client that sends a request and
+    closes, or just connects and closes, holds a descriptor here for the whole keep-alive
+    timeout. Nothing more can arrive once reading has ended, so the connection's class below
+    stops that timer then and starts it no more; the requests in flight finish, their responses
+    are written (a half-closed client still gets its response), and Hypercorn closes the
+    connection.
+    """
+    from hypercorn.asyncio import run
+    from hypercorn.asyncio.tcp_server import TCPServer
+    from hypercorn.events import Event, Updated
+
+    if getattr(run, "TCPServer", None) is not TCPServer or not all(
+        hasattr(TCPServer, name) for name in ("_read_data", "protocol_send")
+    ):
+        logger.warning(
+            "this Hypercorn version is not one edgeruntime knows: a connection whose client has gone "
+            "is closed only by the keep-alive timeout"
+        )
+        yield
+        return
+
+    class ClosingAtEOF(TCPServer):
+        reading_ended = False
+
+        async def _read_data(self) -> None:
+            try:
+                await super()._read_data()
+            finally:
+                self.reading_ended = True
+                idle = getattr(self, "idle_task", None)
+                if idle is not None:
+                    await idle.stop()
+
+        async def protocol_send(self, event: Event) -> None:
+            # The last response of a half-closed connection ends after reading did: no timer for it either.
+            if not (self.reading_ended and isinstance(event, Updated) and event.idle):
+                await super().protocol_send(event)
+
+    run.TCPServer = ClosingAtEOF  # type: ignore[attr-defined]
+    try:
+        yield
+    finally:
+        run.TCPServer = TCPServer  # type: ignore[attr-defined]
+
+
+async def _serve_uvicorn(
+    app: ASGIApp,
+    host: str,
+    port: int,
+    graceful_timeout: float,
+    shutdown_trigger: Callable[[], Awaitable[object]],
+    before_serving: Callable[[], None] | None,
+    log_format: str,
+    keep_alive_timeout: float,
+) -> None:
+    try:
+        import uvicorn  # type: ignore[import-not-found, unused-ignore]
+    except ImportError:
+        raise UsageError("--server uvicorn needs uvicorn: pip install 'edgeruntime[uvicorn]'") from None
+    extra: dict[str, Any] = {}
+    if log_format == "json":  # uvicorn's own handlers would write its warnings as plain text
+        extra["log_config"] = None
+    from edgeruntime.serving.uvicorn_http import head_limited_protocol
+
+    protocol, checks_whole_heads = head_limited_protocol()
+    config = uvicorn.Config(
+        app if checks_whole_heads else limit_head(app),
+        host=host,
+        port=port,
+        lifespan="on",
+        access_log=False,
+        log_level="warning",
+        **extra,
+        timeout_graceful_shutdown=int(graceful_timeout) or 1,
+        # Typed int, used as a delay in seconds (loop.call_later): fractions work.
+        timeout_keep_alive=keep_alive_timeout,  # type: ignore[arg-type, unused-ignore]
+        loop="none",
+        # As under Hypercorn: the client address is the connection's peer. (Uvicorn's default
+        # rewrites it from X-Forwarded-For, in a middleware run on every request.)
+        proxy_headers=False,
+        # Hypercorn's limit on the request head (431), kept as the bytes arrive.
+        http=protocol,
+        h11_max_incomplete_event_size=MAX_HEAD_BYTES,
+        ws=_uvicorn_websockets(),  # type: ignore[arg-type, unused-ignore]  # uvicorn only calls it, as it would a class
+    )
+    config.load()  # imports the protocol modules now, so before_serving runs after every import
+    instance = uvicorn.Server(config)
+    # Our own SIGTERM/SIGINT handling triggers the shutdown; uvicorn would re-raise the signal
+    # after a graceful stop and turn exit status 0 into a death by signal.
+    instance.capture_signals = contextlib.nullcontext  # type: ignore[method-assign, assignment, unused-ignore]
+
+    async def stop() -> None:
+        await shutdown_trigger()
+        instance.should_exit = True
+
+    if before_serving is not None:
+        before_serving()
+    stopper = asyncio.get_running_loop().create_task(stop())
+    try:
+        await instance.serve()
+    finally:
+        stopper.cancel()
+
+
+def _uvicorn_websockets() -> str | Callable[..., asyncio.Protocol]:
+    """uvicorn's `ws="auto"`, with the WebSocket library imported on the first upgrade request.
+
+    "auto" imports the `websockets` package as the server starts: ~60M instructions, a tenth of
+    what a bare uvicorn app takes to its first response. The protocol "auto" would pick (or
+    "none" where it would find no library) behaves the same when it is made on first use.
+    """
+    if importlib.util.find_spec("websockets") is None and importlib.util.find_spec("wsproto") is None:
+        return "none"
+
+    def websocket_protocol(**kwargs: Any) -> asyncio.Protocol:
+        from uvicorn.protocols.websockets.auto import AutoWebSocketsProtocol
+
+        assert AutoWebSocketsProtocol is not None  # found above
+        return AutoWebSocketsProtocol(**kwargs)
+
+    return websocket_protocol
+
+
+def run_server(
+    settings: Settings,
+    app: ASGIApp,
+    *,
+    on_start: Callable[[], Awaitable[None]] | None = None,
+    background: Sequence[Callable[[asyncio.Event], Coroutine[Any, Any, None]]] = (),
+) -> int:
+    """Serve `app` with `settings` until SIGTERM or SIGINT; returns the exit status.
+
+    The garbage collector, paused while `edgeruntime serve` starts, is turned on (tuned as by
+    `_start_gc`) right before the server starts.
+    """
+    check_port(settings.host, settings.port)
+    gc_setting = os.environ.get("EDGERUNTIME_GC", "")
+    gc_thresholds(gc_setting)  # a bad setting fails before anything starts
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        tasks = [loop.create_task(job(stop)) for job in background]
+        try:
+            if on_start is not None:
+                await on_start()
+            await serve_asgi(
+                app,
+                settings.host,
+                settings.port,
+                graceful_timeout=settings.graceful_exit_timeout_sec,
+                shutdown_trigger=stop.wait,
+                server=settings.server,
+                before_serving=lambda: _start_gc(gc_setting),
+                log_format=settings.log_format,
+                keep_alive_timeout=settings.keep_alive_timeout_sec,
+            )
+        finally:
+            stop.set()
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+
+    with asyncio.Runner(loop_factory=_loop_factory(settings.server)) as runner:
+        runner.run(main())
+    sys.stdout.flush()
+    return 0
+
+
+#: How long accepting pauses after `accept()` failed for want of descriptors (or memory).
+ACCEPT_RETRY_SEC = 0.1
+#: The errors after which accepting pauses: asyncio's list (descriptors, buffer space, memory).
+_ACCEPT_PAUSE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+
+
+class _SelectorLoop(asyncio.SelectorEventLoop):
+    """asyncio's loop, whose accept loop pauses once, and says so once a second, when out of descriptors.
+
+    asyncio accepts up to `backlog` connections per wake-up. When `accept()` fails for want of
+    descriptors it stops watching the socket and schedules a retry, but then goes on with the
+    next accept, which fails the same way: up to `backlog` retries and log records per wake-up,
+    each retry waking up to as many again (CPython gh-151615, fixed in later releases). A
+    server at its limit logged hundreds of thousands of tracebacks and spent its time in
+    retries instead of serving. Here the first such failure ends the batch, is reported through
+    the descriptors' log (one line a second) and schedules one retry, made only while the
+    server still serves.
+    """
+
+    _accept_error_logged_at = float("-inf")
+
+    def _accept_connection(  # type: ignore[no-untyped-def]
+        self, protocol_factory, sock, sslcontext=None, server=None, backlog=100, *rest
+    ) -> None:
+        # The arguments are asyncio's (`rest`: the TLS timeouts, and a context from 3.14 on).
+        for _ in range(backlog):
+            try:
+                conn, addr = sock.accept()
+                conn.setblocking(False)
+            except (BlockingIOError, InterruptedError):
+                return
+            except ConnectionAbortedError:
+                continue
+            except OSError as exc:
+                if exc.errno not in _ACCEPT_PAUSE_ERRNOS:
+                    raise  # the loop logs it and goes on
+                if exc.errno in EXHAUSTION_ERRNOS:
+                    report_exhaustion("accepting a connection", exc)
+                elif time.monotonic() - self._accept_error_logged_at >= 1.0:  # out of memory: once a second
+                    self._accept_error_logged_at = time.monotonic()
+                    logger.error("accepting a connection failed: %s; trying again every %g s", exc, ACCEPT_RETRY_SEC)
+                self._remove_reader(sock.fileno())  # type: ignore[attr-defined]
+                self.call_later(
+                    ACCEPT_RETRY_SEC, self._accept_again, protocol_factory, sock, sslcontext, server, backlog, *rest
+                )
+                return
+            self.create_task(
+                self._accept_connection2(  # type: ignore[attr-defined]
+                    protocol_factory, conn, {"peername": addr}, sslcontext, server, *rest
+                )
+            )
+
+    def _accept_again(  # type: ignore[no-untyped-def]
+        self, protocol_factory, sock, sslcontext, server, backlog, *rest
+    ) -> None:
+        if sock.fileno() < 0 or (server is not None and not server.is_serving()):
+            return  # closed meanwhile (shutdown)
+        self._start_serving(protocol_factory, sock, sslcontext, server, backlog, *rest)  # type: ignore[attr-defined]
+
+
+def _loop_factory(server: str) -> Callable[[], asyncio.AbstractEventLoop]:
+    """The event loop to serve on; the connections its TCP servers accept batch their writes.
+
+    uvloop under uvicorn when it is installed (as uvicorn itself would pick), asyncio's otherwise.
+    Both servers make their listening sockets with `loop.create_server`, so this is where every
+    accepted connection can be given a BatchedTransport (see `edgeruntime.core.transport`). Out of
+    descriptors, asyncio's loop pauses accepting for ACCEPT_RETRY_SEC (see `_SelectorLoop`);
+    uvloop (libuv) accepts and closes the waiting connections at once, so their clients see
+    the connection close rather than wait.
+    """
+    base: type[asyncio.AbstractEventLoop] = _SelectorLoop
+    if server == "uvicorn":
+        try:
+            import uvloop
+        except ImportError:
+            pass
+        else:
+            base = uvloop.Loop
+
+    class ServingLoop(base):  # type: ignore[misc, valid-type]
+        async def create_server(
+            self, protocol_factory: Callable[[], asyncio.BaseProtocol], *args: Any, **kwargs: Any
+        ) -> asyncio.AbstractServer:
+            return await super().create_server(batched_writes(protocol_factory), *args, **kwargs)  # type: ignore[no-any-return]
+
+    return ServingLoop

@@ -1,0 +1,67 @@
+"""Script mode: ``python functions/hello/index.py`` serves that one handler, like ``deno run``."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from pathlib import Path
+
+from edgeruntime.core import responses
+from edgeruntime.core.context import ExecutionContext
+from edgeruntime.core.events import StopReason
+from edgeruntime.core.logs import configure_logging
+from edgeruntime.core.types import Handler, Message, Receive, Scope, Send
+from edgeruntime.functions.discovery import FunctionSpec
+from edgeruntime.limits import DEFAULT_LIMITS
+from edgeruntime.serving.server import check_port, serve_asgi
+from edgeruntime.workers.worker import InlineWorker
+
+__all__ = ["run_standalone"]
+
+logger = logging.getLogger("edgeruntime")
+
+
+def run_standalone(handler: Handler, file: str | None, port: int, host: str | None = None) -> None:
+    """Serve `handler` on every path of `host:port` until SIGINT/SIGTERM."""
+    host = host or os.environ.get("HOST", "127.0.0.1")
+    directory = Path(file).resolve().parent if file else Path.cwd()
+    worker = InlineWorker.from_handler(FunctionSpec(directory.name, directory), handler, os.environ, DEFAULT_LIMITS)
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await worker.state.dispatch_beforeunload(StopReason.TERMINATION)
+            await worker.state.background.wait(15)
+            await worker.end(StopReason.TERMINATION)
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        if scope["type"] != "http":
+            return
+        ctx = ExecutionContext(function=worker.name, worker=worker.state)
+
+        async def tracked(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                ctx.response_started = True
+            await send(message)
+
+        await worker.handle(scope, receive, tracked, ctx)
+        if not ctx.response_started:  # pragma: no cover - handle() always answers
+            await responses.send_response(send, responses.INTERNAL_SERVER_ERROR)
+
+    configure_logging()
+    check_port(host, port)
+    print(f"Listening on http://{host}:{port}/", flush=True)
+
+    async def main() -> None:
+        import signal
+
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        worker.state.loop = loop
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await serve_asgi(app, host, port, graceful_timeout=15, shutdown_trigger=stop.wait)
+
+    asyncio.run(main())

@@ -1,0 +1,147 @@
+"""Uvicorn's HTTP/1.1 protocols, held to the request-head limit Hypercorn has (431).
+
+Uvicorn's httptools protocol buffers a request head of any size (a 1 MB header, 20,000 headers),
+and its h11 protocol answers a head over h11's limit with 400. The protocols here answer 431 and
+close the connection once more than MAX_HEAD_BYTES of a head have arrived without its end, as
+Hypercorn does (see :mod:`edgeruntime.workers.request_limits`). The bytes are counted as they arrive, so
+a head is never buffered past the limit and one read.
+
+The httptools protocol also answers a malformed request (400) without a log line, as Hypercorn
+does: each one would be a line any client can add.
+
+Imported by `edgeruntime serve --server uvicorn` only: it needs uvicorn (and httptools for the
+protocol uvicorn prefers).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from typing import Any
+
+from uvicorn.protocols.http import h11_impl  # type: ignore[import-not-found, unused-ignore]
+
+from edgeruntime.workers.request_limits import MAX_HEAD_BYTES
+
+__all__ = ["H11Protocol", "head_limited_protocol", "httptools_protocol"]
+
+
+def _refusal(default_headers: list[tuple[bytes, bytes]]) -> bytes:
+    """431 as Hypercorn sends it (no body, connection closed), with the server's date and name."""
+    lines = [b"HTTP/1.1 431 Request Header Fields Too Large\r\n"]
+    lines.extend(name + b": " + value + b"\r\n" for name, value in default_headers)
+    lines.append(b"content-length: 0\r\nconnection: close\r\n\r\n")
+    return b"".join(lines)
+
+
+class H11Protocol(h11_impl.H11Protocol):  # type: ignore[misc, unused-ignore]
+    """Uvicorn's h11 protocol, answering 431 rather than 400 when h11 finds a head over its limit.
+
+    h11 raises once more than MAX_HEAD_BYTES of a head are buffered without its end (uvicorn
+    gives it that limit); a complete head over the limit is refused by `limit_head`.
+    """
+
+    head_refused = False
+
+    def data_received(self, data: bytes) -> None:
+        if not self.head_refused:  # the connection is closing: nothing more is parsed
+            super().data_received(data)
+
+    def send_400_response(self, msg: str) -> None:
+        # h11 does not keep its error's status hint; a buffer over the limit is what its 431 means.
+        if len(self.conn.trailing_data[0]) > MAX_HEAD_BYTES:
+            self.head_refused = True
+            self.transport.write(_refusal(self.server_state.default_headers))
+            self.transport.close()
+            return
+        super().send_400_response(msg)
+
+
+class _HeadTooLarge(Exception):
+    """Raised in a parser callback to stop parsing a complete head over the limit."""
+
+
+@functools.cache
+def httptools_protocol() -> type[asyncio.Protocol]:
+    """Uvicorn's httptools protocol, held to the limit: incomplete heads and complete ones.
+
+    ImportError without httptools.
+    """
+    import httptools
+    from uvicorn.protocols.http import httptools_impl  # type: ignore[import-not-found, unused-ignore]
+
+    class HttpToolsProtocol(httptools_impl.HttpToolsProtocol):  # type: ignore[misc, unused-ignore]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            #: Whether the parser is inside a request head (between requests counts as inside).
+            self.reading_head = True
+            #: Bytes received since the current head started, in whole reads: at least the head's size.
+            self.head_bytes = 0
+            self.head_refused = False
+
+        def data_received(self, data: bytes) -> None:
+            # Uvicorn's own, plus the count: a head over the limit is refused, not buffered on.
+            if self.head_refused:
+                return
+            if self.reading_head:
+                self.head_bytes += len(data)
+            self._unset_keepalive_if_required()
+            try:
+                self.parser.feed_data(data)
+            except httptools.HttpParserError:
+                if self.head_refused:
+                    self._refuse_head()
+                else:  # answered, not logged: any client could fill the log with these (Hypercorn is silent too)
+                    self.send_400_response("Invalid HTTP request received.")
+                return
+            except httptools.HttpParserUpgrade:
+                if self._should_upgrade():
+                    self.handle_websocket_upgrade()
+                elif self.scope.get("method") != "CONNECT":  # the gateway answers CONNECT (405) and closes
+                    self._unsupported_upgrade_warning()
+                return
+            if self.reading_head and self.head_bytes > MAX_HEAD_BYTES:
+                self._refuse_head()
+
+        def on_headers_complete(self) -> None:
+            self.reading_head = False
+            # The reads that brought the head may have brought some of the body too: the head's own
+            # size is worked out only when they add up to more than the limit.
+            if self.head_bytes > MAX_HEAD_BYTES and self._parsed_head_size() > MAX_HEAD_BYTES:
+                self.head_refused = True
+                raise _HeadTooLarge
+            self.head_bytes = 0
+            super().on_headers_complete()
+
+        def on_message_complete(self) -> None:
+            super().on_message_complete()
+            self.reading_head = True
+            self.head_bytes = 0
+
+        def _parsed_head_size(self) -> int:
+            """The head's size, at least (its shortest spelling: as `head_size` counts)."""
+            size = len(self.parser.get_method()) + len(self.url) + 14  # the target with its query
+            for name, value in self.headers:
+                size += len(name) + len(value) + 3
+            return size
+
+        def _refuse_head(self) -> None:
+            self.head_refused = True
+            self.transport.write(_refusal(self.server_state.default_headers))
+            self.transport.close()
+
+    HttpToolsProtocol.__qualname__ = "HttpToolsProtocol"
+    HttpToolsProtocol.__module__ = __name__
+    return HttpToolsProtocol
+
+
+def head_limited_protocol() -> tuple[type[asyncio.Protocol], bool]:
+    """The protocol uvicorn's "auto" would pick (httptools if installed, else h11), held to the limit.
+
+    Also says whether it refuses complete heads over the limit itself; if not, serve the app
+    wrapped in `edgeruntime.workers.request_limits.limit_head`.
+    """
+    try:
+        return httptools_protocol(), True
+    except ImportError:  # as uvicorn itself: no httptools, h11
+        return H11Protocol, False

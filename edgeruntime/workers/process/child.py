@@ -1,0 +1,391 @@
+"""The entry point of a worker process: ``python -m edgeruntime.workers.process.child FD PARENT NAME [UID:GID]``.
+
+The server (:mod:`edgeruntime.workers.process.parent`) starts one such process per worker, in the
+sandbox its config asks for (:mod:`edgeruntime.workers.process.sandbox`), and talks to it over the
+Unix socket `FD`. Before it reads a frame the process gives up root for UID:GID when given one,
+arranges to die with its parent PARENT (0: bubblewrap does that) and makes itself non-dumpable.
+The boot frame then brings the function's env, and the process loads the function as an inline
+worker does, serves the requests the server forwards, reports its background work, enqueues jobs
+through the server, and exits when the socket closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import itertools
+import json
+import logging
+import os
+import pickle
+import resource
+import signal
+import socket
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from edgeruntime.core import context
+from edgeruntime.core.background import BackgroundTask
+from edgeruntime.core.context import ExecutionContext
+from edgeruntime.core.descriptors import exhaustion
+from edgeruntime.core.events import StopReason
+from edgeruntime.core.types import Message
+from edgeruntime.exceptions import (
+    BootError,
+    FunctionError,
+    JobsError,
+    LimitExceeded,
+    PayloadTooLarge,
+    ResourceExhausted,
+)
+from edgeruntime.functions.discovery import FunctionSpec
+from edgeruntime.limits import Limits
+from edgeruntime.workers.process.channel import Channel
+from edgeruntime.workers.process.frames import (
+    BeforeUnload,
+    BeforeUnloadDone,
+    Body,
+    Boot,
+    Booted,
+    BootExhausted,
+    BootFailed,
+    Cancel,
+    Done,
+    Ended,
+    Enqueue,
+    Enqueued,
+    Frame,
+    Request,
+    Sent,
+    TaskDone,
+    TaskStarted,
+    load_worker_frame,
+)
+from edgeruntime.workers.process.sandbox import set_dumpable, set_parent_death_signal
+from edgeruntime.workers.worker import InlineWorker
+
+__all__ = ["WorkerProcess", "drop_privileges", "flush_logs", "harden", "main", "rss_mb"]
+
+
+def rss_mb() -> float:
+    """This process's resident memory in MB."""
+    with open("/proc/self/statm", "rb") as f:
+        pages = int(f.read().split()[1])
+    return pages * resource.getpagesize() / (1024 * 1024)
+
+
+#: The address-space backstop: this much above the memory limit (see :mod:`edgeruntime.workers.process.parent`).
+ADDRESS_SPACE_HEADROOM_MB = 1024
+
+
+def _fail(message: str) -> None:
+    sys.stderr.write(f"edgeruntime worker: {message}\n")
+    sys.stderr.flush()
+    os._exit(1)
+
+
+def drop_privileges(uid: int, gid: int) -> None:
+    """Become `uid`:`gid` with no supplementary groups, for good (the server runs as root)."""
+    try:
+        os.setgroups([])
+        os.setresgid(gid, gid, gid)
+        os.setresuid(uid, uid, uid)
+    except OSError as exc:
+        _fail(f"cannot switch to uid {uid}: {exc.strerror}")
+    if os.getresuid() != (uid, uid, uid) or os.getresgid() != (gid, gid, gid) or os.getgroups():
+        _fail(f"still holding other ids after switching to uid {uid}")
+    try:
+        os.setuid(0)
+    except PermissionError:
+        return
+    _fail("root could be regained after dropping it")
+
+
+def harden(parent_pid: int) -> None:
+    """Die with the parent, even if the function never awaits again, and become non-dumpable:
+    another process of this uid can then neither read this one's memory or environ nor ptrace it.
+
+    Both follow any change of uid (which clears them). Linux only; elsewhere the server says so.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        set_parent_death_signal(signal.SIGKILL)
+        set_dumpable(False)
+    except OSError as exc:
+        _fail(f"cannot protect the worker process (prctl): {exc.strerror}")
+    if parent_pid and os.getppid() != parent_pid:  # the server died before prctl took effect
+        os._exit(1)
+
+
+def limit_address_space(limits: Limits) -> None:
+    """A backstop against allocating faster than the server's memory watch can see."""
+    limit = int((limits.memory_limit_mb * 4 + ADDRESS_SPACE_HEADROOM_MB) * 1024 * 1024)
+    _, hard = resource.getrlimit(resource.RLIMIT_AS)
+    if hard == resource.RLIM_INFINITY or limit < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+
+
+def flush_logs() -> None:
+    """Write out buffered log lines now: the server may kill this process right after."""
+    for name in ("edgeruntime", "_edgeruntime_functions"):
+        for handler in logging.getLogger(name).handlers:
+            with contextlib.suppress(Exception):
+                handler.flush()
+
+
+class RequestBody:
+    """The `receive` of one forwarded request: body messages as the server sends them."""
+
+    def __init__(self, first: Message) -> None:
+        self.messages: collections.deque[Message] = collections.deque([first])
+        self.waiter: asyncio.Future[None] | None = None
+
+    def push(self, message: Message) -> None:
+        self.messages.append(message)
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
+
+    async def receive(self) -> Message:
+        while not self.messages:
+            self.waiter = asyncio.get_running_loop().create_future()
+            await self.waiter
+        return self.messages.popleft()
+
+
+def _portable(error: BaseException | None) -> BaseException | None:
+    """`error` if it is a built-in exception that survives pickling, else a RuntimeError
+    describing it: the server loads no other class from a worker (see :mod:`edgeruntime.workers.process.frames`)."""
+    if error is None:
+        return None
+    if type(error).__module__ == "builtins":
+        try:
+            load_worker_frame(pickle.dumps(error, protocol=pickle.HIGHEST_PROTOCOL))
+        except Exception:
+            pass
+        else:
+            error.__traceback__ = None
+            return error
+    return RuntimeError(f"{type(error).__name__}: {error}")
+
+
+class ServerQueue:
+    """`edgeruntime.jobs.enqueue` in a worker process: the server enqueues the job (it holds the
+    store; the worker does not) and answers with its id."""
+
+    def __init__(self, channel: Channel) -> None:
+        self.channel = channel
+        self.waiting: dict[int, asyncio.Future[int]] = {}
+        self._ids = itertools.count(1)
+
+    async def enqueue(
+        self,
+        function: str,
+        payload: Any = None,
+        *,
+        delay: float = 0,
+        max_attempts: int | None = None,
+        idempotency_key: str | None = None,
+    ) -> int:
+        try:
+            body = json.dumps({} if payload is None else payload, separators=(",", ":"))
+        except (TypeError, ValueError) as exc:
+            raise JobsError(f"enqueue({function!r}): payload is not JSON-serialisable: {exc}") from None
+        try:  # plain values: the server loads nothing else from a worker
+            qid = next(self._ids)
+            frame = Enqueue(
+                qid,
+                str(function),
+                body,
+                float(delay),
+                None if max_attempts is None else int(max_attempts),
+                None if idempotency_key is None else str(idempotency_key),
+            )
+        except (TypeError, ValueError) as exc:
+            raise JobsError(f"enqueue({function!r}): {exc}") from None
+        if self.channel.closed:
+            raise JobsError("enqueue: the server closed this worker's channel")
+        answer = self.waiting[qid] = asyncio.get_running_loop().create_future()
+        self.channel.send(frame)
+        try:
+            job_id: int = await answer
+        finally:
+            self.waiting.pop(qid, None)
+        return job_id
+
+    def answered(self, frame: Enqueued) -> None:
+        answer = self.waiting.get(frame.qid)
+        if answer is None or answer.done():
+            return
+        if frame.error is not None or frame.job_id is None:
+            answer.set_exception(JobsError(frame.error or "enqueue failed"))
+        else:
+            answer.set_result(frame.job_id)
+
+    def close(self) -> None:
+        for answer in self.waiting.values():
+            if not answer.done():
+                answer.set_exception(JobsError("enqueue: the server closed this worker's channel"))
+
+
+class WorkerProcess:
+    """The worker side of the channel."""
+
+    def __init__(self, stopped: asyncio.Future[None]) -> None:
+        self.channel = Channel(self.on_frame, self.on_close, name="channel to the server")
+        self.queue = ServerQueue(self.channel)
+        self.stopped = stopped
+        self.worker: InlineWorker | None = None
+        self.requests: dict[int, tuple[asyncio.Task[None], RequestBody]] = {}
+        self.tasks: dict[int, BackgroundTask] = {}
+        self._keep: set[asyncio.Task[Any]] = set()
+
+    def on_close(self) -> None:
+        self.queue.close()
+        if not self.stopped.done():
+            self.stopped.set_result(None)
+
+    def on_frame(self, frame: Frame) -> None:
+        if isinstance(frame, Request):  # the request path first
+            body = RequestBody(frame.first)
+            task = asyncio.get_running_loop().create_task(self.serve(frame, body))
+            self.requests[frame.rid] = (task, body)
+        elif isinstance(frame, Body):
+            entry = self.requests.get(frame.rid)
+            if entry is not None:
+                entry[1].push(frame.message)
+        elif isinstance(frame, Cancel):
+            entry = self.requests.get(frame.rid)
+            if entry is not None:
+                entry[0].cancel()
+        elif isinstance(frame, BeforeUnload):
+            self._spawn(self.beforeunload(frame.reason))
+        elif isinstance(frame, Enqueued):
+            self.queue.answered(frame)
+        elif isinstance(frame, Boot):
+            self.boot(frame)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._keep.add(task)
+        task.add_done_callback(self._keep.discard)
+
+    def boot(self, frame: Boot) -> None:
+        from edgeruntime.core.logs import configure_logging
+
+        # The function's env, on top of what the process started with (what Python needs to run).
+        os.environ.update(frame.env)
+        time.tzset()
+        context.server_enqueue = self.queue.enqueue
+        configure_logging(frame.log_format)
+        spec = FunctionSpec(frame.name, Path(frame.directory))
+        if not os.access(spec.entrypoint, os.R_OK):
+            message = (
+                f"function {frame.name}: its worker process (uid {os.getuid()}) cannot read {spec.entrypoint}: "
+                "make the functions directory readable by other users (chmod -R o+rX)"
+            )
+            self.channel.send(BootFailed("boot", message, ""))
+            return
+        limit_address_space(frame.limits)
+        try:
+            baseline = rss_mb()
+            worker = InlineWorker(spec, os.environ, frame.limits, policy=frame.policy)
+            worker.state.background.start_observers.append(self.task_started)
+            worker.state.background.observers.append(self.task_done)
+            worker.boot()
+        except (ResourceExhausted, OSError) as exc:
+            error = exhaustion(exc)
+            if error is None:
+                raise
+            action = exc.action if isinstance(exc, ResourceExhausted) else f"loading function {frame.name}"
+            self.channel.send(BootExhausted(action, error.errno or 0))  # EMFILE or ENFILE: `exhaustion` checked
+            return
+        except FunctionError as exc:
+            cause = exc.__cause__
+            detail = "".join(traceback.format_exception(cause)) if cause is not None else ""
+            self.channel.send(BootFailed("boot" if isinstance(exc, BootError) else "crash", str(exc), detail))
+            return
+        self.worker = worker
+        self.channel.send(Booted(baseline))
+
+    def task_started(self, entry: BackgroundTask) -> None:
+        self.tasks[id(entry)] = entry
+        self.channel.send(TaskStarted(id(entry), str(entry.name), str(entry.execution_id)))
+
+    def task_done(self, entry: BackgroundTask) -> None:
+        self.tasks.pop(id(entry), None)
+        self.channel.send(TaskDone(id(entry), entry.outcome.value, _portable(entry.error), entry.cut_reason))
+
+    async def beforeunload(self, reason: StopReason) -> None:
+        if self.worker is not None:
+            await self.worker.beforeunload(reason)
+        flush_logs()
+        self.channel.send(BeforeUnloadDone(reason))
+
+    async def serve(self, request: Request, body: RequestBody) -> None:
+        worker = self.worker
+        assert worker is not None
+        rid = request.rid
+        ctx = ExecutionContext(
+            function=worker.name, worker=worker.state, execution_id=request.execution_id, trigger=request.trigger
+        )
+        channel = self.channel
+
+        async def send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                ctx.response_started = True
+                if type(message.get("status")) is not int:  # an IntEnum (HTTPStatus): the server loads plain data only
+                    message = {**message, "status": int(message["status"])}
+            channel.send(Sent(rid, message))
+            await channel.drain()  # the server stopped reading: its client is slower than this body
+
+        ended: Ended | None = None
+        try:
+            await worker.handle(request.scope, body.receive, send, ctx)
+        except LimitExceeded as exc:
+            ended = Ended("limit", str(exc.reason))
+        except PayloadTooLarge:
+            ended = Ended("too_large")
+        except asyncio.CancelledError:
+            ended = Ended("cancelled")
+        except Exception as exc:
+            ended = Ended("error", f"{type(exc).__name__}: {exc}")
+        finally:
+            self.requests.pop(rid, None)
+            # ctx.error: the handler raised and got its 500 (or 502); the run records why.
+            channel.send(Done(rid, ended, ctx.error))
+
+
+async def _run(fd: int) -> None:
+    loop = asyncio.get_running_loop()
+    stopped: asyncio.Future[None] = loop.create_future()
+    process = WorkerProcess(stopped)
+    sock = socket.socket(fileno=fd)
+    await loop.create_unix_connection(lambda: process.channel, sock=sock)
+    try:
+        await stopped
+    finally:
+        flush_logs()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``FD PARENT NAME [UID:GID]``: NAME (the function's) is there for ``ps``."""
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) > 3:
+        uid, _, gid = args[3].partition(":")
+        drop_privileges(int(uid), int(gid))
+        os.umask(0o077)  # without bwrap /tmp is shared: what the function writes there stays its own
+    harden(int(args[1]) if len(args) > 1 else 0)
+    with contextlib.suppress(ValueError, OSError):  # a crashing function leaves no core file behind
+        resource.setrlimit(resource.RLIMIT_CORE, (0, resource.getrlimit(resource.RLIMIT_CORE)[1]))
+    asyncio.run(_run(int(args[0])))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,385 @@
+"""The frames between the server and a worker process, one named tuple per kind, read by name.
+
+A frame travels as the plain tuple of its fields, its kind's number last (each class's default
+for ``kind``): pickling a plain tuple costs a third of pickling a named tuple, which pickle
+stores with a reference to its class. :func:`decode` turns it back into its class.
+
+Server → worker process: :class:`Boot`, :class:`Request`, :class:`Body`, :class:`Cancel`,
+:class:`BeforeUnload`, :class:`Enqueued`. Worker process → server: :class:`Booted`,
+:class:`BootFailed`, :class:`BootExhausted`, :class:`Sent`, :class:`Done`, :class:`TaskStarted`,
+:class:`TaskDone`, :class:`BeforeUnloadDone`, :class:`Enqueue`.
+
+The worker runs function code, which can write anything to its end of the socket, so the server
+reads worker frames with :func:`decode_worker_frame`: plain data (tuples, dicts, lists, strings,
+bytes, numbers) and built-in exceptions only (:func:`load_worker_frame`), never another class,
+whose loading could run code in the server; and only the kinds a worker sends. What a worker
+sends inside a frame is therefore plain too: an :class:`Ended` and a stop reason travel as a
+tuple and a string and are rebuilt on arrival.
+"""
+
+from __future__ import annotations
+
+import builtins
+import io
+import pickle
+from collections.abc import Callable
+from typing import Any, Literal, NamedTuple, TypeAlias
+
+from edgeruntime.core.events import StopReason
+from edgeruntime.core.types import Message, Scope
+from edgeruntime.limits import Limits, Policy
+
+__all__ = [
+    "BeforeUnload",
+    "BeforeUnloadDone",
+    "Body",
+    "Boot",
+    "BootExhausted",
+    "BootFailed",
+    "Booted",
+    "Cancel",
+    "Done",
+    "Ended",
+    "Enqueue",
+    "Enqueued",
+    "Frame",
+    "Request",
+    "Sent",
+    "TaskDone",
+    "TaskStarted",
+    "decode",
+    "decode_worker_frame",
+    "encode",
+    "load_worker_frame",
+]
+
+
+# -- server → worker process ------------------------------------------------------------------
+
+
+class Boot(NamedTuple):
+    """Load the function in `directory` (the first frame a worker process gets) with `env` as its
+    env: it comes over the channel, not through ``exec``, so the process's environ holds no secret."""
+
+    name: str
+    directory: str
+    limits: Limits
+    policy: Policy
+    log_format: str
+    env: dict[str, str]
+    kind: int = 1
+
+
+class Request(NamedTuple):
+    """Serve request `rid`: its scope (the keys a function can use) and its first body message."""
+
+    rid: int
+    scope: Scope
+    first: Message
+    execution_id: str
+    trigger: str
+    kind: int = 2
+
+
+class Body(NamedTuple):
+    """The next ASGI message of request `rid`'s body (a streamed body)."""
+
+    rid: int
+    message: Message
+    kind: int = 3
+
+
+class Cancel(NamedTuple):
+    """Cancel request `rid` (its client went away, or the server cancelled it)."""
+
+    rid: int
+    kind: int = 4
+
+
+class BeforeUnload(NamedTuple):
+    """Dispatch `beforeunload` for `reason` to the function's listeners."""
+
+    reason: StopReason
+    kind: int = 5
+
+
+class Enqueued(NamedTuple):
+    """The server's answer to :class:`Enqueue` `qid`: the job's id, or why it was not queued."""
+
+    qid: int
+    job_id: int | None
+    error: str | None
+    kind: int = 13
+
+
+# -- worker process → server ------------------------------------------------------------------
+
+
+class Booted(NamedTuple):
+    """The function loaded; `baseline_mb` is the process's resident memory before it did."""
+
+    baseline_mb: float
+    kind: int = 6
+
+
+class BootFailed(NamedTuple):
+    """The function did not load: `reason` "boot" (503 BOOT_ERROR) or "crash" (500 WORKER_ERROR)."""
+
+    reason: Literal["boot", "crash"]
+    message: str
+    #: The traceback of the cause, for the server's log.
+    detail: str
+    kind: int = 7
+
+
+class BootExhausted(NamedTuple):
+    """The function did not load because the worker process ran out of file descriptors (503
+    RESOURCE_EXHAUSTED, not the function's fault): what failed, and the errno."""
+
+    action: str
+    errno: int
+    kind: int = 14
+
+
+class Sent(NamedTuple):
+    """An ASGI message the function sent for request `rid` (its response start, a body chunk)."""
+
+    rid: int
+    message: Message
+    kind: int = 8
+
+
+class Ended(NamedTuple):
+    """How a forwarded request ended when it did not end with its response sent."""
+
+    #: limit: a limit ended it (`detail` its reason); crashed: the worker process died (`detail`
+    #: its exit status); too_large: its body was over the limit; error: the worker failed it
+    #: (`detail` says how); cancelled: the server cancelled it.
+    reason: Literal["limit", "crashed", "too_large", "error", "cancelled"]
+    detail: str | int | None = None
+
+
+class Done(NamedTuple):
+    """Request `rid` is over: `ended` None when the function answered it; `error` what the
+    handler raised when it answered with a 500 or 502 (for the run record)."""
+
+    rid: int
+    ended: Ended | None
+    error: str | None = None
+    kind: int = 9
+
+
+class TaskStarted(NamedTuple):
+    """A `wait_until` task started in the worker process."""
+
+    tid: int
+    name: str
+    execution_id: str
+    kind: int = 10
+
+
+class TaskDone(NamedTuple):
+    """A `wait_until` task ended: its outcome, its error (a built-in exception) and why it was cut."""
+
+    tid: int
+    outcome: str
+    error: BaseException | None
+    cut_reason: str | None
+    kind: int = 11
+
+
+class BeforeUnloadDone(NamedTuple):
+    """The `beforeunload` listeners for `reason` have run."""
+
+    reason: StopReason
+    kind: int = 12
+
+
+class Enqueue(NamedTuple):
+    """The function called ``edgeruntime.jobs.enqueue``: the server, which holds the jobs store,
+    queues the job and answers with :class:`Enqueued` `qid`. `body` is the payload as JSON."""
+
+    qid: int
+    function: str
+    body: str
+    delay: float
+    max_attempts: int | None
+    idempotency_key: str | None
+    kind: int = 15
+
+
+Frame: TypeAlias = (
+    Boot
+    | Request
+    | Body
+    | Cancel
+    | BeforeUnload
+    | Enqueued
+    | Booted
+    | BootFailed
+    | BootExhausted
+    | Sent
+    | Done
+    | TaskStarted
+    | TaskDone
+    | BeforeUnloadDone
+    | Enqueue
+)
+
+_SERVER_FRAMES: tuple[type[Any], ...] = (Boot, Request, Body, Cancel, BeforeUnload, Enqueued)
+_WORKER_FRAMES: tuple[type[Any], ...] = (
+    Booted,
+    BootFailed,
+    BootExhausted,
+    Sent,
+    Done,
+    TaskStarted,
+    TaskDone,
+    BeforeUnloadDone,
+    Enqueue,
+)
+#: Each kind's number → its class and its number of fields.
+KINDS: dict[int, tuple[type[Any], int]] = {
+    cls._field_defaults["kind"]: (cls, len(cls._fields)) for cls in _SERVER_FRAMES + _WORKER_FRAMES
+}
+#: The kinds a worker process sends: the only ones the server reads from it.
+WORKER_KINDS: dict[int, tuple[type[Any], int]] = {
+    number: entry for number, entry in KINDS.items() if entry[0] in _WORKER_FRAMES
+}
+_new = tuple.__new__
+
+
+# -- fields that are not plain data travel as plain data ----------------------------------------
+
+
+def _done_to_wire(frame: Done) -> tuple[Any, ...]:
+    ended = frame.ended
+    if ended is None:
+        return _new(tuple, frame)
+    detail = ended.detail if ended.detail is None or type(ended.detail) is int else str(ended.detail)
+    return (frame.rid, (str(ended.reason), detail), frame.error, frame.kind)
+
+
+def _done_from_wire(frame: Done) -> Done:
+    ended: Any = frame.ended
+    _check(frame, frame.error is None or type(frame.error) is str)
+    if ended is None:
+        return frame
+    _check(frame, type(ended) is tuple and len(ended) == 2 and type(ended[0]) is str)
+    _check(frame, ended[1] is None or type(ended[1]) in (str, int))
+    return Done(frame.rid, Ended(*ended), frame.error)
+
+
+def _unload_done_to_wire(frame: BeforeUnloadDone) -> tuple[Any, ...]:
+    return (str(frame.reason), frame.kind)
+
+
+def _unload_done_from_wire(frame: BeforeUnloadDone) -> BeforeUnloadDone:
+    return BeforeUnloadDone(StopReason(frame.reason))  # ValueError for a reason that is none
+
+
+def _task_done_to_wire(frame: TaskDone) -> tuple[Any, ...]:
+    reason = None if frame.cut_reason is None else str(frame.cut_reason)
+    return (frame.tid, frame.outcome, frame.error, reason, frame.kind)
+
+
+def _task_done_from_wire(frame: TaskDone) -> TaskDone:
+    _check(frame, type(frame.outcome) is str and (frame.cut_reason is None or type(frame.cut_reason) is str))
+    error = frame.error
+    if error is None or isinstance(error, Exception):
+        return frame
+    # A SystemExit or KeyboardInterrupt set on a task of the server would stop the server.
+    return frame._replace(error=RuntimeError(f"{type(error).__name__}: {error}"))
+
+
+def _check(frame: Frame, ok: bool) -> None:
+    """What the server acts on in a worker's frame has the type it expects (else ValueError)."""
+    if not ok:
+        raise ValueError(f"a {type(frame).__name__} frame with fields of the wrong type: {tuple(frame)!r:.80}")
+
+
+def _booted_from_wire(frame: Booted) -> Booted:
+    _check(frame, type(frame.baseline_mb) in (int, float))
+    return frame
+
+
+def _boot_failed_from_wire(frame: BootFailed) -> BootFailed:
+    _check(frame, frame.reason in ("boot", "crash") and type(frame.message) is str and type(frame.detail) is str)
+    return frame
+
+
+def _boot_exhausted_from_wire(frame: BootExhausted) -> BootExhausted:
+    _check(frame, type(frame.action) is str and type(frame.errno) is int)
+    return frame
+
+
+_TO_WIRE: dict[type[Any], Callable[[Any], tuple[Any, ...]]] = {
+    Done: _done_to_wire,
+    BeforeUnloadDone: _unload_done_to_wire,
+    TaskDone: _task_done_to_wire,
+}
+_FROM_WIRE: dict[type[Any], Callable[[Any], Any]] = {
+    Booted: _booted_from_wire,
+    BootFailed: _boot_failed_from_wire,
+    BootExhausted: _boot_exhausted_from_wire,
+    Done: _done_from_wire,
+    BeforeUnloadDone: _unload_done_from_wire,
+    TaskDone: _task_done_from_wire,
+}
+
+
+# -- encoding and decoding ----------------------------------------------------------------------
+
+
+def encode(frame: Frame) -> bytes:
+    """The pickled plain tuple of `frame`'s fields."""
+    to_wire = _TO_WIRE.get(type(frame))
+    fields = _new(tuple, frame) if to_wire is None else to_wire(frame)
+    return pickle.dumps(fields, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def _frame(fields: Any, kinds: dict[int, tuple[type[Any], int]]) -> Frame:
+    if type(fields) is not tuple:
+        raise ValueError(f"not a worker channel frame: {fields!r:.80}")
+    try:
+        cls, size = kinds[fields[-1]]
+    except (KeyError, IndexError, TypeError):
+        raise ValueError(f"not a worker channel frame: {fields!r:.80}") from None
+    if len(fields) != size:
+        raise ValueError(f"a {cls.__name__} frame has {size} fields, got {len(fields)}")
+    frame: Frame = _new(cls, fields)
+    from_wire = _FROM_WIRE.get(cls)
+    return frame if from_wire is None else from_wire(frame)
+
+
+def decode(data: bytes | memoryview) -> Frame:
+    """The frame `encode` made `data` from (a worker process reading the server's frames);
+    ValueError if it is not one."""
+    return _frame(pickle.loads(data), KINDS)
+
+
+class _WorkerFrameUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        if module == "builtins":
+            found = getattr(builtins, name, None)
+            if isinstance(found, type) and issubclass(found, BaseException):
+                return found
+        raise pickle.UnpicklingError(f"a worker frame may not hold {module}.{name}")
+
+
+def load_worker_frame(data: bytes | memoryview) -> Any:
+    """Unpickle what a worker process wrote: plain data and built-in exceptions only.
+
+    Raises pickle.UnpicklingError for anything else (a class, a function: what an attacker
+    would use to run code in the server).
+    """
+    return _WorkerFrameUnpickler(io.BytesIO(data)).load()
+
+
+def decode_worker_frame(data: bytes | memoryview) -> Frame:
+    """The frame a worker process sent (the server reading it), loaded by :func:`load_worker_frame`.
+
+    Raises pickle.UnpicklingError for what holds a class, ValueError for what is not a frame a
+    worker sends.
+    """
+    return _frame(load_worker_frame(data), WORKER_KINDS)

@@ -1,0 +1,616 @@
+"""Process isolation: each worker its own OS process, booted, routed to and supervised from here.
+
+The server forwards ASGI messages to the worker process over a Unix socket
+(:mod:`edgeruntime.workers.process.channel`) and watches the process from outside: its CPU time and resident
+memory are read from ``/proc`` every few milliseconds and reported to the worker's lifecycle,
+which retires it or ends it. Ending a worker process is ``SIGKILL``, so a hard limit stops even
+``while True: pass``. A process that dies on its own (``os._exit``, a segfault) fails its
+in-flight requests with 500 WORKER_ERROR, and the next request boots a fresh worker.
+
+Memory is resident memory (RSS) above the process's baseline just before the function's module
+is loaded, so the limit counts what the function allocates, as the edge runtime counts its
+isolate's heap. RSS is read from the parent rather than enforced with ``RLIMIT_AS`` because
+address-space limits fail arbitrary allocations (thread stacks, malloc arenas) long before the
+resident memory reaches the limit. ``RLIMIT_AS`` is still set (by the worker process, see
+:mod:`edgeruntime.workers.process.child`), far above the limit, as a backstop.
+
+The process is started in the server's sandbox (:mod:`edgeruntime.workers.process.sandbox`):
+under bubblewrap the process the server starts is ``bwrap`` and the worker its grandchild, whose
+pid is the one watched. Function code can write anything to the channel, so what the server reads
+from it is plain data only (:func:`edgeruntime.workers.process.frames.decode_worker_frame`), and
+a job a function enqueues is enqueued by the server (the worker holds no store credentials).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import itertools
+import json
+import logging
+import os
+import resource
+import signal
+import socket
+import subprocess
+import time
+import types
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from edgeruntime.core.background import BackgroundTask, TaskOutcome
+from edgeruntime.core.context import ExecutionContext
+from edgeruntime.core.descriptors import exhaustion
+from edgeruntime.core.events import StopReason
+from edgeruntime.core.metering import CpuMeter
+from edgeruntime.core.types import Enqueue as EnqueueJob, Message, Receive, Scope, Send
+from edgeruntime.core.worker_state import WorkerState
+from edgeruntime.exceptions import (
+    BootError,
+    ConfigError,
+    JobsError,
+    PayloadTooLarge,
+    ResourceExhausted,
+    WorkerCrashed,
+)
+from edgeruntime.functions.discovery import FunctionSpec
+from edgeruntime.limits import Limits, Policy
+from edgeruntime.workers.lifecycle import WorkerLifecycle
+from edgeruntime.workers.process.channel import Channel
+from edgeruntime.workers.process.frames import (
+    BeforeUnload,
+    BeforeUnloadDone,
+    Body,
+    Boot,
+    Booted,
+    BootExhausted,
+    BootFailed,
+    Cancel,
+    Done,
+    Ended,
+    Enqueue,
+    Enqueued,
+    Frame,
+    Request,
+    Sent,
+    TaskDone,
+    TaskStarted,
+    decode_worker_frame,
+)
+from edgeruntime.workers.process.sandbox import Sandbox, WorkerLauncher, worker_pid
+from edgeruntime.workers.worker import WorkerStatus, limit_exceeded
+
+__all__ = ["ProcessWorker"]
+
+logger = logging.getLogger("edgeruntime")
+
+#: How often the server reads a worker process's CPU time and memory.
+MONITOR_INTERVAL_SEC = 0.02
+#: Bodies up to this size are read whole and forwarded in the request's frame (one write, one wake-up).
+COALESCE_BODY_BYTES = 1024 * 1024
+#: Frames of one response waiting for its client before the server stops reading from the worker.
+PAUSE_FRAMES = 64
+#: How long a worker process may take to boot before it is a boot error.
+BOOT_TIMEOUT_SEC = 30.0
+#: How long ending a worker waits for `beforeunload` listeners dispatched just before.
+BEFOREUNLOAD_GRACE_SEC = 0.5
+#: A frame from a worker may be this much longer than its memory limit (a body chunk it held).
+FRAME_SLACK_MB = 64
+_TICKS_PER_SEC = os.sysconf("SC_CLK_TCK")
+_PAGE_MB = resource.getpagesize() / (1024 * 1024)
+#: The scope keys a function can use; the rest (server internals) stay in the server.
+_SCOPE_KEYS = (
+    "type",
+    "asgi",
+    "http_version",
+    "method",
+    "scheme",
+    "path",
+    "raw_path",
+    "query_string",
+    "root_path",
+    "headers",
+    "client",
+    "server",
+)
+
+
+class _Call:
+    """One request in flight in the worker process: the messages that came back for it."""
+
+    __slots__ = ("events", "waiter")
+
+    def __init__(self) -> None:
+        self.events: collections.deque[Sent | Done] = collections.deque()
+        self.waiter: asyncio.Future[None] | None = None
+
+    def push(self, event: Sent | Done) -> None:
+        self.events.append(event)
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
+
+    async def next(self) -> Sent | Done:
+        while not self.events:
+            self.waiter = asyncio.get_running_loop().create_future()
+            await self.waiter
+        return self.events.popleft()
+
+
+def _proc_usage(pid: int) -> tuple[float, float]:
+    """CPU time (ms) and resident memory (MB) of process `pid`."""
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        stat = f.read()
+    fields = stat[stat.rindex(b")") + 2 :].split()
+    cpu_ms = (int(fields[11]) + int(fields[12])) * 1000 / _TICKS_PER_SEC
+    with open(f"/proc/{pid}/statm", "rb") as f:
+        rss_mb = int(f.read().split()[1]) * _PAGE_MB
+    return cpu_ms, rss_mb
+
+
+def _small_body(scope: Scope) -> bool:
+    """True if the request declares a body small enough to forward in one frame (or none at all)."""
+    length: int | None = None
+    for key, value in scope["headers"]:
+        name = key.lower()
+        if name == b"content-length":
+            try:
+                length = int(value)
+            except ValueError:
+                return False
+        elif name == b"transfer-encoding":
+            return False
+    return length is None or length <= COALESCE_BODY_BYTES
+
+
+async def _read_whole_body(first: Message, receive: Receive) -> Message:
+    chunks = [first.get("body", b"")]
+    message = first
+    while message.get("more_body"):
+        message = await receive()
+        if message["type"] != "http.request":
+            return message
+        chunks.append(message.get("body", b""))
+    return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+
+
+class ProcessWorker:
+    """A function module loaded in its own OS process."""
+
+    kind = "process"
+    #: A fresh interpreter takes ~0.1 s to boot: the successor is booted before this one retires.
+    prepares_successor = True
+
+    def __init__(
+        self,
+        spec: FunctionSpec,
+        env: Mapping[str, str],
+        limits: Limits,
+        observers: list[Callable[[BackgroundTask], None]] | None = None,
+        policy: Policy = "per_worker",
+        log_format: str = "text",
+        launcher: WorkerLauncher | None = None,
+        *,
+        enqueue: EnqueueJob | None = None,
+    ) -> None:
+        self.spec = spec
+        #: The function's env (`Deno.env` in the worker), sent in the boot frame.
+        self.env = dict(env)
+        self.limits = limits
+        self.policy = policy
+        self.log_format = log_format
+        self.launcher = launcher or WorkerLauncher(Sandbox("none"), spec.directory.parent)
+        #: Enqueues the jobs the function enqueues (the server's jobs system); None: there is none.
+        self.enqueue = enqueue
+        #: The server-side view of the worker: its background work, as the process reports it.
+        self.state = WorkerState(spec.name, self.env, observers)
+        self.state.background.log_failures = False  # the worker process logged them, with traceback
+        self.status = WorkerStatus.ACTIVE
+        self.in_flight = 0
+        self.meter = CpuMeter(spec.name)
+        #: The module lives in the worker process, not here.
+        self.module: types.ModuleType | None = None
+        self.memory_mb = 0.0
+        self.end_reason: StopReason | None = None
+        self.exit_status: int | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.channel: Channel | None = None
+        self._calls: dict[int, _Call] = {}
+        self._ids = itertools.count(1)
+        self._tasks: dict[int, BackgroundTask] = {}
+        #: The worker process's answer to Boot; None if it exited first.
+        self._booted: asyncio.Future[Booted | BootFailed | BootExhausted | None] | None = None
+        self._unloaded: dict[StopReason, asyncio.Future[None]] = {}
+        self._lifecycle: WorkerLifecycle | None = None
+        self._paused_by: _Call | None = None
+        self._monitor: asyncio.Task[None] | None = None
+        self._cpu_baseline_ms = 0.0
+        self._memory_baseline_mb = 0.0
+        self._pid: int | None = None
+        self._enqueues: set[asyncio.Task[None]] = set()
+
+    @property
+    def id(self) -> str:
+        return self.state.worker_id
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def pid(self) -> int | None:
+        """The worker process's pid (under bwrap not `proc.pid`, which is bubblewrap's)."""
+        if self._pid is not None:
+            return self._pid
+        return self.proc.pid if self.proc is not None else None
+
+    @property
+    def idle(self) -> bool:
+        return self.in_flight == 0 and not self.state.background.pending
+
+    # -- boot ------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the process and load the function in it; raises BootError, WorkerCrashed or ResourceExhausted."""
+        loop = asyncio.get_running_loop()
+        self.state.loop = loop
+        directory = self.spec.directory.resolve()
+        started = time.perf_counter()
+        try:
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        except OSError as exc:
+            if exhaustion(exc) is None:
+                raise
+            raise ResourceExhausted(self.name, f"starting a worker process for {self.name}") from exc
+        try:
+            argv, cwd = self.launcher.command(
+                self.name, directory, theirs.fileno(), os.getpid(), self.limits.memory_limit_mb
+            )
+            # Popen only forks and execs: it does not wait for the child.
+            self.proc = subprocess.Popen(  # noqa: ASYNC220
+                argv,
+                pass_fds=(theirs.fileno(),),
+                env=self.launcher.environ(self.env, os.environ),
+                cwd=cwd,
+                stdin=subprocess.DEVNULL,
+                # Its own session: a terminal's Ctrl-C (SIGINT to the foreground process group) goes
+                # to the server alone, which then ends its workers in order.
+                start_new_session=True,
+            )
+        except ConfigError as exc:  # no uid left for it
+            ours.close()
+            raise BootError(self.name, f"function {self.name}: {exc}") from None
+        except OSError as exc:
+            ours.close()  # a failed start must not hold a descriptor
+            if exhaustion(exc) is not None:
+                raise ResourceExhausted(self.name, f"starting a worker process for {self.name}") from exc
+            # out of processes, the sandbox's binary gone
+            raise BootError(self.name, f"function {self.name}: cannot start its worker process: {exc}") from None
+        finally:
+            theirs.close()
+        channel = self.channel = Channel(
+            self._on_frame,
+            self._on_close,
+            decode=decode_worker_frame,
+            max_frame_bytes=int((self.limits.memory_limit_mb + FRAME_SLACK_MB) * 1024 * 1024),
+            name=f"worker channel of {self.name}",
+        )
+        await loop.create_unix_connection(lambda: channel, sock=ours)
+        self._booted = loop.create_future()
+        channel.send(Boot(self.name, str(directory), self.limits, self.policy, self.log_format, self.env))
+        try:
+            answer = await asyncio.wait_for(asyncio.shield(self._booted), BOOT_TIMEOUT_SEC)
+        except TimeoutError:
+            await self._abort_boot()
+            raise BootError(self.name, f"function {self.name}: worker did not respond in time") from None
+        if isinstance(answer, BootFailed):
+            await self._abort_boot()
+            if answer.detail:
+                logger.error("%s", answer.detail.rstrip(), extra={"function": self.name})
+            raise (BootError if answer.reason == "boot" else WorkerCrashed)(self.name, answer.message)
+        if isinstance(answer, BootExhausted):  # the worker process ran out of file descriptors
+            await self._abort_boot()
+            raise ResourceExhausted(self.name, answer.action) from OSError(answer.errno, os.strerror(answer.errno))
+        if answer is None:
+            raise WorkerCrashed(self.name, f"function {self.name}: worker process exited while booting")
+        assert self.proc is not None
+        self._pid = worker_pid(self.launcher.sandbox.mode, self.proc.pid)
+        if self._pid is None:
+            await self._abort_boot()
+            raise WorkerCrashed(self.name, f"function {self.name}: its worker process cannot be found to watch")
+        self._memory_baseline_mb = answer.baseline_mb
+        try:
+            self._cpu_baseline_ms, _ = _proc_usage(self._pid)
+        except OSError as exc:
+            if exhaustion(exc) is not None:  # its limits could not be watched: boot again later
+                await self._abort_boot()
+                raise ResourceExhausted(self.name, f"watching the worker process of {self.name}") from exc
+            # No /proc (not Linux): the process is isolated, its CPU and memory not watched.
+            logger.warning(
+                "process isolation cannot read /proc on this system: CPU and memory limits are not enforced",
+                extra={"function": self.name},
+            )
+            return
+        logger.info(
+            "booted function %s in %.1f ms (worker %s, process %d)",
+            self.name,
+            (time.perf_counter() - started) * 1000,
+            self.id[:8],
+            self._pid,
+            extra={"function": self.name},
+        )
+        self._monitor = loop.create_task(self._watch_usage())
+
+    async def _abort_boot(self) -> None:
+        self.status = WorkerStatus.ENDED
+        self.end_reason = StopReason.BOOT_FAILURE
+        self._kill()
+        await asyncio.get_running_loop().run_in_executor(None, self._reap)
+
+    def watch(self, lifecycle: WorkerLifecycle) -> None:
+        self._lifecycle = lifecycle
+
+    async def _watch_usage(self) -> None:
+        pid = self.pid
+        assert pid is not None
+        while self.status is not WorkerStatus.ENDED:
+            try:
+                cpu_ms, rss_mb = _proc_usage(pid)
+            except OSError as exc:
+                if exhaustion(exc) is None:  # the process is gone
+                    return
+                # Out of descriptors for a moment: the limits are checked again once some are free.
+                await asyncio.sleep(MONITOR_INTERVAL_SEC)
+                continue
+            except (ValueError, IndexError):
+                return
+            self.meter.used_ms = max(0.0, cpu_ms - self._cpu_baseline_ms)
+            self.memory_mb = max(0.0, rss_mb - self._memory_baseline_mb)
+            lifecycle = self._lifecycle
+            if lifecycle is not None:
+                lifecycle.observe_memory(self.memory_mb)
+                lifecycle.observe_cpu(self.meter.used_ms)
+            await asyncio.sleep(MONITOR_INTERVAL_SEC)
+
+    # -- frames from the worker process ----------------------------------------------------
+
+    def _on_frame(self, frame: Frame) -> None:
+        if isinstance(frame, (Sent, Done)):  # the request path first
+            call = self._calls.get(frame.rid)
+            if call is not None:
+                call.push(frame)
+                if len(call.events) >= PAUSE_FRAMES and self._paused_by is None and self.channel is not None:
+                    self._paused_by = call  # its client reads slower than the function writes
+                    self.channel.pause_reading()
+        elif isinstance(frame, TaskStarted):
+            self._task_started(frame)
+        elif isinstance(frame, TaskDone):
+            self._task_done(frame)
+        elif isinstance(frame, BeforeUnloadDone):
+            waiter = self._unloaded.get(frame.reason)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+        elif isinstance(frame, Enqueue):
+            task = asyncio.get_running_loop().create_task(self._enqueue(frame))
+            self._enqueues.add(task)
+            task.add_done_callback(self._enqueues.discard)
+        elif (
+            isinstance(frame, Booted | BootFailed | BootExhausted)
+            and self._booted is not None
+            and not self._booted.done()
+        ):
+            self._booted.set_result(frame)
+
+    async def _enqueue(self, frame: Enqueue) -> None:
+        """A job the function enqueues: the server enqueues it and answers with its id or the error."""
+        job_id: int | None = None
+        error: str | None = None
+        try:
+            if self.enqueue is None:
+                raise JobsError("enqueue: no jobs store is running (use edgeruntime serve or EdgeClient)")
+            # The frame is plain data, but any plain data: what a worker's enqueue sends, checked.
+            if not isinstance(frame.function, str) or not isinstance(frame.body, str):
+                raise JobsError("enqueue: bad arguments")
+            if isinstance(frame.delay, bool) or not isinstance(frame.delay, int | float):
+                raise JobsError("enqueue: bad arguments")
+            if not (frame.max_attempts is None or type(frame.max_attempts) is int):
+                raise JobsError("enqueue: bad arguments")
+            if not (frame.idempotency_key is None or isinstance(frame.idempotency_key, str)):
+                raise JobsError("enqueue: bad arguments")
+            job_id = await self.enqueue(
+                frame.function,
+                json.loads(frame.body),
+                delay=frame.delay,
+                max_attempts=frame.max_attempts,
+                idempotency_key=frame.idempotency_key,
+            )
+        except JobsError as exc:
+            error = str(exc)
+        except (ValueError, TypeError):  # not what a worker's enqueue sends
+            error = "enqueue: bad arguments"
+        except Exception as exc:
+            logger.exception("enqueue from a worker of %s failed", self.name, extra={"function": self.name})
+            error = f"enqueue failed: {type(exc).__name__}"
+        if self.channel is not None:
+            self.channel.send(Enqueued(frame.qid, job_id, error))
+
+    def _on_close(self) -> None:
+        if self._booted is not None and not self._booted.done():
+            self._booted.set_result(None)
+        for waiter in self._unloaded.values():
+            if not waiter.done():
+                waiter.set_result(None)
+        if self.status is WorkerStatus.ENDED:
+            return
+        # The process died on its own: a crash.
+        self.status = WorkerStatus.ENDED
+        self.end_reason = StopReason.CRASH
+        status = self._reap()
+        logger.error(
+            "worker process of %s exited unexpectedly (exit status %s): isolate: %s",
+            self.name,
+            status,
+            self.id,
+            extra={"function": self.name},
+        )
+        for call in self._calls.values():
+            call.push(Done(0, Ended("crashed", status)))
+        self.state.background.cut(StopReason.CRASH)
+        self._stop_monitor()
+
+    def _task_started(self, frame: TaskStarted) -> None:
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        ctx = ExecutionContext(function=self.name, worker=self.state, execution_id=frame.execution_id)
+        entry = self.state.background.add(future, ctx)
+        entry.name = frame.name
+        self._tasks[frame.tid] = entry
+
+    def _task_done(self, frame: TaskDone) -> None:
+        entry = self._tasks.pop(frame.tid, None)
+        if entry is None or entry.task.done():
+            return
+        if frame.outcome == TaskOutcome.FAILED and frame.error is not None:
+            entry.task.set_exception(frame.error)
+        elif frame.outcome == TaskOutcome.CUT:
+            entry.cut_reason = frame.cut_reason
+            entry.task.cancel()
+        else:
+            entry.task.set_result(None)
+
+    # -- requests --------------------------------------------------------------------------
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send, ctx: ExecutionContext) -> None:
+        """Forward one request to the worker process and its response back."""
+        channel = self.channel
+        assert channel is not None
+        if channel.closed or self.status is WorkerStatus.ENDED:  # ended between routing and now
+            reason = self.end_reason
+            if reason is None or reason is StopReason.CRASH:
+                raise WorkerCrashed(self.name, f"function {self.name}: worker process exited")
+            raise limit_exceeded(self.name, reason)
+        ctx.worker = self.state
+        rid = next(self._ids)
+        call = self._calls[rid] = _Call()
+        self.in_flight += 1
+        pump: asyncio.Task[None] | None = None
+        try:
+            first = await receive()
+            if first.get("more_body") and _small_body(scope):
+                first = await _read_whole_body(first, receive)
+            slim = {key: scope[key] for key in _SCOPE_KEYS if key in scope}
+            slim["headers"] = list(scope["headers"])
+            channel.send(Request(rid, slim, first, ctx.execution_id, ctx.trigger))
+            if first.get("more_body"):
+                pump = asyncio.get_running_loop().create_task(self._pump(rid, receive))
+            while True:
+                event = await call.next()
+                if isinstance(event, Sent):
+                    await send(event.message)
+                    if self._paused_by is call and len(call.events) <= PAUSE_FRAMES // 4:
+                        self._resume_reading()
+                    continue
+                ended = event.ended
+                if event.error is not None:  # the handler raised and got its 500 (or 502)
+                    ctx.error = event.error
+                break
+        except asyncio.CancelledError:
+            channel.send(Cancel(rid))  # a no-op once the process is gone
+            raise
+        finally:
+            self.in_flight -= 1
+            del self._calls[rid]
+            if self._paused_by is call:
+                self._resume_reading()
+            if pump is not None:
+                pump.cancel()
+        if ended is None:
+            return
+        if ended.reason == "limit":
+            logger.error(
+                "user worker failed to respond: request has been cancelled by supervisor (%s)",
+                ended.detail,
+                extra={"function": self.name},
+            )
+            raise limit_exceeded(self.name, StopReason(str(ended.detail)))
+        if ended.reason == "crashed":
+            raise WorkerCrashed(self.name, f"function {self.name}: worker process exited (status {ended.detail})")
+        if ended.reason == "too_large":
+            raise PayloadTooLarge(self.name, self.limits.max_request_body_bytes)
+        if ended.reason == "error":
+            raise WorkerCrashed(self.name, f"function {self.name}: {ended.detail}")
+        raise asyncio.CancelledError
+
+    def _resume_reading(self) -> None:
+        self._paused_by = None
+        if self.channel is not None:
+            self.channel.resume_reading()
+
+    async def _pump(self, rid: int, receive: Receive) -> None:
+        channel = self.channel
+        assert channel is not None
+        try:
+            while True:
+                message = await receive()
+                channel.send(Body(rid, message))
+                if message["type"] != "http.request" or not message.get("more_body"):
+                    return
+        except PayloadTooLarge:
+            channel.send(Cancel(rid))
+            call = self._calls.get(rid)
+            if call is not None:
+                call.push(Done(rid, Ended("too_large")))
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def beforeunload(self, reason: StopReason) -> None:
+        """Dispatch `beforeunload` in the worker process and wait (a little) for its listeners."""
+        if self.channel is None or self.channel.closed or reason in self._unloaded:
+            return
+        waiter = self._unloaded[reason] = asyncio.get_running_loop().create_future()
+        self.channel.send(BeforeUnload(reason))
+        try:
+            await asyncio.wait_for(asyncio.shield(waiter), timeout=5)
+        except TimeoutError:
+            logger.warning("beforeunload listeners of %s did not finish within 5 s", self.name)
+
+    def pending_background(self) -> list[BackgroundTask]:
+        return list(self.state.background.pending)
+
+    def on_background_done(self, callback: Callable[[BackgroundTask], None]) -> None:
+        self.state.background.observers.append(callback)
+
+    def _stop_monitor(self) -> None:
+        if self._monitor is not None and self._monitor is not asyncio.current_task():
+            self._monitor.cancel()
+
+    def _kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+        if self.channel is not None:
+            self.channel.close()
+
+    def _reap(self) -> int | None:
+        if self.proc is None:
+            return None
+        try:
+            self.exit_status = self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.exit_status = self.proc.wait(timeout=5)
+        return self.exit_status
+
+    async def end(self, reason: StopReason) -> list[str]:
+        """Kill the process: in-flight requests get 546, background work is cut with `reason`."""
+        self.status = WorkerStatus.ENDED
+        self.end_reason = reason
+        self._stop_monitor()
+        unloading = [w for w in self._unloaded.values() if not w.done()]
+        if unloading:  # let a beforeunload dispatched just before the limit finish, briefly
+            await asyncio.wait(unloading, timeout=BEFOREUNLOAD_GRACE_SEC)
+        self._kill()
+        for call in self._calls.values():
+            call.push(Done(0, Ended("limit", reason)))
+        cut = self.state.background.cut(reason)
+        if cut:
+            await asyncio.gather(*(t.task for t in cut), return_exceptions=True)
+        await asyncio.get_running_loop().run_in_executor(None, self._reap)
+        return [t.name for t in cut]

@@ -1,0 +1,159 @@
+"""Limits of one request: the head size (431), the body size (413) and the idle timeout (504).
+
+The body is measured while it streams in, never buffered: a request that declares a too-large
+``content-length`` is refused before the function runs, and one that streams more than the limit
+is cut at the first chunk over it.
+
+The head (request line and headers) is limited to MAX_HEAD_BYTES on both servers. Hypercorn's
+HTTP/1.1 parser (h11) answers 431 once that much of a head is buffered without its end, but it
+reads up to 64 KiB at a time, so a larger head that arrives in one read would pass: `limit_head`
+refuses those. Under Uvicorn the same limit is kept by the protocol, as the bytes arrive
+(:mod:`edgeruntime.serving.uvicorn_http`). There is no separate count of headers: a header line takes 4
+bytes at least, so no head within the limit holds more than about 4,000 of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from edgeruntime.core.context import ExecutionContext
+from edgeruntime.core.types import ASGIApp, Message, Receive, Scope, Send
+from edgeruntime.exceptions import PayloadTooLarge
+
+__all__ = ["MAX_HEAD_BYTES", "BodyLimit", "IdleTimeouts", "head_size", "limit_head"]
+
+#: The largest request head (request line and headers) served: h11's buffer limit, Hypercorn's.
+MAX_HEAD_BYTES = 16 * 1024
+#: What a head over the limit gets, as Hypercorn sends it: 431, no body, the connection closed.
+HEAD_TOO_LARGE_HEADERS = [(b"content-length", b"0"), (b"connection", b"close")]
+
+
+def head_size(scope: Scope) -> int:
+    """The size of the request head `scope` was parsed from, at least (the shortest spelling of it)."""
+    # "METHOD path?query HTTP/1.1\r\n", "name:value\r\n" per header, the blank line.
+    query = scope.get("query_string") or b""
+    size = len(scope.get("method", "")) + len(scope.get("raw_path") or b"") + len(query) + bool(query) + 14
+    for name, value in scope["headers"]:
+        size += len(name) + len(value) + 3
+    return size
+
+
+def limit_head(app: ASGIApp) -> ASGIApp:
+    """`app`, with requests whose head is over MAX_HEAD_BYTES answered 431 before it sees them."""
+
+    async def limited(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan" or head_size(scope) <= MAX_HEAD_BYTES:
+            await app(scope, receive, send)
+        elif scope["type"] == "http":
+            await send({"type": "http.response.start", "status": 431, "headers": list(HEAD_TOO_LARGE_HEADERS)})
+            await send({"type": "http.response.body", "body": b""})
+        else:  # a WebSocket handshake: refused (the server answers 403)
+            await send({"type": "websocket.close", "code": 1009})
+
+    return limited
+
+
+class BodyLimit:
+    """Wraps an ASGI `receive`, raising PayloadTooLarge once more than `max_bytes` arrived.
+
+    With `ctx`, a client that goes away before the response started (``http.disconnect``) is
+    noted on it (`client_disconnected`), so the gateway records the request as such.
+    """
+
+    __slots__ = ("_receive", "ctx", "exceeded", "function", "max_bytes", "received")
+
+    def __init__(self, receive: Receive, function: str, max_bytes: int, ctx: ExecutionContext | None = None) -> None:
+        self._receive = receive
+        self.function = function
+        self.max_bytes = max_bytes
+        self.ctx = ctx
+        self.received = 0
+        self.exceeded = False
+
+    def error(self) -> PayloadTooLarge:
+        return PayloadTooLarge(self.function, self.max_bytes)
+
+    def check_declared(self, scope: Scope) -> None:
+        """Raise PayloadTooLarge if the request's `content-length` is over the limit."""
+        for key, value in scope["headers"]:
+            if key == b"content-length":  # ASGI header names are lower-case
+                try:
+                    declared = int(value)
+                except ValueError:
+                    return
+                if declared > self.max_bytes:
+                    self.exceeded = True
+                    raise self.error()
+                return
+
+    async def receive(self) -> Message:
+        if self.exceeded:
+            raise self.error()
+        message = await self._receive()
+        kind = message["type"]
+        if kind == "http.request":
+            self.received += len(message.get("body", b""))
+            if self.received > self.max_bytes:
+                self.exceeded = True
+                raise self.error()
+        elif kind == "http.disconnect" and self.ctx is not None and not self.ctx.response_started:
+            self.ctx.client_disconnected = True
+        return message
+
+
+class IdleTimeouts:
+    """The idle timeout (504) of every in-flight request of one function, kept by one timer.
+
+    A request that has not started its response `timeout_sec` after it arrived is cancelled.
+    Requests are registered in arrival order and share one timeout, so the oldest one is always
+    the next to expire: a single timer, armed for the oldest request still waiting, serves them
+    all (a timer per request would be created and cancelled on every request's path).
+    """
+
+    __slots__ = ("_timer", "_timer_loop", "timeout_sec", "waiting")
+
+    def __init__(self, timeout_sec: float) -> None:
+        self.timeout_sec = timeout_sec
+        #: Requests without a response yet: context → (deadline on the loop's clock, its task).
+        self.waiting: dict[ExecutionContext, tuple[float, asyncio.Task[Any]]] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_loop: asyncio.AbstractEventLoop | None = None
+
+    def start(self, ctx: ExecutionContext, task: asyncio.Task[Any]) -> None:
+        """Watch `task`, serving `ctx`, from now on."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout_sec
+        self.waiting[ctx] = (deadline, task)
+        if self._timer_loop is not loop:  # no timer yet (or only one on a loop that has gone)
+            self._arm(loop, deadline)
+
+    def _arm(self, loop: asyncio.AbstractEventLoop, deadline: float) -> None:
+        self._timer = loop.call_at(deadline, self._expire, loop)
+        self._timer_loop = loop
+
+    def finish(self, ctx: ExecutionContext) -> None:
+        """Stop watching `ctx` (its request ended)."""
+        self.waiting.pop(ctx, None)
+
+    def _expire(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._timer = self._timer_loop = None
+        now = loop.time()
+        waiting = self.waiting
+        while waiting:
+            ctx = next(iter(waiting))
+            deadline, task = waiting[ctx]
+            if deadline > now and not ctx.response_started:
+                self._arm(loop, deadline)
+                return
+            del waiting[ctx]
+            if not ctx.response_started:
+                ctx.idle_expired = True
+                task.cancel()
+
+    def close(self) -> None:
+        """Forget every request and the timer (the function is shutting down)."""
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self._timer_loop = None
+        self.waiting.clear()

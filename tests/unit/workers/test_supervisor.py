@@ -1,0 +1,221 @@
+"""The supervisor's paths on a ManualClock: retire, early drop, end, successor, reload, boot errors, shutdown.
+
+The workers are real inline workers loading a real function from disk; only time is manual.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edgeruntime.config.settings import Settings
+from edgeruntime.core.background import BackgroundTask, TaskOutcome
+from edgeruntime.core.clock import ManualClock
+from edgeruntime.core.context import ExecutionContext
+from edgeruntime.core.events import StopReason
+from edgeruntime.core.worker_state import default_worker
+from edgeruntime.exceptions import BootError, LimitExceeded, WallClockLimitExceeded
+from edgeruntime.functions.discovery import FunctionSpec
+from edgeruntime.workers.supervisor import FunctionSupervisor
+from edgeruntime.workers.worker import InlineWorker, Worker, WorkerStatus
+from tests.helpers import write_function
+from tests.unit.asgi import Body, Recorder, http_scope, settle
+from tests.unit.workers.functions import PROBE
+
+WALL_CLOCK_SEC = 100.0
+
+
+class Harness:
+    """A supervisor of the `probe` function, what it told its observers, and its clock."""
+
+    def __init__(self, functions_dir: Path, successors: bool = False, **limits: float) -> None:
+        write_function(functions_dir, "probe", PROBE)
+        self.clock = ManualClock()
+        self.told: list[tuple[str, StopReason]] = []
+        self.tasks: list[BackgroundTask] = []
+        self.settings = Settings.build(
+            functions_dir, watch=False, environ={}, limits={"wall_clock_limit_sec": WALL_CLOCK_SEC, **limits}
+        )
+        self.supervisor = FunctionSupervisor(
+            FunctionSpec("probe", functions_dir / "probe"),
+            self.settings,
+            [self.tasks.append],
+            worker_observers=[lambda event, function, reason: self.told.append((event, reason))],
+            clock=self.clock,
+            # As process workers do: the next worker is booted before this one retires.
+            worker_factory=self.successor_preparing_worker if successors else None,
+        )
+
+    def successor_preparing_worker(self) -> Worker:
+        worker = InlineWorker(self.supervisor.spec, {}, self.supervisor.limits, [self.tasks.append], clock=self.clock)
+        worker.prepares_successor = True
+        return worker
+
+    async def request(self, query: str = "") -> Recorder:
+        recorder = Recorder()
+        ctx = ExecutionContext("probe", default_worker())
+        await self.supervisor.dispatch(http_scope(query=query), Body().receive, recorder.send, ctx)
+        return recorder
+
+    def start(self, query: str) -> asyncio.Task[Recorder]:
+        return asyncio.get_running_loop().create_task(self.request(query))
+
+    async def boot_of(self, query: str = "") -> str:
+        recorder = await self.request(query)
+        assert recorder.status == 200, recorder.body
+        boot: str = recorder.json()["boot"]
+        return boot
+
+    @property
+    def module(self) -> Any:
+        worker = self.supervisor.worker
+        assert worker is not None and worker.module is not None
+        return worker.module
+
+
+@pytest.fixture
+async def harness(functions_dir: Path) -> AsyncIterator[Harness]:
+    h = Harness(functions_dir)
+    yield h
+    await h.supervisor.shutdown(0)
+
+
+async def test_half_the_wall_clock_retires_the_worker_and_an_idle_one_is_dropped_early(
+    harness: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    first = await harness.boot_of()
+    module = harness.module
+    harness.clock.advance(WALL_CLOCK_SEC / 2)
+    await settle()
+    assert harness.told == [("retired", StopReason.WALL_CLOCK), ("ended", StopReason.EARLY_DROP)]
+    assert list(harness.supervisor.shutdowns) == [StopReason.EARLY_DROP]
+    assert module.UNLOADS == ["early_drop"]
+    assert harness.supervisor.worker is None and not harness.supervisor.workers
+    assert await harness.boot_of() != first
+    assert harness.supervisor.boots == 2
+    assert "wall clock duration warning: isolate:" in caplog.text
+    assert "early termination has been triggered: isolate:" in caplog.text
+    assert "reason: EarlyDrop (cpu_time_used" in caplog.text
+
+
+async def test_a_retired_worker_finishes_its_background_work_before_it_is_dropped(harness: Harness) -> None:
+    first = await harness.boot_of("mode=background")
+    module = harness.module
+    harness.clock.advance(WALL_CLOCK_SEC / 2)
+    await settle()
+    assert harness.told == [("retired", StopReason.WALL_CLOCK)]
+    [retired] = harness.supervisor.retired
+    assert retired.status is WorkerStatus.RETIRED
+    assert await harness.boot_of() != first  # new requests go to a fresh worker meanwhile
+    module.RELEASE.set()
+    await settle()
+    assert harness.told[-1] == ("ended", StopReason.EARLY_DROP)
+    assert [(t.name, t.outcome) for t in harness.tasks] == [("later", TaskOutcome.COMPLETED)]
+
+
+async def test_the_full_wall_clock_ends_the_worker_its_requests_get_the_limit_and_its_work_is_cut(
+    harness: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    await harness.boot_of("mode=background")
+    module = harness.module
+    hanging = harness.start("mode=hang")
+    await module.STARTED.wait()
+    harness.clock.advance(WALL_CLOCK_SEC * 0.9)  # retired at half; beforeunload at 90 %
+    await settle()
+    assert module.UNLOADS == ["wall_clock"]
+    harness.clock.advance(WALL_CLOCK_SEC * 0.1)
+    with pytest.raises(WallClockLimitExceeded) as raised:  # 546 WORKER_LIMIT at the gateway
+        await hanging
+    assert raised.value.reason == "WallClockTime" and isinstance(raised.value, TimeoutError)
+    await settle()
+    assert [(t.name, t.outcome, t.cut_reason) for t in harness.tasks] == [("later", TaskOutcome.CUT, "WallClockTime")]
+    assert harness.told == [("retired", StopReason.WALL_CLOCK), ("ended", StopReason.WALL_CLOCK)]
+    assert list(harness.supervisor.shutdowns) == [StopReason.WALL_CLOCK]
+    assert "wall clock duration reached: isolate:" in caplog.text and "(in_flight_req_exists = true)" in caplog.text
+    assert "reason: WallClockTime (cpu_time_used" in caplog.text and "1 background task(s) cut" in caplog.text
+    assert (await harness.request()).status == 200  # the next request boots a fresh worker
+
+
+async def test_cpu_time_retires_at_the_soft_limit_and_ends_at_the_hard_limit(functions_dir: Path) -> None:
+    harness = Harness(functions_dir, cpu_soft_limit_ms=100, cpu_hard_limit_ms=200)
+    try:
+        await harness.boot_of("mode=background")
+        worker, module = harness.supervisor.worker, harness.module
+        assert worker is not None
+        hanging = harness.start("mode=hang")
+        await module.STARTED.wait()
+        worker.meter.add(100)
+        assert harness.told == [("retired", StopReason.CPU)]
+        worker.meter.add(100)
+        with pytest.raises(LimitExceeded) as raised:
+            await hanging
+        assert raised.value.reason == "CPUTime" and not isinstance(raised.value, TimeoutError)
+        await settle()
+        assert harness.told == [("retired", StopReason.CPU), ("ended", StopReason.CPU)]
+        assert [t.cut_reason for t in harness.tasks] == ["CPUTime"]
+    finally:
+        await harness.supervisor.shutdown(0)
+
+
+async def test_the_successor_is_booted_before_the_worker_retires_and_takes_over(functions_dir: Path) -> None:
+    harness = Harness(functions_dir, successors=True)
+    try:
+        first = await harness.boot_of()
+        harness.clock.advance(WALL_CLOCK_SEC / 2 * 0.8)
+        await settle()
+        successor = harness.supervisor._successor
+        assert successor is not None and successor.done()
+        assert harness.supervisor.boots == 2 and harness.supervisor.worker is not successor.result()
+        harness.clock.advance(WALL_CLOCK_SEC / 2 * 0.2)
+        await settle()
+        assert harness.told == [("retired", StopReason.WALL_CLOCK), ("ended", StopReason.EARLY_DROP)]
+        second = await harness.boot_of()
+        assert second != first
+        assert harness.supervisor.worker is successor.result()
+        assert harness.supervisor.boots == 2  # the hand-over waited for no boot
+    finally:
+        await harness.supervisor.shutdown(0)
+
+
+async def test_a_reload_ends_an_unused_successor_and_retires_the_active_worker(functions_dir: Path) -> None:
+    harness = Harness(functions_dir, successors=True)
+    try:
+        first = await harness.boot_of()
+        harness.clock.advance(WALL_CLOCK_SEC / 2 * 0.8)
+        await settle()
+        successor = harness.supervisor._successor
+        assert successor is not None
+        harness.supervisor.reload()
+        await settle()
+        assert successor.result().status is WorkerStatus.ENDED
+        assert harness.told == [("retired", StopReason.RELOAD), ("ended", StopReason.EARLY_DROP)]
+        assert await harness.boot_of() != first
+        assert harness.supervisor.boots == 3
+    finally:
+        await harness.supervisor.shutdown(0)
+
+
+async def test_a_boot_error_fails_the_request_and_the_next_request_boots_again(
+    harness: Harness, functions_dir: Path
+) -> None:
+    write_function(functions_dir, "probe", "def broken(:\n")
+    with pytest.raises(BootError, match="SyntaxError"):
+        await harness.request()
+    assert harness.supervisor.boot_error is not None and harness.supervisor.worker is None
+    write_function(functions_dir, "probe", PROBE)
+    assert (await harness.request()).status == 200
+    assert harness.supervisor.boot_error is None
+
+
+async def test_shutdown_tells_beforeunload_and_cuts_what_is_still_running(harness: Harness) -> None:
+    await harness.boot_of("mode=background")
+    module = harness.module
+    cut = await harness.supervisor.shutdown(0)
+    assert len(cut) == 1 and cut[0].startswith("later (function probe, execution ")
+    assert module.UNLOADS == ["termination"]
+    assert list(harness.supervisor.shutdowns) == [StopReason.TERMINATION]
+    assert [(t.outcome, t.cut_reason) for t in harness.tasks] == [(TaskOutcome.CUT, "TerminationRequested")]
