@@ -36,3 +36,23 @@ async def test_basic_pattern_response_does_not_wait(edge_client: EdgeClient, mon
     assert time.perf_counter() - started < 0.3  # three 0.4 s steps run after the response
     assert len(edge_client.pending()) == 1
     await edge_client.drain()
+
+
+async def test_bundled_functions_take_their_clients_from_shared(edge_client: EdgeClient) -> None:
+    """One definition of the per-worker clients (functions/_shared/clients.py), not a copy per function."""
+    import httpx
+
+    from tests.examples.conftest import REPO
+
+    copies = [
+        path.parent.name
+        for path in sorted((REPO / "functions").glob("*/index.py"))
+        if "httpx.AsyncClient(" in path.read_text() or "AsyncClientOptions(" in path.read_text()
+    ]
+    assert copies == []
+    # Each worker still gets its own pool: two functions' modules hold two clients.
+    await edge_client.invoke("retry", json={})
+    await edge_client.invoke("tracked-job", json={})
+    retry, tracked = edge_client.module("retry").http, edge_client.module("tracked-job").http
+    assert isinstance(retry, httpx.AsyncClient) and isinstance(tracked, httpx.AsyncClient)
+    assert retry is not tracked

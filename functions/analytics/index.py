@@ -45,28 +45,19 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-import httpx
+from _shared.clients import worker_http
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from edgeruntime import Deno, EdgeRuntime, serve
-from edgeruntime.runtime import BeforeUnloadEvent
 
 logger = logging.getLogger(__name__)
 
 #: JavaScript's `undefined`: a key whose value is this is left out, as JSON.stringify leaves it out.
 UNDEFINED: Any = object()
 
-# One connection pool per worker (a client per call loads the CA certificates each time).
-http = httpx.AsyncClient(timeout=10)
-
-
-async def close_http(event: BeforeUnloadEvent) -> None:
-    if event.reason == "early_drop":  # nothing in flight or pending: no one can still use it
-        await http.aclose()
-
-
-EdgeRuntime.on("beforeunload", close_http)
+# One connection pool per worker (see functions/_shared/clients.py).
+http = worker_http()
 
 
 def defined(obj: dict[str, Any]) -> dict[str, Any]:

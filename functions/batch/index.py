@@ -30,32 +30,17 @@ Env: SUPABASE_URL, SUPABASE_SERVICE_ROLE_KEY (injected by the runtime).
 
 from typing import Any
 
-import httpx
+from _shared.clients import supabase_admin, worker_http
 from postgrest import ReturnMethod
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from supabase import AsyncClient, AsyncClientOptions
 
-from edgeruntime import Deno, EdgeRuntime, serve
+from edgeruntime import EdgeRuntime, serve
 from edgeruntime.jobs import enqueue
-from edgeruntime.runtime import BeforeUnloadEvent
 
-# One connection pool per worker, shared by supabase-py (a client per call loads the CA
-# certificates each time, on the function's CPU budget; see docs/porting.md).
-http = httpx.AsyncClient(timeout=10)
-supabase = AsyncClient(
-    Deno.env.get("SUPABASE_URL") or "",
-    Deno.env.get("SUPABASE_SERVICE_ROLE_KEY") or "",
-    AsyncClientOptions(httpx_client=http),
-)
-
-
-async def close_http(event: BeforeUnloadEvent) -> None:
-    if event.reason == "early_drop":  # nothing in flight or pending: no one can still use it
-        await http.aclose()
-
-
-EdgeRuntime.on("beforeunload", close_http)
+# One connection pool per worker, shared by supabase-py (see functions/_shared/clients.py).
+http = worker_http()
+supabase = supabase_admin(http)
 
 #: How many items one invocation processes; the rest is queued.
 BATCH_LIMIT = 100

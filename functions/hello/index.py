@@ -1,6 +1,6 @@
 """hello: the smallest edge function.
 
-    curl http://127.0.0.1:54321/functions/v1/hello -H "Authorization: Bearer $(edgeruntime keys --anon)"
+curl http://127.0.0.1:54321/functions/v1/hello -H "Authorization: Bearer $(edgeruntime keys --anon)"
 """
 
 from starlette.requests import Request

@@ -65,32 +65,19 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 import httpx
+from _shared.clients import supabase_admin, worker_http
 from postgrest import APIError, ReturnMethod
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
-from supabase import AsyncClient, AsyncClientOptions
+from supabase import AsyncClient
 
-from edgeruntime import Deno, EdgeRuntime, serve
-from edgeruntime.runtime import BeforeUnloadEvent
+from edgeruntime import Deno, serve
 
 logger = logging.getLogger(__name__)
 
-# One connection pool per worker, shared by supabase-py (a client per call loads the CA
-# certificates each time, on the function's CPU budget; see docs/porting.md).
-http = httpx.AsyncClient(timeout=10)
-supabase = AsyncClient(
-    Deno.env.get("SUPABASE_URL") or "",
-    Deno.env.get("SUPABASE_SERVICE_ROLE_KEY") or "",
-    AsyncClientOptions(httpx_client=http),
-)
-
-
-async def close_http(event: BeforeUnloadEvent) -> None:
-    if event.reason == "early_drop":  # nothing in flight or pending: no one can still use it
-        await http.aclose()
-
-
-EdgeRuntime.on("beforeunload", close_http)
+# One connection pool per worker, shared by supabase-py (see functions/_shared/clients.py).
+http = worker_http()
+supabase = supabase_admin(http)
 
 JOB_NAME = "my-new-job"
 CORS_HEADERS = {

@@ -34,27 +34,17 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-import httpx
+from _shared.clients import worker_http
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from tenacity import AsyncRetrying, RetryCallState, stop_after_attempt, wait_incrementing
 
 from edgeruntime import Deno, EdgeRuntime, serve
-from edgeruntime.runtime import BeforeUnloadEvent
 
 logger = logging.getLogger(__name__)
 
-# One connection pool per worker (a client per call loads the CA certificates each time, on the
-# function's CPU budget; see docs/porting.md).
-http = httpx.AsyncClient(timeout=10)
-
-
-async def close_http(event: BeforeUnloadEvent) -> None:
-    if event.reason == "early_drop":  # nothing in flight or pending: no one can still use it
-        await http.aclose()
-
-
-EdgeRuntime.on("beforeunload", close_http)
+# One connection pool per worker (see functions/_shared/clients.py).
+http = worker_http()
 T = TypeVar("T")
 
 

@@ -60,10 +60,11 @@ from typing import Any
 
 import httpx
 import stripe
+from _shared.clients import supabase_admin, worker_http
 from postgrest import APIError, ReturnMethod
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
-from supabase import AsyncClient, AsyncClientOptions
+from supabase import AsyncClient
 
 from edgeruntime import Deno, EdgeRuntime, serve
 from edgeruntime.runtime import BeforeUnloadEvent
@@ -72,12 +73,8 @@ logger = logging.getLogger(__name__)
 
 # One connection pool per worker, shared by supabase-py and the mail calls; and, like the seed's
 # module-level `new Stripe(...)`, one Stripe client, whose API calls go to STRIPE_API_BASE.
-http = httpx.AsyncClient(timeout=10)
-supabase = AsyncClient(
-    Deno.env.get("SUPABASE_URL") or "",
-    Deno.env.get("SUPABASE_SERVICE_ROLE_KEY") or "",
-    AsyncClientOptions(httpx_client=http),
-)
+http = worker_http()
+supabase = supabase_admin(http)
 stripe_http = stripe.HTTPXClient(timeout=10)
 stripe_client = stripe.StripeClient(
     Deno.env.get("STRIPE_SECRET_KEY") or "",
@@ -86,13 +83,12 @@ stripe_client = stripe.StripeClient(
 )
 
 
-async def close_clients(event: BeforeUnloadEvent) -> None:
-    if event.reason == "early_drop":  # nothing in flight or pending: no one can still use them
-        await http.aclose()
+async def close_stripe(event: BeforeUnloadEvent) -> None:
+    if event.reason == "early_drop":  # nothing in flight or pending: no one can still use it
         await stripe_http.close_async()  # type: ignore[no-untyped-call]  # untyped in stripe
 
 
-EdgeRuntime.on("beforeunload", close_clients)
+EdgeRuntime.on("beforeunload", close_stripe)
 
 
 async def handler(req: Request) -> Response:

@@ -30,26 +30,16 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
-import httpx
+from _shared.clients import worker_http
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from edgeruntime import Deno, EdgeRuntime, serve
-from edgeruntime.runtime import BeforeUnloadEvent
 
 logger = logging.getLogger(__name__)
 
-# One connection pool per worker (a client per call loads the CA certificates each time, on the
-# function's CPU budget; see docs/porting.md).
-http = httpx.AsyncClient(timeout=10)
-
-
-async def close_http(event: BeforeUnloadEvent) -> None:
-    if event.reason == "early_drop":  # nothing in flight or pending: no one can still use it
-        await http.aclose()
-
-
-EdgeRuntime.on("beforeunload", close_http)
+# One connection pool per worker (see functions/_shared/clients.py).
+http = worker_http()
 
 
 async def tracked_background_job(job_name: str, fn: Callable[[], Awaitable[None]]) -> None:
