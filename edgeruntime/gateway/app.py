@@ -176,14 +176,15 @@ class EdgeApp:
     # -- functions -------------------------------------------------------------------------
 
     def refresh(self) -> None:
-        """Rescan the functions directory: add new functions, forget removed ones."""
+        """Rescan the functions directory: add new functions (their files compiled, see
+        :meth:`FunctionSupervisor.check`), forget removed ones."""
         found = discover(self.settings.functions_dir)
         for name in list(self.functions):
             if name not in found:
                 self.functions.pop(name).reload()
         for name, spec in found.items():
             if name not in self.functions and self.settings.enabled(name):
-                self.functions[name] = FunctionSupervisor(
+                supervisor = self.functions[name] = FunctionSupervisor(
                     spec,
                     self.settings,
                     self._background_observers,
@@ -191,13 +192,16 @@ class EdgeApp:
                     self._worker_observers,
                     enqueue=self.enqueue,
                 )
+                supervisor.check()
 
     def pending_background(self) -> list[BackgroundTask]:
         """Every background task still running, in every worker of every function."""
         return [t for s in self.functions.values() for w in s.workers for t in w.pending_background()]
 
     def reload(self, names: set[str]) -> list[str]:
-        """Reload the named functions (`_shared` reloads all); returns the names reloaded."""
+        """Reload the named functions (`_shared` reloads all), their files compiled again; returns
+        the names reloaded."""
+        known = set(self.functions)
         self.refresh()
         if SHARED in names:
             purge_modules(SHARED)
@@ -207,6 +211,8 @@ class EdgeApp:
             supervisor = self.functions.get(name)
             if supervisor is not None:
                 supervisor.reload()
+                if name in known:  # a new one was compiled by refresh()
+                    supervisor.check()
                 reloaded.append(name)
         return reloaded
 

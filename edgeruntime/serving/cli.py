@@ -232,13 +232,16 @@ def cmd_new(args: argparse.Namespace) -> int:
 
 def cmd_list(args: argparse.Namespace) -> int:
     from edgeruntime.functions.discovery import discover
+    from edgeruntime.functions.source import check_source
 
     settings = _settings(args, args.directory, warn_env=False)
-    for name in discover(settings.functions_dir):
+    for name, spec in discover(settings.functions_dir).items():
         fn = settings.config.function(name)
         state = "enabled" if fn.enabled else "disabled"
         jwt_state = "verify_jwt" if fn.verify_jwt else "no verify_jwt"
-        print(f"{name}\t{settings.function_url(name)}\t{state}, {jwt_state}")
+        line = f"{name}\t{settings.function_url(name)}\t{state}, {jwt_state}"
+        error = check_source(spec)  # compiled, not imported: listing runs no function's code
+        print(line if error is None else f"{line}\tnot serveable: {error}")
     return 0
 
 
