@@ -11,6 +11,7 @@ import asyncio
 import dataclasses
 import logging
 import time
+from collections.abc import Iterable
 from typing import Any
 
 from edgeruntime.config.settings import Settings
@@ -215,6 +216,34 @@ class EdgeApp:
                     supervisor.check()
                 reloaded.append(name)
         return reloaded
+
+    def reconfigure(self, settings: Settings, reload: Iterable[str] | None = None) -> list[str]:
+        """Serve with `settings` from now on (config.toml or .env edited while serving).
+
+        JWT verification, the keys and the request limits apply to the next request; functions
+        newly disabled are no longer served and newly enabled ones are; the functions named in
+        `reload` (None: all) retire their workers so the next request boots them with the new
+        env and limits. Settings that cannot change while serving (the host, the isolation ...)
+        are the caller's to keep. Returns the names reloaded.
+        """
+        self.settings = settings
+        self.verifier = Verifier(settings.keys, settings.env.get("SUPABASE_JWKS"))
+        for extension in self._extensions:
+            try:
+                extension.reconfigure(settings)
+            except Exception:
+                logger.exception("reconfiguring %s failed", type(extension).__name__)
+        for name in list(self.functions):
+            if not settings.enabled(name):
+                self.functions.pop(name).reload()
+            else:
+                self.functions[name].configure(settings)
+        known = set(self.functions)
+        self.refresh()
+        names = set(self.functions) if reload is None else set(reload) & known
+        for name in sorted(names):
+            self.functions[name].reload()
+        return sorted(names)
 
     # -- ASGI ------------------------------------------------------------------------------
 

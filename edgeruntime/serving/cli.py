@@ -8,6 +8,7 @@ import functools
 import gc
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -168,9 +169,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise UsageError(f"--port: {args.port} is not a TCP port")
     # Before anything can log: resolving the settings warns about the env, in the chosen format.
     log_buffer = configure_logging(args.log_format)
-    settings = _settings(
-        args,
-        args.directory,
+    # The server's own environment: inline functions' env replaces os.environ while serving, and
+    # an edit of config.toml or .env is resolved again against this one.
+    server_environ = dict(os.environ)
+    serve_options: dict[str, Any] = dict(
+        environ=server_environ,
         host=args.host,
         port=args.port,
         no_verify_jwt=args.no_verify_jwt,
@@ -186,6 +189,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         keep_alive_timeout_sec=args.keep_alive_timeout,
         server=args.server,
     )
+    settings = _settings(args, args.directory, **serve_options)
     built = build_app(settings, access_log=AccessLog(log_buffer, settings.log_format))
     app, jobs = built.app, built.jobs
     if app.launcher is not None and app.launcher.sandbox.shares_server_view:
@@ -218,7 +222,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
         await watch_functions(settings.functions_dir, app.reload, stop)
 
-    return run_server(settings, app, on_start=start, background=[watch] if settings.watch else [])
+    async def watch_settings(stop: asyncio.Event) -> None:
+        from edgeruntime.serving.config_reload import ConfigReloader, watch_config, watched_files
+
+        def rebuild(**overrides: Any) -> Settings:
+            return _settings(args, args.directory, **{**serve_options, "warn_env": False, **overrides})
+
+        files = watched_files(
+            settings,
+            Path(args.config) if args.config else None,
+            Path(args.env_file) if args.env_file else None,
+        )
+        reloader = ConfigReloader(app, rebuild, files)
+        await watch_config(files, reloader.reload, stop)
+
+    return run_server(settings, app, on_start=start, background=[watch, watch_settings] if settings.watch else [])
 
 
 def cmd_new(args: argparse.Namespace) -> int:

@@ -134,6 +134,15 @@ class FunctionSupervisor:
             )
         return InlineWorker(self.spec, self.settings.env, self.limits, self.background_observers, policy, self.clock)
 
+    def configure(self, settings: Settings) -> None:
+        """Serve with `settings` from now on (config.toml or .env changed): verify_jwt and the
+        request limits apply to the next request, the rest to the next worker (see :meth:`reload`)."""
+        self.settings = settings
+        self.limits = settings.limits_for(self.spec.name)
+        self._max_body_bytes = self.limits.max_request_body_bytes
+        self.verify_jwt = settings.verify_jwt(self.spec.name)
+        self.idle_timeouts.timeout_sec = self.limits.request_idle_timeout_sec
+
     def check(self) -> SourceError | None:
         """Compile the function's files (at start and on reload): a syntax error is logged once,
         with its file and line, and kept as the boot error until the files are fixed."""
