@@ -75,6 +75,16 @@ def _add_serve(sub: Any) -> None:
         help="close an idle connection after this long (default 5, or [edge_runtime] keep_alive_timeout_sec)",
     )
     serve.add_argument("--server", choices=("hypercorn", "uvicorn"), default="hypercorn")
+    serve.add_argument(
+        "--inspect",
+        nargs="?",
+        const="",
+        metavar="HOST:PORT",
+        help="listen for a debugger (debugpy; default 127.0.0.1:9229, or [edge_runtime] inspector_port)",
+    )
+    serve.add_argument(
+        "--inspect-wait", action="store_true", help="like --inspect, and wait for the debugger to attach before serving"
+    )
 
 
 def _add_new(sub: Any) -> None:
@@ -163,7 +173,7 @@ def _settings(args: argparse.Namespace, directory: str, **options: Any) -> Setti
 def cmd_serve(args: argparse.Namespace) -> int:
     from edgeruntime.core.logs import AccessLog, configure_logging
     from edgeruntime.serving.build import build_app
-    from edgeruntime.serving.server import run_server
+    from edgeruntime.serving.server import check_port, run_server
 
     if not 0 < args.port < 65536:
         raise UsageError(f"--port: {args.port} is not a TCP port")
@@ -190,6 +200,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         server=args.server,
     )
     settings = _settings(args, args.directory, **serve_options)
+    if args.inspect is not None or args.inspect_wait:
+        from edgeruntime.serving.inspector import parse_inspect, start_inspector
+
+        check_port(settings.host, settings.port)  # not waiting for a debugger to then find the port taken
+        address = parse_inspect(args.inspect, settings.config.inspector_port)
+        start_inspector(address, wait=args.inspect_wait, isolation=settings.isolation)
     built = build_app(settings, access_log=AccessLog(log_buffer, settings.log_format))
     app, jobs = built.app, built.jobs
     if app.launcher is not None and app.launcher.sandbox.shares_server_view:
