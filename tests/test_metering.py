@@ -339,3 +339,28 @@ async def test_every_kind_of_awaitable_given_to_wait_until_is_metered_and_cut_at
     if isolation == "inline":  # a worker process logs to its own output
         assert "Traceback" not in caplog.text
         assert "failed (execution" not in caplog.text
+
+
+async def test_tasks_created_by_metered_code_are_metered_and_others_are_left_alone() -> None:
+    loop = asyncio.get_running_loop()
+    made: list[object] = []
+
+    def previous_factory(loop: asyncio.AbstractEventLoop, coro: Any, **options: Any) -> asyncio.Future[Any]:
+        made.append(coro)
+        return asyncio.Task(coro, loop=loop, **options)
+
+    loop.set_task_factory(previous_factory)
+    try:
+        meter = CpuMeter("f")
+
+        async def spawner() -> None:
+            await asyncio.create_task(busy(60, 6))
+
+        await metered(spawner(), meter)
+        settle()
+        assert meter.used_ms >= 50  # the child task's CPU, not the parent's (it only waited)
+        assert len(made) == 1 and getattr(made[0], "__qualname__", "") == "run_metered"  # chained, wrapped once
+        await asyncio.create_task(busy(20, 2))  # not created by metered code: not wrapped
+        assert getattr(made[1], "__qualname__", "") == "busy"
+    finally:
+        loop.set_task_factory(None)
