@@ -38,7 +38,9 @@ def record(line):
         f.write(f"{BOOT_ID} {line}\\n")
 
 
-EdgeRuntime.on("beforeunload", lambda ev: record(f"beforeunload {ev.reason}"))
+# Under per_request the event names the request (its execution id).
+EdgeRuntime.on("beforeunload", lambda ev: record(f"beforeunload {ev.reason}" + (
+    f" {ev.execution_id}" if getattr(ev, "execution_id", None) else "")))
 
 
 def burn_without_awaiting(ms):

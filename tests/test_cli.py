@@ -110,6 +110,26 @@ def test_list(hello_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert "no verify_jwt" in lines[1]
 
 
+def test_list_shows_a_function_with_a_syntax_error_as_not_serveable_with_its_line(
+    hello_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ran = hello_dir.parent / "ran"
+    broken = write_function(
+        hello_dir, "broken", f"open({str(ran)!r}, 'w').close()\n\nasync def handler(req)\n    pass\n"
+    )
+    write_function(hello_dir, "imports", f"open({str(ran)!r}, 'w').close()\nimport does_not_exist\n")
+    assert main(["list", str(hello_dir)]) == 0
+    lines = dict(line.split("\t", 1) for line in capsys.readouterr().out.splitlines())
+    assert lines["broken"] == (
+        "http://127.0.0.1:54321/functions/v1/broken\tenabled, verify_jwt\t"
+        f"not serveable: SyntaxError: expected ':' ({broken}, line 3)"
+    )
+    assert lines["hello"] == "http://127.0.0.1:54321/functions/v1/hello\tenabled, verify_jwt"
+    # Only importing finds an import error, and listing imports nothing (no function code runs).
+    assert lines["imports"] == "http://127.0.0.1:54321/functions/v1/imports\tenabled, verify_jwt"
+    assert not ran.exists()
+
+
 def test_keys(hello_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["keys", str(hello_dir), "--anon"]) == 0
     assert capsys.readouterr().out.strip() == KEYS.anon_key

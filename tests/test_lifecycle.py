@@ -224,6 +224,34 @@ async def test_per_request_budget_covers_its_background_work(functions_dir: Path
         assert supervisor_shutdowns(client) == []
 
 
+async def test_per_request_beforeunload_fires_at_90_percent_with_the_reason_and_the_execution_id(
+    functions_dir: Path, isolation: str
+) -> None:
+    events = write_probe(functions_dir)
+    async with EdgeClient(
+        functions_dir,
+        isolation=isolation,
+        sandbox="none",
+        policy="per_request",
+        environ=environ_for(events),
+        limits={"wall_clock_limit_sec": 1.0},
+    ) as client:
+        first = await client.invoke("probe", params={"bg_sleep": 30})
+        assert first.status_code == 200
+        boot, execution_id = first.json()["boot"], first.headers["x-edgeruntime-execution-id"]
+        quick = await client.invoke("probe")  # ends long before its budget: no beforeunload
+        unloads = await eventually(
+            lambda: [line for line in events_of(events) if "beforeunload" in line], what="beforeunload"
+        )
+        assert unloads == [f"{boot} beforeunload wall_clock {execution_id}"]
+        cut = await eventually(lambda: [t for t in client.finished if t.outcome is TaskOutcome.CUT])
+        assert cut[0].cut_reason == "WallClockTime"
+        await asyncio.sleep(0.3)
+        assert [line for line in events_of(events) if "beforeunload" in line] == unloads  # once
+        assert quick.headers["x-edgeruntime-execution-id"] not in "\n".join(events_of(events))
+        assert supervisor_shutdowns(client) == []  # the worker itself goes on
+
+
 async def test_per_request_cpu_budget(functions_dir: Path, isolation: str) -> None:
     events = write_probe(functions_dir)
     async with EdgeClient(

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import re
 import threading
 import time
 from collections.abc import Callable, Coroutine
@@ -11,9 +13,11 @@ from typing import Any
 
 import pytest
 
+from edgeruntime.core.background import TaskOutcome
 from edgeruntime.core.metering import CpuMeter, LoopWatchdog, metered, run_metered, settle
 from edgeruntime.testing import EdgeClient
 from tests.helpers import write_function
+from tests.probes import eventually
 
 
 def spin(ms: float) -> None:
@@ -233,3 +237,130 @@ async def test_sync_handler_cpu_counts_against_the_worker(
         assert client.app.functions["sync"].worker is None  # retired right after
         assert (await client.invoke("sync")).json()["boot"] != first
     assert "CPU time soft limit reached" in caplog.text
+
+
+#: Hands CPU-burning work to wait_until in the shape `?shape=` names; records what listeners see.
+SPAWNER = """
+import asyncio
+import os
+import re
+import os
+import time
+from pathlib import Path
+
+from starlette.responses import JSONResponse
+from edgeruntime import Deno, EdgeRuntime, serve
+
+EVENTS = Path(Deno.env.get("EVENTS_FILE") or os.devnull)
+
+
+def record(line):
+    with EVENTS.open("a") as f:
+        f.write(line + "\\n")
+
+
+EdgeRuntime.on("unhandledrejection", lambda ev: record(f"unhandledrejection {type(ev.error).__name__}"))
+EdgeRuntime.on("beforeunload", lambda ev: record(f"beforeunload {ev.reason} {ev.execution_id}"))
+
+
+async def burn(ms):
+    end = time.thread_time() + ms / 1000
+    while time.thread_time() < end:
+        step = time.thread_time() + 0.001
+        while time.thread_time() < step:
+            pass
+        await asyncio.sleep(0)
+    record("burn finished")
+
+
+async def spawns():
+    await asyncio.create_task(burn(5000))
+
+
+async def fire_and_forget():
+    asyncio.create_task(burn(5000))
+    await asyncio.sleep(30)
+
+
+async def handler(req):
+    shape = req.query_params["shape"]
+    if shape == "gather":
+        EdgeRuntime.wait_until(asyncio.gather(burn(5000)))
+    elif shape == "task":
+        EdgeRuntime.wait_until(asyncio.ensure_future(burn(5000)))
+    elif shape == "spawns":
+        EdgeRuntime.wait_until(spawns())
+    elif shape == "fire_and_forget":
+        EdgeRuntime.wait_until(fire_and_forget())
+    return JSONResponse({"shape": shape, "execution_id": req.headers.get("x-test-id")})
+
+
+serve(handler)
+"""
+
+
+@pytest.mark.parametrize(
+    ("isolation", "policy"), [("inline", "per_worker"), ("inline", "per_request"), ("process", "per_request")]
+)
+@pytest.mark.parametrize("shape", ["gather", "task", "spawns", "fire_and_forget"])
+async def test_every_kind_of_awaitable_given_to_wait_until_is_metered_and_cut_at_the_cpu_limit(
+    functions_dir: Path, caplog: pytest.LogCaptureFixture, isolation: str, policy: str, shape: str
+) -> None:
+    """`wait_until(asyncio.gather(burn()))`, a task, and the tasks a background coroutine creates:
+    all their CPU is charged, and they are cut at the hard limit (recorded as cut, not failed)."""
+    write_function(functions_dir, "spawner", SPAWNER)
+    events = functions_dir.parent / "events.log"
+    async with EdgeClient(
+        functions_dir,
+        isolation=isolation,
+        sandbox="none",
+        policy=policy,
+        environ={**os.environ, "EVENTS_FILE": str(events)},
+        limits={"cpu_soft_limit_ms": 250, "cpu_hard_limit_ms": 300},
+    ) as client:
+        started = time.monotonic()
+        r = await client.invoke("spawner", params={"shape": shape})
+        assert r.status_code == 200, r.text
+        await eventually(lambda: client.finished, timeout=20, what="the end of the background work")
+        # Without metering the 5 s of CPU would run to the end (or be cut only by the wall clock).
+        assert time.monotonic() - started < 4.5
+        [task] = client.finished
+        assert (task.outcome, task.cut_reason, task.error) == (TaskOutcome.CUT, "CPUTime", None)
+        assert client.failed == []
+        await asyncio.sleep(0.3)  # a stray task would finish or report by now
+        lines = events.read_text().splitlines() if events.exists() else []
+        assert "burn finished" not in lines
+        assert not [line for line in lines if line.startswith("unhandledrejection")]
+    if isolation == "inline" and policy == "per_worker":  # the worker reports the CPU its work used
+        [used] = re.findall(r"reason: CPUTime \(cpu_time_used (\d+) ms", caplog.text)
+        assert 300 <= int(used) < 1500
+    elif isolation == "inline":
+        assert "CPU time hard limit reached: request:" in caplog.text
+    if isolation == "inline":  # a worker process logs to its own output
+        assert "Traceback" not in caplog.text
+        assert "failed (execution" not in caplog.text
+
+
+async def test_tasks_created_by_metered_code_are_metered_and_others_are_left_alone() -> None:
+    loop = asyncio.get_running_loop()
+    made: list[object] = []
+
+    def previous_factory(loop: asyncio.AbstractEventLoop, coro: Any, **options: Any) -> asyncio.Future[Any]:
+        made.append(coro)
+        return asyncio.Task(coro, loop=loop, **options)
+
+    loop.set_task_factory(previous_factory)
+    try:
+        meter = CpuMeter("f")
+
+        async def spawner() -> None:
+            await asyncio.create_task(busy(60, 6))
+
+        await metered(spawner(), meter)
+        settle()
+        assert meter.used_ms >= 50  # the child task's CPU, not the parent's (it only waited)
+        assert len(made) == 1 and getattr(made[0], "__qualname__", "") == "run_metered"  # chained, wrapped once
+        await asyncio.create_task(busy(20, 2))  # not created by metered code: not wrapped
+        assert getattr(made[1], "__qualname__", "") == "busy"
+    finally:
+        loop.set_task_factory(None)

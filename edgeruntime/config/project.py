@@ -56,7 +56,10 @@ FOREIGN_SECTIONS = frozenset(
     }
 )
 #: `[edge_runtime]` keys of the Supabase CLI that have no meaning here (accepted, ignored).
-FOREIGN_EDGE_RUNTIME_KEYS = frozenset({"enabled", "inspector_port", "deno_version"})
+FOREIGN_EDGE_RUNTIME_KEYS = frozenset({"enabled", "deno_version"})
+#: Where `edgeruntime serve --inspect` listens without an address (Deno's inspector port); a
+#: config.toml's `[edge_runtime] inspector_port` (the Supabase CLI's key) replaces it.
+DEFAULT_INSPECTOR_PORT = 9229
 #: `[functions.<name>]` keys of the Supabase CLI that have no meaning here (accepted, ignored).
 FOREIGN_FUNCTION_KEYS = frozenset({"import_map", "entrypoint", "static_files"})
 CRON_OVERLAP = ("skip", "allow")
@@ -128,6 +131,8 @@ class ProjectConfig:
     dashboard: DashboardConfig = DashboardConfig()
     #: `[edge_runtime] keep_alive_timeout_sec`: seconds an idle HTTP connection stays open.
     keep_alive_timeout_sec: float = DEFAULT_KEEP_ALIVE_TIMEOUT_SEC
+    #: `[edge_runtime] inspector_port`: where `--inspect` listens when given no address.
+    inspector_port: int = DEFAULT_INSPECTOR_PORT
     #: What wraps each worker process under process isolation (see :mod:`edgeruntime.workers.process.sandbox`).
     sandbox: SandboxMode = "auto"
     #: `[edge_runtime] worker_uid_range` as (first, last), when set.
@@ -316,7 +321,16 @@ def load_config(path: Path | None, environ: Mapping[str, str] | None = None, *, 
     )
 
     er = r.table(data.get("edge_runtime", {}), "[edge_runtime]")
-    own_er = {"policy", "isolation", "secrets", "keep_alive_timeout_sec", "sandbox", "worker_uid_range", *LIMIT_KEYS}
+    own_er = {
+        "policy",
+        "isolation",
+        "secrets",
+        "keep_alive_timeout_sec",
+        "sandbox",
+        "worker_uid_range",
+        "inspector_port",
+        *LIMIT_KEYS,
+    }
     r.check_keys(er, "edge_runtime", own_er | FOREIGN_EDGE_RUNTIME_KEYS)
     policy = er.get("policy", "per_worker")
     if policy == "oneshot":  # the Supabase CLI's other policy: one request per worker
@@ -338,6 +352,9 @@ def load_config(path: Path | None, environ: Mapping[str, str] | None = None, *, 
     problem = keep_alive_problem(keep_alive)
     if problem is not None:
         raise r.error("[edge_runtime] keep_alive_timeout_sec", problem)
+    inspector_port = er.get("inspector_port", DEFAULT_INSPECTOR_PORT)
+    if isinstance(inspector_port, bool) or not isinstance(inspector_port, int) or not 0 < inspector_port < 65536:
+        raise r.error("[edge_runtime] inspector_port", f"expected a TCP port (1-65535), got {inspector_port!r}")
 
     secrets: dict[str, str] = {}
     for key, value in r.table(er.get("secrets", {}), "[edge_runtime.secrets]").items():
@@ -415,6 +432,7 @@ def load_config(path: Path | None, environ: Mapping[str, str] | None = None, *, 
         jobs=r.table(data.get("jobs", {}), "[jobs]"),
         dashboard=_dashboard(r, data.get("dashboard", {})),
         keep_alive_timeout_sec=float(keep_alive),
+        inspector_port=inspector_port,
         sandbox=cast(SandboxMode, sandbox),
         worker_uid_range=uid_range,
         signing_keys_path=keys_file,

@@ -2,7 +2,13 @@
 
 Work is tracked per worker and per invocation. It never delays a response, and an exception in
 it is logged (function, execution id, traceback), recorded and reported to ``unhandledrejection``
-listeners, without harming the worker, the server or the other tasks.
+listeners, without harming the worker, the server or the other tasks. Work cancelled by the
+runtime (a limit, a shutdown) is recorded as cut, never as failed: that includes an
+``asyncio.gather`` that ends with a ``CancelledError`` exception rather than as cancelled.
+
+The tasks that an execution's code creates itself (``asyncio.create_task``, the children of a
+``gather``) are not background work of their own, but they belong to the execution: they are
+charged to its CPU meter (see :mod:`edgeruntime.core.metering`) and cancelled with its work.
 """
 
 from __future__ import annotations
@@ -61,6 +67,8 @@ class BackgroundTask:
 
 
 def _task_name(awaitable: Awaitable[Any]) -> str:
+    if type(awaitable).__name__ == "_GatheringFuture":  # what asyncio.gather() returns
+        return "gather"
     for attr in ("__qualname__", "__name__"):
         name = getattr(awaitable, attr, None)
         if isinstance(name, str):
@@ -91,6 +99,8 @@ class BackgroundWork:
         self.runner: Callable[[Coroutine[Any, Any, Any], ExecutionContext], Coroutine[Any, Any, Any]] | None = None
         #: Observers of the whole app (kept by reference, so ones added later see this worker too).
         self.shared_observers = shared_observers if shared_observers is not None else []
+        #: Tasks the function's code created, not yet done, with the execution that created them.
+        self._spawned: dict[asyncio.Future[Any], ExecutionContext] = {}
 
     def __len__(self) -> int:
         return len(self.pending)
@@ -114,12 +124,22 @@ class BackgroundWork:
             observer(entry)
         return entry
 
+    def spawned(self, task: asyncio.Future[Any], ctx: ExecutionContext) -> None:
+        """`task` was created by code of `ctx` (see :mod:`edgeruntime.core.metering`): cut it with `ctx`'s work."""
+        self._spawned[task] = ctx
+        task.add_done_callback(self._spawned_done)
+
+    def _spawned_done(self, task: asyncio.Future[Any]) -> None:
+        self._spawned.pop(task, None)
+
     def _finished(self, entry: BackgroundTask, ctx: ExecutionContext) -> None:
         entry.ended_at = time.time()
         self.pending.discard(entry)
         ctx.tasks.discard(entry)
         future = entry.task
-        if future.cancelled():
+        # A gather whose children were cancelled ends with a CancelledError *exception* (Python
+        # 3.11): it was cancelled, not failed.
+        if future.cancelled() or isinstance(future.exception(), asyncio.CancelledError):
             entry.outcome = TaskOutcome.CUT
             entry.cut_reason = entry.cut_reason or "cancelled"
         elif (exc := future.exception()) is not None:
@@ -178,9 +198,22 @@ class BackgroundWork:
                 [e if isinstance(e, Exception) else RuntimeError(repr(e)) for e in errors],
             )
 
-    def cut(self, reason: str, tasks: Iterable[BackgroundTask] | None = None) -> list[BackgroundTask]:
-        """Cancel pending tasks, recording why; returns the tasks that were cut."""
-        victims = list(self.pending if tasks is None else tasks)
+    def cut(
+        self, reason: str, tasks: Iterable[BackgroundTask] | None = None, *, of: ExecutionContext | None = None
+    ) -> list[BackgroundTask]:
+        """Cancel pending tasks, recording why; returns the tasks that were cut.
+
+        With neither `tasks` nor `of`, all the work of the worker is cut; with `of`, the work of
+        that execution. Either way the tasks the cut executions' code created are cancelled too.
+        """
+        if of is not None:
+            victims = list(of.tasks)
+        else:
+            victims = list(self.pending if tasks is None else tasks)
+        if tasks is None:
+            for task, owner in list(self._spawned.items()):
+                if of is None or owner is of:
+                    task.cancel()
         for entry in victims:
             if not entry.task.done():
                 entry.cut_reason = reason

@@ -81,9 +81,14 @@ EventCallback = Callable[[Any], Awaitable[None] | None]
 
 @dataclass(frozen=True)
 class BeforeUnloadEvent:
-    """Passed to ``beforeunload`` listeners; ``reason`` says why the worker is going away."""
+    """Passed to ``beforeunload`` listeners; ``reason`` says why the worker is going away.
+
+    Under ``policy = "per_request"`` it is the request that is about to run out of its budget, and
+    ``execution_id`` names it; under ``per_worker`` it is None (the whole worker goes).
+    """
 
     reason: str
+    execution_id: str | None = None
 
     @property
     def detail(self) -> dict[str, str]:

@@ -11,6 +11,12 @@ window. A step does not block, so the rest of its wall time is time other thread
 held the CPU, which is not charged. Each thread (each event loop) has its own batch. Code that
 reads a meter to decide or report calls :func:`settle` first. Sync handlers run in a thread and
 are charged that thread's CPU time.
+A task that metered code creates (``asyncio.create_task``, ``asyncio.gather``, ``wait_for``) is
+metered too, to the meter of the step that created it: the loop's task factory
+(:func:`install_task_factory`, installed on every loop that runs metered code) wraps its coroutine
+in :func:`metered`, and registers the task with the execution that spawned it, so a limit that cuts
+the execution's work cancels it as well. So `wait_until(asyncio.gather(burn()))` is charged all the
+CPU of `burn`, and so is a background coroutine's own ``create_task(burn())``.
 Limits are checked when a batch is settled, before the next step of each coroutine it charged, so
 a limit is enforced at the next ``await`` of the function; code that never awaits
 (``while True: pass``) cannot be stopped inline, only reported by the :class:`LoopWatchdog`.
@@ -31,7 +37,15 @@ from typing import Any, TypeVar
 
 from edgeruntime.core.context import current_context
 
-__all__ = ["CpuMeter", "LoopWatchdog", "metered", "run_in_thread_metered", "run_metered", "settle"]
+__all__ = [
+    "CpuMeter",
+    "LoopWatchdog",
+    "install_task_factory",
+    "metered",
+    "run_in_thread_metered",
+    "run_metered",
+    "settle",
+]
 
 logger = logging.getLogger("edgeruntime")
 
@@ -102,6 +116,9 @@ class _ThreadBatch(threading.local):
     batch: _Batch | None = None
     #: The loop of this thread's last batch.
     loop: AbstractEventLoop | None = None
+    #: The meter of the step this thread is running (None outside metered code): a task created
+    #: in the step is charged to it too.
+    meter: CpuMeter | None = None
 
 
 _thread = _ThreadBatch()
@@ -117,6 +134,7 @@ def _open() -> _Batch | None:
         loop = thread.loop = asyncio._get_running_loop()
         if loop is None:
             return None
+        install_task_factory(loop)
     batch = _Batch(loop)
     try:
         # An iteration of the loop runs only the callbacks queued before it began: this one runs
@@ -156,6 +174,8 @@ def metered(awaitable: Awaitable[T], meter: CpuMeter) -> Generator[Any, Any, T]:
     while True:
         previous = _running
         _running = function
+        outer = thread.meter
+        thread.meter = meter
         batch = thread.batch
         # A batch whose loop stopped before settling it is left to that loop.
         if batch is None or not batch.loop.is_running():
@@ -166,6 +186,7 @@ def metered(awaitable: Awaitable[T], meter: CpuMeter) -> Generator[Any, Any, T]:
                 yielded = send(send_value) if error is None else coro.throw(error)
             finally:
                 _running = previous
+                thread.meter = outer
                 if batch is not None:
                     batch.steps.append((meter, wall_clock() - started))
                 else:  # no running loop to settle a batch: charge the step exactly
@@ -204,6 +225,45 @@ async def run_in_thread_metered(fn: Callable[..., T], *args: Any) -> T:
 async def run_metered(coro: Coroutine[Any, Any, T], meter: CpuMeter) -> T:
     """`metered` as a coroutine (what ``asyncio.create_task`` needs)."""
     return await metered(coro, meter)
+
+
+#: A coroutine of `run_metered` is metered already: the task factory leaves it as it is.
+_RUN_METERED = run_metered.__code__
+
+
+class _MeteringTaskFactory:
+    """The task factory of a loop that runs metered code: see the module docstring.
+
+    Calls the loop's previous factory, if it had one, to make the task.
+    """
+
+    __slots__ = ("inner",)
+
+    def __init__(self, inner: Callable[..., asyncio.Future[Any]] | None) -> None:
+        self.inner = inner
+
+    def __call__(self, loop: AbstractEventLoop, coro: Any, **options: Any) -> asyncio.Future[Any]:
+        meter = _thread.meter
+        if meter is not None and type(coro) is types.CoroutineType and coro.cr_code is not _RUN_METERED:
+            coro = run_metered(coro, meter)
+        else:
+            meter = None
+        inner = self.inner
+        task: asyncio.Future[Any] = (
+            asyncio.Task(coro, loop=loop, **options) if inner is None else inner(loop, coro, **options)
+        )
+        if meter is not None:
+            ctx = current_context()
+            if ctx is not None:
+                ctx.worker.background.spawned(task, ctx)
+        return task
+
+
+def install_task_factory(loop: AbstractEventLoop) -> None:
+    """Meter the tasks that metered code creates on `loop` (done for every loop that runs metered code)."""
+    factory = loop.get_task_factory()
+    if not isinstance(factory, _MeteringTaskFactory):
+        loop.set_task_factory(_MeteringTaskFactory(factory))
 
 
 class LoopWatchdog:

@@ -118,6 +118,9 @@ class Api:
                 else:
                     status = "not_booted"
                 boot = {"status": status, "boots": supervisor.boots, "error": supervisor.boot_error}
+                source = supervisor.source_error
+                if source is not None:  # a syntax error, found by compiling the function's files
+                    boot["source_error"] = {"file": str(source.path), "line": source.line, "message": source.message}
                 workers = [
                     {
                         "id": w.id,

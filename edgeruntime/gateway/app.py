@@ -11,6 +11,7 @@ import asyncio
 import dataclasses
 import logging
 import time
+from collections.abc import Iterable
 from typing import Any
 
 from edgeruntime.config.settings import Settings
@@ -176,14 +177,15 @@ class EdgeApp:
     # -- functions -------------------------------------------------------------------------
 
     def refresh(self) -> None:
-        """Rescan the functions directory: add new functions, forget removed ones."""
+        """Rescan the functions directory: add new functions (their files compiled, see
+        :meth:`FunctionSupervisor.check`), forget removed ones."""
         found = discover(self.settings.functions_dir)
         for name in list(self.functions):
             if name not in found:
                 self.functions.pop(name).reload()
         for name, spec in found.items():
             if name not in self.functions and self.settings.enabled(name):
-                self.functions[name] = FunctionSupervisor(
+                supervisor = self.functions[name] = FunctionSupervisor(
                     spec,
                     self.settings,
                     self._background_observers,
@@ -191,13 +193,16 @@ class EdgeApp:
                     self._worker_observers,
                     enqueue=self.enqueue,
                 )
+                supervisor.check()
 
     def pending_background(self) -> list[BackgroundTask]:
         """Every background task still running, in every worker of every function."""
         return [t for s in self.functions.values() for w in s.workers for t in w.pending_background()]
 
     def reload(self, names: set[str]) -> list[str]:
-        """Reload the named functions (`_shared` reloads all); returns the names reloaded."""
+        """Reload the named functions (`_shared` reloads all), their files compiled again; returns
+        the names reloaded."""
+        known = set(self.functions)
         self.refresh()
         if SHARED in names:
             purge_modules(SHARED)
@@ -207,8 +212,38 @@ class EdgeApp:
             supervisor = self.functions.get(name)
             if supervisor is not None:
                 supervisor.reload()
+                if name in known:  # a new one was compiled by refresh()
+                    supervisor.check()
                 reloaded.append(name)
         return reloaded
+
+    def reconfigure(self, settings: Settings, reload: Iterable[str] | None = None) -> list[str]:
+        """Serve with `settings` from now on (config.toml or .env edited while serving).
+
+        JWT verification, the keys and the request limits apply to the next request; functions
+        newly disabled are no longer served and newly enabled ones are; the functions named in
+        `reload` (None: all) retire their workers so the next request boots them with the new
+        env and limits. Settings that cannot change while serving (the host, the isolation ...)
+        are the caller's to keep. Returns the names reloaded.
+        """
+        self.settings = settings
+        self.verifier = Verifier(settings.keys, settings.env.get("SUPABASE_JWKS"))
+        for extension in self._extensions:
+            try:
+                extension.reconfigure(settings)
+            except Exception:
+                logger.exception("reconfiguring %s failed", type(extension).__name__)
+        for name in list(self.functions):
+            if not settings.enabled(name):
+                self.functions.pop(name).reload()
+            else:
+                self.functions[name].configure(settings)
+        known = set(self.functions)
+        self.refresh()
+        names = set(self.functions) if reload is None else set(reload) & known
+        for name in sorted(names):
+            self.functions[name].reload()
+        return sorted(names)
 
     # -- ASGI ------------------------------------------------------------------------------
 

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import NamedTuple
 
+from edgeruntime.config.settings import Settings
 from edgeruntime.core.background import BackgroundTask
 from edgeruntime.core.events import StopReason
 from edgeruntime.core.types import ASGIApp, Enqueue
@@ -86,6 +87,9 @@ class Extension:
 
     async def start(self) -> None:
         """The app starts (before it serves its first request)."""
+
+    def reconfigure(self, settings: Settings) -> None:
+        """The app now runs with `settings` (config.toml or .env was edited while serving)."""
 
     async def quiesce(self) -> None:
         """The app is shutting down: stop taking new work; the functions drain after this."""

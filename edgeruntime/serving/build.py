@@ -38,6 +38,13 @@ class ProcessEnv(Extension):
         if self._previous is None:
             self._previous = apply_env(self.env)
 
+    def reconfigure(self, settings: Settings) -> None:
+        self.env = settings.env
+        if self._previous is not None:
+            # A name this changes for the first time had its original value until now.
+            for name, value in apply_env(self.env).items():
+                self._previous.setdefault(name, value)
+
     async def stop(self) -> None:
         if self._previous is not None:
             restore_env(self._previous)

@@ -8,6 +8,7 @@ import functools
 import gc
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -74,6 +75,16 @@ def _add_serve(sub: Any) -> None:
         help="close an idle connection after this long (default 5, or [edge_runtime] keep_alive_timeout_sec)",
     )
     serve.add_argument("--server", choices=("hypercorn", "uvicorn"), default="hypercorn")
+    serve.add_argument(
+        "--inspect",
+        nargs="?",
+        const="",
+        metavar="HOST:PORT",
+        help="listen for a debugger (debugpy; default 127.0.0.1:9229, or [edge_runtime] inspector_port)",
+    )
+    serve.add_argument(
+        "--inspect-wait", action="store_true", help="like --inspect, and wait for the debugger to attach before serving"
+    )
 
 
 def _add_new(sub: Any) -> None:
@@ -162,15 +173,17 @@ def _settings(args: argparse.Namespace, directory: str, **options: Any) -> Setti
 def cmd_serve(args: argparse.Namespace) -> int:
     from edgeruntime.core.logs import AccessLog, configure_logging
     from edgeruntime.serving.build import build_app
-    from edgeruntime.serving.server import run_server
+    from edgeruntime.serving.server import check_port, run_server
 
     if not 0 < args.port < 65536:
         raise UsageError(f"--port: {args.port} is not a TCP port")
     # Before anything can log: resolving the settings warns about the env, in the chosen format.
     log_buffer = configure_logging(args.log_format)
-    settings = _settings(
-        args,
-        args.directory,
+    # The server's own environment: inline functions' env replaces os.environ while serving, and
+    # an edit of config.toml or .env is resolved again against this one.
+    server_environ = dict(os.environ)
+    serve_options: dict[str, Any] = dict(
+        environ=server_environ,
         host=args.host,
         port=args.port,
         no_verify_jwt=args.no_verify_jwt,
@@ -186,6 +199,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         keep_alive_timeout_sec=args.keep_alive_timeout,
         server=args.server,
     )
+    settings = _settings(args, args.directory, **serve_options)
+    if args.inspect is not None or args.inspect_wait:
+        from edgeruntime.serving.inspector import parse_inspect, start_inspector
+
+        check_port(settings.host, settings.port)  # not waiting for a debugger to then find the port taken
+        address = parse_inspect(args.inspect, settings.config.inspector_port)
+        start_inspector(address, wait=args.inspect_wait, isolation=settings.isolation)
     built = build_app(settings, access_log=AccessLog(log_buffer, settings.log_format))
     app, jobs = built.app, built.jobs
     if app.launcher is not None and app.launcher.sandbox.shares_server_view:
@@ -218,7 +238,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
         await watch_functions(settings.functions_dir, app.reload, stop)
 
-    return run_server(settings, app, on_start=start, background=[watch] if settings.watch else [])
+    async def watch_settings(stop: asyncio.Event) -> None:
+        from edgeruntime.serving.config_reload import ConfigReloader, watch_config, watched_files
+
+        def rebuild(**overrides: Any) -> Settings:
+            return _settings(args, args.directory, **{**serve_options, "warn_env": False, **overrides})
+
+        files = watched_files(
+            settings,
+            Path(args.config) if args.config else None,
+            Path(args.env_file) if args.env_file else None,
+        )
+        reloader = ConfigReloader(app, rebuild, files)
+        await watch_config(files, reloader.reload, stop)
+
+    return run_server(settings, app, on_start=start, background=[watch, watch_settings] if settings.watch else [])
 
 
 def cmd_new(args: argparse.Namespace) -> int:
@@ -232,13 +266,16 @@ def cmd_new(args: argparse.Namespace) -> int:
 
 def cmd_list(args: argparse.Namespace) -> int:
     from edgeruntime.functions.discovery import discover
+    from edgeruntime.functions.source import check_source
 
     settings = _settings(args, args.directory, warn_env=False)
-    for name in discover(settings.functions_dir):
+    for name, spec in discover(settings.functions_dir).items():
         fn = settings.config.function(name)
         state = "enabled" if fn.enabled else "disabled"
         jwt_state = "verify_jwt" if fn.verify_jwt else "no verify_jwt"
-        print(f"{name}\t{settings.function_url(name)}\t{state}, {jwt_state}")
+        line = f"{name}\t{settings.function_url(name)}\t{state}, {jwt_state}"
+        error = check_source(spec)  # compiled, not imported: listing runs no function's code
+        print(line if error is None else f"{line}\tnot serveable: {error}")
     return 0
 
 

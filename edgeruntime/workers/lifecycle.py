@@ -8,7 +8,9 @@ retires it, a worker can have its successor prepared (process isolation boots th
 process then, so the hand-over does not wait for a boot).
 
 ``per_request`` (:class:`RequestBudget`): every request has its own wall-clock and CPU budget,
-counted from its arrival and covering the background work it registered.
+counted from its arrival and covering the background work it registered. ``beforeunload`` fires
+once per request, at 90 % of its wall clock or of its CPU hard limit (whichever comes first), with
+the request's execution id on the event.
 
 Log lines use the edge runtime's own messages and shutdown reason names
 (:class:`edgeruntime.core.events.StopReason`).
@@ -192,7 +194,8 @@ class RequestBudget:
     """The ``per_request`` budget of one request: wall clock and CPU from its arrival.
 
     The request and the background work it registers are charged to the same meter and bounded by
-    the same wall clock. `exceeded(reason)` is called once when either runs out.
+    the same wall clock. `beforeunload(budget, reason)` is called once, at 90 % of either (or when
+    it runs out, if it jumped past 90 % at once); `exceeded(budget, reason)` once, when either runs out.
     """
 
     def __init__(
@@ -201,22 +204,45 @@ class RequestBudget:
         limits: Limits,
         exceeded: Callable[[RequestBudget, StopReason], None],
         clock: Clock = LOOP_CLOCK,
+        beforeunload: Callable[[RequestBudget, StopReason], None] | None = None,
     ) -> None:
         self.ctx = ctx
         self.limits = limits
         self.reason: StopReason | None = None
+        #: Why `beforeunload` was dispatched for this request, once it was.
+        self.unloading: StopReason | None = None
         self._exceeded = exceeded
+        self._beforeunload = beforeunload
         self.meter = CpuMeter(ctx.function, self._cpu)
+        wall = limits.wall_clock_limit_sec
+        self._warning: Timer | None = None
         self.meter.next_check_ms = limits.cpu_hard_limit_ms
-        self._timer = clock.call_later(limits.wall_clock_limit_sec, self._fire, StopReason.WALL_CLOCK)
+        if beforeunload is not None:
+            self.meter.next_check_ms *= BEFOREUNLOAD_RATIO
+            self._warning = clock.call_later(wall * BEFOREUNLOAD_RATIO, self._notify, StopReason.WALL_CLOCK)
+        self._timer = clock.call_later(wall, self._fire, StopReason.WALL_CLOCK)
 
     def _cpu(self, used_ms: float) -> None:
+        hard = self.limits.cpu_hard_limit_ms
+        if used_ms < hard:
+            self.meter.next_check_ms = hard
+            self._notify(StopReason.CPU)
+            return
         self.meter.next_check_ms = float("inf")
         self._fire(StopReason.CPU)
+
+    def _notify(self, reason: StopReason) -> None:
+        if self.unloading is not None or self.reason is not None or self._beforeunload is None:
+            return
+        self.unloading = reason
+        if self._warning is not None:
+            self._warning.cancel()
+        self._beforeunload(self, reason)
 
     def _fire(self, reason: StopReason) -> None:
         if self.reason is not None:
             return
+        self._notify(reason)
         self.reason = reason
         self._timer.cancel()
         message = "wall clock duration reached" if reason is StopReason.WALL_CLOCK else "CPU time hard limit reached"
@@ -232,6 +258,8 @@ class RequestBudget:
     def close(self) -> None:
         """The request and all its background work ended."""
         self._timer.cancel()
+        if self._warning is not None:
+            self._warning.cancel()
         # Its last steps are charged at the next loop iteration (see metering): they must not
         # fail a request that has ended.
         self.meter.next_check_ms = float("inf")

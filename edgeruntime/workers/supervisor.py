@@ -27,8 +27,9 @@ from edgeruntime.core.context import ExecutionContext
 from edgeruntime.core.events import StopReason
 from edgeruntime.core.metering import settle
 from edgeruntime.core.types import Enqueue, Receive, Scope, Send
-from edgeruntime.exceptions import FunctionError, IdleTimeout
+from edgeruntime.exceptions import BootError, FunctionError, IdleTimeout
 from edgeruntime.functions.discovery import FunctionSpec
+from edgeruntime.functions.source import SourceError, check_source
 from edgeruntime.workers.lifecycle import WorkerLifecycle
 from edgeruntime.workers.process.sandbox import WorkerLauncher, function_env, sandbox_for
 from edgeruntime.workers.request_limits import BodyLimit, IdleTimeouts
@@ -81,6 +82,8 @@ class FunctionSupervisor:
         #: Why the last ended workers ended, oldest first.
         self.shutdowns: collections.deque[StopReason] = collections.deque(maxlen=100)
         self.boot_error: str | None = None
+        #: The syntax error in the function's files, found by compiling them (see :meth:`check`).
+        self.source_error: SourceError | None = None
         self.last_invocation: float | None = None
         self._boot_lock = asyncio.Lock()
         self.idle_timeouts = IdleTimeouts(self.limits.request_idle_timeout_sec)
@@ -131,8 +134,33 @@ class FunctionSupervisor:
             )
         return InlineWorker(self.spec, self.settings.env, self.limits, self.background_observers, policy, self.clock)
 
+    def configure(self, settings: Settings) -> None:
+        """Serve with `settings` from now on (config.toml or .env changed): verify_jwt and the
+        request limits apply to the next request, the rest to the next worker (see :meth:`reload`)."""
+        self.settings = settings
+        self.limits = settings.limits_for(self.spec.name)
+        self._max_body_bytes = self.limits.max_request_body_bytes
+        self.verify_jwt = settings.verify_jwt(self.spec.name)
+        self.idle_timeouts.timeout_sec = self.limits.request_idle_timeout_sec
+
+    def check(self) -> SourceError | None:
+        """Compile the function's files (at start and on reload): a syntax error is logged once,
+        with its file and line, and kept as the boot error until the files are fixed."""
+        error = check_source(self.spec)
+        if error is not None:
+            if error != self.source_error:
+                logger.error("function %s cannot boot: %s", self.name, error, extra={"function": self.name})
+            self.boot_error = f"function {self.name} failed to boot: {error}"
+        elif self.source_error is not None:
+            self.boot_error = None
+        self.source_error = error
+        return error
+
     async def _start(self) -> Worker:
         """Boot a new worker (raises FunctionError); it serves once :meth:`_activate` is called."""
+        # The files may have been fixed since (without a file watcher): compiled again, not imported.
+        if self.source_error is not None and self.check() is not None:
+            raise BootError(self.name, self.boot_error or "")
         worker = self.new_worker()
         self.boots += 1
         try:

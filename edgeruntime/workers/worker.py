@@ -21,7 +21,7 @@ from edgeruntime.core.background import BackgroundTask
 from edgeruntime.core.clock import LOOP_CLOCK, Clock
 from edgeruntime.core.context import ExecutionContext
 from edgeruntime.core.descriptors import exhaustion, report_exhaustion
-from edgeruntime.core.events import StopReason
+from edgeruntime.core.events import BeforeUnloadEvent, StopReason
 from edgeruntime.core.handlers import to_asgi
 from edgeruntime.core.metering import CpuMeter, metered, run_metered
 from edgeruntime.core.types import ASGIApp, Handler, Receive, Scope, Send
@@ -151,6 +151,8 @@ class InlineWorker:
         self.end_reason: StopReason | None = None
         self._requests: dict[asyncio.Task[Any], ExecutionContext] = {}
         self._budgets: dict[ExecutionContext, RequestBudget] = {}
+        #: `beforeunload` dispatches of per_request budgets, still running.
+        self._unloading: set[asyncio.Task[None]] = set()
         if policy == "per_request":
             self.state.background.observers.append(self._task_ended)
 
@@ -195,9 +197,19 @@ class InlineWorker:
     def _run_background(self, coro: Coroutine[Any, Any, Any], ctx: ExecutionContext) -> Coroutine[Any, Any, Any]:
         return run_metered(coro, ctx.meter or self.meter)
 
+    def _budget_unloading(self, budget: RequestBudget, reason: StopReason) -> None:
+        """A request's budget is at 90 %: its `beforeunload`, as a per-request worker of the edge runtime gets."""
+        unload = reason.unload_reason
+        if unload is None or not self.state.listeners.get("beforeunload"):
+            return
+        event = BeforeUnloadEvent(unload, budget.ctx.execution_id)
+        task = asyncio.get_running_loop().create_task(self.state.dispatch("beforeunload", event))
+        self._unloading.add(task)
+        task.add_done_callback(self._unloading.discard)
+
     def _budget_exceeded(self, budget: RequestBudget, reason: StopReason) -> None:
         ctx = budget.ctx
-        self.state.background.cut(reason, list(ctx.tasks))
+        self.state.background.cut(reason, of=ctx)
         for task, owner in self._requests.items():
             if owner is ctx:
                 task.cancel()
@@ -221,7 +233,9 @@ class InlineWorker:
         assert task is not None
         self._requests[task] = ctx
         if self.policy == "per_request":
-            own = self._budgets[ctx] = RequestBudget(ctx, self.limits, self._budget_exceeded, self.clock)
+            own = self._budgets[ctx] = RequestBudget(
+                ctx, self.limits, self._budget_exceeded, self.clock, self._budget_unloading
+            )
             meter = ctx.meter = own.meter
         else:
             meter = ctx.meter = self.meter

@@ -56,6 +56,16 @@ serve(handler)
 
 BROKEN = "import does_not_exist\n"
 
+HELLO_SOURCE = """
+from starlette.responses import JSONResponse
+from edgeruntime import serve
+
+async def handler(req):
+    return JSONResponse({"hello": True})
+
+serve(handler)
+"""
+
 # A port that reads `body["userId"]` where the TypeScript read `undefined`: a KeyError, a 500.
 RAISES = """
 from starlette.requests import Request
@@ -402,3 +412,36 @@ async def test_a_failing_store_is_a_503_and_the_server_keeps_serving(client: Edg
         store.failed_jobs = original  # type: ignore[method-assign]
     assert (await client.request("GET", API + "/failed")).status_code == 200
     assert (await client.invoke("work")).status_code == 200
+
+
+async def test_a_syntax_error_is_found_at_start_logged_once_shown_with_its_line_and_cleared_on_reload(
+    functions_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    write_function(functions_dir, "work", WORK)
+    index = write_function(functions_dir, "typo", "from edgeruntime import serve\n\nasync def handler(req)\n")
+    async with EdgeClient(functions_dir) as client:
+        # Found at start, before any request: compiled, not imported.
+        assert caplog.text.count(f"function typo cannot boot: SyntaxError: expected ':' ({index}, line 3)") == 1
+        by_name = {f["name"]: f for f in (await get(client, "/functions"))["functions"]}
+        boot = by_name["typo"]["boot"]
+        assert boot["status"] == "error"
+        assert boot["error"] == f"function typo failed to boot: SyntaxError: expected ':' ({index}, line 3)"
+        assert boot["source_error"] == {"file": str(index), "line": 3, "message": "SyntaxError: expected ':'"}
+        assert by_name["work"]["boot"]["status"] == "not_booted" and "source_error" not in by_name["work"]["boot"]
+        for _ in range(2):  # the request still gets 503 BOOT_ERROR; the error is not logged again
+            r = await client.invoke("typo")
+            assert r.status_code == 503 and r.json()["code"] == "BOOT_ERROR"
+        assert caplog.text.count("SyntaxError") == 1
+        assert (await client.invoke("work")).status_code == 200  # the others serve
+
+        index.write_text(HELLO_SOURCE)
+        client.app.reload({"typo"})  # what the file watcher calls
+        boot = {f["name"]: f for f in (await get(client, "/functions"))["functions"]}["typo"]["boot"]
+        assert (boot["status"], boot["error"]) == ("not_booted", None)
+        assert (await client.invoke("typo")).status_code == 200
+
+        index.write_text("def broken(:\n")
+        client.app.reload({"typo"})
+        boot = {f["name"]: f for f in (await get(client, "/functions"))["functions"]}["typo"]["boot"]
+        assert boot["source_error"]["line"] == 1
+        assert (await client.invoke("typo")).status_code == 503

@@ -135,3 +135,40 @@ async def test_an_observer_that_raises_is_logged_and_the_next_one_still_runs(cap
     await settle()
     assert seen == ["work"]
     assert "background task observer failed" in caplog.text
+
+
+async def test_a_cut_gather_is_recorded_as_cut_once_and_never_as_failed(caplog: pytest.LogCaptureFixture) -> None:
+    """Python 3.11 ends a cancelled gather with a CancelledError *exception*: still a cut."""
+    ended: list[BackgroundTask] = []
+    worker = WorkerState("fn", env={}, observers=[ended.append])
+    rejections: list[UnhandledRejectionEvent] = []
+    worker.add_listener("unhandledrejection", rejections.append)
+    ctx = invocation(worker)
+    never = asyncio.Event()
+    gathered = asyncio.gather(never.wait(), work())
+    entry = worker.background.add(gathered, ctx)
+    await settle()
+    assert worker.background.cut("CPUTime") == [entry]
+    await settle()
+    assert not gathered.cancelled() and isinstance(gathered.exception(), asyncio.CancelledError)
+    assert ended == [entry]
+    assert (entry.outcome, entry.cut_reason, entry.error) == (TaskOutcome.CUT, "CPUTime", None)
+    assert rejections == []
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    await worker.background.drain(timeout=0)  # no error to raise
+
+
+async def test_tasks_an_execution_created_are_cancelled_with_its_work_and_only_its() -> None:
+    worker = WorkerState("fn", env={})
+    first, second = invocation(worker), invocation(worker)
+    never = asyncio.Event()
+    mine = asyncio.ensure_future(never.wait())
+    theirs = asyncio.ensure_future(never.wait())
+    worker.background.spawned(mine, first)
+    worker.background.spawned(theirs, second)
+    assert worker.background.cut("WallClockTime", of=first) == []
+    await settle()
+    assert mine.cancelled() and not theirs.done()
+    worker.background.cut("TerminationRequested")  # the whole worker: every task it created
+    await settle()
+    assert theirs.cancelled()

@@ -108,3 +108,55 @@ def test_a_request_budget_runs_out_once_on_its_wall_clock_or_its_cpu() -> None:
     closed.close()
     clock.advance(100)
     assert len(exceeded) == 2
+
+
+def test_a_request_budget_tells_beforeunload_once_at_90_percent_of_its_wall_clock_or_cpu() -> None:
+    clock = ManualClock()
+    worker = WorkerState("probe", env={})
+    seen: list[tuple[str, str, StopReason]] = []
+
+    def budget(limits: Limits) -> tuple[RequestBudget, ExecutionContext]:
+        ctx = ExecutionContext(function="probe", worker=worker)
+        made = RequestBudget(
+            ctx,
+            limits,
+            lambda b, reason: seen.append(("exceeded", b.ctx.execution_id, reason)),
+            clock,
+            lambda b, reason: seen.append(("beforeunload", b.ctx.execution_id, reason)),
+        )
+        return made, ctx
+
+    by_time, first = budget(Limits(wall_clock_limit_sec=10, cpu_soft_limit_ms=50, cpu_hard_limit_ms=100))
+    clock.advance(8.9)
+    assert seen == []
+    clock.advance(0.1)
+    assert seen == [("beforeunload", first.execution_id, StopReason.WALL_CLOCK)]
+    by_time.meter.add(95)  # 90 % of its CPU too: told once only
+    clock.advance(1)
+    assert seen[1:] == [("exceeded", first.execution_id, StopReason.WALL_CLOCK)]
+
+    seen.clear()
+    by_cpu, second = budget(Limits(wall_clock_limit_sec=10, cpu_soft_limit_ms=50, cpu_hard_limit_ms=100))
+    by_cpu.meter.add(89)
+    assert seen == []
+    by_cpu.meter.add(1)
+    by_cpu.meter.add(10)
+    clock.advance(9)  # its wall-clock warning comes to nothing: beforeunload was told
+    assert seen == [
+        ("beforeunload", second.execution_id, StopReason.CPU),
+        ("exceeded", second.execution_id, StopReason.CPU),
+    ]
+
+    seen.clear()
+    jumped, third = budget(Limits(cpu_soft_limit_ms=50, cpu_hard_limit_ms=100))
+    jumped.meter.add(500)  # past 90 % and 100 % in one step: beforeunload first, then the end
+    assert seen == [
+        ("beforeunload", third.execution_id, StopReason.CPU),
+        ("exceeded", third.execution_id, StopReason.CPU),
+    ]
+
+    seen.clear()
+    done, _ = budget(Limits(wall_clock_limit_sec=10))
+    done.close()
+    clock.advance(100)
+    assert seen == []

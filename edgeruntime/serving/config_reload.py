@@ -1,0 +1,137 @@
+"""Applying edits of config.toml and the functions' ``.env`` while ``edgeruntime serve`` runs.
+
+The Supabase CLI restarts its runtime when config.toml changes; here the settings are resolved
+again, exactly as at start (same flags, same server environment), and applied in place: JWT
+verification, the keys, ``enabled`` and the request limits take effect at the next request, and
+the functions whose env or limits changed retire their workers, so their next request boots them
+with the new values (in-flight requests and background work finish on the old worker). One line
+says what changed, by name only (never a value). An edit that does not load (a TOML error, a bad
+key) is logged as one line naming the file and key, and the running settings are kept. What
+cannot change while serving (:data:`edgeruntime.config.changes.RESTART_ONLY`, and the flags) is
+logged as needing a restart, and keeps its running value.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from edgeruntime.config.changes import compare_settings
+from edgeruntime.config.env import ENV_FILE
+from edgeruntime.config.settings import Settings
+from edgeruntime.exceptions import EdgeRuntimeError
+from edgeruntime.functions.discovery import discover
+from edgeruntime.gateway.app import EdgeApp
+from edgeruntime.jobs.config import JobsConfig
+from edgeruntime.jobs.scheduler import cron_jobs
+
+__all__ = ["ConfigReloader", "watched_files", "watch_config"]
+
+logger = logging.getLogger("edgeruntime")
+
+
+def watched_files(settings: Settings, config_path: Path | None, env_file: Path | None) -> list[Path]:
+    """The files whose edits apply live: config.toml (where it is, or would be) and the env file."""
+    config = config_path or settings.config.path or settings.functions_dir.parent / "config.toml"
+    env = env_file or settings.functions_dir / ENV_FILE
+    return [config.resolve(), env.resolve()]
+
+
+class ConfigReloader:
+    """Resolves the settings again with `rebuild()` and applies them to `app`."""
+
+    def __init__(self, app: EdgeApp, rebuild: Callable[..., Settings], files: Iterable[Path]) -> None:
+        self.app = app
+        self.rebuild = rebuild
+        self.files = list(files)
+
+    def _resolve(self) -> Settings:
+        """The new settings, with the running isolation (workers of the other kind cannot be
+        swapped in: their env is built differently). Raises EdgeRuntimeError for an invalid edit."""
+        running = self.app.settings
+        settings = self.rebuild()
+        if settings.isolation != running.isolation:
+            settings = self.rebuild(isolation=running.isolation)
+            config = dataclasses.replace(settings.config, isolation=running.config.isolation)
+            settings = dataclasses.replace(settings, config=config)
+        # What the jobs system would refuse at the next start, refused now.
+        JobsConfig.from_table(settings.config.jobs, settings.config.path)
+        if settings.config.cron:
+            cron_jobs(settings.config.cron, set(discover(settings.functions_dir)))
+        return settings
+
+    def reload(self, changed: Iterable[Path] = ()) -> list[str]:
+        """Apply the files as they are now; returns the functions reloaded."""
+        names = ", ".join(sorted(str(path) for path in changed)) or ", ".join(str(p) for p in self.files)
+        running = self.app.settings
+        try:
+            settings = self._resolve()
+        except (EdgeRuntimeError, OSError) as exc:
+            logger.error("%s; still serving with the configuration loaded before (%s changed)", exc, names)
+            return []
+        change = compare_settings(running, settings)
+        if not change:
+            return []
+        if change.restart:
+            logger.warning(
+                "%s cannot change while serving: restart edgeruntime serve to apply it (%s changed)",
+                ", ".join(change.restart),
+                names,
+            )
+            settings = _keep_running(settings, running)
+        if not change.applied:
+            return []
+        reloaded = self.app.reconfigure(settings, change.reload)
+        logger.info(
+            "configuration reloaded (%s changed): %s; %s",
+            names,
+            ", ".join(change.applied),
+            f"functions reloaded: {', '.join(reloaded)}" if reloaded else "no function reloaded",
+        )
+        return reloaded
+
+
+def _keep_running(settings: Settings, running: Settings) -> Settings:
+    """`settings` with the running values of what needs a restart."""
+    config = dataclasses.replace(
+        settings.config,
+        sandbox=running.config.sandbox,
+        worker_uid_range=running.config.worker_uid_range,
+        keep_alive_timeout_sec=running.config.keep_alive_timeout_sec,
+        signing_keys_path=running.config.signing_keys_path,
+        cron=running.config.cron,
+        jobs=running.config.jobs,
+        dashboard=running.config.dashboard,
+    )
+    return dataclasses.replace(
+        settings,
+        config=config,
+        sandbox=running.sandbox,
+        keep_alive_timeout_sec=running.keep_alive_timeout_sec,
+    )
+
+
+async def watch_config(files: list[Path], reload: Callable[[set[Path]], Any], stop: asyncio.Event) -> None:
+    """Call `reload(changed)` whenever one of `files` is written, created or removed, until `stop` is set.
+
+    Their directories are watched rather than the files, so an editor that saves by writing a new
+    file and renaming it over the old one is seen too.
+    """
+    import watchfiles
+
+    wanted = set(files)
+    directories = sorted({str(path.parent) for path in files if path.parent.is_dir()})
+    if not directories:
+        return
+
+    def interesting(change: watchfiles.Change, path: str) -> bool:
+        return Path(path) in wanted
+
+    async for changes in watchfiles.awatch(
+        *directories, watch_filter=interesting, stop_event=stop, debounce=150, step=30, recursive=False
+    ):
+        reload({Path(path) for _, path in changes})
