@@ -56,7 +56,7 @@ from edgeruntime.exceptions import (
 from edgeruntime.functions.discovery import FunctionSpec
 from edgeruntime.limits import Limits, Policy
 from edgeruntime.workers.lifecycle import WorkerLifecycle
-from edgeruntime.workers.process.channel import Channel
+from edgeruntime.workers.process.channel import Channel, framed
 from edgeruntime.workers.process.forking import SpawnedProcess, WorkerProcessHandle, peer_pid
 from edgeruntime.workers.process.frames import (
     BeforeUnload,
@@ -268,9 +268,17 @@ class ProcessWorker:
                 raise
             raise ResourceExhausted(self.name, f"starting a worker process for {self.name}") from exc
         announces = hasattr(socket, "SO_PASSCRED")
+        boot = framed(Boot(self.name, str(directory), self.limits, self.policy, self.log_format, self.env))
         try:
             if announces:  # before the worker can write: its announcement then carries its credentials
                 ours.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+            # The boot frame waits in the socket for the worker (only it will hold the other end): it
+            # boots as soon as it has announced itself, without waiting for the server to answer.
+            ours.setblocking(False)
+            try:
+                sent = ours.send(boot)
+            except BlockingIOError:
+                sent = 0
             self.proc = await self._start_process(directory, theirs)
         except BaseException:
             ours.close()  # a failed start must not hold a descriptor
@@ -298,9 +306,10 @@ class ProcessWorker:
             max_frame_bytes=int((self.limits.memory_limit_mb + FRAME_SLACK_MB) * 1024 * 1024),
             name=f"worker channel of {self.name}",
         )
-        await loop.create_unix_connection(lambda: channel, sock=ours)
+        transport, _ = await loop.create_unix_connection(lambda: channel, sock=ours)
         self._booted = loop.create_future()
-        channel.send(Boot(self.name, str(directory), self.limits, self.policy, self.log_format, self.env))
+        if sent < len(boot):  # an env larger than the socket's buffer: the rest once it is read
+            transport.write(boot[sent:])
         try:
             answer = await asyncio.wait_for(asyncio.shield(self._booted), BOOT_TIMEOUT_SEC)
         except TimeoutError:

@@ -51,16 +51,19 @@ from edgeruntime.workers.process.forking import (
 
 __all__ = ["PRELOAD", "Template", "main", "thread_count"]
 
-#: What a worker loads whatever its function: the worker process's own code, the API functions
-#: import (`edgeruntime`, `serve`, `EdgeRuntime`, `Deno`) and the Starlette requests and responses
-#: they use. Imported by name: they are what a function's module will import, not code the
-#: template runs. A function's own third-party dependencies are not preloaded (see docs/limits.md).
+#: What the template imports: the worker process's own code, the runtime's API that function code
+#: imports (`edgeruntime`: `serve`, `EdgeRuntime`, `Deno`; `edgeruntime.jobs`, `edgeruntime.cors`)
+#: and the Starlette requests and responses handlers use. Imported by name: these are what a
+#: function's module will import, not code the template runs. A function's own dependencies are
+#: not preloaded: they would run their import-time code before the function's env exists
+#: (docs/limits.md, "How worker processes start").
 PRELOAD = (
     "edgeruntime.workers.process.child",
     "edgeruntime",
     "edgeruntime.runtime",
     "edgeruntime.core.logs",
     "edgeruntime.jobs",
+    "edgeruntime.cors",
     "starlette.requests",
     "starlette.responses",
 )
