@@ -27,6 +27,7 @@ pickle) over a ``SOCK_SEQPACKET`` socket: a kind, and two integers.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import gc
@@ -193,11 +194,23 @@ class Template:
         self.send(EXITED, pid, os.waitstatus_to_exitcode(status))
 
 
+async def _connect_once() -> None:
+    """What a worker does first, once, so that what it sets up on first use is set up here."""
+    loop = asyncio.get_running_loop()
+    ours, theirs = socket.socketpair()
+    transport, _ = await loop.create_unix_connection(asyncio.Protocol, sock=ours)
+    transport.close()
+    theirs.close()
+    await asyncio.sleep(0)
+
+
 def preload() -> None:
-    """Import :data:`PRELOAD` and keep what was imported out of the collector's way, so that workers
-    do not copy the pages they share with the template just to collect objects that live on."""
+    """Import :data:`PRELOAD`, run an event loop once (closed again: no descriptor or thread is
+    left), and keep what this made out of the collector's way, so that workers do not copy the
+    pages they share with the template just to collect objects that live on."""
     for name in PRELOAD:
         importlib.import_module(name)
+    asyncio.run(_connect_once())
     gc.collect()
     gc.freeze()
 
