@@ -94,6 +94,7 @@ async def handler(req: Request) -> JSONResponse:
         "victim_environ": attempt(lambda: read(f"/proc/{victim}/environ")),
         "server_environ": attempt(lambda: read(f"/proc/{server}/environ")),
         "signal": attempt(lambda: os.kill(victim, int(q["signal"]))),
+        "signal_template": attempt(lambda: os.kill(int(q["template"]), int(q["signal"]))),
         "own_env": dict(os.environ),
         "processes": sorted(int(p) for p in os.listdir("/proc") if p.isdigit()),
     })
@@ -278,6 +279,7 @@ def test_a_hostile_function_attacks_another_function_and_the_server(project: Pat
         workers = worker_processes(server.proc.pid)
         params = {
             "victim": workers["victim"],
+            "template": template_processes(server.proc.pid)["victim"],  # the one the victim was forked from
             "server": serving_process(server.proc.pid),
             "address": victim["address"],
             "length": victim["length"],
@@ -307,10 +309,12 @@ def test_a_hostile_function_attacks_another_function_and_the_server(project: Pat
         assert attack["signal"]["ok"]
         return
     assert not attack["signal"]["ok"], attack["signal"]
+    assert not attack["signal_template"]["ok"], attack["signal_template"]
     assert again["secret"] == victim["secret"]  # the same module, in the same process
     assert survivor == workers["victim"]
-    if mode == "bwrap":  # its own PID namespace: neither the victim nor the server is there
+    if mode == "bwrap":  # its own PID namespace: neither the victim, its template nor the server is there
         assert workers["victim"] not in attack["processes"]
+        assert params["template"] not in attack["processes"]
         assert params["server"] not in attack["processes"]
         assert len(attack["processes"]) <= 3, attack["processes"]
 
