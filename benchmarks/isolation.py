@@ -1,19 +1,25 @@
-"""Throughput of ``isolation = "process"`` against ``"inline"`` on the hello function.
+"""``isolation = "process"`` against ``"inline"``: the boot of a worker process, and hello's throughput.
 
-Starts a real ``edgeruntime serve --no-watch`` for each isolation on a loopback port, drives it
-for a few seconds with a bounded load generator (asyncio, raw HTTP/1.1 keep-alive connections),
-and prints requests per second and the ratio. Goal: process >= 0.5x inline.
+First the boot: the median of N boots of a hello worker process in the default sandbox (``auto``),
+forked from its template as ``edgeruntime serve`` does (goal: at most 15 ms), beside the same
+boots spawned as fresh interpreters. Then hello: a real ``edgeruntime serve --no-watch`` for each
+isolation on a loopback port, on Uvicorn by default, driven by ``wrk`` (or a Python load generator
+where wrk is missing) with 64 and then 1 keep-alive connection(s). As in ``benchmarks peers`` the
+server is pinned to core 0 and the load to core 1 (``--no-pin``: the server is not pinned), so a
+worker process shares the server's core; the isolations take turns for ``--rounds`` rounds and the medians are
+compared. Goal: process >= 0.7x inline on Uvicorn.
 
-    python -m benchmarks.isolation [--seconds 4] [--connections 16,1]
+    python -m benchmarks isolation [--server uvicorn] [--seconds 5] [--rounds 3] [--connections 64,1] [--boots 20]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import shutil
-import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -22,15 +28,10 @@ from pathlib import Path
 
 import httpx
 
+from benchmarks import peers, sandbox as boots
+
 ROOT = Path(__file__).resolve().parent.parent
 HELLO = ROOT / "functions" / "hello"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
@@ -47,65 +48,38 @@ def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 30.0) -
     raise TimeoutError(f"server at {url} not ready after {timeout} s")
 
 
-async def _connection(port: int, request: bytes, stop_at: float, counts: list[int]) -> None:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        while time.monotonic() < stop_at:
-            writer.write(request)
-            try:
-                head = await reader.readuntil(b"\r\n\r\n")
-            except asyncio.IncompleteReadError:  # the server closed a keep-alive connection: reconnect
-                writer.close()
-                reader, writer = await asyncio.open_connection("127.0.0.1", port)
-                continue
-            if not head.startswith(b"HTTP/1.1 200"):
-                raise RuntimeError(f"unexpected response: {head[:60]!r}")
-            length = 0
-            for line in head.split(b"\r\n"):
-                if line.lower().startswith(b"content-length:"):
-                    length = int(line.split(b":", 1)[1])
-            await reader.readexactly(length)
-            counts[0] += 1
-    finally:
-        writer.close()
-
-
-async def drive(port: int, seconds: float, connections: int) -> float:
-    """Requests per second over `seconds`, with `connections` keep-alive connections."""
-    request = b"GET /functions/v1/hello HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
-    warm: list[int] = [0]
-    await asyncio.gather(*(_connection(port, request, time.monotonic() + 0.5, warm) for _ in range(connections)))
-    counts: list[int] = [0]
-    started = time.monotonic()
-    await asyncio.gather(*(_connection(port, request, started + seconds, counts) for _ in range(connections)))
-    return counts[0] / (time.monotonic() - started)
-
-
-def measure(functions_dir: Path, isolation: str, seconds: float, connections: int) -> float:
-    port = free_port()
+def measure(functions_dir: Path, isolation: str, server: str, seconds: float, connections: int, pin: bool) -> float:
+    """Requests per second of GET hello on a fresh server, after a second of warm-up."""
+    port = peers.free_port()
+    argv = [
+        sys.executable,
+        "-m",
+        "edgeruntime",
+        "serve",
+        str(functions_dir),
+        "--port",
+        str(port),
+        "--no-watch",
+        "--no-verify-jwt",
+        "--isolation",
+        isolation,
+        "--server",
+        server,
+        "--log-format",
+        "json",
+    ]
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "edgeruntime",
-            "serve",
-            str(functions_dir),
-            "--port",
-            str(port),
-            "--no-watch",
-            "--no-verify-jwt",
-            "--isolation",
-            isolation,
-            "--log-format",
-            "json",
-        ],
+        peers.pinned(0, argv) if pin else argv,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
+    url = f"http://127.0.0.1:{port}"
     try:
-        wait_ready(f"http://127.0.0.1:{port}", proc)
-        return asyncio.run(drive(port, seconds, connections))
+        wait_ready(url, proc)
+        hello = f"{url}/functions/v1/hello"
+        peers.load(hello, 1, connections, post=False)
+        return peers.load(hello, seconds, connections, post=False).rps
     finally:
         proc.terminate()
         try:
@@ -115,26 +89,53 @@ def measure(functions_dir: Path, isolation: str, seconds: float, connections: in
             proc.wait(10)
 
 
+def boot_lines(count: int) -> list[str]:
+    """The boot of a hello worker process in the default sandbox, forked and spawned."""
+    return asyncio.run(boots.run(["auto"], ["template", "spawn"], count, 0))
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.isolation", description=__doc__)
-    parser.add_argument("--seconds", type=float, default=4.0, help="measured seconds per run (default 4)")
+    parser = argparse.ArgumentParser(prog="python -m benchmarks isolation", description=__doc__)
+    parser.add_argument("--server", choices=("uvicorn", "hypercorn"), default="uvicorn")
+    parser.add_argument("--seconds", type=float, default=5.0, help="measured seconds per run (default 5)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds, the isolations taking turns (default 3)")
     parser.add_argument(
-        "--connections", default="16,1", help="comma-separated connection counts, one run each (default 16,1)"
+        "--connections", default="64,1", help="comma-separated connection counts, one run each (default 64,1)"
     )
+    parser.add_argument("--boots", type=int, default=20, help="worker boots to take the median of (default 20)")
+    parser.add_argument("--no-pin", action="store_true", help="do not pin the server (and its workers) to core 0")
     args = parser.parse_args(argv)
     counts = [int(c) for c in args.connections.split(",") if c.strip()]
+    logging.getLogger("edgeruntime").setLevel(logging.WARNING)
+    if args.boots:
+        for line in boot_lines(args.boots):
+            print(line, flush=True)
+    pin = not args.no_pin and peers.HAS_TASKSET
+    generator = "wrk" if shutil.which("wrk") else "a Python load generator"
+    placement = "server on core 0, load on core 1" if pin else "server unpinned"
     with tempfile.TemporaryDirectory() as tmp:
         functions_dir = Path(tmp) / "functions"
         shutil.copytree(HELLO, functions_dir / "hello")
         for connections in counts:
-            results = {iso: measure(functions_dir, iso, args.seconds, connections) for iso in ("inline", "process")}
-            print(f"hello, {connections} keep-alive connection(s), {args.seconds:g} s each, loopback")
-            for iso, rps in results.items():
-                print(f"  isolation={iso:<8} {rps:8.0f} req/s")
-            ratio = results["process"] / results["inline"]
-            print(f"  process/inline = {ratio:.2f}x (goal >= 0.5x)")
+            results: dict[str, list[float]] = {"inline": [], "process": []}
+            for _ in range(args.rounds):
+                for isolation, runs in results.items():
+                    runs.append(measure(functions_dir, isolation, args.server, args.seconds, connections, pin))
+            print(
+                f"hello on {args.server}, {connections} keep-alive connection(s), {generator}, {placement}, "
+                f"{args.seconds:g} s x {args.rounds} rounds (load average {os.getloadavg()[0]:.2f})"
+            )
+            for isolation, runs in results.items():
+                spread = ", ".join(f"{r:.0f}" for r in runs)
+                print(f"  isolation={isolation:<8} median {statistics.median(runs):8.0f} req/s  ({spread})")
+            ratios = [p / i for p, i in zip(results["process"], results["inline"], strict=True)]
+            ratio = statistics.median(results["process"]) / statistics.median(results["inline"])
+            print(
+                f"  process/inline = {ratio:.2f}x (goal >= 0.7x on uvicorn; per round "
+                f"{', '.join(f'{r:.2f}' for r in ratios)})"
+            )
             if connections == 1:
-                added_ms = (1 / results["process"] - 1 / results["inline"]) * 1000
+                added_ms = (1 / statistics.median(results["process"]) - 1 / statistics.median(results["inline"])) * 1000
                 print(f"  latency the process hop adds per request: {added_ms:.2f} ms")
     return 0
 

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from edgeruntime.workers.process.sandbox import CHILD_MODULE
+from edgeruntime.workers.process.sandbox import CHILD_MODULE, TEMPLATE_MODULE
 from tests.helpers import HELLO, write_function
 
-#: The module a worker process runs, as it appears in its argv.
+#: The module a worker process the server spawns runs, as it appears in its argv.
 CHILD = CHILD_MODULE.encode()
+#: The module a function's template runs, as it appears in its argv and its forked workers'.
+TEMPLATE = TEMPLATE_MODULE.encode()
 
 PROBE = """
 import asyncio
@@ -140,12 +143,45 @@ def descendants(root: int) -> dict[int, list[bytes]]:
     return found
 
 
-def worker_processes(server_pid: int) -> dict[str, int]:
-    """The worker processes of the server `server_pid` (under bwrap its great-grandchildren), by function."""
+def parent_of(pid: int) -> int | None:
+    """The parent of process `pid`; None once it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return None
+    return int(stat[stat.rindex(b")") + 2 :].split()[1])
+
+
+def _function(argv: list[bytes], module: bytes) -> str:
+    # python -P -m MODULE FD PARENT NAME [UID:GID]
+    return argv[argv.index(module) + 3].decode()
+
+
+def _python(argv: list[bytes], module: bytes) -> bool:
+    """True for Python running `module` (not bubblewrap, whose argv holds the command it runs)."""
+    return argv[0] == os.fsencode(sys.executable) and module in argv
+
+
+def template_processes(server_pid: int) -> dict[str, int]:
+    """The templates of the server `server_pid`, by function (under bwrap its great-grandchildren)."""
     found: dict[str, int] = {}
-    for pid, argv in descendants(server_pid).items():
-        if CHILD in argv:  # python -P -m edgeruntime.workers.process.child FD PARENT NAME [UID:GID]
-            found[argv[argv.index(CHILD) + 3].decode()] = pid
+    processes = descendants(server_pid)
+    for pid, argv in processes.items():
+        if _python(argv, TEMPLATE) and not _python(processes.get(parent_of(pid) or 0, [b""]), TEMPLATE):
+            found[_function(argv, TEMPLATE)] = pid
+    return found
+
+
+def worker_processes(server_pid: int) -> dict[str, int]:
+    """The worker processes of the server `server_pid`, by function: those it started (under bwrap
+    its great-grandchildren), and those forked from a template (its children, with its argv)."""
+    found: dict[str, int] = {}
+    processes = descendants(server_pid)
+    for pid, argv in processes.items():
+        if _python(argv, CHILD):
+            found[_function(argv, CHILD)] = pid
+        elif _python(argv, TEMPLATE) and _python(processes.get(parent_of(pid) or 0, [b""]), TEMPLATE):
+            found[_function(argv, TEMPLATE)] = pid
     return found
 
 

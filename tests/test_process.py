@@ -20,7 +20,17 @@ from edgeruntime.gateway.extensions import Extension
 from edgeruntime.testing import EdgeClient
 from edgeruntime.workers.process.parent import ProcessWorker
 from tests.helpers import ServerProcess, write_function
-from tests.probes import LEAKY, environ_for, events_of, eventually, worker_processes, write_probe
+from tests.probes import (
+    LEAKY,
+    descendants,
+    environ_for,
+    events_of,
+    eventually,
+    parent_of,
+    template_processes,
+    worker_processes,
+    write_probe,
+)
 from tests.unit.gateway.test_app import check_client_gone_mid_body, check_exhaustion_is_503
 
 WORKER_ERROR = {"code": "WORKER_ERROR", "message": "Function exited due to an error (please check logs)"}
@@ -343,6 +353,9 @@ def test_worker_processes_die_with_a_killed_server(functions_dir: Path, sandbox:
     with ServerProcess(functions_dir, *options) as server:
         assert httpx.get(server.url("probe"), timeout=30).status_code == 200
         pid = worker_processes(server.proc.pid)["probe"]
+        template = template_processes(server.proc.pid)["probe"]  # the worker was forked from it
+        assert parent_of(pid) == template
+        everything = descendants(server.proc.pid)  # under bwrap bubblewrap's processes too
 
         def spin() -> None:  # the worker never awaits again, so it cannot notice the socket closing
             with contextlib.suppress(httpx.HTTPError):
@@ -356,9 +369,11 @@ def test_worker_processes_die_with_a_killed_server(functions_dir: Path, sandbox:
         spinner.join(10)
         server.proc.wait(10)
         deadline = time.monotonic() + 10
-        while _alive(pid) and time.monotonic() < deadline:
+        while any(map(_alive, everything)) and time.monotonic() < deadline:
             time.sleep(0.05)
         assert not _alive(pid)
+        assert not _alive(template)
+        assert [p for p in everything if _alive(p)] == []
 
 
 async def test_the_successor_is_booted_before_the_worker_retires_and_takes_over(functions_dir: Path) -> None:

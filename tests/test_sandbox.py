@@ -41,7 +41,7 @@ from edgeruntime.workers.process.sandbox import (
     resolve_sandbox,
 )
 from tests.helpers import HELLO, ServerProcess, free_port, run_cli, write_function
-from tests.probes import PROBE, descendants, worker_processes
+from tests.probes import PROBE, descendants, template_processes, worker_processes
 
 ROOT = os.geteuid() == 0
 
@@ -94,6 +94,7 @@ async def handler(req: Request) -> JSONResponse:
         "victim_environ": attempt(lambda: read(f"/proc/{victim}/environ")),
         "server_environ": attempt(lambda: read(f"/proc/{server}/environ")),
         "signal": attempt(lambda: os.kill(victim, int(q["signal"]))),
+        "signal_template": attempt(lambda: os.kill(int(q["template"]), int(q["signal"]))),
         "own_env": dict(os.environ),
         "processes": sorted(int(p) for p in os.listdir("/proc") if p.isdigit()),
     })
@@ -278,6 +279,7 @@ def test_a_hostile_function_attacks_another_function_and_the_server(project: Pat
         workers = worker_processes(server.proc.pid)
         params = {
             "victim": workers["victim"],
+            "template": template_processes(server.proc.pid)["victim"],  # the one the victim was forked from
             "server": serving_process(server.proc.pid),
             "address": victim["address"],
             "length": victim["length"],
@@ -307,12 +309,57 @@ def test_a_hostile_function_attacks_another_function_and_the_server(project: Pat
         assert attack["signal"]["ok"]
         return
     assert not attack["signal"]["ok"], attack["signal"]
+    assert not attack["signal_template"]["ok"], attack["signal_template"]
     assert again["secret"] == victim["secret"]  # the same module, in the same process
     assert survivor == workers["victim"]
-    if mode == "bwrap":  # its own PID namespace: neither the victim nor the server is there
+    if mode == "bwrap":  # its own PID namespace: neither the victim, its template nor the server is there
         assert workers["victim"] not in attack["processes"]
+        assert params["template"] not in attack["processes"]
         assert params["server"] not in attack["processes"]
         assert len(attack["processes"]) <= 3, attack["processes"]
+
+
+SNOOP = """
+import os
+from starlette.responses import JSONResponse
+from edgeruntime import serve
+
+
+def attempt(path):
+    try:
+        with open(path, "rb") as f:
+            return {"ok": True, "value": f.read(4096).decode("latin-1")}
+    except OSError as exc:
+        return {"ok": False, "error": type(exc).__name__}
+
+
+@serve
+async def handler(req):
+    template = os.getppid()
+    return JSONResponse({
+        "cmdline": attempt(f"/proc/{template}/cmdline"),
+        "environ": attempt(f"/proc/{template}/environ"),
+        "mem": attempt(f"/proc/{template}/mem"),
+    })
+"""
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("mode", ["bwrap", "uid", "basic"])
+def test_a_worker_cannot_read_the_template_it_was_forked_from(project: Path, mode: str) -> None:
+    prefix = server_prefix(mode)
+    functions = project / "functions"
+    write_function(functions, "snoop", SNOOP)
+    options = ("--no-watch", "--no-verify-jwt", "--isolation", "process", "--sandbox", mode)
+    with ServerProcess(functions, *options, prefix=prefix) as server, httpx.Client(timeout=30) as http:
+        r = http.get(server.url("snoop"))
+        assert r.status_code == 200, server.output
+        snooped = r.json()
+        assert worker_processes(server.proc.pid)["snoop"] != template_processes(server.proc.pid)["snoop"]
+        assert shut_down(server) == 0
+    assert snooped["cmdline"]["ok"] and "edgeruntime.workers.process.template" in snooped["cmdline"]["value"]
+    assert snooped["environ"] == {"ok": False, "error": "PermissionError"}  # non-dumpable, like a worker
+    assert snooped["mem"] == {"ok": False, "error": "PermissionError"}
 
 
 # -- what functions still do -----------------------------------------------------------------
@@ -379,6 +426,7 @@ def test_functions_still_work_and_stay_within_their_limits(project: Path, mode: 
         assert r.status_code == 200, server.output
         works = r.json()
         boot = http.get(server.url("probe")).json()["boot"]
+        template = template_processes(server.proc.pid)["probe"]
         assert http.get(server.url("probe"), params={"spin": 1}).status_code == 546  # CPU hard limit
         after_cpu = http.get(server.url("probe")).json()["boot"]
         assert http.get(server.url("probe"), params={"hog": 60}).status_code == 546  # memory limit
@@ -386,6 +434,7 @@ def test_functions_still_work_and_stay_within_their_limits(project: Path, mode: 
         crash = http.get(server.url("probe"), params={"exit": 1})
         assert (crash.status_code, crash.json()["code"]) == (500, "WORKER_ERROR")
         after_crash = http.get(server.url("probe")).json()["boot"]
+        assert template_processes(server.proc.pid)["probe"] == template  # each fresh worker forked from it
         assert http.get(server.url("hello")).status_code == 200
         closed = http.get(server.url("closed")) if mode == "uid" else None
         assert shut_down(server) == 0

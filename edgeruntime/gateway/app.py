@@ -436,6 +436,8 @@ class EdgeApp:
                     "; ".join(cut),
                 )
         finally:
+            if self.launcher is not None:  # the functions' templates, once their workers have ended
+                await self.launcher.close()
             for extension in reversed(self._extensions):
                 try:
                     await extension.stop()

@@ -6,9 +6,9 @@ retired one finishes its in-flight requests and background work and is then drop
 A worker that reaches a hard limit is ended: its in-flight requests get 546 and its background
 work is cut with the reason (see :mod:`edgeruntime.workers.lifecycle`).
 
-Under process isolation a worker takes about 0.1 s to boot (a fresh interpreter importing the
-function), so the successor of a worker is booted when the worker nears retirement; the hand-over
-then does not wait for a boot.
+Under process isolation a worker takes a few milliseconds to boot (forked from its function's
+template; about 0.1 s where it is a fresh interpreter), and the successor of a worker is booted
+when the worker nears retirement; the hand-over then does not wait for a boot.
 """
 
 from __future__ import annotations
@@ -72,6 +72,7 @@ class FunctionSupervisor:
         self.worker_observers: list[WorkerObserver] = worker_observers if worker_observers is not None else []
         #: Starts worker processes in the server's sandbox (shared with the app; process isolation).
         self.launcher = launcher
+        self._owns_launcher = False
         #: Enqueues the jobs functions in worker processes enqueue (the app's jobs; process isolation).
         self.enqueue = enqueue
         self.worker: Worker | None = None
@@ -120,8 +121,9 @@ class FunctionSupervisor:
             from edgeruntime.workers.process.parent import ProcessWorker
 
             launcher = self.launcher
-            if launcher is None:  # a supervisor made outside an app
+            if launcher is None:  # a supervisor made outside an app: its shutdown ends the templates
                 launcher = self.launcher = WorkerLauncher(sandbox_for(self.settings), self.settings.functions_dir)
+                self._owns_launcher = True
             return ProcessWorker(
                 self.spec,
                 function_env(self.settings, launcher.sandbox),
@@ -390,5 +392,7 @@ class FunctionSupervisor:
         for worker in ending:  # their end may have been cancelled just now: ending twice is harmless
             await worker.end(StopReason.TERMINATION)
         self.ending.clear()
+        if self._owns_launcher and self.launcher is not None:
+            await self.launcher.close()
         self.idle_timeouts.close()
         return cut

@@ -21,13 +21,19 @@ from collections.abc import Callable
 from edgeruntime.core.transport import BatchedTransport, WriteBatch
 from edgeruntime.workers.process.frames import Frame, decode, encode
 
-__all__ = ["Channel"]
+__all__ = ["Channel", "framed"]
 
 logger = logging.getLogger("edgeruntime")
 
 _HEADER = 4
 #: Queued frames are written at once when they reach this size (a streamed body), not at the end of the turn.
 FLUSH_BYTES = 256 * 1024
+
+
+def framed(frame: Frame) -> bytes:
+    """`frame` as the channel carries it: its length, then its pickled fields."""
+    data = encode(frame)
+    return len(data).to_bytes(_HEADER, "big") + data
 
 
 class Channel(asyncio.Protocol):

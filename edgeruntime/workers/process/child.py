@@ -1,9 +1,12 @@
 """The entry point of a worker process: ``python -m edgeruntime.workers.process.child FD PARENT NAME [UID:GID]``.
 
-The server (:mod:`edgeruntime.workers.process.parent`) starts one such process per worker, in the
-sandbox its config asks for (:mod:`edgeruntime.workers.process.sandbox`), and talks to it over the
-Unix socket `FD`. Before it reads a frame the process gives up root for UID:GID when given one,
-arranges to die with its parent PARENT (0: bubblewrap does that) and makes itself non-dumpable.
+A worker process is forked from its function's template (:mod:`edgeruntime.workers.process.template`),
+which then calls :func:`main`, or, where there is no template, started by the server
+(:mod:`edgeruntime.workers.process.parent`) as this module, in the sandbox its config asks for
+(:mod:`edgeruntime.workers.process.sandbox`). It talks to the server over the Unix socket `FD`.
+Before it reads a frame the process gives up root for UID:GID when given one, arranges to die with
+its parent PARENT (0: bubblewrap does that), makes itself non-dumpable and announces itself (the
+server learns its pid from the kernel, see :func:`announce`).
 The boot frame then brings the function's env, and the process loads the function as an inline
 worker does, serves the requests the server forwards, reports its background work, enqueues jobs
 through the server, and exits when the socket closes.
@@ -22,6 +25,7 @@ import pickle
 import resource
 import signal
 import socket
+import struct
 import sys
 import time
 import traceback
@@ -68,7 +72,7 @@ from edgeruntime.workers.process.frames import (
 from edgeruntime.workers.process.sandbox import set_dumpable, set_parent_death_signal
 from edgeruntime.workers.worker import InlineWorker
 
-__all__ = ["WorkerProcess", "drop_privileges", "flush_logs", "harden", "main", "rss_mb"]
+__all__ = ["WorkerProcess", "announce", "drop_privileges", "enter_sandbox", "flush_logs", "harden", "main", "rss_mb"]
 
 
 def rss_mb() -> float:
@@ -373,16 +377,40 @@ async def _run(fd: int) -> None:
         flush_logs()
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``FD PARENT NAME [UID:GID]``: NAME (the function's) is there for ``ps``."""
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) > 3:
-        uid, _, gid = args[3].partition(":")
+def enter_sandbox(parent_pid: int, ids: str | None) -> None:
+    """What a process started by the server does before anything else: become UID:GID (`ids`) when
+    given one, die with `parent_pid`, become non-dumpable, and leave no core file behind."""
+    if ids is not None:
+        uid, _, gid = ids.partition(":")
         drop_privileges(int(uid), int(gid))
         os.umask(0o077)  # without bwrap /tmp is shared: what the function writes there stays its own
-    harden(int(args[1]) if len(args) > 1 else 0)
+    harden(parent_pid)
     with contextlib.suppress(ValueError, OSError):  # a crashing function leaves no core file behind
         resource.setrlimit(resource.RLIMIT_CORE, (0, resource.getrlimit(resource.RLIMIT_CORE)[1]))
+
+
+def announce(fd: int) -> None:
+    """Send one byte on the channel with this process's credentials: the kernel gives the server
+    this process's pid as the server sees it (under bubblewrap not the one this process sees)."""
+    if not hasattr(socket, "SCM_CREDENTIALS"):  # not Linux: the server watches the process it started
+        return
+    sock = socket.socket(fileno=fd)
+    try:
+        ids = struct.pack("3i", os.getpid(), os.getuid(), os.getgid())
+        sock.sendmsg([b"\0"], [(socket.SOL_SOCKET, socket.SCM_CREDENTIALS, ids)])
+    finally:
+        sock.detach()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``FD PARENT NAME [UID:GID]``: NAME (the function's) is there for ``ps``.
+
+    A worker forked from a template (:mod:`edgeruntime.workers.process.template`) comes here too,
+    without UID:GID: the template already runs as the function's uid.
+    """
+    args = sys.argv[1:] if argv is None else argv
+    enter_sandbox(int(args[1]) if len(args) > 1 else 0, args[3] if len(args) > 3 else None)
+    announce(int(args[0]))
     asyncio.run(_run(int(args[0])))
     return 0
 

@@ -30,12 +30,12 @@ import json
 import logging
 import os
 import resource
-import signal
 import socket
 import subprocess
 import time
 import types
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 from edgeruntime.core.background import BackgroundTask, TaskOutcome
@@ -56,7 +56,8 @@ from edgeruntime.exceptions import (
 from edgeruntime.functions.discovery import FunctionSpec
 from edgeruntime.limits import Limits, Policy
 from edgeruntime.workers.lifecycle import WorkerLifecycle
-from edgeruntime.workers.process.channel import Channel
+from edgeruntime.workers.process.channel import Channel, framed
+from edgeruntime.workers.process.forking import SpawnedProcess, WorkerProcessHandle, peer_pid
 from edgeruntime.workers.process.frames import (
     BeforeUnload,
     BeforeUnloadDone,
@@ -77,7 +78,7 @@ from edgeruntime.workers.process.frames import (
     TaskStarted,
     decode_worker_frame,
 )
-from edgeruntime.workers.process.sandbox import Sandbox, WorkerLauncher, worker_pid
+from edgeruntime.workers.process.sandbox import Sandbox, WorkerLauncher
 from edgeruntime.workers.worker import WorkerStatus, limit_exceeded
 
 __all__ = ["ProcessWorker"]
@@ -92,6 +93,8 @@ COALESCE_BODY_BYTES = 1024 * 1024
 PAUSE_FRAMES = 64
 #: How long a worker process may take to boot before it is a boot error.
 BOOT_TIMEOUT_SEC = 30.0
+#: How long a worker process whose channel closed may take to exit before it is killed.
+REAP_TIMEOUT_SEC = 5.0
 #: How long ending a worker waits for `beforeunload` listeners dispatched just before.
 BEFOREUNLOAD_GRACE_SEC = 0.5
 #: A frame from a worker may be this much longer than its memory limit (a body chunk it held).
@@ -177,7 +180,8 @@ class ProcessWorker:
     """A function module loaded in its own OS process."""
 
     kind = "process"
-    #: A fresh interpreter takes ~0.1 s to boot: the successor is booted before this one retires.
+    #: A worker process takes a few ms to boot (forked from its template; ~0.1 s without one): the
+    #: successor is booted before this one retires.
     prepares_successor = True
 
     def __init__(
@@ -212,7 +216,8 @@ class ProcessWorker:
         self.memory_mb = 0.0
         self.end_reason: StopReason | None = None
         self.exit_status: int | None = None
-        self.proc: subprocess.Popen[bytes] | None = None
+        #: The worker process, forked from its function's template or spawned (see `forking`).
+        self.proc: WorkerProcessHandle | None = None
         self.channel: Channel | None = None
         self._calls: dict[int, _Call] = {}
         self._ids = itertools.count(1)
@@ -227,6 +232,7 @@ class ProcessWorker:
         self._memory_baseline_mb = 0.0
         self._pid: int | None = None
         self._enqueues: set[asyncio.Task[None]] = set()
+        self._reaping: asyncio.Task[None] | None = None
 
     @property
     def id(self) -> str:
@@ -238,7 +244,7 @@ class ProcessWorker:
 
     @property
     def pid(self) -> int | None:
-        """The worker process's pid (under bwrap not `proc.pid`, which is bubblewrap's)."""
+        """The worker process's pid as the server sees it (spawned under bwrap not `proc.pid`: bubblewrap's)."""
         if self._pid is not None:
             return self._pid
         return self.proc.pid if self.proc is not None else None
@@ -261,32 +267,38 @@ class ProcessWorker:
             if exhaustion(exc) is None:
                 raise
             raise ResourceExhausted(self.name, f"starting a worker process for {self.name}") from exc
+        announces = hasattr(socket, "SO_PASSCRED")
+        boot = framed(Boot(self.name, str(directory), self.limits, self.policy, self.log_format, self.env))
         try:
-            argv, cwd = self.launcher.command(
-                self.name, directory, theirs.fileno(), os.getpid(), self.limits.memory_limit_mb
-            )
-            # Popen only forks and execs: it does not wait for the child.
-            self.proc = subprocess.Popen(  # noqa: ASYNC220
-                argv,
-                pass_fds=(theirs.fileno(),),
-                env=self.launcher.environ(self.env, os.environ),
-                cwd=cwd,
-                stdin=subprocess.DEVNULL,
-                # Its own session: a terminal's Ctrl-C (SIGINT to the foreground process group) goes
-                # to the server alone, which then ends its workers in order.
-                start_new_session=True,
-            )
-        except ConfigError as exc:  # no uid left for it
-            ours.close()
-            raise BootError(self.name, f"function {self.name}: {exc}") from None
-        except OSError as exc:
+            if announces:  # before the worker can write: its announcement then carries its credentials
+                ours.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+            # The boot frame waits in the socket for the worker (only it will hold the other end): it
+            # boots as soon as it has announced itself, without waiting for the server to answer.
+            ours.setblocking(False)
+            try:
+                sent = ours.send(boot)
+            except BlockingIOError:
+                sent = 0
+            self.proc = await self._start_process(directory, theirs)
+        except BaseException:
             ours.close()  # a failed start must not hold a descriptor
-            if exhaustion(exc) is not None:
-                raise ResourceExhausted(self.name, f"starting a worker process for {self.name}") from exc
-            # out of processes, the sandbox's binary gone
-            raise BootError(self.name, f"function {self.name}: cannot start its worker process: {exc}") from None
+            raise
         finally:
             theirs.close()
+        try:
+            pid = await asyncio.wait_for(peer_pid(ours), BOOT_TIMEOUT_SEC) if announces else self.proc.pid
+        except TimeoutError:
+            ours.close()
+            await self._abort_boot()
+            raise BootError(self.name, f"function {self.name}: worker did not respond in time") from None
+        if pid is None:  # it exited before it could say who it is
+            ours.close()
+            await self._abort_boot()
+            raise WorkerCrashed(
+                self.name, f"function {self.name}: worker process exited while booting (exit status {self.exit_status})"
+            )
+        self._pid = pid
+        self.proc.announced(pid)
         channel = self.channel = Channel(
             self._on_frame,
             self._on_close,
@@ -294,9 +306,10 @@ class ProcessWorker:
             max_frame_bytes=int((self.limits.memory_limit_mb + FRAME_SLACK_MB) * 1024 * 1024),
             name=f"worker channel of {self.name}",
         )
-        await loop.create_unix_connection(lambda: channel, sock=ours)
+        transport, _ = await loop.create_unix_connection(lambda: channel, sock=ours)
         self._booted = loop.create_future()
-        channel.send(Boot(self.name, str(directory), self.limits, self.policy, self.log_format, self.env))
+        if sent < len(boot):  # an env larger than the socket's buffer: the rest once it is read
+            transport.write(boot[sent:])
         try:
             answer = await asyncio.wait_for(asyncio.shield(self._booted), BOOT_TIMEOUT_SEC)
         except TimeoutError:
@@ -312,14 +325,9 @@ class ProcessWorker:
             raise ResourceExhausted(self.name, answer.action) from OSError(answer.errno, os.strerror(answer.errno))
         if answer is None:
             raise WorkerCrashed(self.name, f"function {self.name}: worker process exited while booting")
-        assert self.proc is not None
-        self._pid = worker_pid(self.launcher.sandbox.mode, self.proc.pid)
-        if self._pid is None:
-            await self._abort_boot()
-            raise WorkerCrashed(self.name, f"function {self.name}: its worker process cannot be found to watch")
         self._memory_baseline_mb = answer.baseline_mb
         try:
-            self._cpu_baseline_ms, _ = _proc_usage(self._pid)
+            self._cpu_baseline_ms, _ = _proc_usage(pid)
         except OSError as exc:
             if exhaustion(exc) is not None:  # its limits could not be watched: boot again later
                 await self._abort_boot()
@@ -340,11 +348,43 @@ class ProcessWorker:
         )
         self._monitor = loop.create_task(self._watch_usage())
 
+    async def _start_process(self, directory: Path, theirs: socket.socket) -> WorkerProcessHandle:
+        """Fork the worker process from the function's template or, without one, start it, talking
+        on `theirs`. Raises BootError, WorkerCrashed or ResourceExhausted."""
+        template = self.launcher.template(self.name)
+        if template is not None:
+            forked = await template.fork(theirs, directory, self.limits.memory_limit_mb)
+            if forked is not None:
+                return forked
+        try:
+            argv, cwd = self.launcher.command(
+                self.name, directory, theirs.fileno(), os.getpid(), self.limits.memory_limit_mb
+            )
+            # Popen only forks and execs: it does not wait for the child.
+            proc = subprocess.Popen(  # noqa: ASYNC220
+                argv,
+                pass_fds=(theirs.fileno(),),
+                env=self.launcher.environ(self.env, os.environ),
+                cwd=cwd,
+                stdin=subprocess.DEVNULL,
+                # Its own session: a terminal's Ctrl-C (SIGINT to the foreground process group) goes
+                # to the server alone, which then ends its workers in order.
+                start_new_session=True,
+            )
+        except ConfigError as exc:  # no uid left for it
+            raise BootError(self.name, f"function {self.name}: {exc}") from None
+        except OSError as exc:
+            if exhaustion(exc) is not None:
+                raise ResourceExhausted(self.name, f"starting a worker process for {self.name}") from exc
+            # out of processes, the sandbox's binary gone
+            raise BootError(self.name, f"function {self.name}: cannot start its worker process: {exc}") from None
+        return SpawnedProcess(proc)
+
     async def _abort_boot(self) -> None:
         self.status = WorkerStatus.ENDED
         self.end_reason = StopReason.BOOT_FAILURE
         self._kill()
-        await asyncio.get_running_loop().run_in_executor(None, self._reap)
+        await self._reap()
 
     def watch(self, lifecycle: WorkerLifecycle) -> None:
         self._lifecycle = lifecycle
@@ -444,7 +484,13 @@ class ProcessWorker:
         # The process died on its own: a crash.
         self.status = WorkerStatus.ENDED
         self.end_reason = StopReason.CRASH
-        status = self._reap()
+        self.state.background.cut(StopReason.CRASH)
+        self._stop_monitor()
+        self._reaping = asyncio.get_running_loop().create_task(self._crashed())
+
+    async def _crashed(self) -> None:
+        """Its in-flight requests fail (500) once the worker process's exit status is known."""
+        status = await self._reap()
         logger.error(
             "worker process of %s exited unexpectedly (exit status %s): isolate: %s",
             self.name,
@@ -454,8 +500,6 @@ class ProcessWorker:
         )
         for call in self._calls.values():
             call.push(Done(0, Ended("crashed", status)))
-        self.state.background.cut(StopReason.CRASH)
-        self._stop_monitor()
 
     def _task_started(self, frame: TaskStarted) -> None:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
@@ -583,19 +627,16 @@ class ProcessWorker:
             self._monitor.cancel()
 
     def _kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
+        if self.proc is not None:
+            self.proc.kill()
         if self.channel is not None:
             self.channel.close()
 
-    def _reap(self) -> int | None:
+    async def _reap(self) -> int | None:
+        """The worker process's exit status once it has exited (killed after REAP_TIMEOUT_SEC)."""
         if self.proc is None:
             return None
-        try:
-            self.exit_status = self.proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.exit_status = self.proc.wait(timeout=5)
+        self.exit_status = await self.proc.wait(REAP_TIMEOUT_SEC)
         return self.exit_status
 
     async def end(self, reason: StopReason) -> list[str]:
@@ -612,5 +653,5 @@ class ProcessWorker:
         cut = self.state.background.cut(reason)
         if cut:
             await asyncio.gather(*(t.task for t in cut), return_exceptions=True)
-        await asyncio.get_running_loop().run_in_executor(None, self._reap)
+        await self._reap()
         return [t.name for t in cut]

@@ -32,6 +32,7 @@ and the function's env reaches the worker over its channel, not through ``exec``
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ctypes
 import functools
@@ -40,7 +41,7 @@ import logging
 import os
 import stat
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -49,6 +50,7 @@ from edgeruntime.config.env import runtime_environ
 from edgeruntime.config.project import DEFAULT_UID_RANGE, SANDBOX_MODES
 from edgeruntime.config.settings import Settings
 from edgeruntime.exceptions import ConfigError
+from edgeruntime.workers.process.forking import WorkerTemplate, forking_problem
 
 __all__ = [
     "BWRAP_INSTALL",
@@ -59,7 +61,6 @@ __all__ = [
     "sandbox_for",
     "set_dumpable",
     "set_parent_death_signal",
-    "worker_pid",
 ]
 
 logger = logging.getLogger("edgeruntime")
@@ -68,15 +69,21 @@ logger = logging.getLogger("edgeruntime")
 BWRAP_INSTALL = "apt-get install bubblewrap"
 #: The module a worker process runs (``python -m``).
 CHILD_MODULE = "edgeruntime.workers.process.child"
+#: The module a function's template runs (``python -m``), the process its workers are forked from.
+TEMPLATE_MODULE = "edgeruntime.workers.process.template"
 #: The uids that exist in this process's user namespace.
 UID_MAP = Path("/proc/self/uid_map")
 _PR_SET_PDEATHSIG = 1
 _PR_SET_DUMPABLE = 4
 
 
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None, use_errno=True)
+
+
 def _prctl(option: int, value: int) -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(option, value, 0, 0, 0) != 0:
+    if _libc().prctl(option, value, 0, 0, 0) != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
 
@@ -318,16 +325,41 @@ def function_env(settings: Settings, sandbox: Sandbox) -> Mapping[str, str]:
 
 
 class WorkerLauncher:
-    """Builds the command and environment of each worker process of one server."""
+    """Starts the worker processes of one server: their command and environment, and the
+    functions' templates they are forked from (see :mod:`edgeruntime.workers.process.forking`).
 
-    def __init__(self, sandbox: Sandbox, functions_dir: Path, private_paths: Iterable[Path] = ()) -> None:
+    With `templates` False (or where forking is not available) every worker process is a fresh
+    interpreter the server starts itself.
+    """
+
+    def __init__(
+        self, sandbox: Sandbox, functions_dir: Path, private_paths: Iterable[Path] = (), *, templates: bool = True
+    ) -> None:
         self.sandbox = sandbox
         self.functions_dir = functions_dir.resolve()
         #: Files and directories of the server that workers must not see (hidden under bwrap).
         self.private_paths: list[Path] = [p.resolve() for p in private_paths]
+        #: Worker processes are forked from their function's template.
+        self.forks = templates and forking_problem() is None
+        self._templates: dict[str, WorkerTemplate] = {}
+        self._views: dict[Path, tuple[Hashable, tuple[str, ...]]] = {}
         self._uids: dict[str, int] = {}
         self._interpreter = interpreter_paths() if sandbox.mode == "bwrap" else ()
         self._package_root = package_root()
+
+    def template(self, function: str) -> WorkerTemplate | None:
+        """The template `function`'s worker processes are forked from; None: they are spawned."""
+        if not self.forks:
+            return None
+        template = self._templates.get(function)
+        if template is None:
+            template = self._templates[function] = WorkerTemplate(self, function)
+        return template
+
+    async def close(self) -> None:
+        """End every template (after the workers: a worker forked from a template ends with it)."""
+        templates, self._templates = list(self._templates.values()), {}
+        await asyncio.gather(*(t.close() for t in templates))
 
     def hide(self, path: Path) -> None:
         """Hide `path` (a file or directory of the server) from workers booted from now on."""
@@ -354,18 +386,21 @@ class WorkerLauncher:
         return first + slot
 
     def command(
-        self, function: str, directory: Path, fd: int, server_pid: int, tmp_size_mb: float
+        self, function: str, directory: Path, fd: int, server_pid: int, tmp_size_mb: float, *, template: bool = False
     ) -> tuple[list[str], Path | None]:
-        """The argv of a worker process of `function` talking on `fd`, and its working directory.
+        """The argv of a worker process (or with `template`, of the template) of `function`
+        talking on `fd`, and its working directory.
 
-        The worker (``python -m edgeruntime.workers.process.child FD PARENT NAME [UID:GID]``) checks that PARENT
-        is its parent, unless it is 0: under bwrap the server is outside the worker's PID namespace
-        and bubblewrap (``--die-with-parent``) ties the worker's life to the server's instead.
+        The worker (``python -m edgeruntime.workers.process.child FD PARENT NAME [UID:GID]``, or
+        ``...template`` with the same arguments) checks that PARENT is its parent, unless it is 0:
+        under bwrap the server is outside the worker's PID namespace and bubblewrap
+        (``--die-with-parent``) ties the worker's life to the server's instead.
         """
         bwrap = self.sandbox.mode == "bwrap"
         uid = self.uid_for(function)
+        module = TEMPLATE_MODULE if template else CHILD_MODULE
         # -P: the server's working directory is not on the worker's import path.
-        child = [sys.executable, "-P", "-m", CHILD_MODULE, str(fd), "0" if bwrap else str(server_pid), function]
+        child = [sys.executable, "-P", "-m", module, str(fd), "0" if bwrap else str(server_pid), function]
         if uid is not None:
             child.append(f"{uid}:{uid}")
         if bwrap:
@@ -432,55 +467,48 @@ class WorkerLauncher:
         """The environment a worker process starts with. Its function's env comes later, over the
         channel: this is what Python needs to run, or under sandbox none the function's whole env."""
         if self.sandbox.withholds_server_env:
-            env = runtime_environ(server_environ)
-            if self.sandbox.mode in ("bwrap", "uid"):
-                env["HOME"] = "/tmp"  # the server's home is hidden from the worker, or closed to its uid
-            elif "HOME" in server_environ:
-                env["HOME"] = server_environ["HOME"]
-        else:
-            env = dict(function_env)
+            return self.template_environ(server_environ)
+        return self._with_package(dict(function_env))
+
+    def template_environ(self, server_environ: Mapping[str, str]) -> dict[str, str]:
+        """The environment a template starts with, whatever the sandbox: what Python needs to run,
+        no secret (each worker it forks gets its function's env over its channel)."""
+        env = runtime_environ(server_environ)
+        if self.sandbox.mode in ("bwrap", "uid"):
+            env["HOME"] = "/tmp"  # the server's home is hidden from the worker, or closed to its uid
+        elif "HOME" in server_environ:
+            env["HOME"] = server_environ["HOME"]
+        return self._with_package(env)
+
+    def _with_package(self, env: dict[str, str]) -> dict[str, str]:
         if self._package_root is not None:
             env["PYTHONPATH"] = os.pathsep.join(p for p in (env.get("PYTHONPATH"), str(self._package_root)) if p)
         return env
 
+    def view(self, directory: Path, tmp_size_mb: float) -> Hashable:
+        """What a template of the function in `directory` started now would see: the identity of the
+        function's directory and, under bwrap, of each entry of the functions directory it binds,
+        and the sandbox's options. A template started in another view (an entry added, removed or
+        replaced since, which its bubblewrap would not show) forks no more workers."""
+        bwrap = self.sandbox.mode == "bwrap"
+        bound: list[tuple[str, int]] = []
+        try:
+            with os.scandir(self.functions_dir) as entries:
+                for entry in entries:
+                    if entry.path == str(directory) or (
+                        bwrap and not entry.name.startswith(".") and (entry.name.startswith("_") or not entry.is_dir())
+                    ):
+                        bound.append((entry.name, entry.inode()))
+        except OSError:
+            pass
+        key = (str(directory), tmp_size_mb, len(self.private_paths), tuple(sorted(bound)))
+        if not bwrap:
+            return key
+        cached = self._views.get(directory)
+        if cached is None or cached[0] != key:  # the options take ~1 ms to build: built again when they may differ
+            cached = self._views[directory] = (key, tuple(self.bwrap_args(directory, tmp_size_mb)))
+        return cached
+
 
 def _within(path: Path, parent: Path) -> bool:
     return path == parent or parent in path.parents
-
-
-def worker_pid(launcher_mode: str, pid: int) -> int | None:
-    """The pid of the Python worker process started as `pid`: under bwrap a descendant of it
-    (bwrap, then bwrap's init in the new PID namespace, then the worker); None if not found."""
-    if launcher_mode != "bwrap":
-        return pid
-    generation = [pid]
-    for _ in range(3):
-        generation = [child for parent in generation for child in _children(parent)]
-        for candidate in generation:
-            try:
-                with open(f"/proc/{candidate}/cmdline", "rb") as f:
-                    argv = f.read().split(b"\0")
-            except OSError:
-                continue
-            if argv[0] == os.fsencode(sys.executable) and CHILD_MODULE.encode() in argv:  # not bwrap's own
-                return candidate
-    return None
-
-
-def _children(pid: int) -> Sequence[int]:
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as f:
-            return [int(p) for p in f.read().split()]
-    except OSError:
-        pass
-    found = []  # kernels without CONFIG_PROC_CHILDREN: every process's parent
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat", "rb") as f:
-                    stat_line = f.read()
-            except OSError:
-                continue
-            if int(stat_line[stat_line.rindex(b")") + 2 :].split()[1]) == pid:
-                found.append(int(entry))
-    return found

@@ -1,0 +1,403 @@
+"""Worker processes forked from their function's template: exit statuses, template death, env
+separation, descriptors, reloads, idle templates, the fallback to spawned workers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import textwrap
+from collections.abc import MutableMapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edgeruntime.core.context import ExecutionContext
+from edgeruntime.core.events import StopReason
+from edgeruntime.core.worker_state import default_worker
+from edgeruntime.testing import EdgeClient
+from edgeruntime.workers.process import forking
+from edgeruntime.workers.process.forking import ForkedProcess, SpawnedProcess
+from edgeruntime.workers.process.parent import ProcessWorker
+from edgeruntime.workers.process.sandbox import TEMPLATE_MODULE, Sandbox, WorkerLauncher
+from edgeruntime.workers.supervisor import FunctionSupervisor
+from tests.helpers import HELLO, write_function
+from tests.probes import eventually, parent_of, write_probe
+
+ROOT = os.geteuid() == 0
+
+#: Answers with what the worker process holds: its pid, its parent, its descriptors and its env.
+INSPECT = """
+import os
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from edgeruntime import Deno, serve
+
+SEEN_AT_BOOT = os.environ.get("SET_BY_A_REQUEST")
+
+
+def descriptors():
+    found = {}
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            found[fd] = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            pass  # the directory's own descriptor, closed by now
+    return found
+
+
+@serve
+async def handler(req: Request) -> JSONResponse:
+    answer = {
+        "fds": descriptors(),
+        "env": Deno.env.to_object(),
+        "seen_at_boot": SEEN_AT_BOOT,
+        "seen_now": os.environ.get("SET_BY_A_REQUEST"),
+    }
+    if "set" in req.query_params:
+        os.environ["SET_BY_A_REQUEST"] = req.query_params["set"]
+    return JSONResponse(answer)
+"""
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def argv_of(pid: int) -> list[bytes]:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+
+
+def forked_worker(client: EdgeClient, name: str) -> ProcessWorker:
+    worker = client.app.functions[name].worker
+    assert isinstance(worker, ProcessWorker) and isinstance(worker.proc, ForkedProcess), worker
+    return worker
+
+
+def template_pid(worker: ProcessWorker) -> int:
+    """The host pid of the template `worker` was forked from: its parent, running the template module."""
+    assert worker.pid is not None
+    parent = parent_of(worker.pid)
+    assert parent is not None and TEMPLATE_MODULE.encode() in argv_of(parent)
+    return parent
+
+
+async def ask(worker: ProcessWorker, query: bytes = b"") -> dict[str, Any]:
+    """Send one GET straight to `worker` (not through the supervisor's routing); its JSON answer."""
+    scope: dict[str, Any] = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": "/",
+        "raw_path": b"/",
+        "query_string": query,
+        "root_path": "",
+        "headers": [],
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 54321),
+    }
+    body: list[bytes] = []
+
+    async def receive() -> MutableMapping[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        if message["type"] == "http.response.body":
+            body.append(message.get("body", b""))
+
+    await worker.handle(scope, receive, send, ExecutionContext(worker.name, default_worker()))
+    answer: dict[str, Any] = json.loads(b"".join(body))
+    return answer
+
+
+# -- exit statuses and template death ----------------------------------------------------------
+
+
+async def test_the_exit_status_of_a_forked_worker_reaches_the_server(
+    functions_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    write_probe(functions_dir)
+    async with EdgeClient(functions_dir, isolation="process") as client:
+        assert (await client.invoke("probe")).status_code == 200
+        first = forked_worker(client, "probe")
+        template = template_pid(first)
+        r = await client.invoke("probe", params={"exit": 1})  # os._exit(3)
+        assert (r.status_code, r.json()["code"]) == (500, "WORKER_ERROR")
+        assert first.exit_status == 3
+        assert first.pid is not None and not alive(first.pid)  # reaped by its template: no zombie left
+        assert (await client.invoke("probe")).status_code == 200
+        second = forked_worker(client, "probe")
+        assert template_pid(second) == template  # the template outlives its workers
+        assert second.pid is not None
+        os.kill(second.pid, signal.SIGKILL)  # from outside, as the OOM killer would
+        await eventually(lambda: second.exit_status is not None, what="the crash")
+        assert second.exit_status == -signal.SIGKILL
+        assert (await client.invoke("probe")).status_code == 200
+    assert f"exited unexpectedly (exit status 3): isolate: {first.id}" in caplog.text
+    assert f"exited unexpectedly (exit status -9): isolate: {second.id}" in caplog.text
+
+
+async def test_a_template_that_dies_takes_its_workers_with_it_and_is_replaced(
+    functions_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    write_probe(functions_dir)
+    async with EdgeClient(functions_dir, isolation="process") as client:
+        assert (await client.invoke("probe")).status_code == 200
+        assert (await client.invoke("hello")).status_code == 200
+        worker = forked_worker(client, "probe")
+        template = template_pid(worker)
+        other = template_pid(forked_worker(client, "hello"))
+        assert other != template  # one template per function
+        in_flight = asyncio.ensure_future(client.invoke("probe", params={"sleep": 30}))
+        await asyncio.sleep(0.3)
+        os.kill(template, signal.SIGKILL)
+        r = await asyncio.wait_for(in_flight, 20)
+        assert (r.status_code, r.json()["code"]) == (500, "WORKER_ERROR")
+        assert worker.pid is not None
+        await eventually(lambda: not alive(worker.pid), what="the worker's end")  # type: ignore[arg-type]
+        r = await client.invoke("probe")
+        assert r.status_code == 200
+        replacement = template_pid(forked_worker(client, "probe"))
+        assert replacement != template
+        assert client.app.launcher is not None
+        probe_template = client.app.launcher.template("probe")
+        assert probe_template is not None and probe_template.starts == 2
+        assert (await client.invoke("hello")).status_code == 200
+        assert template_pid(forked_worker(client, "hello")) == other  # the other function's is untouched
+    assert "template process of probe exited unexpectedly" in caplog.text
+    assert "its worker processes end with it" in caplog.text
+    assert not alive(replacement) and not alive(other)  # ended with the server
+
+
+async def test_a_template_without_workers_is_ended_after_a_while(
+    hello_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(forking, "TEMPLATE_IDLE_SEC", 0.5)
+    async with EdgeClient(hello_dir, isolation="process") as client:
+        assert (await client.invoke("hello")).status_code == 200
+        supervisor = client.app.functions["hello"]
+        worker = forked_worker(client, "hello")
+        template = template_pid(worker)
+        supervisor._end(worker, StopReason.EARLY_DROP)
+        await eventually(lambda: not alive(template), what="the idle template's end")
+        assert (await client.invoke("hello")).status_code == 200  # a new template, a new worker
+        assert template_pid(forked_worker(client, "hello")) != template
+
+
+# -- what a worker and its template hold -------------------------------------------------------
+
+
+@pytest.mark.skipif(not ROOT, reason="reads the non-dumpable template's environ: needs root")
+async def test_a_template_holds_no_env_and_its_workers_do_not_see_each_others_changes(functions_dir: Path) -> None:
+    write_function(functions_dir, "inspect", INSPECT)
+    (functions_dir / ".env").write_text("FROM_DOT_ENV=dotenv-secret-value\n")
+    environ = {**os.environ, "SERVER_ONLY_SECRET": "server-only-value"}
+    async with EdgeClient(functions_dir, isolation="process", sandbox="none", environ=environ) as client:
+        first = (await client.invoke("inspect", params={"set": "from-the-first-worker"})).json()
+        worker = forked_worker(client, "inspect")
+        template = template_pid(worker)
+        supervisor = client.app.functions["inspect"]
+        supervisor._end(worker, StopReason.MEMORY)
+        await eventually(lambda: worker.exit_status is not None, what="the first worker's end")
+        second = (await client.invoke("inspect")).json()
+        assert template_pid(forked_worker(client, "inspect")) == template
+        exec_environ = Path(f"/proc/{template}/environ").read_bytes().decode("latin-1")  # noqa: ASYNC240 (procfs)
+        service_role_key = client.settings.keys.service_role_key
+    # Sandbox none: a worker's env is the server's whole environment and the function's, as before.
+    for answer in (first, second):
+        assert answer["env"]["FROM_DOT_ENV"] == "dotenv-secret-value"
+        assert answer["env"]["SERVER_ONLY_SECRET"] == "server-only-value"
+    assert first["seen_now"] is None
+    assert second["seen_at_boot"] is None and second["seen_now"] is None  # its predecessor's write stayed its own
+    # ...but the template, started before any function's env was sent, holds none of it.
+    assert "PATH=" in exec_environ
+    for secret in ("dotenv-secret-value", "server-only-value", service_role_key):
+        assert secret not in exec_environ
+
+
+async def test_a_worker_holds_its_channel_and_stdio_only(functions_dir: Path) -> None:
+    write_function(functions_dir, "inspect", INSPECT)
+    async with EdgeClient(functions_dir, isolation="process") as client:
+        assert (await client.invoke("inspect")).status_code == 200
+        supervisor = client.app.functions["inspect"]
+        first = forked_worker(client, "inspect")
+        template = template_pid(first)
+        supervisor._prepare_successor()  # a second worker of the same template, both alive
+        assert supervisor._successor is not None
+        second = await asyncio.shield(supervisor._successor)
+        assert isinstance(second, ProcessWorker) and isinstance(second.proc, ForkedProcess)
+        assert second.pid is not None and parent_of(second.pid) == template
+        held = [(await ask(worker))["fds"] for worker in (first, second)]
+        template_fds = {fd: os.readlink(f"/proc/{template}/fd/{fd}") for fd in os.listdir(f"/proc/{template}/fd")}
+    for fds in held:
+        assert {"0", "1", "2"} <= set(fds)
+        rest = [target for fd, target in fds.items() if fd not in ("0", "1", "2")]
+        sockets = [t for t in rest if t.startswith("socket:")]
+        # The channel, and the event loop's own: its epoll and its self-pipe (a socket pair).
+        assert len(sockets) == 3 and sorted(set(rest) - set(sockets)) == ["anon_inode:[eventpoll]"], fds
+    assert not {t for t in held[0].values() if t.startswith("socket:")} & {
+        t for t in held[1].values() if t.startswith("socket:")
+    }
+    # The template: stdio, its control socket, one pidfd per live worker; no worker's channel.
+    rest = sorted(target for fd, target in template_fds.items() if fd not in ("0", "1", "2"))
+    assert rest[:2] == ["anon_inode:[pidfd]"] * 2 and len(rest) == 3 and rest[2].startswith("socket:"), template_fds
+
+
+# -- reloads and the sandbox's view ------------------------------------------------------------
+
+SHARED_USER = """
+from starlette.responses import JSONResponse
+from edgeruntime import serve
+from _shared.greeting import GREETING
+
+@serve
+async def handler(req):
+    return JSONResponse({"greeting": GREETING})
+"""
+
+EXTRA_USER = """
+from starlette.responses import JSONResponse
+from edgeruntime import serve
+from _shared.greeting import GREETING
+from _extra.more import MORE
+
+@serve
+async def handler(req):
+    return JSONResponse({"greeting": GREETING, "more": MORE})
+"""
+
+
+@pytest.mark.parametrize("mode", ["bwrap", "none"])
+async def test_a_reload_reads_the_new_files_and_a_new_entry_gets_a_new_template(functions_dir: Path, mode: str) -> None:
+    from tests.test_sandbox import BWRAP, NO_BWRAP, unavailable
+
+    if mode == "bwrap" and BWRAP is None:
+        unavailable(NO_BWRAP)
+    (functions_dir / "_shared").mkdir()
+    (functions_dir / "_shared" / "greeting.py").write_text('GREETING = "first"\n')
+    write_function(functions_dir, "greet", SHARED_USER)
+    async with EdgeClient(functions_dir, isolation="process", sandbox=mode) as client:
+        assert (await client.invoke("greet")).json() == {"greeting": "first"}
+        assert client.app.launcher is not None
+        template = client.app.launcher.template("greet")
+        assert template is not None
+        first = template_pid(forked_worker(client, "greet"))
+        (functions_dir / "_shared" / "greeting.py").write_text('GREETING = "second"\n')
+        client.app.reload({"_shared"})
+        assert (await client.invoke("greet")).json() == {"greeting": "second"}
+        assert template_pid(forked_worker(client, "greet")) == first  # the template imported none of it
+        # A directory the template's bubblewrap does not show: the next worker needs a new template.
+        (functions_dir / "_extra").mkdir()
+        (functions_dir / "_extra" / "more.py").write_text('MORE = "extra"\n')
+        write_function(functions_dir, "greet", EXTRA_USER)
+        client.app.reload({"greet"})
+        r = await client.invoke("greet")
+        assert r.status_code == 200, r.text
+        assert r.json() == {"greeting": "second", "more": "extra"}
+        if mode == "bwrap":
+            assert template.starts == 2
+            await eventually(lambda: not alive(first), what="the old template's end once its workers ended")
+        else:  # without bubblewrap every template sees the whole filesystem
+            assert template.starts == 1
+
+
+async def test_a_template_serves_a_view_until_the_functions_directory_changes(functions_dir: Path) -> None:
+    write_function(functions_dir, "a", HELLO)
+    (functions_dir / "_shared").mkdir()
+    bwrap = WorkerLauncher(Sandbox("bwrap", bwrap="/usr/bin/bwrap"), functions_dir)
+    plain = WorkerLauncher(Sandbox("basic"), functions_dir)
+    own = (functions_dir / "a").resolve()
+    views = {launcher: launcher.view(own, 256) for launcher in (bwrap, plain)}
+
+    def unchanged() -> dict[WorkerLauncher, bool]:
+        return {launcher: launcher.view(own, 256) == view for launcher, view in views.items()}
+
+    write_function(functions_dir, "b", HELLO)  # another function: hidden from a's workers anyway
+    (functions_dir / ".env").write_text("A=1\n")  # dot-files are hidden
+    (functions_dir / "_shared" / "x.py").write_text("X = 1\n")  # inside a bound directory: seen as it changes
+    assert unchanged() == {bwrap: True, plain: True}
+    assert bwrap.view(own, 128) != views[bwrap]  # the size of its /tmp
+    (functions_dir / "util.py").write_text("")  # a new top-level file: bubblewrap binds the ones it found
+    assert unchanged() == {bwrap: False, plain: True}
+    views[bwrap] = bwrap.view(own, 256)
+    (functions_dir / "_shared").rename(functions_dir / "_old")
+    (functions_dir / "_shared").mkdir()  # replaced
+    assert unchanged() == {bwrap: False, plain: True}
+    views[bwrap] = bwrap.view(own, 256)
+    (functions_dir / "a").rename(functions_dir / "a-old")
+    write_function(functions_dir, "a", HELLO)  # the function's own directory replaced
+    assert unchanged() == {bwrap: False, plain: False}
+
+
+# -- where workers are not forked --------------------------------------------------------------
+
+THREAD_AT_START = """
+import threading
+import time
+
+threading.Thread(target=time.sleep, args=(3600,), daemon=True, name="started-by-sitecustomize").start()
+"""
+
+
+async def test_a_template_with_a_thread_refuses_to_fork_and_workers_are_spawned(
+    hello_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(textwrap.dedent(THREAD_AT_START))
+    # Every interpreter started from here on (templates, spawned workers) starts a thread first.
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in (str(site), os.environ.get("PYTHONPATH")) if p))
+    async with EdgeClient(hello_dir, isolation="process", sandbox="none") as client:
+        assert (await client.invoke("hello")).status_code == 200
+        worker = client.app.functions["hello"].worker
+        assert isinstance(worker, ProcessWorker) and isinstance(worker.proc, SpawnedProcess)
+        assert client.app.launcher is not None
+        template = client.app.launcher.template("hello")
+        assert template is not None and template.refused
+        await eventually(lambda: template.current is None and not template.retired, what="the template's end")
+        r = await client.invoke("hello", params={"again": "1"})
+        assert r.status_code == 200
+    assert "the template of hello has a thread and cannot fork safely" in caplog.text
+
+
+async def test_without_templates_workers_are_spawned_as_before(
+    functions_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    write_probe(functions_dir)
+    async with EdgeClient(
+        functions_dir, isolation="process", limits={"cpu_soft_limit_ms": 200, "cpu_hard_limit_ms": 300}
+    ) as client:
+        assert client.app.launcher is not None
+        client.app.launcher.forks = False  # as where forking is not available
+        assert client.app.launcher.template("probe") is None
+        assert (await client.invoke("probe")).status_code == 200
+        worker = client.app.functions["probe"].worker
+        assert isinstance(worker, ProcessWorker) and isinstance(worker.proc, SpawnedProcess)
+        assert (await client.invoke("probe", params={"spin": 1})).status_code == 546
+        r = await client.invoke("probe", params={"exit": 1})
+        assert r.status_code == 500
+        assert (await client.invoke("probe")).status_code == 200
+    assert "CPU time hard limit reached" in caplog.text
+    assert "exited unexpectedly" in caplog.text
+
+
+async def test_a_supervisor_made_outside_an_app_ends_its_templates(hello_dir: Path) -> None:
+    from edgeruntime.config.settings import Settings
+    from edgeruntime.functions.discovery import FunctionSpec
+
+    settings = Settings.build(hello_dir, isolation="process", sandbox="none", watch=False)
+    supervisor = FunctionSupervisor(FunctionSpec("hello", hello_dir / "hello"), settings)
+    worker = await supervisor.acquire()
+    assert isinstance(worker, ProcessWorker) and isinstance(worker.proc, ForkedProcess)
+    template = template_pid(worker)
+    await supervisor.shutdown(0)
+    assert worker.exit_status is not None
+    await eventually(lambda: not alive(template), what="the template's end")
