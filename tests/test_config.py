@@ -271,7 +271,6 @@ def test_dashboard_allowed_hosts(tmp_path: Path) -> None:
 
 SERVE_ERRORS = [
     ('[functions.hello]\nverify_jwt = "no"\n', "[functions.hello] verify_jwt"),
-    ('[edge_runtime]\ncors_origins = ["*.example.com"]\n', "[edge_runtime] cors_origins"),
     ('[dashboard]\nallowed_hosts = ["http://x"]\n', "[dashboard] allowed_hosts"),
     ("[edge_runtime]\nwall_clock = 1\n", "[edge_runtime] wall_clock"),
     ("[edge_runtime\n", "not valid TOML"),
