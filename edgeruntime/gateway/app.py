@@ -28,6 +28,7 @@ from edgeruntime.core import responses
 from edgeruntime.core.background import BackgroundTask
 from edgeruntime.core.context import ExecutionContext
 from edgeruntime.core.descriptors import exhaustion, report_exhaustion
+from edgeruntime.core.events import StopReason
 from edgeruntime.core.logs import AccessLogger, log_access
 from edgeruntime.core.metering import LoopWatchdog
 from edgeruntime.core.responses import RUNTIME_RESPONSE, CorsPolicy
@@ -48,7 +49,7 @@ from edgeruntime.functions.discovery import SHARED, discover
 from edgeruntime.functions.loading import purge_modules
 from edgeruntime.gateway.auth import Verifier, credentials
 from edgeruntime.gateway.extensions import BackgroundObserver, Extension, Invocation, InvocationObserver, WorkerObserver
-from edgeruntime.gateway.websocket import CLOSE_INTERNAL_ERROR, CLOSE_NORMAL, Socket, close_for
+from edgeruntime.gateway.websocket import CLOSE_GOING_AWAY, CLOSE_INTERNAL_ERROR, CLOSE_NORMAL, Socket, close_for
 from edgeruntime.workers.process.sandbox import WorkerLauncher, sandbox_for
 from edgeruntime.workers.supervisor import FunctionSupervisor
 
@@ -127,6 +128,8 @@ class EdgeApp:
         self.verifier = Verifier(settings.keys, settings.env.get("SUPABASE_JWKS"))
         #: The CORS headers of the runtime's own responses to function routes.
         self.cors = CorsPolicy(settings.config.cors_origins)
+        #: The WebSocket connections open now, each with the function serving it.
+        self._sockets: dict[Socket, str] = {}
         self.functions: dict[str, FunctionSupervisor] = {}
         #: Starts worker processes in their sandbox (process isolation; None inline). The server's
         #: own files (config.toml, the signing keys, what extensions name) are hidden from them.
@@ -243,8 +246,32 @@ class EdgeApp:
         if not scope["path"].startswith(PREFIX):  # the dashboard, metrics and health check take none
             await responses.send_response(socket.send, responses.NOT_FOUND)
             return
-        await self.handle_http(scope, socket.receive, socket.send, WEBSOCKET_TRIGGER, socket)
-        await socket.drain()
+        self._sockets[socket] = _function_name(scope)
+        try:
+            await self.handle_http(scope, socket.receive, socket.send, WEBSOCKET_TRIGGER, socket)
+            await socket.drain()
+        finally:
+            self._sockets.pop(socket, None)
+
+    async def close_websockets(self) -> None:
+        """The server is shutting down: dispatch `beforeunload` (termination) to the workers that
+        serve open WebSockets, then close those with 1001 and the reason ``termination``.
+
+        Called when shutdown begins, before the server waits for its connections: a socket may
+        stay open for good, and would otherwise be cut at the end of the graceful timeout.
+        """
+        open_sockets = [(socket, name) for socket, name in self._sockets.items() if socket.open]
+        if not open_sockets:
+            return
+        workers = [
+            worker
+            for name in {name for _, name in open_sockets}
+            if (supervisor := self.functions.get(name)) is not None
+            for worker in supervisor.workers
+        ]
+        await asyncio.gather(*(worker.beforeunload(StopReason.TERMINATION) for worker in workers))
+        reason = StopReason.TERMINATION.key
+        await asyncio.gather(*(socket.close(CLOSE_GOING_AWAY, reason) for socket, _ in open_sockets))
 
     async def handle_http(
         self, scope: Scope, receive: Receive, send: Send, trigger: str = "http", socket: Socket | None = None

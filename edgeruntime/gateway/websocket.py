@@ -17,9 +17,6 @@ a browser send on a WebSocket.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-
 from edgeruntime.core.events import StopReason
 from edgeruntime.core.types import Message, Receive, Scope, Send
 from edgeruntime.exceptions import FunctionError, LimitExceeded
@@ -32,10 +29,6 @@ CLOSE_GOING_AWAY = 1001
 CLOSE_INTERNAL_ERROR = 1011
 #: What the server answers an upgrade request that is closed before it was accepted.
 DENIED_BY_CLOSE = 403
-#: How long a closed connection's remaining messages are read (and dropped) for the client's close
-#: to be seen: a server that queues what the client sends (Hypercorn) stops reading the connection
-#: while its queue is full, and would never read the client's close behind what nobody reads now.
-CLOSE_DRAIN_SEC = 5.0
 
 
 def close_for(exc: Exception) -> tuple[int, str]:
@@ -115,15 +108,16 @@ class Socket:
                 self.close_code = message.get("code", CLOSE_NORMAL)
         await self._send(message)
 
-    async def drain(self, timeout: float = CLOSE_DRAIN_SEC) -> None:
+    async def drain(self) -> None:
         """Once the function is done with an accepted connection: read what the client still
-        sends, until it has closed its side (or `timeout`), and drop it."""
-        if not self.accepted or self.client_gone:
-            return
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(timeout):
-                while not self.client_gone:
-                    await self.receive()
+        sends, and drop it, until the client has closed its side.
+
+        A server that queues what the client sends (Hypercorn) stops reading the connection while
+        its queue is full; once nothing reads that queue any more, the client's close behind it
+        would never be read, and the connection would stay open for good.
+        """
+        while self.accepted and not self.client_gone:
+            await self.receive()
 
     @property
     def open(self) -> bool:

@@ -218,7 +218,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
         await watch_functions(settings.functions_dir, app.reload, stop)
 
-    return run_server(settings, app, on_start=start, background=[watch] if settings.watch else [])
+    return run_server(
+        settings, app, on_start=start, on_stop=app.close_websockets, background=[watch] if settings.watch else []
+    )
 
 
 def cmd_new(args: argparse.Namespace) -> int:

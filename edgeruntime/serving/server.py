@@ -285,9 +285,13 @@ def run_server(
     app: ASGIApp,
     *,
     on_start: Callable[[], Awaitable[None]] | None = None,
+    on_stop: Callable[[], Awaitable[None]] | None = None,
     background: Sequence[Callable[[asyncio.Event], Coroutine[Any, Any, None]]] = (),
 ) -> int:
     """Serve `app` with `settings` until SIGTERM or SIGINT; returns the exit status.
+
+    `on_stop` runs when the signal arrives, before the server stops accepting and waits for its
+    connections (the app closes its WebSockets then).
 
     The garbage collector, paused while `edgeruntime serve` starts, is turned on (tuned as by
     `_start_gc`) right before the server starts.
@@ -302,6 +306,15 @@ def run_server(
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         tasks = [loop.create_task(job(stop)) for job in background]
+
+        async def shutdown_trigger() -> None:
+            await stop.wait()
+            if on_stop is not None:
+                try:
+                    await on_stop()
+                except Exception:
+                    logger.exception("stopping failed")
+
         try:
             if on_start is not None:
                 await on_start()
@@ -310,7 +323,7 @@ def run_server(
                 settings.host,
                 settings.port,
                 graceful_timeout=settings.graceful_exit_timeout_sec,
-                shutdown_trigger=stop.wait,
+                shutdown_trigger=shutdown_trigger,
                 server=settings.server,
                 before_serving=lambda: _start_gc(gc_setting),
                 log_format=settings.log_format,

@@ -158,6 +158,23 @@ async def test_a_socket_held_past_the_wall_clock_is_closed_with_1001_after_befor
     assert "GET /functions/v1/echo 101" in server.output
 
 
+@pytest.mark.parametrize("server_kind", SERVERS)
+async def test_shutdown_closes_open_sockets_with_1001_after_beforeunload(echo_dir: Path, server_kind: str) -> None:
+    """Not cut at the end of the graceful timeout (Hypercorn: 1011 after 15 s; Uvicorn: 1012 at once)."""
+    with serve(echo_dir, "--isolation", "process", server=server_kind) as server:
+        async with connect(ws_url(server, "echo"), open_timeout=TIMEOUT_SEC) as ws:
+            await ws.send("ping")
+            assert await ws.recv() == "ping"
+            started = time.monotonic()
+            stopping = asyncio.get_running_loop().run_in_executor(None, server.terminate)
+            assert await asyncio.wait_for(ws.recv(), TIMEOUT_SEC) == "beforeunload: termination"
+            close = await closed(ws)
+            took = time.monotonic() - started
+            assert await stopping == 0
+    assert close.rcvd is not None and (close.rcvd.code, close.rcvd.reason) == (1001, "termination")
+    assert took < 10, f"the socket was closed {took:.1f} s after SIGTERM"
+
+
 async def test_a_worker_crash_closes_its_sockets_with_1011(echo_dir: Path) -> None:
     with serve(echo_dir, "--isolation", "process", server="uvicorn") as server:
         url = ws_url(server, "echo")
