@@ -309,8 +309,8 @@ class EdgeApp:
             try:
                 await send(message)
             except OSError:  # the client left in the middle of the response (a server of ASGI 2.4)
-                if ctx.response_started and not ctx.response_ended:
-                    ctx.client_left = True
+                if kind == "http.response.body" and not ctx.response_ended:
+                    ctx.client_left = True  # (a WebSocket's client leaving is how a connection ends)
                 raise
 
         error: str | None = None

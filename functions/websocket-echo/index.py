@@ -8,7 +8,29 @@ a connection whose server picks none of the protocols it offered). A request tha
 gets 400, a missing or invalid token 403. Once accepted, every message comes back as it came
 (the guide answers each with the date; an echo shows the round trip).
 
-docs/websockets.md has the guide's TypeScript beside this file.
+TypeScript original (the guide's "Authentication", using query params; docs/websockets.md has it
+all beside the Python)::
+
+    export default {
+      fetch: async (req) => {
+        const upgrade = req.headers.get('upgrade') || ''
+        if (upgrade.toLowerCase() != 'websocket') {
+          return Response.json({ error: "request isn't trying to upgrade to WebSocket." }, { status: 400 })
+        }
+        const url = new URL(req.url)
+        const jwt = url.searchParams.get('jwt')
+        if (!jwt) {
+          return Response.json({ error: 'Auth token not provided' }, { status: 403 })
+        }
+        const { error, data } = await supabase.auth.getUser(jwt)
+        if (error) {
+          return Response.json({ error: 'Invalid token provided' }, { status: 403 })
+        }
+        const { socket, response } = Deno.upgradeWebSocket(req)
+        socket.onmessage = (e) => socket.send(new Date().toString())
+        return response
+      },
+    }
 
     websocat "ws://127.0.0.1:54321/functions/v1/websocket-echo?jwt=$(edgeruntime keys --anon)"
 """

@@ -8,8 +8,24 @@ it checks the user's token from the ``jwt`` query parameter itself: an open rela
 API key for anyone who finds it.
 
 Env: ``OPENAI_API_KEY``; ``RELAY_UPSTREAM_URL`` (default: OpenAI's Realtime endpoint; the tests
-point it at a local WebSocket server). docs/websockets.md has the guide's TypeScript beside it.
-The upstream client is the `websockets` package (``pip install 'edgeruntime[examples]'``).
+point it at a local WebSocket server). The upstream client is the `websockets` package
+(``pip install 'edgeruntime[examples]'``).
+
+TypeScript original (the guide's relay, abridged; docs/websockets.md has it beside the Python)::
+
+    wss.on("connection", async (ws) => {
+      const client = new RealtimeClient({ apiKey: OPENAI_API_KEY });
+      // Relay: OpenAI Realtime API Event -> Browser Event
+      client.realtime.on("server.*", (event) => ws.send(JSON.stringify(event)));
+      client.realtime.on("close", () => ws.close());
+      // Relay: Browser Event -> OpenAI Realtime API Event
+      ws.on("message", (data) => {
+        const event = JSON.parse(data);
+        client.realtime.send(event.type, event);
+      });
+      ws.on("close", () => client.disconnect());
+      await client.connect();
+    });
 """
 
 import asyncio

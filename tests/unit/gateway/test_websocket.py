@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from starlette.websockets import WebSocketDisconnect
 
+from edgeruntime.core.types import Message, Receive, Scope, Send
 from edgeruntime.exceptions import WebSocketDenied
 from edgeruntime.testing import EdgeClient
 from tests.helpers import KEYS, write_function
@@ -257,3 +258,31 @@ async def test_an_asgi_app_gets_the_websocket_scope_itself(
     records = [r for r in caplog.records if "did not accept the WebSocket upgrade request" in r.getMessage()]
     assert len(records) == 1 and records[0].levelno == logging.INFO
     assert "closed it (the server answers 403)" in records[0].getMessage()
+
+
+async def test_a_client_gone_mid_connection_ends_it_without_failing_the_run(
+    echo_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with EdgeClient(echo_dir) as client:
+        gateway = client.app
+
+        async def app(scope: Scope, receive: Receive, send: Send) -> None:
+            async def gone(message: Message) -> None:
+                if message["type"] == "websocket.send":
+                    raise OSError("the client disconnected")  # as Uvicorn's send raises (ASGI 2.4)
+                await send(message)
+
+            await gateway(scope, receive, gone)
+
+        monkeypatch.setattr(client, "app", app)
+        async with client.websocket("echo") as ws:
+            await ws.send_text("hi")  # its answer finds the client gone
+            with pytest.raises(WebSocketDisconnect):
+                await ws.receive_text()
+        monkeypatch.undo()
+        await client.drain()
+        await client.jobs.history.flush()
+        runs = (await client.request("GET", "/_edgeruntime/api/runs")).json()["runs"]
+        assert [(r["trigger"], r["http_status"], r["status"], r["error"]) for r in runs] == [
+            ("websocket", 101, "succeeded", None)
+        ]

@@ -1,5 +1,5 @@
-"""The WebSocket examples (functions/websocket-echo, functions/websocket-relay) on a real socket,
-with the real `websockets` client; the relay's upstream is a local WebSocket server."""
+"""functions/websocket-relay on a real socket, with the real `websockets` client; its upstream (the
+OpenAI Realtime API) is a local WebSocket server."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
-from websockets.typing import Subprotocol
 
 from tests.helpers import KEYS, ServerProcess
 
@@ -64,23 +63,3 @@ async def test_the_relay_example_relays_both_ways(upstream: str, project_copy: P
                 assert answer == {"type": "response.done", "echo": {"type": "conversation.item.create", "n": n}}
     assert 'Relaying "conversation.item.create" to OpenAI' in server.output
     assert 'Relaying "response.done" to Client' in server.output
-
-
-async def test_the_echo_example_checks_a_token_from_the_query_string(project_copy: Path) -> None:
-    with ServerProcess(project_copy, "--no-watch") as server:
-        with pytest.raises(InvalidStatus) as missing:
-            await connect(ws_url(server, "websocket-echo"), open_timeout=TIMEOUT_SEC)
-        assert missing.value.response.status_code == 403
-        assert json.loads(missing.value.response.body) == {"error": "Auth token not provided"}
-        with pytest.raises(InvalidStatus) as forged:
-            await connect(ws_url(server, "websocket-echo", "jwt=forged.token.here"), open_timeout=TIMEOUT_SEC)
-        assert forged.value.response.status_code == 403
-        async with connect(ws_url(server, "websocket-echo", f"jwt={KEYS.anon_key}"), open_timeout=TIMEOUT_SEC) as ws:
-            await ws.send("hello")
-            assert await ws.recv() == "hello"
-        # Or in Sec-WebSocket-Protocol, as `jwt-<token>`: the function answers with that protocol.
-        protocol = Subprotocol(f"jwt-{KEYS.anon_key}")
-        async with connect(ws_url(server, "websocket-echo"), subprotocols=[protocol], open_timeout=TIMEOUT_SEC) as ws:
-            assert ws.subprotocol == protocol
-            await ws.send("by protocol")
-            assert await ws.recv() == "by protocol"
