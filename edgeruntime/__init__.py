@@ -6,13 +6,23 @@ import importlib
 import typing
 
 if typing.TYPE_CHECKING:
-    from edgeruntime.exceptions import EdgeRuntimeError
+    from edgeruntime.exceptions import EdgeRuntimeError, InvalidJWT
     from edgeruntime.limits import Limits
-    from edgeruntime.runtime import Deno, EdgeRuntime, serve
+    from edgeruntime.runtime import Deno, EdgeRuntime, serve, upgrade_websocket, verify_jwt
 
 __version__ = "0.1.0"
 
-__all__ = ["Deno", "EdgeRuntime", "EdgeRuntimeError", "Limits", "__version__", "serve"]
+__all__ = [
+    "Deno",
+    "EdgeRuntime",
+    "EdgeRuntimeError",
+    "InvalidJWT",
+    "Limits",
+    "__version__",
+    "serve",
+    "upgrade_websocket",
+    "verify_jwt",
+]
 
 # The public names are imported on first use: `python -m edgeruntime` imports this package before
 # it runs, and `edgeruntime.__main__` pauses the garbage collector before the heavy imports
@@ -21,7 +31,10 @@ _EXPORTS = {
     "Deno": "edgeruntime.runtime",
     "EdgeRuntime": "edgeruntime.runtime",
     "serve": "edgeruntime.runtime",
+    "upgrade_websocket": "edgeruntime.runtime",
+    "verify_jwt": "edgeruntime.runtime",
     "EdgeRuntimeError": "edgeruntime.exceptions",
+    "InvalidJWT": "edgeruntime.exceptions",
     "Limits": "edgeruntime.limits",
 }
 

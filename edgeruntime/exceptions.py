@@ -9,6 +9,9 @@ EdgeRuntimeError
 ├── DashboardError           a dashboard API request that cannot be served (→ its 4xx JSON error)
 ├── DuplicateHeader          a request repeats a header that must appear once (Authorization, apikey) → 400
 ├── ResourceExhausted        the server is out of file descriptors → 503 RESOURCE_EXHAUSTED
+├── InvalidJWT               `verify_jwt(token)` in a function: the token is missing, forged or expired
+├── WebSocketUpgradeError    `upgrade_websocket(req)` on a request that is no WebSocket upgrade (also a TypeError)
+├── WebSocketDenied          `EdgeClient.websocket(...)`: the upgrade was answered with a response, not accepted
 └── FunctionError            something went wrong in one function; the others keep serving
     ├── BootError            the function's module failed to load → 503 BOOT_ERROR
     ├── WorkerCrashed        the worker died (or its module raised at top level) → 500 WORKER_ERROR
@@ -29,6 +32,7 @@ __all__ = [
     "EdgeRuntimeError",
     "FunctionError",
     "IdleTimeout",
+    "InvalidJWT",
     "InvalidResponse",
     "JobsError",
     "LimitExceeded",
@@ -38,6 +42,8 @@ __all__ = [
     "ResourceExhausted",
     "UsageError",
     "WallClockLimitExceeded",
+    "WebSocketDenied",
+    "WebSocketUpgradeError",
     "WorkerCrashed",
 ]
 
@@ -97,6 +103,34 @@ class ResourceExhausted(EdgeRuntimeError):
         #: What could not be done, e.g. "loading function hello".
         self.action = action
         super().__init__(f"out of file descriptors: {action} failed")
+
+
+class InvalidJWT(EdgeRuntimeError):
+    """Raised by ``verify_jwt`` when a token is missing, malformed, forged or expired.
+
+    `code` is the ``sb-error-code`` the gateway would answer such a token with
+    (``UNAUTHORIZED_LEGACY_JWT``, ``UNAUTHORIZED_INVALID_JWT_FORMAT`` ...).
+    """
+
+    def __init__(self, message: str, code: str) -> None:
+        self.code = code
+        super().__init__(message)
+
+
+class WebSocketUpgradeError(EdgeRuntimeError, TypeError):
+    """Raised by ``upgrade_websocket`` for a request that is not a WebSocket upgrade request (as
+    ``Deno.upgradeWebSocket`` throws a TypeError), or that was upgraded already."""
+
+
+class WebSocketDenied(EdgeRuntimeError):
+    """Raised by ``EdgeClient.websocket`` when the upgrade request was answered with a response
+    (the gateway's 401 or 404, the function's 400 or 403) instead of being accepted."""
+
+    def __init__(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+        self.status = status
+        self.headers = {key.decode("latin-1").lower(): value.decode("latin-1") for key, value in headers}
+        self.body = body
+        super().__init__(f"the WebSocket upgrade was answered {status}: {body[:200]!r}")
 
 
 class FunctionError(EdgeRuntimeError):

@@ -48,6 +48,8 @@ class Limits:
     request_idle_timeout_sec: float = 150 * SECONDS
     #: Larger request bodies get 413.
     max_request_body_mb: float = 20 * MEGABYTES
+    #: A larger WebSocket message from a client closes its connection with 1009 (message too big).
+    max_websocket_message_mb: float = 1 * MEGABYTES
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -69,6 +71,10 @@ class Limits:
     @property
     def max_request_body_bytes(self) -> int:
         return int(self.max_request_body_mb * 1024 * 1024)
+
+    @property
+    def max_websocket_message_bytes(self) -> int:
+        return int(self.max_websocket_message_mb * 1024 * 1024)
 
 
 #: The config keys that are limits (settable in `[edge_runtime]` and `[functions.<name>]`).

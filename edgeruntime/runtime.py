@@ -1,24 +1,39 @@
-"""The API function code uses: ``serve``, ``EdgeRuntime`` and ``Deno``."""
+"""The API function code uses: ``serve``, ``EdgeRuntime``, ``Deno``, ``upgrade_websocket`` and ``verify_jwt``."""
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import inspect
 import logging
 import os
 import sys
-from collections.abc import Awaitable, Generator
-from typing import Any, Generic, TypeVar
+from collections.abc import Awaitable, Generator, Mapping
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from edgeruntime.core.background import BackgroundTask
 from edgeruntime.core.context import ExecutionContext, current_context
 from edgeruntime.core.events import BeforeUnloadEvent, EventCallback, EventName, UnhandledRejectionEvent
 from edgeruntime.core.types import Handler
+from edgeruntime.core.websocket import UPGRADE_KEY, WebSocketUpgrade
 from edgeruntime.core.worker_state import HANDLER_ATTRIBUTE, booting, current_worker, default_worker
-from edgeruntime.exceptions import NotSupportedError
+from edgeruntime.exceptions import InvalidJWT, NotSupportedError, WebSocketUpgradeError
+from edgeruntime.gateway.auth import MISSING_TOKEN, TokenVerifier
 
-__all__ = ["BeforeUnloadEvent", "Deno", "EdgeRuntime", "UnhandledRejectionEvent", "serve"]
+if TYPE_CHECKING:
+    from starlette.requests import Request
+    from starlette.websockets import WebSocket
+
+__all__ = [
+    "BeforeUnloadEvent",
+    "Deno",
+    "EdgeRuntime",
+    "UnhandledRejectionEvent",
+    "serve",
+    "upgrade_websocket",
+    "verify_jwt",
+]
 
 logger = logging.getLogger("edgeruntime")
 
@@ -202,3 +217,69 @@ def serve(handler: H) -> H:
         return handler
     caller[HANDLER_ATTRIBUTE] = handler
     return handler
+
+
+async def upgrade_websocket(
+    request: Request, *, protocol: str | None = None, headers: Mapping[str, str] | None = None
+) -> WebSocket:
+    """Accept the WebSocket upgrade `request` and return the connection, like ``Deno.upgradeWebSocket(req)``.
+
+    The connection is a Starlette ``WebSocket`` (``send_text``, ``send_bytes``, ``receive_text``,
+    ``iter_text``, ``close(code)``...) and lasts while the handler runs: when the handler returns
+    it is closed (1000) if still open. `protocol` is the subprotocol to answer with (one the client
+    offered in ``Sec-WebSocket-Protocol``); `headers` are added to the 101 response. To refuse the
+    upgrade, return a response instead (e.g. 400 or 403).
+
+    Raises WebSocketUpgradeError (a TypeError, as Deno throws) when `request` is not a WebSocket
+    upgrade request, or was upgraded already.
+
+    Example::
+
+        async def handler(req: Request) -> Response | None:
+            if req.headers.get("upgrade", "").lower() != "websocket":
+                return JSONResponse({"error": "request isn't trying to upgrade to WebSocket."}, status_code=400)
+            ws = await upgrade_websocket(req)
+            async for message in ws.iter_text():
+                await ws.send_text(message)
+            return None
+    """
+    upgrade = request.scope.get(UPGRADE_KEY)
+    if not isinstance(upgrade, WebSocketUpgrade):
+        raise WebSocketUpgradeError(
+            "upgrade_websocket(): the request is not a WebSocket upgrade request (no 'Upgrade: websocket'); "
+            "answer it with a response instead, e.g. 400"
+        )
+    return await upgrade.accept(protocol, headers)
+
+
+@functools.lru_cache(maxsize=8)
+def _token_verifier(jwks: str | None) -> TokenVerifier:
+    return TokenVerifier.from_jwks(jwks)
+
+
+def verify_jwt(token: str | None) -> dict[str, Any]:
+    """Verify `token` with the server's keys, as the gateway's ``verify_jwt`` checks a request; return its claims.
+
+    The check is the gateway's: an HS256 token signed with the JWT secret, or an ES256/RS256 token
+    signed by a key of ``SUPABASE_JWKS``, not expired. Made for what the gateway cannot check:
+    a browser's WebSocket carries no ``Authorization`` header, so such a function sets
+    ``verify_jwt = false`` and checks a token the page passes in the query string or in
+    ``Sec-WebSocket-Protocol``. The keys are read from the function's env (``SUPABASE_JWKS``),
+    so it works under process isolation too.
+
+    Raises InvalidJWT (with the ``sb-error-code`` the gateway would answer) when `token` is None
+    or empty, malformed, forged or expired.
+
+    Example::
+
+        try:
+            claims = verify_jwt(req.query_params.get("jwt"))
+        except InvalidJWT:
+            return JSONResponse({"error": "Invalid token provided"}, status_code=403)
+    """
+    if not token:
+        raise InvalidJWT(MISSING_TOKEN.message, MISSING_TOKEN.code)
+    failure, claims = _token_verifier(current_worker().env.get("SUPABASE_JWKS")).verify(token)
+    if failure is not None:
+        raise InvalidJWT(failure.message, failure.code)
+    return claims

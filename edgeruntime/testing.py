@@ -9,18 +9,25 @@ Example::
             r = await client.invoke("contact", json={"email": "a@example.com", "message": "hi"})
             assert r.status_code == 200
             await client.drain()      # wait for wait_until work; raises its errors
+
+        async with EdgeClient("functions") as client, client.websocket("chat") as ws:
+            await ws.send_text("hello")
+            assert await ws.receive_text() == "hello"
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import json as jsonlib
 import os
 import shutil
 import tempfile
 import time
 import types
-from collections.abc import AsyncIterator, Mapping
+import urllib.parse
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -32,10 +39,10 @@ from edgeruntime.config.settings import Settings
 from edgeruntime.core.background import BackgroundTask, TaskOutcome
 from edgeruntime.core.context import ExecutionContext
 from edgeruntime.core.handlers import to_asgi
-from edgeruntime.core.types import ASGIApp
+from edgeruntime.core.types import ASGIApp, Message, Scope
 from edgeruntime.core.worker_state import WorkerState, default_worker
 from edgeruntime.dashboard import Dashboard
-from edgeruntime.exceptions import UsageError
+from edgeruntime.exceptions import UsageError, WebSocketDenied
 from edgeruntime.functions.discovery import ENTRYPOINT, FunctionSpec
 from edgeruntime.functions.loading import load_function_module
 from edgeruntime.gateway.app import EdgeApp
@@ -43,7 +50,15 @@ from edgeruntime.gateway.extensions import Extension
 from edgeruntime.jobs import Clock, CronRun, FakeClock, JobResult, JobSystem, SystemClock, open_store
 from edgeruntime.serving.build import build_app
 
-__all__ = ["EdgeClient", "FakeClock", "LoadedFunction", "drain", "execution_context", "load_function"]
+__all__ = [
+    "EdgeClient",
+    "FakeClock",
+    "LoadedFunction",
+    "WebSocketSession",
+    "drain",
+    "execution_context",
+    "load_function",
+]
 
 Auth = Literal["service_role", "anon"] | None
 
@@ -151,6 +166,58 @@ class EdgeClient:
         """Any request to the app (`/functions/v1/...`, `/_internal/health` ...), no key added."""
         return await self.http.request(method, url, **kwargs)
 
+    @contextlib.asynccontextmanager
+    async def websocket(
+        self,
+        name: str,
+        *,
+        path: str = "",
+        params: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
+        subprotocols: Sequence[str] = (),
+        auth: Auth = "service_role",
+    ) -> AsyncIterator[WebSocketSession]:
+        """Open a WebSocket to function `name` in process, through the gateway as `serve` runs it
+        (to any path of the app when `name` starts with ``/``).
+
+        Raises WebSocketDenied when the upgrade is answered with a response instead (the
+        gateway's 401 or 404, the function's 400). The connection is closed (1000) on exit if
+        it is still open. Like `invoke`, sends the service role key unless `auth` says otherwise.
+        """
+        raw_path = f"{name}{path}" if name.startswith("/") else f"/functions/v1/{name}{path}"
+        all_headers = {
+            "host": self.http.base_url.netloc.decode("ascii"),
+            "connection": "Upgrade",
+            "upgrade": "websocket",
+            "sec-websocket-version": "13",
+            "sec-websocket-key": base64.b64encode(os.urandom(16)).decode(),
+            **self.headers_for(auth),
+            **(headers or {}),
+        }
+        if subprotocols:
+            all_headers["sec-websocket-protocol"] = ", ".join(subprotocols)
+        scope: Scope = {
+            "type": "websocket",
+            "asgi": {"version": "3.0", "spec_version": "2.4"},
+            "http_version": "1.1",
+            "scheme": "ws",
+            "server": ("127.0.0.1", self.settings.port),
+            "client": ("127.0.0.1", 50000),
+            "root_path": "",
+            "path": urllib.parse.unquote(raw_path),
+            "raw_path": raw_path.encode(),
+            "query_string": urllib.parse.urlencode(params or {}).encode(),
+            "headers": [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in all_headers.items()],
+            "subprotocols": list(subprotocols),
+            "extensions": {"websocket.http.response": {}},
+        }
+        session = WebSocketSession(self.app, scope)
+        await session.connect()
+        try:
+            yield session
+        finally:
+            await session.disconnect()
+
     def module(self, name: str) -> types.ModuleType:
         """The module of function `name` as its active worker loaded it (to inspect its state)."""
         supervisor = self.app.functions.get(name)
@@ -210,6 +277,121 @@ class EdgeClient:
                 + ", ".join(f"{t.function}:{t.name} ({t.execution_id})" for t in failed),
                 [t.error if isinstance(t.error, Exception) else RuntimeError(repr(t.error)) for t in failed],
             )
+
+
+class WebSocketSession:
+    """One in-process WebSocket connection to a function (see :meth:`EdgeClient.websocket`).
+
+    `receive_text`, `receive_bytes` and `receive_json` raise Starlette's ``WebSocketDisconnect``
+    (with the close code and reason) once the function or the runtime closed the connection.
+    """
+
+    def __init__(self, app: ASGIApp, scope: Scope) -> None:
+        self.scope = scope
+        self._app = app
+        self._to_app: asyncio.Queue[Message] = asyncio.Queue()
+        self._from_app: asyncio.Queue[Message | None] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+        #: The subprotocol the function accepted with (None: none).
+        self.subprotocol: str | None = None
+        #: The headers of the 101 response the function added.
+        self.accept_headers: dict[str, str] = {}
+        #: The close code and reason, once the connection was closed (by either end).
+        self.close_code: int | None = None
+        self.close_reason: str = ""
+
+    async def connect(self) -> None:
+        async def run() -> None:
+            try:
+                await self._app(self.scope, self._to_app.get, self._from_app.put)
+            finally:
+                self._from_app.put_nowait(None)
+
+        self._task = asyncio.get_running_loop().create_task(run())
+        self._to_app.put_nowait({"type": "websocket.connect"})
+        message = await self._next()
+        if message is None:
+            raise WebSocketDenied(500, [], b"the app returned without answering the upgrade")
+        kind = message["type"]
+        if kind == "websocket.accept":
+            self.subprotocol = message.get("subprotocol")
+            self.accept_headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in message.get("headers") or ()}
+            return
+        await self._finish()
+        if kind == "websocket.http.response.start":
+            body = b""
+            while (part := await self._next()) is not None and part["type"] == "websocket.http.response.body":
+                body += part.get("body", b"")
+                if not part.get("more_body"):
+                    break
+            raise WebSocketDenied(message["status"], list(message.get("headers") or ()), body)
+        raise WebSocketDenied(403, [], b"")  # closed before it was accepted: a server answers 403
+
+    async def _next(self) -> Message | None:
+        return await self._from_app.get()
+
+    async def _finish(self) -> None:
+        task = self._task
+        if task is not None and not task.done():
+            self._to_app.put_nowait({"type": "websocket.disconnect", "code": 1006})
+            await task
+
+    async def send_text(self, data: str) -> None:
+        self._to_app.put_nowait({"type": "websocket.receive", "text": data})
+
+    async def send_bytes(self, data: bytes) -> None:
+        self._to_app.put_nowait({"type": "websocket.receive", "bytes": data})
+
+    async def send_json(self, data: Any) -> None:
+        await self.send_text(jsonlib.dumps(data))
+
+    async def receive(self) -> Message:
+        """The next message the function sent: ``websocket.send`` or ``websocket.close``."""
+        message = await self._next()
+        if message is None:
+            message = {"type": "websocket.close", "code": 1006, "reason": ""}
+        if message["type"] == "websocket.close":
+            self.close_code = message.get("code", 1000)
+            self.close_reason = message.get("reason") or ""
+            self._from_app.put_nowait(message)  # every later receive sees the close too
+        return message
+
+    async def _data(self) -> Message:
+        from starlette.websockets import WebSocketDisconnect
+
+        message = await self.receive()
+        if message["type"] == "websocket.close":
+            raise WebSocketDisconnect(message.get("code", 1000), message.get("reason"))
+        return message
+
+    async def receive_text(self) -> str:
+        text: str = (await self._data())["text"]
+        return text
+
+    async def receive_bytes(self) -> bytes:
+        data: bytes = (await self._data())["bytes"]
+        return data
+
+    async def receive_json(self) -> Any:
+        return jsonlib.loads(await self.receive_text())
+
+    async def close(self, code: int = 1000, reason: str = "", *, timeout: float = 5.0) -> None:
+        """Close the connection from the client's side and wait for the function to finish with it
+        (it is cancelled if it does not within `timeout` seconds: it never read the close)."""
+        if self.close_code is None:
+            self.close_code, self.close_reason = code, reason
+        self._to_app.put_nowait({"type": "websocket.disconnect", "code": code, "reason": reason})
+        task = self._task
+        if task is not None and not task.done():
+            await asyncio.wait({task}, timeout=timeout)
+            if not task.done():
+                task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def disconnect(self) -> None:
+        if self._task is not None and not self._task.done():
+            await self.close()
 
 
 class _TaskRecorder(Extension):

@@ -561,3 +561,61 @@ def test_credentials_reads_each_header_once() -> None:
         credentials([(b"authorization", b""), (b"authorization", b"Bearer t")])
     with pytest.raises(DuplicateHeader, match="more than one apikey header"):
         credentials([(b"apikey", b"a"), (b"x", b"y"), (b"apikey", b"a")])
+
+
+# -- verify_jwt(token): the same check, in a function (a WebSocket's token from the query string) ------
+
+VERIFY = """
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from edgeruntime import InvalidJWT, serve, verify_jwt
+
+@serve
+async def handler(req: Request) -> JSONResponse:
+    try:
+        claims = verify_jwt(req.query_params.get("jwt"))
+    except InvalidJWT as exc:
+        return JSONResponse({"error": str(exc), "code": exc.code}, status_code=403)
+    return JSONResponse({"role": claims.get("role")})
+"""
+
+
+@pytest.mark.parametrize("isolation", ["inline", "process"])
+async def test_verify_jwt_checks_a_token_with_the_servers_keys(functions_dir: Path, isolation: str) -> None:
+    write_function(functions_dir, "verify", VERIFY)
+    (functions_dir.parent / "config.toml").write_text("[functions.verify]\nverify_jwt = false\n")
+
+    async with EdgeClient(functions_dir, isolation=isolation) as client:
+
+        async def check(token: str | None) -> tuple[int, dict[str, Any]]:
+            r = await client.invoke("verify", method="GET", params={"jwt": token} if token is not None else None)
+            return r.status_code, r.json()
+
+        assert await check(KEYS.anon_key) == (200, {"role": "anon"})
+        assert await check(KEYS.service_role_key) == (200, {"role": "service_role"})
+        assert await check(sign({"role": "authenticated", "sub": "u-1", "exp": int(time.time()) + 60})) == (
+            200,
+            {"role": "authenticated"},
+        )
+        expired = sign({"role": "authenticated", "exp": int(time.time()) - 1})
+        assert await check(expired) == (403, {"error": "Invalid JWT", "code": "UNAUTHORIZED_LEGACY_JWT"})
+        other_secret = sign({"role": "service_role"}, secret="another-secret-with-at-least-32-characters")
+        assert (await check(other_secret))[1]["code"] == "UNAUTHORIZED_LEGACY_JWT"
+        assert (await check(forged_token()))[1]["code"] == "UNAUTHORIZED_UNSUPPORTED_TOKEN_ALGORITHM"
+        assert (await check("not-a-jwt"))[1]["code"] == "UNAUTHORIZED_INVALID_JWT_FORMAT"
+        assert await check(None) == (403, {"error": "Missing token", "code": "UNAUTHORIZED_NO_AUTH_HEADER"})
+        assert await check("") == (403, {"error": "Missing token", "code": "UNAUTHORIZED_NO_AUTH_HEADER"})
+
+
+async def test_verify_jwt_checks_asymmetric_tokens_against_supabase_jwks(functions_dir: Path) -> None:
+    write_function(functions_dir, "verify", VERIFY)
+    jwk = write_signing_keys(functions_dir.parent)
+    config = functions_dir.parent / "config.toml"
+    config.write_text(config.read_text() + "[functions.verify]\nverify_jwt = false\n")
+    async with EdgeClient(functions_dir, environ={k: v for k, v in os.environ.items() if "SUPABASE_" not in k}) as c:
+        r = await c.invoke("verify", method="GET", params={"jwt": c.settings.keys.anon_key})
+        assert (r.status_code, r.json()) == (200, {"role": "anon"})
+        other = ec.generate_private_key(ec.SECP256R1())
+        forged = jwt.encode({"role": "service_role"}, other, "ES256", {"kid": jwk["kid"]})
+        r = await c.invoke("verify", method="GET", params={"jwt": forged})
+        assert (r.status_code, r.json()["code"]) == (403, "UNAUTHORIZED_ASYMMETRIC_JWT")

@@ -206,6 +206,13 @@ ERRORS = [
     ("[edge_runtime]\nkeep_alive_timeout_sec = 86400\n", ["[edge_runtime] keep_alive_timeout_sec", "at most 3600"]),
     ('[edge_runtime]\nkeep_alive_timeout_sec = "5"\n', ["[edge_runtime] keep_alive_timeout_sec", "got '5'"]),
     ("[edge_runtime]\nkeep_alive_timeout_sec = true\n", ["[edge_runtime] keep_alive_timeout_sec", "got true"]),
+    ('[edge_runtime]\ncors_origins = "*"\n', ["[edge_runtime] cors_origins", "expected an array of origins"]),
+    ("[edge_runtime]\ncors_origins = [443]\n", ["[edge_runtime] cors_origins", "expected origins (strings)"]),
+    ('[edge_runtime]\ncors_origins = ["app.example.com"]\n', ["[edge_runtime] cors_origins", "'app.example.com'"]),
+    ('[edge_runtime]\ncors_origins = ["https://a.example/app"]\n', ["[edge_runtime] cors_origins", "no path"]),
+    ('[edge_runtime]\ncors_origins = ["null"]\n', ["[edge_runtime] cors_origins", "'null'"]),
+    ('[edge_runtime]\ncors_origins = ["ftp://a.example"]\n', ["[edge_runtime] cors_origins", "'ftp://a.example'"]),
+    ("[edge_runtime]\nmax_websocket_message_mb = 0\n", ["[edge_runtime] max_websocket_message_mb", "greater than 0"]),
 ]
 
 
@@ -233,6 +240,26 @@ def test_keep_alive_timeout_defaults_to_the_servers_5_s_and_the_flag_wins_over_t
 def test_missing_explicit_config_is_an_error(hello_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"^--config: config file .*nowhere\.toml does not exist$"):
         Settings.build(hello_dir, config_path=tmp_path / "nowhere.toml")
+
+
+def test_cors_origins(tmp_path: Path) -> None:
+    assert load_config(None).cors_origins == ("*",)
+    text = '[edge_runtime]\ncors_origins = ["https://App.Example.com:443/", "http://localhost:3000", "*"]\n'
+    config = load_config(write_config(tmp_path / "config.toml", text), environ={})
+    assert config.cors_origins == ("https://app.example.com", "http://localhost:3000", "*")
+    config = load_config(write_config(tmp_path / "config.toml", "[edge_runtime]\ncors_origins = []\n"), environ={})
+    assert config.cors_origins == ()
+
+
+def test_the_server_reads_websocket_messages_as_large_as_any_function_allows(hello_dir: Path) -> None:
+    assert Settings.build(hello_dir).websocket_max_message_bytes == 1024 * 1024
+    write_config(
+        hello_dir.parent / "config.toml",
+        "[edge_runtime]\nmax_websocket_message_mb = 2\n[functions.hello]\nmax_websocket_message_mb = 8\n",
+    )
+    settings = Settings.build(hello_dir)
+    assert settings.websocket_max_message_bytes == 8 * 1024 * 1024
+    assert settings.limits_for("other").max_websocket_message_bytes == 2 * 1024 * 1024
 
 
 def test_dashboard_allowed_hosts(tmp_path: Path) -> None:

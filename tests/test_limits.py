@@ -21,10 +21,12 @@ def test_defaults_are_the_local_runtime_s() -> None:
         memory_limit_mb=256,
         request_idle_timeout_sec=150,
         max_request_body_mb=20,
+        max_websocket_message_mb=1,
     )
     assert FREE_TIER.wall_clock_limit_sec == 150
     assert PRO_TIER.wall_clock_limit_sec == 400
     assert DEFAULT_LIMITS.max_request_body_bytes == 20 * 1024 * 1024
+    assert DEFAULT_LIMITS.max_websocket_message_bytes == 1024 * 1024
 
 
 @pytest.mark.parametrize(

@@ -137,13 +137,15 @@ class Reference:
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
             "edgeruntime_requests",
-            "Finished invocations by function, trigger (http, cron, queue) and HTTP status.",
+            "Finished invocations by function, trigger (http, cron, queue, websocket: one per connection)"
+            " and HTTP status.",
             ["function", "trigger", "status"],
             registry=self.registry,
         )
         self.duration = Histogram(
             "edgeruntime_request_duration_seconds",
-            "Invocation duration by function, from arrival to the end of the response.",
+            "Invocation duration by function, from arrival to the end of the response"
+            " (WebSocket connections excluded).",
             ["function"],
             buckets=DURATION_BUCKETS_SEC,
             registry=self.registry,
@@ -161,7 +163,8 @@ class Reference:
     def invocation(self, record: Invocation) -> None:
         function = self._function(record.function)
         self.requests.labels(function, record.trigger, str(record.status)).inc()
-        self.duration.labels(function).observe(record.duration_ms / 1000)
+        if record.trigger != "websocket":  # a connection lasts as long as it is open
+            self.duration.labels(function).observe(record.duration_ms / 1000)
 
     def background_task(self, task: BackgroundTask) -> None:
         self.background.labels(self._function(task.function), str(task.outcome), task.cut_reason or "").inc()
@@ -192,6 +195,7 @@ def test_exposition_is_what_prometheus_client_metrics_write(
     records = [invocation("a", ms) for ms in EDGE_DURATIONS_MS]
     records += [invocation("b", 3.3, 500, "cron"), invocation("a", 7.7, trigger="queue"), invocation("b", 12_345.6)]
     records += [invocation("nope", 0.3, 404), invocation("", 0.2, 404), invocation("a", 1.5, 201)]
+    records += [invocation("a", 90_000.0, 101, "websocket"), invocation("b", 1.0, 401, "websocket")]
     tasks = [task("a", TaskOutcome.COMPLETED), task("a", TaskOutcome.CUT, "wall_clock"), task("zz", TaskOutcome.FAILED)]
     tasks += [task("a", TaskOutcome.COMPLETED), task("b", TaskOutcome.CUT, "early_drop")]
     for record in records:

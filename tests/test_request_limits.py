@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from edgeruntime.core.context import ExecutionContext
+from edgeruntime.core.responses import CorsPolicy
 from edgeruntime.core.types import Message, Receive, Scope, Send
 from edgeruntime.core.worker_state import default_worker
 from edgeruntime.testing import EdgeClient
@@ -158,6 +159,7 @@ def scope_with(headers: list[tuple[bytes, bytes]], kind: str = "http") -> dict[s
     return {
         "type": kind,
         "method": "GET",
+        "path": "/functions/v1/hello",
         "raw_path": b"/functions/v1/hello",
         "query_string": b"a=1",
         "headers": headers,
@@ -195,12 +197,39 @@ async def test_limit_head_answers_431_before_the_app_sees_the_request() -> None:
             "status": 431,
             "headers": [(b"content-length", b"0"), (b"connection", b"close")],
         }
-        await limited(scope_with(headers, "websocket"), receive, send)
-        assert sent[-1] == {"type": "websocket.close", "code": 1009}
+        sent.clear()
+        await limited(scope_with(headers, "websocket"), receive, send)  # the same, as a WebSocket denial
+        assert [(m["type"], m.get("status")) for m in sent] == [
+            ("websocket.http.response.start", 431),
+            ("websocket.http.response.body", None),
+        ]
     assert seen == []
     await limited(scope_with([(b"x-fits", b"a" * (MAX_HEAD_BYTES - 100))]), receive, send)
     await limited({"type": "lifespan"}, receive, send)
     assert seen == ["http", "lifespan"]
+
+
+async def test_limit_head_s_431_carries_the_gateways_cors_headers() -> None:
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        raise AssertionError("never reached")
+
+    sent: list[Message] = []
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    async def receive() -> Message:
+        return {"type": "http.request"}
+
+    limited = limit_head(app, CorsPolicy(("https://app.example.com",)).for_scope)
+    headers = [(b"origin", b"https://app.example.com"), (b"x-big", b"a" * MAX_HEAD_BYTES)]
+    await limited(scope_with(headers), receive, send)
+    assert sent[0]["status"] == 431
+    assert (b"access-control-allow-origin", b"https://app.example.com") in sent[0]["headers"]
+    sent.clear()
+    await limited({**scope_with(headers), "path": "/_edgeruntime/"}, receive, send)  # not a function route
+    assert sent[0]["status"] == 431
+    assert not any(name.startswith(b"access-control-") for name, _ in sent[0]["headers"])
 
 
 async def test_body_limit_notes_a_client_gone_before_the_response() -> None:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, cast
 
+from edgeruntime.core.responses import normalize_origin
 from edgeruntime.exceptions import ConfigError
 from edgeruntime.functions.slug import is_valid_slug
 from edgeruntime.limits import DEFAULT_LIMITS, LIMIT_KEYS, Isolation, Limits, Policy
@@ -139,6 +140,9 @@ class ProjectConfig:
     worker_uid_range: tuple[int, int] | None = None
     #: `[auth] signing_keys_path`, resolved (a file worker processes must not read).
     signing_keys_path: Path | None = None
+    #: `[edge_runtime] cors_origins`: the origins the runtime's own responses to function routes
+    #: allow ("*": any; normalized origins; empty: no CORS headers).
+    cors_origins: tuple[str, ...] = ("*",)
 
     def function(self, name: str) -> FunctionConfig:
         return self.functions.get(name) or FunctionConfig()
@@ -277,6 +281,29 @@ def _signing_keys(r: _Reader, path: Path) -> tuple[Mapping[str, Any], ...]:
     return tuple(data)
 
 
+def _cors_origins(r: _Reader, table: Mapping[str, Any]) -> tuple[str, ...]:
+    key = "[edge_runtime] cors_origins"
+    entries = table.get("cors_origins", ["*"])
+    if not isinstance(entries, list):
+        raise r.error(
+            key, f'expected an array of origins like ["*"] or ["https://app.example.com"], got {_kind(entries)}'
+        )
+    origins: list[str] = []
+    for entry in entries:
+        if not isinstance(entry, str):
+            raise r.error(key, f"expected origins (strings), got {_kind(entry)}")
+        normalized = "*" if entry.strip() == "*" else normalize_origin(entry)
+        if normalized is None:
+            raise r.error(
+                key,
+                f"expected \"*\" or an origin as browsers send it in Origin, like 'https://app.example.com' or "
+                f"'http://localhost:3000' (a scheme and a host, no path), got {entry!r}",
+            )
+        if normalized not in origins:
+            origins.append(normalized)
+    return tuple(origins)
+
+
 def _dashboard(r: _Reader, raw: Any) -> DashboardConfig:
     table = r.table(raw, "[dashboard]")
     r.check_keys(table, "dashboard", {"allowed_hosts"})
@@ -329,6 +356,7 @@ def load_config(path: Path | None, environ: Mapping[str, str] | None = None, *, 
         "sandbox",
         "worker_uid_range",
         "inspector_port",
+        "cors_origins",
         *LIMIT_KEYS,
     }
     r.check_keys(er, "edge_runtime", own_er | FOREIGN_EDGE_RUNTIME_KEYS)
@@ -436,4 +464,5 @@ def load_config(path: Path | None, environ: Mapping[str, str] | None = None, *, 
         sandbox=cast(SandboxMode, sandbox),
         worker_uid_range=uid_range,
         signing_keys_path=keys_file,
+        cors_origins=_cors_origins(r, er),
     )

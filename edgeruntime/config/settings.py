@@ -92,6 +92,15 @@ class Settings:
     def enabled(self, function: str) -> bool:
         return self.config.function(function).enabled
 
+    @property
+    def websocket_max_message_bytes(self) -> int:
+        """The largest WebSocket message the server reads: the largest any function allows
+        (each function's own limit is then kept by the gateway)."""
+        return max(
+            [self.limits.max_websocket_message_bytes]
+            + [self.limits_for(name).max_websocket_message_bytes for name in self.config.functions]
+        )
+
     @classmethod
     def build(
         cls,

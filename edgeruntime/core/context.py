@@ -95,6 +95,10 @@ class ExecutionContext:
     error: str | None = None
     #: Set when the client went away before the response started (recorded as 499).
     client_disconnected: bool = False
+    #: Set once the last chunk of the response body was sent.
+    response_ended: bool = False
+    #: Set when the client went away after the response started, before it ended (a stream cut short).
+    client_left: bool = False
 
     def activate(self) -> Any:
         """Make this the current context; returns a token for :meth:`deactivate`."""

@@ -11,6 +11,7 @@ from starlette.responses import Response
 
 from edgeruntime.core.metering import run_in_thread_metered
 from edgeruntime.core.types import ASGIApp, Handler, Receive, Scope, Send
+from edgeruntime.core.websocket import serve_upgrade
 from edgeruntime.exceptions import BootError, InvalidResponse
 
 __all__ = ["HandlerKind", "classify", "to_asgi"]
@@ -52,7 +53,11 @@ def classify(handler: Handler, function: str) -> HandlerKind:
 
 
 def to_asgi(handler: Handler, function: str) -> ASGIApp:
-    """Wrap `handler` as an ASGI app that raises InvalidResponse for a non-Response result."""
+    """Wrap `handler` as an ASGI app that raises InvalidResponse for a non-Response result.
+
+    A WebSocket scope reaches a request handler as its upgrade request (see
+    :mod:`edgeruntime.core.websocket`), and an ASGI application as it is.
+    """
     kind = classify(handler, function)
     fn: Any = handler
     if kind == "asgi":
@@ -71,18 +76,27 @@ def to_asgi(handler: Handler, function: str) -> ASGIApp:
     if kind == "async":
 
         async def async_app(scope: Scope, receive: Receive, send: Send) -> None:
+            if scope["type"] == "websocket":
+                await serve_upgrade(fn, check, scope, receive, send)
+                return
             result = await fn(Request(scope, receive))
             await check(result)(scope, receive, send)
 
         return async_app
 
-    async def sync_app(scope: Scope, receive: Receive, send: Send) -> None:
-        request = Request(scope, receive)
-        # A sync handler cannot await the body, so it is read before the handler runs.
-        await request.body()
+    async def call_in_thread(request: Request) -> Any:
         result = await run_in_thread_metered(fn, request)  # its CPU counts against the limits
         if inspect.isawaitable(result):
             result = await result
-        await check(result)(scope, receive, send)
+        return result
+
+    async def sync_app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":  # it can only answer it: upgrade_websocket() needs an async handler
+            await serve_upgrade(call_in_thread, check, scope, receive, send)
+            return
+        request = Request(scope, receive)
+        # A sync handler cannot await the body, so it is read before the handler runs.
+        await request.body()
+        await check(await call_in_thread(request))(scope, receive, send)
 
     return sync_app

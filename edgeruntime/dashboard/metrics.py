@@ -43,11 +43,16 @@ UNKNOWN_FUNCTION = "_unknown"
 #: Request durations: from 5 ms to the 400 s default wall clock.
 DURATION_BUCKETS_SEC = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 150.0, 400.0)
 
-_REQUESTS = ("edgeruntime_requests", "Finished invocations by function, trigger (http, cron, queue) and HTTP status.")
+_REQUESTS = (
+    "edgeruntime_requests",
+    "Finished invocations by function, trigger (http, cron, queue, websocket: one per connection) and HTTP status.",
+)
 _DURATION = (
     "edgeruntime_request_duration_seconds",
-    "Invocation duration by function, from arrival to the end of the response.",
+    "Invocation duration by function, from arrival to the end of the response (WebSocket connections excluded).",
 )
+#: A WebSocket connection lasts as long as it is open: it would swamp the request durations.
+_UNTIMED_TRIGGERS = frozenset({"websocket"})
 _BACKGROUND = (
     "edgeruntime_background_tasks",
     "Finished wait_until tasks by function, outcome (completed, failed, cut) and cut reason.",
@@ -261,6 +266,8 @@ class _HotPathCounters:
         for labels, cell in self.requests.by_labels.items():
             created = self.requests.created[labels] if with_created else None
             requests.add_metric(labels, sum(cell[:_SUM]), created=created)
+            if labels[1] in _UNTIMED_TRIGGERS:
+                continue
             total = histograms.get(labels[0])
             if total is None:
                 histograms[labels[0]] = list(cell)

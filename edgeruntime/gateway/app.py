@@ -3,6 +3,16 @@
 Routes ``/functions/v1/<name>[/...]`` to function ``<name>`` (which sees the path ``/<name>/...``),
 checks its JWT when verify_jwt is on, turns failures into the local Supabase responses, gives every
 request an execution id (``x-edgeruntime-execution-id``) and writes one access line per request.
+WebSocket upgrade requests take the same path (see :mod:`edgeruntime.gateway.websocket`), and
+are recorded once per connection, when it ends.
+
+The runtime's own responses on function routes carry CORS headers as the local stack's Kong
+``cors`` plugin adds them (``[edge_runtime] cors_origins``); a function's own responses are
+passed on untouched. A CORS preflight (``OPTIONS`` with ``Origin`` and
+``Access-Control-Request-Method``) goes to the function, as on the platform; when the runtime
+would answer it itself (an unknown function, a boot error, a crash, a handler that raised), the
+gateway answers it as Kong does (200, no body), so the browser goes on to the actual request and
+can read its error.
 """
 
 from __future__ import annotations
@@ -19,8 +29,10 @@ from edgeruntime.core import responses
 from edgeruntime.core.background import BackgroundTask
 from edgeruntime.core.context import ExecutionContext
 from edgeruntime.core.descriptors import exhaustion, report_exhaustion
+from edgeruntime.core.events import StopReason
 from edgeruntime.core.logs import AccessLogger, log_access
 from edgeruntime.core.metering import LoopWatchdog
+from edgeruntime.core.responses import RUNTIME_RESPONSE, CorsPolicy
 from edgeruntime.core.types import ASGIApp, Enqueue, Message, Receive, Scope, Send
 from edgeruntime.core.worker_state import default_worker
 from edgeruntime.exceptions import (
@@ -38,6 +50,7 @@ from edgeruntime.functions.discovery import SHARED, discover
 from edgeruntime.functions.loading import purge_modules
 from edgeruntime.gateway.auth import Verifier, credentials
 from edgeruntime.gateway.extensions import BackgroundObserver, Extension, Invocation, InvocationObserver, WorkerObserver
+from edgeruntime.gateway.websocket import CLOSE_GOING_AWAY, CLOSE_INTERNAL_ERROR, CLOSE_NORMAL, Socket, close_for
 from edgeruntime.workers.process.sandbox import WorkerLauncher, sandbox_for
 from edgeruntime.workers.supervisor import FunctionSupervisor
 
@@ -45,7 +58,7 @@ __all__ = ["EdgeApp", "Invocation"]
 
 logger = logging.getLogger("edgeruntime")
 
-PREFIX = "/functions/v1/"
+PREFIX = responses.FUNCTIONS_PREFIX
 METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "HEAD"})
 HEALTH_PATH = "/_internal/health"
 #: The `Allow` header of a 405 from a function route and from the health check.
@@ -70,6 +83,8 @@ def _not_allowed(method: str, allow: tuple[bytes, bytes]) -> responses.RuntimeRe
 
 
 EXECUTION_ID_HEADER = b"x-edgeruntime-execution-id"
+#: The trigger a WebSocket connection is recorded with (run history, metrics).
+WEBSOCKET_TRIGGER = "websocket"
 #: Percent-encoded bytes that must never reach a function name: `/`, `\`, NUL.
 _FORBIDDEN_ENCODED = (b"%2f", b"%5c", b"%00")
 
@@ -112,6 +127,10 @@ class EdgeApp:
     def __init__(self, settings: Settings, *, access_log: AccessLogger = log_access) -> None:
         self.settings = settings
         self.verifier = Verifier(settings.keys, settings.env.get("SUPABASE_JWKS"))
+        #: The CORS headers of the runtime's own responses to function routes.
+        self.cors = CorsPolicy(settings.config.cors_origins)
+        #: The WebSocket connections open now, each with the function serving it.
+        self._sockets: dict[Socket, str] = {}
         self.functions: dict[str, FunctionSupervisor] = {}
         #: Starts worker processes in their sandbox (process isolation; None inline). The server's
         #: own files (config.toml, the signing keys, what extensions name) are hidden from them.
@@ -251,12 +270,47 @@ class EdgeApp:
         kind = scope["type"]
         if kind == "http":
             await self.handle_http(scope, receive, send)
+        elif kind == "websocket":
+            await self.handle_websocket(scope, receive, send)
         elif kind == "lifespan":
             await self._lifespan(receive, send)
-        else:  # websockets are not supported by the edge runtime emulation yet
-            await send({"type": "websocket.close", "code": 1000})
 
-    async def handle_http(self, scope: Scope, receive: Receive, send: Send, trigger: str = "http") -> None:
+    async def handle_websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """A WebSocket upgrade request: to a function, as any request to it; anywhere else 404."""
+        socket = Socket(scope, receive, send)
+        if not scope["path"].startswith(PREFIX):  # the dashboard, metrics and health check take none
+            await responses.send_response(socket.send, responses.NOT_FOUND)
+            return
+        self._sockets[socket] = _function_name(scope)
+        try:
+            await self.handle_http(scope, socket.receive, socket.send, WEBSOCKET_TRIGGER, socket)
+            await socket.drain()
+        finally:
+            self._sockets.pop(socket, None)
+
+    async def close_websockets(self) -> None:
+        """The server is shutting down: dispatch `beforeunload` (termination) to the workers that
+        serve open WebSockets, then close those with 1001 and the reason ``termination``.
+
+        Called when shutdown begins, before the server waits for its connections: a socket may
+        stay open for good, and would otherwise be cut at the end of the graceful timeout.
+        """
+        open_sockets = [(socket, name) for socket, name in self._sockets.items() if socket.open]
+        if not open_sockets:
+            return
+        workers = [
+            worker
+            for name in {name for _, name in open_sockets}
+            if (supervisor := self.functions.get(name)) is not None
+            for worker in supervisor.workers
+        ]
+        await asyncio.gather(*(worker.beforeunload(StopReason.TERMINATION) for worker in workers))
+        reason = StopReason.TERMINATION.key
+        await asyncio.gather(*(socket.close(CLOSE_GOING_AWAY, reason) for socket, _ in open_sockets))
+
+    async def handle_http(
+        self, scope: Scope, receive: Receive, send: Send, trigger: str = "http", socket: Socket | None = None
+    ) -> None:
         path: str = scope["path"]
         if not path.startswith(PREFIX):
             await self._handle_other(scope, receive, send)
@@ -267,24 +321,45 @@ class EdgeApp:
         ctx = ExecutionContext(name, default_worker(), trigger=trigger)
         execution_id = ctx.execution_id
         exec_header = (EXECUTION_ID_HEADER, execution_id.encode())
+        # The runtime's answer to a preflight is the preflight answer (see the module docstring).
+        emptied = False
 
         async def tracked_send(message: Message) -> None:
-            if message["type"] == "http.response.start":
+            nonlocal emptied
+            kind = message["type"]
+            if kind == "http.response.start":
                 ctx.response_started = True
+                if RUNTIME_RESPONSE in message:
+                    message = self._runtime_response(scope, message)
+                    emptied = message["status"] == 200 and scope.get("method") == "OPTIONS"
                 ctx.status = message["status"]
                 message["headers"] = [*message.get("headers", ()), exec_header]
-            await send(message)
+            elif kind == "http.response.body":
+                if emptied:
+                    message = {**message, "body": b""}
+                if not message.get("more_body"):
+                    ctx.response_ended = True
+            elif kind != "websocket.send":
+                self._track_websocket(message, ctx)
+            try:
+                await send(message)
+            except OSError:  # the client left in the middle of the response (a server of ASGI 2.4)
+                if kind == "http.response.body" and not ctx.response_ended:
+                    ctx.client_left = True  # (a WebSocket's client leaving is how a connection ends)
+                raise
 
         error: str | None = None
         try:
-            error = await self._dispatch(scope, receive, tracked_send, ctx, name)
+            error = await self._dispatch(scope, receive, tracked_send, ctx, name, socket)
         finally:
             duration_ms = (time.perf_counter() - started) * 1000
             status = ctx.status or 500
             if ctx.client_disconnected:  # whatever the function did next reached no one
                 status = responses.CLIENT_CLOSED_REQUEST
                 error = "client disconnected before the response"
-            method = scope["method"]
+            elif ctx.client_left and error is None:
+                error = "client disconnected during the response"
+            method = scope.get("method", "GET")
             self.access_log(method, path, status, duration_ms, name or None, execution_id)
             if self._observers:
                 record = Invocation(
@@ -303,6 +378,51 @@ class EdgeApp:
                         observer(record)
                     except Exception:
                         logger.exception("invocation observer failed")
+
+    def _runtime_response(self, scope: Scope, message: Message) -> Message:
+        """The start of one of the runtime's own responses, with its CORS headers; the preflight
+        answer instead when the request is a CORS preflight."""
+        headers = scope["headers"]
+        origin = requested = None
+        preflight = False
+        if scope.get("method") == "OPTIONS":
+            for key, value in headers:
+                if key == b"origin":
+                    origin = value
+                elif key == b"access-control-request-method":
+                    preflight = True
+                elif key == b"access-control-request-headers":
+                    requested = value
+        else:
+            origin = next((value for key, value in headers if key == b"origin"), None)
+        if preflight and origin is not None:
+            return {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-length", b"0"), *self.cors.preflight_headers(origin, requested)],
+            }
+        start = {key: value for key, value in message.items() if key != RUNTIME_RESPONSE}
+        start["headers"] = [*message.get("headers", ()), *self.cors.headers(origin)]
+        return start
+
+    def _track_websocket(self, message: Message, ctx: ExecutionContext) -> None:
+        """Note what the function did with a WebSocket upgrade request: accepted it (101), refused it."""
+        kind = message["type"]
+        if kind == "websocket.accept":
+            ctx.response_started = True
+            ctx.status = 101
+        elif kind == "websocket.http.response.start" or (kind == "websocket.close" and not ctx.response_started):
+            status = message.get("status", 403)
+            ctx.response_started = True
+            ctx.status = status
+            logger.log(
+                logging.WARNING if status < 400 else logging.INFO,
+                "function %s did not accept the WebSocket upgrade request: it %s%s",
+                ctx.function,
+                f"answered {status}" if kind != "websocket.close" else "closed it (the server answers 403)",
+                " (call `await upgrade_websocket(req)` to accept it)" if status < 400 else "",
+                extra={"function": ctx.function, "execution_id": ctx.execution_id},
+            )
 
     async def _handle_other(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Paths outside /functions/v1/: the health check, the mounts (dashboard, metrics), else 404."""
@@ -327,14 +447,14 @@ class EdgeApp:
         return None
 
     async def _dispatch(
-        self, scope: Scope, receive: Receive, send: Send, ctx: ExecutionContext, name: str
+        self, scope: Scope, receive: Receive, send: Send, ctx: ExecutionContext, name: str, socket: Socket | None
     ) -> str | None:
         """Route to the function; returns an error description for the run record, if any."""
         supervisor = self.functions.get(name) if name else None
         if supervisor is None:
             await responses.send_response(send, responses.FUNCTION_NOT_FOUND)
             return None
-        method = scope["method"]
+        method = scope.get("method", "GET")
         if method not in METHODS:
             await responses.send_response(send, _not_allowed(method, ALLOW_FUNCTION))
             return None
@@ -369,6 +489,8 @@ class EdgeApp:
                 report_exhaustion(exc.action, error, name)
             if not ctx.response_started:
                 await responses.send_response(send, responses.RESOURCE_EXHAUSTED)
+            elif socket is not None:
+                await socket.close(CLOSE_INTERNAL_ERROR)
             return str(exc)
         except FunctionError as exc:
             response = _error_response(exc)
@@ -376,7 +498,11 @@ class EdgeApp:
                 raise
             if not ctx.response_started:
                 await responses.send_response(send, response)
+            elif socket is not None:
+                await socket.close(*close_for(exc))
             return str(exc)
+        if socket is not None:  # a function (an ASGI app) that returned with its socket open
+            await socket.close(CLOSE_INTERNAL_ERROR if ctx.error else CLOSE_NORMAL)
         return ctx.error  # what the handler raised, when it did (it got a 500 or 502)
 
     # -- lifecycle -------------------------------------------------------------------------

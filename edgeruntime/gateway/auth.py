@@ -14,12 +14,13 @@ function reads (see :func:`credentials`).
 
 from __future__ import annotations
 
+import base64
 import hmac
 import json
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
@@ -30,7 +31,7 @@ from edgeruntime.exceptions import DuplicateHeader
 if TYPE_CHECKING:
     import jwt
 
-__all__ = ["AuthFailure", "Verifier", "credentials"]
+__all__ = ["AuthFailure", "TokenVerifier", "Verifier", "credentials"]
 
 logger = logging.getLogger("edgeruntime")
 
@@ -77,6 +78,8 @@ INVALID_FORMAT = AuthFailure("Invalid JWT", "UNAUTHORIZED_INVALID_JWT_FORMAT")
 INVALID_LEGACY = AuthFailure("Invalid JWT", "UNAUTHORIZED_LEGACY_JWT")
 INVALID_ASYMMETRIC = AuthFailure("Invalid JWT", "UNAUTHORIZED_ASYMMETRIC_JWT")
 UNSUPPORTED_ALG = AuthFailure("Invalid JWT", "UNAUTHORIZED_UNSUPPORTED_TOKEN_ALGORITHM")
+#: `verify_jwt(token)` in a function, given no token.
+MISSING_TOKEN = AuthFailure("Missing token", "UNAUTHORIZED_NO_AUTH_HEADER")
 
 
 def _as_text(authorization: bytes | None, apikey: bytes | None) -> dict[str, str]:
@@ -88,16 +91,31 @@ def _as_text(authorization: bytes | None, apikey: bytes | None) -> dict[str, str
     return headers
 
 
-class Verifier:
-    """Checks the Authorization (or apikey) header of requests to functions with verify_jwt on."""
+class TokenVerifier:
+    """Checks a JWT as the local main worker does: HS256 against the JWT secret(s), ES256 and RS256
+    against the public keys of a JWK set; ``exp`` is enforced, audience and issuer are not."""
 
-    #: Verified tokens are remembered (until they expire) so a hot path pays for a token once.
-    cache_size = 1024
-
-    def __init__(self, keys: Keys, jwks: str | None = None) -> None:
-        self.keys = keys
+    def __init__(self, secrets: Sequence[str], jwks: str | None = None) -> None:
+        self.secrets = tuple(secrets)
         self.jwks_json = jwks
-        self._cache: OrderedDict[str, float] = OrderedDict()
+
+    @classmethod
+    def from_jwks(cls, jwks: str | None) -> TokenVerifier:
+        """A verifier from a JWK set alone (``SUPABASE_JWKS``: its ``oct`` key is the JWT secret)."""
+        secrets: list[str] = []
+        if jwks:
+            try:
+                entries = json.loads(jwks).get("keys", [])
+            except (ValueError, AttributeError):
+                entries = []
+            for entry in entries if isinstance(entries, list) else []:
+                k = entry.get("k") if isinstance(entry, dict) and entry.get("kty") == "oct" else None
+                if isinstance(k, str):
+                    try:
+                        secrets.append(base64.urlsafe_b64decode(k + "=" * (-len(k) % 4)).decode())
+                    except (ValueError, UnicodeDecodeError):
+                        continue
+        return cls(secrets, jwks)
 
     @cached_property
     def _jwks(self) -> jwt.PyJWKSet | None:
@@ -113,6 +131,59 @@ class Verifier:
             # Asymmetric tokens will all be refused; say why once instead of on every request.
             logger.warning("SUPABASE_JWKS is not a usable JWK set (%s): ES256/RS256 tokens are refused", exc)
             return None
+
+    def verify(self, token: str) -> tuple[AuthFailure | None, dict[str, Any]]:
+        """(None, the token's claims) if `token` is valid, else (the failure, {})."""
+        import jwt  # imported on the first check, not at start-up
+
+        try:
+            alg = jwt.get_unverified_header(token).get("alg")
+        except jwt.PyJWTError:
+            return INVALID_FORMAT, {}
+        options: Any = {"verify_aud": False, "verify_iss": False}
+        try:
+            if alg == "HS256":
+                for secret in self.secrets:
+                    try:
+                        return None, jwt.decode(token, secret, algorithms=["HS256"], options=options)
+                    except jwt.InvalidSignatureError:
+                        continue
+                return INVALID_LEGACY, {}
+            if alg in ASYMMETRIC_ALGORITHMS:
+                kid = jwt.get_unverified_header(token).get("kid")
+                for key in self._signing_keys(alg, kid if isinstance(kid, str) else None):
+                    try:
+                        return None, jwt.decode(token, key, algorithms=[alg], options=options)
+                    except jwt.InvalidSignatureError:
+                        continue  # another key of the set may have signed it
+                return INVALID_ASYMMETRIC, {}
+        except jwt.PyJWTError:
+            return (INVALID_LEGACY if alg == "HS256" else INVALID_ASYMMETRIC), {}
+        return UNSUPPORTED_ALG, {}
+
+    def _signing_keys(self, alg: str, kid: str | None) -> list[Any]:
+        """The JWKS keys that may have signed a token with this `alg` and `kid`."""
+        jwks = self._jwks
+        if jwks is None:
+            return []
+        kty = "EC" if alg.startswith("ES") else "RSA"
+        return [
+            key.key
+            for key in jwks.keys
+            if key.key_type == kty and (kid is None or key.key_id is None or key.key_id == kid)
+        ]
+
+
+class Verifier:
+    """Checks the Authorization (or apikey) header of requests to functions with verify_jwt on."""
+
+    #: Verified tokens are remembered (until they expire) so a hot path pays for a token once.
+    cache_size = 1024
+
+    def __init__(self, keys: Keys, jwks: str | None = None) -> None:
+        self.keys = keys
+        self.tokens = TokenVerifier([keys.jwt_secret], jwks)
+        self._cache: OrderedDict[str, float] = OrderedDict()
 
     def authorization(self, headers: Mapping[str, str]) -> str | None:
         """The Authorization header after the local gateway's apikey rewrite."""
@@ -165,46 +236,10 @@ class Verifier:
         if expires is not None and expires > time.time():
             self._cache.move_to_end(token)
             return None
-        failure, claims = self._verify(token)
+        failure, claims = self.tokens.verify(token)
         if failure is None:
             self._remember(token, claims)
         return failure
-
-    def _verify(self, token: str) -> tuple[AuthFailure | None, dict[str, Any]]:
-        import jwt  # imported on the first check, not at start-up
-
-        try:
-            alg = jwt.get_unverified_header(token).get("alg")
-        except jwt.PyJWTError:
-            return INVALID_FORMAT, {}
-        options: Any = {"verify_aud": False, "verify_iss": False}
-        try:
-            if alg == "HS256":
-                claims = jwt.decode(token, self.keys.jwt_secret, algorithms=["HS256"], options=options)
-                return None, claims
-            if alg in ASYMMETRIC_ALGORITHMS:
-                kid = jwt.get_unverified_header(token).get("kid")
-                for key in self._signing_keys(alg, kid if isinstance(kid, str) else None):
-                    try:
-                        return None, jwt.decode(token, key, algorithms=[alg], options=options)
-                    except jwt.InvalidSignatureError:
-                        continue  # another key of the set may have signed it
-                return INVALID_ASYMMETRIC, {}
-        except jwt.PyJWTError:
-            return (INVALID_LEGACY if alg == "HS256" else INVALID_ASYMMETRIC), {}
-        return UNSUPPORTED_ALG, {}
-
-    def _signing_keys(self, alg: str, kid: str | None) -> list[Any]:
-        """The JWKS keys that may have signed a token with this `alg` and `kid`."""
-        jwks = self._jwks
-        if jwks is None:
-            return []
-        kty = "EC" if alg.startswith("ES") else "RSA"
-        return [
-            key.key
-            for key in jwks.keys
-            if key.key_type == kty and (kid is None or key.key_id is None or key.key_id == kid)
-        ]
 
     def _remember(self, token: str, claims: Mapping[str, Any]) -> None:
         exp = claims.get("exp")

@@ -252,7 +252,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         reloader = ConfigReloader(app, rebuild, files)
         await watch_config(files, reloader.reload, stop)
 
-    return run_server(settings, app, on_start=start, background=[watch, watch_settings] if settings.watch else [])
+    return run_server(
+        settings,
+        app,
+        on_start=start,
+        on_stop=app.close_websockets,
+        background=[watch, watch_settings] if settings.watch else [],
+    )
 
 
 def cmd_new(args: argparse.Namespace) -> int:

@@ -18,9 +18,11 @@ from typing import Any
 
 from edgeruntime.config.settings import DEFAULT_KEEP_ALIVE_TIMEOUT_SEC, Settings
 from edgeruntime.core.descriptors import EXHAUSTION_ERRNOS, report_exhaustion
+from edgeruntime.core.responses import CorsPolicy
 from edgeruntime.core.transport import batched_writes
-from edgeruntime.core.types import ASGIApp
+from edgeruntime.core.types import ASGIApp, Scope
 from edgeruntime.exceptions import UsageError
+from edgeruntime.limits import DEFAULT_LIMITS
 from edgeruntime.workers.request_limits import MAX_HEAD_BYTES, limit_head
 
 __all__ = ["check_port", "run_server"]
@@ -99,18 +101,30 @@ async def serve_asgi(
     before_serving: Callable[[], None] | None = None,
     log_format: str = "text",
     keep_alive_timeout: float = DEFAULT_KEEP_ALIVE_TIMEOUT_SEC,
+    websocket_max_message_bytes: int = DEFAULT_LIMITS.max_websocket_message_bytes,
+    cors: Callable[[Scope], list[tuple[bytes, bytes]]] | None = None,
 ) -> None:
     """Serve `app` until `shutdown_trigger` returns, then finish in-flight requests.
 
     `before_serving` is called once the server's own modules are loaded, right before it starts.
     With `log_format` "json" the server's own log lines go through edgeruntime's handler.
-    Either server answers a request head over MAX_HEAD_BYTES with 431.
-    An idle connection is closed after `keep_alive_timeout` seconds, and one whose client has
-    closed its side as soon as its responses are written.
+    Either server answers a request head over MAX_HEAD_BYTES with 431 (with the `cors(scope)`
+    headers when the app sees it). An idle connection is closed after `keep_alive_timeout`
+    seconds, and one whose client has closed its side as soon as its responses are written. A
+    WebSocket message over `websocket_max_message_bytes` closes its connection with 1009.
     """
     if server == "uvicorn":
         await _serve_uvicorn(
-            app, host, port, graceful_timeout, shutdown_trigger, before_serving, log_format, keep_alive_timeout
+            app,
+            host,
+            port,
+            graceful_timeout,
+            shutdown_trigger,
+            before_serving,
+            log_format,
+            keep_alive_timeout,
+            websocket_max_message_bytes,
+            cors,
         )
         return
     if server != "hypercorn":
@@ -127,11 +141,12 @@ async def serve_asgi(
     config.errorlog = logging.getLogger("edgeruntime.server")
     config.keep_alive_timeout = keep_alive_timeout
     config.h11_max_incomplete_size = MAX_HEAD_BYTES
+    config.websocket_max_message_size = websocket_max_message_bytes
     if before_serving is not None:
         before_serving()
     # h11 refuses a head over the limit only while it is incomplete; a whole one in a read passes.
     with _closing_at_eof():
-        await serve(limit_head(app), config, shutdown_trigger=shutdown_trigger)  # type: ignore[arg-type, unused-ignore]
+        await serve(limit_head(app, cors), config, shutdown_trigger=shutdown_trigger)  # type: ignore[arg-type, unused-ignore]
 
 
 @contextlib.contextmanager
@@ -193,6 +208,8 @@ async def _serve_uvicorn(
     before_serving: Callable[[], None] | None,
     log_format: str,
     keep_alive_timeout: float,
+    websocket_max_message_bytes: int,
+    cors: Callable[[Scope], list[tuple[bytes, bytes]]] | None,
 ) -> None:
     try:
         import uvicorn  # type: ignore[import-not-found, unused-ignore]
@@ -205,7 +222,7 @@ async def _serve_uvicorn(
 
     protocol, checks_whole_heads = head_limited_protocol()
     config = uvicorn.Config(
-        app if checks_whole_heads else limit_head(app),
+        app if checks_whole_heads else limit_head(app, cors),
         host=host,
         port=port,
         lifespan="on",
@@ -223,6 +240,7 @@ async def _serve_uvicorn(
         http=protocol,
         h11_max_incomplete_event_size=MAX_HEAD_BYTES,
         ws=_uvicorn_websockets(),  # type: ignore[arg-type, unused-ignore]  # uvicorn only calls it, as it would a class
+        ws_max_size=websocket_max_message_bytes,
     )
     config.load()  # imports the protocol modules now, so before_serving runs after every import
     instance = uvicorn.Server(config)
@@ -267,9 +285,13 @@ def run_server(
     app: ASGIApp,
     *,
     on_start: Callable[[], Awaitable[None]] | None = None,
+    on_stop: Callable[[], Awaitable[None]] | None = None,
     background: Sequence[Callable[[asyncio.Event], Coroutine[Any, Any, None]]] = (),
 ) -> int:
     """Serve `app` with `settings` until SIGTERM or SIGINT; returns the exit status.
+
+    `on_stop` runs when the signal arrives, before the server stops accepting and waits for its
+    connections (the app closes its WebSockets then).
 
     The garbage collector, paused while `edgeruntime serve` starts, is turned on (tuned as by
     `_start_gc`) right before the server starts.
@@ -284,6 +306,15 @@ def run_server(
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         tasks = [loop.create_task(job(stop)) for job in background]
+
+        async def shutdown_trigger() -> None:
+            await stop.wait()
+            if on_stop is not None:
+                try:
+                    await on_stop()
+                except Exception:
+                    logger.exception("stopping failed")
+
         try:
             if on_start is not None:
                 await on_start()
@@ -292,11 +323,13 @@ def run_server(
                 settings.host,
                 settings.port,
                 graceful_timeout=settings.graceful_exit_timeout_sec,
-                shutdown_trigger=stop.wait,
+                shutdown_trigger=shutdown_trigger,
                 server=settings.server,
                 before_serving=lambda: _start_gc(gc_setting),
                 log_format=settings.log_format,
                 keep_alive_timeout=settings.keep_alive_timeout_sec,
+                websocket_max_message_bytes=settings.websocket_max_message_bytes,
+                cors=CorsPolicy(settings.config.cors_origins).for_scope,
             )
         finally:
             stop.set()

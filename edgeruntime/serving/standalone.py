@@ -13,6 +13,7 @@ from edgeruntime.core.events import StopReason
 from edgeruntime.core.logs import configure_logging
 from edgeruntime.core.types import Handler, Message, Receive, Scope, Send
 from edgeruntime.functions.discovery import FunctionSpec
+from edgeruntime.gateway.websocket import CLOSE_NORMAL, Socket
 from edgeruntime.limits import DEFAULT_LIMITS
 from edgeruntime.serving.server import check_port, serve_asgi
 from edgeruntime.workers.worker import InlineWorker
@@ -20,6 +21,9 @@ from edgeruntime.workers.worker import InlineWorker
 __all__ = ["run_standalone"]
 
 logger = logging.getLogger("edgeruntime")
+
+#: The messages that answer a request (or a WebSocket upgrade request).
+_STARTS = frozenset({"http.response.start", "websocket.accept", "websocket.http.response.start", "websocket.close"})
 
 
 def run_standalone(handler: Handler, file: str | None, port: int, host: str | None = None) -> None:
@@ -37,18 +41,25 @@ def run_standalone(handler: Handler, file: str | None, port: int, host: str | No
             await worker.end(StopReason.TERMINATION)
             await send({"type": "lifespan.shutdown.complete"})
             return
-        if scope["type"] != "http":
+        socket: Socket | None = None
+        if scope["type"] == "websocket":  # as `deno run` serves Deno.upgradeWebSocket
+            socket = Socket(scope, receive, send)
+            receive, send = socket.receive, socket.send
+        elif scope["type"] != "http":
             return
         ctx = ExecutionContext(function=worker.name, worker=worker.state)
 
         async def tracked(message: Message) -> None:
-            if message["type"] == "http.response.start":
+            if message["type"] in _STARTS:
                 ctx.response_started = True
             await send(message)
 
         await worker.handle(scope, receive, tracked, ctx)
         if not ctx.response_started:  # pragma: no cover - handle() always answers
             await responses.send_response(send, responses.INTERNAL_SERVER_ERROR)
+        if socket is not None:
+            await socket.close(CLOSE_NORMAL)
+            await socket.drain()
 
     configure_logging()
     check_port(host, port)

@@ -1,4 +1,5 @@
-"""Limits of one request: the head size (431), the body size (413) and the idle timeout (504).
+"""Limits of one request: the head size (431), the body size (413), the size of a WebSocket
+message (1009) and the idle timeout (504).
 
 The body is measured while it streams in, never buffered: a request that declares a too-large
 ``content-length`` is refused before the function runs, and one that streams more than the limit
@@ -15,13 +16,17 @@ bytes at least, so no head within the limit holds more than about 4,000 of them.
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections.abc import Callable
 from typing import Any
 
 from edgeruntime.core.context import ExecutionContext
 from edgeruntime.core.types import ASGIApp, Message, Receive, Scope, Send
 from edgeruntime.exceptions import PayloadTooLarge
 
-__all__ = ["MAX_HEAD_BYTES", "BodyLimit", "IdleTimeouts", "head_size", "limit_head"]
+__all__ = ["MAX_HEAD_BYTES", "BodyLimit", "IdleTimeouts", "MessageLimit", "head_size", "limit_head"]
+
+logger = logging.getLogger("edgeruntime")
 
 #: The largest request head (request line and headers) served: h11's buffer limit, Hypercorn's.
 MAX_HEAD_BYTES = 16 * 1024
@@ -39,17 +44,20 @@ def head_size(scope: Scope) -> int:
     return size
 
 
-def limit_head(app: ASGIApp) -> ASGIApp:
-    """`app`, with requests whose head is over MAX_HEAD_BYTES answered 431 before it sees them."""
+def limit_head(app: ASGIApp, cors: Callable[[Scope], list[tuple[bytes, bytes]]] | None = None) -> ASGIApp:
+    """`app`, with requests whose head is over MAX_HEAD_BYTES answered 431 before it sees them.
+
+    `cors(scope)` gives the CORS headers the 431 carries (the gateway's, on function routes).
+    """
 
     async def limited(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan" or head_size(scope) <= MAX_HEAD_BYTES:
             await app(scope, receive, send)
-        elif scope["type"] == "http":
-            await send({"type": "http.response.start", "status": 431, "headers": list(HEAD_TOO_LARGE_HEADERS)})
-            await send({"type": "http.response.body", "body": b""})
-        else:  # a WebSocket handshake: refused (the server answers 403)
-            await send({"type": "websocket.close", "code": 1009})
+            return
+        headers = [*HEAD_TOO_LARGE_HEADERS, *(cors(scope) if cors is not None else ())]
+        prefix = "" if scope["type"] == "http" else "websocket."  # a WebSocket handshake: its denial response
+        await send({"type": prefix + "http.response.start", "status": 431, "headers": headers})
+        await send({"type": prefix + "http.response.body", "body": b""})
 
     return limited
 
@@ -97,7 +105,70 @@ class BodyLimit:
             if self.received > self.max_bytes:
                 self.exceeded = True
                 raise self.error()
-        elif kind == "http.disconnect" and self.ctx is not None and not self.ctx.response_started:
+        elif kind == "http.disconnect" and self.ctx is not None and not self.ctx.response_ended:
+            if self.ctx.response_started:
+                self.ctx.client_left = True  # a streamed response cut short
+            else:
+                self.ctx.client_disconnected = True
+        return message
+
+
+#: The close code of a WebSocket connection that sent a message over the limit (RFC 6455: too big).
+CLOSE_MESSAGE_TOO_BIG = 1009
+
+
+class MessageLimit:
+    """Wraps the `receive` of a WebSocket connection: a message over `max_bytes` closes it with 1009.
+
+    The function then receives a disconnect (code 1009); the client gets the close frame. With
+    `ctx`, a client that goes away before its upgrade was answered is noted on it, as BodyLimit does.
+    """
+
+    __slots__ = ("_receive", "_send", "ctx", "exceeded", "function", "max_bytes")
+
+    def __init__(
+        self, receive: Receive, send: Send, function: str, max_bytes: int, ctx: ExecutionContext | None = None
+    ) -> None:
+        self._receive = receive
+        self._send = send
+        self.function = function
+        self.max_bytes = max_bytes
+        self.ctx = ctx
+        self.exceeded = False
+
+    def _size(self, message: Message) -> int:
+        data = message.get("bytes")
+        if data is not None:
+            return len(data)
+        text = message.get("text") or ""
+        # UTF-8 takes 1 to 4 bytes a character: encode only when the text may be over the limit.
+        return len(text) if len(text) * 4 <= self.max_bytes else len(text.encode())
+
+    async def receive(self) -> Message:
+        if self.exceeded:
+            return {"type": "websocket.disconnect", "code": CLOSE_MESSAGE_TOO_BIG}
+        message = await self._receive()
+        kind = message["type"]
+        if kind == "websocket.receive":
+            size = self._size(message)
+            if size > self.max_bytes:
+                self.exceeded = True
+                logger.warning(
+                    "a WebSocket message of %d bytes to function %s is over its max_websocket_message_mb "
+                    "(%d bytes): the connection is closed with %d",
+                    size,
+                    self.function,
+                    self.max_bytes,
+                    CLOSE_MESSAGE_TOO_BIG,
+                    extra={"function": self.function},
+                )
+                if self.ctx is not None:
+                    self.ctx.error = f"a WebSocket message of {size} bytes is over {self.max_bytes} bytes"
+                await self._send(
+                    {"type": "websocket.close", "code": CLOSE_MESSAGE_TOO_BIG, "reason": "message too big"}
+                )
+                return {"type": "websocket.disconnect", "code": CLOSE_MESSAGE_TOO_BIG}
+        elif kind == "websocket.disconnect" and self.ctx is not None and not self.ctx.response_started:
             self.ctx.client_disconnected = True
         return message
 

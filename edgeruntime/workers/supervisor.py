@@ -32,7 +32,7 @@ from edgeruntime.functions.discovery import FunctionSpec
 from edgeruntime.functions.source import SourceError, check_source
 from edgeruntime.workers.lifecycle import WorkerLifecycle
 from edgeruntime.workers.process.sandbox import WorkerLauncher, function_env, sandbox_for
-from edgeruntime.workers.request_limits import BodyLimit, IdleTimeouts
+from edgeruntime.workers.request_limits import BodyLimit, IdleTimeouts, MessageLimit
 from edgeruntime.workers.worker import InlineWorker, Worker, WorkerStatus
 
 __all__ = ["FunctionSupervisor", "WorkerObserver"]
@@ -261,11 +261,17 @@ class FunctionSupervisor:
         """Serve one request on the active worker, within the request's own limits.
 
         Raises PayloadTooLarge (413), IdleTimeout (504), LimitExceeded (546), BootError (503) or
-        WorkerCrashed (500) for the gateway to answer.
+        WorkerCrashed (500) for the gateway to answer. A WebSocket connection is one request,
+        from its upgrade to its close, its messages held to the function's message size.
         """
         self.last_invocation = time.time()
-        body = BodyLimit(receive, self.spec.name, self._max_body_bytes, ctx)
-        body.check_declared(scope)
+        body: BodyLimit | None = None
+        if scope["type"] == "websocket":
+            receive = MessageLimit(receive, send, self.spec.name, self.limits.max_websocket_message_bytes, ctx).receive
+        else:
+            body = BodyLimit(receive, self.spec.name, self._max_body_bytes, ctx)
+            body.check_declared(scope)
+            receive = body.receive
         worker = self.worker
         if worker is None or worker.status is not WorkerStatus.ACTIVE:  # else no coroutine for acquire()
             worker = await self.acquire()
@@ -273,7 +279,7 @@ class FunctionSupervisor:
         assert task is not None
         self.idle_timeouts.start(ctx, task)
         try:
-            await worker.handle(scope, body.receive, send, ctx)
+            await worker.handle(scope, receive, send, ctx)
         except asyncio.CancelledError:
             if ctx.idle_expired and task.uncancel() == 0:
                 timeout = self.idle_timeouts.timeout_sec
@@ -283,7 +289,7 @@ class FunctionSupervisor:
             self.idle_timeouts.finish(ctx)
             if worker.status is WorkerStatus.RETIRED and worker.idle:
                 self._spawn(self._drop(worker))
-        if body.exceeded:
+        if body is not None and body.exceeded:
             raise body.error()
 
     def _retire(self, worker: Worker, reason: StopReason) -> None:

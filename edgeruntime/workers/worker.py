@@ -255,7 +255,7 @@ class InlineWorker:
             logger.debug(
                 "client disconnected while function %s read the body of %s %s",
                 self.name,
-                scope["method"],
+                scope.get("method", "GET"),
                 scope["path"],
                 extra={"function": self.name},
             )
@@ -266,7 +266,9 @@ class InlineWorker:
                 if not ctx.response_started:
                     await responses.send_response(send, responses.RESOURCE_EXHAUSTED)
             else:
-                logger.exception("function %s raised while handling %s %s", self.name, scope["method"], scope["path"])
+                logger.exception(
+                    "function %s raised while handling %s %s", self.name, scope.get("method", "GET"), scope["path"]
+                )
                 ctx.error = describe_error(exc)
                 if not ctx.response_started:
                     await responses.send_response(send, responses.INTERNAL_SERVER_ERROR)

@@ -1,14 +1,8 @@
-"""The dashboard in a real browser: headless Chromium against a live `edgeruntime serve`.
-
-Needs Debian's `chromium` and the `playwright` Python package (`pip install 'edgeruntime[browser]'`;
-never `playwright install`: the system browser is used). `.ci/run` installs both; elsewhere the
-test is skipped with the reason.
-"""
+"""The dashboard in a real browser: headless Chromium against a live `edgeruntime serve`
+(see tests/browser/chromium.py for what it needs)."""
 
 from __future__ import annotations
 
-import importlib.util
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -16,25 +10,13 @@ from typing import TYPE_CHECKING
 import httpx
 import pytest
 
+from tests.browser.chromium import chromium_page
 from tests.helpers import SERVICE_ROLE, ServerProcess, write_function
 
 if TYPE_CHECKING:
     from playwright.sync_api import Page
 
 pytestmark = pytest.mark.e2e
-
-CHROMIUM = Path(os.environ.get("EDGERUNTIME_CHROMIUM", "/usr/bin/chromium"))
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-#: Generous: the machine running the suite may be busy.
-TIMEOUT_MS = 20_000
 
 HELLO = """
 import asyncio
@@ -95,32 +77,10 @@ description = "Re-syncs every contact at night"
 """
 
 
-def _browser_or_skip() -> None:
-    """Skip without Chromium or playwright; fail instead when EDGERUNTIME_REQUIRE_BROWSER=1 (CI)."""
-    missing = None
-    if not CHROMIUM.exists():
-        missing = f"the browser test needs Chromium at {CHROMIUM} (Debian: apt-get install chromium)"
-    elif importlib.util.find_spec("playwright") is None:
-        missing = "the browser test needs playwright: pip install 'edgeruntime[browser]'"
-    if missing is not None:
-        if os.environ.get("EDGERUNTIME_REQUIRE_BROWSER") == "1":
-            pytest.fail(missing + " (EDGERUNTIME_REQUIRE_BROWSER=1)")
-        pytest.skip(missing)
-
-
 @pytest.fixture
 def page() -> Iterator[Page]:
-    _browser_or_skip()
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.set_default_timeout(TIMEOUT_MS)
-            yield page
-        finally:
-            browser.close()
+    with chromium_page() as page:
+        yield page
 
 
 def test_dashboard_shows_a_run_and_retries_a_failed_job(functions_dir: Path, tmp_path: Path, page: Page) -> None:

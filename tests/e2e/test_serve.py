@@ -238,7 +238,7 @@ def test_sigterm_finishes_in_flight_requests(hello_dir: Path, server_kind: str) 
 
 
 @pytest.mark.parametrize("server_kind", ["hypercorn", "uvicorn"])
-def test_a_websocket_upgrade_is_refused_and_never_reaches_the_function(
+def test_an_unauthenticated_websocket_upgrade_is_refused_and_never_reaches_the_function(
     hello_dir: Path, tmp_path: Path, server_kind: str
 ) -> None:
     import socket
@@ -258,7 +258,7 @@ def test_a_websocket_upgrade_is_refused_and_never_reaches_the_function(
             return PlainTextResponse("invoked")
     """,
     )
-    with ServerProcess(hello_dir, "--no-watch", "--no-verify-jwt", "--server", server_kind) as server:
+    with ServerProcess(hello_dir, "--no-watch", "--server", server_kind) as server:
         handshake = (
             f"GET /functions/v1/touch HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\nUpgrade: websocket\r\n"
             "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
@@ -266,7 +266,7 @@ def test_a_websocket_upgrade_is_refused_and_never_reaches_the_function(
         with socket.create_connection(("127.0.0.1", server.port), timeout=10) as conn:
             conn.sendall(handshake.encode())
             status_line = conn.recv(4096).split(b"\r\n", 1)[0]
-        assert status_line.startswith(b"HTTP/1.1 403"), status_line
+        assert status_line.startswith(b"HTTP/1.1 401"), status_line
         assert httpx.get(server.url("hello"), headers=SERVICE_ROLE, timeout=10).status_code == 200
     assert not marker.exists()
 

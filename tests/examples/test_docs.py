@@ -96,6 +96,7 @@ PYTHON_BLOCKS = {
     "quickstart.md": 2,
     "runtime.md": 2,
     "testing.md": 3,
+    "websockets.md": 6,
 }
 
 

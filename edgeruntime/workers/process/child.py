@@ -50,6 +50,8 @@ from edgeruntime.functions.discovery import FunctionSpec
 from edgeruntime.limits import Limits
 from edgeruntime.workers.process.channel import Channel
 from edgeruntime.workers.process.frames import (
+    ACK_BATCH,
+    WINDOW,
     BeforeUnload,
     BeforeUnloadDone,
     Body,
@@ -58,6 +60,8 @@ from edgeruntime.workers.process.frames import (
     BootExhausted,
     BootFailed,
     Cancel,
+    Consumed,
+    Delivered,
     Done,
     Ended,
     Enqueue,
@@ -143,14 +147,39 @@ def flush_logs() -> None:
                 handler.flush()
 
 
-class RequestBody:
-    """The `receive` of one forwarded request: body messages as the server sends them."""
+def _raises_when_gone(scope: Any) -> bool:
+    """Whether the server this request came through raises on a send to a client that left
+    (ASGI 2.4: Uvicorn); Hypercorn's sends are dropped instead. Forwarded requests behave alike."""
+    try:
+        version = tuple(int(part) for part in str(scope["asgi"]["spec_version"]).split("."))
+    except (KeyError, TypeError, ValueError):
+        return False
+    return version >= (2, 4)
 
-    def __init__(self, first: Message) -> None:
+
+class RequestBody:
+    """One forwarded request in this process: its `receive` (the messages the server forwards:
+    body chunks, WebSocket messages, the client's leaving) and the window of what it sends back."""
+
+    def __init__(self, rid: int, first: Message, channel: Channel, raises_when_gone: bool = False) -> None:
+        self.rid = rid
+        self.channel = channel
         self.messages: collections.deque[Message] = collections.deque([first])
         self.waiter: asyncio.Future[None] | None = None
+        #: The first message came with the request, outside the window.
+        self._first = True
+        self._consumed = 0
+        #: Sent messages the server has not handed to the client yet (as far as we know).
+        self.unsent = 0
+        self.room: asyncio.Future[None] | None = None
+        self.raises_when_gone = raises_when_gone
+        #: The server forwarded the client's leaving.
+        self.client_gone = False
 
     def push(self, message: Message) -> None:
+        kind = message.get("type")
+        if kind == "http.disconnect" or kind == "websocket.disconnect":
+            self.client_gone = True
         self.messages.append(message)
         if self.waiter is not None and not self.waiter.done():
             self.waiter.set_result(None)
@@ -159,7 +188,27 @@ class RequestBody:
         while not self.messages:
             self.waiter = asyncio.get_running_loop().create_future()
             await self.waiter
-        return self.messages.popleft()
+        message = self.messages.popleft()
+        if self._first:
+            self._first = False
+        else:
+            self._consumed += 1
+            if self._consumed >= ACK_BATCH:
+                self.channel.send(Consumed(self.rid, self._consumed))
+                self._consumed = 0
+        return message
+
+    def delivered(self, messages: int) -> None:
+        self.unsent = max(0, self.unsent - messages)
+        if self.room is not None and not self.room.done():
+            self.room.set_result(None)
+
+    async def sent(self) -> None:
+        """One more message was sent: wait while a window of them has not reached the client."""
+        self.unsent += 1
+        while self.unsent >= WINDOW and not self.channel.closed:
+            self.room = asyncio.get_running_loop().create_future()
+            await self.room
 
 
 def _portable(error: BaseException | None) -> BaseException | None:
@@ -251,18 +300,24 @@ class WorkerProcess:
 
     def on_close(self) -> None:
         self.queue.close()
+        for _, body in self.requests.values():
+            body.delivered(WINDOW)  # nothing will be acknowledged any more: no send waits for it
         if not self.stopped.done():
             self.stopped.set_result(None)
 
     def on_frame(self, frame: Frame) -> None:
         if isinstance(frame, Request):  # the request path first
-            body = RequestBody(frame.first)
+            body = RequestBody(frame.rid, frame.first, self.channel, _raises_when_gone(frame.scope))
             task = asyncio.get_running_loop().create_task(self.serve(frame, body))
             self.requests[frame.rid] = (task, body)
         elif isinstance(frame, Body):
             entry = self.requests.get(frame.rid)
             if entry is not None:
                 entry[1].push(frame.message)
+        elif isinstance(frame, Delivered):
+            entry = self.requests.get(frame.rid)
+            if entry is not None:
+                entry[1].delivered(frame.messages)
         elif isinstance(frame, Cancel):
             entry = self.requests.get(frame.rid)
             if entry is not None:
@@ -341,12 +396,18 @@ class WorkerProcess:
         channel = self.channel
 
         async def send(message: Message) -> None:
-            if message["type"] == "http.response.start":
+            if body.client_gone and body.raises_when_gone:  # as the server would: the client left
+                raise OSError("the client disconnected")
+            kind = message["type"]
+            if kind == "http.response.start" or kind == "websocket.http.response.start":
                 ctx.response_started = True
                 if type(message.get("status")) is not int:  # an IntEnum (HTTPStatus): the server loads plain data only
                     message = {**message, "status": int(message["status"])}
+            elif kind == "websocket.accept":
+                ctx.response_started = True
             channel.send(Sent(rid, message))
-            await channel.drain()  # the server stopped reading: its client is slower than this body
+            await body.sent()  # a window of messages not yet at the client: it is slower than this function
+            await channel.drain()  # the server stopped reading altogether
 
         ended: Ended | None = None
         try:

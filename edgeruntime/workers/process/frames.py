@@ -5,9 +5,17 @@ for ``kind``): pickling a plain tuple costs a third of pickling a named tuple, w
 stores with a reference to its class. :func:`decode` turns it back into its class.
 
 Server → worker process: :class:`Boot`, :class:`Request`, :class:`Body`, :class:`Cancel`,
-:class:`BeforeUnload`, :class:`Enqueued`. Worker process → server: :class:`Booted`,
-:class:`BootFailed`, :class:`BootExhausted`, :class:`Sent`, :class:`Done`, :class:`TaskStarted`,
-:class:`TaskDone`, :class:`BeforeUnloadDone`, :class:`Enqueue`.
+:class:`BeforeUnload`, :class:`Enqueued`, :class:`Delivered`. Worker process → server:
+:class:`Booted`, :class:`BootFailed`, :class:`BootExhausted`, :class:`Sent`, :class:`Done`,
+:class:`TaskStarted`, :class:`TaskDone`, :class:`BeforeUnloadDone`, :class:`Enqueue`,
+:class:`Consumed`.
+
+The messages of one request flow in both directions under a window of :data:`WINDOW` messages
+(a WebSocket's frames, a streamed body): a side sends the next message only while fewer than
+that many it sent are unacknowledged, and the other side acknowledges them in batches as they
+are used (:class:`Consumed`: the function read them; :class:`Delivered`: the server handed them
+to the client). A slow reader at either end holds the writer back, and neither process buffers
+more than a window of one request's messages.
 
 The worker runs function code, which can write anything to its end of the socket, so the server
 reads worker frames with :func:`decode_worker_frame`: plain data (tuples, dicts, lists, strings,
@@ -30,6 +38,7 @@ from edgeruntime.core.types import Message, Scope
 from edgeruntime.limits import Limits, Policy
 
 __all__ = [
+    "ACK_BATCH",
     "BeforeUnload",
     "BeforeUnloadDone",
     "Body",
@@ -38,6 +47,8 @@ __all__ = [
     "BootFailed",
     "Booted",
     "Cancel",
+    "Consumed",
+    "Delivered",
     "Done",
     "Ended",
     "Enqueue",
@@ -47,12 +58,19 @@ __all__ = [
     "Sent",
     "TaskDone",
     "TaskStarted",
+    "WINDOW",
     "decode",
     "decode_worker_frame",
     "encode",
     "load_worker_frame",
 ]
 
+
+#: Messages of one request a side may send before the other acknowledges them (see the docstring).
+WINDOW = 16
+#: A side acknowledges the messages it used in batches of this many (and no fewer: half the window,
+#: so the writer always has room for a batch while the acknowledgement travels).
+ACK_BATCH = WINDOW // 2
 
 # -- server → worker process ------------------------------------------------------------------
 
@@ -110,6 +128,14 @@ class Enqueued(NamedTuple):
     job_id: int | None
     error: str | None
     kind: int = 13
+
+
+class Delivered(NamedTuple):
+    """The server handed `messages` more of request `rid`'s :class:`Sent` messages to its client."""
+
+    rid: int
+    messages: int
+    kind: int = 16
 
 
 # -- worker process → server ------------------------------------------------------------------
@@ -208,6 +234,14 @@ class Enqueue(NamedTuple):
     kind: int = 15
 
 
+class Consumed(NamedTuple):
+    """The function read `messages` more of request `rid`'s :class:`Body` messages."""
+
+    rid: int
+    messages: int
+    kind: int = 17
+
+
 Frame: TypeAlias = (
     Boot
     | Request
@@ -224,9 +258,11 @@ Frame: TypeAlias = (
     | TaskDone
     | BeforeUnloadDone
     | Enqueue
+    | Delivered
+    | Consumed
 )
 
-_SERVER_FRAMES: tuple[type[Any], ...] = (Boot, Request, Body, Cancel, BeforeUnload, Enqueued)
+_SERVER_FRAMES: tuple[type[Any], ...] = (Boot, Request, Body, Cancel, BeforeUnload, Enqueued, Delivered)
 _WORKER_FRAMES: tuple[type[Any], ...] = (
     Booted,
     BootFailed,
@@ -237,6 +273,7 @@ _WORKER_FRAMES: tuple[type[Any], ...] = (
     TaskDone,
     BeforeUnloadDone,
     Enqueue,
+    Consumed,
 )
 #: Each kind's number → its class and its number of fields.
 KINDS: dict[int, tuple[type[Any], int]] = {
@@ -313,6 +350,11 @@ def _boot_exhausted_from_wire(frame: BootExhausted) -> BootExhausted:
     return frame
 
 
+def _consumed_from_wire(frame: Consumed) -> Consumed:
+    _check(frame, type(frame.rid) is int and type(frame.messages) is int and 0 < frame.messages <= WINDOW)
+    return frame
+
+
 _TO_WIRE: dict[type[Any], Callable[[Any], tuple[Any, ...]]] = {
     Done: _done_to_wire,
     BeforeUnloadDone: _unload_done_to_wire,
@@ -322,6 +364,7 @@ _FROM_WIRE: dict[type[Any], Callable[[Any], Any]] = {
     Booted: _booted_from_wire,
     BootFailed: _boot_failed_from_wire,
     BootExhausted: _boot_exhausted_from_wire,
+    Consumed: _consumed_from_wire,
     Done: _done_from_wire,
     BeforeUnloadDone: _unload_done_from_wire,
     TaskDone: _task_done_from_wire,

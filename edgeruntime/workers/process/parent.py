@@ -14,6 +14,13 @@ address-space limits fail arbitrary allocations (thread stacks, malloc arenas) l
 resident memory reaches the limit. ``RLIMIT_AS`` is still set (by the worker process, see
 :mod:`edgeruntime.workers.process.child`), far above the limit, as a backstop.
 
+Requests are forwarded as they stream: a WebSocket's frames both ways, a streamed request body,
+a streamed response (server-sent events) as the function sends it, each request's messages under
+a window (:data:`edgeruntime.workers.process.frames.WINDOW`) so that a slow client or a function
+that does not read holds the other end back instead of filling the server's memory. A client that
+leaves is told to the function (``http.disconnect``, ``websocket.disconnect``), which cancels a
+streamed response as it would inline.
+
 The process is started in the server's sandbox (:mod:`edgeruntime.workers.process.sandbox`):
 under bubblewrap the process the server starts is ``bwrap`` and the worker its grandchild, whose
 pid is the one watched. Function code can write anything to the channel, so what the server reads
@@ -59,6 +66,8 @@ from edgeruntime.workers.lifecycle import WorkerLifecycle
 from edgeruntime.workers.process.channel import Channel, framed
 from edgeruntime.workers.process.forking import SpawnedProcess, WorkerProcessHandle, peer_pid
 from edgeruntime.workers.process.frames import (
+    ACK_BATCH,
+    WINDOW,
     BeforeUnload,
     BeforeUnloadDone,
     Body,
@@ -67,6 +76,8 @@ from edgeruntime.workers.process.frames import (
     BootExhausted,
     BootFailed,
     Cancel,
+    Consumed,
+    Delivered,
     Done,
     Ended,
     Enqueue,
@@ -89,7 +100,8 @@ logger = logging.getLogger("edgeruntime")
 MONITOR_INTERVAL_SEC = 0.02
 #: Bodies up to this size are read whole and forwarded in the request's frame (one write, one wake-up).
 COALESCE_BODY_BYTES = 1024 * 1024
-#: Frames of one response waiting for its client before the server stops reading from the worker.
+#: Frames of one response waiting for its client before the server stops reading from the worker:
+#: only a worker that ignores the window (frames.WINDOW) gets there.
 PAUSE_FRAMES = 64
 #: How long a worker process may take to boot before it is a boot error.
 BOOT_TIMEOUT_SEC = 30.0
@@ -119,13 +131,31 @@ _SCOPE_KEYS = (
 
 
 class _Call:
-    """One request in flight in the worker process: the messages that came back for it."""
+    """One request in flight in the worker process: the messages that came back for it, and its window."""
 
-    __slots__ = ("events", "waiter")
+    __slots__ = ("client_gone", "delivered", "events", "room", "unacked", "waiter")
 
     def __init__(self) -> None:
         self.events: collections.deque[Sent | Done] = collections.deque()
         self.waiter: asyncio.Future[None] | None = None
+        #: Body messages sent to the worker that the function has not read yet (as far as we know).
+        self.unacked = 0
+        self.room: asyncio.Future[None] | None = None
+        #: Sent messages handed to the client since the last Delivered frame.
+        self.delivered = 0
+        #: The client left: what the function sends next goes nowhere.
+        self.client_gone = False
+
+    def consumed(self, messages: int) -> None:
+        self.unacked = max(0, self.unacked - messages)
+        if self.room is not None and not self.room.done():
+            self.room.set_result(None)
+
+    async def wait_for_room(self) -> None:
+        """Wait while the function has a window of this request's messages unread."""
+        while self.unacked >= WINDOW:
+            self.room = asyncio.get_running_loop().create_future()
+            await self.room
 
     def push(self, event: Sent | Done) -> None:
         self.events.append(event)
@@ -421,6 +451,10 @@ class ProcessWorker:
                 if len(call.events) >= PAUSE_FRAMES and self._paused_by is None and self.channel is not None:
                     self._paused_by = call  # its client reads slower than the function writes
                     self.channel.pause_reading()
+        elif isinstance(frame, Consumed):
+            call = self._calls.get(frame.rid)
+            if call is not None:
+                call.consumed(frame.messages)
         elif isinstance(frame, TaskStarted):
             self._task_started(frame)
         elif isinstance(frame, TaskDone):
@@ -523,7 +557,7 @@ class ProcessWorker:
     # -- requests --------------------------------------------------------------------------
 
     async def handle(self, scope: Scope, receive: Receive, send: Send, ctx: ExecutionContext) -> None:
-        """Forward one request to the worker process and its response back."""
+        """Forward one request (or WebSocket connection) to the worker process and its response back."""
         channel = self.channel
         assert channel is not None
         if channel.closed or self.status is WorkerStatus.ENDED:  # ended between routing and now
@@ -536,30 +570,50 @@ class ProcessWorker:
         call = self._calls[rid] = _Call()
         self.in_flight += 1
         pump: asyncio.Task[None] | None = None
+        websocket = scope["type"] == "websocket"
+        over = False  # the worker process said the request is over (Done)
         try:
             first = await receive()
             if first.get("more_body") and _small_body(scope):
                 first = await _read_whole_body(first, receive)
             slim = {key: scope[key] for key in _SCOPE_KEYS if key in scope}
             slim["headers"] = list(scope["headers"])
+            if websocket:
+                slim["subprotocols"] = list(scope.get("subprotocols") or ())
+                if "websocket.http.response" in (scope.get("extensions") or {}):
+                    slim["extensions"] = {"websocket.http.response": {}}
             channel.send(Request(rid, slim, first, ctx.execution_id, ctx.trigger))
-            if first.get("more_body"):
-                pump = asyncio.get_running_loop().create_task(self._pump(rid, receive))
+            if first.get("more_body") or websocket:
+                pump = asyncio.get_running_loop().create_task(self._pump(rid, receive, call))
             while True:
                 event = await call.next()
                 if isinstance(event, Sent):
-                    await send(event.message)
+                    message = event.message
+                    if not call.client_gone:
+                        try:
+                            await send(message)
+                        except OSError:  # the client left (a server of ASGI 2.4 says so here)
+                            call.client_gone = True
+                            gone = "websocket.disconnect" if websocket else "http.disconnect"
+                            channel.send(Body(rid, {"type": gone, "code": 1006} if websocket else {"type": gone}))
+                    call.delivered += 1
+                    if call.delivered >= ACK_BATCH:
+                        channel.send(Delivered(rid, call.delivered))
+                        call.delivered = 0
+                    if pump is None and message.get("more_body") and message.get("type") == "http.response.body":
+                        # A streamed response: the client leaving must reach the function (it cancels the stream).
+                        pump = asyncio.get_running_loop().create_task(self._pump(rid, receive, call))
                     if self._paused_by is call and len(call.events) <= PAUSE_FRAMES // 4:
                         self._resume_reading()
                     continue
+                over = True
                 ended = event.ended
                 if event.error is not None:  # the handler raised and got its 500 (or 502)
                     ctx.error = event.error
                 break
-        except asyncio.CancelledError:
-            channel.send(Cancel(rid))  # a no-op once the process is gone
-            raise
         finally:
+            if not over:  # cancelled, or the client's side failed: the function must not go on for no one
+                channel.send(Cancel(rid))  # a no-op once the process is gone
             self.in_flight -= 1
             del self._calls[rid]
             if self._paused_by is call:
@@ -588,20 +642,23 @@ class ProcessWorker:
         if self.channel is not None:
             self.channel.resume_reading()
 
-    async def _pump(self, rid: int, receive: Receive) -> None:
+    async def _pump(self, rid: int, receive: Receive, call: _Call) -> None:
+        """Forward what the client sends next (body chunks, WebSocket messages, its leaving), as
+        fast as the function reads it: at most a window of messages ahead."""
         channel = self.channel
         assert channel is not None
         try:
             while True:
+                await call.wait_for_room()
                 message = await receive()
+                call.unacked += 1
                 channel.send(Body(rid, message))
-                if message["type"] != "http.request" or not message.get("more_body"):
+                kind = message["type"]
+                if kind == "http.disconnect" or kind == "websocket.disconnect":
                     return
         except PayloadTooLarge:
             channel.send(Cancel(rid))
-            call = self._calls.get(rid)
-            if call is not None:
-                call.push(Done(rid, Ended("too_large")))
+            call.push(Done(rid, Ended("too_large")))
 
     # -- lifecycle -------------------------------------------------------------------------
 

@@ -21,6 +21,8 @@ from edgeruntime.workers.process.frames import (
     BootExhausted,
     BootFailed,
     Cancel,
+    Consumed,
+    Delivered,
     Done,
     Ended,
     Enqueue,
@@ -54,6 +56,21 @@ EVERY_KIND: list[Frame] = [
     BootExhausted("loading function hello", 24),
     Enqueue(3, "tracked-job", '{"n":1}', 0.0, None, "key-1"),
     Done(3, None, "KeyError: 'userId'"),
+    Delivered(1, 8),
+    Consumed(1, 8),
+    Request(
+        4,
+        {
+            "type": "websocket",
+            "path": "/chat",
+            "subprotocols": ["jwt-x"],
+            "extensions": {"websocket.http.response": {}},
+        },
+        {"type": "websocket.connect"},
+        "exec-4",
+        "websocket",
+    ),
+    Sent(4, {"type": "websocket.send", "bytes": b"\x00\xff"}),
 ]
 #: What a worker process sends: the frames the server reads from it.
 WORKER_SENT = [f for f in EVERY_KIND if type(f) in frames._WORKER_FRAMES]
@@ -61,7 +78,7 @@ WORKER_SENT = [f for f in EVERY_KIND if type(f) in frames._WORKER_FRAMES]
 
 def test_every_kind_has_its_own_number() -> None:
     numbers = [cls._field_defaults["kind"] for cls, _ in frames.KINDS.values()]
-    assert len(frames.KINDS) == len(set(numbers)) == len({type(f) for f in EVERY_KIND}) == 15
+    assert len(frames.KINDS) == len(set(numbers)) == len({type(f) for f in EVERY_KIND}) == 17
 
 
 @pytest.mark.parametrize("frame", EVERY_KIND, ids=lambda f: type(f).__name__)
@@ -132,6 +149,10 @@ def test_worker_frames_hold_plain_data_and_builtin_exceptions_only() -> None:
         (1, None, {"no": "text"}, 9),  # Done: an error that is not text
         (1, "failed", None, ["cpu"], 11),  # TaskDone: a cut reason that is not text
         ("NoSuchReason", 12),  # BeforeUnloadDone
+        (1, "8", 17),  # Consumed: a count that is no number
+        (1, 0, 17),  # Consumed: nothing consumed
+        (1, 10**9, 17),  # Consumed: more than a window
+        ("1", 8, 17),  # Consumed: a request id that is no number
     ],
 )
 def test_a_worker_frame_with_fields_of_the_wrong_type_is_no_frame(fields: tuple[object, ...]) -> None:
@@ -143,3 +164,9 @@ def test_a_worker_cannot_hand_the_server_an_exception_that_would_stop_it() -> No
     frame = decode_worker_frame(pickle.dumps((7, "failed", SystemExit(3), None, 11)))
     assert isinstance(frame, TaskDone)
     assert type(frame.error) is RuntimeError and str(frame.error) == "SystemExit: 3"
+
+
+def test_the_server_reads_no_delivered_frame_from_a_worker() -> None:
+    """Delivered is the server's acknowledgement: a worker that sends one sends no frame of its kind."""
+    with pytest.raises(ValueError, match="not a worker channel frame"):
+        decode_worker_frame(encode(Delivered(1, 8)))
