@@ -9,6 +9,7 @@ EdgeRuntimeError
 ├── DashboardError           a dashboard API request that cannot be served (→ its 4xx JSON error)
 ├── DuplicateHeader          a request repeats a header that must appear once (Authorization, apikey) → 400
 ├── ResourceExhausted        the server is out of file descriptors → 503 RESOURCE_EXHAUSTED
+├── SiblingsUnavailable      the other serving processes (--workers N) did not all answer → 503
 └── FunctionError            something went wrong in one function; the others keep serving
     ├── BootError            the function's module failed to load → 503 BOOT_ERROR
     ├── WorkerCrashed        the worker died (or its module raised at top level) → 500 WORKER_ERROR
@@ -36,6 +37,7 @@ __all__ = [
     "PayloadTooLarge",
     "StoreUnavailable",
     "ResourceExhausted",
+    "SiblingsUnavailable",
     "UsageError",
     "WallClockLimitExceeded",
     "WorkerCrashed",
@@ -97,6 +99,12 @@ class ResourceExhausted(EdgeRuntimeError):
         #: What could not be done, e.g. "loading function hello".
         self.action = action
         super().__init__(f"out of file descriptors: {action} failed")
+
+
+class SiblingsUnavailable(EdgeRuntimeError):
+    """Raised when what every serving process holds (metrics, in-flight work) was asked of all of
+    them under ``--workers N`` and not every one answered in time: a scrape then answers 503
+    rather than the totals of some of them."""
 
 
 class FunctionError(EdgeRuntimeError):

@@ -33,6 +33,7 @@ __all__ = [
     "find_config",
     "load_config",
     "parse_uid_range",
+    "parse_workers",
 ]
 
 logger = logging.getLogger("edgeruntime")
@@ -64,6 +65,11 @@ CRON_OVERLAP = ("skip", "allow")
 DEFAULT_KEEP_ALIVE_TIMEOUT_SEC = 5.0
 #: The longest keep-alive accepted: an idle connection holds a descriptor all that time.
 MAX_KEEP_ALIVE_TIMEOUT_SEC = 3600.0
+#: The most serving processes `--workers` / `[edge_runtime] workers` accepts: each is a whole
+#: Python process (tens of MB), and a typo of a few zeros should not start thousands of them.
+MAX_SERVING_PROCESSES = 256
+#: `[edge_runtime] workers` / `--workers`: how many serving processes, or "auto" (one per usable CPU).
+Workers = int | Literal["auto"]
 #: What wraps each worker process under process isolation (see :mod:`edgeruntime.workers.process.sandbox`).
 SandboxMode = Literal["auto", "bwrap", "uid", "basic", "none"]
 SANDBOX_MODES: tuple[SandboxMode, ...] = ("auto", "bwrap", "uid", "basic", "none")
@@ -134,6 +140,8 @@ class ProjectConfig:
     worker_uid_range: tuple[int, int] | None = None
     #: `[auth] signing_keys_path`, resolved (a file worker processes must not read).
     signing_keys_path: Path | None = None
+    #: `[edge_runtime] workers`: serving processes behind the one listening socket, or "auto".
+    workers: Workers = 1
 
     def function(self, name: str) -> FunctionConfig:
         return self.functions.get(name) or FunctionConfig()
@@ -151,6 +159,24 @@ def keep_alive_problem(value: object) -> str | None:
         shown = _kind(value) if not isinstance(value, float) else f"{value:g}"
         return f"expected a number of seconds greater than 0 and at most {MAX_KEEP_ALIVE_TIMEOUT_SEC:g}, got {shown}"
     return None
+
+
+def parse_workers(value: object, *, text: bool = False) -> Workers:
+    """`[edge_runtime] workers` (an integer or "auto") → a count or "auto"; with `text`, the
+    `--workers` flag's string ("4", "auto").
+
+    ValueError says what is wrong: anything but a whole number from 1 to MAX_SERVING_PROCESSES
+    or "auto" (in config.toml a number in quotes too: the file says `workers = 4`).
+    """
+    expected = f"expected a whole number from 1 to {MAX_SERVING_PROCESSES}, or auto"
+    if value == "auto":
+        return "auto"
+    count: object = value
+    if text and isinstance(value, str) and re.fullmatch(r"[0-9]{1,6}", value.strip()):
+        count = int(value)
+    if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_SERVING_PROCESSES:
+        raise ValueError(f"{expected}, got {_kind(value)}")
+    return count
 
 
 def parse_uid_range(value: Any) -> tuple[int, int]:
@@ -316,7 +342,16 @@ def load_config(path: Path | None, environ: Mapping[str, str] | None = None, *, 
     )
 
     er = r.table(data.get("edge_runtime", {}), "[edge_runtime]")
-    own_er = {"policy", "isolation", "secrets", "keep_alive_timeout_sec", "sandbox", "worker_uid_range", *LIMIT_KEYS}
+    own_er = {
+        "policy",
+        "isolation",
+        "secrets",
+        "keep_alive_timeout_sec",
+        "sandbox",
+        "worker_uid_range",
+        "workers",
+        *LIMIT_KEYS,
+    }
     r.check_keys(er, "edge_runtime", own_er | FOREIGN_EDGE_RUNTIME_KEYS)
     policy = er.get("policy", "per_worker")
     if policy == "oneshot":  # the Supabase CLI's other policy: one request per worker
@@ -338,6 +373,10 @@ def load_config(path: Path | None, environ: Mapping[str, str] | None = None, *, 
     problem = keep_alive_problem(keep_alive)
     if problem is not None:
         raise r.error("[edge_runtime] keep_alive_timeout_sec", problem)
+    try:
+        workers = parse_workers(er.get("workers", 1))
+    except ValueError as exc:
+        raise r.error("[edge_runtime] workers", str(exc)) from None
 
     secrets: dict[str, str] = {}
     for key, value in r.table(er.get("secrets", {}), "[edge_runtime.secrets]").items():
@@ -418,4 +457,5 @@ def load_config(path: Path | None, environ: Mapping[str, str] | None = None, *, 
         sandbox=cast(SandboxMode, sandbox),
         worker_uid_range=uid_range,
         signing_keys_path=keys_file,
+        workers=workers,
     )
