@@ -251,7 +251,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
             "--server auto: serving with Hypercorn (%s not installed; pip install 'uvicorn[standard]')",
             ", ".join(missing_fast_server()),
         )
-    if settings.serving_processes > 1:
+    # `auto` is supervised even where it means one process: SIGHUP (a unit's ExecReload, say) then
+    # rolls it over, as it would on a larger machine, rather than ending it.
+    asked = args.workers if args.workers is not None else settings.config.workers
+    if settings.serving_processes > 1 or asked == "auto":
         return _supervise(args, settings, built, banner)
 
     async def start() -> None:
@@ -331,7 +334,7 @@ def _supervise(args: argparse.Namespace, settings: Settings, built: BuiltApp, ba
     """Bind the socket, then run `settings.serving_processes` serving processes on it (see
     :mod:`edgeruntime.serving.supervisor`) until SIGTERM or SIGINT."""
     from edgeruntime.serving.server import listening_socket
-    from edgeruntime.serving.supervisor import Supervisor
+    from edgeruntime.serving.supervisor import ServingSupervisor
 
     sock = listening_socket(settings.host, settings.port)
     gc.enable()  # the supervisor runs as long as the server: it collects as any process does
@@ -347,7 +350,7 @@ def _supervise(args: argparse.Namespace, settings: Settings, built: BuiltApp, ba
             await built.jobs.prepare()
         finally:
             await built.jobs.store.close()
-        supervisor = Supervisor(
+        supervisor = ServingSupervisor(
             command,
             settings.serving_processes,
             sock,

@@ -48,7 +48,7 @@ from typing import Any
 from edgeruntime.dashboard.metrics import merge_snapshots, valid_snapshot
 from edgeruntime.serving.control import MAX_MESSAGE_BYTES, decode, encode
 
-__all__ = ["Supervisor"]
+__all__ = ["ServingSupervisor"]
 
 logger = logging.getLogger("edgeruntime")
 
@@ -117,7 +117,7 @@ def describe_exit(status: int) -> str:
     return f"exited with status {status}"
 
 
-class Supervisor:
+class ServingSupervisor:
     """Runs `count` serving processes of `command` on the listening `sock` (see the module docstring).
 
     `command` is the serving process's command line without its ``--serving-process`` option;
@@ -172,9 +172,11 @@ class Supervisor:
                     await self.rolling_restart()
             return 0
         finally:
-            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-                loop.remove_signal_handler(sig)
-            await self._stop_all()
+            try:
+                await self._stop_all()  # a second Ctrl-C meanwhile changes nothing
+            finally:
+                for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                    loop.remove_signal_handler(sig)
 
     def stop(self) -> None:
         """Stop every serving process as SIGTERM does."""

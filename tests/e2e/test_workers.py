@@ -13,6 +13,7 @@ import concurrent.futures
 import logging
 import os
 import re
+import shutil
 import signal
 import socket
 import threading
@@ -616,3 +617,21 @@ def test_ctrl_c_to_the_process_group_stops_every_serving_process_once(who_dir: P
             proc.wait(10)
     output = log.read_text()
     assert "starting another" not in output and "Traceback" not in output, output
+
+
+@pytest.mark.skipif(shutil.which("taskset") is None, reason="needs taskset (util-linux)")
+def test_auto_on_one_cpu_is_one_supervised_process_that_rolls_over_on_sighup(who_dir: Path) -> None:
+    # `auto` counts the CPUs the server may use: taskset leaves it one. It is still supervised, so
+    # a unit's ExecReload (SIGHUP) replaces it rather than ending it.
+    server = ServerProcess(who_dir, "--no-watch", "--no-verify-jwt", "--workers", "auto", prefix=["taskset", "-c", "0"])
+    with server:
+        wait_until(lambda: BANNER in server.output, 90, "the banner")
+        assert "(server uvicorn, 1 serving process," in server.output
+        (old,) = child_pids(server.proc.pid)
+        assert pid_of(server) == old
+        server.proc.send_signal(signal.SIGHUP)
+        wait_until(lambda: "every serving process was replaced" in server.output, 120, "the rolling restart")
+        wait_until(lambda: old not in child_pids(server.proc.pid), 60, "the old process gone")
+        (new,) = child_pids(server.proc.pid)
+        assert pid_of(server) == new != old
+        assert server.terminate() == 0
