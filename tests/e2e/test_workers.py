@@ -568,12 +568,16 @@ async def handler(req):
 """
 
 
-@pytest.mark.parametrize("isolation", ["inline", "process"])
-def test_functions_never_get_the_listening_socket_or_the_control_channel(functions_dir: Path, isolation: str) -> None:
+@pytest.mark.parametrize(
+    ("isolation", "server_kind"), [("inline", "uvicorn"), ("inline", "hypercorn"), ("process", "uvicorn")]
+)
+def test_functions_never_get_the_listening_socket_or_the_control_channel(
+    functions_dir: Path, isolation: str, server_kind: str
+) -> None:
     import json
 
     write_function(functions_dir, "sockets", SOCKETS)
-    server = start(functions_dir, "--no-watch", "--isolation", isolation, "--sandbox", "none")
+    server = start(functions_dir, "--no-watch", "--isolation", isolation, "--sandbox", "none", "--server", server_kind)
     with server:
         for _ in range(4):
             r = httpx.get(server.url("sockets"), timeout=60)
