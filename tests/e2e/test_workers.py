@@ -212,9 +212,6 @@ def test_sigkill_of_a_serving_process_under_load_fails_only_its_requests_in_flig
             wait_until(victim_busy, 30, "a request in flight on the victim", interval=0.005)
             os.kill(victim, signal.SIGKILL)
             killed = time.monotonic()
-            in_flight = {rid for rid, pid in begun(log).items() if pid == victim} - {
-                o.id for o in load.outcomes if o.pid == victim and o.ended < killed
-            }
             wait_until(
                 lambda: victim not in (now := child_pids(server.proc.pid)) and len(now) == 2,
                 60,
@@ -226,6 +223,8 @@ def test_sigkill_of_a_serving_process_under_load_fails_only_its_requests_in_flig
         failures = load.failures()
         begun_on = begun(log)
     failed = {o.id for o in failures}
+    # What the victim had begun and never answered: in flight on it when it was killed.
+    in_flight = {rid for rid, pid in begun_on.items() if pid == victim} - {o.id for o in load.outcomes if o.pid}
     after_kill = [o for o in load.outcomes if o.started > killed]
     detail = f"{len(failures)} failed: {[(o.id, o.error) for o in failures][:5]}; in flight on the victim: {in_flight}"
     print(f"\n[SIGKILL under load] {len(load.outcomes)} requests, {detail}")
