@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import contextlib
 import logging
 import os
 import re
@@ -509,6 +510,20 @@ async def _job_counts(url: str) -> dict[str, int]:
         await store.close()
 
 
+def _instance_ids(url: str) -> set[str]:
+    """The instance ids that claimed jobs (the jobs table keeps the last one's)."""
+    query = "SELECT DISTINCT worker_id FROM edgeruntime_jobs WHERE worker_id IS NOT NULL"
+    if url.startswith("sqlite:"):
+        import sqlite3
+
+        with contextlib.closing(sqlite3.connect(url.removeprefix("sqlite:///"))) as conn:
+            return {row[0] for row in conn.execute(query)}
+    import psycopg
+
+    with psycopg.connect(url) as conn:
+        return {row[0] for row in conn.execute(query)}
+
+
 def test_five_hundred_queued_jobs_are_each_delivered_once(functions_dir: Path, tmp_path: Path, store_url: str) -> None:
     write_function(functions_dir, "record", RECORD)
     write_function(functions_dir, "enqueue", ENQUEUE)
@@ -530,6 +545,9 @@ def test_five_hundred_queued_jobs_are_each_delivered_once(functions_dir: Path, t
     assert {k: n for k, n in delivered.items() if n > 1} == {}  # none twice
     assert {line[1] for line in lines} == {"1"}
     assert asyncio.run(_job_counts(store_url)) == {"succeeded": 500}
+    # Each serving process claimed under an instance id of its own (host:pid:random).
+    instances = _instance_ids(store_url)
+    assert sorted(i.split(":")[1] for i in instances) == sorted(by_process), (instances, by_process)
 
 
 # -- what functions must not get ------------------------------------------------------------------------
