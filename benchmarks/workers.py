@@ -115,6 +115,13 @@ class Run:
     load: Load
     #: CPU seconds each process that served used during the load (the supervisor's children, or itself).
     cpu_sec: list[float]
+    #: How long the load ran.
+    seconds: float
+
+    @property
+    def cores(self) -> float:
+        """The cores the serving processes used on average during the load."""
+        return sum(self.cpu_sec) / self.seconds
 
     @property
     def cpu_ms_per_request(self) -> float:
@@ -149,7 +156,7 @@ def measure_workers(functions: Path, workers: int, path: str, duration: float, c
             used = [cpu_seconds(pid) - start for pid, start in zip(pids, before, strict=True)]
         finally:
             peers.stop(proc)
-    return Run(workers, path, result, used)
+    return Run(workers, path, result, used, duration)
 
 
 def unpinned_load(url: str, duration: float, connections: int) -> Load:
@@ -177,7 +184,8 @@ def _median_run(runs: Sequence[Run]) -> Run:
     ranked = sorted(runs, key=lambda r: r.load.rps)
     middle = ranked[len(ranked) // 2]
     errors = sum(r.load.errors for r in runs)
-    return Run(middle.workers, middle.path, Load(**{**asdict(middle.load), "errors": errors}), middle.cpu_sec)
+    load = Load(**{**asdict(middle.load), "errors": errors})
+    return Run(middle.workers, middle.path, load, middle.cpu_sec, middle.seconds)
 
 
 def report(
@@ -200,7 +208,16 @@ def report(
         one, two = runs.get((1, path)), runs.get((2, path))
         if one and two:
             goal = " (goal >= 1.7x)" if path.endswith("cpu") else " (reported: wrk shares the 2 cores)"
-            lines.append(f"- GET {path}: --workers 2 / --workers 1 = {two.load.rps / one.load.rps:.2f}x{goal}")
+            lines.append(
+                f"- GET {path}: --workers 2 / --workers 1 = {two.load.rps / one.load.rps:.2f}x{goal}; "
+                f"the serving processes used {one.cores:.2f} and {two.cores:.2f} cores"
+            )
+            if path.endswith("cpu") and two.cores < 1.7 * one.cores:
+                lines.append(
+                    f"  note: two CPU-bound serving processes used {two.cores:.2f} cores where one used "
+                    f"{one.cores:.2f}: something else held the CPU (load average {os.getloadavg()[0]:.2f}), so this "
+                    "ratio measures the machine's spare cores more than edgeruntime"
+                )
     if default.hello and starlette.hello:
         lines.append(
             f"- GET hello: default edgeruntime serve / bare Starlette on Uvicorn = "
