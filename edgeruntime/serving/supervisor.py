@@ -178,14 +178,6 @@ class ServingSupervisor:
                 for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                     loop.remove_signal_handler(sig)
 
-    def stop(self) -> None:
-        """Stop every serving process as SIGTERM does."""
-        self._stop.set()
-
-    def restart(self) -> None:
-        """Replace every serving process one at a time, as SIGHUP does."""
-        self._restart.set()
-
     async def _start_all(self) -> int | None:
         started = [await self._start() for _ in range(self.count)]
         self.members = started
