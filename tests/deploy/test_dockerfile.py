@@ -285,6 +285,9 @@ def test_the_images_install_and_start_steps_serve_and_stop_cleanly(tmp_path: Pat
         hello = httpx.get(f"http://127.0.0.1:{port}/functions/v1/hello", headers=ANON, timeout=30)
         assert hello.status_code == 200, hello.text
         assert hello.json()["message"] == "Hello from edgeruntime!"
+        # The banner comes once every serving process accepts connections (one may answer before).
+        while "Using edgeruntime" not in log_path.read_text() and time.monotonic() < deadline:
+            time.sleep(0.1)
 
         os.kill(pid, signal.SIGTERM)
         assert proc.wait(45) == 0, log_path.read_text()
