@@ -15,7 +15,8 @@ RUN python -m build --wheel --outdir dist .
 
 FROM python:${PYTHON_VERSION}-slim
 # Extras of the edgeruntime package to install; add `examples` to serve the bundled examples.
-ARG EXTRAS=postgres,uvicorn
+# (Uvicorn, uvloop and httptools, the default server, come with the package itself.)
+ARG EXTRAS=postgres
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1
 COPY --from=builder /src/dist /tmp/dist
@@ -37,4 +38,5 @@ EXPOSE 54321
 STOPSIGNAL SIGTERM
 HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
     CMD ["python", "-c", "import urllib.request as u; u.build_opener(u.ProxyHandler({})).open('http://127.0.0.1:54321/_internal/health', timeout=4)"]
-CMD ["edgeruntime", "serve", "/app/functions", "--host", "0.0.0.0", "--port", "54321", "--no-watch", "--log-format", "json"]
+# One serving process per CPU the container may use, behind the one port.
+CMD ["edgeruntime", "serve", "/app/functions", "--host", "0.0.0.0", "--port", "54321", "--no-watch", "--log-format", "json", "--workers", "auto"]

@@ -5,7 +5,18 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = ("peers", "isolation", "jobs", "dashboard", "metrics", "history", "path", "parts", "sandbox")
+BENCHMARKS = (
+    "peers",
+    "isolation",
+    "jobs",
+    "dashboard",
+    "metrics",
+    "history",
+    "path",
+    "parts",
+    "sandbox",
+    "workers",
+)
 
 
 def main() -> int:

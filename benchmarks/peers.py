@@ -263,6 +263,11 @@ def run_wrk(url: str, duration: float, connections: int, post: bool) -> Load:
         out = subprocess.run(pinned(1, argv), capture_output=True, text=True, timeout=duration + 60).stdout
     finally:
         os.unlink(script.name)
+    return parse_wrk(out)
+
+
+def parse_wrk(out: str) -> Load:
+    """The figures of wrk's `--latency` report."""
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     p50 = _ms(re.search(r"\s50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
     p99 = _ms(re.search(r"\s99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]

@@ -12,6 +12,7 @@ EdgeRuntimeError
 ├── InvalidJWT               `verify_jwt(token)` in a function: the token is missing, forged or expired
 ├── WebSocketUpgradeError    `upgrade_websocket(req)` on a request that is no WebSocket upgrade (also a TypeError)
 ├── WebSocketDenied          `EdgeClient.websocket(...)`: the upgrade was answered with a response, not accepted
+├── SiblingsUnavailable      the other serving processes (--workers N) did not all answer → 503
 └── FunctionError            something went wrong in one function; the others keep serving
     ├── BootError            the function's module failed to load → 503 BOOT_ERROR
     ├── WorkerCrashed        the worker died (or its module raised at top level) → 500 WORKER_ERROR
@@ -40,6 +41,7 @@ __all__ = [
     "PayloadTooLarge",
     "StoreUnavailable",
     "ResourceExhausted",
+    "SiblingsUnavailable",
     "UsageError",
     "WallClockLimitExceeded",
     "WebSocketDenied",
@@ -131,6 +133,12 @@ class WebSocketDenied(EdgeRuntimeError):
         self.headers = {key.decode("latin-1").lower(): value.decode("latin-1") for key, value in headers}
         self.body = body
         super().__init__(f"the WebSocket upgrade was answered {status}: {body[:200]!r}")
+
+
+class SiblingsUnavailable(EdgeRuntimeError):
+    """Raised when what every serving process holds (metrics, in-flight work) was asked of all of
+    them under ``--workers N`` and not every one answered in time: a scrape then answers 503
+    rather than the totals of some of them."""
 
 
 class FunctionError(EdgeRuntimeError):

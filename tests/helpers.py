@@ -189,6 +189,24 @@ class ServerProcess:
         self.stop()
 
 
+def child_pids(pid: int) -> list[int]:
+    """The processes `pid` started that still run (Linux: /proc/PID/task/PID/children)."""
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:  # it has exited
+        return []
+
+
+def wait_until(predicate: Any, timeout: float, what: str, interval: float = 0.05) -> None:
+    """Poll `predicate()` until it is true; AssertionError naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise AssertionError(f"not within {timeout:g} s: {what}")
+
+
 def run_cli(
     *args: str, cwd: Path | None = None, env: Mapping[str, str] | None = None, timeout: float = 60
 ) -> subprocess.CompletedProcess[str]:

@@ -68,6 +68,41 @@ def test_serve_bad_keep_alive_timeout_is_one_line(
         assert "expected a number of seconds greater than 0 and at most 3600" in err
 
 
+@pytest.mark.parametrize("value", ["0", "-1", "lots", "2.5", "9999"])
+def test_serve_bad_workers_is_one_line(hello_dir: Path, capsys: pytest.CaptureFixture[str], value: str) -> None:
+    assert main(["serve", str(hello_dir), "--no-watch", "--workers", value]) == 2
+    err = _one_line_error(capsys)
+    assert err == f"edgeruntime: error: --workers: expected a whole number from 1 to 256, or auto, got {value!r}\n"
+
+
+def test_serve_bad_workers_in_config_names_the_file_and_key(
+    hello_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = hello_dir.parent / "config.toml"
+    config.write_text("[edge_runtime]\nworkers = 0\n")
+    assert main(["serve", str(hello_dir), "--no-watch"]) == 2
+    assert _one_line_error(capsys) == (
+        f"edgeruntime: error: {config}: [edge_runtime] workers: expected a whole number from 1 to 256, or auto, got 0\n"
+    )
+
+
+def test_serve_bad_workers_in_a_subprocess_exits_2_without_traceback(hello_dir: Path) -> None:
+    for value in ("0", "-1", "lots"):
+        result = run_cli("serve", str(hello_dir), "--no-watch", "--workers", value)
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr, result.stderr
+        assert "--workers" in result.stderr and value in result.stderr
+
+
+@pytest.mark.parametrize("value", ["x", "3", "3,", ",4", "0,1", "1,2"])
+def test_a_serving_process_refuses_descriptors_that_are_not_its_sockets(
+    hello_dir: Path, capsys: pytest.CaptureFixture[str], value: str
+) -> None:
+    # Run by hand (or given stdin and stdout), the internal option is one line and exit status 2.
+    assert main(["serve", str(hello_dir), "--no-watch", "--serving-process", value]) == 2
+    assert _one_line_error(capsys).startswith("edgeruntime: error: --serving-process: ")
+
+
 def test_bad_flag_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as info:
         main(["serve", "--port", "not-a-number"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -213,6 +214,13 @@ ERRORS = [
     ('[edge_runtime]\ncors_origins = ["null"]\n', ["[edge_runtime] cors_origins", "'null'"]),
     ('[edge_runtime]\ncors_origins = ["ftp://a.example"]\n', ["[edge_runtime] cors_origins", "'ftp://a.example'"]),
     ("[edge_runtime]\nmax_websocket_message_mb = 0\n", ["[edge_runtime] max_websocket_message_mb", "greater than 0"]),
+    ("[edge_runtime]\nworkers = 0\n", ["[edge_runtime] workers", "from 1 to 256, or auto, got 0"]),
+    ("[edge_runtime]\nworkers = -1\n", ["[edge_runtime] workers", "got -1"]),
+    ("[edge_runtime]\nworkers = 257\n", ["[edge_runtime] workers", "got 257"]),
+    ('[edge_runtime]\nworkers = "lots"\n', ["[edge_runtime] workers", "got 'lots'"]),
+    ('[edge_runtime]\nworkers = "4"\n', ["[edge_runtime] workers", "got '4'"]),
+    ("[edge_runtime]\nworkers = 1.5\n", ["[edge_runtime] workers", "got 1.5"]),
+    ("[edge_runtime]\nworkers = true\n", ["[edge_runtime] workers", "got true"]),
 ]
 
 
@@ -235,6 +243,27 @@ def test_keep_alive_timeout_defaults_to_the_servers_5_s_and_the_flag_wins_over_t
     assert Settings.build(hello_dir, keep_alive_timeout_sec=30).keep_alive_timeout_sec == 30
     with pytest.raises(ConfigError, match=r"^--keep-alive-timeout: expected a number of seconds greater than 0"):
         Settings.build(hello_dir, keep_alive_timeout_sec=0)
+
+
+def test_workers_default_to_one_and_the_flag_wins_over_the_config(
+    hello_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert Settings.build(hello_dir).serving_processes == 1
+    write_config(hello_dir.parent / "config.toml", "[edge_runtime]\nworkers = 3\n")
+    assert Settings.build(hello_dir).serving_processes == 3
+    assert Settings.build(hello_dir, workers="2").serving_processes == 2
+    assert Settings.build(hello_dir, workers=" 5 ").serving_processes == 5
+    # auto: the CPUs this process may run on (a container's cpuset, taskset), not the machine's.
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 2, 5}, raising=False)
+    assert Settings.build(hello_dir, workers="auto").serving_processes == 3
+    write_config(hello_dir.parent / "config.toml", '[edge_runtime]\nworkers = "auto"\n')
+    assert Settings.build(hello_dir).serving_processes == 3
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(1000)), raising=False)
+    assert Settings.build(hello_dir).serving_processes == 256
+    expected = "--workers: expected a whole number from 1 to 256, or auto, got "
+    for bad in ("0", "-1", "lots", "1.5", "+2", "257", "", "0x10", "1e3"):
+        with pytest.raises(ConfigError, match=f"^{re.escape(expected + repr(bad))}$"):
+            Settings.build(hello_dir, workers=bad)
 
 
 def test_missing_explicit_config_is_an_error(hello_dir: Path, tmp_path: Path) -> None:

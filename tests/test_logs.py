@@ -12,7 +12,14 @@ from collections.abc import Iterator
 
 import pytest
 
-from edgeruntime.core.logs import AccessLog, BufferedHandler, JSONFormatter, LogBuffer, TextFormatter
+from edgeruntime.core.logs import (
+    ATOMIC_WRITE_BYTES,
+    AccessLog,
+    BufferedHandler,
+    JSONFormatter,
+    LogBuffer,
+    TextFormatter,
+)
 
 # 2023-11-14 22:13:20.123 UTC, 03:43:20.123 the next day at UTC+5:30.
 WHEN = 1_700_000_000.1234
@@ -168,3 +175,40 @@ def test_a_line_that_cannot_be_formatted_is_reported_and_the_rest_are_written() 
     buffer.write("later")
     buffer.flush()
     assert stream.getvalue().splitlines()[-1] == "later"
+
+
+class _Writes(io.StringIO):
+    """Records each write between flushes: what one system call would carry."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pieces: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.pieces.append(text)
+        return super().write(text)
+
+
+def test_a_buffer_shared_with_other_processes_writes_whole_lines_of_at_most_pipe_buf() -> None:
+    """Serving processes share one output: each write is whole lines, small enough not to be interleaved."""
+    stream = _Writes()
+    buffer = LogBuffer(stream, interval=3600, shared=True)
+    lines = [f"line {i} " + "x" * (i % 300) for i in range(2000)] + ["é" * 3000, "y" * 10_000, "end"]
+    for line in lines:
+        buffer.write(line)
+    buffer.flush()
+    assert stream.getvalue() == "\n".join(lines) + "\n"
+    assert len(stream.pieces) > 1
+    for piece in stream.pieces:
+        assert piece.endswith("\n")
+        size = len(piece.encode())
+        assert size <= ATOMIC_WRITE_BYTES or piece.count("\n") == 1, (size, piece[:40])
+    # A line longer than that is written alone, whole.
+    assert "y" * 10_000 + "\n" in stream.pieces
+    # Not shared: one write for the lot, as before.
+    single = _Writes()
+    alone = LogBuffer(single, interval=3600)
+    for line in lines:
+        alone.write(line)
+    alone.flush()
+    assert single.pieces == ["\n".join(lines) + "\n"]

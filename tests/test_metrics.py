@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -14,8 +15,15 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from edgeruntime.core.background import BackgroundTask, TaskOutcome
-from edgeruntime.dashboard.metrics import DURATION_BUCKETS_SEC, UNKNOWN_FUNCTION, Metrics
+from edgeruntime.dashboard.metrics import (
+    DURATION_BUCKETS_SEC,
+    UNKNOWN_FUNCTION,
+    Metrics,
+    merge_snapshots,
+    valid_snapshot,
+)
 from edgeruntime.gateway.extensions import Invocation
+from edgeruntime.jobs.store import QueueStats
 from edgeruntime.testing import EdgeClient
 from tests.helpers import write_function
 
@@ -278,3 +286,97 @@ def test_values_with_the_same_labels_count_in_one_series() -> None:
     )
     assert got[("edgeruntime_requests_total", (("function", "a"), ("status", "200"), ("trigger", "http")))] == 2
     assert got[("edgeruntime_request_duration_seconds_sum", (("function", "a"),))] == pytest.approx(0.002)
+
+
+# -- several serving processes (--workers N) ---------------------------------------------------
+
+
+def _feed(metrics: Metrics, records: list[Invocation], tasks: list[BackgroundTask]) -> None:
+    for record in records:
+        metrics.invocation(record)
+    for t in tasks:
+        metrics.background_task(t)
+
+
+def test_the_gathered_exposition_is_what_one_process_seeing_everything_writes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two serving processes' snapshots, summed: the same samples as one Metrics that saw it all."""
+    monkeypatch.setattr(time, "time", lambda: 1_700_000_000.25)
+    served = {"a", "b"}
+    first, second, everything = Metrics(served), Metrics(served), Metrics(served)
+    one = [invocation("a", ms) for ms in EDGE_DURATIONS_MS] + [invocation("b", 3.3, 500, "cron")]
+    two = [invocation("a", 7.7, trigger="queue"), invocation("b", 12_345.6), invocation("nope", 0.3, 404)]
+    two += [invocation("a", 1.0) for _ in range(5)]
+    one_tasks = [task("a", TaskOutcome.COMPLETED), task("a", TaskOutcome.CUT, "wall_clock")]
+    two_tasks = [task("a", TaskOutcome.COMPLETED), task("b", TaskOutcome.CUT, "early_drop")]
+    _feed(first, one, one_tasks)
+    _feed(second, two, two_tasks)
+    _feed(everything, one + two, one_tasks + two_tasks)
+    for metrics in (first, everything):
+        metrics.worker_ended("a", "WallClockTime")
+    for metrics in (second, everything):
+        metrics.worker_retired("b", "cpu")
+    # The snapshots travel as JSON between processes.
+    snapshots = [json.loads(json.dumps(m.snapshot())) for m in (first, second)]
+    assert all(valid_snapshot(s) for s in snapshots)
+    gathered = first.render_gathered(snapshots).decode()
+    # (Sums of durations added in another order may differ in the last bit.)
+    assert samples(gathered) == pytest.approx(samples(everything.render().decode()), rel=1e-12)
+    assert "# TYPE edgeruntime_queue_depth gauge" in gathered
+
+
+def test_gathered_created_series_keep_the_earliest_time_and_gauges_are_this_processs() -> None:
+    early, late = Metrics({"a"}), Metrics({"a"})
+    early.invocation(invocation("a", 1.0))
+    time.sleep(0.01)
+    late.invocation(invocation("a", 1.0))
+    late.queue(QueueStats({"queued": 7}, None, ()), time.time())
+    early.queue(QueueStats({"queued": 99}, None, ()), time.time())
+    got = samples(late.render_gathered([early.snapshot(), late.snapshot()]).decode())
+    key = ("edgeruntime_requests_created", (("function", "a"), ("status", "200"), ("trigger", "http")))
+    assert got[key] == samples(early.render().decode())[key] < samples(late.render().decode())[key]
+    assert got[("edgeruntime_requests_total", key[1])] == 2
+    # The queue is read from the store by the process that answers the scrape, never added up.
+    assert got[("edgeruntime_queue_depth", ())] == 7
+
+
+def test_merging_adds_snapshots_up_and_keeps_them_unchanged() -> None:
+    a = [{"name": "c", "type": "counter", "help": "h", "samples": [["c_total", {"x": "1"}, 2.0]]}]
+    b = [
+        {
+            "name": "c",
+            "type": "counter",
+            "help": "h",
+            "samples": [["c_total", {"x": "1"}, 3.0], ["c_total", {"x": "2"}, 1.0]],
+        }
+    ]
+    merged = merge_snapshots([a, b, []])
+    assert merged == [
+        {
+            "name": "c",
+            "type": "counter",
+            "help": "h",
+            "samples": [["c_total", {"x": "1"}, 5.0], ["c_total", {"x": "2"}, 1.0]],
+        }
+    ]
+    assert a[0]["samples"] == [["c_total", {"x": "1"}, 2.0]]  # not modified
+    assert merge_snapshots([merged, merged])[0]["samples"][0][2] == 10.0
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        None,
+        {},
+        [1],
+        [{"name": "c", "type": "gauge", "help": "h", "samples": []}],
+        [{"name": "c", "type": "counter", "help": "h", "samples": [["c_total", {"x": 1}, 2.0]]}],
+        [{"name": "c", "type": "counter", "help": "h", "samples": [["c_total", {}, "2"]]}],
+        [{"name": "c", "type": "counter", "help": "h", "samples": [["c_total", {}, True]]}],
+        [{"name": "c", "type": "counter", "help": "h", "samples": [["c_total", {}]]}],
+        [{"name": 3, "type": "counter", "help": "h", "samples": []}],
+    ],
+)
+def test_a_malformed_snapshot_is_refused(data: Any) -> None:
+    assert not valid_snapshot(data)

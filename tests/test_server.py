@@ -119,3 +119,33 @@ def test_connections_accepted_on_the_serving_loop_write_through_a_batched_transp
 
     with asyncio.Runner(loop_factory=server._loop_factory(server_kind)) as runner:
         assert runner.run(exchange()) == b"echo:hi"
+
+
+def test_server_auto_is_uvicorn_with_uvloop_and_httptools_else_hypercorn(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    assert server.resolve_server("auto") == "uvicorn"  # all three come with edgeruntime
+    assert (server.resolve_server("hypercorn"), server.resolve_server("uvicorn")) == ("hypercorn", "uvicorn")
+    with pytest.raises(UsageError, match=r"^--server: expected one of auto, uvicorn, hypercorn, got 'gunicorn'$"):
+        server.resolve_server("gunicorn")
+    real = importlib.util.find_spec
+    for missing in server.FAST_SERVER_MODULES:
+        monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a, m=missing: None if name == m else real(name))
+        assert server.missing_fast_server() == [missing]
+        assert server.resolve_server("auto") == "hypercorn"
+
+
+def test_the_shared_listening_socket_is_one_line_when_it_cannot_be_bound() -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(UsageError, match=rf"^port {port} on 127.0.0.1 is already in use$"):
+            server.listening_socket("127.0.0.1", port)
+    with server.listening_socket("127.0.0.1", 0) as sock:
+        import os
+
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN) == 1
+        assert not os.get_inheritable(sock.fileno())  # passed on only to the serving processes, explicitly

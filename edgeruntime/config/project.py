@@ -34,6 +34,7 @@ __all__ = [
     "find_config",
     "load_config",
     "parse_uid_range",
+    "parse_workers",
 ]
 
 logger = logging.getLogger("edgeruntime")
@@ -68,6 +69,11 @@ CRON_OVERLAP = ("skip", "allow")
 DEFAULT_KEEP_ALIVE_TIMEOUT_SEC = 5.0
 #: The longest keep-alive accepted: an idle connection holds a descriptor all that time.
 MAX_KEEP_ALIVE_TIMEOUT_SEC = 3600.0
+#: The most serving processes `--workers` / `[edge_runtime] workers` accepts: each is a whole
+#: Python process (tens of MB), and a typo of a few zeros should not start thousands of them.
+MAX_SERVING_PROCESSES = 256
+#: `[edge_runtime] workers` / `--workers`: how many serving processes, or "auto" (one per usable CPU).
+Workers = int | Literal["auto"]
 #: What wraps each worker process under process isolation (see :mod:`edgeruntime.workers.process.sandbox`).
 SandboxMode = Literal["auto", "bwrap", "uid", "basic", "none"]
 SANDBOX_MODES: tuple[SandboxMode, ...] = ("auto", "bwrap", "uid", "basic", "none")
@@ -143,6 +149,8 @@ class ProjectConfig:
     #: `[edge_runtime] cors_origins`: the origins the runtime's own responses to function routes
     #: allow ("*": any; normalized origins; empty: no CORS headers).
     cors_origins: tuple[str, ...] = ("*",)
+    #: `[edge_runtime] workers`: serving processes behind the one listening socket, or "auto".
+    workers: Workers = 1
 
     def function(self, name: str) -> FunctionConfig:
         return self.functions.get(name) or FunctionConfig()
@@ -160,6 +168,24 @@ def keep_alive_problem(value: object) -> str | None:
         shown = _kind(value) if not isinstance(value, float) else f"{value:g}"
         return f"expected a number of seconds greater than 0 and at most {MAX_KEEP_ALIVE_TIMEOUT_SEC:g}, got {shown}"
     return None
+
+
+def parse_workers(value: object, *, text: bool = False) -> Workers:
+    """`[edge_runtime] workers` (an integer or "auto") → a count or "auto"; with `text`, the
+    `--workers` flag's string ("4", "auto").
+
+    ValueError says what is wrong: anything but a whole number from 1 to MAX_SERVING_PROCESSES
+    or "auto" (in config.toml a number in quotes too: the file says `workers = 4`).
+    """
+    expected = f"expected a whole number from 1 to {MAX_SERVING_PROCESSES}, or auto"
+    if value == "auto":
+        return "auto"
+    count: object = value
+    if text and isinstance(value, str) and re.fullmatch(r"[0-9]{1,6}", value.strip()):
+        count = int(value)
+    if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_SERVING_PROCESSES:
+        raise ValueError(f"{expected}, got {_kind(value)}")
+    return count
 
 
 def parse_uid_range(value: Any) -> tuple[int, int]:
@@ -357,6 +383,7 @@ def load_config(path: Path | None, environ: Mapping[str, str] | None = None, *, 
         "worker_uid_range",
         "inspector_port",
         "cors_origins",
+        "workers",
         *LIMIT_KEYS,
     }
     r.check_keys(er, "edge_runtime", own_er | FOREIGN_EDGE_RUNTIME_KEYS)
@@ -383,6 +410,10 @@ def load_config(path: Path | None, environ: Mapping[str, str] | None = None, *, 
     inspector_port = er.get("inspector_port", DEFAULT_INSPECTOR_PORT)
     if isinstance(inspector_port, bool) or not isinstance(inspector_port, int) or not 0 < inspector_port < 65536:
         raise r.error("[edge_runtime] inspector_port", f"expected a TCP port (1-65535), got {inspector_port!r}")
+    try:
+        workers = parse_workers(er.get("workers", 1))
+    except ValueError as exc:
+        raise r.error("[edge_runtime] workers", str(exc)) from None
 
     secrets: dict[str, str] = {}
     for key, value in r.table(er.get("secrets", {}), "[edge_runtime.secrets]").items():
@@ -465,4 +496,5 @@ def load_config(path: Path | None, environ: Mapping[str, str] | None = None, *, 
         worker_uid_range=uid_range,
         signing_keys_path=keys_file,
         cors_origins=_cors_origins(r, er),
+        workers=workers,
     )

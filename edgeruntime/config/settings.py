@@ -17,18 +17,29 @@ from edgeruntime.config.env import build_env, withheld_environ
 from edgeruntime.config.keys import Keys, demo_keys
 from edgeruntime.config.project import (
     DEFAULT_KEEP_ALIVE_TIMEOUT_SEC,
+    MAX_SERVING_PROCESSES,
     SANDBOX_MODES,
     ProjectConfig,
     SandboxMode,
+    Workers,
     find_config,
     keep_alive_problem,
     load_config,
+    parse_workers,
 )
 from edgeruntime.exceptions import ConfigError
 from edgeruntime.functions.discovery import check_functions_dir
 from edgeruntime.limits import FREE_TIER, LIMIT_KEYS, PRO_TIER, Isolation, Limits, Policy
 
-__all__ = ["DEFAULT_HOST", "DEFAULT_KEEP_ALIVE_TIMEOUT_SEC", "DEFAULT_PORT", "Settings", "parse_limit_options"]
+__all__ = [
+    "DEFAULT_HOST",
+    "DEFAULT_KEEP_ALIVE_TIMEOUT_SEC",
+    "DEFAULT_PORT",
+    "Settings",
+    "parse_limit_options",
+    "serving_processes",
+    "usable_cpus",
+]
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 54321
@@ -62,7 +73,10 @@ class Settings:
     database_url: str | None = None
     #: Where `database_url` came from, for error messages: "--database-url" or "EDGERUNTIME_DATABASE_URL".
     database_url_source: str = "--database-url"
-    server: str = "hypercorn"
+    #: The HTTP server: "uvicorn" or "hypercorn" ("auto" until `edgeruntime serve` resolves it).
+    server: str = "auto"
+    #: Serving processes behind the listening socket (`--workers`, `[edge_runtime] workers`).
+    serving_processes: int = 1
     #: What wraps each worker process under process isolation (resolved by
     #: :func:`edgeruntime.workers.process.sandbox.sandbox_for`).
     sandbox: SandboxMode = "auto"
@@ -120,6 +134,7 @@ class Settings:
         warn_env: bool = True,
         keep_alive_timeout_sec: float | None = None,
         sandbox: str | None = None,
+        workers: str | None = None,
         **options: Any,
     ) -> Settings:
         """Resolve settings the way `edgeruntime serve` does; flags win over config.toml.
@@ -127,7 +142,8 @@ class Settings:
         `limits` replaces the limits (a Limits) or overrides some of them (a mapping of limit keys).
         `warn_env=False` leaves out the warnings about the functions' env (dropped `SUPABASE_*`
         names, unset secrets), for commands that only read the keys or the function list.
-        `keep_alive_timeout_sec` (the `--keep-alive-timeout` flag) overrides the config's.
+        `keep_alive_timeout_sec` (the `--keep-alive-timeout` flag) overrides the config's, and
+        `workers` (the `--workers` flag: a number or "auto") the config's `workers`.
         """
         environ = os.environ if environ is None else environ
         directory = check_functions_dir(Path(functions_dir))
@@ -151,6 +167,13 @@ class Settings:
             problem = keep_alive_problem(keep_alive_timeout_sec)
             if problem is not None:
                 raise ConfigError(f"--keep-alive-timeout: {problem}")
+        if workers is None:
+            count = serving_processes(config.workers)
+        else:
+            try:
+                count = serving_processes(parse_workers(workers, text=True))
+            except ValueError as exc:
+                raise ConfigError(f"--workers: {exc}") from None
         if sandbox is not None and sandbox not in SANDBOX_MODES:
             raise ConfigError(f"--sandbox: expected one of {', '.join(SANDBOX_MODES)}, got {sandbox!r}")
         keys = demo_keys(config.jwt_secret, config.signing_keys)
@@ -170,6 +193,7 @@ class Settings:
             keep_alive_timeout_sec=keep_alive_timeout_sec,
             sandbox=sandbox or config.sandbox,
             sandbox_flag=sandbox is not None,
+            serving_processes=count,
             **options,
         )
         layers: dict[str, Any] = {
@@ -190,6 +214,22 @@ class Settings:
         # Keys handed out must be the ones accepted: an env that sets its own keys wins.
         object.__setattr__(settings, "keys", keys.overridden_by(env))
         return settings
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on: its affinity (a container's cpuset, `taskset`) where the
+    OS has one, else every CPU of the machine."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 1
+
+
+def serving_processes(workers: Workers) -> int:
+    """How many serving processes `workers` means: "auto" is one per usable CPU (at most MAX_SERVING_PROCESSES)."""
+    if workers == "auto":
+        return min(usable_cpus(), MAX_SERVING_PROCESSES)
+    return workers
 
 
 def parse_limit_options(options: Iterable[str]) -> dict[str, float]:

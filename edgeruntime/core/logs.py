@@ -161,9 +161,11 @@ class LogBuffer:
     a tuple whose first item formats it (see `write`): the writer formats it when it writes.
     """
 
-    def __init__(self, stream: TextIO, interval: float = 0.05) -> None:
+    def __init__(self, stream: TextIO, interval: float = 0.05, *, shared: bool = False) -> None:
         self.stream = stream
         self.interval = interval
+        #: Other processes write to the same stream (`--workers N`): see `_write`.
+        self.shared = shared
         # A deque, not a list under a lock: append and popleft are atomic, so the event loop
         # never waits for the writer thread (nor takes a lock) to log a line.
         self._lines: collections.deque[str | tuple[Any, ...]] = collections.deque()
@@ -187,10 +189,41 @@ class LogBuffer:
             if taken:
                 text = "\n".join([_format(line) for line in taken])
                 try:
-                    self.stream.write(text + "\n")
-                    self.stream.flush()
+                    if self.shared:
+                        self._write_whole_lines(text + "\n")
+                    else:
+                        self.stream.write(text + "\n")
+                        self.stream.flush()
                 except (OSError, ValueError):  # the stream went away at exit
                     pass
+
+    def _write_whole_lines(self, text: str) -> None:
+        """Write `text` in pieces of whole lines of at most ATOMIC_WRITE_BYTES, each flushed alone.
+
+        Serving processes share their output (a pipe to the journal or a container's log): a
+        write of at most PIPE_BUF bytes to a pipe is never interleaved with another process's,
+        so no line is cut by another's. (A single line longer than that is written alone.)
+        """
+        start, size = 0, len(text)
+        while start < size:
+            end = self._piece_end(text, start, ATOMIC_WRITE_BYTES)
+            if len(text[start:end].encode("utf-8", "replace")) > ATOMIC_WRITE_BYTES:  # multi-byte characters
+                end = self._piece_end(text, start, ATOMIC_WRITE_BYTES // 4)
+            self.stream.write(text[start:end])
+            self.stream.flush()
+            start = end
+
+    @staticmethod
+    def _piece_end(text: str, start: int, chars: int) -> int:
+        """Where the piece of whole lines from `start`, at most `chars` long, ends (past its last
+        newline); a line longer than that is a piece of its own."""
+        end = start + chars
+        if end >= len(text):
+            return len(text)
+        cut = text.rfind("\n", start, end)
+        if cut >= start:
+            return cut + 1
+        return text.find("\n", end) + 1 or len(text)
 
     def _run(self) -> None:
         while True:
@@ -208,6 +241,10 @@ def _format(line: str | tuple[Any, ...]) -> str:
     except Exception as exc:
         return f"(a log line could not be formatted: {exc!r}: {line[1:]!r})"
     return text
+
+
+#: The largest write a pipe never interleaves with others' (POSIX PIPE_BUF, 4096 on Linux).
+ATOMIC_WRITE_BYTES = 4096
 
 
 class BufferedHandler(logging.Handler):
@@ -296,14 +333,17 @@ class AccessLog:
         )
 
 
-def configure_logging(log_format: str = "text", level: int = logging.INFO, capture_output: bool = True) -> LogBuffer:
+def configure_logging(
+    log_format: str = "text", level: int = logging.INFO, capture_output: bool = True, *, shared: bool = False
+) -> LogBuffer:
     """Set up the `edgeruntime` loggers for a server process; returns the buffer they write to.
 
     With ``log_format="json"`` every line the process writes is a JSON object: other libraries'
     loggers (watchfiles, hypercorn, uvicorn, asyncio; warnings and above), `warnings`, uncaught
-    exceptions and anything printed outside a request go through the same handler.
+    exceptions and anything printed outside a request go through the same handler. `shared`:
+    other processes write to the same output (`--workers N`), so lines are written whole.
     """
-    buffer = LogBuffer(sys.__stderr__ or sys.stderr)
+    buffer = LogBuffer(sys.__stderr__ or sys.stderr, shared=shared)
     handler = BufferedHandler(buffer)
     handler.setFormatter(JSONFormatter() if log_format == "json" else TextFormatter())
     handler.addFilter(ContextFilter())

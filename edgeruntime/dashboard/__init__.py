@@ -6,6 +6,11 @@ on the app; the metrics observe every invocation, background task and worker, an
 scheduler's ticks. ``attach(app, jobs)`` registers both.
 The page is one HTML, one JS and one CSS file served from the package: no build step, no CDN.
 
+Under ``--workers N`` a request reaches one serving process; the metrics and the functions' workers
+(in-flight requests, pending background work) are then gathered from all of them through
+`siblings`, a callback the serving layer sets (see :mod:`edgeruntime.serving.control`). Runs,
+cron ticks and jobs are in the store every serving process shares.
+
 Access: on a loopback host everything is open to requests whose ``Host`` names loopback (or a name
 of ``[dashboard] allowed_hosts``), else 403; on any other host the dashboard, its API and the
 metrics need the service-role key, else 401 (see :mod:`edgeruntime.dashboard.access`).
@@ -17,7 +22,8 @@ import asyncio
 import contextlib
 import functools
 import logging
-from collections.abc import Coroutine, Mapping
+import os
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import TYPE_CHECKING, Any
 
 from starlette.exceptions import HTTPException
@@ -36,7 +42,7 @@ from edgeruntime.dashboard.access import (
     is_service_role,
 )
 from edgeruntime.dashboard.metrics import CONTENT_TYPE, Metrics
-from edgeruntime.exceptions import DuplicateHeader
+from edgeruntime.exceptions import DuplicateHeader, SiblingsUnavailable
 from edgeruntime.gateway.extensions import Extension
 
 if TYPE_CHECKING:
@@ -47,7 +53,7 @@ if TYPE_CHECKING:
     from edgeruntime.gateway.extensions import Invocation
     from edgeruntime.jobs.system import JobSystem
 
-__all__ = ["DASHBOARD_PATH", "METRICS_PATH", "Dashboard", "attach"]
+__all__ = ["DASHBOARD_PATH", "METRICS_PATH", "Dashboard", "Siblings", "attach"]
 
 logger = logging.getLogger("edgeruntime.dashboard")
 
@@ -66,6 +72,11 @@ PAGE_HEADERS = {
     "x-frame-options": "DENY",
     "content-security-policy": "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'",
 }
+
+
+#: Asks every serving process (this one included) for what it holds ("metrics", "functions") and
+#: returns their answers; raises SiblingsUnavailable when not all of them answered.
+Siblings = Callable[[str], Awaitable[list[Any]]]
 
 
 @functools.cache  # read once: a server out of file descriptors still serves its dashboard
@@ -87,6 +98,8 @@ class Dashboard(Extension):
         #: Names besides loopback ones under which the open dashboard is served.
         self.allowed_hosts = [HostRule.parse(h) for h in app.settings.config.dashboard.allowed_hosts]
         self.refusals = RefusalLog()
+        #: Set when this is one serving process of several (`--workers N`).
+        self.siblings: Siblings | None = None
 
     def mounts(self) -> Mapping[str, ASGIApp]:
         return {DASHBOARD_PATH: self, METRICS_PATH: self}
@@ -207,12 +220,29 @@ class Dashboard(Extension):
         return Response(_static(name), media_type=STATIC_FILES[name], headers=PAGE_HEADERS)
 
     async def _metrics(self, request: Request) -> Response:
+        gathered = None
+        if self.siblings is not None:
+            try:
+                gathered = await self.siblings("metrics")
+            except SiblingsUnavailable as exc:
+                # Some processes' counts only would look like counters going back: no answer is better.
+                logger.warning("metrics: %s", exc)
+                return Response(f"metrics: {exc}\n", status_code=503, media_type="text/plain")
         if self.jobs is not None:
             try:
                 self.metrics.queue(await self.jobs.store.queue_stats(limit=0), self.jobs.clock.now())
             except Exception:  # a scrape still answers when the store is away
                 logger.exception("metrics: reading the queue failed")
-        return Response(self.metrics.render(), media_type=CONTENT_TYPE)
+        body = self.metrics.render() if gathered is None else self.metrics.render_gathered(gathered)
+        return Response(body, media_type=CONTENT_TYPE)
+
+    def process_state(self) -> dict[str, Any]:
+        """What this process holds of each function (boot, workers with their in-flight requests
+        and pending background work, last invocation), as plain data: one serving process's part
+        of the dashboard's functions table."""
+        from edgeruntime.dashboard import api
+
+        return {"pid": os.getpid(), "functions": api.function_states(self)}
 
 
 def attach(app: EdgeApp, jobs: JobSystem | None = None) -> Dashboard:

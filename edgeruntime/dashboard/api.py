@@ -18,7 +18,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from edgeruntime.dashboard.schedule_text import describe_schedule
-from edgeruntime.exceptions import DashboardError, JobsError
+from edgeruntime.exceptions import DashboardError, JobsError, SiblingsUnavailable
 from edgeruntime.functions.discovery import discover
 from edgeruntime.jobs.store import FailedJob, Job, Run
 
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from edgeruntime.dashboard import Dashboard
     from edgeruntime.jobs.system import JobSystem
 
-__all__ = ["MAX_LIMIT", "http_error", "routes"]
+__all__ = ["MAX_LIMIT", "function_states", "http_error", "routes"]
 
 logger = logging.getLogger("edgeruntime.dashboard")
 
@@ -102,35 +102,22 @@ class Api:
     # -- functions -------------------------------------------------------------------------
 
     async def functions(self, request: Request) -> Response:
-        app = self.dashboard.app
-        settings = app.settings
+        """Every function with its config and, from every serving process, its boot state, its
+        workers (in flight, background pending) and its last invocation."""
+        dashboard = self.dashboard
+        settings = dashboard.app.settings
+        states: list[Any] = [dashboard.process_state()]
+        gather_error = None
+        if dashboard.siblings is not None:
+            try:
+                states = await dashboard.siblings("functions")
+            except SiblingsUnavailable as exc:  # this process's part, and why it is only that
+                gather_error = str(exc)
+        states = [s for s in states if _valid_state(s)]
         out = []
         for name, _spec in sorted(discover(settings.functions_dir).items()):
             config = settings.config.function(name)
-            supervisor = app.functions.get(name)
-            boot: dict[str, Any] = {"status": "disabled", "boots": 0, "error": None}
-            workers: list[dict[str, Any]] = []
-            if supervisor is not None:
-                if supervisor.boot_error is not None:
-                    status = "error"
-                elif supervisor.worker is not None:
-                    status = "booted"
-                else:
-                    status = "not_booted"
-                boot = {"status": status, "boots": supervisor.boots, "error": supervisor.boot_error}
-                source = supervisor.source_error
-                if source is not None:  # a syntax error, found by compiling the function's files
-                    boot["source_error"] = {"file": str(source.path), "line": source.line, "message": source.message}
-                workers = [
-                    {
-                        "id": w.id,
-                        "status": str(w.status),
-                        "in_flight": w.in_flight,
-                        "background_pending": len(w.pending_background()),
-                    }
-                    for w in supervisor.workers
-                ]
-            last = self.dashboard.last_invocations.get(name)
+            parts = [(state["pid"], state["functions"][name]) for state in states if name in state["functions"]]
             out.append(
                 {
                     "name": name,
@@ -140,22 +127,18 @@ class Api:
                     "verify_jwt": settings.verify_jwt(name),
                     "description": config.description,
                     "limits": asdict(settings.limits_for(name)),
-                    "boot": boot,
-                    "workers": workers,
-                    "last_invocation": None
-                    if last is None
-                    else {
-                        "at": last.started_at,
-                        "status": last.status,
-                        "duration_ms": last.duration_ms,
-                        "trigger": last.trigger,
-                        "execution_id": last.execution_id,
-                        "error": last.error,
-                    },
+                    **_merged_state(parts),
                 }
             )
         return JSONResponse(
-            {"functions": out, "policy": settings.policy, "isolation": settings.isolation, "now": time.time()}
+            {
+                "functions": out,
+                "policy": settings.policy,
+                "isolation": settings.isolation,
+                "processes": sorted(state["pid"] for state in states),
+                "processes_error": gather_error,
+                "now": time.time(),
+            }
         )
 
     # -- cron ------------------------------------------------------------------------------
@@ -327,6 +310,89 @@ class Api:
         if not await self.jobs.store.delete_failed(failed_id):
             raise DashboardError(404, f"no failed job {failed_id}")
         return JSONResponse({"deleted": failed_id})
+
+
+def function_states(dashboard: Dashboard) -> dict[str, dict[str, Any]]:
+    """What this serving process holds of each function it serves: boot, workers, last invocation."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, supervisor in dashboard.app.functions.items():
+        if supervisor.boot_error is not None:
+            status = "error"
+        elif supervisor.worker is not None:
+            status = "booted"
+        else:
+            status = "not_booted"
+        last = dashboard.last_invocations.get(name)
+        boot: dict[str, Any] = {"status": status, "boots": supervisor.boots, "error": supervisor.boot_error}
+        source = supervisor.source_error
+        if source is not None:  # a syntax error, found by compiling the function's files
+            boot["source_error"] = {"file": str(source.path), "line": source.line, "message": source.message}
+        out[name] = {
+            "boot": boot,
+            "workers": [
+                {
+                    "id": w.id,
+                    "status": str(w.status),
+                    "in_flight": w.in_flight,
+                    "background_pending": len(w.pending_background()),
+                }
+                for w in supervisor.workers
+            ],
+            "last_invocation": None
+            if last is None
+            else {
+                "at": last.started_at,
+                "status": last.status,
+                "duration_ms": last.duration_ms,
+                "trigger": last.trigger,
+                "execution_id": last.execution_id,
+                "error": last.error,
+            },
+        }
+    return out
+
+
+def _valid_state(state: Any) -> bool:
+    """Whether `state` has the shape `Dashboard.process_state` gives (it may come from another process)."""
+    if not isinstance(state, dict) or not isinstance(state.get("pid"), int):
+        return False
+    functions = state.get("functions")
+    return isinstance(functions, dict) and all(
+        isinstance(part, dict)
+        and isinstance(part.get("boot"), dict)
+        and isinstance(part.get("workers"), list)
+        and all(isinstance(w, dict) for w in part["workers"])
+        and (part.get("last_invocation") is None or isinstance(part["last_invocation"], dict))
+        for part in functions.values()
+    )
+
+
+#: Which boot status a function shows when serving processes differ: the first of these any has.
+_BOOT_PRECEDENCE = ("error", "booted", "not_booted")
+
+
+def _merged_state(parts: Sequence[tuple[int, dict[str, Any]]]) -> dict[str, Any]:
+    """One function's boot, workers and last invocation over the serving processes' `parts`
+    (pid, state): workers listed with their process, boots added up, the latest invocation."""
+    if not parts:
+        return {"boot": {"status": "disabled", "boots": 0, "error": None}, "workers": [], "last_invocation": None}
+    statuses = {part["boot"].get("status") for _, part in parts}
+    status = next((s for s in _BOOT_PRECEDENCE if s in statuses), "not_booted")
+    errors = [part["boot"].get("error") for _, part in parts if part["boot"].get("error")]
+    lasts = [part["last_invocation"] for _, part in parts if part.get("last_invocation")]
+    sources = [part["boot"]["source_error"] for _, part in parts if part["boot"].get("source_error")]
+    boot: dict[str, Any] = {
+        "status": status,
+        "boots": sum(part["boot"].get("boots") or 0 for _, part in parts),
+        "error": errors[0] if errors else None,
+    }
+    if sources:
+        boot["source_error"] = sources[0]
+    return {
+        "boot": boot,
+        "workers": [{**worker, "process": pid} for pid, part in parts for worker in part["workers"]],
+        "last_invocation": max(lasts, key=lambda last: last.get("at") or 0) if lasts else None,
+    }
 
 
 def _guard(endpoint: Endpoint) -> Endpoint:

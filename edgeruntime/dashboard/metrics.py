@@ -11,14 +11,19 @@ they only add to plain counters in dicts (one small list per label set); a colle
 into Prometheus metric families when scraped, and prometheus_client writes the text format. Both
 run on the event loop thread, as do scrapes, so the counters need no lock. The rarer events
 (workers, cron ticks, the queue gauges) use prometheus_client's own metrics.
+
+Under ``--workers N`` each serving process counts its own; a scrape reaches one of them, which
+asks every other for a :meth:`Metrics.snapshot` (its counters and histograms as plain data,
+through the supervisor) and renders their sum with :meth:`Metrics.render_gathered`, so a scrape
+never sees one process's counters. The queue gauges are read from the store, once.
 """
 
 from __future__ import annotations
 
 import time
 from bisect import bisect_left
-from collections.abc import Container, Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Container, Iterable, Iterator
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, metrics as prometheus_metrics
 from prometheus_client.exposition import generate_latest
@@ -34,7 +39,7 @@ if TYPE_CHECKING:
     from edgeruntime.jobs.scheduler import CronRun
     from edgeruntime.jobs.store import QueueStats
 
-__all__ = ["CONTENT_TYPE", "DURATION_BUCKETS_SEC", "UNKNOWN_FUNCTION", "Metrics"]
+__all__ = ["CONTENT_TYPE", "DURATION_BUCKETS_SEC", "UNKNOWN_FUNCTION", "Metrics", "merge_snapshots", "valid_snapshot"]
 
 #: The classic text format every Prometheus version scrapes (the metric names need no escaping).
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -231,6 +236,102 @@ class Metrics(Extension):
         """The Prometheus text exposition of every metric."""
         data: bytes = generate_latest(self.registry)
         return data
+
+    # -- several serving processes -------------------------------------------------------------
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        """This process's counters and histograms as plain data (JSON), for another to add up.
+
+        One entry per metric family: ``{"name", "type", "help", "samples": [[name, labels, value], ...]}``.
+        The gauges are left out: they say what the store holds, not what a process counted.
+        """
+        return [
+            {
+                "name": family.name,
+                "type": family.type,
+                "help": family.documentation,
+                "samples": [[sample.name, sample.labels, sample.value] for sample in family.samples],
+            }
+            for family in self.registry.collect()
+            if family.type in _SUMMED_TYPES
+        ]
+
+    def render_gathered(self, snapshots: Iterable[list[dict[str, Any]]]) -> bytes:
+        """The exposition of the sum of `snapshots` (every serving process's, this one's included),
+        with this process's gauges (the queue as the store holds it)."""
+        merged = merge_snapshots(snapshots)
+        registry = self.registry
+
+        class Gathered:
+            def collect(self) -> Iterator[Metric]:
+                for entry in merged:
+                    family = Metric(entry["name"], entry["help"], entry["type"])
+                    for name, labels, value in entry["samples"]:
+                        family.add_sample(name, labels, value)
+                    yield family
+                for family in registry.collect():
+                    if family.type not in _SUMMED_TYPES:
+                        yield family
+
+        data: bytes = generate_latest(Gathered())
+        return data
+
+
+#: The metric types whose samples add up across serving processes.
+_SUMMED_TYPES = frozenset({"counter", "histogram"})
+
+
+def valid_snapshot(data: object) -> bool:
+    """Whether `data` has the shape of a :meth:`Metrics.snapshot` (as it arrives from another process)."""
+    if not isinstance(data, list):
+        return False
+    for family in data:
+        if not (
+            isinstance(family, dict)
+            and isinstance(family.get("name"), str)
+            and family.get("type") in _SUMMED_TYPES
+            and isinstance(family.get("help"), str)
+            and isinstance(family.get("samples"), list)
+        ):
+            return False
+        for sample in family["samples"]:
+            if not (
+                isinstance(sample, list)
+                and len(sample) == 3
+                and isinstance(sample[0], str)
+                and isinstance(sample[1], dict)
+                and all(isinstance(k, str) and isinstance(v, str) for k, v in sample[1].items())
+                and isinstance(sample[2], int | float)
+                and not isinstance(sample[2], bool)
+            ):
+                return False
+    return True
+
+
+def merge_snapshots(snapshots: Iterable[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """One snapshot holding the sum of `snapshots`: samples with the same name and labels add up,
+    except the `_created` ones, which keep the earliest time. Families and samples keep the order
+    in which they first appear."""
+    families: dict[str, dict[str, Any]] = {}
+    #: family → (sample name, sorted labels) → [sample name, labels as first seen, value]
+    samples: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], list[Any]]] = {}
+    for snapshot in snapshots:
+        for family in snapshot:
+            name = family["name"]
+            if name not in families:
+                families[name] = {"name": name, "type": family["type"], "help": family["help"]}
+                samples[name] = {}
+            seen = samples[name]
+            for sample_name, labels, value in family["samples"]:
+                key = (sample_name, tuple(sorted(labels.items())))
+                entry = seen.get(key)
+                if entry is None:
+                    seen[key] = [sample_name, labels, value]
+                elif sample_name.endswith("_created"):
+                    entry[2] = min(entry[2], value)
+                else:
+                    entry[2] += value
+    return [{**family, "samples": list(samples[name].values())} for name, family in families.items()]
 
 
 def _created_series_enabled() -> bool:

@@ -9,14 +9,19 @@ import gc
 import json
 import logging
 import os
+import signal
+import socket
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from edgeruntime import __version__
 from edgeruntime.config.settings import DEFAULT_HOST, DEFAULT_PORT, Settings, parse_limit_options
 from edgeruntime.exceptions import EdgeRuntimeError, UsageError
+
+if TYPE_CHECKING:
+    from edgeruntime.serving.build import BuiltApp
 
 __all__ = ["main"]
 
@@ -74,7 +79,21 @@ def _add_serve(sub: Any) -> None:
         metavar="SECONDS",
         help="close an idle connection after this long (default 5, or [edge_runtime] keep_alive_timeout_sec)",
     )
-    serve.add_argument("--server", choices=("hypercorn", "uvicorn"), default="hypercorn")
+    serve.add_argument(
+        "--server",
+        choices=("auto", "uvicorn", "hypercorn"),
+        default="auto",
+        help="auto (default): uvicorn with uvloop and httptools when installed, else hypercorn",
+    )
+    serve.add_argument(
+        "--workers",
+        metavar="N",
+        default=None,
+        help="serving processes behind the one port: a number, or auto (one per CPU); "
+        "default 1, or [edge_runtime] workers",
+    )
+    # Internal: how the supervisor of --workers N starts each serving process (see serving/supervisor.py).
+    serve.add_argument("--serving-process", metavar="LISTEN_FD,CONTROL_FD", help=argparse.SUPPRESS)
     serve.add_argument(
         "--inspect",
         nargs="?",
@@ -173,12 +192,15 @@ def _settings(args: argparse.Namespace, directory: str, **options: Any) -> Setti
 def cmd_serve(args: argparse.Namespace) -> int:
     from edgeruntime.core.logs import AccessLog, configure_logging
     from edgeruntime.serving.build import build_app
-    from edgeruntime.serving.server import check_port, run_server
+    from edgeruntime.serving.server import check_port, resolve_server
 
     if not 0 < args.port < 65536:
         raise UsageError(f"--port: {args.port} is not a TCP port")
+    inherited = _serving_process_sockets(args.serving_process) if args.serving_process else None
+    server = resolve_server(args.server)
     # Before anything can log: resolving the settings warns about the env, in the chosen format.
-    log_buffer = configure_logging(args.log_format)
+    # Serving processes of several share the output: their lines are written whole.
+    log_buffer = configure_logging(args.log_format, shared=inherited is not None)
     # The server's own environment: inline functions' env replaces os.environ while serving, and
     # an edit of config.toml or .env is resolved again against this one.
     server_environ = dict(os.environ)
@@ -197,11 +219,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
         log_format=args.log_format,
         graceful_exit_timeout_sec=args.graceful_exit_timeout,
         keep_alive_timeout_sec=args.keep_alive_timeout,
-        server=args.server,
+        server=server,
+        workers=args.workers,
+        # The supervisor said what was wrong with the env once already.
+        warn_env=inherited is None,
     )
     settings = _settings(args, args.directory, **serve_options)
+    # `auto` is supervised even where it means one process: SIGHUP (a unit's ExecReload, say) then
+    # rolls it over, as it would on a larger machine, rather than ending it.
+    asked = args.workers if args.workers is not None else settings.config.workers
+    supervised = inherited is None and (settings.serving_processes > 1 or asked == "auto")
     if args.inspect is not None or args.inspect_wait:
         from edgeruntime.serving.inspector import parse_inspect, start_inspector
+
+        if supervised or inherited is not None:
+            raise UsageError("--inspect: the debugger stops one serving process; serve with --workers 1 while debugging")
 
         check_port(settings.host, settings.port)  # not waiting for a debugger to then find the port taken
         address = parse_inspect(args.inspect, settings.config.inspector_port)
@@ -223,20 +255,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
         functools.partial(logging.getLogger("edgeruntime").info, "%s") if settings.log_format == "json" else print
     )
 
-    async def start() -> None:
-        await jobs.prepare()  # a database that cannot be opened fails `serve` here, before it listens
+    def banner() -> None:
         say(f"Serving functions on {settings.base_url}/functions/v1/<function-name>")
         for name in app.functions:
             say(f" - {settings.function_url(name)}")
         say(f"Dashboard: {settings.base_url}/_edgeruntime/")
+        count = settings.serving_processes
+        processes = f"{count} serving process{'es' if count > 1 else ''}"
         sandbox = f", sandbox {app.launcher.sandbox.mode}" if app.launcher is not None else ""
-        say(f"Using edgeruntime {__version__} (policy {settings.policy}, isolation {settings.isolation}{sandbox})")
+        say(
+            f"Using edgeruntime {__version__} (server {settings.server}, {processes}, "
+            f"policy {settings.policy}, isolation {settings.isolation}{sandbox})"
+        )
         sys.stdout.flush()
-
-    async def watch(stop: asyncio.Event) -> None:
-        from edgeruntime.functions.reload import watch_functions  # watchfiles: only when watching
-
-        await watch_functions(settings.functions_dir, app.reload, stop)
 
     async def watch_settings(stop: asyncio.Event) -> None:
         from edgeruntime.serving.config_reload import ConfigReloader, watch_config, watched_files
@@ -252,6 +283,29 @@ def cmd_serve(args: argparse.Namespace) -> int:
         reloader = ConfigReloader(app, rebuild, files)
         await watch_config(files, reloader.reload, stop)
 
+    if inherited is not None:
+        return _serve_as_one_of_several(settings, built, inherited, watch_settings if settings.watch else None)
+    if settings.server == "hypercorn" and args.server == "auto":
+        from edgeruntime.serving.server import missing_fast_server
+
+        logging.getLogger("edgeruntime").info(
+            "--server auto: serving with Hypercorn (%s not installed; pip install 'uvicorn[standard]')",
+            ", ".join(missing_fast_server()),
+        )
+    if supervised:
+        return _supervise(args, settings, built, banner)
+
+    async def start() -> None:
+        await jobs.prepare()  # a database that cannot be opened fails `serve` here, before it listens
+        banner()
+
+    async def watch(stop: asyncio.Event) -> None:
+        from edgeruntime.functions.reload import watch_functions  # watchfiles: only when watching
+
+        await watch_functions(settings.functions_dir, app.reload, stop)
+
+    from edgeruntime.serving.server import run_server
+
     return run_server(
         settings,
         app,
@@ -259,6 +313,105 @@ def cmd_serve(args: argparse.Namespace) -> int:
         on_stop=app.close_websockets,
         background=[watch, watch_settings] if settings.watch else [],
     )
+
+
+def _serving_process_sockets(value: str) -> tuple[socket.socket, socket.socket]:
+    """`--serving-process LISTEN_FD,CONTROL_FD`: the listening socket and the control channel a
+    serving process is handed by its supervisor. UsageError when they are not what they should be."""
+    from edgeruntime.serving.control import inherited_socket
+
+    listen_fd, sep, control_fd = value.partition(",")
+    if not (sep and listen_fd.isdigit() and control_fd.isdigit()):
+        raise UsageError(f"--serving-process: expected LISTEN_FD,CONTROL_FD, got {value!r}")
+    try:
+        listener = inherited_socket(int(listen_fd), listening=True)
+        try:
+            control = inherited_socket(int(control_fd), listening=False)
+        except ValueError:
+            listener.detach()
+            raise
+    except ValueError as exc:
+        raise UsageError(f"--serving-process: {exc}") from None
+    # The supervisor replaces this process when it is told to: a hang-up is not for it (it may be
+    # the terminal's, sent to the whole process group). Not SIG_IGN, which what it starts would inherit.
+    signal.signal(signal.SIGHUP, lambda signum, frame: None)
+    return listener, control
+
+
+def _serve_as_one_of_several(
+    settings: Settings,
+    built: BuiltApp,
+    inherited: tuple[socket.socket, socket.socket],
+    watch_settings: Callable[[asyncio.Event], Coroutine[Any, Any, None]] | None,
+) -> int:
+    """Serve as one serving process of several: on the supervisor's socket, no banner, metrics and
+    the dashboard's in-flight work gathered from all of them through the control channel."""
+    from edgeruntime.serving.control import ControlChannel
+    from edgeruntime.serving.server import run_server
+
+    listener, control = inherited
+    app, jobs, dashboard = built.app, built.jobs, built.dashboard
+    channel = ControlChannel(control, {"metrics": dashboard.metrics.snapshot, "functions": dashboard.process_state})
+    dashboard.siblings = channel.gather
+
+    async def start() -> None:
+        await jobs.prepare()
+
+    async def watch(stop: asyncio.Event) -> None:
+        from edgeruntime.functions.reload import watch_functions
+
+        await watch_functions(settings.functions_dir, app.reload, stop)
+
+    async def stopped() -> None:
+        await channel.send_final("metrics", dashboard.metrics.snapshot())
+
+    background = [channel.run, *([watch] if settings.watch else []), *([watch_settings] if watch_settings else [])]
+    return run_server(
+        settings,
+        app,
+        on_start=start,
+        on_stop=app.close_websockets,
+        background=background,
+        sock=listener,
+        on_listening=channel.ready,
+        on_stopped=stopped,
+    )
+
+
+def _supervise(args: argparse.Namespace, settings: Settings, built: BuiltApp, banner: Callable[[], None]) -> int:
+    """Bind the socket, then run `settings.serving_processes` serving processes on it (see
+    :mod:`edgeruntime.serving.supervisor`) until SIGTERM or SIGINT."""
+    from edgeruntime.serving.server import listening_socket
+    from edgeruntime.serving.supervisor import ServingSupervisor
+
+    sock = listening_socket(settings.host, settings.port)
+    gc.enable()  # the supervisor runs as long as the server: it collects as any process does
+    argv: list[str] = list(args.argv)
+    # Each serving process runs this same command (so a rolling restart reads config and env afresh),
+    # as one process: the last --workers wins.
+    split = argv.index("--") if "--" in argv else len(argv)
+    command = [sys.executable, "-m", "edgeruntime", *argv[:split], "--workers", "1", *argv[split:]]
+
+    async def run() -> int:
+        # Migrated once here, not raced by every serving process; they find it up to date.
+        try:
+            await built.jobs.prepare()
+        finally:
+            await built.jobs.store.close()
+        supervisor = ServingSupervisor(
+            command,
+            settings.serving_processes,
+            sock,
+            graceful_exit_timeout_sec=settings.graceful_exit_timeout_sec,
+            on_ready=banner,
+        )
+        return await supervisor.run()
+
+    try:
+        return asyncio.run(run())
+    finally:
+        sock.close()
+        sys.stdout.flush()
 
 
 def cmd_new(args: argparse.Namespace) -> int:
@@ -380,6 +533,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv = sys.argv[1:] if argv is None else list(argv)
         # `edgeruntime COMMAND ...`: only that command's parser; anything else (--help) gets them all.
         args = build_parser(argv[0] if argv else None).parse_args(argv)
+        args.argv = argv  # `serve --workers N` starts each serving process with the same command
         if args.command != "serve":
             gc.enable()
         return COMMANDS[args.command](args)

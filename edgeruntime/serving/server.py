@@ -1,4 +1,9 @@
-"""Running the app on a real socket with graceful shutdown (Hypercorn by default)."""
+"""Running the app on a real socket with graceful shutdown, under Uvicorn or Hypercorn.
+
+`--server auto` (the default) is Uvicorn on uvloop with httptools when all three are installed
+(they come with edgeruntime), else Hypercorn. A serving process of several (`--workers N`) serves
+on the listening socket its supervisor hands it (`serving/supervisor.py`) rather than binding one.
+"""
 
 from __future__ import annotations
 
@@ -25,7 +30,7 @@ from edgeruntime.exceptions import UsageError
 from edgeruntime.limits import DEFAULT_LIMITS
 from edgeruntime.workers.request_limits import MAX_HEAD_BYTES, limit_head
 
-__all__ = ["check_port", "run_server"]
+__all__ = ["LISTEN_BACKLOG", "SERVERS", "check_port", "listening_socket", "resolve_server", "run_server"]
 
 logger = logging.getLogger("edgeruntime")
 
@@ -41,6 +46,56 @@ def check_port(host: str, port: int) -> None:
             if exc.errno == errno.EADDRINUSE:
                 raise UsageError(f"port {port} on {host} is already in use") from None
             raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+
+
+#: The `--server` choices.
+SERVERS = ("auto", "uvicorn", "hypercorn")
+#: What `--server auto` needs for Uvicorn: the server, its event loop and its HTTP parser.
+FAST_SERVER_MODULES = ("uvicorn", "uvloop", "httptools")
+#: Connections the kernel queues on a listening socket shared by serving processes (Uvicorn's default).
+LISTEN_BACKLOG = 2048
+#: How long a serving process of several still serves what it has accepted, after it stopped accepting
+#: and before the server closes idle connections: a connection accepted just before the stop has its
+#: first request read meanwhile, so it is answered rather than closed unanswered.
+ACCEPT_GRACE_SEC = 0.5
+
+
+def missing_fast_server() -> list[str]:
+    """The modules of FAST_SERVER_MODULES that cannot be imported here."""
+    return [name for name in FAST_SERVER_MODULES if importlib.util.find_spec(name) is None]
+
+
+def resolve_server(name: str) -> str:
+    """The server `--server NAME` runs: "auto" is "uvicorn" when uvicorn, uvloop and httptools are
+    all importable, else "hypercorn". UsageError for a name that is not a server."""
+    if name not in SERVERS:
+        raise UsageError(f"--server: expected one of {', '.join(SERVERS)}, got {name!r}")
+    if name != "auto":
+        return name
+    return "hypercorn" if missing_fast_server() else "uvicorn"
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A socket bound to `host:port` and listening, for serving processes to share.
+
+    UsageError (one line) when it cannot be bound: the port is in use, or the address is not one
+    of this host's. Not inherited by processes this one starts unless it passes it on explicitly.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise UsageError(f"port {port} on {host} is already in use") from None
+            raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+        sock.listen(LISTEN_BACKLOG)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 #: Collector thresholds for a server with many pending tasks (see docs/performance.md).
@@ -103,9 +158,11 @@ async def serve_asgi(
     keep_alive_timeout: float = DEFAULT_KEEP_ALIVE_TIMEOUT_SEC,
     websocket_max_message_bytes: int = DEFAULT_LIMITS.max_websocket_message_bytes,
     cors: Callable[[Scope], list[tuple[bytes, bytes]]] | None = None,
+    sock: socket.socket | None = None,
 ) -> None:
     """Serve `app` until `shutdown_trigger` returns, then finish in-flight requests.
 
+    `sock`: a listening socket to serve on (the server then closes it) instead of binding `host:port`.
     `before_serving` is called once the server's own modules are loaded, right before it starts.
     With `log_format` "json" the server's own log lines go through edgeruntime's handler.
     Either server answers a request head over MAX_HEAD_BYTES with 431 (with the `cors(scope)`
@@ -113,6 +170,7 @@ async def serve_asgi(
     seconds, and one whose client has closed its side as soon as its responses are written. A
     WebSocket message over `websocket_max_message_bytes` closes its connection with 1009.
     """
+    server = resolve_server(server)
     if server == "uvicorn":
         await _serve_uvicorn(
             app,
@@ -125,15 +183,19 @@ async def serve_asgi(
             keep_alive_timeout,
             websocket_max_message_bytes,
             cors,
+            sock,
         )
         return
-    if server != "hypercorn":
-        raise UsageError(f"--server: expected hypercorn or uvicorn, got {server!r}")
     from hypercorn.asyncio import serve
     from hypercorn.config import Config
 
     config = Config()
-    config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+    if sock is not None:
+        # Hypercorn makes its own socket object of the descriptor and closes it: this one lets go.
+        config.bind = [f"fd://{sock.detach()}"]
+        config.backlog = LISTEN_BACKLOG  # it listens again: the shared socket keeps its backlog
+    else:
+        config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
     config.graceful_timeout = graceful_timeout
     # Lifespan shutdown waits for background work for up to the same timeout.
     config.shutdown_timeout = graceful_timeout + 10
@@ -210,11 +272,12 @@ async def _serve_uvicorn(
     keep_alive_timeout: float,
     websocket_max_message_bytes: int,
     cors: Callable[[Scope], list[tuple[bytes, bytes]]] | None,
+    sock: socket.socket | None,
 ) -> None:
     try:
         import uvicorn  # type: ignore[import-not-found, unused-ignore]
     except ImportError:
-        raise UsageError("--server uvicorn needs uvicorn: pip install 'edgeruntime[uvicorn]'") from None
+        raise UsageError("--server uvicorn needs uvicorn: pip install 'uvicorn[standard]'") from None
     extra: dict[str, Any] = {}
     if log_format == "json":  # uvicorn's own handlers would write its warnings as plain text
         extra["log_config"] = None
@@ -256,7 +319,7 @@ async def _serve_uvicorn(
         before_serving()
     stopper = asyncio.get_running_loop().create_task(stop())
     try:
-        await instance.serve()
+        await instance.serve(sockets=None if sock is None else [sock])
     finally:
         stopper.cancel()
 
@@ -287,6 +350,9 @@ def run_server(
     on_start: Callable[[], Awaitable[None]] | None = None,
     on_stop: Callable[[], Awaitable[None]] | None = None,
     background: Sequence[Callable[[asyncio.Event], Coroutine[Any, Any, None]]] = (),
+    sock: socket.socket | None = None,
+    on_listening: Callable[[], None] | None = None,
+    on_stopped: Callable[[], Awaitable[None]] | None = None,
 ) -> int:
     """Serve `app` with `settings` until SIGTERM or SIGINT; returns the exit status.
 
@@ -294,11 +360,18 @@ def run_server(
     connections (the app closes its WebSockets then).
 
     The garbage collector, paused while `edgeruntime serve` starts, is turned on (tuned as by
-    `_start_gc`) right before the server starts.
+    `_start_gc`) right before the server starts. A serving process of several passes the shared
+    listening `sock`: on SIGTERM it stops accepting at once, so the other serving processes take
+    the new connections, and closes idle connections ACCEPT_GRACE_SEC later. `on_listening` is
+    called once the server accepts connections; `on_stopped` once it has shut down (the app's
+    background work drained or cut), on the server's loop.
     """
-    check_port(settings.host, settings.port)
+    if sock is None:
+        check_port(settings.host, settings.port)
     gc_setting = os.environ.get("EDGERUNTIME_GC", "")
     gc_thresholds(gc_setting)  # a bad setting fails before anything starts
+    server = resolve_server(settings.server)
+    loop_factory = _loop_factory(server, on_listening)
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -309,11 +382,16 @@ def run_server(
 
         async def shutdown_trigger() -> None:
             await stop.wait()
+            if sock is not None:  # one of several: the others take new connections from now on
+                for listener in getattr(loop, "listeners", ()):
+                    listener.close()
             if on_stop is not None:
                 try:
                     await on_stop()
                 except Exception:
                     logger.exception("stopping failed")
+            if sock is not None:
+                await asyncio.sleep(ACCEPT_GRACE_SEC)
 
         try:
             if on_start is not None:
@@ -324,13 +402,16 @@ def run_server(
                 settings.port,
                 graceful_timeout=settings.graceful_exit_timeout_sec,
                 shutdown_trigger=shutdown_trigger,
-                server=settings.server,
+                server=server,
                 before_serving=lambda: _start_gc(gc_setting),
                 log_format=settings.log_format,
                 keep_alive_timeout=settings.keep_alive_timeout_sec,
                 websocket_max_message_bytes=settings.websocket_max_message_bytes,
                 cors=CorsPolicy(settings.config.cors_origins).for_scope,
+                sock=sock,
             )
+            if on_stopped is not None:
+                await on_stopped()
         finally:
             stop.set()
             for task in tasks:
@@ -339,7 +420,7 @@ def run_server(
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
 
-    with asyncio.Runner(loop_factory=_loop_factory(settings.server)) as runner:
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
         runner.run(main())
     sys.stdout.flush()
     return 0
@@ -405,8 +486,14 @@ class _SelectorLoop(asyncio.SelectorEventLoop):
         self._start_serving(protocol_factory, sock, sslcontext, server, backlog, *rest)  # type: ignore[attr-defined]
 
 
-def _loop_factory(server: str) -> Callable[[], asyncio.AbstractEventLoop]:
+def _loop_factory(
+    server: str, on_listening: Callable[[], None] | None = None
+) -> Callable[[], asyncio.AbstractEventLoop]:
     """The event loop to serve on; the connections its TCP servers accept batch their writes.
+
+    The loop keeps the servers it made in `listeners` (a serving process of several closes them
+    to stop accepting) and calls `on_listening` once one accepts connections. Their listening
+    sockets are not inherited by processes a function starts (Hypercorn marks them inheritable).
 
     uvloop under uvicorn when it is installed (as uvicorn itself would pick), asyncio's otherwise.
     Both servers make their listening sockets with `loop.create_server`, so this is where every
@@ -425,9 +512,22 @@ def _loop_factory(server: str) -> Callable[[], asyncio.AbstractEventLoop]:
             base = uvloop.Loop
 
     class ServingLoop(base):  # type: ignore[misc, valid-type]
+        listeners: list[asyncio.AbstractServer]
+
         async def create_server(
             self, protocol_factory: Callable[[], asyncio.BaseProtocol], *args: Any, **kwargs: Any
         ) -> asyncio.AbstractServer:
-            return await super().create_server(batched_writes(protocol_factory), *args, **kwargs)  # type: ignore[no-any-return]
+            created: asyncio.AbstractServer = await super().create_server(
+                batched_writes(protocol_factory), *args, **kwargs
+            )
+            if not hasattr(self, "listeners"):
+                self.listeners = []
+            self.listeners.append(created)
+            for listener in getattr(created, "sockets", None) or ():
+                with contextlib.suppress(OSError):
+                    os.set_inheritable(listener.fileno(), False)
+            if on_listening is not None:
+                on_listening()
+            return created
 
     return ServingLoop

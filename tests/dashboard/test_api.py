@@ -10,6 +10,9 @@ from typing import Any
 
 import pytest
 
+from edgeruntime.dashboard.metrics import Metrics
+from edgeruntime.exceptions import SiblingsUnavailable
+from edgeruntime.gateway.extensions import Invocation
 from edgeruntime.jobs import TickStatus
 from edgeruntime.testing import EdgeClient
 from tests.helpers import write_function
@@ -445,3 +448,69 @@ async def test_a_syntax_error_is_found_at_start_logged_once_shown_with_its_line_
         boot = {f["name"]: f for f in (await get(client, "/functions"))["functions"]}["typo"]["boot"]
         assert boot["source_error"]["line"] == 1
         assert (await client.invoke("typo")).status_code == 503
+
+
+# -- several serving processes (--workers N) ---------------------------------------------------
+
+
+async def test_functions_show_the_workers_of_every_serving_process(project: Path) -> None:
+    """Under --workers N the table holds what each serving process reports, gathered by the supervisor."""
+    async with EdgeClient(project) as client:
+        assert (await client.invoke("work", auth=None)).status_code == 200
+        here = client.dashboard.process_state()
+        other_work = {
+            "boot": {"status": "error", "boots": 3, "error": "ImportError: gone"},
+            "workers": [{"id": "w-2", "status": "retired", "in_flight": 4, "background_pending": 2}],
+            "last_invocation": {"at": time.time() + 60, "status": 500, "duration_ms": 1.0, "trigger": "cron"},
+        }
+        other = {"pid": 999_999, "functions": {**here["functions"], "work": other_work}}
+        asked: list[str] = []
+
+        async def siblings(what: str) -> list[Any]:
+            asked.append(what)
+            return [here, other, {"pid": "not a pid"}]  # a malformed answer is left out
+
+        client.dashboard.siblings = siblings
+        data = await get(client, "/functions")
+        assert asked == ["functions"]
+        assert data["processes"] == sorted([here["pid"], 999_999]) and data["processes_error"] is None
+        work = {f["name"]: f for f in data["functions"]}["work"]
+        assert work["boot"] == {"status": "error", "boots": 4, "error": "ImportError: gone"}
+        assert [(w["process"], w["in_flight"]) for w in work["workers"]] == [(here["pid"], 0), (999_999, 4)]
+        assert work["last_invocation"]["trigger"] == "cron"  # the latest of the two
+
+        async def unavailable(what: str) -> list[Any]:
+            raise SiblingsUnavailable("serving process [12] did not answer within 5 s")
+
+        client.dashboard.siblings = unavailable
+        data = await get(client, "/functions")
+        # This process's part, and why it is only that.
+        assert data["processes"] == [here["pid"]]
+        assert data["processes_error"] == "serving process [12] did not answer within 5 s"
+
+
+async def test_metrics_add_up_every_serving_process_or_answer_503(project: Path) -> None:
+    async with EdgeClient(project) as client:
+        for _ in range(3):
+            assert (await client.invoke("work", auth=None)).status_code == 200
+        await client.drain()
+        other = Metrics({"work"})
+        for _ in range(4):
+            other.invocation(Invocation("work", "http", "id", "GET", "/functions/v1/work", 200, 0.0, 1.0))
+
+        async def siblings(what: str) -> list[Any]:
+            assert what == "metrics"
+            return [client.dashboard.metrics.snapshot(), other.snapshot()]
+
+        client.dashboard.siblings = siblings
+        r = await client.http.get("/_internal/metrics")
+        assert r.status_code == 200
+        assert 'edgeruntime_requests_total{function="work",status="200",trigger="http"} 7.0' in r.text
+
+        async def unavailable(what: str) -> list[Any]:
+            raise SiblingsUnavailable("serving process [12] did not answer within 5 s")
+
+        client.dashboard.siblings = unavailable
+        r = await client.http.get("/_internal/metrics")
+        # Some processes' counts only would look like counters going back: an honest failure instead.
+        assert (r.status_code, r.text) == (503, "metrics: serving process [12] did not answer within 5 s\n")

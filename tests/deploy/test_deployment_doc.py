@@ -73,8 +73,17 @@ def test_the_systemd_unit_stops_after_the_graceful_exit() -> None:
     assert "network-online.target" in directive(text, "Wants")
 
 
+def test_the_systemd_unit_reloads_with_sighup_and_stops_the_supervisor_only() -> None:
+    text = unit()
+    assert shlex.split(directive(text, "ExecReload")) == ["/bin/kill", "-HUP", "$MAINPID"]
+    # The supervisor passes SIGTERM on and waits for its serving processes; systemd kills what is left.
+    assert directive(text, "KillMode") == "mixed"
+    args = shlex.split(directive(text, "ExecStart"))
+    assert args[args.index("--workers") + 1] == "auto"
+
+
 @pytest.mark.e2e
-def test_the_systemd_units_command_serves_and_stops_on_its_kill_signal(tmp_path: Path) -> None:
+def test_the_systemd_units_command_serves_reloads_and_stops_on_its_signals(tmp_path: Path) -> None:
     text = unit()
     args = shlex.split(directive(text, "ExecStart"))[1:]
     port = free_port()
@@ -100,6 +109,16 @@ def test_the_systemd_units_command_serves_and_stops_on_its_kill_signal(tmp_path:
                 break
             time.sleep(0.1)
         assert ready, log.read_text()
+        # `systemctl reload`: ExecReload sends SIGHUP to the main process.
+        reload = shlex.split(directive(text, "ExecReload"))
+        assert reload[:2] == ["/bin/kill", "-HUP"]
+        proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 120
+        while "every serving process was replaced" not in log.read_text() and time.monotonic() < deadline:
+            assert proc.poll() is None, log.read_text()
+            time.sleep(0.1)
+        assert "every serving process was replaced" in log.read_text()
+        assert httpx.get(f"http://127.0.0.1:{port}/_internal/health", timeout=10).status_code == 200
         proc.send_signal(getattr(signal, directive(text, "KillSignal")))
         assert proc.wait(float(directive(text, "TimeoutStopSec"))) == 0, log.read_text()
     finally:

@@ -168,6 +168,16 @@ def test_inspect_is_refused_under_process_isolation_with_a_clear_line(functions_
     assert "Traceback" not in r.stderr
 
 
+@pytest.mark.parametrize("workers", ["2", "auto"])
+def test_inspect_is_refused_with_several_serving_processes(functions_dir: Path, workers: str) -> None:
+    write_function(functions_dir, "greet", HANDLER)
+    r = run_cli("serve", str(functions_dir), "--port", str(free_port()), "--inspect", "--workers", workers)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines()[-1] == (
+        "edgeruntime: error: --inspect: the debugger stops one serving process; serve with --workers 1 while debugging"
+    )
+
+
 @pytest.mark.parametrize(
     ("value", "message"),
     [("127.0.0.1:99999", "'99999' is not a TCP port"), ("[::1", "expected HOST:PORT")],

@@ -36,13 +36,15 @@ async def handler(req):
 """
 
 
-def test_runtime_responses_on_a_real_socket(hello_dir: Path) -> None:
+# `--server auto` is Uvicorn here: Hypercorn, still supported, is checked by name.
+@pytest.mark.parametrize("server_kind", ["auto", "hypercorn"])
+def test_runtime_responses_on_a_real_socket(hello_dir: Path, server_kind: str) -> None:
     write_function(hello_dir, "broken", "def handler(:\n")
     write_function(
         hello_dir, "raises", "from edgeruntime import serve\nasync def h(r):\n    raise ValueError()\nserve(h)\n"
     )
     write_function(hello_dir, "dicty", "from edgeruntime import serve\nasync def h(r):\n    return {}\nserve(h)\n")
-    with ServerProcess(hello_dir, "--no-watch") as server:
+    with ServerProcess(hello_dir, "--no-watch", "--server", server_kind) as server:
         r = httpx.get(server.url("hello", "/x"), headers=SERVICE_ROLE)
         assert r.status_code == 200 and r.json() == {"message": "hello", "path": "/hello/x"}
         assert "x-edgeruntime-execution-id" in r.headers
@@ -61,6 +63,8 @@ def test_runtime_responses_on_a_real_socket(hello_dir: Path) -> None:
     out = server.output
     assert "Serving functions on http://127.0.0.1:" in out and f" - {server.url('hello')}" in out
     assert "GET /functions/v1/hello 200" in out
+    expected = "uvicorn" if server_kind == "auto" else server_kind
+    assert f"(server {expected}, 1 serving process, policy per_worker, isolation inline)" in out
 
 
 @pytest.mark.parametrize("server_kind", ["hypercorn", "uvicorn"])
@@ -79,10 +83,11 @@ def test_sigterm_waits_for_background_work_then_exits_0(hello_dir: Path, tmp_pat
     assert "background work finished" in server.output
 
 
-def test_shutdown_cuts_work_past_the_graceful_exit_timeout(hello_dir: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("server_kind", ["uvicorn", "hypercorn"])
+def test_shutdown_cuts_work_past_the_graceful_exit_timeout(hello_dir: Path, tmp_path: Path, server_kind: str) -> None:
     write_function(hello_dir, "bg", BACKGROUND)
     marker = tmp_path / "marker.txt"
-    with ServerProcess(hello_dir, "--no-watch", "--graceful-exit-timeout", "0.5") as server:
+    with ServerProcess(hello_dir, "--no-watch", "--graceful-exit-timeout", "0.5", "--server", server_kind) as server:
         r = httpx.post(server.url("bg"), headers=SERVICE_ROLE, json={"marker": str(marker), "seconds": 30})
         assert r.status_code == 202
         status = server.terminate(timeout=30)

@@ -79,13 +79,16 @@ function showMessage(text, kind) {
 // -- sections --------------------------------------------------------------------------------
 
 function renderFunctions(data) {
+  // Under --workers N each serving process has its own workers: say which process holds each.
+  const several = (data.processes || []).length > 1;
   const rows = data.functions.map((f) => {
     const limits = `wall ${f.limits.wall_clock_limit_sec} s · cpu ${f.limits.cpu_soft_limit_ms}/${f.limits.cpu_hard_limit_ms} ms · ` +
       `mem ${f.limits.memory_limit_mb} MB`;
     const boot = el("span", {}, badge(f.boot.status), f.boot.boots ? ` ${f.boot.boots} boot(s)` : "");
     if (f.boot.error) boot.append(el("div", { class: "error" }, f.boot.error));
     const workers = f.workers.length
-      ? f.workers.map((w) => `${w.status} (${w.in_flight} in flight, ${w.background_pending} background)`).join("; ")
+      ? f.workers.map((w) => `${several ? `[${w.process}] ` : ""}${w.status} (${w.in_flight} in flight, ` +
+        `${w.background_pending} background)`).join("; ")
       : "none";
     const last = f.last_invocation;
     const lastCell = last
