@@ -233,7 +233,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         from edgeruntime.serving.inspector import parse_inspect, start_inspector
 
         if supervised or inherited is not None:
-            raise UsageError("--inspect: the debugger stops one serving process; serve with --workers 1 while debugging")
+            raise UsageError(
+                "--inspect: the debugger stops one serving process; serve with --workers 1 while debugging"
+            )
 
         check_port(settings.host, settings.port)  # not waiting for a debugger to then find the port taken
         address = parse_inspect(args.inspect, settings.config.inspector_port)
