@@ -11,7 +11,7 @@ from uvicorn.config import Config
 from uvicorn.server import ServerState
 
 from edgeruntime.core.types import Receive, Scope, Send
-from edgeruntime.serving.uvicorn_http import H11Protocol, head_limited_protocol, httptools_protocol
+from edgeruntime.serving.uvicorn_http import h11_protocol, head_limited_protocol, httptools_protocol
 from edgeruntime.workers.request_limits import MAX_HEAD_BYTES, limit_head
 from tests.helpers import RecordingTransport
 
@@ -52,7 +52,7 @@ class App:
 
 def kinds() -> list[tuple[str, type[asyncio.Protocol], bool]]:
     """(name, protocol, whether it refuses whole heads itself) for each parser uvicorn can use."""
-    return [("httptools", httptools_protocol(), True), ("h11", H11Protocol, False)]
+    return [("httptools", httptools_protocol(), True), ("h11", h11_protocol(), False)]
 
 
 Connect = Callable[[], tuple[asyncio.Protocol, Transport, App]]
@@ -166,4 +166,4 @@ def test_the_protocol_is_the_one_uvicorn_would_pick(monkeypatch: pytest.MonkeyPa
         raise ImportError("No module named 'httptools'")
 
     monkeypatch.setattr("edgeruntime.serving.uvicorn_http.httptools_protocol", no_httptools)
-    assert head_limited_protocol() == (H11Protocol, False)
+    assert head_limited_protocol() == (h11_protocol(), False)

@@ -20,19 +20,18 @@ never sees one process's counters. The queue gauges are read from the store, onc
 
 from __future__ import annotations
 
+import functools
 import time
 from bisect import bisect_left
 from collections.abc import Container, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, metrics as prometheus_metrics
-from prometheus_client.exposition import generate_latest
-from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily, Metric
-from prometheus_client.utils import floatToGoString
-
 from edgeruntime.gateway.extensions import Extension
 
 if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.metrics_core import Metric
+
     from edgeruntime.core.background import BackgroundTask
     from edgeruntime.core.events import StopReason
     from edgeruntime.gateway.extensions import Invocation
@@ -67,8 +66,16 @@ _BACKGROUND = (
 #: (the first bound >= the value, as Prometheus' `le` means).
 _UPPER_BOUNDS = (*DURATION_BUCKETS_SEC, float("inf"))
 _FIRST_BOUND = _UPPER_BOUNDS[0]
-#: The `le` labels, spelt as prometheus_client's own histograms spell them (`1.0`, `+Inf`).
-_BUCKET_LABELS: tuple[str, ...] = tuple(floatToGoString(bound) for bound in _UPPER_BOUNDS)  # type: ignore[no-untyped-call]
+
+
+@functools.cache
+def _bucket_labels() -> tuple[str, ...]:
+    """The `le` labels, spelt as prometheus_client's own histograms spell them (`1.0`, `+Inf`)."""
+    from prometheus_client.utils import floatToGoString
+
+    return tuple(floatToGoString(bound) for bound in _UPPER_BOUNDS)  # type: ignore[no-untyped-call]
+
+
 #: Index of the sum of observations in a request cell, after one count per bucket.
 _SUM = len(_UPPER_BOUNDS)
 _REQUEST_ZEROS: tuple[float, ...] = (0,) * _SUM + (0.0,)
@@ -111,7 +118,6 @@ class Metrics(Extension):
     """The metrics of one app (see the module docstring); an extension that only observes."""
 
     def __init__(self, functions: Container[str] | None = None) -> None:
-        self.registry = CollectorRegistry(auto_describe=True)
         self.observe_invocation = self.invocation
         self.observe_background = self.background_task
         self.observe_worker = self.worker_event
@@ -123,40 +129,15 @@ class Metrics(Extension):
         self._counters = _HotPathCounters()
         self._request_cells = self._counters.requests.cells
         self._task_cells = self._counters.tasks.cells
-        self.registry.register(self._counters)
-        self.retirements = Counter(
-            "edgeruntime_worker_retirements",
-            "Workers retired (no new requests) by function and reason.",
-            ["function", "reason"],
-            registry=self.registry,
-        )
-        self.endings = Counter(
-            "edgeruntime_worker_ends",
-            "Workers ended by function and shutdown reason "
-            "(WallClockTime, CPUTime, Memory, EarlyDrop, TerminationRequested).",
-            ["function", "reason"],
-            registry=self.registry,
-        )
-        self.cron_ticks = Counter(
-            "edgeruntime_cron_ticks",
-            "Cron ticks handled by this instance by job and status (succeeded, failed, skipped).",
-            ["cron", "status"],
-            registry=self.registry,
-        )
-        self.queue_jobs = Gauge(
-            "edgeruntime_queue_jobs",
-            "Jobs in the store by status (queued, running, succeeded, failed).",
-            ["status"],
-            registry=self.registry,
-        )
-        self.queue_depth = Gauge(
-            "edgeruntime_queue_depth", "Jobs waiting to be delivered (queued).", registry=self.registry
-        )
-        self.queue_oldest = Gauge(
-            "edgeruntime_queue_oldest_age_seconds",
-            "Age of the oldest queued job (0 when the queue is empty).",
-            registry=self.registry,
-        )
+
+    @functools.cached_property
+    def _families(self) -> _Families:
+        return _Families(self._counters)
+
+    @property
+    def registry(self) -> CollectorRegistry:
+        """The registry holding every metric of this app (made on first use, as prometheus_client is imported)."""
+        return self._families.registry
 
     @property
     def functions(self) -> Container[str] | None:
@@ -207,7 +188,7 @@ class Metrics(Extension):
 
     def worker_retired(self, function: str, reason: str) -> None:
         """A worker stopped taking requests (`wall_clock`, `cpu`, `memory`, `reload`)."""
-        self.retirements.labels(self._function(function), reason).inc()
+        self._families.retirements.labels(self._function(function), reason).inc()
 
     def worker_event(self, event: str, function: str, reason: StopReason) -> None:
         """A supervisor's worker observer: "retired" or "ended", with the reason."""
@@ -218,22 +199,25 @@ class Metrics(Extension):
 
     def worker_ended(self, function: str, reason: str) -> None:
         """A worker was ended, with the runtime's shutdown reason (`WallClockTime`, `EarlyDrop`, ...)."""
-        self.endings.labels(self._function(function), reason).inc()
+        self._families.endings.labels(self._function(function), reason).inc()
 
     def cron_tick(self, run: CronRun) -> None:
         """A cron tick this instance fired or skipped (a `Scheduler.observers` entry)."""
-        self.cron_ticks.labels(run.cron, str(run.status)).inc()
+        self._families.cron_ticks.labels(run.cron, str(run.status)).inc()
 
     def queue(self, stats: QueueStats, now: float) -> None:
         """The queue as the store sees it, set just before a scrape."""
+        families = self._families
         for status in ("queued", "running", "succeeded", "failed"):
-            self.queue_jobs.labels(status).set(stats.counts.get(status, 0))
-        self.queue_depth.set(stats.counts.get("queued", 0))
+            families.queue_jobs.labels(status).set(stats.counts.get(status, 0))
+        families.queue_depth.set(stats.counts.get("queued", 0))
         oldest = stats.oldest_queued_at
-        self.queue_oldest.set(max(0.0, now - oldest) if oldest is not None else 0.0)
+        families.queue_oldest.set(max(0.0, now - oldest) if oldest is not None else 0.0)
 
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric."""
+        from prometheus_client.exposition import generate_latest
+
         data: bytes = generate_latest(self.registry)
         return data
 
@@ -259,6 +243,9 @@ class Metrics(Extension):
     def render_gathered(self, snapshots: Iterable[list[dict[str, Any]]]) -> bytes:
         """The exposition of the sum of `snapshots` (every serving process's, this one's included),
         with this process's gauges (the queue as the store holds it)."""
+        from prometheus_client.exposition import generate_latest
+        from prometheus_client.metrics_core import Metric
+
         merged = merge_snapshots(snapshots)
         registry = self.registry
 
@@ -338,6 +325,8 @@ def _created_series_enabled() -> bool:
     # prometheus_client's own metrics leave out the `_created` series when the process disables
     # them (PROMETHEUS_DISABLE_CREATED_SERIES or `disable_created_metrics()`); so do these, to
     # keep one exposition. The flag is not public: if it ever moves, the series stay.
+    from prometheus_client import metrics as prometheus_metrics
+
     return bool(getattr(prometheus_metrics, "_use_created", True))
 
 
@@ -357,10 +346,14 @@ class _HotPathCounters:
 
     def describe(self) -> list[Metric]:
         """The families without samples: the registry checks their names for duplicates."""
+        from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily
+
         return [CounterMetricFamily(*_REQUESTS), HistogramMetricFamily(*_DURATION), CounterMetricFamily(*_BACKGROUND)]
 
     def collect(self) -> Iterator[Metric]:
         """The request, duration and background task metric families, as counted so far."""
+        from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily
+
         with_created = _created_series_enabled()
         requests = CounterMetricFamily(*_REQUESTS, labels=("function", "trigger", "status"))
         histograms: dict[str, list[float]] = {}
@@ -380,7 +373,7 @@ class _HotPathCounters:
         duration = HistogramMetricFamily(*_DURATION, labels=("function",))
         for function, total in histograms.items():
             cumulative, buckets = 0.0, []
-            for label, count in zip(_BUCKET_LABELS, total, strict=False):
+            for label, count in zip(_bucket_labels(), total, strict=False):
                 cumulative += count
                 buckets.append((label, cumulative))
             duration.add_metric((function,), buckets, total[_SUM])
@@ -392,3 +385,50 @@ class _HotPathCounters:
         for labels, cell in self.tasks.by_labels.items():
             tasks.add_metric(labels, cell[0], created=self.tasks.created[labels] if with_created else None)
         yield tasks
+
+
+class _Families:
+    """The registry of one `Metrics` and prometheus_client's own metrics in it.
+
+    Made on the first scrape or event that needs them, not with the app: importing
+    prometheus_client is a tenth of the server's start, and no request needs it.
+    """
+
+    def __init__(self, counters: _HotPathCounters) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Gauge
+
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.registry.register(counters)
+        self.retirements = Counter(
+            "edgeruntime_worker_retirements",
+            "Workers retired (no new requests) by function and reason.",
+            ["function", "reason"],
+            registry=self.registry,
+        )
+        self.endings = Counter(
+            "edgeruntime_worker_ends",
+            "Workers ended by function and shutdown reason "
+            "(WallClockTime, CPUTime, Memory, EarlyDrop, TerminationRequested).",
+            ["function", "reason"],
+            registry=self.registry,
+        )
+        self.cron_ticks = Counter(
+            "edgeruntime_cron_ticks",
+            "Cron ticks handled by this instance by job and status (succeeded, failed, skipped).",
+            ["cron", "status"],
+            registry=self.registry,
+        )
+        self.queue_jobs = Gauge(
+            "edgeruntime_queue_jobs",
+            "Jobs in the store by status (queued, running, succeeded, failed).",
+            ["status"],
+            registry=self.registry,
+        )
+        self.queue_depth = Gauge(
+            "edgeruntime_queue_depth", "Jobs waiting to be delivered (queued).", registry=self.registry
+        )
+        self.queue_oldest = Gauge(
+            "edgeruntime_queue_oldest_age_seconds",
+            "Age of the oldest queued job (0 when the queue is empty).",
+            registry=self.registry,
+        )

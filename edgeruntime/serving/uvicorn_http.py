@@ -19,11 +19,9 @@ import asyncio
 import functools
 from typing import Any
 
-from uvicorn.protocols.http import h11_impl  # type: ignore[import-not-found, unused-ignore]
-
 from edgeruntime.workers.request_limits import MAX_HEAD_BYTES
 
-__all__ = ["H11Protocol", "head_limited_protocol", "httptools_protocol"]
+__all__ = ["h11_protocol", "head_limited_protocol", "httptools_protocol"]
 
 
 def _refusal(default_headers: list[tuple[bytes, bytes]]) -> bytes:
@@ -34,27 +32,35 @@ def _refusal(default_headers: list[tuple[bytes, bytes]]) -> bytes:
     return b"".join(lines)
 
 
-class H11Protocol(h11_impl.H11Protocol):  # type: ignore[misc, unused-ignore]
+@functools.cache
+def h11_protocol() -> type[asyncio.Protocol]:
     """Uvicorn's h11 protocol, answering 431 rather than 400 when h11 finds a head over its limit.
 
     h11 raises once more than MAX_HEAD_BYTES of a head are buffered without its end (uvicorn
-    gives it that limit); a complete head over the limit is refused by `limit_head`.
+    gives it that limit); a complete head over the limit is refused by `limit_head`. Made on
+    first use: h11 is imported only where httptools is missing.
     """
+    from uvicorn.protocols.http import h11_impl  # type: ignore[import-not-found, unused-ignore]
 
-    head_refused = False
+    class H11Protocol(h11_impl.H11Protocol):  # type: ignore[misc, unused-ignore]
+        head_refused = False
 
-    def data_received(self, data: bytes) -> None:
-        if not self.head_refused:  # the connection is closing: nothing more is parsed
-            super().data_received(data)
+        def data_received(self, data: bytes) -> None:
+            if not self.head_refused:  # the connection is closing: nothing more is parsed
+                super().data_received(data)
 
-    def send_400_response(self, msg: str) -> None:
-        # h11 does not keep its error's status hint; a buffer over the limit is what its 431 means.
-        if len(self.conn.trailing_data[0]) > MAX_HEAD_BYTES:
-            self.head_refused = True
-            self.transport.write(_refusal(self.server_state.default_headers))
-            self.transport.close()
-            return
-        super().send_400_response(msg)
+        def send_400_response(self, msg: str) -> None:
+            # h11 does not keep its error's status hint; a buffer over the limit is what its 431 means.
+            if len(self.conn.trailing_data[0]) > MAX_HEAD_BYTES:
+                self.head_refused = True
+                self.transport.write(_refusal(self.server_state.default_headers))
+                self.transport.close()
+                return
+            super().send_400_response(msg)
+
+    H11Protocol.__qualname__ = "H11Protocol"
+    H11Protocol.__module__ = __name__
+    return H11Protocol
 
 
 class _HeadTooLarge(Exception):
@@ -144,4 +150,4 @@ def head_limited_protocol() -> tuple[type[asyncio.Protocol], bool]:
     try:
         return httptools_protocol(), True
     except ImportError:  # as uvicorn itself: no httptools, h11
-        return H11Protocol, False
+        return h11_protocol(), False

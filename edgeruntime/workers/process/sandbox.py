@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import functools
 import hashlib
 import logging
@@ -44,13 +43,16 @@ import sys
 from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from edgeruntime.config.env import runtime_environ
 from edgeruntime.config.project import DEFAULT_UID_RANGE, SANDBOX_MODES
 from edgeruntime.config.settings import Settings
 from edgeruntime.exceptions import ConfigError
 from edgeruntime.workers.process.forking import WorkerTemplate, forking_problem
+
+if TYPE_CHECKING:
+    import ctypes
 
 __all__ = [
     "BWRAP_INSTALL",
@@ -79,10 +81,14 @@ _PR_SET_DUMPABLE = 4
 
 @functools.cache
 def _libc() -> ctypes.CDLL:
+    import ctypes  # only where a process is made non-dumpable, not in every server's start
+
     return ctypes.CDLL(None, use_errno=True)
 
 
 def _prctl(option: int, value: int) -> None:
+    import ctypes
+
     if _libc().prctl(option, value, 0, 0, 0) != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
