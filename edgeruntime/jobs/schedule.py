@@ -11,9 +11,6 @@ import math
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, tzinfo
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
-from cronsim import CronSim, CronSimError
 
 from edgeruntime.config.project import CronConfig
 from edgeruntime.exceptions import ConfigError
@@ -43,13 +40,19 @@ class Schedule:
 
     @property
     def zone(self) -> tzinfo:
-        return UTC if self.timezone == "UTC" else ZoneInfo(self.timezone)
+        if self.timezone == "UTC":
+            return UTC
+        from zoneinfo import ZoneInfo  # a cron's zone: imported by the first one that names one
+
+        return ZoneInfo(self.timezone)
 
     def latest(self, at: float) -> float:
         """The latest tick at or before `at` (POSIX seconds)."""
         if self.every_sec is not None:
             return float(math.floor(at / self.every_sec) * self.every_sec)
         assert self.expression is not None
+        from cronsim import CronSim  # only where a cron has an expression, not in every server's start
+
         start = datetime.fromtimestamp(math.floor(at), self.zone)
         # cronsim's reverse iteration yields ticks strictly before its start: start a minute later.
         probe = start.replace(second=0, microsecond=0) + timedelta(minutes=1)
@@ -63,12 +66,18 @@ class Schedule:
         if self.every_sec is not None:
             return float((math.floor(after / self.every_sec) + 1) * self.every_sec)
         assert self.expression is not None
+        from cronsim import CronSim
+
         start = datetime.fromtimestamp(math.floor(after), self.zone)
         return next(iter(CronSim(self.expression, start))).timestamp()
 
 
 def parse_schedule(value: str, timezone: str = "UTC") -> Schedule:
     """Parse `value`; raises ValueError with the reason when it is not a schedule."""
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    from cronsim import CronSim, CronSimError
+
     try:
         zone_ok = timezone == "UTC" or ZoneInfo(timezone) is not None
     except (ZoneInfoNotFoundError, ValueError):
