@@ -25,6 +25,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
 
 from edgeruntime.jobs.backends import open_store
 from edgeruntime.jobs.store import CronTick, Run
@@ -656,3 +658,68 @@ def test_auto_on_one_cpu_is_one_supervised_process_that_rolls_over_on_sighup(who
         (new,) = child_pids(server.proc.pid)
         assert pid_of(server) == new != old
         assert server.terminate() == 0
+
+
+# -- WebSockets across serving processes ------------------------------------------------------
+
+#: Says which serving process holds the connection, then echoes.
+WS_WHO = """
+import os
+from edgeruntime import serve, upgrade_websocket
+
+async def handler(req):
+    ws = await upgrade_websocket(req)
+    await ws.send_text(str(os.getpid()))
+    while True:
+        message = await ws.receive()
+        if message["type"] == "websocket.disconnect":
+            return None
+        await ws.send_text(message.get("text") or "")
+
+serve(handler)
+"""
+
+
+async def _sockets_on_both(server: ServerProcess, pids: set[int]) -> dict[int, list[str]]:
+    """Open WebSockets until each serving process holds one, echo on each, then SIGTERM the server:
+    what each connection received, by the pid of the process that held it, closes included."""
+    url = f"ws://127.0.0.1:{server.port}/functions/v1/ws-who"
+    held: dict[int, ClientConnection] = {}
+    seen: dict[int, list[str]] = {}
+    async with contextlib.AsyncExitStack() as stack:
+        for _ in range(60):  # the kernel spreads new connections; bounded all the same
+            ws = await stack.enter_async_context(connect(url, open_timeout=20))
+            pid = int(await asyncio.wait_for(ws.recv(), 20))
+            if pid not in held:
+                held[pid] = ws
+            if set(held) == pids:
+                break
+        assert set(held) == pids, f"connections reached only {set(held)} of {pids}"
+        for pid, ws in held.items():
+            await ws.send(f"hello {pid}")
+            seen[pid] = [str(await asyncio.wait_for(ws.recv(), 20))]
+        server.proc.send_signal(signal.SIGTERM)
+        for pid, ws in held.items():
+            try:
+                async with asyncio.timeout(30):
+                    while True:
+                        seen[pid].append(str(await ws.recv()))
+            except ConnectionClosed as exc:
+                assert exc.rcvd is not None
+                seen[pid].append(f"closed {exc.rcvd.code} {exc.rcvd.reason}")
+    return seen
+
+
+@pytest.mark.parametrize("server_kind", ["uvicorn", "hypercorn"])
+def test_websockets_are_served_by_every_process_and_closed_1001_at_sigterm(
+    functions_dir: Path, server_kind: str
+) -> None:
+    write_function(functions_dir, "ws-who", WS_WHO)
+    server = start(functions_dir, "--no-watch", "--server", server_kind)
+    with server:
+        pids = set(child_pids(server.proc.pid))
+        seen = asyncio.run(_sockets_on_both(server, pids))
+        assert server.proc.wait(60) == 0, server.output
+    # Each process echoed on its own connections and, told to stop, closed them as the platform
+    # does when a worker is terminated: 1001 with the stop reason.
+    assert seen == {pid: [f"hello {pid}", "closed 1001 termination"] for pid in pids}, seen
