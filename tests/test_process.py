@@ -473,3 +473,44 @@ async def test_out_of_file_descriptors_is_503_not_a_boot_error_or_a_500_and_pass
     functions_dir: Path, caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str], where: str
 ) -> None:
     await check_exhaustion_is_503(functions_dir, caplog, capfd, "process", where)
+
+
+SENDERS = """
+import socket
+from edgeruntime import serve
+
+
+@serve
+async def app(scope, receive, send):
+    await receive()
+    kind = scope["query_string"].decode().rstrip("=")
+    start = {"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]}
+    if kind == "unpicklable":  # something that cannot travel to the server
+        start["socket"] = socket.socket()
+    await send(start)
+    if kind == "reused":  # one dict for every chunk: what was sent is what the client gets
+        message = {"type": "http.response.body", "more_body": True}
+        for part in (b"a", b"b", b"c"):
+            message["body"] = part
+            await send(message)
+        message["body"] = b""
+        message["more_body"] = False
+        await send(message)
+    else:
+        await send({"type": "http.response.body", "body": memoryview(b"viewed")})
+"""
+
+
+async def test_what_a_function_sends_is_what_it_sent_then(functions_dir: Path) -> None:
+    """Messages are pickled at the end of the worker's turn, in a batch: each as it was when sent."""
+    write_function(functions_dir, "senders", SENDERS)
+    async with EdgeClient(functions_dir, isolation="process") as client:
+        reused = await client.invoke("senders", params={"reused": ""})
+        assert (reused.status_code, reused.text) == (200, "abc")
+        viewed = await client.invoke("senders", params={"memoryview": ""})
+        assert (viewed.status_code, viewed.text) == (200, "viewed")
+        # A message that cannot be pickled fails its request alone; the worker goes on serving.
+        broken = await client.invoke("senders", params={"unpicklable": ""})
+        assert broken.status_code == 500
+        again = await client.invoke("senders", params={"reused": ""})
+        assert (again.status_code, again.text) == (200, "abc")

@@ -71,6 +71,7 @@ from edgeruntime.workers.process.frames import (
     Sent,
     TaskDone,
     TaskStarted,
+    kind_of,
     load_worker_frame,
 )
 from edgeruntime.workers.process.sandbox import set_dumpable, set_parent_death_signal
@@ -290,7 +291,7 @@ class WorkerProcess:
     """The worker side of the channel."""
 
     def __init__(self, stopped: asyncio.Future[None]) -> None:
-        self.channel = Channel(self.on_frame, self.on_close, name="channel to the server")
+        self.channel = Channel(self.on_frame, self.on_close, name="channel to the server", on_unsent=self.unsent)
         self.queue = ServerQueue(self.channel)
         self.stopped = stopped
         self.worker: InlineWorker | None = None
@@ -328,6 +329,18 @@ class WorkerProcess:
             self.queue.answered(frame)
         elif isinstance(frame, Boot):
             self.boot(frame)
+
+    def unsent(self, fields: tuple[Any, ...], error: Exception) -> Frame | None:
+        """A message the function sent could not be pickled: its request fails (500), as an
+        exception the handler raised would fail it. The server reads the Done sent in its place
+        before what the function sent after it, and drops the rest of the request."""
+        if kind_of(fields) is not Sent:
+            return None
+        rid = fields[0]
+        entry = self.requests.pop(rid, None)
+        if entry is not None:
+            entry[0].cancel()
+        return Done(rid, Ended("error", f"{type(error).__name__}: {error}"))
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -399,12 +412,16 @@ class WorkerProcess:
             if body.client_gone and body.raises_when_gone:  # as the server would: the client left
                 raise OSError("the client disconnected")
             kind = message["type"]
+            # A copy: it is pickled at the end of this turn, and the function may reuse its dict until then.
+            message = dict(message)
             if kind == "http.response.start" or kind == "websocket.http.response.start":
                 ctx.response_started = True
                 if type(message.get("status")) is not int:  # an IntEnum (HTTPStatus): the server loads plain data only
-                    message = {**message, "status": int(message["status"])}
+                    message["status"] = int(message["status"])
             elif kind == "websocket.accept":
                 ctx.response_started = True
+            elif type(message.get("body")) is memoryview:  # a server writes one as it is; pickle cannot
+                message["body"] = bytes(message["body"])
             channel.send(Sent(rid, message))
             await body.sent()  # a window of messages not yet at the client: it is slower than this function
             await channel.drain()  # the server stopped reading altogether

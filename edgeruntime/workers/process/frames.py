@@ -1,8 +1,11 @@
 """The frames between the server and a worker process, one named tuple per kind, read by name.
 
 A frame travels as the plain tuple of its fields, its kind's number last (each class's default
-for ``kind``): pickling a plain tuple costs a third of pickling a named tuple, which pickle
-stores with a reference to its class. :func:`decode` turns it back into its class.
+for ``kind``, see :func:`to_wire`): pickling a plain tuple costs a third of pickling a named
+tuple, which pickle stores with a reference to its class. The frames a side sends in one turn
+of its event loop travel together, the list of their tuples pickled once (:func:`encode_batch`;
+the channel, :mod:`edgeruntime.workers.process.channel`, frames the batches), and a
+:class:`Reader` turns each tuple back into its class.
 
 Server → worker process: :class:`Boot`, :class:`Request`, :class:`Body`, :class:`Cancel`,
 :class:`BeforeUnload`, :class:`Enqueued`, :class:`Delivered`. Worker process → server:
@@ -18,7 +21,7 @@ to the client). A slow reader at either end holds the writer back, and neither p
 more than a window of one request's messages.
 
 The worker runs function code, which can write anything to its end of the socket, so the server
-reads worker frames with :func:`decode_worker_frame`: plain data (tuples, dicts, lists, strings,
+reads worker batches with :data:`FROM_WORKER`: plain data (tuples, dicts, lists, strings,
 bytes, numbers) and built-in exceptions only (:func:`load_worker_frame`), never another class,
 whose loading could run code in the server; and only the kinds a worker sends. What a worker
 sends inside a frame is therefore plain too: an :class:`Ended` and a stop reason travel as a
@@ -31,6 +34,7 @@ import builtins
 import io
 import pickle
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple, TypeAlias
 
 from edgeruntime.core.events import StopReason
@@ -53,7 +57,10 @@ __all__ = [
     "Ended",
     "Enqueue",
     "Enqueued",
+    "FROM_SERVER",
+    "FROM_WORKER",
     "Frame",
+    "Reader",
     "Request",
     "Sent",
     "TaskDone",
@@ -62,7 +69,13 @@ __all__ = [
     "decode",
     "decode_worker_frame",
     "encode",
+    "encode_batch",
+    "kind_of",
     "load_worker_frame",
+    "payload_bytes",
+    "read_frame",
+    "read_worker_frame",
+    "to_wire",
 ]
 
 
@@ -374,11 +387,36 @@ _FROM_WIRE: dict[type[Any], Callable[[Any], Any]] = {
 # -- encoding and decoding ----------------------------------------------------------------------
 
 
+def to_wire(frame: Frame) -> tuple[Any, ...]:
+    """The plain tuple `frame` travels as (its fields, its kind's number last)."""
+    to_wire = _TO_WIRE.get(type(frame))
+    return _new(tuple, frame) if to_wire is None else to_wire(frame)
+
+
 def encode(frame: Frame) -> bytes:
     """The pickled plain tuple of `frame`'s fields."""
-    to_wire = _TO_WIRE.get(type(frame))
-    fields = _new(tuple, frame) if to_wire is None else to_wire(frame)
-    return pickle.dumps(fields, protocol=pickle.HIGHEST_PROTOCOL)
+    return pickle.dumps(to_wire(frame), protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def encode_batch(batch: list[tuple[Any, ...]]) -> bytes:
+    """The pickled list of the plain tuples of a batch of frames (see :func:`to_wire`): one
+    pickling for all the frames a side sends in one turn of its event loop."""
+    return pickle.dumps(batch, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def payload_bytes(frame: Frame) -> int:
+    """The bytes of body or WebSocket data `frame` carries (what makes a batch large)."""
+    message: object
+    if isinstance(frame, Sent | Body):
+        message = frame.message
+    elif isinstance(frame, Request):
+        message = frame.first
+    else:
+        return 0
+    if not isinstance(message, dict):
+        return 0
+    data = message.get("body") or message.get("bytes") or message.get("text")
+    return len(data) if isinstance(data, bytes | bytearray | str) else 0
 
 
 def _frame(fields: Any, kinds: dict[int, tuple[type[Any], int]]) -> Frame:
@@ -395,10 +433,27 @@ def _frame(fields: Any, kinds: dict[int, tuple[type[Any], int]]) -> Frame:
     return frame if from_wire is None else from_wire(frame)
 
 
+def kind_of(fields: tuple[Any, ...]) -> type[Any]:
+    """The class of the frame whose plain tuple is `fields` (one this side made: see :func:`to_wire`)."""
+    return KINDS[fields[-1]][0]
+
+
+def read_frame(fields: Any) -> Frame:
+    """The frame of the plain tuple `fields` (a worker process reading the server's frames);
+    ValueError if it is not one."""
+    return _frame(fields, KINDS)
+
+
+def read_worker_frame(fields: Any) -> Frame:
+    """The frame a worker process sent as the plain tuple `fields` (the server reading it);
+    ValueError if it is not a frame a worker sends, or its fields are not of the types the server expects."""
+    return _frame(fields, WORKER_KINDS)
+
+
 def decode(data: bytes | memoryview) -> Frame:
     """The frame `encode` made `data` from (a worker process reading the server's frames);
     ValueError if it is not one."""
-    return _frame(pickle.loads(data), KINDS)
+    return read_frame(pickle.loads(data))
 
 
 class _WorkerFrameUnpickler(pickle.Unpickler):
@@ -425,4 +480,19 @@ def decode_worker_frame(data: bytes | memoryview) -> Frame:
     Raises pickle.UnpicklingError for what holds a class, ValueError for what is not a frame a
     worker sends.
     """
-    return _frame(load_worker_frame(data), WORKER_KINDS)
+    return read_worker_frame(load_worker_frame(data))
+
+
+@dataclass(frozen=True)
+class Reader:
+    """How one end of the channel reads what the other sends: `load` unpickles a batch (a list
+    of plain tuples), `frame` makes each of them a frame (ValueError: it is none this end reads)."""
+
+    load: Callable[[bytes | memoryview], Any]
+    frame: Callable[[Any], Frame]
+
+
+#: A worker process reading the server's batches (the server is trusted).
+FROM_SERVER = Reader(pickle.loads, read_frame)
+#: The server reading a worker's batches: plain data only (:func:`load_worker_frame`), worker kinds only.
+FROM_WORKER = Reader(load_worker_frame, read_worker_frame)

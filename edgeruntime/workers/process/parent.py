@@ -24,7 +24,7 @@ streamed response as it would inline.
 The process is started in the server's sandbox (:mod:`edgeruntime.workers.process.sandbox`):
 under bubblewrap the process the server starts is ``bwrap`` and the worker its grandchild, whose
 pid is the one watched. Function code can write anything to the channel, so what the server reads
-from it is plain data only (:func:`edgeruntime.workers.process.frames.decode_worker_frame`), and
+from it is plain data only (:data:`edgeruntime.workers.process.frames.FROM_WORKER`), and
 a job a function enqueues is enqueued by the server (the worker holds no store credentials).
 """
 
@@ -67,6 +67,7 @@ from edgeruntime.workers.process.channel import Channel, framed
 from edgeruntime.workers.process.forking import SpawnedProcess, WorkerProcessHandle, peer_pid
 from edgeruntime.workers.process.frames import (
     ACK_BATCH,
+    FROM_WORKER,
     WINDOW,
     BeforeUnload,
     BeforeUnloadDone,
@@ -87,7 +88,7 @@ from edgeruntime.workers.process.frames import (
     Sent,
     TaskDone,
     TaskStarted,
-    decode_worker_frame,
+    kind_of,
 )
 from edgeruntime.workers.process.sandbox import Sandbox, WorkerLauncher
 from edgeruntime.workers.worker import WorkerStatus, limit_exceeded
@@ -332,9 +333,10 @@ class ProcessWorker:
         channel = self.channel = Channel(
             self._on_frame,
             self._on_close,
-            decode=decode_worker_frame,
+            reader=FROM_WORKER,
             max_frame_bytes=int((self.limits.memory_limit_mb + FRAME_SLACK_MB) * 1024 * 1024),
             name=f"worker channel of {self.name}",
+            on_unsent=self._unsent,
         )
         transport, _ = await loop.create_unix_connection(lambda: channel, sock=ours)
         self._booted = loop.create_future()
@@ -473,6 +475,13 @@ class ProcessWorker:
             and not self._booted.done()
         ):
             self._booted.set_result(frame)
+
+    def _unsent(self, fields: tuple[Any, ...], error: Exception) -> None:
+        """A request's frame could not be pickled (something in its scope or body): it fails."""
+        if kind_of(fields) in (Request, Body):
+            call = self._calls.get(fields[0])
+            if call is not None:
+                call.push(Done(fields[0], Ended("error", f"{type(error).__name__}: {error}")))
 
     async def _enqueue(self, frame: Enqueue) -> None:
         """A job the function enqueues: the server enqueues it and answers with its id or the error."""
