@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import itertools
 import json
 import logging
@@ -29,6 +30,7 @@ import struct
 import sys
 import time
 import traceback
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +53,7 @@ from edgeruntime.limits import Limits
 from edgeruntime.workers.process.channel import Channel
 from edgeruntime.workers.process.frames import (
     ACK_BATCH,
+    FROM_SERVER,
     WINDOW,
     BeforeUnload,
     BeforeUnloadDone,
@@ -73,6 +76,7 @@ from edgeruntime.workers.process.frames import (
     TaskStarted,
     kind_of,
     load_worker_frame,
+    read_frame,
 )
 from edgeruntime.workers.process.sandbox import set_dumpable, set_parent_death_signal
 from edgeruntime.workers.worker import InlineWorker
@@ -152,8 +156,16 @@ def _raises_when_gone(scope: Any) -> bool:
     """Whether the server this request came through raises on a send to a client that left
     (ASGI 2.4: Uvicorn); Hypercorn's sends are dropped instead. Forwarded requests behave alike."""
     try:
-        version = tuple(int(part) for part in str(scope["asgi"]["spec_version"]).split("."))
-    except (KeyError, TypeError, ValueError):
+        return _at_least_2_4(str(scope["asgi"]["spec_version"]))
+    except (KeyError, TypeError):
+        return False
+
+
+@functools.lru_cache(maxsize=8)  # a server says the same version on every request
+def _at_least_2_4(spec_version: str) -> bool:
+    try:
+        version = tuple(int(part) for part in spec_version.split("."))
+    except ValueError:
         return False
     return version >= (2, 4)
 
@@ -443,12 +455,13 @@ class WorkerProcess:
             channel.send(Done(rid, ended, ctx.error))
 
 
-async def _run(fd: int) -> None:
+async def _run(fd: int, first: bytes) -> None:
     loop = asyncio.get_running_loop()
     stopped: asyncio.Future[None] = loop.create_future()
     process = WorkerProcess(stopped)
     sock = socket.socket(fileno=fd)
     await loop.create_unix_connection(lambda: process.channel, sock=sock)
+    process.channel.data_received(first)
     try:
         await stopped
     finally:
@@ -480,6 +493,45 @@ def announce(fd: int) -> None:
         sock.detach()
 
 
+def _receive(sock: socket.socket, size: int) -> bytes | None:
+    data = bytearray()
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        if not chunk:
+            return None
+        data += chunk
+    return bytes(data)
+
+
+def first_batch(fd: int) -> bytes | None:
+    """The server's first batch on the channel `fd`, its Boot frame (waiting in the socket since
+    before this process existed), read before the event loop starts: it says which loop to run.
+    None if the server closed the channel first."""
+    sock = socket.socket(fileno=fd)
+    try:
+        sock.setblocking(True)
+        header = _receive(sock, 4)
+        data = None if header is None else _receive(sock, int.from_bytes(header, "big"))
+    finally:
+        sock.detach()
+    return None if header is None or data is None else header + data
+
+
+def event_loop_runner(first: bytes) -> Callable[[Coroutine[Any, Any, None]], None]:
+    """``uvloop.run`` if the Boot frame in `first` asks for uvloop and it is installed, else ``asyncio.run``."""
+    try:
+        boot = read_frame(FROM_SERVER.load(memoryview(first)[4:])[0])
+    except Exception:  # the channel reads it again, and says what is wrong with it
+        return asyncio.run
+    if isinstance(boot, Boot) and boot.event_loop == "uvloop":
+        try:
+            import uvloop
+        except ImportError:
+            return asyncio.run
+        return uvloop.run
+    return asyncio.run
+
+
 def main(argv: list[str] | None = None) -> int:
     """``FD PARENT NAME [UID:GID]``: NAME (the function's) is there for ``ps``.
 
@@ -488,8 +540,12 @@ def main(argv: list[str] | None = None) -> int:
     """
     args = sys.argv[1:] if argv is None else argv
     enter_sandbox(int(args[1]) if len(args) > 1 else 0, args[3] if len(args) > 3 else None)
-    announce(int(args[0]))
-    asyncio.run(_run(int(args[0])))
+    fd = int(args[0])
+    announce(fd)
+    first = first_batch(fd)
+    if first is None:  # the server closed the channel before it sent the Boot frame
+        return 0
+    event_loop_runner(first)(_run(fd, first))
     return 0
 
 

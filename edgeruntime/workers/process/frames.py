@@ -98,6 +98,8 @@ class Boot(NamedTuple):
     policy: Policy
     log_format: str
     env: dict[str, str]
+    #: The event loop to run: "uvloop" where the server runs on uvloop (Uvicorn), else "asyncio".
+    event_loop: str = "asyncio"
     kind: int = 1
 
 
@@ -404,16 +406,17 @@ def encode_batch(batch: list[tuple[Any, ...]]) -> bytes:
     return pickle.dumps(batch, protocol=pickle.HIGHEST_PROTOCOL)
 
 
+#: The field of each kind that holds an ASGI message (the others carry no body).
+_MESSAGE_FIELD: dict[type[Any], int] = {Sent: 1, Body: 1, Request: 2}
+
+
 def payload_bytes(frame: Frame) -> int:
     """The bytes of body or WebSocket data `frame` carries (what makes a batch large)."""
-    message: object
-    if isinstance(frame, Sent | Body):
-        message = frame.message
-    elif isinstance(frame, Request):
-        message = frame.first
-    else:
+    field = _MESSAGE_FIELD.get(type(frame))
+    if field is None:
         return 0
-    if not isinstance(message, dict):
+    message = frame[field]
+    if type(message) is not dict:
         return 0
     data = message.get("body") or message.get("bytes") or message.get("text")
     return len(data) if isinstance(data, bytes | bytearray | str) else 0

@@ -39,6 +39,7 @@ import os
 import resource
 import socket
 import subprocess
+import sys
 import time
 import types
 from collections.abc import Callable, Mapping
@@ -181,6 +182,13 @@ def _proc_usage(pid: int) -> tuple[float, float]:
     return cpu_ms, rss_mb
 
 
+def _event_loop(loop: asyncio.AbstractEventLoop) -> str:
+    """The event loop a worker process runs: the server's kind (uvloop under Uvicorn), so that a
+    function runs on the loop it would run on inline."""
+    uvloop = sys.modules.get("uvloop")
+    return "uvloop" if uvloop is not None and isinstance(loop, uvloop.Loop) else "asyncio"
+
+
 def _small_body(scope: Scope) -> bool:
     """True if the request declares a body small enough to forward in one frame (or none at all)."""
     length: int | None = None
@@ -299,7 +307,9 @@ class ProcessWorker:
                 raise
             raise ResourceExhausted(self.name, f"starting a worker process for {self.name}") from exc
         announces = hasattr(socket, "SO_PASSCRED")
-        boot = framed(Boot(self.name, str(directory), self.limits, self.policy, self.log_format, self.env))
+        boot = framed(
+            Boot(self.name, str(directory), self.limits, self.policy, self.log_format, self.env, _event_loop(loop))
+        )
         try:
             if announces:  # before the worker can write: its announcement then carries its credentials
                 ours.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
