@@ -30,8 +30,8 @@ def test_the_server_names_its_own_loop() -> None:
         assert _event_loop(loop) == "uvloop"
     finally:
         loop.close()
-    loop = asyncio.new_event_loop()
+    plain = asyncio.new_event_loop()
     try:
-        assert _event_loop(loop) == "asyncio"
+        assert _event_loop(plain) == "asyncio"
     finally:
-        loop.close()
+        plain.close()
