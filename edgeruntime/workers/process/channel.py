@@ -49,7 +49,9 @@ class Channel(asyncio.Protocol):
     or that `reader` cannot load, is logged and closes the channel; a frame in it that `reader`
     finds is no frame of this end (ValueError) is logged and skipped. `on_unsent(fields, error)`
     is told of a frame that could not be pickled (its plain tuple): the frame it returns, if any,
-    is sent in its place, and the others of its batch are sent.
+    is sent in its place, and the others of its batch are sent. `before_flush()` is called before
+    each batch is made: what it sends goes in the batch (a side that held frames back, see
+    :meth:`hold`).
     """
 
     def __init__(
@@ -61,10 +63,12 @@ class Channel(asyncio.Protocol):
         max_frame_bytes: int | None = None,
         name: str = "worker channel",
         on_unsent: Callable[[tuple[Any, ...], Exception], Frame | None] | None = None,
+        before_flush: Callable[[], None] | None = None,
     ) -> None:
         self.on_frame = on_frame
         self.on_close = on_close
         self.on_unsent = on_unsent
+        self.before_flush = before_flush
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self._load = reader.load
@@ -76,6 +80,8 @@ class Channel(asyncio.Protocol):
         #: The plain tuples of the frames sent in this turn, and the body bytes they carry.
         self._queued: list[tuple[Any, ...]] = []
         self._queued_bytes = 0
+        #: A flush is due at the end of this turn of the event loop.
+        self._due = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # A stream transport (uvloop's do not subclass asyncio.Transport, so no isinstance check).
@@ -150,18 +156,32 @@ class Channel(asyncio.Protocol):
         once when their bodies reach FLUSH_BYTES): the other end wakes once for all of them."""
         if self.closed or self.transport is None:
             return
-        queued = self._queued
-        if not queued:
-            asyncio.get_running_loop().call_soon(self.flush)
-        queued.append(to_wire(frame))
+        if not self._due:
+            self.hold()
+        self._queued.append(to_wire(frame))
         size = payload_bytes(frame)
         if size:
             self._queued_bytes += size
             if self._queued_bytes >= FLUSH_BYTES:
                 self.flush()
 
+    def hold(self) -> None:
+        """Flush at the end of this turn of the event loop even if nothing is sent until then:
+        a side that holds frames back to send them together sends them from `before_flush`."""
+        if not self._due:
+            self._due = True
+            asyncio.get_running_loop().call_soon(self._end_of_turn)
+
+    def _end_of_turn(self) -> None:
+        try:
+            self.flush()
+        finally:
+            self._due = False
+
     def flush(self) -> None:
         """Write the frames queued so far, as one batch."""
+        if self.before_flush is not None:
+            self.before_flush()
         queued = self._queued
         if not queued:
             return
@@ -196,6 +216,11 @@ class Channel(asyncio.Protocol):
                 continue
             kept.append(fields)
         return kept
+
+    @property
+    def writing_paused(self) -> bool:
+        """The other end is not reading: :meth:`drain` would wait."""
+        return self._writable is not None and not self.closed
 
     async def drain(self) -> None:
         """Wait while the other end is not reading (back-pressure for streamed bodies)."""

@@ -55,6 +55,7 @@ from edgeruntime.workers.process.frames import (
     ACK_BATCH,
     FROM_SERVER,
     WINDOW,
+    Answered,
     BeforeUnload,
     BeforeUnloadDone,
     Body,
@@ -188,6 +189,17 @@ class RequestBody:
         self.raises_when_gone = raises_when_gone
         #: The server forwarded the client's leaving.
         self.client_gone = False
+        #: The response's start, and its whole body if it came next, held back to travel with the
+        #: request's end (one Answered frame) if it ends in this turn of the loop (see `release`).
+        self.held: list[Message] | None = None
+
+    def release(self) -> None:
+        """Send what is held back on its own: the request goes on past this turn, or sends more."""
+        held = self.held
+        if held is not None:
+            self.held = None
+            for message in held:
+                self.channel.send(Sent(self.rid, message))
 
     def push(self, message: Message) -> None:
         kind = message.get("type")
@@ -219,6 +231,10 @@ class RequestBody:
     async def sent(self) -> None:
         """One more message was sent: wait while a window of them has not reached the client."""
         self.unsent += 1
+        await self.wait_for_room()
+
+    async def wait_for_room(self) -> None:
+        """Wait while a window of the messages sent has not reached the client."""
         while self.unsent >= WINDOW and not self.channel.closed:
             self.room = asyncio.get_running_loop().create_future()
             await self.room
@@ -303,7 +319,15 @@ class WorkerProcess:
     """The worker side of the channel."""
 
     def __init__(self, stopped: asyncio.Future[None]) -> None:
-        self.channel = Channel(self.on_frame, self.on_close, name="channel to the server", on_unsent=self.unsent)
+        self.channel = Channel(
+            self.on_frame,
+            self.on_close,
+            name="channel to the server",
+            on_unsent=self.unsent,
+            before_flush=self.release_held,
+        )
+        #: The requests holding messages back in this turn of the loop.
+        self.holding: list[RequestBody] = []
         self.queue = ServerQueue(self.channel)
         self.stopped = stopped
         self.worker: InlineWorker | None = None
@@ -342,11 +366,17 @@ class WorkerProcess:
         elif isinstance(frame, Boot):
             self.boot(frame)
 
+    def release_held(self) -> None:
+        """The end of the turn: what requests still hold back goes now."""
+        holding, self.holding = self.holding, []
+        for body in holding:
+            body.release()
+
     def unsent(self, fields: tuple[Any, ...], error: Exception) -> Frame | None:
         """A message the function sent could not be pickled: its request fails (500), as an
         exception the handler raised would fail it. The server reads the Done sent in its place
         before what the function sent after it, and drops the rest of the request."""
-        if kind_of(fields) is not Sent:
+        if kind_of(fields) not in (Sent, Answered):
             return None
         rid = fields[0]
         entry = self.requests.pop(rid, None)
@@ -426,17 +456,31 @@ class WorkerProcess:
             kind = message["type"]
             # A copy: it is pickled at the end of this turn, and the function may reuse its dict until then.
             message = dict(message)
+            body.unsent += 1
             if kind == "http.response.start" or kind == "websocket.http.response.start":
                 ctx.response_started = True
                 if type(message.get("status")) is not int:  # an IntEnum (HTTPStatus): the server loads plain data only
                     message["status"] = int(message["status"])
+                if kind == "http.response.start" and body.held is None and not channel.closed:
+                    body.held = [message]  # it may travel with the whole body and the request's end
+                    self.holding.append(body)
+                    channel.hold()
+                    return
             elif kind == "websocket.accept":
                 ctx.response_started = True
-            elif type(message.get("body")) is memoryview:  # a server writes one as it is; pickle cannot
-                message["body"] = bytes(message["body"])
+            elif kind == "http.response.body":
+                if type(message.get("body")) is memoryview:  # a server writes one as it is; pickle cannot
+                    message["body"] = bytes(message["body"])
+                held = body.held
+                if held is not None and len(held) == 1 and not message.get("more_body"):
+                    held.append(message)  # the whole response
+                    return
+            body.release()
             channel.send(Sent(rid, message))
-            await body.sent()  # a window of messages not yet at the client: it is slower than this function
-            await channel.drain()  # the server stopped reading altogether
+            if body.unsent >= WINDOW:  # a window of messages not yet at the client: it is slower than this function
+                await body.wait_for_room()
+            if channel.writing_paused:  # the server stopped reading altogether
+                await channel.drain()
 
         ended: Ended | None = None
         try:
@@ -452,7 +496,13 @@ class WorkerProcess:
         finally:
             self.requests.pop(rid, None)
             # ctx.error: the handler raised and got its 500 (or 502); the run records why.
-            channel.send(Done(rid, ended, ctx.error))
+            held = body.held
+            if ended is None and held is not None and len(held) == 2:  # a small response, made in one turn
+                body.held = None
+                channel.send(Answered(rid, held, ctx.error))
+            else:
+                body.release()
+                channel.send(Done(rid, ended, ctx.error))
 
 
 async def _run(fd: int, first: bytes) -> None:

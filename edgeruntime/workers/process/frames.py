@@ -10,7 +10,7 @@ the channel, :mod:`edgeruntime.workers.process.channel`, frames the batches), an
 Server → worker process: :class:`Boot`, :class:`Request`, :class:`Body`, :class:`Cancel`,
 :class:`BeforeUnload`, :class:`Enqueued`, :class:`Delivered`. Worker process → server:
 :class:`Booted`, :class:`BootFailed`, :class:`BootExhausted`, :class:`Sent`, :class:`Done`,
-:class:`TaskStarted`, :class:`TaskDone`, :class:`BeforeUnloadDone`, :class:`Enqueue`,
+:class:`Answered`, :class:`TaskStarted`, :class:`TaskDone`, :class:`BeforeUnloadDone`, :class:`Enqueue`,
 :class:`Consumed`.
 
 The messages of one request flow in both directions under a window of :data:`WINDOW` messages
@@ -43,6 +43,7 @@ from edgeruntime.limits import Limits, Policy
 
 __all__ = [
     "ACK_BATCH",
+    "Answered",
     "BeforeUnload",
     "BeforeUnloadDone",
     "Body",
@@ -210,6 +211,17 @@ class Done(NamedTuple):
     kind: int = 9
 
 
+class Answered(NamedTuple):
+    """Request `rid` is over, answered with `messages` (its response's start and whole body): what
+    a :class:`Sent` of each and a :class:`Done` without `ended` say, in one frame (a small response
+    made in one turn of the worker's event loop). `error` as in :class:`Done`."""
+
+    rid: int
+    messages: list[Message]
+    error: str | None = None
+    kind: int = 18
+
+
 class TaskStarted(NamedTuple):
     """A `wait_until` task started in the worker process."""
 
@@ -275,6 +287,7 @@ Frame: TypeAlias = (
     | Enqueue
     | Delivered
     | Consumed
+    | Answered
 )
 
 _SERVER_FRAMES: tuple[type[Any], ...] = (Boot, Request, Body, Cancel, BeforeUnload, Enqueued, Delivered)
@@ -289,6 +302,7 @@ _WORKER_FRAMES: tuple[type[Any], ...] = (
     BeforeUnloadDone,
     Enqueue,
     Consumed,
+    Answered,
 )
 #: Each kind's number → its class and its number of fields.
 KINDS: dict[int, tuple[type[Any], int]] = {
@@ -370,6 +384,13 @@ def _consumed_from_wire(frame: Consumed) -> Consumed:
     return frame
 
 
+def _answered_from_wire(frame: Answered) -> Answered:
+    messages: Any = frame.messages
+    _check(frame, type(messages) is list and all(type(m) is dict for m in messages))
+    _check(frame, frame.error is None or type(frame.error) is str)
+    return frame
+
+
 _TO_WIRE: dict[type[Any], Callable[[Any], tuple[Any, ...]]] = {
     Done: _done_to_wire,
     BeforeUnloadDone: _unload_done_to_wire,
@@ -381,6 +402,7 @@ _FROM_WIRE: dict[type[Any], Callable[[Any], Any]] = {
     BootExhausted: _boot_exhausted_from_wire,
     Consumed: _consumed_from_wire,
     Done: _done_from_wire,
+    Answered: _answered_from_wire,
     BeforeUnloadDone: _unload_done_from_wire,
     TaskDone: _task_done_from_wire,
 }

@@ -70,6 +70,7 @@ from edgeruntime.workers.process.frames import (
     ACK_BATCH,
     FROM_WORKER,
     WINDOW,
+    Answered,
     BeforeUnload,
     BeforeUnloadDone,
     Body,
@@ -138,7 +139,7 @@ class _Call:
     __slots__ = ("client_gone", "delivered", "events", "room", "unacked", "waiter")
 
     def __init__(self) -> None:
-        self.events: collections.deque[Sent | Done] = collections.deque()
+        self.events: collections.deque[Sent | Done | Answered] = collections.deque()
         self.waiter: asyncio.Future[None] | None = None
         #: Body messages sent to the worker that the function has not read yet (as far as we know).
         self.unacked = 0
@@ -159,12 +160,12 @@ class _Call:
             self.room = asyncio.get_running_loop().create_future()
             await self.room
 
-    def push(self, event: Sent | Done) -> None:
+    def push(self, event: Sent | Done | Answered) -> None:
         self.events.append(event)
         if self.waiter is not None and not self.waiter.done():
             self.waiter.set_result(None)
 
-    async def next(self) -> Sent | Done:
+    async def next(self) -> Sent | Done | Answered:
         while not self.events:
             self.waiter = asyncio.get_running_loop().create_future()
             await self.waiter
@@ -456,7 +457,7 @@ class ProcessWorker:
     # -- frames from the worker process ----------------------------------------------------
 
     def _on_frame(self, frame: Frame) -> None:
-        if isinstance(frame, (Sent, Done)):  # the request path first
+        if isinstance(frame, Sent | Done | Answered):  # the request path first
             call = self._calls.get(frame.rid)
             if call is not None:
                 call.push(frame)
@@ -606,8 +607,13 @@ class ProcessWorker:
                 pump = asyncio.get_running_loop().create_task(self._pump(rid, receive, call))
             while True:
                 event = await call.next()
-                if isinstance(event, Sent):
-                    message = event.message
+                if isinstance(event, Done):
+                    over = True
+                    ended = event.ended
+                    if event.error is not None:  # the handler raised and got its 500 (or 502)
+                        ctx.error = event.error
+                    break
+                for message in (event.message,) if isinstance(event, Sent) else event.messages:
                     if not call.client_gone:
                         try:
                             await send(message)
@@ -622,14 +628,14 @@ class ProcessWorker:
                     if pump is None and message.get("more_body") and message.get("type") == "http.response.body":
                         # A streamed response: the client leaving must reach the function (it cancels the stream).
                         pump = asyncio.get_running_loop().create_task(self._pump(rid, receive, call))
-                    if self._paused_by is call and len(call.events) <= PAUSE_FRAMES // 4:
-                        self._resume_reading()
-                    continue
-                over = True
-                ended = event.ended
-                if event.error is not None:  # the handler raised and got its 500 (or 502)
-                    ctx.error = event.error
-                break
+                if isinstance(event, Answered):  # its whole response and its end in one frame
+                    over = True
+                    ended = None
+                    if event.error is not None:
+                        ctx.error = event.error
+                    break
+                if self._paused_by is call and len(call.events) <= PAUSE_FRAMES // 4:
+                    self._resume_reading()
         finally:
             if not over:  # cancelled, or the client's side failed: the function must not go on for no one
                 channel.send(Cancel(rid))  # a no-op once the process is gone
