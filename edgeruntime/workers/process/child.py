@@ -175,6 +175,20 @@ class RequestBody:
     """One forwarded request in this process: its `receive` (the messages the server forwards:
     body chunks, WebSocket messages, the client's leaving) and the window of what it sends back."""
 
+    __slots__ = (
+        "_consumed",
+        "_first",
+        "channel",
+        "client_gone",
+        "held",
+        "messages",
+        "raises_when_gone",
+        "rid",
+        "room",
+        "unsent",
+        "waiter",
+    )
+
     def __init__(self, rid: int, first: Message, channel: Channel, raises_when_gone: bool = False) -> None:
         self.rid = rid
         self.channel = channel
