@@ -7,7 +7,10 @@ isolation on a loopback port, on Uvicorn by default, driven by ``wrk`` (or a Pyt
 where wrk is missing) with 64 and then 1 keep-alive connection(s). As in ``benchmarks peers`` the
 server is pinned to core 0 and the load to core 1 (``--no-pin``: the server is not pinned), so a
 worker process shares the server's core; the isolations take turns for ``--rounds`` rounds and the medians are
-compared. Goal: process >= 0.7x inline on Uvicorn.
+compared. Goal: process >= 0.7x inline on Uvicorn. Each isolation's CPU per request is printed too
+(the server's and its worker processes', read from ``/proc`` over the measured seconds): on a
+shared machine it varies less than requests per second, and inline/process of it is the
+throughput ratio when the server's core does nothing else.
 
     python -m benchmarks isolation [--server uvicorn] [--seconds 5] [--rounds 3] [--connections 64,1] [--boots 20]
 """
@@ -24,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -48,8 +52,61 @@ def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 30.0) -
     raise TimeoutError(f"server at {url} not ready after {timeout} s")
 
 
-def measure(functions_dir: Path, isolation: str, server: str, seconds: float, connections: int, pin: bool) -> float:
-    """Requests per second of GET hello on a fresh server, after a second of warm-up."""
+_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _stat(pid: int) -> tuple[int, float, float]:
+    """Parent pid, own CPU seconds and the CPU seconds of reaped children of process `pid`."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[1]), (int(fields[11]) + int(fields[12])) / _TICKS, (int(fields[13]) + int(fields[14])) / _TICKS
+
+
+def tree_cpu(root: int) -> tuple[float, float]:
+    """CPU seconds so far of process `root` (the server) and of all its descendants (templates,
+    worker processes, the reaped ones included): read before and after a run, the difference is
+    what the run cost each (Linux; (0, 0) elsewhere)."""
+    stats: dict[int, tuple[int, float, float]] = {}
+    try:
+        pids = [int(p) for p in os.listdir("/proc") if p.isdigit()]
+    except OSError:
+        return 0.0, 0.0
+    for pid in pids:
+        try:
+            stats[pid] = _stat(pid)
+        except (OSError, ValueError, IndexError):
+            continue
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _, _) in stats.items():
+        children.setdefault(ppid, []).append(pid)
+    own = stats.get(root, (0, 0.0, 0.0))[1]
+    descendants = 0.0
+    todo = list(children.get(root, ()))
+    while todo:
+        pid = todo.pop()
+        _, cpu, reaped = stats[pid]
+        descendants += cpu + reaped
+        todo.extend(children.get(pid, ()))
+    return own, descendants
+
+
+@dataclass
+class Run:
+    """One measured run: requests per second, and µs of CPU per request of the server process and
+    of its worker processes (and their templates)."""
+
+    rps: float
+    server_us: float
+    workers_us: float
+
+    @property
+    def total_us(self) -> float:
+        return self.server_us + self.workers_us
+
+
+def measure(functions_dir: Path, isolation: str, server: str, seconds: float, connections: int, pin: bool) -> Run:
+    """Requests per second of GET hello on a fresh server, after a second of warm-up, and the CPU
+    each request cost (less noisy than requests per second on a shared machine)."""
     port = peers.free_port()
     argv = [
         sys.executable,
@@ -79,7 +136,11 @@ def measure(functions_dir: Path, isolation: str, server: str, seconds: float, co
         wait_ready(url, proc)
         hello = f"{url}/functions/v1/hello"
         peers.load(hello, 1, connections, post=False)
-        return peers.load(hello, seconds, connections, post=False).rps
+        before = tree_cpu(proc.pid)
+        load = peers.load(hello, seconds, connections, post=False)
+        after = tree_cpu(proc.pid)
+        requests = max(1, load.requests)
+        return Run(load.rps, (after[0] - before[0]) / requests * 1e6, (after[1] - before[1]) / requests * 1e6)
     finally:
         proc.terminate()
         try:
@@ -117,17 +178,32 @@ def main(argv: list[str] | None = None) -> int:
         functions_dir = Path(tmp) / "functions"
         shutil.copytree(HELLO, functions_dir / "hello")
         for connections in counts:
-            results: dict[str, list[float]] = {"inline": [], "process": []}
+            measured: dict[str, list[Run]] = {"inline": [], "process": []}
             for _ in range(args.rounds):
-                for isolation, runs in results.items():
+                for isolation, runs in measured.items():
                     runs.append(measure(functions_dir, isolation, args.server, args.seconds, connections, pin))
+            results = {isolation: [run.rps for run in runs] for isolation, runs in measured.items()}
             print(
                 f"hello on {args.server}, {connections} keep-alive connection(s), {generator}, {placement}, "
                 f"{args.seconds:g} s x {args.rounds} rounds (load average {os.getloadavg()[0]:.2f})"
             )
-            for isolation, runs in results.items():
-                spread = ", ".join(f"{r:.0f}" for r in runs)
-                print(f"  isolation={isolation:<8} median {statistics.median(runs):8.0f} req/s  ({spread})")
+            for isolation, runs in measured.items():
+                spread = ", ".join(f"{r.rps:.0f}" for r in runs)
+                cpu = (
+                    f"server {statistics.median(r.server_us for r in runs):.1f}"
+                    f" + worker processes {statistics.median(r.workers_us for r in runs):.1f}"
+                )
+                rps = statistics.median(r.rps for r in runs)
+                total = statistics.median(r.total_us for r in runs)
+                print(f"  isolation={isolation:<8} median {rps:8.0f} req/s  ({spread})")
+                print(f"  {'':<18} µs of CPU per request {total:.1f} ({cpu})")
+            cpu_ratio = statistics.median(r.total_us for r in measured["inline"]) / statistics.median(
+                r.total_us for r in measured["process"]
+            )
+            print(
+                f"  CPU per request, inline/process = {cpu_ratio:.2f}x "
+                "(the throughput ratio when the server's core does nothing else)"
+            )
             ratios = [p / i for p, i in zip(results["process"], results["inline"], strict=True)]
             ratio = statistics.median(results["process"]) / statistics.median(results["inline"])
             print(

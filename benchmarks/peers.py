@@ -490,7 +490,8 @@ def report(results: list[Result], cold: dict[str, tuple[float, float]]) -> str:
         proc = by_app.get("edgeruntime-process")
         if er and proc and er.hello and proc.hello:
             lines.append(
-                f"- {server}: hello process isolation / inline = {proc.hello.rps / er.hello.rps:.2f}x (goal >= 0.7x)"
+                f"- {server}: hello process isolation / inline = {proc.hello.rps / er.hello.rps:.2f}x"
+                " (goal >= 0.7x on uvicorn)"
             )
         if server in cold:
             e, b = cold[server]

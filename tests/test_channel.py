@@ -6,8 +6,10 @@ import asyncio
 import socket
 
 from edgeruntime.core.events import StopReason
-from edgeruntime.workers.process.channel import FLUSH_BYTES, Channel
-from edgeruntime.workers.process.frames import BeforeUnload, Body, Cancel, Frame
+from edgeruntime.limits import Limits
+from edgeruntime.workers.process.channel import FLUSH_BYTES, Channel, framed
+from edgeruntime.workers.process.child import first_batch
+from edgeruntime.workers.process.frames import BeforeUnload, Body, Boot, Cancel, Frame
 
 
 async def test_frames_sent_in_one_turn_go_out_in_one_write_and_arrive() -> None:
@@ -45,3 +47,16 @@ async def test_frames_sent_in_one_turn_go_out_in_one_write_and_arrive() -> None:
     assert len(writes) == 2
     writer.close()
     reader.close()
+
+
+def test_the_boot_frame_is_read_alone_before_the_loop_starts() -> None:
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        first = framed(Boot("hello", "/srv/functions/hello", Limits(), "per_worker", "text", {}, "uvloop"))
+        later = framed(Cancel(1))
+        ours.sendall(first[:3])  # the server wrote the rest later (an env larger than the socket's buffer)
+        ours.sendall(first[3:] + later)
+        assert first_batch(theirs.fileno()) == first
+        assert theirs.recv(len(later)) == later  # what came after stays for the channel
+        ours.close()
+        assert first_batch(theirs.fileno()) is None  # the server closed the channel first

@@ -16,8 +16,11 @@ from edgeruntime.core.context import ExecutionContext
 from edgeruntime.core.events import StopReason
 from edgeruntime.core.worker_state import default_worker
 from edgeruntime.exceptions import WallClockLimitExceeded
+from edgeruntime.functions.discovery import FunctionSpec
 from edgeruntime.gateway.extensions import Extension
+from edgeruntime.limits import Limits
 from edgeruntime.testing import EdgeClient
+from edgeruntime.workers.process.frames import Frame
 from edgeruntime.workers.process.parent import ProcessWorker
 from tests.helpers import ServerProcess, write_function
 from tests.probes import (
@@ -473,3 +476,107 @@ async def test_out_of_file_descriptors_is_503_not_a_boot_error_or_a_500_and_pass
     functions_dir: Path, caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str], where: str
 ) -> None:
     await check_exhaustion_is_503(functions_dir, caplog, capfd, "process", where)
+
+
+SENDERS = """
+import socket
+from edgeruntime import serve
+
+
+@serve
+async def app(scope, receive, send):
+    await receive()
+    kind = scope["query_string"].decode().rstrip("=")
+    start = {"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]}
+    if kind == "unpicklable":  # something that cannot travel to the server
+        start["socket"] = socket.socket()
+    await send(start)
+    if kind == "reused":  # one dict for every chunk: what was sent is what the client gets
+        message = {"type": "http.response.body", "more_body": True}
+        for part in (b"a", b"b", b"c"):
+            message["body"] = part
+            await send(message)
+        message["body"] = b""
+        message["more_body"] = False
+        await send(message)
+    else:
+        await send({"type": "http.response.body", "body": memoryview(b"viewed")})
+"""
+
+
+async def test_what_a_function_sends_is_what_it_sent_then(functions_dir: Path) -> None:
+    """Messages are pickled at the end of the worker's turn, in a batch: each as it was when sent."""
+    write_function(functions_dir, "senders", SENDERS)
+    async with EdgeClient(functions_dir, isolation="process") as client:
+        reused = await client.invoke("senders", params={"reused": ""})
+        assert (reused.status_code, reused.text) == (200, "abc")
+        viewed = await client.invoke("senders", params={"memoryview": ""})
+        assert (viewed.status_code, viewed.text) == (200, "viewed")
+        # A message that cannot be pickled fails its request alone; the worker goes on serving.
+        broken = await client.invoke("senders", params={"unpicklable": ""})
+        assert broken.status_code == 500
+        again = await client.invoke("senders", params={"reused": ""})
+        assert (again.status_code, again.text) == (200, "abc")
+
+
+HOLDER = """
+import asyncio
+from edgeruntime import serve
+
+
+@serve
+async def app(scope, receive, send):
+    await receive()
+    when = scope["query_string"]
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+    if when == b"late":  # the body comes in a later turn: the start must not wait for it
+        await asyncio.sleep(0.5)
+    await send({"type": "http.response.body", "body": b"done"})
+    if when == b"after":  # the function goes on after its response (a background task): it must not wait
+        await asyncio.sleep(0.5)
+"""
+
+
+async def _timed(worker: ProcessWorker, when: bytes) -> tuple[dict[str, float], float]:
+    """When each message of the response to `?when` reached the server's send, and when it was over."""
+    seen: dict[str, float] = {}
+    started = time.monotonic()
+
+    async def receive() -> dict[str, object]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        seen[message["type"]] = time.monotonic() - started
+
+    scope = {"type": "http", "method": "GET", "path": "/", "query_string": when, "headers": []}
+    ctx = ExecutionContext(function="holder", worker=default_worker(), execution_id=f"exec-{when!r}")
+    await worker.handle(scope, receive, send, ctx)
+    return seen, time.monotonic() - started
+
+
+async def test_a_response_travels_with_its_end_only_when_both_come_in_one_turn(functions_dir: Path) -> None:
+    write_function(functions_dir, "holder", HOLDER)
+    worker = ProcessWorker(FunctionSpec("holder", functions_dir / "holder"), {}, Limits())
+    await worker.start()
+    assert worker.channel is not None
+    kinds: list[str] = []
+    on_frame = worker.channel.on_frame
+
+    def spy(frame: Frame) -> None:
+        kinds.append(type(frame).__name__)
+        on_frame(frame)
+
+    worker.channel.on_frame = spy
+    try:
+        await _timed(worker, b"")
+        assert kinds == ["Answered"]  # start, body and end in one frame
+        kinds.clear()
+        seen, _ = await _timed(worker, b"late")
+        assert kinds == ["Sent", "Sent", "Done"]
+        assert seen["http.response.start"] < 0.4 <= seen["http.response.body"]
+        kinds.clear()
+        seen, over = await _timed(worker, b"after")
+        assert kinds == ["Sent", "Sent", "Done"]
+        assert seen["http.response.body"] < 0.4 <= over
+    finally:
+        await worker.end(StopReason.TERMINATION)

@@ -542,7 +542,7 @@ async def handler(req):
     if "huge" in req.query_params:  # a frame that claims 4 GB: the server must not wait to buffer it
         data = (2**32 - 1).to_bytes(4, "big") + b"x" * 65536
     else:
-        frame = pickle.dumps(("task", 1, Evil(), "x"))
+        frame = pickle.dumps([("task", 1, Evil(), "x")])  # a batch of one frame
         data = len(frame).to_bytes(4, "big") + frame
     os.write(int(sys.argv[1]), data)  # the worker's end of the channel
     return PlainTextResponse("sent")
@@ -565,7 +565,7 @@ async def test_a_frame_that_would_run_code_in_the_server_is_refused(
     assert r.status_code == 500 and r.json()["code"] == "WORKER_ERROR"
     assert "a worker frame may not hold builtins.exec" in caplog.text
     assert huge.status_code == 500 and huge.json()["code"] == "WORKER_ERROR"
-    assert "the other end sent a 4294967295-byte frame (at most " in caplog.text
+    assert "the other end sent a 4294967295-byte batch (at most " in caplog.text
 
 
 def test_worker_frames_hold_plain_data_and_builtin_exceptions_only() -> None:

@@ -1,47 +1,57 @@
-"""The channel between the server and a worker process: pickled frames over a Unix socket.
+"""The channel between the server and a worker process: batches of pickled frames over a Unix socket.
 
-Each frame (:mod:`edgeruntime.workers.process.frames`) is a 4-byte big-endian length and its
-pickled fields. Between our own two processes pickle is the cheapest encoding of ASGI messages
-(no second HTTP parse). Frames sent in one turn of the event loop are written with one system
-call. Streamed bodies are flow-controlled: a writer waits (:meth:`Channel.drain`) while the other
-end has stopped reading.
+What one side sends in one turn of its event loop travels as one batch: a 4-byte big-endian
+length and the pickled list of the frames' plain tuples (:mod:`edgeruntime.workers.process.frames`),
+written with one system call. Under load one turn serves many requests, so the batch is pickled
+once and read once for all of them, and the other side wakes once. Between our own two processes
+pickle is the cheapest encoding of ASGI messages (no second HTTP parse). A batch holding a body
+of :data:`FLUSH_BYTES` or more is written at once. Streamed bodies are flow-controlled: a writer
+waits (:meth:`Channel.drain`) while the other end has stopped reading.
 
-The server's end reads with :func:`~edgeruntime.workers.process.frames.decode_worker_frame`
-(plain data only: function code in the worker can write anything to the socket) and a limit on a
-frame's length. A frame holding a class, or longer than the limit, closes the channel; a frame of
-a kind this end does not read is logged and skipped.
+The server's end reads with :data:`~edgeruntime.workers.process.frames.FROM_WORKER` (plain data
+only: function code in the worker can write anything to the socket) and a limit on a batch's
+length. A batch holding a class, or longer than the limit, closes the channel; a frame of a kind
+this end does not read is logged and skipped.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import pickle
 from collections.abc import Callable
+from typing import Any, cast
 
-from edgeruntime.core.transport import BatchedTransport, WriteBatch
-from edgeruntime.workers.process.frames import Frame, decode, encode
+from edgeruntime.workers.process.frames import FROM_SERVER, Frame, Reader, encode_batch, payload_bytes, to_wire
 
-__all__ = ["Channel", "framed"]
+__all__ = ["FLUSH_BYTES", "Channel", "framed"]
 
 logger = logging.getLogger("edgeruntime")
 
 _HEADER = 4
-#: Queued frames are written at once when they reach this size (a streamed body), not at the end of the turn.
+#: Queued frames are written at once when their bodies reach this size (a streamed body), not at the end of the turn.
 FLUSH_BYTES = 256 * 1024
+#: A batch this long is written in two parts (its length, then itself) rather than copied behind its length.
+_COPY_BYTES = 64 * 1024
 
 
-def framed(frame: Frame) -> bytes:
-    """`frame` as the channel carries it: its length, then its pickled fields."""
-    data = encode(frame)
+def framed(*frames: Frame) -> bytes:
+    """`frames` as the channel carries them: a batch's length, then the batch."""
+    data = encode_batch([to_wire(frame) for frame in frames])
     return len(data).to_bytes(_HEADER, "big") + data
 
 
 class Channel(asyncio.Protocol):
     """One end of the channel: `send(frame)` to write, `on_frame(frame)` called for each frame read.
 
-    `decode` reads a frame (the server passes :func:`~edgeruntime.workers.process.frames.decode_worker_frame`).
-    A frame longer than `max_frame_bytes`, or that `decode` cannot load, is logged and closes the
-    channel; one that `decode` finds is no frame of this end (ValueError) is logged and skipped.
+    `reader` says how to read the other end's batches (the server passes
+    :data:`~edgeruntime.workers.process.frames.FROM_WORKER`). A batch longer than `max_frame_bytes`,
+    or that `reader` cannot load, is logged and closes the channel; a frame in it that `reader`
+    finds is no frame of this end (ValueError) is logged and skipped. `on_unsent(fields, error)`
+    is told of a frame that could not be pickled (its plain tuple): the frame it returns, if any,
+    is sent in its place, and the others of its batch are sent. `before_flush()` is called before
+    each batch is made: what it sends goes in the batch (a side that held frames back, see
+    :meth:`hold`).
     """
 
     def __init__(
@@ -49,22 +59,35 @@ class Channel(asyncio.Protocol):
         on_frame: Callable[[Frame], None],
         on_close: Callable[[], None],
         *,
-        decode: Callable[[memoryview], Frame] = decode,
+        reader: Reader = FROM_SERVER,
         max_frame_bytes: int | None = None,
         name: str = "worker channel",
+        on_unsent: Callable[[tuple[Any, ...], Exception], Frame | None] | None = None,
+        before_flush: Callable[[], None] | None = None,
     ) -> None:
         self.on_frame = on_frame
         self.on_close = on_close
-        self.transport: BatchedTransport | None = None
+        self.on_unsent = on_unsent
+        self.before_flush = before_flush
+        self.transport: asyncio.Transport | None = None
         self.closed = False
-        self._decode = decode
+        self._load = reader.load
+        self._read = reader.frame
         self._max_frame_bytes = max_frame_bytes
         self._name = name
         self._buffer = bytearray()
         self._writable: asyncio.Future[None] | None = None
+        #: The plain tuples of the frames sent in this turn, and the body bytes they carry.
+        self._queued: list[tuple[Any, ...]] = []
+        self._queued_bytes = 0
+        #: A flush is due at the end of this turn of the event loop.
+        self._due = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = BatchedTransport(transport, WriteBatch(), FLUSH_BYTES)
+        # A stream transport (uvloop's do not subclass asyncio.Transport, so no isinstance check).
+        self.transport = cast(asyncio.Transport, transport)
+
+    # -- reading ---------------------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
         if self.closed:
@@ -79,47 +102,125 @@ class Channel(asyncio.Protocol):
                 size = int.from_bytes(view[offset : offset + _HEADER], "big")
                 start = offset + _HEADER
                 if self._max_frame_bytes is not None and size > self._max_frame_bytes:
-                    self._refuse(f"a {size}-byte frame (at most {self._max_frame_bytes})")
+                    self._refuse(f"a {size}-byte batch (at most {self._max_frame_bytes})")
                     return
                 if end - start < size:
                     break
                 try:
-                    frame = self._decode(view[start : start + size])
-                except ValueError as exc:
-                    offset = start + size
-                    # Its text only: the exception's traceback holds a view of the buffer, resized below.
-                    logger.error("%s: a frame could not be read: %s", self._name, str(exc))
-                    continue
+                    batch = self._load(view[start : start + size])
                 except Exception as exc:
-                    self._refuse(f"a frame that cannot be read: {exc}")
+                    self._refuse(f"a batch that cannot be read: {exc}")
                     return
                 offset = start + size
-                try:
-                    self.on_frame(frame)
-                except Exception:
-                    logger.exception("worker channel: handling a %s frame failed", type(frame).__name__)
+                if not self._deliver(batch):
+                    return
         finally:
             view.release()
         if offset and not self.closed:
             del buffer[:offset]
 
+    def _deliver(self, batch: Any) -> bool:
+        """Hand each frame of `batch` to `on_frame`; False once the channel is refused."""
+        if type(batch) is not list:
+            logger.error("%s: a batch could not be read: not a list of frames: %s", self._name, f"{batch!r:.80}")
+            return True
+        read = self._read
+        on_frame = self.on_frame
+        for fields in batch:
+            try:
+                frame = read(fields)
+            except ValueError as exc:
+                logger.error("%s: a frame could not be read: %s", self._name, exc)
+                continue
+            except Exception as exc:
+                self._refuse(f"a frame that cannot be read: {exc}")
+                return False
+            try:
+                on_frame(frame)
+            except Exception:
+                logger.exception("worker channel: handling a %s frame failed", type(frame).__name__)
+        return True
+
     def _refuse(self, what: str) -> None:
         logger.error("%s: closed: the other end sent %s", self._name, what)
         self.closed = True
         self._buffer = bytearray()
+        self._queued = []
         if self.transport is not None:
             self.transport.abort()
 
-    def send(self, frame: Frame) -> None:
-        """Queue `frame`, written at the end of this turn of the event loop (at once past FLUSH_BYTES).
+    # -- writing ---------------------------------------------------------------------------
 
-        The frames queued in one turn go out in one write: the other end wakes once for all of them.
-        """
+    def send(self, frame: Frame) -> None:
+        """Queue `frame`, written with the others of this turn of the event loop at its end (at
+        once when their bodies reach FLUSH_BYTES): the other end wakes once for all of them."""
         if self.closed or self.transport is None:
             return
-        data = encode(frame)
-        self.transport.write(len(data).to_bytes(_HEADER, "big"))
-        self.transport.write(data)
+        if not self._due:
+            self.hold()
+        self._queued.append(to_wire(frame))
+        size = payload_bytes(frame)
+        if size:
+            self._queued_bytes += size
+            if self._queued_bytes >= FLUSH_BYTES:
+                self.flush()
+
+    def hold(self) -> None:
+        """Flush at the end of this turn of the event loop even if nothing is sent until then:
+        a side that holds frames back to send them together sends them from `before_flush`."""
+        if not self._due:
+            self._due = True
+            asyncio.get_running_loop().call_soon(self._end_of_turn)
+
+    def _end_of_turn(self) -> None:
+        try:
+            self.flush()
+        finally:
+            self._due = False
+
+    def flush(self) -> None:
+        """Write the frames queued so far, as one batch."""
+        if self.before_flush is not None:
+            self.before_flush()
+        queued = self._queued
+        if not queued:
+            return
+        self._queued = []
+        self._queued_bytes = 0
+        transport = self.transport
+        if self.closed or transport is None or transport.is_closing():
+            return
+        try:
+            data = encode_batch(queued)
+        except Exception:  # something in one frame cannot be pickled: the others still go
+            kept = self._encodable(queued)
+            if not kept:
+                return
+            data = encode_batch(kept)
+        header = len(data).to_bytes(_HEADER, "big")
+        if len(data) < _COPY_BYTES:
+            transport.write(header + data)
+        else:
+            transport.writelines((header, data))
+
+    def _encodable(self, queued: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+        kept = []
+        for fields in queued:
+            try:
+                pickle.dumps(fields, protocol=pickle.HIGHEST_PROTOCOL)
+            except Exception as exc:
+                logger.error("%s: a frame could not be sent: %s", self._name, exc)
+                instead = None if self.on_unsent is None else self.on_unsent(fields, exc)
+                if instead is not None:
+                    kept.append(to_wire(instead))
+                continue
+            kept.append(fields)
+        return kept
+
+    @property
+    def writing_paused(self) -> bool:
+        """The other end is not reading: :meth:`drain` would wait."""
+        return self._writable is not None and not self.closed
 
     async def drain(self) -> None:
         """Wait while the other end is not reading (back-pressure for streamed bodies)."""
@@ -146,9 +247,11 @@ class Channel(asyncio.Protocol):
 
     def close(self) -> None:
         if self.transport is not None and not self.transport.is_closing():
-            self.transport.close()  # what is queued is written first
+            self.flush()  # what is queued is written first
+            self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self._queued = []
         self.resume_writing()
         self.on_close()

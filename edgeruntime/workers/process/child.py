@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import itertools
 import json
 import logging
@@ -29,6 +30,7 @@ import struct
 import sys
 import time
 import traceback
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +53,9 @@ from edgeruntime.limits import Limits
 from edgeruntime.workers.process.channel import Channel
 from edgeruntime.workers.process.frames import (
     ACK_BATCH,
+    FROM_SERVER,
     WINDOW,
+    Answered,
     BeforeUnload,
     BeforeUnloadDone,
     Body,
@@ -71,7 +75,9 @@ from edgeruntime.workers.process.frames import (
     Sent,
     TaskDone,
     TaskStarted,
+    kind_of,
     load_worker_frame,
+    read_frame,
 )
 from edgeruntime.workers.process.sandbox import set_dumpable, set_parent_death_signal
 from edgeruntime.workers.worker import InlineWorker
@@ -151,8 +157,16 @@ def _raises_when_gone(scope: Any) -> bool:
     """Whether the server this request came through raises on a send to a client that left
     (ASGI 2.4: Uvicorn); Hypercorn's sends are dropped instead. Forwarded requests behave alike."""
     try:
-        version = tuple(int(part) for part in str(scope["asgi"]["spec_version"]).split("."))
-    except (KeyError, TypeError, ValueError):
+        return _at_least_2_4(str(scope["asgi"]["spec_version"]))
+    except (KeyError, TypeError):
+        return False
+
+
+@functools.lru_cache(maxsize=8)  # a server says the same version on every request
+def _at_least_2_4(spec_version: str) -> bool:
+    try:
+        version = tuple(int(part) for part in spec_version.split("."))
+    except ValueError:
         return False
     return version >= (2, 4)
 
@@ -160,6 +174,20 @@ def _raises_when_gone(scope: Any) -> bool:
 class RequestBody:
     """One forwarded request in this process: its `receive` (the messages the server forwards:
     body chunks, WebSocket messages, the client's leaving) and the window of what it sends back."""
+
+    __slots__ = (
+        "_consumed",
+        "_first",
+        "channel",
+        "client_gone",
+        "held",
+        "messages",
+        "raises_when_gone",
+        "rid",
+        "room",
+        "unsent",
+        "waiter",
+    )
 
     def __init__(self, rid: int, first: Message, channel: Channel, raises_when_gone: bool = False) -> None:
         self.rid = rid
@@ -175,6 +203,17 @@ class RequestBody:
         self.raises_when_gone = raises_when_gone
         #: The server forwarded the client's leaving.
         self.client_gone = False
+        #: The response's start, and its whole body if it came next, held back to travel with the
+        #: request's end (one Answered frame) if it ends in this turn of the loop (see `release`).
+        self.held: list[Message] | None = None
+
+    def release(self) -> None:
+        """Send what is held back on its own: the request goes on past this turn, or sends more."""
+        held = self.held
+        if held is not None:
+            self.held = None
+            for message in held:
+                self.channel.send(Sent(self.rid, message))
 
     def push(self, message: Message) -> None:
         kind = message.get("type")
@@ -206,6 +245,10 @@ class RequestBody:
     async def sent(self) -> None:
         """One more message was sent: wait while a window of them has not reached the client."""
         self.unsent += 1
+        await self.wait_for_room()
+
+    async def wait_for_room(self) -> None:
+        """Wait while a window of the messages sent has not reached the client."""
         while self.unsent >= WINDOW and not self.channel.closed:
             self.room = asyncio.get_running_loop().create_future()
             await self.room
@@ -290,7 +333,15 @@ class WorkerProcess:
     """The worker side of the channel."""
 
     def __init__(self, stopped: asyncio.Future[None]) -> None:
-        self.channel = Channel(self.on_frame, self.on_close, name="channel to the server")
+        self.channel = Channel(
+            self.on_frame,
+            self.on_close,
+            name="channel to the server",
+            on_unsent=self.unsent,
+            before_flush=self.release_held,
+        )
+        #: The requests holding messages back in this turn of the loop.
+        self.holding: list[RequestBody] = []
         self.queue = ServerQueue(self.channel)
         self.stopped = stopped
         self.worker: InlineWorker | None = None
@@ -328,6 +379,24 @@ class WorkerProcess:
             self.queue.answered(frame)
         elif isinstance(frame, Boot):
             self.boot(frame)
+
+    def release_held(self) -> None:
+        """The end of the turn: what requests still hold back goes now."""
+        holding, self.holding = self.holding, []
+        for body in holding:
+            body.release()
+
+    def unsent(self, fields: tuple[Any, ...], error: Exception) -> Frame | None:
+        """A message the function sent could not be pickled: its request fails (500), as an
+        exception the handler raised would fail it. The server reads the Done sent in its place
+        before what the function sent after it, and drops the rest of the request."""
+        if kind_of(fields) not in (Sent, Answered):
+            return None
+        rid = fields[0]
+        entry = self.requests.pop(rid, None)
+        if entry is not None:
+            entry[0].cancel()
+        return Done(rid, Ended("error", f"{type(error).__name__}: {error}"))
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -399,15 +468,33 @@ class WorkerProcess:
             if body.client_gone and body.raises_when_gone:  # as the server would: the client left
                 raise OSError("the client disconnected")
             kind = message["type"]
+            # A copy: it is pickled at the end of this turn, and the function may reuse its dict until then.
+            message = dict(message)
+            body.unsent += 1
             if kind == "http.response.start" or kind == "websocket.http.response.start":
                 ctx.response_started = True
                 if type(message.get("status")) is not int:  # an IntEnum (HTTPStatus): the server loads plain data only
-                    message = {**message, "status": int(message["status"])}
+                    message["status"] = int(message["status"])
+                if kind == "http.response.start" and body.held is None and not channel.closed:
+                    body.held = [message]  # it may travel with the whole body and the request's end
+                    self.holding.append(body)
+                    channel.hold()
+                    return
             elif kind == "websocket.accept":
                 ctx.response_started = True
+            elif kind == "http.response.body":
+                if type(message.get("body")) is memoryview:  # a server writes one as it is; pickle cannot
+                    message["body"] = bytes(message["body"])
+                held = body.held
+                if held is not None and len(held) == 1 and not message.get("more_body"):
+                    held.append(message)  # the whole response
+                    return
+            body.release()
             channel.send(Sent(rid, message))
-            await body.sent()  # a window of messages not yet at the client: it is slower than this function
-            await channel.drain()  # the server stopped reading altogether
+            if body.unsent >= WINDOW:  # a window of messages not yet at the client: it is slower than this function
+                await body.wait_for_room()
+            if channel.writing_paused:  # the server stopped reading altogether
+                await channel.drain()
 
         ended: Ended | None = None
         try:
@@ -423,15 +510,22 @@ class WorkerProcess:
         finally:
             self.requests.pop(rid, None)
             # ctx.error: the handler raised and got its 500 (or 502); the run records why.
-            channel.send(Done(rid, ended, ctx.error))
+            held = body.held
+            if ended is None and held is not None and len(held) == 2:  # a small response, made in one turn
+                body.held = None
+                channel.send(Answered(rid, held, ctx.error))
+            else:
+                body.release()
+                channel.send(Done(rid, ended, ctx.error))
 
 
-async def _run(fd: int) -> None:
+async def _run(fd: int, first: bytes) -> None:
     loop = asyncio.get_running_loop()
     stopped: asyncio.Future[None] = loop.create_future()
     process = WorkerProcess(stopped)
     sock = socket.socket(fileno=fd)
     await loop.create_unix_connection(lambda: process.channel, sock=sock)
+    process.channel.data_received(first)
     try:
         await stopped
     finally:
@@ -463,6 +557,45 @@ def announce(fd: int) -> None:
         sock.detach()
 
 
+def _receive(sock: socket.socket, size: int) -> bytes | None:
+    data = bytearray()
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        if not chunk:
+            return None
+        data += chunk
+    return bytes(data)
+
+
+def first_batch(fd: int) -> bytes | None:
+    """The server's first batch on the channel `fd`, its Boot frame (waiting in the socket since
+    before this process existed), read before the event loop starts: it says which loop to run.
+    None if the server closed the channel first."""
+    sock = socket.socket(fileno=fd)
+    try:
+        sock.setblocking(True)
+        header = _receive(sock, 4)
+        data = None if header is None else _receive(sock, int.from_bytes(header, "big"))
+    finally:
+        sock.detach()
+    return None if header is None or data is None else header + data
+
+
+def event_loop_runner(first: bytes) -> Callable[[Coroutine[Any, Any, None]], None]:
+    """``uvloop.run`` if the Boot frame in `first` asks for uvloop and it is installed, else ``asyncio.run``."""
+    try:
+        boot = read_frame(FROM_SERVER.load(memoryview(first)[4:])[0])
+    except Exception:  # the channel reads it again, and says what is wrong with it
+        return asyncio.run
+    if isinstance(boot, Boot) and boot.event_loop == "uvloop":
+        try:
+            import uvloop
+        except ImportError:
+            return asyncio.run
+        return uvloop.run
+    return asyncio.run
+
+
 def main(argv: list[str] | None = None) -> int:
     """``FD PARENT NAME [UID:GID]``: NAME (the function's) is there for ``ps``.
 
@@ -471,8 +604,12 @@ def main(argv: list[str] | None = None) -> int:
     """
     args = sys.argv[1:] if argv is None else argv
     enter_sandbox(int(args[1]) if len(args) > 1 else 0, args[3] if len(args) > 3 else None)
-    announce(int(args[0]))
-    asyncio.run(_run(int(args[0])))
+    fd = int(args[0])
+    announce(fd)
+    first = first_batch(fd)
+    if first is None:  # the server closed the channel before it sent the Boot frame
+        return 0
+    event_loop_runner(first)(_run(fd, first))
     return 0
 
 

@@ -1,13 +1,16 @@
 """The frames between the server and a worker process, one named tuple per kind, read by name.
 
 A frame travels as the plain tuple of its fields, its kind's number last (each class's default
-for ``kind``): pickling a plain tuple costs a third of pickling a named tuple, which pickle
-stores with a reference to its class. :func:`decode` turns it back into its class.
+for ``kind``, see :func:`to_wire`): pickling a plain tuple costs a third of pickling a named
+tuple, which pickle stores with a reference to its class. The frames a side sends in one turn
+of its event loop travel together, the list of their tuples pickled once (:func:`encode_batch`;
+the channel, :mod:`edgeruntime.workers.process.channel`, frames the batches), and a
+:class:`Reader` turns each tuple back into its class.
 
 Server → worker process: :class:`Boot`, :class:`Request`, :class:`Body`, :class:`Cancel`,
 :class:`BeforeUnload`, :class:`Enqueued`, :class:`Delivered`. Worker process → server:
 :class:`Booted`, :class:`BootFailed`, :class:`BootExhausted`, :class:`Sent`, :class:`Done`,
-:class:`TaskStarted`, :class:`TaskDone`, :class:`BeforeUnloadDone`, :class:`Enqueue`,
+:class:`Answered`, :class:`TaskStarted`, :class:`TaskDone`, :class:`BeforeUnloadDone`, :class:`Enqueue`,
 :class:`Consumed`.
 
 The messages of one request flow in both directions under a window of :data:`WINDOW` messages
@@ -18,7 +21,7 @@ to the client). A slow reader at either end holds the writer back, and neither p
 more than a window of one request's messages.
 
 The worker runs function code, which can write anything to its end of the socket, so the server
-reads worker frames with :func:`decode_worker_frame`: plain data (tuples, dicts, lists, strings,
+reads worker batches with :data:`FROM_WORKER`: plain data (tuples, dicts, lists, strings,
 bytes, numbers) and built-in exceptions only (:func:`load_worker_frame`), never another class,
 whose loading could run code in the server; and only the kinds a worker sends. What a worker
 sends inside a frame is therefore plain too: an :class:`Ended` and a stop reason travel as a
@@ -31,6 +34,7 @@ import builtins
 import io
 import pickle
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple, TypeAlias
 
 from edgeruntime.core.events import StopReason
@@ -39,6 +43,7 @@ from edgeruntime.limits import Limits, Policy
 
 __all__ = [
     "ACK_BATCH",
+    "Answered",
     "BeforeUnload",
     "BeforeUnloadDone",
     "Body",
@@ -53,7 +58,10 @@ __all__ = [
     "Ended",
     "Enqueue",
     "Enqueued",
+    "FROM_SERVER",
+    "FROM_WORKER",
     "Frame",
+    "Reader",
     "Request",
     "Sent",
     "TaskDone",
@@ -62,7 +70,13 @@ __all__ = [
     "decode",
     "decode_worker_frame",
     "encode",
+    "encode_batch",
+    "kind_of",
     "load_worker_frame",
+    "payload_bytes",
+    "read_frame",
+    "read_worker_frame",
+    "to_wire",
 ]
 
 
@@ -85,6 +99,8 @@ class Boot(NamedTuple):
     policy: Policy
     log_format: str
     env: dict[str, str]
+    #: The event loop to run: "uvloop" where the server runs on uvloop (Uvicorn), else "asyncio".
+    event_loop: str = "asyncio"
     kind: int = 1
 
 
@@ -195,6 +211,17 @@ class Done(NamedTuple):
     kind: int = 9
 
 
+class Answered(NamedTuple):
+    """Request `rid` is over, answered with `messages` (its response's start and whole body): what
+    a :class:`Sent` of each and a :class:`Done` without `ended` say, in one frame (a small response
+    made in one turn of the worker's event loop). `error` as in :class:`Done`."""
+
+    rid: int
+    messages: list[Message]
+    error: str | None = None
+    kind: int = 18
+
+
 class TaskStarted(NamedTuple):
     """A `wait_until` task started in the worker process."""
 
@@ -260,6 +287,7 @@ Frame: TypeAlias = (
     | Enqueue
     | Delivered
     | Consumed
+    | Answered
 )
 
 _SERVER_FRAMES: tuple[type[Any], ...] = (Boot, Request, Body, Cancel, BeforeUnload, Enqueued, Delivered)
@@ -274,6 +302,7 @@ _WORKER_FRAMES: tuple[type[Any], ...] = (
     BeforeUnloadDone,
     Enqueue,
     Consumed,
+    Answered,
 )
 #: Each kind's number → its class and its number of fields.
 KINDS: dict[int, tuple[type[Any], int]] = {
@@ -355,6 +384,13 @@ def _consumed_from_wire(frame: Consumed) -> Consumed:
     return frame
 
 
+def _answered_from_wire(frame: Answered) -> Answered:
+    messages: Any = frame.messages
+    _check(frame, type(messages) is list and all(type(m) is dict for m in messages))
+    _check(frame, frame.error is None or type(frame.error) is str)
+    return frame
+
+
 _TO_WIRE: dict[type[Any], Callable[[Any], tuple[Any, ...]]] = {
     Done: _done_to_wire,
     BeforeUnloadDone: _unload_done_to_wire,
@@ -366,6 +402,7 @@ _FROM_WIRE: dict[type[Any], Callable[[Any], Any]] = {
     BootExhausted: _boot_exhausted_from_wire,
     Consumed: _consumed_from_wire,
     Done: _done_from_wire,
+    Answered: _answered_from_wire,
     BeforeUnloadDone: _unload_done_from_wire,
     TaskDone: _task_done_from_wire,
 }
@@ -374,11 +411,37 @@ _FROM_WIRE: dict[type[Any], Callable[[Any], Any]] = {
 # -- encoding and decoding ----------------------------------------------------------------------
 
 
+def to_wire(frame: Frame) -> tuple[Any, ...]:
+    """The plain tuple `frame` travels as (its fields, its kind's number last)."""
+    to_wire = _TO_WIRE.get(type(frame))
+    return _new(tuple, frame) if to_wire is None else to_wire(frame)
+
+
 def encode(frame: Frame) -> bytes:
     """The pickled plain tuple of `frame`'s fields."""
-    to_wire = _TO_WIRE.get(type(frame))
-    fields = _new(tuple, frame) if to_wire is None else to_wire(frame)
-    return pickle.dumps(fields, protocol=pickle.HIGHEST_PROTOCOL)
+    return pickle.dumps(to_wire(frame), protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def encode_batch(batch: list[tuple[Any, ...]]) -> bytes:
+    """The pickled list of the plain tuples of a batch of frames (see :func:`to_wire`): one
+    pickling for all the frames a side sends in one turn of its event loop."""
+    return pickle.dumps(batch, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+#: The field of each kind that holds an ASGI message (the others carry no body).
+_MESSAGE_FIELD: dict[type[Any], int] = {Sent: 1, Body: 1, Request: 2}
+
+
+def payload_bytes(frame: Frame) -> int:
+    """The bytes of body or WebSocket data `frame` carries (what makes a batch large)."""
+    field = _MESSAGE_FIELD.get(type(frame))
+    if field is None:
+        return 0
+    message = frame[field]
+    if type(message) is not dict:
+        return 0
+    data = message.get("body") or message.get("bytes") or message.get("text")
+    return len(data) if isinstance(data, bytes | bytearray | str) else 0
 
 
 def _frame(fields: Any, kinds: dict[int, tuple[type[Any], int]]) -> Frame:
@@ -395,10 +458,27 @@ def _frame(fields: Any, kinds: dict[int, tuple[type[Any], int]]) -> Frame:
     return frame if from_wire is None else from_wire(frame)
 
 
+def kind_of(fields: tuple[Any, ...]) -> type[Any]:
+    """The class of the frame whose plain tuple is `fields` (one this side made: see :func:`to_wire`)."""
+    return KINDS[fields[-1]][0]
+
+
+def read_frame(fields: Any) -> Frame:
+    """The frame of the plain tuple `fields` (a worker process reading the server's frames);
+    ValueError if it is not one."""
+    return _frame(fields, KINDS)
+
+
+def read_worker_frame(fields: Any) -> Frame:
+    """The frame a worker process sent as the plain tuple `fields` (the server reading it);
+    ValueError if it is not a frame a worker sends, or its fields are not of the types the server expects."""
+    return _frame(fields, WORKER_KINDS)
+
+
 def decode(data: bytes | memoryview) -> Frame:
     """The frame `encode` made `data` from (a worker process reading the server's frames);
     ValueError if it is not one."""
-    return _frame(pickle.loads(data), KINDS)
+    return read_frame(pickle.loads(data))
 
 
 class _WorkerFrameUnpickler(pickle.Unpickler):
@@ -425,4 +505,19 @@ def decode_worker_frame(data: bytes | memoryview) -> Frame:
     Raises pickle.UnpicklingError for what holds a class, ValueError for what is not a frame a
     worker sends.
     """
-    return _frame(load_worker_frame(data), WORKER_KINDS)
+    return read_worker_frame(load_worker_frame(data))
+
+
+@dataclass(frozen=True)
+class Reader:
+    """How one end of the channel reads what the other sends: `load` unpickles a batch (a list
+    of plain tuples), `frame` makes each of them a frame (ValueError: it is none this end reads)."""
+
+    load: Callable[[bytes | memoryview], Any]
+    frame: Callable[[Any], Frame]
+
+
+#: A worker process reading the server's batches (the server is trusted).
+FROM_SERVER = Reader(pickle.loads, read_frame)
+#: The server reading a worker's batches: plain data only (:func:`load_worker_frame`), worker kinds only.
+FROM_WORKER = Reader(load_worker_frame, read_worker_frame)

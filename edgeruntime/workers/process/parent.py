@@ -24,7 +24,7 @@ streamed response as it would inline.
 The process is started in the server's sandbox (:mod:`edgeruntime.workers.process.sandbox`):
 under bubblewrap the process the server starts is ``bwrap`` and the worker its grandchild, whose
 pid is the one watched. Function code can write anything to the channel, so what the server reads
-from it is plain data only (:func:`edgeruntime.workers.process.frames.decode_worker_frame`), and
+from it is plain data only (:data:`edgeruntime.workers.process.frames.FROM_WORKER`), and
 a job a function enqueues is enqueued by the server (the worker holds no store credentials).
 """
 
@@ -39,6 +39,7 @@ import os
 import resource
 import socket
 import subprocess
+import sys
 import time
 import types
 from collections.abc import Callable, Mapping
@@ -67,7 +68,9 @@ from edgeruntime.workers.process.channel import Channel, framed
 from edgeruntime.workers.process.forking import SpawnedProcess, WorkerProcessHandle, peer_pid
 from edgeruntime.workers.process.frames import (
     ACK_BATCH,
+    FROM_WORKER,
     WINDOW,
+    Answered,
     BeforeUnload,
     BeforeUnloadDone,
     Body,
@@ -87,7 +90,7 @@ from edgeruntime.workers.process.frames import (
     Sent,
     TaskDone,
     TaskStarted,
-    decode_worker_frame,
+    kind_of,
 )
 from edgeruntime.workers.process.sandbox import Sandbox, WorkerLauncher
 from edgeruntime.workers.worker import WorkerStatus, limit_exceeded
@@ -136,7 +139,7 @@ class _Call:
     __slots__ = ("client_gone", "delivered", "events", "room", "unacked", "waiter")
 
     def __init__(self) -> None:
-        self.events: collections.deque[Sent | Done] = collections.deque()
+        self.events: collections.deque[Sent | Done | Answered] = collections.deque()
         self.waiter: asyncio.Future[None] | None = None
         #: Body messages sent to the worker that the function has not read yet (as far as we know).
         self.unacked = 0
@@ -157,12 +160,12 @@ class _Call:
             self.room = asyncio.get_running_loop().create_future()
             await self.room
 
-    def push(self, event: Sent | Done) -> None:
+    def push(self, event: Sent | Done | Answered) -> None:
         self.events.append(event)
         if self.waiter is not None and not self.waiter.done():
             self.waiter.set_result(None)
 
-    async def next(self) -> Sent | Done:
+    async def next(self) -> Sent | Done | Answered:
         while not self.events:
             self.waiter = asyncio.get_running_loop().create_future()
             await self.waiter
@@ -178,6 +181,13 @@ def _proc_usage(pid: int) -> tuple[float, float]:
     with open(f"/proc/{pid}/statm", "rb") as f:
         rss_mb = int(f.read().split()[1]) * _PAGE_MB
     return cpu_ms, rss_mb
+
+
+def _event_loop(loop: asyncio.AbstractEventLoop) -> str:
+    """The event loop a worker process runs: the server's kind (uvloop under Uvicorn), so that a
+    function runs on the loop it would run on inline."""
+    uvloop = sys.modules.get("uvloop")
+    return "uvloop" if uvloop is not None and isinstance(loop, uvloop.Loop) else "asyncio"
 
 
 def _small_body(scope: Scope) -> bool:
@@ -298,7 +308,9 @@ class ProcessWorker:
                 raise
             raise ResourceExhausted(self.name, f"starting a worker process for {self.name}") from exc
         announces = hasattr(socket, "SO_PASSCRED")
-        boot = framed(Boot(self.name, str(directory), self.limits, self.policy, self.log_format, self.env))
+        boot = framed(
+            Boot(self.name, str(directory), self.limits, self.policy, self.log_format, self.env, _event_loop(loop))
+        )
         try:
             if announces:  # before the worker can write: its announcement then carries its credentials
                 ours.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
@@ -332,9 +344,10 @@ class ProcessWorker:
         channel = self.channel = Channel(
             self._on_frame,
             self._on_close,
-            decode=decode_worker_frame,
+            reader=FROM_WORKER,
             max_frame_bytes=int((self.limits.memory_limit_mb + FRAME_SLACK_MB) * 1024 * 1024),
             name=f"worker channel of {self.name}",
+            on_unsent=self._unsent,
         )
         transport, _ = await loop.create_unix_connection(lambda: channel, sock=ours)
         self._booted = loop.create_future()
@@ -444,7 +457,7 @@ class ProcessWorker:
     # -- frames from the worker process ----------------------------------------------------
 
     def _on_frame(self, frame: Frame) -> None:
-        if isinstance(frame, (Sent, Done)):  # the request path first
+        if isinstance(frame, Sent | Done | Answered):  # the request path first
             call = self._calls.get(frame.rid)
             if call is not None:
                 call.push(frame)
@@ -473,6 +486,13 @@ class ProcessWorker:
             and not self._booted.done()
         ):
             self._booted.set_result(frame)
+
+    def _unsent(self, fields: tuple[Any, ...], error: Exception) -> None:
+        """A request's frame could not be pickled (something in its scope or body): it fails."""
+        if kind_of(fields) in (Request, Body):
+            call = self._calls.get(fields[0])
+            if call is not None:
+                call.push(Done(fields[0], Ended("error", f"{type(error).__name__}: {error}")))
 
     async def _enqueue(self, frame: Enqueue) -> None:
         """A job the function enqueues: the server enqueues it and answers with its id or the error."""
@@ -587,8 +607,13 @@ class ProcessWorker:
                 pump = asyncio.get_running_loop().create_task(self._pump(rid, receive, call))
             while True:
                 event = await call.next()
-                if isinstance(event, Sent):
-                    message = event.message
+                if isinstance(event, Done):
+                    over = True
+                    ended = event.ended
+                    if event.error is not None:  # the handler raised and got its 500 (or 502)
+                        ctx.error = event.error
+                    break
+                for message in (event.message,) if isinstance(event, Sent) else event.messages:
                     if not call.client_gone:
                         try:
                             await send(message)
@@ -603,14 +628,14 @@ class ProcessWorker:
                     if pump is None and message.get("more_body") and message.get("type") == "http.response.body":
                         # A streamed response: the client leaving must reach the function (it cancels the stream).
                         pump = asyncio.get_running_loop().create_task(self._pump(rid, receive, call))
-                    if self._paused_by is call and len(call.events) <= PAUSE_FRAMES // 4:
-                        self._resume_reading()
-                    continue
-                over = True
-                ended = event.ended
-                if event.error is not None:  # the handler raised and got its 500 (or 502)
-                    ctx.error = event.error
-                break
+                if isinstance(event, Answered):  # its whole response and its end in one frame
+                    over = True
+                    ended = None
+                    if event.error is not None:
+                        ctx.error = event.error
+                    break
+                if self._paused_by is call and len(call.events) <= PAUSE_FRAMES // 4:
+                    self._resume_reading()
         finally:
             if not over:  # cancelled, or the client's side failed: the function must not go on for no one
                 channel.send(Cancel(rid))  # a no-op once the process is gone

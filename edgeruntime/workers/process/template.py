@@ -210,6 +210,8 @@ def preload() -> None:
     pages they share with the template just to collect objects that live on."""
     for name in PRELOAD:
         importlib.import_module(name)
+    with contextlib.suppress(ImportError):  # the event loop of workers of a server on uvloop
+        importlib.import_module("uvloop")
     asyncio.run(_connect_once())
     gc.collect()
     gc.freeze()

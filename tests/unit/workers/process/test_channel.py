@@ -1,4 +1,4 @@
-"""The worker channel: length-prefixed frames decoded in order, whatever the reads cut them into."""
+"""The worker channel: length-prefixed batches of frames decoded in order, whatever the reads cut them into."""
 
 from __future__ import annotations
 
@@ -8,20 +8,17 @@ import pickle
 
 import pytest
 
-from edgeruntime.workers.process.channel import Channel
-from edgeruntime.workers.process.frames import (
-    Cancel,
-    Done,
-    Frame,
-    Sent,
-    TaskStarted,
-    decode_worker_frame,
-    encode as pickled,
-)
+from edgeruntime.workers.process.channel import Channel, framed
+from edgeruntime.workers.process.frames import FROM_WORKER, Cancel, Done, Frame, Sent, TaskStarted, to_wire
 
 
-def encode(frame: Frame) -> bytes:
-    data = pickled(frame)
+def encode(*frames: Frame) -> bytes:
+    return framed(*frames)
+
+
+def batch(*entries: object) -> bytes:
+    """A batch as a worker could write it: any list, any entries."""
+    data = pickle.dumps(list(entries))
     return len(data).to_bytes(4, "big") + data
 
 
@@ -33,11 +30,16 @@ def test_frames_split_and_joined_arbitrarily_are_decoded_in_order() -> None:
         Done(1, None),
         TaskStarted(7, "x", "e"),
     ]
-    stream = b"".join(encode(f) for f in frames)
+    stream = b"".join(encode(f) for f in frames) + encode(*frames)  # a batch of one frame each, then one of all
     for i in range(len(stream)):  # one byte at a time
         channel.data_received(stream[i : i + 1])
     channel.data_received(stream)  # all at once
-    assert seen == frames + frames
+    assert seen == frames * 4
+    for cut in range(len(stream) + 1):  # in two reads, cut anywhere
+        seen.clear()
+        channel.data_received(stream[:cut])
+        channel.data_received(stream[cut:])
+        assert seen == frames * 2
 
 
 def test_a_failing_frame_handler_does_not_stop_the_others() -> None:
@@ -49,18 +51,27 @@ def test_a_failing_frame_handler_does_not_stop_the_others() -> None:
         seen.append(frame)
 
     channel = Channel(handle, lambda: None)
-    channel.data_received(encode(Cancel(1)) + encode(Done(1, None)))
+    channel.data_received(encode(Cancel(1), Done(1, None)))
     assert seen == [Done(1, None)]
 
 
 def test_an_unreadable_frame_is_logged_and_skipped(caplog: pytest.LogCaptureFixture) -> None:
     seen: list[Frame] = []
     channel = Channel(seen.append, lambda: None)
-    unknown = pickle.dumps(("from", "elsewhere", 99))
-    channel.data_received(len(unknown).to_bytes(4, "big") + unknown + encode(Done(1, None)))
-    assert seen == [Done(1, None)]
+    unknown = ("from", "elsewhere", 99)
+    channel.data_received(batch(unknown, to_wire(Done(1, None))) + batch(to_wire(Done(2, None))))
+    assert seen == [Done(1, None), Done(2, None)]
     [logged] = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
     assert logged.startswith("worker channel: a frame could not be read: not a worker channel frame")
+
+
+def test_what_is_not_a_batch_is_logged_and_skipped(caplog: pytest.LogCaptureFixture) -> None:
+    seen: list[Frame] = []
+    channel = Channel(seen.append, lambda: None, reader=FROM_WORKER)
+    single = pickle.dumps(to_wire(Done(1, None)))  # a frame on its own is no batch
+    channel.data_received(len(single).to_bytes(4, "big") + single + encode(Done(2, None)))
+    assert seen == [Done(2, None)]
+    assert "a batch could not be read: not a list of frames" in caplog.text
 
 
 class _Transport(asyncio.Transport):
@@ -69,6 +80,10 @@ class _Transport(asyncio.Transport):
     def __init__(self) -> None:
         super().__init__()
         self.aborted = False
+        self.written: list[bytes] = []
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.written.append(bytes(data))
 
     def abort(self) -> None:
         self.aborted = True
@@ -87,15 +102,15 @@ def test_the_server_end_closes_on_a_frame_that_holds_a_class(
 ) -> None:
     """What function code in a worker writes is loaded as plain data: a class closes the channel."""
     seen: list[Frame] = []
-    channel = Channel(seen.append, lambda: None, decode=decode_worker_frame, name="worker channel of evil")
+    channel = Channel(seen.append, lambda: None, reader=FROM_WORKER, name="worker channel of evil")
     transport = _Transport()
     channel.connection_made(transport)
-    evil = pickle.dumps((1, _Evil(), 8))
-    channel.data_received(encode(Done(1, None)) + len(evil).to_bytes(4, "big") + evil + encode(Done(2, None)))
-    assert seen == [Done(1, None)]  # nothing after the refused frame
+    evil = batch(to_wire(Done(4, None)), (1, _Evil(), 8))
+    channel.data_received(encode(Done(1, None)) + evil + encode(Done(2, None)))
+    assert seen == [Done(1, None)]  # nothing of the refused batch (unpickled whole before any frame is read), nor after
     assert transport.aborted and channel.closed
     assert "ran in the server" not in capsys.readouterr().out
-    refused = "worker channel of evil: closed: the other end sent a frame that cannot be read"
+    refused = "worker channel of evil: closed: the other end sent a batch that cannot be read"
     assert f"{refused}: a worker frame may not hold builtins.print" in caplog.text
     channel.data_received(encode(Done(3, None)))
     assert seen == [Done(1, None)]
@@ -103,9 +118,75 @@ def test_the_server_end_closes_on_a_frame_that_holds_a_class(
 
 def test_the_server_end_closes_on_a_frame_longer_than_it_allows(caplog: pytest.LogCaptureFixture) -> None:
     seen: list[Frame] = []
-    channel = Channel(seen.append, lambda: None, decode=decode_worker_frame, max_frame_bytes=1024)
+    channel = Channel(seen.append, lambda: None, reader=FROM_WORKER, max_frame_bytes=1024)
     transport = _Transport()
     channel.connection_made(transport)
     channel.data_received((2**32 - 1).to_bytes(4, "big") + b"x" * 10)  # not buffered up to 4 GB
     assert transport.aborted and seen == []
-    assert "the other end sent a 4294967295-byte frame (at most 1024)" in caplog.text
+    assert "the other end sent a 4294967295-byte batch (at most 1024)" in caplog.text
+
+
+def test_a_batch_of_many_frames_longer_than_allowed_closes_the_channel(caplog: pytest.LogCaptureFixture) -> None:
+    seen: list[Frame] = []
+    channel = Channel(seen.append, lambda: None, reader=FROM_WORKER, max_frame_bytes=1024)
+    transport = _Transport()
+    channel.connection_made(transport)
+    channel.data_received(encode(*[Done(i, None) for i in range(1000)]))
+    assert transport.aborted and channel.closed and seen == []
+    assert "byte batch (at most 1024)" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"\x80\x05garbage", pickle.dumps([(1, None, None, 9)])[:-3], b""],
+    ids=["garbage", "truncated", "empty"],
+)
+def test_the_server_end_closes_on_a_malformed_batch(data: bytes, caplog: pytest.LogCaptureFixture) -> None:
+    seen: list[Frame] = []
+    channel = Channel(seen.append, lambda: None, reader=FROM_WORKER, name="worker channel of hostile")
+    transport = _Transport()
+    channel.connection_made(transport)
+    channel.data_received(len(data).to_bytes(4, "big") + data + encode(Done(2, None)))
+    assert transport.aborted and channel.closed and seen == []
+    assert "worker channel of hostile: closed: the other end sent a batch that cannot be read" in caplog.text
+
+
+def _read_back(written: list[bytes]) -> list[Frame]:
+    seen: list[Frame] = []
+    Channel(seen.append, lambda: None, reader=FROM_WORKER).data_received(b"".join(written))
+    return seen
+
+
+async def test_the_frames_of_one_turn_are_written_as_one_batch_at_its_end() -> None:
+    channel = Channel(lambda f: None, lambda: None)
+    transport = _Transport()
+    channel.connection_made(transport)
+    frames: list[Frame] = [Sent(1, {"type": "http.response.start", "status": 200}), Done(1, None), Done(2, None)]
+    for frame in frames:
+        channel.send(frame)
+    assert transport.written == []
+    await asyncio.sleep(0)
+    assert len(transport.written) == 1
+    assert _read_back(transport.written) == frames
+
+
+async def test_a_frame_that_cannot_be_pickled_is_replaced_and_the_rest_of_its_batch_goes() -> None:
+    unsent: list[tuple[object, ...]] = []
+
+    def on_unsent(fields: tuple[object, ...], error: Exception) -> Frame | None:
+        unsent.append(fields)
+        return Done(int(fields[0]), None, f"{type(error).__name__}")  # type: ignore[call-overload]
+
+    channel = Channel(lambda f: None, lambda: None, on_unsent=on_unsent)
+    transport = _Transport()
+    channel.connection_made(transport)
+    channel.send(Sent(1, {"type": "http.response.start", "status": 200}))
+    channel.send(Sent(2, {"type": "http.response.start", "status": 200, "bad": lambda: None}))
+    channel.send(Done(1, None))
+    channel.flush()
+    assert [fields[0] for fields in unsent] == [2]
+    assert _read_back(transport.written) == [
+        Sent(1, {"type": "http.response.start", "status": 200}),
+        Done(2, None, "AttributeError"),
+        Done(1, None),
+    ]

@@ -13,6 +13,7 @@ from edgeruntime.exceptions import ConfigError
 from edgeruntime.limits import Limits
 from edgeruntime.workers.process import frames
 from edgeruntime.workers.process.frames import (
+    Answered,
     BeforeUnload,
     BeforeUnloadDone,
     Body,
@@ -71,6 +72,8 @@ EVERY_KIND: list[Frame] = [
         "websocket",
     ),
     Sent(4, {"type": "websocket.send", "bytes": b"\x00\xff"}),
+    Answered(5, [{"type": "http.response.start", "status": 200}, {"type": "http.response.body", "body": b"hi"}]),
+    Answered(6, [{"type": "http.response.start", "status": 500}], "KeyError: 'userId'"),
 ]
 #: What a worker process sends: the frames the server reads from it.
 WORKER_SENT = [f for f in EVERY_KIND if type(f) in frames._WORKER_FRAMES]
@@ -78,7 +81,7 @@ WORKER_SENT = [f for f in EVERY_KIND if type(f) in frames._WORKER_FRAMES]
 
 def test_every_kind_has_its_own_number() -> None:
     numbers = [cls._field_defaults["kind"] for cls, _ in frames.KINDS.values()]
-    assert len(frames.KINDS) == len(set(numbers)) == len({type(f) for f in EVERY_KIND}) == 17
+    assert len(frames.KINDS) == len(set(numbers)) == len({type(f) for f in EVERY_KIND}) == 18
 
 
 @pytest.mark.parametrize("frame", EVERY_KIND, ids=lambda f: type(f).__name__)
@@ -153,6 +156,9 @@ def test_worker_frames_hold_plain_data_and_builtin_exceptions_only() -> None:
         (1, 0, 17),  # Consumed: nothing consumed
         (1, 10**9, 17),  # Consumed: more than a window
         ("1", 8, 17),  # Consumed: a request id that is no number
+        (1, ({"type": "http.response.start"},), None, 18),  # Answered: messages not in a list
+        (1, ["http.response.start"], None, 18),  # Answered: a message that is no dict
+        (1, [], b"error", 18),  # Answered: an error that is not text
     ],
 )
 def test_a_worker_frame_with_fields_of_the_wrong_type_is_no_frame(fields: tuple[object, ...]) -> None:
