@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    import asyncio
+
     from edgeruntime.core.background import BackgroundTask
     from edgeruntime.core.metering import CpuMeter
     from edgeruntime.core.types import Enqueue
@@ -99,6 +101,9 @@ class ExecutionContext:
     response_ended: bool = False
     #: Set when the client went away after the response started, before it ended (a stream cut short).
     client_left: bool = False
+    #: The task serving the request, while the supervisor dispatches it (found once per request:
+    #: `asyncio.current_task()` costs a system call on Python 3.11).
+    task: asyncio.Task[Any] | None = None
 
     def activate(self) -> Any:
         """Make this the current context; returns a token for :meth:`deactivate`."""

@@ -193,7 +193,7 @@ class IdleTimeouts:
 
     def start(self, ctx: ExecutionContext, task: asyncio.Task[Any]) -> None:
         """Watch `task`, serving `ctx`, from now on."""
-        loop = asyncio.get_running_loop()
+        loop = task.get_loop()  # (asyncio.get_running_loop() makes a system call on Python 3.11)
         deadline = loop.time() + self.timeout_sec
         self.waiting[ctx] = (deadline, task)
         if self._timer_loop is not loop:  # no timer yet (or only one on a loop that has gone)

@@ -229,7 +229,7 @@ class InlineWorker:
         assert app is not None, "boot() first"
         ctx.worker = self.state
         self.in_flight += 1
-        task = asyncio.current_task()
+        task = ctx.task or asyncio.current_task()  # (the supervisor found it)
         assert task is not None
         self._requests[task] = ctx
         if self.policy == "per_request":
