@@ -193,19 +193,27 @@ def metered(awaitable: Awaitable[T], meter: CpuMeter) -> Generator[Any, Any, T]:
         if batch is None or not batch.loop.is_running():
             batch = _open(thread)
         started = wall_clock() if batch is not None else time.thread_time()
+        # The step's end is written out twice rather than in a `finally`: the last step ends in
+        # StopIteration, which a `finally` would re-raise once more before it is caught.
         try:
-            try:
-                yielded = send(send_value) if error is None else coro.throw(error)
-            finally:
-                _running = previous
-                thread.meter = outer
-                if batch is not None:
-                    batch.steps.append((meter, wall_clock() - started))
-                else:  # no running loop to settle a batch: charge the step exactly
-                    meter.add((time.thread_time() - started) * 1000)
-        except StopIteration as stop:
-            result: T = stop.value
-            return result
+            yielded = send(send_value) if error is None else coro.throw(error)
+        except BaseException as exc:
+            _running = previous
+            thread.meter = outer
+            if batch is not None:
+                batch.steps.append((meter, wall_clock() - started))
+            else:  # no running loop to settle a batch: charge the step exactly
+                meter.add((time.thread_time() - started) * 1000)
+            if isinstance(exc, StopIteration):
+                result: T = exc.value
+                return result
+            raise
+        _running = previous
+        thread.meter = outer
+        if batch is not None:
+            batch.steps.append((meter, wall_clock() - started))
+        else:
+            meter.add((time.thread_time() - started) * 1000)
         try:
             send_value = yield yielded
             error = None
