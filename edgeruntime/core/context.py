@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from edgeruntime.core.types import Enqueue
     from edgeruntime.core.worker_state import WorkerState
 
-__all__ = ["ExecutionContext", "current_context", "new_execution_id"]
+__all__ = ["ExecutionContext", "current_context", "enter_context", "leave_context", "new_execution_id"]
 
 #: The execution context of the running request or background task, if any.
 _current: ContextVar[ExecutionContext | None] = ContextVar("edgeruntime_execution", default=None)
@@ -116,6 +116,13 @@ class ExecutionContext:
     async def drain(self, timeout: float | None = None) -> None:
         """Wait for the background work this invocation registered; raise its errors."""
         await self.worker.background.drain(timeout=timeout, only=self)
+
+
+#: `enter_context(ctx)` makes `ctx` the current context and returns a token; `leave_context(token)`
+#: restores the one before (what `ExecutionContext.activate` and `deactivate` do, without their
+#: method call: the request path uses these).
+enter_context = _current.set
+leave_context = _current.reset
 
 
 def current_context() -> ExecutionContext | None:
