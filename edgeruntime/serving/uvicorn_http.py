@@ -137,6 +137,8 @@ def httptools_protocol() -> type[asyncio.Protocol]:
             if idle is None or idle.timeout != self.timeout_keep_alive:
                 idle = _idle_connections[self.server_state] = IdleConnections(self.loop, self.timeout_keep_alive)
             self.idle_connections = idle
+            #: Each request's task in a fresh context (uvicorn's `reset_contextvars`, where it has one).
+            self.fresh_context = bool(getattr(self.config, "reset_contextvars", False))
 
         def data_received(self, data: bytes) -> None:
             # Uvicorn's own, plus the count: a head over the limit is refused, not buffered on.
@@ -187,7 +189,7 @@ def httptools_protocol() -> type[asyncio.Protocol]:
         def _start_asgi_task(self, cycle: Any, app: Any) -> None:
             # The task made as the loop would without a task factory: the CPU meter's factory only
             # concerns tasks metered code creates, and this code (a protocol callback) is not metered.
-            if self.config.reset_contextvars:
+            if self.fresh_context:
                 task = asyncio.Task(cycle.run_asgi(app), loop=self.loop, context=contextvars.Context())
             else:
                 task = asyncio.Task(cycle.run_asgi(app), loop=self.loop)
