@@ -5,9 +5,15 @@ figures are the apps' own cost (the server's comes on top, the same for every ap
 is measured as `edgeruntime serve` builds it, one part at a time: the gateway alone (limits,
 execution ids, the access line), then with the jobs system (run history written to a fresh SQLite
 file), then with the dashboard's metrics. The process is pinned to one core, as the peers
-benchmark pins its servers, so the run-history writer thread shares it. Usage::
+benchmark pins its servers, so the run-history writer thread shares it.
 
-    python -m benchmarks path [--requests 10000] [--rounds 7]
+With ``--uvicorn`` the requests go through Uvicorn's HTTP protocol as raw bytes, still without
+sockets: 64 connections to in-memory transports each get a request per round, on uvloop, bare
+Starlette through Uvicorn's own protocol and ``edgeruntime serve`` through the one it serves with
+(batched writes included), so the server's Python work is counted too (the kernel's is not).
+Usage::
+
+    python -m benchmarks path [--requests 10000] [--rounds 7] [--uvicorn]
 """
 
 from __future__ import annotations
@@ -120,10 +126,110 @@ async def _run(requests: int, rounds: int, log: TextIO) -> list[tuple[str, float
     return [(label, micros) for (label, _, _), micros in zip(apps, best, strict=True)]
 
 
+class _Transport(asyncio.Transport):
+    """A connection's transport that counts the responses written to it."""
+
+    def __init__(self, port: int) -> None:
+        super().__init__()
+        self.port = port
+        self.responses = 0
+        self.closing = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.responses += bytes(data).count(b"HTTP/1.1 ")
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def close(self) -> None:
+        self.closing = True
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return {"sockname": ("127.0.0.1", 8000), "peername": ("127.0.0.1", self.port)}.get(name, default)
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+async def _wire(app: Any, path: str, protocol: Any, batched: bool, connections: int = 64) -> Any:
+    """A round of `app` behind `protocol`: `(requests) -> CPU µs per request`, each connection sending one at a time."""
+    import uvicorn
+    from uvicorn.server import ServerState
+
+    from edgeruntime.core.transport import BatchedTransport, WriteBatch
+
+    config = uvicorn.Config(
+        app, http=protocol, lifespan="off", access_log=False, log_level="warning", proxy_headers=False
+    )
+    config.load()
+    state = ServerState()
+    batch = WriteBatch()
+    loop = asyncio.get_running_loop()
+    transports = [_Transport(50000 + n) for n in range(connections)]
+    protocols = []
+    for transport in transports:
+        instance = protocol(config=config, server_state=state, app_state={}, _loop=loop)
+        instance.connection_made(BatchedTransport(transport, batch) if batched else transport)
+        protocols.append(instance)
+    request = f"GET {path} HTTP/1.1\r\nhost: 127.0.0.1:8000\r\nuser-agent: wrk\r\n\r\n".encode()
+
+    async def run(requests: int) -> float:
+        rounds = max(1, requests // connections)
+        for transport in transports:
+            transport.responses = 0
+        started = time.process_time()
+        for number in range(1, rounds + 1):
+            for instance in protocols:
+                instance.data_received(request)
+            for _ in range(1000):
+                if all(transport.responses >= number for transport in transports):
+                    break
+                await asyncio.sleep(0)
+            else:
+                raise RuntimeError(f"{path}: no response after 1000 turns of the loop")
+        return (time.process_time() - started) / (rounds * connections) * 1e6
+
+    return run
+
+
+async def _run_uvicorn(requests: int, rounds: int, log: TextIO) -> list[tuple[str, float]]:
+    """`_run` through Uvicorn's protocol: bare Starlette (Uvicorn's own) against `edgeruntime serve` (its own)."""
+    sys.path.insert(0, str(ROOT.parent))
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    from benchmarks.apps.starlette_app import app as starlette
+    from edgeruntime.serving.uvicorn_http import httptools_protocol
+
+    with tempfile.TemporaryDirectory() as store_dir:
+        edge = await _edgeruntime("dashboard", store_dir, log)
+        try:
+            runs = [
+                ("bare Starlette, Uvicorn's protocol", await _wire(starlette, "/hello", HttpToolsProtocol, False)),
+                (
+                    "edgeruntime serve, its protocol and batched writes",
+                    await _wire(edge, "/functions/v1/hello", httptools_protocol(), True),
+                ),
+            ]
+            for _, run in runs:  # warm up: functions boot, caches fill
+                await run(1000)
+            gc.collect()
+            best = [float("inf")] * len(runs)
+            for _ in range(rounds):
+                for index, (_, run) in enumerate(runs):
+                    best[index] = min(best[index], await run(requests))
+        finally:
+            await edge.shutdown(1)
+    return [(label, micros) for (label, _), micros in zip(runs, best, strict=True)]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks path", description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=10_000, help="requests per round (default 10000)")
     parser.add_argument("--rounds", type=int, default=7, help="rounds; the least CPU per request is kept")
+    parser.add_argument("--uvicorn", action="store_true", help="raw requests through Uvicorn's protocol, on uvloop")
     args = parser.parse_args(argv)
     with contextlib.suppress(AttributeError, OSError):  # not on every platform
         os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
@@ -131,9 +237,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     logging.getLogger("edgeruntime").setLevel(logging.WARNING)  # boot lines would land in the figures
     with open(os.devnull, "w") as log:  # access lines are written, as by a server, to nowhere
-        figures = asyncio.run(_run(args.requests, args.rounds, log))
+        if args.uvicorn:
+            import uvloop
+
+            figures = uvloop.run(_run_uvicorn(args.requests, args.rounds, log))
+        else:
+            figures = asyncio.run(_run(args.requests, args.rounds, log))
     bare = figures[0][1]
-    print(f"# GET hello in-process, one core, least CPU of {args.rounds} x {args.requests} requests")
+    where = " through Uvicorn's protocol" if args.uvicorn else ""
+    print(f"# GET hello in-process{where}, one core, least CPU of {args.rounds} x {args.requests} requests")
     print("| app | µs per request | vs bare Starlette |")
     print("|---|---:|---:|")
     for label, micros in figures:

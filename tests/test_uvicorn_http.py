@@ -167,3 +167,67 @@ def test_the_protocol_is_the_one_uvicorn_would_pick(monkeypatch: pytest.MonkeyPa
 
     monkeypatch.setattr("edgeruntime.serving.uvicorn_http.httptools_protocol", no_httptools)
     assert head_limited_protocol() == (h11_protocol(), False)
+
+
+def keep_alive_connection(server_state: ServerState, timeout: float) -> tuple[asyncio.Protocol, Transport, App]:
+    """A connection to the httptools protocol with a keep-alive timeout of `timeout` seconds."""
+    app = App()
+    protocol_class = httptools_protocol()
+    config = Config(app=app, http=protocol_class, lifespan="off", log_level="warning", timeout_keep_alive=timeout)  # type: ignore[arg-type, unused-ignore]
+    config.load()
+    protocol = protocol_class(config=config, server_state=server_state, app_state={})  # type: ignore[call-arg]
+    transport = Transport()
+    protocol.connection_made(transport)
+    return protocol, transport, app
+
+
+async def answered(transport: Transport, count: int) -> None:
+    for _ in range(200):
+        if transport.sent.count(b"HTTP/1.1 200 ") >= count:
+            return
+        await asyncio.sleep(0.001)
+    raise AssertionError(transport.sent)
+
+
+async def test_idle_connections_are_closed_at_the_keep_alive_timeout_by_one_timer() -> None:
+    state = ServerState()
+    first, first_transport, _ = keep_alive_connection(state, 0.2)
+    second, second_transport, _ = keep_alive_connection(state, 0.2)
+    first.data_received(HEAD + b"\r\n")
+    await answered(first_transport, 1)
+    idle = first.idle_connections  # type: ignore[attr-defined]
+    assert idle is second.idle_connections  # type: ignore[attr-defined]  # one per server
+    await asyncio.sleep(0.1)
+    second.data_received(HEAD + b"\r\n")
+    await answered(second_transport, 1)
+    # The first went idle first: it is closed first, the second a timeout after its own response.
+    await asyncio.sleep(0.15)
+    assert first_transport.closed and not second_transport.closed
+    await asyncio.sleep(0.15)
+    assert second_transport.closed
+    assert not idle.waiting
+
+
+async def test_a_request_on_an_idle_connection_stops_its_keep_alive_timeout() -> None:
+    protocol, transport, app = keep_alive_connection(ServerState(), 0.2)
+    protocol.data_received(HEAD + b"\r\n")
+    await answered(transport, 1)
+    await asyncio.sleep(0.15)
+    protocol.data_received(HEAD[:20])  # a request begins: the connection is busy, not idle
+    await asyncio.sleep(0.15)
+    assert not transport.closed  # past the first response's timeout
+    protocol.data_received(HEAD[20:] + b"\r\n")
+    await answered(transport, 2)
+    assert app.requests == 2 and not transport.closed
+    await asyncio.sleep(0.3)
+    assert transport.closed  # a timeout after the second response
+
+
+async def test_a_closed_connection_leaves_the_idle_connections() -> None:
+    protocol, transport, _ = keep_alive_connection(ServerState(), 5)
+    protocol.data_received(HEAD + b"\r\n")
+    await answered(transport, 1)
+    idle = protocol.idle_connections  # type: ignore[attr-defined]
+    assert protocol in idle.waiting
+    protocol.connection_lost(ConnectionResetError("gone"))
+    assert protocol not in idle.waiting

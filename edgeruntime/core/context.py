@@ -17,12 +17,14 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    import asyncio
+
     from edgeruntime.core.background import BackgroundTask
     from edgeruntime.core.metering import CpuMeter
     from edgeruntime.core.types import Enqueue
     from edgeruntime.core.worker_state import WorkerState
 
-__all__ = ["ExecutionContext", "current_context", "new_execution_id"]
+__all__ = ["ExecutionContext", "current_context", "enter_context", "leave_context", "new_execution_id"]
 
 #: The execution context of the running request or background task, if any.
 _current: ContextVar[ExecutionContext | None] = ContextVar("edgeruntime_execution", default=None)
@@ -99,6 +101,9 @@ class ExecutionContext:
     response_ended: bool = False
     #: Set when the client went away after the response started, before it ended (a stream cut short).
     client_left: bool = False
+    #: The task serving the request, while the supervisor dispatches it (found once per request:
+    #: `asyncio.current_task()` costs a system call on Python 3.11).
+    task: asyncio.Task[Any] | None = None
 
     def activate(self) -> Any:
         """Make this the current context; returns a token for :meth:`deactivate`."""
@@ -111,6 +116,13 @@ class ExecutionContext:
     async def drain(self, timeout: float | None = None) -> None:
         """Wait for the background work this invocation registered; raise its errors."""
         await self.worker.background.drain(timeout=timeout, only=self)
+
+
+#: `enter_context(ctx)` makes `ctx` the current context and returns a token; `leave_context(token)`
+#: restores the one before (what `ExecutionContext.activate` and `deactivate` do, without their
+#: method call: the request path uses these).
+enter_context = _current.set
+leave_context = _current.reset
 
 
 def current_context() -> ExecutionContext | None:

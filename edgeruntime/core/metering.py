@@ -89,8 +89,9 @@ class _Batch:
         cpu_end = time.thread_time()
         wall_end = time.perf_counter()
         if close:
-            if _thread.batch is self:
-                _thread.batch = None
+            thread = _threads.state
+            if thread.batch is self:
+                thread.batch = None
         steps = self.steps
         if not steps:
             return
@@ -109,24 +110,33 @@ class _Batch:
                     logger.exception("the CPU limit callback of function %s failed", meter.function)
 
 
-class _ThreadBatch(threading.local):
-    """The metering state of one thread."""
+class _ThreadState:
+    """The metering state of one thread (plain attributes: read and set several times per step)."""
 
-    #: The open batch of the event loop this thread runs.
-    batch: _Batch | None = None
-    #: The loop of this thread's last batch.
-    loop: AbstractEventLoop | None = None
-    #: The meter of the step this thread is running (None outside metered code): a task created
-    #: in the step is charged to it too.
-    meter: CpuMeter | None = None
+    __slots__ = ("batch", "loop", "meter")
+
+    def __init__(self) -> None:
+        #: The open batch of the event loop this thread runs.
+        self.batch: _Batch | None = None
+        #: The loop of this thread's last batch.
+        self.loop: AbstractEventLoop | None = None
+        #: The meter of the step this thread is running (None outside metered code): a task created
+        #: in the step is charged to it too.
+        self.meter: CpuMeter | None = None
 
 
-_thread = _ThreadBatch()
+class _PerThread(threading.local):
+    """Each thread's `_ThreadState`, found with one thread-local lookup per step."""
+
+    def __init__(self) -> None:
+        self.state = _ThreadState()
 
 
-def _open() -> _Batch | None:
+_threads = _PerThread()
+
+
+def _open(thread: _ThreadState) -> _Batch | None:
     """Open a batch for this thread's running loop, closed at its next iteration (None: no loop)."""
-    thread = _thread
     loop = thread.loop
     # asyncio._get_running_loop() makes a getpid() system call (Python 3.11): while the loop of
     # the last batch runs, it is the loop of this thread (a loop runs in one thread at a time).
@@ -152,7 +162,7 @@ def settle() -> None:
 
     Call it before reading a meter to decide or report.
     """
-    batch = _thread.batch
+    batch = _threads.state.batch
     if batch is not None and batch.loop.is_running():
         batch.charge()
 
@@ -164,14 +174,16 @@ def metered(awaitable: Awaitable[T], meter: CpuMeter) -> Generator[Any, Any, T]:
     The steps are charged once per iteration of the event loop (see the module docstring).
     """
     global _running
-    coro = awaitable.__await__()
+    # A coroutine is driven directly (its __await__ would add a wrapper to every step).
+    coro: Any = awaitable if type(awaitable) is types.CoroutineType else awaitable.__await__()
     send = coro.send
-    thread = _thread
+    threads = _threads
     wall_clock = time.perf_counter
     function = meter.function
     send_value: Any = None
     error: BaseException | None = None
     while True:
+        thread = threads.state
         previous = _running
         _running = function
         outer = thread.meter
@@ -179,21 +191,29 @@ def metered(awaitable: Awaitable[T], meter: CpuMeter) -> Generator[Any, Any, T]:
         batch = thread.batch
         # A batch whose loop stopped before settling it is left to that loop.
         if batch is None or not batch.loop.is_running():
-            batch = _open()
+            batch = _open(thread)
         started = wall_clock() if batch is not None else time.thread_time()
+        # The step's end is written out twice rather than in a `finally`: the last step ends in
+        # StopIteration, which a `finally` would re-raise once more before it is caught.
         try:
-            try:
-                yielded = send(send_value) if error is None else coro.throw(error)
-            finally:
-                _running = previous
-                thread.meter = outer
-                if batch is not None:
-                    batch.steps.append((meter, wall_clock() - started))
-                else:  # no running loop to settle a batch: charge the step exactly
-                    meter.add((time.thread_time() - started) * 1000)
-        except StopIteration as stop:
-            result: T = stop.value
-            return result
+            yielded = send(send_value) if error is None else coro.throw(error)
+        except BaseException as exc:
+            _running = previous
+            thread.meter = outer
+            if batch is not None:
+                batch.steps.append((meter, wall_clock() - started))
+            else:  # no running loop to settle a batch: charge the step exactly
+                meter.add((time.thread_time() - started) * 1000)
+            if isinstance(exc, StopIteration):
+                result: T = exc.value
+                return result
+            raise
+        _running = previous
+        thread.meter = outer
+        if batch is not None:
+            batch.steps.append((meter, wall_clock() - started))
+        else:
+            meter.add((time.thread_time() - started) * 1000)
         try:
             send_value = yield yielded
             error = None
@@ -243,7 +263,7 @@ class _MeteringTaskFactory:
         self.inner = inner
 
     def __call__(self, loop: AbstractEventLoop, coro: Any, **options: Any) -> asyncio.Future[Any]:
-        meter = _thread.meter
+        meter = _threads.state.meter
         if meter is not None and type(coro) is types.CoroutineType and coro.cr_code is not _RUN_METERED:
             coro = run_metered(coro, meter)
         else:

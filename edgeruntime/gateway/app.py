@@ -27,7 +27,7 @@ from typing import Any
 from edgeruntime.config.settings import Settings
 from edgeruntime.core import responses
 from edgeruntime.core.background import BackgroundTask
-from edgeruntime.core.context import ExecutionContext
+from edgeruntime.core.context import ExecutionContext, new_execution_id
 from edgeruntime.core.descriptors import exhaustion, report_exhaustion
 from edgeruntime.core.events import StopReason
 from edgeruntime.core.logs import AccessLogger, log_access
@@ -75,6 +75,10 @@ _NOT_ALLOWED = {
     for allow in (ALLOW_FUNCTION, ALLOW_HEALTH)
     for connect in (False, True)
 }
+
+
+#: Makes an Invocation from a tuple of its fields (what its `_make` does, without the method call).
+_invocation = tuple.__new__
 
 
 def _not_allowed(method: str, allow: tuple[bytes, bytes]) -> responses.RuntimeResponse:
@@ -318,7 +322,8 @@ class EdgeApp:
 
         started = time.perf_counter()
         name = _function_name(scope)
-        ctx = ExecutionContext(name, default_worker(), trigger=trigger)
+        method: str = scope.get("method", "GET")
+        ctx = ExecutionContext(name, default_worker(), new_execution_id(), trigger)
         execution_id = ctx.execution_id
         exec_header = (EXECUTION_ID_HEADER, execution_id.encode())
         # The runtime's answer to a preflight is the preflight answer (see the module docstring).
@@ -331,7 +336,7 @@ class EdgeApp:
                 ctx.response_started = True
                 if RUNTIME_RESPONSE in message:
                     message = self._runtime_response(scope, message)
-                    emptied = message["status"] == 200 and scope.get("method") == "OPTIONS"
+                    emptied = message["status"] == 200 and method == "OPTIONS"
                 ctx.status = message["status"]
                 message["headers"] = [*message.get("headers", ()), exec_header]
             elif kind == "http.response.body":
@@ -348,9 +353,16 @@ class EdgeApp:
                     ctx.client_left = True  # (a WebSocket's client leaving is how a connection ends)
                 raise
 
+        # What the run record says went wrong, if anything.
         error: str | None = None
         try:
-            error = await self._dispatch(scope, receive, tracked_send, ctx, name, socket)
+            supervisor = self.functions.get(name) if name else None
+            if supervisor is None:
+                await responses.send_response(tracked_send, responses.FUNCTION_NOT_FOUND)
+            elif method not in METHODS:
+                await responses.send_response(tracked_send, _not_allowed(method, ALLOW_FUNCTION))
+            else:
+                error = await self._dispatch(scope, receive, tracked_send, ctx, supervisor, method, socket)
         finally:
             duration_ms = (time.perf_counter() - started) * 1000
             status = ctx.status or 500
@@ -359,19 +371,23 @@ class EdgeApp:
                 error = "client disconnected before the response"
             elif ctx.client_left and error is None:
                 error = "client disconnected during the response"
-            method = scope.get("method", "GET")
             self.access_log(method, path, status, duration_ms, name or None, execution_id)
             if self._observers:
-                record = Invocation(
-                    name,
-                    trigger,
-                    execution_id,
-                    method,
-                    path,
-                    status,
-                    time.time() - duration_ms / 1000,
-                    duration_ms,
-                    error,
+                # One record for every observer, made as a plain tuple (a named tuple's own
+                # constructor is a Python function: twice the cost).
+                record = _invocation(
+                    Invocation,
+                    (
+                        name,
+                        trigger,
+                        execution_id,
+                        method,
+                        path,
+                        status,
+                        time.time() - duration_ms / 1000,
+                        duration_ms,
+                        error,
+                    ),
                 )
                 for observer in self._observers:
                     try:
@@ -447,19 +463,19 @@ class EdgeApp:
         return None
 
     async def _dispatch(
-        self, scope: Scope, receive: Receive, send: Send, ctx: ExecutionContext, name: str, socket: Socket | None
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        ctx: ExecutionContext,
+        supervisor: FunctionSupervisor,
+        method: str,
+        socket: Socket | None,
     ) -> str | None:
-        """Route to the function; returns an error description for the run record, if any."""
-        supervisor = self.functions.get(name) if name else None
-        if supervisor is None:
-            await responses.send_response(send, responses.FUNCTION_NOT_FOUND)
-            return None
-        method = scope.get("method", "GET")
-        if method not in METHODS:
-            await responses.send_response(send, _not_allowed(method, ALLOW_FUNCTION))
-            return None
+        """Check the request's credentials, then serve it; returns an error description for the run record, if any."""
+        headers = scope["headers"]
         try:
-            authorization, apikey = credentials(scope["headers"])
+            authorization, apikey = credentials(headers)
         except DuplicateHeader as exc:
             # Refused whether or not the function verifies JWTs: it would read one copy, a check another.
             duplicate = responses.DUPLICATE_APIKEY if exc.header == "apikey" else responses.DUPLICATE_AUTHORIZATION
@@ -480,13 +496,14 @@ class EdgeApp:
             fn_scope["raw_path"] = raw[len(PREFIX) - 1 :]
         fn_scope["root_path"] = ""
         # The gateway's apikey rewrite; the function reads the one Authorization that was checked.
-        fn_scope["headers"] = self.verifier.forwarded_headers(scope["headers"], authorization, apikey)
+        if apikey is not None or authorization is not None:
+            fn_scope["headers"] = self.verifier.forwarded_headers(headers, authorization, apikey)
         try:
             await supervisor.dispatch(fn_scope, receive, send, ctx)
         except ResourceExhausted as exc:
             error = exhaustion(exc)
             if error is not None:
-                report_exhaustion(exc.action, error, name)
+                report_exhaustion(exc.action, error, supervisor.name)
             if not ctx.response_started:
                 await responses.send_response(send, responses.RESOURCE_EXHAUSTED)
             elif socket is not None:

@@ -18,6 +18,7 @@ import signal
 import socket
 import sys
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
 from typing import Any
 
@@ -211,9 +212,93 @@ async def serve_asgi(
         await serve(limit_head(app, cors), config, shutdown_trigger=shutdown_trigger)  # type: ignore[arg-type, unused-ignore]
 
 
+class _IdleConnections:
+    """Hypercorn's keep-alive connections waiting for their next request, closed at the timeout by one timer.
+
+    Hypercorn keeps each connection's keep-alive timeout with a task of its own, started after
+    every response and cancelled when the next request arrives: two tasks (its `wait_for` makes
+    one more), a timer, a lock and a cancellation per request. The connections of one server
+    share one timeout, so the one that went idle first is the next to expire: they wait here in
+    that order and a single timer, armed for the oldest, closes each as its timeout passes (as
+    Hypercorn would: through its protocol, in a task nothing cancels). When the server stops,
+    every idle connection is closed at once, as Hypercorn's own timeout tasks do.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, timeout: float, terminated: Any) -> None:
+        self._loop = loop
+        self.timeout = timeout
+        self._terminated = terminated
+        #: Idle connections (Hypercorn TCPServers) → when their timeout passes (the loop's clock), oldest first.
+        self.waiting: dict[Any, float] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._closing: set[asyncio.Task[None]] = set()
+        self._watch = loop.create_task(self._close_all_when_terminated())
+
+    def add(self, server: Any) -> None:
+        """`server`'s connection is idle from now on."""
+        if self._terminated.is_set():
+            self._close(server)
+            return
+        waiting = self.waiting
+        waiting.pop(server, None)  # to the end: the order is the order of the deadlines
+        deadline = waiting[server] = self._loop.time() + self.timeout
+        if self._timer is None:
+            self._timer = self._loop.call_at(deadline, self._expire)
+
+    def discard(self, server: Any) -> None:
+        """`server`'s connection is busy again, or closed."""
+        self.waiting.pop(server, None)
+
+    def _expire(self) -> None:
+        self._timer = None
+        waiting = self.waiting
+        now = self._loop.time()
+        while waiting:
+            server = next(iter(waiting))
+            deadline = waiting[server]
+            if deadline > now:
+                self._timer = self._loop.call_at(deadline, self._expire)
+                return
+            del waiting[server]
+            self._close(server)
+
+    def _close(self, server: Any) -> None:
+        task = self._loop.create_task(server._initiate_server_close())
+        self._closing.add(task)
+        task.add_done_callback(self._closed)
+
+    def _closed(self, task: asyncio.Task[None]) -> None:
+        self._closing.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.debug("closing an idle connection failed: %r", task.exception())
+
+    async def _close_all_when_terminated(self) -> None:
+        await self._terminated.wait()
+        waiting, self.waiting = self.waiting, {}
+        for server in waiting:
+            self._close(server)
+
+
+class _KeepAlive:
+    """What a Hypercorn connection uses as its idle task: its place among the `_IdleConnections`."""
+
+    __slots__ = ("idle", "server")
+
+    def __init__(self, server: Any, idle: _IdleConnections) -> None:
+        self.server = server
+        self.idle = idle
+
+    async def restart(self, task_group: Any, action: Any) -> None:
+        self.idle.add(self.server)
+
+    async def stop(self) -> None:
+        self.idle.discard(self.server)
+
+
 @contextlib.contextmanager
 def _closing_at_eof() -> Iterator[None]:
-    """Hypercorn's connections, closed once their client has gone and their responses are written.
+    """Hypercorn's connections, closed once their client has gone and their responses are written,
+    and their keep-alive timeouts kept by one timer (see `_IdleConnections`).
 
     Hypercorn reads a connection until the client's EOF (or a read error), then still waits for
     the connection's keep-alive timer before it closes it: a client that sends a request and
@@ -228,7 +313,7 @@ def _closing_at_eof() -> Iterator[None]:
     from hypercorn.events import Event, Updated
 
     if getattr(run, "TCPServer", None) is not TCPServer or not all(
-        hasattr(TCPServer, name) for name in ("_read_data", "protocol_send")
+        hasattr(TCPServer, name) for name in ("_read_data", "protocol_send", "_initiate_server_close")
     ):
         logger.warning(
             "this Hypercorn version is not one edgeruntime knows: a connection whose client has gone "
@@ -237,8 +322,20 @@ def _closing_at_eof() -> Iterator[None]:
         yield
         return
 
+    #: The idle connections of each running server (its WorkerContext).
+    idle_connections: weakref.WeakKeyDictionary[Any, _IdleConnections] = weakref.WeakKeyDictionary()
+
     class ClosingAtEOF(TCPServer):
         reading_ended = False
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            idle = idle_connections.get(self.context)
+            if idle is None:
+                idle = idle_connections[self.context] = _IdleConnections(
+                    self.loop, self.config.keep_alive_timeout, self.context.terminated
+                )
+            self.idle_task = _KeepAlive(self, idle)  # type: ignore[assignment]
 
         async def _read_data(self) -> None:
             try:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from itertools import chain
 from typing import Any
 
 from edgeruntime.core.context import ExecutionContext
@@ -39,9 +40,9 @@ def head_size(scope: Scope) -> int:
     # "METHOD path?query HTTP/1.1\r\n", "name:value\r\n" per header, the blank line.
     query = scope.get("query_string") or b""
     size = len(scope.get("method", "")) + len(scope.get("raw_path") or b"") + len(query) + bool(query) + 14
-    for name, value in scope["headers"]:
-        size += len(name) + len(value) + 3
-    return size
+    headers = scope["headers"]
+    # Summed without a Python loop: it runs on every request under Hypercorn.
+    return size + sum(map(len, chain.from_iterable(headers))) + 3 * len(headers)
 
 
 def limit_head(app: ASGIApp, cors: Callable[[Scope], list[tuple[bytes, bytes]]] | None = None) -> ASGIApp:
@@ -193,7 +194,7 @@ class IdleTimeouts:
 
     def start(self, ctx: ExecutionContext, task: asyncio.Task[Any]) -> None:
         """Watch `task`, serving `ctx`, from now on."""
-        loop = asyncio.get_running_loop()
+        loop = task.get_loop()  # (asyncio.get_running_loop() makes a system call on Python 3.11)
         deadline = loop.time() + self.timeout_sec
         self.waiting[ctx] = (deadline, task)
         if self._timer_loop is not loop:  # no timer yet (or only one on a loop that has gone)

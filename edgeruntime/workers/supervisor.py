@@ -275,7 +275,7 @@ class FunctionSupervisor:
         worker = self.worker
         if worker is None or worker.status is not WorkerStatus.ACTIVE:  # else no coroutine for acquire()
             worker = await self.acquire()
-        task = asyncio.current_task()
+        task = ctx.task = asyncio.current_task()
         assert task is not None
         self.idle_timeouts.start(ctx, task)
         try:
@@ -286,6 +286,7 @@ class FunctionSupervisor:
                 raise IdleTimeout(self.name, f"{self.name} did not start its response within {timeout:g} s") from None
             raise
         finally:
+            ctx.task = None  # background work may keep the context: not the finished task with it
             self.idle_timeouts.finish(ctx)
             if worker.status is WorkerStatus.RETIRED and worker.idle:
                 self._spawn(self._drop(worker))

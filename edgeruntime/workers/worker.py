@@ -19,7 +19,7 @@ from starlette.requests import ClientDisconnect
 from edgeruntime.core import responses
 from edgeruntime.core.background import BackgroundTask
 from edgeruntime.core.clock import LOOP_CLOCK, Clock
-from edgeruntime.core.context import ExecutionContext
+from edgeruntime.core.context import ExecutionContext, enter_context, leave_context
 from edgeruntime.core.descriptors import exhaustion, report_exhaustion
 from edgeruntime.core.events import BeforeUnloadEvent, StopReason
 from edgeruntime.core.handlers import to_asgi
@@ -229,7 +229,7 @@ class InlineWorker:
         assert app is not None, "boot() first"
         ctx.worker = self.state
         self.in_flight += 1
-        task = asyncio.current_task()
+        task = ctx.task or asyncio.current_task()  # (the supervisor found it)
         assert task is not None
         self._requests[task] = ctx
         if self.policy == "per_request":
@@ -239,7 +239,7 @@ class InlineWorker:
             meter = ctx.meter = own.meter
         else:
             meter = ctx.meter = self.meter
-        token = ctx.activate()
+        token = enter_context(ctx)
         try:
             await metered(app(scope, receive, send), meter)
         except InvalidResponse as exc:
@@ -284,7 +284,7 @@ class InlineWorker:
             )
             raise limit_exceeded(self.name, reason) from None
         finally:
-            ctx.deactivate(token)
+            leave_context(token)
             self.in_flight -= 1
             del self._requests[task]
             if self._budgets and ctx in self._budgets:  # else: closed once its background work ends
