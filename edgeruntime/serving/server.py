@@ -29,6 +29,7 @@ from edgeruntime.core.transport import batched_writes
 from edgeruntime.core.types import ASGIApp, Scope
 from edgeruntime.exceptions import UsageError
 from edgeruntime.limits import DEFAULT_LIMITS
+from edgeruntime.serving.keep_alive import IdleConnections
 from edgeruntime.workers.request_limits import MAX_HEAD_BYTES, limit_head
 
 __all__ = ["LISTEN_BACKLOG", "SERVERS", "check_port", "listening_socket", "resolve_server", "run_server"]
@@ -212,55 +213,25 @@ async def serve_asgi(
         await serve(limit_head(app, cors), config, shutdown_trigger=shutdown_trigger)  # type: ignore[arg-type, unused-ignore]
 
 
-class _IdleConnections:
-    """Hypercorn's keep-alive connections waiting for their next request, closed at the timeout by one timer.
-
-    Hypercorn keeps each connection's keep-alive timeout with a task of its own, started after
-    every response and cancelled when the next request arrives: two tasks (its `wait_for` makes
-    one more), a timer, a lock and a cancellation per request. The connections of one server
-    share one timeout, so the one that went idle first is the next to expire: they wait here in
-    that order and a single timer, armed for the oldest, closes each as its timeout passes (as
-    Hypercorn would: through its protocol, in a task nothing cancels). When the server stops,
-    every idle connection is closed at once, as Hypercorn's own timeout tasks do.
+class _IdleConnections(IdleConnections):
+    """Hypercorn's keep-alive connections waiting for their next request (see
+    :mod:`edgeruntime.serving.keep_alive`), each closed as Hypercorn would: through its protocol,
+    in a task nothing cancels. When the server stops, every idle connection is closed at once, as
+    Hypercorn's own timeout tasks do.
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, timeout: float, terminated: Any) -> None:
-        self._loop = loop
-        self.timeout = timeout
+        super().__init__(loop, timeout, self._close)
         self._terminated = terminated
-        #: Idle connections (Hypercorn TCPServers) → when their timeout passes (the loop's clock), oldest first.
-        self.waiting: dict[Any, float] = {}
-        self._timer: asyncio.TimerHandle | None = None
         self._closing: set[asyncio.Task[None]] = set()
         self._watch = loop.create_task(self._close_all_when_terminated())
 
-    def add(self, server: Any) -> None:
-        """`server`'s connection is idle from now on."""
+    def add(self, connection: Any) -> None:
+        """`connection` (a Hypercorn TCPServer) is idle from now on."""
         if self._terminated.is_set():
-            self._close(server)
+            self._close(connection)
             return
-        waiting = self.waiting
-        waiting.pop(server, None)  # to the end: the order is the order of the deadlines
-        deadline = waiting[server] = self._loop.time() + self.timeout
-        if self._timer is None:
-            self._timer = self._loop.call_at(deadline, self._expire)
-
-    def discard(self, server: Any) -> None:
-        """`server`'s connection is busy again, or closed."""
-        self.waiting.pop(server, None)
-
-    def _expire(self) -> None:
-        self._timer = None
-        waiting = self.waiting
-        now = self._loop.time()
-        while waiting:
-            server = next(iter(waiting))
-            deadline = waiting[server]
-            if deadline > now:
-                self._timer = self._loop.call_at(deadline, self._expire)
-                return
-            del waiting[server]
-            self._close(server)
+        super().add(connection)
 
     def _close(self, server: Any) -> None:
         task = self._loop.create_task(server._initiate_server_close())

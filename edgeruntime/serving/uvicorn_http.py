@@ -8,7 +8,7 @@ a head is never buffered past the limit and one read.
 
 The httptools protocol also answers a malformed request (400) without a log line, as Hypercorn
 does: each one would be a line any client can add. It keeps the keep-alive timeout of all its
-connections with one timer (see `IdleConnections`) rather than a timer armed after every
+connections with one timer (:mod:`edgeruntime.serving.keep_alive`) rather than a timer armed after every
 response and cancelled by the next request, and starts each request's task without going
 through the loop's task factory (the CPU meter's, which only concerns tasks metered code creates).
 
@@ -23,9 +23,10 @@ import functools
 import weakref
 from typing import Any
 
+from edgeruntime.serving.keep_alive import IdleConnections
 from edgeruntime.workers.request_limits import MAX_HEAD_BYTES
 
-__all__ = ["IdleConnections", "h11_protocol", "head_limited_protocol", "httptools_protocol"]
+__all__ = ["h11_protocol", "head_limited_protocol", "httptools_protocol"]
 
 
 def _refusal(default_headers: list[tuple[bytes, bytes]]) -> bytes:
@@ -67,49 +68,8 @@ def h11_protocol() -> type[asyncio.Protocol]:
     return H11Protocol
 
 
-class IdleConnections:
-    """The keep-alive connections of one server waiting for their next request, closed at the timeout.
-
-    Uvicorn's protocol arms a timer after every response and cancels it when the next request
-    arrives: on uvloop a timer made and cancelled costs about 1.3 µs, on every request of a busy
-    connection. The connections share one timeout, so the one that went idle first is always
-    the next to expire: they wait here in the order they went idle, and a single timer, armed
-    for the oldest, closes each as its timeout passes (as `IdleTimeouts` keeps the 504s).
-    """
-
-    __slots__ = ("_loop", "_timer", "timeout", "waiting")
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, timeout: float) -> None:
-        self._loop = loop
-        self.timeout = timeout
-        #: Idle connections → when their timeout passes (the loop's clock), oldest first.
-        self.waiting: dict[Any, float] = {}
-        self._timer: asyncio.TimerHandle | None = None
-
-    def add(self, protocol: Any) -> None:
-        """`protocol`'s connection is idle from now on (its response is written, no request is waiting)."""
-        waiting = self.waiting
-        waiting.pop(protocol, None)  # to the end: the order is the order of the deadlines
-        deadline = waiting[protocol] = self._loop.time() + self.timeout
-        if self._timer is None:
-            self._timer = self._loop.call_at(deadline, self._expire)
-
-    def discard(self, protocol: Any) -> None:
-        """`protocol`'s connection is busy again, or closed."""
-        self.waiting.pop(protocol, None)
-
-    def _expire(self) -> None:
-        self._timer = None
-        waiting = self.waiting
-        now = self._loop.time()
-        while waiting:
-            protocol = next(iter(waiting))
-            deadline = waiting[protocol]
-            if deadline > now:
-                self._timer = self._loop.call_at(deadline, self._expire)
-                return
-            del waiting[protocol]
-            protocol.timeout_keep_alive_handler()
+def _keep_alive_expired(protocol: Any) -> None:
+    protocol.timeout_keep_alive_handler()
 
 
 #: The idle connections of each server (its ServerState), made on its first connection.
@@ -141,7 +101,9 @@ def httptools_protocol() -> type[asyncio.Protocol]:
             self.head_refused = False
             idle = _idle_connections.get(self.server_state)
             if idle is None or idle.timeout != self.timeout_keep_alive:
-                idle = _idle_connections[self.server_state] = IdleConnections(self.loop, self.timeout_keep_alive)
+                idle = _idle_connections[self.server_state] = IdleConnections(
+                    self.loop, self.timeout_keep_alive, _keep_alive_expired
+                )
             self.idle_connections = idle
             #: Each request's task in a fresh context (uvicorn's `reset_contextvars`, where it has one).
             self.fresh_context = bool(getattr(self.config, "reset_contextvars", False))
