@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import subprocess
-import sys
 from collections.abc import Iterator
 
 import pytest
@@ -151,19 +149,3 @@ def test_the_shared_listening_socket_is_one_line_when_it_cannot_be_bound() -> No
 
         assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN) == 1
         assert not os.get_inheritable(sock.fileno())  # passed on only to the serving processes, explicitly
-
-
-def test_serving_imports_what_the_first_request_needs_only() -> None:
-    # What `edgeruntime serve --server uvicorn` imports before its socket accepts (inline
-    # isolation, no cron): prometheus_client waits for the first scrape, h11 for a server without
-    # httptools, ctypes for a worker process, cronsim and zoneinfo for a cron.
-    code = (
-        "import sys\n"
-        "import edgeruntime.serving.cli, edgeruntime.serving.build, edgeruntime.serving.server\n"
-        "from edgeruntime.serving.uvicorn_http import head_limited_protocol\n"
-        "head_limited_protocol()\n"
-        "late = ('prometheus_client', 'h11', 'ctypes', 'cronsim', 'zoneinfo')\n"
-        "print(sorted(m for m in late if m in sys.modules))\n"
-    )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
-    assert done.stdout.strip() == "[]"
