@@ -9,6 +9,7 @@ import inspect
 import logging
 import os
 import sys
+import types
 from collections.abc import Awaitable, Generator, Mapping
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -93,7 +94,7 @@ class EdgeRuntime:
             EdgeRuntime.wait_until(send_email(body["email"]))
             return JSONResponse({"accepted": True}, status_code=202)
         """
-        if not inspect.isawaitable(awaitable):
+        if type(awaitable) is not types.CoroutineType and not inspect.isawaitable(awaitable):
             raise TypeError(
                 f"wait_until() takes an awaitable (a coroutine or task), not {type(awaitable).__name__}; "
                 "did you call a plain function instead of an async one?"
@@ -101,11 +102,10 @@ class EdgeRuntime:
         ctx = current_context()
         if ctx is None:
             ctx = _default_context()
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
+        loop = asyncio._get_running_loop()  # (None, not an exception, in a thread: a cheaper test)
+        if loop is None:
             return _wait_until_from_thread(awaitable, ctx)
-        return PendingWork(ctx.worker.background.add(awaitable, ctx), ctx)
+        return PendingWork(ctx.worker.background.add(awaitable, ctx, loop), ctx)
 
     waitUntil = wait_until
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
@@ -30,6 +31,9 @@ if TYPE_CHECKING:
 __all__ = ["BackgroundTask", "BackgroundWork", "TaskOutcome"]
 
 logger = logging.getLogger("edgeruntime.background")
+
+#: Task names kept per worker for reuse, at most.
+MAX_TASK_NAMES = 256
 
 
 class TaskOutcome(enum.StrEnum):
@@ -95,34 +99,60 @@ class BackgroundWork:
         self.log_failures = True
         #: Called with every task when it is added (a process worker reports it to the server).
         self.start_observers: list[Callable[[BackgroundTask], None]] = []
-        #: Wraps each coroutine before it is scheduled (the worker's CPU metering).
+        #: Wraps each coroutine before it is scheduled (the worker's CPU metering: a coroutine of
+        #: `edgeruntime.core.metering.run_metered`, which the meter's task factory passes through).
         self.runner: Callable[[Coroutine[Any, Any, Any], ExecutionContext], Coroutine[Any, Any, Any]] | None = None
         #: Observers of the whole app (kept by reference, so ones added later see this worker too).
         self.shared_observers = shared_observers if shared_observers is not None else []
         #: Tasks the function's code created, not yet done, with the execution that created them.
         self._spawned: dict[asyncio.Future[Any], ExecutionContext] = {}
+        self._task_names: dict[tuple[str, str], str] = {}
 
     def __len__(self) -> int:
         return len(self.pending)
 
-    def add(self, awaitable: Awaitable[Any], ctx: ExecutionContext) -> BackgroundTask:
-        """Schedule `awaitable` in the running loop and track it. Must run in the loop thread."""
-        loop = asyncio.get_running_loop()
+    def add(
+        self, awaitable: Awaitable[Any], ctx: ExecutionContext, loop: asyncio.AbstractEventLoop | None = None
+    ) -> BackgroundTask:
+        """Schedule `awaitable` in the running loop (`loop`, if the caller has it) and track it.
+
+        Must run in the loop thread.
+        """
+        if loop is None:
+            loop = asyncio.get_running_loop()
         name = _task_name(awaitable)
         if isinstance(awaitable, asyncio.Future):
             future: asyncio.Future[Any] = awaitable
         elif asyncio.iscoroutine(awaitable):
-            coro = awaitable if self.runner is None else self.runner(awaitable, ctx)
-            future = loop.create_task(coro, name=f"wait_until:{ctx.function}:{name}")
+            task_name = self._task_names.get((ctx.function, name))
+            if task_name is None:
+                task_name = self._task_name(ctx.function, name)
+            if self.runner is None:
+                future = loop.create_task(awaitable, name=task_name)
+            else:
+                coro = self.runner(awaitable, ctx)
+                factory = loop.get_task_factory()
+                if factory is None or getattr(factory, "passes_metered", False):
+                    # The task the loop would make, without a call of the factory in between.
+                    future = asyncio.Task(coro, loop=loop, name=task_name)
+                else:
+                    future = loop.create_task(coro, name=task_name)
         else:
             future = asyncio.ensure_future(awaitable)
         entry = BackgroundTask(future, name, ctx.function, ctx.execution_id)
         self.pending.add(entry)
         ctx.tasks.add(entry)
-        future.add_done_callback(lambda _: self._finished(entry, ctx))
+        future.add_done_callback(functools.partial(self._finished, entry, ctx))
         for observer in self.start_observers:
             observer(entry)
         return entry
+
+    def _task_name(self, function: str, name: str) -> str:
+        """The asyncio name of a task of `function` running `name`, kept for the next such task."""
+        task_name = f"wait_until:{function}:{name}"
+        if len(self._task_names) < MAX_TASK_NAMES:  # (names come from code: a few per function)
+            self._task_names[function, name] = task_name
+        return task_name
 
     def spawned(self, task: asyncio.Future[Any], ctx: ExecutionContext) -> None:
         """`task` was created by code of `ctx` (see :mod:`edgeruntime.core.metering`): cut it with `ctx`'s work."""
@@ -132,7 +162,7 @@ class BackgroundWork:
     def _spawned_done(self, task: asyncio.Future[Any]) -> None:
         self._spawned.pop(task, None)
 
-    def _finished(self, entry: BackgroundTask, ctx: ExecutionContext) -> None:
+    def _finished(self, entry: BackgroundTask, ctx: ExecutionContext, _done: object = None) -> None:
         entry.ended_at = time.time()
         self.pending.discard(entry)
         ctx.tasks.discard(entry)

@@ -257,10 +257,13 @@ class _MeteringTaskFactory:
     Calls the loop's previous factory, if it had one, to make the task.
     """
 
-    __slots__ = ("inner",)
+    __slots__ = ("inner", "passes_metered")
 
     def __init__(self, inner: Callable[..., asyncio.Future[Any]] | None) -> None:
         self.inner = inner
+        #: Whether the task of a `run_metered` coroutine is the plain `asyncio.Task` the loop would
+        #: make without a factory (there is no previous factory): its maker may make it directly.
+        self.passes_metered = inner is None
 
     def __call__(self, loop: AbstractEventLoop, coro: Any, **options: Any) -> asyncio.Future[Any]:
         meter = _threads.state.meter
