@@ -231,3 +231,81 @@ async def test_a_closed_connection_leaves_the_idle_connections() -> None:
     assert protocol in idle.waiting
     protocol.connection_lost(ConnectionResetError("gone"))
     assert protocol not in idle.waiting
+
+
+class Replies:
+    """Answers with the messages it is given, whatever the request."""
+
+    def __init__(self, messages: list[dict[str, object]]) -> None:
+        self.messages = messages
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        for message in self.messages:
+            await send(message)
+
+
+async def _exchange(protocol_class: type[asyncio.Protocol], request: bytes, app: Replies) -> tuple[bytes, bool]:
+    config = Config(app=app, http=protocol_class, lifespan="off", log_level="critical", access_log=False)
+    config.load()
+    state = ServerState()
+    state.default_headers = [(b"date", b"Mon, 07 Dec 2026 00:00:00 GMT"), (b"server", b"uvicorn")]
+    protocol = protocol_class(config=config, server_state=state, app_state={})  # type: ignore[call-arg, unused-ignore]
+    transport = Transport()
+    protocol.connection_made(transport)
+    protocol.data_received(request)
+    for _ in range(100):
+        await asyncio.sleep(0.001)
+        if transport.closed or transport.sent.endswith((b"\r\n\r\n", b"hello")):
+            break
+    return transport.sent, transport.closed
+
+
+GET = b"GET /functions/v1/hello HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n"
+
+
+def _start(*headers: tuple[bytes, bytes], status: int = 200) -> dict[str, object]:
+    return {"type": "http.response.start", "status": status, "headers": list(headers)}
+
+
+BODY = {"type": "http.response.body", "body": b"hello"}
+
+
+@pytest.mark.parametrize(
+    ("request_head", "messages"),
+    [
+        (GET, [_start((b"content-length", b"5"), (b"Content-Type", b"text/plain")), BODY]),
+        (GET, [_start((b"content-type", b"text/plain")), BODY]),  # no length: chunked
+        (GET, [_start((b"transfer-encoding", b"chunked")), BODY]),
+        (b"HEAD / HTTP/1.1\r\nhost: a\r\n\r\n", [_start(), {"type": "http.response.body", "body": b""}]),
+        (GET, [_start(status=204), {"type": "http.response.body", "body": b""}]),
+        (GET, [_start((b"content-length", b"5"), (b"connection", b"Keep-Alive, close")), BODY]),
+        (b"GET / HTTP/1.0\r\nhost: a\r\n\r\n", [_start((b"content-length", b"5")), BODY]),
+        (GET, [_start((b"x-ok", b"a\tb: c"), (b"content-length", b"5")), BODY]),
+        (GET, [_start((b"x bad", b"v"), (b"content-length", b"5")), BODY]),  # a space in a name
+        (GET, [_start((b"x-bad", b"v\r\nset-cookie: a=b"), (b"content-length", b"5")), BODY]),  # a header injected
+        (GET, [_start((b"x-bad:", b"v"), (b"content-length", b"5")), BODY]),
+        (GET, [_start((b"content-length", b"4")), BODY]),  # longer than said
+    ],
+    ids=[
+        "length",
+        "chunked-by-server",
+        "chunked-by-app",
+        "head",
+        "204",
+        "connection-close",
+        "http-1.0",
+        "tab-and-colon-in-value",
+        "space-in-name",
+        "crlf-in-value",
+        "colon-in-name",
+        "too-long",
+    ],
+)
+async def test_responses_start_as_uvicorn_starts_them(request_head: bytes, messages: list[dict[str, object]]) -> None:
+    """The one-match header check (ResponseCycle) sends and refuses exactly what Uvicorn's own does."""
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    ours = await _exchange(httptools_protocol(), request_head, Replies(messages))
+    uvicorns = await _exchange(HttpToolsProtocol, request_head, Replies(messages))
+    assert ours == uvicorns
+    assert b"set-cookie" not in ours[0]

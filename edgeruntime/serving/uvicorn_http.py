@@ -80,13 +80,18 @@ _idle_connections: weakref.WeakKeyDictionary[Any, IdleConnections] = weakref.Wea
 
 #: A block of header lines ("name: value\r\n" each) that Uvicorn's checks would all let through: a
 #: name without separators, controls, spaces or tabs (its HEADER_RE), a value without controls
-#: other than tab (its HEADER_VALUE_RE). A value cannot end its line early (CR and LF are
-#: controls), so a match says every header of the block is valid.
+#: other than tab (its HEADER_VALUE_RE). A value with CR LF in it would pass as two lines (a
+#: header injected), so a block is valid when it matches *and* has one LF per header.
 _VALID_HEADER_LINES = re.compile(b'(?:[^\x00-\x1f\x7f()<>@,;:\\[\\]={} \t\\\\"]*: [^\x00-\x08\x0a-\x1f\x7f]*\r\n)*')
 
 
 class _HeadTooLarge(Exception):
     """Raised in a parser callback to stop parsing a complete head over the limit."""
+
+
+def _valid_lines(block: bytes, headers: int) -> bool:
+    """Whether `block` is the lines of `headers` valid headers (see `_VALID_HEADER_LINES`)."""
+    return _VALID_HEADER_LINES.fullmatch(block) is not None and block.count(b"\n") == headers
 
 
 def _refuse_headers(headers: Any) -> None:
@@ -157,8 +162,8 @@ def httptools_protocol() -> type[asyncio.Protocol]:
                     closes = True
                 lines.append(b"%s: %s\r\n" % (name, value))
             block = b"".join(lines)
-            if _VALID_HEADER_LINES.fullmatch(block) is None:
-                _refuse_headers(message["headers"])
+            if not _valid_lines(block, len(lines)):
+                _refuse_headers(message.get("headers", ()))
             if not self.keep_alive and not closes:
                 block += b"connection: close\r\n"
             if self.chunked_encoding is None and self.scope["method"] != "HEAD" and message["status"] not in (204, 304):
@@ -167,7 +172,7 @@ def httptools_protocol() -> type[asyncio.Protocol]:
             defaults = self.default_headers
             if default_lines[0] is not defaults:
                 default_lines[1] = b"".join(b"%s: %s\r\n" % (name.lower(), value) for name, value in defaults)
-                if _VALID_HEADER_LINES.fullmatch(default_lines[1]) is None:
+                if not _valid_lines(default_lines[1], len(defaults)):
                     _refuse_headers(defaults)
                 default_lines[0] = defaults
             self.transport.write(b"".join((status_line, default_lines[1], block, b"\r\n")))
