@@ -16,6 +16,7 @@ BENCHMARKS = (
     "parts",
     "sandbox",
     "workers",
+    "instructions",
 )
 
 
