@@ -234,14 +234,28 @@ async def test_a_closed_connection_leaves_the_idle_connections() -> None:
 
 
 class Replies:
-    """Answers with the messages it is given, whatever the request."""
+    """Answers with the messages it is given, whatever the request, while a task listens for what
+    the connection says next (the request, then its end once the response is sent)."""
 
     def __init__(self, messages: list[dict[str, object]]) -> None:
         self.messages = messages
+        self.heard: list[str] = []
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        for message in self.messages:
-            await send(message)
+        async def listen() -> None:
+            for _ in range(2):
+                self.heard.append((await receive())["type"])
+
+        listener = asyncio.get_running_loop().create_task(listen())
+        await asyncio.sleep(0.01)  # it has the request and waits for what comes next
+        try:
+            for message in self.messages:
+                await send(message)
+        finally:
+            try:
+                await asyncio.wait_for(listener, 0.2)
+            except TimeoutError:
+                self.heard.append("nothing")
 
 
 async def _exchange(protocol_class: type[asyncio.Protocol], request: bytes, app: Replies) -> tuple[bytes, bool]:
@@ -253,9 +267,9 @@ async def _exchange(protocol_class: type[asyncio.Protocol], request: bytes, app:
     transport = Transport()
     protocol.connection_made(transport)
     protocol.data_received(request)
-    for _ in range(100):
-        await asyncio.sleep(0.001)
-        if transport.closed or transport.sent.endswith((b"\r\n\r\n", b"hello")):
+    for _ in range(200):  # until the app has returned (its listener heard the end, or waited 0.2 s)
+        await asyncio.sleep(0.005)
+        if not protocol.tasks:  # type: ignore[attr-defined]
             break
     return transport.sent, transport.closed
 
@@ -285,6 +299,10 @@ BODY = {"type": "http.response.body", "body": b"hello"}
         (GET, [_start((b"x-bad", b"v\r\nset-cookie: a=b"), (b"content-length", b"5")), BODY]),  # a header injected
         (GET, [_start((b"x-bad:", b"v"), (b"content-length", b"5")), BODY]),
         (GET, [_start((b"content-length", b"4")), BODY]),  # longer than said
+        (GET, [_start((b"content-length", b"9")), {**BODY, "more_body": True}, {**BODY, "body": b" you"}]),
+        (GET, [_start((b"content-length", b"9")), BODY]),  # shorter than said
+        (GET, [BODY]),  # a body before the start
+        (GET, [_start((b"content-length", b"5")), BODY, BODY]),  # a body after the end
     ],
     ids=[
         "length",
@@ -299,13 +317,19 @@ BODY = {"type": "http.response.body", "body": b"hello"}
         "crlf-in-value",
         "colon-in-name",
         "too-long",
+        "two-parts",
+        "too-short",
+        "body-first",
+        "body-after-end",
     ],
 )
-async def test_responses_start_as_uvicorn_starts_them(request_head: bytes, messages: list[dict[str, object]]) -> None:
-    """The one-match header check (ResponseCycle) sends and refuses exactly what Uvicorn's own does."""
+async def test_responses_go_out_as_uvicorn_sends_them(request_head: bytes, messages: list[dict[str, object]]) -> None:
+    """ResponseCycle sends and refuses exactly what Uvicorn's own cycle does, and wakes a listener as it does."""
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-    ours = await _exchange(httptools_protocol(), request_head, Replies(messages))
-    uvicorns = await _exchange(HttpToolsProtocol, request_head, Replies(messages))
-    assert ours == uvicorns
-    assert b"set-cookie" not in ours[0]
+    ours, theirs = Replies(messages), Replies(messages)
+    assert await _exchange(httptools_protocol(), request_head, ours) == await _exchange(
+        HttpToolsProtocol, request_head, theirs
+    )
+    assert ours.heard == theirs.heard
+    assert b"set-cookie" not in (await _exchange(httptools_protocol(), request_head, Replies(messages)))[0]

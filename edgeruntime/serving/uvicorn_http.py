@@ -128,20 +128,46 @@ def httptools_protocol() -> type[asyncio.Protocol]:
         Uvicorn checks each header's name and value with a regular expression of its own (ten
         searches for a response of five headers); this cycle checks the lines of all the headers
         the app sent with one match (`_VALID_HEADER_LINES`) and writes the server's own, checked
-        once a second, as they were. The same bytes go out and the same errors are raised; what
-        this does not cover (an access log, a paused or gone connection, the body) is Uvicorn's.
+        once a second, as they were. A body with a content-length is written without going
+        through Uvicorn's `send` (one coroutine less per message). The same bytes go out and the
+        same errors are raised; what this does not cover (an access log, a paused or gone
+        connection, chunked bodies, HEAD, messages out of order) is Uvicorn's own code.
         """
 
         async def send(self, message: Any) -> None:
-            if (
-                self.response_started
-                or self.access_log
-                or self.disconnected
-                or self.flow.write_paused
-                or message["type"] != "http.response.start"
-            ):
+            if self.disconnected or self.flow.write_paused or self.access_log:
                 await super().send(message)
-                return
+            elif not self.response_started and message["type"] == "http.response.start":
+                self._start(message)
+            elif (
+                self.chunked_encoding is False
+                and not self.response_complete
+                and message["type"] == "http.response.body"
+                and self.scope["method"] != "HEAD"
+            ):
+                self._body(message)
+            else:  # chunks, HEAD, messages out of order: Uvicorn's
+                await super().send(message)
+
+        def _body(self, message: Any) -> None:
+            """A body (or part of one) of a response with a content-length, as Uvicorn sends it."""
+            body = message.get("body", b"")
+            size = len(body)
+            if size > self.expected_content_length:
+                raise RuntimeError("Response content longer than Content-Length")
+            self.expected_content_length -= size
+            self.transport.write(body)
+            if not message.get("more_body", False):
+                if self.expected_content_length != 0:
+                    raise RuntimeError("Response content shorter than Content-Length")
+                self.response_complete = True
+                self.message_event.set()
+                if not self.keep_alive:
+                    self.transport.close()
+                self.on_response()
+
+        def _start(self, message: Any) -> None:
+            """The status line and headers, as Uvicorn writes them (see the class docstring)."""
             status_line = status_lines[message["status"]]
             self.response_started = True
             self.waiting_for_100_continue = False
