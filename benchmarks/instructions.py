@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import compileall
 import contextlib
 import os
 import re
@@ -31,67 +30,26 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
+from benchmarks import peers
+
 ROOT = Path(__file__).resolve().parent
 REPO = ROOT.parent
-FUNCTIONS = ROOT / "functions"
 MISSING = "valgrind is not installed: apt-get install valgrind (it brings callgrind and callgrind_control)"
 #: Seconds for the background work of the counted requests (2 s tasks) to end before the dump.
 SETTLE_SEC = 3.5
 
 
-@dataclass(frozen=True)
-class App:
-    """A server command and the paths of its two endpoints."""
-
-    name: str
-    argv: tuple[str, ...]
-    hello_path: str
-    bg_path: str
+#: The apps counted: the peers benchmark's, on Uvicorn (its command lines and endpoints).
+APPS = ("edgeruntime", "starlette")
 
 
-def apps(port: int) -> dict[str, App]:
-    python = sys.executable
-    return {
-        "edgeruntime": App(
-            "edgeruntime",
-            (
-                python,
-                "-m",
-                "edgeruntime",
-                "serve",
-                str(FUNCTIONS),
-                "--no-watch",
-                "--server",
-                "uvicorn",
-                "--config",
-                str(ROOT / "config.toml"),
-                "--port",
-                str(port),
-            ),
-            "/functions/v1/hello",
-            "/functions/v1/bg",
-        ),
-        "starlette": App(
-            "starlette",
-            (
-                python,
-                "-m",
-                "uvicorn",
-                "benchmarks.apps.starlette_app:app",
-                "--port",
-                str(port),
-                "--log-level",
-                "warning",
-            ),
-            "/hello",
-            "/bg",
-        ),
-    }
+def target(app_name: str) -> peers.Target:
+    """`app_name` on Uvicorn, as `benchmarks peers` serves it."""
+    return next(t for t in peers.targets("uvicorn", False) if t.app == app_name)
 
 
 def totals(dump: str) -> int:
@@ -154,12 +112,13 @@ def _wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 120) -
 
 def count(app_name: str, endpoint: str, requests: int, connections: int) -> float:
     """Instructions per request of `app_name` serving `endpoint` ("hello" or "bg")."""
-    port = _free_port()
-    app = apps(port)[app_name]
+    port = peers.free_port()
+    app = target(app_name)
     path = app.hello_path if endpoint == "hello" else app.bg_path
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "callgrind.out"
-        argv = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}", *app.argv]
+        counting = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}"]
+        argv = [*counting, *peers.command(app, port)]
         env = {**os.environ, "EDGERUNTIME_DATABASE_URL": f"sqlite:///{tmp}/edgeruntime.db"}
         proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
@@ -182,15 +141,6 @@ def count(app_name: str, endpoint: str, requests: int, connections: int) -> floa
             if proc.poll() is None:
                 proc.send_signal(signal.SIGKILL)
             proc.wait(30)
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def report(counts: dict[tuple[str, str], float]) -> str:
@@ -216,14 +166,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(MISSING, file=sys.stderr)
         return 2
     names = [name for name in args.apps.split(",") if name]
-    unknown = sorted(set(names) - set(apps(0)))
+    unknown = sorted(set(names) - set(APPS))
     endpoints = [name for name in args.endpoints.split(",") if name]
     if unknown or not names or not set(endpoints) <= {"hello", "bg"} or not endpoints or args.requests < 1:
         print("--apps takes edgeruntime,starlette; --endpoints hello,bg; --requests a positive count", file=sys.stderr)
         return 2
-    # As installed packages are: every start would compile edgeruntime from source otherwise.
-    for directory in (REPO / "edgeruntime", ROOT):
-        compileall.compile_dir(directory, quiet=1)
+    peers.byte_compile()
     counts: dict[tuple[str, str], float] = {}
     for name in names:
         for endpoint in endpoints:
