@@ -120,7 +120,8 @@ def httptools_protocol() -> type[asyncio.Protocol]:
     status_lines: dict[int, bytes] = httptools_impl.STATUS_LINE
     #: The server's own headers (date, server) as lines, for the list they were made from: Uvicorn
     #: makes a new list when the date changes, once a second.
-    default_lines: list[Any] = [None, b""]
+    #: (Held as one pair, replaced whole: servers of other threads in this process read it too.)
+    default_lines: list[tuple[object, bytes]] = [(None, b"")]
 
     class ResponseCycle(httptools_impl.RequestResponseCycle):  # type: ignore[misc, unused-ignore]
         """Uvicorn's request-response cycle with a cheaper start of the response.
@@ -196,12 +197,13 @@ def httptools_protocol() -> type[asyncio.Protocol]:
                 self.chunked_encoding = True
                 block += b"transfer-encoding: chunked\r\n"
             defaults = self.default_headers
-            if default_lines[0] is not defaults:
-                default_lines[1] = b"".join(b"%s: %s\r\n" % (name.lower(), value) for name, value in defaults)
-                if not _valid_lines(default_lines[1], len(defaults)):
+            rendered = default_lines[0]
+            if rendered[0] is not defaults:
+                server_lines = b"".join(b"%s: %s\r\n" % (name.lower(), value) for name, value in defaults)
+                if not _valid_lines(server_lines, len(defaults)):
                     _refuse_headers(defaults)
-                default_lines[0] = defaults
-            self.transport.write(b"".join((status_line, default_lines[1], block, b"\r\n")))
+                rendered = default_lines[0] = (defaults, server_lines)
+            self.transport.write(b"".join((status_line, rendered[1], block, b"\r\n")))
 
     class HttpToolsProtocol(httptools_impl.HttpToolsProtocol):  # type: ignore[misc, unused-ignore]
         def __init__(self, *args: Any, **kwargs: Any) -> None:
