@@ -194,6 +194,17 @@ class PostgresStore:
         idempotency_key: str | None,
         now: float,
     ) -> int:
+        psycopg = self._psycopg
+        try:
+            return await self._enqueue(function, payload, run_at, max_attempts, idempotency_key, now)
+        except (psycopg.DataError, psycopg.IntegrityError):
+            raise  # this job cannot be written (a NUL in its function name or payload)
+        except (psycopg.Error, ConfigError, OSError) as exc:  # as for run history: may work later
+            raise StoreUnavailable(f"enqueue: database {redact_url(self.url)}: {describe(exc)}") from exc
+
+    async def _enqueue(
+        self, function: str, payload: str, run_at: float, max_attempts: int, idempotency_key: str | None, now: float
+    ) -> int:
         async with self._conn() as conn:
             cur = await conn.execute(
                 "INSERT INTO edgeruntime_jobs (function, payload, status, max_attempts, run_at, idempotency_key,"

@@ -128,7 +128,8 @@ async def enqueue(
     The job is delivered at least once, after `delay` seconds, with headers `x-edgeruntime-job-id`
     and `x-edgeruntime-attempt`; a non-2xx answer is retried with backoff up to `max_attempts`
     deliveries (default `[jobs] max_attempts`, 4). With an `idempotency_key` already used, the
-    existing job's id is returned and nothing is queued.
+    existing job's id is returned and nothing is queued. Raises `StoreUnavailable` (a `JobsError`)
+    when the store cannot be reached or written now, and nothing is queued: the call may be retried.
     """
     global _fallback
     queue = _active

@@ -251,7 +251,14 @@ class SQLiteStore:
                 )
                 return int(cur.lastrowid or 0)
 
-        return await self._run(run)
+        try:
+            return await self._run(run)
+        except _ROW_ERRORS:
+            raise
+        except sqlite3.Error as exc:  # locked, read-only, disk I/O error or full: the caller may retry
+            raise StoreUnavailable(f"enqueue: database {self.path}: {exc}") from exc
+        except ConfigError as exc:  # the file could not be opened again
+            raise StoreUnavailable(f"enqueue: {exc}") from exc
 
     async def claim(self, worker_id: str, limit: int, *, now: float, lease_sec: float) -> list[Job]:
         def run(conn: sqlite3.Connection) -> list[Job]:

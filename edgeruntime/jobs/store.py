@@ -192,7 +192,10 @@ class JobStore(Protocol):
         idempotency_key: str | None,
         now: float,
     ) -> int:
-        """Insert a job (committed on return); with a known idempotency key, the existing id."""
+        """Insert a job (committed on return); with a known idempotency key, the existing id.
+
+        StoreUnavailable when the store cannot be reached or written now (the same call may work later).
+        """
 
     async def claim(self, worker_id: str, limit: int, *, now: float, lease_sec: float) -> list[Job]:
         """Lease up to `limit` due jobs (queued and due, or running with an expired lease)."""

@@ -163,3 +163,26 @@ async def test_a_size_cap_keeps_the_live_history_under_it(postgres_url: str) -> 
     assert row is not None
     # Trimmed to 90 % of the cap by the estimate; the estimate is within a few per cent.
     assert 0.75 * 4 * MiB < row[0] <= 4 * MiB
+
+
+async def test_enqueue_during_an_outage_raises_store_unavailable_and_works_once_it_is_over(
+    proxied_postgres: ProxiedPostgres, read_only_url: str
+) -> None:
+    pg = proxied_postgres
+    store = open_store(pg.proxied_url)
+    try:
+        await store.migrate()
+        pg.proxy.cut()
+        with pytest.raises(StoreUnavailable, match=r"^enqueue: database postgresql://"):
+            await store.enqueue("hello", "{}", run_at=T0, max_attempts=1, idempotency_key=None, now=T0)
+        pg.proxy.restore()
+        assert await store.enqueue("hello", "{}", run_at=T0, max_attempts=1, idempotency_key=None, now=T0) > 0
+    finally:
+        await store.close()
+    read_only = open_store(read_only_url)
+    try:
+        with pytest.raises(StoreUnavailable, match="read-only") as info:
+            await read_only.enqueue("hello", "{}", run_at=T0, max_attempts=1, idempotency_key=None, now=T0)
+        assert "hunter2" not in str(info.value)
+    finally:
+        await read_only.close()

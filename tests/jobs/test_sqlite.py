@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from edgeruntime.exceptions import StoreUnavailable
 from edgeruntime.jobs import sqlite as sqlite_store
 from edgeruntime.jobs.backends import open_store
 from edgeruntime.jobs.store import Run, RunRow
@@ -208,3 +209,21 @@ async def test_a_cap_history_alone_cannot_meet_is_said_once(tmp_path: Path, capl
         await store.close()
     [line] = [r.getMessage() for r in caplog.records if "over retention_max_mb" in r.getMessage()]
     assert "no run history left to delete" in line
+
+
+async def test_enqueue_while_another_process_holds_the_write_lock_raises_store_unavailable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite_store, "BUSY_TIMEOUT_MS", 100)
+    store = open_store(f"sqlite:///{tmp_path / 'jobs.db'}")
+    await store.migrate()
+    locker = sqlite3.connect(tmp_path / "jobs.db", isolation_level=None)
+    try:
+        locker.execute("BEGIN IMMEDIATE")
+        with pytest.raises(StoreUnavailable, match=r"^enqueue: database .*jobs\.db: database is locked$"):
+            await store.enqueue("hello", "{}", run_at=1.0, max_attempts=1, idempotency_key=None, now=1.0)
+        locker.execute("ROLLBACK")
+        assert await store.enqueue("hello", "{}", run_at=1.0, max_attempts=1, idempotency_key=None, now=1.0) == 1
+    finally:
+        locker.close()
+        await store.close()
