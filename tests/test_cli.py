@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from edgeruntime.serving.cli import main
+from edgeruntime.serving.cli import hang_timeout_sec, main
 from tests.helpers import HELLO, KEYS, ServerProcess, free_port, run_cli, write_function
 
 
@@ -73,6 +73,24 @@ def test_serve_bad_workers_is_one_line(hello_dir: Path, capsys: pytest.CaptureFi
     assert main(["serve", str(hello_dir), "--no-watch", "--workers", value]) == 2
     err = _one_line_error(capsys)
     assert err == f"edgeruntime: error: --workers: expected a whole number from 1 to 256, or auto, got {value!r}\n"
+
+
+@pytest.mark.parametrize("value", ["soon", "-1", "nan", "inf"])
+def test_serve_bad_hang_timeout_is_one_line(
+    hello_dir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    monkeypatch.setenv("EDGERUNTIME_HANG_TIMEOUT_SEC", value)
+    assert main(["serve", str(hello_dir), "--no-watch", "--workers", "2"]) == 2
+    assert _one_line_error(capsys) == (
+        f"edgeruntime: error: EDGERUNTIME_HANG_TIMEOUT_SEC={value!r}: expected seconds (0 or more; 0 turns the"
+        " check off)\n"
+    )
+
+
+def test_the_hang_timeout_defaults_to_30_s_and_0_turns_it_off() -> None:
+    assert hang_timeout_sec({}) == 30.0
+    assert hang_timeout_sec({"EDGERUNTIME_HANG_TIMEOUT_SEC": " 0 "}) == 0.0
+    assert hang_timeout_sec({"EDGERUNTIME_HANG_TIMEOUT_SEC": "2.5"}) == 2.5
 
 
 def test_serve_bad_workers_in_config_names_the_file_and_key(

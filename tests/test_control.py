@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import socket
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -24,11 +25,14 @@ class Supervisor:
     reader: asyncio.StreamReader
     writer: asyncio.StreamWriter
 
-    async def read(self) -> dict[str, Any]:
-        line = await asyncio.wait_for(self.reader.readline(), 10)
-        message = decode(line)
-        assert message is not None, line
-        return message
+    async def read(self, *, heartbeats: bool = False) -> dict[str, Any]:
+        """The next message (the heartbeats skipped, unless asked for)."""
+        while True:
+            line = await asyncio.wait_for(self.reader.readline(), 10)
+            message = decode(line)
+            assert message is not None, line
+            if heartbeats or message != {"type": "alive"}:
+                return message
 
     def send(self, message: dict[str, Any] | bytes) -> None:
         self.writer.write(message if isinstance(message, bytes) else encode(message))
@@ -65,6 +69,24 @@ def test_messages_are_json_lines_and_anything_else_is_refused() -> None:
     assert decode(b'{"type":"collect","id":3}\n') == {"type": "collect", "id": 3}
     for line in (b"", b"not json\n", b"[1, 2]\n", b'{"id": 1}\n', b'{"type": 7}\n', b"\x80\x81\n"):
         assert decode(line) is None, line
+
+
+async def test_the_event_loop_says_alive_every_heartbeat(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(control, "HEARTBEAT_SEC", 0.05)
+    ours, theirs = socket.socketpair()
+    reader, writer = await asyncio.open_connection(sock=ours)
+    stop = asyncio.Event()
+    task = asyncio.get_running_loop().create_task(ControlChannel(theirs).run(stop))
+    supervisor = Supervisor(reader, writer)
+    try:
+        started = time.monotonic()
+        for _ in range(3):
+            assert await supervisor.read(heartbeats=True) == {"type": "alive"}
+        assert time.monotonic() - started >= 0.1
+    finally:
+        writer.close()
+        await asyncio.wait_for(task, 10)
+    assert stop.is_set()  # the supervisor gone: the heartbeat ended with the channel
 
 
 async def test_ready_is_sent_once_even_before_the_channel_is_read(running: Running) -> None:

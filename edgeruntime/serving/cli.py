@@ -12,7 +12,7 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -380,12 +380,29 @@ def _serve_as_one_of_several(
     )
 
 
+def hang_timeout_sec(environ: Mapping[str, str] = os.environ) -> float:
+    """`EDGERUNTIME_HANG_TIMEOUT_SEC` (seconds, 0: off), else the supervisor's default; UsageError if not a number."""
+    from edgeruntime.serving.supervisor import HANG_TIMEOUT_SEC
+
+    value = environ.get("EDGERUNTIME_HANG_TIMEOUT_SEC", "").strip()
+    if not value:
+        return HANG_TIMEOUT_SEC
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds < float("inf"):
+        raise UsageError(f"EDGERUNTIME_HANG_TIMEOUT_SEC={value!r}: expected seconds (0 or more; 0 turns the check off)")
+    return seconds
+
+
 def _supervise(args: argparse.Namespace, settings: Settings, built: BuiltApp, banner: Callable[[], None]) -> int:
     """Bind the socket, then run `settings.serving_processes` serving processes on it (see
     :mod:`edgeruntime.serving.supervisor`) until SIGTERM or SIGINT."""
     from edgeruntime.serving.server import listening_socket
     from edgeruntime.serving.supervisor import ServingSupervisor
 
+    hang_timeout = hang_timeout_sec()
     sock = listening_socket(settings.host, settings.port)
     gc.enable()  # the supervisor runs as long as the server: it collects as any process does
     argv: list[str] = list(args.argv)
@@ -405,6 +422,7 @@ def _supervise(args: argparse.Namespace, settings: Settings, built: BuiltApp, ba
             settings.serving_processes,
             sock,
             graceful_exit_timeout_sec=settings.graceful_exit_timeout_sec,
+            hang_timeout_sec=hang_timeout,
             on_ready=banner,
         )
         return await supervisor.run()

@@ -19,6 +19,9 @@ type           from                        meaning
                                            serving processes that have exited), or ``error``
 ``final``      serving process (``what``,  its last metrics, sent once it has shut down
                ``data``)
+``alive``      serving process             its event loop runs: sent every HEARTBEAT_SEC (the
+                                           supervisor kills a process that stays silent, see
+                                           `edgeruntime.serving.supervisor`)
 =============  ==========================  ==================================================
 
 JSON, never pickle: each side reads the other's messages as plain data. A serving process reads
@@ -47,6 +50,8 @@ logger = logging.getLogger("edgeruntime")
 
 #: The longest message either end reads (a line); a longer one is refused by its sender.
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+#: Seconds between two `alive` messages of a serving process (sent by its event loop).
+HEARTBEAT_SEC = 1.0
 #: How long a serving process waits for the answer to a `gather` (the supervisor waits
 #: `supervisor.COLLECT_TIMEOUT_SEC` for each serving process within it).
 GATHER_TIMEOUT_SEC = 8.0
@@ -118,6 +123,7 @@ class ControlChannel:
         self._connected.set()
         if self._ready:
             self._send({"type": "ready"})
+        heartbeat = asyncio.get_running_loop().create_task(self._beat(), name="edgeruntime-heartbeat")
         try:
             while True:
                 try:
@@ -132,6 +138,7 @@ class ControlChannel:
                     continue
                 self._receive(message)
         finally:
+            heartbeat.cancel()
             for future in self._pending.values():
                 if not future.done():
                     future.set_exception(SiblingsUnavailable("the supervisor of the serving processes has gone"))
@@ -140,6 +147,12 @@ class ControlChannel:
         if not stop.is_set():
             logger.warning("the supervisor of the serving processes has gone: shutting down")
             stop.set()
+
+    async def _beat(self) -> None:
+        """Say `alive` every HEARTBEAT_SEC: from the event loop, so a blocked loop falls silent."""
+        while True:
+            await asyncio.sleep(HEARTBEAT_SEC)
+            self._send({"type": "alive"})
 
     def ready(self) -> None:
         """Tell the supervisor this process accepts connections (once)."""

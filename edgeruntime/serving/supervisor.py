@@ -9,6 +9,12 @@ whole server: gateway, function workers, limits, jobs scheduler and queue runner
 - A serving process that exits when it was not told to (a crash, SIGKILL, the OOM killer) is
   replaced at once; one that keeps failing before it is ready is retried with a growing delay
   (RESTART_DELAY_SEC up to MAX_RESTART_DELAY_SEC).
+- A serving process that hangs is replaced too: each one's event loop says `alive` on its channel
+  every second, and one that accepts connections but stays silent for the hang timeout
+  (HANG_TIMEOUT_SEC, or ``EDGERUNTIME_HANG_TIMEOUT_SEC``; 0 turns the check off) is killed
+  (SIGKILL) and replaced as a crashed one is. A function whose code never awaits (``while
+  True: pass`` in an async handler) blocks its serving process's loop so, and no limit can stop
+  it inline (see `edgeruntime.core.metering`).
 - SIGTERM or SIGINT: the supervisor passes SIGTERM to every serving process, each stops
   accepting (the socket stays open in the others), finishes its in-flight requests and
   ``wait_until`` work up to the graceful-exit timeout and cuts the rest, as a single server does;
@@ -64,6 +70,9 @@ RESTART_DELAY_SEC = 1.0
 MAX_RESTART_DELAY_SEC = 30.0
 #: A serving process that served this long before it exited is replaced without delay.
 STABLE_SEC = 30.0
+#: How long a serving process that accepts connections may stay silent on its channel (its event
+#: loop blocked) before it is killed and replaced; the heartbeat comes every second.
+HANG_TIMEOUT_SEC = 30.0
 
 
 class _Departed:
@@ -88,6 +97,10 @@ class ServingProcess:
     accounted: bool = False
     #: The last metrics it sent (a snapshot, see `edgeruntime.dashboard.metrics`).
     metrics: list[Any] | None = None
+    #: When it last sent anything on its channel (time.monotonic()).
+    heard_at: float = field(default_factory=time.monotonic)
+    #: Killed for staying silent (once).
+    hung: bool = False
     collects: dict[int, asyncio.Future[Any]] = field(default_factory=dict)
 
     @property
@@ -131,12 +144,15 @@ class ServingSupervisor:
         sock: socket.socket,
         *,
         graceful_exit_timeout_sec: float,
+        hang_timeout_sec: float = HANG_TIMEOUT_SEC,
         on_ready: Callable[[], None] = lambda: None,
     ) -> None:
         self.command = list(command)
         self.count = count
         self.sock = sock
         self.graceful_exit_timeout_sec = graceful_exit_timeout_sec
+        #: See HANG_TIMEOUT_SEC; 0: never.
+        self.hang_timeout_sec = hang_timeout_sec
         self.on_ready = on_ready
         #: The serving processes that serve, one per slot.
         self.members: list[ServingProcess] = []
@@ -165,6 +181,8 @@ class ServingSupervisor:
             if status is not None:
                 return status
             self.on_ready()
+            if self.hang_timeout_sec > 0:
+                self._spawn(self._find_hangs())
             while not self._stop.is_set():
                 await self._first(self._stop.wait(), self._restart.wait())
                 if self._restart.is_set() and not self._stop.is_set():
@@ -314,6 +332,24 @@ class ServingSupervisor:
         logger.error("serving process [%d] %s; starting another", process.pid, describe_exit(status))
         self._spawn(self._replace(self.members.index(process), process))
 
+    async def _find_hangs(self) -> None:
+        """Kill every serving process that accepts connections and has been silent for the hang timeout."""
+        every = min(1.0, self.hang_timeout_sec / 4)
+        while not self._stop.is_set():
+            await asyncio.sleep(every)
+            now = time.monotonic()
+            for process in list(self.members):
+                silent = now - process.heard_at
+                if process.ready_at is None or process.stopping or process.hung or silent < self.hang_timeout_sec:
+                    continue
+                process.hung = True
+                logger.error(
+                    "serving process [%d] has said nothing for %.0f s (its event loop is blocked): killing it",
+                    process.pid,
+                    silent,
+                )
+                process.signal(signal.SIGKILL)
+
     # -- stopping ----------------------------------------------------------------------------
 
     async def _stop_all(self) -> None:
@@ -349,6 +385,7 @@ class ServingSupervisor:
                 return
             if not line:
                 return
+            process.heard_at = time.monotonic()
             message = decode(line)
             if message is None:
                 logger.error("serving process [%d]: a message that is not JSON was ignored", process.pid)
@@ -363,6 +400,8 @@ class ServingSupervisor:
                 future = process.collects.get(number)
                 if future is not None and not future.done():
                     future.set_result(message)
+            elif kind == "alive":
+                pass  # (heard: see above)
             elif kind == "final" and message.get("what") == "metrics" and valid_snapshot(message.get("data")):
                 process.metrics = message["data"]
                 self._account(process)

@@ -241,6 +241,48 @@ def test_sigkill_of_a_serving_process_under_load_fails_only_its_requests_in_flig
     assert "was killed by SIGKILL; starting another" in server.output
 
 
+#: An async handler whose code never awaits: it blocks its serving process's event loop.
+HANG = """
+import time
+from starlette.responses import JSONResponse
+from edgeruntime import serve
+
+@serve
+async def handler(req):
+    time.sleep(600)
+    return JSONResponse({})
+"""
+
+
+def test_a_serving_process_whose_event_loop_hangs_is_killed_and_replaced(who_dir: Path) -> None:
+    write_function(who_dir, "hang", HANG)
+    server = start(who_dir, "--no-watch", env={"EDGERUNTIME_HANG_TIMEOUT_SEC": "2"})
+    with server:
+        before = set(child_pids(server.proc.pid))
+        both_answer(server, before)
+        hung: list[str] = []
+
+        def call_hang() -> None:
+            try:
+                r = httpx.get(server.url("hang"), timeout=60)
+                hung.append(f"HTTP {r.status_code}")
+            except httpx.HTTPError as exc:
+                hung.append(type(exc).__name__)
+
+        caller = threading.Thread(target=call_hang, daemon=True)
+        caller.start()
+        wait_until(lambda: "has said nothing for" in server.output, 30, "the hang found")
+        wait_until(lambda: len(set(child_pids(server.proc.pid)) - before) == 1, 60, "a new serving process")
+        caller.join(30)
+        after = set(child_pids(server.proc.pid))
+        both_answer(server, after)  # the survivor and the replacement both serve
+        output = server.output
+    (victim,) = before - after
+    assert f"serving process [{victim}] has said nothing for " in output
+    assert f"serving process [{victim}] was killed by SIGKILL; starting another" in output
+    assert hung and not hung[0].startswith("HTTP 2"), hung  # its request died with it
+
+
 @pytest.mark.parametrize("server_kind", ["uvicorn", "hypercorn"])
 def test_sighup_under_load_replaces_every_process_and_refuses_nothing(who_dir: Path, server_kind: str) -> None:
     server = start(who_dir, "--no-watch", "--server", server_kind)
