@@ -109,12 +109,12 @@ def serve_bare_batched(argv: list[str]) -> int:
 
     import uvicorn
 
-    from edgeruntime.serving.server import _loop_factory
+    from edgeruntime.serving.server import serving_loop
 
     port = int(argv[argv.index("--port") + 1])
     app = "benchmarks.apps.starlette_app:app"
     config = uvicorn.Config(app, host="127.0.0.1", port=port, loop="none", access_log=False, log_level="warning")
-    with asyncio.Runner(loop_factory=_loop_factory("uvicorn")) as runner:
+    with asyncio.Runner(loop_factory=serving_loop("uvicorn")) as runner:
         runner.run(uvicorn.Server(config).serve())
     return 0
 

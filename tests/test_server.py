@@ -117,7 +117,7 @@ def test_connections_accepted_on_the_serving_loop_write_through_a_batched_transp
         await listening.wait_closed()
         return reply
 
-    with asyncio.Runner(loop_factory=server._loop_factory(server_kind)) as runner:
+    with asyncio.Runner(loop_factory=server.serving_loop(server_kind)) as runner:
         assert runner.run(exchange()) == b"echo:hi"
 
 

@@ -32,7 +32,16 @@ from edgeruntime.limits import DEFAULT_LIMITS
 from edgeruntime.serving.keep_alive import IdleConnections
 from edgeruntime.workers.request_limits import MAX_HEAD_BYTES, limit_head
 
-__all__ = ["LISTEN_BACKLOG", "SERVERS", "check_port", "listening_socket", "resolve_server", "run_server"]
+__all__ = [
+    "LISTEN_BACKLOG",
+    "SERVERS",
+    "check_port",
+    "listening_socket",
+    "resolve_server",
+    "run_server",
+    "serve_asgi",
+    "serving_loop",
+]
 
 logger = logging.getLogger("edgeruntime")
 
@@ -439,7 +448,7 @@ def run_server(
     gc_setting = os.environ.get("EDGERUNTIME_GC", "")
     gc_thresholds(gc_setting)  # a bad setting fails before anything starts
     server = resolve_server(settings.server)
-    loop_factory = _loop_factory(server, on_listening)
+    loop_factory = serving_loop(server, on_listening)
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -554,7 +563,7 @@ class _SelectorLoop(asyncio.SelectorEventLoop):
         self._start_serving(protocol_factory, sock, sslcontext, server, backlog, *rest)  # type: ignore[attr-defined]
 
 
-def _loop_factory(
+def serving_loop(
     server: str, on_listening: Callable[[], None] | None = None
 ) -> Callable[[], asyncio.AbstractEventLoop]:
     """The event loop to serve on; the connections its TCP servers accept batch their writes.

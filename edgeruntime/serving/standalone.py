@@ -1,4 +1,8 @@
-"""Script mode: ``python functions/hello/index.py`` serves that one handler, like ``deno run``."""
+"""Script mode: ``python functions/hello/index.py`` serves that one handler, like ``deno run``.
+
+It serves on the server ``edgeruntime serve`` picks by default (``--server auto``: Uvicorn on
+uvloop with httptools when they are installed, else Hypercorn), on the same event loop.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +19,7 @@ from edgeruntime.core.types import Handler, Message, Receive, Scope, Send
 from edgeruntime.functions.discovery import FunctionSpec
 from edgeruntime.gateway.websocket import CLOSE_NORMAL, Socket
 from edgeruntime.limits import DEFAULT_LIMITS
-from edgeruntime.serving.server import check_port, serve_asgi
+from edgeruntime.serving.server import check_port, resolve_server, serve_asgi, serving_loop
 from edgeruntime.workers.worker import InlineWorker
 
 __all__ = ["run_standalone"]
@@ -63,6 +67,7 @@ def run_standalone(handler: Handler, file: str | None, port: int, host: str | No
 
     configure_logging()
     check_port(host, port)
+    server = resolve_server("auto")
     print(f"Listening on http://{host}:{port}/", flush=True)
 
     async def main() -> None:
@@ -73,6 +78,7 @@ def run_standalone(handler: Handler, file: str | None, port: int, host: str | No
         worker.state.loop = loop
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await serve_asgi(app, host, port, graceful_timeout=15, shutdown_trigger=stop.wait)
+        await serve_asgi(app, host, port, graceful_timeout=15, shutdown_trigger=stop.wait, server=server)
 
-    asyncio.run(main())
+    with asyncio.Runner(loop_factory=serving_loop(server)) as runner:
+        runner.run(main())

@@ -202,6 +202,7 @@ def test_module_run_as_a_script_serves_itself(tmp_path: Path) -> None:
                 time.sleep(0.05)
         assert r.status_code == 200
         assert r.json() == {"message": "hello", "path": "/anything"}
+        assert r.headers["server"] == "uvicorn"  # the default server of `edgeruntime serve` (--server auto)
         proc.terminate()
         assert proc.wait(20) == 0
     finally:
