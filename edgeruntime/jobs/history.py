@@ -73,6 +73,9 @@ class RunHistory:
         self._pending: collections.deque[tuple[str, list[RunRow]]] = collections.deque()
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
+        #: One flush at a time: the writer's, another caller's (a test, the dashboard) and the one at
+        #: stop may overlap, and each writes the pending batches from the first, popping it once written.
+        self._flushing = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
         #: Records dropped because the buffer was full (since start).
         self.dropped = 0
@@ -180,6 +183,10 @@ class RunHistory:
         and chasing them wrote a small batch (a transaction and a thread round trip each) right
         after another, at many times the cost per row of the full batches the interval collects.
         """
+        async with self._flushing:
+            return await self._flush(whole_batches)
+
+    async def _flush(self, whole_batches: bool) -> bool:
         if not await self._write_pending():
             return False
         rows = self._rows

@@ -108,6 +108,20 @@ async def test_recording_never_blocks_and_batches() -> None:
     assert [len(b) for b in store.batches] == [WRITE_BATCH, WRITE_BATCH, 10]
 
 
+async def test_flushes_that_overlap_write_every_batch_once_and_lose_none() -> None:
+    # The writer's own flush, a test's or the dashboard's flush and the one at stop may overlap:
+    # each must write what is pending once, not take a batch another is writing.
+    store = SlowStore(delay=0.02)
+    history = RunHistory(store, flush_interval=60)  # type: ignore[arg-type]
+    total = 3 * WRITE_BATCH + 7
+    for i in range(total):
+        history.add(_row(i))
+    results = await asyncio.gather(*(history.flush() for _ in range(4)))
+    assert results == [True] * 4
+    assert store.written == [_row(i) for i in range(total)]
+    assert [len(b) for b in store.batches] == [WRITE_BATCH, WRITE_BATCH, WRITE_BATCH, 7]
+
+
 async def test_a_full_batch_wakes_the_writer_before_the_interval() -> None:
     store = SlowStore(delay=0)
     history = RunHistory(store, flush_interval=60)  # type: ignore[arg-type]
