@@ -155,10 +155,12 @@ class WorkerLifecycle:
             self._prepare_once()
         if used_ms >= limits.cpu_soft_limit_ms:
             self._retire_once("CPU time soft limit reached", StopReason.CPU)
+        if used_ms >= limits.cpu_hard_limit_ms * BEFOREUNLOAD_RATIO:
+            # Also when a reading jumps past the 90 % window straight over the hard limit (a worker
+            # process's CPU is read every 20 ms, in 10 ms ticks): the listeners are told first.
+            self._notify(StopReason.CPU)
         if used_ms >= limits.cpu_hard_limit_ms:
             self._finish(StopReason.CPU, "CPU time hard limit reached")
-        elif used_ms >= limits.cpu_hard_limit_ms * BEFOREUNLOAD_RATIO:
-            self._notify(StopReason.CPU)
 
     def observe_memory(self, used_mb: float) -> None:
         """The worker's process uses `used_mb` of memory: retire, warn or end it."""
@@ -166,6 +168,8 @@ class WorkerLifecycle:
             return
         limit = self.limits.memory_limit_mb
         if used_mb >= limit:
+            # Ended at once, listeners told or not: a worker that allocates fast must not be given
+            # the time the end waits for them (the CPU limit's end may wait, see `observe_cpu`).
             self._finish(StopReason.MEMORY, "memory limit reached for the worker")
             return
         if used_mb >= limit * BEFOREUNLOAD_RATIO:

@@ -77,6 +77,23 @@ def test_cpu_time_prepares_retires_warns_and_ends_once_each() -> None:
     assert calls.seen[-1] == "end cpu"
 
 
+def test_a_reading_over_the_cpu_hard_limit_tells_beforeunload_before_the_end() -> None:
+    # A worker process's CPU is read every 20 ms: one reading can jump from under 90 % of the hard
+    # limit to over it. The listeners are told first all the same (the worker's end waits a little
+    # for them), once. Not for memory: a worker over its memory limit is ended at once.
+    clock, calls = ManualClock(), Calls()
+    lifecycle = calls.lifecycle(Limits(cpu_soft_limit_ms=100, cpu_hard_limit_ms=200), clock)
+    lifecycle.observe_cpu(170)
+    lifecycle.observe_cpu(210)
+    assert calls.seen == ["prepare", "retire cpu", "beforeunload cpu", "end cpu"]
+    clock, calls = ManualClock(), Calls()
+    lifecycle = calls.lifecycle(Limits(memory_limit_mb=100), clock)
+    lifecycle.observe_memory(30)
+    lifecycle.observe_memory(120)
+    lifecycle.observe_memory(130)
+    assert calls.seen == ["end memory"]
+
+
 def test_per_request_leaves_wall_clock_and_cpu_to_the_requests_and_watches_memory() -> None:
     clock, calls = ManualClock(), Calls()
     lifecycle = calls.lifecycle(Limits(memory_limit_mb=100), clock, policy="per_request")
