@@ -1,71 +1,14 @@
-"""The server runner's collector tuning: paused start-up, thresholds, a freeze once serving."""
+"""The server runner: the server chosen, its protocols, connections written through a batched transport."""
 
 from __future__ import annotations
 
 import asyncio
-import gc
-from collections.abc import Iterator
 
 import pytest
 
 from edgeruntime.core.transport import BatchedTransport
 from edgeruntime.exceptions import UsageError
 from edgeruntime.serving import server
-
-
-@pytest.fixture
-def collector() -> Iterator[None]:
-    """Restore the collector as it was: on, unfrozen, the same thresholds."""
-    before = gc.get_threshold()
-    gc.unfreeze()
-    try:
-        yield
-    finally:
-        gc.unfreeze()
-        gc.set_threshold(*before)
-        gc.enable()
-
-
-async def test_gc_setting_is_validated_and_default_keeps_pythons_thresholds(collector: None) -> None:
-    before = gc.get_threshold()
-    with pytest.raises(UsageError, match="EDGERUNTIME_GC='lots'"):
-        server._start_gc("lots")
-    gc.disable()
-    server._start_gc("default")
-    assert gc.isenabled()
-    assert gc.get_threshold() == before
-
-
-def test_gc_thresholds() -> None:
-    assert server.gc_thresholds("") == server.GC_THRESHOLDS
-    assert server.gc_thresholds("default") is None
-    assert server.gc_thresholds("7,8,9") == (7, 8, 9)
-    with pytest.raises(UsageError, match="EDGERUNTIME_GC='1,2'"):
-        server.gc_thresholds("1,2")
-
-
-async def test_start_gc_turns_the_collector_on_and_freezes_once_serving(
-    collector: None, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(server, "FREEZE_DELAY_SEC", 0.01)
-    gc.disable()
-    server._start_gc("1000,20,30")
-    assert gc.isenabled()
-    assert gc.get_threshold() == (1000, 20, 30)
-    assert gc.get_freeze_count() == 0  # the full collection waits until the server is up
-    await asyncio.sleep(0.1)
-    assert gc.get_freeze_count() > 0
-
-
-async def test_start_gc_default_only_turns_it_on(collector: None, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(server, "FREEZE_DELAY_SEC", 0.01)
-    before = gc.get_threshold()
-    gc.disable()
-    server._start_gc("default")
-    await asyncio.sleep(0.05)
-    assert gc.isenabled()
-    assert gc.get_threshold() == before
-    assert gc.get_freeze_count() == 0
 
 
 def test_uvicorn_websockets_are_made_by_uvicorns_own_protocol_on_first_use(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -14,6 +14,7 @@ charged to its CPU meter (see :mod:`edgeruntime.core.metering`) and cancelled wi
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import enum
 import functools
 import logging
@@ -107,6 +108,9 @@ class BackgroundWork:
         #: Tasks the function's code created, not yet done, with the execution that created them.
         self._spawned: dict[asyncio.Future[Any], ExecutionContext] = {}
         self._task_names: dict[tuple[str, str], str] = {}
+        #: The tasks running, each with its entry and execution, by future.
+        self._running: dict[asyncio.Future[Any], tuple[BackgroundTask, ExecutionContext]] = {}
+        self._on_done = self._done
 
     def __len__(self) -> int:
         return len(self.pending)
@@ -121,28 +125,40 @@ class BackgroundWork:
         if loop is None:
             loop = asyncio.get_running_loop()
         name = _task_name(awaitable)
+        # The context a task made here runs in, and its done callback too (each callback given
+        # no context would get a copy of its own: one more object per pending task).
+        context: contextvars.Context | None = None
         if isinstance(awaitable, asyncio.Future):
             future: asyncio.Future[Any] = awaitable
         elif asyncio.iscoroutine(awaitable):
             task_name = self._task_names.get((ctx.function, name))
             if task_name is None:
                 task_name = self._task_name(ctx.function, name)
+            context = contextvars.copy_context()
             if self.runner is None:
-                future = loop.create_task(awaitable, name=task_name)
+                future = loop.create_task(awaitable, name=task_name, context=context)
             else:
                 coro = self.runner(awaitable, ctx)
                 factory = loop.get_task_factory()
                 if factory is None or getattr(factory, "passes_metered", False):
                     # The task the loop would make, without a call of the factory in between.
-                    future = asyncio.Task(coro, loop=loop, name=task_name)
+                    future = asyncio.Task(coro, loop=loop, name=task_name, context=context)
                 else:
                     future = loop.create_task(coro, name=task_name)
+                    context = None
         else:
             future = asyncio.ensure_future(awaitable)
         entry = BackgroundTask(future, name, ctx.function, ctx.execution_id)
         self.pending.add(entry)
         ctx.tasks.add(entry)
-        future.add_done_callback(functools.partial(self._finished, entry, ctx))
+        running = self._running
+        if future in running:  # the same future handed over twice: each entry ends with it
+            future.add_done_callback(functools.partial(self._finished, entry, ctx))
+        else:
+            # One callback bound once for all tasks, and the entry found by its future: a
+            # partial per task would keep three more objects alive while it runs.
+            running[future] = (entry, ctx)
+            future.add_done_callback(self._on_done, context=context)
         for observer in self.start_observers:
             observer(entry)
         return entry
@@ -161,6 +177,10 @@ class BackgroundWork:
 
     def _spawned_done(self, task: asyncio.Future[Any]) -> None:
         self._spawned.pop(task, None)
+
+    def _done(self, future: asyncio.Future[Any]) -> None:
+        entry, ctx = self._running.pop(future)
+        self._finished(entry, ctx)
 
     def _finished(self, entry: BackgroundTask, ctx: ExecutionContext, _done: object = None) -> None:
         entry.ended_at = time.time()

@@ -19,6 +19,7 @@ from types import TracebackType
 from typing import Any, TextIO
 
 from edgeruntime.core.context import current_context
+from edgeruntime.core.threads import give_way_to_event_loop
 from edgeruntime.core.worker_state import booting
 
 __all__ = ["AccessLog", "ContextFilter", "FunctionOutput", "LogBuffer", "configure_logging", "json_line", "log_access"]
@@ -226,6 +227,7 @@ class LogBuffer:
         return text.find("\n", end) + 1 or len(text)
 
     def _run(self) -> None:
+        give_way_to_event_loop()
         while True:
             self._wake.wait()
             time.sleep(self.interval)

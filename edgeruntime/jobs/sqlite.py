@@ -26,6 +26,7 @@ from itertools import chain
 from pathlib import Path
 from typing import TypeVar
 
+from edgeruntime.core.threads import give_way_to_event_loop
 from edgeruntime.exceptions import ConfigError, StoreUnavailable
 from edgeruntime.jobs import migrations
 from edgeruntime.jobs.rows import (
@@ -133,7 +134,9 @@ class SQLiteStore:
     def __init__(self, path: Path, url: str | None = None) -> None:
         self.path = path
         self.url = url or f"sqlite:///{path}"
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgeruntime-sqlite")
+        self._executor = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="edgeruntime-sqlite", initializer=give_way_to_event_loop
+        )
         self._conn: sqlite3.Connection | None = None
         self._lock = threading.Lock()
         #: Whether the switch to incremental vacuum was tried (once per process, even if it failed).

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import gc
 import importlib.util
 import logging
 import os
@@ -29,6 +28,7 @@ from edgeruntime.core.transport import batched_writes
 from edgeruntime.core.types import ASGIApp, Scope
 from edgeruntime.exceptions import UsageError
 from edgeruntime.limits import DEFAULT_LIMITS
+from edgeruntime.serving.collector import PacedCollector, gc_thresholds, start_collector
 from edgeruntime.serving.keep_alive import IdleConnections
 from edgeruntime.workers.request_limits import MAX_HEAD_BYTES, limit_head
 
@@ -107,53 +107,6 @@ def listening_socket(host: str, port: int) -> socket.socket:
         sock.close()
         raise
     return sock
-
-
-#: Collector thresholds for a server with many pending tasks (see docs/performance.md).
-GC_THRESHOLDS = (100_000, 50, 100)
-#: Seconds after the server starts at which the objects alive then are frozen (see `_start_gc`).
-FREEZE_DELAY_SEC = 1.0
-
-
-def gc_thresholds(setting: str | None = None) -> tuple[int, int, int] | None:
-    """The collector thresholds to serve with; None to keep Python's (`EDGERUNTIME_GC=default`).
-
-    `setting` (default: the `EDGERUNTIME_GC` environment variable) is "default", three numbers
-    "gen0,gen1,gen2", or empty for GC_THRESHOLDS. UsageError for anything else.
-    """
-    setting = os.environ.get("EDGERUNTIME_GC", "") if setting is None else setting
-    if setting == "default":
-        return None
-    if not setting:
-        return GC_THRESHOLDS
-    try:
-        gen0, gen1, gen2 = (int(part) for part in setting.split(","))
-    except ValueError:
-        raise UsageError(f"EDGERUNTIME_GC={setting!r}: expected 'default' or three numbers 'gen0,gen1,gen2'") from None
-    return gen0, gen1, gen2
-
-
-def freeze_gc() -> None:
-    """Collect once, then exempt every object alive now from later collections (gc.freeze)."""
-    gc.collect()
-    gc.freeze()
-
-
-def _start_gc(setting: str) -> None:
-    """Turn the collector on for a server about to listen, tuned as `setting` says (see `gc_thresholds`).
-
-    A server with tens of thousands of pending background tasks pays for every full collection
-    with a pause proportional to all of them, so young objects are collected less often and the
-    objects alive once the server is up are frozen (moved out of the collector's way). The
-    freeze runs FREEZE_DELAY_SEC after the server starts: the collection before it walks
-    everything start-up built (~10 ms on a 2-core machine), and the server answers sooner when
-    that happens once it is up. With "default" the collector is only turned on.
-    """
-    thresholds = gc_thresholds(setting)
-    if thresholds is not None:
-        gc.set_threshold(*thresholds)
-        asyncio.get_running_loop().call_later(FREEZE_DELAY_SEC, freeze_gc)
-    gc.enable()
 
 
 async def serve_asgi(
@@ -437,7 +390,7 @@ def run_server(
     connections (the app closes its WebSockets then).
 
     The garbage collector, paused while `edgeruntime serve` starts, is turned on (tuned as by
-    `_start_gc`) right before the server starts. A serving process of several passes the shared
+    `edgeruntime.serving.collector`) right before the server starts. A serving process of several passes the shared
     listening `sock`: on SIGTERM it stops accepting at once, so the other serving processes take
     the new connections, and closes idle connections ACCEPT_GRACE_SEC later. `on_listening` is
     called once the server accepts connections; `on_stopped` once it has shut down (the app's
@@ -456,6 +409,11 @@ def run_server(
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         tasks = [loop.create_task(job(stop)) for job in background]
+        pacer: PacedCollector | None = None
+
+        def before_serving() -> None:
+            nonlocal pacer
+            pacer = start_collector(gc_setting)
 
         async def shutdown_trigger() -> None:
             await stop.wait()
@@ -480,7 +438,7 @@ def run_server(
                 graceful_timeout=settings.graceful_exit_timeout_sec,
                 shutdown_trigger=shutdown_trigger,
                 server=server,
-                before_serving=lambda: _start_gc(gc_setting),
+                before_serving=before_serving,
                 log_format=settings.log_format,
                 keep_alive_timeout=settings.keep_alive_timeout_sec,
                 websocket_max_message_bytes=settings.websocket_max_message_bytes,
@@ -490,6 +448,8 @@ def run_server(
             if on_stopped is not None:
                 await on_stopped()
         finally:
+            if pacer is not None:
+                pacer.stop()
             stop.set()
             for task in tasks:
                 task.cancel()

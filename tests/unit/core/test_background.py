@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 from collections.abc import Coroutine
 from typing import Any
@@ -172,3 +173,38 @@ async def test_tasks_an_execution_created_are_cancelled_with_its_work_and_only_i
     worker.background.cut("TerminationRequested")  # the whole worker: every task it created
     await settle()
     assert theirs.cancelled()
+
+
+async def test_the_same_future_handed_over_twice_ends_both_entries() -> None:
+    ended: list[BackgroundTask] = []
+    worker = WorkerState("fn", env={}, observers=[ended.append])
+    first, second = invocation(worker), invocation(worker)
+    future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    one = worker.background.add(future, first)
+    two = worker.background.add(future, second)
+    assert worker.background.pending == {one, two}
+    future.set_result("done")
+    await settle()
+    assert sorted(map(id, ended)) == sorted([id(one), id(two)])
+    assert one.outcome is two.outcome is TaskOutcome.COMPLETED
+    assert not worker.background.pending and not first.tasks and not second.tasks
+
+
+SEEN: contextvars.ContextVar[str] = contextvars.ContextVar("SEEN", default="unset")
+
+
+async def sets_seen() -> None:
+    SEEN.set("set by the task")
+    raise ValueError("boom")
+
+
+async def test_a_task_ends_in_its_own_context_the_rejection_listener_sees_what_it_set() -> None:
+    worker = WorkerState("fn", env={})
+    seen: list[str] = []
+    worker.add_listener("unhandledrejection", lambda _event: seen.append(SEEN.get()))
+    SEEN.set("the request's")
+    entry = worker.background.add(sets_seen(), invocation(worker))
+    await settle()
+    assert entry.outcome is TaskOutcome.FAILED
+    assert seen == ["set by the task"]
+    assert SEEN.get() == "the request's"  # the task's context is its own copy
