@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -23,7 +25,8 @@ from edgeruntime.dashboard.metrics import (
     valid_snapshot,
 )
 from edgeruntime.gateway.extensions import Invocation
-from edgeruntime.jobs.store import QueueStats
+from edgeruntime.jobs.scheduler import CronRun
+from edgeruntime.jobs.store import QueueStats, TickStatus
 from edgeruntime.testing import EdgeClient
 from tests.helpers import write_function
 
@@ -138,7 +141,7 @@ async def test_worker_retirements_and_ends_by_reason(functions_dir: Path) -> Non
 
 
 class Reference:
-    """The hot-path metrics as prometheus_client's own labelled metrics record them: the oracle."""
+    """The counted metrics as prometheus_client's own labelled metrics record them: the oracle."""
 
     def __init__(self, functions: set[str]) -> None:
         self.functions = functions
@@ -165,8 +168,37 @@ class Reference:
             registry=self.registry,
         )
 
+        self.retirements = Counter(
+            "edgeruntime_worker_retirements",
+            "Workers retired (no new requests) by function and reason.",
+            ["function", "reason"],
+            registry=self.registry,
+        )
+        self.endings = Counter(
+            "edgeruntime_worker_ends",
+            "Workers ended by function and shutdown reason "
+            "(WallClockTime, CPUTime, Memory, EarlyDrop, TerminationRequested).",
+            ["function", "reason"],
+            registry=self.registry,
+        )
+        self.cron_ticks = Counter(
+            "edgeruntime_cron_ticks",
+            "Cron ticks handled by this instance by job and status (succeeded, failed, skipped).",
+            ["cron", "status"],
+            registry=self.registry,
+        )
+
     def _function(self, name: str) -> str:
         return name if name in self.functions else UNKNOWN_FUNCTION
+
+    def worker_retired(self, function: str, reason: str) -> None:
+        self.retirements.labels(self._function(function), reason).inc()
+
+    def worker_ended(self, function: str, reason: str) -> None:
+        self.endings.labels(self._function(function), reason).inc()
+
+    def cron_tick(self, cron: str, status: str) -> None:
+        self.cron_ticks.labels(cron, status).inc()
 
     def invocation(self, record: Invocation) -> None:
         function = self._function(record.function)
@@ -213,9 +245,35 @@ def test_exposition_is_what_prometheus_client_metrics_write(
         metrics.background_task(t)
         reference.background_task(t)
 
-    hot_path = metrics.render().decode().split("# HELP edgeruntime_worker_retirements_total")[0]
-    assert hot_path == generate_latest(reference.registry).decode()
-    assert ("_created" in hot_path) is created_series
+    for function, reason in [("a", "cpu"), ("zz", "wall_clock"), ("a", "cpu"), ("b", "reload")]:
+        metrics.worker_retired(function, reason)
+        reference.worker_retired(function, reason)
+    for function, reason in [("a", "CPUTime"), ("a", "EarlyDrop"), ("nope", "Memory")]:
+        metrics.worker_ended(function, reason)
+        reference.worker_ended(function, reason)
+    for cron, status in [("beat", TickStatus.SUCCEEDED), ("beat", TickStatus.SKIPPED), ("beat", TickStatus.SUCCEEDED)]:
+        metrics.cron_tick(CronRun(cron, "key", 0.0, status))
+        reference.cron_tick(cron, str(status))
+
+    counted = metrics.render().decode().split("# HELP edgeruntime_queue_jobs")[0]
+    assert counted == generate_latest(reference.registry).decode()
+    assert ("_created" in counted) is created_series
+
+
+def test_worker_and_cron_events_are_counted_without_importing_prometheus_client() -> None:
+    """The first such event comes while serving: importing prometheus_client then would stall the loop."""
+    script = (
+        "import sys\n"
+        "from edgeruntime.dashboard.metrics import Metrics\n"
+        "from edgeruntime.core.events import StopReason\n"
+        "m = Metrics({'a'})\n"
+        "m.worker_event('retired', 'a', StopReason.CPU)\n"
+        "m.worker_event('ended', 'a', StopReason.CPU)\n"
+        "assert 'prometheus_client' not in sys.modules, 'imported'\n"
+        'assert b\'edgeruntime_worker_ends_total{function="a",reason="CPUTime"} 1.0\' in m.render()\n'
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
 
 
 def test_an_empty_registry_still_describes_every_metric() -> None:

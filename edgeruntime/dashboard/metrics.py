@@ -9,8 +9,9 @@ scheduler, and the worker lifecycle calls ``worker_retired(function, reason)`` a
 ``invocation`` and ``background_task`` run for every request and every ``wait_until`` task, so
 they only add to plain counters in dicts (one small list per label set); a collector turns those
 into Prometheus metric families when scraped, and prometheus_client writes the text format. Both
-run on the event loop thread, as do scrapes, so the counters need no lock. The rarer events
-(workers, cron ticks, the queue gauges) use prometheus_client's own metrics.
+run on the event loop thread, as do scrapes, so the counters need no lock. Worker and cron
+events are counted the same way; only the queue gauges, set at scrape time, are
+prometheus_client's own metrics.
 
 Under ``--workers N`` each serving process counts its own; a scrape reaches one of them, which
 asks every other for a :meth:`Metrics.snapshot` (its counters and histograms as plain data,
@@ -62,6 +63,26 @@ _BACKGROUND = (
     "Finished wait_until tasks by function, outcome (completed, failed, cut) and cut reason.",
 )
 
+#: The counters of worker and cron events: (name, help, label names), in the exposition's order.
+_EVENTS = (
+    (
+        "edgeruntime_worker_retirements",
+        "Workers retired (no new requests) by function and reason.",
+        ("function", "reason"),
+    ),
+    (
+        "edgeruntime_worker_ends",
+        "Workers ended by function and shutdown reason "
+        "(WallClockTime, CPUTime, Memory, EarlyDrop, TerminationRequested).",
+        ("function", "reason"),
+    ),
+    (
+        "edgeruntime_cron_ticks",
+        "Cron ticks handled by this instance by job and status (succeeded, failed, skipped).",
+        ("cron", "status"),
+    ),
+)
+
 #: Histogram upper bounds, +Inf last: `bisect_left` gives the bucket an observation falls in
 #: (the first bound >= the value, as Prometheus' `le` means).
 _UPPER_BOUNDS = (*DURATION_BUCKETS_SEC, float("inf"))
@@ -105,6 +126,13 @@ class _Series:
             self.created[labels] = time.time()
         self.cells[key] = cell
         return cell
+
+    def count(self, labels: tuple[str, ...]) -> None:
+        """One more of `labels` (a counter's series: cells of one count)."""
+        cell = self.by_labels.get(labels)
+        if cell is None:
+            cell = self.cell(labels, labels, _TASK_ZEROS)
+        cell[0] += 1
 
 
 class _AnyName:
@@ -188,7 +216,7 @@ class Metrics(Extension):
 
     def worker_retired(self, function: str, reason: str) -> None:
         """A worker stopped taking requests (`wall_clock`, `cpu`, `memory`, `reload`)."""
-        self._families.retirements.labels(self._function(function), reason).inc()
+        self._counters.retirements.count((self._function(function), reason))
 
     def worker_event(self, event: str, function: str, reason: StopReason) -> None:
         """A supervisor's worker observer: "retired" or "ended", with the reason."""
@@ -199,11 +227,11 @@ class Metrics(Extension):
 
     def worker_ended(self, function: str, reason: str) -> None:
         """A worker was ended, with the runtime's shutdown reason (`WallClockTime`, `EarlyDrop`, ...)."""
-        self._families.endings.labels(self._function(function), reason).inc()
+        self._counters.endings.count((self._function(function), reason))
 
     def cron_tick(self, run: CronRun) -> None:
         """A cron tick this instance fired or skipped (a `Scheduler.observers` entry)."""
-        self._families.cron_ticks.labels(run.cron, str(run.status)).inc()
+        self._counters.cron_ticks.count((run.cron, str(run.status)))
 
     def queue(self, stats: QueueStats, now: float) -> None:
         """The queue as the store sees it, set just before a scrape."""
@@ -331,16 +359,21 @@ def _created_series_enabled() -> bool:
 
 
 class _HotPathCounters:
-    """The counters `invocation` and `background_task` add to, as a registry collector.
+    """The counters the runtime adds to (every request, task, worker and cron event), as a registry collector.
 
     A request cell holds one count per duration bucket, then the sum of durations in seconds:
     the request count of a label set is the sum of its bucket counts, and the histogram of a
-    function adds up the cells of its label sets at scrape time. A task cell is [count].
+    function adds up the cells of its label sets at scrape time. The other cells are [count].
+    Worker and cron events are rarer, but counted here too: the first of them would otherwise
+    import prometheus_client on the event loop while it serves (tens of milliseconds).
     """
 
     def __init__(self) -> None:
         self.requests = _Series()
         self.tasks = _Series()
+        self.retirements = _Series()
+        self.endings = _Series()
+        self.cron_ticks = _Series()
         #: When each function's histogram was first observed (its `_created` series).
         self.duration_created: dict[str, float] = {}
 
@@ -348,7 +381,12 @@ class _HotPathCounters:
         """The families without samples: the registry checks their names for duplicates."""
         from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily
 
-        return [CounterMetricFamily(*_REQUESTS), HistogramMetricFamily(*_DURATION), CounterMetricFamily(*_BACKGROUND)]
+        return [
+            CounterMetricFamily(*_REQUESTS),
+            HistogramMetricFamily(*_DURATION),
+            CounterMetricFamily(*_BACKGROUND),
+            *(CounterMetricFamily(name, help_text) for name, help_text, _ in _EVENTS),
+        ]
 
     def collect(self) -> Iterator[Metric]:
         """The request, duration and background task metric families, as counted so far."""
@@ -386,6 +424,14 @@ class _HotPathCounters:
             tasks.add_metric(labels, cell[0], created=self.tasks.created[labels] if with_created else None)
         yield tasks
 
+        for (name, help_text, label_names), series in zip(
+            _EVENTS, (self.retirements, self.endings, self.cron_ticks), strict=True
+        ):
+            family = CounterMetricFamily(name, help_text, labels=label_names)
+            for labels, cell in series.by_labels.items():
+                family.add_metric(labels, cell[0], created=series.created[labels] if with_created else None)
+            yield family
+
 
 class _Families:
     """The registry of one `Metrics` and prometheus_client's own metrics in it.
@@ -395,29 +441,10 @@ class _Families:
     """
 
     def __init__(self, counters: _HotPathCounters) -> None:
-        from prometheus_client import CollectorRegistry, Counter, Gauge
+        from prometheus_client import CollectorRegistry, Gauge
 
         self.registry = CollectorRegistry(auto_describe=True)
         self.registry.register(counters)
-        self.retirements = Counter(
-            "edgeruntime_worker_retirements",
-            "Workers retired (no new requests) by function and reason.",
-            ["function", "reason"],
-            registry=self.registry,
-        )
-        self.endings = Counter(
-            "edgeruntime_worker_ends",
-            "Workers ended by function and shutdown reason "
-            "(WallClockTime, CPUTime, Memory, EarlyDrop, TerminationRequested).",
-            ["function", "reason"],
-            registry=self.registry,
-        )
-        self.cron_ticks = Counter(
-            "edgeruntime_cron_ticks",
-            "Cron ticks handled by this instance by job and status (succeeded, failed, skipped).",
-            ["cron", "status"],
-            registry=self.registry,
-        )
         self.queue_jobs = Gauge(
             "edgeruntime_queue_jobs",
             "Jobs in the store by status (queued, running, succeeded, failed).",
