@@ -76,18 +76,41 @@ async def test_default_only_turns_it_on(gc_state: None, monkeypatch: pytest.Monk
     assert gc.get_freeze_count() == 0
 
 
-async def test_the_tuned_default_paces_young_collections_from_the_loop(gc_state: None) -> None:
+async def test_the_tuned_default_paces_young_collections_from_the_loop_once_frozen(
+    gc_state: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(collector, "FREEZE_DELAY_SEC", 0.05)
     gc.disable()
     pacer = start_collector("")
     assert pacer is not None
     try:
-        assert pacer.running and gc.isenabled()
-        assert gc.get_threshold() == collector.GC_THRESHOLDS
-        await asyncio.sleep(YOUNG_MIN_INTERVAL_SEC * 5)
-        assert pacer.collections[0] >= 1
+        assert gc.isenabled() and gc.get_threshold() == collector.GC_THRESHOLDS
+        # Not before the freeze: a young collection would walk all of start-up's objects.
+        assert not pacer.running and gc.get_freeze_count() == 0
+        for _ in range(200):  # the freeze's full collection takes as long as the process has objects
+            await asyncio.sleep(YOUNG_MIN_INTERVAL_SEC)
+            if pacer.collections[0]:
+                break
+        assert gc.get_freeze_count() > 0
+        assert pacer.running and pacer.collections[0] >= 1
     finally:
         pacer.stop()
     assert not pacer.running
+    pacer.start()
+    assert not pacer.running  # stopped for good
+
+
+async def test_a_pacer_stopped_before_the_freeze_never_starts(gc_state: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(collector, "FREEZE_DELAY_SEC", 0.01)
+    pacer = start_collector("")
+    assert pacer is not None
+    pacer.stop()
+    for _ in range(200):
+        await asyncio.sleep(YOUNG_MIN_INTERVAL_SEC)
+        if gc.get_freeze_count():
+            break
+    await asyncio.sleep(YOUNG_MIN_INTERVAL_SEC * 2)
+    assert gc.get_freeze_count() > 0 and not pacer.running and pacer.collections == [0, 0, 0]
 
 
 class FakeLoop:

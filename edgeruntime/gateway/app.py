@@ -22,7 +22,7 @@ import dataclasses
 import logging
 import time
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgeruntime.config.settings import Settings
 from edgeruntime.core import responses
@@ -51,8 +51,10 @@ from edgeruntime.functions.loading import purge_modules
 from edgeruntime.gateway.auth import Verifier, credentials
 from edgeruntime.gateway.extensions import BackgroundObserver, Extension, Invocation, InvocationObserver, WorkerObserver
 from edgeruntime.gateway.websocket import CLOSE_GOING_AWAY, CLOSE_INTERNAL_ERROR, CLOSE_NORMAL, Socket, close_for
-from edgeruntime.workers.process.sandbox import WorkerLauncher, sandbox_for
 from edgeruntime.workers.supervisor import FunctionSupervisor
+
+if TYPE_CHECKING:
+    from edgeruntime.workers.process.sandbox import WorkerLauncher
 
 __all__ = ["EdgeApp", "Invocation"]
 
@@ -140,6 +142,9 @@ class EdgeApp:
         #: own files (config.toml, the signing keys, what extensions name) are hidden from them.
         self.launcher: WorkerLauncher | None = None
         if settings.isolation == "process":
+            # Imported here: an inline server never loads the worker-process modules.
+            from edgeruntime.workers.process.sandbox import WorkerLauncher, sandbox_for
+
             private = [p for p in (settings.config.path, settings.config.signing_keys_path) if p is not None]
             self.launcher = WorkerLauncher(sandbox_for(settings), settings.functions_dir, private)
         self.started = False

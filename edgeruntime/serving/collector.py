@@ -107,6 +107,8 @@ class PacedCollector:
         self.collections = [0, 0, 0]
         self._next_middle = clock() + MIDDLE_INTERVAL_SEC
         self._handle: asyncio.TimerHandle | None = None
+        #: Set by `stop`: a later `start` does nothing.
+        self.stopped = False
 
     @property
     def running(self) -> bool:
@@ -114,10 +116,11 @@ class PacedCollector:
 
     def start(self) -> None:
         """Collect from now on (the loop's thread)."""
-        if self._handle is None:
+        if self._handle is None and not self.stopped:
             self._handle = self.loop.call_later(self.interval, self._tick)
 
     def stop(self) -> None:
+        self.stopped = True
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None
@@ -142,11 +145,13 @@ class PacedCollector:
 def start_collector(setting: str) -> PacedCollector | None:
     """Turn the collector on for a server about to listen, tuned as `setting` says (see `gc_thresholds`).
 
-    With the default (empty) setting the young collections are paced by the running loop (the
-    PacedCollector returned); with thresholds of one's own they are not. Either way the objects
-    alive once the server is up are frozen (moved out of the collector's way) FREEZE_DELAY_SEC
-    after it starts: the collection before the freeze walks everything start-up built (~10 ms on
-    a 2-core machine), and the server answers sooner when that happens once it is up. With
+    The objects alive once the server is up are frozen (moved out of the collector's way)
+    FREEZE_DELAY_SEC after it starts: the collection before the freeze walks everything start-up
+    built (~10 ms on a 2-core machine, the collector being off while the server starts), and
+    the server answers its first requests sooner when that happens once it is up. With the
+    default (empty) setting the young collections are then paced by the running loop (the
+    PacedCollector returned, which starts with the freeze: a young collection before it would
+    walk all of start-up's objects too); with thresholds of one's own they are not. With
     "default" the collector is only turned on.
     """
     thresholds = gc_thresholds(setting)
@@ -154,9 +159,16 @@ def start_collector(setting: str) -> PacedCollector | None:
     if thresholds is not None:
         gc.set_threshold(*thresholds)
         loop = asyncio.get_running_loop()
-        loop.call_later(FREEZE_DELAY_SEC, freeze_gc)
-        if not setting:
+        if setting:
+            loop.call_later(FREEZE_DELAY_SEC, freeze_gc)
+        else:
             pacer = PacedCollector(loop)
-            pacer.start()
+            loop.call_later(FREEZE_DELAY_SEC, _freeze_then_pace, pacer)
     gc.enable()
     return pacer
+
+
+def _freeze_then_pace(pacer: PacedCollector) -> None:
+    freeze_gc()
+    if not pacer.stopped:
+        pacer.start()

@@ -18,7 +18,7 @@ import collections
 import logging
 import time
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgeruntime.config.settings import Settings
 from edgeruntime.core.background import BackgroundTask
@@ -31,9 +31,11 @@ from edgeruntime.exceptions import BootError, FunctionError, IdleTimeout
 from edgeruntime.functions.discovery import FunctionSpec
 from edgeruntime.functions.source import SourceError, check_source
 from edgeruntime.workers.lifecycle import WorkerLifecycle
-from edgeruntime.workers.process.sandbox import WorkerLauncher, function_env, sandbox_for
 from edgeruntime.workers.request_limits import BodyLimit, IdleTimeouts, MessageLimit
 from edgeruntime.workers.worker import InlineWorker, Worker, WorkerStatus
+
+if TYPE_CHECKING:
+    from edgeruntime.workers.process.sandbox import WorkerLauncher
 
 __all__ = ["FunctionSupervisor", "WorkerObserver"]
 
@@ -118,7 +120,9 @@ class FunctionSupervisor:
     def _new_worker(self) -> Worker:
         policy = self.settings.policy
         if self.settings.isolation == "process":
+            # Imported here: an inline server never loads the worker-process modules.
             from edgeruntime.workers.process.parent import ProcessWorker
+            from edgeruntime.workers.process.sandbox import WorkerLauncher, function_env, sandbox_for
 
             launcher = self.launcher
             if launcher is None:  # a supervisor made outside an app: its shutdown ends the templates
