@@ -134,18 +134,17 @@ class BackgroundWork:
             task_name = self._task_names.get((ctx.function, name))
             if task_name is None:
                 task_name = self._task_name(ctx.function, name)
-            context = contextvars.copy_context()
             if self.runner is None:
-                future = loop.create_task(awaitable, name=task_name, context=context)
+                future = loop.create_task(awaitable, name=task_name)
             else:
                 coro = self.runner(awaitable, ctx)
                 factory = loop.get_task_factory()
                 if factory is None or getattr(factory, "passes_metered", False):
                     # The task the loop would make, without a call of the factory in between.
+                    context = contextvars.copy_context()
                     future = asyncio.Task(coro, loop=loop, name=task_name, context=context)
                 else:
                     future = loop.create_task(coro, name=task_name)
-                    context = None
         else:
             future = asyncio.ensure_future(awaitable)
         entry = BackgroundTask(future, name, ctx.function, ctx.execution_id)
