@@ -18,6 +18,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -34,7 +35,7 @@ serve(lambda req: PlainTextResponse("ok"))
 """
 
 
-async def measure(functions: Path, n: int, headers_for: Callable[[int], dict[str, str]], **options: object) -> float:
+async def measure(functions: Path, n: int, headers_for: Callable[[int], dict[str, str]], **options: Any) -> float:
     async with EdgeClient(functions, **options) as client:
         await client.invoke("hello", headers=headers_for(0))  # boot outside the timing
         started = time.perf_counter()
