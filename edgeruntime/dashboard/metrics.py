@@ -154,7 +154,7 @@ class Metrics(Extension):
         #: The last finished invocation of each function (the dashboard's functions table): kept
         #: here because `invocation` already knows whether the name is a function.
         self.last_invocations: dict[str, Invocation] = {}
-        self._counters = _HotPathCounters()
+        self._counters = _Counters()
         self._request_cells = self._counters.requests.cells
         self._task_cells = self._counters.tasks.cells
 
@@ -358,7 +358,7 @@ def _created_series_enabled() -> bool:
     return bool(getattr(prometheus_metrics, "_use_created", True))
 
 
-class _HotPathCounters:
+class _Counters:
     """The counters the runtime adds to (every request, task, worker and cron event), as a registry collector.
 
     A request cell holds one count per duration bucket, then the sum of durations in seconds:
@@ -440,7 +440,7 @@ class _Families:
     prometheus_client is a tenth of the server's start, and no request needs it.
     """
 
-    def __init__(self, counters: _HotPathCounters) -> None:
+    def __init__(self, counters: _Counters) -> None:
         from prometheus_client import CollectorRegistry, Gauge
 
         self.registry = CollectorRegistry(auto_describe=True)
