@@ -17,6 +17,7 @@ BENCHMARKS = (
     "sandbox",
     "workers",
     "instructions",
+    "coldstart",
 )
 
 
