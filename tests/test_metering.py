@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import re
 import threading
 import time
+import tracemalloc
+import warnings
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
@@ -174,6 +177,67 @@ async def test_errors_and_cancellation_pass_through() -> None:
         await task
 
 
+async def _bytes_per_pending_task(make: Callable[[], asyncio.Future[None]]) -> float:
+    """Python heap (tracemalloc) per task of `make`, each waiting in a sleep."""
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before, _ = tracemalloc.get_traced_memory()
+        tasks = [make() for _ in range(500)]
+        for _ in range(3):  # each task's first step, then the settling of its batch
+            await asyncio.sleep(0)
+        after, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    return (after - before) / len(tasks)
+
+
+async def test_a_pending_metered_task_costs_little_more_than_a_plain_one() -> None:
+    """The metering of a task waiting for seconds (a `wait_until` task, say) is one small object,
+    not a coroutine and a generator with their frames (~570 bytes a task)."""
+    meter = CpuMeter("f")
+    await _bytes_per_pending_task(lambda: asyncio.ensure_future(run_metered(asyncio.sleep(30), meter)))  # warm
+    plain = await _bytes_per_pending_task(lambda: asyncio.ensure_future(asyncio.sleep(30)))
+    charged = await _bytes_per_pending_task(lambda: asyncio.ensure_future(run_metered(asyncio.sleep(30), meter)))
+    assert charged - plain < 200, (charged, plain)
+
+
+async def test_a_metered_task_cancelled_before_its_first_step_closes_its_coroutine() -> None:
+    ran: list[str] = []
+
+    async def work() -> None:
+        ran.append("started")
+
+    task = asyncio.ensure_future(run_metered(work(), CpuMeter("f")))
+    task.cancel()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # "coroutine 'work' was never awaited" would be raised here
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        gc.collect()
+    assert ran == []
+
+
+async def test_closing_a_metered_coroutine_closes_the_one_it_drives() -> None:
+    cleaned: list[str] = []
+
+    async def work() -> None:
+        try:
+            await asyncio.sleep(30)
+        finally:
+            cleaned.append("finally")
+
+    driven = metered(work(), CpuMeter("f"))
+    driven.send(None)  # its first step: now waiting in the sleep
+    driven.close()
+    assert cleaned == ["finally"]
+    with pytest.raises(RuntimeError, match="cannot reuse already awaited coroutine"):
+        driven.send(None)
+
+
 async def test_watchdog_reports_a_blocked_loop(caplog: pytest.LogCaptureFixture) -> None:
     watchdog = LoopWatchdog(threshold_sec=0.3, interval_sec=0.05)
     watchdog.start()
@@ -242,6 +306,7 @@ async def test_sync_handler_cpu_counts_against_the_worker(
 #: Hands CPU-burning work to wait_until in the shape `?shape=` names; records what listeners see.
 SPAWNER = """
 import asyncio
+import gc
 import os
 import re
 import os
@@ -359,7 +424,7 @@ async def test_tasks_created_by_metered_code_are_metered_and_others_are_left_alo
         await metered(spawner(), meter)
         settle()
         assert meter.used_ms >= 50  # the child task's CPU, not the parent's (it only waited)
-        assert len(made) == 1 and getattr(made[0], "__qualname__", "") == "run_metered"  # chained, wrapped once
+        assert len(made) == 1 and type(made[0]).__name__ == "_Metered"  # chained, wrapped once
         await asyncio.create_task(busy(20, 2))  # not created by metered code: not wrapped
         assert getattr(made[1], "__qualname__", "") == "busy"
     finally:

@@ -100,8 +100,8 @@ class BackgroundWork:
         self.log_failures = True
         #: Called with every task when it is added (a process worker reports it to the server).
         self.start_observers: list[Callable[[BackgroundTask], None]] = []
-        #: Wraps each coroutine before it is scheduled (the worker's CPU metering: a coroutine of
-        #: `edgeruntime.core.metering.run_metered`, which the meter's task factory passes through).
+        #: Wraps each coroutine before it is scheduled (the worker's CPU metering: the coroutine
+        #: `edgeruntime.core.metering.metered` makes, which the meter's task factory passes through).
         self.runner: Callable[[Coroutine[Any, Any, Any], ExecutionContext], Coroutine[Any, Any, Any]] | None = None
         #: Observers of the whole app (kept by reference, so ones added later see this worker too).
         self.shared_observers = shared_observers if shared_observers is not None else []
