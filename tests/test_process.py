@@ -580,3 +580,34 @@ async def test_a_response_travels_with_its_end_only_when_both_come_in_one_turn(f
         assert seen["http.response.body"] < 0.4 <= over
     finally:
         await worker.end(StopReason.TERMINATION)
+
+
+TASKS = """
+import asyncio
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from edgeruntime import serve
+
+SEEN = set()
+
+
+async def handler(req: Request):
+    task = asyncio.current_task()
+    async with asyncio.timeout(5):  # needs the task it runs in
+        await asyncio.sleep(0)
+    SEEN.add(task)
+    return JSONResponse({"own_task": task is not None and task is asyncio.current_task(), "tasks": len(SEEN)})
+
+serve(handler)
+"""
+
+
+async def test_each_request_runs_in_a_task_of_its_own_that_the_function_sees(functions_dir: Path) -> None:
+    """The worker process makes each request's task itself (not through the loop's task factory):
+    the function's code still finds it, and what needs it (`asyncio.timeout`) works."""
+    write_function(functions_dir, "tasks", TASKS)
+    async with EdgeClient(functions_dir, isolation="process") as client:
+        answers = await asyncio.gather(*(client.invoke("tasks") for _ in range(3)))
+        assert [r.status_code for r in answers] == [200, 200, 200], [r.text for r in answers]
+        assert all(r.json()["own_task"] for r in answers)
+        assert max(r.json()["tasks"] for r in answers) == 3

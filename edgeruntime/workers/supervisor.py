@@ -90,6 +90,9 @@ class FunctionSupervisor:
         self.last_invocation: float | None = None
         self._boot_lock = asyncio.Lock()
         self.idle_timeouts = IdleTimeouts(self.limits.request_idle_timeout_sec)
+        #: The loop the last request was served on: `asyncio.current_task()` without one makes a
+        #: system call on Python 3.11 (to find the running loop), with one it is a dict lookup.
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._lifecycles: dict[Worker, WorkerLifecycle] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         #: The next worker, booting or booted, not yet serving (process isolation).
@@ -279,8 +282,12 @@ class FunctionSupervisor:
         worker = self.worker
         if worker is None or worker.status is not WorkerStatus.ACTIVE:  # else no coroutine for acquire()
             worker = await self.acquire()
-        task = ctx.task = asyncio.current_task()
-        assert task is not None
+        task = None if self._loop is None else asyncio.current_task(self._loop)
+        if task is None:  # the first request, or one on another loop (a test's)
+            task = asyncio.current_task()
+            assert task is not None
+            self._loop = task.get_loop()
+        ctx.task = task
         self.idle_timeouts.start(ctx, task)
         try:
             await worker.handle(scope, receive, send, ctx)

@@ -348,6 +348,8 @@ class WorkerProcess:
         self.requests: dict[int, tuple[asyncio.Task[None], RequestBody]] = {}
         self.tasks: dict[int, BackgroundTask] = {}
         self._keep: set[asyncio.Task[Any]] = set()
+        #: The running loop, once the first request came (looked up once: a system call on Python 3.11).
+        self.loop: asyncio.AbstractEventLoop | None = None
 
     def on_close(self) -> None:
         self.queue.close()
@@ -358,9 +360,7 @@ class WorkerProcess:
 
     def on_frame(self, frame: Frame) -> None:
         if isinstance(frame, Request):  # the request path first
-            body = RequestBody(frame.rid, frame.first, self.channel, _raises_when_gone(frame.scope))
-            task = asyncio.get_running_loop().create_task(self.serve(frame, body))
-            self.requests[frame.rid] = (task, body)
+            self.start(frame)
         elif isinstance(frame, Body):
             entry = self.requests.get(frame.rid)
             if entry is not None:
@@ -379,6 +379,31 @@ class WorkerProcess:
             self.queue.answered(frame)
         elif isinstance(frame, Boot):
             self.boot(frame)
+
+    def start(self, request: Request) -> None:
+        """Serve `request` in a task of its own."""
+        worker = self.worker
+        if worker is None:  # the server sends none before the function booted
+            self.channel.send(Done(request.rid, Ended("error", "the function has not booted"), None))
+            return
+        loop = self.loop
+        if loop is None:
+            loop = self.loop = asyncio.get_running_loop()
+        body = RequestBody(request.rid, request.first, self.channel, _raises_when_gone(request.scope))
+        ctx = ExecutionContext(
+            function=worker.name, worker=worker.state, execution_id=request.execution_id, trigger=request.trigger
+        )
+        coro = self.serve(request, body, worker, ctx)
+        factory = loop.get_task_factory()
+        if factory is None or getattr(factory, "passes_metered", False):
+            # The task the loop would make (nothing here is metered), without the factory's call.
+            task: asyncio.Task[None] = asyncio.Task(coro, loop=loop)
+        else:
+            task = loop.create_task(coro)
+        # The worker finds the request's task here, not with `asyncio.current_task()` (a system
+        # call on Python 3.11).
+        ctx.task = task
+        self.requests[request.rid] = (task, body)
 
     def release_held(self) -> None:
         """The end of the turn: what requests still hold back goes now."""
@@ -455,13 +480,8 @@ class WorkerProcess:
         flush_logs()
         self.channel.send(BeforeUnloadDone(reason))
 
-    async def serve(self, request: Request, body: RequestBody) -> None:
-        worker = self.worker
-        assert worker is not None
+    async def serve(self, request: Request, body: RequestBody, worker: InlineWorker, ctx: ExecutionContext) -> None:
         rid = request.rid
-        ctx = ExecutionContext(
-            function=worker.name, worker=worker.state, execution_id=request.execution_id, trigger=request.trigger
-        )
         channel = self.channel
 
         async def send(message: Message) -> None:
@@ -508,6 +528,7 @@ class WorkerProcess:
         except Exception as exc:
             ended = Ended("error", f"{type(exc).__name__}: {exc}")
         finally:
+            ctx.task = None  # background work may keep the context: not the finished task with it
             self.requests.pop(rid, None)
             # ctx.error: the handler raised and got its 500 (or 502); the run records why.
             held = body.held

@@ -136,9 +136,11 @@ _SCOPE_KEYS = (
 class _Call:
     """One request in flight in the worker process: the messages that came back for it, and its window."""
 
-    __slots__ = ("client_gone", "delivered", "events", "room", "unacked", "waiter")
+    __slots__ = ("client_gone", "delivered", "events", "loop", "room", "unacked", "waiter")
 
-    def __init__(self) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        #: The server's loop (passed in: `asyncio.get_running_loop()` is a system call on Python 3.11).
+        self.loop = loop
         self.events: collections.deque[Sent | Done | Answered] = collections.deque()
         self.waiter: asyncio.Future[None] | None = None
         #: Body messages sent to the worker that the function has not read yet (as far as we know).
@@ -157,7 +159,7 @@ class _Call:
     async def wait_for_room(self) -> None:
         """Wait while the function has a window of this request's messages unread."""
         while self.unacked >= WINDOW:
-            self.room = asyncio.get_running_loop().create_future()
+            self.room = self.loop.create_future()
             await self.room
 
     def push(self, event: Sent | Done | Answered) -> None:
@@ -167,7 +169,7 @@ class _Call:
 
     async def next(self) -> Sent | Done | Answered:
         while not self.events:
-            self.waiter = asyncio.get_running_loop().create_future()
+            self.waiter = self.loop.create_future()
             await self.waiter
         return self.events.popleft()
 
@@ -587,7 +589,7 @@ class ProcessWorker:
             raise limit_exceeded(self.name, reason)
         ctx.worker = self.state
         rid = next(self._ids)
-        call = self._calls[rid] = _Call()
+        call = self._calls[rid] = _Call(self.state.loop or asyncio.get_running_loop())
         self.in_flight += 1
         pump: asyncio.Task[None] | None = None
         websocket = scope["type"] == "websocket"

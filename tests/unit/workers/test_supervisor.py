@@ -6,7 +6,7 @@ The workers are real inline workers loading a real function from disk; only time
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -219,3 +219,27 @@ async def test_shutdown_tells_beforeunload_and_cuts_what_is_still_running(harnes
     assert module.UNLOADS == ["termination"]
     assert list(harness.supervisor.shutdowns) == [StopReason.TERMINATION]
     assert [(t.outcome, t.cut_reason) for t in harness.tasks] == [(TaskOutcome.CUT, "TerminationRequested")]
+
+
+async def test_each_request_is_served_in_its_own_task_the_first_and_the_next(harness: Harness) -> None:
+    """The supervisor finds a request's task once (the first request with a lookup of the running
+    loop, the next ones on the loop it remembered) and hands it to the worker and the idle timeout."""
+    seen: list[tuple[asyncio.Task[Any] | None, asyncio.Task[Any] | None]] = []
+
+    async def request() -> None:
+        ctx = ExecutionContext("probe", default_worker())
+        recorder = Recorder()
+
+        async def send(message: MutableMapping[str, Any]) -> None:
+            seen.append((ctx.task, asyncio.current_task()))
+            await recorder.send(message)
+
+        await harness.supervisor.dispatch(http_scope(), Body().receive, send, ctx)
+        assert recorder.status == 200 and ctx.task is None  # not kept past its request
+
+    first = asyncio.get_running_loop().create_task(request())
+    await first
+    second = asyncio.get_running_loop().create_task(request())
+    await second
+    assert {task for task, _ in seen} == {first, second}
+    assert all(task is current for task, current in seen)

@@ -56,7 +56,7 @@ async def test_a_function_that_sends_a_window_ahead_of_its_client_waits() -> Non
 
 
 async def test_the_server_sends_a_window_of_messages_ahead_of_the_function() -> None:
-    call = _Call()
+    call = _Call(asyncio.get_running_loop())
     forwarded = 0
 
     async def pump() -> None:
