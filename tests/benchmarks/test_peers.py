@@ -94,3 +94,24 @@ def test_the_deno_app_serves_both_endpoints_with_access_to_its_port_only() -> No
             assert client.get("/nothing").status_code == 404
     finally:
         peers.stop(proc)
+
+
+def test_the_background_endpoint_is_booted_before_it_is_measured() -> None:
+    """One POST before the runs: the function behind it is up when its 202s are timed (a worker
+    process booting during the run would put its boot into the run's p99)."""
+    target = next(t for t in peers.targets("uvicorn", False) if t.app == "starlette")
+    port = free_port()
+    proc = peers.start(target, port)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        peers.wait_for(base + target.hello_path, proc, timeout=60)
+        peers.boot_background_endpoint(base + target.bg_path)
+        assert peers.background_counts(base, target)["started"] == 1
+        try:
+            peers.boot_background_endpoint(base + target.hello_path)  # GET only: 405
+        except RuntimeError as exc:
+            assert "405" in str(exc)
+        else:
+            raise AssertionError("a POST that is not answered 202 must fail the run")
+    finally:
+        peers.stop(proc)
