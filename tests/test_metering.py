@@ -17,7 +17,15 @@ from typing import Any
 import pytest
 
 from edgeruntime.core.background import TaskOutcome
-from edgeruntime.core.metering import CpuMeter, LoopWatchdog, metered, run_metered, settle
+from edgeruntime.core.metering import (
+    CpuMeter,
+    LoopWatchdog,
+    install_task_factory,
+    makes_plain_tasks,
+    metered,
+    run_metered,
+    settle,
+)
 from edgeruntime.testing import EdgeClient
 from tests.helpers import write_function
 from tests.probes import eventually
@@ -429,3 +437,23 @@ async def test_tasks_created_by_metered_code_are_metered_and_others_are_left_alo
         assert getattr(made[1], "__qualname__", "") == "busy"
     finally:
         loop.set_task_factory(None)
+
+
+def test_a_loop_makes_plain_tasks_unless_a_factory_of_its_own_is_under_the_meters() -> None:
+    """Where the loop would make `asyncio.Task` anyway, the request path makes it itself."""
+
+    def own_factory(loop: asyncio.AbstractEventLoop, coro: Any, **options: Any) -> asyncio.Task[Any]:
+        return asyncio.Task(coro, loop=loop, **options)
+
+    plain, wrapped = asyncio.new_event_loop(), asyncio.new_event_loop()
+    try:
+        assert makes_plain_tasks(plain)
+        install_task_factory(plain)
+        assert makes_plain_tasks(plain)  # the meter's factory alone passes metered coroutines through
+        wrapped.set_task_factory(own_factory)
+        assert not makes_plain_tasks(wrapped)
+        install_task_factory(wrapped)
+        assert not makes_plain_tasks(wrapped)  # the meter's factory calls the one under it
+    finally:
+        plain.close()
+        wrapped.close()

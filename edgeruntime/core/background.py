@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from edgeruntime.core.events import UnhandledRejectionEvent
+from edgeruntime.core.metering import makes_plain_tasks
 
 if TYPE_CHECKING:
     from edgeruntime.core.context import ExecutionContext
@@ -138,8 +139,7 @@ class BackgroundWork:
                 future = loop.create_task(awaitable, name=task_name)
             else:
                 coro = self.runner(awaitable, ctx)
-                factory = loop.get_task_factory()
-                if factory is None or getattr(factory, "passes_metered", False):
+                if makes_plain_tasks(loop):
                     # The task the loop would make, without a call of the factory in between.
                     context = contextvars.copy_context()
                     future = asyncio.Task(coro, loop=loop, name=task_name, context=context)

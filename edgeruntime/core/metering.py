@@ -41,6 +41,7 @@ __all__ = [
     "CpuMeter",
     "LoopWatchdog",
     "install_task_factory",
+    "makes_plain_tasks",
     "metered",
     "run_in_thread_metered",
     "run_metered",
@@ -295,6 +296,15 @@ class _MeteringTaskFactory:
             if ctx is not None:
                 ctx.worker.background.spawned(task, ctx)
         return task
+
+
+def makes_plain_tasks(loop: AbstractEventLoop) -> bool:
+    """Whether `loop` makes the task of a metered coroutine, or of any coroutine outside metered
+    code, as `asyncio.Task` would: it has no task factory, or only the meter's with none under it
+    (which passes those through). Its maker may then call `asyncio.Task` itself, without a call
+    of the factory in between (the request path does)."""
+    factory = loop.get_task_factory()
+    return factory is None or (isinstance(factory, _MeteringTaskFactory) and factory.passes_metered)
 
 
 def install_task_factory(loop: AbstractEventLoop) -> None:

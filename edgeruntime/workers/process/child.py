@@ -39,6 +39,7 @@ from edgeruntime.core.background import BackgroundTask
 from edgeruntime.core.context import ExecutionContext
 from edgeruntime.core.descriptors import exhaustion
 from edgeruntime.core.events import StopReason
+from edgeruntime.core.metering import makes_plain_tasks
 from edgeruntime.core.types import Message
 from edgeruntime.exceptions import (
     BootError,
@@ -394,9 +395,7 @@ class WorkerProcess:
             function=worker.name, worker=worker.state, execution_id=request.execution_id, trigger=request.trigger
         )
         coro = self.serve(request, body, worker, ctx)
-        factory = loop.get_task_factory()
-        if factory is None or getattr(factory, "passes_metered", False):
-            # The task the loop would make (nothing here is metered), without the factory's call.
+        if makes_plain_tasks(loop):  # (nothing here is metered)
             task: asyncio.Task[None] = asyncio.Task(coro, loop=loop)
         else:
             task = loop.create_task(coro)
