@@ -349,8 +349,9 @@ class WorkerProcess:
         self.requests: dict[int, tuple[asyncio.Task[None], RequestBody]] = {}
         self.tasks: dict[int, BackgroundTask] = {}
         self._keep: set[asyncio.Task[Any]] = set()
-        #: The running loop, once the first request came (looked up once: a system call on Python 3.11).
-        self.loop: asyncio.AbstractEventLoop | None = None
+        #: The loop this process serves on (`stopped`'s: looking up the running loop is a system
+        #: call on Python 3.11).
+        self.loop = stopped.get_loop()
 
     def on_close(self) -> None:
         self.queue.close()
@@ -388,8 +389,6 @@ class WorkerProcess:
             self.channel.send(Done(request.rid, Ended("error", "the function has not booted"), None))
             return
         loop = self.loop
-        if loop is None:
-            loop = self.loop = asyncio.get_running_loop()
         body = RequestBody(request.rid, request.first, self.channel, _raises_when_gone(request.scope))
         ctx = ExecutionContext(
             function=worker.name, worker=worker.state, execution_id=request.execution_id, trigger=request.trigger
