@@ -35,10 +35,12 @@ from tests.jobs.conftest import postgres_url  # noqa: F401  (a fixture: a fresh 
 
 pytestmark = pytest.mark.e2e
 
-#: Answers with its pid; `?sleep_ms=` holds the response; `?id=` is written to $BEGIN_LOG first.
+#: Answers with its pid; `?sleep_ms=` holds the response; `?id=` is written to $BEGIN_LOG first,
+#: with the pid and the time it began.
 WHO = """
 import asyncio
 import os
+import time
 from starlette.responses import JSONResponse
 from edgeruntime import serve
 
@@ -49,7 +51,7 @@ async def handler(req):
     rid = req.query_params.get("id")
     if rid and LOG:
         with open(LOG, "a") as f:
-            f.write(f"{rid} {os.getpid()}\\n")
+            f.write(f"{rid} {os.getpid()} {time.time()}\\n")
     ms = float(req.query_params.get("sleep_ms", "0"))
     if ms:
         await asyncio.sleep(ms / 1000)
@@ -152,13 +154,18 @@ class Load:
 
 def begun(log: Path) -> dict[int, int]:
     """Request id → the pid of the serving process that began it (from $BEGIN_LOG)."""
+    return {rid: pid for rid, (pid, _) in begun_when(log).items()}
+
+
+def begun_when(log: Path) -> dict[int, tuple[int, float]]:
+    """Request id → the pid of the serving process that began it and when (from $BEGIN_LOG)."""
     if not log.exists():
         return {}
-    out: dict[int, int] = {}
+    out: dict[int, tuple[int, float]] = {}
     for line in log.read_text().splitlines():
         parts = line.split()
-        if len(parts) == 2:
-            out[int(parts[0])] = int(parts[1])
+        if len(parts) == 3:
+            out[int(parts[0])] = (int(parts[1]), float(parts[2]))
     return out
 
 
@@ -209,8 +216,13 @@ def test_sigkill_of_a_serving_process_under_load_fails_only_its_requests_in_flig
             wait_until(lambda: load.answered_by(victim) >= 3 and load.answered_by(survivor) >= 3, 60, "both serving")
 
             def victim_busy() -> bool:
+                # Begun less than half its 300 ms sleep ago: still in flight when it is killed
+                # (one begun earlier may have been answered already, its answer still on its way).
                 done = {o.id for o in load.outcomes if o.pid is not None}
-                return any(pid == victim and rid not in done for rid, pid in begun(log).items())
+                now = time.time()
+                return any(
+                    pid == victim and rid not in done and now - at < 0.15 for rid, (pid, at) in begun_when(log).items()
+                )
 
             wait_until(victim_busy, 30, "a request in flight on the victim", interval=0.005)
             os.kill(victim, signal.SIGKILL)
