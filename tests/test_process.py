@@ -611,3 +611,36 @@ async def test_each_request_runs_in_a_task_of_its_own_that_the_function_sees(fun
         assert [r.status_code for r in answers] == [200, 200, 200], [r.text for r in answers]
         assert all(r.json()["own_task"] for r in answers)
         assert max(r.json()["tasks"] for r in answers) == 3
+
+
+def test_a_worker_that_booted_before_the_server_listened_to_it_is_not_missed(
+    functions_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under load the server may not run between a worker's announcement and its Booted frame:
+    uvloop then delivers that frame while the channel is being connected. The boot must not wait
+    for a frame that already came (it waited BOOT_TIMEOUT_SEC, then answered 503)."""
+    import uvloop
+
+    from edgeruntime.workers.process import parent
+    from edgeruntime.workers.process.forking import peer_pid as announced
+
+    write_function(functions_dir, "fast", HOLDER)
+
+    async def slow_server(sock: Any) -> int | None:
+        pid = await announced(sock)
+        await asyncio.sleep(0.5)  # the server is busy elsewhere: the worker boots and answers meanwhile
+        return pid
+
+    monkeypatch.setattr(parent, "peer_pid", slow_server)
+
+    async def boot() -> float:
+        worker = ProcessWorker(FunctionSpec("fast", functions_dir / "fast"), {}, Limits())
+        started = time.monotonic()
+        try:
+            async with asyncio.timeout(10):
+                await worker.start()
+            return time.monotonic() - started
+        finally:
+            await worker.end(StopReason.TERMINATION)
+
+    assert uvloop.run(boot()) < 5

@@ -351,8 +351,10 @@ class ProcessWorker:
             name=f"worker channel of {self.name}",
             on_unsent=self._unsent,
         )
-        transport, _ = await loop.create_unix_connection(lambda: channel, sock=ours)
+        # Made first: uvloop hands the protocol what already waits in the socket (a worker that
+        # booted while this process was not running) before create_unix_connection returns.
         self._booted = loop.create_future()
+        transport, _ = await loop.create_unix_connection(lambda: channel, sock=ours)
         if sent < len(boot):  # an env larger than the socket's buffer: the rest once it is read
             transport.write(boot[sent:])
         try:
