@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import signal
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -133,21 +134,21 @@ _inner = handler
 
 async def slow(req: Request) -> JSONResponse:
     response = await _inner(req)  # logged first: a kill during the sleep makes a re-delivery
-    await asyncio.sleep(0.01)
+    await asyncio.sleep((await req.json()).get("sleep", 0.01))
     return response
 
 serve(slow)
 """,
     )
 
-    async def enqueue(n: int, run_at: float) -> list[int]:
+    async def enqueue(payloads: list[str], run_at: float) -> list[int]:
         store = open_store(store_url)
         await store.migrate()
         try:
             now = time.time()
             return [
-                await store.enqueue("record", "{}", run_at=run_at, max_attempts=4, idempotency_key=None, now=now)
-                for _ in range(n)
+                await store.enqueue("record", payload, run_at=run_at, max_attempts=4, idempotency_key=None, now=now)
+                for payload in payloads
             ]
         finally:
             await store.close()
@@ -159,18 +160,19 @@ serve(slow)
         finally:
             await store.close()
 
-    async def reclaimed() -> int:
+    async def reclaimed() -> set[int]:
         store = open_store(store_url)
         try:
-            return sum(1 for job in await store.jobs(limit=2000) if job.attempt > 1)
+            return {job.id for job in await store.jobs(limit=2000) if job.attempt > 1}
         finally:
             await store.close()
 
-    async def leases_held_by(pid: str) -> int:
+    async def leased_by(pid: str) -> set[int]:
+        """The jobs in flight under a lease of the instance whose pid is `pid` (its worker id is host:pid:nonce)."""
         store = open_store(store_url)
         try:
             stats = await store.queue_stats()
-            return sum(1 for lease in stats.in_flight if (lease.worker_id or "").split(":")[1:2] == [pid])
+            return {lease.job_id for lease in stats.in_flight if (lease.worker_id or "").split(":")[1:2] == [pid]}
         finally:
             await store.close()
 
@@ -181,8 +183,11 @@ serve(slow)
         # Enqueued once every instance is up and due together, so all three share the work: an
         # instance ready seconds before the others (a loaded machine) could otherwise drain the queue
         # before the kill, leaving the victim nothing in flight.
+        # The last 200 jobs take 0.5 s each: while they run (4 s on 24 slots, longer on 16) every
+        # instance holds leases. On a loaded machine the enqueue outlasts those 2 s, the first jobs
+        # run meanwhile and can all be done before the kill: the victim is still caught holding these.
         enqueued = time.monotonic()
-        ids = asyncio.run(enqueue(1000, run_at=time.time() + 2.0))
+        ids = asyncio.run(enqueue(["{}"] * 800 + ['{"sleep": 0.5}'] * 200, run_at=time.time() + 2.0))
         enqueue_sec = time.monotonic() - enqueued
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -190,11 +195,23 @@ serve(slow)
             if len(lines) >= 250 and any(line[2] == victim_pid for line in lines):
                 break
             time.sleep(0.02)
-        # Killed while it holds leases: on a loaded machine an instance can sit between recording
-        # its outcomes and claiming again, and a kill then abandons nothing.
-        while time.monotonic() < deadline and asyncio.run(leases_held_by(victim_pid)) == 0:
-            time.sleep(0.005)
-        victim.proc.kill()  # SIGKILL: no shutdown, its leased jobs are abandoned
+        # Killed at a moment it holds leases. Seen holding some while it runs, it could still record
+        # them and claim nothing more before the kill lands (on a loaded machine an instance can sit
+        # between recording its outcomes and claiming again), and the kill would abandon nothing.
+        # So it is frozen first (SIGSTOP), given a moment for what it had already sent to reach the
+        # store, and its leases read while it cannot change them; none: it runs on and is tried again.
+        held: set[int] = set()
+        freeze_deadline = time.monotonic() + 30
+        while not held:
+            if time.monotonic() > freeze_deadline:
+                pytest.fail(f"pid {victim_pid} was never seen holding a lease in 30 s\n{victim.output}")
+            victim.proc.send_signal(signal.SIGSTOP)
+            time.sleep(0.2)
+            held = asyncio.run(leased_by(victim_pid))
+            if not held:
+                victim.proc.send_signal(signal.SIGCONT)
+                time.sleep(0.02)
+        victim.proc.kill()  # SIGKILL (frozen): no shutdown, its leased jobs are abandoned
         victim.proc.wait(10)
         killed_at = len(_lines(log))
         done: dict[str, int] = {}
@@ -206,7 +223,8 @@ serve(slow)
         for server in servers[1:]:
             server.terminate()
     lines = _lines(log)
-    again = asyncio.run(reclaimed())
+    again_ids = asyncio.run(reclaimed())
+    again = len(again_ids)
     delivered = collections.Counter(int(line[0]) for line in lines)
     duplicates = sum(n - 1 for n in delivered.values())
     by_victim = {int(line[0]) for line in lines if line[2] == victim_pid}
@@ -214,7 +232,7 @@ serve(slow)
     with capsys.disabled():
         print(
             f"\n[queue x3 {store_url.split(':')[0]}] enqueued in {enqueue_sec:.2f} s; "
-            f"killed pid {victim_pid} after {killed_at} deliveries; "
+            f"killed pid {victim_pid} after {killed_at} deliveries, holding {len(held)} lease(s); "
             f"{len(lines)} deliveries for {len(delivered)} jobs, {duplicates} duplicate(s) "
             f"({victim_duplicates} of jobs the killed instance had started), "
             f"{again} re-claimed after the lease expired; final {done}"
@@ -223,6 +241,7 @@ serve(slow)
     assert set(delivered) == set(ids)
     # The killed instance held leases (it was busy): those jobs were re-claimed by the others.
     assert again >= 1
+    assert held & again_ids, f"none of the jobs pid {victim_pid} held when killed ({sorted(held)}) was re-claimed"
     # At-least-once, not at-least-many: only jobs the killed instance had started are delivered
     # again — those in flight (concurrency 8) and those finished but not yet recorded.
     assert duplicates == victim_duplicates, f"{duplicates - victim_duplicates} duplicate(s) of live instances"
