@@ -20,7 +20,7 @@ import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import httpx
 import pytest
@@ -32,7 +32,7 @@ from edgeruntime.jobs.backends import open_store
 from edgeruntime.testing import EdgeClient
 from edgeruntime.workers.process import sandbox as sandbox_module
 from edgeruntime.workers.process.frames import load_worker_frame
-from edgeruntime.workers.process.parent import ProcessWorker
+from edgeruntime.workers.process.parent import BOOT_TIMEOUT_SEC, ProcessWorker
 from edgeruntime.workers.process.sandbox import (
     Sandbox,
     WorkerLauncher,
@@ -263,6 +263,19 @@ def shut_down(server: ServerProcess) -> int:
 # -- the attack ------------------------------------------------------------------------------
 
 
+#: The attack test's client waits longer than the server takes to give up on booting a worker
+#: (BOOT_TIMEOUT_SEC, then a 503 saying why): a boot that hangs fails with the server's answer and
+#: its log, not with a bare ReadTimeout at the same instant.
+ATTACK_CLIENT_TIMEOUT_SEC = BOOT_TIMEOUT_SEC + 15
+
+
+def answer_of(response: httpx.Response, server: ServerProcess) -> dict[str, Any]:
+    """The function's JSON answer; anything but a 200 fails with the server's answer and log."""
+    assert response.status_code == 200, f"{response.status_code} {response.text}\n{server.output}"
+    body: dict[str, Any] = response.json()
+    return body
+
+
 @pytest.mark.e2e
 @pytest.mark.parametrize("mode", ["bwrap", "uid", "basic", "none"])
 def test_a_hostile_function_attacks_another_function_and_the_server(project: Path, mode: str) -> None:
@@ -274,8 +287,11 @@ def test_a_hostile_function_attacks_another_function_and_the_server(project: Pat
     env = {"SERVER_ONLY_SECRET": server_secret, "EDGERUNTIME_DATABASE_URL": f"sqlite:///{project}/store.db"}
     options = ("--no-watch", "--no-verify-jwt", "--isolation", "process", "--sandbox", mode)
     kill = mode in ("bwrap", "uid")  # the modes that stop it: a real SIGKILL; else only ask whether it would work
-    with ServerProcess(functions, *options, env=env, prefix=prefix) as server, httpx.Client(timeout=30) as http:
-        victim = http.get(server.url("victim")).json()
+    with (
+        ServerProcess(functions, *options, env=env, prefix=prefix) as server,
+        httpx.Client(timeout=ATTACK_CLIENT_TIMEOUT_SEC) as http,
+    ):
+        victim = answer_of(http.get(server.url("victim")), server)
         workers = worker_processes(server.proc.pid)
         params = {
             "victim": workers["victim"],
@@ -286,9 +302,8 @@ def test_a_hostile_function_attacks_another_function_and_the_server(project: Pat
             "signal": 9 if kill else 0,
         }
         r = http.get(server.url("attacker"), params=params)
-        assert r.status_code == 200, server.output
-        attack = r.json()
-        again = http.get(server.url("victim")).json()
+        attack = answer_of(r, server)
+        again = answer_of(http.get(server.url("victim")), server)
         survivor = worker_processes(server.proc.pid).get("victim")
         assert shut_down(server) == 0
     own_env = attack.pop("own_env")
