@@ -644,3 +644,39 @@ def test_a_worker_that_booted_before_the_server_listened_to_it_is_not_missed(
             await worker.end(StopReason.TERMINATION)
 
     assert uvloop.run(boot()) < 5
+
+
+ECHO = """
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from edgeruntime import serve
+
+
+async def handler(req: Request):
+    body = await req.body()
+    return JSONResponse({"method": req.method, "body": body.decode(), "size": len(body)})
+
+serve(handler)
+"""
+
+
+async def test_a_request_body_reaches_a_worker_process_however_it_is_declared(functions_dir: Path) -> None:
+    """A request that declares no body is forwarded with an empty one without asking the server
+    for it; one with a content-length or a chunked body is read from the server as before."""
+    write_function(functions_dir, "echo", ECHO)
+
+    async def chunks() -> Any:
+        for part in (b"chunked ", b"body"):
+            yield part
+
+    async with EdgeClient(functions_dir, isolation="process") as client:
+        got = await client.invoke("echo", method="GET")
+        assert got.json() == {"method": "GET", "body": "", "size": 0}
+        got = await client.invoke("echo", method="DELETE")
+        assert got.json() == {"method": "DELETE", "body": "", "size": 0}
+        got = await client.invoke("echo", content=b"declared")
+        assert got.json() == {"method": "POST", "body": "declared", "size": 8}
+        got = await client.request(
+            "POST", "/functions/v1/echo", content=chunks(), headers=client.headers_for("service_role")
+        )
+        assert got.json() == {"method": "POST", "body": "chunked body", "size": 12}

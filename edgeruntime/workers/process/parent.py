@@ -116,6 +116,8 @@ BEFOREUNLOAD_GRACE_SEC = 0.5
 FRAME_SLACK_MB = 64
 _TICKS_PER_SEC = os.sysconf("SC_CLK_TCK")
 _PAGE_MB = resource.getpagesize() / (1024 * 1024)
+#: HTTP versions whose requests have a body only if they declare one.
+_DECLARED_BODY_VERSIONS = frozenset({"1.0", "1.1"})
 #: The scope keys a function can use; the rest (server internals) stay in the server.
 _SCOPE_KEYS = (
     "type",
@@ -205,6 +207,19 @@ def _small_body(scope: Scope) -> bool:
         elif name == b"transfer-encoding":
             return False
     return length is None or length <= COALESCE_BODY_BYTES
+
+
+def _declares_no_body(scope: Scope) -> bool:
+    """True for an HTTP/1 request with neither content-length nor transfer-encoding: its body is
+    empty (RFC 9112, 6.3), so its first message is known without waiting for the server's. (An
+    HTTP/2 request may send data without declaring its length.)"""
+    if scope.get("http_version") not in _DECLARED_BODY_VERSIONS:
+        return False
+    for key, _ in scope["headers"]:
+        name = key.lower()
+        if name == b"content-length" or name == b"transfer-encoding":
+            return False
+    return True
 
 
 async def _read_whole_body(first: Message, receive: Receive) -> Message:
@@ -597,9 +612,13 @@ class ProcessWorker:
         websocket = scope["type"] == "websocket"
         over = False  # the worker process said the request is over (Done)
         try:
-            first = await receive()
-            if first.get("more_body") and _small_body(scope):
-                first = await _read_whole_body(first, receive)
+            if not websocket and _declares_no_body(scope):
+                # The function reads the same message; the server's own, awaited, costs a step.
+                first: Message = {"type": "http.request", "body": b"", "more_body": False}
+            else:
+                first = await receive()
+                if first.get("more_body") and _small_body(scope):
+                    first = await _read_whole_body(first, receive)
             slim = {key: scope[key] for key in _SCOPE_KEYS if key in scope}
             slim["headers"] = list(scope["headers"])
             if websocket:
