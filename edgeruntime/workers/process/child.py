@@ -374,7 +374,11 @@ class WorkerProcess:
         elif isinstance(frame, Cancel):
             entry = self.requests.get(frame.rid)
             if entry is not None:
-                entry[0].cancel()
+                task = entry[0]
+                task.cancel()
+                # A task cancelled before its first step never runs `serve`, whose `finally` forgets
+                # the request (its Cancel came in the same read as its Request): forget it here.
+                task.add_done_callback(functools.partial(self._forget, frame.rid))
         elif isinstance(frame, BeforeUnload):
             self._spawn(self.beforeunload(frame.reason))
         elif isinstance(frame, Enqueued):
@@ -402,6 +406,11 @@ class WorkerProcess:
         # call on Python 3.11).
         ctx.task = task
         self.requests[request.rid] = (task, body)
+
+    def _forget(self, rid: int, task: asyncio.Task[None]) -> None:
+        entry = self.requests.get(rid)
+        if entry is not None and entry[0] is task:
+            del self.requests[rid]
 
     def release_held(self) -> None:
         """The end of the turn: what requests still hold back goes now."""
