@@ -44,6 +44,10 @@ WorkerObserver = Callable[[str, str, StopReason], None]
 
 logger = logging.getLogger("edgeruntime")
 
+#: Boots a request makes in a row when each one is overtaken by a reload (a file saved again and
+#: again while the function boots): the last one serves even so, and the next reload retires it.
+MAX_STALE_BOOTS = 5
+
 
 class FunctionSupervisor:
     """Owns the workers of one function."""
@@ -100,6 +104,8 @@ class FunctionSupervisor:
         #: Workers being ended (a hard limit, an unused successor): shutdown lets them finish, a
         #: kill and a reap each, rather than cancel them (the end logs why the worker ended).
         self._finishing: set[asyncio.Task[Any]] = set()
+        #: Counts reloads: a worker whose boot began before the last one serves old files.
+        self._generation = 0
 
     @property
     def name(self) -> str:
@@ -220,9 +226,20 @@ class FunctionSupervisor:
                 lifecycle = self._lifecycles.pop(worker, None)
                 if lifecycle is not None:
                     lifecycle.stop()
+            booted = await self._boot_current()
+            self.worker = self._activate(booted)
+            return booted
+
+    async def _boot_current(self) -> Worker:
+        """The successor or a new worker, booted from the function's files as they are now."""
+        for _ in range(MAX_STALE_BOOTS - 1):
+            generation = self._generation
             worker = await self._take_successor() or await self._start()
-            self.worker = self._activate(worker)
-            return worker
+            if generation == self._generation:
+                return worker
+            # A reload came while it booted: it read the files (and env) from before the reload.
+            self._spawn_finishing(worker.end(StopReason.RELOAD))
+        return await self._take_successor() or await self._start()
 
     def _prepare_successor(self) -> None:
         """Boot the worker that will take over from the active one, before it retires."""
@@ -248,6 +265,8 @@ class FunctionSupervisor:
         if successor is None:
             return None
         worker = await self._booted(successor)
+        if self._successor is not successor:  # dropped meanwhile (a reload): the drop ends it
+            return None
         self._successor = None
         if worker is None or worker.status is not WorkerStatus.ACTIVE:
             return None
@@ -373,7 +392,12 @@ class FunctionSupervisor:
         return cut
 
     def reload(self) -> None:
-        """Retire the active worker so the next request boots the function's files afresh."""
+        """Retire the active worker so the next request boots the function's files afresh.
+
+        A worker booting meanwhile read the files before the reload: it is ended once booted
+        and another boots in its place (see :meth:`acquire`).
+        """
+        self._generation += 1
         self._drop_successor()
         if self.worker is not None:
             self._retire(self.worker, StopReason.RELOAD)

@@ -243,3 +243,100 @@ async def test_each_request_is_served_in_its_own_task_the_first_and_the_next(har
     await second
     assert {task for task, _ in seen} == {first, second}
     assert all(task is current for task, current in seen)
+
+
+VERSIONED = """
+from starlette.responses import PlainTextResponse
+from edgeruntime import serve
+
+VERSION = "{version}"
+
+
+async def handler(req):
+    return PlainTextResponse(VERSION)
+
+serve(handler)
+"""
+
+
+class SlowBoot:
+    """Workers that read the function's files at once and finish booting when `booted` is set
+    (a worker process whose Booted frame is still on its way); set up to boot slowly with `slow`."""
+
+    def __init__(self, functions_dir: Path, successors: bool = False) -> None:
+        self.file = functions_dir / "probe" / "index.py"
+        write_function(functions_dir, "probe", VERSIONED.format(version="v1"))
+        self.read = asyncio.Event()
+        self.booted = asyncio.Event()
+        self.slow = False
+        self.supervisor = FunctionSupervisor(
+            FunctionSpec("probe", functions_dir / "probe"),
+            Settings.build(functions_dir, watch=False, environ={}),
+            worker_factory=self.worker,
+        )
+        self.successors = successors
+
+    def worker(self) -> Worker:
+        harness = self
+
+        class Slow(InlineWorker):
+            async def start(self) -> None:
+                self.boot()
+                harness.read.set()
+                if harness.slow:
+                    await harness.booted.wait()
+
+        worker = Slow(self.supervisor.spec, {}, self.supervisor.limits)
+        worker.prepares_successor = self.successors
+        return worker
+
+    def save(self, version: str) -> None:
+        """The developer saves the file and the watcher reloads the function."""
+        self.file.write_text(VERSIONED.format(version=version))
+        self.supervisor.reload()
+
+    async def answer(self) -> str:
+        recorder = Recorder()
+        ctx = ExecutionContext("probe", default_worker())
+        await self.supervisor.dispatch(http_scope(), Body().receive, recorder.send, ctx)
+        assert recorder.status == 200, recorder.body
+        return recorder.body.decode()
+
+
+async def test_a_reload_while_the_first_worker_boots_is_not_lost(functions_dir: Path) -> None:
+    h = SlowBoot(functions_dir)
+    h.slow = True
+    try:
+        first = asyncio.get_running_loop().create_task(h.answer())
+        await h.read.wait()  # it has read v1 ...
+        h.read.clear()
+        h.save("v2")  # ... and v2 is saved before it has booted: no worker to retire yet
+        h.booted.set()
+        assert await first == "v2"  # the stale worker was ended and another booted from v2
+        assert await h.answer() == "v2"
+        assert h.supervisor.boots == 2
+    finally:
+        await h.supervisor.shutdown(0)
+
+
+async def test_a_reload_while_a_request_waits_for_the_successor_does_not_end_its_worker(functions_dir: Path) -> None:
+    h = SlowBoot(functions_dir, successors=True)
+    try:
+        assert await h.answer() == "v1"
+        h.slow = True
+        h.supervisor._prepare_successor()  # the lifecycle prepares it near the retirement threshold
+        await settle()
+        active = h.supervisor.worker
+        assert active is not None
+        h.supervisor._retire(active, StopReason.WALL_CLOCK)  # the active worker retires
+        waiting = asyncio.get_running_loop().create_task(h.answer())  # waits for the successor
+        await settle()
+        h.save("v2")  # the successor (read v1) is dropped while the request waits for it
+        h.booted.set()
+        assert await waiting == "v2"  # served by a worker of v2, not cut by the successor's drop
+        await settle()
+        serving = h.supervisor.worker
+        assert serving is not None and serving.status is WorkerStatus.ACTIVE
+        assert await h.answer() == "v2"
+    finally:
+        await h.supervisor.shutdown(0)
