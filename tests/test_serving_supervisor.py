@@ -1,12 +1,16 @@
-"""The serving supervisor's hang check, on stand-ins for serving processes (no processes started)."""
+"""The serving supervisor: its hang check on stand-ins for serving processes (no processes
+started), and its stop on stand-in processes."""
 
 from __future__ import annotations
 
 import asyncio
 import signal
 import socket
+import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -76,3 +80,61 @@ async def test_silence_while_the_supervisor_itself_was_held_up_does_not_count() 
     with pytest.raises(asyncio.CancelledError):
         await task
     assert process.signals == [signal.SIGKILL]
+
+
+STAND_IN = """
+import os, signal, socket, sys, time
+signal.signal(signal.SIGTERM, lambda *_: (time.sleep(0.5), os._exit(0)))  # drains for 0.5 s, then exits
+control = socket.socket(fileno=int(sys.argv[sys.argv.index("--serving-process") + 1].split(",")[1]))
+control.sendall(b'{"type": "ready"}\\n')
+try:
+    os.close(os.open(sys.argv[1], os.O_CREAT | os.O_EXCL))
+except FileExistsError:
+    time.sleep(20)  # serves until SIGTERM
+else:
+    time.sleep(0.2)
+    os._exit(1)  # the first one fails once it serves: the supervisor starts another
+"""
+
+
+async def test_a_process_started_as_the_supervisor_stops_is_stopped_and_waited_for(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGTERM while a failed serving process's replacement is being started: the replacement
+    joins the running ones after the supervisor began to stop them (while the other one drains),
+    and must be stopped and waited for too, not left serving after the supervisor returned."""
+    script = tmp_path / "stand_in.py"
+    script.write_text(STAND_IN)
+    started: list[asyncio.subprocess.Process] = []
+    spawn = asyncio.create_subprocess_exec
+    with socket.socket() as sock:
+        supervisor = ServingSupervisor(
+            [sys.executable, str(script), str(tmp_path / "failed-once")],
+            2,
+            sock,
+            graceful_exit_timeout_sec=5,
+            hang_timeout_sec=0,
+        )
+
+        async def slow_spawn(*args: Any, **kwargs: Any) -> asyncio.subprocess.Process:
+            if len(started) == 2:  # the replacement: the supervisor is told to stop while it starts
+                supervisor._stop.set()
+                await asyncio.sleep(0.2)
+            process = await spawn(*args, **kwargs)
+            started.append(process)
+            return process
+
+        monkeypatch.setattr(asyncio, "create_subprocess_exec", slow_spawn)
+        try:
+            async with asyncio.timeout(30):
+                assert await supervisor.run() == 0
+            assert len(started) == 3  # while the other one drained, the replacement started
+            codes = [p.returncode for p in started]
+            assert None not in codes, f"a serving process still runs after the supervisor returned: {codes}"
+            assert codes.count(1) == 1  # the one that failed; the others drained (or, just started, died of SIGTERM)
+            assert all(code in (0, -signal.SIGTERM) for code in codes if code != 1)
+        finally:
+            for process in started:
+                if process.returncode is None:
+                    process.kill()
+                    await process.wait()

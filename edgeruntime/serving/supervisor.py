@@ -363,11 +363,16 @@ class ServingSupervisor:
 
     async def _stop_all(self) -> None:
         self._stop.set()
+        limit = self.graceful_exit_timeout_sec + STOP_MARGIN_SEC
+        # A replacement being started (`_replace`, under the lock) joins `running` only once it
+        # runs: it is stopped with the others, not left serving after the supervisor returns.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(limit), self._changing:
+                pass
         everyone = list(self.running)
         for process in everyone:
             process.stopping = True
             process.signal(signal.SIGTERM)
-        limit = self.graceful_exit_timeout_sec + STOP_MARGIN_SEC
         waits = {asyncio.ensure_future(p.proc.wait()): p for p in everyone}
         if waits:
             _, late = await asyncio.wait(waits, timeout=limit)
