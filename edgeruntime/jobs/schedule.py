@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta, tzinfo
+from datetime import UTC, datetime, tzinfo
 
 from edgeruntime.config.project import CronConfig
 from edgeruntime.exceptions import ConfigError
@@ -53,9 +53,10 @@ class Schedule:
         assert self.expression is not None
         from cronsim import CronSim  # only where a cron has an expression, not in every server's start
 
-        start = datetime.fromtimestamp(math.floor(at), self.zone)
-        # cronsim's reverse iteration yields ticks strictly before its start: start a minute later.
-        probe = start.replace(second=0, microsecond=0) + timedelta(minutes=1)
+        # cronsim's reverse iteration yields ticks strictly before its start: start at the next
+        # minute. Made from UTC: a local time plus a timedelta loses `fold`, and in the hour a
+        # fall-back repeats the search would start in its first pass, an hour early.
+        probe = datetime.fromtimestamp(math.floor(at / 60) * 60 + 60, UTC).astimezone(self.zone)
         for tick in CronSim(self.expression, probe, reverse=True):
             if tick.timestamp() <= at:
                 return tick.timestamp()

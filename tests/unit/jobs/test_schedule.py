@@ -80,3 +80,22 @@ def test_time_zone_and_dst() -> None:
 def test_invalid(value: str, reason: str) -> None:
     with pytest.raises(ValueError, match=reason):
         parse_schedule(value)
+
+
+@pytest.mark.parametrize(
+    ("zone", "fall_back_utc"),
+    [
+        ("America/New_York", datetime(2024, 11, 3, 6, tzinfo=UTC)),
+        ("Europe/Berlin", datetime(2024, 10, 27, 1, tzinfo=UTC)),
+    ],
+)
+def test_latest_in_the_hour_a_fall_back_repeats(zone: str, fall_back_utc: datetime) -> None:
+    """Every tick of the repeated hour is the latest one in its quarter (the scheduler fires the
+    latest tick): each local 01:15 (02:15 in Berlin) comes twice, an hour apart."""
+    s = parse_schedule("*/15 * * * *", zone)
+    start = fall_back_utc.timestamp()
+    for quarter in range(4):  # the second pass of the hour, in standard time
+        tick = start + quarter * 900
+        assert s.latest(tick + 60) == tick
+        assert s.latest(tick + 899) == tick
+    assert s.latest(start - 1) == start - 900  # the last quarter of the first pass
