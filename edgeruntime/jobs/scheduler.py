@@ -222,6 +222,10 @@ class Scheduler:
             return run
         except Exception as exc:
             self._outage.failed(exc, f"cron {name}: tick {iso(tick)} not fired")
+            if self._last.get(name) == tick:
+                # Not fired: `due` offers it again (next turn of the loop) while it is recent
+                # enough. The store's key for the tick keeps it from running twice.
+                del self._last[name]
             return None
 
     def start(self) -> None:

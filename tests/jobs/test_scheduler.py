@@ -7,11 +7,12 @@ import json
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from edgeruntime.config.settings import Settings
-from edgeruntime.exceptions import ConfigError, JobsError
+from edgeruntime.exceptions import ConfigError, JobsError, StoreUnavailable
 from edgeruntime.gateway.app import EdgeApp
 from edgeruntime.jobs import CronRun, FakeClock, TickStatus, attach
 from edgeruntime.testing import EdgeClient
@@ -216,3 +217,31 @@ def test_cron_for_unknown_function_is_config_error(functions_dir: Path) -> None:
     )
     with pytest.raises(ConfigError, match=r"\[cron.x\] function = 'missing': no such function"):
         EdgeClient(functions_dir)
+
+
+async def test_a_tick_the_store_could_not_claim_is_offered_again(cron_dir: Path) -> None:
+    """The store is down at the moment of a tick: the tick is tried again (the latest missed tick
+    within 10 minutes still runs), not dropped for good by this instance."""
+    clock = FakeClock(datetime(2027, 3, 1, 10, 0, 1, tzinfo=UTC))
+    async with EdgeClient(cron_dir, clock=clock) as client:
+        scheduler = client.jobs.scheduler
+        store = scheduler.store
+        claim = store.claim_tick
+        failures = [StoreUnavailable("the store is down")]
+
+        async def claim_once_down(*args: Any, **kwargs: Any) -> Any:
+            if failures:
+                raise failures.pop()
+            return await claim(*args, **kwargs)
+
+        store.claim_tick = claim_once_down  # type: ignore[method-assign]
+        ten = datetime(2027, 3, 1, 10, tzinfo=UTC).timestamp()
+        [(job, tick)] = [(j, t) for j, t in scheduler.due(clock.now()) if j.name == "daily-report"]
+        assert tick == ten
+        assert await scheduler._fire_logged(job.name, tick) is None  # the store was down
+        clock.advance(1)
+        [(job, again)] = [(j, t) for j, t in scheduler.due(clock.now()) if j.name == "daily-report"]
+        assert again == ten
+        run = await scheduler._fire_logged(job.name, again)
+        assert run is not None and run.status is TickStatus.SUCCEEDED
+        assert "daily-report" not in {j.name for j, _ in scheduler.due(clock.now())}
