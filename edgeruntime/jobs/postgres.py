@@ -35,6 +35,7 @@ from edgeruntime.jobs.rows import (
     tick_from_row,
 )
 from edgeruntime.jobs.store import (
+    LEASE_EXPIRED,
     TRIM_TARGET,
     CronTick,
     FailedJob,
@@ -70,6 +71,17 @@ TRIM_CHUNK_ROWS = 50_000
 ROW_OVERHEAD_BYTES = 4 + 24 + 16
 #: Records sampled (the newest) to learn how many bytes one takes.
 SIZE_SAMPLE_ROWS = 1000
+
+
+def _storable(text: str | None) -> str | None:
+    """`text` from a function (a response body, an error message) as a Postgres text column holds it.
+
+    Postgres text cannot contain NUL, and psycopg refuses the whole statement over one (DataError):
+    each NUL becomes U+FFFD, the character the response decoding already puts for bytes that are
+    not UTF-8, so a binary body reads the same either way. Everything else is kept as it is (SQLite
+    stores NUL, and keeps it).
+    """
+    return text.replace("\x00", "\ufffd") if text is not None and "\x00" in text else text
 
 
 def _import_psycopg() -> Any:
@@ -222,12 +234,25 @@ class PostgresStore:
             return int(row[0])
 
     async def claim(self, worker_id: str, limit: int, *, now: float, lease_sec: float) -> list[Job]:
-        async with self._conn() as conn:
+        async with self._conn() as conn, conn.transaction():
+            # A job whose lease expired on its last attempt (its instance stopped or hung while
+            # running it) is failed, as `finish` fails a last attempt, never delivered again.
+            await conn.execute(
+                "WITH expired AS (SELECT id FROM edgeruntime_jobs WHERE status = 'running'"
+                " AND lease_until < %(now)s AND attempts >= max_attempts ORDER BY id FOR UPDATE SKIP LOCKED),"
+                " failed AS (UPDATE edgeruntime_jobs j SET status = 'failed', lease_until = NULL,"
+                " last_error = %(error)s, last_status = NULL, last_response = NULL, updated_at = %(now)s"
+                " FROM expired e WHERE j.id = e.id RETURNING j.id, j.function, j.payload, j.attempts)"
+                " INSERT INTO edgeruntime_failed_jobs (job_id, function, payload, attempts, error, http_status,"
+                " response, failed_at) SELECT id, function, payload, attempts, %(error)s, NULL, NULL, %(now)s"
+                " FROM failed ORDER BY id",
+                {"now": now, "error": LEASE_EXPIRED},
+            )
             cur = await conn.execute(
                 "WITH queued AS (SELECT id FROM edgeruntime_jobs WHERE status = 'queued' AND run_at <= %(now)s"
                 " ORDER BY run_at, id LIMIT %(limit)s FOR UPDATE SKIP LOCKED),"
                 " expired AS (SELECT id FROM edgeruntime_jobs WHERE status = 'running' AND lease_until < %(now)s"
-                " LIMIT %(limit)s FOR UPDATE SKIP LOCKED),"
+                " AND attempts < max_attempts LIMIT %(limit)s FOR UPDATE SKIP LOCKED),"
                 " due AS (SELECT id FROM expired UNION ALL SELECT id FROM queued)"
                 " UPDATE edgeruntime_jobs j SET status = 'running', attempts = attempts + 1, worker_id = %(w)s,"
                 " lease_until = %(lease)s, updated_at = %(now)s"
@@ -267,26 +292,27 @@ class PostgresStore:
             for o in outcomes:
                 if o.ok:
                     continue
+                error, response = _storable(o.error), _storable(o.response)
                 if o.retry_at is not None:
                     cur = await conn.execute(
                         "UPDATE edgeruntime_jobs SET status = 'queued', run_at = %s, lease_until = NULL,"
                         " worker_id = NULL, last_error = %s, last_status = %s, last_response = %s, updated_at = %s"
                         " WHERE id = %s AND attempts = %s AND status = 'running'",
-                        (o.retry_at, o.error, o.http_status, o.response, now, o.job_id, o.attempt),
+                        (o.retry_at, error, o.http_status, response, now, o.job_id, o.attempt),
                     )
                 else:
                     cur = await conn.execute(
                         "UPDATE edgeruntime_jobs SET status = 'failed', lease_until = NULL, last_error = %s,"
                         " last_status = %s, last_response = %s, updated_at = %s"
                         " WHERE id = %s AND attempts = %s AND status = 'running'",
-                        (o.error, o.http_status, o.response, now, o.job_id, o.attempt),
+                        (error, o.http_status, response, now, o.job_id, o.attempt),
                     )
                     if cur.rowcount:
                         await conn.execute(
                             "INSERT INTO edgeruntime_failed_jobs (job_id, function, payload, attempts, error,"
                             " http_status, response, failed_at) SELECT id, function, payload, attempts, %s, %s, %s,"
                             " %s FROM edgeruntime_jobs WHERE id = %s",
-                            (o.error, o.http_status, o.response, now, o.job_id),
+                            (error, o.http_status, response, now, o.job_id),
                         )
                 applied += cur.rowcount
         return applied
@@ -316,13 +342,15 @@ class PostgresStore:
     async def retry_failed(self, failed_id: int, *, now: float) -> int:
         async with self._conn() as conn, conn.transaction():
             cur = await conn.execute(
-                "SELECT f.function, f.payload, j.max_attempts FROM edgeruntime_failed_jobs f"
+                "SELECT f.function, f.payload, j.max_attempts, f.retried_as FROM edgeruntime_failed_jobs f"
                 " LEFT JOIN edgeruntime_jobs j ON j.id = f.job_id WHERE f.id = %s FOR UPDATE OF f",
                 (failed_id,),
             )
             row = await cur.fetchone()
             if row is None:
                 raise KeyError(failed_id)
+            if row[3] is not None:  # retried already (by another instance, or just before)
+                return int(row[3])
             cur = await conn.execute(
                 "INSERT INTO edgeruntime_jobs (function, payload, status, max_attempts, run_at, created_at,"
                 " updated_at) VALUES (%s, %s, 'queued', %s, %s, %s, %s) RETURNING id",
@@ -398,6 +426,9 @@ class PostgresStore:
         async with self._conn() as conn, conn.transaction():
             status = TickStatus.RUNNING
             if skip_overlap:
+                # One claim of this cron at a time: two ticks claimed at once (a scheduled one and
+                # "Run now", on two instances) would each miss the other's uncommitted running tick.
+                await conn.execute("SELECT pg_advisory_xact_lock(hashtext('edgeruntime-cron:' || %s))", (cron,))
                 cur = await conn.execute(
                     "SELECT 1 FROM edgeruntime_cron_ticks WHERE cron = %s AND status = 'running'"
                     " AND lease_until > %s LIMIT 1",
@@ -422,7 +453,7 @@ class PostgresStore:
             await conn.execute(
                 "UPDATE edgeruntime_cron_ticks SET status = %s, http_status = %s, error = %s, finished_at = %s"
                 " WHERE id = %s",
-                (str(status), http_status, error, now, tick_id),
+                (str(status), http_status, _storable(error), now, tick_id),
             )
 
     async def ticks(self, cron: str | None = None, limit: int = 100) -> list[CronTick]:

@@ -16,18 +16,20 @@ import logging
 import math
 import os
 import random
+import sqlite3
+import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from edgeruntime.core import context
-from edgeruntime.exceptions import JobsError
+from edgeruntime.exceptions import ConfigError, JobsError, StoreUnavailable
 from edgeruntime.functions.slug import is_valid_slug
 from edgeruntime.jobs.backends import open_store
 from edgeruntime.jobs.clock import Clock, SystemClock
 from edgeruntime.jobs.config import JobsConfig
 from edgeruntime.jobs.delivery import deliver
-from edgeruntime.jobs.outage import Outage
+from edgeruntime.jobs.outage import Outage, describe
 from edgeruntime.jobs.store import Job, JobStore, Outcome
 
 if TYPE_CHECKING:
@@ -253,12 +255,61 @@ class QueueRunner:
         try:
             await self.store.finish([o for o, _ in batch], now=self.clock.now())
         except Exception as exc:
-            # Kept for the next flush; if the store stays away, the leases run out and the jobs are
-            # delivered again (the attempt number then fences these outcomes off).
-            self._finish_outage.failed(exc, f"{len(batch)} outcome(s) kept for the next try")
-            self._outcomes[:0] = batch
-            return
+            kept, outage = (batch, exc) if _unavailable(exc) else await self._finish_alone(batch)
+            if outage is not None:
+                # Kept for the next flush; if the store stays away, the leases run out and the jobs
+                # are delivered again (the attempt number then fences these outcomes off).
+                self._finish_outage.failed(outage, f"{len(kept)} outcome(s) kept for the next try")
+                self._outcomes[:0] = kept
+                return
         self._finish_outage.recovered()
+
+    async def _finish_alone(
+        self, batch: list[tuple[Outcome, JobResult]]
+    ) -> tuple[list[tuple[Outcome, JobResult]], Exception | None]:
+        """Write the outcomes of a batch the store refused one at a time (it wrote none of them: one
+        transaction), so that one it cannot take never holds back the others.
+
+        An outcome refused on its own is written without its texts (the response body dropped, the
+        error escaped to ASCII) so that its job still moves on; refused even so, it is dropped and
+        logged. Returns the outcomes to keep for the next flush, from the first the store was
+        unavailable for, and that error (none kept: None).
+        """
+        for i, (outcome, result) in enumerate(batch):
+            try:
+                await self.store.finish([outcome], now=self.clock.now())
+                continue
+            except Exception as exc:
+                if _unavailable(exc):
+                    return batch[i:], exc
+                refused = exc
+            bare = _without_texts(outcome)
+            if bare is not None:
+                try:
+                    await self.store.finish([bare], now=self.clock.now())
+                except Exception as exc:
+                    if _unavailable(exc):
+                        return batch[i:], exc
+                else:
+                    logger.error(
+                        "job %d (%s) attempt %d: the store refused its outcome (%s); recorded without the"
+                        " response body and with the error escaped",
+                        outcome.job_id,
+                        result.function,
+                        outcome.attempt,
+                        describe(refused),
+                    )
+                    continue
+            # The job stays leased to this instance (the heartbeat renews it) until it stops; then
+            # the lease runs out and the job is delivered again.
+            logger.error(
+                "job %d (%s) attempt %d: the store refused its outcome (%s); dropped",
+                outcome.job_id,
+                result.function,
+                outcome.attempt,
+                describe(refused),
+            )
+        return [], None
 
     async def _loop(self) -> None:
         poll = self.config.poll_interval_ms / 1000
@@ -331,6 +382,37 @@ class QueueRunner:
                 pending.cancel()
         await _cancel(heartbeat)
         await self._flush()
+
+
+def _unavailable(exc: Exception) -> bool:
+    """Whether a store write that raised `exc` may work later as it is (the store is down, locked,
+    read-only), rather than having been refused for what it writes (text the database cannot hold,
+    a constraint). The stores' `finish` raises its driver's errors; this sorts them as the stores
+    do for run history, where they raise StoreUnavailable themselves.
+
+    The store's: StoreUnavailable, reaching it (OSError, a connection that cannot be opened), and
+    any error of the driver but a DataError or an IntegrityError (and SQLite's errors binding a
+    value). Anything else (those, a ValueError encoding a text) is taken as the values' fault.
+    """
+    if isinstance(exc, StoreUnavailable | ConfigError | OSError):
+        return True
+    if isinstance(exc, sqlite3.Error):
+        return not isinstance(
+            exc, sqlite3.IntegrityError | sqlite3.DataError | sqlite3.ProgrammingError | sqlite3.InterfaceError
+        )
+    psycopg = sys.modules.get("psycopg")  # a psycopg error means it is imported
+    if psycopg is not None and isinstance(exc, psycopg.Error):
+        return not isinstance(exc, (psycopg.DataError, psycopg.IntegrityError))
+    return False
+
+
+def _without_texts(outcome: Outcome) -> Outcome | None:
+    """`outcome` as any store can write it: no response body, the error escaped to printable ASCII
+    (a NUL or a lone surrogate as `\\x00`, `\\udc80`); None when it has no text to leave out."""
+    if outcome.response is None and outcome.error is None:
+        return None
+    error = None if outcome.error is None else outcome.error.encode("unicode_escape").decode("ascii")
+    return replace(outcome, response=None, error=error)
 
 
 async def _cancel(task: asyncio.Task[None] | None) -> None:

@@ -47,6 +47,7 @@ from edgeruntime.jobs.rows import (
     tick_from_row,
 )
 from edgeruntime.jobs.store import (
+    LEASE_EXPIRED,
     TRIM_TARGET,
     CronTick,
     FailedJob,
@@ -266,12 +267,27 @@ class SQLiteStore:
     async def claim(self, worker_id: str, limit: int, *, now: float, lease_sec: float) -> list[Job]:
         def run(conn: sqlite3.Connection) -> list[Job]:
             with self._write(conn):
+                # A job whose lease expired on its last attempt (its instance stopped or hung while
+                # running it) is failed, as `finish` fails a last attempt, never delivered again.
+                conn.execute(
+                    "INSERT INTO edgeruntime_failed_jobs (job_id, function, payload, attempts, error,"
+                    " http_status, response, failed_at) SELECT id, function, payload, attempts, ?, NULL, NULL, ?"
+                    " FROM edgeruntime_jobs WHERE status = 'running' AND lease_until < ? AND attempts >= max_attempts"
+                    " ORDER BY id",
+                    (LEASE_EXPIRED, now, now),
+                )
+                conn.execute(
+                    "UPDATE edgeruntime_jobs SET status = 'failed', lease_until = NULL, last_error = ?,"
+                    " last_status = NULL, last_response = NULL, updated_at = ?"
+                    " WHERE status = 'running' AND lease_until < ? AND attempts >= max_attempts",
+                    (LEASE_EXPIRED, now, now),
+                )
                 rows = conn.execute(
                     "UPDATE edgeruntime_jobs SET status = 'running', attempts = attempts + 1, worker_id = ?,"
                     " lease_until = ?, updated_at = ? WHERE id IN ("
                     " SELECT id FROM edgeruntime_jobs WHERE status = 'queued' AND run_at <= ?"
                     " UNION ALL SELECT id FROM edgeruntime_jobs WHERE status = 'running' AND lease_until < ?"
-                    " LIMIT ?)"
+                    " AND attempts < max_attempts LIMIT ?)"
                     f" RETURNING {JOB_COLUMNS}",
                     (worker_id, now + lease_sec, now, now, now, limit),
                 ).fetchall()
@@ -361,12 +377,14 @@ class SQLiteStore:
         def run(conn: sqlite3.Connection) -> int:
             with self._write(conn):
                 row = conn.execute(
-                    "SELECT f.function, f.payload, j.max_attempts FROM edgeruntime_failed_jobs f"
+                    "SELECT f.function, f.payload, j.max_attempts, f.retried_as FROM edgeruntime_failed_jobs f"
                     " LEFT JOIN edgeruntime_jobs j ON j.id = f.job_id WHERE f.id = ?",
                     (failed_id,),
                 ).fetchone()
                 if row is None:
                     raise KeyError(failed_id)
+                if row[3] is not None:  # retried already (by another instance, or just before)
+                    return int(row[3])
                 cur = conn.execute(
                     "INSERT INTO edgeruntime_jobs (function, payload, status, max_attempts, run_at, created_at,"
                     " updated_at) VALUES (?, ?, 'queued', ?, ?, ?, ?)",

@@ -17,6 +17,7 @@ __all__ = [
     "Job",
     "JobStatus",
     "JobStore",
+    "LEASE_EXPIRED",
     "Lease",
     "Outcome",
     "QueueStats",
@@ -31,6 +32,9 @@ __all__ = [
 #: A history over its cap is trimmed to this fraction of it, so the records of the next minutes fit
 #: without a trim at every check.
 TRIM_TARGET = 0.9
+
+#: The error of a job whose lease expired on its last attempt (`JobStore.claim` fails it).
+LEASE_EXPIRED = "lease expired on the last attempt (the instance running it stopped or hung)"
 
 
 class JobStatus(enum.StrEnum):
@@ -198,7 +202,9 @@ class JobStore(Protocol):
         """
 
     async def claim(self, worker_id: str, limit: int, *, now: float, lease_sec: float) -> list[Job]:
-        """Lease up to `limit` due jobs (queued and due, or running with an expired lease)."""
+        """Lease up to `limit` due jobs (queued and due, or running with an expired lease and attempts
+        left). In the same transaction, a job whose lease expired on its last attempt is failed: status
+        failed and a failed-jobs row (no HTTP status or response), as `finish` fails a last attempt."""
 
     async def heartbeat(self, worker_id: str, *, now: float, lease_sec: float) -> int:
         """Extend the leases of every job and cron tick `worker_id` runs; returns how many jobs."""
@@ -213,7 +219,9 @@ class JobStore(Protocol):
     async def failed_jobs(self, limit: int = 100) -> list[FailedJob]: ...
 
     async def retry_failed(self, failed_id: int, *, now: float) -> int:
-        """Queue a failed job again (attempts start over); returns the new job id."""
+        """Queue a failed job again (attempts start over); returns the new job id. A failed job already
+        retried is not queued again: its `retried_as` is returned (decided inside the write transaction,
+        so two retries at once, on two instances, queue one job). KeyError when there is none."""
 
     async def failed_job(self, failed_id: int) -> FailedJob | None:
         """One failed job by id."""

@@ -151,9 +151,14 @@ def cmd_jobs(args: argparse.Namespace) -> int:
         return _with_store(args, body)
 
     async def retry(store: JobStore) -> int:
+        failed = await store.failed_job(args.id)
+        if failed is None:
+            raise UsageError(f"no failed job {args.id} (see `edgeruntime jobs failed`)")
+        if failed.retried_as is not None:  # as the dashboard's 409
+            raise UsageError(f"failed job {args.id} was already retried as job {failed.retried_as}")
         try:
             new_id = await store.retry_failed(args.id, now=datetime.now(UTC).timestamp())
-        except KeyError:
+        except KeyError:  # deleted meanwhile
             raise UsageError(f"no failed job {args.id} (see `edgeruntime jobs failed`)") from None
         print(
             json.dumps({"failed_id": args.id, "job_id": new_id})

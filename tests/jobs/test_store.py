@@ -63,7 +63,8 @@ async def test_expired_lease_is_reclaimed_and_stale_attempt_is_fenced(store: Job
 
 
 async def test_heartbeat_keeps_the_lease(store: JobStore) -> None:
-    await store.enqueue("work", "{}", run_at=T0, max_attempts=1, idempotency_key=None, now=T0)
+    # Two attempts: a lease expiring on the last one fails the job instead (tests/jobs/test_store_races.py).
+    await store.enqueue("work", "{}", run_at=T0, max_attempts=2, idempotency_key=None, now=T0)
     await store.claim("w1", 10, now=T0, lease_sec=5)
     assert await store.heartbeat("w1", now=T0 + 4, lease_sec=5) == 1
     assert await store.claim("w2", 10, now=T0 + 8, lease_sec=5) == []
