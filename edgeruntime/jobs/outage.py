@@ -8,12 +8,14 @@ a traceback each time: five a second, hiding everything else in the log.
 from __future__ import annotations
 
 import logging
+import sqlite3
+import sys
 import time
 from collections.abc import Callable
 
-from edgeruntime.exceptions import EdgeRuntimeError
+from edgeruntime.exceptions import ConfigError, EdgeRuntimeError, StoreUnavailable
 
-__all__ = ["Outage", "describe"]
+__all__ = ["Outage", "describe", "store_unavailable"]
 
 #: While an operation keeps failing, it is logged again this often (with how many attempts failed).
 REPEAT_SEC = 60.0
@@ -28,6 +30,28 @@ def describe(exc: BaseException) -> str:
         return first
     name = type(exc).__name__
     return f"{name}: {first}" if first else name
+
+
+def store_unavailable(exc: Exception) -> bool:
+    """Whether a store write that raised `exc` may work later as it is (the store is down, locked,
+    read-only), rather than having been refused for what it writes (text the database cannot hold,
+    a constraint). The stores' `finish` raises its driver's errors; this sorts them as the stores
+    do for run history, where they raise StoreUnavailable themselves.
+
+    The store's: StoreUnavailable, reaching it (OSError, a connection that cannot be opened), and
+    any error of the driver but a DataError or an IntegrityError (and SQLite's errors binding a
+    value). Anything else (those, a ValueError encoding a text) is taken as the values' fault.
+    """
+    if isinstance(exc, StoreUnavailable | ConfigError | OSError):
+        return True
+    if isinstance(exc, sqlite3.Error):
+        return not isinstance(
+            exc, sqlite3.IntegrityError | sqlite3.DataError | sqlite3.ProgrammingError | sqlite3.InterfaceError
+        )
+    psycopg = sys.modules.get("psycopg")  # a psycopg error means it is imported
+    if psycopg is not None and isinstance(exc, psycopg.Error):
+        return not isinstance(exc, (psycopg.DataError, psycopg.IntegrityError))
+    return False
 
 
 class Outage:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Collection, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -263,19 +263,35 @@ class PostgresStore:
             rows = await cur.fetchall()
         return sorted((job_from_row(r) for r in rows), key=lambda j: j.id)
 
-    async def heartbeat(self, worker_id: str, *, now: float, lease_sec: float) -> int:
+    async def heartbeat(
+        self,
+        worker_id: str,
+        *,
+        job_ids: Collection[int],
+        tick_ids: Collection[int],
+        now: float,
+        lease_sec: float,
+    ) -> int:
+        jobs, ticks = sorted(set(job_ids)), sorted(set(tick_ids))
+        if not jobs and not ticks:
+            return 0
+        renewed = 0
         async with self._conn() as conn:
-            cur = await conn.execute(
-                # SKIP LOCKED: rows being finished right now are left alone (never a deadlock with finish).
-                "UPDATE edgeruntime_jobs SET lease_until = %s WHERE id IN (SELECT id FROM edgeruntime_jobs"
-                " WHERE worker_id = %s AND status = 'running' FOR UPDATE SKIP LOCKED)",
-                (now + lease_sec, worker_id),
-            )
-            await conn.execute(
-                "UPDATE edgeruntime_cron_ticks SET lease_until = %s WHERE instance = %s AND status = 'running'",
-                (now + lease_sec, worker_id),
-            )
-            return cur.rowcount
+            if jobs:
+                cur = await conn.execute(
+                    # SKIP LOCKED: rows being finished right now are left alone (never a deadlock with finish).
+                    "UPDATE edgeruntime_jobs SET lease_until = %s WHERE id IN (SELECT id FROM edgeruntime_jobs"
+                    " WHERE id = ANY(%s) AND worker_id = %s AND status = 'running' FOR UPDATE SKIP LOCKED)",
+                    (now + lease_sec, jobs, worker_id),
+                )
+                renewed = cur.rowcount
+            if ticks:
+                await conn.execute(
+                    "UPDATE edgeruntime_cron_ticks SET lease_until = %s"
+                    " WHERE id = ANY(%s) AND instance = %s AND status = 'running'",
+                    (now + lease_sec, ticks, worker_id),
+                )
+        return renewed
 
     async def finish(self, outcomes: Sequence[Outcome], *, now: float) -> int:
         ok = [o for o in outcomes if o.ok]

@@ -16,20 +16,19 @@ import logging
 import math
 import os
 import random
-import sqlite3
-import sys
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from edgeruntime.core import context
-from edgeruntime.exceptions import ConfigError, JobsError, StoreUnavailable
+from edgeruntime.exceptions import JobsError
 from edgeruntime.functions.slug import is_valid_slug
 from edgeruntime.jobs.backends import open_store
 from edgeruntime.jobs.clock import Clock, SystemClock
 from edgeruntime.jobs.config import JobsConfig
 from edgeruntime.jobs.delivery import deliver
-from edgeruntime.jobs.outage import Outage, describe
+from edgeruntime.jobs.outage import Outage, describe, store_unavailable
 from edgeruntime.jobs.store import Job, JobStore, Outcome
 
 if TYPE_CHECKING:
@@ -167,7 +166,10 @@ class QueueRunner:
         instance_id: str,
         *,
         backoff_scale: float = 1.0,
+        held_ticks: Callable[[], Collection[int]] | None = None,
     ) -> None:
+        """`held_ticks` gives the ids of the cron ticks this instance runs (its scheduler's
+        `held_ticks`): the heartbeat renews their leases with the jobs'."""
         self.app = app
         self.store = store
         self.config = config
@@ -176,6 +178,12 @@ class QueueRunner:
         self.backoff_scale = backoff_scale
         self._in_flight: set[asyncio.Task[None]] = set()
         self._outcomes: list[tuple[Outcome, JobResult]] = []
+        #: The jobs this runner holds, by id: from the delivery's start until its outcome is written
+        #: or given up (a count, as a job re-claimed here may be delivered twice at once). The
+        #: heartbeat renews these leases only, never every job leased to `instance_id`: a claim
+        #: whose reply was lost leaves a job leased here that nothing runs.
+        self._held: Counter[int] = Counter()
+        self._held_ticks: Callable[[], Collection[int]] = held_ticks or tuple
         self._event = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self.delivered = 0
@@ -187,6 +195,18 @@ class QueueRunner:
 
     def wake(self) -> None:
         self._event.set()
+
+    def held_jobs(self) -> frozenset[int]:
+        """The ids of the jobs this runner is delivering or has outcomes of to write."""
+        return frozenset(self._held)
+
+    def _hold(self, job_id: int) -> None:
+        self._held[job_id] += 1
+
+    def _release(self, job_id: int) -> None:
+        self._held[job_id] -= 1
+        if self._held[job_id] <= 0:
+            del self._held[job_id]
 
     async def _deliver(self, job: Job) -> tuple[Outcome, JobResult]:
         headers = {JOB_ID_HEADER: str(job.id), ATTEMPT_HEADER: str(job.attempt)}
@@ -227,21 +247,33 @@ class QueueRunner:
         jobs = await self.store.claim(
             self.instance_id, limit or self.config.concurrency, now=self.clock.now(), lease_sec=self.config.lease_sec
         )
-        pairs = await asyncio.gather(*(self._deliver(job) for job in jobs))
-        if pairs:
-            await self.store.finish([o for o, _ in pairs], now=self.clock.now())
+        for job in jobs:
+            self._hold(job.id)
+        try:
+            pairs = await asyncio.gather(*(self._deliver(job) for job in jobs))
+            if pairs:
+                await self.store.finish([o for o, _ in pairs], now=self.clock.now())
+        finally:
+            for job in jobs:
+                self._release(job.id)
         return [r for _, r in pairs]
 
     # -- the background loop -------------------------------------------------------------
 
     def _spawn(self, job: Job) -> None:
+        # Held until its outcome is written (`_flush`); a delivery cancelled (at stop) has none.
+        self._hold(job.id)
+
         async def run() -> None:
+            outcome = None
             try:
                 outcome = await self._deliver(job)
                 # Not `self._outcomes.append(await ...)`: that binds the list before the await,
                 # and a flush swaps the list meanwhile, which would lose the outcome.
                 self._outcomes.append(outcome)
             finally:
+                if outcome is None:
+                    self._release(job.id)
                 self._event.set()
 
         task = asyncio.get_running_loop().create_task(run(), name=f"edgeruntime-job-{job.id}")
@@ -252,16 +284,22 @@ class QueueRunner:
         if not self._outcomes:
             return
         batch, self._outcomes = self._outcomes, []
+        kept: list[tuple[Outcome, JobResult]] = []
+        outage: Exception | None = None
         try:
             await self.store.finish([o for o, _ in batch], now=self.clock.now())
         except Exception as exc:
-            kept, outage = (batch, exc) if _unavailable(exc) else await self._finish_alone(batch)
-            if outage is not None:
-                # Kept for the next flush; if the store stays away, the leases run out and the jobs
-                # are delivered again (the attempt number then fences these outcomes off).
-                self._finish_outage.failed(outage, f"{len(kept)} outcome(s) kept for the next try")
-                self._outcomes[:0] = kept
-                return
+            kept, outage = (batch, exc) if store_unavailable(exc) else await self._finish_alone(batch)
+        # Written or given up (the kept ones are the batch's tail): their leases are not renewed.
+        for outcome, _ in batch[: len(batch) - len(kept)]:
+            self._release(outcome.job_id)
+        if outage is not None:
+            # Kept (and their leases renewed) for the next flush; if the store stays away, the
+            # leases run out and the jobs are delivered again (the attempt number then fences
+            # these outcomes off).
+            self._finish_outage.failed(outage, f"{len(kept)} outcome(s) kept for the next try")
+            self._outcomes[:0] = kept
+            return
         self._finish_outage.recovered()
 
     async def _finish_alone(
@@ -280,7 +318,7 @@ class QueueRunner:
                 await self.store.finish([outcome], now=self.clock.now())
                 continue
             except Exception as exc:
-                if _unavailable(exc):
+                if store_unavailable(exc):
                     return batch[i:], exc
                 refused = exc
             bare = _without_texts(outcome)
@@ -288,7 +326,7 @@ class QueueRunner:
                 try:
                     await self.store.finish([bare], now=self.clock.now())
                 except Exception as exc:
-                    if _unavailable(exc):
+                    if store_unavailable(exc):
                         return batch[i:], exc
                 else:
                     logger.error(
@@ -300,8 +338,8 @@ class QueueRunner:
                         describe(refused),
                     )
                     continue
-            # The job stays leased to this instance (the heartbeat renews it) until it stops; then
-            # the lease runs out and the job is delivered again.
+            # Given up: the heartbeat no longer renews its lease, which runs out; the job is then
+            # delivered again (or failed, on its last attempt).
             logger.error(
                 "job %d (%s) attempt %d: the store refused its outcome (%s); dropped",
                 outcome.job_id,
@@ -352,9 +390,15 @@ class QueueRunner:
         interval = self.config.lease_sec / HEARTBEATS_PER_LEASE
         while True:
             await asyncio.sleep(interval)
-            # Always, even with no job in flight: it also renews this instance's running cron ticks.
+            # The jobs and cron ticks this instance runs, and only those (none: no statement).
             try:
-                await self.store.heartbeat(self.instance_id, now=self.clock.now(), lease_sec=self.config.lease_sec)
+                await self.store.heartbeat(
+                    self.instance_id,
+                    job_ids=list(self._held),
+                    tick_ids=list(self._held_ticks()),
+                    now=self.clock.now(),
+                    lease_sec=self.config.lease_sec,
+                )
             except Exception as exc:
                 self._heartbeat_outage.failed(exc, f"retrying every {interval:g} s")
             else:
@@ -382,28 +426,6 @@ class QueueRunner:
                 pending.cancel()
         await _cancel(heartbeat)
         await self._flush()
-
-
-def _unavailable(exc: Exception) -> bool:
-    """Whether a store write that raised `exc` may work later as it is (the store is down, locked,
-    read-only), rather than having been refused for what it writes (text the database cannot hold,
-    a constraint). The stores' `finish` raises its driver's errors; this sorts them as the stores
-    do for run history, where they raise StoreUnavailable themselves.
-
-    The store's: StoreUnavailable, reaching it (OSError, a connection that cannot be opened), and
-    any error of the driver but a DataError or an IntegrityError (and SQLite's errors binding a
-    value). Anything else (those, a ValueError encoding a text) is taken as the values' fault.
-    """
-    if isinstance(exc, StoreUnavailable | ConfigError | OSError):
-        return True
-    if isinstance(exc, sqlite3.Error):
-        return not isinstance(
-            exc, sqlite3.IntegrityError | sqlite3.DataError | sqlite3.ProgrammingError | sqlite3.InterfaceError
-        )
-    psycopg = sys.modules.get("psycopg")  # a psycopg error means it is imported
-    if psycopg is not None and isinstance(exc, psycopg.Error):
-        return not isinstance(exc, (psycopg.DataError, psycopg.IntegrityError))
-    return False
 
 
 def _without_texts(outcome: Outcome) -> Outcome | None:

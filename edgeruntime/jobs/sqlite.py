@@ -17,7 +17,7 @@ import math
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -66,6 +66,8 @@ logger = logging.getLogger("edgeruntime.jobs")
 
 T = TypeVar("T")
 BUSY_TIMEOUT_MS = 10_000
+#: Ids per heartbeat statement: well under SQLite's limit on a statement's variables (999 before 3.32).
+HEARTBEAT_CHUNK_IDS = 500
 
 #: After a checkpoint the WAL file is cut back to this size: one large transaction (a trim, the
 #: VACUUM that turns incremental vacuum on) would otherwise leave it as large as it once was.
@@ -295,18 +297,39 @@ class SQLiteStore:
 
         return await self._run(run)
 
-    async def heartbeat(self, worker_id: str, *, now: float, lease_sec: float) -> int:
+    async def heartbeat(
+        self,
+        worker_id: str,
+        *,
+        job_ids: Collection[int],
+        tick_ids: Collection[int],
+        now: float,
+        lease_sec: float,
+    ) -> int:
+        jobs, ticks = sorted(set(job_ids)), sorted(set(tick_ids))
+        if not jobs and not ticks:
+            return 0
+
         def run(conn: sqlite3.Connection) -> int:
+            renewed = 0
             with self._write(conn):
-                cur = conn.execute(
-                    "UPDATE edgeruntime_jobs SET lease_until = ? WHERE worker_id = ? AND status = 'running'",
-                    (now + lease_sec, worker_id),
-                )
-                conn.execute(
-                    "UPDATE edgeruntime_cron_ticks SET lease_until = ? WHERE instance = ? AND status = 'running'",
-                    (now + lease_sec, worker_id),
-                )
-                return cur.rowcount
+                # In chunks: a statement takes at most SQLITE_MAX_VARIABLE_NUMBER (999 before 3.32) values.
+                for i in range(0, len(jobs), HEARTBEAT_CHUNK_IDS):
+                    chunk = jobs[i : i + HEARTBEAT_CHUNK_IDS]
+                    cur = conn.execute(
+                        "UPDATE edgeruntime_jobs SET lease_until = ?"
+                        f" WHERE id IN ({', '.join('?' * len(chunk))}) AND worker_id = ? AND status = 'running'",
+                        (now + lease_sec, *chunk, worker_id),
+                    )
+                    renewed += cur.rowcount
+                for i in range(0, len(ticks), HEARTBEAT_CHUNK_IDS):
+                    chunk = ticks[i : i + HEARTBEAT_CHUNK_IDS]
+                    conn.execute(
+                        "UPDATE edgeruntime_cron_ticks SET lease_until = ?"
+                        f" WHERE id IN ({', '.join('?' * len(chunk))}) AND instance = ? AND status = 'running'",
+                        (now + lease_sec, *chunk, worker_id),
+                    )
+            return renewed
 
         return await self._run(run)
 

@@ -7,7 +7,7 @@ every deadline (run_at, leases, retention) the same way on both backends.
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -206,8 +206,22 @@ class JobStore(Protocol):
         left). In the same transaction, a job whose lease expired on its last attempt is failed: status
         failed and a failed-jobs row (no HTTP status or response), as `finish` fails a last attempt."""
 
-    async def heartbeat(self, worker_id: str, *, now: float, lease_sec: float) -> int:
-        """Extend the leases of every job and cron tick `worker_id` runs; returns how many jobs."""
+    async def heartbeat(
+        self,
+        worker_id: str,
+        *,
+        job_ids: Collection[int],
+        tick_ids: Collection[int],
+        now: float,
+        lease_sec: float,
+    ) -> int:
+        """Extend the leases of the jobs `job_ids` and cron ticks `tick_ids` that are running and
+        still leased to `worker_id` (the ones this instance runs); returns how many jobs.
+
+        Only these: a job or tick leased to `worker_id` that the instance does not run (a claim
+        whose reply was lost, a tick whose finish is not written) keeps its lease running out. With
+        both empty, no statement is run.
+        """
 
     async def finish(self, outcomes: Sequence[Outcome], *, now: float) -> int:
         """Record outcomes; an outcome whose attempt is stale (re-claimed) is ignored. Returns applied."""

@@ -69,11 +69,18 @@ class JobSystem(Extension):
         self.background = background
         self.instance_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.queue = JobQueue(self.store, self.config, self.clock)
-        self.runner = QueueRunner(
-            app, self.store, self.config, self.clock, self.instance_id, backoff_scale=backoff_scale
-        )
         self.scheduler = Scheduler(
             app, self.store, self.crons, self.clock, self.instance_id, lease_sec=self.config.lease_sec
+        )
+        # The runner's heartbeat renews the leases of the jobs it runs and of the scheduler's ticks.
+        self.runner = QueueRunner(
+            app,
+            self.store,
+            self.config,
+            self.clock,
+            self.instance_id,
+            backoff_scale=backoff_scale,
+            held_ticks=self.scheduler.held_ticks,
         )
         # app.functions is updated in place when functions are added or removed, so the recorder
         # sees the current set with one dict lookup per request.

@@ -21,7 +21,8 @@ import pytest
 
 from edgeruntime.exceptions import ConfigError, StoreUnavailable
 from edgeruntime.jobs import FakeClock, JobsConfig, TickStatus
-from edgeruntime.jobs.queue import JobResult, QueueRunner, _unavailable
+from edgeruntime.jobs.outage import store_unavailable
+from edgeruntime.jobs.queue import JobResult, QueueRunner
 from edgeruntime.jobs.store import JobStatus, JobStore, Outcome
 from edgeruntime.testing import EdgeClient
 from tests.helpers import write_function
@@ -227,7 +228,7 @@ async def test_flush_writes_a_refused_outcome_without_its_texts(caplog: pytest.L
     ],
     ids=["unavailable", "sqlite-locked", "cannot-connect", "oserror"],
 )
-async def test_flush_keeps_the_batch_while_the_store_is_unavailable(outage: Exception) -> None:
+async def test_flush_keeps_the_batch_while_the_store_isstore_unavailable(outage: Exception) -> None:
     down = True
     store = StubStore(lambda o: outage if down else None)
     runner = _runner(store)
@@ -255,13 +256,13 @@ async def test_flush_keeps_the_rest_when_the_store_goes_away_while_writing_alone
     assert [o.job_id for o, _ in runner._outcomes] == [3, 4] and runner._finish_outage.failing
 
 
-def test_which_errors_mean_the_store_is_unavailable() -> None:
+def test_which_errors_mean_the_store_isstore_unavailable() -> None:
     psycopg = pytest.importorskip("psycopg")
-    assert _unavailable(psycopg.OperationalError("connection lost"))
-    assert _unavailable(psycopg.errors.ReadOnlySqlTransaction("read-only transaction"))
-    assert _unavailable(psycopg.errors.InsufficientPrivilege("permission denied"))
-    assert _unavailable(sqlite3.OperationalError("attempt to write a readonly database"))
-    assert not _unavailable(psycopg.DataError("PostgreSQL text fields cannot contain NUL (0x00) bytes"))
-    assert not _unavailable(psycopg.IntegrityError("violates not-null constraint"))
-    assert not _unavailable(sqlite3.IntegrityError("NOT NULL constraint failed"))
-    assert not _unavailable(UnicodeEncodeError("utf-8", "\udc80", 0, 1, "surrogates not allowed"))
+    assert store_unavailable(psycopg.OperationalError("connection lost"))
+    assert store_unavailable(psycopg.errors.ReadOnlySqlTransaction("read-only transaction"))
+    assert store_unavailable(psycopg.errors.InsufficientPrivilege("permission denied"))
+    assert store_unavailable(sqlite3.OperationalError("attempt to write a readonly database"))
+    assert not store_unavailable(psycopg.DataError("PostgreSQL text fields cannot contain NUL (0x00) bytes"))
+    assert not store_unavailable(psycopg.IntegrityError("violates not-null constraint"))
+    assert not store_unavailable(sqlite3.IntegrityError("NOT NULL constraint failed"))
+    assert not store_unavailable(UnicodeEncodeError("utf-8", "\udc80", 0, 1, "surrogates not allowed"))

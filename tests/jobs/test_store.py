@@ -65,8 +65,8 @@ async def test_expired_lease_is_reclaimed_and_stale_attempt_is_fenced(store: Job
 async def test_heartbeat_keeps_the_lease(store: JobStore) -> None:
     # Two attempts: a lease expiring on the last one fails the job instead (tests/jobs/test_store_races.py).
     await store.enqueue("work", "{}", run_at=T0, max_attempts=2, idempotency_key=None, now=T0)
-    await store.claim("w1", 10, now=T0, lease_sec=5)
-    assert await store.heartbeat("w1", now=T0 + 4, lease_sec=5) == 1
+    [job] = await store.claim("w1", 10, now=T0, lease_sec=5)
+    assert await store.heartbeat("w1", job_ids=[job.id], tick_ids=[], now=T0 + 4, lease_sec=5) == 1
     assert await store.claim("w2", 10, now=T0 + 8, lease_sec=5) == []
     assert len(await store.claim("w2", 10, now=T0 + 9.5, lease_sec=5)) == 1
 
@@ -132,14 +132,17 @@ async def test_tick_skipped_while_previous_runs(store: JobStore) -> None:
 
 async def test_run_of_a_dead_instance_stops_blocking_when_its_lease_ends(store: JobStore) -> None:
     assert await _tick(store, "k1", T0, instance="dies") is TickStatus.RUNNING
-    await store.heartbeat("alive", now=T0 + 4, lease_sec=5)  # another instance's beat renews nothing here
+    [tick] = await store.ticks("c")
+    # Another instance's beat renews nothing here, even naming the tick.
+    await store.heartbeat("alive", job_ids=[], tick_ids=[tick.id], now=T0 + 4, lease_sec=5)
     assert await _tick(store, "k2", T0 + 4.5) is TickStatus.SKIPPED
     assert await _tick(store, "k3", T0 + 6) is TickStatus.RUNNING
 
 
 async def test_heartbeat_renews_running_ticks(store: JobStore) -> None:
     assert await _tick(store, "k1", T0, instance="busy") is TickStatus.RUNNING
-    await store.heartbeat("busy", now=T0 + 4, lease_sec=5)
+    [tick] = await store.ticks("c")
+    await store.heartbeat("busy", job_ids=[], tick_ids=[tick.id], now=T0 + 4, lease_sec=5)
     assert await _tick(store, "k2", T0 + 8) is TickStatus.SKIPPED
 
 
