@@ -680,3 +680,29 @@ async def test_a_request_body_reaches_a_worker_process_however_it_is_declared(fu
             "POST", "/functions/v1/echo", content=chunks(), headers=client.headers_for("service_role")
         )
         assert got.json() == {"method": "POST", "body": "chunked body", "size": 12}
+
+
+async def test_a_response_the_server_refuses_is_the_functions_error(functions_dir: Path) -> None:
+    """The server refuses what the function sent (a body shorter than its content-length, a
+    second start): as inline, the request fails with the function's error, not with an exception
+    out of the app (the server's "Exception in ASGI application"), and the worker serves on."""
+    write_function(functions_dir, "holder", HOLDER)
+    worker = ProcessWorker(FunctionSpec("holder", functions_dir / "holder"), {}, Limits())
+    await worker.start()
+
+    async def receive() -> dict[str, object]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def refusing(message: MutableMapping[str, Any]) -> None:
+        if message["type"] == "http.response.body":
+            raise RuntimeError("Response content shorter than Content-Length")
+
+    try:
+        scope = {"type": "http", "method": "GET", "path": "/", "query_string": b"", "headers": []}
+        ctx = ExecutionContext(function="holder", worker=default_worker(), execution_id="exec-refused")
+        await worker.handle(scope, receive, refusing, ctx)
+        assert ctx.error is not None and "shorter than Content-Length" in ctx.error
+        seen, _ = await _timed(worker, b"")
+        assert set(seen) == {"http.response.start", "http.response.body"}
+    finally:
+        await worker.end(StopReason.TERMINATION)

@@ -93,7 +93,7 @@ from edgeruntime.workers.process.frames import (
     kind_of,
 )
 from edgeruntime.workers.process.sandbox import Sandbox, WorkerLauncher
-from edgeruntime.workers.worker import WorkerStatus, limit_exceeded
+from edgeruntime.workers.worker import WorkerStatus, describe_error, limit_exceeded
 
 __all__ = ["ProcessWorker"]
 
@@ -636,6 +636,7 @@ class ProcessWorker:
                     if event.error is not None:  # the handler raised and got its 500 (or 502)
                         ctx.error = event.error
                     break
+                refused = False
                 for message in (event.message,) if isinstance(event, Sent) else event.messages:
                     if not call.client_gone:
                         try:
@@ -644,6 +645,21 @@ class ProcessWorker:
                             call.client_gone = True
                             gone = "websocket.disconnect" if websocket else "http.disconnect"
                             channel.send(Body(rid, {"type": gone, "code": 1006} if websocket else {"type": gone}))
+                        except RuntimeError as exc:
+                            # The server refused what the function sent (a body longer or shorter
+                            # than its content-length, a second start): the function's error, as
+                            # inline, where its `send` raises it. The request ends here (Cancel).
+                            logger.error(
+                                "function %s raised while handling %s %s: %s",
+                                self.name,
+                                scope.get("method", "GET"),
+                                scope["path"],
+                                exc,
+                                extra={"function": self.name},
+                            )
+                            ctx.error = describe_error(exc)
+                            refused = True
+                            break
                     call.delivered += 1
                     if call.delivered >= ACK_BATCH:
                         channel.send(Delivered(rid, call.delivered))
@@ -651,6 +667,9 @@ class ProcessWorker:
                     if pump is None and message.get("more_body") and message.get("type") == "http.response.body":
                         # A streamed response: the client leaving must reach the function (it cancels the stream).
                         pump = asyncio.get_running_loop().create_task(self._pump(rid, receive, call))
+                if refused:
+                    ended = None
+                    break
                 if isinstance(event, Answered):  # its whole response and its end in one frame
                     over = True
                     ended = None
