@@ -338,11 +338,12 @@ class EdgeApp:
             nonlocal emptied
             kind = message["type"]
             if kind == "http.response.start":
-                ctx.response_started = True
                 if RUNTIME_RESPONSE in message:
                     message = self._runtime_response(scope, message)
                     emptied = message["status"] == 200 and method == "OPTIONS"
-                ctx.status = message["status"]
+                if not ctx.response_started:  # a second start is the server's to refuse: not the status sent
+                    ctx.response_started = True
+                    ctx.status = message["status"]
                 message["headers"] = [*message.get("headers", ()), exec_header]
             elif kind == "http.response.body":
                 if emptied:

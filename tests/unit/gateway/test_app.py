@@ -395,3 +395,37 @@ async def test_jobs_enqueued_in_worker_processes_go_to_the_extension_that_serves
     assert await app.enqueue("hello", {"n": 1}, delay=2.5, max_attempts=3, idempotency_key="k") == 1
     assert queued == [("hello", {"n": 1}, 2.5, 3, "k")]
     assert app.functions["hello"].enqueue == app.enqueue  # what its worker processes call
+
+
+TWO_STARTS = """
+from edgeruntime import serve
+
+
+async def app(scope, receive, send):
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+    await send({"type": "http.response.start", "status": 201, "headers": []})
+    await send({"type": "http.response.body", "body": b"ok"})
+
+serve(app)
+"""
+
+
+async def test_a_second_response_start_does_not_change_the_status_recorded(hello_dir: Path) -> None:
+    """The server refuses a second start (its send raises): the run and the metrics keep the
+    status the client got."""
+    write_function(hello_dir, "twice", TWO_STARTS)
+    async with EdgeClient(hello_dir) as client:
+        scope, receive, _, _ = partial_body_then_gone("twice")
+        started: list[int] = []
+
+        async def server_send(message: Message) -> None:  # as Uvicorn: one start per response
+            if message["type"] == "http.response.start":
+                if started:
+                    raise RuntimeError("Expected ASGI message 'http.response.body', but got 'http.response.start'.")
+                started.append(message["status"])
+
+        await client.app.handle_http(scope, receive, server_send)
+        await client.jobs.history.flush()
+        [run] = (await client.request("GET", "/_edgeruntime/api/runs")).json()["runs"]
+        assert (run["http_status"], run["status"]) == (200, "failed")
+        assert "Expected ASGI message" in run["error"]
