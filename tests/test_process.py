@@ -706,3 +706,67 @@ async def test_a_response_the_server_refuses_is_the_functions_error(functions_di
         assert set(seen) == {"http.response.start", "http.response.body"}
     finally:
         await worker.end(StopReason.TERMINATION)
+
+
+WATCHER = """
+import asyncio
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from edgeruntime import serve
+
+
+async def handler(req: Request):
+    for _ in range(100):  # 5 s at most
+        if await req.is_disconnected():
+            return JSONResponse({"gone": True})
+        await asyncio.sleep(0.05)
+    return JSONResponse({"gone": False})
+
+serve(handler)
+"""
+
+
+async def test_a_client_that_leaves_before_the_response_reaches_the_function(functions_dir: Path) -> None:
+    """A GET (no body) whose client leaves while the function works: the function, asking
+    `is_disconnected()`, learns it, as inline, and the request is recorded as 499."""
+    write_function(functions_dir, "watcher", WATCHER)
+    async with EdgeClient(functions_dir, isolation="process") as client:
+        left = asyncio.Event()
+        answers: list[bytes] = []
+        server_messages = [{"type": "http.request", "body": b"", "more_body": False}]
+
+        async def receive() -> dict[str, object]:
+            if server_messages:
+                return server_messages.pop()
+            await asyncio.sleep(0.3)  # the client leaves
+            left.set()
+            return {"type": "http.disconnect"}
+
+        async def send(message: MutableMapping[str, Any]) -> None:
+            if message["type"] == "http.response.body":
+                answers.append(message.get("body", b""))
+
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "GET",
+            "scheme": "http",
+            "path": "/functions/v1/watcher",
+            "raw_path": b"/functions/v1/watcher",
+            "query_string": b"",
+            "root_path": "",
+            "headers": [
+                (b"host", b"127.0.0.1:54321"),
+                *((k.lower().encode(), v.encode()) for k, v in client.headers_for("service_role").items()),
+            ],
+            "client": ("127.0.0.1", 50000),
+            "server": ("127.0.0.1", 54321),
+        }
+        started = time.monotonic()
+        await client.app.handle_http(scope, receive, send)
+        assert left.is_set() and time.monotonic() - started < 4
+        assert answers == [b'{"gone":true}']
+        await client.jobs.history.flush()
+        runs = (await client.request("GET", "/_edgeruntime/api/runs")).json()["runs"]
+        assert (runs[0]["function"], runs[0]["http_status"]) == ("watcher", 499)

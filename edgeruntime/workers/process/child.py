@@ -72,6 +72,7 @@ from edgeruntime.workers.process.frames import (
     Enqueue,
     Enqueued,
     Frame,
+    Listen,
     Request,
     Sent,
     TaskDone,
@@ -182,6 +183,7 @@ class RequestBody:
         "channel",
         "client_gone",
         "held",
+        "listening",
         "messages",
         "raises_when_gone",
         "rid",
@@ -190,10 +192,15 @@ class RequestBody:
         "waiter",
     )
 
-    def __init__(self, rid: int, first: Message, channel: Channel, raises_when_gone: bool = False) -> None:
+    def __init__(
+        self, rid: int, first: Message, channel: Channel, raises_when_gone: bool = False, listening: bool = False
+    ) -> None:
         self.rid = rid
         self.channel = channel
         self.messages: collections.deque[Message] = collections.deque([first])
+        #: The server forwards what the client sends next (a body in parts, a WebSocket): else it
+        #: is asked to (`Listen`) when the function waits for more than the first message.
+        self.listening = listening
         self.waiter: asyncio.Future[None] | None = None
         #: The first message came with the request, outside the window.
         self._first = True
@@ -225,6 +232,9 @@ class RequestBody:
             self.waiter.set_result(None)
 
     async def receive(self) -> Message:
+        if not self.messages and not self.listening and not self.channel.closed:
+            self.listening = True
+            self.channel.send(Listen(self.rid))
         while not self.messages:
             self.waiter = asyncio.get_running_loop().create_future()
             await self.waiter
@@ -393,7 +403,15 @@ class WorkerProcess:
             self.channel.send(Done(request.rid, Ended("error", "the function has not booted"), None))
             return
         loop = self.loop
-        body = RequestBody(request.rid, request.first, self.channel, _raises_when_gone(request.scope))
+        scope = request.scope
+        body = RequestBody(
+            request.rid,
+            request.first,
+            self.channel,
+            _raises_when_gone(scope),
+            # (as the server decides whether it forwards the rest at once: see its `handle`)
+            listening=bool(request.first.get("more_body")) or scope.get("type") == "websocket",
+        )
         ctx = ExecutionContext(
             function=worker.name, worker=worker.state, execution_id=request.execution_id, trigger=request.trigger
         )

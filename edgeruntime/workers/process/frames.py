@@ -61,6 +61,7 @@ __all__ = [
     "FROM_SERVER",
     "FROM_WORKER",
     "Frame",
+    "Listen",
     "Reader",
     "Request",
     "Sent",
@@ -269,6 +270,16 @@ class Consumed(NamedTuple):
     kind: int = 17
 
 
+class Listen(NamedTuple):
+    """The function of request `rid` reads past the message its request came with (it waits for
+    the rest of its body, or asks whether the client is still there): the server forwards what the
+    client sends next, its leaving included. (A body sent in parts, and a WebSocket's messages,
+    are forwarded without it.)"""
+
+    rid: int
+    kind: int = 19
+
+
 Frame: TypeAlias = (
     Boot
     | Request
@@ -287,6 +298,7 @@ Frame: TypeAlias = (
     | Enqueue
     | Delivered
     | Consumed
+    | Listen
     | Answered
 )
 
@@ -302,6 +314,7 @@ _WORKER_FRAMES: tuple[type[Any], ...] = (
     BeforeUnloadDone,
     Enqueue,
     Consumed,
+    Listen,
     Answered,
 )
 #: Each kind's number → its class and its number of fields.
@@ -384,6 +397,11 @@ def _consumed_from_wire(frame: Consumed) -> Consumed:
     return frame
 
 
+def _listen_from_wire(frame: Listen) -> Listen:
+    _check(frame, type(frame.rid) is int)
+    return frame
+
+
 def _answered_from_wire(frame: Answered) -> Answered:
     # Every request's answer comes this way: the checks call `_check` only to fail.
     messages: Any = frame.messages
@@ -406,6 +424,7 @@ _FROM_WIRE: dict[type[Any], Callable[[Any], Any]] = {
     BootFailed: _boot_failed_from_wire,
     BootExhausted: _boot_exhausted_from_wire,
     Consumed: _consumed_from_wire,
+    Listen: _listen_from_wire,
     Done: _done_from_wire,
     Answered: _answered_from_wire,
     BeforeUnloadDone: _unload_done_from_wire,

@@ -86,6 +86,7 @@ from edgeruntime.workers.process.frames import (
     Enqueue,
     Enqueued,
     Frame,
+    Listen,
     Request,
     Sent,
     TaskDone,
@@ -138,7 +139,7 @@ _SCOPE_KEYS = (
 class _Call:
     """One request in flight in the worker process: the messages that came back for it, and its window."""
 
-    __slots__ = ("client_gone", "delivered", "events", "loop", "room", "unacked", "waiter")
+    __slots__ = ("client_gone", "delivered", "events", "loop", "pump", "room", "unacked", "waiter")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         #: The server's loop (passed in: `asyncio.get_running_loop()` is a system call on Python 3.11).
@@ -152,6 +153,8 @@ class _Call:
         self.delivered = 0
         #: The client left: what the function sends next goes nowhere.
         self.client_gone = False
+        #: The task forwarding what the client sends after the first message (see `ProcessWorker._pump`).
+        self.pump: asyncio.Task[None] | None = None
 
     def consumed(self, messages: int) -> None:
         self.unacked = max(0, self.unacked - messages)
@@ -277,6 +280,9 @@ class ProcessWorker:
         self.proc: WorkerProcessHandle | None = None
         self.channel: Channel | None = None
         self._calls: dict[int, _Call] = {}
+        #: The requests in flight whose client is not listened to yet: `receive` and whether their
+        #: first message went without asking the server (see `_pump`), until the function asks.
+        self._listeners: dict[int, tuple[Receive, bool]] = {}
         self._ids = itertools.count(1)
         self._tasks: dict[int, BackgroundTask] = {}
         #: The worker process's answer to Boot; None if it exited first.
@@ -487,6 +493,8 @@ class ProcessWorker:
             call = self._calls.get(frame.rid)
             if call is not None:
                 call.consumed(frame.messages)
+        elif isinstance(frame, Listen):
+            self._listen(frame.rid)
         elif isinstance(frame, TaskStarted):
             self._task_started(frame)
         elif isinstance(frame, TaskDone):
@@ -608,11 +616,11 @@ class ProcessWorker:
         rid = next(self._ids)
         call = self._calls[rid] = _Call(self.state.loop or asyncio.get_running_loop())
         self.in_flight += 1
-        pump: asyncio.Task[None] | None = None
         websocket = scope["type"] == "websocket"
         over = False  # the worker process said the request is over (Done)
         try:
-            if not websocket and _declares_no_body(scope):
+            skipped = not websocket and _declares_no_body(scope)
+            if skipped:
                 # The function reads the same message; the server's own, awaited, costs a step.
                 first: Message = {"type": "http.request", "body": b"", "more_body": False}
             else:
@@ -627,7 +635,9 @@ class ProcessWorker:
                     slim["extensions"] = {"websocket.http.response": {}}
             channel.send(Request(rid, slim, first, ctx.execution_id, ctx.trigger))
             if first.get("more_body") or websocket:
-                pump = asyncio.get_running_loop().create_task(self._pump(rid, receive, call))
+                call.pump = asyncio.get_running_loop().create_task(self._pump(rid, receive, call))
+            else:  # started if the function asks (Listen): it waits for more, or for the client's leaving
+                self._listeners[rid] = (receive, skipped)
             while True:
                 event = await call.next()
                 if isinstance(event, Done):
@@ -664,9 +674,9 @@ class ProcessWorker:
                     if call.delivered >= ACK_BATCH:
                         channel.send(Delivered(rid, call.delivered))
                         call.delivered = 0
-                    if pump is None and message.get("more_body") and message.get("type") == "http.response.body":
+                    if call.pump is None and message.get("more_body") and message.get("type") == "http.response.body":
                         # A streamed response: the client leaving must reach the function (it cancels the stream).
-                        pump = asyncio.get_running_loop().create_task(self._pump(rid, receive, call))
+                        self._listen(rid)
                 if refused:
                     ended = None
                     break
@@ -685,8 +695,9 @@ class ProcessWorker:
             del self._calls[rid]
             if self._paused_by is call:
                 self._resume_reading()
-            if pump is not None:
-                pump.cancel()
+            self._listeners.pop(rid, None)
+            if call.pump is not None:
+                call.pump.cancel()
         if ended is None:
             return
         if ended.reason == "limit":
@@ -709,15 +720,29 @@ class ProcessWorker:
         if self.channel is not None:
             self.channel.resume_reading()
 
-    async def _pump(self, rid: int, receive: Receive, call: _Call) -> None:
+    def _listen(self, rid: int) -> None:
+        """Start forwarding what the client of request `rid` sends next, if that is not done yet."""
+        call = self._calls.get(rid)
+        listener = self._listeners.pop(rid, None)
+        if call is not None and call.pump is None and listener is not None:
+            receive, skipped = listener
+            call.pump = asyncio.get_running_loop().create_task(self._pump(rid, receive, call, skipped))
+
+    async def _pump(self, rid: int, receive: Receive, call: _Call, skipped: bool = False) -> None:
         """Forward what the client sends next (body chunks, WebSocket messages, its leaving), as
-        fast as the function reads it: at most a window of messages ahead."""
+        fast as the function reads it: at most a window of messages ahead. `skipped`: the request's
+        first message went without asking the server (it declares no body): the server's own
+        copy of it, the first it gives, is not forwarded again."""
         channel = self.channel
         assert channel is not None
         try:
             while True:
                 await call.wait_for_room()
                 message = await receive()
+                if skipped:
+                    skipped = False
+                    if message.get("type") == "http.request" and not message.get("body"):
+                        continue
                 call.unacked += 1
                 channel.send(Body(rid, message))
                 kind = message["type"]

@@ -29,6 +29,7 @@ from edgeruntime.workers.process.frames import (
     Enqueue,
     Enqueued,
     Frame,
+    Listen,
     Request,
     Sent,
     TaskDone,
@@ -59,6 +60,7 @@ EVERY_KIND: list[Frame] = [
     Done(3, None, "KeyError: 'userId'"),
     Delivered(1, 8),
     Consumed(1, 8),
+    Listen(1),
     Request(
         4,
         {
@@ -81,7 +83,7 @@ WORKER_SENT = [f for f in EVERY_KIND if type(f) in frames._WORKER_FRAMES]
 
 def test_every_kind_has_its_own_number() -> None:
     numbers = [cls._field_defaults["kind"] for cls, _ in frames.KINDS.values()]
-    assert len(frames.KINDS) == len(set(numbers)) == len({type(f) for f in EVERY_KIND}) == 18
+    assert len(frames.KINDS) == len(set(numbers)) == len({type(f) for f in EVERY_KIND}) == 19
 
 
 @pytest.mark.parametrize("frame", EVERY_KIND, ids=lambda f: type(f).__name__)
