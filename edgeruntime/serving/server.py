@@ -25,12 +25,12 @@ from edgeruntime.config.settings import DEFAULT_KEEP_ALIVE_TIMEOUT_SEC, Settings
 from edgeruntime.core.descriptors import EXHAUSTION_ERRNOS, report_exhaustion
 from edgeruntime.core.responses import CorsPolicy
 from edgeruntime.core.transport import batched_writes
-from edgeruntime.core.types import ASGIApp, Scope
+from edgeruntime.core.types import ASGIApp, Message, Receive, Scope, Send
 from edgeruntime.exceptions import UsageError
 from edgeruntime.limits import DEFAULT_LIMITS
 from edgeruntime.serving.collector import PacedCollector, gc_thresholds, start_collector
 from edgeruntime.serving.keep_alive import IdleConnections
-from edgeruntime.workers.request_limits import MAX_HEAD_BYTES, limit_head
+from edgeruntime.workers.request_limits import MAX_HEAD_BYTES, declares_no_body, limit_head
 
 __all__ = [
     "LISTEN_BACKLOG",
@@ -172,7 +172,53 @@ async def serve_asgi(
         before_serving()
     # h11 refuses a head over the limit only while it is incomplete; a whole one in a read passes.
     with _closing_at_eof():
-        await serve(limit_head(app, cors), config, shutdown_trigger=shutdown_trigger)  # type: ignore[arg-type, unused-ignore]
+        await serve(limit_head(_reading_unread_bodies(app), cors), config, shutdown_trigger=shutdown_trigger)  # type: ignore[arg-type, unused-ignore]
+
+
+def _reading_unread_bodies(app: ASGIApp) -> ASGIApp:
+    """`app`, with the rest of a request body it left unread read (and dropped) while its response ends.
+
+    Hypercorn (0.17, 0.18) queues at most ten messages of a request's body for the app. When the
+    app answers without reading them all (a function that ignores its body, a 413), the end of
+    the response waits to queue the client's leaving behind them, for ever: the request never
+    ends, and its connection stays open until the server stops. Any client could hold a
+    descriptor of the server that way. Reading the rest meanwhile lets the response end; an
+    HTTP/1 request that declares no body has none to read, and goes to `app` as it is.
+    """
+
+    async def reading(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or declares_no_body(scope):
+            await app(scope, receive, send)
+            return
+        read_all = False
+
+        async def tracked_receive() -> Message:
+            nonlocal read_all
+            message = await receive()
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                read_all = True
+            return message
+
+        async def ending_send(message: Message) -> None:
+            if read_all or message["type"] != "http.response.body" or message.get("more_body", False):
+                await send(message)
+                return
+            rest = asyncio.get_running_loop().create_task(_read_rest(tracked_receive))
+            try:
+                await send(message)
+            finally:
+                rest.cancel()
+
+        await app(scope, tracked_receive, ending_send)
+
+    return reading
+
+
+async def _read_rest(receive: Receive) -> None:
+    while True:
+        message = await receive()
+        if message["type"] != "http.request" or not message.get("more_body", False):
+            return
 
 
 class _IdleConnections(IdleConnections):

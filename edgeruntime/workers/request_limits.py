@@ -25,7 +25,7 @@ from edgeruntime.core.context import ExecutionContext
 from edgeruntime.core.types import ASGIApp, Message, Receive, Scope, Send
 from edgeruntime.exceptions import PayloadTooLarge
 
-__all__ = ["MAX_HEAD_BYTES", "BodyLimit", "IdleTimeouts", "MessageLimit", "head_size", "limit_head"]
+__all__ = ["MAX_HEAD_BYTES", "BodyLimit", "IdleTimeouts", "MessageLimit", "declares_no_body", "head_size", "limit_head"]
 
 logger = logging.getLogger("edgeruntime")
 
@@ -61,6 +61,23 @@ def limit_head(app: ASGIApp, cors: Callable[[Scope], list[tuple[bytes, bytes]]] 
         await send({"type": prefix + "http.response.body", "body": b""})
 
     return limited
+
+
+#: HTTP versions whose requests have a body only if they declare one.
+_DECLARED_BODY_VERSIONS = frozenset({"1.0", "1.1"})
+
+
+def declares_no_body(scope: Scope) -> bool:
+    """True for an HTTP/1 request with neither content-length nor transfer-encoding: its body is
+    empty (RFC 9112, 6.3), known without reading it. (An HTTP/2 request may send data without
+    declaring its length.)"""
+    if scope.get("http_version") not in _DECLARED_BODY_VERSIONS:
+        return False
+    for key, _ in scope["headers"]:
+        name = key.lower()
+        if name == b"content-length" or name == b"transfer-encoding":
+            return False
+    return True
 
 
 class BodyLimit:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +30,20 @@ from edgeruntime import serve
 
 async def handler(req: Request) -> JSONResponse:
     return JSONResponse({"size": len(await req.body())})
+
+serve(handler)
+"""
+
+
+IGNORER = """
+import asyncio
+from starlette.responses import JSONResponse
+from edgeruntime import serve
+
+
+async def handler(req):
+    await asyncio.sleep(0.2)  # the body queues up meanwhile
+    return JSONResponse({"read": False})
 
 serve(handler)
 """
@@ -60,7 +76,10 @@ def served(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
     write_function(functions, "checked", CREDENTIALS_ECHO)
     write_function(functions, "open", CREDENTIALS_ECHO)
     write_function(functions, "reader", READER)
-    (functions.parent / "config.toml").write_text("[functions.open]\nverify_jwt = false\n")
+    write_function(functions, "ignorer", IGNORER)
+    (functions.parent / "config.toml").write_text(
+        "[functions.open]\nverify_jwt = false\n[functions.ignorer]\nverify_jwt = false\n"
+    )
     runs = root / "runs.txt"
     # The functions count their runs in a file outside their directory, named by the server's env:
     # no sandbox, which would hide both from a worker process (what this tests is the gateway).
@@ -162,3 +181,23 @@ def test_a_rebinding_host_on_the_wire_is_403(served: Served) -> None:
         data = f"{method} {path} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in evil) + "Connection: close\r\n\r\n"
         assert status_of(raw_exchange(served.port, data.encode())) == 403
         assert status_of(raw_exchange(served.port, request(method, path, []))) == 200
+
+
+def test_a_body_the_function_leaves_unread_does_not_hold_the_request_open(served: Served) -> None:
+    """A large chunked body the function answers without reading: each request ends (its access
+    line is written), rather than waiting for ever with its connection open (Hypercorn queues ten
+    messages of a body; the end of its response waited to queue the client's leaving behind them)."""
+    start = len(served.server.output)
+    chunk = b"10000\r\n" + b"a" * 0x10000 + b"\r\n"
+    for _ in range(3):
+        with socket.create_connection(("127.0.0.1", served.port), timeout=5) as sock:
+            sock.sendall(request("POST", "/functions/v1/ignorer", [("Transfer-Encoding", "chunked")]))
+            with contextlib.suppress(OSError):  # the server may stop reading once it has answered
+                for _ in range(80):  # 5 MiB
+                    sock.sendall(chunk)
+                sock.sendall(b"0\r\n\r\n")
+            assert sock.recv(12) == b"HTTP/1.1 200"
+    deadline = time.monotonic() + 15
+    while served.log_after(start).count("POST /functions/v1/ignorer 200") < 3 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert served.log_after(start).count("POST /functions/v1/ignorer 200") == 3, served.log_after(start)

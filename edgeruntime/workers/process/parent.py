@@ -94,6 +94,7 @@ from edgeruntime.workers.process.frames import (
     kind_of,
 )
 from edgeruntime.workers.process.sandbox import Sandbox, WorkerLauncher
+from edgeruntime.workers.request_limits import declares_no_body
 from edgeruntime.workers.worker import WorkerStatus, describe_error, limit_exceeded
 
 __all__ = ["ProcessWorker"]
@@ -117,8 +118,6 @@ BEFOREUNLOAD_GRACE_SEC = 0.5
 FRAME_SLACK_MB = 64
 _TICKS_PER_SEC = os.sysconf("SC_CLK_TCK")
 _PAGE_MB = resource.getpagesize() / (1024 * 1024)
-#: HTTP versions whose requests have a body only if they declare one.
-_DECLARED_BODY_VERSIONS = frozenset({"1.0", "1.1"})
 #: The scope keys a function can use; the rest (server internals) stay in the server.
 _SCOPE_KEYS = (
     "type",
@@ -210,19 +209,6 @@ def _small_body(scope: Scope) -> bool:
         elif name == b"transfer-encoding":
             return False
     return length is None or length <= COALESCE_BODY_BYTES
-
-
-def _declares_no_body(scope: Scope) -> bool:
-    """True for an HTTP/1 request with neither content-length nor transfer-encoding: its body is
-    empty (RFC 9112, 6.3), so its first message is known without waiting for the server's. (An
-    HTTP/2 request may send data without declaring its length.)"""
-    if scope.get("http_version") not in _DECLARED_BODY_VERSIONS:
-        return False
-    for key, _ in scope["headers"]:
-        name = key.lower()
-        if name == b"content-length" or name == b"transfer-encoding":
-            return False
-    return True
 
 
 async def _read_whole_body(first: Message, receive: Receive) -> Message:
@@ -619,7 +605,7 @@ class ProcessWorker:
         websocket = scope["type"] == "websocket"
         over = False  # the worker process said the request is over (Done)
         try:
-            skipped = not websocket and _declares_no_body(scope)
+            skipped = not websocket and declares_no_body(scope)
             if skipped:
                 # The function reads the same message; the server's own, awaited, costs a step.
                 first: Message = {"type": "http.request", "body": b"", "more_body": False}
