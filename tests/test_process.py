@@ -35,6 +35,7 @@ from tests.probes import (
     write_probe,
 )
 from tests.unit.gateway.test_app import check_client_gone_mid_body, check_exhaustion_is_503
+from tests.unit.gateway.test_websocket import check_client_gone_before_accept
 
 WORKER_ERROR = {"code": "WORKER_ERROR", "message": "Function exited due to an error (please check logs)"}
 
@@ -770,3 +771,9 @@ async def test_a_client_that_leaves_before_the_response_reaches_the_function(fun
         await client.jobs.history.flush()
         runs = (await client.request("GET", "/_edgeruntime/api/runs")).json()["runs"]
         assert (runs[0]["function"], runs[0]["http_status"]) == ("watcher", 499)
+
+
+async def test_a_client_that_leaves_before_the_upgrade_is_accepted_is_no_function_error(
+    functions_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    await check_client_gone_before_accept(functions_dir, caplog, "process")

@@ -357,6 +357,8 @@ class EdgeApp:
             except OSError:  # the client left in the middle of the response (a server of ASGI 2.4)
                 if kind == "http.response.body" and not ctx.response_ended:
                     ctx.client_left = True  # (a WebSocket's client leaving is how a connection ends)
+                elif kind == "websocket.accept" or kind == "websocket.http.response.start":
+                    ctx.client_disconnected = True  # before its upgrade was answered
                 raise
 
         # What the run record says went wrong, if anything.

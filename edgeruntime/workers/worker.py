@@ -259,19 +259,22 @@ class InlineWorker:
                 scope["path"],
                 extra={"function": self.name},
             )
+        except OSError as exc:
+            if not (ctx.client_disconnected or ctx.client_left):
+                await self._failed(exc, scope, send, ctx)
+                return
+            # The server said the client had left (sending to it failed): not the function's error,
+            # and any client could fill the log with them (recorded as a disconnect, 499).
+            logger.debug(
+                "the client of function %s left while it answered %s %s: %s",
+                self.name,
+                scope.get("method", "GET"),
+                scope["path"],
+                exc,
+                extra={"function": self.name},
+            )
         except Exception as exc:
-            error = exhaustion(exc)
-            if error is not None:  # the server's condition, not the function's bug: 503, one line a second
-                report_exhaustion(f"function {self.name} serving a request", error, self.name)
-                if not ctx.response_started:
-                    await responses.send_response(send, responses.RESOURCE_EXHAUSTED)
-            else:
-                logger.exception(
-                    "function %s raised while handling %s %s", self.name, scope.get("method", "GET"), scope["path"]
-                )
-                ctx.error = describe_error(exc)
-                if not ctx.response_started:
-                    await responses.send_response(send, responses.INTERNAL_SERVER_ERROR)
+            await self._failed(exc, scope, send, ctx)
         except asyncio.CancelledError:
             budget = self._budgets.get(ctx)
             reason = self.end_reason or (budget.reason if budget is not None else None)
@@ -289,6 +292,21 @@ class InlineWorker:
             del self._requests[task]
             if self._budgets and ctx in self._budgets:  # else: closed once its background work ends
                 self._close_budget(ctx)
+
+    async def _failed(self, exc: Exception, scope: Scope, send: Send, ctx: ExecutionContext) -> None:
+        """The function raised `exc` (in its `except`): a 500 if it had not answered, the error logged."""
+        error = exhaustion(exc)
+        if error is not None:  # the server's condition, not the function's bug: 503, one line a second
+            report_exhaustion(f"function {self.name} serving a request", error, self.name)
+            if not ctx.response_started:
+                await responses.send_response(send, responses.RESOURCE_EXHAUSTED)
+            return
+        logger.exception(
+            "function %s raised while handling %s %s", self.name, scope.get("method", "GET"), scope["path"]
+        )
+        ctx.error = describe_error(exc)
+        if not ctx.response_started:
+            await responses.send_response(send, responses.INTERNAL_SERVER_ERROR)
 
     def _task_ended(self, entry: BackgroundTask) -> None:
         for ctx in [c for c in self._budgets if c.execution_id == entry.execution_id]:

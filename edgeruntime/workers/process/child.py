@@ -511,6 +511,10 @@ class WorkerProcess:
 
         async def send(message: Message) -> None:
             if body.client_gone and body.raises_when_gone:  # as the server would: the client left
+                if ctx.response_started:
+                    ctx.client_left = True
+                else:
+                    ctx.client_disconnected = True
                 raise OSError("the client disconnected")
             kind = message["type"]
             # A copy: it is pickled at the end of this turn, and the function may reuse its dict until then.

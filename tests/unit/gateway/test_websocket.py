@@ -286,3 +286,62 @@ async def test_a_client_gone_mid_connection_ends_it_without_failing_the_run(
         assert [(r["trigger"], r["http_status"], r["status"], r["error"]) for r in runs] == [
             ("websocket", 101, "succeeded", None)
         ]
+
+
+LATE_ACCEPT = """
+from starlette.requests import Request
+from edgeruntime import serve, upgrade_websocket
+
+
+@serve
+async def handler(req: Request):
+    ws = await upgrade_websocket(req)  # the client has left by now
+    await ws.send_text("hi")
+"""
+
+
+async def test_a_client_that_leaves_before_the_upgrade_is_accepted_is_no_function_error(
+    functions_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    await check_client_gone_before_accept(functions_dir, caplog, "inline")  # process isolation: tests/test_process.py
+
+
+async def check_client_gone_before_accept(
+    functions_dir: Path, caplog: pytest.LogCaptureFixture, isolation: str
+) -> None:
+    """The server's accept fails (Uvicorn raises ClientDisconnected, an OSError): recorded as a
+    disconnect (499), not logged as the function's error: any client could fill the log so."""
+    write_function(functions_dir, "slow", LATE_ACCEPT)
+    async with EdgeClient(functions_dir, isolation=isolation) as client:
+        scope = {
+            "type": "websocket",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "scheme": "ws",
+            "path": "/functions/v1/slow",
+            "raw_path": b"/functions/v1/slow",
+            "query_string": b"",
+            "root_path": "",
+            "headers": [
+                (b"host", b"127.0.0.1:54321"),
+                *((k.lower().encode(), v.encode()) for k, v in client.headers_for("service_role").items()),
+            ],
+            "client": ("127.0.0.1", 50000),
+            "server": ("127.0.0.1", 54321),
+            "subprotocols": [],
+        }
+        connected: list[Message] = [{"type": "websocket.connect"}]
+
+        async def receive() -> Message:
+            if connected:
+                return connected.pop()
+            return {"type": "websocket.disconnect", "code": 1006}
+
+        async def send(message: Message) -> None:
+            raise OSError("the client disconnected")  # what Uvicorn's ClientDisconnected is
+
+        await client.app(scope, receive, send)
+        await client.jobs.history.flush()
+        runs = (await client.request("GET", "/_edgeruntime/api/runs")).json()["runs"]
+        assert [(r["function"], r["http_status"]) for r in runs] == [("slow", 499)]
+    assert "raised while handling" not in caplog.text
