@@ -6,6 +6,8 @@ A leaf: it imports nothing from edgeruntime, so every layer may use it.
 from __future__ import annotations
 
 import dataclasses
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -13,15 +15,22 @@ __all__ = [
     "DEFAULT_LIMITS",
     "FREE_TIER",
     "LIMIT_KEYS",
+    "LIMIT_MAXIMUMS",
     "PRO_TIER",
     "Isolation",
     "Limits",
     "Policy",
+    "limit_problem",
 ]
 
 SECONDS = 1.0
 MILLISECONDS = 1.0
 MEGABYTES = 1.0
+#: The largest value a limit may have, by its unit: a year of wall clock or CPU time, a tebibyte
+#: of memory or body. Anything larger is a typo, and breaks what it is handed to (rlimits, timers).
+MAX_SECONDS = 365 * 24 * 3600 * SECONDS
+MAX_MILLISECONDS = MAX_SECONDS * 1000 * MILLISECONDS
+MAX_MEGABYTES = 1024 * 1024 * MEGABYTES
 
 Policy = Literal["per_worker", "per_request"]
 Isolation = Literal["inline", "process"]
@@ -54,10 +63,9 @@ class Limits:
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise ValueError(f"{f.name} must be a number, got {value!r}")
-            if value <= 0:
-                raise ValueError(f"{f.name} must be greater than 0, got {value!r}")
+            problem = limit_problem(f.name, value)
+            if problem is not None:
+                raise ValueError(f"{f.name} {problem}, got {value!r}")
         if self.cpu_soft_limit_ms > self.cpu_hard_limit_ms:
             raise ValueError(
                 f"cpu_soft_limit_ms ({self.cpu_soft_limit_ms}) must not exceed "
@@ -79,6 +87,26 @@ class Limits:
 
 #: The config keys that are limits (settable in `[edge_runtime]` and `[functions.<name>]`).
 LIMIT_KEYS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Limits))
+_MAXIMUM_BY_UNIT = {"_sec": MAX_SECONDS, "_ms": MAX_MILLISECONDS, "_mb": MAX_MEGABYTES}
+#: The largest value of each limit (see MAX_SECONDS).
+LIMIT_MAXIMUMS: Mapping[str, float] = {
+    key: next(maximum for unit, maximum in _MAXIMUM_BY_UNIT.items() if key.endswith(unit)) for key in LIMIT_KEYS
+}
+
+
+def limit_problem(key: str, value: object) -> str | None:
+    """What is wrong with `value` for the limit `key` ("must be ..."), or None if it will do."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return "must be a number"
+    if isinstance(value, float) and not math.isfinite(value):
+        return "must be a finite number"
+    if value <= 0:
+        return "must be greater than 0"
+    if value > LIMIT_MAXIMUMS[key]:
+        return f"must be at most {LIMIT_MAXIMUMS[key]:.0f}"
+    return None
+
+
 DEFAULT_LIMITS = Limits()
 #: `--tier free`: the hosted free plan's wall clock.
 FREE_TIER = Limits(wall_clock_limit_sec=150 * SECONDS)

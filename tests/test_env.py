@@ -15,9 +15,10 @@ from edgeruntime.config.env import applied_env, build_env
 from edgeruntime.config.keys import PUBLISHABLE_KEY, SECRET_KEY
 from edgeruntime.config.settings import Settings
 from edgeruntime.exceptions import ConfigError
+from edgeruntime.limits import Isolation
 from edgeruntime.serving.cli import main
 from edgeruntime.testing import EdgeClient, load_function
-from tests.helpers import KEYS, SERVICE_ROLE, ServerProcess, write_function
+from tests.helpers import KEYS, SERVICE_ROLE, ServerProcess, run_cli, write_function
 
 ENV = """
 import os
@@ -288,3 +289,34 @@ def test_supabase_db_url_from_a_postgres_database_url(
         env_dir, environ=clean_environ(SUPABASE_DB_URL="postgresql://mine"), database_url=database_url
     )
     assert explicit.env["SUPABASE_DB_URL"] == "postgresql://mine"
+
+
+@pytest.mark.parametrize(
+    ("dotenv", "expected"),
+    [
+        (b"'A=B'=x\n", "'A=B': an env name must not contain '='"),
+        (b'ER_TEST_NUL="a\x00b"\n', "'ER_TEST_NUL': an env value must not contain a NUL character"),
+    ],
+    ids=["equals-in-name", "nul-in-value"],
+)
+def test_env_file_names_and_values_no_environment_holds_are_refused(
+    env_dir: Path, dotenv: bytes, expected: str
+) -> None:
+    """Refused at load, naming the file and the key (not a traceback in apply_env, nor every
+    request 503 under process isolation)."""
+    env_file = env_dir / ".env"
+    env_file.write_bytes(dotenv)
+    isolations: tuple[Isolation, ...] = ("inline", "process")
+    for isolation in isolations:
+        with pytest.raises(ConfigError) as info:
+            Settings.build(env_dir, environ=clean_environ(), isolation=isolation)
+        assert str(info.value) == f"env file {env_file}: {expected}"
+
+
+def test_serve_refuses_an_env_file_name_with_equals_in_one_line(env_dir: Path) -> None:
+    (env_dir / ".env").write_text("'A=B'=x\n")
+    result = run_cli("serve", str(env_dir), "--port", "1", "--no-watch", timeout=30)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"edgeruntime: error: env file {env_dir / '.env'}: 'A=B': an env name must not contain '='"
+    ]

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 
 from edgeruntime.config.settings import Settings, parse_limit_options
 from edgeruntime.exceptions import ConfigError
-from edgeruntime.limits import DEFAULT_LIMITS, FREE_TIER, PRO_TIER, Limits
+from edgeruntime.limits import DEFAULT_LIMITS, FREE_TIER, LIMIT_MAXIMUMS, PRO_TIER, Limits
 from edgeruntime.testing import EdgeClient
 from tests.helpers import run_cli
 
@@ -87,3 +88,54 @@ def test_bad_limit_flag_is_one_line_and_exit_2(hello_dir: Path, option: str, mes
     assert message in result.stderr
     assert "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"memory_limit_mb": float("nan")}, "memory_limit_mb must be a finite number, got nan"),
+        ({"max_request_body_mb": float("inf")}, "max_request_body_mb must be a finite number, got inf"),
+        ({"memory_limit_mb": 1e300}, "memory_limit_mb must be at most 1048576, got 1e+300"),
+        ({"wall_clock_limit_sec": 10**20}, "wall_clock_limit_sec must be at most 31536000"),
+        ({"cpu_hard_limit_ms": 1e12}, "cpu_hard_limit_ms must be at most 31536000000"),
+    ],
+)
+def test_nan_inf_and_too_large_limits_are_refused(changes: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        DEFAULT_LIMITS.replace(**changes)
+
+
+def test_the_largest_limits_are_accepted() -> None:
+    limits = Limits(
+        wall_clock_limit_sec=LIMIT_MAXIMUMS["wall_clock_limit_sec"],
+        cpu_soft_limit_ms=LIMIT_MAXIMUMS["cpu_soft_limit_ms"],
+        cpu_hard_limit_ms=LIMIT_MAXIMUMS["cpu_hard_limit_ms"],
+        memory_limit_mb=LIMIT_MAXIMUMS["memory_limit_mb"],
+        max_request_body_mb=LIMIT_MAXIMUMS["max_request_body_mb"],
+    )
+    assert limits.max_request_body_bytes == 1024**4
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        ("memory_limit_mb=nan", "--limit memory_limit_mb=nan: memory_limit_mb must be a finite number, got nan"),
+        ("max_request_body_mb=inf", "--limit max_request_body_mb=inf: max_request_body_mb must be a finite number"),
+        (
+            "wall_clock_limit_sec=-Infinity",
+            "--limit wall_clock_limit_sec=-Infinity: wall_clock_limit_sec must be a finite",
+        ),
+        ("memory_limit_mb=1e300", "--limit memory_limit_mb=1e300: memory_limit_mb must be at most 1048576, got 1e300"),
+    ],
+)
+def test_limit_options_refuse_nan_inf_and_too_large(option: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=f"^{re.escape(message)}"):
+        parse_limit_options([option])
+
+
+def test_a_nan_limit_flag_is_one_line_and_exit_2(hello_dir: Path) -> None:
+    result = run_cli("serve", str(hello_dir), "--port", "1", "--no-watch", "--limit", "memory_limit_mb=nan")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "edgeruntime: error: --limit memory_limit_mb=nan: memory_limit_mb must be a finite number, got nan"
+    ]

@@ -21,6 +21,7 @@ __all__ = [
     "applied_env",
     "apply_env",
     "build_env",
+    "env_problem",
     "read_env_file",
     "restore_env",
     "runtime_environ",
@@ -74,8 +75,23 @@ INJECTED_ENV = frozenset(
 )
 
 
+def env_problem(name: str, value: str) -> str | None:
+    """Why `name`=`value` cannot be put in a process environment, or None if it can: a name is
+    non-empty, without '=' and NUL; a value has no NUL."""
+    if not name:
+        return "an env name must not be empty"
+    if "=" in name:
+        return "an env name must not contain '='"
+    if "\x00" in name:
+        return "an env name must not contain a NUL character"
+    if "\x00" in value:
+        return "an env value must not contain a NUL character"
+    return None
+
+
 def read_env_file(path: Path) -> dict[str, str]:
-    """Parse a dotenv file; a missing file is a ConfigError naming it."""
+    """Parse a dotenv file; a missing file, or a name or value no environment can hold, is a
+    ConfigError naming it."""
     if not path.is_file():
         raise ConfigError(f"env file {path} does not exist")
     from dotenv import dotenv_values  # its regexes cost start-up time in projects without a .env
@@ -84,7 +100,12 @@ def read_env_file(path: Path) -> dict[str, str]:
         values = dotenv_values(path, interpolate=False)
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"env file {path} cannot be read: {exc}") from None
-    return {k: v for k, v in values.items() if v is not None}
+    found = {k: v for k, v in values.items() if v is not None}
+    for name, value in found.items():
+        problem = env_problem(name, value)
+        if problem is not None:
+            raise ConfigError(f"env file {path}: {name!r}: {problem}")
+    return found
 
 
 def runtime_environ(environ: Mapping[str, str]) -> dict[str, str]:

@@ -9,8 +9,10 @@ the file, the key and what was expected.
 
 from __future__ import annotations
 
+import datetime
 import json
 import logging
+import math
 import os
 import re
 import tomllib
@@ -19,10 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, cast
 
+from edgeruntime.config.env import env_problem
 from edgeruntime.core.responses import normalize_origin
 from edgeruntime.exceptions import ConfigError
 from edgeruntime.functions.slug import is_valid_slug
-from edgeruntime.limits import DEFAULT_LIMITS, LIMIT_KEYS, Isolation, Limits, Policy
+from edgeruntime.limits import DEFAULT_LIMITS, LIMIT_KEYS, LIMIT_MAXIMUMS, Isolation, Limits, Policy, limit_problem
 
 __all__ = [
     "SANDBOX_MODES",
@@ -81,6 +84,8 @@ SANDBOX_MODES: tuple[SandboxMode, ...] = ("auto", "bwrap", "uid", "basic", "none
 DEFAULT_UID_RANGE = (1_879_048_192, 1_879_113_727)
 MAX_UID = 4_294_967_294
 _ENV_REF = re.compile(r"^env\((?P<name>[A-Za-z_][A-Za-z0-9_]*)\)$")
+#: A TOML bare key: shown as written in messages; any other key is shown quoted.
+_BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 #: An `[dashboard] allowed_hosts` entry: a name (`*.` for any subdomain) or an address, with an optional port.
 _ALLOWED_HOST = re.compile(r"^(\*\.)?([a-z0-9_-]+(\.[a-z0-9_-]+)*|\[[0-9a-f:.]+\])(:[0-9]{1,5})?$")
 
@@ -252,8 +257,11 @@ class _Reader:
         for key in LIMIT_KEYS:
             if key in table:
                 value = table[key]
-                if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-                    raise self.error(f"[{section}] {key}", f"expected a number greater than 0, got {_kind(value)}")
+                if limit_problem(key, value) is not None:
+                    raise self.error(
+                        f"[{section}] {key}",
+                        f"expected a number greater than 0 and at most {LIMIT_MAXIMUMS[key]:.0f}, got {_kind(value)}",
+                    )
                 found[key] = float(value)
         return found
 
@@ -268,6 +276,32 @@ def _kind(value: Any) -> str:
     if isinstance(value, list):
         return "an array"
     return repr(value)
+
+
+def _toml_key(key: str) -> str:
+    """`key` as config.toml would spell it: bare, or quoted (with escapes) when it is not a bare key."""
+    return key if _BARE_KEY.match(key) else json.dumps(key)
+
+
+def _not_json(value: Any, where: str) -> str | None:
+    """The first part of the TOML value `value` (at `where`) that JSON cannot hold, as
+    "where = value: reason"; None when all of it can."""
+    if isinstance(value, dict):
+        items: list[tuple[str, Any]] = [(f"{where}.{_toml_key(str(k))}", v) for k, v in value.items()]
+    elif isinstance(value, list):
+        items = [(f"{where}[{index}]", v) for index, v in enumerate(value)]
+    elif isinstance(value, float) and not math.isfinite(value):
+        return f"{where} = {value!r}: JSON has no nan or inf"
+    elif value is None or isinstance(value, str | int | float):
+        return None
+    else:  # a TOML date, time or datetime
+        shown = value.isoformat() if isinstance(value, datetime.date | datetime.time) else repr(value)
+        return f"{where} = {shown}: JSON has no dates or times; write it as a string"
+    for inner, item in items:
+        problem = _not_json(item, inner)
+        if problem is not None:
+            return problem
+    return None
 
 
 def resolve_secret(value: str, environ: Mapping[str, str]) -> str | None:
@@ -363,7 +397,11 @@ def load_config(path: Path | None, environ: Mapping[str, str] | None = None, *, 
         return ProjectConfig()
     environ = os.environ if environ is None else environ
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        raw = path.read_bytes()
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(f"{path}: not valid TOML: not UTF-8 text (line {line}, byte {exc.start})") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     except OSError as exc:
@@ -420,6 +458,9 @@ def load_config(path: Path | None, environ: Mapping[str, str] | None = None, *, 
         if not isinstance(value, str):
             raise r.error(f"[edge_runtime.secrets] {key}", f"expected a string, got {_kind(value)}")
         resolved = resolve_secret(value, environ)
+        problem = env_problem(key, value if resolved is None else resolved)
+        if problem is not None:
+            raise r.error(f"[edge_runtime.secrets] {_toml_key(key)}", problem)
         if resolved is None:  # as the Supabase CLI: a secret whose variable is unset is not set at all
             if warn:
                 logger.warning("%s: [edge_runtime.secrets] %s: %s is not set, skipping", path, key, value.strip())
@@ -427,7 +468,10 @@ def load_config(path: Path | None, environ: Mapping[str, str] | None = None, *, 
         secrets[key.upper()] = resolved
 
     auth = r.table(data.get("auth", {}), "[auth]")
-    jwt_secret = r.string(auth, "auth", "jwt_secret", DEFAULT_JWT_SECRET) or DEFAULT_JWT_SECRET
+    # The demo secret only when the key is absent: `jwt_secret = ""` is a mistake, not a default.
+    jwt_secret = cast(str, r.string(auth, "auth", "jwt_secret", DEFAULT_JWT_SECRET))
+    if not jwt_secret:
+        raise r.error("[auth] jwt_secret", "is empty; leave the key out to use the local demo secret")
     resolved_secret = resolve_secret(jwt_secret, environ)
     if resolved_secret is None:
         raise r.error("[auth] jwt_secret", f"{jwt_secret.strip()} is not set")
@@ -467,6 +511,9 @@ def load_config(path: Path | None, environ: Mapping[str, str] | None = None, *, 
             if required not in table:
                 raise r.error(f"[{section}] {required}", "is required")
         body = r.table(table.get("body", {}), f"[{section}] body")
+        problem = _not_json(body, "body")  # sent as JSON at every tick: it must encode
+        if problem is not None:
+            raise ConfigError(f"{path}: [{section}] {problem}")
         cron[name] = CronConfig(
             name=name,
             function=cast(str, r.string(table, section, "function", None)),

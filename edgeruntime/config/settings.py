@@ -29,7 +29,7 @@ from edgeruntime.config.project import (
 )
 from edgeruntime.exceptions import ConfigError
 from edgeruntime.functions.discovery import check_functions_dir
-from edgeruntime.limits import FREE_TIER, LIMIT_KEYS, PRO_TIER, Isolation, Limits, Policy
+from edgeruntime.limits import FREE_TIER, LIMIT_KEYS, PRO_TIER, Isolation, Limits, Policy, limit_problem
 
 __all__ = [
     "DEFAULT_HOST",
@@ -246,5 +246,8 @@ def parse_limit_options(options: Iterable[str]) -> dict[str, float]:
             value = float(raw)
         except ValueError:
             raise ConfigError(f"--limit {option}: {raw!r} is not a number") from None
+        problem = limit_problem(key, value)
+        if problem is not None:
+            raise ConfigError(f"--limit {option}: {key} {problem}, got {raw.strip()}")
         parsed[key] = value
     return parsed

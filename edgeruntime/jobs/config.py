@@ -13,10 +13,15 @@ retention_days = 7          # run history, succeeded jobs and cron ticks older t
 retention_max_mb = 500      # optional: the oldest run history goes to keep the store under this size
 retention_max_rows = 1000000  # optional: ... or to keep at most this many run records
 ```
+
+Every value is a finite number with an upper bound (:data:`MAXIMUMS`): at most 1000 attempts,
+times of at most a year (the poll interval at most an hour), retention of at most 100 years or
+1 PiB, at most 10000 concurrent jobs, and a row count a 64-bit integer holds.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -24,10 +29,25 @@ from typing import Any
 
 from edgeruntime.exceptions import ConfigError
 
-__all__ = ["CATCHUP_WINDOW_SEC", "JobsConfig"]
+__all__ = ["CATCHUP_WINDOW_SEC", "MAXIMUMS", "JobsConfig"]
 
 #: After downtime only the latest missed tick runs, and only if it is at most this old.
 CATCHUP_WINDOW_SEC = 600.0
+_YEAR_SEC = 365 * 24 * 3600
+#: The largest value of each `[jobs]` key. More is a typo, and breaks what it reaches: the backoff
+#: (2 ** attempt overflows a float past 1024 attempts), timers, SQLite's 64-bit integers.
+MAXIMUMS: Mapping[str, int] = {
+    "max_attempts": 1000,
+    "backoff_base_sec": _YEAR_SEC,
+    "backoff_cap_sec": _YEAR_SEC,
+    "backoff_jitter": 1,
+    "lease_sec": _YEAR_SEC,
+    "poll_interval_ms": 3600 * 1000,
+    "concurrency": 10_000,
+    "retention_days": 36_500,
+    "retention_max_mb": 1024**3,
+    "retention_max_rows": 2**63 - 1,
+}
 
 
 @dataclass(frozen=True)
@@ -49,6 +69,10 @@ class JobsConfig:
     retention_max_rows: int | None = None
 
     def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"{f.name}: must be a finite number, got {value!r}")
         if self.max_attempts < 1:
             raise ValueError("max_attempts: must be at least 1")
         if not 0 <= self.backoff_jitter < 1:
@@ -62,6 +86,10 @@ class JobsConfig:
             raise ValueError("retention_max_mb: must be positive")
         if self.retention_max_rows is not None and self.retention_max_rows < 1:
             raise ValueError("retention_max_rows: must be at least 1")
+        for name, maximum in MAXIMUMS.items():
+            value = getattr(self, name)
+            if value is not None and value > maximum:
+                raise ValueError(f"{name}: must be at most {maximum}, got {value!r}")
 
     @classmethod
     def from_table(cls, table: Mapping[str, Any], path: Path | None = None) -> JobsConfig:

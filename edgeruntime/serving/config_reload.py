@@ -70,7 +70,7 @@ class ConfigReloader:
         running = self.app.settings
         try:
             settings = self._resolve()
-        except (EdgeRuntimeError, OSError) as exc:
+        except (EdgeRuntimeError, OSError, ValueError) as exc:  # ValueError: e.g. a file that is not UTF-8
             logger.error("%s; still serving with the configuration loaded before (%s changed)", exc, names)
             return []
         change = compare_settings(running, settings)
@@ -119,7 +119,8 @@ async def watch_config(files: list[Path], reload: Callable[[set[Path]], Any], st
     """Call `reload(changed)` whenever one of `files` is written, created or removed, until `stop` is set.
 
     Their directories are watched rather than the files, so an editor that saves by writing a new
-    file and renaming it over the old one is seen too.
+    file and renaming it over the old one is seen too. An edit `reload` fails on is logged, and
+    the watching goes on: the next edit may be a fix.
     """
     import watchfiles
 
@@ -134,4 +135,15 @@ async def watch_config(files: list[Path], reload: Callable[[set[Path]], Any], st
     async for changes in watchfiles.awatch(
         *directories, watch_filter=interesting, stop_event=stop, debounce=150, step=30, recursive=False
     ):
-        reload({Path(path) for _, path in changes})
+        changed = {Path(path) for _, path in changes}
+        try:
+            reload(changed)
+        except Exception as exc:
+            names = ", ".join(sorted(str(path) for path in changed))
+            logger.error(
+                "%s changed and could not be applied (%s: %s); still serving with the configuration loaded before",
+                names,
+                type(exc).__name__,
+                exc,
+            )
+            logger.debug("the error applying the edit", exc_info=True)
