@@ -7,7 +7,6 @@ import concurrent.futures
 import functools
 import inspect
 import logging
-import os
 import sys
 import types
 from collections.abc import Awaitable, Generator, Mapping
@@ -211,9 +210,9 @@ def serve(handler: H) -> H:
         return handler
     caller = sys._getframe(1).f_globals
     if caller.get("__name__") == "__main__":
-        from edgeruntime.serving.standalone import run_standalone
+        from edgeruntime.serving.standalone import run_script
 
-        run_standalone(handler, caller.get("__file__"), port=int(os.environ.get("PORT", "8000")))
+        run_script(handler, caller.get("__file__"))  # on PORT (default 8000)
         return handler
     caller[HANDLER_ATTRIBUTE] = handler
     return handler

@@ -5,10 +5,11 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
+import httpx
 import pytest
 
 from edgeruntime.serving.cli import hang_timeout_sec, main
-from tests.helpers import HELLO, KEYS, ServerProcess, free_port, run_cli, write_function
+from tests.helpers import HELLO, KEYS, SERVICE_ROLE, ServerProcess, free_port, run_cli, write_function
 
 
 def _one_line_error(capsys: pytest.CaptureFixture[str]) -> str:
@@ -183,6 +184,19 @@ def test_list_shows_a_function_with_a_syntax_error_as_not_serveable_with_its_lin
     assert not ran.exists()
 
 
+@pytest.mark.e2e
+def test_list_and_serve_skip_a_symlink_loop_with_a_warning_naming_it(hello_dir: Path) -> None:
+    (hello_dir / "loop1").symlink_to("loop1")  # `ln -s loop1 functions/loop1`
+    warning = f"skipping function directory {hello_dir.resolve() / 'loop1'}: cannot be read"
+    listed = run_cli("list", str(hello_dir))
+    assert listed.returncode == 0, listed.stderr
+    assert [line.split("\t")[0] for line in listed.stdout.splitlines()] == ["hello"]
+    assert warning in listed.stderr and "Traceback" not in listed.stderr
+    with ServerProcess(hello_dir, "--no-watch") as server:
+        assert httpx.get(server.url("hello"), headers=SERVICE_ROLE).status_code == 200
+    assert warning in server.output and "Traceback" not in server.output
+
+
 def test_keys(hello_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["keys", str(hello_dir), "--anon"]) == 0
     assert capsys.readouterr().out.strip() == KEYS.anon_key
@@ -233,6 +247,26 @@ def test_invoke_without_a_server(hello_dir: Path) -> None:
     result = run_cli("invoke", "hello", "--url", f"http://127.0.0.1:{free_port()}", "--directory", str(hello_dir))
     assert result.returncode == 2
     assert "cannot reach" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "line"),
+    [
+        ("--url", "http://[::1", "--url 'http://[::1': Invalid port: ':1'"),
+        ("--url", "ftp://x", "--url 'ftp://x': expected http://HOST:PORT or https://HOST:PORT"),
+        ("--url", "http://127.0.0.1:99999", "--url 'http://127.0.0.1:99999': expected http://HOST:PORT or https://"),
+        ("--header", "X-Ü:ü", "--header 'X-Ü:ü': 'X-Ü' is not a header name"),
+        ("--header", "X-Ok:ü", "--header 'X-Ok:ü': the value must be printable ASCII"),
+        ("--header", "X Y:1", "--header 'X Y:1': 'X Y' is not a header name"),
+        ("--method", "GÉT", "--method 'GÉT': not an HTTP method"),
+    ],
+)
+def test_invoke_with_a_bad_url_header_or_method_is_one_line_naming_it(
+    hello_dir: Path, capsys: pytest.CaptureFixture[str], option: str, value: str, line: str
+) -> None:
+    url = ["--url", f"http://127.0.0.1:{free_port()}"] if option != "--url" else []
+    assert main(["invoke", "hello", "--directory", str(hello_dir), *url, option, value]) == 2
+    assert _one_line_error(capsys).startswith(f"edgeruntime: error: {line}")
 
 
 def test_main_turns_the_collector_back_on(hello_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -19,6 +20,7 @@ from edgeruntime.serving.collector import (
     PacedCollector,
     start_collector,
 )
+from tests.helpers import free_port, run_cli
 
 
 @pytest.fixture
@@ -50,6 +52,30 @@ def test_gc_thresholds() -> None:
     assert collector.gc_thresholds("7,8,9") == (7, 8, 9)
     with pytest.raises(UsageError, match="EDGERUNTIME_GC='1,2'"):
         collector.gc_thresholds("1,2")
+
+
+@pytest.mark.parametrize("setting", ["99999999999999999999,1,1", "-1,-1,-1", "1,2147483648,1", "700,10,-5"])
+def test_thresholds_gc_set_threshold_would_refuse_or_misread_are_refused(setting: str) -> None:
+    with pytest.raises(UsageError) as raised:
+        collector.gc_thresholds(setting)
+    assert str(raised.value) == f"EDGERUNTIME_GC={setting!r}: each threshold is a number from 0 to 2147483647"
+
+
+def test_the_widest_thresholds_are_taken(gc_state: None) -> None:
+    assert collector.gc_thresholds("2147483647,0,0") == (2147483647, 0, 0)
+    gc.set_threshold(collector.MAX_THRESHOLD, 0, 0)  # what gc.set_threshold takes, as said
+
+
+def test_serve_with_a_threshold_out_of_range_exits_2_with_one_line_before_its_banner(hello_dir: Path) -> None:
+    setting = "99999999999999999999,1,1"
+    r = run_cli(
+        "serve", str(hello_dir), "--port", str(free_port()), "--no-watch", env={"EDGERUNTIME_GC": setting}, timeout=30
+    )
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "Serving functions" not in r.stdout and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.endswith(
+        f"edgeruntime: error: EDGERUNTIME_GC={setting!r}: each threshold is a number from 0 to 2147483647\n"
+    )
 
 
 async def test_own_thresholds_turn_the_collector_on_and_freeze_once_serving_without_pacing(

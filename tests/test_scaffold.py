@@ -18,6 +18,7 @@ import pytest
 
 from edgeruntime.config.keys import PUBLISHABLE_KEY
 from edgeruntime.exceptions import UsageError
+from edgeruntime.serving.cli import main
 from edgeruntime.serving.scaffold import TEMPLATES, create_function
 from edgeruntime.testing import EdgeClient
 from tests.helpers import KEYS, ServerProcess, run_cli
@@ -109,6 +110,24 @@ def test_basic_template(functions_dir: Path) -> None:
         create_function(functions_dir, "1x")
     with pytest.raises(UsageError, match="unknown template 'nope': expected one of basic, job"):
         create_function(functions_dir, "x", "nope")
+
+
+@pytest.mark.parametrize(
+    ("directory", "reason"),
+    [
+        ("afile", "{tmp}/afile is a file, not a functions directory"),
+        ("afile/sub", "cannot create {tmp}/afile/sub/z/index.py: {tmp}/afile/sub/z: Not a directory"),
+        ("fns", "cannot create {tmp}/fns/z/index.py: {tmp}/fns/z: File exists"),  # fns/z is a file
+    ],
+)
+def test_new_where_a_file_is_in_the_way_is_one_line_naming_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], directory: str, reason: str
+) -> None:
+    (tmp_path / "afile").write_text("")
+    (tmp_path / "fns").mkdir()
+    (tmp_path / "fns" / "z").write_text("")
+    assert main(["new", "z", "--dir", str(tmp_path / directory)]) == 2
+    assert capsys.readouterr().err == f"edgeruntime: error: {reason.format(tmp=tmp_path)}\n"
 
 
 @pytest.mark.parametrize("template", sorted(TEMPLATES))

@@ -56,15 +56,16 @@ async def _reload(reload: Callable[[set[str]], list[str]], names: set[str], stop
     """`reload(names)`, tried again every RELOAD_RETRY_SEC while the server is out of descriptors.
 
     Rescanning the functions directory needs a descriptor; changes made meanwhile are kept by
-    the watcher and come next.
+    the watcher and come next. Any other OSError is logged, and the watcher goes on.
     """
     while not stop.is_set():
         try:
             return reload(names)
         except OSError as exc:
             error = exhaustion(exc)
-            if error is None:
-                raise
+            if error is None:  # the watcher keeps watching: the next change is tried afresh
+                logger.warning("reloading %s failed: %s", ", ".join(sorted(names)) or "functions", exc)
+                return []
             report_exhaustion("reloading changed functions", error)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), RELOAD_RETRY_SEC)

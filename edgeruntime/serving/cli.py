@@ -9,6 +9,7 @@ import gc
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import sys
@@ -468,9 +469,14 @@ def cmd_invoke(args: argparse.Namespace) -> int:
         headers["Authorization"] = f"Bearer {key}"
     for item in args.header:
         name, sep, value = item.partition(":")
+        name, value = name.strip(), value.strip()
         if not sep:
             raise UsageError(f"--header {item!r}: expected NAME:VALUE")
-        headers[name.strip()] = value.strip()
+        if not _TOKEN.fullmatch(name):
+            raise UsageError(f"--header {item!r}: {name!r} is not a header name (ASCII letters, digits, '-'...)")
+        if not _HEADER_VALUE.fullmatch(value):
+            raise UsageError(f"--header {item!r}: the value must be printable ASCII")
+        headers[name] = value
     content: bytes | None = None
     if args.data is not None:
         try:
@@ -479,7 +485,9 @@ def cmd_invoke(args: argparse.Namespace) -> int:
             raise UsageError(f"--data is not valid JSON: {exc}") from None
         content = args.data.encode()
         headers.setdefault("Content-Type", "application/json")
-    url = f"{args.url.rstrip('/')}/functions/v1/{args.name}{args.path}"
+    if not _TOKEN.fullmatch(args.method):
+        raise UsageError(f"--method {args.method!r}: not an HTTP method")
+    url = _invoke_url(args.url, f"/functions/v1/{args.name}{args.path}")
     try:
         response = httpx.request(args.method, url, content=content, headers=headers, timeout=None)
     except httpx.HTTPError as exc:
@@ -489,6 +497,29 @@ def cmd_invoke(args: argparse.Namespace) -> int:
     print(f"HTTP {response.status_code}", file=sys.stderr)
     sys.stdout.write(response.text + ("" if response.text.endswith("\n") else "\n"))
     return 0 if response.is_success else 1
+
+
+#: A method or header name (an RFC 9110 token), and a header value (printable ASCII: httpx sends nothing else).
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_HEADER_VALUE = re.compile(r"[\x20-\x7e\t]*")
+
+
+def _invoke_url(base: str, path: str) -> str:
+    """`base` (--url) joined with `path`; UsageError naming --url (or --path) when it is not an HTTP URL."""
+    import httpx
+
+    try:
+        parsed = httpx.URL(base)
+    except httpx.InvalidURL as exc:
+        raise UsageError(f"--url {base!r}: {exc}") from None
+    if parsed.scheme not in ("http", "https") or not parsed.host or not 0 < (parsed.port or 80) < 65536:
+        raise UsageError(f"--url {base!r}: expected http://HOST:PORT or https://HOST:PORT")
+    url = f"{base.rstrip('/')}{path}"
+    try:
+        httpx.URL(url)
+    except httpx.InvalidURL as exc:
+        raise UsageError(f"--path: {url!r}: {exc}") from None
+    return url
 
 
 def cmd_keys(args: argparse.Namespace) -> int:

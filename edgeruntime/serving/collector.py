@@ -34,6 +34,7 @@ __all__ = [
     "FREEZE_DELAY_SEC",
     "FULL_EVERY",
     "GC_THRESHOLDS",
+    "MAX_THRESHOLD",
     "MIDDLE_INTERVAL_SEC",
     "PacedCollector",
     "freeze_gc",
@@ -44,6 +45,8 @@ __all__ = [
 #: Collector thresholds of the paced default: Python's own young collection stays as a backstop
 #: for a burst between two ticks; the older generations are left to the pacer's clock.
 GC_THRESHOLDS = (100_000, 1_000_000, 1_000_000)
+#: The largest threshold gc.set_threshold takes (a C int); 0 for gen0 turns automatic collection off.
+MAX_THRESHOLD = 2**31 - 1
 #: Seconds after the server starts at which the objects alive then are frozen (see `start_collector`).
 FREEZE_DELAY_SEC = 1.0
 #: Bounds of the interval between two young collections: the shortest under load, the longest
@@ -74,6 +77,8 @@ def gc_thresholds(setting: str | None = None) -> tuple[int, int, int] | None:
         gen0, gen1, gen2 = (int(part) for part in setting.split(","))
     except ValueError:
         raise UsageError(f"EDGERUNTIME_GC={setting!r}: expected 'default' or three numbers 'gen0,gen1,gen2'") from None
+    if not all(0 <= threshold <= MAX_THRESHOLD for threshold in (gen0, gen1, gen2)):
+        raise UsageError(f"EDGERUNTIME_GC={setting!r}: each threshold is a number from 0 to {MAX_THRESHOLD}")
     return gen0, gen1, gen2
 
 

@@ -13,9 +13,11 @@ port can do anything the server can. It listens on loopback unless an address is
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import logging
 import os
+import socket
 from dataclasses import dataclass
 from typing import Any
 
@@ -88,6 +90,35 @@ def _debugpy() -> Any:
     return debugpy
 
 
+def _check_address(address: InspectorAddress) -> None:
+    """Raise UsageError naming `address` if the debugger could not listen there.
+
+    debugpy binds its socket on a thread of its own: a bind that fails there is printed as that
+    thread's traceback while `debugpy.listen` waits for ever. So the socket it would bind (IPv4,
+    SO_REUSEADDR, as pydevd's) is bound here first, and closed.
+    """
+    host = address.host.strip("[]")
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, address.port))
+        except socket.gaierror as exc:
+            if ":" in host:
+                ipv4 = f"127.0.0.1:{address.port}"
+                raise UsageError(
+                    f"--inspect: cannot listen on {address}: debugpy takes IPv4 addresses, e.g. {ipv4}"
+                ) from None
+            raise UsageError(
+                f"--inspect: cannot listen on {address}: cannot resolve {host!r} ({exc.strerror})"
+            ) from None
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise UsageError(
+                    f"--inspect: cannot listen on {address}: port {address.port} is already in use"
+                ) from None
+            raise UsageError(f"--inspect: cannot listen on {address}: {exc.strerror or exc}") from None
+
+
 def start_inspector(address: InspectorAddress, *, wait: bool, isolation: str) -> None:
     """Listen for a debugger at `address`; with `wait`, block until one has attached.
 
@@ -99,6 +130,7 @@ def start_inspector(address: InspectorAddress, *, wait: bool, isolation: str) ->
             "cannot stop them; serve with --isolation inline while debugging"
         )
     debugpy = _debugpy()
+    _check_address(address)
     if not address.loopback:
         logger.warning(
             "the debugger listens on %s, off loopback: anyone who can reach it can run any code in this "

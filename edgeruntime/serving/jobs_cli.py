@@ -30,19 +30,34 @@ def _common(p: argparse.ArgumentParser, add_project_options: AddOptions) -> None
     add_project_options(p)
 
 
+#: The largest job id or --limit: SQLite's INTEGER and PostgreSQL's BIGINT.
+MAX_ID = 2**63 - 1
+
+
+def positive_int(text: str) -> int:
+    """An argument type: a whole number from 1 to MAX_ID (argparse's one-line error otherwise)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 0 < value <= MAX_ID:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a number from 1 to {MAX_ID}")
+    return value
+
+
 def add_commands(sub: Any, add_project_options: AddOptions) -> None:
     """Add the `jobs` and `cron` subcommands to the `edgeruntime` parser."""
     jobs = sub.add_parser("jobs", help="queued jobs and failed jobs")
     jobs_sub = jobs.add_subparsers(dest="jobs_command", required=True, parser_class=type(jobs))
     ls = jobs_sub.add_parser("list", help="list queued, running and finished jobs")
     ls.add_argument("--status", choices=[s.value for s in JobStatus])
-    ls.add_argument("--limit", type=int, default=50)
+    ls.add_argument("--limit", type=positive_int, default=50, help="at most this many (default 50)")
     _common(ls, add_project_options)
     failed = jobs_sub.add_parser("failed", help="list failed jobs (payload, error, last response)")
-    failed.add_argument("--limit", type=int, default=50)
+    failed.add_argument("--limit", type=positive_int, default=50, help="at most this many (default 50)")
     _common(failed, add_project_options)
     retry = jobs_sub.add_parser("retry", help="queue a failed job again")
-    retry.add_argument("id", type=int, help="failed job id (from `edgeruntime jobs failed`)")
+    retry.add_argument("id", type=positive_int, help="failed job id (from `edgeruntime jobs failed`)")
     _common(retry, add_project_options)
 
     cron = sub.add_parser("cron", help="cron jobs of config.toml")

@@ -148,6 +148,12 @@ def create_function(functions_dir: Path, name: str, template: str = "basic") -> 
     target = functions_dir / name / ENTRYPOINT
     if target.exists():
         raise UsageError(f"{target} already exists")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(TEMPLATES[template].format(name=name), encoding="utf-8")
+    if functions_dir.exists() and not functions_dir.is_dir():
+        raise UsageError(f"{functions_dir} is a file, not a functions directory")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(TEMPLATES[template].format(name=name), encoding="utf-8")
+    except OSError as exc:  # a file on the way, no permission, a read-only or full disk ...
+        where = exc.filename if isinstance(exc.filename, str) else target
+        raise UsageError(f"cannot create {target}: {where}: {exc.strerror or exc}") from None
     return target

@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 from edgeruntime.core import responses
@@ -16,18 +18,44 @@ from edgeruntime.core.context import ExecutionContext
 from edgeruntime.core.events import StopReason
 from edgeruntime.core.logs import configure_logging
 from edgeruntime.core.types import Handler, Message, Receive, Scope, Send
+from edgeruntime.exceptions import UsageError
 from edgeruntime.functions.discovery import FunctionSpec
 from edgeruntime.gateway.websocket import CLOSE_NORMAL, Socket
 from edgeruntime.limits import DEFAULT_LIMITS
 from edgeruntime.serving.server import check_port, resolve_server, serve_asgi, serving_loop
 from edgeruntime.workers.worker import InlineWorker
 
-__all__ = ["run_standalone"]
+__all__ = ["DEFAULT_SCRIPT_PORT", "run_script", "run_standalone", "script_port"]
 
 logger = logging.getLogger("edgeruntime")
 
 #: The messages that answer a request (or a WebSocket upgrade request).
 _STARTS = frozenset({"http.response.start", "websocket.accept", "websocket.http.response.start", "websocket.close"})
+
+
+#: The port of a function run as a script when PORT is not set, as `deno run`'s Deno.serve.
+DEFAULT_SCRIPT_PORT = 8000
+
+
+def script_port(environ: Mapping[str, str] = os.environ) -> int:
+    """``PORT`` (DEFAULT_SCRIPT_PORT when unset or empty); UsageError naming it when it is not a TCP port."""
+    value = environ.get("PORT", "").strip()
+    if not value:
+        return DEFAULT_SCRIPT_PORT
+    port = int(value) if value.isascii() and value.isdigit() else 0
+    if not 0 < port < 65536:
+        raise UsageError(f"PORT={value!r}: expected a TCP port, 1 to 65535")
+    return port
+
+
+def run_script(handler: Handler, file: str | None) -> None:
+    """Serve `handler` as ``python functions/<name>/index.py`` does: on ``PORT``. A bad PORT, or a port
+    that cannot be listened on, is one line on stderr and exit status 2 (as the CLI's errors)."""
+    try:
+        run_standalone(handler, file, script_port())
+    except UsageError as exc:
+        print(f"edgeruntime: error: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
 
 
 def run_standalone(handler: Handler, file: str | None, port: int, host: str | None = None) -> None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
 import socket
+import sys
 import threading
 import time
 from pathlib import Path
@@ -12,6 +14,8 @@ from typing import Any
 import httpx
 import pytest
 
+from edgeruntime.exceptions import UsageError
+from edgeruntime.serving.inspector import InspectorAddress, parse_inspect, start_inspector
 from tests.helpers import ServerProcess, free_port, run_cli, write_function
 
 pytestmark = pytest.mark.e2e
@@ -186,3 +190,72 @@ def test_a_bad_inspect_address_is_one_line(functions_dir: Path, value: str, mess
     write_function(functions_dir, "greet", HANDLER)
     r = run_cli("serve", str(functions_dir), "--port", str(free_port()), f"--inspect={value}")
     assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr
+
+
+class _FakeDebugpy:
+    """Stands in for debugpy: records `listen`, which must not be reached with a bad address
+    (the real one waits for ever when its thread cannot bind)."""
+
+    def __init__(self) -> None:
+        self.listened: list[tuple[str, int]] = []
+
+    def listen(self, address: tuple[str, int], **kwargs: object) -> None:
+        self.listened.append(address)
+
+
+@pytest.fixture
+def fake_debugpy(monkeypatch: pytest.MonkeyPatch) -> _FakeDebugpy:
+    fake = _FakeDebugpy()
+    monkeypatch.setitem(sys.modules, "debugpy", fake)
+    return fake
+
+
+def test_a_port_in_use_is_refused_naming_the_address_before_debugpy_listens(fake_debugpy: _FakeDebugpy) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(UsageError) as raised:
+            start_inspector(InspectorAddress("127.0.0.1", port), wait=False, isolation="inline")
+    assert str(raised.value) == f"--inspect: cannot listen on 127.0.0.1:{port}: port {port} is already in use"
+    assert fake_debugpy.listened == []
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        ("nonexistent.invalid:9333", "cannot resolve 'nonexistent.invalid'"),
+        ("nonexistent.invalid", "cannot resolve 'nonexistent.invalid'"),
+        ("[::1]:9333", "debugpy takes IPv4 addresses, e.g. 127.0.0.1:9333"),
+    ],
+)
+def test_an_address_debugpy_cannot_bind_is_refused_naming_it(
+    fake_debugpy: _FakeDebugpy, value: str, reason: str
+) -> None:
+    address = parse_inspect(value)
+    with pytest.raises(UsageError, match=re.escape(f"--inspect: cannot listen on {address}: {reason}")):
+        start_inspector(address, wait=False, isolation="inline")
+    assert fake_debugpy.listened == []
+
+
+def test_a_free_loopback_port_reaches_debugpy(fake_debugpy: _FakeDebugpy) -> None:
+    port = free_port()
+    start_inspector(InspectorAddress("127.0.0.1", port), wait=False, isolation="inline")
+    assert fake_debugpy.listened == [("127.0.0.1", port)]
+
+
+@pytest.mark.parametrize("taken", [True, False])
+def test_serve_inspect_on_an_address_it_cannot_bind_exits_2_with_one_line_instead_of_hanging(
+    functions_dir: Path, taken: bool
+) -> None:
+    pytest.importorskip("debugpy")
+    write_function(functions_dir, "greet", HANDLER)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        inspect = f"127.0.0.1:{busy.getsockname()[1]}" if taken else "nonexistent.invalid:9333"
+        args = ("serve", str(functions_dir), "--port", str(free_port()), "--no-watch", "--isolation", "inline")
+        r = run_cli(*args, "--inspect", inspect, timeout=30)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.startswith(f"edgeruntime: error: --inspect: cannot listen on {inspect}: ")

@@ -129,6 +129,25 @@ async def handler(req):
     assert "File change detected:" in server.output
 
 
+def test_hot_reload_survives_a_symlink_loop_appearing_while_serving(hello_dir: Path) -> None:
+    with ServerProcess(hello_dir) as server:
+        time.sleep(0.3)  # let the watcher settle before the change
+        (hello_dir / "loop1").symlink_to("loop1")  # `ln -s loop1 functions/loop1`
+        warning = f"skipping function directory {hello_dir.resolve() / 'loop1'}: cannot be read"
+        deadline = time.monotonic() + 5
+        while warning not in server.output and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert warning in server.output, server.output
+        write_function(hello_dir, "later", HELLO)  # the watcher still watches: served without a restart
+        seen = 404
+        while seen == 404 and time.monotonic() < deadline + 5:
+            seen = httpx.get(server.url("later"), headers=SERVICE_ROLE).status_code
+            time.sleep(0.05)
+        assert seen == 200, server.output
+        assert httpx.get(server.url("hello"), headers=SERVICE_ROLE).status_code == 200
+    assert "Traceback" not in server.output and server.output.count(warning) == 1, server.output
+
+
 def test_json_logs_carry_the_execution_id(hello_dir: Path) -> None:
     write_function(
         hello_dir,
@@ -211,6 +230,23 @@ def test_module_run_as_a_script_serves_itself(tmp_path: Path) -> None:
             proc.wait(10)
         assert proc.stdout is not None
         proc.stdout.close()
+
+
+@pytest.mark.parametrize("port", ["abc", "70000", "-1", "0", "in use"])
+def test_a_script_on_a_bad_port_is_one_line_naming_it_and_exit_2(tmp_path: Path, port: str) -> None:
+    script = write_function(tmp_path, "hello", HELLO)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        if port == "in use":
+            port = str(taken.getsockname()[1])
+            line = f"edgeruntime: error: port {port} on 127.0.0.1 is already in use\n"
+        else:
+            line = f"edgeruntime: error: PORT={port!r}: expected a TCP port, 1 to 65535\n"
+        r = subprocess.run(
+            [sys.executable, str(script)], env={**os.environ, "PORT": port}, capture_output=True, text=True, timeout=30
+        )
+    assert (r.returncode, r.stdout, r.stderr) == (2, "", line)
 
 
 @pytest.mark.parametrize("server_kind", ["hypercorn", "uvicorn"])

@@ -236,3 +236,27 @@ def test_commands_that_write_refuse_a_read_only_sqlite_file_with_one_line(projec
         assert (r.returncode, r.stderr) == (0, ""), command
     r = run_bound_by_file_modes(["jobs", "failed", "-d", str(project), "--database-url", url, "--json"])
     assert [f["error"] for f in json.loads(r.stdout)] == ["boom"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "line"),
+    [
+        (["list", "--limit", "99999999999999999999"], "jobs list: error: argument --limit: '99999999999999999999': "),
+        (["failed", "--limit", "99999999999999999999"], "jobs failed: error: argument --limit: '9999"),
+        (["retry", "99999999999999999999"], "jobs retry: error: argument id: '99999999999999999999': "),
+        (["list", "--limit", "0"], "jobs list: error: argument --limit: '0': expected a number from 1 to "),
+        (["failed", "--limit", "-1"], "jobs failed: error: argument --limit: '-1': expected a number from 1 to "),
+        (["retry", "0"], "jobs retry: error: argument id: '0': expected a number from 1 to "),
+        (["list", "--limit", "ten"], "jobs list: error: argument --limit: 'ten' is not a whole number"),
+    ],
+)
+def test_a_limit_or_id_out_of_range_is_one_line_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], line: str
+) -> None:
+    from edgeruntime.serving.cli import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(["jobs", *argv, "--database-url", f"sqlite:///{tmp_path / 'jobs.db'}"])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"edgeruntime {line}") and err.count("\n") == 1, err

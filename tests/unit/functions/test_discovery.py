@@ -91,3 +91,42 @@ async def test_nothing_outside_the_functions_directory_is_imported(functions_dir
         for url in ("/functions/v1/../outside/evil", "/functions/v1/..%2Foutside%2Fevil", "/functions/v1/evil"):
             r = await client.request("GET", url, headers=client.headers_for("service_role"))
             assert r.status_code == 404
+
+
+def test_an_unreadable_function_directory_is_skipped_with_one_warning_naming_it(
+    functions_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    write_function(functions_dir, "hello", HELLO)
+    (functions_dir / "loop1").symlink_to("loop1")  # ELOOP, as `ln -s loop1 functions/loop1`
+    write_function(functions_dir, "inner", HELLO).unlink()
+    (functions_dir / "inner" / "index.py").symlink_to("index.py")  # its index.py a loop
+    (functions_dir / "dangling").symlink_to("nowhere")  # not a function, nothing to say
+    (functions_dir / ".loop").symlink_to(".loop")  # not a function's name either
+
+    assert list(discover(functions_dir)) == ["hello"]
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    root = functions_dir.resolve()
+    assert warnings == [
+        f"skipping function directory {root / 'inner'}: cannot be read (Too many levels of symbolic links)",
+        f"skipping function directory {root / 'loop1'}: cannot be read (Too many levels of symbolic links)",
+    ]
+    caplog.clear()
+    assert list(discover(functions_dir)) == ["hello"]  # every reload rescans: said once
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+    (functions_dir / "loop1").unlink()
+    write_function(functions_dir, "loop1", HELLO)
+    assert list(discover(functions_dir)) == ["hello", "loop1"]
+    (functions_dir / "loop1" / "index.py").unlink()
+    (functions_dir / "loop1" / "index.py").symlink_to("index.py")  # unreadable again: said again
+    assert list(discover(functions_dir)) == ["hello"]
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [
+        f"skipping function directory {root / 'loop1'}: cannot be read (Too many levels of symbolic links)"
+    ]
+
+
+def test_a_change_in_a_symlink_loop_belongs_to_no_function_rather_than_raising(functions_dir: Path) -> None:
+    (functions_dir / "loop1").symlink_to("loop1")
+    assert function_for_path(functions_dir.resolve(), functions_dir / "loop1") is None
+    write_function(functions_dir, "hello", HELLO)
+    (functions_dir / "hello" / "self").symlink_to("self")
+    assert function_for_path(functions_dir.resolve(), functions_dir / "hello" / "self") == "hello"
