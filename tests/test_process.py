@@ -34,6 +34,7 @@ from tests.probes import (
     worker_processes,
     write_probe,
 )
+from tests.unit.asgi import gateway_scope
 from tests.unit.gateway.test_app import check_client_gone_mid_body, check_exhaustion_is_503
 from tests.unit.gateway.test_websocket import check_client_gone_before_accept
 
@@ -267,20 +268,7 @@ async def test_streamed_response_is_flow_controlled_to_a_slow_client(functions_d
                     await asyncio.sleep(1.5)
                     stalled.set()
 
-        scope = {
-            "type": "http",
-            "asgi": {"version": "3.0"},
-            "http_version": "1.1",
-            "method": "GET",
-            "scheme": "http",
-            "path": "/functions/v1/streamer",
-            "raw_path": b"/functions/v1/streamer",
-            "query_string": b"",
-            "root_path": "",
-            "headers": [(b"authorization", client.headers_for("service_role")["Authorization"].encode())],
-            "client": ("127.0.0.1", 1),
-            "server": ("127.0.0.1", 54321),
-        }
+        scope = gateway_scope("watcher", client.headers_for("service_role"))
         serving = asyncio.ensure_future(client.app(scope, receive, slow_send))
         await asyncio.wait_for(stalled.wait(), timeout=20)
         produced_while_stalled = int(events.read_text())

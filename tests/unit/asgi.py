@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Mapping
 from typing import Any
 
 from edgeruntime.core.types import Message, Scope
@@ -27,6 +28,29 @@ def http_scope(
         "client": ("127.0.0.1", 50000),
         "server": ("127.0.0.1", 54321),
     }
+
+
+def gateway_scope(name: str, headers: Mapping[str, str], kind: str = "http") -> Scope:
+    """The scope a server gives the gateway for a `kind` ("http": a GET; "websocket": an upgrade)
+    request to function `name`, with `headers` (EdgeClient.headers_for, say) besides its host."""
+    scope: Scope = {
+        "type": kind,
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "scheme": "http" if kind == "http" else "ws",
+        "path": f"/functions/v1/{name}",
+        "raw_path": f"/functions/v1/{name}".encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"host", b"127.0.0.1:54321"), *((k.lower().encode(), v.encode()) for k, v in headers.items())],
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 54321),
+    }
+    if kind == "http":
+        scope["method"] = "GET"
+    else:
+        scope["subprotocols"] = []
+    return scope
 
 
 class Body:

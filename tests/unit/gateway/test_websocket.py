@@ -13,6 +13,7 @@ from edgeruntime.core.types import Message, Receive, Scope, Send
 from edgeruntime.exceptions import WebSocketDenied
 from edgeruntime.testing import EdgeClient
 from tests.helpers import KEYS, write_function
+from tests.unit.asgi import gateway_scope
 
 ECHO = """
 from starlette.requests import Request
@@ -313,23 +314,7 @@ async def check_client_gone_before_accept(
     disconnect (499), not logged as the function's error: any client could fill the log so."""
     write_function(functions_dir, "slow", LATE_ACCEPT)
     async with EdgeClient(functions_dir, isolation=isolation) as client:
-        scope = {
-            "type": "websocket",
-            "asgi": {"version": "3.0"},
-            "http_version": "1.1",
-            "scheme": "ws",
-            "path": "/functions/v1/slow",
-            "raw_path": b"/functions/v1/slow",
-            "query_string": b"",
-            "root_path": "",
-            "headers": [
-                (b"host", b"127.0.0.1:54321"),
-                *((k.lower().encode(), v.encode()) for k, v in client.headers_for("service_role").items()),
-            ],
-            "client": ("127.0.0.1", 50000),
-            "server": ("127.0.0.1", 54321),
-            "subprotocols": [],
-        }
+        scope = gateway_scope("slow", client.headers_for("service_role"), "websocket")
         connected: list[Message] = [{"type": "websocket.connect"}]
 
         async def receive() -> Message:
