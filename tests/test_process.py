@@ -20,7 +20,7 @@ from edgeruntime.functions.discovery import FunctionSpec
 from edgeruntime.gateway.extensions import Extension
 from edgeruntime.limits import Limits
 from edgeruntime.testing import EdgeClient
-from edgeruntime.workers.process.frames import Frame
+from edgeruntime.workers.process.frames import Frame, Listen
 from edgeruntime.workers.process.parent import ProcessWorker
 from tests.helpers import ServerProcess, write_function
 from tests.probes import (
@@ -765,3 +765,19 @@ async def test_a_client_that_leaves_before_the_upgrade_is_accepted_is_no_functio
     functions_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     await check_client_gone_before_accept(functions_dir, caplog, "process")
+
+
+async def test_a_worker_asking_to_listen_to_a_request_not_its_own_changes_nothing(functions_dir: Path) -> None:
+    """A Listen frame names a request by its id: the server starts forwarding only for a request
+    in flight on that worker; any other id (a hostile function's guess) is ignored."""
+    write_function(functions_dir, "holder", HOLDER)
+    worker = ProcessWorker(FunctionSpec("holder", functions_dir / "holder"), {}, Limits())
+    await worker.start()
+    try:
+        assert worker.channel is not None
+        for rid in (0, 10**9, -1):
+            worker.channel.on_frame(Listen(rid))
+        seen, _ = await _timed(worker, b"")
+        assert set(seen) == {"http.response.start", "http.response.body"}
+    finally:
+        await worker.end(StopReason.TERMINATION)

@@ -158,6 +158,7 @@ def test_worker_frames_hold_plain_data_and_builtin_exceptions_only() -> None:
         (1, 0, 17),  # Consumed: nothing consumed
         (1, 10**9, 17),  # Consumed: more than a window
         ("1", 8, 17),  # Consumed: a request id that is no number
+        (["1"], 19),  # Listen: a request id that is no number
         (1, ({"type": "http.response.start"},), None, 18),  # Answered: messages not in a list
         (1, ["http.response.start"], None, 18),  # Answered: a message that is no dict
         (1, [], b"error", 18),  # Answered: an error that is not text
