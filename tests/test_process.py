@@ -268,7 +268,7 @@ async def test_streamed_response_is_flow_controlled_to_a_slow_client(functions_d
                     await asyncio.sleep(1.5)
                     stalled.set()
 
-        scope = gateway_scope("watcher", client.headers_for("service_role"))
+        scope = gateway_scope("streamer", client.headers_for("service_role"))
         serving = asyncio.ensure_future(client.app(scope, receive, slow_send))
         await asyncio.wait_for(stalled.wait(), timeout=20)
         produced_while_stalled = int(events.read_text())
@@ -735,23 +735,7 @@ async def test_a_client_that_leaves_before_the_response_reaches_the_function(fun
             if message["type"] == "http.response.body":
                 answers.append(message.get("body", b""))
 
-        scope = {
-            "type": "http",
-            "asgi": {"version": "3.0"},
-            "http_version": "1.1",
-            "method": "GET",
-            "scheme": "http",
-            "path": "/functions/v1/watcher",
-            "raw_path": b"/functions/v1/watcher",
-            "query_string": b"",
-            "root_path": "",
-            "headers": [
-                (b"host", b"127.0.0.1:54321"),
-                *((k.lower().encode(), v.encode()) for k, v in client.headers_for("service_role").items()),
-            ],
-            "client": ("127.0.0.1", 50000),
-            "server": ("127.0.0.1", 54321),
-        }
+        scope = gateway_scope("watcher", client.headers_for("service_role"))
         started = time.monotonic()
         await client.app.handle_http(scope, receive, send)
         assert left.is_set() and time.monotonic() - started < 4
