@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import pickle
 import socket
 
 from edgeruntime.core.events import StopReason
 from edgeruntime.limits import Limits
 from edgeruntime.workers.process.channel import FLUSH_BYTES, Channel, framed
 from edgeruntime.workers.process.child import first_batch
-from edgeruntime.workers.process.frames import BeforeUnload, Body, Boot, Cancel, Frame
+from edgeruntime.workers.process.frames import BeforeUnload, Body, Boot, Cancel, Frame, Reader, read_frame
 
 
 async def test_frames_sent_in_one_turn_go_out_in_one_write_and_arrive() -> None:
@@ -60,3 +61,23 @@ def test_the_boot_frame_is_read_alone_before_the_loop_starts() -> None:
         assert theirs.recv(len(later)) == later  # what came after stays for the channel
         ours.close()
         assert first_batch(theirs.fileno()) is None  # the server closed the channel first
+
+
+def test_a_view_of_the_read_buffer_that_outlives_the_read_does_not_break_the_next_one() -> None:
+    """The loader's view of a batch may outlive the read (its frame kept by a traceback until
+    the collector runs): the channel must not resize that buffer (BufferError), and reads on."""
+    kept: list[memoryview] = []
+
+    def keeping_load(data: bytes | memoryview) -> object:
+        if isinstance(data, memoryview):
+            kept.append(data)  # what a frame of the loader, kept alive, holds
+        return pickle.loads(data)
+
+    seen: list[Frame] = []
+    channel = Channel(seen.append, lambda: None, reader=Reader(keeping_load, read_frame))
+    data = framed(Cancel(1)) + framed(Cancel(2))
+    channel.data_received(data[:-3])  # a whole batch and part of the next
+    channel.data_received(data[-3:])
+    channel.data_received(framed(Cancel(3)))
+    assert seen == [Cancel(1), Cancel(2), Cancel(3)]
+    assert kept

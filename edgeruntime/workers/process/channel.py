@@ -117,7 +117,10 @@ class Channel(asyncio.Protocol):
         finally:
             view.release()
         if offset and not self.closed:
-            del buffer[:offset]
+            # What is left goes to a new buffer, rather than `del buffer[:offset]`: a view of
+            # this one that outlives the call (a frame of the loader kept by a traceback until
+            # the collector runs) forbids resizing it ("BufferError: Existing exports").
+            self._buffer = buffer[offset:]
 
     def _deliver(self, batch: Any) -> bool:
         """Hand each frame of `batch` to `on_frame`; False once the channel is refused."""
