@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 from edgeruntime.exceptions import ConfigError, EdgeRuntimeError, StoreUnavailable
 
-__all__ = ["Outage", "describe", "store_unavailable"]
+__all__ = ["Outage", "describe", "escaped", "store_unavailable"]
 
 #: While an operation keeps failing, it is logged again this often (with how many attempts failed).
 REPEAT_SEC = 60.0
@@ -52,6 +52,12 @@ def store_unavailable(exc: Exception) -> bool:
     if psycopg is not None and isinstance(exc, psycopg.Error):
         return not isinstance(exc, (psycopg.DataError, psycopg.IntegrityError))
     return False
+
+
+def escaped(text: str) -> str:
+    """`text` in printable ASCII (a NUL or a lone surrogate as `\\x00`, `\\udc80`): what any store
+    takes, for an error the store refused as it was."""
+    return text.encode("unicode_escape").decode("ascii")
 
 
 class Outage:

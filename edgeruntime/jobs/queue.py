@@ -28,7 +28,7 @@ from edgeruntime.jobs.backends import open_store
 from edgeruntime.jobs.clock import Clock, SystemClock
 from edgeruntime.jobs.config import JobsConfig
 from edgeruntime.jobs.delivery import deliver
-from edgeruntime.jobs.outage import Outage, describe, store_unavailable
+from edgeruntime.jobs.outage import Outage, describe, escaped, store_unavailable
 from edgeruntime.jobs.store import Job, JobStore, Outcome
 
 if TYPE_CHECKING:
@@ -433,7 +433,7 @@ def _without_texts(outcome: Outcome) -> Outcome | None:
     (a NUL or a lone surrogate as `\\x00`, `\\udc80`); None when it has no text to leave out."""
     if outcome.response is None and outcome.error is None:
         return None
-    error = None if outcome.error is None else outcome.error.encode("unicode_escape").decode("ascii")
+    error = None if outcome.error is None else escaped(outcome.error)
     return replace(outcome, response=None, error=error)
 
 

@@ -24,7 +24,7 @@ from edgeruntime.exceptions import ConfigError, JobsError
 from edgeruntime.jobs.clock import Clock
 from edgeruntime.jobs.config import CATCHUP_WINDOW_SEC
 from edgeruntime.jobs.delivery import deliver
-from edgeruntime.jobs.outage import Outage, describe, store_unavailable
+from edgeruntime.jobs.outage import Outage, describe, escaped, store_unavailable
 from edgeruntime.jobs.schedule import Schedule, validate_cron
 from edgeruntime.jobs.store import JobStore, TickStatus
 
@@ -226,7 +226,7 @@ class Scheduler:
         drop it (its tick stays running until its lease runs out). False when the store turned out
         unavailable: the outcome is kept."""
         if finish.error is not None:
-            bare = replace(finish, error=finish.error.encode("unicode_escape").decode("ascii"))
+            bare = replace(finish, error=escaped(finish.error))
             try:
                 await self.store.finish_tick(tick_id, bare.status, bare.http_status, bare.error, now=bare.at)
             except Exception as exc:
