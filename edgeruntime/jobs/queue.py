@@ -26,7 +26,7 @@ from edgeruntime.exceptions import JobsError
 from edgeruntime.functions.slug import is_valid_slug
 from edgeruntime.jobs.backends import open_store
 from edgeruntime.jobs.clock import Clock, SystemClock
-from edgeruntime.jobs.config import JobsConfig
+from edgeruntime.jobs.config import MAXIMUMS, JobsConfig
 from edgeruntime.jobs.delivery import deliver
 from edgeruntime.jobs.outage import Outage, describe, escaped, store_unavailable
 from edgeruntime.jobs.store import Job, JobStore, Outcome
@@ -94,6 +94,11 @@ class JobQueue:
         attempts = self.config.max_attempts if max_attempts is None else max_attempts
         if attempts < 1:
             raise JobsError(f"enqueue({function!r}): max_attempts must be at least 1, got {attempts}")
+        # The bound of `[jobs] max_attempts`: past it the backoff overflows, and the store's integers.
+        if attempts > MAXIMUMS["max_attempts"]:
+            raise JobsError(
+                f"enqueue({function!r}): max_attempts must be at most {MAXIMUMS['max_attempts']}, got {attempts}"
+            )
         if delay < 0:
             raise JobsError(f"enqueue({function!r}): delay must not be negative, got {delay}")
         now = self.clock.now()
@@ -128,9 +133,10 @@ async def enqueue(
 
     The job is delivered at least once, after `delay` seconds, with headers `x-edgeruntime-job-id`
     and `x-edgeruntime-attempt`; a non-2xx answer is retried with backoff up to `max_attempts`
-    deliveries (default `[jobs] max_attempts`, 4). With an `idempotency_key` already used, the
-    existing job's id is returned and nothing is queued. Raises `StoreUnavailable` (a `JobsError`)
-    when the store cannot be reached or written now, and nothing is queued: the call may be retried.
+    deliveries (default `[jobs] max_attempts`, 4; 1 to 1000, else `JobsError`). With an
+    `idempotency_key` already used, the existing job's id is returned and nothing is queued. Raises
+    `StoreUnavailable` (a `JobsError`) when the store cannot be reached or written now, and nothing
+    is queued: the call may be retried.
     """
     global _fallback
     queue = _active

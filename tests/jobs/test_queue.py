@@ -155,6 +155,23 @@ async def test_enqueue_bad_input_is_a_clear_error(queue_dir: Path) -> None:
         assert (await client.invoke("enqueue", json={"function": "flaky"})).status_code == 200
 
 
+async def test_enqueue_refuses_more_attempts_than_the_config_allows(queue_dir: Path) -> None:
+    """`[jobs] max_attempts` is at most 1000 (past 1024 attempts the backoff overflows a float); a
+    code call is held to the same maximum, with the same kind of error as one below 1."""
+    async with EdgeClient(queue_dir) as client:
+        with pytest.raises(JobsError, match=r"^enqueue\('flaky'\): max_attempts must be at most 1000, got 1001$"):
+            await client.jobs.queue.enqueue("flaky", max_attempts=1001)
+        with pytest.raises(JobsError, match="max_attempts must be at most 1000"):
+            await client.jobs.queue.enqueue("flaky", max_attempts=2**70)  # more than the store's integers
+        assert await client.jobs.store.count_jobs() == {}
+        job = await client.jobs.store.job(await client.jobs.queue.enqueue("flaky", max_attempts=1000))
+        assert job is not None and job.max_attempts == 1000
+        # From function code: the caller gets a well-formed 500, and nothing is queued.
+        r = await client.invoke("enqueue", json={"function": "flaky", "max_attempts": 5000})
+        assert r.status_code == 500
+        assert await client.jobs.store.count_jobs() == {"queued": 1}
+
+
 async def test_job_for_unknown_function_fails_after_its_attempts(queue_dir: Path) -> None:
     async with EdgeClient(queue_dir) as client:
         await client.jobs.queue.enqueue("gone", {}, max_attempts=2)
