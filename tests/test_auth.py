@@ -554,6 +554,28 @@ async def test_the_function_reads_the_one_authorization_that_was_checked(echo_di
     assert runs.read_text().count("ran") == 4
 
 
+@pytest.mark.parametrize(
+    "value",
+    [
+        f"Bearer {KEYS.anon_key} {forged_token()}",
+        f"Bearer {KEYS.anon_key} Bearer {forged_token()}",
+        f"Bearer {KEYS.anon_key} ",
+    ],
+)
+async def test_a_token_followed_by_more_words_is_refused_and_the_function_never_runs(
+    echo_dir: Path, tmp_path: Path, value: str
+) -> None:
+    # The token checked would be the first word only: a function reading the last word (or the
+    # whole rest) would take claims nobody verified as the gateway's.
+    runs = tmp_path / "runs.txt"
+    async with EdgeClient(echo_dir, environ=runs_environ(runs)) as client:
+        for headers in ({"authorization": value}, {"apikey": value}):
+            r = await client.invoke("checked", auth=None, headers=headers)
+            assert_401(r, INVALID)
+            assert r.headers["sb-error-code"] == "UNAUTHORIZED_INVALID_JWT_FORMAT"
+    assert not runs.exists()
+
+
 def test_credentials_reads_each_header_once() -> None:
     assert credentials([(b"host", b"x"), (b"apikey", b"k"), (b"authorization", b"Bearer t")]) == (b"Bearer t", b"k")
     assert credentials([]) == (None, None)

@@ -230,7 +230,9 @@ class Verifier:
         if parts[0] != "Bearer":
             return NOT_BEARER
         token = parts[1] if len(parts) > 1 else ""
-        if not token:
+        # The CLI ignores words after the token; refused here, since the function receives the
+        # whole header and may read a word that was never verified (as with a repeated header).
+        if not token or len(parts) > 2:
             return INVALID_FORMAT
         expires = self._cache.get(token)
         if expires is not None and expires > time.time():
