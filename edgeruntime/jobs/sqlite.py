@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Collection, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from itertools import chain
@@ -171,16 +171,37 @@ class SQLiteStore:
 
         return await asyncio.get_running_loop().run_in_executor(self._executor, call)
 
-    @staticmethod
     @contextmanager
-    def _write(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    def _write(self, conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+        """A write transaction, committed at the end of the block; rolled back when the block or the
+        COMMIT fails, so the connection is never left in it (see `_roll_back`)."""
         conn.execute("BEGIN IMMEDIATE")
         try:
             yield conn
+            conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            self._roll_back(conn)
             raise
-        conn.execute("COMMIT")
+
+    def _roll_back(self, conn: sqlite3.Connection) -> None:
+        """End the transaction `conn` is in, if it still is; the error that ended it is the caller's.
+
+        A COMMIT that fails with "database is locked" (without WAL it waits for the file's readers)
+        leaves the transaction open, holding the file's write locks: every later write of this
+        connection would fail, and other connections would wait on it. A statement that fails with
+        an I/O error or a full disk may have rolled the transaction back itself: a ROLLBACK then
+        fails with "cannot rollback - no transaction is active", which would replace that error.
+        """
+        if not conn.in_transaction:
+            return
+        try:
+            conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            # Closing the connection ends its transaction; the next call opens another.
+            with suppress(sqlite3.Error):
+                conn.close()
+            if self._conn is conn:
+                self._conn = None
 
     async def migrate(self) -> None:
         def run(conn: sqlite3.Connection) -> None:
@@ -213,7 +234,7 @@ class SQLiteStore:
                 for stmt in WRITE_PROBES:
                     conn.execute(stmt)
             finally:
-                conn.execute("ROLLBACK")
+                self._roll_back(conn)
 
         try:
             await self._run(run)

@@ -6,6 +6,8 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -227,3 +229,79 @@ async def test_enqueue_while_another_process_holds_the_write_lock_raises_store_u
     finally:
         locker.close()
         await store.close()
+
+
+def _rollback_journal(conn: sqlite3.Connection) -> None:
+    """A file WAL cannot be used on (the store asks for WAL, and goes on with what it gets)."""
+    conn.execute("PRAGMA journal_mode = DELETE")
+
+
+async def test_a_commit_that_fails_is_rolled_back_and_the_store_stays_usable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without WAL, COMMIT waits for every reader of the file to finish; a reader that stays past
+    the busy timeout makes it fail with "database is locked", and SQLite then keeps the transaction
+    open, holding the file's write locks. The store rolls it back: the write fails alone, the next
+    one works, and other connections are not locked out."""
+    monkeypatch.setattr(sqlite_store, "BUSY_TIMEOUT_MS", 100)
+    monkeypatch.setattr(sqlite_store, "_enter_wal", _rollback_journal)
+    path = tmp_path / "jobs.db"
+    store = open_store(f"sqlite:///{path}")
+    await store.migrate()
+    reader = sqlite3.connect(path, isolation_level=None, timeout=0.5)
+    try:
+        assert reader.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+        reader.execute("BEGIN")
+        assert reader.execute("SELECT COUNT(*) FROM edgeruntime_jobs").fetchone()[0] == 0  # a read lock, kept
+        with pytest.raises(StoreUnavailable, match=r"^enqueue: database .*jobs\.db: database is locked$"):
+            await store.enqueue("hello", '{"n":1}', run_at=1.0, max_attempts=1, idempotency_key=None, now=1.0)
+        reader.execute("COMMIT")
+        # The failed enqueue wrote nothing; another connection can read and write the file.
+        assert reader.execute("SELECT COUNT(*) FROM edgeruntime_jobs").fetchone()[0] == 0
+        reader.execute("INSERT INTO edgeruntime_cron_pauses (cron, paused_at) VALUES ('other', 0)")
+        job_id = await store.enqueue("hello", '{"n":2}', run_at=1.0, max_attempts=1, idempotency_key=None, now=1.0)
+        [job] = await store.jobs()
+        assert (job.id, job.payload) == (job_id, '{"n":2}')
+        assert await store.paused_crons() == {"other": 0.0}
+        assert reader.execute("SELECT payload FROM edgeruntime_jobs").fetchall() == [('{"n":2}',)]
+    finally:
+        reader.close()
+        await store.close()
+
+
+#: Enqueues a job larger than SQLite's page cache with the file size capped below it (a full disk or
+#: quota): the INSERT spills pages to the WAL, which fails, and SQLite rolls the transaction back.
+#: Then, the cap lifted, a small job. Prints what each enqueue gave.
+_FULL_DISK = """
+import asyncio, resource, signal, sys
+from edgeruntime.jobs.backends import open_store
+
+async def main() -> None:
+    store = open_store(sys.argv[1])
+    await store.migrate()
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the cap fails instead of killing
+    _, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1024 * 1024, hard))
+    try:
+        await store.enqueue("big", "x" * 4_000_000, run_at=1.0, max_attempts=1, idempotency_key=None, now=1.0)
+    except Exception as exc:
+        print(type(exc).__name__, exc)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (hard, hard))
+    print(await store.enqueue("small", "{}", run_at=1.0, max_attempts=1, idempotency_key=None, now=1.0))
+    await store.close()
+
+asyncio.run(main())
+"""
+
+
+def test_a_write_sqlite_rolled_back_itself_fails_with_its_own_error(tmp_path: Path) -> None:
+    """A ROLLBACK after a statement SQLite already rolled back (an I/O error) fails with "cannot
+    rollback - no transaction is active", which used to replace the error that mattered."""
+    path = tmp_path / "jobs.db"
+    result = subprocess.run(
+        [sys.executable, "-c", _FULL_DISK, f"sqlite:///{path}"], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    error, job_id = result.stdout.splitlines()
+    assert error == f"StoreUnavailable enqueue: database {path}: disk I/O error"
+    assert job_id == "1"
