@@ -20,7 +20,9 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import re
 import time
+import urllib.parse
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -93,19 +95,31 @@ EXECUTION_ID_HEADER = b"x-edgeruntime-execution-id"
 WEBSOCKET_TRIGGER = "websocket"
 #: Percent-encoded bytes that must never reach a function name: `/`, `\`, NUL.
 _FORBIDDEN_ENCODED = (b"%2f", b"%5c", b"%00")
+#: Control characters (C0, DEL, C1), which a path only holds percent-encoded: decoded, a line
+#: break would forge lines in the server's log, an escape sequence drive the terminal showing it.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 
 
 def _function_name(scope: Scope) -> str:
     """The function name of a `/functions/v1/<name>/...` request ("" if the path is malformed).
 
     Only names found on disk are ever looked up, so `..`, overlong names and the like simply
-    match nothing; encoded separators and NUL are refused outright.
+    match nothing; encoded separators and control characters are refused outright.
     """
     path: str = scope["path"]
     raw = scope.get("raw_path") or b""
-    if "\x00" in path or (b"%" in raw and any(bad in raw.lower() for bad in _FORBIDDEN_ENCODED)):
+    if not path.isprintable() and _CONTROL.search(path):  # isprintable(): one fast check for most paths
+        return ""
+    if b"%" in raw and any(bad in raw.lower() for bad in _FORBIDDEN_ENCODED):
         return ""
     return path[len(PREFIX) :].partition("/")[0]
+
+
+def _printable(text: str) -> str:
+    """`text` for a log line: what is not printable percent-encoded (as the client sent it)."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else urllib.parse.quote(c, safe="") for c in text)
 
 
 #: What the gateway answers when a function fails in each way (the local Supabase forms).
@@ -379,7 +393,8 @@ class EdgeApp:
                 error = "client disconnected before the response"
             elif ctx.client_left and error is None:
                 error = "client disconnected during the response"
-            self.access_log(method, path, status, duration_ms, name or None, execution_id)
+            # The path and a name not found are the client's: a log line never holds them raw.
+            self.access_log(method, _printable(path), status, duration_ms, _printable(name) or None, execution_id)
             if self._observers:
                 # One record for every observer, made as a plain tuple (a named tuple's own
                 # constructor is a Python function: twice the cost).

@@ -84,6 +84,46 @@ async def test_malformed_names_are_404(hello_dir: Path, url: str) -> None:
         assert r.status_code == 404
 
 
+@pytest.mark.parametrize(
+    ("url", "logged"),
+    [
+        (
+            "/functions/v1/hello/%0d%0a12:00:00.000 INFO    [admin] forged",
+            "/functions/v1/hello/%0D%0A12:00:00.000 INFO    [admin] forged",
+        ),
+        ("/functions/v1/nope%0aforged", "/functions/v1/nope%0Aforged"),
+        ("/functions/v1/hello/%1b[2J", "/functions/v1/hello/%1B[2J"),
+        ("/functions/v1/hello/%09", "/functions/v1/hello/%09"),
+        ("/functions/v1/hello/%7f", "/functions/v1/hello/%7F"),
+        ("/functions/v1/hello/%c2%85", "/functions/v1/hello/%C2%85"),  # NEL: a line break to some terminals
+    ],
+)
+async def test_control_characters_in_a_path_are_404_and_never_reach_a_log_line(
+    hello_dir: Path, url: str, logged: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The server decodes the path: a line break in it would forge lines in the server's log
+    # (the access line; the function's own lines about its request).
+    async with EdgeClient(hello_dir) as client:
+        r = await client.request("GET", url, headers=client.headers_for("service_role"))
+        assert r.status_code == 404
+        assert r.text == "Function not found"
+    (access,) = [rec for rec in caplog.records if rec.name == "edgeruntime.access"]
+    assert access.getMessage().startswith(f"GET {logged} 404 ")
+    assert access.path == logged  # type: ignore[attr-defined]
+    assert access.function is None  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("url", "path"),
+    [("/functions/v1/hello/caf%C3%A9", "/hello/café"), ("/functions/v1/hello/a%20b%C2%A0c", "/hello/a b\xa0c")],
+)
+async def test_printable_unicode_and_spaces_in_a_path_are_served(hello_dir: Path, url: str, path: str) -> None:
+    async with EdgeClient(hello_dir) as client:
+        r = await client.request("GET", url, headers=client.headers_for("service_role"))
+        assert r.status_code == 200
+        assert r.json()["path"] == path
+
+
 async def test_health(hello_dir: Path) -> None:
     async with EdgeClient(hello_dir) as client:
         r = await client.request("GET", "/_internal/health")
