@@ -44,6 +44,23 @@ def test_serve_port_in_use(hello_dir: Path, capsys: pytest.CaptureFixture[str]) 
     assert f"port {port} on 127.0.0.1 is already in use" in _one_line_error(capsys)
 
 
+@pytest.mark.parametrize("host", ["", " ", "\t"], ids=["empty", "space", "tab"])
+def test_serve_refuses_an_empty_host_naming_the_flag(
+    hello_dir: Path, capsys: pytest.CaptureFixture[str], host: str
+) -> None:
+    # An empty host would bind every interface: every interface is asked for by name. (The port is
+    # taken on loopback, so even the code before this check binds nothing.)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert main(["serve", str(hello_dir), "--host", host, "--port", str(port), "--no-watch"]) == 2
+    assert _one_line_error(capsys) == (
+        f"edgeruntime: error: --host: expected an address or host name to listen on, got {host!r}; "
+        "to listen on every interface, pass --host 0.0.0.0 (or --host :: for IPv6 too)\n"
+    )
+
+
 def test_serve_bad_config_key(hello_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     config = hello_dir.parent / "config.toml"
     config.write_text("[edge_runtime]\nwall_clock_limit = 3\n")

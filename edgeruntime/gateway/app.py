@@ -63,6 +63,7 @@ __all__ = ["EdgeApp", "Invocation"]
 logger = logging.getLogger("edgeruntime")
 
 PREFIX = responses.FUNCTIONS_PREFIX
+_PREFIX_BYTES = PREFIX.encode()
 METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "HEAD"})
 HEALTH_PATH = "/_internal/health"
 #: The `Allow` header of a 405 from a function route and from the health check.
@@ -113,6 +114,18 @@ def _function_name(scope: Scope) -> str:
     if b"%" in raw and any(bad in raw.lower() for bad in _FORBIDDEN_ENCODED):
         return ""
     return path[len(PREFIX) :].partition("/")[0]
+
+
+def _function_raw_path(raw: bytes) -> bytes:
+    """The raw path a function sees: the request's from the `/` before the function name.
+
+    The prefix may be percent-encoded (`/%66unctions/v1/...` decodes to the same path), so it is
+    not cut at its decoded length; an encoded `/` is refused before this, so the raw path has
+    the path's slashes.
+    """
+    if raw.startswith(_PREFIX_BYTES):
+        return raw[len(_PREFIX_BYTES) - 1 :]
+    return b"/" + raw.split(b"/", 3)[-1]
 
 
 def _printable(text: str) -> str:
@@ -516,7 +529,7 @@ class EdgeApp:
         fn_scope["path"] = scope["path"][len(PREFIX) - 1 :]
         raw = scope.get("raw_path")
         if raw is not None:
-            fn_scope["raw_path"] = raw[len(PREFIX) - 1 :]
+            fn_scope["raw_path"] = _function_raw_path(raw)
         fn_scope["root_path"] = ""
         # The gateway's apikey rewrite; the function reads the one Authorization that was checked.
         if apikey is not None or authorization is not None:

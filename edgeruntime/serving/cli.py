@@ -197,6 +197,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     if not 0 < args.port < 65536:
         raise UsageError(f"--port: {args.port} is not a TCP port")
+    if not args.host.strip():  # the empty address binds every interface: that is asked for by name
+        raise UsageError(
+            f"--host: expected an address or host name to listen on, got {args.host!r}; "
+            "to listen on every interface, pass --host 0.0.0.0 (or --host :: for IPv6 too)"
+        )
     inherited = _serving_process_sockets(args.serving_process) if args.serving_process else None
     server = resolve_server(args.server)
     # Before anything can log: resolving the settings warns about the env, in the chosen format.

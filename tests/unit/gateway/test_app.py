@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import urllib.parse
 from pathlib import Path
 
 import pytest
@@ -35,6 +36,38 @@ async def test_function_sees_path_with_its_name(functions_dir: Path) -> None:
         assert r.json() == {"path": "/echo/sub/path", "query": "q=1", "method": "GET", "root_path": ""}
         r = await client.invoke("echo", method="GET")
         assert r.json()["path"] == "/echo"
+
+
+RAW_PATH_ECHO = """
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from edgeruntime import serve
+
+@serve
+async def handler(req: Request) -> JSONResponse:
+    return JSONResponse({"path": req.scope["path"], "raw_path": req.scope["raw_path"].decode()})
+"""
+
+
+@pytest.mark.parametrize(
+    ("url", "raw_path"),
+    [
+        ("/functions/v1/echo/x", "/echo/x"),
+        ("/functions/v1/%65cho/%78", "/%65cho/%78"),
+        # Encoded in the prefix: the function's raw path was cut at the prefix's decoded length.
+        ("/%66unctions/v1/echo/x", "/echo/x"),
+        ("/functions/%76%31/echo/%61dmin", "/echo/%61dmin"),
+    ],
+)
+async def test_the_functions_raw_path_is_its_path_as_the_client_sent_it(
+    functions_dir: Path, url: str, raw_path: str
+) -> None:
+    write_function(functions_dir, "echo", RAW_PATH_ECHO)
+    async with EdgeClient(functions_dir) as client:
+        r = await client.request("GET", url, headers=client.headers_for("service_role"))
+        assert r.status_code == 200
+        assert r.json()["raw_path"] == raw_path
+        assert r.json()["path"] == urllib.parse.unquote(raw_path)
 
 
 @pytest.mark.parametrize("method", ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "HEAD"])
