@@ -18,6 +18,7 @@ from edgeruntime.exceptions import ConfigError, StoreUnavailable
 from edgeruntime.jobs import migrations
 from edgeruntime.jobs.outage import describe
 from edgeruntime.jobs.rows import (
+    CRON_PAUSED,
     FAILED_COLUMNS,
     FIRST_OF_BATCH,
     JOB_COLUMNS,
@@ -57,6 +58,8 @@ __all__ = ["PostgresStore"]
 POOL_SIZE = 4
 #: Serialises schema migrations of instances starting at the same moment.
 MIGRATION_LOCK = 0x6564_6765
+#: Serialises the claims of one cron job's ticks, and a claim with a pause of the job.
+_CRON_LOCK = "SELECT pg_advisory_xact_lock(hashtext('edgeruntime-cron:' || %s))"
 #: Run rows go in with one binary COPY per batch: of the ways psycopg offers it costs the client
 #: the least CPU per row (a multi-row INSERT is re-parsed by psycopg every time, executemany is a
 #: Python loop per row). The types are RUN_COLUMNS' in the schema.
@@ -417,8 +420,10 @@ class PostgresStore:
             return {str(r[0]): float(r[1]) for r in await cur.fetchall()}
 
     async def set_cron_paused(self, cron: str, paused: bool, *, now: float) -> None:
-        async with self._conn() as conn:
+        async with self._conn() as conn, conn.transaction():
             if paused:
+                # Waits for a tick of this cron being claimed (see `claim_tick`).
+                await conn.execute(_CRON_LOCK, (cron,))
                 await conn.execute(
                     "INSERT INTO edgeruntime_cron_pauses (cron, paused_at) VALUES (%s, %s)"
                     " ON CONFLICT (cron) DO NOTHING",
@@ -438,13 +443,20 @@ class PostgresStore:
         now: float,
         lease_sec: float,
         skip_overlap: bool,
+        unless_paused: bool = False,
     ) -> CronTick | None:
         async with self._conn() as conn, conn.transaction():
-            status = TickStatus.RUNNING
-            if skip_overlap:
+            if skip_overlap or unless_paused:
                 # One claim of this cron at a time: two ticks claimed at once (a scheduled one and
                 # "Run now", on two instances) would each miss the other's uncommitted running tick.
-                await conn.execute("SELECT pg_advisory_xact_lock(hashtext('edgeruntime-cron:' || %s))", (cron,))
+                # A pause takes the same lock, so it is written before this look or after the claim.
+                await conn.execute(_CRON_LOCK, (cron,))
+            if unless_paused:
+                cur = await conn.execute(CRON_PAUSED, (cron,))
+                if await cur.fetchone() is not None:
+                    return None
+            status = TickStatus.RUNNING
+            if skip_overlap:
                 cur = await conn.execute(
                     "SELECT 1 FROM edgeruntime_cron_ticks WHERE cron = %s AND status = 'running'"
                     " AND lease_until > %s LIMIT 1",

@@ -8,6 +8,7 @@ from typing import Any
 from edgeruntime.jobs.store import CronTick, FailedJob, Job, JobStatus, Lease, Run, RunRow, TickStatus
 
 __all__ = [
+    "CRON_PAUSED",
     "FAILED_COLUMNS",
     "JOB_COLUMNS",
     "LEASE_COLUMNS",
@@ -30,6 +31,9 @@ TICK_COLUMNS = "id, cron, tick_key, scheduled_for, status, trigger, http_status,
 FAILED_COLUMNS = "id, job_id, function, payload, attempts, error, http_status, response, failed_at, retried_as"
 RUN_COLUMNS = "kind, function, trigger, execution_id, status, started_at, duration_ms, http_status, error, name"
 LEASE_COLUMNS = "id, function, attempts, max_attempts, worker_id, updated_at, lease_until"
+
+#: One row when cron job %s is paused: a scheduled tick is not claimed then.
+CRON_PAUSED = "SELECT 1 FROM edgeruntime_cron_pauses WHERE cron = %s"
 
 #: The first row of a run-history batch, with the batch's id: inserts nothing when a row with that
 #: id is there already (the batch was written before, though its writer never heard so).

@@ -161,9 +161,16 @@ class Scheduler:
         return job
 
     async def fire(
-        self, name: str, scheduled_for: float, *, trigger: str = "schedule", key: str | None = None
+        self,
+        name: str,
+        scheduled_for: float,
+        *,
+        trigger: str = "schedule",
+        key: str | None = None,
+        unless_paused: bool = False,
     ) -> CronRun | None:
-        """Claim and deliver one tick; None when another instance claimed it first.
+        """Claim and deliver one tick; None when another instance claimed it first, or (with
+        `unless_paused`: a scheduled tick) when the job is paused at the claim.
 
         The tick's outcome is written before this returns; when the store is unavailable for that,
         it is kept and written later (`finish_pending`), the tick held (its lease renewed) until then.
@@ -183,6 +190,7 @@ class Scheduler:
             now=now,
             lease_sec=self.lease_sec,
             skip_overlap=job.config.overlap == "skip",
+            unless_paused=unless_paused,
         )
         if tick is None:
             return None
@@ -313,10 +321,12 @@ class Scheduler:
     async def _fire_logged(self, name: str, tick: float) -> CronRun | None:
         try:
             # A paused job (dashboard, any instance) lets its scheduled ticks pass; "Run now" still works.
+            # This look, a read, spares a paused job's ticks the claim's write; the claim looks again,
+            # for a pause written since.
             if name in await self.store.paused_crons():
                 logger.info("cron %s: tick %s not fired, the job is paused", name, iso(tick))
                 return None
-            run = await self.fire(name, tick)
+            run = await self.fire(name, tick, unless_paused=True)
             self._outage.recovered()
             return run
         except Exception as exc:

@@ -30,6 +30,7 @@ from edgeruntime.core.threads import give_way_to_event_loop
 from edgeruntime.exceptions import ConfigError, StoreUnavailable
 from edgeruntime.jobs import migrations
 from edgeruntime.jobs.rows import (
+    CRON_PAUSED,
     FAILED_COLUMNS,
     FIRST_OF_BATCH,
     JOB_COLUMNS,
@@ -86,6 +87,7 @@ AUTO_VACUUM_INCREMENTAL = 2
 
 
 _FIRST_OF_BATCH = FIRST_OF_BATCH.replace("%s", "?")
+_PAUSED = CRON_PAUSED.replace("%s", "?")
 #: What a batch of run rows can be refused for by its content; any other error is the store's.
 _ROW_ERRORS = (sqlite3.IntegrityError, sqlite3.DataError, sqlite3.ProgrammingError, sqlite3.InterfaceError)
 
@@ -511,9 +513,13 @@ class SQLiteStore:
         now: float,
         lease_sec: float,
         skip_overlap: bool,
+        unless_paused: bool = False,
     ) -> CronTick | None:
         def run(conn: sqlite3.Connection) -> CronTick | None:
             with self._write(conn):
+                # Under the write lock, as the pause is written: it is before this claim or after.
+                if unless_paused and conn.execute(_PAUSED, (cron,)).fetchone() is not None:
+                    return None
                 status = TickStatus.RUNNING
                 if skip_overlap:
                     busy = conn.execute(

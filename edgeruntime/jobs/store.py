@@ -261,12 +261,16 @@ class JobStore(Protocol):
         now: float,
         lease_sec: float,
         skip_overlap: bool,
+        unless_paused: bool = False,
     ) -> CronTick | None:
         """Insert the tick unique on (cron, key); None when another instance has it.
 
         The tick is leased to `instance` for `lease_sec` (renewed by `heartbeat`). With
         `skip_overlap`, a running tick of the same cron job whose lease is alive makes this one
-        `skipped`; a run whose instance died stops counting once its lease runs out.
+        `skipped`; a run whose instance died stops counting once its lease runs out. With
+        `unless_paused` (a scheduled tick), nothing is inserted and None returned when the cron job
+        is paused: decided with the claim, so a pause that `set_cron_paused` has written is never
+        missed, and one written after it comes after the claim.
         """
 
     async def finish_tick(
@@ -279,7 +283,11 @@ class JobStore(Protocol):
         """The paused cron jobs and when each was paused."""
 
     async def set_cron_paused(self, cron: str, paused: bool, *, now: float) -> None:
-        """Pause (no scheduled ticks fire, on any instance) or resume a cron job."""
+        """Pause (no scheduled ticks fire, on any instance) or resume a cron job.
+
+        A tick being claimed meanwhile is claimed before the pause or refused (`claim_tick`'s
+        `unless_paused`): once this returns, no scheduled tick of the job is claimed.
+        """
 
     # -- run history ---------------------------------------------------------------------
     async def record_runs(self, runs: Sequence[Run]) -> None:
