@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import json
 import os
 import time
@@ -12,6 +15,7 @@ import httpx
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 from edgeruntime.config.keys import PUBLISHABLE_KEY, SECRET_KEY, Keys, demo_keys
@@ -343,6 +347,33 @@ def test_rs256_against_jwks_with_several_keys() -> None:
     assert verifier.check({"authorization": f"Bearer {rs_no_kid}"}) is None
     assert verifier.check({"authorization": f"Bearer {es}"}) is None
     assert verifier.check({"authorization": f"Bearer {es_as_rsa_kid}"}) is not None
+
+
+def test_tokens_that_bring_their_own_key_or_confuse_its_kind_are_refused() -> None:
+    private, public = es256_jwks()
+    attacker, attacker_public = es256_jwks()
+    verifier = Verifier(KEYS, json.dumps({"keys": [public]}))
+    claims = {"role": "service_role", "exp": int(time.time()) + 600}
+    pem = private.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
+
+    def hs256(secret: bytes) -> str:
+        # Signed by hand: PyJWT refuses an HMAC key that looks like a public key.
+        head = base64.urlsafe_b64encode(b'{"alg":"HS256","typ":"JWT"}').rstrip(b"=")
+        body = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=")
+        mac = hmac.new(secret, head + b"." + body, hashlib.sha256).digest()
+        return b".".join([head, body, base64.urlsafe_b64encode(mac).rstrip(b"=")]).decode()
+
+    refused = {
+        "embedded jwk": jwt.encode(claims, attacker, "ES256", {"kid": "key-1", "jwk": attacker_public}),
+        "jku": jwt.encode(claims, attacker, "ES256", {"jku": "http://127.0.0.1:9/jwks.json"}),
+        "HS256 keyed with the public PEM": hs256(pem),
+        "HS256 keyed with the public JWK": hs256(json.dumps(public).encode()),
+        "HS256 keyed with nothing": hs256(b""),
+        "not valid yet": jwt.encode({**claims, "nbf": int(time.time()) + 600}, DEFAULT_JWT_SECRET, "HS256"),
+    }
+    for what, token in refused.items():
+        assert verifier.check({"authorization": f"Bearer {token}"}) is not None, what
+    assert verifier.check({"authorization": f"Bearer {jwt.encode(claims, private, 'ES256')}"}) is None
 
 
 def test_verifier_cache_is_bounded_and_honours_exp() -> None:

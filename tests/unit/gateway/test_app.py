@@ -105,6 +105,12 @@ async def test_unknown_function_is_404(hello_dir: Path) -> None:
         "/functions/v1/_shared",
         "/functions/v1/.hidden",
         "/functions/v1/" + "a" * 300,
+        "/functions/v1//hello",
+        "/functions/v1/HELLO",
+        "/functions/v1/hell%D0%BE",  # a Cyrillic o
+        "/functions/v1/hello%E2%80%8B",  # a zero-width space
+        "/functions/v1/_edgeruntime/",  # the dashboard and the health check are not functions
+        "/functions/v1/_internal/health",
     ],
 )
 async def test_malformed_names_are_404(hello_dir: Path, url: str) -> None:

@@ -12,7 +12,7 @@ from starlette.websockets import WebSocketDisconnect
 from edgeruntime.core.types import Message, Receive, Scope, Send
 from edgeruntime.exceptions import WebSocketDenied
 from edgeruntime.testing import EdgeClient
-from tests.helpers import KEYS, write_function
+from tests.helpers import KEYS, forged_token, write_function
 from tests.unit.asgi import gateway_scope
 
 ECHO = """
@@ -191,6 +191,21 @@ async def test_the_gateways_rules_apply_to_the_upgrade_request(echo_dir: Path) -
                 async with client.websocket(path):
                     pass
             assert other.value.status == 404, path
+
+
+async def test_an_upgrade_with_words_after_its_token_or_a_control_character_in_its_path_is_refused(
+    echo_dir: Path,
+) -> None:
+    async with EdgeClient(echo_dir) as client:
+        trailing = {"authorization": f"Bearer {KEYS.anon_key} {forged_token()}"}
+        with pytest.raises(WebSocketDenied) as unauthorized:
+            async with client.websocket("echo", auth=None, headers=trailing):
+                pass
+        assert (unauthorized.value.status, unauthorized.value.body) == (401, b'{"msg":"Invalid JWT"}')
+        with pytest.raises(WebSocketDenied) as malformed:
+            async with client.websocket("echo", path="/%0d%0aforged"):
+                pass
+        assert (malformed.value.status, malformed.value.body) == (404, b"Function not found")
 
 
 async def test_a_message_over_the_functions_limit_closes_the_connection_with_1009(
