@@ -253,11 +253,43 @@ def test_invoke_against_a_running_server(hello_dir: Path) -> None:
         ok = run_cli("invoke", "hello", "--data", '{"a": 1}', "--url", server.base_url, "--directory", str(hello_dir))
         assert ok.returncode == 0, ok.stderr
         assert '"path":"/hello"' in ok.stdout
+        sub = run_cli("invoke", "hello", "--path", "sub", "--url", server.base_url, "--directory", str(hello_dir))
+        assert sub.returncode == 0, sub.stderr
+        assert '"path":"/hello/sub"' in sub.stdout
         unknown = run_cli("invoke", "nope", "--url", server.base_url, "--directory", str(hello_dir))
         assert unknown.returncode == 2
         assert "function nope not found" in unknown.stderr
         bad = run_cli("invoke", "hello", "--data", "{not json", "--url", server.base_url)
         assert bad.returncode == 2 and "--data is not valid JSON" in bad.stderr
+
+
+@pytest.mark.parametrize(
+    ("path", "sent"),
+    [
+        ("", "/functions/v1/hello"),
+        ("/sub", "/functions/v1/hello/sub"),
+        ("sub", "/functions/v1/hello/sub"),
+        ("sub/deeper?a=1", "/functions/v1/hello/sub/deeper?a=1"),
+        ("?a=1", "/functions/v1/hello?a=1"),
+    ],
+    ids=["none", "slash", "no-slash", "no-slash-query", "query"],
+)
+def test_invoke_path_is_below_the_function_with_or_without_a_leading_slash(
+    hello_dir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, path: str, sent: str
+) -> None:
+    import httpx
+
+    requested: list[str] = []
+
+    def request(method: str, url: str, **options: object) -> httpx.Response:
+        requested.append(url)
+        return httpx.Response(200, text="ok")
+
+    monkeypatch.setattr(httpx, "request", request)
+    base = "http://127.0.0.1:1"
+    assert main(["invoke", "hello", "--directory", str(hello_dir), "--url", base, "--path", path]) == 0
+    assert requested == [f"{base}{sent}"]
+    assert capsys.readouterr().out == "ok\n"
 
 
 def test_invoke_without_a_server(hello_dir: Path) -> None:

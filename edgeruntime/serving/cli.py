@@ -129,7 +129,9 @@ def _add_invoke(sub: Any) -> None:
     invoke.add_argument("name")
     invoke.add_argument("--data", default=None, help="JSON request body")
     invoke.add_argument("--method", default="POST")
-    invoke.add_argument("--path", default="", help="path after the function name")
+    invoke.add_argument(
+        "--path", default="", help="path below the function, e.g. /sub or sub (both: NAME/sub); ?k=v: a query"
+    )
     invoke.add_argument("--header", action="append", default=[], metavar="NAME:VALUE")
     invoke.add_argument("--url", default=f"http://{DEFAULT_HOST}:{DEFAULT_PORT}", help="server base URL")
     invoke.add_argument("--key", choices=("service_role", "anon", "none"), default="service_role")
@@ -492,7 +494,7 @@ def cmd_invoke(args: argparse.Namespace) -> int:
         headers.setdefault("Content-Type", "application/json")
     if not _TOKEN.fullmatch(args.method):
         raise UsageError(f"--method {args.method!r}: not an HTTP method")
-    url = _invoke_url(args.url, f"/functions/v1/{args.name}{args.path}")
+    url = _invoke_url(args.url, f"/functions/v1/{args.name}{_below_function(args.path)}")
     try:
         response = httpx.request(args.method, url, content=content, headers=headers, timeout=None)
     except httpx.HTTPError as exc:
@@ -507,6 +509,12 @@ def cmd_invoke(args: argparse.Namespace) -> int:
 #: A method or header name (an RFC 9110 token), and a header value (printable ASCII: httpx sends nothing else).
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _HEADER_VALUE = re.compile(r"[\x20-\x7e\t]*")
+
+
+def _below_function(path: str) -> str:
+    """`--path`, as what follows the function's URL: `sub` is `/sub` (not a function `NAMEsub`);
+    a path that starts with `?` is a query string."""
+    return path if not path or path.startswith(("/", "?", "#")) else f"/{path}"
 
 
 def _invoke_url(base: str, path: str) -> str:
