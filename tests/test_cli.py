@@ -223,8 +223,9 @@ def test_keys(hello_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_keys_list_and_invoke_do_not_repeat_env_warnings(hello_dir: Path) -> None:
-    # A .env name the runtime drops and a secret whose variable is unset: `serve` warns about both.
-    (hello_dir / ".env").write_text("SUPABASE_FOO=1\nOTHER=2\n")
+    # A .env name the runtime drops, a .env line it cannot parse and a secret whose variable is
+    # unset: `serve` warns about all three.
+    (hello_dir / ".env").write_text("SUPABASE_FOO=1\nOTHER=2\nNOT A STATEMENT\n")
     (hello_dir.parent / "config.toml").write_text('[edge_runtime.secrets]\nAPI_KEY = "env(ER_TEST_UNSET_VAR)"\n')
     env: dict[str, str] = {}  # ER_TEST_UNSET_VAR stays unset
     for _ in range(2):  # e.g. `$(edgeruntime keys --anon)` in every curl of a script
@@ -245,6 +246,7 @@ def test_keys_list_and_invoke_do_not_repeat_env_warnings(hello_dir: Path) -> Non
     assert r.returncode == 2 and "is already in use" in r.stderr
     assert r.stderr.count("Env name cannot start with SUPABASE_, skipping: SUPABASE_FOO") == 1
     assert r.stderr.count("[edge_runtime.secrets] API_KEY: env(ER_TEST_UNSET_VAR) is not set, skipping") == 1
+    assert r.stderr.count(f"{hello_dir / '.env'}: line 3: cannot be parsed (expected NAME=VALUE), skipping it") == 1
 
 
 @pytest.mark.e2e

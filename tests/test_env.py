@@ -159,6 +159,35 @@ async def test_supabase_names_dropped_with_one_warning_each(env_dir: Path, caplo
     ]
 
 
+@pytest.mark.parametrize("isolation", ["inline", "process"])
+def test_a_statement_the_env_file_cannot_parse_is_one_warning_naming_the_file_and_line(
+    env_dir: Path, caplog: pytest.LogCaptureFixture, isolation: Isolation
+) -> None:
+    env_file = env_dir / ".env"
+    env_file.write_text(
+        "ER_TEST_A=1\n\n\nER_TEST_TYPO value\nER_TEST_B=2\n# a comment\nER_TEST_C='not closed\nER_TEST_D=4\n"
+    )
+    caplog.set_level(logging.WARNING)  # every logger's: python-dotenv's own line would be one of them
+    settings = Settings.build(env_dir, environ=clean_environ(), isolation=isolation)
+    # Once each, with the line the statement is on (the file is read twice under process isolation).
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == [
+        f"{env_file}: line 4: cannot be parsed (expected NAME=VALUE), skipping it",
+        f"{env_file}: line 7: cannot be parsed (expected NAME=VALUE), skipping it",
+    ]
+    # The rest of the file is loaded.
+    names = ("ER_TEST_A", "ER_TEST_B", "ER_TEST_C", "ER_TEST_D")
+    assert {name: settings.env.get(name) for name in names} == {
+        "ER_TEST_A": "1",
+        "ER_TEST_B": "2",
+        "ER_TEST_C": None,
+        "ER_TEST_D": "4",
+    }
+    # Commands that only read the keys or the function list say nothing about the env.
+    caplog.clear()
+    Settings.build(env_dir, environ=clean_environ(), isolation=isolation, warn_env=False)
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
 def test_internal_names_never_forwarded(tmp_path: Path) -> None:
     env = build_env(
         environ={"SUPABASE_INTERNAL_DEBUG": "true", "PATH": "/bin"},

@@ -10,12 +10,17 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edgeruntime.config.keys import Keys
 from edgeruntime.exceptions import ConfigError
+
+if TYPE_CHECKING:
+    from dotenv.parser import Original
 
 __all__ = [
     "applied_env",
@@ -35,6 +40,10 @@ RESERVED_PREFIX = "SUPABASE_"
 HIDDEN_PREFIX = "SUPABASE_INTERNAL_"
 ENV_FILE = ".env"
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+#: What is said of a statement of an env file that cannot be parsed, after its file and line.
+_UNPARSED = "cannot be parsed (expected NAME=VALUE), skipping it"
+#: A line break as python-dotenv counts them.
+_NEWLINE = re.compile(r"\r\n|\n|\r")
 
 #: Variables of the server's environment a worker process needs to run; none of them a secret.
 RUNTIME_ENV = frozenset(
@@ -89,23 +98,49 @@ def env_problem(name: str, value: str) -> str | None:
     return None
 
 
-def read_env_file(path: Path) -> dict[str, str]:
+def read_env_file(path: Path, problems: list[str] | None = None) -> dict[str, str]:
     """Parse a dotenv file; a missing file, or a name or value no environment can hold, is a
-    ConfigError naming it."""
+    ConfigError naming it.
+
+    A statement that cannot be parsed is skipped (the rest of the file is read), and said as one
+    line naming the file and the line it is on: appended to `problems` when given, else logged.
+    """
     if not path.is_file():
         raise ConfigError(f"env file {path} does not exist")
-    from dotenv import dotenv_values  # its regexes cost start-up time in projects without a .env
+    # What python-dotenv's dotenv_values(path, interpolate=False) reads, without its warning for a
+    # statement it cannot parse: that one names neither the file nor, after blank lines, the line.
+    from dotenv.parser import parse_stream  # its regexes cost start-up time in projects without a .env
 
+    values: dict[str, str | None] = {}
+    unparsed: list[str] = []
     try:
-        values = dotenv_values(path, interpolate=False)
+        with open(path, encoding="utf-8") as stream:
+            for binding in parse_stream(stream):
+                if binding.error:
+                    unparsed.append(f"{path}: line {_statement_line(binding.original)}: {_UNPARSED}")
+                elif binding.key is not None:
+                    values[binding.key] = binding.value
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"env file {path} cannot be read: {exc}") from None
+    if problems is not None:
+        problems.extend(unparsed)
+    else:
+        for line in unparsed:
+            logger.warning("%s", line)
     found = {k: v for k, v in values.items() if v is not None}
     for name, value in found.items():
         problem = env_problem(name, value)
         if problem is not None:
             raise ConfigError(f"env file {path}: {name!r}: {problem}")
     return found
+
+
+def _statement_line(original: Original) -> int:
+    """The line a statement python-dotenv could not parse is on: its `original.line` is where the
+    blank lines before the statement start."""
+    text = original.string
+    blank = text[: len(text) - len(text.lstrip())]
+    return original.line + len(_NEWLINE.findall(blank))
 
 
 def runtime_environ(environ: Mapping[str, str]) -> dict[str, str]:
@@ -143,12 +178,14 @@ def build_env(
     env_file: Path | None = None,
     database_url: str | None = None,
     warn: bool = True,
+    problems: list[str] | None = None,
 ) -> dict[str, str]:
     """The complete env of every function of a server.
 
     `database_url` (``--database-url``) becomes ``SUPABASE_DB_URL`` when it is a PostgreSQL URL,
     as the Supabase CLI hands functions the project database. `warn=False` drops reserved names
-    without a warning.
+    without a warning. The env file's statements that cannot be parsed are appended to
+    `problems` when it is given, else logged when `warn` (see :func:`read_env_file`).
     """
     env = {k: v for k, v in environ.items() if not k.startswith(HIDDEN_PREFIX)}
     warned: set[str] = set()
@@ -156,7 +193,8 @@ def build_env(
         env.update(_drop_reserved(secrets, warned, warn))
     file = env_file if env_file is not None else functions_dir / ENV_FILE
     if env_file is not None or file.is_file():
-        env.update(_drop_reserved(read_env_file(file), warned, warn))
+        said = problems if problems is not None else (None if warn else [])  # None: logged
+        env.update(_drop_reserved(read_env_file(file, said), warned, warn))
     env.setdefault("SUPABASE_URL", base_url)
     if database_url and database_url.startswith(POSTGRES_SCHEMES):
         env.setdefault("SUPABASE_DB_URL", database_url)

@@ -85,6 +85,10 @@ class Settings:
     #: The env of a sandboxed worker process: `env` built without the server's own environment
     #: (only what Python needs to run and the injected SUPABASE_* names it overrides).
     isolated_env: Mapping[str, str] = field(default_factory=dict)
+    #: What loading the files found wrong and went on without, one line each (a statement of the
+    #: env file that cannot be parsed): logged by :meth:`build` (unless `warn_env=False`), and by
+    #: the config reloader when a reload finds a new one.
+    load_warnings: tuple[str, ...] = ()
 
     @property
     def base_url(self) -> str:
@@ -204,10 +208,16 @@ class Settings:
             "env_file": Path(env_file) if env_file else None,
             "database_url": settings.database_url,
         }
-        env = build_env(environ=environ, warn=warn_env, **layers)
+        problems: list[str] = []
+        env = build_env(environ=environ, warn=warn_env, problems=problems, **layers)
         object.__setattr__(settings, "env", env)
+        object.__setattr__(settings, "load_warnings", tuple(problems))
+        if warn_env:
+            for line in problems:
+                logger.warning("%s", line)
         if settings.isolation == "process":
-            isolated = build_env(environ=withheld_environ(environ), warn=False, **layers)
+            # The same file read again: what is wrong in it was said above.
+            isolated = build_env(environ=withheld_environ(environ), warn=False, problems=[], **layers)
             object.__setattr__(settings, "isolated_env", isolated)
         elif settings.sandbox not in ("auto", "none"):
             logger.warning("sandbox = %r has no effect under isolation inline", settings.sandbox)

@@ -48,6 +48,9 @@ class ConfigReloader:
         self.app = app
         self.rebuild = rebuild
         self.files = list(files)
+        #: The warnings of the last load (said at start for the running settings): a reload says
+        #: only new ones, so what stays wrong is said once, not at every edit.
+        self._warned = set(app.settings.load_warnings)
 
     def _resolve(self) -> Settings:
         """The new settings, with the running isolation (workers of the other kind cannot be
@@ -73,6 +76,10 @@ class ConfigReloader:
         except (EdgeRuntimeError, OSError, ValueError) as exc:  # ValueError: e.g. a file that is not UTF-8
             logger.error("%s; still serving with the configuration loaded before (%s changed)", exc, names)
             return []
+        for line in settings.load_warnings:
+            if line not in self._warned:
+                logger.warning("%s", line)
+        self._warned = set(settings.load_warnings)
         change = compare_settings(running, settings)
         if not change:
             return []

@@ -105,3 +105,23 @@ async def test_the_watcher_goes_on_after_an_edit_it_cannot_apply(
     assert seen == [{config}, {config}]  # the second edit was still applied
     [line] = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert str(config) in line and "UnicodeDecodeError" in line and "still serving" in line
+
+
+def warnings_in(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+
+
+def test_an_env_file_line_that_cannot_be_parsed_is_one_warning_while_it_stays(
+    project: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    reloader, app = reloader_for(project)
+    env = project / ".env"
+    env.write_text("ER_TEST_A=1\nER_TEST_B 2\n", encoding="utf-8")
+    reloader.reload([env])  # caplog has every logger's lines: python-dotenv's own would be one
+    assert app.settings.env["ER_TEST_A"] == "1"
+    assert warnings_in(caplog) == [f"{env}: line 2: cannot be parsed (expected NAME=VALUE), skipping it"]
+    caplog.clear()
+    env.write_text("ER_TEST_A=2\nER_TEST_B 2\n", encoding="utf-8")
+    reloader.reload([env])
+    assert app.settings.env["ER_TEST_A"] == "2"
+    assert warnings_in(caplog) == []
