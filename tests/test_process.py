@@ -765,3 +765,61 @@ async def test_a_worker_asking_to_listen_to_a_request_not_its_own_changes_nothin
         assert set(seen) == {"http.response.start", "http.response.body"}
     finally:
         await worker.end(StopReason.TERMINATION)
+
+
+EXITS_AFTER_BOOT = """
+import os
+import threading
+import time
+from pathlib import Path
+from starlette.responses import JSONResponse
+from edgeruntime import Deno, serve
+
+FLAG = Path(Deno.env.get("EXIT_FLAG") or os.devnull)
+
+
+def exit_soon():
+    time.sleep(0.05)  # after the worker said it booted
+    os._exit(0)
+
+
+if FLAG.name == "exit-after-boot" and FLAG.exists():  # the first boot only
+    FLAG.unlink()
+    threading.Thread(target=exit_soon, daemon=True).start()
+
+
+async def handler(req):
+    return JSONResponse({"pid": os.getpid()})
+
+serve(handler)
+"""
+
+
+async def test_a_worker_process_that_exits_right_after_booting_is_a_crash(
+    functions_dir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A worker process gone by the time the server reads its Booted frame (the server was busy
+    elsewhere): its request gets 500 WORKER_ERROR, the log says it exited and with what status,
+    not that /proc cannot be read, and no dead worker is left to serve the next request."""
+    from edgeruntime.workers.process import parent
+    from edgeruntime.workers.process.forking import peer_pid as announced
+
+    write_function(functions_dir, "brief", EXITS_AFTER_BOOT)
+    flag = functions_dir.parent / "exit-after-boot"
+    flag.touch()
+
+    async def slow_server(sock: Any) -> int | None:
+        pid = await announced(sock)
+        await asyncio.sleep(0.5)  # the worker boots, answers and exits meanwhile
+        return pid
+
+    monkeypatch.setattr(parent, "peer_pid", slow_server)
+    environ = {**os.environ, "EXIT_FLAG": str(flag)}
+    async with EdgeClient(functions_dir, isolation="process", sandbox="none", environ=environ) as client:
+        r = await client.invoke("brief")
+        assert (r.status_code, r.json()) == (500, WORKER_ERROR)
+        assert not flag.exists()
+        assert client.app.functions["brief"].workers == []
+        assert (await client.invoke("brief")).status_code == 200
+    assert "cannot read /proc" not in caplog.text
+    assert "function brief: worker process exited right after booting (exit status 0)" in caplog.text

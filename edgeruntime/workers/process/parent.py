@@ -118,6 +118,8 @@ BEFOREUNLOAD_GRACE_SEC = 0.5
 FRAME_SLACK_MB = 64
 _TICKS_PER_SEC = os.sysconf("SC_CLK_TCK")
 _PAGE_MB = resource.getpagesize() / (1024 * 1024)
+#: Whether this system has /proc (Linux): where it has, a worker's entry missing there means it has exited.
+_HAS_PROC = os.path.exists("/proc/self/stat")
 #: The scope keys a function can use; the rest (server internals) stay in the server.
 _SCOPE_KEYS = (
     "type",
@@ -282,6 +284,8 @@ class ProcessWorker:
         self._pid: int | None = None
         self._enqueues: set[asyncio.Task[None]] = set()
         self._reaping: asyncio.Task[None] | None = None
+        #: Booting: a process that exits now is reported by the boot (`start` raises), not as a crash.
+        self._starting = False
 
     @property
     def id(self) -> str:
@@ -306,6 +310,13 @@ class ProcessWorker:
 
     async def start(self) -> None:
         """Start the process and load the function in it; raises BootError, WorkerCrashed or ResourceExhausted."""
+        self._starting = True
+        try:
+            await self._boot()
+        finally:
+            self._starting = False
+
+    async def _boot(self) -> None:
         loop = asyncio.get_running_loop()
         self.state.loop = loop
         directory = self.spec.directory.resolve()
@@ -344,10 +355,7 @@ class ProcessWorker:
             raise BootError(self.name, f"function {self.name}: worker did not respond in time") from None
         if pid is None:  # it exited before it could say who it is
             ours.close()
-            await self._abort_boot()
-            raise WorkerCrashed(
-                self.name, f"function {self.name}: worker process exited while booting (exit status {self.exit_status})"
-            )
+            raise await self._exited("while booting")
         self._pid = pid
         self.proc.announced(pid)
         channel = self.channel = Channel(
@@ -378,7 +386,9 @@ class ProcessWorker:
             await self._abort_boot()
             raise ResourceExhausted(self.name, answer.action) from OSError(answer.errno, os.strerror(answer.errno))
         if answer is None:
-            raise WorkerCrashed(self.name, f"function {self.name}: worker process exited while booting")
+            raise await self._exited("while booting")
+        if self.status is WorkerStatus.ENDED:  # its channel closed after its Booted frame
+            raise await self._exited("right after booting")
         self._memory_baseline_mb = answer.baseline_mb
         try:
             self._cpu_baseline_ms, _ = _proc_usage(pid)
@@ -386,6 +396,8 @@ class ProcessWorker:
             if exhaustion(exc) is not None:  # its limits could not be watched: boot again later
                 await self._abort_boot()
                 raise ResourceExhausted(self.name, f"watching the worker process of {self.name}") from exc
+            if _HAS_PROC:
+                raise await self._exited("right after booting") from None
             # No /proc (not Linux): the process is isolated, its CPU and memory not watched.
             logger.warning(
                 "process isolation cannot read /proc on this system: CPU and memory limits are not enforced",
@@ -439,6 +451,13 @@ class ProcessWorker:
         self.end_reason = StopReason.BOOT_FAILURE
         self._kill()
         await self._reap()
+
+    async def _exited(self, when: str) -> WorkerCrashed:
+        """The worker process exited before it served: the error its boot raises, with its exit status."""
+        await self._abort_boot()
+        return WorkerCrashed(
+            self.name, f"function {self.name}: worker process exited {when} (exit status {self.exit_status})"
+        )
 
     def watch(self, lifecycle: WorkerLifecycle) -> None:
         self._lifecycle = lifecycle
@@ -553,7 +572,8 @@ class ProcessWorker:
         self.end_reason = StopReason.CRASH
         self.state.background.cut(StopReason.CRASH)
         self._stop_monitor()
-        self._reaping = asyncio.get_running_loop().create_task(self._crashed())
+        if not self._starting:  # else the boot fails with the exit status (see `_exited`)
+            self._reaping = asyncio.get_running_loop().create_task(self._crashed())
 
     async def _crashed(self) -> None:
         """Its in-flight requests fail (500) once the worker process's exit status is known."""
