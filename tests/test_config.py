@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ from edgeruntime.config.project import DEFAULT_JWT_SECRET, find_config, load_con
 from edgeruntime.config.settings import Settings
 from edgeruntime.exceptions import ConfigError
 from edgeruntime.testing import EdgeClient
-from tests.helpers import HELLO, run_cli, write_function
+from tests.helpers import HELLO, ServerProcess, run_cli, wait_until, write_function
 
 SUPABASE_CONFIG = """
 project_id = "demo"
@@ -423,3 +424,37 @@ def test_serve_refuses_unusable_values_with_one_line(hello_dir: Path, raw: bytes
     assert lines[0].startswith("edgeruntime: error: ")
     assert str(path) in lines[0] and key in lines[0]
     assert "Traceback" not in result.stderr + result.stdout
+
+
+# -- what is wrong but not refused: one warning line at start ---------------------------------------
+
+
+@pytest.mark.e2e
+def test_serve_warns_once_about_a_functions_block_with_no_function(hello_dir: Path) -> None:
+    # A warning, not an error: the function may be added while serving.
+    write_function(hello_dir, "contact", HELLO)
+    config = write_config(
+        hello_dir.parent / "config.toml",
+        "[functions.contcat]\nverify_jwt = false\n"
+        "[functions.hello]\nverify_jwt = false\n"
+        "[functions.gone]\nenabled = false\n",
+    )
+    expected = [
+        f"{config}: [functions.contcat]: no function 'contcat' in {hello_dir.resolve()}; did you mean 'contact'?",
+        f"{config}: [functions.gone]: no function 'gone' in {hello_dir.resolve()}",
+    ]
+    with socket.socket() as taken:  # one serving process, which then stops: its port is taken
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        result = run_cli("serve", str(hello_dir), "--port", str(taken.getsockname()[1]), timeout=30)
+    assert result.returncode == 2 and "is already in use" in result.stderr, result.stderr
+    assert [line for line in expected if result.stderr.count(line) == 1] == expected, result.stderr
+    # Several serving processes: the supervisor says it once, they do not repeat it.
+    server = ServerProcess(hello_dir, "--workers", "2", "--no-watch")
+    try:
+        wait_until(lambda: "Using edgeruntime" in server.output or server.proc.poll() is not None, 90, "the banner")
+        assert server.proc.poll() is None, server.output
+    finally:
+        server.stop()
+    assert [line for line in expected if server.output.count(line) == 1] == expected, server.output
+    assert "Traceback" not in server.output

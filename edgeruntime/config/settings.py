@@ -6,9 +6,10 @@
 
 from __future__ import annotations
 
+import difflib
 import logging
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -28,7 +29,7 @@ from edgeruntime.config.project import (
     parse_workers,
 )
 from edgeruntime.exceptions import ConfigError
-from edgeruntime.functions.discovery import check_functions_dir
+from edgeruntime.functions.discovery import check_functions_dir, discover
 from edgeruntime.limits import FREE_TIER, LIMIT_KEYS, PRO_TIER, Isolation, Limits, Policy, limit_problem
 
 __all__ = [
@@ -36,6 +37,7 @@ __all__ = [
     "DEFAULT_KEEP_ALIVE_TIMEOUT_SEC",
     "DEFAULT_PORT",
     "Settings",
+    "missing_functions",
     "parse_limit_options",
     "serving_processes",
     "usable_cpus",
@@ -224,6 +226,23 @@ class Settings:
         # Keys handed out must be the ones accepted: an env that sets its own keys wins.
         object.__setattr__(settings, "keys", keys.overridden_by(env))
         return settings
+
+
+def missing_functions(settings: Settings, found: Collection[str] | None = None) -> list[str]:
+    """One line for each `[functions.<name>]` of config.toml with no function `<name>` in the
+    functions directory (a typo, or a function not written yet): a warning, as the function may
+    be added while serving. `found`: the function names discovered (else discovered now)."""
+    config = settings.config
+    if not config.functions:
+        return []
+    names = set(discover(settings.functions_dir)) if found is None else set(found)
+    lines = []
+    for name in config.functions:
+        if name not in names:
+            close = difflib.get_close_matches(name, sorted(names), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            lines.append(f"{config.path}: [functions.{name}]: no function {name!r} in {settings.functions_dir}{hint}")
+    return lines
 
 
 def usable_cpus() -> int:

@@ -16,13 +16,13 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from pathlib import Path
 from typing import Any
 
 from edgeruntime.config.changes import compare_settings
 from edgeruntime.config.env import ENV_FILE
-from edgeruntime.config.settings import Settings
+from edgeruntime.config.settings import Settings, missing_functions
 from edgeruntime.exceptions import EdgeRuntimeError
 from edgeruntime.functions.discovery import discover
 from edgeruntime.gateway.app import EdgeApp
@@ -50,11 +50,16 @@ class ConfigReloader:
         self.files = list(files)
         #: The warnings of the last load (said at start for the running settings): a reload says
         #: only new ones, so what stays wrong is said once, not at every edit.
-        self._warned = set(app.settings.load_warnings)
+        self._warned: set[str] = set()
+        try:
+            self._warned.update(_warnings(app.settings))
+        except OSError:  # the functions directory gone since start: the next reload says why
+            pass
 
-    def _resolve(self) -> Settings:
+    def _resolve(self) -> tuple[Settings, list[str]]:
         """The new settings, with the running isolation (workers of the other kind cannot be
-        swapped in: their env is built differently). Raises EdgeRuntimeError for an invalid edit."""
+        swapped in: their env is built differently), and their warnings. Raises
+        EdgeRuntimeError for an invalid edit."""
         running = self.app.settings
         settings = self.rebuild()
         if settings.isolation != running.isolation:
@@ -63,23 +68,24 @@ class ConfigReloader:
             settings = dataclasses.replace(settings, config=config)
         # What the jobs system would refuse at the next start, refused now.
         JobsConfig.from_table(settings.config.jobs, settings.config.path)
+        found = set(discover(settings.functions_dir))
         if settings.config.cron:
-            cron_jobs(settings.config.cron, set(discover(settings.functions_dir)))
-        return settings
+            cron_jobs(settings.config.cron, found)
+        return settings, _warnings(settings, found)
 
     def reload(self, changed: Iterable[Path] = ()) -> list[str]:
         """Apply the files as they are now; returns the functions reloaded."""
         names = ", ".join(sorted(str(path) for path in changed)) or ", ".join(str(p) for p in self.files)
         running = self.app.settings
         try:
-            settings = self._resolve()
+            settings, warnings = self._resolve()
         except (EdgeRuntimeError, OSError, ValueError) as exc:  # ValueError: e.g. a file that is not UTF-8
             logger.error("%s; still serving with the configuration loaded before (%s changed)", exc, names)
             return []
-        for line in settings.load_warnings:
+        for line in warnings:
             if line not in self._warned:
                 logger.warning("%s", line)
-        self._warned = set(settings.load_warnings)
+        self._warned = set(warnings)
         change = compare_settings(running, settings)
         if not change:
             return []
@@ -100,6 +106,13 @@ class ConfigReloader:
             f"functions reloaded: {', '.join(reloaded)}" if reloaded else "no function reloaded",
         )
         return reloaded
+
+
+def _warnings(settings: Settings, found: Collection[str] | None = None) -> list[str]:
+    """What loading `settings` found wrong and went on without: statements of the env file that
+    cannot be parsed, `[functions.<name>]` tables with no function `<name>` (`found`: the
+    function names discovered)."""
+    return [*settings.load_warnings, *missing_functions(settings, found)]
 
 
 def _keep_running(settings: Settings, running: Settings) -> Settings:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 from typing import Any, cast
@@ -109,6 +110,29 @@ async def test_the_watcher_goes_on_after_an_edit_it_cannot_apply(
 
 def warnings_in(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+
+
+def test_a_functions_block_with_no_function_is_one_warning_while_it_stays(
+    project: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = project.parent / "config.toml"
+    config.write_text("[functions.hello]\nverify_jwt = true\n[functions.old]\nverify_jwt = false\n", encoding="utf-8")
+    reloader, app = reloader_for(project)  # `old` was said at start: not again
+    config.write_text(config.read_text() + "[functions.helo]\nverify_jwt = false\n", encoding="utf-8")
+    reloader.reload([config])
+    assert "functions.helo.verify_jwt" in " ".join(caplog.messages)  # the edit applied
+    line = f"{config}: [functions.helo]: no function 'helo' in {project.resolve()}; did you mean 'hello'?"
+    assert warnings_in(caplog) == [line]
+    caplog.clear()
+    config.write_text(config.read_text().replace("verify_jwt = true", "verify_jwt = false"), encoding="utf-8")
+    reloader.reload([config])  # another edit: the block still has no function, said already
+    assert warnings_in(caplog) == []
+    write_function(project, "helo", HELLO)  # the function added while serving: nothing to say
+    reloader.reload([config])
+    assert warnings_in(caplog) == []
+    shutil.rmtree(project / "helo")  # gone again: said again at the next load
+    reloader.reload([config])
+    assert warnings_in(caplog) == [line]
 
 
 def test_an_env_file_line_that_cannot_be_parsed_is_one_warning_while_it_stays(
