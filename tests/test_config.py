@@ -458,3 +458,19 @@ def test_serve_warns_once_about_a_functions_block_with_no_function(hello_dir: Pa
         server.stop()
     assert [line for line in expected if server.output.count(line) == 1] == expected, server.output
     assert "Traceback" not in server.output
+
+
+@pytest.mark.parametrize(
+    ("host", "url"),
+    [
+        ("0.0.0.0", "http://127.0.0.1:54321"),
+        ("::", "http://[::1]:54321"),
+        ("[::]", "http://[::1]:54321"),
+        ("::1", "http://[::1]:54321"),
+        ("127.0.0.2", "http://127.0.0.2:54321"),
+    ],
+)
+def test_a_server_on_every_interface_is_reached_and_announced_on_loopback(hello_dir: Path, host: str, url: str) -> None:
+    settings = Settings.build(hello_dir, host=host, port=54321)
+    assert settings.base_url == url
+    assert settings.env["SUPABASE_URL"] == url
