@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import signal
+import subprocess
 import textwrap
 from collections.abc import MutableMapping
 from pathlib import Path
@@ -190,6 +191,68 @@ async def test_a_template_without_workers_is_ended_after_a_while(
         await eventually(lambda: not alive(template), what="the idle template's end")
         assert (await client.invoke("hello")).status_code == 200  # a new template, a new worker
         assert template_pid(forked_worker(client, "hello")) != template
+
+
+def take_pid(pid: int) -> subprocess.Popen[bytes] | None:
+    """A process of this test's running as `pid` (free now: its process was reaped), or None if
+    another process took that pid first. Root only: it sets the pid namespace's last pid."""
+    for _ in range(20):  # another process forking in between gets the pid meant for ours: again
+        with open("/proc/sys/kernel/ns_last_pid", "w") as f:
+            f.write(str(pid - 1))
+        proc = subprocess.Popen(["sleep", "30"])
+        if proc.pid == pid:
+            return proc
+        proc.kill()
+        proc.wait()
+        if Path(f"/proc/{pid}").exists():
+            return None
+    return None
+
+
+@pytest.mark.skipif(not ROOT, reason="gives a process a chosen pid (ns_last_pid): needs root")
+async def test_a_forked_workers_pid_taken_by_another_process_is_never_signalled(
+    functions_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A forked worker that exits while it boots is reaped by its template, which then reports
+    its exit. Until the server has read that report the worker's pid may be another process's:
+    the server must not open, read or signal that process as its worker."""
+    from edgeruntime.workers.process import parent
+
+    write_function(functions_dir, "dies", "import os\nos._exit(3)\n")
+    monkeypatch.setattr(parent, "REAP_TIMEOUT_SEC", 0.2)  # the server gives up waiting for the report and kills
+    strangers: list[subprocess.Popen[bytes]] = []
+
+    async def pid_reused(sock: Any) -> int | None:
+        pid = await forking.peer_pid(sock)
+        assert pid is not None and client.app.launcher is not None
+        template = client.app.launcher.template("dies")
+        assert template is not None and template.current is not None
+        control, readable = template.current.control.fileno(), template.current._readable
+        loop = asyncio.get_running_loop()
+        loop.remove_reader(control)  # the template's report waits there, not read yet
+        loop.call_later(1.0, loop.add_reader, control, readable)
+        await eventually(lambda: not Path(f"/proc/{pid}").exists(), what="the worker reaped by its template")
+        stranger = take_pid(pid)
+        if stranger is not None:
+            strangers.append(stranger)
+        return pid
+
+    monkeypatch.setattr(parent, "peer_pid", pid_reused)
+    try:
+        async with EdgeClient(functions_dir, isolation="process", sandbox="none") as client:
+            r = await client.invoke("dies")
+            assert (r.status_code, r.json()["code"]) == (500, "WORKER_ERROR")
+            template = client.app.launcher.template("dies") if client.app.launcher else None
+            assert template is not None and template.current is not None
+            current = template.current
+            await eventually(lambda: current.live == 0, what="the template's report read")
+        if not strangers:
+            pytest.skip("another process took the worker's pid first")
+        assert strangers[0].poll() is None  # not killed as the worker
+    finally:
+        for stranger in strangers:
+            stranger.kill()
+            stranger.wait()
 
 
 # -- what a worker and its template hold -------------------------------------------------------

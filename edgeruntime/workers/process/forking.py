@@ -12,7 +12,8 @@ functions directory it binds changed). A template whose workers have all ended i
 
 Either way the server learns the worker's pid from the kernel (the worker announces itself with
 its credentials, ``SCM_CREDENTIALS``, see :func:`peer_pid`), watches its CPU and memory in
-``/proc`` and kills it itself (a ``pidfd`` for a forked worker, which is not the server's child).
+``/proc`` and kills it itself (for a forked worker, which is not the server's child, through the
+``pidfd`` its template took before it could reap it and handed over with its pid).
 :class:`SpawnedProcess` and :class:`ForkedProcess` are the two kinds of worker process as the
 server handles them. Where forking is not available (:func:`forking_problem`) or a template
 refuses (it has a thread), workers are spawned as before.
@@ -25,6 +26,7 @@ import functools
 import itertools
 import logging
 import os
+import select
 import signal
 import socket
 import struct
@@ -68,6 +70,8 @@ TEMPLATE_IDLE_SEC = 120.0
 #: How long the template may take to answer a request to fork.
 FORK_TIMEOUT_SEC = 10.0
 _CREDENTIALS = struct.Struct("3i")
+#: Descriptors the server receives from a template are not inherited by what it starts.
+_CLOEXEC = getattr(socket, "MSG_CMSG_CLOEXEC", 0)
 
 #: The control protocol between the server and a template (:mod:`edgeruntime.workers.process.template`).
 #: One control message: its kind and two signed 64-bit integers, in one packet.
@@ -82,7 +86,7 @@ KILL = 2
 # template → server
 #: (the template's pid as it sees it, number of modules loaded): ready to fork.
 READY = 3
-#: (request id, the worker's pid as the template sees it).
+#: (request id, the worker's pid as the template sees it), the worker's pidfd attached.
 FORKED = 4
 #: (request id, errno, or THREADS): no worker was forked.
 NOT_FORKED = 5
@@ -152,6 +156,9 @@ class WorkerProcessHandle(Protocol):
     def announced(self, pid: int) -> None:
         """The worker process announced itself as `pid` (as the server sees it)."""
 
+    def exited(self) -> bool:
+        """Whether it has exited: what /proc then says of its pid may be another process's."""
+
     def kill(self) -> None:
         """SIGKILL it (a no-op once it has exited)."""
 
@@ -175,6 +182,9 @@ class SpawnedProcess:
     def announced(self, pid: int) -> None:
         pass
 
+    def exited(self) -> bool:
+        return self.proc.poll() is not None
+
     def kill(self) -> None:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGKILL)
@@ -191,16 +201,25 @@ class SpawnedProcess:
 
 
 class ForkedProcess:
-    """A worker process forked by a template: not the server's child, so the template reports its
-    exit status, and the server signals it through a pidfd (no other process can take its pid)."""
+    """A worker process forked by a template: not the server's child, so the template reaps it and
+    reports its exit status. The server signals it and tells whether it has exited through the
+    pidfd the template took before it could reap it: once reaped, its pid may be another
+    process's before the server has read the report, but that pidfd still names the worker."""
 
-    def __init__(self, template: TemplateProcess, template_pid: int, status: asyncio.Future[int | None]) -> None:
+    def __init__(
+        self, template: TemplateProcess, template_pid: int, status: asyncio.Future[int | None], pidfd: int | None
+    ) -> None:
         self.template = template
         #: Its pid in the template's view (under bubblewrap, in the function's PID namespace).
         self.template_pid = template_pid
         self.status = status
         self._pid: int | None = None
-        self._pidfd: int | None = None
+        #: None if the template's pidfd did not arrive (out of descriptors): the template then kills it.
+        self._pidfd = pidfd
+        self._exit: select.poll | None = None
+        if pidfd is not None:
+            self._exit = select.poll()
+            self._exit.register(pidfd, select.POLLIN)  # readable once the process has exited
         status.add_done_callback(lambda _: self._close_pidfd())
 
     @property
@@ -212,12 +231,11 @@ class ForkedProcess:
 
     def announced(self, pid: int) -> None:
         self._pid = pid
-        if self.status.done():  # already gone: its pid may be another process's by now
-            return
-        try:
-            self._pidfd = os.pidfd_open(pid)
-        except OSError:  # gone, or out of descriptors: the template kills it for the server
-            self._pidfd = None
+
+    def exited(self) -> bool:
+        if self.status.done():
+            return True
+        return self._exit is not None and bool(self._exit.poll(0))
 
     def kill(self) -> None:
         if self.status.done():
@@ -243,7 +261,7 @@ class ForkedProcess:
             return None
 
     def _close_pidfd(self) -> None:
-        pidfd, self._pidfd = self._pidfd, None
+        pidfd, self._pidfd, self._exit = self._pidfd, None, None
         if pidfd is not None:
             os.close(pidfd)
 
@@ -261,7 +279,7 @@ class TemplateProcess:
         #: The template's own pid as it sees itself, and how many modules it had loaded, once ready.
         self.ready: asyncio.Future[tuple[int, int]] = asyncio.get_running_loop().create_future()
         self.ready.add_done_callback(lambda f: f.cancelled() or f.exception())
-        self._requests: dict[int, asyncio.Future[tuple[int, asyncio.Future[int | None]] | int]] = {}
+        self._requests: dict[int, asyncio.Future[tuple[int, asyncio.Future[int | None], int | None] | int]] = {}
         self._exits: dict[int, asyncio.Future[int | None]] = {}
         self._ids = itertools.count(1)
         self._loop = asyncio.get_running_loop()
@@ -287,14 +305,26 @@ class TemplateProcess:
         try:
             socket.send_fds(self.control, [MESSAGE.pack(FORK, request, 0)], [channel.fileno()])
             reply = await asyncio.wait_for(asyncio.shield(answer), FORK_TIMEOUT_SEC)
+        except BaseException:
+            if answer.done() and not answer.cancelled() and answer.exception() is None:
+                self._unwanted(answer.result())  # forked just as its caller gave up
+            raise
         finally:
             self._requests.pop(request, None)
         if isinstance(reply, int):
             if reply == THREADS:
                 return None
             raise OSError(reply, os.strerror(reply))
-        template_pid, status = reply
-        return ForkedProcess(self, template_pid, status)
+        template_pid, status, pidfd = reply
+        return ForkedProcess(self, template_pid, status, pidfd)
+
+    def _unwanted(self, reply: tuple[int, asyncio.Future[int | None], int | None] | int) -> None:
+        """A worker forked for no one: killed, and its pidfd closed."""
+        if isinstance(reply, tuple):
+            template_pid, _, pidfd = reply
+            self.kill(template_pid)
+            if pidfd is not None:
+                os.close(pidfd)
 
     def kill(self, template_pid: int) -> None:
         """Ask the template to SIGKILL its worker `template_pid`."""
@@ -307,11 +337,16 @@ class TemplateProcess:
     def _readable(self) -> None:
         for _ in range(1000):  # what has arrived, in bounded turns
             try:
-                data = self.control.recv(MESSAGE.size + 1)
+                data, fds, _, _ = socket.recv_fds(self.control, MESSAGE.size + 1, 1, _CLOEXEC)
             except BlockingIOError:
                 return
             except OSError:
-                data = b""
+                data, fds = b"", []
+            pidfd = fds[0] if fds else None
+            if len(data) != MESSAGE.size or MESSAGE.unpack(data)[0] != FORKED:
+                for fd in fds:  # only a FORKED message carries one
+                    os.close(fd)
+                pidfd = None
             if not data:
                 self._gone()
                 return
@@ -325,9 +360,9 @@ class TemplateProcess:
                 self._exits[second] = status
                 answer = self._requests.get(first)
                 if answer is not None and not answer.done():
-                    answer.set_result((second, status))
+                    answer.set_result((second, status, pidfd))
                 else:  # nobody waits for it any more (timed out): it is not wanted
-                    self.kill(second)
+                    self._unwanted((second, status, pidfd))
             elif kind == NOT_FORKED:
                 answer = self._requests.get(first)
                 if answer is not None and not answer.done():

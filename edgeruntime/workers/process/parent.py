@@ -404,6 +404,8 @@ class ProcessWorker:
                 extra={"function": self.name},
             )
             return
+        if self.proc.exited():  # what was read may be the process's that took its pid
+            raise await self._exited("right after booting")
         logger.info(
             "booted function %s in %.1f ms (worker %s, process %d)",
             self.name,
@@ -463,8 +465,8 @@ class ProcessWorker:
         self._lifecycle = lifecycle
 
     async def _watch_usage(self) -> None:
-        pid = self.pid
-        assert pid is not None
+        pid, proc = self.pid, self.proc
+        assert pid is not None and proc is not None
         while self.status is not WorkerStatus.ENDED:
             try:
                 cpu_ms, rss_mb = _proc_usage(pid)
@@ -475,6 +477,8 @@ class ProcessWorker:
                 await asyncio.sleep(MONITOR_INTERVAL_SEC)
                 continue
             except (ValueError, IndexError):
+                return
+            if proc.exited():  # its pid may be another process's by now: what was read is not its own
                 return
             self.meter.used_ms = max(0.0, cpu_ms - self._cpu_baseline_ms)
             self.memory_mb = max(0.0, rss_mb - self._memory_baseline_mb)

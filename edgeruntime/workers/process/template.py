@@ -20,9 +20,10 @@ What the template holds is what every worker of the function starts with: no env
 no thread (forking a process with threads is unsafe: a template that finds a second thread
 refuses to fork, and the server starts workers without it).
 
-The template reaps its children and reports each one's exit status; it dies with the server, and
-its workers die with it (``PR_SET_PDEATHSIG``). Control messages are fixed-size records (no
-pickle) over a ``SOCK_SEQPACKET`` socket: a kind, and two integers.
+The template hands the server each worker's pidfd with its pid, reaps its children and reports
+each one's exit status; it dies with the server, and its workers die with it
+(``PR_SET_PDEATHSIG``). Control messages are fixed-size records (no pickle) over a
+``SOCK_SEQPACKET`` socket: a kind, and two integers (and a worker's pidfd, ``SCM_RIGHTS``).
 """
 
 from __future__ import annotations
@@ -160,7 +161,9 @@ class Template:
             return
         self.children[pidfd] = pid
         self.poller.register(pidfd, select.POLLIN)
-        self.send(FORKED, request, pid)
+        # The server gets the pidfd too: taken before the worker could be reaped, it is the worker's
+        # for good, where the pid may be another process's once this template has reaped it.
+        socket.send_fds(self.control, [MESSAGE.pack(FORKED, request, pid)], [pidfd])
 
     def become_worker(self, channel: int) -> None:
         """In the child: keep the channel and stdio, close the rest, run as a worker process. Never returns."""
