@@ -37,6 +37,7 @@ from edgeruntime.jobs.rows import (
 )
 from edgeruntime.jobs.store import (
     LEASE_EXPIRED,
+    TICK_LEASE_EXPIRED,
     TRIM_TARGET,
     CronTick,
     FailedJob,
@@ -60,6 +61,14 @@ POOL_SIZE = 4
 MIGRATION_LOCK = 0x6564_6765
 #: Serialises the claims of one cron job's ticks, and a claim with a pause of the job.
 _CRON_LOCK = "SELECT pg_advisory_xact_lock(hashtext('edgeruntime-cron:' || %s))"
+#: Running ticks whose lease ran out (of cron job %(cron)s, or of every one when it is NULL), failed.
+#: Reads the partial index of running ticks (migration 6): `status = 'running'` must stay as the
+#: index has it. SKIP LOCKED: a tick being renewed or finished right now is left to the next look.
+_END_LOST_TICKS = (
+    "UPDATE edgeruntime_cron_ticks SET status = 'failed', error = %(tick_error)s, finished_at = %(now)s"
+    " WHERE id IN (SELECT id FROM edgeruntime_cron_ticks WHERE status = 'running' AND lease_until < %(now)s"
+    " AND (%(cron)s::text IS NULL OR cron = %(cron)s) FOR UPDATE SKIP LOCKED)"
+)
 #: Run rows go in with one binary COPY per batch: of the ways psycopg offers it costs the client
 #: the least CPU per row (a multi-row INSERT is re-parsed by psycopg every time, executemany is a
 #: Python loop per row). The types are RUN_COLUMNS' in the schema.
@@ -239,9 +248,12 @@ class PostgresStore:
     async def claim(self, worker_id: str, limit: int, *, now: float, lease_sec: float) -> list[Job]:
         async with self._conn() as conn, conn.transaction():
             # A job whose lease expired on its last attempt (its instance stopped or hung while
-            # running it) is failed, as `finish` fails a last attempt, never delivered again.
+            # running it) is failed, as `finish` fails a last attempt, never delivered again. A cron
+            # tick whose instance stopped or hung is ended, by whichever instance polls first (in
+            # the same statement: one round trip per poll).
             await conn.execute(
-                "WITH expired AS (SELECT id FROM edgeruntime_jobs WHERE status = 'running'"
+                f"WITH lost AS ({_END_LOST_TICKS}),"
+                " expired AS (SELECT id FROM edgeruntime_jobs WHERE status = 'running'"
                 " AND lease_until < %(now)s AND attempts >= max_attempts ORDER BY id FOR UPDATE SKIP LOCKED),"
                 " failed AS (UPDATE edgeruntime_jobs j SET status = 'failed', lease_until = NULL,"
                 " last_error = %(error)s, last_status = NULL, last_response = NULL, updated_at = %(now)s"
@@ -249,7 +261,7 @@ class PostgresStore:
                 " INSERT INTO edgeruntime_failed_jobs (job_id, function, payload, attempts, error, http_status,"
                 " response, failed_at) SELECT id, function, payload, attempts, %(error)s, NULL, NULL, %(now)s"
                 " FROM failed ORDER BY id",
-                {"now": now, "error": LEASE_EXPIRED},
+                {"now": now, "error": LEASE_EXPIRED, "tick_error": TICK_LEASE_EXPIRED, "cron": None},
             )
             cur = await conn.execute(
                 "WITH queued AS (SELECT id FROM edgeruntime_jobs WHERE status = 'queued' AND run_at <= %(now)s"
@@ -446,6 +458,8 @@ class PostgresStore:
         unless_paused: bool = False,
     ) -> CronTick | None:
         async with self._conn() as conn, conn.transaction():
+            # A run of this job whose instance stopped or hung is ended (as `claim` ends it).
+            await conn.execute(_END_LOST_TICKS, {"now": now, "tick_error": TICK_LEASE_EXPIRED, "cron": cron})
             if skip_overlap or unless_paused:
                 # One claim of this cron at a time: two ticks claimed at once (a scheduled one and
                 # "Run now", on two instances) would each miss the other's uncommitted running tick.

@@ -49,6 +49,7 @@ from edgeruntime.jobs.rows import (
 )
 from edgeruntime.jobs.store import (
     LEASE_EXPIRED,
+    TICK_LEASE_EXPIRED,
     TRIM_TARGET,
     CronTick,
     FailedJob,
@@ -88,6 +89,12 @@ AUTO_VACUUM_INCREMENTAL = 2
 
 _FIRST_OF_BATCH = FIRST_OF_BATCH.replace("%s", "?")
 _PAUSED = CRON_PAUSED.replace("%s", "?")
+#: Running ticks whose lease ran out, failed: (error, finished_at, now). Reads the partial index of
+#: running ticks (migration 6): `status = 'running'` must stay as the index has it.
+_END_LOST_TICKS = (
+    "UPDATE edgeruntime_cron_ticks SET status = 'failed', error = ?, finished_at = ?"
+    " WHERE status = 'running' AND lease_until < ?"
+)
 #: What a batch of run rows can be refused for by its content; any other error is the store's.
 _ROW_ERRORS = (sqlite3.IntegrityError, sqlite3.DataError, sqlite3.ProgrammingError, sqlite3.InterfaceError)
 
@@ -292,6 +299,9 @@ class SQLiteStore:
     async def claim(self, worker_id: str, limit: int, *, now: float, lease_sec: float) -> list[Job]:
         def run(conn: sqlite3.Connection) -> list[Job]:
             with self._write(conn):
+                # A cron tick whose instance stopped or hung while running it is ended, by whichever
+                # instance polls first.
+                conn.execute(_END_LOST_TICKS, (TICK_LEASE_EXPIRED, now, now))
                 # A job whose lease expired on its last attempt (its instance stopped or hung while
                 # running it) is failed, as `finish` fails a last attempt, never delivered again.
                 conn.execute(
@@ -517,6 +527,8 @@ class SQLiteStore:
     ) -> CronTick | None:
         def run(conn: sqlite3.Connection) -> CronTick | None:
             with self._write(conn):
+                # A run of this job whose instance stopped or hung is ended (as `claim` ends it).
+                conn.execute(_END_LOST_TICKS + " AND cron = ?", (TICK_LEASE_EXPIRED, now, now, cron))
                 # Under the write lock, as the pause is written: it is before this claim or after.
                 if unless_paused and conn.execute(_PAUSED, (cron,)).fetchone() is not None:
                     return None

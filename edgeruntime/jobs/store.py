@@ -23,6 +23,7 @@ __all__ = [
     "QueueStats",
     "Run",
     "RunRow",
+    "TICK_LEASE_EXPIRED",
     "TRIM_TARGET",
     "TickStatus",
     "redact_url",
@@ -35,6 +36,9 @@ TRIM_TARGET = 0.9
 
 #: The error of a job whose lease expired on its last attempt (`JobStore.claim` fails it).
 LEASE_EXPIRED = "lease expired on the last attempt (the instance running it stopped or hung)"
+#: The error of a cron tick whose lease expired while it was running (`JobStore.claim` and
+#: `JobStore.claim_tick` fail it): its instance crashed, hung or lost the store for longer.
+TICK_LEASE_EXPIRED = "lease expired: the instance running it stopped or hung, and its outcome is unknown"
 
 
 class JobStatus(enum.StrEnum):
@@ -204,7 +208,9 @@ class JobStore(Protocol):
     async def claim(self, worker_id: str, limit: int, *, now: float, lease_sec: float) -> list[Job]:
         """Lease up to `limit` due jobs (queued and due, or running with an expired lease and attempts
         left). In the same transaction, a job whose lease expired on its last attempt is failed: status
-        failed and a failed-jobs row (no HTTP status or response), as `finish` fails a last attempt."""
+        failed and a failed-jobs row (no HTTP status or response), as `finish` fails a last attempt;
+        and a running cron tick whose lease expired, of any cron job, is ended: status failed, error
+        `TICK_LEASE_EXPIRED`, finished at `now` (every instance polls: the first to look ends it)."""
 
     async def heartbeat(
         self,
@@ -267,7 +273,8 @@ class JobStore(Protocol):
 
         The tick is leased to `instance` for `lease_sec` (renewed by `heartbeat`). With
         `skip_overlap`, a running tick of the same cron job whose lease is alive makes this one
-        `skipped`; a run whose instance died stops counting once its lease runs out. With
+        `skipped`; a run whose instance died stops counting once its lease runs out, and is ended
+        here as `claim` ends it (failed, `TICK_LEASE_EXPIRED`). With
         `unless_paused` (a scheduled tick), nothing is inserted and None returned when the cron job
         is paused: decided with the claim, so a pause that `set_cron_paused` has written is never
         missed, and one written after it comes after the claim.
@@ -275,7 +282,9 @@ class JobStore(Protocol):
 
     async def finish_tick(
         self, tick_id: int, status: TickStatus, http_status: int | None, error: str | None, *, now: float
-    ) -> None: ...
+    ) -> None:
+        """Record a tick's outcome; it replaces a `TICK_LEASE_EXPIRED` verdict written meanwhile
+        (the instance was hung or cut from the store, not gone: this is what the run did)."""
 
     async def ticks(self, cron: str | None = None, limit: int = 100) -> list[CronTick]: ...
 
