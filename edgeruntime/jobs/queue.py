@@ -17,7 +17,7 @@ import math
 import os
 import random
 from collections import Counter
-from collections.abc import Callable, Collection
+from collections.abc import AsyncIterator, Callable, Collection
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -409,6 +409,20 @@ class QueueRunner:
                 self._heartbeat_outage.failed(exc, f"retrying every {interval:g} s")
             else:
                 self._heartbeat_outage.recovered()
+
+    @contextlib.asynccontextmanager
+    async def renewing_leases(self) -> AsyncIterator[None]:
+        """Renew the leases of the jobs and cron ticks this instance holds while the block runs, as
+        the heartbeat of `start` does: for work run without the background loop (`edgeruntime cron
+        run`), which would otherwise be taken for lost once its first lease ran out."""
+        if self._tasks:  # started: the heartbeat runs already
+            yield
+            return
+        heartbeat = asyncio.get_running_loop().create_task(self._heartbeat(), name="edgeruntime-heartbeat")
+        try:
+            yield
+        finally:
+            await _cancel(heartbeat)
 
     def start(self) -> None:
         loop = asyncio.get_running_loop()

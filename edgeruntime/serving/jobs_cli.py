@@ -225,7 +225,9 @@ async def _cron_run(settings: Settings, name: str, as_json: bool) -> int:
         raise UsageError(f"no cron job {name!r} in {settings.config.path or 'config.toml'} (known: {known})")
     await app.startup()
     try:
-        run = await system.scheduler.run_now(name)
+        # No queue runner here: its heartbeat is what renews the tick's lease while the function runs.
+        async with system.runner.renewing_leases():
+            run = await system.scheduler.run_now(name)
     finally:
         await app.shutdown()
     if as_json:

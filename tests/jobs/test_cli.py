@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from edgeruntime.jobs.backends import open_store
-from edgeruntime.jobs.store import Outcome
+from edgeruntime.jobs.store import Outcome, TickStatus
 from edgeruntime.testing import EdgeClient
 from tests.helpers import free_port, run_cli, write_function
 from tests.jobs.file_modes import run_bound_by_file_modes
@@ -150,6 +153,75 @@ async def test_cron_run_and_trigger_cron_run_the_function_with_the_servers_env(f
     assert by_cli["os"]["FROM_DOTENV"] == "from the functions' .env"
     assert by_cli["os"] == by_cli["deno"]
     assert by_client["os"] == by_client["deno"] == by_cli["deno"]
+
+
+SLEEPS = """
+import asyncio
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from edgeruntime import serve
+
+async def handler(req: Request) -> JSONResponse:
+    await asyncio.sleep((await req.json())["sleep"])
+    return JSONResponse({"slept": True})
+
+serve(handler)
+"""
+
+
+async def test_cron_run_renews_its_tick_lease_while_the_function_runs(functions_dir: Path) -> None:
+    """A manual run longer than `[jobs] lease_sec` keeps its tick running: a serving instance's poll
+    (it ends ticks whose lease ran out) leaves it alone, and overlap = "skip" still sees it."""
+    write_function(functions_dir, "sleeps", SLEEPS)
+    lease, sleep = 2.0, 5.0
+    (functions_dir.parent / "config.toml").write_text(
+        f"[jobs]\nlease_sec = {lease}\n\n"
+        f'[cron.long]\nfunction = "sleeps"\nschedule = "@daily"\nbody = {{ sleep = {sleep} }}\n',
+        encoding="utf-8",
+    )
+    url = f"sqlite:///{functions_dir.parent / 'jobs.db'}"
+    store = open_store(url)
+    await store.migrate()
+    proc = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "edgeruntime", "cron", "run", "long", "-d", str(functions_dir), "--database-url", url),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    # The tick's status at a serving instance's polls, past its first lease and before the run ends.
+    past_the_lease: list[str] = []
+    try:
+        for _ in range(600):  # 60 s at most
+            if proc.returncode is not None:
+                break
+            now = time.time()
+            assert await store.claim("serving", 10, now=now, lease_sec=30) == []  # a serving instance's poll
+            ticks = await store.ticks("long")
+            run = ticks[-1] if ticks else None  # the first: the run's (the ones skipped below come after)
+            if run is not None and run.started_at + lease + 0.5 < now < run.started_at + sleep - 0.5:
+                past_the_lease.append(str(run.status))
+                if run.status is TickStatus.RUNNING:
+                    skipped = await store.claim_tick(
+                        "long",
+                        f"serving:{len(past_the_lease)}",
+                        scheduled_for=now,
+                        trigger="manual",
+                        instance="serving",
+                        now=now,
+                        lease_sec=30,
+                        skip_overlap=True,
+                    )
+                    assert skipped is not None and skipped.status is TickStatus.SKIPPED, "the run counts as going"
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(proc.wait(), 0.1)
+        out, err = await asyncio.wait_for(proc.communicate(), 30)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.communicate()
+        await store.close()
+    assert proc.returncode == 0, err.decode()
+    assert out.decode().startswith("cron long: succeeded (HTTP 200)")
+    assert past_the_lease and set(past_the_lease) == {"running"}, past_the_lease
 
 
 @pytest.mark.parametrize(
