@@ -458,13 +458,13 @@ class PostgresStore:
         unless_paused: bool = False,
     ) -> CronTick | None:
         async with self._conn() as conn, conn.transaction():
-            # A run of this job whose instance stopped or hung is ended (as `claim` ends it).
-            await conn.execute(_END_LOST_TICKS, {"now": now, "tick_error": TICK_LEASE_EXPIRED, "cron": cron})
             if skip_overlap or unless_paused:
                 # One claim of this cron at a time: two ticks claimed at once (a scheduled one and
                 # "Run now", on two instances) would each miss the other's uncommitted running tick.
                 # A pause takes the same lock, so it is written before this look or after the claim.
                 await conn.execute(_CRON_LOCK, (cron,))
+            # A run of this job whose instance stopped or hung is ended (as `claim` ends it).
+            await conn.execute(_END_LOST_TICKS, {"now": now, "tick_error": TICK_LEASE_EXPIRED, "cron": cron})
             if unless_paused:
                 cur = await conn.execute(CRON_PAUSED, (cron,))
                 if await cur.fetchone() is not None:
