@@ -92,6 +92,8 @@ class JobQueue:
         except (TypeError, ValueError) as exc:
             raise JobsError(f"enqueue({function!r}): payload is not JSON-serialisable: {exc}") from None
         attempts = self.config.max_attempts if max_attempts is None else max_attempts
+        if not isinstance(attempts, int) or isinstance(attempts, bool):
+            raise JobsError(f"enqueue({function!r}): max_attempts must be a whole number, got {attempts!r}")
         if attempts < 1:
             raise JobsError(f"enqueue({function!r}): max_attempts must be at least 1, got {attempts}")
         # The bound of `[jobs] max_attempts`: past it the backoff overflows, and the store's integers.
@@ -99,6 +101,9 @@ class JobQueue:
             raise JobsError(
                 f"enqueue({function!r}): max_attempts must be at most {MAXIMUMS['max_attempts']}, got {attempts}"
             )
+        # NaN broke the store's insert and infinity queued a job that never runs.
+        if not isinstance(delay, int | float) or isinstance(delay, bool) or not math.isfinite(delay):
+            raise JobsError(f"enqueue({function!r}): delay must be a finite number of seconds, got {delay!r}")
         if delay < 0:
             raise JobsError(f"enqueue({function!r}): delay must not be negative, got {delay}")
         now = self.clock.now()

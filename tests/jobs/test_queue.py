@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -170,6 +171,31 @@ async def test_enqueue_refuses_more_attempts_than_the_config_allows(queue_dir: P
         r = await client.invoke("enqueue", json={"function": "flaky", "max_attempts": 5000})
         assert r.status_code == 500
         assert await client.jobs.store.count_jobs() == {"queued": 1}
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"delay": float("nan")}, r"delay must be a finite number of seconds, got nan"),
+        ({"delay": float("inf")}, r"delay must be a finite number of seconds, got inf"),
+        ({"delay": "60"}, r"delay must be a finite number of seconds, got '60'"),
+        ({"delay": True}, r"delay must be a finite number of seconds, got True"),
+        ({"max_attempts": 2.5}, r"max_attempts must be a whole number, got 2.5"),
+        ({"max_attempts": "3"}, r"max_attempts must be a whole number, got '3'"),
+        ({"max_attempts": True}, r"max_attempts must be a whole number, got True"),
+    ],
+)
+async def test_enqueue_refuses_a_delay_or_attempts_no_job_can_have(
+    queue_dir: Path, options: dict[str, Any], message: str
+) -> None:
+    """NaN broke the store's insert, infinity queued a job that never runs, and a float or a string
+    of attempts was stored as it was (or raised a bare TypeError): each is one JobsError naming it."""
+    async with EdgeClient(queue_dir) as client:
+        with pytest.raises(JobsError, match="^enqueue\\('flaky'\\): " + message + "$"):
+            await client.jobs.queue.enqueue("flaky", **options)
+        assert await client.jobs.store.count_jobs() == {}
+        job = await client.jobs.queue.enqueue("flaky", delay=1.5, max_attempts=2)
+        assert job > 0
 
 
 async def test_job_for_unknown_function_fails_after_its_attempts(queue_dir: Path) -> None:
