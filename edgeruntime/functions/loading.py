@@ -18,7 +18,8 @@ __all__ = ["ensure_on_path", "load_function_module", "purge_modules"]
 
 def purge_modules(prefix: str) -> None:
     """Forget `prefix` and its submodules so the next import reads the files again."""
-    for key in [k for k in sys.modules if k == prefix or k.startswith(prefix + ".")]:
+    # A copy first: another thread may import meanwhile (inline workers boot in threads of their own).
+    for key in [k for k in list(sys.modules) if k == prefix or k.startswith(prefix + ".")]:
         del sys.modules[key]
 
 

@@ -1,8 +1,11 @@
 """One supervisor per function: boots its worker, routes requests to it, retires and ends it.
 
 A boot error is kept to the function (503 for it, the others keep serving) and is retried on the
-next request. A retired worker takes no new requests: they go to a fresh worker, while the
-retired one finishes its in-flight requests and background work and is then dropped (EarlyDrop).
+next request. The requests that arrive while a worker boots wait for that one boot, each within
+its own idle timeout (504), and share its outcome; a boot that has not finished within
+BOOT_TIMEOUT_SEC fails (503). A retired worker takes no new requests: they go to a fresh worker,
+while the retired one finishes its in-flight requests and background work and is then dropped
+(EarlyDrop).
 A worker that reaches a hard limit is ended: its in-flight requests get 546 and its background
 work is cut with the reason (see :mod:`edgeruntime.workers.lifecycle`).
 
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextvars
 import logging
 import time
 from collections.abc import Callable, Coroutine
@@ -92,7 +96,8 @@ class FunctionSupervisor:
         #: The syntax error in the function's files, found by compiling them (see :meth:`check`).
         self.source_error: SourceError | None = None
         self.last_invocation: float | None = None
-        self._boot_lock = asyncio.Lock()
+        #: The boot the requests without an active worker wait for (one at a time).
+        self._boot: asyncio.Task[Worker] | None = None
         self.idle_timeouts = IdleTimeouts(self.limits.request_idle_timeout_sec)
         #: The loop the last request was served on: `asyncio.current_task()` without one makes a
         #: system call on Python 3.11 (to find the running loop), with one it is a dict lookup.
@@ -213,22 +218,43 @@ class FunctionSupervisor:
         return worker
 
     async def acquire(self) -> Worker:
-        """The active worker, booting a fresh one if there is none (raises FunctionError)."""
+        """The active worker, booting a fresh one if there is none (raises FunctionError).
+
+        The boot is a task of its own, which every request that comes meanwhile waits for: a
+        request that stops waiting (its idle timeout, its client gone) leaves it going for the
+        others and the next ones, and a boot that fails fails all of them (the next request boots
+        again).
+        """
         worker = self.worker
         if worker is not None and worker.status is WorkerStatus.ACTIVE:
             return worker
-        async with self._boot_lock:
-            worker = self.worker
-            if worker is not None and worker.status is WorkerStatus.ACTIVE:
-                return worker
-            if worker is not None and worker.status is WorkerStatus.ENDED:  # it crashed
-                self.worker = None
-                lifecycle = self._lifecycles.pop(worker, None)
-                if lifecycle is not None:
-                    lifecycle.stop()
-            booted = await self._boot_current()
-            self.worker = self._activate(booted)
-            return booted
+        boot = self._boot
+        if boot is None:
+            # Its own context: the boot is no request's (the module's top level runs outside any).
+            boot = self._boot = asyncio.get_running_loop().create_task(
+                self._boot_active(), name=f"edgeruntime-boot-{self.name}", context=contextvars.Context()
+            )
+            boot.add_done_callback(self._boot_over)
+        return await asyncio.shield(boot)
+
+    def _boot_over(self, boot: asyncio.Task[Worker]) -> None:
+        if self._boot is boot:
+            self._boot = None
+        if not boot.cancelled():
+            boot.exception()  # retrieved: its waiters raise it, and _start logged a boot error
+
+    async def _boot_active(self) -> Worker:
+        worker = self.worker
+        if worker is not None and worker.status is WorkerStatus.ACTIVE:
+            return worker
+        if worker is not None and worker.status is WorkerStatus.ENDED:  # it crashed
+            self.worker = None
+            lifecycle = self._lifecycles.pop(worker, None)
+            if lifecycle is not None:
+                lifecycle.stop()
+        booted = await self._boot_current()
+        self.worker = self._activate(booted)
+        return booted
 
     async def _boot_current(self) -> Worker:
         """The successor or a new worker, booted from the function's files as they are now."""
@@ -298,17 +324,18 @@ class FunctionSupervisor:
             body = BodyLimit(receive, self.spec.name, self._max_body_bytes, ctx)
             body.check_declared(scope)
             receive = body.receive
-        worker = self.worker
-        if worker is None or worker.status is not WorkerStatus.ACTIVE:  # else no coroutine for acquire()
-            worker = await self.acquire()
         task = None if self._loop is None else asyncio.current_task(self._loop)
         if task is None:  # the first request, or one on another loop (a test's)
             task = asyncio.current_task()
             assert task is not None
             self._loop = task.get_loop()
         ctx.task = task
+        # From the request's arrival: the wait for a boot counts, as the platform's gateway counts it.
         self.idle_timeouts.start(ctx, task)
+        worker = self.worker
         try:
+            if worker is None or worker.status is not WorkerStatus.ACTIVE:  # else no coroutine for acquire()
+                worker = await self.acquire()
             await worker.handle(scope, receive, send, ctx)
         except asyncio.CancelledError:
             if ctx.idle_expired and task.uncancel() == 0:
@@ -318,7 +345,7 @@ class FunctionSupervisor:
         finally:
             ctx.task = None  # background work may keep the context: not the finished task with it
             self.idle_timeouts.finish(ctx)
-            if worker.status is WorkerStatus.RETIRED and worker.idle:
+            if worker is not None and worker.status is WorkerStatus.RETIRED and worker.idle:
                 self._spawn(self._drop(worker))
         if body is not None and body.exceeded:
             raise body.error()
@@ -407,6 +434,10 @@ class FunctionSupervisor:
 
         Returns a description of every task that was cut.
         """
+        boot = self._boot
+        if boot is not None:  # a worker process being started is killed; an inline boot's thread runs on
+            boot.cancel()
+            await asyncio.gather(boot, return_exceptions=True)
         ending = list(self.ending)  # already being ended (a limit, an early drop)
         workers = [w for w in self.workers if w not in self.ending]
         await asyncio.gather(*(w.beforeunload(StopReason.TERMINATION) for w in workers))

@@ -95,7 +95,12 @@ from edgeruntime.workers.process.frames import (
 )
 from edgeruntime.workers.process.sandbox import Sandbox, WorkerLauncher
 from edgeruntime.workers.request_limits import declares_no_body
-from edgeruntime.workers.worker import WorkerStatus, describe_error, limit_exceeded
+from edgeruntime.workers.worker import (
+    BOOT_TIMEOUT_SEC as BOOT_TIMEOUT_SEC,  # (the one limit for both isolations)
+    WorkerStatus,
+    describe_error,
+    limit_exceeded,
+)
 
 __all__ = ["ProcessWorker"]
 
@@ -108,8 +113,6 @@ COALESCE_BODY_BYTES = 1024 * 1024
 #: Frames of one response waiting for its client before the server stops reading from the worker:
 #: only a worker that ignores the window (frames.WINDOW) gets there.
 PAUSE_FRAMES = 64
-#: How long a worker process may take to boot before it is a boot error.
-BOOT_TIMEOUT_SEC = 30.0
 #: How long a worker process whose channel closed may take to exit before it is killed.
 REAP_TIMEOUT_SEC = 5.0
 #: How long ending a worker waits for `beforeunload` listeners dispatched just before.
@@ -313,6 +316,9 @@ class ProcessWorker:
         self._starting = True
         try:
             await self._boot()
+        except asyncio.CancelledError:  # the server stops: a worker process half booted is not left behind
+            await self._abort_boot()
+            raise
         finally:
             self._starting = False
 
@@ -347,12 +353,16 @@ class ProcessWorker:
             raise
         finally:
             theirs.close()
+        # From its start to its Booted frame: a worker process whose function's top level does not
+        # finish (a sleep, an endless loop at import) is killed, and its boot fails (503).
+        deadline = loop.time() + BOOT_TIMEOUT_SEC
         try:
             pid = await asyncio.wait_for(peer_pid(ours), BOOT_TIMEOUT_SEC) if announces else self.proc.pid
-        except TimeoutError:
+        except BaseException as exc:
             ours.close()
-            await self._abort_boot()
-            raise BootError(self.name, f"function {self.name}: worker did not respond in time") from None
+            if not isinstance(exc, TimeoutError):
+                raise
+            raise await self._too_slow() from None
         if pid is None:  # it exited before it could say who it is
             ours.close()
             raise await self._exited("while booting")
@@ -373,10 +383,9 @@ class ProcessWorker:
         if sent < len(boot):  # an env larger than the socket's buffer: the rest once it is read
             transport.write(boot[sent:])
         try:
-            answer = await asyncio.wait_for(asyncio.shield(self._booted), BOOT_TIMEOUT_SEC)
+            answer = await asyncio.wait_for(asyncio.shield(self._booted), max(0.0, deadline - loop.time()))
         except TimeoutError:
-            await self._abort_boot()
-            raise BootError(self.name, f"function {self.name}: worker did not respond in time") from None
+            raise await self._too_slow() from None
         if isinstance(answer, BootFailed):
             await self._abort_boot()
             if answer.detail:
@@ -453,6 +462,11 @@ class ProcessWorker:
         self.end_reason = StopReason.BOOT_FAILURE
         self._kill()
         await self._reap()
+
+    async def _too_slow(self) -> BootError:
+        """The worker process did not boot in time: killed, and the error its boot raises."""
+        await self._abort_boot()
+        return BootError(self.name, f"function {self.name}: worker did not boot within {BOOT_TIMEOUT_SEC:g} s")
 
     async def _exited(self, when: str) -> WorkerCrashed:
         """The worker process exited before it served: the error its boot raises, with its exit status."""

@@ -168,7 +168,8 @@ async def test_the_successor_is_booted_before_the_worker_retires_and_takes_over(
         harness.clock.advance(WALL_CLOCK_SEC / 2 * 0.8)
         await settle()
         successor = harness.supervisor._successor
-        assert successor is not None and successor.done()
+        assert successor is not None
+        await successor  # (an inline worker imports its module in a thread of its own)
         assert harness.supervisor.boots == 2 and harness.supervisor.worker is not successor.result()
         harness.clock.advance(WALL_CLOCK_SEC / 2 * 0.2)
         await settle()
@@ -189,6 +190,7 @@ async def test_a_reload_ends_an_unused_successor_and_retires_the_active_worker(f
         await settle()
         successor = harness.supervisor._successor
         assert successor is not None
+        await successor
         harness.supervisor.reload()
         await settle()
         assert successor.result().status is WorkerStatus.ENDED

@@ -1,0 +1,118 @@
+"""A function whose module's top level does not finish: the boot timeout (503 BOOT_ERROR), the idle
+timeout of the requests waiting for the boot (504), one boot shared by the requests that wait for
+it, and what is left running, in both isolations."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from edgeruntime.testing import EdgeClient
+from edgeruntime.workers import worker as inline_worker
+from edgeruntime.workers.process import parent
+from tests.helpers import HELLO, write_function
+from tests.probes import eventually, worker_processes
+
+BOOT_ERROR = {"code": "BOOT_ERROR", "message": "Worker failed to boot (please check logs)"}
+
+#: Blocks at its top level while the flag file exists (10 s at most), then serves.
+SLOW_BOOT = """
+import os
+import time
+from pathlib import Path
+from starlette.responses import JSONResponse
+from edgeruntime import Deno, serve
+
+FLAG = Path(Deno.env.get("BLOCK_FLAG") or os.devnull)
+for _ in range(200):
+    if FLAG.name != "block-boot" or not FLAG.exists():
+        break
+    time.sleep(0.05)
+
+BOOTED_AT = time.time()
+
+
+async def handler(req):
+    return JSONResponse({"booted_at": BOOTED_AT})
+
+serve(handler)
+"""
+
+
+@pytest.fixture(params=["inline", "process"])
+def isolation(request: pytest.FixtureRequest) -> str:
+    value: str = request.param
+    return value
+
+
+@pytest.fixture
+def blocked(functions_dir: Path) -> Path:
+    """`slow` (blocked at boot while the returned flag exists) and `hello` in `functions_dir`."""
+    write_function(functions_dir, "slow", SLOW_BOOT)
+    write_function(functions_dir, "hello", HELLO)
+    flag = functions_dir.parent / "block-boot"
+    flag.touch()
+    return flag
+
+
+def client_for(functions_dir: Path, flag: Path, isolation: str, **limits: float) -> EdgeClient:
+    environ = {**os.environ, "BLOCK_FLAG": str(flag)}
+    return EdgeClient(functions_dir, isolation=isolation, sandbox="none", environ=environ, limits=limits)
+
+
+async def test_a_boot_that_does_not_finish_in_time_is_a_boot_error_and_others_serve_meanwhile(
+    functions_dir: Path,
+    blocked: Path,
+    isolation: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    monkeypatch.setattr(inline_worker, "BOOT_TIMEOUT_SEC", 1.0)
+    monkeypatch.setattr(parent, "BOOT_TIMEOUT_SEC", 1.0)
+    async with client_for(functions_dir, blocked, isolation) as client:
+        assert (await client.invoke("hello")).status_code == 200  # (its worker booted before)
+        started = time.monotonic()
+        waiting = [asyncio.ensure_future(client.invoke("slow")) for _ in range(3)]
+        await asyncio.sleep(0.2)
+        hello_started = time.monotonic()
+        assert (await client.invoke("hello")).status_code == 200
+        assert time.monotonic() - hello_started < 0.5  # the event loop is not the one blocked
+        answers = await asyncio.wait_for(asyncio.gather(*waiting), 10)
+        assert [(r.status_code, r.json()) for r in answers] == [(503, BOOT_ERROR)] * 3
+        assert time.monotonic() - started < 2.5  # one boot, shared: not one boot timeout after another
+        supervisor = client.app.functions["slow"]
+        assert supervisor.boots == 1 and supervisor.workers == []
+        if isolation == "process":  # killed, reaped, and the next request boots a fresh one
+            assert "slow" not in worker_processes(os.getpid())
+            assert (await client.invoke("slow")).status_code == 503
+            assert supervisor.boots == 2
+        else:  # its top level still runs in its thread: no second one is started beside it
+            r = await client.invoke("slow")
+            assert (r.status_code, r.json()) == (503, BOOT_ERROR)
+            assert supervisor.boots == 2
+        blocked.unlink()  # noqa: ASYNC240 (a local file)
+        if isolation == "inline":
+            await eventually(lambda: "finished booting after" in caplog.text, what="the late boot's end")
+        assert (await client.invoke("slow")).status_code == 200
+    assert "function slow: worker did not boot within 1 s" in caplog.text
+    if isolation == "inline":
+        assert "function slow: the top level of its module from a boot that did not finish" in caplog.text
+
+
+async def test_a_request_waiting_for_a_boot_gets_its_idle_timeout_and_the_boot_goes_on(
+    functions_dir: Path, blocked: Path, isolation: str
+) -> None:
+    async with client_for(functions_dir, blocked, isolation, request_idle_timeout_sec=0.5) as client:
+        started = time.monotonic()
+        r = await client.invoke("slow")
+        assert (r.status_code, r.json()["code"]) == (504, "IDLE_TIMEOUT")
+        assert time.monotonic() - started < 2
+        blocked.unlink()  # noqa: ASYNC240 (a local file)
+        r = await client.invoke("slow")
+        assert r.status_code == 200
+        assert r.json()["booted_at"] < time.time()
+        assert client.app.functions["slow"].boots == 1  # the first request's boot, not cut by its timeout
