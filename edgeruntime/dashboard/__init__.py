@@ -40,6 +40,7 @@ from edgeruntime.dashboard.access import (
     is_cross_origin,
     is_loopback,
     is_service_role,
+    presents_public_key,
 )
 from edgeruntime.dashboard.metrics import CONTENT_TYPE, Metrics
 from edgeruntime.exceptions import DuplicateHeader, SiblingsUnavailable
@@ -190,8 +191,14 @@ class Dashboard(Extension):
             return
         if not self.open:
             if not is_service_role(headers, keys):
+                message = "the dashboard needs the service role key on a non-loopback host"
+                if presents_public_key(headers):
+                    message += (
+                        ": the local demo keys are public (set [auth] jwt_secret, and SUPABASE_SECRET_KEYS "
+                        "for an sb_secret_ key)"
+                    )
                 response = JSONResponse(
-                    {"msg": "the dashboard needs the service role key on a non-loopback host"},
+                    {"msg": message},
                     status_code=401,
                     headers={"www-authenticate": f'Basic realm="{REALM}", charset="UTF-8"'},
                 )

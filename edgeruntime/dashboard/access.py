@@ -13,6 +13,10 @@ JWT>``, ``apikey: <secret key or service role JWT>``, or HTTP Basic with the key
 (what a browser prompts for, and then sends with every request of the page). A request carrying
 the key is served under any ``Host``.
 
+The local stack's keys are public (printed in Supabase's docs): the fixed ``sb_secret_...`` key,
+and any JWT signed with the demo JWT secret. Those are no service-role key here: they would let a
+page under DNS rebinding past the ``Host`` check, and anyone into a dashboard off loopback.
+
 The headers these rules read may each appear once (see :func:`access_headers`).
 """
 
@@ -27,7 +31,8 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import NamedTuple
 
-from edgeruntime.config.keys import Keys
+from edgeruntime.config.keys import SECRET_KEY, Keys
+from edgeruntime.config.project import DEFAULT_JWT_SECRET
 from edgeruntime.exceptions import DuplicateHeader
 
 __all__ = [
@@ -39,6 +44,7 @@ __all__ = [
     "is_cross_origin",
     "is_loopback",
     "is_service_role",
+    "presents_public_key",
     "split_host",
 ]
 
@@ -199,12 +205,27 @@ def is_cross_origin(method: str, headers: Mapping[str, str]) -> bool:
     return authority.lower() != headers.get("host", "").lower()
 
 
+def _is_public_key(key: str) -> bool:
+    """The local stack's fixed secret key, or a JWT signed with its demo secret: anyone can present those."""
+    if hmac.compare_digest(key.encode(), SECRET_KEY.encode()):
+        return True
+    import jwt  # imported on the first check, not at start-up
+
+    try:  # the signature only: whatever its claims say, anyone could have signed them
+        jwt.PyJWS().decode(key, DEFAULT_JWT_SECRET, algorithms=["HS256"])
+    except jwt.PyJWTError:
+        return False
+    return True
+
+
 def _is_service_key(key: str, keys: Keys) -> bool:
+    if _is_public_key(key):
+        return False
     if hmac.compare_digest(key.encode(), keys.secret_key.encode()) or hmac.compare_digest(
         key.encode(), keys.service_role_key.encode()
     ):
         return True
-    import jwt  # imported on the first check, not at start-up
+    import jwt
 
     try:
         claims = jwt.decode(key, keys.jwt_secret, algorithms=["HS256"], options={"verify_aud": False})
@@ -214,7 +235,18 @@ def _is_service_key(key: str, keys: Keys) -> bool:
 
 
 def is_service_role(headers: Mapping[str, str], keys: Keys) -> bool:
-    """Whether the request carries the service-role key (see the module docstring)."""
+    """Whether the request carries the service-role key, and not one of the public demo keys
+    (see the module docstring)."""
+    return any(_is_service_key(c, keys) for c in _credentials(headers))
+
+
+def presents_public_key(headers: Mapping[str, str]) -> bool:
+    """Whether the request carries one of the local stack's public keys (to say why it is refused)."""
+    return any(_is_public_key(c) for c in _credentials(headers))
+
+
+def _credentials(headers: Mapping[str, str]) -> list[str]:
+    """The keys a request presents: a Bearer token, a Basic password, an `apikey`."""
     candidates: list[str] = []
     auth = headers.get("authorization", "")
     scheme, _, value = auth.partition(" ")
@@ -230,4 +262,4 @@ def is_service_role(headers: Mapping[str, str], keys: Keys) -> bool:
     apikey = headers.get("apikey")
     if apikey:
         candidates.append(apikey.strip())
-    return any(_is_service_key(c, keys) for c in candidates)
+    return candidates

@@ -3,19 +3,27 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import jwt
 import pytest
 from starlette.routing import Route
 
-from edgeruntime.config.keys import sign_demo_key
+from edgeruntime.config.keys import demo_keys, sign_demo_key
 from edgeruntime.config.project import DEFAULT_JWT_SECRET
 from edgeruntime.core.types import Message
 from edgeruntime.dashboard.access import RefusalLog, host_allowed, is_loopback
 from edgeruntime.testing import EdgeClient
-from tests.helpers import ANON, KEYS, SERVICE_ROLE
+from tests.helpers import KEYS, SERVICE_ROLE
+
+#: A project's own keys (its JWT secret in config.toml, its secret key in the env), not the public demo ones.
+OWN_SECRET = "our-own-jwt-secret-nobody-else-knows-0123456789"
+OWN = dataclasses.replace(demo_keys(OWN_SECRET), secret_key="sb_secret_ours_0123456789abcdefghij")
+OWN_SERVICE_ROLE = {"Authorization": f"Bearer {OWN.service_role_key}"}
+OWN_ANON = {"Authorization": f"Bearer {OWN.anon_key}"}
 
 #: Every endpoint of the dashboard, its API and the metrics: (method, path).
 ENDPOINTS = [
@@ -36,33 +44,41 @@ ENDPOINTS = [
 ]
 
 
+def own_keys(hello_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Give the project of `hello_dir` the keys `OWN`."""
+    (hello_dir.parent / "config.toml").write_text(f'[auth]\njwt_secret = "{OWN_SECRET}"\n')
+    monkeypatch.setenv("SUPABASE_SECRET_KEYS", f'{{"default":"{OWN.secret_key}"}}')
+
+
 @pytest.fixture
-async def public(hello_dir: Path) -> AsyncIterator[EdgeClient]:
-    """A server bound to every interface (never actually bound here: the rule reads the host)."""
+async def public(hello_dir: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[EdgeClient]:
+    """A server bound to every interface (never actually bound here: the rule reads the host), with its own keys."""
+    own_keys(hello_dir, monkeypatch)
     async with EdgeClient(hello_dir, host="0.0.0.0") as client:
         yield client
 
 
 @pytest.mark.parametrize(("method", "path"), ENDPOINTS)
 async def test_non_loopback_host_needs_the_service_role_key(public: EdgeClient, method: str, path: str) -> None:
-    for headers in ({}, ANON, {"apikey": KEYS.publishable_key}, {"Authorization": "Bearer nonsense"}):
+    for headers in ({}, OWN_ANON, {"apikey": OWN.publishable_key}, {"Authorization": "Bearer nonsense"}):
         r = await public.request(method, path, headers=headers)
         assert r.status_code == 401, (headers, r.text)
         assert r.json() == {"msg": "the dashboard needs the service role key on a non-loopback host"}
         assert r.headers["www-authenticate"].startswith('Basic realm="edgeruntime dashboard"')
-    r = await public.request(method, path, headers=SERVICE_ROLE)
+    r = await public.request(method, path, headers=OWN_SERVICE_ROLE)
     assert r.status_code != 401 and r.status_code < 500, r.text
 
 
 @pytest.mark.parametrize(
     "headers",
     [
-        SERVICE_ROLE,
-        {"apikey": KEYS.secret_key},
-        {"apikey": KEYS.service_role_key},
-        {"Authorization": f"Bearer {KEYS.secret_key}"},
-        {"Authorization": "Basic " + base64.b64encode(f"admin:{KEYS.secret_key}".encode()).decode()},
-        {"Authorization": "Basic " + base64.b64encode(f":{KEYS.service_role_key}".encode()).decode()},
+        OWN_SERVICE_ROLE,
+        {"apikey": OWN.secret_key},
+        {"apikey": OWN.service_role_key},
+        {"Authorization": f"Bearer {OWN.secret_key}"},
+        {"Authorization": "Basic " + base64.b64encode(f"admin:{OWN.secret_key}".encode()).decode()},
+        {"Authorization": "Basic " + base64.b64encode(f":{OWN.service_role_key}".encode()).decode()},
+        {"Authorization": f"Bearer {sign_demo_key('service_role', OWN_SECRET)}"},
     ],
 )
 async def test_service_role_key_forms(public: EdgeClient, headers: dict[str, str]) -> None:
@@ -72,7 +88,6 @@ async def test_service_role_key_forms(public: EdgeClient, headers: dict[str, str
 
 async def test_wrong_secret_and_garbage_are_refused(public: EdgeClient) -> None:
     forged = sign_demo_key("service_role", "another-secret-that-is-at-least-32-characters")
-    assert sign_demo_key("service_role", DEFAULT_JWT_SECRET) == KEYS.service_role_key
     for headers in (
         {"Authorization": f"Bearer {forged}"},
         {"Authorization": "Basic !!!not-base64"},
@@ -209,12 +224,56 @@ async def test_loopback_hosts_are_served_and_names_built_on_them_are_not(hello_d
         assert r.status_code == 403
 
 
-async def test_the_service_role_key_is_served_under_any_host(hello_dir: Path) -> None:
+async def test_the_service_role_key_is_served_under_any_host(hello_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    own_keys(hello_dir, monkeypatch)
     async with EdgeClient(hello_dir) as client:
-        r = await client.request("GET", "/_edgeruntime/api/runs", headers={**REBINDING, **SERVICE_ROLE})
-        assert r.status_code == 200
-        r = await client.request("GET", "/_edgeruntime/api/runs", headers={**REBINDING, **ANON})
+        for key in (OWN_SERVICE_ROLE, {"apikey": OWN.secret_key}):
+            r = await client.request("GET", "/_edgeruntime/api/runs", headers={**REBINDING, **key})
+            assert r.status_code == 200
+        r = await client.request("GET", "/_edgeruntime/api/runs", headers={**REBINDING, **OWN_ANON})
         assert r.status_code == 403
+
+
+# The local stack's secret key and its demo JWT secret are printed in Supabase's docs: a page that
+# rebinds its name to 127.0.0.1 is same-origin with itself, so it may send them in any header.
+PUBLIC_KEYS = [
+    {"apikey": KEYS.secret_key},
+    SERVICE_ROLE,
+    {"apikey": KEYS.service_role_key},
+    {"Authorization": f"Bearer {KEYS.secret_key}"},
+    {"Authorization": "Basic " + base64.b64encode(f"x:{KEYS.secret_key}".encode()).decode()},
+    {"Authorization": "Bearer " + jwt.encode({"role": "service_role"}, DEFAULT_JWT_SECRET, algorithm="HS256")},
+    {"apikey": jwt.encode({"role": "service_role", "aud": "authenticated"}, DEFAULT_JWT_SECRET, algorithm="HS256")},
+]
+
+
+@pytest.mark.parametrize("key", PUBLIC_KEYS)
+async def test_a_rebinding_page_cannot_pass_with_the_public_demo_keys(hello_dir: Path, key: dict[str, str]) -> None:
+    (hello_dir.parent / "config.toml").write_text('[cron.tick]\nfunction = "hello"\nschedule = "@daily"\n')
+    async with EdgeClient(hello_dir) as client:
+        for method, path in (("POST", "/_edgeruntime/api/cron/tick/pause"), ("GET", "/_edgeruntime/api/failed")):
+            r = await client.request(method, path, headers={**REBINDING, **key})
+            assert (r.status_code, r.json()) == (403, HOST_REFUSED)
+        cron = (await client.request("GET", "/_edgeruntime/api/cron")).json()["cron"]
+        assert cron[0]["paused"] is False
+
+
+@pytest.mark.parametrize("key", PUBLIC_KEYS)
+async def test_the_public_demo_keys_do_not_open_a_non_loopback_dashboard(
+    hello_dir: Path, monkeypatch: pytest.MonkeyPatch, key: dict[str, str]
+) -> None:
+    public_keys = {
+        "msg": "the dashboard needs the service role key on a non-loopback host: the local demo keys are public "
+        "(set [auth] jwt_secret, and SUPABASE_SECRET_KEYS for an sb_secret_ key)"
+    }
+    # With the demo secret (the keys anyone can sign) and with a secret of its own, which leaves the
+    # fixed sb_secret_ key as it is unless SUPABASE_SECRET_KEYS is set.
+    for config in ("", f'[auth]\njwt_secret = "{OWN_SECRET}"\n'):
+        (hello_dir.parent / "config.toml").write_text(config)
+        async with EdgeClient(hello_dir, host="0.0.0.0") as client:
+            for path in ("/_edgeruntime/api/failed", "/_internal/metrics"):
+                r = await client.request("GET", path, headers=key)
+                assert (r.status_code, r.json()) == (401, public_keys), (config, path)
 
 
 async def test_allowed_hosts_serve_a_proxied_dashboard(hello_dir: Path) -> None:
@@ -298,10 +357,51 @@ def test_refusals_are_logged_once_per_interval(caplog: pytest.LogCaptureFixture)
 
 async def test_repeated_access_headers_are_400(public: EdgeClient, hello_dir: Path) -> None:
     for headers in (
-        [("authorization", f"Bearer {KEYS.service_role_key}"), ("authorization", "Bearer nonsense")],
-        [("apikey", KEYS.secret_key), ("apikey", "nonsense")],
+        [("authorization", f"Bearer {OWN.service_role_key}"), ("authorization", "Bearer nonsense")],
+        [("apikey", OWN.secret_key), ("apikey", "nonsense")],
         [("host", "127.0.0.1:54321"), ("host", "rebind.evil.example")],
     ):
         r = await public.request("GET", "/_edgeruntime/api/runs", headers=headers)
         assert r.status_code == 400
         assert r.json()["error"].startswith("the request has more than one ")
+
+
+# -- attacks that hold, kept so ------------------------------------------------------------------
+
+
+async def test_a_key_in_the_query_string_or_a_cookie_or_expired_is_refused(public: EdgeClient) -> None:
+    expired = jwt.encode({"role": "service_role", "exp": 1}, OWN_SECRET, algorithm="HS256")
+    unsigned = jwt.encode({"role": "service_role"}, "", algorithm="none")
+    for params, headers in (
+        ({"apikey": OWN.secret_key}, {}),
+        ({"access_token": OWN.service_role_key}, {}),
+        ({}, {"cookie": f"apikey={OWN.secret_key}; sb-access-token={OWN.service_role_key}"}),
+        ({}, {"Authorization": f"Bearer {expired}"}),
+        ({}, {"Authorization": f"Bearer {unsigned}"}),
+    ):
+        r = await public.request("GET", "/_edgeruntime/api/failed", params=params, headers=headers)
+        assert r.status_code == 401, (params, headers)
+
+
+async def test_a_browser_holding_the_key_cannot_be_driven_by_another_site(public: EdgeClient) -> None:
+    basic = {"Authorization": "Basic " + base64.b64encode(f"admin:{OWN.secret_key}".encode()).decode()}
+    # A form or no-cors fetch of another site, a sandboxed frame or file:// page (Origin: null).
+    for origin in ("https://evil.example", "null", "http://localhost:3000"):
+        r = await public.request(
+            "POST", "/_edgeruntime/api/failed/retry-all", headers={**basic, "host": "10.0.0.5:54321", "origin": origin}
+        )
+        assert (r.status_code, r.json()) == (403, {"error": "cross-origin request refused"}), origin
+    same = {**basic, "host": "10.0.0.5:54321", "origin": "http://10.0.0.5:54321"}
+    assert (await public.request("POST", "/_edgeruntime/api/failed/retry-all", headers=same)).status_code == 200
+
+
+async def test_other_sites_get_no_cors_headers_from_the_dashboard(hello_dir: Path) -> None:
+    evil = {"origin": "https://evil.example"}
+    async with EdgeClient(hello_dir) as client:
+        for method, path, headers in (
+            ("GET", "/_edgeruntime/api/failed", evil),
+            ("GET", "/_internal/metrics", evil),
+            ("OPTIONS", "/_edgeruntime/api/failed/retry-all", {**evil, "access-control-request-method": "POST"}),
+        ):
+            r = await client.request(method, path, headers=headers)
+            assert not [h for h in r.headers if h.startswith("access-control-")], (method, path, r.headers)
