@@ -65,6 +65,14 @@ def _limit(request: Request) -> int:
     return value
 
 
+def _filter(request: Request, name: str) -> str | None:
+    """A filter of the query string (None: not given); no stored value holds a NUL, and Postgres refuses one."""
+    value = request.query_params.get(name) or None
+    if value is not None and "\x00" in value:
+        raise DashboardError(400, f"{name}: contains a NUL character")
+    return value
+
+
 def _job(job: Job) -> dict[str, Any]:
     return {
         "id": job.id,
@@ -214,13 +222,12 @@ class Api:
     async def runs(self, request: Request) -> Response:
         """Invocations, newest first, each with its wait_until tasks."""
         store = self.jobs.store
-        q = request.query_params
         invocations = await store.runs(
-            q.get("function") or None,
+            _filter(request, "function"),
             _limit(request),
             kind="invocation",
-            trigger=q.get("trigger") or None,
-            status=q.get("status") or None,
+            trigger=_filter(request, "trigger"),
+            status=_filter(request, "status"),
         )
         ids = list(dict.fromkeys(r.execution_id for r in invocations))
         tasks = await store.runs(None, MAX_LIMIT * 10, kind="background", execution_ids=ids) if ids else []

@@ -311,6 +311,14 @@ async def test_a_handler_that_raised_shows_its_exception_type_and_message(
         assert (last["status"], last["error"]) == (500, "KeyError: 'userId'")
 
 
+async def test_a_filter_with_a_nul_character_is_a_400(client: EdgeClient) -> None:
+    # Postgres refuses NUL in text: it was a 503 with a traceback in the log per request (SQLite: 200).
+    for name in ("function", "trigger", "status"):
+        r = await client.request("GET", API + "/runs", params={name: "work\x00"})
+        assert (r.status_code, r.json()) == (400, {"error": f"{name}: contains a NUL character"})
+    assert (await get(client, "/runs", function="work"))["runs"] == []
+
+
 async def test_queue_depth_oldest_age_in_flight_and_attempts(client: EdgeClient) -> None:
     empty = await get(client, "/queue")
     assert (empty["depth"], empty["oldest_age_sec"], empty["in_flight"], empty["jobs"]) == (0, None, [], [])
