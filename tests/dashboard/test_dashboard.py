@@ -44,3 +44,13 @@ def test_routes_and_api_load_on_the_first_dashboard_request(hello_dir: Path) -> 
     assert seen["functions"] == ["hello"]
     assert seen["missing"][0] == 404 and "error" in seen["missing"][1]
     assert (seen["page"], seen["metrics"]) == (200, 200)
+
+
+def test_the_page_inserts_values_as_text_only() -> None:
+    # Names, payloads, errors and responses come from functions and their callers (XSS).
+    from importlib import resources
+
+    script = resources.files("edgeruntime.dashboard").joinpath("static", "dashboard.js").read_text()
+    code = "\n".join(line for line in script.splitlines() if not line.lstrip().startswith("//"))
+    for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval(", "Function(", "href"):
+        assert sink not in code, sink
