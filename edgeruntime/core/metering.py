@@ -36,6 +36,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Generator
 from typing import Any, TypeVar
 
 from edgeruntime.core.context import current_context
+from edgeruntime.core.threads import sync_handler_threads
 
 __all__ = [
     "CpuMeter",
@@ -244,20 +245,19 @@ metered = _Metered
 
 
 async def run_in_thread_metered(fn: Callable[..., T], *args: Any) -> T:
-    """Run a sync `fn` in a worker thread, charging its thread CPU time to the invocation's meter.
+    """Run a sync `fn` in a sync-handler thread, charging its thread CPU time to the invocation's meter.
 
     The charge is added when `fn` returns (a thread cannot be interrupted), so a sync handler that
     used too much CPU ends its worker right after it returns.
     """
-    import anyio.to_thread
 
     def timed() -> tuple[T, float]:
         started = time.thread_time()
         result = fn(*args)
         return result, (time.thread_time() - started) * 1000
 
-    result, used_ms = await anyio.to_thread.run_sync(timed)
     ctx = current_context()
+    result, used_ms = await sync_handler_threads().run(timed, ctx.function if ctx is not None else "<unknown>")
     if ctx is not None and ctx.meter is not None:
         ctx.meter.add(used_ms)
     return result
