@@ -17,6 +17,8 @@ a browser send on a WebSocket.
 
 from __future__ import annotations
 
+import asyncio
+
 from edgeruntime.core.events import StopReason
 from edgeruntime.core.types import Message, Receive, Scope, Send
 from edgeruntime.exceptions import FunctionError, LimitExceeded
@@ -29,6 +31,15 @@ CLOSE_GOING_AWAY = 1001
 CLOSE_INTERNAL_ERROR = 1011
 #: What the server answers an upgrade request that is closed before it was accepted.
 DENIED_BY_CLOSE = 403
+#: The ASGI spec version whose servers raise OSError on a send to a client that left.
+RAISES_WHEN_GONE = (2, 4)
+
+
+def _spec_version(scope: Scope) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in str(scope["asgi"]["spec_version"]).split("."))
+    except (KeyError, TypeError, ValueError):
+        return (2, 0)
 
 
 def close_for(exc: Exception) -> tuple[int, str]:
@@ -48,16 +59,39 @@ class Socket:
     """What the gateway knows of one WebSocket connection, between the server and the function.
 
     `send` passes the function's messages on: an HTTP response (the gateway's own, or one a
-    worker answers for its handler) is sent as the WebSocket denial response, and nothing is
-    sent after a close. `receive` notes the client's disconnect. :meth:`close` closes the
+    worker answers for its handler) is sent as the WebSocket denial response. A message sent once
+    the client left or the runtime closed the connection raises OSError, as ASGI 2.4 has a server
+    do (Uvicorn does; Hypercorn drops it), and the scope says 2.4: a function that only sends
+    learns so that its client is gone (Starlette's ``WebSocketDisconnect``, code 1006) instead of
+    sending on for no one. `receive` notes the client's disconnect. :meth:`close` closes the
     connection for the runtime, once, if it is open.
     """
 
-    __slots__ = ("_receive", "_send", "accepted", "client_gone", "close_code", "closed", "denial", "denied_status")
+    __slots__ = (
+        "_ahead",
+        "_receive",
+        "_receiving",
+        "_send",
+        "accepted",
+        "client_gone",
+        "close_code",
+        "closed",
+        "denial",
+        "denied_status",
+        "looks_ahead",
+    )
 
     def __init__(self, scope: Scope, receive: Receive, send: Send) -> None:
         self._receive = receive
         self._send = send
+        #: The server drops a send to a client that left instead of raising: a send looks ahead
+        #: at what the client sent, to learn of its leaving.
+        self.looks_ahead = _spec_version(scope) < RAISES_WHEN_GONE
+        if self.looks_ahead:
+            scope["asgi"] = {**(scope.get("asgi") or {}), "spec_version": "2.4"}
+        #: The message read from the server ahead of the function's next receive (one at most).
+        self._ahead: asyncio.Future[Message] | None = None
+        self._receiving = False
         #: The server can answer the upgrade request with a response (ASGI's denial response extension).
         self.denial = "websocket.http.response" in (scope.get("extensions") or {})
         self.accepted = False
@@ -70,18 +104,45 @@ class Socket:
         self.denied_status: int | None = None
 
     async def receive(self) -> Message:
-        message = await self._receive()
+        ahead = self._ahead
+        if ahead is not None and ahead.cancelled():  # cut with the function's tasks: nothing was read
+            ahead = self._ahead = None
+        if ahead is not None:
+            message = await asyncio.shield(ahead)  # a cancelled receive leaves it for the next
+            self._ahead = None
+        else:
+            self._receiving = True
+            try:
+                message = await self._receive()
+            finally:
+                self._receiving = False
+        self._note(message)
+        return message
+
+    def _note(self, message: Message) -> None:
         if message["type"] == "websocket.disconnect":
             self.client_gone = True
             if self.close_code is None:
                 self.close_code = message.get("code")
-        return message
+
+    def _noted(self, ahead: asyncio.Future[Message]) -> None:
+        if not ahead.cancelled() and ahead.exception() is None:
+            self._note(ahead.result())
+
+    def _look_ahead(self) -> None:
+        """Read the client's next message, unless one is read already or being read."""
+        if self._ahead is None and not self._receiving and not self.client_gone:
+            self._ahead = asyncio.ensure_future(self._receive())
+            self._ahead.add_done_callback(self._noted)
 
     async def send(self, message: Message) -> None:
         kind: str = message["type"]
         if kind == "websocket.send":
-            if not self.closed:
-                await self._send(message)
+            if self.looks_ahead:
+                self._look_ahead()
+            if self.closed or self.client_gone:
+                raise OSError("the WebSocket connection is closed")
+            await self._send(message)
             return
         if kind.startswith("http.response."):
             kind = "websocket." + kind
