@@ -275,7 +275,7 @@ def test_keys_command_prints_keys_in_use(functions_dir: Path) -> None:
         "anon_key": expected.anon_key,
         "service_role_key": expected.service_role_key,
         "publishable_key": PUBLISHABLE_KEY,
-        "secret_key": SECRET_KEY,
+        "secret_key": expected.secret_key,
         "jwt_secret": CUSTOM_SECRET,
     }
     result = run_cli("keys", str(functions_dir))
@@ -284,7 +284,7 @@ def test_keys_command_prints_keys_in_use(functions_dir: Path) -> None:
     assert lines["ANON_KEY"] == expected.anon_key
     assert lines["SERVICE_ROLE_KEY"] == expected.service_role_key
     assert lines["PUBLISHABLE_KEY"] == PUBLISHABLE_KEY
-    assert lines["SECRET_KEY"] == SECRET_KEY
+    assert lines["SECRET_KEY"] == expected.secret_key != SECRET_KEY
     assert lines["JWT_SECRET"] == CUSTOM_SECRET
     assert run_cli("keys", str(functions_dir), "--anon").stdout.strip() == expected.anon_key
 
@@ -477,6 +477,25 @@ def test_keys_command_without_a_functions_directory(tmp_path: Path) -> None:
     (tmp_path / "config.toml").write_text(f'[auth]\njwt_secret = "{CUSTOM_SECRET}"\n')
     result = run_cli("keys", "--service-role", cwd=tmp_path)
     assert result.stdout.strip() == demo_keys(CUSTOM_SECRET).service_role_key
+
+
+async def test_with_its_own_jwt_secret_a_project_has_its_own_secret_key(whoami_dir: Path) -> None:
+    """The local stack's `sb_secret_` key is public (it is in Supabase's docs): with a project's own
+    JWT secret it must not be turned into a service-role JWT signed with that secret, or anyone
+    could call its functions (and, through them, its database) as the service role."""
+    (whoami_dir.parent / "config.toml").write_text(f'[auth]\njwt_secret = "{CUSTOM_SECRET}"\n')
+    async with EdgeClient(whoami_dir) as client:
+        own = client.settings.keys.secret_key
+        assert own.startswith("sb_secret_") and own != SECRET_KEY
+        r = await client.invoke("whoami", auth=None, headers={"apikey": SECRET_KEY})
+        assert r.status_code == 401
+        r = await client.invoke("whoami", auth=None, headers={"apikey": own})
+        assert r.status_code == 200 and r.json()["role"] == "service_role"
+        assert jwt.decode(r.json()["authorization"][7:], CUSTOM_SECRET, algorithms=["HS256"])["role"] == "service_role"
+    # The same secret gives the same key (every instance and `edgeruntime keys` agree); another, another.
+    assert demo_keys(CUSTOM_SECRET).secret_key == own
+    assert demo_keys(CUSTOM_SECRET + "x").secret_key not in (own, SECRET_KEY)
+    assert demo_keys(DEFAULT_JWT_SECRET).secret_key == SECRET_KEY
 
 
 async def test_keys_set_in_the_server_env_are_handed_out_and_accepted(whoami_dir: Path) -> None:

@@ -17,11 +17,22 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["ASYMMETRIC_ALGORITHMS", "PUBLISHABLE_KEY", "SECRET_KEY", "Keys", "demo_keys", "sign_demo_key"]
+__all__ = [
+    "ASYMMETRIC_ALGORITHMS",
+    "DEMO_JWT_SECRET",
+    "PUBLISHABLE_KEY",
+    "SECRET_KEY",
+    "Keys",
+    "demo_keys",
+    "secret_key_for",
+    "sign_demo_key",
+]
 
 #: The local stack's fixed claims for its demo keys (Supabase CLI `pkg/config/apikeys.go`).
 DEMO_ISSUER = "supabase-demo"
 DEMO_EXPIRY = 1983812996
+#: The local stack's JWT secret (`[auth] jwt_secret` unless a project sets its own).
+DEMO_JWT_SECRET = "super-secret-jwt-token-with-at-least-32-characters-long"
 #: The local stack's fixed new-style API keys.
 PUBLISHABLE_KEY = "sb_publishable_ACJWlzQHlZjBrEguHvfOxg_3BJgxAaH"
 SECRET_KEY = "sb_secret_N7UND0UgjKTVK-Uodkm0Hg_xSvEMPvz"
@@ -110,14 +121,30 @@ def public_jwk(jwk: Mapping[str, Any]) -> dict[str, Any]:
     return public
 
 
+def secret_key_for(jwt_secret: str) -> str:
+    """The `sb_secret_` key that stands for the service role under `jwt_secret`.
+
+    The local stack's own key for its demo secret. Any other secret gets a key of its own, derived
+    from it: the local stack's key is public, and with a project's secret it would be a
+    service-role JWT signed with that secret for anyone who read Supabase's docs.
+    """
+    if jwt_secret == DEMO_JWT_SECRET:
+        return SECRET_KEY
+    digest = hmac.new(jwt_secret.encode(), b"edgeruntime secret key", hashlib.sha256).digest()
+    return "sb_secret_" + _b64url(digest)[: len(SECRET_KEY) - len("sb_secret_")]
+
+
 def demo_keys(jwt_secret: str, signing_keys: Sequence[Mapping[str, Any]] = ()) -> Keys:
     """The anon and service-role keys that go with `jwt_secret` (the CLI's defaults for its secret).
 
     With `signing_keys` (the private JWKs of ``[auth] signing_keys_path``), the keys are signed
     with the first of them, with its ``kid`` and a ten-year expiry, as the Supabase CLI signs them.
+    The secret key is :func:`secret_key_for` the secret.
     """
+    secret_key = secret_key_for(jwt_secret)
     if not signing_keys:
-        return Keys(jwt_secret, sign_demo_key("anon", jwt_secret), sign_demo_key("service_role", jwt_secret))
+        anon, service_role = sign_demo_key("anon", jwt_secret), sign_demo_key("service_role", jwt_secret)
+        return Keys(jwt_secret, anon, service_role, secret_key=secret_key)
     import jwt
 
     first = signing_keys[0]
@@ -131,4 +158,4 @@ def demo_keys(jwt_secret: str, signing_keys: Sequence[Mapping[str, Any]] = ()) -
         return jwt.encode(payload, private, algorithm=alg, headers=headers)
 
     public = tuple(json.dumps(public_jwk(key), separators=(",", ":")) for key in signing_keys)
-    return Keys(jwt_secret, sign("anon"), sign("service_role"), public_keys=public)
+    return Keys(jwt_secret, sign("anon"), sign("service_role"), secret_key=secret_key, public_keys=public)

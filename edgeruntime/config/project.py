@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Literal, cast
 
 from edgeruntime.config.env import env_problem
+from edgeruntime.config.keys import DEMO_JWT_SECRET
 from edgeruntime.core.responses import normalize_origin
 from edgeruntime.exceptions import ConfigError
 from edgeruntime.functions.slug import is_valid_slug
@@ -42,7 +43,7 @@ __all__ = [
 
 logger = logging.getLogger("edgeruntime")
 
-DEFAULT_JWT_SECRET = "super-secret-jwt-token-with-at-least-32-characters-long"
+DEFAULT_JWT_SECRET = DEMO_JWT_SECRET
 
 #: Top-level sections of a Supabase config.toml that edgeruntime ignores.
 FOREIGN_SECTIONS = frozenset(
