@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from edgeruntime.config.project import DEFAULT_JWT_SECRET, find_config, load_config
-from edgeruntime.config.settings import Settings
+from edgeruntime.config.settings import Settings, public_keys_warning
 from edgeruntime.exceptions import ConfigError
 from edgeruntime.testing import EdgeClient
 from tests.helpers import HELLO, ServerProcess, run_cli, wait_until, write_function
@@ -474,3 +474,32 @@ def test_a_server_on_every_interface_is_reached_and_announced_on_loopback(hello_
     settings = Settings.build(hello_dir, host=host, port=54321)
     assert settings.base_url == url
     assert settings.env["SUPABASE_URL"] == url
+
+
+@pytest.mark.parametrize(
+    ("host", "own_secret", "warned"),
+    [
+        ("0.0.0.0", False, True),
+        ("::", False, True),
+        ("example.test", False, True),
+        ("127.0.0.1", False, False),
+        ("localhost", False, False),
+        ("::1", False, False),
+        ("0.0.0.0", True, False),
+    ],
+)
+def test_serving_off_loopback_with_the_demo_jwt_secret_is_warned_about(
+    hello_dir: Path, host: str, own_secret: bool, warned: bool
+) -> None:
+    """With the demo secret every key is public: off loopback, anyone who reaches the port can sign
+    a service-role key. Not an error (a trusted network, a container behind a proxy), but said."""
+    if own_secret:
+        write_config(
+            hello_dir.parent / "config.toml", '[auth]\njwt_secret = "a-secret-of-this-project-only-0123456789"\n'
+        )
+    line = public_keys_warning(Settings.build(hello_dir, host=host, port=54321))
+    if warned:
+        assert line is not None and "\n" not in line
+        assert f"--host {host}" in line and "[auth] jwt_secret" in line
+    else:
+        assert line is None

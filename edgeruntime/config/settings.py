@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import logging
 import os
 from collections.abc import Collection, Iterable, Mapping
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from edgeruntime.config.env import build_env, withheld_environ
-from edgeruntime.config.keys import Keys, demo_keys
+from edgeruntime.config.keys import DEMO_JWT_SECRET, Keys, demo_keys
 from edgeruntime.config.project import (
     DEFAULT_KEEP_ALIVE_TIMEOUT_SEC,
     MAX_SERVING_PROCESSES,
@@ -39,6 +40,7 @@ __all__ = [
     "Settings",
     "missing_functions",
     "parse_limit_options",
+    "public_keys_warning",
     "serving_processes",
     "usable_cpus",
 ]
@@ -244,6 +246,27 @@ def missing_functions(settings: Settings, found: Collection[str] | None = None) 
             hint = f"; did you mean {close[0]!r}?" if close else ""
             lines.append(f"{config.path}: [functions.{name}]: no function {name!r} in {settings.functions_dir}{hint}")
     return lines
+
+
+def public_keys_warning(settings: Settings) -> str | None:
+    """One line when `settings` serve off loopback with the demo JWT secret, else None.
+
+    With that secret every key is public (it is in Supabase's docs): whoever reaches the port can
+    sign a service-role JWT. Not refused: a trusted network or a proxy in front may be the point.
+    """
+    if settings.keys.jwt_secret != DEMO_JWT_SECRET:
+        return None
+    host = settings.host.strip("[]")
+    try:
+        loopback = host.lower() == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if loopback:
+        return None
+    return (
+        f"--host {settings.host} with the demo JWT secret: anyone who reaches this port can sign a "
+        "service-role key (the demo keys are public); set [auth] jwt_secret in config.toml to a secret of your own"
+    )
 
 
 def usable_cpus() -> int:

@@ -261,10 +261,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if not app.functions:
         raise UsageError(f"no functions in {settings.functions_dir}: expected {settings.functions_dir}/<name>/index.py")
     if inherited is None:  # a serving process of several: its supervisor said it
-        from edgeruntime.config.settings import missing_functions
+        from edgeruntime.config.settings import missing_functions, public_keys_warning
 
-        for line in missing_functions(settings):
-            logging.getLogger("edgeruntime").warning("%s", line)
+        for line in [*missing_functions(settings), public_keys_warning(settings)]:
+            if line is not None:
+                logging.getLogger("edgeruntime").warning("%s", line)
     # The Supabase CLI's banner on stdout; with JSON logs, log lines like every other line.
     say: Callable[[str], None] = (
         functools.partial(logging.getLogger("edgeruntime").info, "%s") if settings.log_format == "json" else print
