@@ -190,13 +190,11 @@ class Dashboard(Extension):
             await response(scope, receive, send)
             return
         if not self.open:
-            if not is_service_role(headers, keys):
+            if not is_service_role(headers, keys, public=True):
                 message = "the dashboard needs the service role key on a non-loopback host"
                 if presents_public_key(headers):
-                    message += (
-                        ": the local demo keys are public (set [auth] jwt_secret, and SUPABASE_SECRET_KEYS "
-                        "for an sb_secret_ key)"
-                    )
+                    why = "the local demo keys are public, and not this server's ('edgeruntime keys' prints them)"
+                    message = f"{message}: {why}"
                 response = JSONResponse(
                     {"msg": message},
                     status_code=401,

@@ -14,8 +14,10 @@ JWT>``, ``apikey: <secret key or service role JWT>``, or HTTP Basic with the key
 the key is served under any ``Host``.
 
 The local stack's keys are public (printed in Supabase's docs): the fixed ``sb_secret_...`` key,
-and any JWT signed with the demo JWT secret. Those are no service-role key here: they would let a
-page under DNS rebinding past the ``Host`` check, and anyone into a dashboard off loopback.
+and any JWT signed with the demo JWT secret. They never take a request past the ``Host`` check of
+a dashboard on loopback (a page under DNS rebinding can send them). Off loopback they are the
+service-role key only of a server that runs with the demo secret, where every key is public and
+``serve`` says so at start; a project with its own JWT secret has keys of its own.
 
 The headers these rules read may each appear once (see :func:`access_headers`).
 """
@@ -218,8 +220,8 @@ def _is_public_key(key: str) -> bool:
     return True
 
 
-def _is_service_key(key: str, keys: Keys) -> bool:
-    if _is_public_key(key):
+def _is_service_key(key: str, keys: Keys, public: bool) -> bool:
+    if not public and _is_public_key(key):
         return False
     if hmac.compare_digest(key.encode(), keys.secret_key.encode()) or hmac.compare_digest(
         key.encode(), keys.service_role_key.encode()
@@ -234,10 +236,14 @@ def _is_service_key(key: str, keys: Keys) -> bool:
     return claims.get("role") == "service_role"
 
 
-def is_service_role(headers: Mapping[str, str], keys: Keys) -> bool:
-    """Whether the request carries the service-role key, and not one of the public demo keys
-    (see the module docstring)."""
-    return any(_is_service_key(c, keys) for c in _credentials(headers))
+def is_service_role(headers: Mapping[str, str], keys: Keys, *, public: bool = False) -> bool:
+    """Whether the request carries the service-role key (see the module docstring).
+
+    One of the public demo keys counts only with `public`: off loopback, where a server with the
+    demo JWT secret takes them as its keys (its start said they are public); on loopback they would
+    let a page under DNS rebinding past the ``Host`` check.
+    """
+    return any(_is_service_key(c, keys, public) for c in _credentials(headers))
 
 
 def presents_public_key(headers: Mapping[str, str]) -> bool:
