@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from edgeruntime.core.types import Message
 from edgeruntime.gateway.websocket import Socket
@@ -112,6 +112,131 @@ async def test_a_function_that_only_sends_learns_that_its_client_left(
     assert "ticker stopped after" in output and "WebSocketDisconnect" in output
     assert "ticker ran out" not in output
     assert [(r["http_status"], r["status"]) for r in recorded] == [(101, "succeeded")] * 2
+
+
+# "raise" raises after accepting; "hold" holds the socket (the limits end it); "cpu" spins in
+# `while True` code, "memory" allocates 1 MB every 5 ms; "?never" answers nothing.
+FAILING = """
+import asyncio
+import time
+from edgeruntime import serve, upgrade_websocket
+
+@serve
+async def handler(req):
+    if "never" in req.query_params:
+        await asyncio.sleep(60)
+    ws = await upgrade_websocket(req)
+    text = await ws.receive_text()
+    if text == "raise":
+        raise ValueError("ws-boom")
+    if text == "cpu":
+        end = time.process_time() + 30
+        while time.process_time() < end:
+            pass
+    if text == "memory":
+        held = []
+        for _ in range(1000):
+            held.append(bytearray(1024 * 1024))
+            await asyncio.sleep(0.005)
+    if text == "hold":
+        await asyncio.sleep(60)
+    await ws.send_text(text)
+    return None
+"""
+
+FAILING_CONFIG = """
+[functions.failing]
+verify_jwt = false
+request_idle_timeout_sec = 1
+cpu_soft_limit_ms = 200
+cpu_hard_limit_ms = 400
+memory_limit_mb = 48
+"""
+
+
+@pytest.mark.parametrize("isolation", ISOLATIONS)
+@pytest.mark.parametrize("server_kind", SERVERS)
+async def test_a_function_that_raises_after_accepting_or_never_answers(
+    functions_dir: Path, server_kind: str, isolation: str
+) -> None:
+    write_function(functions_dir, "failing", FAILING)
+    (functions_dir.parent / "config.toml").write_text(FAILING_CONFIG, encoding="utf-8")
+    with serve(functions_dir, server_kind, isolation) as server:
+        async with connect(ws_url(server, "failing"), open_timeout=TIMEOUT_SEC) as ws:
+            await ws.send("raise")
+            assert await closed(ws) == (1011, "")
+        async with connect(ws_url(server, "failing"), open_timeout=TIMEOUT_SEC) as ws:  # the worker serves on
+            await ws.send("next")
+            assert await ws.recv() == "next"
+        # Neither accepted nor refused within the idle timeout (1 s): 504, as documented.
+        with pytest.raises(InvalidStatus) as never:
+            await connect(ws_url(server, "failing") + "?never", open_timeout=TIMEOUT_SEC)
+        assert never.value.response.status_code == 504
+        recorded = await runs(server, 3)
+    assert [(r["http_status"], r["status"]) for r in recorded] == [(504, "failed"), (101, "succeeded"), (101, "failed")]
+    assert recorded[2]["error"] == "ValueError: ws-boom"
+    assert server.output.count("ValueError: ws-boom") == 1, "the function's error is logged once"
+
+
+async def test_the_cpu_and_memory_limits_close_an_open_socket_with_1001_and_their_reason(functions_dir: Path) -> None:
+    """Under process isolation, where the hard limits kill the worker process (the wall clock is
+    tested with the other close codes in tests/e2e/test_websockets.py)."""
+    write_function(functions_dir, "failing", FAILING)
+    (functions_dir.parent / "config.toml").write_text(FAILING_CONFIG, encoding="utf-8")
+    with serve(functions_dir, "uvicorn", "process") as server:
+        for limit, reason in (("cpu", "cpu"), ("memory", "memory")):
+            async with connect(ws_url(server, "failing"), open_timeout=TIMEOUT_SEC) as ws:
+                await ws.send(limit)
+                assert await closed(ws) == (1001, reason)
+        async with connect(ws_url(server, "failing"), open_timeout=TIMEOUT_SEC) as ws:  # a fresh worker
+            await ws.send("next")
+            assert await ws.recv() == "next"
+        recorded = await runs(server, 3)
+    assert [(r["http_status"], r["status"], r["error"]) for r in recorded] == [
+        (101, "succeeded", None),
+        (101, "failed", "failing: Memory limit reached"),
+        (101, "failed", "failing: CPUTime limit reached"),
+    ]
+
+
+# Sends 2,000 messages of 64 KiB (128 MiB) once the client says "flood".
+FLOOD = """
+from edgeruntime import serve, upgrade_websocket
+
+@serve
+async def handler(req):
+    ws = await upgrade_websocket(req)
+    if await ws.receive_text() == "flood":
+        chunk = "x" * 65536
+        for _ in range(2000):
+            await ws.send_text(chunk)
+        await ws.send_text("done")
+    return None
+"""
+
+
+def _rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status", encoding="ascii") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
+
+
+@pytest.mark.parametrize("server_kind", SERVERS)
+async def test_a_client_that_does_not_read_holds_an_inline_function_back(functions_dir: Path, server_kind: str) -> None:
+    """Inline, the function's send waits on the server's own flow control (process isolation:
+    tests/e2e/test_websockets.py)."""
+    write_function(functions_dir, "flood", FLOOD)
+    with serve(functions_dir, server_kind, "inline") as server:
+        async with connect(ws_url(server, "flood"), open_timeout=TIMEOUT_SEC, compression=None) as ws:
+            await ws.send("warm-up")
+        baseline = _rss_mb(server.proc.pid)
+        # It leaves without reading through the flood to the close frame (close_timeout).
+        async with connect(
+            ws_url(server, "flood"), open_timeout=TIMEOUT_SEC, max_queue=1, compression=None, close_timeout=0.5
+        ) as ws:
+            await ws.send("flood")
+            await asyncio.sleep(1.5)
+            grown = _rss_mb(server.proc.pid) - baseline
+    assert grown < 48, f"the server's memory grew by {grown:.0f} MB while its client did not read"
 
 
 class _Server:
