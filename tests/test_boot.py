@@ -83,7 +83,7 @@ async def test_a_boot_that_does_not_finish_in_time_is_a_boot_error_and_others_se
         assert time.monotonic() - hello_started < 0.5  # the event loop is not the one blocked
         answers = await asyncio.wait_for(asyncio.gather(*waiting), 10)
         assert [(r.status_code, r.json()) for r in answers] == [(503, BOOT_ERROR)] * 3
-        assert time.monotonic() - started < 2.5  # one boot, shared: not one boot timeout after another
+        assert time.monotonic() - started < 2.9  # one boot, shared: not one 1 s timeout after another
         supervisor = client.app.functions["slow"]
         assert supervisor.boots == 1 and supervisor.workers == []
         if isolation == "process":  # killed, reaped, and the next request boots a fresh one
