@@ -5,6 +5,7 @@ reached mid-stream. All held when written; kept so."""
 from __future__ import annotations
 
 import asyncio
+import signal
 import socket
 import time
 from pathlib import Path
@@ -22,6 +23,7 @@ ISOLATIONS = ["inline", "process"]
 
 STREAMS = """
 import asyncio
+import signal
 import logging
 import time
 from starlette.responses import PlainTextResponse, StreamingResponse
@@ -186,3 +188,65 @@ async def test_a_limit_reached_mid_stream_cuts_the_body_and_the_run_says_which(
         run = await newest_run(server, 1)
         assert (run["http_status"], run["status"], run["error"]) == (200, "failed", f"hog: {reason} limit reached")
         assert (await read_stream(server.url("hog")))[0] == b"ok"  # a fresh worker
+
+
+ENDS_ON_UNLOAD = """
+import asyncio
+import signal
+from starlette.responses import StreamingResponse
+from edgeruntime import EdgeRuntime, serve
+
+unloading = asyncio.Event()
+EdgeRuntime.on("beforeunload", lambda event: unloading.set())
+
+async def ticks():
+    n = 0
+    while not unloading.is_set():
+        yield f"data: {n}\\n\\n"
+        n += 1
+        try:
+            await asyncio.wait_for(unloading.wait(), 0.05)
+        except TimeoutError:
+            pass
+    yield "event: bye\\ndata: termination\\n\\n"
+
+@serve
+async def handler(req):
+    return StreamingResponse(ticks(), media_type="text/event-stream")
+"""
+
+
+@pytest.mark.parametrize(("server_kind", "isolation"), [("uvicorn", "inline"), ("hypercorn", "process")])
+async def test_on_shutdown_an_endless_stream_hears_beforeunload_and_ends_itself(
+    functions_dir: Path, server_kind: str, isolation: str
+) -> None:
+    """SIGTERM: the server finishes in-flight requests, so a stream that never ends would be cut at
+    the end of the graceful timeout; its function hears `beforeunload` (termination) when the
+    shutdown begins, and can end the stream, as a WebSocket's does before it is closed."""
+    write_function(functions_dir, "ticks", ENDS_ON_UNLOAD)
+    server = ServerProcess(
+        functions_dir,
+        "--no-watch",
+        "--no-verify-jwt",
+        "--server",
+        server_kind,
+        "--isolation",
+        isolation,
+        "--graceful-exit-timeout",
+        "12",
+    )
+    with server:
+        received = b""
+        async with httpx.AsyncClient(timeout=TIMEOUT_SEC) as http, http.stream("GET", server.url("ticks")) as response:
+            assert response.status_code == 200
+            started = 0.0
+            async for chunk in response.aiter_raw():
+                received += chunk
+                if not started:
+                    started = time.monotonic()
+                    server.proc.send_signal(signal.SIGTERM)
+        ended_after = time.monotonic() - started
+        assert received.endswith(b"event: bye\ndata: termination\n\n"), received[-200:]
+        assert ended_after < 6, ended_after  # not the graceful timeout's 12 s
+        assert server.proc.wait(TIMEOUT_SEC) == 0, server.output
+    assert "Traceback" not in server.output, server.output

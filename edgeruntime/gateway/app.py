@@ -326,23 +326,26 @@ class EdgeApp:
 
     async def close_websockets(self) -> None:
         """The server is shutting down: dispatch `beforeunload` (termination) to the workers that
-        serve open WebSockets, then close those with 1001 and the reason ``termination``.
+        are serving requests or open WebSockets, then close those sockets with 1001 and the reason
+        ``termination``.
 
-        Called when shutdown begins, before the server waits for its connections: a socket may
-        stay open for good, and would otherwise be cut at the end of the graceful timeout.
+        Called when shutdown begins, before the server waits for its connections: a socket or a
+        streamed response (server-sent events) may stay open for good, and would otherwise be cut
+        at the end of the graceful timeout without its function having heard of the shutdown.
         """
         open_sockets = [(socket, name) for socket, name in self._sockets.items() if socket.open]
-        if not open_sockets:
-            return
+        socket_functions = {name for _, name in open_sockets}
         workers = [
             worker
-            for name in {name for _, name in open_sockets}
-            if (supervisor := self.functions.get(name)) is not None
+            for name, supervisor in self.functions.items()
             for worker in supervisor.workers
+            if worker.in_flight or name in socket_functions
         ]
-        await asyncio.gather(*(worker.beforeunload(StopReason.TERMINATION) for worker in workers))
-        reason = StopReason.TERMINATION.key
-        await asyncio.gather(*(socket.close(CLOSE_GOING_AWAY, reason) for socket, _ in open_sockets))
+        if workers:
+            await asyncio.gather(*(worker.beforeunload(StopReason.TERMINATION) for worker in workers))
+        if open_sockets:
+            reason = StopReason.TERMINATION.key
+            await asyncio.gather(*(socket.close(CLOSE_GOING_AWAY, reason) for socket, _ in open_sockets))
 
     async def handle_http(
         self, scope: Scope, receive: Receive, send: Send, trigger: str = "http", socket: Socket | None = None

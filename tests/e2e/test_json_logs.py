@@ -94,9 +94,10 @@ def test_every_line_of_a_json_logging_server_parses(
             _wait_for(healthy, "server ready")
             r = httpx.get(f"{base}/functions/v1/chatty", headers=SERVICE_ROLE, timeout=10)
             assert r.json() == {"version": 1}
-            # A forged log line in the path (a newline, then JSON) stays inside its own line's string.
+            # A forged log line in the path (a newline, then JSON) is refused before any function
+            # runs (control characters in a path are 404), and its access line stays one line.
             forged = "/functions/v1/chatty/%0A%7B%22level%22%3A%22critical%22%7D"
-            assert httpx.get(base + forged, headers=SERVICE_ROLE, timeout=10).status_code == 200
+            assert httpx.get(base + forged, headers=SERVICE_ROLE, timeout=10).status_code == 404
             with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:  # the server's own complaint
                 # (a malformed request is answered without a line; an upgrade nobody speaks is logged)
                 raw.sendall(b"GET /_internal/health HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: foo\r\n\r\n")
@@ -133,15 +134,15 @@ def test_every_line_of_a_json_logging_server_parses(
     for text in ("module loaded, version 1", "module loaded, version 2"):
         [line] = logged(text)
         assert line["function"] == "chatty"
-    printed = logged("printed by the handler")  # three requests reached the handler
-    assert len(printed) == 3 and all(r["function"] == "chatty" and r["execution_id"] for r in printed)
-    assert len(logged("background work done")) == 3
+    printed = logged("printed by the handler")  # two requests reached the handler (not the forged one)
+    assert len(printed) == 2 and all(r["function"] == "chatty" and r["execution_id"] for r in printed)
+    assert len(logged("background work done")) == 2
     # Another library's logger and `warnings` keep their names and levels.
     assert {(r["logger"], r["level"]) for r in logged("a library's warning")} == {("some.library", "warning")}
     assert {(r["logger"], r["level"]) for r in logged("a deprecated call")} == {("py.warnings", "warning")}
     access = [r for r in records if r["logger"] == "edgeruntime.access"]
     assert [(r["path"], r["status"]) for r in access].count(("/functions/v1/chatty", 200)) == 2
-    assert ('/functions/v1/chatty/\n{"level":"critical"}', 200) in [(r["path"], r["status"]) for r in access]
+    assert ('/functions/v1/chatty/%0A{"level":"critical"}', 404) in [(r["path"], r["status"]) for r in access]
     assert "critical" not in {r["level"] for r in records}
     assert logged("TerminationRequested")  # the shutdown line after SIGTERM
     if server == "uvicorn":  # its own loggers too (Hypercorn answers a bad request without a line)
