@@ -1,8 +1,7 @@
 """A worker: one booted instance of a function's module, serving concurrent requests.
 
-``InlineWorker`` runs the module in the server's own process and event loop; it imports the module
-in a thread of its own, so that top-level code that blocks holds up its own function only. The
-supervisor (:mod:`edgeruntime.workers.supervisor`) decides when a worker is booted, retired and ended.
+``InlineWorker`` runs the module in the server's own process and event loop. The supervisor
+(:mod:`edgeruntime.workers.supervisor`) decides when a worker is booted, retired and ended.
 """
 
 from __future__ import annotations
@@ -10,11 +9,9 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-import threading
 import time
 import types
 from collections.abc import Callable, Coroutine, Mapping
-from pathlib import Path
 from typing import Any, Protocol
 
 from starlette.requests import ClientDisconnect
@@ -30,12 +27,10 @@ from edgeruntime.core.metering import CpuMeter, metered, run_metered
 from edgeruntime.core.types import ASGIApp, Handler, Receive, Scope, Send
 from edgeruntime.core.worker_state import WorkerState
 from edgeruntime.exceptions import (
-    BootError,
     InvalidResponse,
     LimitExceeded,
     PayloadTooLarge,
     WallClockLimitExceeded,
-    WorkerCrashed,
 )
 from edgeruntime.functions.discovery import FunctionSpec
 from edgeruntime.functions.loading import load_function_module
@@ -48,13 +43,9 @@ logger = logging.getLogger("edgeruntime")
 
 #: Characters of a handler's exception kept in its run record (the log has the whole traceback).
 MAX_ERROR_CHARS = 1000
-#: How long a worker may take to boot (its module's top level, inline or in its process) before
-#: the boot fails: 503 BOOT_ERROR, as the edge runtime's "worker did not respond in time".
+#: How long a worker process may take to boot (its module's top level) before the boot fails: 503
+#: BOOT_ERROR, as the edge runtime's "worker did not respond in time", and the process is killed.
 BOOT_TIMEOUT_SEC = 30.0
-
-#: The threads of inline boots that did not finish in time, by the function's entrypoint: one that
-#: is still running keeps its function from booting again beside it (see `InlineWorker.start`).
-_late_boots: dict[Path, threading.Thread] = {}
 
 
 def describe_error(exc: BaseException) -> str:
@@ -196,18 +187,11 @@ class InlineWorker:
 
     def boot(self) -> None:
         """Import the function's module in this thread, on its running event loop (a worker process
-        boots so: its own kill stops a boot that does not end); raises BootError, WorkerCrashed or
-        ResourceExhausted."""
+        boots so too); raises BootError, WorkerCrashed or ResourceExhausted."""
         started = time.perf_counter()
         self.state.loop = asyncio.get_running_loop()
-        self._load()
-        self._booted(started)
-
-    def _load(self) -> None:
         self.module, self.handler = load_function_module(self.spec, self.state)
         self._app = to_asgi(self.handler, self.spec.name)
-
-    def _booted(self, started: float) -> None:
         logger.info(
             "booted function %s in %.1f ms (worker %s)",
             self.name,
@@ -217,92 +201,14 @@ class InlineWorker:
         )
 
     async def start(self) -> None:
-        """Import the function's module in a thread of its own: top-level code that blocks (a
-        `time.sleep`, a connection without a timeout, an endless loop) then holds up its own
-        function's requests, not the server's event loop. Past BOOT_TIMEOUT_SEC the boot fails
-        (BootError, 503); Python cannot stop the thread, so it is left to finish, and the function
-        does not boot again while it runs. Raises as :meth:`boot` does."""
-        loop = self.state.loop = asyncio.get_running_loop()
-        entrypoint = self.spec.entrypoint
-        late = _late_boots.get(entrypoint)
-        if late is not None:
-            if late.is_alive():
-                raise BootError(
-                    self.name,
-                    f"function {self.name}: the top level of its module from a boot that did not finish in "
-                    "time is still running; inline a thread cannot be stopped, so the function does not "
-                    'boot again until it ends (restart the server, or use isolation = "process")',
-                )
-            del _late_boots[entrypoint]
-        started = time.perf_counter()
-        loaded: asyncio.Future[None] = loop.create_future()
-        thread = threading.Thread(
-            target=self._load_in_thread,
-            args=(loop, loaded, started),
-            name=f"edgeruntime-boot-{self.name}",
-            daemon=True,  # one that never ends must not keep the server from exiting
-        )
-        thread.start()
-        try:
-            await asyncio.wait_for(asyncio.shield(loaded), BOOT_TIMEOUT_SEC)
-        except TimeoutError:  # (a TimeoutError the module raises is a WorkerCrashed by then)
-            self._left_running(thread, loaded)
-            raise BootError(
-                self.name,
-                f"function {self.name}: worker did not boot within {BOOT_TIMEOUT_SEC:g} s; the top level "
-                "of its module goes on in its thread (inline it cannot be stopped)",
-            ) from None
-        except asyncio.CancelledError:
-            self._left_running(thread, loaded)
-            raise
-        self._booted(started)
+        """Import the function's module on the server's event loop (see :meth:`boot`).
 
-    def _left_running(self, thread: threading.Thread, loaded: asyncio.Future[None]) -> None:
-        self.status = WorkerStatus.ENDED
-        self.end_reason = StopReason.BOOT_FAILURE
-        loaded.cancel()  # what the thread makes now is dropped (see _loaded)
-        _late_boots[self.spec.entrypoint] = thread
-
-    def _load_in_thread(self, loop: asyncio.AbstractEventLoop, loaded: asyncio.Future[None], started: float) -> None:
-        # Top-level code that asks for the event loop (asyncio.get_event_loop()) gets the server's,
-        # as it did when modules were imported on it; none is running in this thread (as in script mode).
-        asyncio.set_event_loop(loop)
-        error: Exception | None = None
-        try:
-            self._load()
-        except Exception as exc:  # as the boot raises it (the module's own errors are FunctionErrors)
-            error = exc
-        except BaseException as exc:  # SystemExit at the top level: the function's, not the server's
-            error = WorkerCrashed(self.name, f"function {self.name} raised while loading: {type(exc).__name__}: {exc}")
-            error.__cause__ = exc
-        try:
-            loop.call_soon_threadsafe(self._loaded, loaded, error, started)
-        except RuntimeError:  # the server's loop has closed
-            pass
-
-    def _loaded(self, loaded: asyncio.Future[None], error: Exception | None, started: float) -> None:
-        if not loaded.cancelled():
-            if error is None:
-                loaded.set_result(None)
-            else:
-                loaded.set_exception(error)
-            return
-        took = time.perf_counter() - started
-        if error is None:
-            logger.warning(
-                "function %s finished booting after %.1f s, too late: that worker is dropped",
-                self.name,
-                took,
-                extra={"function": self.name},
-            )
-        else:
-            logger.warning(
-                "function %s: a boot that did not finish in time failed after %.1f s: %s",
-                self.name,
-                took,
-                error,
-                extra={"function": self.name},
-            )
+        Not in a thread of its own, though top-level code that blocks then holds up the server:
+        what the module makes at its top level is used by its handler on the loop's thread, and
+        some of it only works in the thread that made it (a ``sqlite3`` connection, thread-local
+        state). Process isolation is what bounds a boot (BOOT_TIMEOUT_SEC, then the process is
+        killed)."""
+        self.boot()
 
     def _run_background(self, coro: Coroutine[Any, Any, Any], ctx: ExecutionContext) -> Coroutine[Any, Any, Any]:
         return run_metered(coro, ctx.meter or self.meter)
