@@ -8,14 +8,17 @@ EDGERUNTIME_REQUIRE_POSTGRES=1, which makes it a failure.
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import pytest
 
+import edgeruntime.jobs.scheduler as scheduler_module
 from edgeruntime.jobs.backends import open_store
+from edgeruntime.jobs.delivery import Delivery
 from edgeruntime.jobs.store import JobStore
 from tests.jobs.backends import postgres_url_or_skip
 from tests.jobs.proxy import TcpProxy
@@ -82,3 +85,18 @@ def proxied_postgres(postgres_url: str) -> Iterator[ProxiedPostgres]:
         user = f"{user}@" if user else ""
         proxied = urlunsplit(parts._replace(netloc=f"{user}127.0.0.1:{proxy.port}"))
         yield ProxiedPostgres(postgres_url, proxied, proxy)
+
+
+@pytest.fixture
+def delivered(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every cron delivery answers 200 (no app); the scheduled instants delivered, in order."""
+    seen: list[str] = []
+
+    async def fake_deliver(
+        app: Any, function: str, body: bytes, headers: Mapping[str, str], *, trigger: str
+    ) -> Delivery:
+        seen.append(headers[scheduler_module.SCHEDULED_FOR_HEADER])
+        return Delivery(200, "ok")
+
+    monkeypatch.setattr(scheduler_module, "deliver", fake_deliver)
+    return seen

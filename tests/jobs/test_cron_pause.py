@@ -4,35 +4,18 @@ look at the pauses and its claim of the tick (the dashboard's pause, on another 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
 from typing import Any, cast
 
 import pytest
 
-import edgeruntime.jobs.scheduler as scheduler_module
 from edgeruntime.config.project import CronConfig
 from edgeruntime.jobs import FakeClock
-from edgeruntime.jobs.delivery import Delivery
 from edgeruntime.jobs.postgres import PostgresStore
 from edgeruntime.jobs.scheduler import Scheduler, cron_jobs
 from edgeruntime.jobs.store import CronTick, JobStore
+from tests.jobs.backends import until_waiting_for_a_lock
 
 T0 = 1_800_000_000.0  # on the 10-second grid
-
-
-@pytest.fixture
-def delivered(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Every cron delivery answers 200 (no app); the scheduled instants delivered, in order."""
-    seen: list[str] = []
-
-    async def fake_deliver(
-        app: Any, function: str, body: bytes, headers: Mapping[str, str], *, trigger: str
-    ) -> Delivery:
-        seen.append(headers[scheduler_module.SCHEDULED_FOR_HEADER])
-        return Delivery(200, "ok")
-
-    monkeypatch.setattr(scheduler_module, "deliver", fake_deliver)
-    return seen
 
 
 class PausedJustAfterTheLook:
@@ -73,7 +56,6 @@ async def test_a_pause_written_while_a_tick_is_claimed_comes_before_the_claim_or
     open, after A looked for a pause. Under READ COMMITTED A's look cannot see it, so the pause
     must wait for A's claim: a tick committed after a pause that returned would fire although the
     job was paused."""
-    import psycopg
 
     a, b = PostgresStore(postgres_url, pool_size=1), PostgresStore(postgres_url, pool_size=1)
     try:
@@ -83,14 +65,6 @@ async def test_a_pause_written_while_a_tick_is_claimed_comes_before_the_claim_or
         a_inserted, b_done = asyncio.Event(), asyncio.Event()
         order: list[str] = []
 
-        async def b_waits_or_is_done() -> None:
-            async with await psycopg.AsyncConnection.connect(postgres_url, autocommit=True) as watcher:
-                while not b_done.is_set():
-                    cur = await watcher.execute("SELECT 1 FROM pg_locks WHERE pid = %s AND NOT granted", (b_pid,))
-                    if await cur.fetchone() is not None:
-                        return  # B waits for A's transaction
-                    await asyncio.sleep(0.01)
-
         async with a._conn() as conn:
             execute = conn.execute
 
@@ -98,7 +72,7 @@ async def test_a_pause_written_while_a_tick_is_claimed_comes_before_the_claim_or
                 cur = await execute(query, *args, **kwargs)
                 if str(query).startswith("INSERT INTO edgeruntime_cron_ticks"):
                     a_inserted.set()  # A looked for a pause and inserted its tick, not yet committed
-                    await asyncio.wait_for(b_waits_or_is_done(), 10)
+                    await asyncio.wait_for(until_waiting_for_a_lock(postgres_url, b_pid, b_done), 10)
                 return cur
 
             conn.execute = pausing_execute  # type: ignore[method-assign]

@@ -135,21 +135,6 @@ async def test_heartbeat_takes_more_ids_than_a_statement_holds(store: JobStore) 
 # -- cron: a tick whose finish failed -------------------------------------------------------
 
 
-@pytest.fixture
-def delivered(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Every cron delivery answers 200 (no app); the scheduled instants delivered, in order."""
-    seen: list[str] = []
-
-    async def fake_deliver(
-        app: Any, function: str, body: bytes, headers: Mapping[str, str], *, trigger: str
-    ) -> Delivery:
-        seen.append(headers[scheduler_module.SCHEDULED_FOR_HEADER])
-        return Delivery(200, "ok")
-
-    monkeypatch.setattr(scheduler_module, "deliver", fake_deliver)
-    return seen
-
-
 def _scheduler(store: JobStore | Wrapped, clock: FakeClock, instance: str) -> Scheduler:
     jobs = cron_jobs({"c": CronConfig("c", "f", "10 seconds", overlap="skip")})
     return Scheduler(cast(Any, None), cast(JobStore, store), jobs, clock, instance, lease_sec=30)

@@ -15,6 +15,7 @@ from edgeruntime.jobs.backends import open_store
 from edgeruntime.jobs.postgres import PostgresStore
 from edgeruntime.jobs.store import CronTick, JobStatus, JobStore, Outcome, TickStatus
 from tests.helpers import run_cli
+from tests.jobs.backends import until_waiting_for_a_lock
 
 T0 = 1_800_000_000.0
 LEASE_EXPIRED = "lease expired on the last attempt (the instance running it stopped or hung)"
@@ -119,7 +120,6 @@ async def test_the_cli_retries_a_failed_job_once(tmp_path: Path) -> None:
 async def test_two_ticks_of_a_skip_overlap_cron_claimed_at_once_run_one(postgres_url: str) -> None:
     """Instance A claims the scheduled tick; instance B's "Run now" comes while A's insert is not
     yet committed. B must wait for A and then skip, not run beside it."""
-    import psycopg
 
     a, b = PostgresStore(postgres_url, pool_size=1), PostgresStore(postgres_url, pool_size=1)
     try:
@@ -128,14 +128,6 @@ async def test_two_ticks_of_a_skip_overlap_cron_claimed_at_once_run_one(postgres
             b_pid = conn.info.backend_pid
         a_inserted, b_done = asyncio.Event(), asyncio.Event()
 
-        async def b_waits_or_is_done() -> None:
-            async with await psycopg.AsyncConnection.connect(postgres_url, autocommit=True) as watcher:
-                while not b_done.is_set():
-                    cur = await watcher.execute("SELECT 1 FROM pg_locks WHERE pid = %s AND NOT granted", (b_pid,))
-                    if await cur.fetchone() is not None:
-                        return  # B is blocked on A's transaction
-                    await asyncio.sleep(0.01)
-
         async with a._conn() as conn:
             execute = conn.execute
 
@@ -143,7 +135,7 @@ async def test_two_ticks_of_a_skip_overlap_cron_claimed_at_once_run_one(postgres
                 cur = await execute(query, *args, **kwargs)
                 if str(query).startswith("INSERT INTO edgeruntime_cron_ticks"):
                     a_inserted.set()  # A's transaction is open, its tick not committed
-                    await asyncio.wait_for(b_waits_or_is_done(), 10)
+                    await asyncio.wait_for(until_waiting_for_a_lock(postgres_url, b_pid, b_done), 10)
                 return cur
 
             conn.execute = pausing_execute  # type: ignore[method-assign]
