@@ -64,6 +64,8 @@ logger = logging.getLogger("edgeruntime")
 
 PREFIX = responses.FUNCTIONS_PREFIX
 _PREFIX_BYTES = PREFIX.encode()
+#: Where a raw path that starts with the prefix as it is written is cut for the function.
+_RAW_CUT = len(_PREFIX_BYTES) - 1
 METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "HEAD"})
 HEALTH_PATH = "/_internal/health"
 #: The `Allow` header of a 405 from a function route and from the health check.
@@ -124,14 +126,12 @@ def _function_raw_path(raw: bytes) -> bytes:
     the path's slashes.
     """
     if raw.startswith(_PREFIX_BYTES):
-        return raw[len(_PREFIX_BYTES) - 1 :]
+        return raw[_RAW_CUT:]
     return b"/" + raw.split(b"/", 3)[-1]
 
 
 def _printable(text: str) -> str:
     """`text` for a log line: what is not printable percent-encoded (as the client sent it)."""
-    if text.isprintable():
-        return text
     return "".join(c if c.isprintable() else urllib.parse.quote(c, safe="") for c in text)
 
 
@@ -409,8 +409,12 @@ class EdgeApp:
                 error = "client disconnected before the response"
             elif ctx.client_left and error is None:
                 error = "client disconnected during the response"
-            # The path and a name not found are the client's: a log line never holds them raw.
-            self.access_log(method, _printable(path), status, duration_ms, _printable(name) or None, execution_id)
+            # The path and a name not found are the client's: a log line never holds them raw (the
+            # name is part of the path: printable if the path is).
+            if path.isprintable():
+                self.access_log(method, path, status, duration_ms, name or None, execution_id)
+            else:
+                self.access_log(method, _printable(path), status, duration_ms, _printable(name) or None, execution_id)
             if self._observers:
                 # One record for every observer, made as a plain tuple (a named tuple's own
                 # constructor is a Python function: twice the cost).
@@ -532,7 +536,7 @@ class EdgeApp:
         fn_scope["path"] = scope["path"][len(PREFIX) - 1 :]
         raw = scope.get("raw_path")
         if raw is not None:
-            fn_scope["raw_path"] = _function_raw_path(raw)
+            fn_scope["raw_path"] = raw[_RAW_CUT:] if raw.startswith(_PREFIX_BYTES) else _function_raw_path(raw)
         fn_scope["root_path"] = ""
         # The gateway's apikey rewrite; the function reads the one Authorization that was checked.
         if apikey is not None or authorization is not None:
