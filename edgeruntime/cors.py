@@ -21,9 +21,10 @@ import inspect
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, cast
 
-import anyio.to_thread
 from starlette.requests import Request
 from starlette.responses import Response
+
+from edgeruntime.core.metering import run_in_thread_metered
 
 __all__ = ["CORS_HEADERS", "add_cors_headers", "preflight", "with_cors"]
 
@@ -68,9 +69,10 @@ def with_cors(
         response: Any
         if inspect.iscoroutinefunction(handler):
             response = await handler(request)
-        else:  # a plain `def` handler runs in a thread, as `serve` runs it, with its body read first
+        else:  # a plain `def` handler runs as `serve` runs it: its body read first, then in a thread,
+            # one of the runtime's for sync handlers, its CPU counted against the function's limits
             await request.body()
-            response = await anyio.to_thread.run_sync(handler, request)
+            response = await run_in_thread_metered(handler, request)
             if inspect.isawaitable(response):
                 response = await response
         if isinstance(response, Response):

@@ -311,6 +311,43 @@ async def test_sync_handler_cpu_counts_against_the_worker(
     assert "CPU time soft limit reached" in caplog.text
 
 
+async def test_a_sync_handler_wrapped_by_with_cors_is_metered_and_runs_in_the_runtimes_threads(
+    functions_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`with_cors(handler)` runs a `def` handler as `serve` runs one: its CPU counts against the
+    limits, in one of the runtime's threads for sync handlers (it ran in AnyIO's, unmetered)."""
+    write_function(
+        functions_dir,
+        "sync",
+        """
+        import threading
+        import time
+        import uuid
+        from starlette.responses import JSONResponse
+        from edgeruntime import serve
+        from edgeruntime.cors import with_cors
+
+        BOOT = uuid.uuid4().hex
+
+        def handler(req):
+            end = time.thread_time() + float(req.query_params.get("burn_ms", "0")) / 1000
+            while time.thread_time() < end:
+                pass
+            return JSONResponse({"boot": BOOT, "thread": threading.current_thread().name})
+
+        serve(with_cors(handler))
+        """,
+    )
+    async with EdgeClient(functions_dir, limits={"cpu_soft_limit_ms": 100, "cpu_hard_limit_ms": 5000}) as client:
+        r = await client.invoke("sync", params={"burn_ms": 150})
+        assert r.headers["access-control-allow-origin"] == "*"
+        first = r.json()
+        assert first["thread"] == "edgeruntime-sync-handler"
+        assert client.app.functions["sync"].worker is None  # retired right after: its CPU counted
+        assert (await client.invoke("sync")).json()["boot"] != first["boot"]
+    assert "CPU time soft limit reached" in caplog.text
+
+
 #: Hands CPU-burning work to wait_until in the shape `?shape=` names; records what listeners see.
 SPAWNER = """
 import asyncio
