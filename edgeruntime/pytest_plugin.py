@@ -37,10 +37,21 @@ else:
 
     @pytest_asyncio.fixture
     async def edge_client(request: pytest.FixtureRequest) -> AsyncIterator[Any]:  # type: ignore[misc]
-        from edgeruntime.testing import EdgeClient
+        from edgeruntime.exceptions import UsageError
+        from edgeruntime.testing import EdgeClient, check_options
 
         marker = request.node.get_closest_marker("edgeruntime")
         options: dict[str, Any] = dict(marker.kwargs) if marker else {}
+        args = marker.args if marker else ()
+        # `edgeruntime("other")` is `functions_dir="other"`, not ignored (the default dir served).
+        if len(args) > 1 or (args and "functions_dir" in options):
+            pytest.fail("@pytest.mark.edgeruntime takes one functions_dir, then options by name", pytrace=False)
+        if args:
+            options["functions_dir"] = args[0]
+        try:
+            check_options("@pytest.mark.edgeruntime", options, extra=("functions_dir", "clock", "settings"))
+        except UsageError as exc:
+            pytest.fail(str(exc), pytrace=False)
         directory = options.pop("functions_dir", None) or request.config.getini("edgeruntime_functions_dir")
         path = Path(directory)
         if not path.is_absolute():
@@ -61,17 +72,13 @@ def _problems(client: Any) -> list[str]:
     return problems
 
 
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, None]:
-    # Checked right after the test body, while the client is still open, so the test itself fails.
-    outcome = yield
-    report = outcome.get_result()
-    if report.when != "call" or not report.passed:
-        return
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
+    # Checked right after the test body, while the client is still open, as a failure of the test
+    # itself: a test that already failed keeps its own error, and xfail applies as to any failure.
+    result = yield
     client = getattr(item, "funcargs", {}).get("edge_client")
-    if client is None:
-        return
-    problems = _problems(client)
+    problems = _problems(client) if client is not None else []
     if problems:
-        report.outcome = "failed"
-        report.longrepr = "; ".join(problems) + " (await edge_client.drain() in the test)"
+        pytest.fail("; ".join(problems) + " (await edge_client.drain() in the test)", pytrace=False)
+    return result

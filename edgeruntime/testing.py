@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import inspect
 import json as jsonlib
 import os
 import shutil
@@ -62,6 +63,25 @@ __all__ = [
 
 Auth = Literal["service_role", "anon"] | None
 
+# The options `EdgeClient` and `load_function` take are `serve`'s: the parameters of
+# `Settings.build`, and the Settings fields it passes through as they are.
+OPTIONS = frozenset(
+    name
+    for name, parameter in inspect.signature(Settings.build).parameters.items()
+    if parameter.kind is inspect.Parameter.KEYWORD_ONLY
+) | {"graceful_exit_timeout_sec", "log_format", "server"}
+
+
+def check_options(who: str, options: Mapping[str, Any], extra: Sequence[str] = ()) -> None:
+    """Raise UsageError naming the first unknown option (not Settings' TypeError, which names
+    neither the caller nor what it takes)."""
+    unknown = sorted(set(options) - OPTIONS - set(extra))
+    if unknown:
+        hint = " (the functions' env is `environ`)" if unknown[0] == "env" else ""
+        raise UsageError(
+            f"{who}: unknown option {unknown[0]!r}{hint}; the options are: {', '.join(sorted({*OPTIONS, *extra}))}"
+        )
+
 
 class EdgeClient:
     """An in-process client for every function of a directory, with `serve`'s semantics.
@@ -74,6 +94,7 @@ class EdgeClient:
     def __init__(
         self, functions_dir: str | os.PathLike[str] = "functions", *, clock: Clock | None = None, **options: Any
     ) -> None:
+        check_options("EdgeClient", options, extra=("settings",))
         self.settings = options.pop("settings", None) or Settings.build(functions_dir, watch=False, **options)
         #: The fake or real clock the jobs system reads (`FakeClock` to test delays and backoff).
         self.clock: Clock = clock or SystemClock()
@@ -151,6 +172,7 @@ class EdgeClient:
         auth: Auth = "service_role",
     ) -> httpx.Response:
         """Call function `name` as `POST /functions/v1/<name><path>`; the service role key by default."""
+        path = _subpath(path)
         all_headers = {**self.headers_for(auth), **(headers or {})}
         return await self.http.request(
             method,
@@ -184,6 +206,7 @@ class EdgeClient:
         gateway's 401 or 404, the function's 400). The connection is closed (1000) on exit if
         it is still open. Like `invoke`, sends the service role key unless `auth` says otherwise.
         """
+        path = _subpath(path)
         raw_path = f"{name}{path}" if name.startswith("/") else f"/functions/v1/{name}{path}"
         all_headers = {
             "host": self.http.base_url.netloc.decode("ascii"),
@@ -221,7 +244,9 @@ class EdgeClient:
     def module(self, name: str) -> types.ModuleType:
         """The module of function `name` as its active worker loaded it (to inspect its state)."""
         supervisor = self.app.functions.get(name)
-        worker = supervisor.worker if supervisor is not None else None
+        if supervisor is None:
+            raise LookupError(f"no function {name} in {self.settings.functions_dir}")
+        worker = supervisor.worker
         if worker is None or worker.module is None:
             raise LookupError(f"function {name} has no booted worker; invoke it first")
         return worker.module
@@ -277,6 +302,11 @@ class EdgeClient:
                 + ", ".join(f"{t.function}:{t.name} ({t.execution_id})" for t in failed),
                 [t.error if isinstance(t.error, Exception) else RuntimeError(repr(t.error)) for t in failed],
             )
+
+
+def _subpath(path: str) -> str:
+    # `path="sub"` means the function's subpath, never the function named `<name>sub`.
+    return path if not path or path.startswith(("/", "?")) else f"/{path}"
 
 
 class WebSocketSession:
@@ -349,10 +379,13 @@ class WebSocketSession:
         """The next message the function sent: ``websocket.send`` or ``websocket.close``."""
         message = await self._next()
         if message is None:
-            message = {"type": "websocket.close", "code": 1006, "reason": ""}
+            # The app is done: after our own close() that is the close we sent, else abnormal.
+            code = 1006 if self.close_code is None else self.close_code
+            message = {"type": "websocket.close", "code": code, "reason": self.close_reason}
         if message["type"] == "websocket.close":
-            self.close_code = message.get("code", 1000)
-            self.close_reason = message.get("reason") or ""
+            if self.close_code is None:  # the first close, by either end, is the connection's
+                self.close_code = message.get("code", 1000)
+                self.close_reason = message.get("reason") or ""
             self._from_app.put_nowait(message)  # every later receive sees the close too
         return message
 
@@ -364,12 +397,19 @@ class WebSocketSession:
             raise WebSocketDisconnect(message.get("code", 1000), message.get("reason"))
         return message
 
+    async def _data_of(self, kind: Literal["text", "bytes"]) -> Any:
+        message = await self._data()
+        if message.get(kind) is None:
+            other = "bytes" if kind == "text" else "text"
+            raise TypeError(f"expected a {kind} message, got {other}: {message.get(other)!r:.200}")
+        return message[kind]
+
     async def receive_text(self) -> str:
-        text: str = (await self._data())["text"]
+        text: str = await self._data_of("text")
         return text
 
     async def receive_bytes(self) -> bytes:
-        data: bytes = (await self._data())["bytes"]
+        data: bytes = await self._data_of("bytes")
         return data
 
     async def receive_json(self) -> Any:
@@ -431,6 +471,7 @@ def load_function(path: str | os.PathLike[str], **options: Any) -> LoadedFunctio
         target = target.parent
     if not (target / ENTRYPOINT).is_file():
         raise UsageError(f"{target / ENTRYPOINT} does not exist")
+    check_options("load_function", options)
     settings = Settings.build(target.parent, watch=False, **options)
     spec = FunctionSpec(target.name, target.resolve())
     state = WorkerState(spec.name, settings.env)

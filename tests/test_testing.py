@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 from starlette.requests import Request
+from starlette.websockets import WebSocketDisconnect
 
 from edgeruntime import EdgeRuntime
+from edgeruntime.exceptions import UsageError
 from edgeruntime.testing import EdgeClient, execution_context, load_function
 from tests.helpers import write_function
 
@@ -164,3 +166,94 @@ def test_pytest_plugin_fails_tests_that_leave_background_work(pytester: pytest.P
     assert dict(os.environ) == env_before
     result.assert_outcomes(passed=2, failed=2)
     result.stdout.fnmatch_lines(["*background work still pending: job:record*", "*background work failed: job:record*"])
+
+
+async def test_client_and_load_function_name_an_unknown_option(functions_dir: Path) -> None:
+    write_function(functions_dir, "job", JOB)
+    with pytest.raises(UsageError, match=r"EdgeClient: unknown option 'verify_jwt'.*no_verify_jwt"):
+        EdgeClient(functions_dir, verify_jwt=False)
+    with pytest.raises(UsageError, match=r"unknown option 'env'.*environ"):
+        EdgeClient(functions_dir, env={"A": "b"})
+    with pytest.raises(UsageError, match=r"load_function: unknown option 'bogus'"):
+        load_function(functions_dir / "job", bogus=1)
+
+
+ECHO = """
+from starlette.responses import JSONResponse
+from edgeruntime import serve
+
+@serve
+async def handler(req):
+    return JSONResponse({"path": req.url.path, "query": dict(req.query_params)})
+"""
+
+
+async def test_invoke_path_without_a_leading_slash_is_a_subpath(functions_dir: Path) -> None:
+    write_function(functions_dir, "echo", ECHO)
+    async with EdgeClient(functions_dir) as client:
+        assert (await client.invoke("echo", path="sub/x")).json()["path"] == "/echo/sub/x"
+        assert (await client.invoke("echo", path="?a=1")).json() == {"path": "/echo", "query": {"a": "1"}}
+
+
+async def test_module_of_an_unknown_function_says_so(functions_dir: Path) -> None:
+    write_function(functions_dir, "job", JOB)
+    async with EdgeClient(functions_dir) as client:
+        with pytest.raises(LookupError, match="no function nope in"):
+            client.module("nope")
+        with pytest.raises(LookupError, match="invoke it first"):
+            client.module("job")
+
+
+WS_BYTES = """
+from edgeruntime import serve, upgrade_websocket
+
+@serve
+async def handler(req):
+    ws = await upgrade_websocket(req)
+    await ws.receive_text()
+    await ws.send_bytes(b"raw")
+    await ws.receive_text()
+"""
+
+
+async def test_websocket_receive_of_the_wrong_kind_and_close_code(functions_dir: Path) -> None:
+    write_function(functions_dir, "ws", WS_BYTES)
+    async with EdgeClient(functions_dir) as client, client.websocket("ws") as ws:
+        await ws.send_text("go")
+        with pytest.raises(TypeError, match="expected a text message, got bytes"):
+            await ws.receive_text()
+        await ws.close(4001, "done")
+        with pytest.raises(WebSocketDisconnect) as info:
+            await ws.receive_text()
+        assert (info.value.code, ws.close_code, ws.close_reason) == (4001, 4001, "done")
+
+
+PLUGIN_MISUSE_TEST = """
+import pytest
+
+@pytest.mark.edgeruntime("other")
+async def test_positional_dir(edge_client):
+    assert (await edge_client.invoke("hello2")).status_code == 200
+
+@pytest.mark.edgeruntime(bogus_option=1)
+async def test_bad_option(edge_client):
+    pass
+
+@pytest.mark.xfail(reason="leaves work behind")
+async def test_xfail_left_pending(edge_client):
+    await edge_client.invoke("job", json={"value": "x"})
+"""
+
+
+def test_pytest_plugin_marker_misuse_and_xfail(pytester: pytest.Pytester) -> None:
+    write_function(pytester.path / "functions", "job", JOB)
+    write_function(
+        pytester.path / "other",
+        "hello2",
+        "from edgeruntime import serve\nfrom starlette.responses import Response\nserve(lambda r: Response())\n",
+    )
+    pytester.makeini("[pytest]\nasyncio_mode = auto\nasyncio_default_fixture_loop_scope = function\n")
+    pytester.makepyfile(test_user=PLUGIN_MISUSE_TEST)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1, errors=1, xfailed=1)
+    result.stdout.fnmatch_lines(["*@pytest.mark.edgeruntime: unknown option 'bogus_option'*"])
