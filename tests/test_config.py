@@ -342,10 +342,8 @@ SERVE_ERRORS = [
 ]
 
 
-@pytest.mark.e2e
-@pytest.mark.parametrize(("text", "key"), SERVE_ERRORS, ids=[e[1] for e in SERVE_ERRORS])
-def test_serve_exits_2_with_one_line(hello_dir: Path, text: str, key: str) -> None:
-    path = write_config(hello_dir.parent / "config.toml", text)
+def assert_serve_refuses(hello_dir: Path, path: Path, key: str) -> None:
+    """`serve` exits 2 with one line naming the config file `path` and `key`, and no traceback."""
     result = run_cli("serve", str(hello_dir), "--port", "1", "--no-watch", timeout=30)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
@@ -353,6 +351,13 @@ def test_serve_exits_2_with_one_line(hello_dir: Path, text: str, key: str) -> No
     assert lines[0].startswith("edgeruntime: error: ")
     assert str(path) in lines[0] and key in lines[0]
     assert "Traceback" not in result.stderr + result.stdout
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize(("text", "key"), SERVE_ERRORS, ids=[e[1] for e in SERVE_ERRORS])
+def test_serve_exits_2_with_one_line(hello_dir: Path, text: str, key: str) -> None:
+    path = write_config(hello_dir.parent / "config.toml", text)
+    assert_serve_refuses(hello_dir, path, key)
 
 
 @pytest.mark.e2e
@@ -417,13 +422,7 @@ def test_a_config_that_is_not_utf8_is_one_line_naming_the_file(tmp_path: Path, r
 def test_serve_refuses_unusable_values_with_one_line(hello_dir: Path, raw: bytes, key: str) -> None:
     path = hello_dir.parent / "config.toml"
     path.write_bytes(raw)
-    result = run_cli("serve", str(hello_dir), "--port", "1", "--no-watch", timeout=30)
-    assert result.returncode == 2
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("edgeruntime: error: ")
-    assert str(path) in lines[0] and key in lines[0]
-    assert "Traceback" not in result.stderr + result.stdout
+    assert_serve_refuses(hello_dir, path, key)
 
 
 # -- what is wrong but not refused: one warning line at start ---------------------------------------
