@@ -49,7 +49,7 @@ from edgeruntime.functions.loading import load_function_module
 from edgeruntime.gateway.app import EdgeApp
 from edgeruntime.gateway.extensions import Extension
 from edgeruntime.jobs import Clock, CronRun, FakeClock, JobResult, JobSystem, SystemClock, open_store
-from edgeruntime.serving.build import build_app
+from edgeruntime.serving.build import build_app, process_environ
 
 __all__ = [
     "EdgeClient",
@@ -83,6 +83,14 @@ def check_options(who: str, options: Mapping[str, Any], extra: Sequence[str] = (
         )
 
 
+def _build_settings(functions_dir: str | os.PathLike[str], options: Mapping[str, Any]) -> Settings:
+    # The server's environment is the process's own, not the functions' env of a client still open.
+    environ = options.get("environ")
+    return Settings.build(
+        functions_dir, watch=False, **{**options, "environ": process_environ() if environ is None else environ}
+    )
+
+
 class EdgeClient:
     """An in-process client for every function of a directory, with `serve`'s semantics.
 
@@ -95,7 +103,7 @@ class EdgeClient:
         self, functions_dir: str | os.PathLike[str] = "functions", *, clock: Clock | None = None, **options: Any
     ) -> None:
         check_options("EdgeClient", options, extra=("settings",))
-        self.settings = options.pop("settings", None) or Settings.build(functions_dir, watch=False, **options)
+        self.settings = options.pop("settings", None) or _build_settings(functions_dir, options)
         #: The fake or real clock the jobs system reads (`FakeClock` to test delays and backoff).
         self.clock: Clock = clock or SystemClock()
         # Jobs: each client gets its own throw-away SQLite store unless `database_url` is passed.
@@ -128,7 +136,11 @@ class EdgeClient:
 
     async def __aenter__(self) -> EdgeClient:
         # os.environ agrees with Deno.env while the client is open, as under `serve`; restored on exit.
-        await self.app.startup()
+        try:
+            await self.app.startup()
+        except BaseException:
+            await self.__aexit__()  # what did start (the env in os.environ ...) is undone
+            raise
         self._http = httpx.AsyncClient(
             transport=httpx.ASGITransport(app=self.app), base_url=self.settings.base_url, timeout=None
         )
@@ -472,7 +484,7 @@ def load_function(path: str | os.PathLike[str], **options: Any) -> LoadedFunctio
     if not (target / ENTRYPOINT).is_file():
         raise UsageError(f"{target / ENTRYPOINT} does not exist")
     check_options("load_function", options)
-    settings = Settings.build(target.parent, watch=False, **options)
+    settings = _build_settings(target.parent, options)
     spec = FunctionSpec(target.name, target.resolve())
     state = WorkerState(spec.name, settings.env)
     with contextlib.suppress(RuntimeError):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import json
 import logging
 import os
@@ -16,9 +18,10 @@ from edgeruntime.config.keys import PUBLISHABLE_KEY, SECRET_KEY
 from edgeruntime.config.settings import Settings
 from edgeruntime.exceptions import ConfigError
 from edgeruntime.limits import Isolation
+from edgeruntime.serving.build import process_environ
 from edgeruntime.serving.cli import main
 from edgeruntime.testing import EdgeClient, load_function
-from tests.helpers import KEYS, SERVICE_ROLE, ServerProcess, run_cli, write_function
+from tests.helpers import KEYS, SERVICE_ROLE, ServerProcess, free_port, run_cli, write_function
 
 ENV = """
 import os
@@ -223,6 +226,97 @@ async def test_edge_client_restores_os_environ_after_an_error(env_dir: Path) -> 
         async with EdgeClient(env_dir):
             assert os.environ["ER_TEST_LEAK"] == "1"
             raise RuntimeError("boom")
+    assert dict(os.environ) == before
+
+
+def client_project(root: Path, name: str) -> Path:
+    """A functions directory whose .env says which client it is (`ER_TEST_WHO`) and has a name of its own."""
+    functions = root / name / "functions"
+    write_function(functions, "env", ENV)
+    (functions / ".env").write_text(f"ER_TEST_WHO={name}\nER_TEST_ONLY_{name.upper()}=1\n")
+    return functions
+
+
+@pytest.mark.parametrize("exit_order", list(itertools.permutations(range(3))), ids=str)
+async def test_edge_clients_exited_in_any_order_leave_os_environ_as_it_was(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, exit_order: tuple[int, ...]
+) -> None:
+    """Open together (two fixtures, exit stacks, concurrent tasks), the one entered last that is
+    still open sets os.environ; when all have exited it is what it was, with the test's own edits."""
+    monkeypatch.delenv("SUPABASE_URL", raising=False)
+    before = dict(os.environ)
+    clients: list[EdgeClient] = []
+    stacks: list[contextlib.AsyncExitStack] = []
+    try:
+        for index, name in enumerate("abc"):
+            # Built while the others are open: from the process's environment, not their functions' env.
+            client = EdgeClient(client_project(tmp_path, name), port=54000 + index)
+            assert client.settings.env["SUPABASE_URL"] == f"http://127.0.0.1:{54000 + index}"
+            assert {n for n in client.settings.env if n.startswith("ER_TEST_ONLY_")} == {f"ER_TEST_ONLY_{name.upper()}"}
+            stack = contextlib.AsyncExitStack()
+            stacks.append(stack)
+            await stack.enter_async_context(client)
+            clients.append(client)
+            assert dict(os.environ) == client.settings.env
+        monkeypatch.setenv("ER_TEST_MINE", "mine")  # the test's own, a name no client sets
+        still_open = [0, 1, 2]
+        for index in exit_order:
+            await stacks[index].aclose()
+            still_open.remove(index)
+            if still_open:
+                top = clients[still_open[-1]]
+                assert dict(os.environ) == {**top.settings.env, "ER_TEST_MINE": "mine"}
+                env = await read_env(top, "ER_TEST_WHO", "SUPABASE_URL")  # os.environ agrees with Deno.env
+                assert env == {"ER_TEST_WHO": "abc"[still_open[-1]], "SUPABASE_URL": top.settings.base_url}
+    finally:
+        for stack in stacks:
+            await stack.aclose()
+    assert dict(os.environ) == {**before, "ER_TEST_MINE": "mine"}
+
+
+@pytest.mark.parametrize("first_out", ["reconfigured", "later"])
+async def test_an_app_reconfigured_under_a_later_one_gets_its_new_env_when_that_one_exits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, first_out: str
+) -> None:
+    monkeypatch.delenv("SUPABASE_URL", raising=False)
+    before = dict(os.environ)
+    functions = client_project(tmp_path, "a")
+    async with contextlib.AsyncExitStack() as outer, contextlib.AsyncExitStack() as inner:
+        a = await outer.enter_async_context(EdgeClient(functions, port=54000))
+        b = await inner.enter_async_context(EdgeClient(client_project(tmp_path, "b"), port=54001))
+        (functions / ".env").write_text("ER_TEST_WHO=a2\n")  # .env edited while serving
+        a.app.reconfigure(Settings.build(functions, port=54000, environ=process_environ()))
+        assert a.app.settings.env["ER_TEST_WHO"] == "a2"
+        assert dict(os.environ) == b.settings.env
+        if first_out == "later":
+            await inner.aclose()
+            assert dict(os.environ) == a.app.settings.env
+        else:
+            await outer.aclose()
+            assert dict(os.environ) == b.settings.env
+    assert dict(os.environ) == before
+
+
+async def test_load_function_while_a_client_is_open_gets_the_process_env(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("SUPABASE_URL", raising=False)
+    before = dict(os.environ)
+    async with EdgeClient(client_project(tmp_path, "a"), port=54001) as client:
+        fn = load_function(client_project(tmp_path, "b") / "env")
+        assert fn.worker.env["ER_TEST_WHO"] == "b" and "ER_TEST_ONLY_A" not in fn.worker.env
+        assert fn.worker.env["SUPABASE_URL"] == "http://127.0.0.1:54321"  # not the open client's
+        assert dict(os.environ) == client.settings.env
+    assert dict(os.environ) == before
+
+
+async def test_edge_client_that_fails_to_open_leaves_os_environ_as_it_was(env_dir: Path) -> None:
+    write_project(env_dir, dotenv="ER_TEST_LEAK=1\n")
+    before = dict(os.environ)
+    refused = f"postgresql://postgres@127.0.0.1:{free_port()}/none"  # nothing listens there
+    with pytest.raises(ConfigError, match="connection failed"):
+        async with EdgeClient(env_dir, database_url=refused):
+            pass
     assert dict(os.environ) == before
 
 

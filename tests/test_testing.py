@@ -257,3 +257,58 @@ def test_pytest_plugin_marker_misuse_and_xfail(pytester: pytest.Pytester) -> Non
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
     result.assert_outcomes(passed=1, errors=1, xfailed=1)
     result.stdout.fnmatch_lines(["*@pytest.mark.edgeruntime: unknown option 'bogus_option'*"])
+
+
+PLUGIN_SCOPES_CONFTEST = """
+import pytest
+import pytest_asyncio
+from edgeruntime.testing import EdgeClient
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def shared():
+    async with EdgeClient("other", port=54002) as client:
+        yield client
+
+@pytest.fixture
+def late(edge_client, request):
+    # The module's client, first asked for after the test's own: entered after it, exited after it.
+    return request.getfixturevalue("shared")
+"""
+
+PLUGIN_SCOPES_TEST = """
+import os
+
+async def test_both_open(edge_client, late):
+    assert os.environ["ER_TEST_WHO"] == "shared"  # the client entered last
+    assert os.environ["SUPABASE_URL"] == "http://127.0.0.1:54002"
+    assert "ER_TEST_ONLY_FIXTURE" not in late.settings.env  # built from the process env
+    assert (await edge_client.invoke("hello2")).status_code == 200
+
+def test_after_the_test_client_exited(shared):
+    assert os.environ["ER_TEST_WHO"] == "shared" and "ER_TEST_ONLY_FIXTURE" not in os.environ
+    assert os.environ["SUPABASE_URL"] == "http://127.0.0.1:54002"
+"""
+
+PLUGIN_SCOPES_AFTER = """
+import os
+
+BEFORE = dict(os.environ)  # at collection, before any client
+
+def test_nothing_left_behind():
+    after = dict(os.environ)
+    for env in (BEFORE, after):
+        env.pop("PYTEST_CURRENT_TEST", None)
+    assert after == BEFORE
+"""
+
+
+def test_pytest_plugin_fixtures_of_different_scopes_leave_os_environ_as_it_was(pytester: pytest.Pytester) -> None:
+    hello = "from edgeruntime import serve\nfrom starlette.responses import Response\nserve(lambda r: Response())\n"
+    for directory, who in (("functions", "fixture"), ("other", "shared")):
+        write_function(pytester.path / directory, "hello2", hello)
+        (pytester.path / directory / ".env").write_text(f"ER_TEST_WHO={who}\nER_TEST_ONLY_{who.upper()}=1\n")
+    pytester.makeini("[pytest]\nasyncio_mode = auto\nasyncio_default_fixture_loop_scope = function\n")
+    pytester.makeconftest(PLUGIN_SCOPES_CONFTEST)
+    pytester.makepyfile(test_a_scopes=PLUGIN_SCOPES_TEST, test_z_after=PLUGIN_SCOPES_AFTER)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=3)

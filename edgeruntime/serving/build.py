@@ -7,6 +7,8 @@ store and extensions wherever it runs.
 
 from __future__ import annotations
 
+import os
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -20,35 +22,80 @@ from edgeruntime.jobs.clock import Clock
 from edgeruntime.jobs.store import JobStore
 from edgeruntime.jobs.system import JobSystem, attach as attach_jobs
 
-__all__ = ["BuiltApp", "ProcessEnv", "build_app"]
+__all__ = ["BuiltApp", "ProcessEnv", "build_app", "process_environ"]
 
 
 class ProcessEnv(Extension):
     """Makes ``os.environ`` hold exactly the functions' env while the app runs; restores it after.
 
     Inline functions share the server's process, so ``os.environ.get`` agrees with
-    ``Deno.env.get`` only if the process's environment is the functions' env.
+    ``Deno.env.get`` only if the process's environment is the functions' env. With several apps
+    running in one process (test clients), ``os.environ`` is the env of the app started last that
+    is still running, whatever order they stop in; once all have stopped it is what it was before
+    the first started, names none of them set keeping whatever was set meanwhile.
     """
 
     def __init__(self, env: Mapping[str, str]) -> None:
         self.env = env
+        #: What each name this app changed held under it (None: unset); None while not applied.
         self._previous: dict[str, str | None] | None = None
 
     async def start(self) -> None:
-        if self._previous is None:
-            self._previous = apply_env(self.env)
+        with _lock:
+            if self._previous is None:
+                self._previous = apply_env(self.env)
+                _applied.append(self)
 
     def reconfigure(self, settings: Settings) -> None:
-        self.env = settings.env
-        if self._previous is not None:
-            # A name this changes for the first time had its original value until now.
-            for name, value in apply_env(self.env).items():
-                self._previous.setdefault(name, value)
+        old, self.env = self.env, settings.env
+        with _lock:
+            if self._previous is None:
+                return
+            index = _applied.index(self)
+            if index == len(_applied) - 1:
+                # A name this changes for the first time had its original value until now.
+                for name, value in apply_env(self.env).items():
+                    self._previous.setdefault(name, value)
+                return
+            # Under an app started later, whose env os.environ keeps: what that one restores changes.
+            above = _applied[index + 1]._previous
+            assert above is not None
+            for name in old.keys() | self.env.keys():
+                if old.get(name) != self.env.get(name):
+                    self._previous.setdefault(name, old.get(name))
+                    above[name] = self.env.get(name)
 
     async def stop(self) -> None:
-        if self._previous is not None:
-            restore_env(self._previous)
-            self._previous = None
+        with _lock:
+            previous, self._previous = self._previous, None
+            if previous is None:
+                return
+            index = _applied.index(self)
+            del _applied[index]
+            if index == len(_applied):
+                restore_env(previous)
+                return
+            # Stopped before an app started after it, whose env os.environ keeps: that one now
+            # restores what was there before this one.
+            above = _applied[index]._previous
+            assert above is not None
+            above.update(previous)
+
+
+#: The running ProcessEnvs in the order they started: os.environ holds the last one's env.
+_applied: list[ProcessEnv] = []
+_lock = threading.Lock()
+
+
+def process_environ() -> dict[str, str]:
+    """The process's own environment: ``os.environ`` without the functions' env of the apps
+    running in this process, as a server started now would find it."""
+    with _lock:
+        environ = dict(os.environ)
+        for env in reversed(_applied):
+            assert env._previous is not None
+            restore_env(env._previous, environ)
+    return environ
 
 
 @dataclass(frozen=True)
