@@ -122,8 +122,9 @@ if (type(None), sqlite3.PrepareProtocol) not in sqlite3.adapters:
     sqlite3.register_adapter(type(None), _null)
 
 
-def _enter_wal(conn: sqlite3.Connection) -> None:
-    """Switch to the WAL journal, waiting out other processes doing the same (up to the busy timeout).
+def _enter_wal(conn: sqlite3.Connection) -> str:
+    """Switch to the WAL journal, waiting out other processes doing the same (up to the busy timeout);
+    returns the journal mode SQLite answers, which is the old one where WAL cannot be used.
 
     Changing the journal mode of a new file needs it to itself, and SQLite answers "database is
     locked" at once, without its busy handler, while another connection holds it: instances
@@ -132,8 +133,7 @@ def _enter_wal(conn: sqlite3.Connection) -> None:
     deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
     while True:
         try:
-            conn.execute("PRAGMA journal_mode = WAL")
-            return
+            return str(conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]).lower()
         except sqlite3.OperationalError as exc:
             if "locked" not in str(exc) or time.monotonic() > deadline:
                 raise
@@ -154,6 +154,8 @@ class SQLiteStore:
         #: Whether the switch to incremental vacuum was tried (once per process, even if it failed).
         self._vacuum_tried = False
         self._over_cap_logged = False
+        #: Whether a journal mode other than WAL was said (once per store, not at each reconnection).
+        self._mode_logged = False
 
     # -- plumbing ------------------------------------------------------------------------
 
@@ -165,13 +167,48 @@ class SQLiteStore:
                     self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False
                 )
                 conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-                _enter_wal(conn)
+                mode = _enter_wal(conn)
                 conn.execute("PRAGMA synchronous = NORMAL")
                 conn.execute(f"PRAGMA journal_size_limit = {JOURNAL_SIZE_LIMIT_BYTES}")
             except (OSError, sqlite3.Error) as exc:
-                raise ConfigError(f"database {self.path}: {exc}") from None
+                raise ConfigError(f"database {self.path}: {self._open_error(exc)}") from None
+            if mode != "wal" and not self._mode_logged:
+                self._mode_logged = True
+                self._log_journal_mode(conn, mode)
             self._conn = conn
         return self._conn
+
+    def _open_error(self, exc: OSError | sqlite3.Error) -> str:
+        # SQLite says "attempt to write a readonly database" when it is the directory that is read-only.
+        if getattr(exc, "sqlite_errorname", None) == "SQLITE_READONLY_DIRECTORY":
+            return (
+                f"cannot use it: its directory {self.path.parent} is not writable"
+                " (SQLite creates the database's -wal and -shm files beside it)"
+            )
+        return str(exc)
+
+    def _log_journal_mode(self, conn: sqlite3.Connection, mode: str) -> None:
+        """Say, once, that the database is not in WAL: the store works, worse than the docs say."""
+        main_file = next((str(row[2]) for row in conn.execute("PRAGMA database_list") if row[1] == "main"), "")
+        if not main_file:
+            logger.warning(
+                "jobs: database %s is held in memory (journal mode '%s', not WAL): its jobs, cron ticks and"
+                " run history are lost when this process stops, and no other process sees them (the"
+                " `edgeruntime jobs` and `cron` commands, other serving processes of --workers, which"
+                " each fire every cron tick); give a file: sqlite:///path/to/edgeruntime.db",
+                self.path,
+                mode,
+            )
+            return
+        logger.warning(
+            "jobs: database %s: SQLite kept the '%s' journal mode, not WAL (its file system gives no"
+            " shared memory for WAL's index): readers and the writer block each other, so with several"
+            " processes on it a write may wait up to %.0f s or fail with 'database is locked';"
+            " put the file on a local disk",
+            self.path,
+            mode,
+            BUSY_TIMEOUT_MS / 1000,
+        )
 
     async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         def call() -> T:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import os
+import sqlite3
 import time
 from pathlib import Path
 
@@ -98,6 +99,41 @@ def test_serve_refuses_a_read_only_sqlite_file_with_one_line(hello_dir: Path, tm
         == f"edgeruntime: error: database {path}: cannot write to it: attempt to write a readonly database\n"
     )
     assert "Serving functions" not in result.stdout
+
+
+def test_serve_refuses_a_database_in_a_read_only_directory_naming_the_directory(
+    hello_dir: Path, tmp_path: Path
+) -> None:
+    """The file is writable, its directory is not: SQLite cannot create the -wal and -shm files
+    beside it. Its own message ("attempt to write a readonly database") sent users to the file."""
+    folder = tmp_path / "store"
+    folder.mkdir()
+    path = folder / "jobs.db"
+    sqlite3.connect(path).close()  # an empty file in the rollback journal, as another tool leaves it
+    folder.chmod(0o555)
+    try:
+        result = run_bound_by_file_modes(
+            ["serve", str(hello_dir), "--port", str(free_port()), "--no-watch", "--database-url", f"sqlite:///{path}"]
+        )
+    finally:
+        folder.chmod(0o755)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr == (
+        f"edgeruntime: error: database {path}: cannot use it: its directory {folder} is not writable"
+        " (SQLite creates the database's -wal and -shm files beside it)\n"
+    )
+    assert "Serving functions" not in result.stdout
+
+
+def test_serve_on_a_database_in_memory_says_so_at_start(hello_dir: Path) -> None:
+    with ServerProcess(hello_dir, "--no-watch", "--database-url", "sqlite:///:memory:") as server:
+        assert httpx.get(server.url("hello"), headers=SERVICE_ROLE, timeout=10).status_code == 200
+    [line] = [line for line in server.output.splitlines() if ":memory:" in line]
+    assert "WARNING" in line
+    assert (
+        "jobs: database :memory: is held in memory (journal mode 'memory', not WAL): its jobs, cron ticks and"
+        " run history are lost when this process stops, and no other process sees them" in line
+    )
 
 
 #: Seconds the store is cut off in the outage test (the issue's case is 20; CI uses 5).

@@ -231,9 +231,38 @@ async def test_enqueue_while_another_process_holds_the_write_lock_raises_store_u
         await store.close()
 
 
-def _rollback_journal(conn: sqlite3.Connection) -> None:
-    """A file WAL cannot be used on (the store asks for WAL, and goes on with what it gets)."""
-    conn.execute("PRAGMA journal_mode = DELETE")
+def _rollback_journal(conn: sqlite3.Connection) -> str:
+    """A file WAL cannot be used on (the store asks for WAL, and goes on with what it gets): what
+    SQLite answers where the file system has no shared memory for WAL's index."""
+    return str(conn.execute("PRAGMA journal_mode = DELETE").fetchone()[0])
+
+
+async def test_a_file_wal_does_not_take_on_is_said_once_naming_it_and_its_mode(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    in_wal = open_store(f"sqlite:///{tmp_path / 'wal.db'}")
+    monkeypatch.setattr(sqlite_store, "_enter_wal", _rollback_journal)
+    path = tmp_path / "jobs.db"
+    store = open_store(f"sqlite:///{path}")
+    with caplog.at_level(logging.WARNING, "edgeruntime.jobs"):
+        try:
+            await store.migrate()
+            await store.check_writable()
+            await store.enqueue("hello", "{}", run_at=1.0, max_attempts=1, idempotency_key=None, now=1.0)
+        finally:
+            await store.close()
+        monkeypatch.undo()
+        try:
+            await in_wal.migrate()
+        finally:
+            await in_wal.close()
+    lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert lines == [
+        f"jobs: database {path}: SQLite kept the 'delete' journal mode, not WAL (its file system gives no"
+        " shared memory for WAL's index): readers and the writer block each other, so with several"
+        " processes on it a write may wait up to 10 s or fail with 'database is locked';"
+        " put the file on a local disk"
+    ]
 
 
 async def test_a_commit_that_fails_is_rolled_back_and_the_store_stays_usable(
