@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
-__all__ = ["Clock", "FakeClock", "SystemClock"]
+__all__ = ["Clock", "ClockOffset", "FakeClock", "SystemClock", "skew_limit"]
+
+#: The most two instances' clocks may differ by, whatever the lease: cron ticks and delayed jobs
+#: come due early or late by the difference.
+MAX_SKEW_SEC = 10.0
 
 
 class Clock(Protocol):
@@ -46,3 +51,27 @@ class FakeClock:
 
     def advance(self, seconds: float) -> None:
         self._now += seconds
+
+
+@dataclass(frozen=True)
+class ClockOffset:
+    """How far this instance's clock is from the store's (Postgres: the server's): `seconds` ahead
+    (negative: behind), give or take `error` (half the round trip it was measured over)."""
+
+    seconds: float
+    error: float
+
+    def beyond(self, limit: float) -> bool:
+        """Whether the clocks certainly differ by more than `limit` seconds."""
+        return abs(self.seconds) - self.error > limit
+
+
+def skew_limit(lease_sec: float) -> float:
+    """How far an instance's clock may be from the database server's before leases suffer.
+
+    A lease is renewed every `lease_sec / 3`, so it has at least two thirds of its length left as
+    its holder sees it; another instance whose clock is that much ahead takes it for expired. Two
+    instances each within `lease_sec / 6` of the server differ by at most a third: half that margin,
+    the rest for heartbeats that come late.
+    """
+    return min(lease_sec / 6, MAX_SKEW_SEC)

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Collection, Sequence
+import time
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from edgeruntime.exceptions import ConfigError, StoreUnavailable
 from edgeruntime.jobs import migrations
+from edgeruntime.jobs.clock import ClockOffset
 from edgeruntime.jobs.outage import describe
 from edgeruntime.jobs.rows import (
     CRON_PAUSED,
@@ -83,6 +85,8 @@ TRIM_CHUNK_ROWS = 50_000
 ROW_OVERHEAD_BYTES = 4 + 24 + 16
 #: Records sampled (the newest) to learn how many bytes one takes.
 SIZE_SAMPLE_ROWS = 1000
+#: Readings of the server's clock per offset measurement; the one with the shortest round trip counts.
+CLOCK_SAMPLES = 3
 
 
 def _storable(text: str | None) -> str | None:
@@ -199,6 +203,28 @@ class PostgresStore:
                         await conn.execute(stmt)
         except self._psycopg.Error as exc:
             raise ConfigError(f"database {redact_url(self.url)}: cannot write to it: {describe(exc)}") from None
+
+    async def clock_offset(self, now: Callable[[], float]) -> ClockOffset:
+        """How far the clock `now` reads is from the database server's.
+
+        Instances sharing the database write and compare leases and due times read from their own
+        clocks: this is how a serving instance learns whether its clock agrees with the others'.
+        """
+        best: ClockOffset | None = None
+        async with self._conn() as conn:
+            for _ in range(CLOCK_SAMPLES):
+                started = time.monotonic()
+                local = now()
+                cur = await conn.execute("SELECT extract(epoch FROM clock_timestamp())")
+                row = await cur.fetchone()
+                half_trip = (time.monotonic() - started) / 2
+                assert row is not None
+                # The server read its clock somewhere within the round trip: in its middle, give or take half.
+                sample = ClockOffset(local + half_trip - float(row[0]), half_trip)
+                if best is None or sample.error < best.error:
+                    best = sample
+        assert best is not None
+        return best
 
     async def close(self) -> None:
         for conn in self._all:

@@ -12,6 +12,7 @@ import contextlib
 import logging
 import os
 import socket
+import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -20,13 +21,13 @@ from typing import TYPE_CHECKING
 from edgeruntime.functions.discovery import discover
 from edgeruntime.gateway.extensions import Extension
 from edgeruntime.jobs.backends import open_store
-from edgeruntime.jobs.clock import Clock, SystemClock
+from edgeruntime.jobs.clock import Clock, ClockOffset, SystemClock, skew_limit
 from edgeruntime.jobs.config import JobsConfig
 from edgeruntime.jobs.history import RunHistory
-from edgeruntime.jobs.outage import Outage
+from edgeruntime.jobs.outage import Outage, describe
 from edgeruntime.jobs.queue import JobQueue, QueueRunner, activate
 from edgeruntime.jobs.scheduler import Scheduler, cron_jobs
-from edgeruntime.jobs.store import JobStore
+from edgeruntime.jobs.store import JobStore, redact_url
 
 if TYPE_CHECKING:
     from edgeruntime.gateway.app import EdgeApp
@@ -42,6 +43,11 @@ PRUNE_INTERVAL_SEC = 3600.0
 #: numbers (SQLite: page counts; Postgres: the id range and the table's size, and a sample of the
 #: newest rows only once its files are over the cap).
 TRIM_INTERVAL_SEC = 10.0
+#: How often a serving instance on a shared database (Postgres) compares its clock with the
+#: server's: a clock can be stepped, or drift, at any time.
+CLOCK_CHECK_INTERVAL_SEC = 60.0
+#: While the clocks stay apart, the warning is repeated this often.
+CLOCK_WARN_REPEAT_SEC = 3600.0
 
 
 class JobSystem(Extension):
@@ -97,6 +103,10 @@ class JobSystem(Extension):
         self._migrated = False
         self._prune_outage = Outage(logger, "jobs: pruning history")
         self._trim_outage = Outage(logger, "jobs: trimming history to its size cap")
+        self._clock_task: asyncio.Task[None] | None = None
+        #: Whether this instance's clock was last found too far from the database server's, and when that was said.
+        self._skewed = False
+        self._skew_logged_at = 0.0
 
     def private_paths(self) -> list[Path]:
         """A SQLite store's files, hidden from worker processes (they enqueue through the server):
@@ -125,7 +135,10 @@ class JobSystem(Extension):
             self.queue.on_enqueue = self.runner.wake
             self.runner.start()
             self.scheduler.start()
-            self._prune_task = asyncio.get_running_loop().create_task(self._prune_loop(), name="edgeruntime-prune")
+            loop = asyncio.get_running_loop()
+            self._prune_task = loop.create_task(self._prune_loop(), name="edgeruntime-prune")
+            if hasattr(self.store, "clock_offset"):
+                self._clock_task = loop.create_task(self._clock_loop(), name="edgeruntime-clock-check")
 
     async def _prune_loop(self) -> None:
         capped = self.config.retention_max_mb is not None or self.config.retention_max_rows is not None
@@ -166,6 +179,64 @@ class JobSystem(Extension):
             logger.debug("jobs: %d oldest run record(s) deleted to keep the history under its size cap", deleted)
         return deleted
 
+    async def _clock_loop(self) -> None:
+        while True:
+            await self.check_clock()
+            await asyncio.sleep(CLOCK_CHECK_INTERVAL_SEC)
+
+    async def check_clock(self) -> ClockOffset | None:
+        """Compare this instance's clock with the database server's, and warn when they are further
+        apart than leases allow (see `skew_limit`); a serving instance does it at start and every
+        minute. None for a store whose processes all read one host's clock (SQLite), or when the
+        database cannot be reached (its other users report that)."""
+        measure = getattr(self.store, "clock_offset", None)
+        if measure is None:
+            return None
+        try:
+            offset: ClockOffset = await measure(self.clock.now)
+        except Exception as exc:
+            logger.debug("jobs: comparing this instance's clock with the database server's failed: %s", describe(exc))
+            return None
+        limit = skew_limit(self.config.lease_sec)
+        now = time.monotonic()
+        if offset.beyond(limit):
+            if not self._skewed or now - self._skew_logged_at >= CLOCK_WARN_REPEAT_SEC:
+                self._skew_logged_at = now
+                self._warn_skew(offset, limit)
+            self._skewed = True
+        elif self._skewed and abs(offset.seconds) + offset.error <= limit:  # not on the edge: back for sure
+            self._skewed = False
+            logger.warning(
+                "jobs: this instance's clock agrees with the database server's again (%.1f s apart)",
+                abs(offset.seconds),
+            )
+        return offset
+
+    def _warn_skew(self, offset: ClockOffset, limit: float) -> None:
+        if offset.seconds > 0:
+            direction = "ahead of"
+            harm = (
+                "so this one can take jobs and cron ticks other instances are still running for lost and"
+                " deliver them again, and runs cron ticks and delayed jobs early"
+            )
+        else:
+            direction = "behind"
+            harm = (
+                "so other instances can take the jobs and cron ticks this one is running for lost and"
+                " deliver them again, and the jobs it delays come due early"
+            )
+        logger.warning(
+            "jobs: this instance's clock is %.1f s %s the database server's (%s), more than the %.1f s"
+            " leases allow ([jobs] lease_sec = %g): instances sharing a database judge leases and due"
+            " times by their own clocks, %s; synchronise this host's clock (NTP)",
+            abs(offset.seconds),
+            direction,
+            redact_url(str(getattr(self.store, "url", ""))),
+            limit,
+            self.config.lease_sec,
+            harm,
+        )
+
     async def quiesce(self) -> None:
         """Stop firing ticks and claiming jobs; let deliveries in flight finish (graceful timeout).
 
@@ -177,6 +248,11 @@ class JobSystem(Extension):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._prune_task
             self._prune_task = None
+        if self._clock_task is not None:
+            self._clock_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._clock_task
+            self._clock_task = None
         await self.scheduler.stop(timeout)
         await self.runner.stop(timeout)
 
