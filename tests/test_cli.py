@@ -61,6 +61,85 @@ def test_serve_refuses_an_empty_host_naming_the_flag(
     )
 
 
+@pytest.mark.parametrize(
+    ("host", "line"),
+    [
+        ("[foo]", "--host '[foo]': brackets go around an IPv6 address only, like [::1]; for a name, leave them out"),
+        (
+            "[127.0.0.1]",
+            "--host '[127.0.0.1]': brackets go around an IPv6 address only, like [::1]; "
+            "for an IPv4 address, leave them out: --host 127.0.0.1",
+        ),
+        ("[::1", "--host '[::1': a bracket is not closed; an IPv6 address is written ::1 or [::1]"),
+        ("::1]", "--host '::1]': a bracket is not opened; an IPv6 address is written ::1 or [::1]"),
+        ("[]", "--host '[]': brackets go around an IPv6 address only, like [::1]; got nothing inside"),
+        ("[::1]:8080", "--host '[::1]:8080': the port is not part of the host: --host [::1] --port 8080"),
+        ("localhost:3000", "--host 'localhost:3000': the port is not part of the host: --host localhost --port 3000"),
+        ("no-such-host.invalid", "--host 'no-such-host.invalid': the name does not resolve to an address"),
+        ("127.0.0.300", "--host '127.0.0.300': not an IP address (each of the 4 numbers of an IPv4 address is"),
+        ("192.0.2.1", "--host '192.0.2.1': not an address of this machine (Cannot assign requested address)"),
+        (
+            "[::ffff:127.0.0.1]",
+            "--host '[::ffff:127.0.0.1]': cannot listen on it (Invalid argument); an IPv4-mapped address: "
+            "pass the IPv4 address, --host 127.0.0.1",
+        ),
+    ],
+    ids=[
+        "name",
+        "ipv4",
+        "unclosed",
+        "unopened",
+        "empty",
+        "with-port",
+        "name-with-port",
+        "unresolved",
+        "bad-ipv4",
+        "elsewhere",
+        "ipv4-mapped",
+    ],
+)
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_serve_refuses_a_host_it_cannot_listen_on_with_one_line_naming_the_flag(
+    hello_dir: Path, capsys: pytest.CaptureFixture[str], host: str, line: str, workers: str
+) -> None:
+    # Nothing is bound: an address of another machine (192.0.2.1, TEST-NET-1) fails to bind, and
+    # .invalid never resolves. The port is taken on loopback, so not even a probe binds there.
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        argv = ["serve", str(hello_dir), "--host", host, "--port", str(port), "--no-watch", "--workers", workers]
+        assert main(argv) == 2
+    assert _one_line_error(capsys).startswith(f"edgeruntime: error: {line}")
+
+
+@pytest.mark.parametrize("host", ["192.0.2.1", "no-such-host.invalid", "[foo]"])
+def test_serve_on_a_bad_host_in_a_subprocess_says_only_the_error(hello_dir: Path, host: str) -> None:
+    # Not first a warning that the demo keys are public on that host: nothing is served there.
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        result = run_cli("serve", str(hello_dir), "--host", host, "--port", str(busy.getsockname()[1]), "--no-watch")
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"edgeruntime: error: --host {host!r}: ") and result.stderr.count("\n") == 1, (
+        result.stderr
+    )
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_serve_on_a_bracketed_ipv6_literal_as_copied_from_a_url(hello_dir: Path, workers: str) -> None:
+    server = ServerProcess(hello_dir, "--host", "[::1]", "--no-watch", "--workers", workers)
+    server.base_url = f"http://[::1]:{server.port}"
+    with server:
+        r = httpx.get(server.url("hello"), headers=SERVICE_ROLE, timeout=10)
+        assert r.status_code == 200 and r.json()["message"] == "hello"
+    banner = f"Serving functions on http://[::1]:{server.port}/functions/v1/<function-name>"
+    assert banner in server.output, server.output
+    assert f" - http://[::1]:{server.port}/functions/v1/hello" in server.output
+    assert "--host" not in server.output  # no warning: ::1 is loopback
+
+
 def test_serve_bad_config_key(hello_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     config = hello_dir.parent / "config.toml"
     config.write_text("[edge_runtime]\nwall_clock_limit = 3\n")

@@ -10,6 +10,7 @@ import difflib
 import ipaddress
 import logging
 import os
+import re
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +39,7 @@ __all__ = [
     "DEFAULT_KEEP_ALIVE_TIMEOUT_SEC",
     "DEFAULT_PORT",
     "Settings",
+    "listen_host",
     "missing_functions",
     "parse_limit_options",
     "public_keys_warning",
@@ -152,9 +154,11 @@ class Settings:
         `warn_env=False` leaves out the warnings about the functions' env (dropped `SUPABASE_*`
         names, unset secrets), for commands that only read the keys or the function list.
         `keep_alive_timeout_sec` (the `--keep-alive-timeout` flag) overrides the config's, and
-        `workers` (the `--workers` flag: a number or "auto") the config's `workers`.
+        `workers` (the `--workers` flag: a number or "auto") the config's `workers`. `host` may be
+        an IPv6 address in brackets (see :func:`listen_host`).
         """
         environ = os.environ if environ is None else environ
+        host = listen_host(host)
         directory = check_functions_dir(Path(functions_dir))
         config = load_config(find_config(directory, Path(config_path) if config_path else None), environ, warn=warn_env)
         effective = config.limits
@@ -229,6 +233,45 @@ class Settings:
         # Keys handed out must be the ones accepted: an env that sets its own keys wins.
         object.__setattr__(settings, "keys", keys.overridden_by(env))
         return settings
+
+
+#: A host with a port, as a URL writes them: "[ADDRESS]:PORT" (IPv6), "NAME:PORT".
+_WITH_PORT = re.compile(r"\[([^\[\]]*)\]:([0-9]+)|([^:\[\]]+):([0-9]+)")
+
+
+def listen_host(host: str) -> str:
+    """`host` (``--host``) as the address to listen on: an IPv6 address in brackets, as URLs write
+    it (``[::1]``, copied from one), is that address (``::1``); any other host is returned as is.
+
+    ConfigError naming ``--host`` for brackets around anything but an IPv6 address, brackets that do
+    not pair, and a port written into the host (``[::1]:8080``, ``localhost:8080``).
+    """
+    with_port = _WITH_PORT.fullmatch(host)
+    if with_port is not None:
+        address, address_port, name, name_port = with_port.groups()
+        written = f"[{address}] --port {address_port}" if name is None else f"{name} --port {name_port}"
+        raise ConfigError(f"--host {host!r}: the port is not part of the host: --host {written}")
+    opened, closed = host.startswith("["), host.endswith("]")
+    if not (opened or closed):
+        return host
+    if opened != closed:
+        missing = "closed" if opened else "opened"
+        raise ConfigError(f"--host {host!r}: a bracket is not {missing}; an IPv6 address is written ::1 or [::1]")
+    inner = host[1:-1]
+    try:
+        ipaddress.IPv6Address(inner)
+    except ValueError:
+        pass
+    else:
+        return inner
+    brackets = f"--host {host!r}: brackets go around an IPv6 address only, like [::1]"
+    if not inner:
+        raise ConfigError(f"{brackets}; got nothing inside")
+    try:
+        ipaddress.IPv4Address(inner)
+    except ValueError:
+        raise ConfigError(f"{brackets}; for a name, leave them out") from None
+    raise ConfigError(f"{brackets}; for an IPv4 address, leave them out: --host {inner}")
 
 
 def missing_functions(settings: Settings, found: Collection[str] | None = None) -> list[str]:

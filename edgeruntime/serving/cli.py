@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from edgeruntime import __version__
-from edgeruntime.config.settings import DEFAULT_HOST, DEFAULT_PORT, Settings, parse_limit_options
+from edgeruntime.config.settings import DEFAULT_HOST, DEFAULT_PORT, Settings, listen_host, parse_limit_options
 from edgeruntime.exceptions import EdgeRuntimeError, UsageError
 
 if TYPE_CHECKING:
@@ -195,7 +195,7 @@ def _settings(args: argparse.Namespace, directory: str, **options: Any) -> Setti
 def cmd_serve(args: argparse.Namespace) -> int:
     from edgeruntime.core.logs import AccessLog, configure_logging
     from edgeruntime.serving.build import build_app
-    from edgeruntime.serving.server import check_port, resolve_server
+    from edgeruntime.serving.server import check_host, check_port, resolve_server
 
     if not 0 < args.port < 65536:
         raise UsageError(f"--port: {args.port} is not a TCP port")
@@ -204,6 +204,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
             f"--host: expected an address or host name to listen on, got {args.host!r}; "
             "to listen on every interface, pass --host 0.0.0.0 (or --host :: for IPv6 too)"
         )
+    host = listen_host(args.host)
+    if not args.serving_process:  # (one of several serves on its supervisor's socket: checked there)
+        check_host(host, args.host)  # before anything says what serving there would mean (the demo keys' warning)
     inherited = _serving_process_sockets(args.serving_process) if args.serving_process else None
     server = resolve_server(args.server)
     # Before anything can log: resolving the settings warns about the env, in the chosen format.
@@ -214,7 +217,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     server_environ = dict(os.environ)
     serve_options: dict[str, Any] = dict(
         environ=server_environ,
-        host=args.host,
+        host=host,
         port=args.port,
         no_verify_jwt=args.no_verify_jwt,
         database_url=args.database_url,

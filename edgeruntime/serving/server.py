@@ -11,8 +11,10 @@ import asyncio
 import contextlib
 import errno
 import importlib.util
+import ipaddress
 import logging
 import os
+import re
 import signal
 import socket
 import sys
@@ -35,6 +37,7 @@ from edgeruntime.workers.request_limits import MAX_HEAD_BYTES, declares_no_body,
 __all__ = [
     "LISTEN_BACKLOG",
     "SERVERS",
+    "check_host",
     "check_port",
     "listening_socket",
     "resolve_server",
@@ -44,6 +47,51 @@ __all__ = [
 ]
 
 logger = logging.getLogger("edgeruntime")
+
+
+#: A host made of digits and dots: meant as an IPv4 address.
+_DOTTED = re.compile(r"[0-9.]+")
+
+
+def check_host(host: str, given: str | None = None) -> None:
+    """Raise UsageError, one line naming ``--host`` and its value as `given` (default `host`), if
+    `host` is nothing this machine can listen on: a name that does not resolve, an address that
+    is not one of its own.
+
+    The check binds a socket to a port the kernel picks, and closes it: an address of another
+    machine binds nothing. IPv6 as the server listens: IPv6 only (an IPv4-mapped address is refused).
+    """
+    flag = f"--host {host if given is None else given!r}"
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        if family == socket.AF_INET6:
+            probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        try:
+            probe.bind((host, 0))
+        except socket.gaierror as exc:
+            if _DOTTED.fullmatch(host):
+                raise UsageError(
+                    f"{flag}: not an IP address (each of the 4 numbers of an IPv4 address is 0 to 255), "
+                    "nor a name that resolves"
+                ) from None
+            raise UsageError(f"{flag}: the name does not resolve to an address ({exc.strerror})") from None
+        except OSError as exc:
+            if exc.errno == errno.EADDRNOTAVAIL:
+                raise UsageError(f"{flag}: not an address of this machine ({exc.strerror})") from None
+            raise UsageError(f"{flag}: cannot listen on it ({exc.strerror}){_address_hint(host)}") from None
+
+
+def _address_hint(host: str) -> str:
+    """What may be wrong with the IPv6 address `host`, as "; ..." (else "")."""
+    try:
+        address = ipaddress.IPv6Address(host)
+    except ValueError:
+        return ""
+    if address.ipv4_mapped is not None:
+        return f"; an IPv4-mapped address: pass the IPv4 address, --host {address.ipv4_mapped}"
+    if address.is_link_local and address.scope_id is None:
+        return f"; a link-local address needs its interface, like --host {host}%eth0"
+    return ""
 
 
 def check_port(host: str, port: int) -> None:
