@@ -10,11 +10,11 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
-from edgeruntime.serving.supervisor import ServingSupervisor
+from edgeruntime.serving.supervisor import ServingProcess, ServingSupervisor
 
 
 @dataclass(eq=False)
@@ -27,9 +27,14 @@ class StandIn:
     stopping: bool = False
     hung: bool = False
     signals: list[int] = field(default_factory=list)
+    sent: list[dict[str, Any]] = field(default_factory=list)
 
     def signal(self, signum: int) -> None:
         self.signals.append(signum)
+
+    def send(self, message: dict[str, Any]) -> bool:
+        self.sent.append(message)
+        return True
 
 
 def _supervisor(members: list[StandIn], timeout: float) -> ServingSupervisor:
@@ -80,6 +85,26 @@ async def test_silence_while_the_supervisor_itself_was_held_up_does_not_count() 
     with pytest.raises(asyncio.CancelledError):
         await task
     assert process.signals == [signal.SIGKILL]
+
+
+def test_an_edit_is_passed_to_every_running_process_and_reported_by_the_one_serving_longest() -> None:
+    now = time.monotonic()
+    newer = StandIn(1, heard_at=now, ready_at=now - 5)
+    oldest = StandIn(2, heard_at=now, ready_at=now - 50)
+    starting = StandIn(3, heard_at=now, ready_at=None)
+    retiring = StandIn(4, heard_at=now, ready_at=now - 500, stopping=True)
+    supervisor = _supervisor([newer, oldest], timeout=0)
+    supervisor.running = cast(set[ServingProcess], {newer, oldest, starting, retiring})
+    edited = {Path("/p/config.toml"), Path("/p/functions/.env")}
+    supervisor.pass_edit(edited)
+    changed = ["/p/config.toml", "/p/functions/.env"]
+    assert oldest.sent == [{"type": "reload", "changed": changed, "report": True}]
+    assert newer.sent == starting.sent == [{"type": "reload", "changed": changed, "report": False}]
+    assert retiring.sent == []  # it serves no more: the new settings are not for it
+    # None serving yet (all starting, say after a crash of every one): one of them reports.
+    supervisor.running = cast(set[ServingProcess], {starting})
+    supervisor.pass_edit(edited)
+    assert starting.sent[-1]["report"] is True
 
 
 STAND_IN = """

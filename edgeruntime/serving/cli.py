@@ -13,7 +13,7 @@ import re
 import signal
 import socket
 import sys
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -23,6 +23,7 @@ from edgeruntime.exceptions import EdgeRuntimeError, UsageError
 
 if TYPE_CHECKING:
     from edgeruntime.serving.build import BuiltApp
+    from edgeruntime.serving.config_reload import ConfigReloader
 
 __all__ = ["main"]
 
@@ -288,22 +289,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
         )
         sys.stdout.flush()
 
-    async def watch_settings(stop: asyncio.Event) -> None:
-        from edgeruntime.serving.config_reload import ConfigReloader, watch_config, watched_files
+    def config_reloader() -> ConfigReloader:
+        from edgeruntime.serving.config_reload import ConfigReloader
 
         def rebuild(**overrides: Any) -> Settings:
             return _settings(args, args.directory, **{**serve_options, "warn_env": False, **overrides})
 
-        files = watched_files(
-            settings,
-            Path(args.config) if args.config else None,
-            Path(args.env_file) if args.env_file else None,
-        )
-        reloader = ConfigReloader(app, rebuild, files)
-        await watch_config(files, reloader.reload, stop)
+        return ConfigReloader(app, rebuild, _config_files(args, settings))
+
+    async def watch_settings(stop: asyncio.Event) -> None:
+        from edgeruntime.serving.config_reload import watch_config
+
+        reloader = config_reloader()
+        await watch_config(reloader.files, reloader.reload, stop)
 
     if inherited is not None:
-        return _serve_as_one_of_several(settings, built, inherited, watch_settings if settings.watch else None)
+        return _serve_as_one_of_several(settings, built, inherited, config_reloader if settings.watch else None)
     if settings.server == "hypercorn" and args.server == "auto":
         from edgeruntime.serving.server import missing_fast_server
 
@@ -334,6 +335,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
 
 
+def _config_files(args: argparse.Namespace, settings: Settings) -> list[Path]:
+    """The files whose edits `serve` applies while it runs (see `edgeruntime.serving.config_reload`)."""
+    from edgeruntime.serving.config_reload import watched_files
+
+    return watched_files(
+        settings,
+        Path(args.config) if args.config else None,
+        Path(args.env_file) if args.env_file else None,
+    )
+
+
 def _serving_process_sockets(value: str) -> tuple[socket.socket, socket.socket]:
     """`--serving-process LISTEN_FD,CONTROL_FD`: the listening socket and the control channel a
     serving process is handed by its supervisor. UsageError when they are not what they should be."""
@@ -361,10 +373,13 @@ def _serve_as_one_of_several(
     settings: Settings,
     built: BuiltApp,
     inherited: tuple[socket.socket, socket.socket],
-    watch_settings: Callable[[asyncio.Event], Coroutine[Any, Any, None]] | None,
+    config_reloader: Callable[[], ConfigReloader] | None,
 ) -> int:
     """Serve as one serving process of several: on the supervisor's socket, no banner, metrics and
-    the dashboard's in-flight work gathered from all of them through the control channel."""
+    the dashboard's in-flight work gathered from all of them through the control channel, edits
+    of the configuration files applied when the supervisor, which watches them, says so
+    (`config_reloader`: what applies them; None: ``--no-watch``)."""
+    from edgeruntime.serving.config_reload import apply_edit
     from edgeruntime.serving.control import ControlChannel
     from edgeruntime.serving.server import run_server
 
@@ -372,6 +387,13 @@ def _serve_as_one_of_several(
     app, jobs, dashboard = built.app, built.jobs, built.dashboard
     channel = ControlChannel(control, {"metrics": dashboard.metrics.snapshot, "functions": dashboard.process_state})
     dashboard.siblings = channel.gather
+    if config_reloader is not None:
+        reloader = config_reloader()
+
+        def edited(changed: list[str], report: bool) -> None:
+            apply_edit(functools.partial(reloader.reload, report=report), {Path(path) for path in changed})
+
+        channel.on_reload = edited
 
     async def start() -> None:
         await jobs.prepare()
@@ -384,7 +406,7 @@ def _serve_as_one_of_several(
     async def stopped() -> None:
         await channel.send_final("metrics", dashboard.metrics.snapshot())
 
-    background = [channel.run, *([watch] if settings.watch else []), *([watch_settings] if watch_settings else [])]
+    background = [channel.run, *([watch] if settings.watch else [])]
     return run_server(
         settings,
         app,
@@ -441,6 +463,7 @@ def _supervise(args: argparse.Namespace, settings: Settings, built: BuiltApp, ba
             graceful_exit_timeout_sec=settings.graceful_exit_timeout_sec,
             hang_timeout_sec=hang_timeout,
             on_ready=banner,
+            watched=_config_files(args, settings) if settings.watch else (),
         )
         return await supervisor.run()
 

@@ -9,6 +9,10 @@ says what changed, by name only (never a value). An edit that does not load (a T
 key) is logged as one line naming the file and key, and the running settings are kept. What
 cannot change while serving (:data:`edgeruntime.config.changes.RESTART_ONLY`, and the flags) is
 logged as needing a restart, and keeps its running value.
+
+With several serving processes (``--workers N``), the supervisor watches the files and tells
+every serving process of an edit (see `edgeruntime.serving.control`): each one applies it, and
+one of them logs the lines, so each is said once.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from edgeruntime.gateway.app import EdgeApp
 from edgeruntime.jobs.config import JobsConfig
 from edgeruntime.jobs.scheduler import cron_jobs
 
-__all__ = ["ConfigReloader", "watched_files", "watch_config"]
+__all__ = ["ConfigReloader", "apply_edit", "watched_files", "watch_config"]
 
 logger = logging.getLogger("edgeruntime")
 
@@ -73,38 +77,46 @@ class ConfigReloader:
             cron_jobs(settings.config.cron, found)
         return settings, _warnings(settings, found)
 
-    def reload(self, changed: Iterable[Path] = ()) -> list[str]:
-        """Apply the files as they are now; returns the functions reloaded."""
+    def reload(self, changed: Iterable[Path] = (), *, report: bool = True) -> list[str]:
+        """Apply the files as they are now; returns the functions reloaded.
+
+        `report=False` applies them without a line logged (what changed, what is wrong with the
+        edit): another serving process, applying the same edit, says it.
+        """
         names = ", ".join(sorted(str(path) for path in changed)) or ", ".join(str(p) for p in self.files)
         running = self.app.settings
         try:
             settings, warnings = self._resolve()
         except (EdgeRuntimeError, OSError, ValueError) as exc:  # ValueError: e.g. a file that is not UTF-8
-            logger.error("%s; still serving with the configuration loaded before (%s changed)", exc, names)
+            if report:
+                logger.error("%s; still serving with the configuration loaded before (%s changed)", exc, names)
             return []
-        for line in warnings:
-            if line not in self._warned:
-                logger.warning("%s", line)
+        if report:
+            for line in warnings:
+                if line not in self._warned:
+                    logger.warning("%s", line)
         self._warned = set(warnings)
         change = compare_settings(running, settings)
         if not change:
             return []
         if change.restart:
-            logger.warning(
-                "%s cannot change while serving: restart edgeruntime serve to apply it (%s changed)",
-                ", ".join(change.restart),
-                names,
-            )
+            if report:
+                logger.warning(
+                    "%s cannot change while serving: restart edgeruntime serve to apply it (%s changed)",
+                    ", ".join(change.restart),
+                    names,
+                )
             settings = _keep_running(settings, running)
         if not change.applied:
             return []
         reloaded = self.app.reconfigure(settings, change.reload)
-        logger.info(
-            "configuration reloaded (%s changed): %s; %s",
-            names,
-            ", ".join(change.applied),
-            f"functions reloaded: {', '.join(reloaded)}" if reloaded else "no function reloaded",
-        )
+        if report:
+            logger.info(
+                "configuration reloaded (%s changed): %s; %s",
+                names,
+                ", ".join(change.applied),
+                f"functions reloaded: {', '.join(reloaded)}" if reloaded else "no function reloaded",
+            )
         return reloaded
 
 
@@ -155,15 +167,19 @@ async def watch_config(files: list[Path], reload: Callable[[set[Path]], Any], st
     async for changes in watchfiles.awatch(
         *directories, watch_filter=interesting, stop_event=stop, debounce=150, step=30, recursive=False
     ):
-        changed = {Path(path) for _, path in changes}
-        try:
-            reload(changed)
-        except Exception as exc:
-            names = ", ".join(sorted(str(path) for path in changed))
-            logger.error(
-                "%s changed and could not be applied (%s: %s); still serving with the configuration loaded before",
-                names,
-                type(exc).__name__,
-                exc,
-            )
-            logger.debug("the error applying the edit", exc_info=True)
+        apply_edit(reload, {Path(path) for _, path in changes})
+
+
+def apply_edit(reload: Callable[[set[Path]], Any], changed: set[Path]) -> None:
+    """`reload(changed)`, with an error it fails on logged (one line; its traceback at debug level)."""
+    try:
+        reload(changed)
+    except Exception as exc:
+        names = ", ".join(sorted(str(path) for path in changed))
+        logger.error(
+            "%s changed and could not be applied (%s: %s); still serving with the configuration loaded before",
+            names,
+            type(exc).__name__,
+            exc,
+        )
+        logger.debug("the error applying the edit", exc_info=True)

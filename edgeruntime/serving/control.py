@@ -22,6 +22,10 @@ type           from                        meaning
 ``alive``      serving process             its event loop runs: sent every HEARTBEAT_SEC (the
                                            supervisor kills a process that stays silent, see
                                            `edgeruntime.serving.supervisor`)
+``reload``     supervisor (``changed``,    config.toml or the env file was edited (``changed``:
+               ``report``)                 their paths): apply them as they are now; log the
+                                           lines saying what changed only when ``report`` is
+                                           true (one serving process per edit is told so)
 =============  ==========================  ==================================================
 
 JSON, never pickle: each side reads the other's messages as plain data. A serving process reads
@@ -101,12 +105,19 @@ class ControlChannel:
     """A serving process's end of its channel to the supervisor.
 
     `collectors` answer the supervisor's ``collect``: "what" → a callable returning plain data
-    (JSON). :meth:`gather` asks for that data of every serving process.
+    (JSON). :meth:`gather` asks for that data of every serving process. `on_reload(changed,
+    report)` applies an edit of the configuration files the supervisor saw (``reload``).
     """
 
-    def __init__(self, sock: socket.socket, collectors: Mapping[str, Callable[[], Any]] | None = None) -> None:
+    def __init__(
+        self,
+        sock: socket.socket,
+        collectors: Mapping[str, Callable[[], Any]] | None = None,
+        on_reload: Callable[[list[str], bool], None] | None = None,
+    ) -> None:
         self.sock = sock
         self.collectors: dict[str, Callable[[], Any]] = dict(collectors or {})
+        self.on_reload = on_reload
         self._writer: asyncio.StreamWriter | None = None
         self._connected = asyncio.Event()
         self._ids = itertools.count(1)
@@ -243,5 +254,9 @@ class ControlChannel:
                 future.set_result(data)
             else:
                 future.set_exception(SiblingsUnavailable(str(error or "a malformed answer")))
+        elif kind == "reload" and isinstance(message.get("changed"), list):
+            if self.on_reload is not None:
+                changed = [path for path in message["changed"] if isinstance(path, str)]
+                self.on_reload(changed, message.get("report") is True)
         else:
             logger.error("control channel: an unexpected %r message was ignored", kind)

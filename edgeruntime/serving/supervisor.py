@@ -19,6 +19,9 @@ whole server: gateway, function workers, limits, jobs scheduler and queue runner
   accepting (the socket stays open in the others), finishes its in-flight requests and
   ``wait_until`` work up to the graceful-exit timeout and cuts the rest, as a single server does;
   the supervisor waits for all of them, and kills one that takes STOP_MARGIN_SEC longer.
+- An edit of config.toml or the env file (unless ``--no-watch``): the supervisor watches them,
+  and tells every serving process, which applies it as a single server does; one of them (the
+  one serving longest) logs what changed, so each line is said once, not once per process.
 - SIGHUP (a rolling restart, after a deploy): the serving processes are replaced one at a time:
   a new one is started and, once it accepts connections, an old one is stopped as on SIGTERM.
   The socket never closes and some process always accepts, so no connection is refused; new
@@ -49,6 +52,7 @@ import socket
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from edgeruntime.dashboard.metrics import merge_snapshots, valid_snapshot
@@ -134,7 +138,8 @@ class ServingSupervisor:
     """Runs `count` serving processes of `command` on the listening `sock` (see the module docstring).
 
     `command` is the serving process's command line without its ``--serving-process`` option;
-    `on_ready` is called once all of them accept connections (the banner).
+    `on_ready` is called once all of them accept connections (the banner). An edit of one of the
+    `watched` files (config.toml, the env file) is passed on to every serving process.
     """
 
     def __init__(
@@ -146,8 +151,10 @@ class ServingSupervisor:
         graceful_exit_timeout_sec: float,
         hang_timeout_sec: float = HANG_TIMEOUT_SEC,
         on_ready: Callable[[], None] = lambda: None,
+        watched: Sequence[Path] = (),
     ) -> None:
         self.command = list(command)
+        self.watched = list(watched)
         self.count = count
         self.sock = sock
         self.graceful_exit_timeout_sec = graceful_exit_timeout_sec
@@ -179,6 +186,8 @@ class ServingSupervisor:
             loop.add_signal_handler(sig, self._stop.set)
         loop.add_signal_handler(signal.SIGHUP, self._restart.set)
         try:
+            if self.watched:  # from now: an edit made while they start is passed on too
+                self._spawn(self._watch_config())
             status = await self._start_all()
             if status is not None:
                 return status
@@ -358,6 +367,28 @@ class ServingSupervisor:
                     silent,
                 )
                 process.signal(signal.SIGKILL)
+
+    # -- configuration edits -----------------------------------------------------------------
+
+    async def _watch_config(self) -> None:
+        from edgeruntime.serving.config_reload import watch_config  # watchfiles: only when watching
+
+        await watch_config(self.watched, self.pass_edit, self._stop)
+
+    def pass_edit(self, changed: set[Path]) -> None:
+        """Tell every serving process (but those stopping) that the files `changed` were edited.
+
+        The one that has accepted connections longest reports the edit (logs what changed); the
+        others apply it silently. A new one that reads the files after the edit finds nothing
+        to apply, which is why one that already serves reports, when there is one.
+        """
+        told = [process for process in self.running if not process.stopping]
+        if not told:
+            return
+        reporter = min(told, key=lambda p: (p.ready_at is None, p.ready_at or 0.0, p.pid))
+        names = sorted(str(path) for path in changed)
+        for process in told:
+            process.send({"type": "reload", "changed": names, "report": process is reporter})
 
     # -- stopping ----------------------------------------------------------------------------
 

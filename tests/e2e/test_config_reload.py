@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import concurrent.futures
+import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -9,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.helpers import SERVICE_ROLE, ServerProcess, write_function
+from tests.helpers import SERVICE_ROLE, ServerProcess, child_pids, wait_until, write_function
 
 pytestmark = pytest.mark.e2e
 
@@ -83,4 +85,67 @@ def test_config_toml_and_env_edits_apply_live_and_a_broken_edit_keeps_the_runnin
         assert server.proc.poll() is None
     output = server.output
     assert "secret-value" not in output  # values never reach the log
+    assert "Traceback" not in output
+
+
+def test_with_several_serving_processes_each_applies_an_edit_and_its_lines_are_logged_once(
+    functions_dir: Path,
+) -> None:
+    write_function(functions_dir, "echo", ENV_ECHO)
+    config = functions_dir.parent / "config.toml"
+    config.write_text("[functions.echo]\nverify_jwt = true\n")
+    env_file = functions_dir / ".env"
+    env_file.write_text("GREETING=one\n")
+    with ServerProcess(functions_dir, "--workers", "2") as server:
+        wait_until(lambda: "Using edgeruntime" in server.output, 60, "the banner")
+        serving = set(child_pids(server.proc.pid))
+        assert len(serving) == 2, server.output
+        url = server.url("echo")
+
+        def answers(expected: tuple[int, str | None]) -> Callable[[], bool]:
+            """Requests (4 at a time, each on its own connection, so both processes accept) until
+            every serving process answered with `expected` (status, GREETING)."""
+            seen: set[int] = set()
+
+            def one(_: int) -> None:
+                r = httpx.get(url, timeout=10)
+                greeting = r.json()["deno"] if r.status_code == 200 else None
+                if (r.status_code, greeting) == expected:
+                    seen.add(r.json()["pid"])
+
+            def check() -> bool:
+                with concurrent.futures.ThreadPoolExecutor(4) as pool:
+                    list(pool.map(one, range(8)))
+                return serving <= seen
+
+            return check
+
+        config.write_text("[functions.echo]\nverify_jwt = false\n")
+        wait_until(answers((200, "one")), 30, "verify_jwt = false applied in every serving process")
+        env_file.write_text("GREETING=two\n")
+        wait_until(answers((200, "two")), 30, "the .env edit applied in every serving process")
+        config.write_text("[functions.echo]\nverify_jwt = false\nwall_clock_limit_sec = -5\n")
+        wait_until(lambda: "still serving with the configuration loaded before" in server.output, 30, "error line")
+        config.write_text("[functions.echo]\nverify_jwt = false\n[functions.nope]\nverify_jwt = false\n")
+        wait_until(lambda: "[functions.nope]: no function 'nope'" in server.output, 30, "warning line")
+        wait_until(answers((200, "two")), 30, "every serving process still serving")
+
+        # Replaced one at a time (SIGHUP): the new serving processes are told of edits as well.
+        server.proc.send_signal(signal.SIGHUP)
+        wait_until(lambda: "every serving process was replaced" in server.output, 60, "the rolling restart")
+        wait_until(lambda: not serving & set(child_pids(server.proc.pid)), 30, "the old processes gone")
+        serving = set(child_pids(server.proc.pid))
+        assert len(serving) == 2, server.output
+        env_file.write_text("GREETING=three\n")
+        wait_until(answers((200, "three")), 30, "the .env edit applied in every new serving process")
+        assert server.terminate() == 0  # every line written
+    output = server.output
+    reloaded = [line for line in output.splitlines() if "configuration reloaded" in line]
+    assert len(reloaded) == 4, output
+    assert "functions.echo.verify_jwt; no function reloaded" in reloaded[0]
+    assert "env.GREETING; functions reloaded: echo" in reloaded[1]
+    assert "functions.nope.verify_jwt; no function reloaded" in reloaded[2]
+    assert "env.GREETING; functions reloaded: echo" in reloaded[3]
+    assert output.count("still serving with the configuration loaded before") == 1, output
+    assert output.count("[functions.nope]: no function 'nope'") == 1, output
     assert "Traceback" not in output

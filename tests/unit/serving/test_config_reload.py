@@ -149,3 +149,24 @@ def test_an_env_file_line_that_cannot_be_parsed_is_one_warning_while_it_stays(
     reloader.reload([env])
     assert app.settings.env["ER_TEST_A"] == "2"
     assert warnings_in(caplog) == []
+
+
+def test_a_reload_not_reported_applies_the_edit_and_logs_nothing(
+    project: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # What a serving process of several does when another one reports the edit.
+    reloader, app = reloader_for(project)
+    config = project.parent / "config.toml"
+    config.write_text("[functions.hello]\nverify_jwt = false\n[functions.helo]\nverify_jwt = false\n", encoding="utf-8")
+    assert reloader.reload([config], report=False) == []
+    assert not app.settings.verify_jwt("hello")  # applied
+    config.write_text("[functions.hello]\nwall_clock_limit_sec = -5\n", encoding="utf-8")
+    assert reloader.reload([config], report=False) == []  # refused, and the running config kept
+    assert not app.settings.verify_jwt("hello")
+    assert caplog.messages == []
+    config.write_text("[functions.hello]\nverify_jwt = true\n[functions.helo]\nverify_jwt = false\n", encoding="utf-8")
+    reloader.reload([config])  # reported: what is still wrong was said by the one that reported it
+    assert warnings_in(caplog) == []
+    assert [m for m in caplog.messages if "configuration reloaded" in m] == [
+        f"configuration reloaded ({config} changed): functions.hello.verify_jwt; no function reloaded"
+    ]
