@@ -16,6 +16,7 @@ import logging
 import math
 import os
 import random
+import threading
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Collection
 from dataclasses import dataclass, replace
@@ -115,15 +116,30 @@ class JobQueue:
         return job_id
 
 
+#: The queues of the jobs systems running in this process (several test clients), in the order
+#: they started: `enqueue` uses the last one's (`_active`), whatever order the others stop in.
+_running: list[JobQueue] = []
 _active: JobQueue | None = None
+_lock = threading.Lock()
 _fallback: JobQueue | None = None
 
 
-def activate(queue: JobQueue | None) -> JobQueue | None:
-    """Make `queue` the one `enqueue` uses (the running server's); returns the previous one."""
+def activate(queue: JobQueue) -> None:
+    """A jobs system started: `enqueue` uses `queue` until it is deactivated or another starts."""
     global _active
-    previous, _active = _active, queue
-    return previous
+    with _lock:
+        if not any(q is queue for q in _running):
+            _running.append(queue)
+        _active = _running[-1]
+
+
+def deactivate(queue: JobQueue) -> None:
+    """A jobs system stopped (or failed to start): `enqueue` uses the queue of the system started
+    last that still runs, none once all have stopped."""
+    global _active
+    with _lock:
+        _running[:] = [q for q in _running if q is not queue]
+        _active = _running[-1] if _running else None
 
 
 async def enqueue(

@@ -25,7 +25,7 @@ from edgeruntime.jobs.clock import Clock, ClockOffset, SystemClock, skew_limit
 from edgeruntime.jobs.config import JobsConfig
 from edgeruntime.jobs.history import RunHistory
 from edgeruntime.jobs.outage import Outage, describe
-from edgeruntime.jobs.queue import JobQueue, QueueRunner, activate
+from edgeruntime.jobs.queue import JobQueue, QueueRunner, activate, deactivate
 from edgeruntime.jobs.scheduler import Scheduler, cron_jobs
 from edgeruntime.jobs.store import JobStore, redact_url
 
@@ -98,7 +98,6 @@ class JobSystem(Extension):
         self.observe_background = self.history.on_background
         # Worker processes (process isolation) enqueue through the server and never see the store.
         self.enqueue = self.queue.enqueue
-        self._previous: JobQueue | None = None
         self._prune_task: asyncio.Task[None] | None = None
         self._migrated = False
         self._prune_outage = Outage(logger, "jobs: pruning history")
@@ -129,7 +128,7 @@ class JobSystem(Extension):
     async def start(self) -> None:
         if not self._migrated:
             await self.prepare()
-        self._previous = activate(self.queue)
+        activate(self.queue)
         self.history.start()
         if self.background:
             self.queue.on_enqueue = self.runner.wake
@@ -260,7 +259,7 @@ class JobSystem(Extension):
         """Write the last run records (background work cut at shutdown included) and close the store."""
         await self.quiesce()
         await self.history.stop()
-        activate(self._previous)
+        deactivate(self.queue)
         await self.store.close()
 
 

@@ -4,6 +4,7 @@ an instance whose clock is apart from the Postgres server's says so, at start an
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -12,9 +13,12 @@ from pathlib import Path
 import pytest
 
 from edgeruntime.config.settings import Settings
+from edgeruntime.exceptions import ConfigError, JobsError
 from edgeruntime.gateway.app import EdgeApp
-from edgeruntime.jobs import FakeClock
+from edgeruntime.jobs import FakeClock, enqueue
 from edgeruntime.jobs.system import attach
+from edgeruntime.testing import EdgeClient
+from tests.helpers import HELLO, free_port, write_function
 
 
 async def test_a_size_cap_is_enforced_while_serving(
@@ -130,3 +134,46 @@ async def test_a_sqlite_store_has_no_clock_of_its_own_to_compare(hello_dir: Path
         assert await system.check_clock() is None
     finally:
         await app.shutdown(timeout=0)
+
+
+ENQUEUER = """
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from edgeruntime import serve
+from edgeruntime.jobs import enqueue
+
+async def handler(req: Request) -> JSONResponse:
+    return JSONResponse({"job": await enqueue("hello", {})})
+
+serve(handler)
+"""
+
+
+async def test_function_code_enqueues_to_the_client_opened_last_still_open_whatever_order_they_exit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("EDGERUNTIME_DATABASE_URL", raising=False)  # no script fallback: only a running queue
+    functions = []
+    for name in ("a", "b"):
+        write_function(tmp_path / name / "functions", "enqueue", ENQUEUER)
+        functions.append(write_function(tmp_path / name / "functions", "hello", HELLO).parent.parent)
+    a, b = EdgeClient(functions[0]), EdgeClient(functions[1])
+    async with contextlib.AsyncExitStack() as b_open:
+        async with a:
+            await b_open.enter_async_context(b)
+            assert (await b.invoke("enqueue")).status_code == 200
+            assert [r.function for r in await b.run_jobs()] == ["hello"]
+        # A exited first: B's functions still enqueue, to B's store.
+        response = await b.invoke("enqueue")
+        assert response.status_code == 200, response.text
+        assert [r.function for r in await b.run_jobs()] == ["hello"]
+        refused = f"postgresql://postgres@127.0.0.1:{free_port()}/none"  # nothing listens there
+        with pytest.raises(ConfigError, match="connection failed"):
+            async with EdgeClient(functions[0], database_url=refused):
+                pass
+        # A client that failed to open took nothing away.
+        assert (await b.invoke("enqueue")).status_code == 200
+        assert [r.function for r in await b.run_jobs()] == ["hello"]
+    # All exited: no queue is running (A's closed one is not used).
+    with pytest.raises(JobsError, match="no jobs store is running"):
+        await enqueue("hello", {})
