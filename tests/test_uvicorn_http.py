@@ -11,6 +11,7 @@ from uvicorn.config import Config
 from uvicorn.server import ServerState
 
 from edgeruntime.core.types import Receive, Scope, Send
+from edgeruntime.gateway.app import EXECUTION_ID_HEADER
 from edgeruntime.serving.uvicorn_http import h11_protocol, head_limited_protocol, httptools_protocol
 from edgeruntime.workers.request_limits import MAX_HEAD_BYTES, limit_head
 from tests.helpers import RecordingTransport
@@ -333,3 +334,50 @@ async def test_responses_go_out_as_uvicorn_sends_them(request_head: bytes, messa
     )
     assert ours.heard == theirs.heard
     assert b"set-cookie" not in (await _exchange(httptools_protocol(), request_head, Replies(messages)))[0]
+
+
+class AnswersLate:
+    """Answers once its connection is lost, with `headers`; keeps what its sends raised."""
+
+    def __init__(self, headers: list[tuple[bytes, bytes]]) -> None:
+        self.headers = headers
+        self.raised: list[BaseException | None] = []
+        self.lost = asyncio.Event()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.lost.wait()
+        for message in (
+            {"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"4"), *self.headers]},
+            {"type": "http.response.body", "body": b"late"},
+        ):
+            try:
+                await send(message)
+            except OSError as exc:
+                self.raised.append(exc)
+            else:
+                self.raised.append(None)
+
+
+@pytest.mark.parametrize("gateway", [True, False], ids=["function-route", "other"])
+async def test_the_gateways_answer_to_a_client_gone_raises_oserror_others_are_dropped(gateway: bool) -> None:
+    """The client left before the response: the start the gateway sends for a function raises
+    OSError (ASGI 2.4; the gateway records 499), and is not written; any other app's is dropped
+    silently, as Uvicorn drops it, and its body too."""
+    protocol_class = httptools_protocol()
+    app = AnswersLate([(EXECUTION_ID_HEADER, b"01234")] if gateway else [])
+    config = Config(app=app, http=protocol_class, lifespan="off", log_level="critical", access_log=False)
+    config.load()
+    protocol = protocol_class(config=config, server_state=ServerState(), app_state={})  # type: ignore[call-arg, unused-ignore]
+    transport = Transport()
+    protocol.connection_made(transport)
+    protocol.data_received(GET)
+    await asyncio.sleep(0.01)
+    protocol.connection_lost(None)
+    app.lost.set()
+    for _ in range(200):
+        await asyncio.sleep(0.005)
+        if not protocol.tasks:  # type: ignore[attr-defined]
+            break
+    expected = ["ClientDisconnected", "NoneType"] if gateway else ["NoneType", "NoneType"]
+    assert [type(exc).__name__ for exc in app.raised] == expected
+    assert transport.sent == b""

@@ -93,7 +93,23 @@ def _not_allowed(method: str, allow: tuple[bytes, bytes]) -> responses.RuntimeRe
     return _NOT_ALLOWED[allow, method == "CONNECT"]
 
 
+#: On every response to a function route (added by the gateway to what the function sends).
 EXECUTION_ID_HEADER = b"x-edgeruntime-execution-id"
+
+
+def gateway_start(message: Message) -> bool:
+    """Whether `message` starts a response the gateway sends for a function route.
+
+    The servers of `edgeruntime serve` raise OSError for such a start when its client has gone
+    before it (ASGI 2.4 lets a server raise it on any send): the gateway then records the request
+    as 499, and the function is not told. What else they send to a client that has gone (a
+    body, the dashboard's answers) they drop silently, as Uvicorn and Hypercorn do.
+    """
+    if message["type"] != "http.response.start":
+        return False
+    return any(name == EXECUTION_ID_HEADER for name, _ in message.get("headers", ()))
+
+
 #: The trigger a WebSocket connection is recorded with (run history, metrics).
 WEBSOCKET_TRIGGER = "websocket"
 #: Percent-encoded bytes that must never reach a function name: `/`, `\`, NUL.
@@ -384,7 +400,14 @@ class EdgeApp:
                 self._track_websocket(message, ctx)
             try:
                 await send(message)
-            except OSError:  # the client left in the middle of the response (a server of ASGI 2.4)
+            except OSError:  # the client left (a server of ASGI 2.4; `serve`'s own for a start, see below)
+                if kind == "http.response.start" or (kind == "http.response.body" and ctx.client_disconnected):
+                    # Gone before the response: recorded as 499. Not the function's concern: as with
+                    # a server that drops the answer silently, it goes on (a response's background
+                    # runs) and what it sends reaches no one. The servers `edgeruntime serve` runs
+                    # raise this for the start of an answer carrying EXECUTION_ID_HEADER only.
+                    ctx.client_disconnected = True
+                    return
                 if kind == "http.response.body" and not ctx.response_ended:
                     ctx.client_left = True  # (a WebSocket's client leaving is how a connection ends)
                 elif kind == "websocket.accept" or kind == "websocket.http.response.start":

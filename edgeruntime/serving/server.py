@@ -334,10 +334,17 @@ def _closing_at_eof() -> Iterator[None]:
     stops that timer then and starts it no more; the requests in flight finish, their responses
     are written (a half-closed client still gets its response), and Hypercorn closes the
     connection.
+
+    A request whose client ended its side before its response started is told to the gateway
+    when the response starts (see `answering_after_eof`), as Uvicorn's protocol does.
     """
     from hypercorn.asyncio import run
-    from hypercorn.asyncio.tcp_server import TCPServer
-    from hypercorn.events import Event, Updated
+    from hypercorn.asyncio.tcp_server import MAX_RECV, TCPServer
+    from hypercorn.events import Closed, Event, RawData, Updated
+    from hypercorn.protocol.events import Response
+    from hypercorn.protocol.http_stream import ASGIHTTPState, HTTPStream
+
+    from edgeruntime.gateway.app import EXECUTION_ID_HEADER
 
     if getattr(run, "TCPServer", None) is not TCPServer or not all(
         hasattr(TCPServer, name) for name in ("_read_data", "protocol_send", "_initiate_server_close")
@@ -348,6 +355,25 @@ def _closing_at_eof() -> Iterator[None]:
         )
         yield
         return
+
+    def answering_after_eof(protocol: Any) -> None:
+        """The client of connection `protocol` (a ProtocolWrapper) ended its side: the request in
+        flight whose response has not started is answered all the same (a half-closed client
+        reads it; Hypercorn cannot tell it from one that has gone), and the start of the gateway's
+        answer raises OSError once written, as ASGI 2.4 lets a server, so the gateway records the
+        request as 499 (see `edgeruntime.gateway.app.gateway_start`)."""
+        stream = getattr(getattr(protocol, "protocol", None), "stream", None)
+        if type(stream) is not HTTPStream or stream.state != ASGIHTTPState.REQUEST:
+            return
+        write = stream.send
+
+        async def send(event: Any) -> None:
+            await write(event)
+            if type(event) is Response and any(name == EXECUTION_ID_HEADER for name, _ in event.headers):
+                stream.state = ASGIHTTPState.RESPONSE  # what app_send does next, which the error skips
+                raise ConnectionAbortedError("the client closed its side before the response")
+
+        stream.send = send
 
     #: The idle connections of each running server (its WorkerContext).
     idle_connections: weakref.WeakKeyDictionary[Any, _IdleConnections] = weakref.WeakKeyDictionary()
@@ -366,7 +392,16 @@ def _closing_at_eof() -> Iterator[None]:
 
         async def _read_data(self) -> None:
             try:
-                await super()._read_data()
+                # Hypercorn's own loop, with the request in flight told of the end before Hypercorn
+                # closes its stream (which forgets it).
+                while not self.reader.at_eof():
+                    try:
+                        data = await asyncio.wait_for(self.reader.read(MAX_RECV), self.config.read_timeout)
+                    except (OSError, TimeoutError):  # (ConnectionError, SSLError: OSErrors)
+                        break
+                    await self.protocol.handle(RawData(data))
+                answering_after_eof(self.protocol)
+                await self.protocol.handle(Closed())
             finally:
                 self.reading_ended = True
                 idle = getattr(self, "idle_task", None)

@@ -116,6 +116,9 @@ def httptools_protocol() -> type[asyncio.Protocol]:
     import httptools
     from uvicorn.protocols.http import httptools_impl  # type: ignore[import-not-found, unused-ignore]
     from uvicorn.protocols.http.flow_control import service_unavailable  # type: ignore[import-not-found, unused-ignore]
+    from uvicorn.protocols.utils import ClientDisconnected  # type: ignore[import-not-found, unused-ignore]
+
+    from edgeruntime.gateway.app import gateway_start
 
     status_lines: dict[int, bytes] = httptools_impl.STATUS_LINE
     #: The server's own headers (date, server) as lines, for the list they were made from: Uvicorn
@@ -132,11 +135,17 @@ def httptools_protocol() -> type[asyncio.Protocol]:
         once a second, as they were. A body with a content-length is written without going
         through Uvicorn's `send` (one coroutine less per message). The same bytes go out and the
         same errors are raised; what this does not cover (an access log, a paused or gone
-        connection, chunked bodies, HEAD, messages out of order) is Uvicorn's own code.
+        connection, chunked bodies, HEAD, messages out of order) is Uvicorn's own code. One
+        difference: the gateway's start of a function's response to a client that has gone
+        raises OSError (as ASGI 2.4 lets a server), where Uvicorn drops it silently, so the
+        request is recorded as 499 (see `edgeruntime.gateway.app.gateway_start`).
         """
 
         async def send(self, message: Any) -> None:
             if self.disconnected or self.flow.write_paused or self.access_log:
+                if self.disconnected and not self.response_started and gateway_start(message):
+                    # Uvicorn drops it silently: the gateway learns the client has gone (499).
+                    raise ClientDisconnected("the client disconnected before the response")
                 await super().send(message)
             elif not self.response_started and message["type"] == "http.response.start":
                 self._start(message)

@@ -18,6 +18,7 @@ from tests.helpers import (
     forged_token,
     raw_exchange,
     status_of,
+    wait_until,
     write_function,
 )
 
@@ -44,6 +45,27 @@ from edgeruntime import serve
 async def handler(req):
     await asyncio.sleep(0.2)  # the body queues up meanwhile
     return JSONResponse({"read": False})
+
+serve(handler)
+"""
+
+
+LATE = """
+import asyncio
+from starlette.responses import Response
+from edgeruntime import EdgeRuntime, serve
+
+
+async def after() -> None:
+    await asyncio.sleep(0.1)
+    print("background work done")
+
+
+async def handler(req):
+    await asyncio.sleep(0.5)  # neither reads the body nor streams: the client leaves meanwhile
+    EdgeRuntime.wait_until(after())
+    print("answering after the client left")
+    return Response("late")
 
 serve(handler)
 """
@@ -154,25 +176,58 @@ def test_connect_and_other_methods_on_health(served: Served) -> None:
     assert "Traceback" not in log and "Error" not in log and "Unsupported upgrade" not in log, log
 
 
+def runs_of(port: int, function: str) -> list[dict[str, object]]:
+    """The runs of `function` in the history, once there is one (it is written in batches)."""
+    base = f"http://127.0.0.1:{port}"
+    runs: list[dict[str, object]] = []
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and not runs:
+        time.sleep(0.2)
+        runs = httpx.get(f"{base}/_edgeruntime/api/runs", params={"function": function}).json()["runs"]
+    return runs
+
+
 def test_a_client_gone_mid_body_is_recorded_as_a_disconnect(served: Served) -> None:
     start = len(served.server.output)
     data = b"POST /functions/v1/reader HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100000\r\n"
     data += f"Authorization: Bearer {KEYS.anon_key}\r\n\r\n".encode() + b"x" * 1000
     raw_exchange(served.port, data, timeout=0.5)  # sends a part, waits a little, hangs up
-    base = f"http://127.0.0.1:{served.port}"
-    deadline = time.monotonic() + 20
-    runs: list[dict[str, object]] = []
-    while time.monotonic() < deadline and not runs:
-        time.sleep(0.2)  # the history is written in batches
-        runs = httpx.get(f"{base}/_edgeruntime/api/runs", params={"function": "reader"}).json()["runs"]
+    runs = runs_of(served.port, "reader")
     assert [(r["http_status"], r["status"], r["error"]) for r in runs] == [
         (499, "failed", "client disconnected before the response")
     ]
-    metrics = httpx.get(f"{base}/_internal/metrics").text
+    metrics = httpx.get(f"http://127.0.0.1:{served.port}/_internal/metrics").text
     assert 'edgeruntime_requests_total{function="reader",status="499",trigger="http"} 1.0' in metrics
     log = served.log_after(start)
     assert "POST /functions/v1/reader 499" in log
     assert "raised" not in log and "Traceback" not in log
+
+
+@pytest.mark.parametrize("isolation", ["inline", "process"])
+@pytest.mark.parametrize("server_kind", ["hypercorn", "uvicorn"])
+def test_a_client_gone_before_a_late_answer_is_recorded_as_a_disconnect(
+    tmp_path: Path, server_kind: str, isolation: str
+) -> None:
+    """A function that neither reads the body nor streams, whose client leaves while it works:
+    its answer goes into a closed connection, and the request is a 499 all the same; the function
+    and its background work go on to their end."""
+    functions = tmp_path / "functions"
+    write_function(functions, "late", LATE)
+    args = ("--no-watch", "--no-verify-jwt", "--server", server_kind, "--isolation", isolation)
+    with ServerProcess(functions, *args) as server:
+        assert raw_exchange(server.port, request("GET", "/functions/v1/late", []), timeout=0.1) == b""  # gone
+        runs = runs_of(server.port, "late")
+        assert [(r["http_status"], r["status"], r["error"]) for r in runs] == [
+            (499, "failed", "client disconnected before the response")
+        ]
+        metrics = httpx.get(f"{server.base_url}/_internal/metrics").text
+        assert 'edgeruntime_requests_total{function="late",status="499",trigger="http"} 1.0' in metrics
+        wait_until(lambda: "background work done" in server.output, 10, "the function's background work")
+        log = server.output
+        assert "GET /functions/v1/late 499" in log and "answering after the client left" in log
+        assert "Traceback" not in log and "raised" not in log and "ERROR" not in log, log
+        # The next client of the same worker is answered as ever.
+        assert httpx.get(server.url("late"), timeout=10).text == "late"
 
 
 def test_a_rebinding_host_on_the_wire_is_403(served: Served) -> None:

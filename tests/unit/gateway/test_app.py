@@ -11,7 +11,7 @@ import pytest
 from edgeruntime.config.settings import Settings
 from edgeruntime.core.types import Message, Receive, Scope, Send
 from edgeruntime.exceptions import JobsError
-from edgeruntime.gateway.app import EdgeApp
+from edgeruntime.gateway.app import EXECUTION_ID_HEADER, EdgeApp
 from edgeruntime.gateway.extensions import Extension
 from edgeruntime.testing import EdgeClient
 from tests.helpers import KEYS, write_function
@@ -376,6 +376,58 @@ async def check_client_gone_mid_body(hello_dir: Path, caplog: pytest.LogCaptureF
     assert "Traceback" not in caplog.text
     access = [rec.getMessage() for rec in caplog.records if rec.name == "edgeruntime.access"]
     assert any("POST /functions/v1/reader 499" in line for line in access)
+
+
+LATE = """
+import pathlib
+from starlette.background import BackgroundTask
+from starlette.responses import Response
+from edgeruntime import serve
+
+def note() -> None:
+    (pathlib.Path(__file__).parent / "background-ran").touch()
+
+async def handler(req):
+    return Response("late", background=BackgroundTask(note))
+
+serve(handler)
+"""
+
+
+async def test_an_answer_the_server_says_reached_no_one_is_recorded_as_a_disconnect(
+    hello_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The server raises OSError for the start of the response (its client has gone, as the
+    servers of `edgeruntime serve` say): 499, and the function is not told (its response's
+    background runs); the body goes to the server, which drops it. (Process isolation, and the
+    servers themselves: tests/e2e/test_hostile_clients.py.)"""
+    write_function(hello_dir, "late", LATE)
+    async with EdgeClient(hello_dir) as client:
+        scope, receive, _, _ = partial_body_then_gone("late")
+        scope["method"] = "GET"
+        scope["headers"] = [(key, value) for key, value in scope["headers"] if key != b"content-length"]
+        tried: list[str] = []
+
+        async def send(message: Message) -> None:
+            tried.append(message["type"])
+            if message["type"] == "http.response.start":
+                assert message["headers"][-1][0] == EXECUTION_ID_HEADER
+                raise ConnectionResetError("the client disconnected")
+
+        await client.app.handle_http(scope, receive, send)
+        assert tried == ["http.response.start", "http.response.body"]
+        await client.jobs.history.flush()
+        runs = (await client.request("GET", "/_edgeruntime/api/runs")).json()["runs"]
+        assert [(r["function"], r["http_status"], r["error"]) for r in runs] == [
+            ("late", 499, "client disconnected before the response")
+        ]
+        metrics = (await client.request("GET", "/_internal/metrics")).text
+        assert 'edgeruntime_requests_total{function="late",status="499",trigger="http"} 1.0' in metrics
+        assert (hello_dir / "late" / "background-ran").exists()
+        assert (await client.invoke("late")).text == "late"  # and it keeps serving
+    assert "raised" not in caplog.text and "Traceback" not in caplog.text
+    access = [rec.getMessage() for rec in caplog.records if rec.name == "edgeruntime.access"]
+    assert any("GET /functions/v1/late 499" in line for line in access)
 
 
 # The function's own open() (or, for `boot`, the server's read of index.py) failing with EMFILE
