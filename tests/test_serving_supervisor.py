@@ -107,6 +107,23 @@ def test_an_edit_is_passed_to_every_running_process_and_reported_by_the_one_serv
     assert starting.sent[-1]["report"] is True
 
 
+def test_an_edit_of_the_functions_files_is_passed_on_as_a_config_edit_is_and_reported_by_the_same_process() -> None:
+    now = time.monotonic()
+    newer = StandIn(1, heard_at=now, ready_at=now - 5)
+    oldest = StandIn(2, heard_at=now, ready_at=now - 50)
+    retiring = StandIn(3, heard_at=now, ready_at=now - 500, stopping=True)
+    supervisor = _supervisor([newer, oldest], timeout=0)
+    supervisor.running = cast(set[ServingProcess], {newer, oldest, retiring})
+    supervisor.pass_function_edit({"who", "_shared"})
+    supervisor.pass_edit({Path("/p/config.toml")})
+    assert oldest.sent == [
+        {"type": "reload", "functions": ["_shared", "who"], "report": True},
+        {"type": "reload", "changed": ["/p/config.toml"], "report": True},
+    ]
+    assert newer.sent == [{**message, "report": False} for message in oldest.sent]
+    assert retiring.sent == []
+
+
 STAND_IN = """
 import os, signal, socket, sys, time
 signal.signal(signal.SIGTERM, lambda *_: (time.sleep(0.5), os._exit(0)))  # drains for 0.5 s, then exits

@@ -1,11 +1,17 @@
-"""Hot reload: a change to a function's files reloads only that function."""
+"""Hot reload: a change to a function's files reloads only that function.
+
+A single server watches the functions directory itself (:func:`watch_functions`). With several
+serving processes (``serve --workers N``) the supervisor watches it (:func:`function_edits`) and
+tells every serving process, which reloads as a single server does (:func:`apply_told_edits`):
+one watcher, so each change is logged once, and one of the processes says what it reloaded.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import watchfiles
@@ -13,7 +19,7 @@ import watchfiles
 from edgeruntime.core.descriptors import exhaustion, report_exhaustion
 from edgeruntime.functions.discovery import function_for_path
 
-__all__ = ["watch_functions"]
+__all__ = ["apply_told_edits", "function_edits", "reload_functions", "watch_functions"]
 
 logger = logging.getLogger("edgeruntime")
 
@@ -38,6 +44,14 @@ async def watch_functions(root: Path, reload: Callable[[set[str]], list[str]], s
     `reload(names)` is called with the functions whose files changed (``_shared`` for shared
     code) and returns the names it reloaded.
     """
+    async for names in function_edits(root, stop):
+        await reload_functions(reload, names, stop)
+
+
+async def function_edits(root: Path, stop: asyncio.Event) -> AsyncIterator[set[str]]:
+    """Each batch of changes under the functions directory `root`, until `stop` is set: every
+    changed file logged ("File change detected"), the batch yielded as the functions it touches
+    (``_shared`` for shared code; empty when no function's files changed, e.g. a file at the top)."""
     async for changes in watchfiles.awatch(
         root, watch_filter=_Filter(), stop_event=stop, debounce=150, step=30, recursive=True
     ):
@@ -47,9 +61,32 @@ async def watch_functions(root: Path, reload: Callable[[set[str]], list[str]], s
             name = function_for_path(root, Path(path))
             if name is not None:
                 names.add(name)
-        reloaded = await _reload(reload, names, stop)
-        if reloaded:
-            logger.info("reloaded %s", ", ".join(reloaded))
+        yield names
+
+
+async def reload_functions(
+    reload: Callable[[set[str]], list[str]], names: set[str], stop: asyncio.Event, *, report: bool = True
+) -> list[str]:
+    """`reload(names)` (see :func:`_reload`); returns the names reloaded.
+
+    `report=False` logs no "reloaded" line (another serving process, reloading the same
+    functions, says it); a reload that fails is logged either way: it failed in this process.
+    """
+    reloaded = await _reload(reload, names, stop)
+    if reloaded and report:
+        logger.info("reloaded %s", ", ".join(reloaded))
+    return reloaded
+
+
+async def apply_told_edits(
+    edits: asyncio.Queue[tuple[set[str], bool]], reload: Callable[[set[str]], list[str]], stop: asyncio.Event
+) -> None:
+    """Reload the functions of each edit another process saw (``(names, report)``, see
+    :func:`reload_functions`), one after the other as they come, until cancelled (a server
+    cancels its background work once it has stopped; `stop` set meanwhile ends a retry)."""
+    while True:
+        names, report = await edits.get()
+        await reload_functions(reload, names, stop, report=report)
 
 
 async def _reload(reload: Callable[[set[str]], list[str]], names: set[str], stop: asyncio.Event) -> list[str]:

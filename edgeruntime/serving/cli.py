@@ -377,9 +377,8 @@ def _serve_as_one_of_several(
 ) -> int:
     """Serve as one serving process of several: on the supervisor's socket, no banner, metrics and
     the dashboard's in-flight work gathered from all of them through the control channel, edits
-    of the configuration files applied when the supervisor, which watches them, says so
-    (`config_reloader`: what applies them; None: ``--no-watch``)."""
-    from edgeruntime.serving.config_reload import apply_edit
+    of the configuration files and of the functions' files applied when the supervisor, which
+    watches them, says so (`config_reloader`: what applies the former; None: ``--no-watch``)."""
     from edgeruntime.serving.control import ControlChannel
     from edgeruntime.serving.server import run_server
 
@@ -387,26 +386,32 @@ def _serve_as_one_of_several(
     app, jobs, dashboard = built.app, built.jobs, built.dashboard
     channel = ControlChannel(control, {"metrics": dashboard.metrics.snapshot, "functions": dashboard.process_state})
     dashboard.siblings = channel.gather
+    background = [channel.run]
     if config_reloader is not None:
+        from edgeruntime.functions.reload import apply_told_edits
+        from edgeruntime.serving.config_reload import apply_edit
+
         reloader = config_reloader()
 
         def edited(changed: list[str], report: bool) -> None:
             apply_edit(functools.partial(reloader.reload, report=report), {Path(path) for path in changed})
 
+        # Reloaded in order, by one task: a reload may wait for descriptors (see functions.reload).
+        function_edits: asyncio.Queue[tuple[set[str], bool]] = asyncio.Queue()
+
+        async def reload_functions(stop: asyncio.Event) -> None:
+            await apply_told_edits(function_edits, app.reload, stop)
+
         channel.on_reload = edited
+        channel.on_functions_edited = lambda names, report: function_edits.put_nowait((set(names), report))
+        background.append(reload_functions)
 
     async def start() -> None:
         await jobs.prepare()
 
-    async def watch(stop: asyncio.Event) -> None:
-        from edgeruntime.functions.reload import watch_functions
-
-        await watch_functions(settings.functions_dir, app.reload, stop)
-
     async def stopped() -> None:
         await channel.send_final("metrics", dashboard.metrics.snapshot())
 
-    background = [channel.run, *([watch] if settings.watch else [])]
     return run_server(
         settings,
         app,
@@ -464,6 +469,7 @@ def _supervise(args: argparse.Namespace, settings: Settings, built: BuiltApp, ba
             hang_timeout_sec=hang_timeout,
             on_ready=banner,
             watched=_config_files(args, settings) if settings.watch else (),
+            functions_dir=settings.functions_dir if settings.watch else None,
         )
         return await supervisor.run()
 

@@ -22,10 +22,14 @@ type           from                        meaning
 ``alive``      serving process             its event loop runs: sent every HEARTBEAT_SEC (the
                                            supervisor kills a process that stays silent, see
                                            `edgeruntime.serving.supervisor`)
-``reload``     supervisor (``changed``,    config.toml or the env file was edited (``changed``:
-               ``report``)                 their paths): apply them as they are now; log the
-                                           lines saying what changed only when ``report`` is
-                                           true (one serving process per edit is told so)
+``reload``     supervisor (``changed`` |   config.toml or the env file was edited (``changed``:
+               ``functions``, ``report``)  their paths): apply them as they are now; or the
+                                           files of functions were (``functions``: their
+                                           names, ``_shared`` for shared code; empty: a file
+                                           outside any function): reload them. Log the lines
+                                           saying what changed or was reloaded only when
+                                           ``report`` is true (one serving process per edit is
+                                           told so); errors are logged either way
 =============  ==========================  ==================================================
 
 JSON, never pickle: each side reads the other's messages as plain data. A serving process reads
@@ -106,7 +110,8 @@ class ControlChannel:
 
     `collectors` answer the supervisor's ``collect``: "what" → a callable returning plain data
     (JSON). :meth:`gather` asks for that data of every serving process. `on_reload(changed,
-    report)` applies an edit of the configuration files the supervisor saw (``reload``).
+    report)` applies an edit of the configuration files the supervisor saw (``reload``), and
+    `on_functions_edited(names, report)` one of the functions' files.
     """
 
     def __init__(
@@ -114,10 +119,12 @@ class ControlChannel:
         sock: socket.socket,
         collectors: Mapping[str, Callable[[], Any]] | None = None,
         on_reload: Callable[[list[str], bool], None] | None = None,
+        on_functions_edited: Callable[[list[str], bool], None] | None = None,
     ) -> None:
         self.sock = sock
         self.collectors: dict[str, Callable[[], Any]] = dict(collectors or {})
         self.on_reload = on_reload
+        self.on_functions_edited = on_functions_edited
         self._writer: asyncio.StreamWriter | None = None
         self._connected = asyncio.Event()
         self._ids = itertools.count(1)
@@ -258,5 +265,9 @@ class ControlChannel:
             if self.on_reload is not None:
                 changed = [path for path in message["changed"] if isinstance(path, str)]
                 self.on_reload(changed, message.get("report") is True)
+        elif kind == "reload" and isinstance(message.get("functions"), list):
+            if self.on_functions_edited is not None:
+                names = [name for name in message["functions"] if isinstance(name, str)]
+                self.on_functions_edited(names, message.get("report") is True)
         else:
             logger.error("control channel: an unexpected %r message was ignored", kind)

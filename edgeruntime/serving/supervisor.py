@@ -19,9 +19,12 @@ whole server: gateway, function workers, limits, jobs scheduler and queue runner
   accepting (the socket stays open in the others), finishes its in-flight requests and
   ``wait_until`` work up to the graceful-exit timeout and cuts the rest, as a single server does;
   the supervisor waits for all of them, and kills one that takes STOP_MARGIN_SEC longer.
-- An edit of config.toml or the env file (unless ``--no-watch``): the supervisor watches them,
-  and tells every serving process, which applies it as a single server does; one of them (the
-  one serving longest) logs what changed, so each line is said once, not once per process.
+- An edit of config.toml or the env file, or of the functions' files (unless ``--no-watch``):
+  the supervisor watches them (one watcher, not one per serving process), logs each changed
+  function file, and tells every serving process, which applies the edit or reloads the
+  functions as a single server does; one of them (the one serving longest) logs what changed
+  or was reloaded, so each line is said once, not once per process. What fails in a serving
+  process is logged by that process.
 - SIGHUP (a rolling restart, after a deploy): the serving processes are replaced one at a time:
   a new one is started and, once it accepts connections, an old one is stopped as on SIGTERM.
   The socket never closes and some process always accepts, so no connection is refused; new
@@ -139,7 +142,8 @@ class ServingSupervisor:
 
     `command` is the serving process's command line without its ``--serving-process`` option;
     `on_ready` is called once all of them accept connections (the banner). An edit of one of the
-    `watched` files (config.toml, the env file) is passed on to every serving process.
+    `watched` files (config.toml, the env file), or of a file under `functions_dir` (None: not
+    watched), is passed on to every serving process.
     """
 
     def __init__(
@@ -152,9 +156,11 @@ class ServingSupervisor:
         hang_timeout_sec: float = HANG_TIMEOUT_SEC,
         on_ready: Callable[[], None] = lambda: None,
         watched: Sequence[Path] = (),
+        functions_dir: Path | None = None,
     ) -> None:
         self.command = list(command)
         self.watched = list(watched)
+        self.functions_dir = functions_dir
         self.count = count
         self.sock = sock
         self.graceful_exit_timeout_sec = graceful_exit_timeout_sec
@@ -186,8 +192,11 @@ class ServingSupervisor:
             loop.add_signal_handler(sig, self._stop.set)
         loop.add_signal_handler(signal.SIGHUP, self._restart.set)
         try:
-            if self.watched:  # from now: an edit made while they start is passed on too
+            # From now: an edit made while they start is passed on too.
+            if self.watched:
                 self._spawn(self._watch_config())
+            if self.functions_dir is not None:
+                self._spawn(self._watch_functions())
             status = await self._start_all()
             if status is not None:
                 return status
@@ -368,12 +377,19 @@ class ServingSupervisor:
                 )
                 process.signal(signal.SIGKILL)
 
-    # -- configuration edits -----------------------------------------------------------------
+    # -- edits -------------------------------------------------------------------------------
 
     async def _watch_config(self) -> None:
         from edgeruntime.serving.config_reload import watch_config  # watchfiles: only when watching
 
         await watch_config(self.watched, self.pass_edit, self._stop)
+
+    async def _watch_functions(self) -> None:
+        from edgeruntime.functions.reload import function_edits  # watchfiles: only when watching
+
+        assert self.functions_dir is not None
+        async for names in function_edits(self.functions_dir, self._stop):
+            self.pass_function_edit(names)
 
     def pass_edit(self, changed: set[Path]) -> None:
         """Tell every serving process (but those stopping) that the files `changed` were edited.
@@ -382,13 +398,20 @@ class ServingSupervisor:
         others apply it silently. A new one that reads the files after the edit finds nothing
         to apply, which is why one that already serves reports, when there is one.
         """
+        self._tell_all({"type": "reload", "changed": sorted(str(path) for path in changed)})
+
+    def pass_function_edit(self, names: set[str]) -> None:
+        """Tell every serving process (but those stopping) to reload the functions `names`
+        (their files changed; ``_shared``: all), reported as :meth:`pass_edit` says."""
+        self._tell_all({"type": "reload", "functions": sorted(names)})
+
+    def _tell_all(self, message: dict[str, Any]) -> None:
         told = [process for process in self.running if not process.stopping]
         if not told:
             return
         reporter = min(told, key=lambda p: (p.ready_at is None, p.ready_at or 0.0, p.pid))
-        names = sorted(str(path) for path in changed)
         for process in told:
-            process.send({"type": "reload", "changed": names, "report": process is reporter})
+            process.send({**message, "report": process is reporter})
 
     # -- stopping ----------------------------------------------------------------------------
 

@@ -342,15 +342,18 @@ def test_serving_processes_stop_when_their_supervisor_is_killed(who_dir: Path) -
     assert "the supervisor of the serving processes has gone: shutting down" in server.output
 
 
-def test_hot_reload_reloads_every_serving_process(who_dir: Path) -> None:
+def test_hot_reload_reloads_every_serving_process_and_logs_each_line_once(who_dir: Path) -> None:
     source = who_dir / "who" / "index.py"
     source.write_text(WHO.replace('{"pid": os.getpid()}', '{"pid": os.getpid(), "v": 1}'))
     server = start(who_dir)
     with server:
         pids = set(child_pids(server.proc.pid))
         both_answer(server, pids)
-        time.sleep(0.5)  # the watchers settle before the edit
-        source.write_text(WHO.replace('{"pid": os.getpid()}', '{"pid": os.getpid(), "v": 2}'))
+        time.sleep(0.5)  # the watcher settles before the edit
+        # Written beside the functions directory and moved in: one change to index.py, one reload.
+        draft = who_dir.parent / "index.py.draft"
+        draft.write_text(WHO.replace('{"pid": os.getpid()}', '{"pid": os.getpid(), "v": 2}'))
+        os.replace(draft, source)
         fresh: set[int] = set()
 
         def every_process_reloaded() -> bool:
@@ -361,6 +364,12 @@ def test_hot_reload_reloads_every_serving_process(who_dir: Path) -> None:
             return fresh == pids
 
         wait_until(every_process_reloaded, 30, f"version 2 from each of {pids} (seen {fresh})", interval=0)
+        assert server.terminate() == 0  # every line written
+    # One watcher (the supervisor's), and one serving process says what it reloaded.
+    lines = server.output.splitlines()
+    detected = [line for line in lines if "File change detected" in line]
+    assert len(detected) == 1 and f"File change detected: {source} (added)" in detected[0], server.output
+    assert len([line for line in lines if line.endswith("reloaded who")]) == 1, server.output
 
 
 # -- what they share ----------------------------------------------------------------------------
