@@ -1,13 +1,15 @@
-"""The time the jobs system reads: the system clock, or a fake one that tests move by hand."""
+"""The time the jobs system reads: the system clock, the database server's (Postgres), or a fake
+one that tests move by hand."""
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
-__all__ = ["Clock", "ClockOffset", "FakeClock", "SystemClock", "skew_limit"]
+__all__ = ["Clock", "ClockOffset", "FakeClock", "ServerClock", "SystemClock", "skew_limit"]
 
 #: The most two instances' clocks may differ by, whatever the lease: cron ticks and delayed jobs
 #: come due early or late by the difference.
@@ -64,6 +66,60 @@ class ClockOffset:
     def beyond(self, limit: float) -> bool:
         """Whether the clocks certainly differ by more than `limit` seconds."""
         return abs(self.seconds) - self.error > limit
+
+
+def _steady() -> float:
+    # Never stepped, only slewed by NTP; CLOCK_BOOTTIME also counts a suspend, as the wall clock does.
+    boottime = getattr(time, "CLOCK_BOOTTIME", None)
+    return time.monotonic() if boottime is None else time.clock_gettime(boottime)
+
+
+class ServerClock:
+    """The database server's clock, as this instance follows it (instances sharing a Postgres
+    database judge leases and due times by it, whatever their hosts' clocks say).
+
+    It reads a local clock that is never stepped (`steady`) plus its offset from the server's,
+    measured by the jobs system at start and every minute (`follow`); until then, and while the
+    server cannot be reached, it reads `host`, the clock this instance would use without it
+    (`SystemClock`; a test's skewed one). A step of the host's clock does not move it; the
+    server's clock does, at the next measurement.
+    """
+
+    def __init__(self, host: Clock | None = None) -> None:
+        self.host: Clock = host or SystemClock()
+        #: steady() - server time, give or take `_error`; at first the host's, not measured (infinite error).
+        self._offset = _steady() - self.host.now()
+        self._error = math.inf
+
+    def now(self) -> float:
+        return _steady() - self._offset
+
+    @staticmethod
+    def steady() -> float:
+        """The local clock this one runs on (what `follow` takes a measurement of)."""
+        return _steady()
+
+    @property
+    def measured(self) -> bool:
+        """Whether it follows the server's clock yet (False: it reads the host's)."""
+        return not math.isinf(self._error)
+
+    def host_offset(self, steady: ClockOffset) -> ClockOffset:
+        """How far the host's clock is from the server's, given `steady`'s offset from it."""
+        return ClockOffset(self.host.now() - _steady() + steady.seconds, steady.error)
+
+    def follow(self, steady: ClockOffset) -> bool:
+        """Take a measurement of `steady`'s offset from the server's clock; returns whether it moved.
+
+        It is taken when it is more precise than the one followed, or when the two certainly
+        differ (the server's clock was stepped, or `steady` drifted): between two measurements
+        that agree within their errors the time does not jitter, and it never moves back by more
+        than those errors unless the server's clock did.
+        """
+        if steady.error < self._error or abs(steady.seconds - self._offset) > steady.error + self._error:
+            self._offset, self._error = steady.seconds, steady.error
+            return True
+        return False
 
 
 def skew_limit(lease_sec: float) -> float:

@@ -207,8 +207,9 @@ class PostgresStore:
     async def clock_offset(self, now: Callable[[], float]) -> ClockOffset:
         """How far the clock `now` reads is from the database server's.
 
-        Instances sharing the database write and compare leases and due times read from their own
-        clocks: this is how a serving instance learns whether its clock agrees with the others'.
+        Instances sharing the database write and compare leases and due times: this is how each
+        one's jobs system follows the server's clock (`ServerClock`), and learns how far its
+        host's clock is from it.
         """
         best: ClockOffset | None = None
         async with self._conn() as conn:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 from edgeruntime.functions.discovery import discover
 from edgeruntime.gateway.extensions import Extension
 from edgeruntime.jobs.backends import open_store
-from edgeruntime.jobs.clock import Clock, ClockOffset, SystemClock, skew_limit
+from edgeruntime.jobs.clock import Clock, ClockOffset, ServerClock, SystemClock, skew_limit
 from edgeruntime.jobs.config import JobsConfig
 from edgeruntime.jobs.history import RunHistory
 from edgeruntime.jobs.outage import Outage, describe
@@ -70,6 +70,11 @@ class JobSystem(Extension):
         self.store = store or open_store(
             settings.database_url, settings.functions_dir, source=settings.database_url_source
         )
+        if (clock is None or isinstance(clock, SystemClock)) and hasattr(self.store, "clock_offset"):
+            # Instances sharing the database agree on time only if they all read the server's.
+            clock = ServerClock(clock)
+        #: What leases, due times and cron instants are read from: on Postgres, unless a test
+        #: passes a clock of its own (`FakeClock`), the database server's (`ServerClock`).
         self.clock: Clock = clock or SystemClock()
         #: False: nothing runs by itself; tests deliver with `run_jobs()` and `trigger_cron()`.
         self.background = background
@@ -128,6 +133,8 @@ class JobSystem(Extension):
     async def start(self) -> None:
         if not self._migrated:
             await self.prepare()
+        if isinstance(self.clock, ServerClock) or (self.background and hasattr(self.store, "clock_offset")):
+            await self.check_clock()  # before the scheduler and the runner read the time
         activate(self.queue)
         self.history.start()
         if self.background:
@@ -180,19 +187,26 @@ class JobSystem(Extension):
 
     async def _clock_loop(self) -> None:
         while True:
-            await self.check_clock()
             await asyncio.sleep(CLOCK_CHECK_INTERVAL_SEC)
+            await self.check_clock()
 
     async def check_clock(self) -> ClockOffset | None:
-        """Compare this instance's clock with the database server's, and warn when they are further
-        apart than leases allow (see `skew_limit`); a serving instance does it at start and every
-        minute. None for a store whose processes all read one host's clock (SQLite), or when the
-        database cannot be reached (its other users report that)."""
+        """Measure this instance's clocks against the database server's: a `ServerClock` follows
+        the server's from then on; the host's (a `ServerClock`'s host, else the clock itself) is
+        warned of when further apart than `skew_limit`, and returned. A serving instance does it at
+        start and every minute. None for a store whose processes all read one host's clock
+        (SQLite), or when the database cannot be reached (its other users report that)."""
         measure = getattr(self.store, "clock_offset", None)
         if measure is None:
             return None
+        clock = self.clock
         try:
-            offset: ClockOffset = await measure(self.clock.now)
+            if isinstance(clock, ServerClock):
+                steady: ClockOffset = await measure(clock.steady)
+                clock.follow(steady)
+                offset = clock.host_offset(steady)
+            else:
+                offset = await measure(clock.now)
         except Exception as exc:
             logger.debug("jobs: comparing this instance's clock with the database server's failed: %s", describe(exc))
             return None
@@ -206,12 +220,26 @@ class JobSystem(Extension):
         elif self._skewed and abs(offset.seconds) + offset.error <= limit:  # not on the edge: back for sure
             self._skewed = False
             logger.warning(
-                "jobs: this instance's clock agrees with the database server's again (%.1f s apart)",
+                "jobs: this %s clock agrees with the database server's again (%.1f s apart)",
+                "host's" if isinstance(self.clock, ServerClock) else "instance's",
                 abs(offset.seconds),
             )
         return offset
 
     def _warn_skew(self, offset: ClockOffset, limit: float) -> None:
+        url = redact_url(str(getattr(self.store, "url", "")))
+        if isinstance(self.clock, ServerClock):
+            logger.warning(
+                "jobs: this host's clock is %.1f s %s the database server's (%s), more than %.1f s: leases, due"
+                " times and cron ticks follow the server's clock, so instances sharing the database still agree"
+                " on them, but the time function code reads (time.time(), datetime.now()) and the times of run"
+                " records and log lines written here are off by as much; synchronise this host's clock (NTP)",
+                abs(offset.seconds),
+                "ahead of" if offset.seconds > 0 else "behind",
+                url,
+                limit,
+            )
+            return
         if offset.seconds > 0:
             direction = "ahead of"
             harm = (
@@ -230,7 +258,7 @@ class JobSystem(Extension):
             " times by their own clocks, %s; synchronise this host's clock (NTP)",
             abs(offset.seconds),
             direction,
-            redact_url(str(getattr(self.store, "url", ""))),
+            url,
             limit,
             self.config.lease_sec,
             harm,
