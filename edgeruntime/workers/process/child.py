@@ -40,6 +40,7 @@ from edgeruntime.core.context import ExecutionContext
 from edgeruntime.core.descriptors import exhaustion
 from edgeruntime.core.events import StopReason
 from edgeruntime.core.metering import makes_plain_tasks
+from edgeruntime.core.threads import sync_handler_threads
 from edgeruntime.core.types import Message
 from edgeruntime.exceptions import (
     BootError,
@@ -73,6 +74,7 @@ from edgeruntime.workers.process.frames import (
     Enqueued,
     Frame,
     Listen,
+    Outlived,
     Request,
     Sent,
     TaskDone,
@@ -362,6 +364,8 @@ class WorkerProcess:
         #: The loop this process serves on (`stopped`'s: looking up the running loop is a system
         #: call on Python 3.11).
         self.loop = stopped.get_loop()
+        #: The server was told that a sync handler outlived its request (see `check_outlived`).
+        self.outlived = False
 
     def on_close(self) -> None:
         self.queue.close()
@@ -424,6 +428,14 @@ class WorkerProcess:
         # call on Python 3.11).
         ctx.task = task
         self.requests[request.rid] = (task, body)
+
+    def check_outlived(self) -> None:
+        """A request ended before its handler did: if a sync handler runs on in its thread (which
+        cannot be stopped), the server is told, once, and retires this worker process, whose end
+        stops the thread."""
+        if not self.outlived and sync_handler_threads(self.loop).abandoned:
+            self.outlived = True
+            self.channel.send(Outlived())
 
     def _forget(self, rid: int, task: asyncio.Task[None]) -> None:
         entry = self.requests.get(rid)
@@ -550,10 +562,12 @@ class WorkerProcess:
             await worker.handle(request.scope, body.receive, send, ctx)
         except LimitExceeded as exc:
             ended = Ended("limit", str(exc.reason))
+            self.check_outlived()
         except PayloadTooLarge:
             ended = Ended("too_large")
         except asyncio.CancelledError:
             ended = Ended("cancelled")
+            self.check_outlived()
         except Exception as exc:
             ended = Ended("error", f"{type(exc).__name__}: {exc}")
         finally:

@@ -22,6 +22,7 @@ refuses (it has a thread), workers are spawned as before.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import itertools
 import logging
@@ -162,15 +163,28 @@ class WorkerProcessHandle(Protocol):
     def kill(self) -> None:
         """SIGKILL it (a no-op once it has exited)."""
 
+    def watch(self, on_exit: Callable[[], None]) -> None:
+        """Call `on_exit` once it has exited, what it started in its session ended first (see
+        :class:`SpawnedProcess`); never where its exit cannot be watched."""
+
     async def wait(self, timeout: float) -> int | None:
         """Its exit status, once it has exited; killed if it has not after `timeout` seconds."""
 
 
 class SpawnedProcess:
-    """A worker process the server started itself (under bubblewrap: bubblewrap, its parent)."""
+    """A process the server started itself in a session of its own (``start_new_session``): a
+    worker (under bubblewrap: bubblewrap, its parent) or a template.
+
+    A worker's is watched (:meth:`watch`) through a pidfd, which tells its exit without reaping
+    it: what it started and left running (a ``subprocess.Popen``, an ``os.fork``) is then SIGKILLed
+    with its process group, whose id is still the worker's while the worker is not reaped, and only
+    then is it reaped (:meth:`wait`). A process that left the session (``setsid``) is not in it.
+    """
 
     def __init__(self, proc: subprocess.Popen[bytes]) -> None:
         self.proc = proc
+        #: Watched: done once it has exited and its process group was killed.
+        self._exit: asyncio.Future[None] | None = None
 
     @property
     def pid(self) -> int:
@@ -183,13 +197,58 @@ class SpawnedProcess:
         pass
 
     def exited(self) -> bool:
+        if self.proc.returncode is not None:
+            return True
+        if self._exit is not None:  # not reaped before `wait`: until then its pid is no other process's
+            return self._exit.done()
         return self.proc.poll() is not None
 
     def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
+        if self.proc.returncode is None:  # not reaped: its pid, and its group's id, are still its own
+            self._kill_group()
+
+    def _kill_group(self) -> None:
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        except OSError:  # a member it may not signal: the process itself at least
+            with contextlib.suppress(OSError):
+                os.kill(self.proc.pid, signal.SIGKILL)
+
+    def watch(self, on_exit: Callable[[], None]) -> None:
+        if self._exit is not None or self.proc.returncode is not None or not hasattr(os, "pidfd_open"):
+            return
+        try:
+            pidfd = os.pidfd_open(self.proc.pid)  # not reaped yet: the pid is still this process's
+        except OSError:  # (out of descriptors: its crash is seen when its channel closes, as before)
+            return
+        loop = asyncio.get_running_loop()
+        exit_ = self._exit = loop.create_future()
+
+        def exited() -> None:
+            loop.remove_reader(pidfd)
+            self._kill_group()  # before it is reaped: what it left running ends with it
+            os.close(pidfd)
+            if not exit_.done():
+                exit_.set_result(None)
+            on_exit()
+
+        loop.add_reader(pidfd, exited)
 
     async def wait(self, timeout: float) -> int | None:
+        exit_ = self._exit
+        if exit_ is not None and self.proc.returncode is None:
+            for _ in range(2):
+                try:
+                    await asyncio.wait_for(asyncio.shield(exit_), timeout)
+                except TimeoutError:
+                    self.kill()
+                    continue
+                status = self.proc.poll()  # it has exited: reaped at once
+                if status is not None:
+                    return status
+                break
         return await asyncio.get_running_loop().run_in_executor(None, self._wait, timeout)
 
     def _wait(self, timeout: float) -> int:
@@ -249,6 +308,11 @@ class ForkedProcess:
             except OSError:
                 pass
         self.template.kill(self.template_pid)
+
+    def watch(self, on_exit: Callable[[], None]) -> None:
+        # Its template reports its exit once it has killed what the worker left running (see
+        # :meth:`edgeruntime.workers.process.template.Template.reap`).
+        self.status.add_done_callback(lambda _: on_exit())
 
     async def wait(self, timeout: float) -> int | None:
         try:

@@ -11,7 +11,7 @@ Server → worker process: :class:`Boot`, :class:`Request`, :class:`Body`, :clas
 :class:`BeforeUnload`, :class:`Enqueued`, :class:`Delivered`. Worker process → server:
 :class:`Booted`, :class:`BootFailed`, :class:`BootExhausted`, :class:`Sent`, :class:`Done`,
 :class:`Answered`, :class:`TaskStarted`, :class:`TaskDone`, :class:`BeforeUnloadDone`, :class:`Enqueue`,
-:class:`Consumed`.
+:class:`Consumed`, :class:`Listen`, :class:`Outlived`.
 
 The messages of one request flow in both directions under a window of :data:`WINDOW` messages
 (a WebSocket's frames, a streamed body): a side sends the next message only while fewer than
@@ -62,6 +62,7 @@ __all__ = [
     "FROM_WORKER",
     "Frame",
     "Listen",
+    "Outlived",
     "Reader",
     "Request",
     "Sent",
@@ -280,6 +281,13 @@ class Listen(NamedTuple):
     kind: int = 19
 
 
+class Outlived(NamedTuple):
+    """A sync handler of the worker process runs on in its thread after its request ended (a
+    thread cannot be stopped): sent once; the server retires the worker."""
+
+    kind: int = 20
+
+
 Frame: TypeAlias = (
     Boot
     | Request
@@ -300,6 +308,7 @@ Frame: TypeAlias = (
     | Consumed
     | Listen
     | Answered
+    | Outlived
 )
 
 _SERVER_FRAMES: tuple[type[Any], ...] = (Boot, Request, Body, Cancel, BeforeUnload, Enqueued, Delivered)
@@ -316,6 +325,7 @@ _WORKER_FRAMES: tuple[type[Any], ...] = (
     Consumed,
     Listen,
     Answered,
+    Outlived,
 )
 #: Each kind's number → its class and its number of fields.
 KINDS: dict[int, tuple[type[Any], int]] = {

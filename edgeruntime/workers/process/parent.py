@@ -5,7 +5,11 @@ The server forwards ASGI messages to the worker process over a Unix socket
 memory are read from ``/proc`` every few milliseconds and reported to the worker's lifecycle,
 which retires it or ends it. Ending a worker process is ``SIGKILL``, so a hard limit stops even
 ``while True: pass``. A process that dies on its own (``os._exit``, a segfault) fails its
-in-flight requests with 500 WORKER_ERROR, and the next request boots a fresh worker.
+in-flight requests with 500 WORKER_ERROR, and the next request boots a fresh worker: its exit is
+watched (:meth:`WorkerProcessHandle.watch`), so a process it started that still holds its channel
+does not hold that up, and what it left running in its process group is killed. A worker process
+in which a sync handler runs on after its request ended (a thread cannot be stopped) says so
+(:class:`~edgeruntime.workers.process.frames.Outlived`) and retires.
 
 Memory is resident memory (RSS) above the process's baseline just before the function's module
 is loaded, so the limit counts what the function allocates, as the edge runtime counts its
@@ -87,6 +91,7 @@ from edgeruntime.workers.process.frames import (
     Enqueued,
     Frame,
     Listen,
+    Outlived,
     Request,
     Sent,
     TaskDone,
@@ -380,6 +385,7 @@ class ProcessWorker:
         # booted while this process was not running) before create_unix_connection returns.
         self._booted = loop.create_future()
         transport, _ = await loop.create_unix_connection(lambda: channel, sock=ours)
+        self.proc.watch(self._process_exited)
         if sent < len(boot):  # an env larger than the socket's buffer: the rest once it is read
             transport.write(boot[sent:])
         try:
@@ -536,6 +542,19 @@ class ProcessWorker:
             and not self._booted.done()
         ):
             self._booted.set_result(frame)
+        elif isinstance(frame, Outlived):
+            self._outlived()
+
+    def _outlived(self) -> None:
+        """A sync handler runs on in the worker process after its request ended (its idle timeout,
+        its client gone, its own limit under per_request): the worker retires, as at half its wall
+        clock. New requests go to a fresh worker (whose threads are free), and the early drop ends
+        this one once its other requests and background work are done, the handler's thread with it.
+        """
+        lifecycle = self._lifecycle
+        if lifecycle is not None and self.status is WorkerStatus.ACTIVE:
+            # Logged and retired once, as the lifecycle's own thresholds are.
+            lifecycle._retire_once("sync handler outlived its request", StopReason.WALL_CLOCK)
 
     def _unsent(self, fields: tuple[Any, ...], error: Exception) -> None:
         """A request's frame could not be pickled (something in its scope or body): it fails."""
@@ -576,6 +595,26 @@ class ProcessWorker:
             error = f"enqueue failed: {type(exc).__name__}"
         if self.channel is not None:
             self.channel.send(Enqueued(frame.qid, job_id, error))
+
+    def _process_exited(self) -> None:
+        """The worker process has exited. Its channel closes with it, unless a process it started
+        holds the other end (a fork, which its template or the server has just killed, or one in a
+        session of its own, which is not): the server then closes its end for reading, so that
+        what the worker wrote is read, and then the channel's end, as at any crash (`_on_close`)."""
+        channel = self.channel
+        if self.status is WorkerStatus.ENDED or channel is None or channel.closed or channel.transport is None:
+            return
+        try:
+            sock = socket.socket(fileno=channel.transport.get_extra_info("socket").fileno())
+        except (AttributeError, OSError, ValueError):  # no socket to shut down: closed at once
+            channel.close()
+            return
+        try:
+            sock.shutdown(socket.SHUT_RD)
+        except OSError:
+            channel.close()
+        finally:
+            sock.detach()  # the transport's: not closed here
 
     def _on_close(self) -> None:
         if self._booted is not None and not self._booted.done():

@@ -22,8 +22,10 @@ refuses to fork, and the server starts workers without it).
 
 The template hands the server each worker's pidfd with its pid, reaps its children and reports
 each one's exit status; it dies with the server, and its workers die with it
-(``PR_SET_PDEATHSIG``). Control messages are fixed-size records (no pickle) over a
-``SOCK_SEQPACKET`` socket: a kind, and two integers (and a worker's pidfd, ``SCM_RIGHTS``).
+(``PR_SET_PDEATHSIG``). Each worker leads a session of its own: what it started and left running
+in its process group is killed when the template reaps it. Control messages are fixed-size
+records (no pickle) over a ``SOCK_SEQPACKET`` socket: a kind, and two integers (and a worker's
+pidfd, ``SCM_RIGHTS``).
 """
 
 from __future__ import annotations
@@ -169,6 +171,9 @@ class Template:
         """In the child: keep the channel and stdio, close the rest, run as a worker process. Never returns."""
         code = 1
         try:
+            # A session (and process group) of its own: what the function starts and leaves running
+            # is killed with the group when the worker exits (see `reap`).
+            os.setsid()
             self.control.detach()  # closed below with the rest: its object must not close a reused number
             os.closerange(3, channel)
             os.closerange(channel + 1, os.sysconf("SC_OPEN_MAX"))
@@ -193,6 +198,10 @@ class Template:
         pid = self.children.pop(pidfd)
         self.poller.unregister(pidfd)
         os.close(pidfd)
+        # What the worker started and left running (a subprocess, a fork holding its channel) ends
+        # with it: its process group, whose id is still the worker's until it is reaped just after.
+        with contextlib.suppress(OSError):
+            os.killpg(pid, signal.SIGKILL)
         _, status = os.waitpid(pid, 0)  # it has exited: this does not wait
         self.send(EXITED, pid, os.waitstatus_to_exitcode(status))
 

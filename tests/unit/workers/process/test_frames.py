@@ -30,6 +30,7 @@ from edgeruntime.workers.process.frames import (
     Enqueued,
     Frame,
     Listen,
+    Outlived,
     Request,
     Sent,
     TaskDone,
@@ -61,6 +62,7 @@ EVERY_KIND: list[Frame] = [
     Delivered(1, 8),
     Consumed(1, 8),
     Listen(1),
+    Outlived(),
     Request(
         4,
         {
@@ -83,7 +85,7 @@ WORKER_SENT = [f for f in EVERY_KIND if type(f) in frames._WORKER_FRAMES]
 
 def test_every_kind_has_its_own_number() -> None:
     numbers = [cls._field_defaults["kind"] for cls, _ in frames.KINDS.values()]
-    assert len(frames.KINDS) == len(set(numbers)) == len({type(f) for f in EVERY_KIND}) == 19
+    assert len(frames.KINDS) == len(set(numbers)) == len({type(f) for f in EVERY_KIND}) == 20
 
 
 @pytest.mark.parametrize("frame", EVERY_KIND, ids=lambda f: type(f).__name__)
