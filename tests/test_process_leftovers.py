@@ -355,6 +355,8 @@ async def test_a_worker_whose_sync_handler_outlived_its_request_is_retired(
         # Nothing else in flight: the retired worker is dropped, its threads with it.
         await eventually(lambda: not _alive(worker.pid or 0), what="the retired worker process ending")
         assert (await client.invoke("sync")).status_code == 200
+        metrics = (await client.request("GET", "/_internal/metrics")).text
+    assert 'edgeruntime_worker_retirements_total{function="sync",reason="stuck_handler"} 1.0' in metrics
     retirements = [r for r in caplog.records if "sync handler outlived its request" in r.getMessage()]
     assert len(retirements) == 1, [r.getMessage() for r in retirements]
     assert f"isolate: {worker.id}" in retirements[0].getMessage()

@@ -49,6 +49,9 @@ class StopReason(enum.StrEnum):
     CRASH = "Crash"
     #: The function's module failed to load, so the worker never served.
     BOOT_FAILURE = "BootFailure"
+    #: A sync handler ran on after its request ended (process isolation): the worker retires, and
+    #: the thread it cannot stop ends with its process.
+    STUCK_HANDLER = "StuckHandler"
 
     @property
     def key(self) -> str:
@@ -73,6 +76,7 @@ _KEYS: dict[StopReason, str] = {
     StopReason.RELOAD: "reload",
     StopReason.CRASH: "crash",
     StopReason.BOOT_FAILURE: "boot_failure",
+    StopReason.STUCK_HANDLER: "stuck_handler",
 }
 EventName = Literal["beforeunload", "unhandledrejection"]
 #: A listener: sync or async, called with the event.

@@ -116,6 +116,13 @@ class WorkerLifecycle:
         if self._prepare is not None and self._once("prepare"):
             self._prepare()
 
+    def retire(self, message: str, reason: StopReason) -> None:
+        """Retire the worker for a cause outside these limits (`reason`), logging `message` once.
+
+        Like the limits' own retirements: at most once, and not after the worker has ended.
+        """
+        self._retire_once(message, reason)
+
     def _retire_once(self, message: str, reason: StopReason) -> None:
         if self._once(f"log:{message}"):
             self._log(message)

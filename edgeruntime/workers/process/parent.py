@@ -554,7 +554,7 @@ class ProcessWorker:
         lifecycle = self._lifecycle
         if lifecycle is not None and self.status is WorkerStatus.ACTIVE:
             # Logged and retired once, as the lifecycle's own thresholds are.
-            lifecycle._retire_once("sync handler outlived its request", StopReason.WALL_CLOCK)
+            lifecycle.retire("sync handler outlived its request", StopReason.STUCK_HANDLER)
 
     def _unsent(self, fields: tuple[Any, ...], error: Exception) -> None:
         """A request's frame could not be pickled (something in its scope or body): it fails."""
