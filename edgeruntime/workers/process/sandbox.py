@@ -442,20 +442,13 @@ class WorkerLauncher:
                         made.add(ancestor)
                         args += ["--perms", "0755", "--dir", str(ancestor)]
                 break
-        for private in self.private_paths:
-            if any(_within(n, private) for n in needed) or not private.exists():
-                continue  # never hide what the worker needs (a store file beside the functions, say)
-            if private.is_dir():
-                masked.append(private)
-                args += ["--tmpfs", str(private)]
-            else:
-                args += ["--ro-bind", "/dev/null", str(private)]
         for path in self._interpreter:
             if any(_within(path, m) for m in masked):
                 args += ["--ro-bind", str(path), str(path)]
         # The functions directory: this function's own directory, `_shared` and other `_` entries,
         # top-level files; the other functions' directories and dot-files (.env) stay hidden.
         args += ["--tmpfs", str(self.functions_dir)]
+        bound: list[Path] = []
         with contextlib.suppress(OSError):
             for entry in sorted(os.scandir(self.functions_dir), key=lambda e: e.name):
                 if entry.name.startswith("."):
@@ -463,6 +456,18 @@ class WorkerLauncher:
                 if entry.is_dir() and not entry.name.startswith("_") and Path(entry.path).resolve() != directory:
                     continue
                 args += ["--ro-bind", entry.path, entry.path]
+                bound.append(Path(entry.path))
+        # The server's own files last: one inside the functions directory (config.toml or the
+        # SQLite store among the functions, or in `_shared`) would be bound back by the lines above.
+        for private in self.private_paths:
+            if any(_within(n, private) for n in needed) or not private.exists():
+                continue  # never hide what the worker needs (a directory holding the functions, say)
+            if _within(private, self.functions_dir) and not any(_within(private, b) for b in bound):
+                continue  # hidden with the other functions (a mount would show its name)
+            if private.is_dir():
+                args += ["--tmpfs", str(private)]
+            else:
+                args += ["--ro-bind", "/dev/null", str(private)]
         args += ["--chdir", str(directory)]
         args += ["--unshare-pid", "--unshare-ipc", "--unshare-cgroup-try", "--die-with-parent"]
         if not root:

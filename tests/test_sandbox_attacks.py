@@ -1,0 +1,229 @@
+"""Attacks of a hostile function on the others and on the server, beyond `tests/test_sandbox.py`.
+
+Each test serves real functions with ``edgeruntime serve --isolation process`` on loopback and lets
+function `attacker` try what a hostile function deployed beside other people's functions would:
+read the server's files where they lie inside the functions directory, write into another
+function, the shared code or the installed packages, and write its own frames to its channel to
+put records into another function's run history. The servers run as `tests/test_sandbox.py` runs
+them (see `server_prefix`), so each mode runs as it would in a deployment.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sysconfig
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.helpers import HELLO, ServerProcess, write_function
+from tests.test_sandbox import ATTACK_CLIENT_TIMEOUT_SEC, answer_of, server_prefix, shut_down
+
+ATTACKER = """
+import json
+import os
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from edgeruntime import serve
+
+
+def attempt(action):
+    try:
+        return {"ok": True, "value": action()}
+    except OSError as exc:
+        return {"ok": False, "error": type(exc).__name__}
+
+
+def read(path):
+    with open(path, "rb") as f:
+        return f.read(1 << 20).decode("latin-1")
+
+
+def write(path):
+    with open(path, "a") as f:
+        f.write("raise SystemExit('the attacker ran here')\\n")
+    return "written"
+
+
+@serve
+async def handler(req: Request) -> JSONResponse:
+    asked = json.loads(await req.body())
+    return JSONResponse({
+        "reads": {path: attempt(lambda path=path: read(path)) for path in asked.get("reads", [])},
+        "writes": {path: attempt(lambda path=path: write(path)) for path in asked.get("writes", [])},
+        "mkdir": {path: attempt(lambda path=path: os.mkdir(path)) for path in asked.get("mkdir", [])},
+    })
+"""
+
+VICTIM = """
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+import edgeruntime.jobs
+from edgeruntime import serve
+
+
+@serve
+async def handler(req: Request) -> JSONResponse:
+    secret = req.query_params.get("secret")
+    job = await edgeruntime.jobs.enqueue("victim", {"card": secret}, delay=3600) if secret else None
+    return JSONResponse({"job": job, "version": "original"})
+"""
+
+
+@pytest.fixture
+def flat_project() -> Iterator[Path]:
+    """A functions directory that other uids can read (tmp_path is inside a 0700 directory),
+    inside a directory of its own where the test server writes its log."""
+    path = Path(tempfile.mkdtemp(prefix="edgeruntime-attacks-"))
+    path.chmod(0o755)
+    (path / "functions").mkdir()
+    try:
+        yield path / "functions"
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def attack(server: ServerProcess, http: httpx.Client, asked: dict[str, list[str]]) -> dict[str, Any]:
+    """What `attacker` got doing what `asked` says (reads, writes, mkdir: lists of paths)."""
+    return answer_of(http.post(server.url("attacker"), content=json.dumps(asked)), server)
+
+
+# -- the server's files inside the functions directory ---------------------------------------
+
+
+@pytest.mark.e2e
+def test_bwrap_hides_the_servers_files_that_lie_inside_the_functions_directory(flat_project: Path) -> None:
+    """A project laid out flat: config.toml and the SQLite store among the functions. bubblewrap
+    shows a worker the functions directory's top-level files and `_` directories: the server's
+    own files there must stay hidden (docs/deployment.md: the jobs store, config.toml)."""
+    prefix = server_prefix("bwrap")
+    functions = flat_project
+    write_function(functions, "attacker", ATTACKER)
+    write_function(functions, "victim", VICTIM)
+    jwt_secret = f"jwt-secret-{uuid.uuid4().hex}"
+    config = functions / "config.toml"
+    config.write_text(f'[auth]\njwt_secret = "{jwt_secret}"\n')
+    (functions / "_data").mkdir()
+    stores = {"top": functions / "jobs.db", "shared": functions / "_data" / "jobs.db"}
+    card = f"4111-{uuid.uuid4().hex}"
+    for where, store in stores.items():
+        options = ["--no-watch", "--no-verify-jwt", "--isolation", "process", "--sandbox", "bwrap"]
+        options += ["--config", str(config), "--database-url", f"sqlite:///{store}"]
+        with (
+            ServerProcess(functions, *options, prefix=prefix) as server,
+            httpx.Client(timeout=ATTACK_CLIENT_TIMEOUT_SEC) as http,
+        ):
+            assert answer_of(http.get(server.url("victim"), params={"secret": card}), server)["job"] is not None
+            files = [store, store.with_name(store.name + "-wal"), store.with_name(store.name + "-shm")]
+            got = attack(server, http, {"reads": [str(config), *map(str, files)]})["reads"]
+            assert shut_down(server) == 0
+        assert store.exists() and card.encode() in b"".join(p.read_bytes() for p in files if p.exists())
+        for path, result in got.items():
+            content = result.get("value", "")
+            assert card not in content and jwt_secret not in content, (where, path, result)
+
+
+# -- writing into another function -----------------------------------------------------------
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("mode", ["bwrap", "uid"])
+def test_a_function_cannot_write_into_another_function_the_shared_code_or_the_packages(
+    flat_project: Path, mode: str
+) -> None:
+    """What the function would write runs as another function at its next boot (or on a hot
+    reload): its `index.py`, a module of `_shared`, a new function, a `.pth` of site-packages."""
+    prefix = server_prefix(mode)
+    functions = flat_project
+    write_function(functions, "attacker", ATTACKER)
+    victim = write_function(functions, "victim", VICTIM)
+    (functions / "_shared").mkdir()
+    shared = functions / "_shared" / "util.py"
+    shared.write_text("X = 1\n")
+    write_function(functions, "hello", HELLO)
+    before = {p: p.read_bytes() for p in (victim, shared)}
+    site = Path(sysconfig.get_paths()["purelib"])
+    targets = [victim, shared, functions / "victim" / "extra.py", functions / "config.toml", site / "zz_attack.pth"]
+    options = ("--no-watch", "--no-verify-jwt", "--isolation", "process", "--sandbox", mode)
+    with (
+        ServerProcess(functions, *options, prefix=prefix) as server,
+        httpx.Client(timeout=ATTACK_CLIENT_TIMEOUT_SEC) as http,
+    ):
+        got = attack(server, http, {"writes": [str(p) for p in targets], "mkdir": [str(functions / "planted")]})
+        assert shut_down(server) == 0
+    for path, result in [*got["writes"].items(), *got["mkdir"].items()]:
+        assert not result["ok"], (path, result)
+    assert {p: p.read_bytes() for p in before} == before
+    for path in [*targets[2:], functions / "planted"]:
+        assert not path.exists(), path
+
+
+# -- run history -----------------------------------------------------------------------------
+
+FORGER = """
+import os
+import pickle
+import sys
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse
+from edgeruntime import serve
+
+
+@serve
+async def handler(req: Request) -> PlainTextResponse:
+    victim_execution = req.query_params["execution"]
+    batch = [
+        (990001, "charge-card", victim_execution, 10),  # TaskStarted(tid, name, execution_id)
+        (990001, "failed", RuntimeError("card declined: 4111-1111-1111-1111"), None, 11),  # TaskDone
+    ]
+    data = pickle.dumps(batch)
+    os.write(int(sys.argv[1]), len(data).to_bytes(4, "big") + data)  # the worker's end of its channel
+    return PlainTextResponse("sent")
+"""
+
+
+def _victim_run(http: httpx.Client, server: ServerProcess, execution: str) -> dict[str, Any]:
+    """The victim's run `execution` as the dashboard API shows it, once the history has it."""
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        runs = http.get(f"{server.base_url}/_edgeruntime/api/runs", params={"function": "victim"}).json()["runs"]
+        found = [r for r in runs if r["execution_id"] == execution]
+        if found:
+            return dict(found[0])
+        time.sleep(0.1)
+    raise AssertionError(f"run {execution} not in the history:\n{server.output}")
+
+
+@pytest.mark.e2e
+@pytest.mark.xfail(
+    strict=True,
+    reason="the server takes a worker's TaskStarted with any execution id: parent.py must accept only "
+    "the execution ids of requests it forwarded to that worker process",
+)
+def test_a_function_cannot_add_background_tasks_to_another_functions_run(flat_project: Path) -> None:
+    """A worker writes its own frames to its channel: a `wait_until` task it reports must be
+    recorded against one of its own function's executions, not against the victim's run."""
+    functions = flat_project
+    write_function(functions, "victim", VICTIM)
+    write_function(functions, "forger", FORGER)
+    options = ("--no-watch", "--no-verify-jwt", "--isolation", "process")
+    with ServerProcess(functions, *options) as server, httpx.Client(timeout=ATTACK_CLIENT_TIMEOUT_SEC) as http:
+        r = http.get(server.url("victim"))
+        assert r.status_code == 200, server.output
+        execution = r.headers["x-edgeruntime-execution-id"]
+        before = _victim_run(http, server, execution)
+        forged = http.get(server.url("forger"), params={"execution": execution})
+        assert forged.status_code == 200, server.output
+        time.sleep(1)  # the history is written every 0.25 s
+        after = _victim_run(http, server, execution)
+        assert shut_down(server) == 0
+    assert before["tasks"] == []
+    assert after["tasks"] == [], after["tasks"]
