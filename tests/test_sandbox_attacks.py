@@ -24,7 +24,8 @@ import httpx
 import pytest
 
 from tests.helpers import HELLO, ServerProcess, write_function
-from tests.test_sandbox import ATTACK_CLIENT_TIMEOUT_SEC, answer_of, server_prefix, shut_down
+from tests.probes import template_processes, worker_processes
+from tests.test_sandbox import ATTACK_CLIENT_TIMEOUT_SEC, answer_of, server_prefix, serving_process, shut_down
 
 ATTACKER = """
 import json
@@ -227,3 +228,140 @@ def test_a_function_cannot_add_background_tasks_to_another_functions_run(flat_pr
         assert shut_down(server) == 0
     assert before["tasks"] == []
     assert after["tasks"] == [], after["tasks"]
+
+
+# -- tracing and descriptors -----------------------------------------------------------------
+
+TRACER = """
+import ctypes
+import os
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from edgeruntime import serve
+
+libc = ctypes.CDLL(None, use_errno=True)
+PTRACE_ATTACH, PTRACE_DETACH, SYS_PIDFD_GETFD, WALL = 16, 17, 438, 0x40000000
+
+
+def attempt(action):
+    try:
+        return {"ok": True, "value": action()}
+    except OSError as exc:
+        return {"ok": False, "error": type(exc).__name__}
+
+
+def attach(pid):
+    if libc.ptrace(PTRACE_ATTACH, pid, 0, 0) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    os.waitpid(pid, WALL)  # stopped: it can be let go (a failing test then does not hang its target)
+    libc.ptrace(PTRACE_DETACH, pid, 0, 0)
+    return "attached"
+
+
+def take_descriptors(pid):
+    # Another process's channel to the server, its listening socket: any descriptor it holds.
+    pidfd = os.pidfd_open(pid)
+    try:
+        taken = []
+        for fd in range(64):
+            got = libc.syscall(SYS_PIDFD_GETFD, pidfd, fd, 0)
+            if got >= 0:
+                taken.append(os.readlink(f"/proc/self/fd/{got}"))
+                os.close(got)
+            elif ctypes.get_errno() != 9:  # EBADF: no such descriptor there
+                err = ctypes.get_errno()
+                raise OSError(err, os.strerror(err))
+        return taken
+    finally:
+        os.close(pidfd)
+
+
+@serve
+async def handler(req: Request) -> JSONResponse:
+    pids = {name: int(pid) for name, pid in req.query_params.items()}
+    return JSONResponse({
+        name: {"ptrace": attempt(lambda: attach(pid)), "pidfd_getfd": attempt(lambda: take_descriptors(pid))}
+        for name, pid in pids.items()
+    })
+"""
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("mode", ["bwrap", "uid", "basic"])
+def test_a_function_cannot_trace_another_worker_or_take_its_descriptors(flat_project: Path, mode: str) -> None:
+    """ptrace(PTRACE_ATTACH) and pidfd_getfd(2) on another function's worker, its template and the
+    server: both would give the attacker the target's memory or its channel to the server."""
+    prefix = server_prefix(mode)
+    functions = flat_project
+    write_function(functions, "tracer", TRACER)
+    write_function(functions, "victim", VICTIM)
+    options = ("--no-watch", "--no-verify-jwt", "--isolation", "process", "--sandbox", mode)
+    with (
+        ServerProcess(functions, *options, prefix=prefix) as server,
+        httpx.Client(timeout=ATTACK_CLIENT_TIMEOUT_SEC) as http,
+    ):
+        answer_of(http.get(server.url("victim")), server)
+        targets = {
+            "victim": worker_processes(server.proc.pid)["victim"],
+            "template": template_processes(server.proc.pid)["victim"],
+            "server": serving_process(server.proc.pid),
+        }
+        got = answer_of(http.get(server.url("tracer"), params=targets), server)
+        assert answer_of(http.get(server.url("victim")), server)["version"] == "original"
+        assert worker_processes(server.proc.pid)["victim"] == targets["victim"]
+        assert shut_down(server) == 0
+    for name, result in got.items():
+        assert not result["ptrace"]["ok"], (name, result)
+        assert not result["pidfd_getfd"]["ok"], (name, result)
+
+
+# -- the server's log ------------------------------------------------------------------------
+
+LOG_FORGER = """
+import json
+import os
+import subprocess
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse
+from edgeruntime import serve
+
+
+@serve
+async def handler(req: Request) -> PlainTextResponse:
+    forged = {"time": "2026-01-01T00:00:00.000Z", "level": "error", "logger": "edgeruntime.function",
+              "function": "victim", "execution_id": None, "message": req.query_params["message"]}
+    os.write(2, (json.dumps(forged) + "\\n").encode())  # the worker's stderr, written around sys.stderr
+    subprocess.run(["echo", "from a subprocess of forger"], check=True)  # what a subprocess prints
+    return PlainTextResponse("written")
+"""
+
+
+@pytest.mark.e2e
+@pytest.mark.xfail(
+    strict=True,
+    reason="a worker's stdout and stderr are the server's own (forking.py and parent.py start templates "
+    "and workers with them inherited): what it writes around sys.stdout reaches the log as it is",
+)
+def test_a_function_cannot_write_log_lines_in_another_functions_name(flat_project: Path) -> None:
+    """Under --log-format json every line of the server's output is a JSON record naming its
+    function (docs/deployment.md): one function must not be able to write a record in another's
+    name, and what a subprocess of it prints is its own line too."""
+    functions = flat_project
+    write_function(functions, "forger", LOG_FORGER)
+    write_function(functions, "victim", VICTIM)
+    message = f"card charged twice {uuid.uuid4().hex}"
+    options = ("--no-watch", "--no-verify-jwt", "--isolation", "process", "--log-format", "json")
+    with ServerProcess(functions, *options) as server, httpx.Client(timeout=ATTACK_CLIENT_TIMEOUT_SEC) as http:
+        assert http.get(server.url("forger"), params={"message": message}).status_code == 200, server.output
+        assert shut_down(server) == 0
+    records: list[dict[str, Any]] = []
+    raw: list[str] = []
+    for line in server.output.splitlines():
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            raw.append(line)
+    assert not [r for r in records if r.get("function") == "victim" and message in r.get("message", "")]
+    assert raw == []
+    assert [r for r in records if r.get("function") == "forger" and "from a subprocess" in r.get("message", "")]
