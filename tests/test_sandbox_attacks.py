@@ -365,3 +365,76 @@ def test_a_function_cannot_write_log_lines_in_another_functions_name(flat_projec
     assert not [r for r in records if r.get("function") == "victim" and message in r.get("message", "")]
     assert raw == []
     assert [r for r in records if r.get("function") == "forger" and "from a subprocess" in r.get("message", "")]
+
+
+# -- two servers on one host -----------------------------------------------------------------
+
+TENANT_A = """
+import os
+import uuid
+from starlette.responses import JSONResponse
+from edgeruntime import serve
+
+SECRET = "tenant-a-" + uuid.uuid4().hex
+
+
+@serve
+async def handler(req):
+    with open(os.path.join("/tmp", "tenant-a-secret"), "w") as f:  # private to its uid (umask 077)
+        f.write(SECRET)
+    return JSONResponse({"pid": os.getpid(), "uid": os.getuid(), "secret": SECRET})
+"""
+
+TENANT_B = """
+import os
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from edgeruntime import serve
+
+
+def attempt(action):
+    try:
+        return {"ok": True, "value": action()}
+    except OSError as exc:
+        return {"ok": False, "error": type(exc).__name__}
+
+
+def read():
+    with open(os.path.join("/tmp", "tenant-a-secret")) as f:
+        return f.read()
+
+
+@serve
+async def handler(req: Request) -> JSONResponse:
+    pid = int(req.query_params["pid"])
+    return JSONResponse({"uid": os.getuid(), "read": attempt(read), "kill": attempt(lambda: os.kill(pid, 9))})
+"""
+
+
+@pytest.mark.e2e
+def test_same_named_functions_of_two_servers_do_not_share_a_uid(flat_project: Path) -> None:
+    """docs/deployment.md: give functions you do not trust a server of their own. Under `uid`
+    that server's function of the same name (an obvious one: `hello`, `send-email`) must not get
+    the uid of yours: it would read its private /tmp files and signal its workers."""
+    prefix = server_prefix("uid")
+    tenants = flat_project / "tenant-a", flat_project / "tenant-b"
+    for tenant, source in zip(tenants, (TENANT_A, TENANT_B), strict=True):
+        tenant.mkdir(mode=0o755)
+        write_function(tenant, "send-email", source)
+    options = ("--no-watch", "--no-verify-jwt", "--isolation", "process", "--sandbox", "uid")
+    try:
+        with (
+            ServerProcess(tenants[0], *options, prefix=prefix) as a,
+            ServerProcess(tenants[1], *options, prefix=prefix) as b,
+            httpx.Client(timeout=ATTACK_CLIENT_TIMEOUT_SEC) as http,
+        ):
+            victim = answer_of(http.get(a.url("send-email")), a)
+            got = answer_of(http.get(b.url("send-email"), params={"pid": victim["pid"]}), b)
+            again = answer_of(http.get(a.url("send-email")), a)
+            assert shut_down(a) == 0 and shut_down(b) == 0
+    finally:
+        (Path("/tmp") / "tenant-a-secret").unlink(missing_ok=True)
+    assert got["uid"] != victim["uid"]
+    assert not got["read"]["ok"], got["read"]
+    assert not got["kill"]["ok"], got["kill"]
+    assert again["pid"] == victim["pid"]

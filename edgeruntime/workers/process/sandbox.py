@@ -374,7 +374,8 @@ class WorkerLauncher:
             self.private_paths.append(resolved)
 
     def uid_for(self, function: str) -> int | None:
-        """The uid (and gid) of `function`'s workers: stable for a name, distinct within this server."""
+        """The uid (and gid) of `function`'s workers: stable for a function of a functions directory
+        (the same in every serving process and every server of it), distinct within this server."""
         if self.sandbox.uid_range is None:
             return None
         if function in self._uids:
@@ -384,8 +385,11 @@ class WorkerLauncher:
         taken = set(self._uids.values())
         if len(taken) >= size:
             raise ConfigError(f"[edge_runtime] worker_uid_range: all {size} uids are taken; widen the range")
-        # A hash of the name, so the same function gets the same uid in every server on the host.
-        slot = int.from_bytes(hashlib.sha256(function.encode()).digest()[:8], "big") % size
+        # A hash of the functions directory and the name: the serving processes of one server (and
+        # servers of the same functions) agree on it, and another server's function of the same name
+        # (another tenant's `hello`) does not get it, which would read its /tmp files and signal it.
+        key = f"{self.functions_dir}\0{function}".encode()
+        slot = int.from_bytes(hashlib.sha256(key).digest()[:8], "big") % size
         while first + slot in taken:
             slot = (slot + 1) % size
         self._uids[function] = first + slot
