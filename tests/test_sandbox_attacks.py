@@ -438,3 +438,70 @@ def test_same_named_functions_of_two_servers_do_not_share_a_uid(flat_project: Pa
     assert not got["read"]["ok"], got["read"]
     assert not got["kill"]["ok"], got["kill"]
     assert again["pid"] == victim["pid"]
+
+
+# -- undoing the view ------------------------------------------------------------------------
+
+UNMOUNTER = """
+import ctypes
+import json
+import os
+from starlette.responses import JSONResponse
+from edgeruntime import serve
+
+CLONE_NEWUSER, CLONE_NEWNS, MS_REC, MS_PRIVATE, MNT_DETACH = 0x10000000, 0x00020000, 0x4000, 0x40000, 2
+FUNCTIONS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def in_a_namespace_of_its_own():
+    # Root of a user namespace of its own may mount and unmount in a mount namespace of its own:
+    # unmounting the view's tmpfs would show the other functions beneath it.
+    libc = ctypes.CDLL(None, use_errno=True)
+    out = {}
+    if libc.unshare(CLONE_NEWUSER | CLONE_NEWNS) != 0:
+        return {"unshare": os.strerror(ctypes.get_errno())}
+    out["unshare"] = "ok"
+    libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None)
+    for target in (FUNCTIONS, "/tmp"):
+        ok = libc.umount2(target.encode(), MNT_DETACH) == 0
+        out[target] = "unmounted" if ok else os.strerror(ctypes.get_errno())
+    out["listing"] = sorted(os.listdir(FUNCTIONS))
+    return out
+
+
+@serve
+def handler(req):
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the worker's own threads stay out of it: unshare(CLONE_NEWUSER) needs one thread
+        try:
+            os.write(write, json.dumps(in_a_namespace_of_its_own()).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as pipe:
+        data = pipe.read()
+    os.waitpid(pid, 0)
+    return JSONResponse(json.loads(data))
+"""
+
+
+@pytest.mark.e2e
+def test_bwrap_a_function_cannot_undo_its_view_from_a_namespace_of_its_own(flat_project: Path) -> None:
+    """bubblewrap as root lets a worker (another uid, no capabilities) create user namespaces:
+    the view's mounts come locked into them, so unmounting one shows nothing beneath it."""
+    prefix = server_prefix("bwrap")
+    functions = flat_project
+    write_function(functions, "unmounter", UNMOUNTER)
+    write_function(functions, "victim", VICTIM)
+    options = ("--no-watch", "--no-verify-jwt", "--isolation", "process", "--sandbox", "bwrap")
+    with (
+        ServerProcess(functions, *options, prefix=prefix) as server,
+        httpx.Client(timeout=ATTACK_CLIENT_TIMEOUT_SEC) as http,
+    ):
+        got = answer_of(http.get(server.url("unmounter")), server)
+        assert shut_down(server) == 0
+    if got["unshare"] != "ok":  # not root: bubblewrap's --disable-userns refuses it
+        return
+    assert "unmounted" not in got.values(), got
+    assert got["listing"] == ["unmounter"], got
