@@ -7,6 +7,9 @@ stdlib driver runs on one dedicated thread, off the event loop.
 With a history size cap (`[jobs] retention_max_mb` / `retention_max_rows`) the file is switched to
 `auto_vacuum = INCREMENTAL` (one VACUUM, once per file), so pages freed by deleting old history can
 be given back to the file system: the file shrinks instead of only ceasing to grow.
+
+A database file (and its directory) the store creates is private to the server's user: 0600
+(SQLite gives its journals the same mode) in a 0700 directory.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import os
 import sqlite3
 import threading
 import time
@@ -162,7 +166,7 @@ class SQLiteStore:
     def _connect(self) -> sqlite3.Connection:
         if self._conn is None:
             try:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._create_private()
                 conn = sqlite3.connect(
                     self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False
                 )
@@ -177,6 +181,19 @@ class SQLiteStore:
                 self._log_journal_mode(conn, mode)
             self._conn = conn
         return self._conn
+
+    def _create_private(self) -> None:
+        """Create the database's directory (0700) and file (0600) where they do not exist: under
+        process isolation with the `uid` sandbox every function runs as another user, and the
+        store holds every run and job payload. SQLite gives its -wal and -shm files the database
+        file's mode. What exists already keeps its mode (a directory the user made)."""
+        if self.path.name in ("", ":memory:"):
+            return
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        try:
+            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+        except FileExistsError:
+            pass
 
     def _open_error(self, exc: OSError | sqlite3.Error) -> str:
         # SQLite says "attempt to write a readonly database" when it is the directory that is read-only.

@@ -51,6 +51,47 @@ async def test_migrate_creates_the_schema_of_a_new_database(tmp_path: Path) -> N
         await store.close()
 
 
+def _mode(path: Path) -> int:
+    return path.stat().st_mode & 0o777
+
+
+async def test_a_new_store_is_private_to_the_servers_user(tmp_path: Path) -> None:
+    """Under process isolation with the `uid` sandbox every function is another user: the store
+    edgeruntime creates (the default `.edgeruntime/`) must not be readable by them, whatever the umask."""
+    os.chmod(tmp_path, 0o755)
+    directory = tmp_path / "project" / ".edgeruntime"
+    old = os.umask(0o022)
+    try:
+        store = open_store(f"sqlite:///{directory / 'edgeruntime.db'}")
+        try:
+            await store.migrate()
+            await store.enqueue("send-email", '{"card": "4111"}', run_at=0, max_attempts=1, idempotency_key=None, now=0)
+            files = sorted(p.name for p in directory.iterdir())
+            modes = {name: _mode(directory / name) for name in files}
+        finally:
+            await store.close()
+    finally:
+        os.umask(old)
+    assert _mode(directory) == 0o700
+    assert {"edgeruntime.db", "edgeruntime.db-wal", "edgeruntime.db-shm"} <= set(files), files
+    assert set(modes.values()) == {0o600}, modes
+
+
+async def test_a_directory_and_database_the_user_made_keep_their_modes(tmp_path: Path) -> None:
+    directory = tmp_path / "shared"
+    directory.mkdir(mode=0o750)
+    directory.chmod(0o750)
+    database = directory / "jobs.db"
+    sqlite3.connect(database).close()
+    database.chmod(0o640)
+    store = open_store(f"sqlite:///{database}")
+    try:
+        await store.migrate()
+    finally:
+        await store.close()
+    assert (_mode(directory), _mode(database)) == (0o750, 0o640)
+
+
 async def test_run_rows_carry_only_the_execution_index_and_old_ones_are_still_pruned(tmp_path: Path) -> None:
     path = tmp_path / "jobs.db"
     store = open_store(f"sqlite:///{path}")
