@@ -1,15 +1,19 @@
 """Worker processes forked from their function's template: exit statuses, template death, env
-separation, descriptors, reloads, idle templates, the fallback to spawned workers."""
+separation, descriptors, reloads, idle templates, the fallback to spawned workers; the output of a
+function's processes (ProcessOutput)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import signal
 import subprocess
+import sys
 import textwrap
-from collections.abc import MutableMapping
+from collections.abc import AsyncIterator, Iterator, MutableMapping
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +24,12 @@ from edgeruntime.core.events import StopReason
 from edgeruntime.core.worker_state import default_worker
 from edgeruntime.testing import EdgeClient
 from edgeruntime.workers.process import forking
-from edgeruntime.workers.process.forking import ForkedProcess, SpawnedProcess
+from edgeruntime.workers.process.forking import MAX_OUTPUT_LINE_BYTES, ForkedProcess, ProcessOutput, SpawnedProcess
 from edgeruntime.workers.process.parent import ProcessWorker
 from edgeruntime.workers.process.sandbox import TEMPLATE_MODULE, Sandbox, WorkerLauncher
 from edgeruntime.workers.supervisor import FunctionSupervisor
 from tests.helpers import HELLO, write_function
-from tests.probes import eventually, parent_of, write_probe
+from tests.probes import environ_for, eventually, parent_of, write_probe
 
 ROOT = os.geteuid() == 0
 
@@ -302,6 +306,10 @@ async def test_a_worker_holds_its_channel_and_stdio_only(functions_dir: Path) ->
         template_fds = {fd: os.readlink(f"/proc/{template}/fd/{fd}") for fd in os.listdir(f"/proc/{template}/fd")}
     for fds in held:
         assert {"0", "1", "2"} <= set(fds)
+        # Its stdout and stderr: its template's pipes, which the server reads (not the server's own).
+        assert fds["1"] == template_fds["1"] != fds["2"] == template_fds["2"], fds
+        assert fds["1"].startswith("pipe:") and fds["2"].startswith("pipe:"), fds
+        assert fds["2"] not in {os.readlink(f"/proc/self/fd/{fd}") for fd in ("1", "2")}
         rest = [target for fd, target in fds.items() if fd not in ("0", "1", "2")]
         sockets = [t for t in rest if t.startswith("socket:")]
         # The channel, and the event loop's own: its epoll and its self-pipe (a socket pair).
@@ -464,3 +472,199 @@ async def test_a_supervisor_made_outside_an_app_ends_its_templates(hello_dir: Pa
     await supervisor.shutdown(0)
     assert worker.exit_status is not None
     await eventually(lambda: not alive(template), what="the template's end")
+
+
+# -- a function's output ----------------------------------------------------------------------
+
+
+class Given:
+    """A worker as the output sees it: the executions it was given."""
+
+    def __init__(self, *executions: str) -> None:
+        self.executions = set(executions)
+
+    def gave(self, execution_id: str) -> bool:
+        return execution_id in self.executions
+
+
+def open_descriptors() -> set[str]:
+    return set(os.listdir("/proc/self/fd"))
+
+
+@asynccontextmanager
+async def writer(output: ProcessOutput, code: str) -> AsyncIterator[subprocess.Popen[bytes]]:
+    """A process running `code` with `output`'s pipes as its stdout and stderr; reaped."""
+    # Popen only forks and execs: it does not wait for the child.
+    proc = subprocess.Popen(  # noqa: ASYNC220
+        [sys.executable, "-c", code], stdin=subprocess.DEVNULL, stdout=output.stdout, stderr=output.stderr
+    )
+    output.started()
+    try:
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait(10)
+
+
+async def exited(proc: subprocess.Popen[bytes]) -> None:
+    await eventually(lambda: proc.poll() is not None, what="the writing process exiting", timeout=20)
+
+
+@contextmanager
+def lines_of(caplog: pytest.LogCaptureFixture, function: str) -> Iterator[list[logging.LogRecord]]:
+    """The records logged as `function`'s output, as they come."""
+    caplog.set_level(logging.INFO)
+    records: list[logging.LogRecord] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if getattr(record, "function", None) == function:
+                records.append(record)
+
+    handler = Collect()
+    logger = logging.getLogger("edgeruntime.function")
+    logger.addHandler(handler)
+    try:
+        yield records
+    finally:
+        logger.removeHandler(handler)
+
+
+RECORDS = r"""
+import json, os, sys
+def record(**fields):
+    os.write(2, (json.dumps(fields) + "\n").encode())
+record(level="warning", logger="_edgeruntime_functions.forger.index", function="victim",
+       execution_id="exec-of-victim", message="forged\n12:00:00.000 ERROR   [victim] fake")
+record(level="info", logger="edgeruntime.function", function="forger", execution_id="exec-1",
+       message="printed", traceback="Traceback (most recent call last):\nValueError: x")
+record(level="nonsense", message="not a record")
+os.write(1, b'{"level": "error", "message": "stdout holds no records"}\n')
+os.write(1, b"plain\r\n")
+os.write(2, b"no newline at the end")
+"""
+
+
+async def test_each_line_is_the_functions_and_names_only_executions_it_was_given(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    output = ProcessOutput("forger")
+    worker = Given("exec-1")  # (held weakly by the output: as long as the worker lives)
+    output.add_worker(worker)
+    with lines_of(caplog, "forger") as records:
+        async with writer(output, RECORDS) as proc:
+            await exited(proc)
+            await eventually(lambda: len(records) >= 5, what="the lines read")
+            output.close()
+    got = [(r.levelname, r.name, r.getMessage(), getattr(r, "execution_id", None)) for r in records]
+    assert sorted(got) == sorted(
+        [
+            (
+                "WARNING",
+                "_edgeruntime_functions.forger.index",
+                "forged\n12:00:00.000 ERROR   [victim] fake",
+                None,  # not an execution of this function's workers
+            ),
+            ("INFO", "edgeruntime.function", "printed", "exec-1"),
+            ("ERROR", "edgeruntime.function", '{"level": "nonsense", "message": "not a record"}', None),
+            ("INFO", "edgeruntime.function", '{"level": "error", "message": "stdout holds no records"}', None),
+            ("INFO", "edgeruntime.function", "plain", None),
+            ("ERROR", "edgeruntime.function", "no newline at the end", None),  # logged once the pipe ends
+        ]
+    )
+    printed = next(r for r in records if r.getMessage() == "printed")
+    assert getattr(printed, "traceback", None) == "Traceback (most recent call last):\nValueError: x"
+
+
+async def test_a_long_line_is_cut_and_says_how_much(caplog: pytest.LogCaptureFixture) -> None:
+    output = ProcessOutput("long")
+    code = f"import os\nos.write(1, b'x' * {MAX_OUTPUT_LINE_BYTES + 12345} + b'\\nafter\\n')"
+    with lines_of(caplog, "long") as records:
+        async with writer(output, code) as proc:
+            await exited(proc)
+            await eventually(lambda: len(records) >= 2, what="the lines read")
+            output.close()
+    assert [r.getMessage() for r in records] == [
+        "x" * MAX_OUTPUT_LINE_BYTES + " [12345 more bytes of this line were cut]",
+        "after",
+    ]
+
+
+FLOOD = """
+import os
+line = b"y" * 99 + b"\\n"
+for _ in range(20000):  # 2 MB: many times what a pipe holds
+    os.write(1, line)
+"""
+
+
+async def test_a_flood_takes_turns_with_the_event_loop_and_loses_nothing(caplog: pytest.LogCaptureFixture) -> None:
+    output = ProcessOutput("flood")
+    loop = asyncio.get_running_loop()
+    gaps: list[float] = []
+
+    async def ticker() -> None:
+        last = loop.time()
+        while True:
+            await asyncio.sleep(0)
+            now = loop.time()
+            gaps.append(now - last)
+            last = now
+
+    with lines_of(caplog, "flood") as records:
+        tick = loop.create_task(ticker())
+        try:
+            async with writer(output, FLOOD) as proc:
+                await exited(proc)
+                await eventually(lambda: len(records) == 20000, what="every line", timeout=30)
+        finally:
+            tick.cancel()
+        output.close()
+    assert max(gaps) < 0.1, max(gaps)
+
+
+async def test_while_the_servers_log_is_backed_up_the_function_waits(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    backlog = [forking.OUTPUT_BACKLOG_LINES]
+    monkeypatch.setattr(forking, "log_backlog", lambda: backlog[0])
+    output = ProcessOutput("flood")
+    with lines_of(caplog, "flood") as records:
+        async with writer(output, FLOOD) as proc:
+            await asyncio.sleep(1)
+            assert proc.poll() is None  # blocked on its full pipe
+            assert len(records) <= 200  # what was read before the server looked at its log (a turn's lines)
+            backlog[0] = 0
+            await exited(proc)
+            await eventually(lambda: len(records) == 20000, what="every line", timeout=30)
+        output.close()
+
+
+async def test_no_descriptor_is_left_behind() -> None:
+    before = open_descriptors()
+    for _ in range(3):
+        output = ProcessOutput("hello")
+        async with writer(output, "print('hi')") as proc:
+            await exited(proc)
+        output.close()
+    unstarted = ProcessOutput("hello")  # its process never started (Popen failed)
+    unstarted.close()
+    assert open_descriptors() == before
+
+
+@pytest.mark.parametrize("spawn", [False, True], ids=["forked", "spawned"])
+async def test_the_output_of_workers_and_templates_is_closed_with_them(functions_dir: Path, spawn: bool) -> None:
+    """Each template (and each spawned worker) has two pipes: the server closes its ends when the
+    process is gone, crashed or ended, so a server whose workers come and go holds no more."""
+    events = write_probe(functions_dir)
+    before = open_descriptors()
+    async with EdgeClient(functions_dir, isolation="process", environ=environ_for(events)) as client:
+        assert client.app.launcher is not None
+        client.app.launcher.forks = not spawn
+        for _ in range(3):
+            assert (await client.invoke("probe", params={"exit": "1"})).status_code == 500
+            assert (await client.invoke("hello")).status_code == 200
+        worker = client.app.functions["hello"].worker
+        assert isinstance(worker, ProcessWorker) and worker.proc is not None and worker.proc.output is not None
+        assert isinstance(worker.proc, SpawnedProcess if spawn else ForkedProcess)
+    assert open_descriptors() == before

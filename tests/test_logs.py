@@ -212,3 +212,21 @@ def test_a_buffer_shared_with_other_processes_writes_whole_lines_of_at_most_pipe
         alone.write(line)
     alone.flush()
     assert single.pieces == ["\n".join(lines) + "\n"]
+
+
+def test_a_text_log_shows_what_a_worker_wrote_on_one_line() -> None:
+    """What a worker process wrote (a `contained` record, see forking.ProcessOutput) cannot start
+    a line of its own in a text log: its control characters are escaped, its traceback indented."""
+    message = "a\n12:00 ERROR [victim] x\x1b[2K"
+    record = logging.LogRecord("edgeruntime.function", logging.ERROR, "", 0, message, None, None)
+    record.function = "forger"
+    record.execution_id = None
+    record.contained = True
+    traceback = "Traceback (most recent call last):\n12:00 ERROR [victim] y\n"
+    record.traceback = traceback
+    text = TextFormatter().format(record)
+    lines = text.split("\n")
+    assert lines[0].endswith("[forger] a\\n12:00 ERROR [victim] x\\x1b[2K")
+    assert lines[1:] == ["    Traceback (most recent call last):", "    12:00 ERROR [victim] y"]
+    data = json.loads(JSONFormatter().format(record))
+    assert data["function"] == "forger" and data["traceback"] == traceback

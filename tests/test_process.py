@@ -177,6 +177,46 @@ async def test_wait_until_drain_and_errors_work_as_inline(functions_dir: Path) -
         assert {t.execution_id for t in client.finished} == {r.headers["x-edgeruntime-execution-id"]}
 
 
+async def test_background_work_started_after_its_response_is_its_requests(
+    functions_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The server takes a worker's background task only for an execution it forwarded to that
+    worker (a hostile worker naming another function's run is ended: tests/test_sandbox_attacks.py):
+    a task a request's own code starts after its response, from a task of its own, is still its."""
+    write_function(
+        functions_dir,
+        "late",
+        """
+        import asyncio
+        from starlette.responses import JSONResponse
+        from edgeruntime import EdgeRuntime, serve
+
+        keep = set()
+
+        async def later():
+            await asyncio.sleep(0.2)  # the response went out meanwhile
+            EdgeRuntime.wait_until(asyncio.sleep(0.05))
+
+        @serve
+        async def handler(req):
+            task = asyncio.create_task(later())
+            keep.add(task)
+            task.add_done_callback(keep.discard)
+            return JSONResponse({"ok": True})
+        """,
+    )
+    async with EdgeClient(functions_dir, isolation="process") as client:
+        first = await client.invoke("late")
+        assert first.status_code == 200
+        worker = client.app.functions["late"].worker
+        await eventually(lambda: client.finished, what="the late background task")
+        assert [t.execution_id for t in client.finished] == [first.headers["x-edgeruntime-execution-id"]]
+        assert (await client.invoke("late")).status_code == 200
+        assert client.app.functions["late"].worker is worker
+    assert "exited unexpectedly" not in caplog.text
+    assert "which it was not given" not in caplog.text
+
+
 async def test_boot_errors_in_a_process(functions_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
     write_function(functions_dir, "broken", "def handler(:\n")
     write_function(functions_dir, "crash", "raise RuntimeError('boom at import')\n")

@@ -204,14 +204,10 @@ def _victim_run(http: httpx.Client, server: ServerProcess, execution: str) -> di
 
 
 @pytest.mark.e2e
-@pytest.mark.xfail(
-    strict=True,
-    reason="the server takes a worker's TaskStarted with any execution id: parent.py must accept only "
-    "the execution ids of requests it forwarded to that worker process",
-)
 def test_a_function_cannot_add_background_tasks_to_another_functions_run(flat_project: Path) -> None:
     """A worker writes its own frames to its channel: a `wait_until` task it reports must be
-    recorded against one of its own function's executions, not against the victim's run."""
+    recorded against one of its own function's executions, not against the victim's run. A
+    worker naming an execution it was not given is hostile: it ends as a crash (500)."""
     functions = flat_project
     write_function(functions, "victim", VICTIM)
     write_function(functions, "forger", FORGER)
@@ -222,12 +218,16 @@ def test_a_function_cannot_add_background_tasks_to_another_functions_run(flat_pr
         execution = r.headers["x-edgeruntime-execution-id"]
         before = _victim_run(http, server, execution)
         forged = http.get(server.url("forger"), params={"execution": execution})
-        assert forged.status_code == 200, server.output
+        assert forged.status_code == 500, server.output
+        assert forged.json()["code"] == "WORKER_ERROR"
         time.sleep(1)  # the history is written every 0.25 s
         after = _victim_run(http, server, execution)
+        assert http.get(server.url("victim")).status_code == 200, server.output
         assert shut_down(server) == 0
     assert before["tasks"] == []
     assert after["tasks"] == [], after["tasks"]
+    assert f"the other end sent a background task of execution '{execution}', which it was not given" in server.output
+    assert "worker process of forger exited unexpectedly" in server.output
 
 
 # -- tracing and descriptors -----------------------------------------------------------------
@@ -323,38 +323,75 @@ import json
 import os
 import subprocess
 from starlette.requests import Request
-from starlette.responses import PlainTextResponse
+from starlette.responses import JSONResponse
 from edgeruntime import serve
 
 
+def reopen(fd):
+    # Where the server's output is a file this uid may read, this opened it: its whole log.
+    try:
+        f = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as exc:
+        return type(exc).__name__
+    try:
+        return os.read(f, 1 << 20).decode("latin-1")
+    except OSError as exc:
+        return type(exc).__name__
+    finally:
+        os.close(f)
+
+
 @serve
-async def handler(req: Request) -> PlainTextResponse:
-    forged = {"time": "2026-01-01T00:00:00.000Z", "level": "error", "logger": "edgeruntime.function",
-              "function": "victim", "execution_id": None, "message": req.query_params["message"]}
-    os.write(2, (json.dumps(forged) + "\\n").encode())  # the worker's stderr, written around sys.stderr
+async def handler(req: Request) -> JSONResponse:
+    read = {fd: reopen(fd) for fd in (1, 2)}  # before writing: what it reads back is not its own
+    for execution in (None, req.query_params["execution"]):
+        forged = {"time": "2026-01-01T00:00:00.000Z", "level": "error", "logger": "edgeruntime.function",
+                  "function": "victim", "execution_id": execution, "message": req.query_params["message"]}
+        os.write(2, (json.dumps(forged) + "\\n").encode())  # the worker's stderr, written around sys.stderr
+    os.write(1, b"12:00:00.000 ERROR   [victim] " + req.query_params["message"].encode() + b"\\n")
     subprocess.run(["echo", "from a subprocess of forger"], check=True)  # what a subprocess prints
-    return PlainTextResponse("written")
+    print("printed by forger")
+    return JSONResponse(read)
 """
 
 
 @pytest.mark.e2e
-@pytest.mark.xfail(
-    strict=True,
-    reason="a worker's stdout and stderr are the server's own (forking.py and parent.py start templates "
-    "and workers with them inherited): what it writes around sys.stdout reaches the log as it is",
-)
-def test_a_function_cannot_write_log_lines_in_another_functions_name(flat_project: Path) -> None:
+@pytest.mark.parametrize("log_format", ["json", "text"])
+@pytest.mark.parametrize("mode", ["bwrap", "uid", "basic", "none"])
+def test_a_function_cannot_write_log_lines_in_another_functions_name(
+    flat_project: Path, mode: str, log_format: str
+) -> None:
     """Under --log-format json every line of the server's output is a JSON record naming its
     function (docs/deployment.md): one function must not be able to write a record in another's
-    name, and what a subprocess of it prints is its own line too."""
+    name or execution, and what a subprocess of it prints is its own line too. Nor can it
+    reopen the server's log file (this one is readable by all) through /proc/self/fd."""
+    prefix = server_prefix(mode)
     functions = flat_project
     write_function(functions, "forger", LOG_FORGER)
     write_function(functions, "victim", VICTIM)
     message = f"card charged twice {uuid.uuid4().hex}"
-    options = ("--no-watch", "--no-verify-jwt", "--isolation", "process", "--log-format", "json")
-    with ServerProcess(functions, *options) as server, httpx.Client(timeout=ATTACK_CLIENT_TIMEOUT_SEC) as http:
-        assert http.get(server.url("forger"), params={"message": message}).status_code == 200, server.output
+    options = ("--no-watch", "--no-verify-jwt", "--isolation", "process", "--sandbox", mode, "--log-format", log_format)
+    with (
+        ServerProcess(functions, *options, prefix=prefix) as server,
+        httpx.Client(timeout=ATTACK_CLIENT_TIMEOUT_SEC) as http,
+    ):
+        victim = http.get(server.url("victim"))
+        execution = victim.headers["x-edgeruntime-execution-id"]
+        forged = http.get(server.url("forger"), params={"message": message, "execution": execution})
+        assert forged.status_code == 200, server.output
+        forger_execution = forged.headers["x-edgeruntime-execution-id"]
         assert shut_down(server) == 0
+    for fd, content in forged.json().items():
+        assert "Serving functions on" not in content, (fd, content)
+    if log_format == "text":
+        lines = server.output.splitlines()
+        forgeries = [line for line in lines if message in line]
+        assert len(forgeries) == 3, server.output  # two forged records and a forged text line, one line each
+        assert all(line.split()[2] == "[forger]" for line in forgeries), forgeries
+        assert not [line for line in forgeries if execution in line]
+        assert [line for line in lines if line.endswith("[forger] from a subprocess of forger")]
+        assert [line for line in lines if line.endswith(f"[forger] {forger_execution} printed by forger")]
+        return
     records: list[dict[str, Any]] = []
     raw: list[str] = []
     for line in server.output.splitlines():
@@ -362,9 +399,14 @@ def test_a_function_cannot_write_log_lines_in_another_functions_name(flat_projec
             records.append(json.loads(line))
         except ValueError:
             raw.append(line)
-    assert not [r for r in records if r.get("function") == "victim" and message in r.get("message", "")]
     assert raw == []
+    assert not [r for r in records if r.get("function") == "victim" and message in r.get("message", "")]
+    assert not [r for r in records if r.get("execution_id") == execution and r.get("function") != "victim"]
+    ours = [r for r in records if message in r.get("message", "")]
+    assert len(ours) == 3 and {r["function"] for r in ours} == {"forger"}, ours
     assert [r for r in records if r.get("function") == "forger" and "from a subprocess" in r.get("message", "")]
+    printed = [r for r in records if r.get("message") == "printed by forger"]
+    assert [(r["function"], r["execution_id"]) for r in printed] == [("forger", forger_execution)]
 
 
 # -- two servers on one host -----------------------------------------------------------------

@@ -22,7 +22,16 @@ from edgeruntime.core.context import current_context
 from edgeruntime.core.threads import give_way_to_event_loop
 from edgeruntime.core.worker_state import booting
 
-__all__ = ["AccessLog", "ContextFilter", "FunctionOutput", "LogBuffer", "configure_logging", "json_line", "log_access"]
+__all__ = [
+    "AccessLog",
+    "ContextFilter",
+    "FunctionOutput",
+    "LogBuffer",
+    "configure_logging",
+    "json_line",
+    "log_access",
+    "log_backlog",
+]
 
 
 class ContextFilter(logging.Filter):
@@ -64,8 +73,19 @@ class _Clock:
         return self._stamp
 
 
+#: How a control character in what a worker process wrote shows in a text log: escaped, so that
+#: the text (a newline, a carriage return, a terminal's escape sequence) cannot start a line of
+#: its own that looks like another function's.
+_ESCAPED = {code: f"\\x{code:02x}" for code in (*range(32), 127) if code != 9} | {10: "\\n", 13: "\\r"}
+
+
 class TextFormatter(logging.Formatter):
-    """`12:00:01.123 INFO    [hello] 6f1c...: message`"""
+    """`12:00:01.123 INFO    [hello] 6f1c...: message`
+
+    A record with a true `contained` attribute (what a worker process wrote, see
+    :class:`edgeruntime.workers.process.forking.ProcessOutput`) is one line with its control
+    characters escaped, and its `traceback` (text) follows it with each line indented.
+    """
 
     clock = _Clock("%H:%M:%S", utc=False)
 
@@ -75,9 +95,16 @@ class TextFormatter(logging.Formatter):
         where = f"[{function}] " if function else ""
         exec_id = getattr(record, "execution_id", None)
         ident = f"{exec_id} " if exec_id else ""
-        line = f"{stamp} {record.levelname:<7} {where}{ident}{record.getMessage()}"
+        message = record.getMessage()
+        contained = getattr(record, "contained", False)
+        if contained:
+            message = message.translate(_ESCAPED)
+        line = f"{stamp} {record.levelname:<7} {where}{ident}{message}"
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
+        traceback = getattr(record, "traceback", None)
+        if traceback and contained:
+            line += "".join(f"\n    {part.translate(_ESCAPED)}" for part in traceback.rstrip("\n").split("\n"))
         return line
 
 
@@ -100,6 +127,8 @@ class JSONFormatter(logging.Formatter):
                 data[key] = getattr(record, key)
         if record.exc_info:
             data["traceback"] = self.formatException(record.exc_info)
+        elif getattr(record, "traceback", None):  # formatted already (by a worker process)
+            data["traceback"] = str(getattr(record, "traceback"))  # noqa: B009
         return json.dumps(data, default=str)
 
 
@@ -175,6 +204,11 @@ class LogBuffer:
         self._thread = threading.Thread(target=self._run, name="edgeruntime-log", daemon=True)
         self._thread.start()
         atexit.register(self.flush)
+
+    @property
+    def backlog(self) -> int:
+        """How many lines wait to be written."""
+        return len(self._lines)
 
     def write(self, line: str | tuple[Any, ...]) -> None:
         """Queue `line`: a string, or a tuple `(format, *values)` written as `format(line)`."""
@@ -264,6 +298,15 @@ class BufferedHandler(logging.Handler):
 
     def flush(self) -> None:
         self.buffer.flush()
+
+
+def log_backlog() -> int:
+    """How many lines the `edgeruntime` loggers' buffer holds that are not written yet (0 where
+    logging is not configured by :func:`configure_logging`)."""
+    for handler in logging.getLogger("edgeruntime").handlers:
+        if isinstance(handler, BufferedHandler):
+            return handler.buffer.backlog
+    return 0
 
 
 AccessLogger = Any  # Callable[[str, str, int, float, str | None, str], None]

@@ -11,7 +11,8 @@ waits (:meth:`Channel.drain`) while the other end has stopped reading.
 The server's end reads with :data:`~edgeruntime.workers.process.frames.FROM_WORKER` (plain data
 only: function code in the worker can write anything to the socket) and a limit on a batch's
 length. A batch holding a class, or longer than the limit, closes the channel; a frame of a kind
-this end does not read is logged and skipped.
+this end does not read is logged and skipped. The side reading may close the channel itself for
+what a frame says (:meth:`Channel.refuse`): the rest of its batch is then not read.
 """
 
 from __future__ import annotations
@@ -102,14 +103,14 @@ class Channel(asyncio.Protocol):
                 size = int.from_bytes(view[offset : offset + _HEADER], "big")
                 start = offset + _HEADER
                 if self._max_frame_bytes is not None and size > self._max_frame_bytes:
-                    self._refuse(f"a {size}-byte batch (at most {self._max_frame_bytes})")
+                    self.refuse(f"a {size}-byte batch (at most {self._max_frame_bytes})")
                     return
                 if end - start < size:
                     break
                 try:
                     batch = self._load(view[start : start + size])
                 except Exception as exc:
-                    self._refuse(f"a batch that cannot be read: {exc}")
+                    self.refuse(f"a batch that cannot be read: {exc}")
                     return
                 offset = start + size
                 if not self._deliver(batch):
@@ -136,15 +137,18 @@ class Channel(asyncio.Protocol):
                 logger.error("%s: a frame could not be read: %s", self._name, exc)
                 continue
             except Exception as exc:
-                self._refuse(f"a frame that cannot be read: {exc}")
+                self.refuse(f"a frame that cannot be read: {exc}")
                 return False
             try:
                 on_frame(frame)
             except Exception:
                 logger.exception("worker channel: handling a %s frame failed", type(frame).__name__)
+            if self.closed:  # `on_frame` refused it (see `refuse`): the rest of the batch is not read
+                return False
         return True
 
-    def _refuse(self, what: str) -> None:
+    def refuse(self, what: str) -> None:
+        """Close the channel because the other end sent `what` (logged)."""
         logger.error("%s: closed: the other end sent %s", self._name, what)
         self.closed = True
         self._buffer = bytearray()

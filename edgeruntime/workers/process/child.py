@@ -472,7 +472,10 @@ class WorkerProcess:
         os.environ.update(frame.env)
         time.tzset()
         context.server_enqueue = self.queue.enqueue
-        configure_logging(frame.log_format)
+        # JSON records whatever the server's format: the server reads this process's stderr and
+        # logs each record as this function's (see forking.ProcessOutput), in its own format.
+        # Whole lines: the workers forked from one template share their stderr.
+        configure_logging("json", shared=True)
         spec = FunctionSpec(frame.name, Path(frame.directory))
         if not os.access(spec.entrypoint, os.R_OK):
             message = (

@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import functools
 import itertools
+import json
 import logging
 import os
 import select
@@ -33,11 +34,13 @@ import socket
 import struct
 import subprocess
 import sys
+import weakref
 from collections.abc import Callable, Coroutine, Hashable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from edgeruntime.core.descriptors import exhaustion
+from edgeruntime.core.logs import log_backlog
 from edgeruntime.exceptions import BootError, ConfigError, ResourceExhausted, WorkerCrashed
 
 if TYPE_CHECKING:
@@ -48,12 +51,14 @@ __all__ = [
     "FORK",
     "FORKED",
     "KILL",
+    "MAX_OUTPUT_LINE_BYTES",
     "MESSAGE",
     "NOT_FORKED",
     "READY",
     "TEMPLATE_IDLE_SEC",
     "THREADS",
     "ForkedProcess",
+    "ProcessOutput",
     "SpawnedProcess",
     "TemplateProcess",
     "WorkerProcessHandle",
@@ -144,12 +149,314 @@ async def peer_pid(sock: socket.socket) -> int | None:
     return None
 
 
+#: A line a function's process writes to its stdout or stderr is logged up to this long: the rest is cut.
+MAX_OUTPUT_LINE_BYTES = 64 * 1024
+#: What is read from a function's output at a time.
+_OUTPUT_READ_BYTES = 16 * 1024
+#: Lines of a function's output logged in one turn of the server's event loop: a flood of short
+#: lines takes turns with the requests.
+_OUTPUT_LINES_PER_TURN = 64
+#: While the server's log holds this many lines not written yet, its functions' output is not read:
+#: a function writing faster than the log goes out waits on its full pipe.
+OUTPUT_BACKLOG_LINES = 10_000
+_OUTPUT_RETRY_SEC = 0.05
+#: What a drain (at a worker's exit) reads at most from each of a function's pipes.
+_OUTPUT_DRAIN_BYTES = 1024 * 1024
+_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+_LEVELS["critical"] = logging.CRITICAL
+
+
+class Executions(Protocol):
+    """What tells whether a function's process may name an execution (a worker, see ``parent.py``)."""
+
+    def gave(self, execution_id: str) -> bool:
+        """Whether `execution_id` was given to it."""
+
+
+class _Stream:
+    """One of the pipes of :class:`ProcessOutput`, as the server reads it."""
+
+    __slots__ = ("cut", "fd", "level", "offset", "partial", "pending", "reading", "records")
+
+    def __init__(self, fd: int, level: int, records: bool) -> None:
+        self.fd = fd
+        #: The level of a line that is no log record.
+        self.level = level
+        #: Lines may be log records (JSON objects) of the worker's own logging (stderr).
+        self.records = records
+        #: The start of a line whose end has not been read yet (at most MAX_OUTPUT_LINE_BYTES).
+        self.partial = bytearray()
+        #: How much of that line was cut.
+        self.cut = 0
+        #: What was read, logged up to `offset`.
+        self.pending = b""
+        self.offset = 0
+        self.reading = False
+
+    @property
+    def waiting(self) -> bool:
+        """Whether some of what was read is not logged yet."""
+        return self.offset < len(self.pending)
+
+
+class ProcessOutput:
+    """The stdout and stderr of a function's processes (a template and the workers it forks, or a
+    worker the server spawns): two pipes, read by the server on its event loop. Each line becomes a
+    log line of the function (logger ``edgeruntime.function``, ``function=`` its name), under
+    ``--log-format json`` a JSON record like any other, so nothing a function writes around
+    ``print`` (``os.write(1, ...)``, a subprocess, a C extension) reaches the server's log as it
+    is: it cannot pass for another function's line, nor can the function reopen the server's log
+    file through ``/proc/self/fd/1``.
+
+    A line of stderr that is a JSON object with a level and a message is a record of the worker's
+    own logging (:func:`edgeruntime.workers.process.child.WorkerProcess.boot` logs so): it keeps
+    its level, logger, message and traceback, but its function is this one's, and its execution id
+    is kept only if one of :meth:`add_worker`'s workers was given that execution. A line longer
+    than MAX_OUTPUT_LINE_BYTES is cut (the log line says how much). The server reads a bounded
+    amount per turn of its loop, and nothing while its own log is backed up, so a function
+    flooding its output blocks on its full pipe instead of growing the server's memory.
+    """
+
+    def __init__(self, function: str) -> None:
+        self.function = function
+        self.logger = logging.getLogger("edgeruntime.function")
+        self._workers: weakref.WeakSet[Executions] = weakref.WeakSet()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._paused: asyncio.TimerHandle | None = None
+        self.closed = False
+        out_read, out_write = os.pipe()
+        try:
+            err_read, err_write = os.pipe()
+        except OSError:
+            os.close(out_read)
+            os.close(out_write)
+            raise
+        #: The ends the function's process gets as its stdout and stderr (closed here once it has them).
+        self.stdout: int | None = out_write
+        self.stderr: int | None = err_write
+        self._streams = [_Stream(out_read, logging.INFO, False), _Stream(err_read, logging.ERROR, True)]
+        for stream in self._streams:
+            os.set_blocking(stream.fd, False)
+
+    def add_worker(self, worker: Executions) -> None:
+        """Keep the execution ids that `worker` was given on the lines it writes (while it lives)."""
+        self._workers.add(worker)
+
+    def started(self) -> None:
+        """The process has its ends of the pipes: the server's copies are closed (the pipes end
+        when the process and what it started have exited) and reading starts."""
+        self._close_write_ends()
+        self._loop = asyncio.get_running_loop()
+        for stream in self._streams:
+            self._want(stream)
+
+    def _close_write_ends(self) -> None:
+        for fd in (self.stdout, self.stderr):
+            if fd is not None:
+                os.close(fd)
+        self.stdout = self.stderr = None
+
+    def _want(self, stream: _Stream) -> None:
+        """Read `stream` if nothing read waits to be logged and the server's log is not backed up."""
+        loop = self._loop
+        if loop is None or self.closed or stream.fd < 0:
+            return
+        wanted = not stream.waiting and self._paused is None
+        if wanted and not stream.reading:
+            loop.add_reader(stream.fd, self._readable, stream)
+            stream.reading = True
+        elif not wanted and stream.reading:
+            loop.remove_reader(stream.fd)
+            stream.reading = False
+
+    def _readable(self, stream: _Stream) -> None:
+        if self._read(stream):
+            self._log_pending(stream, _OUTPUT_LINES_PER_TURN)
+        self._after_turn(stream)
+
+    def _read(self, stream: _Stream) -> bool:
+        """Read what `stream` holds into `pending`; False if nothing (at its end: closed)."""
+        try:
+            data = os.read(stream.fd, _OUTPUT_READ_BYTES)
+        except BlockingIOError:
+            return False
+        except OSError:
+            data = b""
+        if not data:
+            self._ended(stream)
+            return False
+        stream.pending = data
+        stream.offset = 0
+        return True
+
+    def _after_turn(self, stream: _Stream) -> None:
+        loop = self._loop
+        if loop is None or self.closed:
+            return
+        if self._paused is None and log_backlog() >= OUTPUT_BACKLOG_LINES:
+            self._paused = loop.call_later(_OUTPUT_RETRY_SEC, self._resume)
+            for each in self._streams:
+                self._want(each)
+            return
+        self._want(stream)
+        if stream.waiting and self._paused is None:
+            loop.call_soon(self._next_lines, stream)
+
+    def _next_lines(self, stream: _Stream) -> None:
+        if self.closed or self._paused is not None:
+            return
+        self._log_pending(stream, _OUTPUT_LINES_PER_TURN)
+        self._after_turn(stream)
+
+    def _resume(self) -> None:
+        self._paused = None
+        if log_backlog() >= OUTPUT_BACKLOG_LINES and self._loop is not None:
+            self._paused = self._loop.call_later(_OUTPUT_RETRY_SEC, self._resume)
+            return
+        for stream in self._streams:
+            self._want(stream)
+            if stream.waiting and self._loop is not None:
+                self._loop.call_soon(self._next_lines, stream)
+
+    def _log_pending(self, stream: _Stream, lines: int | None) -> None:
+        """Log up to `lines` whole lines of what `stream` read (all, if None)."""
+        data = stream.pending
+        start = stream.offset
+        end = len(data)
+        while start < end and (lines is None or lines > 0):
+            newline = data.find(b"\n", start)
+            if newline < 0:
+                break
+            self._take(stream, data, start, newline)
+            self._line(stream)
+            start = newline + 1
+            if lines is not None:
+                lines -= 1
+        if start < end and (lines is None or lines > 0):  # the start of a line still being written
+            self._take(stream, data, start, end)
+            start = end
+        if start >= end:
+            stream.pending = b""
+            start = 0
+        stream.offset = start
+
+    @staticmethod
+    def _take(stream: _Stream, data: bytes, start: int, end: int) -> None:
+        """Add `data[start:end]` to the line `stream` holds, as much as a line may hold."""
+        room = MAX_OUTPUT_LINE_BYTES - len(stream.partial)
+        if end - start > room:
+            stream.cut += end - start - room
+            end = start + room
+        if end > start:
+            stream.partial += data[start:end]
+
+    def _line(self, stream: _Stream) -> None:
+        """Log the line `stream` holds."""
+        data, cut = bytes(stream.partial), stream.cut
+        stream.partial.clear()
+        stream.cut = 0
+        text = data.decode("utf-8", "replace")
+        if text.endswith("\r"):
+            text = text[:-1]
+        if stream.records and not cut and text.startswith("{") and self._record(text):
+            return
+        if cut:
+            text += f" [{cut} more bytes of this line were cut]"
+        self._log(stream.level, self.logger.name, text, None, None)
+
+    def _record(self, text: str) -> bool:
+        """Log `text` if it is a record of the worker's own logging (a JSON object); False if not."""
+        try:
+            data = json.loads(text)
+        except ValueError:
+            return False
+        if type(data) is not dict:
+            return False
+        level = _LEVELS.get(data.get("level"))  # type: ignore[arg-type]
+        message = data.get("message")
+        if level is None or type(message) is not str:
+            return False
+        name = data.get("logger")
+        execution_id = data.get("execution_id")
+        if type(execution_id) is not str or not self._gave(execution_id):
+            execution_id = None
+        traceback = data.get("traceback")
+        self._log(
+            level,
+            name if type(name) is str else self.logger.name,
+            message,
+            execution_id,
+            traceback if type(traceback) is str else None,
+        )
+        return True
+
+    def _gave(self, execution_id: str) -> bool:
+        return any(worker.gave(execution_id) for worker in self._workers)
+
+    def _log(self, level: int, name: str, message: str, execution_id: str | None, traceback: str | None) -> None:
+        logger = self.logger
+        if not logger.isEnabledFor(level):
+            return
+        record = logging.LogRecord(name, level, "", 0, message, None, None)
+        record.function = self.function
+        record.execution_id = execution_id
+        record.contained = True
+        if traceback:
+            record.traceback = traceback
+        logger.handle(record)
+
+    def _ended(self, stream: _Stream) -> None:
+        """`stream`'s pipe ended: what is left of its last line is logged, and it is closed."""
+        if stream.fd < 0:
+            return
+        self._log_pending(stream, None)
+        if stream.partial or stream.cut:
+            self._line(stream)
+        if stream.reading and self._loop is not None:
+            self._loop.remove_reader(stream.fd)
+            stream.reading = False
+        os.close(stream.fd)
+        stream.fd = -1
+
+    def drain(self) -> None:
+        """Log what the pipes hold now (a worker process has exited: its last lines come before
+        the server says so); what a line still being written has so far waits for its end."""
+        if self.closed:
+            return
+        for stream in self._streams:
+            if stream.fd < 0:
+                continue
+            self._log_pending(stream, None)
+            for _ in range(_OUTPUT_DRAIN_BYTES // _OUTPUT_READ_BYTES):
+                if not self._read(stream):
+                    break
+                self._log_pending(stream, None)
+            self._want(stream)
+
+    def close(self) -> None:
+        """Log what is left (a last line without its newline too) and close the pipes."""
+        if self.closed:
+            return
+        self.drain()
+        self.closed = True
+        if self._paused is not None:
+            self._paused.cancel()
+            self._paused = None
+        self._close_write_ends()
+        for stream in self._streams:
+            self._ended(stream)
+
+
 class WorkerProcessHandle(Protocol):
     """A worker process as the server handles it, however it was started."""
 
     @property
     def pid(self) -> int | None:
         """The pid of the process the server started or, forked, the worker's once announced."""
+
+    @property
+    def output(self) -> ProcessOutput | None:
+        """Where its stdout and stderr go (its template's, for a forked worker)."""
 
     def poll(self) -> int | None:
         """Its exit status (minus the signal that ended it) once known, else None."""
@@ -181,14 +488,20 @@ class SpawnedProcess:
     then is it reaped (:meth:`wait`). A process that left the session (``setsid``) is not in it.
     """
 
-    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+    def __init__(self, proc: subprocess.Popen[bytes], output: ProcessOutput | None = None) -> None:
         self.proc = proc
+        #: Its stdout and stderr (a worker's), closed once it is reaped.
+        self._output = output
         #: Watched: done once it has exited and its process group was killed.
         self._exit: asyncio.Future[None] | None = None
 
     @property
     def pid(self) -> int:
         return self.proc.pid
+
+    @property
+    def output(self) -> ProcessOutput | None:
+        return self._output
 
     def poll(self) -> int | None:
         return self.proc.poll()
@@ -237,6 +550,13 @@ class SpawnedProcess:
         loop.add_reader(pidfd, exited)
 
     async def wait(self, timeout: float) -> int | None:
+        try:
+            return await self._status(timeout)
+        finally:
+            if self._output is not None and self.proc.returncode is not None:
+                self._output.close()  # its last lines are logged before what the server says of its exit
+
+    async def _status(self, timeout: float) -> int | None:
         exit_ = self._exit
         if exit_ is not None and self.proc.returncode is None:
             for _ in range(2):
@@ -285,6 +605,10 @@ class ForkedProcess:
     def pid(self) -> int | None:
         return self._pid
 
+    @property
+    def output(self) -> ProcessOutput | None:
+        return self.template.output
+
     def poll(self) -> int | None:
         return self.status.result() if self.status.done() else None
 
@@ -316,6 +640,13 @@ class ForkedProcess:
 
     async def wait(self, timeout: float) -> int | None:
         try:
+            return await self._status(timeout)
+        finally:
+            if self.template.output is not None:  # its last lines are logged before what the server says of its exit
+                self.template.output.drain()
+
+    async def _status(self, timeout: float) -> int | None:
+        try:
             return await asyncio.wait_for(asyncio.shield(self.status), timeout)
         except TimeoutError:
             self.kill()
@@ -333,9 +664,18 @@ class ForkedProcess:
 class TemplateProcess:
     """One running template process, as the server sees it: its control socket and its workers."""
 
-    def __init__(self, function: str, proc: subprocess.Popen[bytes], control: socket.socket, view: Hashable) -> None:
+    def __init__(
+        self,
+        function: str,
+        proc: subprocess.Popen[bytes],
+        control: socket.socket,
+        view: Hashable,
+        output: ProcessOutput | None = None,
+    ) -> None:
         self.function = function
         self.proc = proc
+        #: The stdout and stderr of the template and of the workers it forks.
+        self.output = output
         self.control = control
         #: The sandbox it was started in (:meth:`WorkerLauncher.view`): a worker needing another gets another template.
         self.view = view
@@ -461,7 +801,11 @@ class TemplateProcess:
     async def close(self, timeout: float = 5.0) -> int | None:
         """End the template (and any worker it still has) and reap it; its exit status."""
         self._gone()
-        return await SpawnedProcess(self.proc).wait(timeout)
+        try:
+            return await SpawnedProcess(self.proc).wait(timeout)
+        finally:
+            if self.output is not None:
+                self.output.close()
 
 
 class WorkerTemplate:
@@ -546,7 +890,9 @@ class WorkerTemplate:
             if exhaustion(exc) is None:
                 raise
             raise ResourceExhausted(name, f"starting the template process of {name}") from exc
+        output: ProcessOutput | None = None
         try:
+            output = ProcessOutput(name)
             argv, cwd = self.launcher.command(name, directory, theirs.fileno(), os.getpid(), tmp_size_mb, template=True)
             # Popen only forks and execs: it does not wait for the child.
             proc = subprocess.Popen(  # noqa: ASYNC220
@@ -555,20 +901,28 @@ class WorkerTemplate:
                 env=self.launcher.template_environ(os.environ),
                 cwd=cwd,
                 stdin=subprocess.DEVNULL,
+                # Its workers' too (they keep the template's stdio): what they write is logged as theirs.
+                stdout=output.stdout,
+                stderr=output.stderr,
                 start_new_session=True,  # a terminal's Ctrl-C goes to the server alone (see parent.py)
             )
         except ConfigError as exc:  # no uid left for it
             ours.close()
+            if output is not None:
+                output.close()
             raise BootError(name, f"function {name}: {exc}") from None
         except OSError as exc:
             ours.close()
+            if output is not None:
+                output.close()
             if exhaustion(exc) is not None:
                 raise ResourceExhausted(name, f"starting the template process of {name}") from exc
             raise BootError(name, f"function {name}: cannot start its template process: {exc}") from None
         finally:
             theirs.close()
+        output.started()
         self.starts += 1
-        process = TemplateProcess(name, proc, ours, view)
+        process = TemplateProcess(name, proc, ours, view, output)
         process.idle_callback = self._check_idle
         process.lost.add_done_callback(lambda _: self._lost(process))
         try:
@@ -618,6 +972,8 @@ class WorkerTemplate:
 
             async def report() -> None:
                 status = await SpawnedProcess(process.proc).wait(5.0)
+                if process.output is not None:
+                    process.output.close()
                 logger.error(
                     "template process of %s exited unexpectedly (exit status %s): its worker processes end with it",
                     self.function,

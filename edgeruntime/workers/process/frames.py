@@ -373,7 +373,12 @@ def _task_done_to_wire(frame: TaskDone) -> tuple[Any, ...]:
 
 
 def _task_done_from_wire(frame: TaskDone) -> TaskDone:
-    _check(frame, type(frame.outcome) is str and (frame.cut_reason is None or type(frame.cut_reason) is str))
+    _check(
+        frame,
+        type(frame.tid) is int
+        and type(frame.outcome) is str
+        and (frame.cut_reason is None or type(frame.cut_reason) is str),
+    )
     error = frame.error
     if error is None or isinstance(error, Exception):
         return frame
@@ -385,6 +390,12 @@ def _check(frame: Frame, ok: bool) -> None:
     """What the server acts on in a worker's frame has the type it expects (else ValueError)."""
     if not ok:
         raise ValueError(f"a {type(frame).__name__} frame with fields of the wrong type: {tuple(frame)!r:.80}")
+
+
+def _task_started_from_wire(frame: TaskStarted) -> TaskStarted:
+    # (whether the worker was given that execution is the server's to check: see parent.py)
+    _check(frame, type(frame.tid) is int and type(frame.name) is str and type(frame.execution_id) is str)
+    return frame
 
 
 def _booted_from_wire(frame: Booted) -> Booted:
@@ -438,6 +449,7 @@ _FROM_WIRE: dict[type[Any], Callable[[Any], Any]] = {
     Done: _done_from_wire,
     Answered: _answered_from_wire,
     BeforeUnloadDone: _unload_done_from_wire,
+    TaskStarted: _task_started_from_wire,
     TaskDone: _task_done_from_wire,
 }
 

@@ -30,6 +30,10 @@ under bubblewrap the process the server starts is ``bwrap`` and the worker its g
 pid is the one watched. Function code can write anything to the channel, so what the server reads
 from it is plain data only (:data:`edgeruntime.workers.process.frames.FROM_WORKER`), and
 a job a function enqueues is enqueued by the server (the worker holds no store credentials).
+A frame may name only an execution forwarded to that worker process (:meth:`ProcessWorker.gave`):
+one that names another (a background task in another function's run) ends it as a crash. Its
+stdout and stderr are pipes the server reads and logs as the function's
+(:class:`~edgeruntime.workers.process.forking.ProcessOutput`): its template's, or its own.
 """
 
 from __future__ import annotations
@@ -69,7 +73,7 @@ from edgeruntime.functions.discovery import FunctionSpec
 from edgeruntime.limits import Limits, Policy
 from edgeruntime.workers.lifecycle import WorkerLifecycle
 from edgeruntime.workers.process.channel import Channel, framed
-from edgeruntime.workers.process.forking import SpawnedProcess, WorkerProcessHandle, peer_pid
+from edgeruntime.workers.process.forking import ProcessOutput, SpawnedProcess, WorkerProcessHandle, peer_pid
 from edgeruntime.workers.process.frames import (
     ACK_BATCH,
     FROM_WORKER,
@@ -124,6 +128,9 @@ REAP_TIMEOUT_SEC = 5.0
 BEFOREUNLOAD_GRACE_SEC = 0.5
 #: A frame from a worker may be this much longer than its memory limit (a body chunk it held).
 FRAME_SLACK_MB = 64
+#: How many of the executions last forwarded to a worker process it may name (a background task
+#: it reports, a log line): each one's id is kept until this many more were forwarded.
+GIVEN_EXECUTIONS = 4096
 _TICKS_PER_SEC = os.sysconf("SC_CLK_TCK")
 _PAGE_MB = resource.getpagesize() / (1024 * 1024)
 #: Whether this system has /proc (Linux): where it has, a worker's entry missing there means it has exited.
@@ -281,6 +288,8 @@ class ProcessWorker:
         self._listeners: dict[int, tuple[Receive, bool]] = {}
         self._ids = itertools.count(1)
         self._tasks: dict[int, BackgroundTask] = {}
+        #: The ids of the executions last forwarded to the worker process, oldest first (see `gave`).
+        self._given: collections.OrderedDict[str, None] = collections.OrderedDict()
         #: The worker process's answer to Boot; None if it exited first.
         self._booted: asyncio.Future[Booted | BootFailed | BootExhausted | None] | None = None
         self._unloaded: dict[StopReason, asyncio.Future[None]] = {}
@@ -313,6 +322,12 @@ class ProcessWorker:
     @property
     def idle(self) -> bool:
         return self.in_flight == 0 and not self.state.background.pending
+
+    def gave(self, execution_id: str) -> bool:
+        """Whether execution `execution_id` is one of the last GIVEN_EXECUTIONS forwarded to this
+        worker process: the only ones it may name. Another function's execution id is easy to
+        learn (the dashboard API on loopback needs no key); a worker must not add to its run."""
+        return execution_id in self._given
 
     # -- boot ------------------------------------------------------------------------------
 
@@ -438,8 +453,12 @@ class ProcessWorker:
         if template is not None:
             forked = await template.fork(theirs, directory, self.limits.memory_limit_mb)
             if forked is not None:
+                if forked.output is not None:
+                    forked.output.add_worker(self)
                 return forked
+        output: ProcessOutput | None = None
         try:
+            output = ProcessOutput(self.name)
             argv, cwd = self.launcher.command(
                 self.name, directory, theirs.fileno(), os.getpid(), self.limits.memory_limit_mb
             )
@@ -450,18 +469,27 @@ class ProcessWorker:
                 env=self.launcher.environ(self.env, os.environ),
                 cwd=cwd,
                 stdin=subprocess.DEVNULL,
+                # Pipes the server reads: what it writes around `print` is logged as its own.
+                stdout=output.stdout,
+                stderr=output.stderr,
                 # Its own session: a terminal's Ctrl-C (SIGINT to the foreground process group) goes
                 # to the server alone, which then ends its workers in order.
                 start_new_session=True,
             )
         except ConfigError as exc:  # no uid left for it
+            if output is not None:
+                output.close()
             raise BootError(self.name, f"function {self.name}: {exc}") from None
         except OSError as exc:
+            if output is not None:
+                output.close()
             if exhaustion(exc) is not None:
                 raise ResourceExhausted(self.name, f"starting a worker process for {self.name}") from exc
             # out of processes, the sandbox's binary gone
             raise BootError(self.name, f"function {self.name}: cannot start its worker process: {exc}") from None
-        return SpawnedProcess(proc)
+        output.started()
+        output.add_worker(self)
+        return SpawnedProcess(proc, output)
 
     async def _abort_boot(self) -> None:
         self.status = WorkerStatus.ENDED
@@ -646,6 +674,16 @@ class ProcessWorker:
             call.push(Done(0, Ended("crashed", status)))
 
     def _task_started(self, frame: TaskStarted) -> None:
+        given = self._given
+        if frame.execution_id not in given:
+            # Never sent by the worker's own code: a function writing frames of its own. It ends
+            # as a worker that sends an unreadable batch does (a crash), at once.
+            assert self.channel is not None
+            self.channel.refuse(f"a background task of execution {frame.execution_id!r:.60}, which it was not given")
+            if self.proc is not None:
+                self.proc.kill()
+            return
+        given.move_to_end(frame.execution_id)  # its background work may start more of it later
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         ctx = ExecutionContext(function=self.name, worker=self.state, execution_id=frame.execution_id)
         entry = self.state.background.add(future, ctx)
@@ -696,6 +734,10 @@ class ProcessWorker:
                 slim["subprotocols"] = list(scope.get("subprotocols") or ())
                 if "websocket.http.response" in (scope.get("extensions") or {}):
                     slim["extensions"] = {"websocket.http.response": {}}
+            given = self._given
+            given[ctx.execution_id] = None
+            if len(given) > GIVEN_EXECUTIONS:
+                given.popitem(last=False)
             channel.send(Request(rid, slim, first, ctx.execution_id, ctx.trigger))
             if first.get("more_body") or websocket:
                 call.pump = asyncio.get_running_loop().create_task(self._pump(rid, receive, call))

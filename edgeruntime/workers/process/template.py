@@ -9,7 +9,9 @@ function's uid, non-dumpable, tied to the server's life. The template imports wh
 imports (the runtime and Starlette, :data:`PRELOAD`) and nothing of the function, then waits on
 its control socket `FD`. For each request the server sends there, with the new worker's end of
 its channel attached (``SCM_RIGHTS``), the template forks: the child keeps that one descriptor
-(and stdio), closes every other, and becomes a worker process (:func:`edgeruntime.workers.process.child.main`),
+(and stdio: the template's stdout and stderr are pipes the server reads, see
+:class:`edgeruntime.workers.process.forking.ProcessOutput`, so what its workers write is logged as
+the function's), closes every other, and becomes a worker process (:func:`edgeruntime.workers.process.child.main`),
 which announces itself to the server and gets the function's env over its channel, as a worker
 process the server starts itself does. A worker thus boots in milliseconds and shares the
 template's imported modules' memory until it writes to it.

@@ -155,6 +155,10 @@ def test_worker_frames_hold_plain_data_and_builtin_exceptions_only() -> None:
         (1, ("limit",), None, 9),  # Done: ended is not (reason, detail)
         (1, None, {"no": "text"}, 9),  # Done: an error that is not text
         (1, "failed", None, ["cpu"], 11),  # TaskDone: a cut reason that is not text
+        ("7", "done", None, None, 11),  # TaskDone: a task id that is no number
+        (7, "send_email", ["exec-1"], 10),  # TaskStarted: an execution id that is not text
+        (7, b"send_email", "exec-1", 10),  # TaskStarted: a name that is not text
+        ((7,), "send_email", "exec-1", 10),  # TaskStarted: a task id that is no number
         ("NoSuchReason", 12),  # BeforeUnloadDone
         (1, "8", 17),  # Consumed: a count that is no number
         (1, 0, 17),  # Consumed: nothing consumed
