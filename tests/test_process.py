@@ -20,6 +20,7 @@ from edgeruntime.functions.discovery import FunctionSpec
 from edgeruntime.gateway.extensions import Extension
 from edgeruntime.limits import Limits
 from edgeruntime.testing import EdgeClient
+from edgeruntime.workers.process import parent
 from edgeruntime.workers.process.frames import Frame, Listen
 from edgeruntime.workers.process.parent import ProcessWorker
 from tests.helpers import ServerProcess, write_function
@@ -215,6 +216,50 @@ async def test_background_work_started_after_its_response_is_its_requests(
         assert client.app.functions["late"].worker is worker
     assert "exited unexpectedly" not in caplog.text
     assert "which it was not given" not in caplog.text
+
+
+async def test_a_request_still_running_may_start_background_work_however_many_came_after(
+    functions_dir: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The executions a worker may name are bounded (the last GIVEN_EXECUTIONS forwarded), but one
+    whose request is in flight, or whose background work is pending, never drops out: under load a
+    slow request starting its `wait_until` late must not end the worker as a hostile one."""
+    monkeypatch.setattr(parent, "GIVEN_EXECUTIONS", 2)
+    write_function(
+        functions_dir,
+        "slow",
+        """
+        import asyncio
+        from starlette.responses import JSONResponse
+        from edgeruntime import EdgeRuntime, serve
+
+        async def more():
+            await asyncio.sleep(0.3)  # the other requests go by meanwhile
+            EdgeRuntime.wait_until(asyncio.sleep(0.01))
+
+        @serve
+        async def handler(req):
+            if req.query_params.get("late"):
+                await asyncio.sleep(0.5)
+                EdgeRuntime.wait_until(more())
+            return JSONResponse({"ok": True})
+        """,
+    )
+    async with EdgeClient(functions_dir, isolation="process") as client:
+        assert (await client.invoke("slow")).status_code == 200
+        worker = client.app.functions["slow"].worker
+        late = asyncio.ensure_future(client.invoke("slow", params={"late": "1"}))
+        for _ in range(5):  # more than GIVEN_EXECUTIONS while the late one runs
+            assert (await client.invoke("slow")).status_code == 200
+        r = await late
+        assert r.status_code == 200
+        for _ in range(5):  # and while its background work is pending
+            assert (await client.invoke("slow")).status_code == 200
+        execution = r.headers["x-edgeruntime-execution-id"]
+        await eventually(lambda: sum(t.execution_id == execution for t in client.finished) == 2, what="its two tasks")
+        assert client.app.functions["slow"].worker is worker
+    assert "which it was not given" not in caplog.text
+    assert "exited unexpectedly" not in caplog.text
 
 
 async def test_boot_errors_in_a_process(functions_dir: Path, caplog: pytest.LogCaptureFixture) -> None:

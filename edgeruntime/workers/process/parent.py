@@ -129,7 +129,9 @@ BEFOREUNLOAD_GRACE_SEC = 0.5
 #: A frame from a worker may be this much longer than its memory limit (a body chunk it held).
 FRAME_SLACK_MB = 64
 #: How many of the executions last forwarded to a worker process it may name (a background task
-#: it reports, a log line): each one's id is kept until this many more were forwarded.
+#: it reports, a log line) once they are over: an execution whose request is in flight, or whose
+#: background work is pending, may always be named; one that is over, until this many more were
+#: forwarded (code may keep its context and start work in it later).
 GIVEN_EXECUTIONS = 4096
 _TICKS_PER_SEC = os.sysconf("SC_CLK_TCK")
 _PAGE_MB = resource.getpagesize() / (1024 * 1024)
@@ -290,6 +292,9 @@ class ProcessWorker:
         self._tasks: dict[int, BackgroundTask] = {}
         #: The ids of the executions last forwarded to the worker process, oldest first (see `gave`).
         self._given: collections.OrderedDict[str, None] = collections.OrderedDict()
+        #: The executions whose request is in flight or whose background work is pending here: how
+        #: many of each (requests and tasks); never forgotten while they last, however many come after.
+        self._live: dict[str, int] = {}
         #: The worker process's answer to Boot; None if it exited first.
         self._booted: asyncio.Future[Booted | BootFailed | BootExhausted | None] | None = None
         self._unloaded: dict[StopReason, asyncio.Future[None]] = {}
@@ -324,10 +329,23 @@ class ProcessWorker:
         return self.in_flight == 0 and not self.state.background.pending
 
     def gave(self, execution_id: str) -> bool:
-        """Whether execution `execution_id` is one of the last GIVEN_EXECUTIONS forwarded to this
-        worker process: the only ones it may name. Another function's execution id is easy to
-        learn (the dashboard API on loopback needs no key); a worker must not add to its run."""
-        return execution_id in self._given
+        """Whether execution `execution_id` was forwarded to this worker process and is still
+        running here (its request or background work) or is one of the last GIVEN_EXECUTIONS: the
+        only ones it may name. Another function's execution id is easy to learn (the dashboard API
+        on loopback needs no key); a worker must not add to its run."""
+        return execution_id in self._live or execution_id in self._given
+
+    def _hold(self, execution_id: str) -> None:
+        live = self._live
+        live[execution_id] = live.get(execution_id, 0) + 1
+
+    def _release(self, execution_id: str) -> None:
+        live = self._live
+        left = live.get(execution_id, 0) - 1
+        if left > 0:
+            live[execution_id] = left
+        else:
+            live.pop(execution_id, None)
 
     # -- boot ------------------------------------------------------------------------------
 
@@ -674,8 +692,7 @@ class ProcessWorker:
             call.push(Done(0, Ended("crashed", status)))
 
     def _task_started(self, frame: TaskStarted) -> None:
-        given = self._given
-        if frame.execution_id not in given:
+        if not self.gave(frame.execution_id):
             # Never sent by the worker's own code: a function writing frames of its own. It ends
             # as a worker that sends an unreadable batch does (a crash), at once.
             assert self.channel is not None
@@ -683,7 +700,9 @@ class ProcessWorker:
             if self.proc is not None:
                 self.proc.kill()
             return
-        given.move_to_end(frame.execution_id)  # its background work may start more of it later
+        if frame.execution_id in self._given:  # its background work may start more of it later
+            self._given.move_to_end(frame.execution_id)
+        self._hold(frame.execution_id)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         ctx = ExecutionContext(function=self.name, worker=self.state, execution_id=frame.execution_id)
         entry = self.state.background.add(future, ctx)
@@ -692,7 +711,10 @@ class ProcessWorker:
 
     def _task_done(self, frame: TaskDone) -> None:
         entry = self._tasks.pop(frame.tid, None)
-        if entry is None or entry.task.done():
+        if entry is None:
+            return
+        self._release(entry.execution_id)
+        if entry.task.done():
             return
         if frame.outcome == TaskOutcome.FAILED and frame.error is not None:
             entry.task.set_exception(frame.error)
@@ -719,6 +741,7 @@ class ProcessWorker:
         self.in_flight += 1
         websocket = scope["type"] == "websocket"
         over = False  # the worker process said the request is over (Done)
+        held = False
         try:
             skipped = not websocket and declares_no_body(scope)
             if skipped:
@@ -738,6 +761,8 @@ class ProcessWorker:
             given[ctx.execution_id] = None
             if len(given) > GIVEN_EXECUTIONS:
                 given.popitem(last=False)
+            self._hold(ctx.execution_id)
+            held = True
             channel.send(Request(rid, slim, first, ctx.execution_id, ctx.trigger))
             if first.get("more_body") or websocket:
                 call.pump = asyncio.get_running_loop().create_task(self._pump(rid, receive, call))
@@ -798,6 +823,8 @@ class ProcessWorker:
                 channel.send(Cancel(rid))  # a no-op once the process is gone
             self.in_flight -= 1
             del self._calls[rid]
+            if held:
+                self._release(ctx.execution_id)
             if self._paused_by is call:
                 self._resume_reading()
             self._listeners.pop(rid, None)

@@ -23,4 +23,5 @@ def test_every_reason_has_a_snake_case_key_and_the_others_are_not_told_to_listen
     keys = {reason: reason.key for reason in StopReason}
     assert len(set(keys.values())) == len(StopReason)
     assert all(key == key.lower() and " " not in key for key in keys.values())
-    assert {r.key for r in StopReason if r.unload_reason is None} == {"reload", "crash", "boot_failure", "stuck_handler"}
+    untold = {r.key for r in StopReason if r.unload_reason is None}
+    assert untold == {"reload", "crash", "boot_failure", "stuck_handler"}
