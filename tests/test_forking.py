@@ -14,6 +14,7 @@ import sys
 import textwrap
 from collections.abc import AsyncIterator, Iterator, MutableMapping
 from contextlib import asynccontextmanager, contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -537,7 +538,8 @@ def record(**fields):
 record(level="warning", logger="_edgeruntime_functions.forger.index", function="victim",
        execution_id="exec-of-victim", message="forged\n12:00:00.000 ERROR   [victim] fake")
 record(level="info", logger="edgeruntime.function", function="forger", execution_id="exec-1",
-       message="printed", traceback="Traceback (most recent call last):\nValueError: x")
+       message="printed", traceback="Traceback (most recent call last):\nValueError: x",
+       time="2026-12-07T09:30:00.250Z")
 record(level="nonsense", message="not a record")
 os.write(1, b'{"level": "error", "message": "stdout holds no records"}\n')
 os.write(1, b"plain\r\n")
@@ -574,6 +576,9 @@ async def test_each_line_is_the_functions_and_names_only_executions_it_was_given
     )
     printed = next(r for r in records if r.getMessage() == "printed")
     assert getattr(printed, "traceback", None) == "Traceback (most recent call last):\nValueError: x"
+    # Its time is when the function logged it, not when the server read its line.
+    assert printed.created == datetime(2026, 12, 7, 9, 30, 0, 250_000, tzinfo=UTC).timestamp()
+    assert round(printed.msecs) == 250
 
 
 async def test_a_long_line_is_cut_and_says_how_much(caplog: pytest.LogCaptureFixture) -> None:

@@ -36,6 +36,7 @@ import subprocess
 import sys
 import weakref
 from collections.abc import Callable, Coroutine, Hashable
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -162,6 +163,20 @@ OUTPUT_BACKLOG_LINES = 10_000
 _OUTPUT_RETRY_SEC = 0.05
 #: What a drain (at a worker's exit) reads at most from each of a function's pipes.
 _OUTPUT_DRAIN_BYTES = 1024 * 1024
+
+
+def _made_at(value: object) -> float | None:
+    """When a worker's log record was made: its ``time`` (as the JSON log format writes it, in
+    UTC), or None if it has none that reads as one."""
+    if type(value) is not str:
+        return None
+    try:
+        made = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return made.timestamp() if made.tzinfo is not None else None
+
+
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 _LEVELS["critical"] = logging.CRITICAL
 
@@ -387,17 +402,29 @@ class ProcessOutput:
             message,
             execution_id,
             traceback if type(traceback) is str else None,
+            _made_at(data.get("time")),
         )
         return True
 
     def _gave(self, execution_id: str) -> bool:
         return any(worker.gave(execution_id) for worker in self._workers)
 
-    def _log(self, level: int, name: str, message: str, execution_id: str | None, traceback: str | None) -> None:
+    def _log(
+        self,
+        level: int,
+        name: str,
+        message: str,
+        execution_id: str | None,
+        traceback: str | None,
+        created: float | None = None,
+    ) -> None:
         logger = self.logger
         if not logger.isEnabledFor(level):
             return
         record = logging.LogRecord(name, level, "", 0, message, None, None)
+        if created is not None:  # when the function logged it, not when its line was read here
+            record.created = created
+            record.msecs = created % 1 * 1000
         record.function = self.function
         record.execution_id = execution_id
         record.contained = True
