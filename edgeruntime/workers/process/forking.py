@@ -34,6 +34,7 @@ import socket
 import struct
 import subprocess
 import sys
+import time
 import weakref
 from collections.abc import Callable, Coroutine, Hashable
 from datetime import datetime
@@ -165,16 +166,26 @@ _OUTPUT_RETRY_SEC = 0.05
 _OUTPUT_DRAIN_BYTES = 1024 * 1024
 
 
+#: How far back a worker's log record may say it was made (its lines wait in the pipe while the
+#: server's log is backed up); a time older than this, or ahead of the server's, is not believed.
+MAX_RECORD_AGE_SEC = 600.0
+
+
 def _made_at(value: object) -> float | None:
     """When a worker's log record was made: its ``time`` (as the JSON log format writes it, in
-    UTC), or None if it has none that reads as one."""
+    UTC), or None if it has none that reads as one, or one a function made up (a line dated
+    before an incident, or years away)."""
     if type(value) is not str:
         return None
     try:
         made = datetime.fromisoformat(value)
     except ValueError:
         return None
-    return made.timestamp() if made.tzinfo is not None else None
+    if made.tzinfo is None:
+        return None
+    created = made.timestamp()
+    now = time.time()
+    return created if now - MAX_RECORD_AGE_SEC <= created <= now + 1 else None
 
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
