@@ -3,7 +3,8 @@
 A single server watches the functions directory itself (:func:`watch_functions`). With several
 serving processes (``serve --workers N``) the supervisor watches it (:func:`function_edits`) and
 tells every serving process, which reloads as a single server does (:func:`apply_told_edits`):
-one watcher, so each change is logged once, and one of the processes says what it reloaded.
+one watcher, so each change is logged once, and one of the processes says what it reloaded and
+which function cannot boot (the others keep that boot error without logging it).
 """
 
 from __future__ import annotations
@@ -11,15 +12,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Protocol
 
 import watchfiles
 
 from edgeruntime.core.descriptors import exhaustion, report_exhaustion
 from edgeruntime.functions.discovery import function_for_path
 
-__all__ = ["apply_told_edits", "function_edits", "reload_functions", "watch_functions"]
+__all__ = ["Reload", "apply_told_edits", "function_edits", "reload_functions", "watch_functions"]
 
 logger = logging.getLogger("edgeruntime")
 
@@ -30,6 +32,14 @@ IGNORED_SUFFIXES = ("~", ".swp", ".swx", ".tmp", ".pyc")
 RELOAD_RETRY_SEC = 0.5
 
 
+class Reload(Protocol):
+    """What reloads functions (`EdgeApp.reload`): the names whose files changed (``_shared`` for
+    shared code) in, the names reloaded out. `report=False` logs no syntax error it finds (another
+    serving process, reloading the same files, says it) but keeps it as the function's boot error."""
+
+    def __call__(self, names: set[str], *, report: bool = True) -> list[str]: ...
+
+
 class _Filter(watchfiles.DefaultFilter):
     def __call__(self, change: watchfiles.Change, path: str) -> bool:
         p = Path(path)
@@ -38,7 +48,7 @@ class _Filter(watchfiles.DefaultFilter):
         return not p.name.startswith((".#", "___"))
 
 
-async def watch_functions(root: Path, reload: Callable[[set[str]], list[str]], stop: asyncio.Event) -> None:
+async def watch_functions(root: Path, reload: Reload, stop: asyncio.Event) -> None:
     """Watch the functions directory `root` until `stop` is set.
 
     `reload(names)` is called with the functions whose files changed (``_shared`` for shared
@@ -64,23 +74,20 @@ async def function_edits(root: Path, stop: asyncio.Event) -> AsyncIterator[set[s
         yield names
 
 
-async def reload_functions(
-    reload: Callable[[set[str]], list[str]], names: set[str], stop: asyncio.Event, *, report: bool = True
-) -> list[str]:
-    """`reload(names)` (see :func:`_reload`); returns the names reloaded.
+async def reload_functions(reload: Reload, names: set[str], stop: asyncio.Event, *, report: bool = True) -> list[str]:
+    """`reload(names, report=report)` (see :func:`_reload`); returns the names reloaded.
 
-    `report=False` logs no "reloaded" line (another serving process, reloading the same
-    functions, says it); a reload that fails is logged either way: it failed in this process.
+    `report=False` logs no "reloaded" line and no syntax error of the reloaded files (another
+    serving process, reloading the same functions, says them); a reload that fails is logged
+    either way: it failed in this process.
     """
-    reloaded = await _reload(reload, names, stop)
+    reloaded = await _reload(reload, names, stop, report=report)
     if reloaded and report:
         logger.info("reloaded %s", ", ".join(reloaded))
     return reloaded
 
 
-async def apply_told_edits(
-    edits: asyncio.Queue[tuple[set[str], bool]], reload: Callable[[set[str]], list[str]], stop: asyncio.Event
-) -> None:
+async def apply_told_edits(edits: asyncio.Queue[tuple[set[str], bool]], reload: Reload, stop: asyncio.Event) -> None:
     """Reload the functions of each edit another process saw (``(names, report)``, see
     :func:`reload_functions`), one after the other as they come, until cancelled (a server
     cancels its background work once it has stopped; `stop` set meanwhile ends a retry)."""
@@ -89,15 +96,15 @@ async def apply_told_edits(
         await reload_functions(reload, names, stop, report=report)
 
 
-async def _reload(reload: Callable[[set[str]], list[str]], names: set[str], stop: asyncio.Event) -> list[str]:
-    """`reload(names)`, tried again every RELOAD_RETRY_SEC while the server is out of descriptors.
+async def _reload(reload: Reload, names: set[str], stop: asyncio.Event, *, report: bool = True) -> list[str]:
+    """`reload(names, report=report)`, tried again every RELOAD_RETRY_SEC while the server is out of descriptors.
 
     Rescanning the functions directory needs a descriptor; changes made meanwhile are kept by
     the watcher and come next. Any other OSError is logged, and the watcher goes on.
     """
     while not stop.is_set():
         try:
-            return reload(names)
+            return reload(names, report=report)
         except OSError as exc:
             error = exhaustion(exc)
             if error is None:  # the watcher keeps watching: the next change is tried afresh

@@ -247,9 +247,10 @@ class EdgeApp:
 
     # -- functions -------------------------------------------------------------------------
 
-    def refresh(self) -> None:
+    def refresh(self, *, report: bool = True) -> None:
         """Rescan the functions directory: add new functions (their files compiled, see
-        :meth:`FunctionSupervisor.check`), forget removed ones."""
+        :meth:`FunctionSupervisor.check`; `report=False`: a syntax error kept, not logged),
+        forget removed ones."""
         found = discover(self.settings.functions_dir)
         for name in list(self.functions):
             if name not in found:
@@ -264,17 +265,18 @@ class EdgeApp:
                     self._worker_observers,
                     enqueue=self.enqueue,
                 )
-                supervisor.check()
+                supervisor.check(report=report)
 
     def pending_background(self) -> list[BackgroundTask]:
         """Every background task still running, in every worker of every function."""
         return [t for s in self.functions.values() for w in s.workers for t in w.pending_background()]
 
-    def reload(self, names: set[str]) -> list[str]:
+    def reload(self, names: set[str], *, report: bool = True) -> list[str]:
         """Reload the named functions (`_shared` reloads all), their files compiled again; returns
-        the names reloaded."""
+        the names reloaded. `report=False` (a serving process of several that another one speaks
+        for) keeps a syntax error as the function's boot error without logging it."""
         known = set(self.functions)
-        self.refresh()
+        self.refresh(report=report)
         if SHARED in names:
             purge_modules(SHARED)
             names = set(self.functions)
@@ -284,7 +286,7 @@ class EdgeApp:
             if supervisor is not None:
                 supervisor.reload()
                 if name in known:  # a new one was compiled by refresh()
-                    supervisor.check()
+                    supervisor.check(report=report)
                 reloaded.append(name)
         return reloaded
 

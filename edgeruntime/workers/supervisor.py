@@ -163,12 +163,13 @@ class FunctionSupervisor:
         self.verify_jwt = settings.verify_jwt(self.spec.name)
         self.idle_timeouts.timeout_sec = self.limits.request_idle_timeout_sec
 
-    def check(self) -> SourceError | None:
+    def check(self, *, report: bool = True) -> SourceError | None:
         """Compile the function's files (at start and on reload): a syntax error is logged once,
-        with its file and line, and kept as the boot error until the files are fixed."""
+        with its file and line, and kept as the boot error until the files are fixed.
+        `report=False` keeps it without logging it (another serving process says it)."""
         error = check_source(self.spec)
         if error is not None:
-            if error != self.source_error:
+            if error != self.source_error and report:
                 logger.error("function %s cannot boot: %s", self.name, error, extra={"function": self.name})
             self.boot_error = f"function {self.name} failed to boot: {error}"
         elif self.source_error is not None:

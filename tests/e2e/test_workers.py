@@ -372,6 +372,37 @@ def test_hot_reload_reloads_every_serving_process_and_logs_each_line_once(who_di
     assert len([line for line in lines if line.endswith("reloaded who")]) == 1, server.output
 
 
+def test_a_syntax_error_in_an_edit_is_logged_once_and_the_fix_reaches_every_serving_process(who_dir: Path) -> None:
+    source = who_dir / "who" / "index.py"
+    server = start(who_dir)
+    with server:
+        pids = set(child_pids(server.proc.pid))
+        both_answer(server, pids)
+        time.sleep(0.5)  # the watcher settles before the edit
+        draft = who_dir.parent / "index.py.draft"  # moved in: one change each
+        draft.write_text(WHO + "\ndef broken(:\n")
+        os.replace(draft, source)
+        wait_until(lambda: "cannot boot: SyntaxError" in server.output, 30, "the syntax error logged")
+        time.sleep(1.0)  # every serving process compiles the broken file before it is fixed
+        draft.write_text(WHO.replace('{"pid": os.getpid()}', '{"pid": os.getpid(), "v": 3}'))
+        os.replace(draft, source)
+        fresh: set[int] = set()
+
+        def every_process_serves_the_fix() -> bool:
+            for _ in range(4):
+                r = httpx.get(server.url("who"), timeout=30)
+                if r.status_code == 200 and r.json().get("v") == 3:
+                    fresh.add(r.json()["pid"])
+            return fresh == pids
+
+        wait_until(every_process_serves_the_fix, 30, f"the fix from each of {pids} (seen {fresh})", interval=0)
+        assert server.terminate() == 0  # every line written
+    lines = server.output.splitlines()
+    errors = [line for line in lines if "function who cannot boot: SyntaxError" in line]
+    assert len(errors) == 1 and f"{source}" in errors[0], server.output
+    assert len([line for line in lines if line.endswith("reloaded who")]) == 2, server.output
+
+
 # -- what they share ----------------------------------------------------------------------------
 
 

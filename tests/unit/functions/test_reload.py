@@ -16,7 +16,7 @@ async def test_a_reload_failing_with_an_os_error_is_logged_and_the_watcher_goes_
 ) -> None:
     calls: list[set[str]] = []
 
-    def failing(names: set[str]) -> list[str]:
+    def failing(names: set[str], *, report: bool = True) -> list[str]:
         calls.append(names)
         raise OSError(errno.ELOOP, "Too many levels of symbolic links", "/fns/loop1")
 
@@ -28,7 +28,10 @@ async def test_a_reload_failing_with_an_os_error_is_logged_and_the_watcher_goes_
 
 
 async def test_a_reload_that_works_returns_what_it_reloaded() -> None:
-    assert await reload._reload(lambda names: sorted(names), {"b", "a"}, asyncio.Event()) == ["a", "b"]
+    def reload_them(names: set[str], *, report: bool = True) -> list[str]:
+        return sorted(names)
+
+    assert await reload._reload(reload_them, {"b", "a"}, asyncio.Event()) == ["a", "b"]
 
 
 async def test_edits_told_by_the_supervisor_are_reloaded_in_order_and_only_the_reporting_process_says_so(
@@ -36,9 +39,11 @@ async def test_edits_told_by_the_supervisor_are_reloaded_in_order_and_only_the_r
 ) -> None:
     caplog.set_level("INFO", logger="edgeruntime")
     calls: list[set[str]] = []
+    reports: list[bool] = []
 
-    def reload_them(names: set[str]) -> list[str]:
+    def reload_them(names: set[str], *, report: bool = True) -> list[str]:
         calls.append(names)
+        reports.append(report)  # a syntax error is logged only where the edit is reported
         if "loop" in names:
             raise OSError(errno.ELOOP, "Too many levels of symbolic links", "/fns/loop")
         return sorted(names)
@@ -57,6 +62,7 @@ async def test_edits_told_by_the_supervisor_are_reloaded_in_order_and_only_the_r
         with pytest.raises(asyncio.CancelledError):
             await task
     assert calls == [{"a"}, {"b", "c"}, {"loop"}, set()]
+    assert reports == [False, True, False, True]
     # Another process reported `a`; a reload that failed here is said here, reporting or not.
     assert [r.getMessage() for r in caplog.records] == [
         "reloaded b, c",

@@ -213,6 +213,21 @@ async def test_a_boot_error_fails_the_request_and_the_next_request_boots_again(
     assert harness.supervisor.boot_error is None
 
 
+async def test_a_syntax_error_checked_without_report_is_the_boot_error_but_not_logged(
+    harness: Harness, functions_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    write_function(functions_dir, "probe", "def broken(:\n")
+    error = harness.supervisor.check(report=False)  # another serving process logs it
+    assert error is not None and "SyntaxError" in str(error)
+    assert not [r for r in caplog.records if "cannot boot" in r.getMessage()]
+    with pytest.raises(BootError, match="SyntaxError"):
+        await harness.request()
+    assert harness.supervisor.boot_error is not None and "SyntaxError" in harness.supervisor.boot_error
+    write_function(functions_dir, "probe", PROBE)
+    assert harness.supervisor.check(report=False) is None
+    assert (await harness.request()).status == 200 and harness.supervisor.boot_error is None
+
+
 async def test_shutdown_tells_beforeunload_and_cuts_what_is_still_running(harness: Harness) -> None:
     await harness.boot_of("mode=background")
     module = harness.module
