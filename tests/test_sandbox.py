@@ -15,6 +15,7 @@ import os
 import pickle
 import shutil
 import signal
+import sqlite3
 import tempfile
 import threading
 import uuid
@@ -478,6 +479,40 @@ def test_functions_still_work_and_stay_within_their_limits(project: Path, mode: 
     if closed is not None:  # a function its uid cannot read: a clear boot error
         assert closed.status_code == 503
         assert "cannot read" in server.output and "chmod -R o+rX" in server.output
+
+
+READABLE_STORE = "worker processes: sandbox uid: the jobs store"
+
+
+@pytest.mark.parametrize("private", [False, True])
+def test_under_uid_a_jobs_store_other_users_may_read_is_warned_of_once_with_the_chmod(
+    project: Path, private: bool
+) -> None:
+    prefix = server_prefix("uid")
+    functions = project / "functions"
+    write_function(functions, "hello", HELLO)
+    store = project / ".edgeruntime"
+    if not private:  # as an older edgeruntime left it: 0755 and 0644 with the usual umask
+        store.mkdir(mode=0o755)
+        store.chmod(0o755)
+        database = store / "edgeruntime.db"
+        sqlite3.connect(database).close()
+        database.chmod(0o644)
+    options = ("--no-watch", "--no-verify-jwt", "--isolation", "process", "--sandbox", "uid")
+    with ServerProcess(functions, *options, prefix=prefix) as server:
+        assert httpx.get(server.url("hello"), timeout=60).status_code == 200
+        assert shut_down(server) == 0
+    warnings = [line for line in server.output.splitlines() if READABLE_STORE in line]
+    if private:
+        assert warnings == [], server.output
+        assert (store.stat().st_mode & 0o777, (store / "edgeruntime.db").stat().st_mode & 0o777) == (0o700, 0o600)
+    else:
+        assert len(warnings) == 1, server.output
+        assert f"{store} (mode 0755)" in warnings[0] and warnings[0].endswith(f"chmod 700 {store}"), server.output
+        store.chmod(0o700)  # what the warning says closes it
+        with ServerProcess(functions, *options, prefix=prefix) as server:
+            assert shut_down(server) == 0
+        assert READABLE_STORE not in server.output, server.output
 
 
 # -- the server's environment ----------------------------------------------------------------

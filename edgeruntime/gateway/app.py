@@ -621,8 +621,29 @@ class EdgeApp:
             logger.info("worker processes: sandbox %s", sandbox.describe())
             if sandbox.warning:
                 logger.warning("worker processes: sandbox %s: %s", sandbox.mode, sandbox.warning)
+            if sandbox.mode == "uid":  # bwrap hides the store; basic and none run as the server's user
+                self._warn_of_a_readable_store()
         for extension in self._extensions:
             await extension.start()
+
+    def _warn_of_a_readable_store(self) -> None:
+        """Under ``--sandbox uid`` every function runs as a uid of its own: a jobs store other
+        users may read (made before edgeruntime created it private, or by hand) shows every
+        function every run and job payload. Said once, with the chmod that closes it."""
+        from edgeruntime.jobs.sqlite import readable_by_others  # only a SQLite store has files
+
+        for extension in self._extensions:
+            exposed = [found for path in extension.private_paths() if (found := readable_by_others(path))]
+            if not exposed:
+                continue
+            paths = " ".join(str(path) for path, _ in exposed)
+            fix = f"chmod 700 {paths}" if all(path.is_dir() for path, _ in exposed) else f"chmod 600 {paths}"
+            logger.warning(
+                "worker processes: sandbox uid: the jobs store %s other users may read, so every "
+                "function (each runs as its own uid) can read every run and job payload in it: %s",
+                ", ".join(f"{path} (mode {mode:04o})" for path, mode in exposed),
+                fix,
+            )
 
     async def shutdown(self, timeout: float | None = None) -> list[str]:
         """Graceful shutdown: `beforeunload` (termination), wait for background work, cut the rest.
