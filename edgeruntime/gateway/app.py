@@ -630,7 +630,7 @@ class EdgeApp:
         """Under ``--sandbox uid`` every function runs as a uid of its own: a jobs store other
         users may read (made before edgeruntime created it private, or by hand) shows every
         function every run and job payload. Said once, with the chmod that closes it."""
-        from edgeruntime.jobs.sqlite import readable_by_others  # only a SQLite store has files
+        from edgeruntime.workers.process.sandbox import readable_by_others
 
         for extension in self._extensions:
             exposed = [found for path in extension.private_paths() if (found := readable_by_others(path))]

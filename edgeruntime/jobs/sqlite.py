@@ -19,7 +19,6 @@ import logging
 import math
 import os
 import sqlite3
-import stat
 import threading
 import time
 from collections.abc import Callable, Collection, Iterator, Sequence
@@ -67,7 +66,7 @@ from edgeruntime.jobs.store import (
     TickStatus,
 )
 
-__all__ = ["SQLiteStore", "readable_by_others"]
+__all__ = ["SQLiteStore"]
 
 logger = logging.getLogger("edgeruntime.jobs")
 
@@ -143,33 +142,6 @@ def _enter_wal(conn: sqlite3.Connection) -> str:
             if "locked" not in str(exc) or time.monotonic() > deadline:
                 raise
             time.sleep(0.01)
-
-
-def readable_by_others(path: Path) -> tuple[Path, int] | None:
-    """Whether a user other than the server's, in none of its groups (a function's uid under
-    ``--sandbox uid``), can read the store's data at `path`: a database file or journal, or the
-    directory holding them (`JobsSystem.private_paths` names one or the other). Returns `path` and
-    its mode when it can (a `chmod` of `path` closes it), None when it cannot or `path` is gone.
-
-    A directory counts when a file in it is readable by others and every directory on the way
-    lets them through; a 0755 directory holding only a 0600 database (what the store creates) is
-    closed already.
-    """
-    try:
-        mode = os.stat(path).st_mode
-        if stat.S_ISDIR(mode):
-            files = [Path(entry.path) for entry in os.scandir(path) if entry.is_file()]
-            passed = [*reversed(path.parents), path]
-        else:
-            files = [path]
-            passed = list(reversed(path.parents))
-        if not any(os.stat(file).st_mode & stat.S_IROTH for file in files):
-            return None
-        if any(not os.stat(directory).st_mode & stat.S_IXOTH for directory in passed):
-            return None
-    except OSError:  # gone meanwhile: nothing to read there
-        return None
-    return path, stat.S_IMODE(mode)
 
 
 class SQLiteStore:

@@ -59,6 +59,7 @@ __all__ = [
     "Sandbox",
     "WorkerLauncher",
     "function_env",
+    "readable_by_others",
     "resolve_sandbox",
     "sandbox_for",
     "set_dumpable",
@@ -170,6 +171,21 @@ def _unreadable_by_others(path: Path) -> Path | None:
         if mode & need != need:
             return current
     return None
+
+
+def readable_by_others(path: Path) -> tuple[Path, int] | None:
+    """Whether a process of another uid, in none of the server's groups (a function's under
+    ``--sandbox uid``), can read the file at `path`, or a file in the directory at `path`: then
+    `path` and its mode (a ``chmod`` of `path` closes it), else None (also when `path` is gone)."""
+    path = path.absolute()
+    try:
+        mode = os.stat(path).st_mode
+        files = [Path(entry.path) for entry in os.scandir(path) if entry.is_file()] if stat.S_ISDIR(mode) else [path]
+    except OSError:
+        return None
+    if all(_unreadable_by_others(file) is not None for file in files):
+        return None
+    return path, stat.S_IMODE(mode)
 
 
 def package_root() -> Path | None:
