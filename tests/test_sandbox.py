@@ -66,7 +66,9 @@ def unavailable(reason: str) -> NoReturn:
     pytest.skip(reason)
 
 
-ATTACKER = """
+#: The start of a hostile function: the usual imports, and `attempt(action)`, which says whether
+#: an action the sandbox should refuse went through (the OSError's name when it did not).
+HOSTILE = """
 import os
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -78,7 +80,11 @@ def attempt(action):
         return {"ok": True, "value": action()}
     except OSError as exc:
         return {"ok": False, "error": type(exc).__name__}
+"""
 
+ATTACKER = (
+    HOSTILE
+    + """
 
 def read(path, offset=0, size=65536):
     with open(path, "rb") as f:
@@ -100,6 +106,7 @@ async def handler(req: Request) -> JSONResponse:
         "processes": sorted(int(p) for p in os.listdir("/proc") if p.isdigit()),
     })
 """
+)
 
 VICTIM = """
 import sys
@@ -117,7 +124,9 @@ async def handler(req):
     return JSONResponse({"secret": SECRET.decode(), "address": address, "length": len(SECRET)})
 """
 
-WORKS = """
+WORKS = (
+    HOSTILE
+    + """
 import os
 import tempfile
 import uuid
@@ -134,13 +143,6 @@ from edgeruntime.exceptions import JobsError
 from _shared.greeting import GREETING
 
 HERE = Path(__file__).parent
-
-
-def attempt(action):
-    try:
-        return {"ok": True, "value": action()}
-    except OSError as exc:
-        return {"ok": False, "error": type(exc).__name__}
 
 
 async def refused(function, payload):
@@ -175,6 +177,7 @@ async def handler(req: Request) -> JSONResponse:
         "config": attempt(lambda: Path(q["config"]).read_text()),
     })
 """
+)
 
 
 @pytest.fixture

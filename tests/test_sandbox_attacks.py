@@ -25,21 +25,19 @@ import pytest
 
 from tests.helpers import HELLO, ServerProcess, write_function
 from tests.probes import template_processes, worker_processes
-from tests.test_sandbox import ATTACK_CLIENT_TIMEOUT_SEC, answer_of, server_prefix, serving_process, shut_down
+from tests.test_sandbox import (
+    ATTACK_CLIENT_TIMEOUT_SEC,
+    HOSTILE,
+    answer_of,
+    server_prefix,
+    serving_process,
+    shut_down,
+)
 
-ATTACKER = """
+ATTACKER = (
+    HOSTILE
+    + """
 import json
-import os
-from starlette.requests import Request
-from starlette.responses import JSONResponse
-from edgeruntime import serve
-
-
-def attempt(action):
-    try:
-        return {"ok": True, "value": action()}
-    except OSError as exc:
-        return {"ok": False, "error": type(exc).__name__}
 
 
 def read(path):
@@ -62,6 +60,7 @@ async def handler(req: Request) -> JSONResponse:
         "mkdir": {path: attempt(lambda path=path: os.mkdir(path)) for path in asked.get("mkdir", [])},
     })
 """
+)
 
 VICTIM = """
 from starlette.requests import Request
@@ -232,22 +231,13 @@ def test_a_function_cannot_add_background_tasks_to_another_functions_run(flat_pr
 
 # -- tracing and descriptors -----------------------------------------------------------------
 
-TRACER = """
+TRACER = (
+    HOSTILE
+    + """
 import ctypes
-import os
-from starlette.requests import Request
-from starlette.responses import JSONResponse
-from edgeruntime import serve
 
 libc = ctypes.CDLL(None, use_errno=True)
 PTRACE_ATTACH, PTRACE_DETACH, SYS_PIDFD_GETFD, WALL = 16, 17, 438, 0x40000000
-
-
-def attempt(action):
-    try:
-        return {"ok": True, "value": action()}
-    except OSError as exc:
-        return {"ok": False, "error": type(exc).__name__}
 
 
 def attach(pid):
@@ -285,6 +275,7 @@ async def handler(req: Request) -> JSONResponse:
         for name, pid in pids.items()
     })
 """
+)
 
 
 @pytest.mark.e2e
@@ -427,19 +418,9 @@ async def handler(req):
     return JSONResponse({"pid": os.getpid(), "uid": os.getuid(), "secret": SECRET})
 """
 
-TENANT_B = """
-import os
-from starlette.requests import Request
-from starlette.responses import JSONResponse
-from edgeruntime import serve
-
-
-def attempt(action):
-    try:
-        return {"ok": True, "value": action()}
-    except OSError as exc:
-        return {"ok": False, "error": type(exc).__name__}
-
+TENANT_B = (
+    HOSTILE
+    + """
 
 def read():
     with open(os.path.join("/tmp", "tenant-a-secret")) as f:
@@ -451,6 +432,7 @@ async def handler(req: Request) -> JSONResponse:
     pid = int(req.query_params["pid"])
     return JSONResponse({"uid": os.getuid(), "read": attempt(read), "kill": attempt(lambda: os.kill(pid, 9))})
 """
+)
 
 
 @pytest.mark.e2e

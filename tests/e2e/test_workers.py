@@ -354,16 +354,7 @@ def test_hot_reload_reloads_every_serving_process_and_logs_each_line_once(who_di
         draft = who_dir.parent / "index.py.draft"
         draft.write_text(WHO.replace('{"pid": os.getpid()}', '{"pid": os.getpid(), "v": 2}'))
         os.replace(draft, source)
-        fresh: set[int] = set()
-
-        def every_process_reloaded() -> bool:
-            for _ in range(4):
-                r = httpx.get(server.url("who"), timeout=30).json()
-                if r["v"] == 2:
-                    fresh.add(r["pid"])
-            return fresh == pids
-
-        wait_until(every_process_reloaded, 30, f"version 2 from each of {pids} (seen {fresh})", interval=0)
+        every_process_serves(server, pids, 2)
         assert server.terminate() == 0  # every line written
     # One watcher (the supervisor's), and one serving process says what it reloaded.
     lines = server.output.splitlines()
@@ -386,16 +377,7 @@ def test_a_syntax_error_in_an_edit_is_logged_once_and_the_fix_reaches_every_serv
         time.sleep(1.0)  # every serving process compiles the broken file before it is fixed
         draft.write_text(WHO.replace('{"pid": os.getpid()}', '{"pid": os.getpid(), "v": 3}'))
         os.replace(draft, source)
-        fresh: set[int] = set()
-
-        def every_process_serves_the_fix() -> bool:
-            for _ in range(4):
-                r = httpx.get(server.url("who"), timeout=30)
-                if r.status_code == 200 and r.json().get("v") == 3:
-                    fresh.add(r.json()["pid"])
-            return fresh == pids
-
-        wait_until(every_process_serves_the_fix, 30, f"the fix from each of {pids} (seen {fresh})", interval=0)
+        every_process_serves(server, pids, 3)
         assert server.terminate() == 0  # every line written
     lines = server.output.splitlines()
     errors = [line for line in lines if "function who cannot boot: SyntaxError" in line]
@@ -404,6 +386,20 @@ def test_a_syntax_error_in_an_edit_is_logged_once_and_the_fix_reaches_every_serv
 
 
 # -- what they share ----------------------------------------------------------------------------
+
+
+def every_process_serves(server: ServerProcess, pids: set[int], version: int) -> None:
+    """Wait until each of the serving processes `pids` has answered with `version` of `who`."""
+    fresh: set[int] = set()
+
+    def all_fresh() -> bool:
+        for _ in range(4):
+            r = httpx.get(server.url("who"), timeout=30)
+            if r.status_code == 200 and r.json().get("v") == version:
+                fresh.add(r.json()["pid"])
+        return fresh == pids
+
+    wait_until(all_fresh, 30, f"version {version} from each of {pids} (seen {fresh})", interval=0)
 
 
 _REQUESTS = re.compile(r"^edgeruntime_requests_total\{([^}]*)\} ([0-9.e+]+)$", re.M)
