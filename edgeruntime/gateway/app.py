@@ -173,8 +173,12 @@ def _error_response(exc: FunctionError) -> responses.RuntimeResponse | None:
 class EdgeApp:
     """The gateway in front of every function of one functions directory."""
 
-    def __init__(self, settings: Settings, *, access_log: AccessLogger = log_access) -> None:
+    def __init__(self, settings: Settings, *, access_log: AccessLogger = log_access, announce: bool = True) -> None:
         self.settings = settings
+        #: Whether this app says at start what holds for the whole server: a function's syntax
+        #: error, the sandbox (see :meth:`announce_sandbox`). False for a serving process of
+        #: several: their supervisor says it once, and the edits one of them is told to report.
+        self.announce = announce
         self.verifier = Verifier(settings.keys, settings.env.get("SUPABASE_JWKS"))
         #: The CORS headers of the runtime's own responses to function routes.
         self.cors = CorsPolicy(settings.config.cors_origins)
@@ -203,7 +207,7 @@ class EdgeApp:
         self._mounts: dict[str, ASGIApp] = {}
         #: Reports functions holding the shared event loop (inline isolation only).
         self.watchdog = LoopWatchdog() if settings.isolation == "inline" else None
-        self.refresh()
+        self.refresh(report=announce)
 
     @property
     def extensions(self) -> tuple[Extension, ...]:
@@ -290,14 +294,15 @@ class EdgeApp:
                 reloaded.append(name)
         return reloaded
 
-    def reconfigure(self, settings: Settings, reload: Iterable[str] | None = None) -> list[str]:
+    def reconfigure(self, settings: Settings, reload: Iterable[str] | None = None, *, report: bool = True) -> list[str]:
         """Serve with `settings` from now on (config.toml or .env edited while serving).
 
         JWT verification, the keys and the request limits apply to the next request; functions
         newly disabled are no longer served and newly enabled ones are; the functions named in
         `reload` (None: all) retire their workers so the next request boots them with the new
         env and limits. Settings that cannot change while serving (the host, the isolation ...)
-        are the caller's to keep. Returns the names reloaded.
+        are the caller's to keep. Returns the names reloaded. `report=False`: a syntax error of a
+        function newly enabled is kept as its boot error, not logged (see :meth:`reload`).
         """
         self.settings = settings
         self.verifier = Verifier(settings.keys, settings.env.get("SUPABASE_JWKS"))
@@ -312,7 +317,7 @@ class EdgeApp:
             else:
                 self.functions[name].configure(settings)
         known = set(self.functions)
-        self.refresh()
+        self.refresh(report=report)
         names = set(self.functions) if reload is None else set(reload) & known
         for name in sorted(names):
             self.functions[name].reload()
@@ -610,21 +615,30 @@ class EdgeApp:
 
     async def startup(self) -> None:
         """Start the loop watchdog (inline) or say which sandbox the worker processes run in
-        (process isolation), then every extension in the order they were registered."""
+        (process isolation, see :meth:`announce_sandbox`), then every extension in the order they
+        were registered."""
         if self.started:
             return
         self.started = True
         if self.watchdog is not None:
             self.watchdog.start()
-        if self.launcher is not None:
-            sandbox = self.launcher.sandbox
-            logger.info("worker processes: sandbox %s", sandbox.describe())
-            if sandbox.warning:
-                logger.warning("worker processes: sandbox %s: %s", sandbox.mode, sandbox.warning)
-            if sandbox.mode == "uid":  # bwrap hides the store; basic and none run as the server's user
-                self._warn_of_a_readable_store()
+        if self.announce:
+            self.announce_sandbox()
         for extension in self._extensions:
             await extension.start()
+
+    def announce_sandbox(self) -> None:
+        """Say which sandbox the worker processes run in, what it leaves open, and (``uid``) a
+        jobs store other users may read; nothing under inline isolation. :meth:`startup` says it,
+        or the supervisor of several serving processes, once for all of them."""
+        if self.launcher is None:
+            return
+        sandbox = self.launcher.sandbox
+        logger.info("worker processes: sandbox %s", sandbox.describe())
+        if sandbox.warning:
+            logger.warning("worker processes: sandbox %s: %s", sandbox.mode, sandbox.warning)
+        if sandbox.mode == "uid":  # bwrap hides the store; basic and none run as the server's user
+            self._warn_of_a_readable_store()
 
     def _warn_of_a_readable_store(self) -> None:
         """Under ``--sandbox uid`` every function runs as a uid of its own: a jobs store other

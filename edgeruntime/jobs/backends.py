@@ -16,12 +16,15 @@ def default_database_path(functions_dir: Path) -> Path:
     return functions_dir.resolve().parent / ".edgeruntime" / "edgeruntime.db"
 
 
-def open_store(url: str | None, functions_dir: Path | None = None, *, source: str = "--database-url") -> JobStore:
+def open_store(
+    url: str | None, functions_dir: Path | None = None, *, source: str = "--database-url", announce: bool = True
+) -> JobStore:
     """The store for `url`: `sqlite:///relative.db`, `sqlite:////absolute.db`, `postgresql://...`,
     or None for the default SQLite file beside the functions directory.
 
     `source` names where `url` came from in the error for a bad one (``--database-url`` or
-    ``EDGERUNTIME_DATABASE_URL``).
+    ``EDGERUNTIME_DATABASE_URL``). `announce=False`: what holds for every process using the
+    store (SQLite's journal mode) is left for another process to say.
     """
     if url is None:
         if functions_dir is None:
@@ -34,7 +37,7 @@ def open_store(url: str | None, functions_dir: Path | None = None, *, source: st
         path = url.removeprefix("sqlite://").removeprefix("/")
         if not path:
             raise ConfigError(f"{source} {url!r}: expected sqlite:///path/to/file.db")
-        return SQLiteStore(Path(os.path.expanduser(path)), url=url)
+        return SQLiteStore(Path(os.path.expanduser(path)), url=url, announce=announce)
     if url.startswith(("postgresql://", "postgres://")):
         from edgeruntime.jobs.postgres import PostgresStore
 

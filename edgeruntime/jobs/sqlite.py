@@ -147,7 +147,8 @@ def _enter_wal(conn: sqlite3.Connection) -> str:
 class SQLiteStore:
     """The jobs store on one SQLite file (see the module docstring)."""
 
-    def __init__(self, path: Path, url: str | None = None) -> None:
+    def __init__(self, path: Path, url: str | None = None, *, announce: bool = True) -> None:
+        """`announce=False`: a journal mode other than WAL is not said (another process says it)."""
         self.path = path
         self.url = url or f"sqlite:///{path}"
         self._executor = ThreadPoolExecutor(
@@ -159,7 +160,7 @@ class SQLiteStore:
         self._vacuum_tried = False
         self._over_cap_logged = False
         #: Whether a journal mode other than WAL was said (once per store, not at each reconnection).
-        self._mode_logged = False
+        self._mode_logged = not announce
 
     # -- plumbing ------------------------------------------------------------------------
 

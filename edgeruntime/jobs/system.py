@@ -68,7 +68,10 @@ class JobSystem(Extension):
         crons = settings.config.cron
         self.crons = cron_jobs(crons, set(discover(settings.functions_dir)) if crons else None)
         self.store = store or open_store(
-            settings.database_url, settings.functions_dir, source=settings.database_url_source
+            settings.database_url,
+            settings.functions_dir,
+            source=settings.database_url_source,
+            announce=app.announce,  # a serving process of several: its supervisor opened it first
         )
         if (clock is None or isinstance(clock, SystemClock)) and hasattr(self.store, "clock_offset"):
             # Instances sharing the database agree on time only if they all read the server's.

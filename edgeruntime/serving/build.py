@@ -114,20 +114,24 @@ def build_app(
     clock: Clock | None = None,
     background: bool = True,
     access_log: AccessLogger = log_access,
+    announce: bool = True,
 ) -> BuiltApp:
     """The app that serves every function of `settings.functions_dir`, not yet started.
 
     Registers, in this order: the functions' env in ``os.environ`` (inline isolation), the jobs
     system (run history, cron, queue, on `store` or the one `settings` names), the metrics and
     the dashboard. `background=False` runs no scheduler or queue loop (tests and one-off commands
-    deliver by hand). Raises ConfigError for an invalid ``[cron.*]`` or ``[jobs]`` entry.
+    deliver by hand). `announce=False` (a serving process of several, whose supervisor speaks
+    for all of them) leaves out what holds for the whole server: a function's syntax error, the
+    sandbox, the store's journal mode. Raises ConfigError for an invalid ``[cron.*]`` or ``[jobs]``
+    entry.
 
     Example::
 
         built = build_app(Settings.build("functions"))
         await built.app.startup()
     """
-    app = EdgeApp(settings, access_log=access_log)
+    app = EdgeApp(settings, access_log=access_log, announce=announce)
     if settings.isolation == "inline":
         app.add_extension(ProcessEnv(settings.env))
     jobs = attach_jobs(app, store=store, clock=clock, background=background)

@@ -252,7 +252,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         check_port(settings.host, settings.port)  # not waiting for a debugger to then find the port taken
         address = parse_inspect(args.inspect, settings.config.inspector_port)
         start_inspector(address, wait=args.inspect_wait, isolation=settings.isolation)
-    built = build_app(settings, access_log=AccessLog(log_buffer, settings.log_format))
+    # A serving process of several leaves what holds for all of them to its supervisor.
+    built = build_app(settings, access_log=AccessLog(log_buffer, settings.log_format), announce=inherited is None)
     app, jobs = built.app, built.jobs
     if app.launcher is not None and app.launcher.sandbox.shares_server_view:
         from edgeruntime.workers.process.sandbox import set_dumpable
@@ -461,6 +462,7 @@ def _supervise(args: argparse.Namespace, settings: Settings, built: BuiltApp, ba
             await built.jobs.prepare()
         finally:
             await built.jobs.store.close()
+        built.app.announce_sandbox()  # for every serving process: they leave it to this one
         supervisor = ServingSupervisor(
             command,
             settings.serving_processes,

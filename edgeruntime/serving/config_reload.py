@@ -109,7 +109,7 @@ class ConfigReloader:
             settings = _keep_running(settings, running)
         if not change.applied:
             return []
-        reloaded = self.app.reconfigure(settings, change.reload)
+        reloaded = self.app.reconfigure(settings, change.reload, report=report)
         if report:
             logger.info(
                 "configuration reloaded (%s changed): %s; %s",

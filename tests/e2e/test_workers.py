@@ -385,6 +385,39 @@ def test_a_syntax_error_in_an_edit_is_logged_once_and_the_fix_reaches_every_serv
     assert len([line for line in lines if line.endswith("reloaded who")]) == 2, server.output
 
 
+def test_what_holds_for_the_whole_server_is_logged_once_at_start_and_on_a_config_edit(who_dir: Path) -> None:
+    """The sandbox lines, a syntax error already there and the store's journal mode are said by the
+    supervisor alone, and a syntax error in a function a config.toml edit enables by one serving
+    process, not by each."""
+    write_function(who_dir, "broken", "def handler(:\n")
+    write_function(who_dir, "later", "def handler(:\n")
+    config = who_dir.parent / "config.toml"
+    config.write_text("[functions.later]\nenabled = false\n")
+    # An in-memory store: SQLite's journal mode (not WAL) is said too.
+    server = start(who_dir, "--isolation", "process", "--sandbox", "basic", "--database-url", "sqlite:///:memory:")
+    with server:
+        # (Under process isolation `who` answers with its worker's pid, not its serving process's.)
+        assert {httpx.get(server.url("who"), timeout=30).status_code for _ in range(6)} == {200}
+        time.sleep(0.5)  # the watcher settles before the edit
+        draft = who_dir.parent / "config.toml.draft"  # moved in: one change
+        draft.write_text("[functions.later]\nenabled = true\n")
+        os.replace(draft, config)
+        wait_until(lambda: "configuration reloaded" in server.output, 30, "the edit applied")
+        time.sleep(1.0)  # every serving process has applied it
+        # Either serving process answers for the newly enabled function, with its boot error.
+        assert {httpx.get(server.url("later"), timeout=30).status_code for _ in range(6)} == {503}
+        assert server.terminate() == 0  # every line written
+    lines = server.output.splitlines()
+    for needle in (
+        "function broken cannot boot: SyntaxError",
+        "function later cannot boot: SyntaxError",
+        "jobs: database :memory: is held in memory",
+    ):
+        assert len([line for line in lines if needle in line]) == 1, (needle, server.output)
+    sandbox = [line.split(" ", 1)[1] for line in lines if "worker processes: sandbox basic" in line]  # no time
+    assert sandbox and len(sandbox) == len(set(sandbox)), server.output
+
+
 # -- what they share ----------------------------------------------------------------------------
 
 
