@@ -133,3 +133,23 @@ async def test_inline_what_a_modules_top_level_makes_works_in_its_handler(functi
         for hits in (1, 2):
             r = await client.invoke("counter")
             assert (r.status_code, r.json()) == (200, {"hits": hits})
+
+
+@pytest.mark.parametrize("kind", ["inline", "process"])
+@pytest.mark.parametrize(
+    "broken", ["def handler(:\n", "import does_not_exist_anywhere\n", "x = 1\n"], ids=["syntax", "import", "no-serve"]
+)
+async def test_a_boot_error_is_retried_by_the_next_request_once_the_files_are_fixed(
+    functions_dir: Path, kind: str, broken: str
+) -> None:
+    """DESIGN 3: "A boot error is per function: the others keep serving, and the next request (or a
+    file change) retries the boot" -- the next request, with no file watcher (as in EdgeClient)."""
+    index = write_function(functions_dir, "fixed", broken)
+    write_function(functions_dir, "hello", HELLO)
+    async with EdgeClient(functions_dir, isolation=kind, sandbox="none") as client:
+        r = await client.invoke("fixed")
+        assert (r.status_code, r.json(), r.headers["sb-error-code"]) == (503, BOOT_ERROR, "BOOT_ERROR")
+        assert (await client.invoke("hello")).status_code == 200
+        index.write_text(HELLO)
+        r = await client.invoke("fixed")
+        assert (r.status_code, r.json()["message"]) == (200, "hello")

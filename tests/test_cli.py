@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -425,3 +429,44 @@ def test_a_command_parses_the_same_with_only_its_parser_built() -> None:
         assert vars(build_parser(argv[0]).parse_args(argv)) == vars(build_parser().parse_args(argv))
     with pytest.raises(SystemExit):  # the other commands were never built
         build_parser("serve").parse_args(["list"])
+
+
+def test_serve_defaults_to_functions_on_127_0_0_1_port_54321_with_the_supabase_banner(hello_dir: Path) -> None:
+    """DESIGN 3: `edgeruntime serve [DIR]` (default `functions`), default `--host 127.0.0.1 --port
+    54321`, and the banner `Serving functions on http://127.0.0.1:54321/functions/v1/<function-name>`
+    then ` - <url>` per function."""
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", 54321))
+        except OSError:
+            pytest.skip("port 54321 is taken on this machine")
+    log = hello_dir.parent / "serve-default.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "edgeruntime", "serve", "--no-watch"],
+            cwd=hello_dir.parent,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        try:
+            deadline = time.monotonic() + 30
+            health = None
+            while time.monotonic() < deadline and proc.poll() is None and health is None:
+                try:
+                    health = httpx.get("http://127.0.0.1:54321/_internal/health", timeout=1)
+                except httpx.HTTPError:
+                    time.sleep(0.05)
+            assert health is not None and health.json() == {"message": "ok"}, log.read_text()
+            r = httpx.get("http://127.0.0.1:54321/functions/v1/hello", headers=SERVICE_ROLE, timeout=10)
+            assert (r.status_code, r.json()["path"]) == (200, "/hello")
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+    lines = log.read_text().splitlines()
+    at = lines.index("Serving functions on http://127.0.0.1:54321/functions/v1/<function-name>")
+    assert lines[at + 1] == " - http://127.0.0.1:54321/functions/v1/hello"

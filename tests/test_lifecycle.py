@@ -14,6 +14,7 @@ from edgeruntime.core.events import StopReason
 from edgeruntime.limits import Limits
 from edgeruntime.testing import EdgeClient
 from edgeruntime.workers.lifecycle import WorkerLifecycle
+from tests.helpers import write_function
 from tests.probes import environ_for, events_of, eventually, write_probe
 
 WORKER_LIMIT = {
@@ -95,6 +96,54 @@ async def test_full_wall_clock_ends_worker_in_flight_546_background_cut(
     assert "(in_flight_req_exists = true)" in caplog.text
     assert "reason: WallClockTime" in caplog.text
     assert "request has been cancelled by supervisor" in caplog.text
+
+
+TIMED_UNLOAD = """
+import asyncio
+import os
+import time
+from pathlib import Path
+from starlette.responses import JSONResponse
+from edgeruntime import Deno, EdgeRuntime, serve
+
+BOOTED = time.monotonic()
+TIMES = Path(Deno.env.get("EVENTS_FILE") or os.devnull)
+
+def unload(event):
+    with TIMES.open("a") as f:
+        f.write(f"{event.reason} {time.monotonic() - BOOTED}\\n")
+
+EdgeRuntime.on("beforeunload", unload)
+
+@serve
+async def handler(req):
+    await asyncio.sleep(30)
+    return JSONResponse({})
+"""
+
+
+async def test_beforeunload_fires_once_at_90_percent_of_the_wall_clock_before_the_worker_ends(
+    functions_dir: Path, isolation: str
+) -> None:
+    # DESIGN 4: "`beforeunload` fires once at 90 % of wall clock" (per_worker): not at the end, with the 546.
+    write_function(functions_dir, "timed", TIMED_UNLOAD)
+    events = functions_dir.parent / "events.log"
+    async with EdgeClient(
+        functions_dir,
+        isolation=isolation,
+        sandbox="none",
+        environ=environ_for(events),
+        limits={"wall_clock_limit_sec": 2.0},
+    ) as client:
+        r = await client.invoke("timed")
+        assert r.status_code == 546
+        unloads = await eventually(lambda: events_of(events), what="beforeunload")
+        await asyncio.sleep(0.2)
+    assert len(events_of(events)) == 1, events_of(events)
+    reason, at = unloads[0].split()
+    assert reason == "wall_clock"
+    # The worker's clock starts just before its module is imported: 1.8 s after it, less that start.
+    assert 1.4 <= float(at) < 1.95, at
 
 
 async def test_retired_worker_with_background_work_is_dropped_only_when_it_ends(

@@ -276,6 +276,44 @@ async def test_beforeunload_fires_with_termination_on_shutdown(functions_dir: Pa
     assert marker.read_text() == "termination|termination\n"
 
 
+async def test_serve_returns_its_argument_and_async_beforeunload_callbacks_are_awaited(
+    functions_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # DESIGN 2: `serve` "usable as a decorator (returns its argument)"; event callbacks "may be sync
+    # or async; an exception inside a callback is logged, never propagated".
+    marker = functions_dir.parent / "unloaded.txt"
+    write_function(
+        functions_dir,
+        "unload-async",
+        f"""
+        import asyncio
+        from starlette.responses import JSONResponse
+        from edgeruntime import EdgeRuntime, serve
+
+        async def on_unload(event):
+            await asyncio.sleep(0.01)
+            with open({str(marker)!r}, "a") as f:
+                f.write("async " + event.reason + "\\n")
+
+        def broken(event):
+            raise RuntimeError("unload listener bug")
+
+        EdgeRuntime.on("beforeunload", broken)
+        EdgeRuntime.on("beforeunload", on_unload)
+
+        async def handler(req):
+            return JSONResponse({{"same": SERVED is handler}})
+
+        SERVED = serve(handler)
+    """,
+    )
+    async with EdgeClient(functions_dir) as client:
+        r = await client.invoke("unload-async")
+        assert (r.status_code, r.json()) == (200, {"same": True})
+    assert marker.read_text() == "async termination\n"
+    assert "unload listener bug" in caplog.text
+
+
 async def test_unhandledrejection_listener_gets_error_and_others_keep_running(functions_dir: Path) -> None:
     write_function(
         functions_dir,

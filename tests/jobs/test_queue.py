@@ -110,6 +110,23 @@ async def test_always_failing_lands_in_failed_jobs_and_retry_succeeds(queue_dir:
         assert (again.status, again.attempt) == ("succeeded", 1)
 
 
+async def test_a_job_enqueued_without_max_attempts_is_delivered_four_times(queue_dir: Path) -> None:
+    # DESIGN 6: `enqueue(function, payload, *, delay=0, max_attempts=4, idempotency_key=None)`.
+    async with EdgeClient(queue_dir) as client:
+        r = await client.invoke("enqueue", json={"function": "always-fails", "payload": {"id": 2}})
+        job = await client.jobs.store.job(r.json()["job_id"])
+        assert job is not None and job.max_attempts == 4
+        results = await client.run_jobs()
+        assert [(r.attempt, r.status) for r in results] == [
+            (1, "retrying"),
+            (2, "retrying"),
+            (3, "retrying"),
+            (4, "failed"),
+        ]
+        [failed] = await client.jobs.store.failed_jobs()
+        assert failed.attempts == 4
+
+
 async def test_delay_waits_for_the_clock(queue_dir: Path) -> None:
     clock = FakeClock(1_800_000_000)
     async with EdgeClient(queue_dir, clock=clock) as client:

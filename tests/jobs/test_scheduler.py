@@ -120,6 +120,25 @@ async def test_overlap_skip_records_skipped_tick(cron_dir: Path, store_url: str)
         assert sorted(statuses.values()) == [TickStatus.SKIPPED, TickStatus.SUCCEEDED]
 
 
+async def test_overlap_allow_runs_a_tick_while_the_previous_run_is_still_going(cron_dir: Path) -> None:
+    # DESIGN 5/6: `overlap = "skip"` (the default) or `"allow"`.
+    config = (cron_dir.parent / "config.toml").read_text()
+    (cron_dir.parent / "config.toml").write_text(
+        config + '\n[cron.slow-allowed]\nfunction = "slow"\nschedule = "* * * * *"\nbody = { sleep = 0.5 }\n'
+        'overlap = "allow"\n'
+    )
+    async with EdgeClient(cron_dir) as client:
+        scheduler = client.jobs.scheduler
+        first = asyncio.create_task(scheduler.fire("slow-allowed", 1_800_000_000))
+        await asyncio.sleep(0.2)
+        second = await scheduler.fire("slow-allowed", 1_800_000_060)
+        assert second is not None and second.status is TickStatus.SUCCEEDED
+        done = await first
+        assert done is not None and done.status is TickStatus.SUCCEEDED
+        statuses = [t.status for t in await client.jobs.store.ticks("slow-allowed")]
+        assert statuses == [TickStatus.SUCCEEDED, TickStatus.SUCCEEDED]
+
+
 def test_catch_up_runs_only_the_latest_missed_tick_within_10_minutes(cron_dir: Path) -> None:
     settings = Settings.build(cron_dir, database_url=f"sqlite:///{cron_dir.parent / 'db.sqlite'}")
     app = EdgeApp(settings)
