@@ -434,3 +434,34 @@ def test_batched_writes_keep_pipelined_streamed_and_closing_responses_whole(hell
             ((status, body),) = _read_responses(conn, 1)
             assert (status.split()[1], json.loads(body)["path"]) == (b"200", "/hello/last")
             assert conn.recv(1) == b""  # closed after the whole response
+
+
+def test_module_run_as_a_script_without_port_serves_on_8000(tmp_path: Path) -> None:
+    """DESIGN 2: run as a script it "starts a standalone server on `PORT` or 8000"."""
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", 8000))
+        except OSError:
+            pytest.skip("port 8000 is taken on this machine")
+    script = write_function(tmp_path, "hello", HELLO)
+    env = {k: v for k, v in os.environ.items() if k != "PORT"}
+    proc = subprocess.Popen(
+        [sys.executable, str(script)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                r = httpx.get("http://127.0.0.1:8000/x", timeout=1)
+                break
+            except httpx.HTTPError:
+                assert time.monotonic() < deadline and proc.poll() is None, "script server did not start"
+                time.sleep(0.05)
+        assert (r.status_code, r.json()) == (200, {"message": "hello", "path": "/x"})
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
