@@ -241,6 +241,8 @@ class Replies:
     def __init__(self, messages: list[dict[str, object]]) -> None:
         self.messages = messages
         self.heard: list[str] = []
+        #: What each send raised ("" for none): the refusals, compared too.
+        self.raised: list[str] = []
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         async def listen() -> None:
@@ -251,7 +253,12 @@ class Replies:
         await asyncio.sleep(0.01)  # it has the request and waits for what comes next
         try:
             for message in self.messages:
-                await send(message)
+                try:
+                    await send(message)
+                except Exception as exc:
+                    self.raised.append(f"{type(exc).__name__}: {exc}")
+                    raise
+                self.raised.append("")
         finally:
             try:
                 await asyncio.wait_for(listener, 0.2)
@@ -299,6 +306,22 @@ BODY = {"type": "http.response.body", "body": b"hello"}
         (GET, [_start((b"x bad", b"v"), (b"content-length", b"5")), BODY]),  # a space in a name
         (GET, [_start((b"x-bad", b"v\r\nset-cookie: a=b"), (b"content-length", b"5")), BODY]),  # a header injected
         (GET, [_start((b"x-bad:", b"v"), (b"content-length", b"5")), BODY]),
+        (GET, [_start((b"x-bad", b"v\rw"), (b"content-length", b"5")), BODY]),  # a lone CR
+        (GET, [_start((b"x-bad", b"v\nw"), (b"content-length", b"5")), BODY]),  # a lone LF
+        (GET, [_start((b"x-bad", b"v\x00"), (b"content-length", b"5")), BODY]),
+        (GET, [_start((b"x-bad", b"v\x7f"), (b"content-length", b"5")), BODY]),
+        (GET, [_start((b"x-bad", b"\x1b[2J"), (b"content-length", b"5")), BODY]),
+        (GET, [_start((b"x-ok", b"caf\xc3\xa9 \x80\xff ~"), (b"content-length", b"5")), BODY]),  # obs-text
+        (GET, [_start((b"x-ok", b""), (b"", b"empty name"), (b"content-length", b"5")), BODY]),
+        (GET, [_start((b"X-Mixed-Case", b"v"), (b"Content-Length", b"5"), (b"CONNECTION", b"close")), BODY]),
+        (GET, [_start((b"x\tbad", b"v"), (b"content-length", b"5")), BODY]),  # a tab in a name
+        (GET, [_start((b"x\x00bad", b"v"), (b"content-length", b"5")), BODY]),
+        (GET, [_start((b"x-\xc3\xa9", b"v"), (b"content-length", b"5")), BODY]),  # a name not ASCII
+        (GET, [_start((b"x-bad", b"v\x01"), (b"x bad", b"v"), (b"content-length", b"5")), BODY]),  # value first
+        (GET, [_start((b"x bad", b"v"), (b"x-bad", b"v\x01"), (b"content-length", b"5")), BODY]),  # name first
+        (GET, [_start((b"content-length", b"5\x00"), (b"x-ok", b"v")), BODY]),  # a length with a control
+        (GET, [_start((b"content-length", b"five")), BODY]),  # a length that is no number
+        (GET, [_start(*[(b"x-many-%d" % n, b"v" * n) for n in range(60)], (b"content-length", b"5")), BODY]),
         (GET, [_start((b"content-length", b"4")), BODY]),  # longer than said
         (GET, [_start((b"content-length", b"9")), {**BODY, "more_body": True}, {**BODY, "body": b" you"}]),
         (GET, [_start((b"content-length", b"9")), BODY]),  # shorter than said
@@ -317,6 +340,22 @@ BODY = {"type": "http.response.body", "body": b"hello"}
         "space-in-name",
         "crlf-in-value",
         "colon-in-name",
+        "cr-in-value",
+        "lf-in-value",
+        "nul-in-value",
+        "del-in-value",
+        "escape-in-value",
+        "obs-text-in-value",
+        "empty-value-and-name",
+        "mixed-case-names",
+        "tab-in-name",
+        "nul-in-name",
+        "non-ascii-name",
+        "bad-value-before-bad-name",
+        "bad-name-before-bad-value",
+        "control-in-length",
+        "length-not-a-number",
+        "many-headers",
         "too-long",
         "two-parts",
         "too-short",
@@ -333,6 +372,7 @@ async def test_responses_go_out_as_uvicorn_sends_them(request_head: bytes, messa
         HttpToolsProtocol, request_head, theirs
     )
     assert ours.heard == theirs.heard
+    assert ours.raised == theirs.raised
     assert b"set-cookie" not in (await _exchange(httptools_protocol(), request_head, Replies(messages)))[0]
 
 
@@ -381,3 +421,17 @@ async def test_the_gateways_answer_to_a_client_gone_raises_oserror_others_are_dr
     expected = ["ClientDisconnected", "NoneType"] if gateway else ["NoneType", "NoneType"]
     assert [type(exc).__name__ for exc in app.raised] == expected
     assert transport.sent == b""
+
+
+def test_the_cycle_is_made_with_uvicorns_parameters_in_their_order() -> None:
+    """The protocol passes a cycle's arguments by position (`CYCLE_PARAMETERS`): a uvicorn that
+    renamed or reordered them would get them mixed up."""
+    import inspect
+
+    from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
+
+    from edgeruntime.serving.uvicorn_http import CYCLE_PARAMETERS
+
+    parameters = list(inspect.signature(RequestResponseCycle.__init__).parameters.values())[1:]
+    assert tuple(p.name for p in parameters) == CYCLE_PARAMETERS
+    assert all(p.default is inspect.Parameter.empty for p in parameters)

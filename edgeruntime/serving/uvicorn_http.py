@@ -78,30 +78,69 @@ def _keep_alive_expired(protocol: Any) -> None:
 _idle_connections: weakref.WeakKeyDictionary[Any, IdleConnections] = weakref.WeakKeyDictionary()
 
 
-#: A block of header lines ("name: value\r\n" each) that Uvicorn's checks would all let through: a
-#: name without separators, controls, spaces or tabs (its HEADER_RE), a value without controls
-#: other than tab (its HEADER_VALUE_RE). A value with CR LF in it would pass as two lines (a
-#: header injected), so a block is valid when it matches *and* has one LF per header.
-_VALID_HEADER_LINES = re.compile(b'(?:[^\x00-\x1f\x7f()<>@,;:\\[\\]={} \t\\\\"]*: [^\x00-\x08\x0a-\x1f\x7f]*\r\n)*')
+#: What Uvicorn refuses in a header name (its HEADER_RE): separators, controls, spaces and tabs.
+_INVALID_NAME = re.compile(b'[\x00-\x1f\x7f()<>@,;:\\[\\]={} \t\\\\"]')
+#: What Uvicorn refuses in a header value (its HEADER_VALUE_RE): controls other than tab.
+_INVALID_VALUE = re.compile(b"[\x00-\x08\x0a-\x1f\x7f]")
+#: Maps every byte a header value may not hold (`_INVALID_VALUE`, CR and LF included) to NUL and
+#: every other byte to itself, for `_valid_values`.
+_VALUE_CHECK = bytes(0 if _INVALID_VALUE.match(bytes((byte,))) else byte for byte in range(256))
+#: Header names seen valid, each with its lower-case spelling: names repeat from one response to
+#: the next, so each is checked once. (At most _NAMES_KEPT: names an app makes up are checked again.)
+_valid_names: dict[bytes, bytes] = {}
+_NAMES_KEPT = 1024
+
+
+#: The parameters of Uvicorn's RequestResponseCycle, in the order the protocol passes them.
+CYCLE_PARAMETERS = (
+    "scope",
+    "transport",
+    "flow",
+    "logger",
+    "access_logger",
+    "access_log",
+    "default_headers",
+    "message_event",
+    "expect_100_continue",
+    "keep_alive",
+    "on_response",
+)
 
 
 class _HeadTooLarge(Exception):
     """Raised in a parser callback to stop parsing a complete head over the limit."""
 
 
-def _valid_lines(block: bytes, headers: int) -> bool:
-    """Whether `block` is the lines of `headers` valid headers (see `_VALID_HEADER_LINES`)."""
-    return _VALID_HEADER_LINES.fullmatch(block) is not None and block.count(b"\n") == headers
+def _lowered_name(name: Any) -> Any:
+    """`name` in lower case if Uvicorn lets it through (None if it refuses it), remembered when valid."""
+    if _INVALID_NAME.search(name):
+        return None
+    lowered = name.lower()
+    if type(name) is bytes and len(_valid_names) < _NAMES_KEPT:
+        _valid_names[name] = lowered
+    return lowered
+
+
+def _valid_values(block: bytes, headers: int) -> bool:
+    """Whether the values in `block`, the lines ("name: value\r\n") of `headers` headers with valid
+    names, are all valid: the only bytes `_VALUE_CHECK` maps to NUL are the lines' CR LF (a
+    value with CR LF in it would pass as two lines, a header injected)."""
+    return block.translate(_VALUE_CHECK).count(0) == 2 * headers
+
+
+def _header_refusal(headers: Any) -> RuntimeError | None:
+    """What Uvicorn raises for the first header its checks refuse, if one is refused."""
+    for name, value in headers:
+        if _INVALID_NAME.search(name):
+            return RuntimeError("Invalid HTTP header name.")
+        if _INVALID_VALUE.search(value):
+            return RuntimeError("Invalid HTTP header value.")
+    return None
 
 
 def _refuse_headers(headers: Any) -> None:
     """Raise what Uvicorn raises for the first header its checks refuse (RuntimeError)."""
-    for name, value in headers:
-        if re.search(b'[\x00-\x1f\x7f()<>@,;:\\[\\]={} \t\\\\"]', name):
-            raise RuntimeError("Invalid HTTP header name.")
-        if re.search(b"[\x00-\x08\x0a-\x1f\x7f]", value):
-            raise RuntimeError("Invalid HTTP header value.")
-    raise RuntimeError("Invalid HTTP header.")  # pragma: no cover - the block matched then
+    raise _header_refusal(headers) or RuntimeError("Invalid HTTP header.")  # (not reached: one was refused)
 
 
 @functools.cache
@@ -130,15 +169,17 @@ def httptools_protocol() -> type[asyncio.Protocol]:
         """Uvicorn's request-response cycle with a cheaper start of the response.
 
         Uvicorn checks each header's name and value with a regular expression of its own (ten
-        searches for a response of five headers); this cycle checks the lines of all the headers
-        the app sent with one match (`_VALID_HEADER_LINES`) and writes the server's own, checked
-        once a second, as they were. A body with a content-length is written without going
-        through Uvicorn's `send` (one coroutine less per message). The same bytes go out and the
-        same errors are raised; what this does not cover (an access log, a paused or gone
-        connection, chunked bodies, HEAD, messages out of order) is Uvicorn's own code. One
-        difference: the gateway's start of a function's response to a client that has gone
-        raises OSError (as ASGI 2.4 lets a server), where Uvicorn drops it silently, so the
-        request is recorded as 499 (see `edgeruntime.gateway.app.gateway_start`).
+        searches for a response of five headers); this cycle checks each header name once (the
+        names it has seen valid are remembered with their lower-case spelling) and the values of
+        all the headers the app sent at once (`_valid_values`: one translation and one count, no
+        regular expression), and writes the server's own, checked once a second, as they were. A
+        body with a content-length is written without going through Uvicorn's `send` (one
+        coroutine less per message). The same bytes go out and the same errors are raised; what
+        this does not cover (an access log, a paused or gone connection, chunked bodies, HEAD,
+        messages out of order) is Uvicorn's own code. One difference: the gateway's start of a
+        function's response to a client that has gone raises OSError (as ASGI 2.4 lets a
+        server), where Uvicorn drops it silently, so the request is recorded as 499 (see
+        `edgeruntime.gateway.app.gateway_start`).
         """
 
         async def send(self, message: Any) -> None:
@@ -181,25 +222,39 @@ def httptools_protocol() -> type[asyncio.Protocol]:
             status_line = status_lines[message["status"]]
             self.response_started = True
             self.waiting_for_100_continue = False
-            lines = []
+            headers = message.get("headers", ())
+            parts: list[bytes] = []
             closes = False
-            for name, value in message.get("headers", ()):
-                name = name.lower()
-                if name == b"content-length":
+            names = _valid_names
+            for name, value in headers:
+                try:
+                    lowered = names.get(name)
+                except TypeError:  # not bytes (a bytearray): checked each time
+                    lowered = None
+                if lowered is None:
+                    lowered = _lowered_name(name)
+                    if lowered is None:
+                        _refuse_headers(headers)
+                if lowered == b"content-length":
                     if self.chunked_encoding is None:
-                        self.expected_content_length = int(value.decode())
+                        try:
+                            self.expected_content_length = int(value.decode())
+                        except ValueError:  # Uvicorn refuses a value with a control character first
+                            if _INVALID_VALUE.search(value):
+                                _refuse_headers(headers)
+                            raise
                         self.chunked_encoding = False
-                elif name == b"transfer-encoding":
+                elif lowered == b"transfer-encoding":
                     if value.lower() == b"chunked":
                         self.expected_content_length = 0
                         self.chunked_encoding = True
-                elif name == b"connection" and b"close" in [token.lower().strip() for token in value.split(b",")]:
+                elif lowered == b"connection" and b"close" in [token.lower().strip() for token in value.split(b",")]:
                     self.keep_alive = False
                     closes = True
-                lines.append(b"%s: %s\r\n" % (name, value))
-            block = b"".join(lines)
-            if not _valid_lines(block, len(lines)):
-                _refuse_headers(message.get("headers", ()))
+                parts += (lowered, b": ", value, b"\r\n")
+            block = b"".join(parts)
+            if not _valid_values(block, len(parts) >> 2):
+                _refuse_headers(headers)
             if not self.keep_alive and not closes:
                 block += b"connection: close\r\n"
             if self.chunked_encoding is None and self.scope["method"] != "HEAD" and message["status"] not in (204, 304):
@@ -208,9 +263,10 @@ def httptools_protocol() -> type[asyncio.Protocol]:
             defaults = self.default_headers
             rendered = default_lines[0]
             if rendered[0] is not defaults:
+                refused = _header_refusal(defaults)
+                if refused is not None:
+                    raise refused
                 server_lines = b"".join(b"%s: %s\r\n" % (name.lower(), value) for name, value in defaults)
-                if not _valid_lines(server_lines, len(defaults)):
-                    _refuse_headers(defaults)
                 rendered = default_lines[0] = (defaults, server_lines)
             self.transport.write(b"".join((status_line, rendered[1], block, b"\r\n")))
 
@@ -288,18 +344,19 @@ def httptools_protocol() -> type[asyncio.Protocol]:
             else:
                 app = self.app
             previous = self.cycle
+            # Uvicorn's arguments, passed by position (`CYCLE_PARAMETERS`): keywords cost a dict per request.
             self.cycle = ResponseCycle(
-                scope=scope,
-                transport=self.transport,
-                flow=self.flow,
-                logger=self.logger,
-                access_logger=self.access_logger,
-                access_log=self.access_log,
-                default_headers=self.server_state.default_headers,
-                message_event=asyncio.Event(),
-                expect_100_continue=self.expect_100_continue,
-                keep_alive=http_version != "1.0" and parser.should_keep_alive(),
-                on_response=self.on_response_complete,
+                scope,
+                self.transport,
+                self.flow,
+                self.logger,
+                self.access_logger,
+                self.access_log,
+                self.server_state.default_headers,
+                asyncio.Event(),
+                self.expect_100_continue,
+                http_version != "1.0" and parser.should_keep_alive(),
+                self.on_response_complete,
             )
             if previous is None or previous.response_complete:
                 self._start_asgi_task(self.cycle, app)
