@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 import uuid
@@ -36,3 +37,25 @@ def test_a_forked_child_does_not_repeat_its_parents_ids() -> None:
     assert len(child) == 100
     assert parent.isdisjoint(child)
     assert {c[14:23] for c in child}.isdisjoint({p[14:23] for p in parent})  # another random part
+
+
+def test_an_id_is_the_millisecond_the_process_part_and_the_counter_across_its_boundaries() -> None:
+    """Each id spells its millisecond, the process's random part and the counter's next value (to
+    its 48 bits), whatever the counter's last bits: across a run of 256, of 4096, and its wrap."""
+    from edgeruntime.core import context
+
+    saved = context._ids
+    try:
+        for start in (0, 250, 4090, (1 << 48) - 300, (1 << 40) - 1):
+            parts = context._ids = context._IdParts()
+            parts.counter = itertools.count(start).__next__
+            for n in range(start, start + 600):
+                before = time.time_ns() // 1_000_000
+                text = new_execution_id()
+                after = time.time_ns() // 1_000_000
+                ms = int(text[:8] + text[9:13], 16)
+                assert before <= ms <= after
+                expected = "%08x-%04x-7%s-%012x" % (ms >> 16, ms & 0xFFFF, parts.node, n & ((1 << 48) - 1))  # noqa: UP031
+                assert text == expected
+    finally:
+        context._ids = saved
