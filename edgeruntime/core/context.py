@@ -51,6 +51,11 @@ class _IdParts:
         #: (millisecond, the counter's value but its last 8 bits, the id but its last 2 characters
         #: for them), replaced as one value.
         self.stamp: tuple[int, int, str] = (-1, -1, "")
+        #: (the millisecond's top 32 bits, their 8 hex digits and a dash): they change every 65 s.
+        self.head: tuple[int, str] = (-1, "")
+        #: (the counter's value but its last 8 bits, the id's characters from the dash before the
+        #: version to the counter's last 2 hex digits): they change every 256 ids.
+        self.tail: tuple[int, str] = (-1, "")
 
 
 _ids = _IdParts()
@@ -78,10 +83,16 @@ def new_execution_id() -> str:
     count = ids.counter() & _COUNTER_MASK
     high = count >> 8
     stamp = ids.stamp
-    # This runs for every request: formatting is the dear part, so all but the counter's last 8 bits
-    # are formatted once per millisecond (or per 256 ids), the last two hex digits looked up.
-    if stamp[0] != ms or stamp[1] != high:  # %-formatting: the fastest way to format these
-        stamp = ids.stamp = (ms, high, "%08x-%04x-7%s-%010x" % (ms >> 16, ms & 0xFFFF, ids.node, high))  # noqa: UP031
+    # This runs for every request, and formatting numbers is its dear part: an id is made of parts
+    # formatted when they change, the millisecond's and the counter's last 8 bits looked up.
+    if stamp[0] != ms or stamp[1] != high:  # a new millisecond, or 256 more ids
+        head = ids.head
+        if head[0] != ms >> 16:
+            head = ids.head = (ms >> 16, "%08x-" % (ms >> 16))
+        tail = ids.tail
+        if tail[0] != high:
+            tail = ids.tail = (high, "-7%s-%010x" % (ids.node, high))  # noqa: UP031
+        stamp = ids.stamp = (ms, high, head[1] + _HEX_BYTES[(ms >> 8) & 0xFF] + _HEX_BYTES[ms & 0xFF] + tail[1])
     return stamp[2] + _HEX_BYTES[count & 0xFF]
 
 
