@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from uvicorn.config import Config
@@ -435,3 +436,84 @@ def test_the_cycle_is_made_with_uvicorns_parameters_in_their_order() -> None:
     parameters = list(inspect.signature(RequestResponseCycle.__init__).parameters.values())[1:]
     assert tuple(p.name for p in parameters) == CYCLE_PARAMETERS
     assert all(p.default is inspect.Parameter.empty for p in parameters)
+
+
+class ScopeRecorder:
+    """Answers 204 and keeps the scope of each request (its path, raw path, query, method, version)."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[object, ...]] = []
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self.seen.append(
+            tuple(scope.get(key) for key in ("method", "http_version", "path", "raw_path", "query_string", "root_path"))
+        )
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+
+@pytest.mark.parametrize("root_path", ["", "/api"])
+@pytest.mark.parametrize(
+    "request_line",
+    [
+        b"GET /functions/v1/hello HTTP/1.1",
+        b"POST /functions/v1/hello/a%20b/%2Fx?q=1&r=%20 HTTP/1.1",
+        b"GET /%66unctions/v1/hello? HTTP/1.0",
+        b"DELETE / HTTP/1.1",
+    ],
+)
+async def test_the_scope_is_uvicorns(root_path: str, request_line: bytes) -> None:
+    """The protocol makes each request's scope as Uvicorn's own does, with and without a root path."""
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    scopes = []
+    for protocol_class in (httptools_protocol(), HttpToolsProtocol):
+        app = ScopeRecorder()
+        config = Config(app=app, http=protocol_class, lifespan="off", log_level="critical", root_path=root_path)
+        config.load()
+        protocol = protocol_class(config=config, server_state=ServerState(), app_state={})  # type: ignore[call-arg, unused-ignore]
+        transport = Transport()
+        protocol.connection_made(transport)
+        protocol.data_received(request_line + b"\r\nhost: a\r\ncontent-length: 0\r\n\r\n")
+        for _ in range(100):
+            await asyncio.sleep(0.002)
+            if app.seen:
+                break
+        scopes.append(app.seen)
+    assert scopes[0] == scopes[1]
+    assert len(scopes[0]) == 1
+
+
+async def test_the_gateway_is_handed_its_requests_and_a_subclass_that_wraps_its_call_keeps_it(hello_dir: Path) -> None:
+    """The protocol gives an HTTP request straight to the gateway's `handle_http` (what its
+    `__call__` does with it); a subclass with a `__call__` of its own is called through that."""
+    from edgeruntime.config.settings import Settings
+    from edgeruntime.gateway.app import EdgeApp
+
+    class Counting(EdgeApp):
+        calls = 0
+
+        async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+            Counting.calls += 1
+            await super().__call__(scope, receive, send)
+
+    for app_class in (EdgeApp, Counting):
+        app = app_class(Settings.build(hello_dir, watch=False))
+        protocol_class = httptools_protocol()
+        config = Config(
+            app=app, http=protocol_class, lifespan="off", log_level="critical", access_log=False, proxy_headers=False
+        )
+        config.load()
+        protocol = protocol_class(config=config, server_state=ServerState(), app_state={})  # type: ignore[call-arg, unused-ignore]
+        assert protocol.http_app == (app.handle_http if app_class is EdgeApp else app)  # type: ignore[attr-defined]
+        transport = Transport()
+        protocol.connection_made(transport)
+        protocol.data_received(GET)
+        for _ in range(200):
+            await asyncio.sleep(0.005)
+            if b"\r\n\r\n" in transport.sent and not protocol.tasks:  # type: ignore[attr-defined]
+                break
+        assert transport.sent.startswith(b"HTTP/1.1 "), transport.sent
+        assert EXECUTION_ID_HEADER in transport.sent
+        await app.shutdown(1)
+    assert Counting.calls == 1

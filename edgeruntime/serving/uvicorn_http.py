@@ -157,7 +157,7 @@ def httptools_protocol() -> type[asyncio.Protocol]:
     from uvicorn.protocols.http.flow_control import service_unavailable  # type: ignore[import-not-found, unused-ignore]
     from uvicorn.protocols.utils import ClientDisconnected  # type: ignore[import-not-found, unused-ignore]
 
-    from edgeruntime.gateway.app import gateway_start
+    from edgeruntime.gateway.app import EdgeApp, gateway_start
 
     status_lines: dict[int, bytes] = httptools_impl.STATUS_LINE
     #: The server's own headers (date, server) as lines, for the list they were made from: Uvicorn
@@ -286,6 +286,11 @@ def httptools_protocol() -> type[asyncio.Protocol]:
             self.idle_connections = idle
             #: Each request's task in a fresh context (uvicorn's `reset_contextvars`, where it has one).
             self.fresh_context = bool(getattr(self.config, "reset_contextvars", False))
+            #: What serves an HTTP request: the gateway's `handle_http` when the app is the gateway
+            #: (what its `__call__` does with an "http" scope, without that coroutine in between).
+            app = self.app
+            gateway = isinstance(app, EdgeApp) and type(app).__call__ is EdgeApp.__call__
+            self.http_app = app.handle_http if gateway else app
 
         def data_received(self, data: bytes) -> None:
             # Uvicorn's own, plus the count: a head over the limit is refused, not buffered on.
@@ -334,15 +339,20 @@ def httptools_protocol() -> type[asyncio.Protocol]:
             path = raw_path.decode("ascii")
             if "%" in path:
                 path = urllib.parse.unquote(path)
-            scope["path"] = self.root_path + path
-            scope["raw_path"] = self.root_path.encode("ascii") + raw_path
+            root_path = self.root_path
+            if root_path:
+                scope["path"] = root_path + path
+                scope["raw_path"] = root_path.encode("ascii") + raw_path
+            else:
+                scope["path"] = path
+                scope["raw_path"] = raw_path
             scope["query_string"] = url.query or b""
             limit = self.limit_concurrency
             if limit is not None and (len(self.connections) >= limit or len(self.tasks) >= limit):
                 app = service_unavailable
                 self.logger.warning("Exceeded concurrency limit.")
             else:
-                app = self.app
+                app = self.http_app
             previous = self.cycle
             # Uvicorn's arguments, passed by position (`CYCLE_PARAMETERS`): keywords cost a dict per request.
             self.cycle = ResponseCycle(
