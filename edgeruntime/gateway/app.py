@@ -430,7 +430,47 @@ class EdgeApp:
             elif method not in METHODS:
                 await responses.send_response(tracked_send, _not_allowed(method, ALLOW_FUNCTION))
             else:
-                error = await self._dispatch(scope, receive, tracked_send, ctx, supervisor, method, socket)
+                # Check the request's credentials, then serve it (written out here, not in a coroutine
+                # of its own: this is every request's path).
+                headers = scope["headers"]
+                refusal: responses.RuntimeResponse | None = None
+                try:
+                    authorization, apikey = credentials(headers)
+                except DuplicateHeader as exc:
+                    # Refused whether or not the function verifies JWTs: it would read one copy, a check another.
+                    refusal = (
+                        responses.DUPLICATE_APIKEY if exc.header == "apikey" else responses.DUPLICATE_AUTHORIZATION
+                    )
+                    refused = f"400 {exc}"
+                else:
+                    if supervisor.verify_jwt and method != "OPTIONS":
+                        failure = self.verifier.check_credentials(authorization, apikey)
+                        if failure is not None:
+                            refusal = responses.RuntimeResponse(401, failure.body, responses.JSON_TYPE, failure.code)
+                            refused = f"401 {failure.message}"
+                if refusal is not None:
+                    await responses.send_response(tracked_send, refusal)
+                    error = refused
+                else:
+                    fn_scope = dict(scope)
+                    fn_scope["path"] = path[len(PREFIX) - 1 :]
+                    raw = scope.get("raw_path")
+                    if raw is not None:
+                        fn_scope["raw_path"] = (
+                            raw[_RAW_CUT:] if raw.startswith(_PREFIX_BYTES) else _function_raw_path(raw)
+                        )
+                    fn_scope["root_path"] = ""
+                    # The gateway's apikey rewrite; the function reads the one Authorization that was checked.
+                    if apikey is not None or authorization is not None:
+                        fn_scope["headers"] = self.verifier.forwarded_headers(headers, authorization, apikey)
+                    try:
+                        await supervisor.dispatch(fn_scope, receive, tracked_send, ctx)
+                    except (ResourceExhausted, FunctionError) as exc:
+                        error = await self._dispatch_failed(exc, tracked_send, ctx, supervisor, socket)
+                    else:
+                        if socket is not None:  # a function (an ASGI app) that returned with its socket open
+                            await socket.close(CLOSE_INTERNAL_ERROR if ctx.error else CLOSE_NORMAL)
+                        error = ctx.error  # what the handler raised, when it did (it got a 500 or 502)
         finally:
             duration_ms = (time.perf_counter() - started) * 1000
             status = ctx.status or 500
@@ -535,45 +575,18 @@ class EdgeApp:
                 return mounted
         return None
 
-    async def _dispatch(
+    async def _dispatch_failed(
         self,
-        scope: Scope,
-        receive: Receive,
+        exc: ResourceExhausted | FunctionError,
         send: Send,
         ctx: ExecutionContext,
         supervisor: FunctionSupervisor,
-        method: str,
         socket: Socket | None,
-    ) -> str | None:
-        """Check the request's credentials, then serve it; returns an error description for the run record, if any."""
-        headers = scope["headers"]
-        try:
-            authorization, apikey = credentials(headers)
-        except DuplicateHeader as exc:
-            # Refused whether or not the function verifies JWTs: it would read one copy, a check another.
-            duplicate = responses.DUPLICATE_APIKEY if exc.header == "apikey" else responses.DUPLICATE_AUTHORIZATION
-            await responses.send_response(send, duplicate)
-            return f"400 {exc}"
-        if supervisor.verify_jwt and method != "OPTIONS":
-            failure = self.verifier.check_credentials(authorization, apikey)
-            if failure is not None:
-                await responses.send_response(
-                    send,
-                    responses.RuntimeResponse(401, failure.body, responses.JSON_TYPE, failure.code),
-                )
-                return f"401 {failure.message}"
-        fn_scope = dict(scope)
-        fn_scope["path"] = scope["path"][len(PREFIX) - 1 :]
-        raw = scope.get("raw_path")
-        if raw is not None:
-            fn_scope["raw_path"] = raw[_RAW_CUT:] if raw.startswith(_PREFIX_BYTES) else _function_raw_path(raw)
-        fn_scope["root_path"] = ""
-        # The gateway's apikey rewrite; the function reads the one Authorization that was checked.
-        if apikey is not None or authorization is not None:
-            fn_scope["headers"] = self.verifier.forwarded_headers(headers, authorization, apikey)
-        try:
-            await supervisor.dispatch(fn_scope, receive, send, ctx)
-        except ResourceExhausted as exc:
+    ) -> str:
+        """Answer a request its function failed with `exc` (what the supervisor's dispatch raised),
+        unless it had answered; returns the error description for the run record. Raises `exc`
+        again when it is no failure the gateway answers."""
+        if isinstance(exc, ResourceExhausted):
             error = exhaustion(exc)
             if error is not None:
                 report_exhaustion(exc.action, error, supervisor.name)
@@ -582,18 +595,14 @@ class EdgeApp:
             elif socket is not None:
                 await socket.close(CLOSE_INTERNAL_ERROR)
             return str(exc)
-        except FunctionError as exc:
-            response = _error_response(exc)
-            if response is None:
-                raise
-            if not ctx.response_started:
-                await responses.send_response(send, response)
-            elif socket is not None:
-                await socket.close(*close_for(exc))
-            return str(exc)
-        if socket is not None:  # a function (an ASGI app) that returned with its socket open
-            await socket.close(CLOSE_INTERNAL_ERROR if ctx.error else CLOSE_NORMAL)
-        return ctx.error  # what the handler raised, when it did (it got a 500 or 502)
+        response = _error_response(exc)
+        if response is None:
+            raise exc
+        if not ctx.response_started:
+            await responses.send_response(send, response)
+        elif socket is not None:
+            await socket.close(*close_for(exc))
+        return str(exc)
 
     # -- lifecycle -------------------------------------------------------------------------
 
