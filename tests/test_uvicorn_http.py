@@ -322,6 +322,9 @@ BODY = {"type": "http.response.body", "body": b"hello"}
         (GET, [_start((b"x bad", b"v"), (b"x-bad", b"v\x01"), (b"content-length", b"5")), BODY]),  # name first
         (GET, [_start((b"content-length", b"5\x00"), (b"x-ok", b"v")), BODY]),  # a length with a control
         (GET, [_start((b"content-length", b"five")), BODY]),  # a length that is no number
+        (GET, [_start((b"content-length", b" +5 ")), BODY]),  # int() takes spaces and a sign
+        (GET, [_start((b"content-length", "\u0665".encode())), BODY]),  # a digit int() reads, not ASCII
+        (GET, [_start((b"content-length", b"\x1c5")), BODY]),  # a control int() takes for a space in text
         (GET, [_start(*[(b"x-many-%d" % n, b"v" * n) for n in range(60)], (b"content-length", b"5")), BODY]),
         (GET, [_start((b"content-length", b"4")), BODY]),  # longer than said
         (GET, [_start((b"content-length", b"9")), {**BODY, "more_body": True}, {**BODY, "body": b" you"}]),
@@ -356,6 +359,9 @@ BODY = {"type": "http.response.body", "body": b"hello"}
         "bad-name-before-bad-value",
         "control-in-length",
         "length-not-a-number",
+        "length-with-spaces-and-sign",
+        "length-in-another-script",
+        "length-with-a-separator-control",
         "many-headers",
         "too-long",
         "two-parts",

@@ -69,11 +69,12 @@ class BatchedTransport(asyncio.Transport):
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if not data:
             return
-        if not self._chunks:
+        chunks = self._chunks
+        if not chunks:
             self._batch.add(self)
-        self._chunks.append(bytes(data) if type(data) is not bytes else data)
-        self._size += len(data)
-        if self._size >= self.write_through:
+        chunks.append(data if type(data) is bytes else bytes(data))
+        size = self._size = self._size + len(data)
+        if size >= self.write_through:
             self.flush()
 
     def writelines(self, lines: Iterable[bytes | bytearray | memoryview]) -> None:

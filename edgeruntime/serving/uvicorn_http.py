@@ -238,11 +238,15 @@ def httptools_protocol() -> type[asyncio.Protocol]:
                 if lowered == b"content-length":
                     if self.chunked_encoding is None:
                         try:
-                            self.expected_content_length = int(value.decode())
-                        except ValueError:  # Uvicorn refuses a value with a control character first
-                            if _INVALID_VALUE.search(value):
-                                _refuse_headers(headers)
-                            raise
+                            # What int(value.decode()) gives, where bytes are read as ASCII (as they are).
+                            self.expected_content_length = int(value)
+                        except (TypeError, ValueError):
+                            try:
+                                self.expected_content_length = int(value.decode())
+                            except ValueError:  # Uvicorn refuses a value with a control character first
+                                if _INVALID_VALUE.search(value):
+                                    _refuse_headers(headers)
+                                raise
                         self.chunked_encoding = False
                 elif lowered == b"transfer-encoding":
                     if value.lower() == b"chunked":
