@@ -15,7 +15,14 @@ from edgeruntime.core.responses import CorsPolicy
 from edgeruntime.core.types import Message, Receive, Scope, Send
 from edgeruntime.core.worker_state import default_worker
 from edgeruntime.testing import EdgeClient
-from edgeruntime.workers.request_limits import MAX_HEAD_BYTES, BodyLimit, IdleTimeouts, head_size, limit_head
+from edgeruntime.workers.request_limits import (
+    MAX_HEAD_BYTES,
+    BodyLimit,
+    IdleTimeouts,
+    declares_no_body,
+    head_size,
+    limit_head,
+)
 from tests.probes import environ_for, write_probe
 
 TOO_LARGE = {"code": "PAYLOAD_TOO_LARGE", "message": "Request body is larger than the function's max_request_body_mb"}
@@ -249,3 +256,21 @@ async def test_body_limit_notes_a_client_gone_before_the_response() -> None:
     messages.append({"type": "http.disconnect"})
     await BodyLimit(receive, "fn", 100, late).receive()
     assert not late.client_disconnected
+
+
+@pytest.mark.parametrize(
+    ("version", "headers", "none"),
+    [
+        ("1.1", [], True),
+        ("1.0", [(b"host", b"x")], True),
+        ("1.1", [(b"content-length", b"0")], True),
+        ("1.1", [(b"Content-Length", b" 0 ")], True),
+        ("1.1", [(b"content-length", b"10")], False),
+        ("1.1", [(b"content-length", b"00x")], False),
+        ("1.1", [(b"content-length", b"0"), (b"transfer-encoding", b"chunked")], False),
+        ("1.1", [(b"transfer-encoding", b"chunked")], False),
+        ("2", [], False),  # HTTP/2 may send data without declaring its length
+    ],
+)
+def test_declares_no_body(version: str, headers: list[tuple[bytes, bytes]], none: bool) -> None:
+    assert declares_no_body({"type": "http", "http_version": version, "headers": headers}) is none

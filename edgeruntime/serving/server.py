@@ -117,6 +117,9 @@ LISTEN_BACKLOG = 2048
 #: and before the server closes idle connections: a connection accepted just before the stop has its
 #: first request read meanwhile, so it is answered rather than closed unanswered.
 ACCEPT_GRACE_SEC = 0.5
+#: Under Hypercorn, how long the end of a response waits for the rest of a request body the app
+#: left unread, so that the connection is kept alive (see `_reading_unread_bodies`).
+UNREAD_BODY_WAIT_SEC = 1.0
 
 
 def missing_fast_server() -> list[str]:
@@ -224,14 +227,22 @@ async def serve_asgi(
 
 
 def _reading_unread_bodies(app: ASGIApp) -> ASGIApp:
-    """`app`, with the rest of a request body it left unread read (and dropped) while its response ends.
+    """`app`, with the rest of a request body it left unread read (and dropped) before its response ends.
 
-    Hypercorn (0.17, 0.18) queues at most ten messages of a request's body for the app. When the
-    app answers without reading them all (a function that ignores its body, a 413), the end of
-    the response waits to queue the client's leaving behind them, for ever: the request never
-    ends, and its connection stays open until the server stops. Any client could hold a
-    descriptor of the server that way. Reading the rest meanwhile lets the response end; an
-    HTTP/1 request that declares no body has none to read, and goes to `app` as it is.
+    Hypercorn (0.17, 0.18) keeps a connection alive only if the request was read to its end when
+    the response ends: it closes it otherwise, although the response said nothing of it, and the
+    client's next request on the connection finds it closed ("server disconnected without
+    sending a response"; a POST is not retried). A function answers before its body arrived
+    whenever it does not read it (a webhook's 202, a 401 or 404 of the gateway), as clients
+    write a request's head and its body apart. So the rest is read first, for up to
+    UNREAD_BODY_WAIT_SEC: what a client is still sending normally arrives within it.
+
+    A body that does not end within it (a slow or endless one) is read meanwhile as the response
+    ends, and the connection is closed after it, as Hypercorn would: it queues at most ten
+    messages of a request's body for the app, and the end of the response would otherwise wait
+    to queue the client's leaving behind them, for ever (the request would never end, holding a
+    descriptor of the server). An HTTP/1 request that declares no body has none to read, and goes
+    to `app` as it is.
     """
 
     async def reading(scope: Scope, receive: Receive, send: Send) -> None:
@@ -249,6 +260,14 @@ def _reading_unread_bodies(app: ASGIApp) -> ASGIApp:
 
         async def ending_send(message: Message) -> None:
             if read_all or message["type"] != "http.response.body" or message.get("more_body", False):
+                await send(message)
+                return
+            try:
+                async with asyncio.timeout(UNREAD_BODY_WAIT_SEC):
+                    await _read_rest(tracked_receive)
+            except TimeoutError:
+                pass
+            if read_all:
                 await send(message)
                 return
             rest = asyncio.get_running_loop().create_task(_read_rest(tracked_receive))

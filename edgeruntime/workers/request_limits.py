@@ -68,14 +68,14 @@ _DECLARED_BODY_VERSIONS = frozenset({"1.0", "1.1"})
 
 
 def declares_no_body(scope: Scope) -> bool:
-    """True for an HTTP/1 request with neither content-length nor transfer-encoding: its body is
-    empty (RFC 9112, 6.3), known without reading it. (An HTTP/2 request may send data without
+    """True for an HTTP/1 request with no transfer-encoding and no content-length but 0: its body
+    is empty (RFC 9112, 6.3), known without reading it. (An HTTP/2 request may send data without
     declaring its length.)"""
     if scope.get("http_version") not in _DECLARED_BODY_VERSIONS:
         return False
-    for key, _ in scope["headers"]:
+    for key, value in scope["headers"]:
         name = key.lower()
-        if name == b"content-length" or name == b"transfer-encoding":
+        if (name == b"content-length" and value.strip() != b"0") or name == b"transfer-encoding":
             return False
     return True
 

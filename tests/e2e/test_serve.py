@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.helpers import HELLO, SERVICE_ROLE, ServerProcess, free_port, write_function
+from tests.helpers import HELLO, SERVICE_ROLE, ServerProcess, free_port, wait_until, write_function
 
 pytestmark = pytest.mark.e2e
 
@@ -465,3 +465,68 @@ def test_module_run_as_a_script_without_port_serves_on_8000(tmp_path: Path) -> N
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(10)
+
+
+IGNORES_ITS_BODY = """
+from starlette.responses import JSONResponse
+from edgeruntime import serve
+
+async def handler(req):
+    return JSONResponse({"accepted": True}, status_code=202)
+
+serve(handler)
+"""
+
+
+def _read_response(sock: socket.socket) -> tuple[bytes, bytes]:
+    """(status line, body) of one response with a content-length; (b"", b"") if the server closed."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return b"", b""
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    length = next(int(line.split(b":", 1)[1]) for line in lines if line.lower().startswith(b"content-length:"))
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        body += chunk
+    return head.split(b"\r\n", 1)[0], body
+
+
+@pytest.mark.parametrize("server_kind", ["hypercorn", "uvicorn"])
+def test_a_body_that_arrives_after_the_answer_keeps_the_connection_alive(hello_dir: Path, server_kind: str) -> None:
+    """A keep-alive client whose body the function never reads, sent after the answer is ready
+    (the headers, then the body, as HTTP clients write them): its next requests on the connection are
+    answered, rather than finding the connection closed after a complete answer that did not say so."""
+    write_function(hello_dir, "ignores", IGNORES_ITS_BODY)
+    (hello_dir.parent / "config.toml").write_text("[functions.ignores]\nverify_jwt = false\n")
+    with ServerProcess(hello_dir, "--no-watch", "--server", server_kind) as server:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+            for i in range(3):
+                sock.sendall(b"POST /functions/v1/ignores HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 10\r\n\r\n")
+                time.sleep(0.2)  # the function has answered by now
+                sock.sendall(b"x" * 10)
+                status, body = _read_response(sock)
+                assert (status.split(b" ")[1:2], body) == ([b"202"], b'{"accepted":true}'), (i, server.output)
+
+
+def test_a_body_that_never_ends_still_gets_its_answer_under_hypercorn(hello_dir: Path) -> None:
+    """The wait for the rest of an unread body is bounded: a client that stops sending halfway
+    gets its answer about UNREAD_BODY_WAIT_SEC late, then the connection is closed (and the
+    server serves on)."""
+    write_function(hello_dir, "ignores", IGNORES_ITS_BODY)
+    (hello_dir.parent / "config.toml").write_text("[functions.ignores]\nverify_jwt = false\n")
+    with ServerProcess(hello_dir, "--no-watch", "--server", "hypercorn") as server:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+            sock.sendall(b"POST /functions/v1/ignores HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100\r\n\r\nxx")
+            started = time.monotonic()
+            status, body = _read_response(sock)
+            assert (status.split(b" ")[1:2], body) == ([b"202"], b'{"accepted":true}'), server.output
+            assert 0.5 < time.monotonic() - started < 5
+            assert sock.recv(100) == b""  # closed: the request never ended
+        assert httpx.post(server.url("ignores"), content=b"x", timeout=10).status_code == 202
+        wait_until(lambda: server.output.count("POST /functions/v1/ignores 202") == 2, 10, "both access lines")
