@@ -23,7 +23,7 @@ class FakeApp:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
 
-    def reconfigure(self, settings: Settings, reload: Iterable[str] | None = None) -> list[str]:
+    def reconfigure(self, settings: Settings, reload: Iterable[str] | None = None, *, report: bool = True) -> list[str]:
         self.settings = settings
         return sorted(reload or ())
 
