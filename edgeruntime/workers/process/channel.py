@@ -53,6 +53,13 @@ class Channel(asyncio.Protocol):
     is sent in its place, and the others of its batch are sent. `before_flush()` is called before
     each batch is made: what it sends goes in the batch (a side that held frames back, see
     :meth:`hold`).
+
+    With `late` (the server's end) a turn's frames are written at the end of the next turn: after
+    what the rest of the turn writes at its end, the responses to the server's clients among them
+    (:mod:`edgeruntime.core.transport`). The worker process, woken by the batch, runs on the core
+    the server runs on, and it runs at once: written first, the batch held those responses back
+    until the worker process had served all of it, while the clients had nothing to send. It also
+    gathers the requests of two turns in one batch.
     """
 
     def __init__(
@@ -65,6 +72,7 @@ class Channel(asyncio.Protocol):
         name: str = "worker channel",
         on_unsent: Callable[[tuple[Any, ...], Exception], Frame | None] | None = None,
         before_flush: Callable[[], None] | None = None,
+        late: bool = False,
     ) -> None:
         self.on_frame = on_frame
         self.on_close = on_close
@@ -81,8 +89,9 @@ class Channel(asyncio.Protocol):
         #: The plain tuples of the frames sent in this turn, and the body bytes they carry.
         self._queued: list[tuple[Any, ...]] = []
         self._queued_bytes = 0
-        #: A flush is due at the end of this turn of the event loop.
+        #: A flush is due at the end of this turn of the event loop (or of the next one, `late`).
         self._due = False
+        self._late = late
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # A stream transport (uvloop's do not subclass asyncio.Transport, so no isinstance check).
@@ -161,12 +170,17 @@ class Channel(asyncio.Protocol):
     def send(self, frame: Frame) -> None:
         """Queue `frame`, written with the others of this turn of the event loop at its end (at
         once when their bodies reach FLUSH_BYTES): the other end wakes once for all of them."""
+        self.queue(to_wire(frame), payload_bytes(frame))
+
+    def queue(self, fields: tuple[Any, ...], size: int = 0) -> None:
+        """What :meth:`send` does with a frame, given its plain tuple (see
+        :func:`~edgeruntime.workers.process.frames.to_wire`) and the `size` of the body it carries:
+        for the request path, which makes the tuples of its frames itself."""
         if self.closed or self.transport is None:
             return
         if not self._due:
             self.hold()
-        self._queued.append(to_wire(frame))
-        size = payload_bytes(frame)
+        self._queued.append(fields)
         if size:
             self._queued_bytes += size
             if self._queued_bytes >= FLUSH_BYTES:
@@ -177,7 +191,11 @@ class Channel(asyncio.Protocol):
         a side that holds frames back to send them together sends them from `before_flush`."""
         if not self._due:
             self._due = True
-            asyncio.get_running_loop().call_soon(self._end_of_turn)
+            loop = asyncio.get_running_loop()
+            if self._late:  # at the end of the next turn: after the rest of this one's writes
+                loop.call_soon(loop.call_soon, self._end_of_turn)
+            else:
+                loop.call_soon(self._end_of_turn)
 
     def _end_of_turn(self) -> None:
         try:

@@ -512,12 +512,25 @@ def kind_of(fields: tuple[Any, ...]) -> type[Any]:
 def read_frame(fields: Any) -> Frame:
     """The frame of the plain tuple `fields` (a worker process reading the server's frames);
     ValueError if it is not one."""
+    if type(fields) is tuple and len(fields) == 6 and fields[5] == 2:  # a Request: every request's first frame
+        frame: Request = _new(Request, fields)
+        return frame
     return _frame(fields, KINDS)
 
 
 def read_worker_frame(fields: Any) -> Frame:
     """The frame a worker process sent as the plain tuple `fields` (the server reading it);
     ValueError if it is not a frame a worker sends, or its fields are not of the types the server expects."""
+    if type(fields) is tuple and len(fields) == 4 and fields[3] == 18:  # an Answered: every small response
+        messages = fields[1]
+        error = fields[2]
+        if type(messages) is list and (error is None or type(error) is str):
+            for message in messages:  # (a loop: a generator's frame costs more than the check)
+                if type(message) is not dict:
+                    break
+            else:
+                answered: Answered = _new(Answered, fields)
+                return answered
     return _frame(fields, WORKER_KINDS)
 
 

@@ -137,7 +137,9 @@ _TICKS_PER_SEC = os.sysconf("SC_CLK_TCK")
 _PAGE_MB = resource.getpagesize() / (1024 * 1024)
 #: Whether this system has /proc (Linux): where it has, a worker's entry missing there means it has exited.
 _HAS_PROC = os.path.exists("/proc/self/stat")
-#: The scope keys a function can use; the rest (server internals) stay in the server.
+#: The kind number of a Request frame, whose plain tuple (frames.to_wire) the request path makes itself.
+_REQUEST: int = Request._field_defaults["kind"]
+#: The scope keys a function can use; the rest (server internals) stay in the server (see `_slim`).
 _SCOPE_KEYS = (
     "type",
     "asgi",
@@ -190,12 +192,6 @@ class _Call:
         if self.waiter is not None and not self.waiter.done():
             self.waiter.set_result(None)
 
-    async def next(self) -> Sent | Done | Answered:
-        while not self.events:
-            self.waiter = self.loop.create_future()
-            await self.waiter
-        return self.events.popleft()
-
 
 def _proc_usage(pid: int) -> tuple[float, float]:
     """CPU time (ms) and resident memory (MB) of process `pid`."""
@@ -228,6 +224,36 @@ def _small_body(scope: Scope) -> bool:
         elif name == b"transfer-encoding":
             return False
     return length is None or length <= COALESCE_BODY_BYTES
+
+
+def _slim(scope: Scope) -> dict[str, Any]:
+    """What of `scope` goes to the worker process: the keys a function can use (_SCOPE_KEYS), its
+    headers a list of their own (the frame is pickled at the end of the turn)."""
+    try:  # an HTTP request from a server that sets every key (Uvicorn, Hypercorn): one dict display
+        return {
+            "type": scope["type"],
+            "asgi": scope["asgi"],
+            "http_version": scope["http_version"],
+            "method": scope["method"],
+            "scheme": scope["scheme"],
+            "path": scope["path"],
+            "raw_path": scope["raw_path"],
+            "query_string": scope["query_string"],
+            "root_path": scope["root_path"],
+            "headers": list(scope["headers"]),
+            "client": scope["client"],
+            "server": scope["server"],
+        }
+    except KeyError:
+        slim = {key: scope[key] for key in _SCOPE_KEYS if key in scope}
+        slim["headers"] = list(scope["headers"])
+        return slim
+
+
+def _body_size(message: Message) -> int:
+    """The bytes of body or WebSocket data `message` carries (see frames.payload_bytes)."""
+    data = message.get("body") or message.get("bytes") or message.get("text")
+    return len(data) if isinstance(data, bytes | bytearray | str) else 0
 
 
 async def _read_whole_body(first: Message, receive: Receive) -> Message:
@@ -413,6 +439,7 @@ class ProcessWorker:
             max_frame_bytes=int((self.limits.memory_limit_mb + FRAME_SLACK_MB) * 1024 * 1024),
             name=f"worker channel of {self.name}",
             on_unsent=self._unsent,
+            late=True,  # after this turn's responses to the clients (see Channel)
         )
         # Made first: uvloop hands the protocol what already waits in the socket (a worker that
         # booted while this process was not running) before create_unix_connection returns.
@@ -557,7 +584,7 @@ class ProcessWorker:
     # -- frames from the worker process ----------------------------------------------------
 
     def _on_frame(self, frame: Frame) -> None:
-        if isinstance(frame, Sent | Done | Answered):  # the request path first
+        if isinstance(frame, (Answered, Sent, Done)):  # the request path first (a tuple: a union costs more)
             call = self._calls.get(frame.rid)
             if call is not None:
                 call.push(frame)
@@ -736,6 +763,7 @@ class ProcessWorker:
                 raise WorkerCrashed(self.name, f"function {self.name}: worker process exited")
             raise limit_exceeded(self.name, reason)
         ctx.worker = self.state
+        execution_id = ctx.execution_id
         rid = next(self._ids)
         call = self._calls[rid] = _Call(self.state.loop or asyncio.get_running_loop())
         self.in_flight += 1
@@ -747,29 +775,53 @@ class ProcessWorker:
             if skipped:
                 # The function reads the same message; the server's own, awaited, costs a step.
                 first: Message = {"type": "http.request", "body": b"", "more_body": False}
+                size = 0
             else:
                 first = await receive()
                 if first.get("more_body") and _small_body(scope):
                     first = await _read_whole_body(first, receive)
-            slim = {key: scope[key] for key in _SCOPE_KEYS if key in scope}
-            slim["headers"] = list(scope["headers"])
+                size = _body_size(first)
+            slim = _slim(scope)
             if websocket:
                 slim["subprotocols"] = list(scope.get("subprotocols") or ())
                 if "websocket.http.response" in (scope.get("extensions") or {}):
                     slim["extensions"] = {"websocket.http.response": {}}
             given = self._given
-            given[ctx.execution_id] = None
+            given[execution_id] = None
             if len(given) > GIVEN_EXECUTIONS:
                 given.popitem(last=False)
-            self._hold(ctx.execution_id)
+            live = self._live
+            live[execution_id] = live.get(execution_id, 0) + 1  # (see `_hold`)
             held = True
-            channel.send(Request(rid, slim, first, ctx.execution_id, ctx.trigger))
+            # The Request frame's plain tuple (frames.to_wire), made here: the request path's first frame.
+            channel.queue((rid, slim, first, execution_id, ctx.trigger, _REQUEST), size)
             if first.get("more_body") or websocket:
                 call.pump = asyncio.get_running_loop().create_task(self._pump(rid, receive, call))
             else:  # started if the function asks (Listen): it waits for more, or for the client's leaving
                 self._listeners[rid] = (receive, skipped)
+            events = call.events
             while True:
-                event = await call.next()
+                while not events:  # (here, not in a coroutine of `_Call`: one frame less to resume)
+                    waiter = call.waiter = call.loop.create_future()
+                    await waiter
+                event = events.popleft()
+                if type(event) is Answered:  # its whole response and its end in one frame (a small response)
+                    ended = None
+                    for message in event.messages:
+                        if call.client_gone:
+                            continue
+                        try:
+                            await send(message)
+                        except OSError:  # the client left; the function's request is over already
+                            call.client_gone = True
+                        except RuntimeError as exc:  # the server refused it: the function's error
+                            self._refused(scope, ctx, exc)
+                            break
+                    else:
+                        over = True
+                        if event.error is not None:  # the handler raised and got its 500 (or 502)
+                            ctx.error = event.error
+                    break
                 if isinstance(event, Done):
                     over = True
                     ended = event.ended
@@ -789,15 +841,7 @@ class ProcessWorker:
                             # The server refused what the function sent (a body longer or shorter
                             # than its content-length, a second start): the function's error, as
                             # inline, where its `send` raises it. The request ends here (Cancel).
-                            logger.error(
-                                "function %s raised while handling %s %s: %s",
-                                self.name,
-                                scope.get("method", "GET"),
-                                scope["path"],
-                                exc,
-                                extra={"function": self.name},
-                            )
-                            ctx.error = describe_error(exc)
+                            self._refused(scope, ctx, exc)
                             refused = True
                             break
                     call.delivered += 1
@@ -810,12 +854,6 @@ class ProcessWorker:
                 if refused:
                     ended = None
                     break
-                if isinstance(event, Answered):  # its whole response and its end in one frame
-                    over = True
-                    ended = None
-                    if event.error is not None:
-                        ctx.error = event.error
-                    break
                 if self._paused_by is call and len(call.events) <= PAUSE_FRAMES // 4:
                     self._resume_reading()
         finally:
@@ -824,7 +862,7 @@ class ProcessWorker:
             self.in_flight -= 1
             del self._calls[rid]
             if held:
-                self._release(ctx.execution_id)
+                self._release(execution_id)
             if self._paused_by is call:
                 self._resume_reading()
             self._listeners.pop(rid, None)
@@ -846,6 +884,19 @@ class ProcessWorker:
         if ended.reason == "error":
             raise WorkerCrashed(self.name, f"function {self.name}: {ended.detail}")
         raise asyncio.CancelledError
+
+    def _refused(self, scope: Scope, ctx: ExecutionContext, exc: RuntimeError) -> None:
+        """The server refused a message the function sent (a body longer or shorter than its
+        content-length, a second start): the function's error, as inline, where its `send` raises it."""
+        logger.error(
+            "function %s raised while handling %s %s: %s",
+            self.name,
+            scope.get("method", "GET"),
+            scope["path"],
+            exc,
+            extra={"function": self.name},
+        )
+        ctx.error = describe_error(exc)
 
     def _resume_reading(self) -> None:
         self._paused_by = None

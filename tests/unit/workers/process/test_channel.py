@@ -170,6 +170,31 @@ async def test_the_frames_of_one_turn_are_written_as_one_batch_at_its_end() -> N
     assert _read_back(transport.written) == frames
 
 
+async def test_a_late_channel_writes_after_what_the_rest_of_the_turn_writes_at_its_end() -> None:
+    """The server's end (`late`): the worker process its batch wakes runs on the server's core at
+    once, so the responses the same turn made, written at its end too, must go first; and the
+    frames of the next turn join the batch."""
+    order: list[str] = []
+
+    class Recording(_Transport):
+        def write(self, data: bytes | bytearray | memoryview) -> None:
+            order.append("channel")
+            super().write(data)
+
+    loop = asyncio.get_running_loop()
+    channel = Channel(lambda f: None, lambda: None, late=True)
+    transport = Recording()
+    channel.connection_made(transport)
+    channel.send(Done(1, None))
+    loop.call_soon(order.append, "responses")  # what the turn's other writes do: flushed at its end
+    await asyncio.sleep(0)
+    assert order == ["responses"]
+    channel.send(Done(2, None))  # the next turn's
+    await asyncio.sleep(0)
+    assert order == ["responses", "channel"]
+    assert _read_back(transport.written) == [Done(1, None), Done(2, None)]
+
+
 async def test_a_frame_that_cannot_be_pickled_is_replaced_and_the_rest_of_its_batch_goes() -> None:
     unsent: list[tuple[object, ...]] = []
 

@@ -167,6 +167,8 @@ def test_worker_frames_hold_plain_data_and_builtin_exceptions_only() -> None:
         (["1"], 19),  # Listen: a request id that is no number
         (1, ({"type": "http.response.start"},), None, 18),  # Answered: messages not in a list
         (1, ["http.response.start"], None, 18),  # Answered: a message that is no dict
+        (1, [{"type": "http.response.start"}, b"body"], None, 18),  # Answered: the second message is no dict
+        (1, [{"type": "http.response.start"}], None, None, 18),  # Answered with a field too many
         (1, [], b"error", 18),  # Answered: an error that is not text
     ],
 )
