@@ -92,10 +92,13 @@ class Channel(asyncio.Protocol):
         #: A flush is due at the end of this turn of the event loop (or of the next one, `late`).
         self._due = False
         self._late = late
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # A stream transport (uvloop's do not subclass asyncio.Transport, so no isinstance check).
         self.transport = cast(asyncio.Transport, transport)
+        # Its loop, found once: `asyncio.get_running_loop()` is a system call on Python 3.11.
+        self._loop = asyncio._get_running_loop()
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -191,7 +194,7 @@ class Channel(asyncio.Protocol):
         a side that holds frames back to send them together sends them from `before_flush`."""
         if not self._due:
             self._due = True
-            loop = asyncio.get_running_loop()
+            loop = self._loop or asyncio.get_running_loop()
             if self._late:  # at the end of the next turn: after the rest of this one's writes
                 loop.call_soon(loop.call_soon, self._end_of_turn)
             else:
