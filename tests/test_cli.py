@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from edgeruntime.serving.cli import hang_timeout_sec, main
-from tests.helpers import HELLO, KEYS, SERVICE_ROLE, ServerProcess, free_port, run_cli, write_function
+from tests.helpers import HELLO, KEYS, SERVICE_ROLE, ServerProcess, free_port, run_cli, wait_until, write_function
 
 
 def _one_line_error(capsys: pytest.CaptureFixture[str]) -> str:
@@ -135,11 +135,13 @@ def test_serve_on_a_bad_host_in_a_subprocess_says_only_the_error(hello_dir: Path
 def test_serve_on_a_bracketed_ipv6_literal_as_copied_from_a_url(hello_dir: Path, workers: str) -> None:
     server = ServerProcess(hello_dir, "--host", "[::1]", "--no-watch", "--workers", workers)
     server.base_url = f"http://[::1]:{server.port}"
+    banner = f"Serving functions on http://[::1]:{server.port}/functions/v1/<function-name>"
     with server:
         r = httpx.get(server.url("hello"), headers=SERVICE_ROLE, timeout=10)
         assert r.status_code == 200 and r.json()["message"] == "hello"
-    banner = f"Serving functions on http://[::1]:{server.port}/functions/v1/<function-name>"
-    assert banner in server.output, server.output
+        # With --workers 2 one serving process answers before the other is ready, and the
+        # supervisor's banner says they all are.
+        wait_until(lambda: banner in server.output, 30, "the banner")
     assert f" - http://[::1]:{server.port}/functions/v1/hello" in server.output
     assert "--host" not in server.output  # no warning: ::1 is loopback
 
