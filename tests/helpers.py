@@ -111,6 +111,18 @@ def free_port() -> int:
         return port
 
 
+def reap(proc: subprocess.Popen[Any], timeout: float = 10.0) -> None:
+    """End `proc` if it still runs: SIGTERM (so what it buffered is written), SIGKILL if it has not
+    exited within `timeout` seconds; waited for either way."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout)
+
+
 class ServerProcess:
     """`edgeruntime serve` in a subprocess on a free loopback port; always reaped."""
 
@@ -168,13 +180,7 @@ class ServerProcess:
 
     def stop(self) -> None:
         """SIGTERM (so buffered log lines are written), SIGKILL if it does not exit in 10 s."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        reap(self.proc)
         self._log.close()
 
     def __enter__(self) -> ServerProcess:

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from edgeruntime.serving.cli import hang_timeout_sec, main
-from tests.helpers import HELLO, KEYS, SERVICE_ROLE, ServerProcess, free_port, run_cli, wait_until, write_function
+from tests.helpers import HELLO, KEYS, SERVICE_ROLE, ServerProcess, free_port, reap, run_cli, wait_until, write_function
 
 
 def _one_line_error(capsys: pytest.CaptureFixture[str]) -> str:
@@ -463,12 +463,7 @@ def test_serve_defaults_to_functions_on_127_0_0_1_port_54321_with_the_supabase_b
             r = httpx.get("http://127.0.0.1:54321/functions/v1/hello", headers=SERVICE_ROLE, timeout=10)
             assert (r.status_code, r.json()["path"]) == (200, "/hello")
         finally:
-            proc.terminate()
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+            reap(proc)
     lines = log.read_text().splitlines()
     at = lines.index("Serving functions on http://127.0.0.1:54321/functions/v1/<function-name>")
     assert lines[at + 1] == " - http://127.0.0.1:54321/functions/v1/hello"

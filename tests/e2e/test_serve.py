@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.helpers import HELLO, SERVICE_ROLE, ServerProcess, free_port, wait_until, write_function
+from tests.helpers import HELLO, SERVICE_ROLE, ServerProcess, free_port, reap, wait_until, write_function
 
 pytestmark = pytest.mark.e2e
 
@@ -459,12 +459,7 @@ def test_module_run_as_a_script_without_port_serves_on_8000(tmp_path: Path) -> N
                 time.sleep(0.05)
         assert (r.status_code, r.json()) == (200, {"message": "hello", "path": "/x"})
     finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+        reap(proc)
 
 
 IGNORES_ITS_BODY = """
