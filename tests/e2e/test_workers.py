@@ -350,10 +350,7 @@ def test_hot_reload_reloads_every_serving_process_and_logs_each_line_once(who_di
         pids = set(child_pids(server.proc.pid))
         both_answer(server, pids)
         time.sleep(0.5)  # the watcher settles before the edit
-        # Written beside the functions directory and moved in: one change to index.py, one reload.
-        draft = who_dir.parent / "index.py.draft"
-        draft.write_text(WHO.replace('{"pid": os.getpid()}', '{"pid": os.getpid(), "v": 2}'))
-        os.replace(draft, source)
+        move_in(source, WHO.replace('{"pid": os.getpid()}', '{"pid": os.getpid(), "v": 2}'))
         every_process_serves(server, pids, 2)
         assert server.terminate() == 0  # every line written
     # One watcher (the supervisor's), and one serving process says what it reloaded.
@@ -370,13 +367,10 @@ def test_a_syntax_error_in_an_edit_is_logged_once_and_the_fix_reaches_every_serv
         pids = set(child_pids(server.proc.pid))
         both_answer(server, pids)
         time.sleep(0.5)  # the watcher settles before the edit
-        draft = who_dir.parent / "index.py.draft"  # moved in: one change each
-        draft.write_text(WHO + "\ndef broken(:\n")
-        os.replace(draft, source)
+        move_in(source, WHO + "\ndef broken(:\n")
         wait_until(lambda: "cannot boot: SyntaxError" in server.output, 30, "the syntax error logged")
         time.sleep(1.0)  # every serving process compiles the broken file before it is fixed
-        draft.write_text(WHO.replace('{"pid": os.getpid()}', '{"pid": os.getpid(), "v": 3}'))
-        os.replace(draft, source)
+        move_in(source, WHO.replace('{"pid": os.getpid()}', '{"pid": os.getpid(), "v": 3}'))
         every_process_serves(server, pids, 3)
         assert server.terminate() == 0  # every line written
     lines = server.output.splitlines()
@@ -399,9 +393,7 @@ def test_what_holds_for_the_whole_server_is_logged_once_at_start_and_on_a_config
         # (Under process isolation `who` answers with its worker's pid, not its serving process's.)
         assert {httpx.get(server.url("who"), timeout=30).status_code for _ in range(6)} == {200}
         time.sleep(0.5)  # the watcher settles before the edit
-        draft = who_dir.parent / "config.toml.draft"  # moved in: one change
-        draft.write_text("[functions.later]\nenabled = true\n")
-        os.replace(draft, config)
+        move_in(config, "[functions.later]\nenabled = true\n")
         wait_until(lambda: "configuration reloaded" in server.output, 30, "the edit applied")
         time.sleep(1.0)  # every serving process has applied it
         # Either serving process answers for the newly enabled function, with its boot error.
@@ -419,6 +411,15 @@ def test_what_holds_for_the_whole_server_is_logged_once_at_start_and_on_a_config
 
 
 # -- what they share ----------------------------------------------------------------------------
+
+
+def move_in(target: Path, text: str) -> None:
+    """Make `text` the content of `target` (a function's index.py, or config.toml) in one change:
+    written to a draft in the project directory, outside the functions directory, then moved over it."""
+    drafts = target.parent.parent.parent if target.name == "index.py" else target.parent
+    draft = drafts / f"{target.name}.draft"
+    draft.write_text(text)
+    os.replace(draft, target)
 
 
 def every_process_serves(server: ServerProcess, pids: set[int], version: int) -> None:
