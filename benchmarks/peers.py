@@ -2,11 +2,14 @@
 
 The same two endpoints on every app: ``GET hello`` → ``{"ok": true}``; ``POST bg`` → 202 at once
 and 2 s of background work (edgeruntime: ``EdgeRuntime.wait_until``; Starlette: ``BackgroundTask``;
-FastAPI: ``BackgroundTasks``; Deno, the runtime edgeruntime emulates: ``Deno.serve`` with an
+FastAPI: ``BackgroundTasks``; a raw ASGI app, the ceiling of any Python app on each server: a task of
+the loop; Deno, the runtime edgeruntime emulates: ``Deno.serve`` with an
 ``EdgeRuntime.waitUntil`` shim, when the ``deno`` package or binary is installed). Each server
 process is pinned to core 0 and the load generator (wrk, or a Python generator when wrk is missing)
 to core 1. Prints req/s, p50/p99, RSS per pending background task, background completion and cold
-start, with ratios against the peers measured in the same run. Usage::
+start, with ratios against the peers measured in the same run, and what bounds the goals in that run:
+the raw ASGI app's ratios, and the 202 run's mean latency (connections / throughput, Little's law),
+which its p99 cannot be under. Usage::
 
     python -m benchmarks peers [--duration 8] [--rounds 3] [--servers hypercorn,uvicorn] [--quick]
 """
@@ -150,7 +153,7 @@ def targets(server: str, isolation_process: bool) -> list[Target]:
                 "/functions/v1/bg",
             )
         )
-    for app in ("starlette", "fastapi"):
+    for app in ("starlette", "fastapi", "asgi"):
         module = f"benchmarks.apps.{app}_app:app"
         if server == "hypercorn":
             argv = [sys.executable, "-m", "hypercorn", module, "--log-level", "warning"]
@@ -469,7 +472,11 @@ def _fmt(value: float | None, spec: str = ".0f") -> str:
 HELLO_GOAL = {"uvicorn": 1.1, "hypercorn": 1.0}
 
 
-def report(results: list[Result], cold: dict[str, tuple[float, float]]) -> str:
+#: The p99 goal of the 202 run (issue 18), in seconds.
+BG_P99_GOAL_SEC = 0.020
+
+
+def report(results: list[Result], cold: dict[str, tuple[float, float]], connections: int = 64) -> str:
     lines = [
         "| server | app | hello req/s | p50 ms | p99 ms | bg req/s | bg p50 ms | bg p99 ms | bg done % "
         "| KiB/pending task | cold start ms | notes |",
@@ -523,6 +530,27 @@ def report(results: list[Result], cold: dict[str, tuple[float, float]]) -> str:
                 f"- {server}: hello process isolation / inline = {proc.hello.rps / er.hello.rps:.2f}x"
                 " (goal >= 0.7x on uvicorn)"
             )
+        raw = by_app.get("asgi")
+        if raw and raw.hello and st and st.hello:
+            against_deno = f", {raw.hello.rps / deno.hello.rps:.2f}x Deno" if deno and deno.hello else ""
+            lines.append(
+                f"- {server}: the ceiling, a raw ASGI app (no framework): hello {raw.hello.rps:.0f} req/s = "
+                f"{raw.hello.rps / st.hello.rps:.2f}x bare Starlette{against_deno}"
+                + (
+                    f"; 202+background {raw.bg.rps / st.bg.rps:.2f}x Starlette BackgroundTasks"
+                    if raw.bg and st.bg
+                    else ""
+                )
+            )
+        if er and er.bg:
+            # wrk keeps every connection busy: the mean latency is connections / throughput, and a
+            # p99 is at least the mean.
+            needed = connections / BG_P99_GOAL_SEC
+            lines.append(
+                f"- {server}: 202 mean latency at {connections} connections = {1000 * connections / er.bg.rps:.1f} ms"
+                f" (Little's law); a p99 <= {1000 * BG_P99_GOAL_SEC:.0f} ms needs >= {needed:.0f} req/s,"
+                f" edgeruntime served {er.bg.rps:.0f}"
+            )
         if server in cold:
             e, b = cold[server]
             lines.append(
@@ -572,7 +600,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             results.append(measure(deno_target(deno), duration, args.connections))
         rounds.append(results)
     results = [median_result(same) for same in zip(*rounds, strict=True)]
-    text = report(results, cold)
+    text = report(results, cold, args.connections)
     print(text)
     RESULTS.mkdir(exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")

@@ -115,3 +115,45 @@ def test_the_background_endpoint_is_booted_before_it_is_measured() -> None:
             raise AssertionError("a POST that is not answered 202 must fail the run")
     finally:
         peers.stop(proc)
+
+
+def test_the_report_prints_what_bounds_the_goals_in_the_same_run() -> None:
+    """The raw ASGI app is the most any Python app gets from a server; Little's law bounds the p99."""
+    results = [
+        Result("hypercorn", "edgeruntime", hello=_load(3_000), bg=_load(2_000, p99_ms=40.0)),
+        Result("hypercorn", "starlette", hello=_load(3_000), bg=_load(2_000)),
+        Result("hypercorn", "asgi", hello=_load(4_500), bg=_load(3_000)),
+        Result("deno", "deno", hello=_load(100_000), bg=_load(40_000)),
+    ]
+    lines = peers.report(results, {}, connections=64).splitlines()
+    assert (
+        "- hypercorn: the ceiling, a raw ASGI app (no framework): hello 4500 req/s = 1.50x bare Starlette, "
+        "0.04x Deno; 202+background 1.50x Starlette BackgroundTasks"
+    ) in lines
+    assert (
+        "- hypercorn: 202 mean latency at 64 connections = 32.0 ms (Little's law); a p99 <= 20 ms needs "
+        ">= 3200 req/s, edgeruntime served 2000"
+    ) in lines
+
+
+def test_the_raw_asgi_app_serves_both_endpoints_on_each_server() -> None:
+    for server in ("uvicorn", "hypercorn"):
+        target = next(t for t in peers.targets(server, False) if t.app == "asgi")
+        port = free_port()
+        proc = peers.start(target, port)
+        try:
+            base = f"http://127.0.0.1:{port}"
+            peers.wait_for(base + target.hello_path, proc, timeout=60)
+            with httpx.Client(base_url=base, timeout=10) as client:
+                hello = client.get(target.hello_path)
+                assert hello.status_code == 200 and hello.json() == {"ok": True}
+                accepted = client.post(target.bg_path, json={})
+                assert accepted.status_code == 202 and accepted.json() == {"accepted": True}
+                assert peers.background_counts(base, target) == {"started": 1, "completed": 0}
+                deadline = time.monotonic() + 20
+                while peers.background_counts(base, target)["completed"] < 1 and time.monotonic() < deadline:
+                    time.sleep(0.2)
+                assert peers.background_counts(base, target) == {"started": 1, "completed": 1}
+                assert client.get("/nothing").status_code == 404
+        finally:
+            peers.stop(proc)
