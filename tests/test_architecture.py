@@ -22,10 +22,12 @@ def test_reading_config_does_not_load_starlette() -> None:
 def test_serving_imports_what_the_first_request_needs_only() -> None:
     # What `edgeruntime serve --server uvicorn` imports before its socket accepts (inline
     # isolation, no cron): prometheus_client waits for the first scrape, h11 for a server without
-    # httptools, ctypes for a worker process, cronsim and zoneinfo for a cron.
+    # httptools, ctypes for a worker process, cronsim and zoneinfo for a cron, difflib for a
+    # "did you mean" in a warning about config.toml.
     code = (
         "import edgeruntime.serving.cli, edgeruntime.serving.build, edgeruntime.serving.server\n"
         "from edgeruntime.serving.uvicorn_http import head_limited_protocol\n"
         "head_limited_protocol()"
     )
-    assert loaded_after(code, ("prometheus_client", "h11", "ctypes", "cronsim", "zoneinfo")) == []
+    unneeded = ("prometheus_client", "h11", "ctypes", "cronsim", "zoneinfo", "difflib")
+    assert loaded_after(code, unneeded) == []

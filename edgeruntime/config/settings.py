@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import difflib
 import ipaddress
 import logging
 import os
@@ -282,12 +281,16 @@ def missing_functions(settings: Settings, found: Collection[str] | None = None) 
     if not config.functions:
         return []
     names = set(discover(settings.functions_dir)) if found is None else set(found)
+    missing = [name for name in config.functions if name not in names]
+    if not missing:
+        return []
+    import difflib  # for the warning only: a server whose config names its functions does not load it
+
     lines = []
-    for name in config.functions:
-        if name not in names:
-            close = difflib.get_close_matches(name, sorted(names), n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            lines.append(f"{config.path}: [functions.{name}]: no function {name!r} in {settings.functions_dir}{hint}")
+    for name in missing:
+        close = difflib.get_close_matches(name, sorted(names), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        lines.append(f"{config.path}: [functions.{name}]: no function {name!r} in {settings.functions_dir}{hint}")
     return lines
 
 
