@@ -11,7 +11,7 @@ calls cost time that no instruction count shows, so the wall-clock benchmarks (`
 `workers`) stay the judges; this one says whether a change to the request path did less work.
 Usage::
 
-    python -m benchmarks instructions [--requests 3200] [--connections 32] [--apps edgeruntime,starlette]
+    python -m benchmarks instructions [--requests 3200] [--connections 32] [--apps edgeruntime,starlette,asgi]
 
 Needs valgrind (Debian: ``apt-get install valgrind``).
 """
@@ -43,8 +43,9 @@ MISSING = "valgrind is not installed: apt-get install valgrind (it brings callgr
 SETTLE_SEC = 3.5
 
 
-#: The apps counted: the peers benchmark's, on Uvicorn (its command lines and endpoints).
-APPS = ("edgeruntime", "starlette")
+#: The apps that can be counted: the peers benchmark's, on Uvicorn (its command lines and
+#: endpoints); "asgi", the raw ASGI app, is the least any app can cost (counted when asked for).
+APPS = ("edgeruntime", "starlette", "asgi")
 
 
 def target(app_name: str) -> peers.Target:
@@ -152,6 +153,15 @@ def report(counts: dict[tuple[str, str], float]) -> str:
         ours, theirs = counts.get(("edgeruntime", endpoint)), counts.get(("starlette", endpoint))
         if ours and theirs:
             lines.append(f"- {endpoint}: edgeruntime / bare Starlette = {ours / theirs:.2f}x the instructions")
+        least = counts.get(("asgi", endpoint))
+        if least:
+            above = [
+                f"{name} {value - least:,.0f}"
+                for (name, kind), value in counts.items()
+                if kind == endpoint and name != "asgi"
+            ]
+            if above:
+                lines.append(f"- {endpoint}: instructions above the raw ASGI app's: {', '.join(above)}")
     return "\n".join(lines)
 
 
@@ -169,7 +179,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     unknown = sorted(set(names) - set(APPS))
     endpoints = [name for name in args.endpoints.split(",") if name]
     if unknown or not names or not set(endpoints) <= {"hello", "bg"} or not endpoints or args.requests < 1:
-        print("--apps takes edgeruntime,starlette; --endpoints hello,bg; --requests a positive count", file=sys.stderr)
+        print(
+            "--apps takes edgeruntime,starlette,asgi; --endpoints hello,bg; --requests a positive count",
+            file=sys.stderr,
+        )
         return 2
     peers.byte_compile()
     counts: dict[tuple[str, str], float] = {}

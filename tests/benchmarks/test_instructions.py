@@ -20,6 +20,11 @@ def test_the_totals_of_a_dump_are_read_and_reported_as_ratios() -> None:
     assert "| edgeruntime | hello | 280,000 |" in text
     assert "- hello: edgeruntime / bare Starlette = 1.40x the instructions" in text
     assert "- bg:" not in text  # no Starlette count to compare with
+    text = instructions.report(
+        {("edgeruntime", "hello"): 280_000.0, ("starlette", "hello"): 200_000.0, ("asgi", "hello"): 120_000.0}
+    )
+    # The raw ASGI app is what the server itself costs: what each app adds is above it.
+    assert "- hello: instructions above the raw ASGI app's: edgeruntime 160,000, starlette 80,000" in text
 
 
 def test_bad_arguments_are_refused_with_exit_status_2(capsys: pytest.CaptureFixture[str]) -> None:
@@ -29,7 +34,7 @@ def test_bad_arguments_are_refused_with_exit_status_2(capsys: pytest.CaptureFixt
         return
     assert instructions.main(["--apps", "django"]) == 2
     assert instructions.main(["--endpoints", "upload"]) == 2
-    assert "--apps takes edgeruntime,starlette" in capsys.readouterr().err
+    assert "--apps takes edgeruntime,starlette,asgi" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(shutil.which("valgrind") is None, reason="valgrind is not installed (apt-get install valgrind)")
