@@ -30,8 +30,11 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(PY) -m mypy
 
+# The whole suite on up to four cores (pytest-xdist): a group of timing-sensitive tests
+# (`xdist_group`) runs in one worker, one test after another. PYTEST_WORKERS=0: one process.
+PYTEST_WORKERS ?= auto
 pytest: $(STAMP)
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --maxprocesses 4 --dist loadgroup $(PYTEST_ARGS)
 
 test: lint typecheck pytest
 
