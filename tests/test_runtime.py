@@ -117,7 +117,8 @@ async def test_response_does_not_wait_for_background_work(functions_dir: Path) -
         r = await client.invoke("slow", json={"seconds": 1})
         elapsed = time.perf_counter() - started
         assert r.status_code == 202
-        assert elapsed < 0.1, f"response took {elapsed:.3f} s while a 1 s task was pending"
+        # Well under the task's 1 s, with room for a loaded machine (other tests beside this one).
+        assert elapsed < 0.5, f"response took {elapsed:.3f} s while a 1 s task was pending"
         assert len(client.pending()) == 1
         module = client.module("slow")
         assert module.DONE == []
