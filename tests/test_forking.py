@@ -635,6 +635,40 @@ async def test_a_flood_takes_turns_with_the_event_loop_and_loses_nothing(caplog:
     assert max(gaps) < 0.1, max(gaps)
 
 
+SHORT_LINES = """
+import os
+lines = b"y\\n" * 5000
+for _ in range(10):  # 50,000 lines of one character: a read of the pipe holds thousands
+    os.write(1, lines)
+"""
+
+
+async def test_a_flood_of_short_lines_is_logged_a_few_dozen_lines_a_turn(caplog: pytest.LogCaptureFixture) -> None:
+    """However many lines one read of the pipe brings, a turn of the event loop logs a few dozen of
+    them (at most two batches: one after a read, one left from the turn before), not all of them."""
+    output = ProcessOutput("flood")
+    loop = asyncio.get_running_loop()
+    per_turn: list[int] = []
+    with lines_of(caplog, "flood") as records:
+
+        async def ticker() -> None:
+            seen = 0
+            while True:
+                await asyncio.sleep(0)
+                per_turn.append(len(records) - seen)
+                seen = len(records)
+
+        tick = loop.create_task(ticker())
+        try:
+            async with writer(output, SHORT_LINES) as proc:
+                await exited(proc)
+                await eventually(lambda: len(records) == 50000, what="every line", timeout=30)
+        finally:
+            tick.cancel()
+        output.close()
+    assert 0 < max(per_turn) <= 2 * 64, max(per_turn)
+
+
 async def test_while_the_servers_log_is_backed_up_the_function_waits(
     caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
