@@ -5,6 +5,7 @@ function's processes (ProcessOutput)."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import os
@@ -623,15 +624,21 @@ async def test_a_flood_takes_turns_with_the_event_loop_and_loses_nothing(caplog:
             gaps.append(now - last)
             last = now
 
-    with lines_of(caplog, "flood") as records:
-        tick = loop.create_task(ticker())
-        try:
-            async with writer(output, FLOOD) as proc:
-                await exited(proc)
-                await eventually(lambda: len(records) == 20000, what="every line", timeout=30)
-        finally:
-            tick.cancel()
-        output.close()
+    # Without this test process's own collections: a full one walks every object the tests before
+    # it left (over 100 ms in a pytest-xdist worker that ran hundreds of them), whatever the turn.
+    gc.disable()
+    try:
+        with lines_of(caplog, "flood") as records:
+            tick = loop.create_task(ticker())
+            try:
+                async with writer(output, FLOOD) as proc:
+                    await exited(proc)
+                    await eventually(lambda: len(records) == 20000, what="every line", timeout=30)
+            finally:
+                tick.cancel()
+            output.close()
+    finally:
+        gc.enable()
     assert max(gaps) < 0.1, max(gaps)
 
 
