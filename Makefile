@@ -30,11 +30,12 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(PY) -m mypy
 
-# The whole suite on up to four cores (pytest-xdist): a group of timing-sensitive tests
-# (`xdist_group`) runs in one worker, one test after another. PYTEST_WORKERS=0: one process.
+# The whole suite on up to four cores (pytest-xdist): the tests of one file run in one worker, one
+# after another (the variants of a test that starts several servers never run side by side).
+# PYTEST_WORKERS=0: one process.
 PYTEST_WORKERS ?= auto
 pytest: $(STAMP)
-	$(PY) -m pytest -n $(PYTEST_WORKERS) --maxprocesses 4 --dist loadgroup $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --maxprocesses 4 --dist loadfile $(PYTEST_ARGS)
 
 test: lint typecheck pytest
 

@@ -591,7 +591,6 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         yield request.getfixturevalue("postgres_url")
 
 
-@pytest.mark.xdist_group("multi_instance")  # (see tests/jobs/test_multi_instance.py)
 def test_a_one_second_cron_fires_each_tick_once_across_the_processes(
     functions_dir: Path, tmp_path: Path, store_url: str
 ) -> None:
@@ -651,7 +650,6 @@ def _instance_ids(url: str) -> set[str]:
         return {row[0] for row in conn.execute(query)}
 
 
-@pytest.mark.xdist_group("multi_instance")  # (see tests/jobs/test_multi_instance.py)
 def test_five_hundred_queued_jobs_are_each_delivered_once(functions_dir: Path, tmp_path: Path, store_url: str) -> None:
     write_function(functions_dir, "record", RECORD)
     write_function(functions_dir, "enqueue", ENQUEUE)

@@ -21,9 +21,7 @@ from edgeruntime.jobs.backends import open_store
 from edgeruntime.jobs.store import CronTick
 from tests.helpers import ServerProcess, write_function
 
-# Three servers on one clock: run one after another with the suite's other tests of that kind,
-# not beside them in another xdist worker (`make test` runs the suite on several cores).
-pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("multi_instance")]
+pytestmark = pytest.mark.e2e
 
 RECORD = """
 import os
