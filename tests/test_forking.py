@@ -14,7 +14,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import AsyncIterator, Iterator, MutableMapping
+from collections.abc import AsyncIterator, Callable, Iterator, MutableMapping
 from contextlib import asynccontextmanager, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -609,34 +609,43 @@ for _ in range(20000):  # 2 MB: many times what a pipe holds
 """
 
 
-async def test_a_flood_takes_turns_with_the_event_loop_and_loses_nothing(caplog: pytest.LogCaptureFixture) -> None:
+async def _per_turn(
+    caplog: pytest.LogCaptureFixture, code: str, lines: int, reading: Callable[[list[logging.LogRecord]], float]
+) -> list[float]:
+    """Run `code` with a ProcessOutput's pipes until its `lines` lines are logged: how much
+    `reading` (of the records logged so far) grew in each turn of the event loop meanwhile."""
     output = ProcessOutput("flood")
     loop = asyncio.get_running_loop()
-    gaps: list[float] = []
+    growth: list[float] = []
+    with lines_of(caplog, "flood") as records:
 
-    async def ticker() -> None:
-        # The event loop's thread's CPU time between two turns: what one turn did, however long
-        # the machine kept the process waiting (other tests beside this one on a loaded machine).
-        last = time.thread_time()
-        while True:
-            await asyncio.sleep(0)
-            now = time.thread_time()
-            gaps.append(now - last)
-            last = now
+        async def ticker() -> None:
+            last = reading(records)
+            while True:
+                await asyncio.sleep(0)
+                now = reading(records)
+                growth.append(now - last)
+                last = now
 
+        tick = loop.create_task(ticker())
+        try:
+            async with writer(output, code) as proc:
+                await exited(proc)
+                await eventually(lambda: len(records) == lines, what="every line", timeout=30)
+        finally:
+            tick.cancel()
+        output.close()
+    return growth
+
+
+async def test_a_flood_takes_turns_with_the_event_loop_and_loses_nothing(caplog: pytest.LogCaptureFixture) -> None:
     # Without this test process's own collections: a full one walks every object the tests before
     # it left (over 100 ms in a pytest-xdist worker that ran hundreds of them), whatever the turn.
     gc.disable()
     try:
-        with lines_of(caplog, "flood") as records:
-            tick = loop.create_task(ticker())
-            try:
-                async with writer(output, FLOOD) as proc:
-                    await exited(proc)
-                    await eventually(lambda: len(records) == 20000, what="every line", timeout=30)
-            finally:
-                tick.cancel()
-            output.close()
+        # The event loop's thread's CPU time in each turn: what the turn did, however long the
+        # machine kept the process waiting (other tests beside this one on a loaded machine).
+        gaps = await _per_turn(caplog, FLOOD, 20000, lambda _: time.thread_time())
     finally:
         gc.enable()
     assert max(gaps) < 0.1, max(gaps)
@@ -653,26 +662,7 @@ for _ in range(10):  # 50,000 lines of one character: a read of the pipe holds t
 async def test_a_flood_of_short_lines_is_logged_a_few_dozen_lines_a_turn(caplog: pytest.LogCaptureFixture) -> None:
     """However many lines one read of the pipe brings, a turn of the event loop logs a few dozen of
     them (at most two batches: one after a read, one left from the turn before), not all of them."""
-    output = ProcessOutput("flood")
-    loop = asyncio.get_running_loop()
-    per_turn: list[int] = []
-    with lines_of(caplog, "flood") as records:
-
-        async def ticker() -> None:
-            seen = 0
-            while True:
-                await asyncio.sleep(0)
-                per_turn.append(len(records) - seen)
-                seen = len(records)
-
-        tick = loop.create_task(ticker())
-        try:
-            async with writer(output, SHORT_LINES) as proc:
-                await exited(proc)
-                await eventually(lambda: len(records) == 50000, what="every line", timeout=30)
-        finally:
-            tick.cancel()
-        output.close()
+    per_turn = await _per_turn(caplog, SHORT_LINES, 50000, len)
     assert 0 < max(per_turn) <= 2 * 64, max(per_turn)
 
 
